@@ -1,0 +1,199 @@
+//! Data sets in the LC-Rec / TIGER file convention used by `../shared/data`:
+//! `NAME.item.json` (`{"item id": {"title": ..., ...}}`) and `NAME.inter.json`
+//! (`{"user id": [item id, ...]}` in time order), plus the leave-one-out split.
+
+pub mod demo;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: invalid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+}
+
+fn read_json(path: &Path) -> Result<Value, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
+    serde_json::from_slice(&bytes).map_err(|e| DataError::Json { path: path.into(), source: e })
+}
+
+/// One catalog item as read from `NAME.item.json`.
+#[derive(Debug, Clone)]
+pub struct ItemRecord {
+    pub id: String,
+    pub title: String,
+    /// The text that is embedded: title, then brand, categories, genres, description.
+    pub text: String,
+}
+
+/// Fields appended to the title to form the embedded text, in this order.
+const TEXT_FIELDS: [&str; 4] = ["brand", "categories", "genres", "description"];
+
+fn field_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Array(a) => {
+            let parts: Vec<String> = a.iter().filter_map(field_text).collect();
+            (!parts.is_empty()).then(|| parts.join(", "))
+        }
+        _ => None,
+    }
+}
+
+/// Sort key that puts numeric ids in numeric order ("2" before "10").
+fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        _ => a.cmp(b),
+    }
+}
+
+/// Reads `NAME.item.json`; items come back in id order (numeric where possible).
+pub fn load_items(path: &Path) -> Result<Vec<ItemRecord>, DataError> {
+    let v = read_json(path)?;
+    let obj = v.as_object().ok_or_else(|| DataError::Format {
+        path: path.into(),
+        msg: "expected an object of item id -> attributes".into(),
+    })?;
+    let mut items = Vec::with_capacity(obj.len());
+    for (id, attrs) in obj {
+        let title = attrs.get("title").and_then(field_text).ok_or_else(|| DataError::Format {
+            path: path.into(),
+            msg: format!("item {id:?} has no \"title\""),
+        })?;
+        let mut text = title.clone();
+        for f in TEXT_FIELDS {
+            if let Some(t) = attrs.get(f).and_then(field_text) {
+                text.push_str(". ");
+                text.push_str(&t);
+            }
+        }
+        items.push(ItemRecord { id: id.clone(), title, text });
+    }
+    items.sort_by(|a, b| id_order(&a.id, &b.id));
+    Ok(items)
+}
+
+/// User sequences from `NAME.inter.json`, item ids as strings, users in id order.
+#[derive(Debug, Clone, Default)]
+pub struct Interactions {
+    pub users: Vec<String>,
+    pub sequences: Vec<Vec<String>>,
+}
+
+pub fn load_interactions(path: &Path) -> Result<Interactions, DataError> {
+    let v = read_json(path)?;
+    let obj = v.as_object().ok_or_else(|| DataError::Format {
+        path: path.into(),
+        msg: "expected an object of user id -> [item id, ...]".into(),
+    })?;
+    let mut rows: Vec<(String, Vec<String>)> = Vec::with_capacity(obj.len());
+    for (user, seq) in obj {
+        let arr = seq.as_array().ok_or_else(|| DataError::Format {
+            path: path.into(),
+            msg: format!("user {user:?}: expected a list of item ids"),
+        })?;
+        let mut items = Vec::with_capacity(arr.len());
+        for it in arr {
+            match it {
+                Value::String(s) => items.push(s.clone()),
+                Value::Number(n) => items.push(n.to_string()),
+                other => {
+                    return Err(DataError::Format {
+                        path: path.into(),
+                        msg: format!("user {user:?}: item id {other} is neither a string nor a number"),
+                    })
+                }
+            }
+        }
+        rows.push((user.clone(), items));
+    }
+    rows.sort_by(|a, b| id_order(&a.0, &b.0));
+    let (users, sequences) = rows.into_iter().unzip();
+    Ok(Interactions { users, sequences })
+}
+
+/// Which part of the leave-one-out split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Everything but the last two items.
+    Train,
+    /// Target = second-to-last item, history before it.
+    Valid,
+    /// Target = last item, history before it.
+    Test,
+}
+
+/// History (truncated to the last `max_history` items) and target of one user
+/// for the valid or test split; `None` when the sequence is too short.
+pub fn heldout<T: Clone>(seq: &[T], split: Split, max_history: usize) -> Option<(Vec<T>, T)> {
+    let cut = match split {
+        Split::Test => 1,
+        Split::Valid => 2,
+        Split::Train => return None,
+    };
+    if seq.len() < cut + 1 {
+        return None;
+    }
+    let t = seq.len() - cut;
+    let start = t.saturating_sub(max_history);
+    Some((seq[start..t].to_vec(), seq[t].clone()))
+}
+
+/// The training part of a sequence (all but the last two items).
+pub fn train_part<T>(seq: &[T]) -> &[T] {
+    &seq[..seq.len().saturating_sub(2)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_follows_leave_one_out() {
+        let s: Vec<u32> = (0..30).collect();
+        let (h, t) = heldout(&s, Split::Test, 20).unwrap();
+        assert_eq!(t, 29);
+        assert_eq!(h, (9..29).collect::<Vec<_>>());
+        let (h, t) = heldout(&s, Split::Valid, 20).unwrap();
+        assert_eq!(t, 28);
+        assert_eq!(h.len(), 20);
+        assert_eq!(h[19], 27);
+        assert_eq!(train_part(&s).len(), 28);
+        assert!(heldout(&[1u32, 2], Split::Valid, 20).is_none());
+        assert_eq!(heldout(&[1u32, 2], Split::Test, 20), Some((vec![1], 2)));
+    }
+
+    #[test]
+    fn items_read_in_numeric_order_with_text() {
+        let dir = std::env::temp_dir().join(format!("genrec-ds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.item.json");
+        std::fs::write(
+            &p,
+            r#"{"10": {"title": "b", "brand": "acme"}, "2": {"title": "a", "genres": ["x", "y"]}}"#,
+        )
+        .unwrap();
+        let items = load_items(&p).unwrap();
+        assert_eq!(items[0].id, "2");
+        assert_eq!(items[0].text, "a. x, y");
+        assert_eq!(items[1].text, "b. acme");
+        std::fs::write(&p, r#"{"1": {"name": "no title"}}"#).unwrap();
+        let err = load_items(&p).unwrap_err().to_string();
+        assert!(err.contains("title"), "{err}");
+        let q = dir.join("x.inter.json");
+        std::fs::write(&q, r#"{"1": [3, "4"], "0": [1]}"#).unwrap();
+        let inter = load_interactions(&q).unwrap();
+        assert_eq!(inter.users, vec!["0", "1"]);
+        assert_eq!(inter.sequences[1], vec!["3", "4"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,124 @@
+//! Batched, trie-constrained beam search over the semantic-ID levels (the
+//! generative retrieval of TIGER, arXiv 2305.05065): prefill every request's
+//! history once, then one decode step per remaining level for all beams, each
+//! followed by the beam step of [`super::step`].
+
+use std::collections::HashSet;
+
+use candle_core::Tensor;
+
+use super::step::{beam_step, StepShape};
+use super::GenerateError;
+use crate::catalog::trie::NONE;
+use crate::catalog::Catalog;
+use crate::model::{BeamKv, Model};
+
+/// One request to generate for.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// History as item indices, oldest first (only the last `max_history_items` are read).
+    pub history: Vec<u32>,
+    /// How many items to return.
+    pub k: usize,
+    /// Items that must not be returned (e.g. the history).
+    pub exclude: HashSet<u32>,
+}
+
+/// A generated item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub item: u32,
+    /// Sum over levels of the log-probability of the code given the prefix,
+    /// normalised over the trie's valid children.
+    pub score: f32,
+}
+
+/// Result of a batch, with the work it took.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub hits: Vec<Vec<Hit>>,
+    /// Tokens decoded (beams × levels over all requests).
+    pub tokens: usize,
+}
+
+/// Generates for a batch of requests with `beam` beams each (at least each
+/// request's `k`).
+pub fn generate(model: &Model, catalog: &Catalog, reqs: &[GenRequest], beam: usize) -> Result<Generated, GenerateError> {
+    if reqs.is_empty() {
+        return Ok(Generated { hits: Vec::new(), tokens: 0 });
+    }
+    let sc = &model.sidecar;
+    let levels = sc.levels();
+    if levels != catalog.levels() {
+        return Err(GenerateError::Mismatch(format!(
+            "model has {levels} levels, catalog {}",
+            catalog.levels()
+        )));
+    }
+    let beam = reqs.iter().map(|r| r.k).max().unwrap_or(1).max(beam).max(1);
+    let r = reqs.len();
+    // history tokens, right-padded
+    let rows: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|q| {
+            let start = q.history.len().saturating_sub(sc.max_history_items);
+            sc.history_tokens(q.history[start..].iter().map(|&i| catalog.sid(i)))
+        })
+        .collect();
+    let t = rows.iter().map(Vec::len).max().unwrap_or(1);
+    let mut flat = vec![sc.pad_token_id; r * t];
+    for (i, row) in rows.iter().enumerate() {
+        flat[i * t..i * t + row.len()].copy_from_slice(row);
+    }
+    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let dev = model.net.device();
+    let tokens = Tensor::from_vec(flat, (r, t), dev)?;
+    let (hist, mut hidden) = model.net.prefill(&tokens, &lens)?;
+
+    let trie = &catalog.trie;
+    let mut beams_in = 1;
+    let mut scores = vec![0f32; r];
+    let mut nodes = vec![0u32; r];
+    let mut beams_kv = BeamKv::new(model.config.num_hidden_layers);
+    let mut decoded = 0usize;
+    for level in 0..levels {
+        let codes = sc.codebook_sizes[level] as usize;
+        let logits = model
+            .net
+            .logits_range(&hidden, sc.code_offsets[level] as usize, codes)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let last = level + 1 == levels;
+        let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
+        let out = beam_step(trie, shape, &logits, &scores, &nodes, |req, node| {
+            !last || trie.item(node).is_some_and(|it| !reqs[req].exclude.contains(&it))
+        });
+        decoded += out.node.iter().filter(|&&n| n != NONE).count();
+        if last {
+            let hits = (0..r)
+                .map(|q| {
+                    (0..beam)
+                        .map(|j| q * beam + j)
+                        .filter(|&s| out.node[s] != NONE)
+                        .take(reqs[q].k)
+                        .filter_map(|s| trie.item(out.node[s]).map(|item| Hit { item, score: out.score[s] }))
+                        .collect()
+                })
+                .collect();
+            return Ok(Generated { hits, tokens: decoded });
+        }
+        // feed the chosen codes back for the next level
+        let parents: Vec<u32> = (0..r * beam).map(|s| (s / beam * beams_in) as u32 + out.parent[s]).collect();
+        beams_kv.reorder(&parents)?;
+        let toks: Vec<u32> = (0..r * beam)
+            .map(|s| if out.node[s] == NONE { sc.pad_token_id } else { sc.token(level, out.code[s]) })
+            .collect();
+        let pos: Vec<u32> = (0..r * beam).map(|s| (lens[s / beam] + level) as u32).collect();
+        hidden = model.net.decode(&hist, &mut beams_kv, &toks, &pos)?;
+        scores = out.score;
+        nodes = out.node;
+        beams_in = beam;
+    }
+    Err(GenerateError::Mismatch("model has no levels".into()))
+}

@@ -1,0 +1,169 @@
+//! The Hugging Face `config.json` of a Llama- or Qwen3-family causal LM: the
+//! fields genrec reads and writes, with transformers' defaults.
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+/// Which attention variant the checkpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `LlamaForCausalLM`: optional q/k/v/o biases, no q/k norms.
+    Llama,
+    /// `Qwen3ForCausalLM`: per-head RMSNorm on queries and keys before rotary.
+    Qwen3,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelConfig {
+    pub architectures: Vec<String>,
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "default_dtype")]
+    pub torch_dtype: String,
+    /// Kept so that transformers can read the file; genrec ignores it.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".into()
+}
+fn default_dtype() -> String {
+    "float32".into()
+}
+
+impl ModelConfig {
+    /// A Llama config of the given size (what `genrec train` writes).
+    pub fn llama(vocab: usize, hidden: usize, layers: usize, heads: usize, kv_heads: usize, ff: usize) -> Self {
+        ModelConfig {
+            architectures: vec!["LlamaForCausalLM".into()],
+            model_type: "llama".into(),
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: ff,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(kv_heads),
+            head_dim: Some(hidden / heads),
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 512,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            hidden_act: "silu".into(),
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
+            torch_dtype: "float32".into(),
+            rope_scaling: None,
+        }
+    }
+
+    pub fn arch(&self) -> Result<Arch, ModelError> {
+        match self.architectures.first().map(String::as_str) {
+            Some("LlamaForCausalLM") => Ok(Arch::Llama),
+            Some("Qwen3ForCausalLM") => Ok(Arch::Qwen3),
+            other => Err(ModelError::Config(format!(
+                "architectures {other:?}: genrec reads LlamaForCausalLM and Qwen3ForCausalLM"
+            ))),
+        }
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Checks the shape relations the model code relies on.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        self.arch()?;
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.num_attention_heads == 0 || self.kv_heads() == 0 || self.num_hidden_layers == 0 {
+            return bad("heads and layers must be positive".into());
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.kv_heads()
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return bad(format!("head_dim {} must be even for rotary positions", self.head_dim()));
+        }
+        if self.hidden_act != "silu" {
+            return bad(format!("hidden_act {:?}: only silu (SwiGLU) is supported", self.hidden_act));
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return bad("rope_scaling is not supported".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_hf_llama_and_qwen3_configs() {
+        let llama: ModelConfig = serde_json::from_str(
+            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":100,
+                "hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,
+                "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,"extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(llama.arch().unwrap(), Arch::Llama);
+        assert_eq!(llama.head_dim(), 8);
+        llama.validate().unwrap();
+        let mut qwen = llama.clone();
+        qwen.architectures = vec!["Qwen3ForCausalLM".into()];
+        qwen.head_dim = Some(16);
+        assert_eq!(qwen.arch().unwrap(), Arch::Qwen3);
+        assert_eq!(qwen.head_dim(), 16);
+        let mut bad = llama.clone();
+        bad.num_key_value_heads = Some(3);
+        assert!(bad.validate().is_err());
+        bad.architectures = vec!["GPT2LMHeadModel".into()];
+        assert!(bad.arch().is_err());
+    }
+}

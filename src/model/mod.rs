@@ -1,0 +1,138 @@
+//! The generative model: a Hugging Face-format decoder checkpoint plus genrec's
+//! sidecar.
+//!
+//! A model folder holds `config.json` (transformers' config, `architectures`
+//! `LlamaForCausalLM` or `Qwen3ForCausalLM`), `model.safetensors` (transformers'
+//! tensor names) and `genrec.json` (see [`sidecar`]).
+
+pub mod config;
+pub mod init;
+pub mod kv;
+pub mod sidecar;
+pub mod transformer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+pub use config::ModelConfig;
+pub use kv::{BeamKv, HistoryKv};
+pub use sidecar::Sidecar;
+pub use transformer::Transformer;
+
+use crate::util::{fingerprint, write_atomic};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: invalid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("config.json: {0}")]
+    Config(String),
+    #[error("genrec.json: {0}")]
+    Sidecar(String),
+    #[error("weights: {0}")]
+    Weights(String),
+    #[error("bad model input: {0}")]
+    Input(String),
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// A loaded checkpoint: the network, its config and sidecar, and identity.
+pub struct Model {
+    pub net: Transformer,
+    pub config: ModelConfig,
+    pub sidecar: Sidecar,
+    /// Content fingerprint of the weights (first 12 hex digits).
+    pub version: String,
+    /// Folder it was loaded from, if any.
+    pub path: Option<PathBuf>,
+}
+
+impl Model {
+    /// Name and version as shown in answers: `name/version`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.sidecar.name, self.version)
+    }
+
+    /// Loads a model folder onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let read = |f: &str| {
+            let p = dir.join(f);
+            std::fs::read(&p).map_err(|e| ModelError::Io { path: p, source: e })
+        };
+        let mut m = Self::from_bytes(&read(CONFIG_FILE)?, &read(WEIGHTS_FILE)?, &read(sidecar::SIDECAR_FILE)?, device)?;
+        m.path = Some(dir.to_path_buf());
+        Ok(m)
+    }
+
+    /// Loads a model from the bytes of its three files.
+    pub fn from_bytes(config: &[u8], weights: &[u8], sidecar: &[u8], device: &Device) -> Result<Self, ModelError> {
+        let config: ModelConfig = serde_json::from_slice(config)
+            .map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
+        let sidecar: Sidecar = serde_json::from_slice(sidecar)
+            .map_err(|e| ModelError::Json { path: sidecar::SIDECAR_FILE.into(), source: e })?;
+        config.validate()?;
+        let tensors = candle_core::safetensors::load_buffer(weights, &Device::Cpu)
+            .map_err(|e| ModelError::Weights(format!("{WEIGHTS_FILE}: {e}")))?;
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?.to_device(device)?)))
+            .collect::<Result<HashMap<String, Tensor>, ModelError>>()?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let net = Transformer::load(vb, &config).map_err(|e| match e {
+            ModelError::Tensor(t) => ModelError::Weights(t.to_string()),
+            other => other,
+        })?;
+        if sidecar.min_vocab() > config.vocab_size {
+            return Err(ModelError::Sidecar(format!(
+                "layout needs {} tokens, vocab_size is {}",
+                sidecar.min_vocab(),
+                config.vocab_size
+            )));
+        }
+        let version = fingerprint(weights)[..12].to_string();
+        Ok(Model { net, config, sidecar, version, path: None })
+    }
+
+    /// The catalog folder named by the sidecar, resolved against the model folder.
+    pub fn catalog_dir(&self) -> Option<PathBuf> {
+        let c = Path::new(&self.sidecar.catalog);
+        if c.is_absolute() {
+            Some(c.to_path_buf())
+        } else {
+            self.path.as_ref().map(|p| p.join(c))
+        }
+    }
+}
+
+/// Writes a checkpoint folder: `config.json`, `model.safetensors`, `genrec.json`.
+/// The weights file is written first and the sidecar last, each atomically.
+pub fn save_checkpoint(
+    dir: &Path,
+    config: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+    sidecar: &Sidecar,
+) -> Result<(), ModelError> {
+    let io = |p: &Path, e| ModelError::Io { path: p.to_path_buf(), source: e };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| ModelError::Weights(e.to_string()))?;
+    let p = dir.join(WEIGHTS_FILE);
+    write_atomic(&p, &bytes).map_err(|e| io(&p, e))?;
+    let p = dir.join(CONFIG_FILE);
+    let c = serde_json::to_vec_pretty(config).map_err(|e| ModelError::Json { path: p.clone(), source: e })?;
+    write_atomic(&p, &c).map_err(|e| io(&p, e))?;
+    let p = dir.join(sidecar::SIDECAR_FILE);
+    let s = serde_json::to_vec_pretty(sidecar).map_err(|e| ModelError::Json { path: p.clone(), source: e })?;
+    write_atomic(&p, &s).map_err(|e| io(&p, e))?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `genrec.json`, the sidecar beside a Hugging Face checkpoint: how semantic-ID
+//! codes map to token ids and which catalog the model was trained on.
+//!
+//! Vocabulary layout: special tokens first (`pad`, `bos`, `eos`), then the codes
+//! of level 0, level 1, ... each level in its own contiguous token range
+//! `code_offsets[l] .. code_offsets[l] + codebook_sizes[l]`, so a decode step at
+//! level `l` reads only that slice of the logits.
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+use crate::catalog::Manifest;
+
+pub const SIDECAR_FILE: &str = "genrec.json";
+pub const SIDECAR_FORMAT: &str = "genrec-sidecar/1";
+/// Tokens before the first code.
+pub const NUM_SPECIAL: u32 = 3;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sidecar {
+    pub format: String,
+    /// Model name shown in answers.
+    pub name: String,
+    /// Catalog folder, relative to the model folder (or absolute).
+    pub catalog: String,
+    /// The catalog's fingerprint (its `catalog.json`); checked at load.
+    pub catalog_fingerprint: String,
+    pub codebook_sizes: Vec<u32>,
+    pub code_offsets: Vec<u32>,
+    pub pad_token_id: u32,
+    pub bos_token_id: u32,
+    pub eos_token_id: u32,
+    /// Items of history the model was trained to read (older ones are dropped).
+    pub max_history_items: usize,
+}
+
+impl Sidecar {
+    /// The standard layout for a catalog.
+    pub fn for_catalog(name: &str, catalog_path: &str, manifest: &Manifest, max_history_items: usize) -> Self {
+        let mut offsets = Vec::new();
+        let mut next = NUM_SPECIAL;
+        for s in &manifest.codebook_sizes {
+            offsets.push(next);
+            next += s;
+        }
+        Sidecar {
+            format: SIDECAR_FORMAT.into(),
+            name: name.into(),
+            catalog: catalog_path.into(),
+            catalog_fingerprint: manifest.fingerprint.clone(),
+            codebook_sizes: manifest.codebook_sizes.clone(),
+            code_offsets: offsets,
+            pad_token_id: 0,
+            bos_token_id: 1,
+            eos_token_id: 2,
+            max_history_items,
+        }
+    }
+
+    pub fn levels(&self) -> usize {
+        self.codebook_sizes.len()
+    }
+
+    /// Smallest vocabulary that holds every token of this layout.
+    pub fn min_vocab(&self) -> usize {
+        let codes = self
+            .code_offsets
+            .iter()
+            .zip(&self.codebook_sizes)
+            .map(|(o, s)| (o + s) as usize)
+            .max()
+            .unwrap_or(0);
+        codes.max(self.pad_token_id.max(self.bos_token_id).max(self.eos_token_id) as usize + 1)
+    }
+
+    /// Token id of `code` at `level`.
+    pub fn token(&self, level: usize, code: u32) -> u32 {
+        self.code_offsets[level] + code
+    }
+
+    /// Token ids of an item's semantic ID.
+    pub fn sid_tokens<'a>(&'a self, sid: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+        sid.iter().enumerate().map(|(l, &c)| self.token(l, c))
+    }
+
+    /// `[bos, codes of item 1, codes of item 2, ...]` for a history of semantic IDs.
+    pub fn history_tokens<'a>(&self, sids: impl IntoIterator<Item = &'a [u32]>) -> Vec<u32> {
+        let mut t = vec![self.bos_token_id];
+        for s in sids {
+            t.extend(self.sid_tokens(s));
+        }
+        t
+    }
+
+    /// Checks the layout against the model's vocabulary and the catalog.
+    pub fn validate(&self, vocab_size: usize, manifest: &Manifest) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Sidecar(m));
+        if self.codebook_sizes.len() != self.code_offsets.len() || self.codebook_sizes.is_empty() {
+            return bad("codebook_sizes and code_offsets must have the same, non-zero length".into());
+        }
+        if self.min_vocab() > vocab_size {
+            return bad(format!("layout needs {} tokens, model vocabulary has {vocab_size}", self.min_vocab()));
+        }
+        if self.catalog_fingerprint != manifest.fingerprint {
+            return bad(format!(
+                "trained on catalog {} but catalog {:?} has fingerprint {}",
+                self.catalog_fingerprint, manifest.name, manifest.fingerprint
+            ));
+        }
+        if self.codebook_sizes != manifest.codebook_sizes {
+            return bad(format!(
+                "codebook sizes {:?} differ from the catalog's {:?}",
+                self.codebook_sizes, manifest.codebook_sizes
+            ));
+        }
+        if self.max_history_items == 0 {
+            return bad("max_history_items must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,418 @@
+//! The decoder: Llama / Qwen3 family (RMSNorm, rotary positions, SwiGLU MLP,
+//! grouped-query attention), written against candle tensors so that the same
+//! code trains (through a `VarMap`) and serves (from `model.safetensors`), and so
+//! that beams can share their request's history KV (see [`super::kv`]).
+//!
+//! Tensor names follow transformers' `LlamaForCausalLM` / `Qwen3ForCausalLM`
+//! (`model.layers.{i}.self_attn.q_proj.weight`, ...), so checkpoints move both
+//! ways between genrec and PyTorch.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::config::{Arch, ModelConfig};
+use super::kv::{BeamKv, HistoryKv};
+use super::ModelError;
+
+/// Additive mask value for positions a query must not see (finite, so that
+/// padded rows never produce NaN).
+const MASKED: f32 = -1e9;
+
+/// Training-time state: dropout probability and the seeded generator of masks.
+pub struct Dropout<'a> {
+    pub p: f32,
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+impl Dropout<'_> {
+    fn apply(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        if self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if self.rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
+            .collect();
+        let m = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * m)?)
+    }
+}
+
+fn drop(x: Tensor, d: &mut Option<Dropout>) -> Result<Tensor, ModelError> {
+    match d {
+        Some(d) => d.apply(&x),
+        None => Ok(x),
+    }
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, training: bool) -> Result<Tensor, ModelError> {
+    if training {
+        // plain ops: differentiable
+        let dt = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?;
+        let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = x32.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dt)?;
+        Ok(y.broadcast_mul(w)?)
+    } else {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
+    }
+}
+
+fn softmax(x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
+    if training {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` (the non-interleaved rotary of transformers).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, ModelError> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let g = self.gate.forward(x)?.silu()?;
+        Ok(self.down.forward(&(g * self.up.forward(x)?)?)?)
+    }
+}
+
+struct Layer {
+    attn: Attention,
+    mlp: Mlp,
+    input_norm: Tensor,
+    post_norm: Tensor,
+}
+
+fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear, ModelError> {
+    let w = vb.get((out, inp), "weight")?;
+    let b = if bias { Some(vb.get(out, "bias")?) } else { None };
+    Ok(Linear::new(w, b))
+}
+
+/// The decoder-only transformer.
+pub struct Transformer {
+    cfg: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+impl Transformer {
+    /// Builds the model from a var builder holding transformers' tensor names.
+    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let arch = cfg.arch()?;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
+        let m = vb.pp("model");
+        let embed = m.get((cfg.vocab_size, h), "embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = m.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let bias = cfg.attention_bias;
+            let (q_norm, k_norm) = match arch {
+                Arch::Qwen3 => (Some(a.get(hd, "q_norm.weight")?), Some(a.get(hd, "k_norm.weight")?)),
+                Arch::Llama => (None, None),
+            };
+            let attn = Attention {
+                q: linear(&a.pp("q_proj"), h, nh * hd, bias)?,
+                k: linear(&a.pp("k_proj"), h, nkv * hd, bias)?,
+                v: linear(&a.pp("v_proj"), h, nkv * hd, bias)?,
+                o: linear(&a.pp("o_proj"), nh * hd, h, false)?,
+                q_norm,
+                k_norm,
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                eps: cfg.rms_norm_eps,
+            };
+            let p = l.pp("mlp");
+            let mlp = Mlp {
+                gate: linear(&p.pp("gate_proj"), h, cfg.intermediate_size, false)?,
+                up: linear(&p.pp("up_proj"), h, cfg.intermediate_size, false)?,
+                down: linear(&p.pp("down_proj"), cfg.intermediate_size, h, false)?,
+            };
+            layers.push(Layer {
+                attn,
+                mlp,
+                input_norm: l.get(h, "input_layernorm.weight")?,
+                post_norm: l.get(h, "post_attention_layernorm.weight")?,
+            });
+        }
+        let norm = m.get(h, "norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            vb.get((cfg.vocab_size, h), "lm_head.weight")?
+        };
+        let device = vb.device().clone();
+        let (cos, sin) = rope_tables(cfg, vb.dtype(), &device)?;
+        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Full causal forward over `tokens` `[batch, time]` (right-padded; pads are
+    /// never seen by real tokens). Returns the final hidden states `[batch, time,
+    /// hidden]` and each layer's keys/values `[batch, kv_heads, time, head_dim]`.
+    pub fn forward_hidden(
+        &self,
+        tokens: &Tensor,
+        mut dropout: Option<Dropout>,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>), ModelError> {
+        let training = dropout.is_some();
+        let t = tokens.dim(1)?;
+        if t > self.cfg.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "{t} tokens exceed max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let (b, _) = tokens.dims2()?;
+        let emb = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let mut x = drop(emb, &mut dropout)?;
+        let cos = self.cos.narrow(0, 0, t)?.unsqueeze(0)?.unsqueeze(0)?;
+        let sin = self.sin.narrow(0, 0, t)?.unsqueeze(0)?.unsqueeze(0)?;
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { MASKED } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (1, 1, t, t), &self.device)?.to_dtype(x.dtype())?;
+        let mut kvs = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, training)?;
+            let (a, k, v) = layer.attn.forward_full(&h, &cos, &sin, &mask, training)?;
+            x = (x + drop(a, &mut dropout)?)?;
+            let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?;
+            x = (&x + drop(layer.mlp.forward(&h)?, &mut dropout)?)?;
+            kvs.push((k, v));
+        }
+        Ok((rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, training)?, kvs))
+    }
+
+    /// Logits over the whole vocabulary for hidden states `[.., hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(hidden.broadcast_matmul(&self.lm_head.t()?)?)
+    }
+
+    /// Logits of the token range `start .. start + len` only (one code level).
+    pub fn logits_range(&self, hidden: &Tensor, start: usize, len: usize) -> Result<Tensor, ModelError> {
+        let w = self.lm_head.narrow(0, start, len)?;
+        Ok(hidden.broadcast_matmul(&w.t()?)?)
+    }
+
+    /// Runs each request's history once. `tokens` is `[requests, time]`
+    /// right-padded, `lens[r]` the real length of row `r`. Returns the shared
+    /// history cache and the hidden state at each row's last real token.
+    pub fn prefill(&self, tokens: &Tensor, lens: &[usize]) -> Result<(HistoryKv, Tensor), ModelError> {
+        let (r, t) = tokens.dims2()?;
+        if lens.len() != r || lens.iter().any(|&l| l == 0 || l > t) {
+            return Err(ModelError::Input(format!("prefill: lens {lens:?} do not fit {r} rows of {t}")));
+        }
+        let (hidden, kvs) = self.forward_hidden(tokens, None)?;
+        let last: Vec<u32> = lens.iter().enumerate().map(|(i, &l)| (i * t + l - 1) as u32).collect();
+        let last = Tensor::from_vec(last, r, &self.device)?;
+        let h = hidden.reshape((r * t, ()))?.index_select(&last, 0)?;
+        Ok((HistoryKv::new(kvs, lens, t, &self.device, hidden.dtype())?, h))
+    }
+
+    /// One decode step for all beams: `tokens[n]` is beam `n`'s newest token at
+    /// position `positions[n]`; beams `r * beams .. (r + 1) * beams` belong to
+    /// request `r`. `beams_kv` must already be reordered to these beams. Returns
+    /// the final hidden states `[n, hidden]`.
+    pub fn decode(
+        &self,
+        hist: &HistoryKv,
+        beams_kv: &mut BeamKv,
+        tokens: &[u32],
+        positions: &[u32],
+    ) -> Result<Tensor, ModelError> {
+        let n = tokens.len();
+        let r = hist.requests();
+        if n == 0 || n % r != 0 || positions.len() != n {
+            return Err(ModelError::Input(format!("decode: {n} beams for {r} requests")));
+        }
+        let beams = n / r;
+        let tok = Tensor::from_slice(tokens, n, &self.device)?;
+        let pos = Tensor::from_slice(positions, n, &self.device)?;
+        let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?; // [n, 1, hd]
+        let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
+        let mut x = self.embed.index_select(&tok, 0)?; // [n, h]
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, false)?;
+            let a = layer.attn.forward_decode(&h, &cos, &sin, hist.layer(i), hist.mask(), beams_kv, i, beams)?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, false)?;
+            x = (&x + layer.mlp.forward(&h)?)?;
+        }
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, false)
+    }
+}
+
+fn rope_tables(cfg: &ModelConfig, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor), ModelError> {
+    let hd = cfg.head_dim();
+    let half = hd / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / hd as f32))
+        .collect();
+    let max = cfg.max_position_embeddings;
+    let mut cos = Vec::with_capacity(max * hd);
+    let mut sin = Vec::with_capacity(max * hd);
+    for p in 0..max {
+        for _half in 0..2 {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    let cos = Tensor::from_vec(cos, (max, hd), dev)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (max, hd), dev)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+impl Attention {
+    /// Queries, keys and values of `x` `[.., hidden]` shaped `[.., heads, head_dim]`,
+    /// with the Qwen3 per-head norms applied.
+    fn qkv(&self, x: &Tensor, training: bool) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+        let mut lead: Vec<usize> = x.dims().to_vec();
+        lead.pop();
+        let shape = |heads: usize| {
+            let mut s = lead.clone();
+            s.push(heads);
+            s.push(self.head_dim);
+            s
+        };
+        let mut q = self.q.forward(x)?.reshape(shape(self.heads))?;
+        let mut k = self.k.forward(x)?.reshape(shape(self.kv_heads))?;
+        let v = self.v.forward(x)?.reshape(shape(self.kv_heads))?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = rms_norm(&q, qn, self.eps, training)?;
+            k = rms_norm(&k, kn, self.eps, training)?;
+        }
+        Ok((q, k, v))
+    }
+
+    /// Causal self-attention over a whole sequence; returns the output and the
+    /// layer's post-rotary keys and values `[b, kv_heads, t, head_dim]`.
+    fn forward_full(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        training: bool,
+    ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+        let (b, t, _) = x.dims3()?;
+        let (q, k, v) = self.qkv(x, training)?;
+        let q = rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?; // [b, h, t, hd]
+        let k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?.contiguous()?; // [b, kvh, t, hd]
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let g = self.heads / self.kv_heads;
+        // grouped-query: view the g query heads of one kv head as extra rows
+        let qg = q.reshape((b, self.kv_heads, g * t, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (qg.matmul(&k.t()?)? * scale)?; // [b, kvh, g*t, t]
+        let scores = scores.reshape((b, self.kv_heads, g, t, t))?.broadcast_add(&mask.unsqueeze(0)?)?;
+        let p = softmax(&scores, training)?.reshape((b, self.kv_heads, g * t, t))?;
+        let out = p.matmul(&v)?.reshape((b, self.heads, t, self.head_dim))?;
+        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, self.heads * self.head_dim))?;
+        Ok((self.o.forward(&out)?, k, v))
+    }
+
+    /// Attention of one new token per beam over its request's shared history
+    /// plus the beam's own decoded tokens.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_decode(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        hist: &(Tensor, Tensor),
+        hist_mask: &Tensor,
+        beams_kv: &mut BeamKv,
+        layer: usize,
+        beams: usize,
+    ) -> Result<Tensor, ModelError> {
+        let n = x.dim(0)?;
+        let r = n / beams;
+        let (kvh, hd, g) = (self.kv_heads, self.head_dim, self.heads / self.kv_heads);
+        let (q, k, v) = self.qkv(x, false)?; // [n, heads, hd]
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
+        let (kb, vb) = beams_kv.append(layer, &k.unsqueeze(2)?, &v.unsqueeze(2)?)?; // [n, kvh, s, hd]
+        let s = kb.dim(2)?;
+        let (hk, hv) = hist;
+        let th = hk.dim(2)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        // history part, computed once per request for all its beams:
+        // q [r, beams, kvh, g, hd] -> [r, kvh, beams*g, hd]
+        let qh = q
+            .reshape((r, beams, kvh, g, hd))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((r, kvh, beams * g, hd))?;
+        let sh = (qh.matmul(&hk.t()?)? * scale)?.broadcast_add(hist_mask)?; // [r, kvh, beams*g, th]
+        let sh = sh
+            .reshape((r, kvh, beams, g, th))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((n, kvh, g, th))?;
+        // own part: q [n, kvh, g, hd] x kb [n, kvh, s, hd]
+        let qb = q.reshape((n, kvh, g, hd))?;
+        let sb = (qb.matmul(&kb.t()?)? * scale)?; // [n, kvh, g, s]
+        let p = softmax(&Tensor::cat(&[&sh, &sb], 3)?, false)?;
+        let ph = p.narrow(3, 0, th)?;
+        let pb = p.narrow(3, th, s)?;
+        let ob = pb.contiguous()?.matmul(&vb)?; // [n, kvh, g, hd]
+        let ph = ph
+            .reshape((r, beams, kvh, g, th))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((r, kvh, beams * g, th))?;
+        let oh = ph
+            .matmul(hv)?
+            .reshape((r, kvh, beams, g, hd))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((n, kvh, g, hd))?;
+        let out = (oh + ob)?.reshape((n, self.heads * hd))?;
+        Ok(self.o.forward(&out)?)
+    }
+}
