@@ -1,1 +1,304 @@
-fn main() {}
+//! The `genrec` command line: build catalogs, train, evaluate, serve.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use genrec::catalog::build::{build_catalog, load_embeddings};
+use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
+use genrec::catalog::{Catalog, RqOptions};
+use genrec::dataset::{self, demo, Split};
+use genrec::model::Model;
+use genrec::train::{self, EvalOptions, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "genrec", version, about = "Generative recommendation: semantic IDs, a transformer that generates the next items, trie-constrained beam search, served over HTTP.", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a catalog: embed item texts, learn semantic IDs (RQ-KMeans), write CATALOG_DIR.
+    Index(IndexArgs),
+    /// Train the generative model on user histories (last two items per user held out).
+    Train(TrainArgs),
+    /// Evaluate a model with the TIGER protocol; prints Recall/NDCG@5/10 as JSON on the last line.
+    Eval(EvalArgs),
+    /// Serve recommendations over HTTP (the embedded demo model when --model is not given).
+    Serve(genrec::server::ServeArgs),
+    /// Write a small synthetic data set (demo.item.json, demo.inter.json) in the shared/data format.
+    DemoData(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct IndexArgs {
+    /// Items file, NAME.item.json: {"item id": {"title": ..., ...}}.
+    #[arg(long)]
+    items: PathBuf,
+    /// Output catalog folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Precomputed embeddings (safetensors, one F32 tensor [items, dim] in item-id order) instead of MiniLM.
+    #[arg(long)]
+    embeddings: Option<PathBuf>,
+    /// Sentence encoder folder (fetched by scripts/fetch-models.sh).
+    #[arg(long, default_value = DEFAULT_ENCODER_DIR)]
+    encoder: PathBuf,
+    /// K-means levels of the semantic ID (a collision code is added on top).
+    #[arg(long, default_value_t = 3)]
+    levels: usize,
+    /// Codes per level.
+    #[arg(long, default_value_t = 256)]
+    codebook_size: usize,
+    /// Lloyd iterations per level.
+    #[arg(long, default_value_t = 25)]
+    iterations: usize,
+    /// Random seed: the same seed gives the same semantic IDs.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Catalog name (default: the items file's name before the first dot).
+    #[arg(long)]
+    name: Option<String>,
+    /// Texts per encoder batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Interactions file, NAME.inter.json: {"user": [item id, ...]} in time order.
+    #[arg(long)]
+    data: PathBuf,
+    /// Catalog folder written by `genrec index`.
+    #[arg(long)]
+    catalog: PathBuf,
+    /// Output model folder (config.json, model.safetensors, genrec.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Model name shown in answers (default: the catalog's name).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value_t = TrainOptions::default().epochs)]
+    epochs: usize,
+    #[arg(long, default_value_t = TrainOptions::default().batch_size)]
+    batch_size: usize,
+    /// Peak learning rate (linear warm-up, cosine decay to a tenth).
+    #[arg(long, default_value_t = TrainOptions::default().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = TrainOptions::default().weight_decay)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = TrainOptions::default().warmup_steps)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = TrainOptions::default().dropout)]
+    dropout: f32,
+    /// Hidden size.
+    #[arg(long, default_value_t = TrainOptions::default().hidden)]
+    hidden: usize,
+    #[arg(long, default_value_t = TrainOptions::default().layers)]
+    layers: usize,
+    #[arg(long, default_value_t = TrainOptions::default().heads)]
+    heads: usize,
+    /// Key/value heads (grouped-query attention).
+    #[arg(long, default_value_t = TrainOptions::default().kv_heads)]
+    kv_heads: usize,
+    /// MLP inner size.
+    #[arg(long, default_value_t = TrainOptions::default().ff)]
+    ff: usize,
+    /// History items the model reads.
+    #[arg(long, default_value_t = TrainOptions::default().max_history)]
+    max_history: usize,
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
+    seed: u64,
+    /// After training, evaluate on this many validation users (0: skip).
+    #[arg(long, default_value_t = 2000)]
+    valid_users: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Valid,
+    Test,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Interactions file, NAME.inter.json.
+    #[arg(long)]
+    data: PathBuf,
+    /// Model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Catalog folder (default: the one named by the model's genrec.json).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "test")]
+    split: SplitArg,
+    /// Beam width (at least 10).
+    #[arg(long, default_value_t = 20)]
+    beam: usize,
+    /// Requests per batched generation.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Evaluate an evenly spaced subset of users.
+    #[arg(long)]
+    max_users: Option<usize>,
+    /// Keep history items in the ranking.
+    #[arg(long)]
+    keep_history: bool,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = demo::DemoOptions::default().items)]
+    items: usize,
+    #[arg(long, default_value_t = demo::DemoOptions::default().users)]
+    users: usize,
+    #[arg(long, default_value_t = demo::DemoOptions::default().seed)]
+    seed: u64,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Index(a) => index(a),
+        Command::Train(a) => train_cmd(a),
+        Command::Eval(a) => eval(a),
+        Command::Serve(a) => genrec::server::run(a),
+        Command::DemoData(a) => {
+            let o = demo::DemoOptions { items: a.items, users: a.users, seed: a.seed, ..Default::default() };
+            demo::write(&a.out, &o)?;
+            println!("wrote {}/demo.item.json and demo.inter.json ({} items, {} users)", a.out.display(), a.items, a.users);
+            Ok(())
+        }
+    }
+}
+
+fn progress(label: &str, done: usize, total: usize) {
+    eprint!("\r{label}: {done}/{total}");
+    if done == total {
+        eprintln!();
+    }
+    let _ = std::io::stderr().flush();
+}
+
+fn stem(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().split('.').next().unwrap_or("catalog").to_string())
+        .unwrap_or_else(|| "catalog".into())
+}
+
+fn index(a: IndexArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let items = dataset::load_items(&a.items)?;
+    if items.is_empty() {
+        bail!("{}: no items", a.items.display());
+    }
+    eprintln!("index: {} items from {}", items.len(), a.items.display());
+    let (emb, dim, embedder) = match &a.embeddings {
+        Some(p) => {
+            let (e, d) = load_embeddings(p, items.len())?;
+            (e, d, format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()))
+        }
+        None => {
+            let enc = TextEncoder::load(&a.encoder)?;
+            let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
+            let e = enc.embed(&texts, a.batch, |d, t| progress("embedding", d, t))?;
+            (e, enc.dim(), enc.name().to_string())
+        }
+    };
+    eprintln!("index: {} x {} embeddings in {:.1}s; learning semantic IDs", items.len(), dim, t0.elapsed().as_secs_f64());
+    let opts = RqOptions { levels: a.levels, codebook_size: a.codebook_size, iterations: a.iterations, seed: a.seed };
+    let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
+    let (cat, q) = build_catalog(&name, &items, emb, dim, &embedder, &opts)?;
+    cat.save(&a.out)?;
+    for (l, used) in q.used_codes.iter().enumerate() {
+        println!("level {l}: {used}/{} codes used", q.codebook_sizes[l]);
+    }
+    println!(
+        "collisions: {} items in {} groups share their first {} codes; collision level size {}",
+        q.collided_items,
+        q.collision_groups,
+        a.levels,
+        q.codebook_sizes.last().copied().unwrap_or(0)
+    );
+    println!(
+        "wrote catalog {:?} ({} items, semantic IDs {:?}) to {} in {:.1}s",
+        name,
+        cat.len(),
+        q.codebook_sizes,
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let catalog = Catalog::load(&a.catalog)?;
+    let inter = dataset::load_interactions(&a.data)?;
+    let opts = TrainOptions {
+        name: a.name.clone().unwrap_or_else(|| catalog.manifest.name.clone()),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup_steps: a.warmup_steps,
+        dropout: a.dropout,
+        hidden: a.hidden,
+        layers: a.layers,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        ff: a.ff,
+        max_history: a.max_history,
+        seed: a.seed,
+    };
+    let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
+    println!(
+        "trained {} parameters for {} steps in {:.0}s, final epoch loss {:.4}; wrote {}",
+        report.parameters,
+        report.steps,
+        report.seconds,
+        report.final_loss,
+        a.out.display()
+    );
+    if a.valid_users > 0 {
+        let model = Model::load(&a.out, &candle_core::Device::Cpu)?;
+        let o = EvalOptions { split: Split::Valid, beam: 20, batch: 64, max_users: Some(a.valid_users), exclude_history: true };
+        let m = train::evaluate(&model, &catalog, &inter, &o, |d, t| progress("validation", d, t))?;
+        println!("validation: {}", serde_json::to_string(&m)?);
+    }
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let model = Model::load(&a.model, &candle_core::Device::Cpu)?;
+    let cat_dir = match a.catalog.clone().or_else(|| model.catalog_dir()) {
+        Some(d) => d,
+        None => bail!("no catalog: pass --catalog"),
+    };
+    let catalog = Catalog::load(&cat_dir).with_context(|| format!("catalog of model {}", a.model.display()))?;
+    model.sidecar.validate(model.config.vocab_size, &catalog.manifest)?;
+    let inter = dataset::load_interactions(&a.data)?;
+    let split = match a.split {
+        SplitArg::Valid => Split::Valid,
+        SplitArg::Test => Split::Test,
+    };
+    let o = EvalOptions { split, beam: a.beam, batch: a.batch, max_users: a.max_users, exclude_history: !a.keep_history };
+    let m = train::evaluate(&model, &catalog, &inter, &o, |d, t| progress("eval", d, t))?;
+    eprintln!("eval: {} users in {:.1}s (beam {})", m.users, t0.elapsed().as_secs_f64(), a.beam.max(10));
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}

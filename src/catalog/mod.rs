@@ -2,6 +2,7 @@
 //! trie over those IDs. A [`Catalog`] is immutable once built; the engine shares
 //! it behind an `Arc` and swaps whole snapshots.
 
+pub mod build;
 pub mod embed;
 pub mod rqkmeans;
 pub mod store;

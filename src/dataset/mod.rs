@@ -65,17 +65,21 @@ pub fn load_items(path: &Path) -> Result<Vec<ItemRecord>, DataError> {
     })?;
     let mut items = Vec::with_capacity(obj.len());
     for (id, attrs) in obj {
-        let title = attrs.get("title").and_then(field_text).ok_or_else(|| DataError::Format {
-            path: path.into(),
-            msg: format!("item {id:?} has no \"title\""),
-        })?;
-        let mut text = title.clone();
-        for f in TEXT_FIELDS {
-            if let Some(t) = attrs.get(f).and_then(field_text) {
-                text.push_str(". ");
-                text.push_str(&t);
+        // a title must be present; an empty one is allowed (it happens in real
+        // data) and the text then falls back to the other fields or the id
+        let title = match attrs.get("title") {
+            Some(Value::String(s)) => s.trim().to_string(),
+            _ => {
+                return Err(DataError::Format {
+                    path: path.into(),
+                    msg: format!("item {id:?} has no \"title\" string"),
+                })
             }
-        }
+        };
+        let mut parts: Vec<String> = vec![title.clone()];
+        parts.extend(TEXT_FIELDS.iter().filter_map(|f| attrs.get(*f).and_then(field_text)));
+        parts.retain(|p| !p.is_empty());
+        let text = if parts.is_empty() { format!("item {id}") } else { parts.join(". ") };
         items.push(ItemRecord { id: id.clone(), title, text });
     }
     items.sort_by(|a, b| id_order(&a.id, &b.id));
@@ -186,6 +190,8 @@ mod tests {
         assert_eq!(items[0].id, "2");
         assert_eq!(items[0].text, "a. x, y");
         assert_eq!(items[1].text, "b. acme");
+        std::fs::write(&p, r#"{"1": {"title": ""}}"#).unwrap();
+        assert_eq!(load_items(&p).unwrap()[0].text, "item 1");
         std::fs::write(&p, r#"{"1": {"name": "no title"}}"#).unwrap();
         let err = load_items(&p).unwrap_err().to_string();
         assert!(err.contains("title"), "{err}");

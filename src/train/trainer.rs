@@ -1,0 +1,251 @@
+//! Next-item training of the decoder on semantic-ID sequences: every user's
+//! training part (all but the last two items) becomes `[bos, codes of item 1,
+//! codes of item 2, ...]` in windows of `max_history + 1` items, and the model
+//! learns to predict every code token from the tokens before it (teacher
+//! forcing, cross-entropy), with AdamW, linear warm-up and cosine decay.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::eval::to_indices;
+use super::TrainError;
+use crate::catalog::Catalog;
+use crate::dataset::{train_part, Interactions};
+use crate::model::config::ModelConfig;
+use crate::model::init::init_weights;
+use crate::model::transformer::Dropout;
+use crate::model::{save_checkpoint, Sidecar, Transformer};
+
+/// Options of `genrec train`.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub name: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub dropout: f32,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ff: usize,
+    pub max_history: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            name: "genrec".into(),
+            epochs: 10,
+            batch_size: 128,
+            lr: 2e-3,
+            weight_decay: 0.01,
+            warmup_steps: 100,
+            dropout: 0.1,
+            hidden: 128,
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
+            ff: 512,
+            max_history: 20,
+            seed: 42,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub sequences: usize,
+    pub steps: usize,
+    pub final_loss: f64,
+    pub seconds: f64,
+    pub parameters: usize,
+}
+
+/// Token sequences for training: windows of at most `max_history + 1` items
+/// over each user's training part, each starting with `bos`.
+pub fn training_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sidecar, max_history: usize) -> Vec<Vec<u32>> {
+    let win = max_history + 1;
+    let mut out = Vec::new();
+    for seq in &inter.sequences {
+        let items = to_indices(catalog, seq);
+        let part = train_part(&items);
+        if part.len() < 2 {
+            continue;
+        }
+        // windows end at the last item and step back by `max_history`, so each
+        // item is a target once and every window has context
+        let mut end = part.len();
+        loop {
+            let start = end.saturating_sub(win);
+            out.push(sidecar.history_tokens(part[start..end].iter().map(|&i| catalog.sid(i))));
+            if start == 0 {
+                break;
+            }
+            end = start + 1;
+        }
+    }
+    out
+}
+
+fn lr_at(opts: &TrainOptions, step: usize, total: usize) -> f64 {
+    if step < opts.warmup_steps {
+        return opts.lr * (step + 1) as f64 / opts.warmup_steps as f64;
+    }
+    let t = (step - opts.warmup_steps) as f64 / (total.saturating_sub(opts.warmup_steps)).max(1) as f64;
+    let floor = 0.1 * opts.lr;
+    floor + (opts.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+}
+
+/// Relative path from folder `from` to `to`, both made absolute first.
+pub fn relative_path(from: &Path, to: &Path) -> String {
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (f, t) = (abs(from), abs(to));
+    let fc: Vec<_> = f.components().collect();
+    let tc: Vec<_> = t.components().collect();
+    let common = fc.iter().zip(&tc).take_while(|(a, b)| a == b).count();
+    if common == 0 {
+        return t.to_string_lossy().into_owned();
+    }
+    let mut parts: Vec<String> = vec!["..".into(); fc.len() - common];
+    parts.extend(tc[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Trains a model on `inter` over `catalog` and writes the checkpoint to `out`.
+/// `log` receives progress lines.
+pub fn train(
+    catalog: &Catalog,
+    catalog_dir: &Path,
+    inter: &Interactions,
+    opts: &TrainOptions,
+    out: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<TrainReport, TrainError> {
+    if opts.epochs == 0 || opts.batch_size == 0 || opts.heads == 0 || opts.hidden % opts.heads != 0 {
+        return Err(TrainError::Invalid(
+            "epochs and batch size must be positive and hidden a multiple of heads".into(),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::Io(out.display().to_string(), e))?;
+    let sidecar = Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest, opts.max_history);
+    let mut cfg = ModelConfig::llama(sidecar.min_vocab(), opts.hidden, opts.layers, opts.heads, opts.kv_heads, opts.ff);
+    cfg.bos_token_id = Some(sidecar.bos_token_id);
+    cfg.eos_token_id = Some(sidecar.eos_token_id);
+    cfg.pad_token_id = Some(sidecar.pad_token_id);
+    cfg.max_position_embeddings = (1 + (opts.max_history + 1) * sidecar.levels()).next_power_of_two().max(64);
+    cfg.validate()?;
+
+    let seqs = training_sequences(catalog, inter, &sidecar, opts.max_history);
+    if seqs.is_empty() {
+        return Err(TrainError::Invalid("no user has at least two training items".into()));
+    }
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().map_err(|_| TrainError::Invalid("poisoned var map".into()))?;
+        for (name, t) in init_weights(&cfg, 0.02, opts.seed, &dev)? {
+            data.insert(name, Var::from_tensor(&t)?);
+        }
+    }
+    let net = Transformer::load(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg)?;
+    let parameters: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW { lr: opts.lr, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: opts.weight_decay },
+    )?;
+    let steps_per_epoch = seqs.len().div_ceil(opts.batch_size);
+    let total = steps_per_epoch * opts.epochs;
+    log(&format!(
+        "train: {} sequences, {} parameters, {} epochs x {} steps (batch {})",
+        seqs.len(),
+        parameters,
+        opts.epochs,
+        steps_per_epoch,
+        opts.batch_size
+    ));
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut drop_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
+    let started = Instant::now();
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    let mut step = 0;
+    let mut last_loss = f64::NAN;
+    for epoch in 0..opts.epochs {
+        order.shuffle(&mut rng);
+        let (mut sum, mut count, mut tokens) = (0.0, 0usize, 0usize);
+        let epoch_start = Instant::now();
+        for (bi, chunk) in order.chunks(opts.batch_size).enumerate() {
+            let t = chunk.iter().map(|&i| seqs[i].len()).max().unwrap_or(2);
+            let b = chunk.len();
+            let mut toks = vec![sidecar.pad_token_id; b * t];
+            let (mut rows, mut targets) = (Vec::new(), Vec::new());
+            for (r, &i) in chunk.iter().enumerate() {
+                let s = &seqs[i];
+                toks[r * t..r * t + s.len()].copy_from_slice(s);
+                for p in 0..s.len() - 1 {
+                    rows.push((r * t + p) as u32);
+                    targets.push(s[p + 1]);
+                }
+                tokens += s.len();
+            }
+            let tok = Tensor::from_vec(toks, (b, t), &dev)?;
+            let (hidden, _) = net.forward_hidden(&tok, Some(Dropout { p: opts.dropout, rng: &mut drop_rng }))?;
+            let rows = Tensor::from_vec(rows, targets.len(), &dev)?;
+            let h = hidden.reshape((b * t, ()))?.index_select(&rows, 0)?;
+            let logits = net.logits(&h)?;
+            let targets = Tensor::from_vec(targets, h.dim(0)?, &dev)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+            opt.set_learning_rate(lr_at(opts, step, total));
+            opt.backward_step(&loss)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(TrainError::Invalid(format!("loss became {l} at step {step}")));
+            }
+            sum += l;
+            count += 1;
+            step += 1;
+            if (bi + 1) % 50 == 0 || bi + 1 == steps_per_epoch {
+                let secs = epoch_start.elapsed().as_secs_f64();
+                log(&format!(
+                    "epoch {}/{} step {}/{} loss {:.4} lr {:.2e} {:.0} tok/s elapsed {:.0}s",
+                    epoch + 1,
+                    opts.epochs,
+                    bi + 1,
+                    steps_per_epoch,
+                    sum / count as f64,
+                    lr_at(opts, step, total),
+                    tokens as f64 / secs.max(1e-9),
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+        }
+        last_loss = sum / count.max(1) as f64;
+    }
+    let tensors: HashMap<String, Tensor> = {
+        let data = varmap.data().lock().map_err(|_| TrainError::Invalid("poisoned var map".into()))?;
+        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    };
+    save_checkpoint(out, &cfg, &tensors, &sidecar)?;
+    Ok(TrainReport {
+        sequences: seqs.len(),
+        steps: step,
+        final_loss: last_loss,
+        seconds: started.elapsed().as_secs_f64(),
+        parameters,
+    })
+}
