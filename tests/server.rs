@@ -1,0 +1,130 @@
+//! The real server on a loopback port: answers, errors, health and metrics.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::Server;
+use serde_json::{json, Value};
+
+async fn post(client: &reqwest::Client, s: &Server, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let r = client
+        .post(s.at("/v1/recommend"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let v = r.json::<Value>().await.expect("JSON body");
+    (status, v)
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, field: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["field"], field, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn default_model_answers_and_rejects_bad_input() {
+    let s = Server::start(&[]);
+    let c = reqwest::Client::new();
+
+    let h = c.get(s.at("/healthz")).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    let r = c.get(s.at("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    let items_in_catalog = ready["items"].as_u64().unwrap();
+    assert!(items_in_catalog > 0);
+
+    // a real answer: k distinct catalog items, none from the history, best first
+    let history = ["3", "11", "19", "27"];
+    let (st, v) = post(&c, &s, json!({"history": history, "k": 10}).to_string()).await;
+    assert_eq!(st, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    let ids: HashSet<&str> = items.iter().map(|i| i["item_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 10, "distinct");
+    for it in items {
+        let id: u64 = it["item_id"].as_str().unwrap().parse().unwrap();
+        assert!(id < items_in_catalog);
+        assert!(!history.contains(&it["item_id"].as_str().unwrap()));
+        assert_eq!(it["source"], "generative");
+        assert_eq!(it["semantic_id"].as_array().unwrap().len(), 4);
+    }
+    let scores: Vec<f64> = items.iter().map(|i| i["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert_eq!(v["model"], ready["model"]);
+    assert!(v["took_ms"].as_f64().unwrap() >= 0.0);
+
+    // numbers are item ids too; exclude_history false may return history items
+    let (st, v) = post(&c, &s, json!({"history": [3, 11], "k": 1, "exclude_history": false}).to_string()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+
+    // unknown ids are ignored and reported when others remain
+    let (st, v) = post(&c, &s, json!({"history": ["nope", "3"], "k": 5}).to_string()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["ignored_history"], json!(["nope"]));
+    assert_eq!(v["items"].as_array().unwrap().len(), 5);
+
+    // errors name the field
+    let (st, v) = post(&c, &s, "{\"history\": [\"3\"").await;
+    assert_error(st, &v, 400, "body");
+    let (st, v) = post(&c, &s, json!({"history": ["3"], "k": 0}).to_string()).await;
+    assert_error(st, &v, 422, "k");
+    let (st, v) = post(&c, &s, json!({"history": ["3"], "k": 101}).to_string()).await;
+    assert_error(st, &v, 422, "k");
+    let (st, v) = post(&c, &s, json!({"history": ["3"], "k": "ten"}).to_string()).await;
+    assert_error(st, &v, 422, "k");
+    let (st, v) = post(&c, &s, json!({"history": []}).to_string()).await;
+    assert_error(st, &v, 422, "history");
+    let (st, v) = post(&c, &s, json!({"k": 3}).to_string()).await;
+    assert_error(st, &v, 422, "history");
+    let (st, v) = post(&c, &s, json!({"history": ["nope", "never"]}).to_string()).await;
+    assert_error(st, &v, 422, "history");
+    let (st, v) = post(&c, &s, json!({"history": ["3"], "exclude_histroy": true}).to_string()).await;
+    assert_error(st, &v, 422, "exclude_histroy");
+    let (st, v) = post(&c, &s, json!({"history": [{"id": 3}]}).to_string()).await;
+    assert_error(st, &v, 422, "history[0]");
+    let big = json!({"history": vec!["3"; 40_000]}).to_string();
+    let (st, v) = post(&c, &s, big).await;
+    assert_error(st, &v, 413, "body");
+    let r = c.get(s.at("/v2/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // metrics count what happened
+    let m = c.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("genrec_requests_total{outcome=\"ok\"} 3"), "{m}");
+    assert!(m.contains("genrec_requests_total{outcome=\"invalid\"} 10"), "{m}");
+    assert!(m.contains("genrec_request_duration_seconds_bucket"), "{m}");
+    assert!(m.contains("genrec_generated_tokens_total"), "{m}");
+}
+
+#[tokio::test]
+async fn serves_a_model_folder_and_refuses_a_broken_one() {
+    let dir = common::repo().join("models/demo/model");
+    let s = Server::start(&["--model", dir.to_str().unwrap()]);
+    let c = reqwest::Client::new();
+    let (st, v) = post(&c, &s, json!({"history": ["5"], "k": 3}).to_string()).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["model"].as_str().unwrap().starts_with("demo/"));
+
+    // a truncated checkpoint: the server refuses to start and says why
+    let tmp = common::TempDir::new("broken");
+    for f in ["config.json", "genrec.json"] {
+        std::fs::copy(dir.join(f), tmp.0.join(f)).unwrap();
+    }
+    let w = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(tmp.0.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--model", tmp.0.to_str().unwrap()])
+        .args(["--catalog", common::repo().join("models/demo/catalog").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model.safetensors"), "{err}");
+}
