@@ -48,7 +48,7 @@ struct IndexArgs {
     #[arg(long)]
     embeddings: Option<PathBuf>,
     /// Sentence encoder folder (fetched by scripts/fetch-models.sh).
-    #[arg(long, default_value = DEFAULT_ENCODER_DIR)]
+    #[arg(long, env = "GENREC_ENCODER", default_value = DEFAULT_ENCODER_DIR)]
     encoder: PathBuf,
     /// K-means levels of the semantic ID (a collision code is added on top).
     #[arg(long, default_value_t = 3)]
