@@ -99,6 +99,23 @@ pub fn training_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sid
     out
 }
 
+/// Batches for one epoch: sequences shuffled, then sorted by length within
+/// pools of 32 batches, cut into batches, and the batches shuffled. Similar
+/// lengths in a batch cut the padding that the model would compute for nothing
+/// (most users are far shorter than the longest window), while every epoch
+/// still sees a different order.
+fn length_bucketed_batches(seqs: &[Vec<u32>], batch: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.shuffle(rng);
+    let mut batches = Vec::with_capacity(seqs.len().div_ceil(batch));
+    for pool in order.chunks_mut(batch * 32) {
+        pool.sort_by_key(|&i| seqs[i].len());
+        batches.extend(pool.chunks(batch).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(rng);
+    batches
+}
+
 fn lr_at(opts: &TrainOptions, step: usize, total: usize) -> f64 {
     if step < opts.warmup_steps {
         return opts.lr * (step + 1) as f64 / opts.warmup_steps as f64;
@@ -182,14 +199,13 @@ pub fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut drop_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
     let started = Instant::now();
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
     let mut step = 0;
     let mut last_loss = f64::NAN;
     for epoch in 0..opts.epochs {
-        order.shuffle(&mut rng);
+        let batches = length_bucketed_batches(&seqs, opts.batch_size, &mut rng);
         let (mut sum, mut count, mut tokens) = (0.0, 0usize, 0usize);
         let epoch_start = Instant::now();
-        for (bi, chunk) in order.chunks(opts.batch_size).enumerate() {
+        for (bi, chunk) in batches.iter().enumerate() {
             let t = chunk.iter().map(|&i| seqs[i].len()).max().unwrap_or(2);
             let b = chunk.len();
             let mut toks = vec![sidecar.pad_token_id; b * t];
