@@ -4,13 +4,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use genrec::catalog::build::{build_catalog, load_embeddings};
 use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use genrec::catalog::{Catalog, RqOptions};
 use genrec::dataset::{self, demo, Split};
+use genrec::engine::Snapshot;
 use genrec::model::Model;
 use genrec::train::{self, EvalOptions, TrainOptions};
 
@@ -301,20 +302,15 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let t0 = Instant::now();
-    let model = Model::load(&a.model, &candle_core::Device::Cpu)?;
-    let cat_dir = match a.catalog.clone().or_else(|| model.catalog_dir()) {
-        Some(d) => d,
-        None => bail!("no catalog: pass --catalog"),
-    };
-    let catalog = Catalog::load(&cat_dir).with_context(|| format!("catalog of model {}", a.model.display()))?;
-    model.sidecar.validate(model.config.vocab_size, &catalog.manifest)?;
+    let snap = Snapshot::load(&a.model, a.catalog.as_deref(), &candle_core::Device::Cpu)?;
+    let (model, catalog) = (&snap.model, &snap.catalog);
     let inter = dataset::load_interactions(&a.data)?;
     let split = match a.split {
         SplitArg::Valid => Split::Valid,
         SplitArg::Test => Split::Test,
     };
     let o = EvalOptions { split, beam: a.beam, batch: a.batch, max_users: a.max_users, exclude_history: !a.keep_history };
-    let m = train::evaluate(&model, &catalog, &inter, &o, |d, t| progress("eval", d, t))?;
+    let m = train::evaluate(model, catalog, &inter, &o, |d, t| progress("eval", d, t))?;
     eprintln!("eval: {} users in {:.1}s (beam {})", m.users, t0.elapsed().as_secs_f64(), a.beam.max(10));
     println!("{}", serde_json::to_string(&m)?);
     Ok(())

@@ -5,13 +5,14 @@
 //! of model or catalog never shows it a half-applied change.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError};
 use crate::generate::{generate, GenRequest, GenerateError};
-use crate::model::Model;
+use crate::model::{Model, ModelError};
 
 /// Largest `k` a request may ask for.
 pub const MAX_K: usize = 100;
@@ -28,6 +29,10 @@ pub enum EngineError {
     Generate(#[from] GenerateError),
     #[error("model and catalog do not match: {0}")]
     Mismatch(String),
+    #[error("loading model: {0}")]
+    LoadModel(#[from] ModelError),
+    #[error("loading catalog: {0}")]
+    LoadCatalog(#[from] CatalogError),
 }
 
 /// A model with the catalog it generates over.
@@ -44,6 +49,18 @@ impl Snapshot {
             .validate(model.config.vocab_size, &catalog.manifest)
             .map_err(|e| EngineError::Mismatch(e.to_string()))?;
         Ok(Snapshot { model: Arc::new(model), catalog: Arc::new(catalog) })
+    }
+
+    /// Loads a model folder and its catalog: `catalog_dir` when given, else the
+    /// folder its `genrec.json` names.
+    pub fn load(model_dir: &Path, catalog_dir: Option<&Path>, dev: &candle_core::Device) -> Result<Self, EngineError> {
+        let model = Model::load(model_dir, dev)?;
+        let dir = catalog_dir
+            .map(Path::to_path_buf)
+            .or_else(|| model.catalog_dir())
+            .ok_or_else(|| EngineError::Mismatch("the model names no catalog: pass --catalog".into()))?;
+        let catalog = Catalog::load(&dir)?;
+        Self::new(model, catalog)
     }
 }
 

@@ -91,7 +91,10 @@ impl From<EngineError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(field), message.clone())
             }
             EngineError::NotReady => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()),
-            EngineError::Generate(_) | EngineError::Mismatch(_) => {
+            EngineError::Generate(_)
+            | EngineError::Mismatch(_)
+            | EngineError::LoadModel(_)
+            | EngineError::LoadCatalog(_) => {
                 tracing::error!(error = %e, "recommendation failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string())
             }

@@ -14,9 +14,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::catalog::Catalog;
 use crate::engine::{Engine, EngineOptions, Snapshot};
-use crate::model::Model;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -59,20 +57,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Loads the model and catalog the flags name (or the embedded default).
 pub fn load_snapshot(args: &ServeArgs) -> Result<Snapshot> {
     let dev = candle_core::Device::Cpu;
-    let (model, catalog) = match &args.model {
-        Some(dir) => {
-            let model = Model::load(dir, &dev).with_context(|| format!("loading model {}", dir.display()))?;
-            let cat_dir = args
-                .catalog
-                .clone()
-                .or_else(|| model.catalog_dir())
-                .context("the model names no catalog: pass --catalog")?;
-            let catalog = Catalog::load(&cat_dir).with_context(|| format!("loading catalog {}", cat_dir.display()))?;
-            (model, catalog)
+    match &args.model {
+        Some(dir) => Ok(Snapshot::load(dir, args.catalog.as_deref(), &dev)?),
+        None => {
+            let (model, catalog) = default_model::load(&dev).context("loading the embedded default model")?;
+            Ok(Snapshot::new(model, catalog)?)
         }
-        None => default_model::load(&dev).context("loading the embedded default model")?,
-    };
-    Ok(Snapshot::new(model, catalog)?)
+    }
 }
 
 /// Runs the server until SIGINT/SIGTERM.
