@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use genrec::catalog::build::{build_catalog, load_embeddings};
+use genrec::catalog::build::{build_catalog, load_embeddings, with_attributes};
 use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use genrec::catalog::{Catalog, RqOptions};
 use genrec::dataset::{self, demo, Split};
@@ -69,6 +69,10 @@ struct IndexArgs {
     /// Texts per encoder batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Weight of the items' categorical `attributes` (brand/category codes)
+    /// appended to the text embedding before quantisation (0: text only).
+    #[arg(long, default_value_t = 0.0)]
+    attribute_weight: f32,
 }
 
 #[derive(clap::Args)]
@@ -119,6 +123,14 @@ struct TrainArgs {
     /// After training, evaluate on this many validation users (0: skip).
     #[arg(long, default_value_t = 2000)]
     valid_users: usize,
+    /// Also evaluate on the validation users every this many epochs (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    valid_every: usize,
+    /// Training threads (default: all cores). Each thread runs its share of a
+    /// batch with single-threaded kernels (data parallel), which on small
+    /// models is much faster than splitting every matrix product.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -237,6 +249,8 @@ fn index(a: IndexArgs) -> Result<()> {
             (e, enc.dim(), enc.name().to_string())
         }
     };
+    let (emb, dim) = with_attributes(emb, dim, &items, a.attribute_weight);
+    let embedder = if a.attribute_weight > 0.0 { format!("{embedder}+attributes*{}", a.attribute_weight) } else { embedder };
     eprintln!("index: {} x {} embeddings in {:.1}s; learning semantic IDs", items.len(), dim, t0.elapsed().as_secs_f64());
     let opts = RqOptions { levels: a.levels, codebook_size: a.codebook_size, iterations: a.iterations, seed: a.seed };
     let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
@@ -264,6 +278,13 @@ fn index(a: IndexArgs) -> Result<()> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
+    let workers = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    if workers > 1 {
+        // candle reads these when it sizes its kernels' thread use; nothing
+        // has touched candle yet, and no other thread runs
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let catalog = Catalog::load(&a.catalog)?;
     let inter = dataset::load_interactions(&a.data)?;
     let opts = TrainOptions {
@@ -281,6 +302,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         ff: a.ff,
         max_history: a.max_history,
         seed: a.seed,
+        valid_every: a.valid_every,
+        valid_users: a.valid_users.max(1),
+        workers,
     };
     let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
     println!(

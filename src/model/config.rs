@@ -47,9 +47,15 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     #[serde(default = "default_dtype")]
     pub torch_dtype: String,
-    /// Kept so that transformers can read the file; genrec ignores it.
+    /// Older transformers: rotary scaling (only absent / `default` is supported).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers 5 writes `{"rope_type": "default", "rope_theta": ...}` here
+    /// instead of a top-level `rope_theta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    pub mlp_bias: bool,
 }
 
 fn default_eps() -> f64 {
@@ -92,6 +98,8 @@ impl ModelConfig {
             pad_token_id: None,
             torch_dtype: "float32".into(),
             rope_scaling: None,
+            rope_parameters: None,
+            mlp_bias: false,
         }
     }
 
@@ -103,6 +111,15 @@ impl ModelConfig {
                 "architectures {other:?}: genrec reads LlamaForCausalLM and Qwen3ForCausalLM"
             ))),
         }
+    }
+
+    /// Rotary base: `rope_parameters.rope_theta` when present, else `rope_theta`.
+    pub fn rope_base(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(self.rope_theta)
     }
 
     pub fn kv_heads(&self) -> usize {
@@ -133,8 +150,16 @@ impl ModelConfig {
         if self.hidden_act != "silu" {
             return bad(format!("hidden_act {:?}: only silu (SwiGLU) is supported", self.hidden_act));
         }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return bad("rope_scaling is not supported".into());
+        for (field, v) in [("rope_scaling", &self.rope_scaling), ("rope_parameters", &self.rope_parameters)] {
+            let kind = v.as_ref().filter(|v| !v.is_null()).map(|v| v.get("rope_type").or_else(|| v.get("type")));
+            if let Some(kind) = kind {
+                if kind.and_then(serde_json::Value::as_str).unwrap_or("default") != "default" {
+                    return bad(format!("{field}: only the default rotary embedding is supported, got {kind:?}"));
+                }
+            }
+        }
+        if self.mlp_bias {
+            return bad("mlp_bias is not supported".into());
         }
         Ok(())
     }
@@ -165,5 +190,21 @@ mod tests {
         assert!(bad.validate().is_err());
         bad.architectures = vec!["GPT2LMHeadModel".into()];
         assert!(bad.arch().is_err());
+    }
+
+    #[test]
+    fn reads_rope_theta_from_transformers5_rope_parameters() {
+        let mut c: ModelConfig = serde_json::from_str(
+            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":100,
+                "hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,"num_attention_heads":4,
+                "rope_parameters":{"rope_theta":5000.0,"rope_type":"default"}}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.rope_base(), 5000.0);
+        c.rope_parameters = Some(serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
+        assert!(c.validate().unwrap_err().to_string().contains("yarn"));
+        c.rope_parameters = None;
+        assert_eq!(c.rope_base(), 10_000.0);
     }
 }

@@ -77,6 +77,7 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, ModelError> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
+#[derive(Clone)]
 struct Attention {
     q: Linear,
     k: Linear,
@@ -90,6 +91,7 @@ struct Attention {
     eps: f64,
 }
 
+#[derive(Clone)]
 struct Mlp {
     gate: Linear,
     up: Linear,
@@ -103,6 +105,7 @@ impl Mlp {
     }
 }
 
+#[derive(Clone)]
 struct Layer {
     attn: Attention,
     mlp: Mlp,
@@ -116,7 +119,8 @@ fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear,
     Ok(Linear::new(w, b))
 }
 
-/// The decoder-only transformer.
+/// The decoder-only transformer (cloning shares the weight tensors).
+#[derive(Clone)]
 pub struct Transformer {
     cfg: ModelConfig,
     embed: Tensor,
@@ -288,7 +292,7 @@ fn rope_tables(cfg: &ModelConfig, dtype: DType, dev: &Device) -> Result<(Tensor,
     let hd = cfg.head_dim();
     let half = hd / 2;
     let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / hd as f32))
+        .map(|i| 1.0 / (cfg.rope_base() as f32).powf(2.0 * i as f32 / hd as f32))
         .collect();
     let max = cfg.max_position_embeddings;
     let mut cos = Vec::with_capacity(max * hd);

@@ -91,6 +91,46 @@ mod tests {
     }
 
     #[test]
+    fn data_parallel_workers_compute_the_same_step() {
+        // without dropout, splitting each batch over workers and summing the
+        // weighted gradients must give the single-worker update
+        let cat = random_catalog(48, &[4, 4, 3], 2);
+        let inter = demo_interactions(48);
+        let base = std::env::temp_dir().join(format!("genrec-dp-{}", std::process::id()));
+        let mut weights = Vec::new();
+        for workers in [1, 2, 3] {
+            let opts = TrainOptions {
+                epochs: 1,
+                batch_size: 40,
+                hidden: 32,
+                layers: 1,
+                heads: 2,
+                kv_heads: 1,
+                ff: 64,
+                warmup_steps: 1,
+                dropout: 0.0,
+                workers,
+                ..Default::default()
+            };
+            let out = base.join(format!("w{workers}"));
+            train(&cat, &base, &inter, &opts, &out, &mut |_| {}).unwrap();
+            let t = candle_core::safetensors::load(out.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+            let mut flat = Vec::new();
+            let mut names: Vec<_> = t.keys().cloned().collect();
+            names.sort();
+            for n in names {
+                flat.extend(t[&n].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            weights.push(flat);
+        }
+        for w in &weights[1..] {
+            let diff = w.iter().zip(&weights[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "max weight difference {diff}");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
     fn relative_paths() {
         let base = std::env::temp_dir().join(format!("genrec-rel-{}", std::process::id()));
         std::fs::create_dir_all(base.join("m/model")).unwrap();

@@ -8,20 +8,21 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::eval::to_indices;
+use super::eval::{evaluate, to_indices, EvalOptions};
 use super::TrainError;
 use crate::catalog::Catalog;
-use crate::dataset::{train_part, Interactions};
+use crate::dataset::{train_part, Interactions, Split};
 use crate::model::config::ModelConfig;
 use crate::model::init::init_weights;
 use crate::model::transformer::Dropout;
-use crate::model::{save_checkpoint, Sidecar, Transformer};
+use crate::model::{save_checkpoint, Model, Sidecar, Transformer};
 
 /// Options of `genrec train`.
 #[derive(Debug, Clone)]
@@ -40,6 +41,12 @@ pub struct TrainOptions {
     pub ff: usize,
     pub max_history: usize,
     pub seed: u64,
+    /// Evaluate on `valid_users` validation users every this many epochs (0: never).
+    pub valid_every: usize,
+    pub valid_users: usize,
+    /// Data-parallel workers per step (each runs its share of the batch on
+    /// one thread; see `genrec train --threads`).
+    pub workers: usize,
 }
 
 impl Default for TrainOptions {
@@ -59,6 +66,9 @@ impl Default for TrainOptions {
             ff: 512,
             max_history: 20,
             seed: 42,
+            valid_every: 0,
+            valid_users: 2000,
+            workers: 1,
         }
     }
 }
@@ -114,6 +124,58 @@ fn length_bucketed_batches(seqs: &[Vec<u32>], batch: usize, rng: &mut ChaCha8Rng
     }
     batches.shuffle(rng);
     batches
+}
+
+/// One worker's part of a batch and how many targets it holds.
+struct Share {
+    rows: Vec<usize>,
+    targets: usize,
+}
+
+/// Splits a batch into `workers` parts with about equal token counts (a
+/// batch is sorted by length, so rows are dealt out round-robin).
+fn split_batch(chunk: &[usize], seqs: &[Vec<u32>], workers: usize) -> Vec<Share> {
+    let w = workers.clamp(1, chunk.len().max(1));
+    let mut shares: Vec<Share> = (0..w).map(|_| Share { rows: Vec::new(), targets: 0 }).collect();
+    for (j, &i) in chunk.iter().enumerate() {
+        let s = &mut shares[j % w];
+        s.rows.push(i);
+        s.targets += seqs[i].len().saturating_sub(1);
+    }
+    shares.retain(|s| s.targets > 0);
+    shares
+}
+
+/// Mean next-token cross-entropy of the sequences `rows` (right-padded into
+/// one batch), with dropout.
+fn share_loss(
+    net: &Transformer,
+    seqs: &[Vec<u32>],
+    rows_of: &[usize],
+    pad: u32,
+    dropout: f32,
+    rng: &mut ChaCha8Rng,
+    dev: &Device,
+) -> Result<Tensor, TrainError> {
+    let t = rows_of.iter().map(|&i| seqs[i].len()).max().unwrap_or(2);
+    let b = rows_of.len();
+    let mut toks = vec![pad; b * t];
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    for (r, &i) in rows_of.iter().enumerate() {
+        let s = &seqs[i];
+        toks[r * t..r * t + s.len()].copy_from_slice(s);
+        for p in 0..s.len() - 1 {
+            rows.push((r * t + p) as u32);
+            targets.push(s[p + 1]);
+        }
+    }
+    let tok = Tensor::from_vec(toks, (b, t), dev)?;
+    let (hidden, _) = net.forward_hidden(&tok, Some(Dropout { p: dropout, rng }))?;
+    let rows = Tensor::from_vec(rows, targets.len(), dev)?;
+    let h = hidden.reshape((b * t, ()))?.index_select(&rows, 0)?;
+    let logits = net.logits(&h)?;
+    let targets = Tensor::from_vec(targets, h.dim(0)?, dev)?;
+    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
 }
 
 fn lr_at(opts: &TrainOptions, step: usize, total: usize) -> f64 {
@@ -199,6 +261,7 @@ pub fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut drop_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
     let started = Instant::now();
+    let workers = opts.workers.max(1);
     let mut step = 0;
     let mut last_loss = f64::NAN;
     for epoch in 0..opts.epochs {
@@ -206,29 +269,48 @@ pub fn train(
         let (mut sum, mut count, mut tokens) = (0.0, 0usize, 0usize);
         let epoch_start = Instant::now();
         for (bi, chunk) in batches.iter().enumerate() {
-            let t = chunk.iter().map(|&i| seqs[i].len()).max().unwrap_or(2);
-            let b = chunk.len();
-            let mut toks = vec![sidecar.pad_token_id; b * t];
-            let (mut rows, mut targets) = (Vec::new(), Vec::new());
-            for (r, &i) in chunk.iter().enumerate() {
-                let s = &seqs[i];
-                toks[r * t..r * t + s.len()].copy_from_slice(s);
-                for p in 0..s.len() - 1 {
-                    rows.push((r * t + p) as u32);
-                    targets.push(s[p + 1]);
+            // data parallel: each worker computes the loss of its share of the
+            // batch and its gradients; the gradients are summed (each loss is
+            // weighted by its share of the targets, so the sum is the batch mean)
+            let shares = split_batch(chunk, &seqs, workers);
+            let n_total: usize = shares.iter().map(|s| s.targets).sum();
+            let step_seed: u64 = drop_rng.random();
+            let results: Vec<Result<(f64, GradStore), TrainError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = shares
+                    .iter()
+                    .enumerate()
+                    .map(|(w, share)| {
+                        let (net, seqs, dev) = (&net, &seqs, &dev);
+                        scope.spawn(move || {
+                            let mut rng = ChaCha8Rng::seed_from_u64(step_seed ^ (w as u64).wrapping_mul(0x9e37_79b9));
+                            let loss = share_loss(net, seqs, &share.rows, sidecar.pad_token_id, opts.dropout, &mut rng, dev)?;
+                            let weight = share.targets as f64 / n_total as f64;
+                            let scaled = (&loss * weight)?;
+                            let grads = scaled.backward()?;
+                            Ok((loss.to_scalar::<f32>()? as f64 * weight, grads))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Invalid("a training worker panicked".into()))))
+                    .collect()
+            });
+            let mut l = 0.0;
+            let mut grads: Option<GradStore> = None;
+            for r in results {
+                let (lw, g) = r?;
+                l += lw;
+                match grads.as_mut() {
+                    None => grads = Some(g),
+                    Some(acc) => acc.extend(g)?,
                 }
-                tokens += s.len();
             }
-            let tok = Tensor::from_vec(toks, (b, t), &dev)?;
-            let (hidden, _) = net.forward_hidden(&tok, Some(Dropout { p: opts.dropout, rng: &mut drop_rng }))?;
-            let rows = Tensor::from_vec(rows, targets.len(), &dev)?;
-            let h = hidden.reshape((b * t, ()))?.index_select(&rows, 0)?;
-            let logits = net.logits(&h)?;
-            let targets = Tensor::from_vec(targets, h.dim(0)?, &dev)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+            tokens += chunk.iter().map(|&i| seqs[i].len()).sum::<usize>();
             opt.set_learning_rate(lr_at(opts, step, total));
-            opt.backward_step(&loss)?;
-            let l = loss.to_scalar::<f32>()? as f64;
+            if let Some(g) = grads {
+                opt.step(&g)?;
+            }
             if !l.is_finite() {
                 return Err(TrainError::Invalid(format!("loss became {l} at step {step}")));
             }
@@ -251,6 +333,33 @@ pub fn train(
             }
         }
         last_loss = sum / count.max(1) as f64;
+        if opts.valid_every > 0 && (epoch + 1) % opts.valid_every == 0 && epoch + 1 < opts.epochs {
+            let model = Model {
+                net: net.clone(),
+                config: cfg.clone(),
+                sidecar: sidecar.clone(),
+                version: format!("epoch{}", epoch + 1),
+                path: None,
+            };
+            let eo = EvalOptions {
+                split: Split::Valid,
+                beam: 20,
+                batch: 64,
+                max_users: Some(opts.valid_users),
+                exclude_history: true,
+            };
+            let m = evaluate(&model, catalog, inter, &eo, |_, _| {})?;
+            log(&format!(
+                "epoch {}/{} validation ({} users): recall@10 {:.4} ndcg@10 {:.4} recall@5 {:.4} ndcg@5 {:.4}",
+                epoch + 1,
+                opts.epochs,
+                m.users,
+                m.recall10,
+                m.ndcg10,
+                m.recall5,
+                m.ndcg5
+            ));
+        }
     }
     let tensors: HashMap<String, Tensor> = {
         let data = varmap.data().lock().map_err(|_| TrainError::Invalid("poisoned var map".into()))?;
