@@ -7,11 +7,12 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use genrec::catalog::build::{build_catalog, load_embeddings, with_attributes};
+use genrec::catalog::build::{build_catalog, load_embeddings};
 use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use genrec::catalog::{Catalog, RqOptions};
 use genrec::dataset::{self, demo, Split};
 use genrec::engine::Snapshot;
+use genrec::generate::Scoring;
 use genrec::model::Model;
 use genrec::train::{self, EvalOptions, TrainOptions};
 
@@ -69,10 +70,6 @@ struct IndexArgs {
     /// Texts per encoder batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Weight of the items' categorical `attributes` (brand/category codes)
-    /// appended to the text embedding before quantisation (0: text only).
-    #[arg(long, default_value_t = 0.0)]
-    attribute_weight: f32,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +161,17 @@ struct EvalArgs {
     /// Keep history items in the ranking.
     #[arg(long)]
     keep_history: bool,
+    /// How a code's probability is normalised: `model` (softmax over the whole
+    /// vocabulary, as transformers' constrained generate) or `trie` (over the
+    /// valid children only).
+    #[arg(long, value_enum, default_value = "model")]
+    scoring: ScoringArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScoringArg {
+    Model,
+    Trie,
 }
 
 #[derive(clap::Args)]
@@ -249,8 +257,6 @@ fn index(a: IndexArgs) -> Result<()> {
             (e, enc.dim(), enc.name().to_string())
         }
     };
-    let (emb, dim) = with_attributes(emb, dim, &items, a.attribute_weight);
-    let embedder = if a.attribute_weight > 0.0 { format!("{embedder}+attributes*{}", a.attribute_weight) } else { embedder };
     eprintln!("index: {} x {} embeddings in {:.1}s; learning semantic IDs", items.len(), dim, t0.elapsed().as_secs_f64());
     let opts = RqOptions { levels: a.levels, codebook_size: a.codebook_size, iterations: a.iterations, seed: a.seed };
     let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
@@ -317,7 +323,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     );
     if a.valid_users > 0 {
         let model = Model::load(&a.out, &candle_core::Device::Cpu)?;
-        let o = EvalOptions { split: Split::Valid, beam: 20, batch: 64, max_users: Some(a.valid_users), exclude_history: true };
+        let o = EvalOptions {
+            split: Split::Valid,
+            beam: 20,
+            batch: 64,
+            max_users: Some(a.valid_users),
+            exclude_history: true,
+            scoring: Scoring::default(),
+        };
         let m = train::evaluate(&model, &catalog, &inter, &o, |d, t| progress("validation", d, t))?;
         println!("validation: {}", serde_json::to_string(&m)?);
     }
@@ -333,7 +346,18 @@ fn eval(a: EvalArgs) -> Result<()> {
         SplitArg::Valid => Split::Valid,
         SplitArg::Test => Split::Test,
     };
-    let o = EvalOptions { split, beam: a.beam, batch: a.batch, max_users: a.max_users, exclude_history: !a.keep_history };
+    let scoring = match a.scoring {
+        ScoringArg::Model => Scoring::Model,
+        ScoringArg::Trie => Scoring::Trie,
+    };
+    let o = EvalOptions {
+        split,
+        beam: a.beam,
+        batch: a.batch,
+        max_users: a.max_users,
+        exclude_history: !a.keep_history,
+        scoring,
+    };
     let m = train::evaluate(model, catalog, &inter, &o, |d, t| progress("eval", d, t))?;
     eprintln!("eval: {} users in {:.1}s (beam {})", m.users, t0.elapsed().as_secs_f64(), a.beam.max(10));
     println!("{}", serde_json::to_string(&m)?);

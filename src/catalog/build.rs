@@ -41,35 +41,6 @@ pub fn load_embeddings(path: &Path, items: usize) -> Result<(Vec<f32>, usize), C
     Ok((v, dim))
 }
 
-/// Appends the items' categorical attributes to their (unit) embeddings: a
-/// bag of one-hot codes scaled to length `weight`, then the whole row is
-/// L2-normalised again. Items of the same brand and category move closer, so
-/// the first semantic-ID levels group them (TIGER quantises title, brand and
-/// category together). Returns the new rows and width; unchanged when no item
-/// has attributes or `weight` is 0.
-pub fn with_attributes(emb: Vec<f32>, dim: usize, items: &[ItemRecord], weight: f32) -> (Vec<f32>, usize) {
-    let vocab: std::collections::BTreeSet<&str> =
-        items.iter().flat_map(|i| i.attributes.iter().map(String::as_str)).collect();
-    if vocab.is_empty() || weight <= 0.0 {
-        return (emb, dim);
-    }
-    let slot: std::collections::HashMap<&str, usize> = vocab.iter().enumerate().map(|(i, a)| (*a, i)).collect();
-    let width = dim + vocab.len();
-    let mut out = vec![0f32; items.len() * width];
-    for (i, (row, item)) in out.chunks_mut(width).zip(items).enumerate() {
-        row[..dim].copy_from_slice(&emb[i * dim..(i + 1) * dim]);
-        if !item.attributes.is_empty() {
-            let v = weight / (item.attributes.len() as f32).sqrt();
-            for a in &item.attributes {
-                row[dim + slot[a.as_str()]] += v;
-            }
-        }
-        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|x| *x /= norm);
-    }
-    (out, width)
-}
-
 /// Quantises embeddings and assembles the catalog.
 pub fn build_catalog(
     name: &str,

@@ -30,9 +30,6 @@ pub struct ItemRecord {
     pub title: String,
     /// The text that is embedded: title, then brand, categories, genres, description.
     pub text: String,
-    /// Categorical attribute codes (the `attributes` array, e.g. Beauty's brand
-    /// and category codes), each as `"position:value"`.
-    pub attributes: Vec<String>,
 }
 
 /// Fields appended to the title to form the embedded text, in this order.
@@ -83,19 +80,7 @@ pub fn load_items(path: &Path) -> Result<Vec<ItemRecord>, DataError> {
         parts.extend(TEXT_FIELDS.iter().filter_map(|f| attrs.get(*f).and_then(field_text)));
         parts.retain(|p| !p.is_empty());
         let text = if parts.is_empty() { format!("item {id}") } else { parts.join(". ") };
-        let attributes = match attrs.get("attributes") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| match v {
-                    Value::String(x) => Some(format!("{i}:{x}")),
-                    Value::Number(x) => Some(format!("{i}:{x}")),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        items.push(ItemRecord { id: id.clone(), title, text, attributes });
+        items.push(ItemRecord { id: id.clone(), title, text });
     }
     items.sort_by(|a, b| id_order(&a.id, &b.id));
     Ok(items)

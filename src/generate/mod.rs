@@ -4,7 +4,7 @@
 pub mod search;
 pub mod step;
 
-pub use search::{generate, GenRequest, Generated, Hit};
+pub use search::{generate, generate_with, GenRequest, Generated, Hit, Scoring};
 pub use step::{beam_step, StepOutput, StepShape};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +74,9 @@ mod tests {
     use crate::model::Model;
 
     /// Score of every item by full forward passes (no cache, no beams): the sum
-    /// over levels of the log-softmax of the code among the prefix's valid children.
-    fn enumerate(model: &Model, cat: &Catalog, history: &[u32]) -> Vec<(u32, f32)> {
+    /// over levels of the code's log-softmax over the whole vocabulary
+    /// (`Scoring::Model`) or among the prefix's valid children (`Scoring::Trie`).
+    fn enumerate(model: &Model, cat: &Catalog, history: &[u32], scoring: Scoring) -> Vec<(u32, f32)> {
         let sc = &model.sidecar;
         let mut out = Vec::new();
         for item in 0..cat.len() as u32 {
@@ -89,7 +90,10 @@ mod tests {
                 let last = h.narrow(1, toks.len() - 1, 1).unwrap();
                 let logits = model.net.logits(&last).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let (codes, _) = cat.trie.children(node);
-                let vals: Vec<f32> = codes.iter().map(|&c| logits[sc.token(l, c) as usize]).collect();
+                let vals: Vec<f32> = match scoring {
+                    Scoring::Trie => codes.iter().map(|&c| logits[sc.token(l, c) as usize]).collect(),
+                    Scoring::Model => logits.clone(),
+                };
                 let max = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let lse = max + vals.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
                 score += logits[sc.token(l, code) as usize] - lse;
@@ -102,7 +106,7 @@ mod tests {
         out
     }
 
-    fn check_against_enumeration(arch: &str) {
+    fn check_against_enumeration(arch: &str, scoring: Scoring) {
         let cat = random_catalog(40, &[4, 4, 3], 5);
         let model = random_model(&cat, arch, 9);
         let histories: Vec<Vec<u32>> = vec![vec![3, 17, 22], vec![5], vec![1, 2, 3, 4, 5, 6, 7]];
@@ -111,9 +115,9 @@ mod tests {
             .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new() })
             .collect();
         // beam = number of items: the search is exhaustive, so it must be exact
-        let got = generate(&model, &cat, &reqs, 40).unwrap();
+        let got = generate_with(&model, &cat, &reqs, 40, scoring).unwrap();
         for (h, hits) in histories.iter().zip(&got.hits) {
-            let want = enumerate(&model, &cat, h);
+            let want = enumerate(&model, &cat, h, scoring);
             assert_eq!(hits.len(), 10);
             for (hit, (item, score)) in hits.iter().zip(&want) {
                 assert_eq!(hit.item, *item, "{arch}: history {h:?}");
@@ -122,7 +126,7 @@ mod tests {
         }
         // batched == one at a time (padding and masks are right)
         for (i, req) in reqs.iter().enumerate() {
-            let single = generate(&model, &cat, std::slice::from_ref(req), 40).unwrap();
+            let single = generate_with(&model, &cat, std::slice::from_ref(req), 40, scoring).unwrap();
             for (a, b) in single.hits[0].iter().zip(&got.hits[i]) {
                 assert_eq!(a.item, b.item);
                 assert!((a.score - b.score).abs() < 1e-4);
@@ -132,12 +136,14 @@ mod tests {
 
     #[test]
     fn beam_search_equals_enumeration_llama() {
-        check_against_enumeration("LlamaForCausalLM");
+        check_against_enumeration("LlamaForCausalLM", Scoring::Model);
+        check_against_enumeration("LlamaForCausalLM", Scoring::Trie);
     }
 
     #[test]
     fn beam_search_equals_enumeration_qwen3() {
-        check_against_enumeration("Qwen3ForCausalLM");
+        check_against_enumeration("Qwen3ForCausalLM", Scoring::Model);
+        check_against_enumeration("Qwen3ForCausalLM", Scoring::Trie);
     }
 
     #[test]
@@ -159,12 +165,16 @@ mod tests {
     }
 
     #[test]
-    fn probabilities_over_all_items_sum_to_one() {
+    fn probabilities_over_all_items_sum_to_one_with_trie_scoring() {
         let cat = random_catalog(30, &[3, 4, 3], 8);
         let model = random_model(&cat, "LlamaForCausalLM", 1);
         let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new() };
-        let got = generate(&model, &cat, &[req], 30).unwrap();
+        let got = generate_with(&model, &cat, std::slice::from_ref(&req), 30, Scoring::Trie).unwrap();
         let total: f32 = got.hits[0].iter().map(|h| h.score.exp()).sum();
         assert!((total - 1.0).abs() < 1e-4, "{total}");
+        // the model's own probabilities leave mass on tokens that are no item
+        let got = generate(&model, &cat, &[req], 30).unwrap();
+        let total: f32 = got.hits[0].iter().map(|h| h.score.exp()).sum();
+        assert!(total < 0.99, "{total}");
     }
 }

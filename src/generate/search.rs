@@ -28,9 +28,22 @@ pub struct GenRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
     pub item: u32,
-    /// Sum over levels of the log-probability of the code given the prefix,
-    /// normalised over the trie's valid children.
+    /// Sum over levels of the log-probability of the code given the prefix
+    /// (see [`Scoring`]).
     pub score: f32,
+}
+
+/// How a code's log-probability is normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scoring {
+    /// The model's own probability (softmax over the whole vocabulary, invalid
+    /// codes masked out afterwards): the item's likelihood under the model, and
+    /// the scores transformers' `generate(prefix_allowed_tokens_fn=...)` gives.
+    #[default]
+    Model,
+    /// Softmax over the trie's valid children only: the probabilities of all
+    /// items sum to one.
+    Trie,
 }
 
 /// Result of a batch, with the work it took.
@@ -42,8 +55,19 @@ pub struct Generated {
 }
 
 /// Generates for a batch of requests with `beam` beams each (at least each
-/// request's `k`).
+/// request's `k`), scoring with [`Scoring::Model`].
 pub fn generate(model: &Model, catalog: &Catalog, reqs: &[GenRequest], beam: usize) -> Result<Generated, GenerateError> {
+    generate_with(model, catalog, reqs, beam, Scoring::Model)
+}
+
+/// [`generate`] with a choice of scoring.
+pub fn generate_with(
+    model: &Model,
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+    beam: usize,
+    scoring: Scoring,
+) -> Result<Generated, GenerateError> {
     if reqs.is_empty() {
         return Ok(Generated { hits: Vec::new(), tokens: 0 });
     }
@@ -83,15 +107,18 @@ pub fn generate(model: &Model, catalog: &Catalog, reqs: &[GenRequest], beam: usi
     let mut decoded = 0usize;
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
-        let logits = model
-            .net
-            .logits_range(&hidden, sc.code_offsets[level] as usize, codes)?
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (logits, norm) = match scoring {
+            Scoring::Trie => (model.net.logits_range(&hidden, sc.code_offsets[level] as usize, codes)?, None),
+            Scoring::Model => {
+                let full = model.net.logits(&hidden)?.to_dtype(candle_core::DType::F32)?;
+                let lse = full.log_sum_exp(candle_core::D::Minus1)?.to_vec1::<f32>()?;
+                (full.narrow(1, sc.code_offsets[level] as usize, codes)?, Some(lse))
+            }
+        };
+        let logits = logits.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
-        let out = beam_step(trie, shape, &logits, &scores, &nodes, |req, node| {
+        let out = beam_step(trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| {
             !last || trie.item(node).is_some_and(|it| !reqs[req].exclude.contains(&it))
         });
         decoded += out.node.iter().filter(|&&n| n != NONE).count();

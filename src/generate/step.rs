@@ -3,11 +3,15 @@
 //!
 //! Inputs, for `R` requests with `beams_in` beams each: the logits of the current
 //! level `[R × beams_in, codes]`, each beam's score (sum of log-probabilities so
-//! far) and trie node (`NONE` = dead beam). For every request the step restricts
-//! each beam's logits to the valid children of its node, log-softmaxes over those
-//! children, adds the beam's score and keeps the best `beams_out` continuations
-//! across all of the request's beams, as `(parent beam, code, child node, score)`.
-//! Ties are broken by (parent, code) so that results are deterministic.
+//! far) and trie node (`NONE` = dead beam), and optionally each beam's
+//! normaliser (the log-sum-exp of its logits over the whole vocabulary). For
+//! every request the step restricts each beam's logits to the valid children of
+//! its node, turns them into log-probabilities (with the given normaliser: the
+//! model's own probabilities, as transformers' `prefix_allowed_tokens_fn`
+//! masking gives; without: a log-softmax over the valid children only), adds the
+//! beam's score and keeps the best `beams_out` continuations across all of the
+//! request's beams, as `(parent beam, code, child node, score)`. Ties are broken
+//! by (parent, code) so that results are deterministic.
 
 use rayon::prelude::*;
 
@@ -45,10 +49,19 @@ fn better(a: &Cand, b: &Cand) -> std::cmp::Ordering {
     b.score.total_cmp(&a.score).then(a.parent.cmp(&b.parent)).then(a.code.cmp(&b.code))
 }
 
-/// CPU reference of the beam step. `keep(request, child_node)` may veto a child
-/// (used on the last level to drop excluded items); vetoed children still count
-/// in the normalisation, they are only not selected.
-pub fn beam_step<F>(trie: &Trie, shape: StepShape, logits: &[f32], scores: &[f32], nodes: &[u32], keep: F) -> StepOutput
+/// CPU reference of the beam step. `norm[beam]`, when given, is the beam's
+/// log-normaliser over the full vocabulary. `keep(request, child_node)` may
+/// veto a child (used on the last level to drop excluded items); vetoed
+/// children still count in the normalisation, they are only not selected.
+pub fn beam_step<F>(
+    trie: &Trie,
+    shape: StepShape,
+    logits: &[f32],
+    scores: &[f32],
+    nodes: &[u32],
+    norm: Option<&[f32]>,
+    keep: F,
+) -> StepOutput
 where
     F: Fn(usize, u32) -> bool + Sync,
 {
@@ -56,6 +69,7 @@ where
     assert_eq!(logits.len(), requests * beams_in * codes, "logits shape");
     assert_eq!(scores.len(), requests * beams_in, "scores shape");
     assert_eq!(nodes.len(), requests * beams_in, "nodes shape");
+    assert!(norm.is_none_or(|n| n.len() == requests * beams_in), "norm shape");
     let per_request: Vec<Vec<Cand>> = (0..requests)
         .into_par_iter()
         .map(|r| {
@@ -71,9 +85,13 @@ where
                     continue;
                 }
                 let row = &logits[beam * codes..(beam + 1) * codes];
-                let max = child_codes.iter().map(|&c| row[c as usize]).fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = child_codes.iter().map(|&c| (row[c as usize] - max).exp()).sum();
-                let lse = max + sum.ln();
+                let lse = match norm {
+                    Some(n) => n[beam],
+                    None => {
+                        let max = child_codes.iter().map(|&c| row[c as usize]).fold(f32::NEG_INFINITY, f32::max);
+                        max + child_codes.iter().map(|&c| (row[c as usize] - max).exp()).sum::<f32>().ln()
+                    }
+                };
                 for (i, &c) in child_codes.iter().enumerate() {
                     let child = first + i as u32;
                     if !keep(r, child) {
@@ -122,15 +140,20 @@ mod tests {
     fn restricts_to_children_and_renormalises() {
         let t = trie();
         let logits = [1.0f32, 2.0, 3.0];
-        let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 3, codes: 3 }, &logits, &[0.0], &[0], |_, _| true);
+        let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 3, codes: 3 }, &logits, &[0.0], &[0], None, |_, _| true);
         let lse = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
         assert_eq!(out.code, vec![2, 1, 0]);
         assert!((out.score[0] - (3.0 - lse)).abs() < 1e-6);
         // level 1 under node of code 0: only codes 0 and 1 are valid
         let n0 = t.walk(&[0]).unwrap();
-        let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 2, codes: 3 }, &[0.0, 0.0, 9.0], &[-1.0], &[n0], |_, _| true);
+        let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 2, codes: 3 }, &[0.0, 0.0, 9.0], &[-1.0], &[n0], None, |_, _| true);
         assert_eq!(out.code, vec![0, 1]);
         assert!((out.score[0] - (-1.0 - 2f32.ln())).abs() < 1e-6);
+        // with the model's normaliser the masked-out code 2 keeps its mass
+        let full = (2.0 + 9f32.exp()).ln();
+        let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 2, codes: 3 }, &[0.0, 0.0, 9.0], &[-1.0], &[n0], Some(&[full]), |_, _| true);
+        assert_eq!(out.code, vec![0, 1]);
+        assert!((out.score[0] - (-1.0 - full)).abs() < 1e-6);
         assert_eq!(t.item(out.node[1]), Some(1));
     }
 
@@ -146,6 +169,7 @@ mod tests {
             &logits,
             &[-2.0, -0.1, -0.5, f32::NEG_INFINITY],
             &[a, b, a, NONE],
+            None,
             |r, node| !(r == 1 && t.item(node) == Some(0)),
         );
         // request 0: beam 1 (node b, single child, score -0.1) first, then beam 0's code 1

@@ -8,7 +8,7 @@ use super::metrics::TopKMetrics;
 use super::TrainError;
 use crate::catalog::Catalog;
 use crate::dataset::{heldout, Interactions, Split};
-use crate::generate::{generate, GenRequest};
+use crate::generate::{generate_with, GenRequest, Scoring};
 use crate::model::Model;
 
 #[derive(Debug, Clone)]
@@ -22,6 +22,7 @@ pub struct EvalOptions {
     /// Drop history items from the ranking (the held-out item never repeats
     /// its history in the benchmark sets, so this only removes impossible hits).
     pub exclude_history: bool,
+    pub scoring: Scoring,
 }
 
 /// Maps a sequence of external item ids to catalog indices, dropping unknown ids.
@@ -66,7 +67,7 @@ pub fn evaluate(
                 exclude: if opts.exclude_history { h.iter().copied().collect() } else { HashSet::new() },
             })
             .collect();
-        let out = generate(model, catalog, &reqs, opts.beam.max(10))?;
+        let out = generate_with(model, catalog, &reqs, opts.beam.max(10), opts.scoring)?;
         for ((_, target), hits) in chunk.iter().zip(&out.hits) {
             let ranked: Vec<u32> = hits.iter().map(|h| h.item).collect();
             m.add(&ranked, *target);

@@ -81,7 +81,7 @@ mod tests {
             &model,
             &cat,
             &inter,
-            &EvalOptions { split: Split::Test, beam: 10, batch: 16, max_users: Some(50), exclude_history: true },
+            &EvalOptions { split: Split::Test, beam: 10, batch: 16, max_users: Some(50), exclude_history: true, scoring: Default::default() },
             |_, _| {},
         )
         .unwrap();

@@ -347,6 +347,7 @@ pub fn train(
                 batch: 64,
                 max_users: Some(opts.valid_users),
                 exclude_history: true,
+                scoring: Default::default(),
             };
             let m = evaluate(&model, catalog, inter, &eo, |_, _| {})?;
             log(&format!(

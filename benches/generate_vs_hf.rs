@@ -1,0 +1,124 @@
+//! genrec's half of the speed comparison with transformers' constrained beam
+//! search (`benches/vs_transformers.sh` runs both halves and prints the table).
+//!
+//! On the test histories of a data set (last 20 items, evenly spaced users) it
+//! measures, for each beam width B (k = B): batched throughput (requests per
+//! second over all users, in batches of `--batch`) and single-request latency
+//! (median over `--single` requests, one at a time). It writes
+//! `requests.json` (token sequences, the items' token tuples) for the Python
+//! half and `genrec.json` (timings, each request's top-k item ids).
+//!
+//! cargo bench --bench generate_vs_hf -- --model DIR --data NAME.inter.json --out DIR
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use genrec::dataset::{self, Split};
+use genrec::engine::Snapshot;
+use genrec::generate::{generate, GenRequest};
+use genrec::train::eval::examples;
+use serde_json::json;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+struct Args {
+    /// Model folder (its genrec.json names the catalog).
+    #[arg(long)]
+    model: PathBuf,
+    /// Interactions file; the test split's histories are the requests.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder for requests.json and genrec.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Users (evenly spaced) whose test histories are sent.
+    #[arg(long, default_value_t = 256)]
+    users: usize,
+    /// Requests timed one at a time for the latency median.
+    #[arg(long, default_value_t = 50)]
+    single: usize,
+    /// Requests per batched generation.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Beam widths (k = B), comma separated.
+    #[arg(long, default_value = "10,50", value_delimiter = ',')]
+    beams: Vec<usize>,
+    /// `cargo bench` passes this; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
+    let snap = Snapshot::load(&a.model, None, &candle_core::Device::Cpu)?;
+    let (model, catalog) = (&snap.model, &snap.catalog);
+    let inter = dataset::load_interactions(&a.data)?;
+    let sc = &model.sidecar;
+    let ex = examples(catalog, &inter, Split::Test, sc.max_history_items, Some(a.users));
+    let histories: Vec<Vec<u32>> = ex.into_iter().map(|(h, _)| h).collect();
+    let tokens: Vec<Vec<u32>> =
+        histories.iter().map(|h| sc.history_tokens(h.iter().map(|&i| catalog.sid(i)))).collect();
+    let item_tokens: Vec<Vec<u32>> = (0..catalog.len() as u32).map(|i| sc.sid_tokens(catalog.sid(i)).collect()).collect();
+    let requests = json!({
+        "model": a.model,
+        "sequences": tokens,
+        "item_tokens": item_tokens,
+        "item_ids": catalog.item_ids,
+        "pad_token_id": sc.pad_token_id,
+        "levels": sc.levels(),
+        "beams": a.beams,
+        "batch": a.batch,
+        "single": a.single.min(histories.len()),
+    });
+    std::fs::write(a.out.join("requests.json"), serde_json::to_vec(&requests)?)?;
+
+    let mut results = serde_json::Map::new();
+    for &b in &a.beams {
+        let reqs: Vec<GenRequest> =
+            histories.iter().map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new() }).collect();
+        // warm-up (allocator, caches)
+        generate(model, catalog, &reqs[..reqs.len().min(a.batch)], b)?;
+        let t0 = Instant::now();
+        let mut topk = Vec::with_capacity(reqs.len());
+        for chunk in reqs.chunks(a.batch.max(1)) {
+            let g = generate(model, catalog, chunk, b)?;
+            topk.extend(g.hits.into_iter().map(|hs| hs.into_iter().map(|h| catalog.item_ids[h.item as usize].clone()).collect::<Vec<_>>()));
+        }
+        let batched_s = t0.elapsed().as_secs_f64();
+        let mut lat = Vec::new();
+        for r in reqs.iter().take(a.single) {
+            let t = Instant::now();
+            generate(model, catalog, std::slice::from_ref(r), b)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let rps = reqs.len() as f64 / batched_s;
+        let p50 = median(lat.clone());
+        eprintln!("genrec B={b}: {rps:.1} req/s batched ({} requests), single p50 {p50:.2} ms", reqs.len());
+        results.insert(
+            b.to_string(),
+            json!({"requests_per_s": rps, "single_p50_ms": p50, "single_ms": lat, "topk": topk}),
+        );
+    }
+    std::fs::write(a.out.join("genrec.json"), serde_json::to_vec(&serde_json::Value::Object(results))?)?;
+    eprintln!("wrote {}/requests.json and genrec.json", a.out.display());
+    Ok(())
+}
