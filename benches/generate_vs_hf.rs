@@ -67,6 +67,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    // the same process settings as `genrec serve`
+    genrec::runtime::tune_allocator();
+    genrec::runtime::pin_thread_count();
     let a = Args::parse();
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
     let snap = Snapshot::load(&a.model, None, &candle_core::Device::Cpu)?;

@@ -13,6 +13,7 @@
 //! - [`server`]: HTTP API, metrics.
 //! - [`dataset`]: the `NAME.inter.json` / `NAME.item.json` formats, splits, demo data.
 //! - [`train`]: training and TIGER-protocol evaluation.
+//! - [`runtime`]: process settings every binary applies at start (allocator, threads).
 
 pub mod catalog;
 pub mod dataset;
@@ -21,4 +22,5 @@ pub mod generate;
 pub mod model;
 pub mod server;
 pub mod train;
+pub mod runtime;
 pub mod util;

@@ -187,23 +187,13 @@ struct DemoArgs {
     seed: u64,
 }
 
-// Tensor ops allocate and free buffers of megabytes at a high rate. The system
-// allocator hands them back to the OS at once, so every op paid page faults
-// and zeroing (most of a CPU training step). mimalloc, told never to purge
-// freed memory, reuses them.
+// mimalloc, tuned by `genrec::runtime::tune_allocator` (see there).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc's `mi_option_t` (the same in v2 and v3).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-fn tune_allocator() {
-    // SAFETY: sets an allocator option; no allocation is in flight that depends on it.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
 fn main() -> Result<()> {
-    tune_allocator();
+    genrec::runtime::tune_allocator();
+    genrec::runtime::pin_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
