@@ -3,7 +3,8 @@
 //!
 //! On the test histories of a data set (last 20 items, evenly spaced users) it
 //! measures, for each beam width B (k = B): batched throughput (requests per
-//! second over all users, in batches of `--batch`) and single-request latency
+//! second over all users, in batches of `--batch` requests of similar history
+//! length) and single-request latency
 //! (median over `--single` requests, one at a time). It writes
 //! `requests.json` (token sequences, the items' token tuples) for the Python
 //! half and `genrec.json` (timings, each request's top-k item ids).
@@ -100,11 +101,18 @@ fn main() -> Result<()> {
             histories.iter().map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new() }).collect();
         // warm-up (allocator, caches)
         generate(model, catalog, &reqs[..reqs.len().min(a.batch)], b)?;
+        // batches of similar history length (less padding), as a server's
+        // batcher would form them; the Python half does the same
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        order.sort_by_key(|&i| (tokens[i].len(), i));
         let t0 = Instant::now();
-        let mut topk = Vec::with_capacity(reqs.len());
-        for chunk in reqs.chunks(a.batch.max(1)) {
-            let g = generate(model, catalog, chunk, b)?;
-            topk.extend(g.hits.into_iter().map(|hs| hs.into_iter().map(|h| catalog.item_ids[h.item as usize].clone()).collect::<Vec<_>>()));
+        let mut topk = vec![Vec::new(); reqs.len()];
+        for chunk in order.chunks(a.batch.max(1)) {
+            let batch: Vec<GenRequest> = chunk.iter().map(|&i| reqs[i].clone()).collect();
+            let g = generate(model, catalog, &batch, b)?;
+            for (&i, hs) in chunk.iter().zip(g.hits) {
+                topk[i] = hs.into_iter().map(|h| catalog.item_ids[h.item as usize].clone()).collect::<Vec<_>>();
+            }
         }
         let batched_s = t0.elapsed().as_secs_f64();
         let mut lat = Vec::new();

@@ -4,7 +4,7 @@ Serves the same checkpoint the way the TIGER / LC-Rec reproductions do:
 AutoModelForCausalLM + generate(num_beams=B, num_return_sequences=k,
 prefix_allowed_tokens_fn=<trie of the catalog's semantic IDs>), k = B. Reads
 requests.json and genrec.json written by benches/generate_vs_hf.rs, measures
-batched throughput (left-padded batches) and single-request latency, compares
+batched throughput (left-padded batches of similar length) and single-request latency, compares
 each request's top-k items with genrec's, and prints a markdown table; the
 numbers also go to OUT/compare.json.
 
@@ -83,10 +83,14 @@ def main():
     for b in req["beams"]:
         g = gen[str(b)]
         run(seqs[:batch], b)  # warm-up
+        # batches of similar length, as genrec's half forms them
+        order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
         t0 = time.perf_counter()
-        topk = []
-        for i in range(0, len(seqs), batch):
-            topk.extend(run(seqs[i:i + batch], b))
+        topk = [None] * len(seqs)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            for j, items in zip(idx, run([seqs[j] for j in idx], b)):
+                topk[j] = items
         hf_rps = len(seqs) / (time.perf_counter() - t0)
         lat = []
         for s in seqs[: req["single"]]:
