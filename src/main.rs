@@ -274,7 +274,7 @@ fn index(a: IndexArgs) -> Result<()> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    let workers = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let workers = a.threads.unwrap_or_else(genrec::runtime::cores).max(1);
     if workers > 1 {
         // candle reads these when it sizes its kernels' thread use; nothing
         // has touched candle yet, and no other thread runs
@@ -299,7 +299,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         max_history: a.max_history,
         seed: a.seed,
         valid_every: a.valid_every,
-        valid_users: a.valid_users.max(1),
+        valid_users: a.valid_users,
         workers,
     };
     let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
@@ -313,14 +313,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     );
     if a.valid_users > 0 {
         let model = Model::load(&a.out, &candle_core::Device::Cpu)?;
-        let o = EvalOptions {
-            split: Split::Valid,
-            beam: 20,
-            batch: 64,
-            max_users: Some(a.valid_users),
-            exclude_history: true,
-            scoring: Scoring::default(),
-        };
+        let o = EvalOptions::validation(a.valid_users);
         let m = train::evaluate(&model, &catalog, &inter, &o, |d, t| progress("validation", d, t))?;
         println!("validation: {}", serde_json::to_string(&m)?);
     }

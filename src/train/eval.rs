@@ -25,6 +25,21 @@ pub struct EvalOptions {
     pub scoring: Scoring,
 }
 
+impl EvalOptions {
+    /// The validation run of `genrec train`: `users` evenly spaced validation
+    /// users, beam 20, history excluded, default scoring.
+    pub fn validation(users: usize) -> Self {
+        EvalOptions {
+            split: Split::Valid,
+            beam: 20,
+            batch: 64,
+            max_users: Some(users),
+            exclude_history: true,
+            scoring: Scoring::default(),
+        }
+    }
+}
+
 /// Maps a sequence of external item ids to catalog indices, dropping unknown ids.
 pub fn to_indices(catalog: &Catalog, seq: &[String]) -> Vec<u32> {
     seq.iter().filter_map(|id| catalog.index_of(id)).collect()

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use super::eval::{evaluate, to_indices, EvalOptions};
 use super::TrainError;
 use crate::catalog::Catalog;
-use crate::dataset::{train_part, Interactions, Split};
+use crate::dataset::{train_part, Interactions};
 use crate::model::config::ModelConfig;
 use crate::model::init::init_weights;
 use crate::model::transformer::Dropout;
@@ -333,7 +333,7 @@ pub fn train(
             }
         }
         last_loss = sum / count.max(1) as f64;
-        if opts.valid_every > 0 && (epoch + 1) % opts.valid_every == 0 && epoch + 1 < opts.epochs {
+        if opts.valid_every > 0 && opts.valid_users > 0 && (epoch + 1) % opts.valid_every == 0 && epoch + 1 < opts.epochs {
             let model = Model {
                 net: net.clone(),
                 config: cfg.clone(),
@@ -341,15 +341,7 @@ pub fn train(
                 version: format!("epoch{}", epoch + 1),
                 path: None,
             };
-            let eo = EvalOptions {
-                split: Split::Valid,
-                beam: 20,
-                batch: 64,
-                max_users: Some(opts.valid_users),
-                exclude_history: true,
-                scoring: Default::default(),
-            };
-            let m = evaluate(&model, catalog, inter, &eo, |_, _| {})?;
+            let m = evaluate(&model, catalog, inter, &EvalOptions::validation(opts.valid_users), |_, _| {})?;
             log(&format!(
                 "epoch {}/{} validation ({} users): recall@10 {:.4} ndcg@10 {:.4} recall@5 {:.4} ndcg@5 {:.4}",
                 epoch + 1,
