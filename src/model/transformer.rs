@@ -398,13 +398,15 @@ impl Attention {
             .permute((0, 2, 1, 3, 4))?
             .contiguous()?
             .reshape((n, kvh, g, th))?;
-        // own part: q [n, kvh, g, hd] x kb [n, kvh, s, hd]
-        let qb = q.reshape((n, kvh, g, hd))?;
-        let sb = (qb.matmul(&kb.t()?)? * scale)?; // [n, kvh, g, s]
+        // own part: q [n, kvh, g, hd] against kb [n, kvh, s, hd], s <= levels.
+        // Elementwise products and sums, not a batched matmul: a batch of
+        // n * kvh products this small costs one gemm dispatch each on the CPU.
+        let qb = q.reshape((n, kvh, g, 1, hd))?;
+        let sb = (qb.broadcast_mul(&kb.unsqueeze(2)?)?.sum(4)? * scale)?; // [n, kvh, g, s]
         let p = softmax(&Tensor::cat(&[&sh, &sb], 3)?, false)?;
         let ph = p.narrow(3, 0, th)?;
         let pb = p.narrow(3, th, s)?;
-        let ob = pb.contiguous()?.matmul(&vb)?; // [n, kvh, g, hd]
+        let ob = pb.unsqueeze(4)?.broadcast_mul(&vb.unsqueeze(2)?)?.sum(3)?; // [n, kvh, g, hd]
         let ph = ph
             .reshape((r, beams, kvh, g, th))?
             .permute((0, 2, 1, 3, 4))?
