@@ -1,5 +1,6 @@
 //! The `genrec` command line: build catalogs, train, evaluate, serve.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,6 +9,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use genrec::catalog::build::{build_catalog, load_embeddings};
+use genrec::catalog::collab::{collaborative_embeddings, mix, CollabOptions};
 use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use genrec::catalog::{Catalog, RqOptions};
 use genrec::dataset::{self, demo, Split};
@@ -70,6 +72,17 @@ struct IndexArgs {
     /// Texts per encoder batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Interactions file, NAME.inter.json: mixes collaborative embeddings
+    /// (items bought together, from the training part of each sequence: all but
+    /// its last two items) into the content embeddings before quantising.
+    #[arg(long)]
+    interactions: Option<PathBuf>,
+    /// Share of the collaborative part in the mixed embedding (0..1; with --interactions).
+    #[arg(long, default_value_t = 0.5)]
+    collab_weight: f32,
+    /// Dimensions of the collaborative embedding (with --interactions).
+    #[arg(long, default_value_t = 64)]
+    collab_dim: usize,
 }
 
 #[derive(clap::Args)]
@@ -228,6 +241,41 @@ fn stem(p: &Path) -> String {
         .unwrap_or_else(|| "catalog".into())
 }
 
+/// Mixes collaborative embeddings from the training part of `inter` into the
+/// content embeddings `emb` (see `genrec::catalog::collab`).
+fn mix_collaborative(
+    items: &[dataset::ItemRecord],
+    inter: &Path,
+    emb: Vec<f32>,
+    dim: usize,
+    embedder: &str,
+    a: &IndexArgs,
+) -> Result<(Vec<f32>, usize, String)> {
+    if !(0.0..=1.0).contains(&a.collab_weight) {
+        bail!("--collab-weight must be between 0 and 1, got {}", a.collab_weight);
+    }
+    let t0 = Instant::now();
+    let data = dataset::load_interactions(inter)?;
+    let index: HashMap<&str, u32> = items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i as u32)).collect();
+    let seqs: Vec<Vec<u32>> = data
+        .sequences
+        .iter()
+        .map(|s| dataset::train_part(s).iter().filter_map(|id| index.get(id.as_str()).copied()).collect())
+        .collect();
+    let opts = CollabOptions { dim: a.collab_dim, seed: a.seed, ..Default::default() };
+    let cf = collaborative_embeddings(items.len(), &seqs, &opts);
+    let silent = cf.chunks(opts.dim).filter(|r| r.iter().all(|&x| x == 0.0)).count();
+    eprintln!(
+        "index: collaborative embeddings ({} dims, weight {}) from {} sequences in {:.1}s; {silent} items co-occur with nothing",
+        opts.dim,
+        a.collab_weight,
+        seqs.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let mixed = mix(&emb, dim, &cf, opts.dim, a.collab_weight);
+    Ok((mixed, dim + opts.dim, format!("{embedder}+collab{}x{}", opts.dim, a.collab_weight)))
+}
+
 fn index(a: IndexArgs) -> Result<()> {
     let t0 = Instant::now();
     let items = dataset::load_items(&a.items)?;
@@ -246,6 +294,10 @@ fn index(a: IndexArgs) -> Result<()> {
             let e = enc.embed(&texts, a.batch, |d, t| progress("embedding", d, t))?;
             (e, enc.dim(), enc.name().to_string())
         }
+    };
+    let (emb, dim, embedder) = match &a.interactions {
+        Some(p) => mix_collaborative(&items, p, emb, dim, &embedder, &a)?,
+        None => (emb, dim, embedder),
     };
     eprintln!("index: {} x {} embeddings in {:.1}s; learning semantic IDs", items.len(), dim, t0.elapsed().as_secs_f64());
     let opts = RqOptions { levels: a.levels, codebook_size: a.codebook_size, iterations: a.iterations, seed: a.seed };

@@ -3,6 +3,7 @@
 //! it behind an `Arc` and swaps whole snapshots.
 
 pub mod build;
+pub mod collab;
 pub mod embed;
 pub mod rqkmeans;
 pub mod store;
