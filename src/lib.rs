@@ -9,7 +9,8 @@
 //! - [`catalog`]: items, text embeddings, RQ-KMeans semantic IDs, the trie.
 //! - [`model`]: the Llama/Qwen-family decoder with a shared-history KV cache.
 //! - [`generate`]: trie-constrained beam search (the one beam-step contract).
-//! - [`engine`]: model + catalog snapshots and the request path.
+//! - [`engine`]: model + catalog snapshots, batching scheduler, deadlines and fallback.
+//! - [`recall`]: ANN recall over item embeddings (the fallback).
 //! - [`server`]: HTTP API, metrics.
 //! - [`dataset`]: the `NAME.inter.json` / `NAME.item.json` formats, splits, demo data.
 //! - [`train`]: training and TIGER-protocol evaluation.
@@ -20,6 +21,7 @@ pub mod dataset;
 pub mod engine;
 pub mod generate;
 pub mod model;
+pub mod recall;
 pub mod server;
 pub mod train;
 pub mod runtime;

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod collab;
+pub mod edit;
 pub mod embed;
 pub mod rqkmeans;
 pub mod store;
@@ -28,6 +29,12 @@ pub enum CatalogError {
     Tensor(#[from] candle_core::Error),
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
+    /// A live edit that contradicts the catalog (id already served, no free
+    /// semantic ID under a prefix).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl CatalogError {
@@ -52,6 +59,9 @@ pub struct Catalog {
     pub codebooks: Vec<Vec<f32>>,
     pub trie: Trie,
     index: HashMap<String, u32>,
+    /// `live[i]`: item `i` is served (false once removed by a live edit; its
+    /// index stays so that other items keep theirs).
+    live: Vec<bool>,
 }
 
 impl Catalog {
@@ -84,7 +94,7 @@ impl Catalog {
                 return Err(CatalogError::Format(format!("duplicate item id {id:?}")));
             }
         }
-        Ok(Catalog { manifest, item_ids, titles, sids, embeddings, codebooks, trie, index })
+        Ok(Catalog { manifest, item_ids, titles, sids, embeddings, codebooks, trie, index, live: vec![true; n] })
     }
 
     pub fn len(&self) -> usize {
@@ -93,6 +103,16 @@ impl Catalog {
 
     pub fn is_empty(&self) -> bool {
         self.item_ids.is_empty()
+    }
+
+    /// Whether item `item` is served.
+    pub fn is_live(&self, item: u32) -> bool {
+        self.live.get(item as usize).copied().unwrap_or(false)
+    }
+
+    /// Number of items served.
+    pub fn live_len(&self) -> usize {
+        self.live.iter().filter(|&&l| l).count()
     }
 
     /// Number of codes in a semantic ID (k-means levels + collision level).

@@ -61,6 +61,19 @@ impl Trie {
         codebook_sizes: &[u32],
         dense_depth: usize,
     ) -> Result<Self, CatalogError> {
+        Self::build_filtered(sids, levels, codebook_sizes, dense_depth, None)
+    }
+
+    /// As [`Trie::build_with_dense`], over the items whose `live` flag is set
+    /// (all when `None`); leaves keep the items' indices. Only live items need
+    /// unique IDs.
+    pub fn build_filtered(
+        sids: &[u32],
+        levels: usize,
+        codebook_sizes: &[u32],
+        dense_depth: usize,
+        live: Option<&[bool]>,
+    ) -> Result<Self, CatalogError> {
         if levels == 0 || codebook_sizes.len() != levels || sids.len() % levels != 0 {
             return Err(CatalogError::Format(format!(
                 "trie: {} codes for {} levels with {} codebook sizes",
@@ -81,8 +94,9 @@ impl Trie {
                 }
             }
         }
-        let mut order: Vec<usize> = (0..n).collect();
+        let mut order: Vec<usize> = (0..n).filter(|&i| live.is_none_or(|l| l.get(i).copied().unwrap_or(false))).collect();
         order.sort_by(|&a, &b| sid(a).cmp(sid(b)));
+        let n = order.len();
         for w in order.windows(2) {
             if sid(w[0]) == sid(w[1]) {
                 return Err(CatalogError::Format(format!(

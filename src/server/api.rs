@@ -1,6 +1,7 @@
 //! HTTP handlers: `POST /v1/recommend`, `GET /healthz`, `GET /readyz`,
 //! `GET /metrics`. Errors are mapped here, once, to a status code, a JSON body
-//! `{"error": ..., "field": ...}` and a metric outcome.
+//! `{"error": ..., "field": ...}` and a metric outcome (the admin routes are in
+//! [`super::admin`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use serde_json::json;
 
 use super::metrics;
 use super::AppState;
-use crate::engine::{EngineError, RecItem, RecRequest};
+use crate::engine::{EngineError, RecItem, RecRequest, Strategy};
 
 /// A history entry: item ids may be given as strings or numbers.
 #[derive(Deserialize)]
@@ -44,12 +45,20 @@ struct RecommendBody {
     exclude_history: bool,
     #[serde(default)]
     user_id: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    strategy: Strategy,
 }
 
 #[derive(Serialize)]
 struct RecommendAnswer {
     items: Vec<RecItem>,
-    model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    /// Why ANN recall answered or filled the list (absent when it did not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<&'static str>,
     took_ms: f64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     ignored_history: Vec<String>,
@@ -65,12 +74,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, field: Option<&str>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, field: Option<&str>, message: impl Into<String>) -> Self {
         ApiError { status, field: field.map(str::to_string), message: message.into() }
     }
 
     fn outcome(&self) -> &'static str {
         match self.status.as_u16() {
+            429 => "rejected",
             400..=499 => "invalid",
             503 => "unavailable",
             _ => "error",
@@ -78,33 +88,62 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is asked to wait after a 429.
+const RETRY_AFTER_S: &str = "1";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.message, "field": self.field}))).into_response()
+        let body = Json(json!({"error": self.message, "field": self.field}));
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            return (self.status, [(header::RETRY_AFTER, RETRY_AFTER_S)], body).into_response();
+        }
+        (self.status, body).into_response()
     }
 }
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        match &e {
+        let msg = e.to_string();
+        let status = match &e {
             EngineError::InvalidField { field, message } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(field), message.clone())
+                return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(field), message.clone())
             }
-            EngineError::NotReady => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()),
+            EngineError::NotReady | EngineError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            EngineError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+            EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
+            EngineError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::Generate(_)
+            | EngineError::Recall(_)
             | EngineError::Mismatch(_)
             | EngineError::LoadModel(_)
-            | EngineError::LoadCatalog(_) => {
-                tracing::error!(error = %e, "recommendation failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string())
+            | EngineError::Catalog(_) => {
+                tracing::error!(error = %e, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
             }
-        }
+        };
+        ApiError::new(status, None, msg)
     }
+}
+
+/// The request body, or the error that reading it gave.
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        let status = e.status();
+        let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body is larger than {} bytes", super::MAX_BODY_BYTES)
+        } else {
+            e.body_text()
+        };
+        ApiError::new(status, Some("body"), msg)
+    })
 }
 
 /// Parses the body, naming the offending field on error: a syntax error is a
 /// 400, a well-formed body with wrong or missing fields a 422.
-fn parse_body(bytes: &[u8]) -> Result<RecommendBody, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -132,6 +171,7 @@ pub async fn recommend(State(st): State<Arc<AppState>>, body: Result<Bytes, Byte
     let started = Instant::now();
     let result = serve_recommend(&st, body, started).await;
     let outcome = match &result {
+        Ok(a) if a.fallback.is_some() => "fallback",
         Ok(_) => "ok",
         Err(e) => e.outcome(),
     };
@@ -147,16 +187,8 @@ async fn serve_recommend(
     body: Result<Bytes, BytesRejection>,
     started: Instant,
 ) -> Result<RecommendAnswer, ApiError> {
-    let bytes = body.map_err(|e| {
-        let status = e.status();
-        let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("request body is larger than {} bytes", super::MAX_BODY_BYTES)
-        } else {
-            e.body_text()
-        };
-        ApiError::new(status, Some("body"), msg)
-    })?;
-    let b = parse_body(&bytes)?;
+    let bytes = body_bytes(body)?;
+    let b: RecommendBody = parse_body(&bytes)?;
     let req = RecRequest {
         history: b
             .history
@@ -169,20 +201,19 @@ async fn serve_recommend(
         k: b.k,
         exclude_history: b.exclude_history,
         user_id: b.user_id,
+        timeout_ms: b.timeout_ms,
+        strategy: b.strategy,
     };
-    let engine = st.engine.clone();
-    let user_id = req.user_id.clone();
-    let answer = tokio::task::spawn_blocking(move || engine.recommend(&req))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, format!("worker failed: {e}")))??;
+    let answer = st.engine.recommend(&req).await?;
     ::metrics::counter!(metrics::TOKENS).increment(answer.tokens as u64);
     ::metrics::counter!(metrics::ITEMS).increment(answer.items.len() as u64);
     Ok(RecommendAnswer {
         items: answer.items,
         model: answer.model,
+        fallback: answer.fallback,
         took_ms: started.elapsed().as_secs_f64() * 1e3,
         ignored_history: answer.ignored_history,
-        user_id,
+        user_id: req.user_id,
     })
 }
 
@@ -190,10 +221,15 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready once a model is loaded and has passed its smoke generation.
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    match st.engine.snapshot() {
-        Some(s) => Json(json!({"status": "ready", "model": s.model.label(), "items": s.catalog.len()})).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "error": "no model is loaded"})))
+    let items = st.engine.catalog().catalog.live_len();
+    match st.engine.model() {
+        Some(m) => Json(json!({"status": "ready", "model": m.label(), "items": items})).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "error": "no model is loaded", "items": items})),
+        )
             .into_response(),
     }
 }

@@ -1,18 +1,27 @@
 //! Prometheus metrics through the `metrics` facade: one process-wide recorder,
-//! rendered by `GET /metrics`.
+//! rendered by `GET /metrics`. Names follow serving engines: queue depth,
+//! batch sizes, queue wait, end-to-end latency, requests by outcome, tokens.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::engine::BatchObserver;
 
 pub const REQUESTS: &str = "genrec_requests_total";
 pub const LATENCY: &str = "genrec_request_duration_seconds";
+pub const QUEUE_WAIT: &str = "genrec_queue_wait_seconds";
+pub const QUEUE_DEPTH: &str = "genrec_queue_depth";
+pub const BATCH_SIZE: &str = "genrec_batch_size";
 pub const TOKENS: &str = "genrec_generated_tokens_total";
 pub const ITEMS: &str = "genrec_recommended_items_total";
 pub const MODEL_INFO: &str = "genrec_model_info";
+pub const CATALOG_ITEMS: &str = "genrec_catalog_items";
 
 const LATENCY_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -20,21 +29,24 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new();
-            let builder = match builder.set_buckets(&LATENCY_BUCKETS) {
-                Ok(b) => b,
-                Err(_) => PrometheusBuilder::new(),
-            };
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS))
+                .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // another recorder may already be installed (e.g. by an embedding
             // program): then our handle renders nothing, which is harmless
             let _ = metrics::set_global_recorder(recorder);
-            metrics::describe_counter!(REQUESTS, "Recommendation requests by outcome");
+            metrics::describe_counter!(REQUESTS, "Recommendation requests by outcome (ok, fallback, rejected, invalid, unavailable, error)");
             metrics::describe_histogram!(LATENCY, "End-to-end latency of recommendation requests");
+            metrics::describe_histogram!(QUEUE_WAIT, "Time requests waited in the queue before their batch ran");
+            metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for generation");
+            metrics::describe_histogram!(BATCH_SIZE, "Requests per batched generation");
             metrics::describe_counter!(TOKENS, "Semantic-ID tokens decoded by beam search");
             metrics::describe_counter!(ITEMS, "Items returned in answers");
-            metrics::describe_gauge!(MODEL_INFO, "The model in service (value 1)");
+            metrics::describe_gauge!(MODEL_INFO, "The model in service (value 1; labels name, version)");
+            metrics::describe_gauge!(CATALOG_ITEMS, "Items the catalog serves");
             handle
         })
         .clone()
@@ -44,4 +56,28 @@ pub fn handle() -> PrometheusHandle {
 pub fn request(outcome: &'static str, seconds: f64) {
     metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
     metrics::histogram!(LATENCY, "outcome" => outcome).record(seconds);
+}
+
+/// Marks `current` as the model in service (and `old`, if any, as not).
+pub fn model_swapped(old: Option<&crate::engine::ModelInfo>, current: &crate::engine::ModelInfo) {
+    if let Some(o) = old {
+        metrics::gauge!(MODEL_INFO, "name" => o.name.clone(), "version" => o.version.clone()).set(0.0);
+    }
+    metrics::gauge!(MODEL_INFO, "name" => current.name.clone(), "version" => current.version.clone()).set(1.0);
+}
+
+/// The scheduler's observer.
+pub struct SchedulerMetrics;
+
+impl BatchObserver for SchedulerMetrics {
+    fn queue_depth(&self, depth: usize) {
+        metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
+    }
+
+    fn batch(&self, size: usize, queue_waits: &[Duration]) {
+        metrics::histogram!(BATCH_SIZE).record(size as f64);
+        for w in queue_waits {
+            metrics::histogram!(QUEUE_WAIT).record(w.as_secs_f64());
+        }
+    }
 }

@@ -1,23 +1,36 @@
 //! The HTTP server (axum on tokio): routes, start-up, graceful shutdown.
 
+pub mod admin;
 pub mod api;
 pub mod default_model;
 pub mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::Instrument;
 
-use crate::engine::{Engine, EngineOptions, Snapshot};
+use crate::catalog::embed::DEFAULT_ENCODER_DIR;
+use crate::engine::snapshot::load_pair;
+use crate::engine::{BatchOptions, Engine, EngineOptions};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Header that carries the request id (taken from the client when given).
+pub const REQUEST_ID: &str = "x-request-id";
+/// How often `--watch` looks for new checkpoints.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// Flags of `genrec serve`; each can also be set with `GENREC_<NAME>`.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,18 +41,48 @@ pub struct ServeArgs {
     /// Catalog folder (default: the one named by the model's genrec.json).
     #[arg(long, env = "GENREC_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// Start with the catalog only (answers come from ANN recall) and wait for
+    /// a model from POST /admin/models or --watch; needs --catalog.
+    #[arg(long, env = "GENREC_NO_MODEL", requires = "catalog", conflicts_with = "model")]
+    pub no_model: bool,
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "GENREC_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Beam width of the search (raised to k for larger requests).
     #[arg(long, env = "GENREC_BEAM", default_value_t = 20)]
     pub beam: usize,
+    /// Folder under which POST /admin/models (and --watch) may load checkpoints.
+    #[arg(long, env = "GENREC_MODEL_ROOT")]
+    pub model_root: Option<PathBuf>,
+    /// Bearer token of the /admin routes; without one they are off.
+    #[arg(long, env = "GENREC_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Requests that may wait for generation; more get 429 at once.
+    #[arg(long, env = "GENREC_MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+    /// Requests per batched generation.
+    #[arg(long, env = "GENREC_MAX_BATCH", default_value_t = 32)]
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for others, in ms.
+    #[arg(long, env = "GENREC_MAX_WAIT_MS", default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Default deadline of a request in ms (a request may set its own
+    /// timeout_ms); past it, ANN recall answers.
+    #[arg(long, env = "GENREC_TIMEOUT_MS", default_value_t = 500)]
+    pub timeout_ms: u64,
+    /// Load the newest checkpoint folder under --model-root whenever one appears.
+    #[arg(long, env = "GENREC_WATCH", requires = "model_root")]
+    pub watch: bool,
+    /// Sentence encoder for POST /admin/items with a text (fetched by scripts/fetch-models.sh).
+    #[arg(long, env = "GENREC_ENCODER", default_value = DEFAULT_ENCODER_DIR)]
+    pub encoder: PathBuf,
 }
 
 /// Shared state of the handlers.
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: PrometheusHandle,
+    pub admin_token: Option<String>,
 }
 
 /// The application's routes.
@@ -49,36 +92,84 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
+        .route("/admin/models", get(admin::list_models).post(admin::load_model))
+        .route("/admin/models/rollback", post(admin::rollback))
+        .route("/admin/items", post(admin::add_item))
+        .route("/admin/items/{id}", delete(admin::remove_item))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
 
-/// Loads the model and catalog the flags name (or the embedded default).
-pub fn load_snapshot(args: &ServeArgs) -> Result<Snapshot> {
-    let dev = candle_core::Device::Cpu;
-    match &args.model {
-        Some(dir) => Ok(Snapshot::load(dir, args.catalog.as_deref(), &dev)?),
-        None => {
-            let (model, catalog) = default_model::load(&dev).context("loading the embedded default model")?;
-            Ok(Snapshot::new(model, catalog)?)
-        }
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Gives every request an id (the client's `x-request-id`, or a new one), a
+/// tracing span carrying it, and the id in the answer's headers.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut res = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID, v);
     }
+    res
 }
 
-/// Runs the server until SIGINT/SIGTERM.
-pub fn run(args: ServeArgs) -> Result<()> {
-    let snapshot = load_snapshot(&args)?;
-    tracing::info!(
-        model = %snapshot.model.label(),
-        items = snapshot.catalog.len(),
-        "model loaded"
-    );
-    let engine = Arc::new(Engine::new(Some(snapshot), EngineOptions { beam: args.beam.max(1) }));
-    let state = Arc::new(AppState { engine, metrics: metrics::handle() });
-    if let Some(s) = state.engine.snapshot() {
-        ::metrics::gauge!(metrics::MODEL_INFO, "model" => s.model.label()).set(1.0);
+/// Builds the engine the flags describe: catalog, then model (validated and
+/// warmed up by one smoke generation).
+pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
+    let dev = candle_core::Device::Cpu;
+    let (model, catalog, source) = match (&args.model, args.no_model) {
+        (_, true) => {
+            let dir = args.catalog.as_ref().context("--no-model needs --catalog")?;
+            (None, crate::catalog::Catalog::load(dir)?, String::new())
+        }
+        (Some(dir), false) => {
+            let (m, c) = load_pair(dir, args.catalog.as_deref(), &dev)?;
+            (Some(m), c, dir.display().to_string())
+        }
+        (None, false) => {
+            let (m, c) = default_model::load(&dev).context("loading the embedded default model")?;
+            (Some(m), c, "embedded".to_string())
+        }
+    };
+    let opts = EngineOptions {
+        batch: BatchOptions {
+            max_queue: args.max_queue.max(1),
+            max_batch: args.max_batch.max(1),
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            beam: args.beam.max(1),
+        },
+        timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        model_root: args.model_root.clone(),
+        encoder: Some(args.encoder.clone()),
+    };
+    ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.live_len() as f64);
+    let engine = Arc::new(Engine::new(catalog, opts, Arc::new(metrics::SchedulerMetrics))?);
+    if let Some(m) = model {
+        let info = engine.install(m, source)?;
+        metrics::model_swapped(None, &info);
     }
+    Ok(engine)
+}
+
+/// Runs the server until SIGINT/SIGTERM, then drains the requests in flight.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let state_metrics = metrics::handle();
+    let engine = build_engine(&args)?;
+    match engine.model() {
+        Some(m) => tracing::info!(model = %m.label(), items = engine.catalog().catalog.len(), "model loaded"),
+        None => tracing::info!("no model: answering from ANN recall until one is loaded"),
+    }
+    let _watch = if args.watch { engine.watch(WATCH_EVERY) } else { None };
+    let state = Arc::new(AppState { engine, metrics: state_metrics, admin_token: args.admin_token.clone() });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr)

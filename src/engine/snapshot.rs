@@ -1,0 +1,49 @@
+//! Loading a model folder together with its catalog, checked to belong
+//! together (used by `genrec eval`, the benchmarks and the server's start).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::EngineError;
+use crate::catalog::Catalog;
+use crate::model::Model;
+
+/// A model with the catalog it generates over.
+pub struct Snapshot {
+    pub model: Arc<Model>,
+    pub catalog: Arc<Catalog>,
+}
+
+/// Checks that a model's sidecar matches a catalog.
+pub fn check_pair(model: &Model, catalog: &Catalog) -> Result<(), EngineError> {
+    model
+        .sidecar
+        .validate(model.config.vocab_size, &catalog.manifest)
+        .map_err(|e| EngineError::Mismatch(e.to_string()))
+}
+
+impl Snapshot {
+    /// Pairs a model with a catalog after checking that they belong together.
+    pub fn new(model: Model, catalog: Catalog) -> Result<Self, EngineError> {
+        check_pair(&model, &catalog)?;
+        Ok(Snapshot { model: Arc::new(model), catalog: Arc::new(catalog) })
+    }
+
+    /// Loads a model folder and its catalog: `catalog_dir` when given, else the
+    /// folder its `genrec.json` names.
+    pub fn load(model_dir: &Path, catalog_dir: Option<&Path>, dev: &candle_core::Device) -> Result<Self, EngineError> {
+        let (model, catalog) = load_pair(model_dir, catalog_dir, dev)?;
+        Self::new(model, catalog)
+    }
+}
+
+/// Loads a model folder and the catalog it names (or `catalog_dir`), unchecked.
+pub fn load_pair(model_dir: &Path, catalog_dir: Option<&Path>, dev: &candle_core::Device) -> Result<(Model, Catalog), EngineError> {
+    let model = Model::load(model_dir, dev)?;
+    let dir = catalog_dir
+        .map(Path::to_path_buf)
+        .or_else(|| model.catalog_dir())
+        .ok_or_else(|| EngineError::Mismatch("the model names no catalog: pass --catalog".into()))?;
+    let catalog = Catalog::load(&dir)?;
+    Ok((model, catalog))
+}

@@ -1,0 +1,320 @@
+//! The serving engine under load, over HTTP on loopback: hot-swap during a
+//! stream of requests, refused checkpoints, overload, deadlines, live catalog
+//! edits, admin authorisation and draining on SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Server, TempDir};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-token";
+
+/// A model root holding the demo catalog and checkpoint `a`, plus `b`: the
+/// same weights but one bit of one value, so another version.
+fn model_root() -> TempDir {
+    let root = TempDir::new("root");
+    let demo = common::repo().join("models/demo");
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    copy(&demo.join("catalog"), &root.0.join("catalog"));
+    copy(&demo.join("model"), &root.0.join("a"));
+    copy(&demo.join("model"), &root.0.join("b"));
+    let w = root.0.join("b/model.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let last = bytes.len() - 4; // lowest mantissa byte of the last f32
+    bytes[last] ^= 1;
+    std::fs::write(&w, bytes).unwrap();
+    root
+}
+
+fn start(root: &TempDir, extra: &[&str]) -> Server {
+    let a = root.0.join("a");
+    let mut args = vec!["--model", a.to_str().unwrap(), "--model-root", root.0.to_str().unwrap(), "--admin-token", TOKEN];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let v = r.json().await.unwrap_or(Value::Null);
+    (status, v, headers)
+}
+
+async fn recommend(c: &reqwest::Client, s: &Server, body: Value) -> (u16, Value) {
+    let (st, v, _) = send(c.post(s.at("/v1/recommend")).json(&body)).await;
+    (st, v)
+}
+
+async fn admin(c: &reqwest::Client, s: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = c.request(method, s.at(path)).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let (st, v, _) = send(r).await;
+    (st, v)
+}
+
+fn version(v: &Value) -> String {
+    v["model"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swap_under_load_fails_nothing_and_switches_once() {
+    let root = model_root();
+    let s = start(&root, &[]);
+    let c = reqwest::Client::new();
+    let stop = Instant::now() + Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (c, url) = (c.clone(), s.at("/v1/recommend"));
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut i = 0;
+            while Instant::now() < stop {
+                let body = json!({"history": [((t * 7 + i) % 500).to_string()], "k": 5});
+                let r = c.post(&url).json(&body).send().await.expect("request");
+                assert_eq!(r.status().as_u16(), 200);
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["items"].as_array().unwrap().len(), 5);
+                seen.push(version(&v));
+                i += 1;
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": "b"}))).await;
+    assert_eq!(st, 200, "{v}");
+    let new_version = v["current"]["version"].as_str().unwrap().to_string();
+    assert_ne!(new_version, v["previous"]["version"].as_str().unwrap());
+    let mut versions = std::collections::BTreeSet::new();
+    for t in tasks {
+        let seen = t.await.expect("a request failed");
+        // per client: old model, then the new one, never back
+        let switches = seen.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(switches <= 1, "{seen:?}");
+        assert!(seen.last().unwrap().ends_with(&new_version));
+        versions.extend(seen);
+    }
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    // the listing shows both, and rollback goes back
+    let (st, v) = admin(&c, &s, reqwest::Method::GET, "/admin/models", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["current"]["version"], new_version.as_str());
+    assert!(v["current"]["source"].as_str().unwrap().ends_with("b"));
+    let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models/rollback", None).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, r) = recommend(&c, &s, json!({"history": ["3"]})).await;
+    assert!(!version(&r).ends_with(&new_version));
+}
+
+#[tokio::test]
+async fn corrupt_and_mismatched_checkpoints_are_refused_and_the_old_model_serves() {
+    let root = model_root();
+    // truncated weights
+    let bad = root.0.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["config.json", "genrec.json"] {
+        std::fs::copy(root.0.join("a").join(f), bad.join(f)).unwrap();
+    }
+    let w = std::fs::read(root.0.join("a/model.safetensors")).unwrap();
+    std::fs::write(bad.join("model.safetensors"), &w[..w.len() / 3]).unwrap();
+    // a sidecar for another catalog
+    let other = root.0.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(root.0.join("a").join(f), other.join(f)).unwrap();
+    }
+    let mut side: Value = serde_json::from_slice(&std::fs::read(root.0.join("a/genrec.json")).unwrap()).unwrap();
+    side["catalog_fingerprint"] = json!("0000000000000000");
+    std::fs::write(other.join("genrec.json"), side.to_string()).unwrap();
+    // a folder with files missing
+    std::fs::create_dir_all(root.0.join("empty")).unwrap();
+
+    let s = start(&root, &[]);
+    let c = reqwest::Client::new();
+    let (_, before) = recommend(&c, &s, json!({"history": ["3"]})).await;
+    for (path, why) in [("bad", "model.safetensors"), ("other", "catalog"), ("empty", "config.json"), ("missing", "missing")] {
+        let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
+        assert_eq!(st, 422, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{path}: {v}");
+        let (st, after) = recommend(&c, &s, json!({"history": ["3"]})).await;
+        assert_eq!(st, 200);
+        assert_eq!(version(&after), version(&before));
+    }
+    let (_, v) = admin(&c, &s, reqwest::Method::GET, "/admin/models", None).await;
+    assert!(v["previous"].is_null(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_gets_fast_429s_and_accepted_requests_succeed() {
+    let root = model_root();
+    let s = start(&root, &["--max-queue", "1", "--max-batch", "1", "--max-wait-ms", "0", "--beam", "100"]);
+    let c = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let (c, url) = (c.clone(), s.at("/v1/recommend"));
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = c.post(&url).json(&json!({"history": [(i % 500).to_string()], "k": 100})).send().await.unwrap();
+            let st = r.status().as_u16();
+            let retry = r.headers().get("retry-after").is_some();
+            let v: Value = r.json().await.unwrap();
+            (st, retry, t0.elapsed(), v)
+        }));
+    }
+    let (mut ok, mut rejected) = (0, 0);
+    for t in tasks {
+        let (st, retry, took, v) = t.await.unwrap();
+        match st {
+            200 => {
+                ok += 1;
+                assert_eq!(v["items"].as_array().unwrap().len(), 100);
+            }
+            429 => {
+                rejected += 1;
+                assert!(retry, "429 without Retry-After");
+                assert!(took < Duration::from_millis(500), "a 429 took {took:?}");
+                assert_eq!(v["error"].as_str().map(|e| e.contains("queue")), Some(true));
+            }
+            other => panic!("status {other}: {v}"),
+        }
+    }
+    assert!(ok >= 1 && rejected >= 1, "ok {ok}, rejected {rejected}");
+    let m = c.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains(&format!("genrec_requests_total{{outcome=\"rejected\"}} {rejected}")), "{m}");
+    for name in ["genrec_queue_depth", "genrec_batch_size_bucket", "genrec_queue_wait_seconds_bucket", "genrec_model_info{"] {
+        assert!(m.contains(name), "{name} missing");
+    }
+}
+
+#[tokio::test]
+async fn a_too_short_deadline_gets_an_ann_answer() {
+    let root = model_root();
+    // a lone request waits up to 300 ms for batch company: longer than its deadline
+    let s = start(&root, &["--max-wait-ms", "300", "--max-batch", "64"]);
+    let c = reqwest::Client::new();
+    let (st, v) = recommend(&c, &s, json!({"history": ["3", "17"], "k": 8, "timeout_ms": 20})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["fallback"], "deadline");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 8);
+    assert!(items.iter().all(|i| i["source"] == "ann"));
+    // generative only: an error that says so
+    let (st, v) = recommend(&c, &s, json!({"history": ["3"], "timeout_ms": 20, "strategy": "generative"})).await;
+    assert_eq!(st, 504, "{v}");
+    // bad values name their field
+    let (st, v) = recommend(&c, &s, json!({"history": ["3"], "timeout_ms": 0})).await;
+    assert_eq!((st, v["field"].as_str()), (422, Some("timeout_ms")));
+    let (st, v) = recommend(&c, &s, json!({"history": ["3"], "strategy": "psychic"})).await;
+    assert_eq!((st, v["field"].as_str()), (422, Some("strategy")), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_catalog_removed_item_never_returns_and_added_item_is_recommended() {
+    let root = model_root();
+    let s = start(&root, &[]);
+    let c = reqwest::Client::new();
+    let (_, v) = recommend(&c, &s, json!({"history": ["3", "17"], "k": 10})).await;
+    let victim = v["items"][0]["item_id"].as_str().unwrap().to_string();
+    let (st, v) = admin(&c, &s, reqwest::Method::DELETE, &format!("/admin/items/{victim}"), None).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, _) = admin(&c, &s, reqwest::Method::DELETE, &format!("/admin/items/{victim}"), None).await;
+    assert_eq!(st, 404);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (c, url, victim) = (c.clone(), s.at("/v1/recommend"), victim.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..125 {
+                let strategy = if i % 5 == 0 { "ann" } else { "auto" };
+                let h = [((t * 125 + i) % 600).to_string(), "3".to_string(), "17".to_string()];
+                let body = json!({"history": h, "k": 20, "strategy": strategy});
+                let v: Value = c.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+                let items = v["items"].as_array().expect("items");
+                assert!(items.iter().all(|it| it["item_id"] != victim.as_str()), "removed item returned: {v}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("1,000 answers without the removed item");
+    }
+    // an item with the embedding of item 17: ANN's nearest item to a history of 17
+    let cat = genrec::catalog::Catalog::load(&root.0.join("catalog")).unwrap();
+    let emb = cat.embedding(cat.index_of("17").unwrap()).to_vec();
+    let (st, v) =
+        admin(&c, &s, reqwest::Method::POST, "/admin/items", Some(json!({"id": "live-1", "title": "new", "embedding": emb}))).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["semantic_id"].as_array().unwrap().len(), 4);
+    let (_, v) = recommend(&c, &s, json!({"history": ["17"], "k": 5, "strategy": "ann"})).await;
+    assert_eq!(v["items"][0]["item_id"], "live-1", "{v}");
+    let (st, _) =
+        admin(&c, &s, reqwest::Method::POST, "/admin/items", Some(json!({"id": "live-1", "embedding": emb}))).await;
+    assert_eq!(st, 409);
+    let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/items", Some(json!({"id": "x", "embedding": [1.0]}))).await;
+    assert_eq!((st, v["field"].as_str()), (422, Some("embedding")));
+}
+
+#[tokio::test]
+async fn admin_routes_refuse_bad_tokens_and_paths_outside_the_root() {
+    let root = model_root();
+    let s = start(&root, &[]);
+    let c = reqwest::Client::new();
+    let (st, _, _) = send(c.get(s.at("/admin/models"))).await;
+    assert_eq!(st, 401);
+    let (st, _, _) = send(c.get(s.at("/admin/models")).bearer_auth("wrong")).await;
+    assert_eq!(st, 401);
+    let (st, _, _) = send(c.delete(s.at("/admin/items/3")).bearer_auth("test-tokeN")).await;
+    assert_eq!(st, 401);
+    let outside = common::repo().join("models/demo/model");
+    for path in ["../", "..", outside.to_str().unwrap(), "a/../../"] {
+        let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
+        assert!(st == 403 || st == 422, "{path}: {st} {v}");
+        if Path::new(path).is_absolute() || path.starts_with("..") {
+            assert_eq!(st, 403, "{path}: {v}");
+        }
+    }
+    // without a configured token the admin API is off
+    let plain = Server::start(&[]);
+    let (st, v, _) = send(c.get(plain.at("/admin/models")).bearer_auth(TOKEN)).await;
+    assert_eq!(st, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("--admin-token"));
+    // every answer carries a request id; a client's own is echoed
+    let (_, _, h) = send(c.get(plain.at("/healthz")).header("x-request-id", "abc-1")).await;
+    assert_eq!(h.get("x-request-id").unwrap(), "abc-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_requests_in_flight() {
+    let root = model_root();
+    // requests wait 400 ms for batch company, so they are in flight at SIGTERM
+    let mut s = start(&root, &["--max-wait-ms", "400", "--max-batch", "64", "--timeout-ms", "5000"]);
+    let c = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (c, url) = (c.clone(), s.at("/v1/recommend"));
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(&url).json(&json!({"history": [i.to_string()], "k": 5})).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = s.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+        assert!(v["fallback"].is_null(), "answered by the model, not cut short: {v}");
+    }
+    let code = s.wait_exit(Duration::from_secs(10)).expect("server exits after draining");
+    assert!(code.success(), "{code:?}");
+}
