@@ -11,7 +11,8 @@
 //! - [`generate`]: trie-constrained beam search (the one beam-step contract).
 //! - [`engine`]: model + catalog snapshots, batching scheduler, deadlines and fallback.
 //! - [`recall`]: ANN recall over item embeddings (the fallback).
-//! - [`server`]: HTTP API, metrics.
+//! - [`server`]: HTTP API, admin routes, metrics.
+//! - [`loadgen`]: the HTTP load benchmark (`genrec bench`).
 //! - [`dataset`]: the `NAME.inter.json` / `NAME.item.json` formats, splits, demo data.
 //! - [`train`]: training and TIGER-protocol evaluation.
 //! - [`runtime`]: process settings every binary applies at start (allocator, threads).
@@ -20,6 +21,7 @@ pub mod catalog;
 pub mod dataset;
 pub mod engine;
 pub mod generate;
+pub mod loadgen;
 pub mod model;
 pub mod recall;
 pub mod server;

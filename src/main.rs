@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use genrec::catalog::build::{build_catalog, load_embeddings};
@@ -38,6 +38,45 @@ enum Command {
     Serve(genrec::server::ServeArgs),
     /// Write a small synthetic data set (demo.item.json, demo.inter.json) in the shared/data format.
     DemoData(DemoArgs),
+    /// Load-test a running server with real histories; prints a table and JSON.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Interactions file whose test-split histories (last 20 items) are sent, round-robin.
+    #[arg(long)]
+    data: PathBuf,
+    /// Closed loop: clients that each wait for their answer (ignored with --rate).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Open loop: Poisson arrivals at this many requests per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this many requests.
+    #[arg(long, default_value_t = 2000, conflicts_with = "seconds")]
+    requests: usize,
+    /// Stop after this many seconds instead.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Items per request.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Request strategy: auto, generative or ann.
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Per-request timeout_ms (default: the server's).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seed of the open loop's arrival times.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -218,6 +257,7 @@ fn main() -> Result<()> {
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval(a),
         Command::Serve(a) => genrec::server::run(a),
+        Command::Bench(a) => bench(a),
         Command::DemoData(a) => {
             let o = demo::DemoOptions { items: a.items, users: a.users, seed: a.seed, ..Default::default() };
             demo::write(&a.out, &o)?;
@@ -274,6 +314,48 @@ fn mix_collaborative(
     );
     let mixed = mix(&emb, dim, &cf, opts.dim, a.collab_weight);
     Ok((mixed, dim + opts.dim, format!("{embedder}+collab{}x{}", opts.dim, a.collab_weight)))
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let data = dataset::load_interactions(&a.data)?;
+    let histories = genrec::loadgen::histories(&data);
+    if histories.is_empty() {
+        bail!("{}: no user has a test history", a.data.display());
+    }
+    let mut extra = serde_json::Map::new();
+    if let Some(s) = &a.strategy {
+        extra.insert("strategy".into(), serde_json::json!(s));
+    }
+    if let Some(t) = a.timeout_ms {
+        extra.insert("timeout_ms".into(), serde_json::json!(t));
+    }
+    let opts = genrec::loadgen::BenchOptions {
+        url: a.url.clone(),
+        load: match a.rate {
+            Some(rate) => genrec::loadgen::Load::Open { rate },
+            None => genrec::loadgen::Load::Closed { concurrency: a.concurrency },
+        },
+        stop: match a.seconds {
+            Some(s) => genrec::loadgen::Stop::Seconds(s),
+            None => genrec::loadgen::Stop::Requests(a.requests),
+        },
+        k: a.k,
+        extra,
+        seed: a.seed,
+    };
+    eprintln!("bench: {} histories from {}, {}", histories.len(), a.data.display(), a.url);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(genrec::loadgen::run(&opts, &histories));
+    print!("{}", report.table());
+    let js = serde_json::to_string(&report)?;
+    if let Some(p) = &a.json {
+        std::fs::write(p, &js).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("{js}");
+    if report.ok == 0 {
+        bail!("no request succeeded: is the server running at {}?", a.url);
+    }
+    Ok(())
 }
 
 fn index(a: IndexArgs) -> Result<()> {

@@ -318,3 +318,61 @@ async fn sigterm_drains_requests_in_flight() {
     let code = s.wait_exit(Duration::from_secs(10)).expect("server exits after draining");
     assert!(code.success(), "{code:?}");
 }
+
+#[tokio::test]
+async fn genrec_bench_drives_a_server_and_reports_json() {
+    let s = Server::start(&[]);
+    let tmp = TempDir::new("bench");
+    let data = tmp.0.join("data");
+    let out = std::process::Command::new(common::bin()).args(["demo-data", "--out", data.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    let json_path = tmp.0.join("report.json");
+    let out = std::process::Command::new(common::bin())
+        .args(["bench", "--url", &s.url, "--data", data.join("demo.inter.json").to_str().unwrap()])
+        .args(["--concurrency", "4", "--requests", "40", "--json", json_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("requests/s") && table.contains("p99"), "{table}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!((r["requests"].as_u64(), r["ok"].as_u64(), r["errors"].as_u64()), (Some(40), Some(40), Some(0)));
+    assert!(r["latency_ms_p50"].as_f64().unwrap() > 0.0 && r["items_per_s"].as_f64().unwrap() > 0.0);
+    // nothing listening: a clear failure
+    let out = std::process::Command::new(common::bin())
+        .args(["bench", "--url", "http://127.0.0.1:9", "--data", data.join("demo.inter.json").to_str().unwrap(), "--requests", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no request succeeded"));
+}
+
+#[tokio::test]
+async fn watch_loads_a_new_checkpoint_dropped_into_the_model_root() {
+    let root = model_root();
+    let s = start(&root, &["--watch"]);
+    let c = reqwest::Client::new();
+    let (_, before) = recommend(&c, &s, json!({"history": ["3"]})).await;
+    // a new folder appears (written elsewhere, then moved in, as a trainer would)
+    std::thread::sleep(Duration::from_millis(50));
+    let staging = root.0.join(".staging-c");
+    std::fs::create_dir_all(&staging).unwrap();
+    for f in ["config.json", "genrec.json", "model.safetensors"] {
+        std::fs::copy(root.0.join("b").join(f), staging.join(f)).unwrap();
+    }
+    // touch the weights so that they are newer than the model in service
+    let w = std::fs::read(staging.join("model.safetensors")).unwrap();
+    std::fs::write(staging.join("model.safetensors"), w).unwrap();
+    std::fs::rename(&staging, root.0.join("c")).unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, v) = recommend(&c, &s, json!({"history": ["3"]})).await;
+        if version(&v) != version(&before) {
+            break;
+        }
+        assert!(Instant::now() < until, "the watched checkpoint was not loaded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, v) = admin(&c, &s, reqwest::Method::GET, "/admin/models", None).await;
+    assert!(v["current"]["source"].as_str().unwrap().ends_with("/c"), "{v}");
+}
