@@ -85,13 +85,16 @@ def main():
         run(seqs[:batch], b)  # warm-up
         # batches of similar length, as genrec's half forms them
         order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
-        t0 = time.perf_counter()
         topk = [None] * len(seqs)
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            for j, items in zip(idx, run([seqs[j] for j in idx], b)):
-                topk[j] = items
-        hf_rps = len(seqs) / (time.perf_counter() - t0)
+        pass_s = []
+        for _ in range(max(1, req.get("passes", 1))):
+            t0 = time.perf_counter()
+            for i in range(0, len(order), batch):
+                idx = order[i:i + batch]
+                for j, items in zip(idx, run([seqs[j] for j in idx], b)):
+                    topk[j] = items
+            pass_s.append(time.perf_counter() - t0)
+        hf_rps = len(seqs) / statistics.median(pass_s)
         lat = []
         for s in seqs[: req["single"]]:
             t = time.perf_counter()
