@@ -73,14 +73,15 @@ async fn hot_swap_under_load_fails_nothing_and_switches_once() {
     let root = model_root();
     let s = start(&root, &[]);
     let c = reqwest::Client::new();
-    let stop = Instant::now() + Duration::from_millis(1500);
+    // clients run until 300 ms after the swap has answered (however long it takes)
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..8 {
-        let (c, url) = (c.clone(), s.at("/v1/recommend"));
+        let (c, url, stop) = (c.clone(), s.at("/v1/recommend"), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             let mut i = 0;
-            while Instant::now() < stop {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let body = json!({"history": [((t * 7 + i) % 500).to_string()], "k": 5});
                 let r = c.post(&url).json(&body).send().await.expect("request");
                 assert_eq!(r.status().as_u16(), 200);
@@ -95,6 +96,8 @@ async fn hot_swap_under_load_fails_nothing_and_switches_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": "b"}))).await;
     assert_eq!(st, 200, "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let new_version = v["current"]["version"].as_str().unwrap().to_string();
     assert_ne!(new_version, v["previous"]["version"].as_str().unwrap());
     let mut versions = std::collections::BTreeSet::new();
@@ -296,8 +299,8 @@ async fn admin_routes_refuse_bad_tokens_and_paths_outside_the_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_requests_in_flight() {
     let root = model_root();
-    // requests wait 400 ms for batch company, so they are in flight at SIGTERM
-    let mut s = start(&root, &["--max-wait-ms", "400", "--max-batch", "64", "--timeout-ms", "5000"]);
+    // requests wait 1.5 s for batch company, so they are in flight at SIGTERM
+    let mut s = start(&root, &["--max-wait-ms", "1500", "--max-batch", "64", "--timeout-ms", "10000"]);
     let c = reqwest::Client::new();
     let mut tasks = Vec::new();
     for i in 0..4 {
@@ -307,7 +310,7 @@ async fn sigterm_drains_requests_in_flight() {
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let pid = s.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     for t in tasks {
