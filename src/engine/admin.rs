@@ -191,7 +191,7 @@ impl Engine {
         // index first: no catalog serves the new item until the swap below
         cur.ann.add(idx, next.embedding(idx))?;
         let sid = next.sid(idx).to_vec();
-        self.catalog.store(Arc::new(LiveCatalog { catalog: next, ann: cur.ann.clone(), edits: cur.edits + 1 }));
+        self.catalog.store(Arc::new(LiveCatalog { catalog: next, ann: cur.ann.clone() }));
         tracing::info!(item = %item.id, semantic_id = ?sid, "item added");
         Ok(sid)
     }
@@ -204,7 +204,7 @@ impl Engine {
             crate::catalog::CatalogError::NotFound(m) => EngineError::NotFound(m),
             other => other.into(),
         })?;
-        self.catalog.store(Arc::new(LiveCatalog { catalog: next, ann: cur.ann.clone(), edits: cur.edits + 1 }));
+        self.catalog.store(Arc::new(LiveCatalog { catalog: next, ann: cur.ann.clone() }));
         // requests on older catalogs filter ANN hits through their own catalog,
         // which still serves the item: they may return it, as they began before
         cur.ann.remove(idx)?;

@@ -70,6 +70,11 @@ pub enum EngineError {
     NotFound(String),
     #[error("the batching worker has stopped")]
     Stopped,
+    #[error("starting the batching worker: {0}")]
+    Worker(std::io::Error),
+    /// A batched generation failed (the error is shared by the batch's requests).
+    #[error("generation failed: {0}")]
+    Batch(String),
 }
 
 /// How a request wants its items made.
@@ -163,20 +168,16 @@ impl Engine {
     /// An engine serving `catalog`, with no model until [`Engine::install`].
     pub fn new(catalog: Catalog, opts: EngineOptions, observer: Arc<dyn BatchObserver>) -> Result<Self, EngineError> {
         let ann = AnnIndex::build(&catalog, |i| catalog.is_live(i))?;
-        let live = LiveCatalog { catalog, ann: Arc::new(ann), edits: 0 };
+        let live = LiveCatalog { catalog, ann: Arc::new(ann) };
         Ok(Engine {
             model: ArcSwapOption::empty(),
             previous: Mutex::new(None),
             catalog: ArcSwap::from_pointee(live),
             admin_lock: Mutex::new(()),
-            scheduler: Scheduler::start(opts.batch.clone(), observer),
+            scheduler: Scheduler::start(opts.batch.clone(), observer).map_err(EngineError::Worker)?,
             opts,
             encoder: Mutex::new(None),
         })
-    }
-
-    pub fn options(&self) -> &EngineOptions {
-        &self.opts
     }
 
     /// The model in service, if any.
@@ -187,11 +188,6 @@ impl Engine {
     /// The catalog in service.
     pub fn catalog(&self) -> Arc<LiveCatalog> {
         self.catalog.load_full()
-    }
-
-    /// Requests waiting for generation.
-    pub fn queue_depth(&self) -> usize {
-        self.scheduler.depth()
     }
 
     fn resolve(&self, cat: &Catalog, req: &RecRequest) -> Result<Resolved, EngineError> {
@@ -271,7 +267,7 @@ impl Engine {
                 tracing::warn!(error = %e, "generation failed; answering from ANN recall");
                 return self.fill(answer, &cat, &r, req.k, "error");
             }
-            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Ok(Err(e))) => return Err(EngineError::Batch(e)),
             Ok(Err(_)) => return Err(EngineError::Stopped),
             Err(_) if req.strategy == Strategy::Auto => return self.fill(answer, &cat, &r, req.k, "deadline"),
             Err(_) => return Err(EngineError::Deadline(timeout_ms)),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::state::{LiveCatalog, LoadedModel};
-use crate::generate::{generate, GenRequest, GenerateError, Hit};
+use crate::generate::{generate, GenRequest, Hit};
 
 /// Batching settings.
 #[derive(Debug, Clone)]
@@ -36,8 +36,9 @@ impl Default for BatchOptions {
     }
 }
 
-/// What a generation job returns.
-pub type JobResult = Result<(Vec<Hit>, usize), GenerateError>;
+/// What a generation job returns: the hits and the tokens decoded for it, or
+/// the batch's error as text (one error answers every request of the batch).
+pub type JobResult = Result<(Vec<Hit>, usize), String>;
 
 /// One request waiting for generation.
 pub struct Job {
@@ -73,15 +74,14 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn start(opts: BatchOptions, observer: Arc<dyn BatchObserver>) -> Self {
+    pub fn start(opts: BatchOptions, observer: Arc<dyn BatchObserver>) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(opts.max_queue.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
         let (d, o) = (depth.clone(), observer.clone());
         let worker = std::thread::Builder::new()
             .name("genrec-batcher".into())
-            .spawn(move || worker_loop(rx, opts, d, o))
-            .ok();
-        Scheduler { tx: Some(tx), depth, worker, observer }
+            .spawn(move || worker_loop(rx, opts, d, o))?;
+        Ok(Scheduler { tx: Some(tx), depth, worker: Some(worker), observer })
     }
 
     /// Queues a job, or refuses at once when the queue is full.
@@ -102,11 +102,6 @@ impl Scheduler {
                 })
             }
         }
-    }
-
-    /// Requests waiting now.
-    pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
     }
 }
 
@@ -195,8 +190,9 @@ fn run_batch(batch: Vec<Job>, beam: usize, observer: &dyn BatchObserver) {
         }
         Err(e) => {
             tracing::error!(error = %e, "batched generation failed");
+            let msg = e.to_string();
             for job in live {
-                let _ = job.reply.send(Err(GenerateError::Mismatch(e.to_string())));
+                let _ = job.reply.send(Err(msg.clone()));
             }
         }
     }

@@ -55,8 +55,6 @@ impl LoadedModel {
 pub struct LiveCatalog {
     pub catalog: Catalog,
     pub ann: Arc<AnnIndex>,
-    /// Live edits applied since the catalog was loaded.
-    pub edits: u64,
 }
 
 impl LiveCatalog {

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::api::{body_bytes, parse_body, ApiError};
 use super::{metrics, AppState};
 use crate::engine::admin::NewItem;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, ModelInfo};
 
 /// Checks the bearer token; every admin handler starts here.
 fn authorise(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -60,6 +60,18 @@ struct LoadBody {
     path: String,
 }
 
+/// Records a model swap in the metrics and answers with the models now loaded.
+fn swapped(st: &AppState, info: ModelInfo) -> Response {
+    let (_, previous) = st.engine.models();
+    metrics::model_swapped(previous.as_ref(), &info);
+    Json(json!({"current": info, "previous": previous})).into_response()
+}
+
+/// Updates the served-items gauge after a catalog edit.
+fn catalog_edited(st: &AppState) {
+    ::metrics::gauge!(metrics::CATALOG_ITEMS).set(st.engine.catalog().catalog.live_len() as f64);
+}
+
 pub async fn list_models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     respond(authorise(&st, &headers).map(|()| {
         let (current, previous) = st.engine.models();
@@ -77,9 +89,7 @@ pub async fn load_model(
             authorise(&st, &headers)?;
             let b: LoadBody = parse_body(&body_bytes(body)?)?;
             let info = blocking(&st, move |e| e.load_checkpoint(&b.path)).await?;
-            let (_, previous) = st.engine.models();
-            metrics::model_swapped(previous.as_ref(), &info);
-            Ok(Json(json!({"current": info, "previous": previous})).into_response())
+            Ok(swapped(&st, info))
         }
         .await,
     )
@@ -90,9 +100,7 @@ pub async fn rollback(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Re
         async {
             authorise(&st, &headers)?;
             let info = blocking(&st, |e| e.rollback()).await?;
-            let (_, previous) = st.engine.models();
-            metrics::model_swapped(previous.as_ref(), &info);
-            Ok(Json(json!({"current": info, "previous": previous})).into_response())
+            Ok(swapped(&st, info))
         }
         .await,
     )
@@ -122,7 +130,7 @@ pub async fn add_item(
             let title = b.title.clone().or_else(|| b.text.clone()).unwrap_or_else(|| b.id.clone());
             let item = NewItem { id: b.id.clone(), title, text: b.text, embedding: b.embedding };
             let sid = blocking(&st, move |e| e.add_item(item)).await?;
-            ::metrics::gauge!(metrics::CATALOG_ITEMS).set(st.engine.catalog().catalog.live_len() as f64);
+            catalog_edited(&st);
             Ok((StatusCode::CREATED, Json(json!({"item_id": b.id, "semantic_id": sid}))).into_response())
         }
         .await,
@@ -135,7 +143,7 @@ pub async fn remove_item(State(st): State<Arc<AppState>>, headers: HeaderMap, Pa
             authorise(&st, &headers)?;
             let removed = id.clone();
             blocking(&st, move |e| e.remove_item(&removed)).await?;
-            ::metrics::gauge!(metrics::CATALOG_ITEMS).set(st.engine.catalog().catalog.live_len() as f64);
+            catalog_edited(&st);
             Ok(Json(json!({"removed": id})).into_response())
         }
         .await,

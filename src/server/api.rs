@@ -116,6 +116,8 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::Generate(_)
+            | EngineError::Batch(_)
+            | EngineError::Worker(_)
             | EngineError::Recall(_)
             | EngineError::Mismatch(_)
             | EngineError::LoadModel(_)
