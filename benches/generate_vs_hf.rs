@@ -112,7 +112,7 @@ fn main() -> Result<()> {
     let mut results = serde_json::Map::new();
     for &b in &a.beams {
         let reqs: Vec<GenRequest> =
-            histories.iter().map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new() }).collect();
+            histories.iter().map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new(), within: Vec::new() }).collect();
         // warm-up (allocator, caches)
         generate(model, catalog, &reqs[..reqs.len().min(a.batch)], b)?;
         // batches of similar history length (less padding), as a server's

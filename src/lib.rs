@@ -11,6 +11,7 @@
 //! - [`generate`]: trie-constrained beam search (the one beam-step contract).
 //! - [`engine`]: model + catalog snapshots, batching scheduler, deadlines and fallback.
 //! - [`recall`]: ANN recall over item embeddings (the fallback).
+//! - [`coldstart`]: a new user's intents from the sign-up profile (LLM or encoder).
 //! - [`server`]: HTTP API, admin routes, metrics.
 //! - [`loadgen`]: the HTTP load benchmark (`genrec bench`).
 //! - [`dataset`]: the `NAME.inter.json` / `NAME.item.json` formats, splits, demo data.
@@ -18,6 +19,7 @@
 //! - [`runtime`]: process settings every binary applies at start (allocator, threads).
 
 pub mod catalog;
+pub mod coldstart;
 pub mod dataset;
 pub mod engine;
 pub mod generate;
@@ -28,3 +30,17 @@ pub mod server;
 pub mod train;
 pub mod runtime;
 pub mod util;
+
+/// A model fetched by `scripts/fetch-models.sh` (path relative to the repo
+/// root), or `None` to skip a test. `GENREC_REQUIRE_MODELS=1` (set by
+/// scripts/test.sh and CI) turns a missing model into a failure.
+#[cfg(test)]
+pub(crate) fn fetched_model(rel: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(std::env::var("GENREC_REQUIRE_MODELS").is_err(), "{} missing: run scripts/fetch-models.sh", p.display());
+    eprintln!("skipping: {} missing (scripts/fetch-models.sh)", p.display());
+    None
+}

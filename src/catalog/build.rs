@@ -63,6 +63,10 @@ pub fn build_catalog(
         seed: opts.seed,
         fingerprint: catalog_fingerprint(&ids, &q.sids),
     };
-    let cat = Catalog::new(manifest, ids, titles, q.sids.clone(), embeddings, q.codebooks.clone())?;
+    let mut cat = Catalog::new(manifest, ids, titles, q.sids.clone(), embeddings, q.codebooks.clone())?;
+    // labels from the full text (title, genres, categories, ...), not titles only
+    let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
+    let firsts: Vec<u32> = q.sids.iter().step_by(cat.levels()).copied().collect();
+    cat.intents = super::intents::derive(&texts, &firsts);
     Ok((cat, q))
 }

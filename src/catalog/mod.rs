@@ -6,6 +6,7 @@ pub mod build;
 pub mod collab;
 pub mod edit;
 pub mod embed;
+pub mod intents;
 pub mod rqkmeans;
 pub mod store;
 pub mod trie;
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 pub use rqkmeans::{quantize, Quantized, RqOptions};
+pub use intents::Intent;
 pub use store::Manifest;
 pub use trie::Trie;
 
@@ -58,6 +60,8 @@ pub struct Catalog {
     /// `codebooks[l]`: `[codebook_sizes[l] × dim]` for the k-means levels.
     pub codebooks: Vec<Vec<f32>>,
     pub trie: Trie,
+    /// Labels of the first-level clusters (cold-start intents).
+    pub intents: Vec<Intent>,
     index: HashMap<String, u32>,
     /// `live[i]`: item `i` is served (false once removed by a live edit; its
     /// index stays so that other items keep theirs).
@@ -65,7 +69,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Assembles a catalog and builds its trie and id index.
+    /// Assembles a catalog and builds its trie and id index; intent labels
+    /// come from the titles (see [`intents`]).
     pub fn new(
         manifest: Manifest,
         item_ids: Vec<String>,
@@ -94,7 +99,9 @@ impl Catalog {
                 return Err(CatalogError::Format(format!("duplicate item id {id:?}")));
             }
         }
-        Ok(Catalog { manifest, item_ids, titles, sids, embeddings, codebooks, trie, index, live: vec![true; n] })
+        let firsts: Vec<u32> = sids.iter().step_by(levels.max(1)).copied().collect();
+        let intents = intents::derive(&titles, &firsts);
+        Ok(Catalog { manifest, item_ids, titles, sids, embeddings, codebooks, trie, intents, index, live: vec![true; n] })
     }
 
     pub fn len(&self) -> usize {
@@ -129,6 +136,12 @@ impl Catalog {
     pub fn sid(&self, item: u32) -> &[u32] {
         let l = self.levels();
         &self.sids[item as usize * l..(item as usize + 1) * l]
+    }
+
+    /// The intent whose sub-trie holds `item`.
+    pub fn intent_of(&self, item: u32) -> Option<&Intent> {
+        let code = self.sid(item).first()?;
+        self.intents.iter().find(|i| i.code == *code)
     }
 
     pub fn embedding(&self, item: u32) -> &[f32] {

@@ -1,8 +1,8 @@
 //! Catalog files: a small JSON manifest (`catalog.json`), the item ids and titles
 //! (`items.json`) and the tensors (`catalog.safetensors`: `semantic_ids` U32
 //! `[items × levels]`, `embeddings` F32 `[items × dim]`, `codebook.{l}` F32
-//! `[codes × dim]`). Loading works from files or from bytes (the embedded
-//! default model).
+//! `[codes × dim]`) and the intent labels (`intents.json`, optional). Loading
+//! works from files or from bytes (the embedded default model).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -89,6 +89,7 @@ impl Catalog {
         let p = dir.join(ITEMS_FILE);
         let items = serde_json::to_vec(&rows).map_err(|e| json_err(&p, e))?;
         write_atomic(&p, &items).map_err(|e| CatalogError::io(&p, e))?;
+        super::intents::save(&self.intents, dir)?;
         // manifest last: a folder with a manifest is complete
         let p = dir.join(MANIFEST_FILE);
         let m = serde_json::to_vec_pretty(&self.manifest).map_err(|e| json_err(&p, e))?;
@@ -102,11 +103,16 @@ impl Catalog {
             let p = dir.join(f);
             std::fs::read(&p).map_err(|e| CatalogError::io(&p, e))
         };
-        Self::from_bytes(&read(MANIFEST_FILE)?, &read(ITEMS_FILE)?, &read(TENSORS_FILE)?)
+        let mut cat = Self::from_bytes(&read(MANIFEST_FILE)?, &read(ITEMS_FILE)?, &read(TENSORS_FILE)?)
             .map_err(|e| match e {
                 CatalogError::Format(m) => CatalogError::Format(format!("{}: {m}", dir.display())),
                 other => other,
-            })
+            })?;
+        let first = cat.manifest.codebook_sizes.first().copied().unwrap_or(0);
+        if let Some(intents) = super::intents::load(dir, first)? {
+            cat.intents = intents;
+        }
+        Ok(cat)
     }
 
     /// Loads a catalog from the bytes of its three files.

@@ -39,7 +39,7 @@ impl Engine {
         let Some(first) = (0..cat.catalog.len() as u32).find(|&i| cat.serves(i)) else {
             return Ok(()); // nothing to generate over yet
         };
-        let req = GenRequest { history: vec![first], k: 1, exclude: Default::default() };
+        let req = GenRequest { history: vec![first], k: 1, exclude: Default::default(), within: Vec::new() };
         let out = generate(model, &cat.catalog, &[req], self.opts.batch.beam)
             .map_err(|e| EngineError::Refused(format!("smoke generation failed: {e}")))?;
         if out.hits.first().is_none_or(|h| h.is_empty()) && cat.catalog.live_len() > 1 {

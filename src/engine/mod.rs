@@ -245,7 +245,7 @@ impl Engine {
         let deadline = arrived + Duration::from_millis(timeout_ms);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = Job {
-            req: GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone() },
+            req: GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone(), within: Vec::new() },
             model,
             catalog: cat.clone(),
             deadline,

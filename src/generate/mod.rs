@@ -112,7 +112,7 @@ mod tests {
         let histories: Vec<Vec<u32>> = vec![vec![3, 17, 22], vec![5], vec![1, 2, 3, 4, 5, 6, 7]];
         let reqs: Vec<GenRequest> = histories
             .iter()
-            .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new() })
+            .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new(), within: Vec::new() })
             .collect();
         // beam = number of items: the search is exhaustive, so it must be exact
         let got = generate_with(&model, &cat, &reqs, 40, scoring).unwrap();
@@ -151,7 +151,7 @@ mod tests {
         let cat = random_catalog(60, &[5, 4, 4], 2);
         let model = random_model(&cat, "LlamaForCausalLM", 3);
         let exclude: HashSet<u32> = [0, 1, 2, 3, 4, 5].into_iter().collect();
-        let req = GenRequest { history: vec![0, 1, 2], k: 8, exclude: exclude.clone() };
+        let req = GenRequest { history: vec![0, 1, 2], k: 8, exclude: exclude.clone(), within: Vec::new() };
         let got = generate(&model, &cat, &[req], 8).unwrap();
         let hits = &got.hits[0];
         assert_eq!(hits.len(), 8);
@@ -164,11 +164,39 @@ mod tests {
         assert!(got.tokens > 0);
     }
 
+    /// Restricted to intents' sub-tries, an exhaustive search returns exactly
+    /// the enumeration's ranking of the items under those first codes.
+    #[test]
+    fn within_restricts_to_sub_tries_and_keeps_their_ranking() {
+        let cat = random_catalog(40, &[4, 4, 3], 5);
+        let model = random_model(&cat, "LlamaForCausalLM", 9);
+        let history = vec![3, 17];
+        let within = vec![1, 3];
+        let req = GenRequest { history: history.clone(), k: 12, exclude: HashSet::new(), within: within.clone() };
+        let got = generate(&model, &cat, &[req], 40).unwrap();
+        let want: Vec<(u32, f32)> = enumerate(&model, &cat, &history, Scoring::Model)
+            .into_iter()
+            .filter(|(i, _)| within.contains(&cat.sid(*i)[0]))
+            .take(12)
+            .collect();
+        assert_eq!(got.hits[0].len(), want.len());
+        for (hit, (item, score)) in got.hits[0].iter().zip(&want) {
+            assert_eq!(hit.item, *item);
+            assert!(within.contains(&cat.sid(hit.item)[0]));
+            assert!((hit.score - score).abs() < 1e-4);
+        }
+        // an empty history (a new user) generates too: from the start token alone
+        let req = GenRequest { history: vec![], k: 5, exclude: HashSet::new(), within: vec![2] };
+        let got = generate(&model, &cat, &[req], 10).unwrap();
+        assert_eq!(got.hits[0].len(), 5);
+        assert!(got.hits[0].iter().all(|h| cat.sid(h.item)[0] == 2));
+    }
+
     #[test]
     fn probabilities_over_all_items_sum_to_one_with_trie_scoring() {
         let cat = random_catalog(30, &[3, 4, 3], 8);
         let model = random_model(&cat, "LlamaForCausalLM", 1);
-        let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new() };
+        let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new(), within: Vec::new() };
         let got = generate_with(&model, &cat, std::slice::from_ref(&req), 30, Scoring::Trie).unwrap();
         let total: f32 = got.hits[0].iter().map(|h| h.score.exp()).sum();
         assert!((total - 1.0).abs() < 1e-4, "{total}");

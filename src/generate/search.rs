@@ -22,6 +22,9 @@ pub struct GenRequest {
     pub k: usize,
     /// Items that must not be returned (e.g. the history).
     pub exclude: HashSet<u32>,
+    /// First-level codes the items must start with (cold-start intents: the
+    /// sub-tries under them); empty = the whole trie.
+    pub within: Vec<u32>,
 }
 
 /// A generated item.
@@ -100,6 +103,11 @@ pub fn generate_with(
     let (hist, mut hidden) = model.net.prefill(&tokens, &lens)?;
 
     let trie = &catalog.trie;
+    // depth-1 trie nodes each request may enter (None: any)
+    let allowed: Vec<Option<HashSet<u32>>> = reqs
+        .iter()
+        .map(|q| (!q.within.is_empty()).then(|| q.within.iter().filter_map(|&c| trie.child(0, c)).collect()))
+        .collect();
     let mut beams_in = 1;
     let mut scores = vec![0f32; r];
     let mut nodes = vec![0u32; r];
@@ -119,7 +127,8 @@ pub fn generate_with(
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let out = beam_step(trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| {
-            !last || trie.item(node).is_some_and(|it| !reqs[req].exclude.contains(&it))
+            let inside = level > 0 || allowed[req].as_ref().is_none_or(|a| a.contains(&node));
+            inside && (!last || trie.item(node).is_some_and(|it| !reqs[req].exclude.contains(&it)))
         });
         decoded += out.node.iter().filter(|&&n| n != NONE).count();
         if last {

@@ -80,6 +80,7 @@ pub fn evaluate(
                 history: h.clone(),
                 k: 10,
                 exclude: if opts.exclude_history { h.iter().copied().collect() } else { HashSet::new() },
+                within: Vec::new(),
             })
             .collect();
         let out = generate_with(model, catalog, &reqs, opts.beam.max(10), opts.scoring)?;

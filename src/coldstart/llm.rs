@@ -1,0 +1,141 @@
+//! The intent language model: a small causal LM (SmolLM2-135M-Instruct by
+//! default) that scores candidate intent labels by their log-likelihood after a
+//! prompt. Free generation from a model this small wanders; scoring a closed
+//! set of labels does not.
+//!
+//! Scoring reuses genrec's own decoder and its shared-history KV layout: the
+//! prompt is prefilled once as the "history" of one request, and every
+//! candidate label is one "beam" of that request, decoded token by token
+//! against the prompt's keys and values. One prefill plus one batched decode
+//! step per label token, for all candidates at once.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use tokenizers::Tokenizer;
+
+use super::{gguf, ColdStartError};
+use crate::model::config::ModelConfig;
+use crate::model::{BeamKv, Transformer};
+
+/// A causal LM with its tokenizer.
+pub struct IntentLm {
+    net: Transformer,
+    tokenizer: Tokenizer,
+    name: String,
+    /// The tokenizer knows ChatML's `<|im_start|>` / `<|im_end|>`.
+    chatml: bool,
+}
+
+impl IntentLm {
+    /// Loads a llama GGUF file, or a Hugging Face folder (`config.json`,
+    /// `model.safetensors`, `tokenizer.json`) of a Llama or Qwen3 model.
+    pub fn load(path: &Path) -> Result<Self, ColdStartError> {
+        let dev = Device::Cpu;
+        let (config, tensors, tokenizer) = if path.is_dir() {
+            let read = |f: &str| {
+                let p = path.join(f);
+                std::fs::read(&p).map_err(|e| ColdStartError::Io(p.display().to_string(), e))
+            };
+            let mut config: ModelConfig = serde_json::from_slice(&read("config.json")?)
+                .map_err(|e| ColdStartError::Model(format!("{}/config.json: {e}", path.display())))?;
+            config.max_position_embeddings = config.max_position_embeddings.min(gguf::MAX_CONTEXT);
+            let tensors = candle_core::safetensors::load_buffer(&read("model.safetensors")?, &dev)?
+                .into_iter()
+                .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+                .collect::<Result<_, ColdStartError>>()?;
+            let tok = Tokenizer::from_bytes(read("tokenizer.json")?)
+                .map_err(|e| ColdStartError::Tokenizer(format!("{}/tokenizer.json: {e}", path.display())))?;
+            (config, tensors, tok)
+        } else if path.exists() {
+            let g = gguf::load(path)?;
+            (g.config, g.tensors, g.tokenizer)
+        } else {
+            return Err(ColdStartError::Model(format!(
+                "{} not found: run scripts/fetch-models.sh to fetch SmolLM2, or pass --intent-model none",
+                path.display()
+            )));
+        };
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let net = Transformer::load(vb, &config).map_err(|e| ColdStartError::Model(format!("{}: {e}", path.display())))?;
+        let chatml = tokenizer.token_to_id("<|im_start|>").is_some() && tokenizer.token_to_id("<|im_end|>").is_some();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(IntentLm { net, tokenizer, name, chatml })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether prompts should use ChatML turns.
+    pub fn chatml(&self) -> bool {
+        self.chatml
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ColdStartError> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| ColdStartError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Log-probabilities of the next token after each row of `hidden` `[n, h]`.
+    fn log_probs(&self, hidden: &Tensor) -> Result<Vec<Vec<f32>>, ColdStartError> {
+        let logits = self.net.logits(hidden)?;
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        Ok(lp.to_vec2::<f32>()?)
+    }
+
+    /// Mean log-probability per token of each candidate continuing `prompt`
+    /// (candidates are tokenised on their own; give them their leading space).
+    pub fn score(&self, prompt: &str, candidates: &[String]) -> Result<Vec<f32>, ColdStartError> {
+        let prompt_ids = self.encode(prompt)?;
+        let cands: Vec<Vec<u32>> = candidates.iter().map(|c| self.encode(c)).collect::<Result<_, _>>()?;
+        self.score_ids(&prompt_ids, &cands)
+    }
+
+    /// [`IntentLm::score`] on token ids.
+    pub fn score_ids(&self, prompt: &[u32], cands: &[Vec<u32>]) -> Result<Vec<f32>, ColdStartError> {
+        if prompt.is_empty() {
+            return Err(ColdStartError::Model("empty prompt".into()));
+        }
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let longest = cands.iter().map(Vec::len).max().unwrap_or(0);
+        let max = self.net.config().max_position_embeddings;
+        if prompt.len() + longest > max {
+            return Err(ColdStartError::Model(format!(
+                "prompt of {} tokens plus a label of {longest} exceed the model's {max} positions",
+                prompt.len()
+            )));
+        }
+        let dev = self.net.device().clone();
+        let t = prompt.len();
+        let (hist, last) = self.net.prefill(&Tensor::from_slice(prompt, (1, t), &dev)?, &[t])?;
+        let first = self.log_probs(&last)?;
+        let mut sums: Vec<f32> = cands.iter().map(|c| c.first().map_or(0.0, |&tok| first[0][tok as usize])).collect();
+        let mut kv = BeamKv::new(self.net.config().num_hidden_layers);
+        for j in 0..longest.saturating_sub(1) {
+            // every candidate is a beam of the one prompt; finished ones feed padding
+            let toks: Vec<u32> = cands.iter().map(|c| c.get(j).copied().unwrap_or(0)).collect();
+            let pos = vec![(t + j) as u32; cands.len()];
+            let hidden = self.net.decode(&hist, &mut kv, &toks, &pos)?;
+            let lp = self.log_probs(&hidden)?;
+            for (i, c) in cands.iter().enumerate() {
+                if let Some(&next) = c.get(j + 1) {
+                    sums[i] += lp[i][next as usize];
+                }
+            }
+        }
+        Ok(sums.iter().zip(cands).map(|(s, c)| if c.is_empty() { f32::NEG_INFINITY } else { s / c.len() as f32 }).collect())
+    }
+
+    /// Log-probabilities of the next token after `prompt`, computed by a plain
+    /// full forward (no cache): the reference the cached scoring is tested against.
+    pub fn next_token_log_probs(&self, prompt: &[u32]) -> Result<Vec<f32>, ColdStartError> {
+        let dev = self.net.device().clone();
+        let (h, _) = self.net.forward_hidden(&Tensor::from_slice(prompt, (1, prompt.len()), &dev)?, None)?;
+        let last = h.narrow(1, prompt.len() - 1, 1)?.squeeze(1)?;
+        Ok(self.log_probs(&last)?.remove(0))
+    }
+}

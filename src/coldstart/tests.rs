@@ -1,0 +1,128 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::catalog::embed::DEFAULT_ENCODER_DIR;
+use crate::catalog::store::tests::tiny_catalog;
+
+#[test]
+fn quotas_follow_weights_and_sum_to_k() {
+    assert_eq!(split_quota(&[0.5, 0.3, 0.2], 10), vec![5, 3, 2]);
+    assert_eq!(split_quota(&[0.6, 0.4], 3), vec![2, 1]);
+    assert_eq!(split_quota(&[1.0, 1.0, 1.0], 2).iter().sum::<usize>(), 2);
+    assert_eq!(split_quota(&[0.9, 0.05, 0.05], 1), vec![1, 0, 0]);
+    assert_eq!(split_quota(&[], 4), Vec::<usize>::new());
+}
+
+#[test]
+fn profile_fields_render_and_check() {
+    let p: Profile = serde_json::from_str(r#"{"age": 30, "interests": ["a", "b"], "country": " "}"#).unwrap();
+    assert_eq!(p.describe(), "age: 30\ninterests: a, b");
+    assert!(p.check().is_ok());
+    assert!(Profile::default().is_empty());
+    let old = Profile { age: Some(200), ..Default::default() };
+    assert_eq!(old.check().unwrap_err().0, "profile.age");
+    assert!(serde_json::from_str::<Profile>(r#"{"agee": 3}"#).is_err(), "unknown fields are refused");
+}
+
+/// A catalog whose two first-level clusters are labelled as given.
+fn labelled_catalog(labels: &[&str]) -> Catalog {
+    let mut cat = tiny_catalog();
+    let codes: std::collections::BTreeSet<u32> = (0..cat.len() as u32).map(|i| cat.sid(i)[0]).collect();
+    cat.intents = codes
+        .into_iter()
+        .zip(labels)
+        .map(|(code, l)| Intent { code, label: l.to_string(), items: 1 })
+        .collect();
+    cat
+}
+
+#[test]
+fn embedding_fallback_matches_profile_text_to_labels() {
+    let Some(dir) = crate::fetched_model(DEFAULT_ENCODER_DIR) else { return };
+    let enc = Arc::new(TextEncoder::load(&dir).unwrap());
+    let cat = labelled_catalog(&["horror, thriller, slasher", "lipstick, mascara, makeup"]);
+    let cs = ColdStart::new(&cat, None, Some(enc), ColdStartOptions { top: 2, ..Default::default() }).unwrap();
+    assert_eq!(cs.method(), "embedding");
+    let p = Profile { interests: vec!["scary movies".into()], ..Default::default() };
+    let got = cs.infer(&p).unwrap();
+    assert_eq!(got.method, "embedding");
+    assert_eq!(got.intents[0].label, "horror, thriller, slasher");
+    assert!(got.intents[0].weight > got.intents[1].weight);
+    assert!((got.intents.iter().map(|i| i.weight).sum::<f32>() - 1.0).abs() < 1e-5);
+    let p2 = Profile { interests: vec!["beauty products and cosmetics".into()], ..Default::default() };
+    assert_eq!(cs.infer(&p2).unwrap().intents[0].label, "lipstick, mascara, makeup");
+    // the second ask is served from the cache
+    assert!(Arc::ptr_eq(&got, &cs.infer(&p).unwrap()));
+}
+
+#[test]
+fn cold_start_needs_an_llm_or_an_encoder() {
+    let cat = tiny_catalog();
+    assert!(matches!(ColdStart::new(&cat, None, None, Default::default()), Err(ColdStartError::Unavailable)));
+}
+
+fn smollm() -> Option<IntentLm> {
+    crate::fetched_model(DEFAULT_INTENT_MODEL).map(|p| IntentLm::load(&p).unwrap())
+}
+
+/// Cached scoring (prompt prefilled once, labels decoded as beams) equals the
+/// sum of log-probabilities from plain full forwards over prompt + label.
+#[test]
+fn smollm_label_scores_equal_full_forward_reference() {
+    let Some(lm) = smollm() else { return };
+    assert!(lm.chatml());
+    let ids = lm.encode("<|im_start|>user\nhello<|im_end|>").unwrap();
+    assert_eq!(ids[0], 1, "control tokens are single tokens: {ids:?}");
+    assert_eq!(lm.encode("2024").unwrap().len(), 4, "digits split one by one");
+    let prompt = lm.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital is").unwrap();
+    let cands: Vec<Vec<u32>> = [" Paris", " a large city in Europe", " Berlin"].iter().map(|c| lm.encode(c).unwrap()).collect();
+    let got = lm.score_ids(&prompt, &cands).unwrap();
+    for (c, g) in cands.iter().zip(&got) {
+        let mut seq = prompt.clone();
+        let mut sum = 0.0;
+        for &t in c {
+            sum += lm.next_token_log_probs(&seq).unwrap()[t as usize];
+            seq.push(t);
+        }
+        let want = sum / c.len() as f32;
+        assert!((g - want).abs() < 1e-3, "{g} vs {want}");
+    }
+    assert!(got[0] > got[2], "Paris {} vs Berlin {}", got[0], got[2]);
+}
+
+/// genrec's decoder on the dequantised GGUF gives the logits of candle's own
+/// quantized llama (run dequantised, so both are f32).
+#[test]
+fn smollm_matches_candle_quantized_llama() {
+    let Some(lm) = smollm() else { return };
+    let Some(path) = crate::fetched_model(DEFAULT_INTENT_MODEL) else { return };
+    // read on first use per thread: this test's thread loads dequantised weights
+    std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
+    let mut f = std::fs::File::open(&path).unwrap();
+    let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev).unwrap();
+    let ids = lm.encode("<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n").unwrap();
+    let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &dev).unwrap();
+    let logits = reference.forward(&x, 0).unwrap().flatten_all().unwrap();
+    let want = candle_nn::ops::log_softmax(&logits, 0).unwrap().to_vec1::<f32>().unwrap();
+    let got = lm.next_token_log_probs(&ids).unwrap();
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-2, "max |Δ log p| = {diff}");
+}
+
+#[test]
+fn llm_intents_are_weighted_cached_and_calibrated() {
+    let Some(lm) = smollm() else { return };
+    let cat = labelled_catalog(&["horror, thriller, slasher", "animation, children, musical"]);
+    let tpl = PromptTemplate::parse("movies", include_str!("../../prompts/movies.prompt")).unwrap();
+    let cs = ColdStart::new(&cat, Some((lm, tpl)), None, ColdStartOptions { top: 2, ..Default::default() }).unwrap();
+    assert_eq!(cs.method(), "llm");
+    let kid = Profile { age: Some(7), interests: vec!["cartoons".into()], ..Default::default() };
+    let got = cs.infer(&kid).unwrap();
+    assert_eq!(got.method, "llm");
+    assert_eq!(got.intents.len(), 2);
+    assert!((got.intents.iter().map(|i| i.weight).sum::<f32>() - 1.0).abs() < 1e-5);
+    assert_eq!(got.intents[0].label, "animation, children, musical", "{got:?}");
+    assert!(Arc::ptr_eq(&got, &cs.infer(&kid).unwrap()), "cached");
+}
