@@ -144,6 +144,20 @@ impl Catalog {
         self.intents.iter().find(|i| i.code == *code)
     }
 
+    /// A vector standing for an intent: its first-level codebook centroid, or
+    /// the mean embedding of its items when the catalog has no codebooks.
+    pub fn intent_centroid(&self, code: u32) -> Vec<f32> {
+        let d = self.manifest.embedding_dim;
+        if let Some(row) = self.codebooks.first().and_then(|b| b.get(code as usize * d..(code as usize + 1) * d)) {
+            return row.to_vec();
+        }
+        let mut v = vec![0f32; d];
+        for i in (0..self.len() as u32).filter(|&i| self.sid(i)[0] == code) {
+            v.iter_mut().zip(self.embedding(i)).for_each(|(a, b)| *a += b);
+        }
+        v
+    }
+
     pub fn embedding(&self, item: u32) -> &[f32] {
         let d = self.manifest.embedding_dim;
         &self.embeddings[item as usize * d..(item as usize + 1) * d]

@@ -232,6 +232,15 @@ impl ColdStart {
         }
     }
 
+    /// Computes what the first request would otherwise wait for (the LLM's
+    /// label scores under an empty profile, used for calibration).
+    pub fn warm(&self) -> Result<(), ColdStartError> {
+        if self.lm.is_some() && self.opts.calibration != 0.0 {
+            self.infer_llm(&Profile::default())?;
+        }
+        Ok(())
+    }
+
     /// The cached intents of a profile, if any.
     pub fn cached(&self, profile: &Profile) -> Option<Arc<Inferred>> {
         self.cache.lock().ok()?.get(profile).cloned()

@@ -8,6 +8,7 @@
 //! than `k` items after exclusions; an item never appears twice in an answer.
 
 pub mod admin;
+mod coldstart;
 pub mod scheduler;
 pub mod snapshot;
 pub mod state;
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::generate::{GenRequest, GenerateError};
+use crate::coldstart::{ColdStart, IntentWeight, Profile};
+use crate::generate::{GenRequest, GenerateError, Hit};
 use crate::model::ModelError;
 use crate::recall::{AnnIndex, RecallError};
 pub use scheduler::{BatchObserver, BatchOptions};
@@ -75,6 +77,9 @@ pub enum EngineError {
     /// A batched generation failed (the error is shared by the batch's requests).
     #[error("generation failed: {0}")]
     Batch(String),
+    /// A profile request while no intent model or encoder is configured (HTTP 503).
+    #[error("cold start is not available: {0}")]
+    ColdStart(String),
 }
 
 /// How a request wants its items made.
@@ -100,6 +105,9 @@ pub struct RecRequest {
     /// Deadline from arrival (default: the engine's).
     pub timeout_ms: Option<u64>,
     pub strategy: Strategy,
+    /// Sign-up data of a new user: with no or a short history, generation is
+    /// steered to the intents inferred from it.
+    pub profile: Option<Profile>,
 }
 
 /// One recommended item.
@@ -108,7 +116,7 @@ pub struct RecItem {
     pub item_id: String,
     pub score: f32,
     pub semantic_id: Vec<u32>,
-    /// `generative` or `ann`.
+    /// `generative`, `coldstart` (generated inside an inferred intent) or `ann`.
     pub source: &'static str,
 }
 
@@ -126,6 +134,12 @@ pub struct RecAnswer {
     pub ignored_history: Vec<String>,
     /// Tokens decoded for this request.
     pub tokens: usize,
+    /// Intents inferred from the profile, if one steered the answer.
+    pub inferred_intents: Option<Vec<IntentWeight>>,
+    /// How they were inferred (`llm` or `embedding`), and why not by the LLM
+    /// when one was expected.
+    pub intent_method: Option<&'static str>,
+    pub intent_note: Option<String>,
 }
 
 /// Engine options.
@@ -162,6 +176,7 @@ pub struct Engine {
     scheduler: Scheduler,
     opts: EngineOptions,
     encoder: Mutex<Option<Arc<crate::catalog::embed::TextEncoder>>>,
+    coldstart: ArcSwapOption<ColdStart>,
 }
 
 impl Engine {
@@ -177,6 +192,7 @@ impl Engine {
             scheduler: Scheduler::start(opts.batch.clone(), observer).map_err(EngineError::Worker)?,
             opts,
             encoder: Mutex::new(None),
+            coldstart: ArcSwapOption::empty(),
         })
     }
 
@@ -200,8 +216,14 @@ impl Engine {
                 message: format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"),
             });
         }
-        if req.history.is_empty() {
-            return Err(EngineError::InvalidField { field: "history", message: "history must not be empty".into() });
+        if let Some(p) = &req.profile {
+            p.check().map_err(|(field, message)| EngineError::InvalidField { field, message })?;
+        }
+        if req.history.is_empty() && req.profile.is_none() {
+            return Err(EngineError::InvalidField {
+                field: "history",
+                message: "history must not be empty (a new user without history sends a profile)".into(),
+            });
         }
         let mut history = Vec::with_capacity(req.history.len());
         let mut ignored = Vec::new();
@@ -211,7 +233,7 @@ impl Engine {
                 None => ignored.push(id.clone()),
             }
         }
-        if history.is_empty() {
+        if history.is_empty() && req.profile.is_none() {
             return Err(EngineError::InvalidField {
                 field: "history",
                 message: format!("none of the {} history item ids is in the catalog", req.history.len()),
@@ -222,71 +244,67 @@ impl Engine {
     }
 
     /// Serves one request: generation through the batching queue, ANN recall
-    /// where the strategy allows it.
+    /// where the strategy allows it; a profile with no or a short history goes
+    /// through cold start.
     pub async fn recommend(&self, req: &RecRequest) -> Result<RecAnswer, EngineError> {
         let arrived = Instant::now();
         let cat = self.catalog();
         let r = self.resolve(&cat.catalog, req)?;
+        if let Some(profile) = req.profile.as_ref().filter(|_| r.history.len() < coldstart::SHORT_HISTORY) {
+            return self.recommend_coldstart(req, profile, &cat, &r, arrived).await;
+        }
         let model = self.model();
-        let mut answer = RecAnswer {
-            items: Vec::new(),
-            model: model.as_ref().map(|m| m.label()),
-            fallback: None,
-            ignored_history: r.ignored.clone(),
-            tokens: 0,
-        };
+        let mut answer = RecAnswer::new(model.as_ref().map(|m| m.label()), r.ignored.clone());
         let model = match (req.strategy, model) {
             (Strategy::Ann, _) => return self.fill(answer, &cat, &r, req.k, "requested"),
             (Strategy::Generative, None) => return Err(EngineError::NotReady),
             (Strategy::Auto, None) => return self.fill(answer, &cat, &r, req.k, "no_model"),
             (_, Some(m)) => m,
         };
-        let timeout_ms = req.timeout_ms.unwrap_or(self.opts.timeout.as_millis() as u64);
+        let timeout_ms = self.timeout_ms(req);
         let deadline = arrived + Duration::from_millis(timeout_ms);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job {
-            req: GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone(), within: Vec::new() },
-            model,
-            catalog: cat.clone(),
-            deadline,
-            enqueued: Instant::now(),
-            reply: tx,
-        };
-        match self.scheduler.submit(job) {
-            Ok(()) => {}
-            Err(SubmitError::Full) => return Err(EngineError::Overloaded),
-            Err(SubmitError::Stopped) => return Err(EngineError::Stopped),
-        }
-        let generated = tokio::time::timeout_at(deadline.into(), rx).await;
-        let hits = match generated {
-            Ok(Ok(Ok((hits, tokens)))) => {
+        let gen = GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone(), within: Vec::new() };
+        let rx = self.submit(gen, model, &cat, deadline)?;
+        let hits = match wait(rx, deadline).await {
+            Generation::Done(hits, tokens) => {
                 answer.tokens = tokens;
                 hits
             }
-            Ok(Ok(Err(e))) if req.strategy == Strategy::Auto => {
+            Generation::Failed(e) if req.strategy == Strategy::Auto => {
                 tracing::warn!(error = %e, "generation failed; answering from ANN recall");
                 return self.fill(answer, &cat, &r, req.k, "error");
             }
-            Ok(Ok(Err(e))) => return Err(EngineError::Batch(e)),
-            Ok(Err(_)) => return Err(EngineError::Stopped),
-            Err(_) if req.strategy == Strategy::Auto => return self.fill(answer, &cat, &r, req.k, "deadline"),
-            Err(_) => return Err(EngineError::Deadline(timeout_ms)),
+            Generation::Failed(e) => return Err(EngineError::Batch(e)),
+            Generation::Stopped => return Err(EngineError::Stopped),
+            Generation::Late if req.strategy == Strategy::Auto => return self.fill(answer, &cat, &r, req.k, "deadline"),
+            Generation::Late => return Err(EngineError::Deadline(timeout_ms)),
         };
-        let c = &cat.catalog;
-        answer.items = hits
-            .into_iter()
-            .filter(|h| cat.serves(h.item))
-            .map(|h| RecItem {
-                item_id: c.item_ids[h.item as usize].clone(),
-                score: h.score,
-                semantic_id: c.sid(h.item).to_vec(),
-                source: "generative",
-            })
-            .collect();
+        answer.items = items_of(&cat, hits, "generative");
         if answer.items.len() < req.k && req.strategy == Strategy::Auto {
             return self.fill(answer, &cat, &r, req.k, "fill");
         }
         Ok(answer)
+    }
+
+    fn timeout_ms(&self, req: &RecRequest) -> u64 {
+        req.timeout_ms.unwrap_or(self.opts.timeout.as_millis() as u64)
+    }
+
+    /// Queues one generation; the receiver gets its result.
+    fn submit(
+        &self,
+        req: GenRequest,
+        model: Arc<LoadedModel>,
+        cat: &Arc<LiveCatalog>,
+        deadline: Instant,
+    ) -> Result<tokio::sync::oneshot::Receiver<scheduler::JobResult>, EngineError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job { req, model, catalog: cat.clone(), deadline, enqueued: Instant::now(), reply: tx };
+        match self.scheduler.submit(job) {
+            Ok(()) => Ok(rx),
+            Err(SubmitError::Full) => Err(EngineError::Overloaded),
+            Err(SubmitError::Stopped) => Err(EngineError::Stopped),
+        }
     }
 
     /// Completes `answer` to `k` items from ANN recall, never repeating an
@@ -307,13 +325,55 @@ impl Engine {
         if !hits.is_empty() || reason != "fill" {
             answer.fallback = Some(reason);
         }
-        answer.items.extend(hits.into_iter().map(|(item, score)| RecItem {
-            item_id: c.item_ids[item as usize].clone(),
-            score,
-            semantic_id: c.sid(item).to_vec(),
-            source: "ann",
-        }));
+        answer.items.extend(hits.into_iter().map(|(item, score)| RecItem::new(c, item, score, "ann")));
         Ok(answer)
+    }
+}
+
+impl RecItem {
+    fn new(c: &Catalog, item: u32, score: f32, source: &'static str) -> Self {
+        RecItem { item_id: c.item_ids[item as usize].clone(), score, semantic_id: c.sid(item).to_vec(), source }
+    }
+}
+
+impl RecAnswer {
+    fn new(model: Option<String>, ignored_history: Vec<String>) -> Self {
+        RecAnswer {
+            items: Vec::new(),
+            model,
+            fallback: None,
+            ignored_history,
+            tokens: 0,
+            inferred_intents: None,
+            intent_method: None,
+            intent_note: None,
+        }
+    }
+}
+
+/// Generated items that the catalog still serves.
+fn items_of(cat: &LiveCatalog, hits: Vec<Hit>, source: &'static str) -> Vec<RecItem> {
+    hits.into_iter()
+        .filter(|h| cat.serves(h.item))
+        .map(|h| RecItem::new(&cat.catalog, h.item, h.score, source))
+        .collect()
+}
+
+/// How a queued generation ended.
+enum Generation {
+    Done(Vec<Hit>, usize),
+    Failed(String),
+    Stopped,
+    /// The deadline passed first.
+    Late,
+}
+
+async fn wait(rx: tokio::sync::oneshot::Receiver<scheduler::JobResult>, deadline: Instant) -> Generation {
+    match tokio::time::timeout_at(deadline.into(), rx).await {
+        Ok(Ok(Ok((hits, tokens)))) => Generation::Done(hits, tokens),
+        Ok(Ok(Err(e))) => Generation::Failed(e),
+        Ok(Err(_)) => Generation::Stopped,
+        Err(_) => Generation::Late,
     }
 }
 

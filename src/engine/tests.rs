@@ -28,6 +28,7 @@ fn req(history: &[&str], k: usize, strategy: Strategy) -> RecRequest {
         user_id: None,
         timeout_ms: None,
         strategy,
+        profile: None,
     }
 }
 

@@ -1,5 +1,5 @@
-//! HTTP handlers: `POST /v1/recommend`, `GET /healthz`, `GET /readyz`,
-//! `GET /metrics`. Errors are mapped here, once, to a status code, a JSON body
+//! HTTP handlers: `POST /v1/recommend`, `GET /v1/intents`, `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`. Errors are mapped here, once, to a status code, a JSON body
 //! `{"error": ..., "field": ...}` and a metric outcome (the admin routes are in
 //! [`super::admin`]).
 
@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::metrics;
 use super::AppState;
+use crate::coldstart::{IntentWeight, Profile};
 use crate::engine::{EngineError, RecItem, RecRequest, Strategy};
 
 /// A history entry: item ids may be given as strings or numbers.
@@ -38,6 +39,8 @@ fn default_true() -> bool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecommendBody {
+    /// May be empty (or absent) when a profile is given.
+    #[serde(default)]
     history: Vec<ItemId>,
     #[serde(default = "default_k")]
     k: usize,
@@ -49,6 +52,8 @@ struct RecommendBody {
     timeout_ms: Option<u64>,
     #[serde(default)]
     strategy: Strategy,
+    #[serde(default)]
+    profile: Option<Profile>,
 }
 
 #[derive(Serialize)]
@@ -64,6 +69,14 @@ struct RecommendAnswer {
     ignored_history: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<String>,
+    /// Intents inferred from the profile (cold start only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inferred_intents: Option<Vec<IntentWeight>>,
+    /// `llm` or `embedding`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intent_method: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intent_note: Option<String>,
 }
 
 /// An error answer.
@@ -108,7 +121,7 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidField { field, message } => {
                 return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(field), message.clone())
             }
-            EngineError::NotReady | EngineError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::NotReady | EngineError::Stopped | EngineError::ColdStart(_) => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             EngineError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -156,7 +169,12 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
                 let field = if let Some(rest) = msg.strip_prefix("missing field `") {
                     rest.split('`').next().unwrap_or("body").to_string()
                 } else if let Some(rest) = msg.strip_prefix("unknown field `") {
-                    rest.split('`').next().unwrap_or("body").to_string()
+                    let name = rest.split('`').next().unwrap_or("body");
+                    if path == "." {
+                        name.to_string()
+                    } else {
+                        format!("{path}.{name}")
+                    }
                 } else if path == "." {
                     "body".to_string()
                 } else {
@@ -205,6 +223,7 @@ async fn serve_recommend(
         user_id: b.user_id,
         timeout_ms: b.timeout_ms,
         strategy: b.strategy,
+        profile: b.profile,
     };
     let answer = st.engine.recommend(&req).await?;
     ::metrics::counter!(metrics::TOKENS).increment(answer.tokens as u64);
@@ -216,7 +235,18 @@ async fn serve_recommend(
         took_ms: started.elapsed().as_secs_f64() * 1e3,
         ignored_history: answer.ignored_history,
         user_id: req.user_id,
+        inferred_intents: answer.inferred_intents,
+        intent_method: answer.intent_method,
+        intent_note: answer.intent_note,
     })
+}
+
+/// The intents cold start chooses among: the catalog's first-level clusters
+/// with their labels, and how a profile is matched to them.
+pub async fn intents(State(st): State<Arc<AppState>>) -> Response {
+    let cat = st.engine.catalog();
+    let method = st.engine.coldstart().map(|c| c.method());
+    Json(json!({"intents": cat.catalog.intents, "method": method})).into_response()
 }
 
 pub async fn healthz() -> impl IntoResponse {

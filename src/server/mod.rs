@@ -6,7 +6,7 @@ pub mod default_model;
 pub mod metrics;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,8 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument;
 
-use crate::catalog::embed::DEFAULT_ENCODER_DIR;
+use crate::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
+use crate::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate, DEFAULT_INTENT_MODEL};
 use crate::engine::snapshot::load_pair;
 use crate::engine::{BatchOptions, Engine, EngineOptions};
 
@@ -73,9 +74,22 @@ pub struct ServeArgs {
     /// Load the newest checkpoint folder under --model-root whenever one appears.
     #[arg(long, env = "GENREC_WATCH", requires = "model_root")]
     pub watch: bool,
-    /// Sentence encoder for POST /admin/items with a text (fetched by scripts/fetch-models.sh).
+    /// Sentence encoder (fetched by scripts/fetch-models.sh): embeds the text of
+    /// POST /admin/items, and matches profiles to intents when no intent model
+    /// is loaded.
     #[arg(long, env = "GENREC_ENCODER", default_value = DEFAULT_ENCODER_DIR)]
     pub encoder: PathBuf,
+    /// Cold-start intent LLM: a llama GGUF file or a Hugging Face folder
+    /// (config.json, model.safetensors, tokenizer.json), or `none`. Default:
+    /// SmolLM2-135M-Instruct from scripts/fetch-models.sh when present.
+    #[arg(long, env = "GENREC_INTENT_MODEL")]
+    pub intent_model: Option<String>,
+    /// Prompt template for intent inference (checked at start).
+    #[arg(long, env = "GENREC_PROMPT", default_value = "prompts/intent.prompt")]
+    pub prompt: PathBuf,
+    /// Intents kept per profile; the k items are spread over them by weight.
+    #[arg(long, env = "GENREC_INTENT_TOP", default_value_t = ColdStartOptions::default().top)]
+    pub intent_top: usize,
 }
 
 /// Shared state of the handlers.
@@ -89,6 +103,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/recommend", post(api::recommend))
+        .route("/v1/intents", get(api::intents))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
@@ -152,12 +167,54 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         encoder: Some(args.encoder.clone()),
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.live_len() as f64);
+    let coldstart = build_coldstart(args, &catalog)?;
     let engine = Arc::new(Engine::new(catalog, opts, Arc::new(metrics::SchedulerMetrics))?);
+    engine.set_coldstart(coldstart.map(Arc::new));
     if let Some(m) = model {
         let info = engine.install(m, source)?;
         metrics::model_swapped(None, &info);
     }
     Ok(engine)
+}
+
+/// Cold-start intent inference as the flags ask: the prompt template is
+/// checked first (a bad one stops the start), then the intent LLM (an explicit
+/// path must load; the default is used when fetched) and the sentence encoder.
+fn build_coldstart(args: &ServeArgs, catalog: &crate::catalog::Catalog) -> Result<Option<ColdStart>> {
+    let template = if args.prompt.exists() {
+        PromptTemplate::load(&args.prompt)?
+    } else if args.prompt == Path::new("prompts/intent.prompt") {
+        PromptTemplate::parse("prompts/intent.prompt (built in)", crate::coldstart::prompt::DEFAULT_PROMPT)?
+    } else {
+        anyhow::bail!("prompt template {} not found", args.prompt.display());
+    };
+    let lm = match args.intent_model.as_deref() {
+        Some("none") => None,
+        Some(p) => Some(IntentLm::load(Path::new(p)).with_context(|| format!("loading the intent model {p}"))?),
+        None if Path::new(DEFAULT_INTENT_MODEL).exists() => Some(IntentLm::load(Path::new(DEFAULT_INTENT_MODEL))?),
+        None => {
+            tracing::warn!("no intent model at {DEFAULT_INTENT_MODEL} (scripts/fetch-models.sh): profiles are matched to intents with the sentence encoder");
+            None
+        }
+    };
+    let encoder = match TextEncoder::load(&args.encoder) {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no sentence encoder");
+            None
+        }
+    };
+    if lm.is_none() && encoder.is_none() {
+        tracing::warn!("cold start is off: profile requests answer 503");
+        return Ok(None);
+    }
+    if let Some(lm) = &lm {
+        tracing::info!(model = lm.name(), prompt = template.name(), "intent model loaded");
+    }
+    let opts = ColdStartOptions { top: args.intent_top.max(1), ..Default::default() };
+    let cs = ColdStart::new(catalog, lm.map(|l| (l, template)), encoder, opts)?;
+    cs.warm()?;
+    Ok(Some(cs))
 }
 
 /// Runs the server until SIGINT/SIGTERM, then drains the requests in flight.

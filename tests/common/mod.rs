@@ -42,11 +42,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `genrec serve --addr 127.0.0.1:0 <args>` and waits for its address.
+    /// Starts `genrec serve --addr 127.0.0.1:0 <args>` and waits for its address
+    /// (without the intent LLM unless `args` name one: it costs seconds at start).
     pub fn start(args: &[&str]) -> Server {
+        let no_llm: &[&str] = if args.contains(&"--intent-model") { &[] } else { &["--intent-model", "none"] };
         let mut child = Command::new(bin())
             .arg("serve")
             .args(["--addr", "127.0.0.1:0"])
+            .args(no_llm)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

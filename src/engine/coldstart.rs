@@ -1,0 +1,192 @@
+//! Cold-start requests: a profile with no (or a short) history. The profile's
+//! intents ([`crate::coldstart`]) split the `k` items by weight; each intent's
+//! share is generated inside its sub-trie (`GenRequest::within`), all shares
+//! queued at once so that the scheduler batches them. With a short history the
+//! history keeps a share that shrinks as the history grows, and the history is
+//! the context of every share. ANN recall stands in per share (query: the
+//! intent's first-level centroid) when there is no model, past the deadline, or
+//! to fill a share that came back short.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{items_of, wait, Engine, EngineError, Generation, LiveCatalog, RecAnswer, RecItem, RecRequest, Resolved, Strategy};
+use crate::coldstart::{split_quota, ColdStart, Inferred, IntentWeight, Profile};
+use crate::generate::GenRequest;
+
+/// Histories shorter than this blend the profile's intents in; from this
+/// length on, the profile is not used.
+pub(super) const SHORT_HISTORY: usize = 5;
+/// Share of a request's deadline that intent inference may take; past it the
+/// sentence encoder's intents answer (the LLM's land in the cache).
+const INTENT_BUDGET: f64 = 0.6;
+
+/// One share of the answer: an intent's sub-trie, or the history's own part.
+struct Share<'a> {
+    intent: Option<&'a IntentWeight>,
+    k: usize,
+}
+
+impl Engine {
+    /// Sets (or clears) cold-start intent inference.
+    pub fn set_coldstart(&self, cs: Option<Arc<ColdStart>>) {
+        self.coldstart.store(cs);
+    }
+
+    pub fn coldstart(&self) -> Option<Arc<ColdStart>> {
+        self.coldstart.load_full()
+    }
+
+    /// The profile's intents within `budget`, and a note when they are not
+    /// what the configuration promises (LLM failed or too slow).
+    async fn intents_for(
+        &self,
+        cs: &Arc<ColdStart>,
+        profile: &Profile,
+        budget: Instant,
+    ) -> Result<(Arc<Inferred>, Option<String>), EngineError> {
+        if let Some(hit) = cs.cached(profile) {
+            return Ok((hit, None));
+        }
+        let task = {
+            let (cs, p) = (cs.clone(), profile.clone());
+            tokio::task::spawn_blocking(move || cs.infer(&p))
+        };
+        let note = match tokio::time::timeout_at(budget.into(), task).await {
+            Ok(Ok(Ok(inferred))) => {
+                let note = (inferred.method == "embedding")
+                    .then(|| "no intent model is configured: intents matched to the profile with the sentence encoder".to_string());
+                return Ok((inferred, note));
+            }
+            Ok(Ok(Err(e))) => format!("intent model failed ({e}): intents from the sentence encoder"),
+            Ok(Err(e)) => format!("intent model stopped ({e}): intents from the sentence encoder"),
+            Err(_) => "intent model over its time budget (its answer is cached for the next request): intents from the sentence encoder".to_string(),
+        };
+        let (cs, p) = (cs.clone(), profile.clone());
+        let inferred = tokio::task::spawn_blocking(move || cs.infer_embedding(&p))
+            .await
+            .map_err(|e| EngineError::ColdStart(e.to_string()))?
+            .map_err(|e| EngineError::ColdStart(e.to_string()))?;
+        Ok((Arc::new(inferred), Some(note)))
+    }
+
+    pub(super) async fn recommend_coldstart(
+        &self,
+        req: &RecRequest,
+        profile: &Profile,
+        cat: &Arc<LiveCatalog>,
+        r: &Resolved,
+        arrived: Instant,
+    ) -> Result<RecAnswer, EngineError> {
+        let cs = self.coldstart().ok_or_else(|| {
+            EngineError::ColdStart("start the server with an intent model (--intent-model) or a sentence encoder".into())
+        })?;
+        let timeout_ms = self.timeout_ms(req);
+        let deadline = arrived + Duration::from_millis(timeout_ms);
+        let budget = arrived + Duration::from_millis((timeout_ms as f64 * INTENT_BUDGET) as u64);
+        let (inferred, note) = self.intents_for(&cs, profile, budget).await?;
+        let model = self.model();
+        let mut answer = RecAnswer::new(model.as_ref().map(|m| m.label()), r.ignored.clone());
+        answer.inferred_intents = Some(inferred.intents.clone());
+        answer.intent_method = Some(inferred.method);
+        answer.intent_note = note;
+
+        // the profile's share shrinks as the history grows
+        let h = r.history.len().min(SHORT_HISTORY);
+        let k_profile = (req.k * (SHORT_HISTORY - h)).div_ceil(SHORT_HISTORY);
+        let weights: Vec<f32> = inferred.intents.iter().map(|i| i.weight).collect();
+        let mut shares: Vec<Share> = inferred
+            .intents
+            .iter()
+            .zip(split_quota(&weights, k_profile))
+            .filter(|(_, k)| *k > 0)
+            .map(|(i, k)| Share { intent: Some(i), k })
+            .collect();
+        if req.k > k_profile {
+            shares.push(Share { intent: None, k: req.k - k_profile });
+        }
+        let model = match (req.strategy, model) {
+            (Strategy::Generative, None) => return Err(EngineError::NotReady),
+            (Strategy::Ann, _) => return self.ann_shares(answer, cat, r, &shares, "requested"),
+            (Strategy::Auto, None) => return self.ann_shares(answer, cat, r, &shares, "no_model"),
+            (_, Some(m)) => m,
+        };
+        let mut pending = Vec::with_capacity(shares.len());
+        for s in &shares {
+            let within = s.intent.map(|i| vec![i.code]).unwrap_or_default();
+            let gen = GenRequest { history: r.history.clone(), k: s.k, exclude: r.exclude.clone(), within };
+            pending.push(self.submit(gen, model.clone(), cat, deadline)?);
+        }
+        let mut short = Vec::new();
+        let mut generated: Vec<RecItem> = Vec::new();
+        for (s, rx) in shares.iter().zip(pending) {
+            match wait(rx, deadline).await {
+                Generation::Done(hits, tokens) => {
+                    answer.tokens += tokens;
+                    let (source, bonus) = match s.intent {
+                        Some(i) => ("coldstart", i.weight.max(1e-6).ln()),
+                        None => ("generative", 0.0),
+                    };
+                    let mut items = items_of(cat, hits, source);
+                    items.iter_mut().for_each(|it| it.score += bonus);
+                    if items.len() < s.k {
+                        short.push(Share { intent: s.intent, k: s.k - items.len() });
+                    }
+                    generated.extend(items);
+                }
+                Generation::Stopped => return Err(EngineError::Stopped),
+                Generation::Failed(e) if req.strategy == Strategy::Generative => return Err(EngineError::Batch(e)),
+                Generation::Late if req.strategy == Strategy::Generative => return Err(EngineError::Deadline(timeout_ms)),
+                Generation::Failed(_) | Generation::Late => {
+                    answer.fallback = Some(if Instant::now() >= deadline { "deadline" } else { "error" });
+                    short.push(Share { intent: s.intent, k: s.k });
+                }
+            }
+        }
+        // generated items by (weighted) score; an item twice keeps its first place
+        generated.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let mut seen = HashSet::new();
+        answer.items = generated.into_iter().filter(|it| seen.insert(it.item_id.clone())).collect();
+        if short.is_empty() || req.strategy == Strategy::Generative {
+            return Ok(answer);
+        }
+        let reason = answer.fallback.unwrap_or("fill");
+        self.ann_shares(answer, cat, r, &short, reason)
+    }
+
+    /// Answers shares from ANN recall: an intent's share by its centroid, among
+    /// the items under its code; the history's share by the history.
+    fn ann_shares(
+        &self,
+        mut answer: RecAnswer,
+        cat: &LiveCatalog,
+        r: &Resolved,
+        shares: &[Share],
+        reason: &'static str,
+    ) -> Result<RecAnswer, EngineError> {
+        let c = &cat.catalog;
+        let mut taken: HashSet<u32> = r.exclude.clone();
+        taken.extend(answer.items.iter().filter_map(|it| c.index_of(&it.item_id)));
+        let mut added = 0;
+        for s in shares {
+            let hits = match s.intent {
+                Some(i) => {
+                    let q = c.intent_centroid(i.code);
+                    cat.ann.search(&q, s.k, |x| cat.serves(x) && !taken.contains(&x) && c.sid(x)[0] == i.code)?
+                }
+                None if !r.history.is_empty() => cat.ann.recall(c, &r.history, s.k, &taken, |x| cat.serves(x))?,
+                None => Vec::new(),
+            };
+            for (item, score) in hits {
+                taken.insert(item);
+                added += 1;
+                answer.items.push(RecItem::new(c, item, score, "ann"));
+            }
+        }
+        if added > 0 || reason != "fill" {
+            answer.fallback = Some(reason);
+        }
+        Ok(answer)
+    }
+}
