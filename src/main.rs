@@ -40,6 +40,54 @@ enum Command {
     DemoData(DemoArgs),
     /// Load-test a running server with real histories; prints a table and JSON.
     Bench(BenchArgs),
+    /// Cold-start evaluation: users held out of training get recommendations
+    /// from their sign-up profile alone, scored against their first items
+    /// (popularity, encoder intents, LLM intents); JSON on the last line.
+    ColdstartEval(ColdEvalArgs),
+}
+
+#[derive(clap::Args)]
+struct ColdEvalArgs {
+    /// Interactions file, NAME.inter.json.
+    #[arg(long)]
+    data: PathBuf,
+    /// Profiles, NAME.user.json ({"user": {"age": .., "gender": .., "occupation": ..}}).
+    #[arg(long)]
+    users: PathBuf,
+    /// Model trained with the same --holdout-users.
+    #[arg(long)]
+    model: PathBuf,
+    /// Share of users held out of training (as given to `genrec train --holdout-users`).
+    #[arg(long, default_value_t = 0.3)]
+    holdout_users: f64,
+    /// Which half of the held-out users: `valid` to pick settings, `test` to report.
+    #[arg(long, value_enum, default_value = "test")]
+    split: SplitArg,
+    /// Methods to run, comma-separated: popularity, embedding, llm.
+    #[arg(long, default_value = "popularity,embedding,llm")]
+    methods: String,
+    /// Items of each user's history that count as relevant (from the start).
+    #[arg(long, default_value_t = 10)]
+    first: usize,
+    /// List length.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Intent LLM (GGUF file or Hugging Face folder).
+    #[arg(long, default_value = genrec::coldstart::DEFAULT_INTENT_MODEL)]
+    intent_model: PathBuf,
+    #[arg(long, default_value = "prompts/intent.prompt")]
+    prompt: PathBuf,
+    #[arg(long, default_value = DEFAULT_ENCODER_DIR)]
+    encoder: PathBuf,
+    /// Intents per profile.
+    #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().top)]
+    intent_top: usize,
+    /// Softmax temperature over the LLM's label scores.
+    #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().temperature)]
+    temperature: f32,
+    /// Share of the empty-profile label score subtracted (contextual calibration).
+    #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().calibration)]
+    calibration: f32,
 }
 
 #[derive(clap::Args)]
@@ -176,6 +224,10 @@ struct TrainArgs {
     /// Also evaluate on the validation users every this many epochs (0: only at the end).
     #[arg(long, default_value_t = 0)]
     valid_every: usize,
+    /// Hold this share of users out of training entirely (picked by a hash of
+    /// the user id; see `genrec coldstart-eval`).
+    #[arg(long, default_value_t = 0.0)]
+    holdout_users: f64,
     /// Training threads (default: all cores). Each thread runs its share of a
     /// batch with single-threaded kernels (data parallel), which on small
     /// models is much faster than splitting every matrix product.
@@ -257,6 +309,7 @@ fn main() -> Result<()> {
         Command::Index(a) => index(a),
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval(a),
+        Command::ColdstartEval(a) => coldstart_eval(a),
         Command::Serve(a) => genrec::server::run(a),
         Command::Bench(a) => bench(a),
         Command::DemoData(a) => {
@@ -417,7 +470,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let catalog = Catalog::load(&a.catalog)?;
-    let inter = dataset::load_interactions(&a.data)?;
+    let mut inter = dataset::load_interactions(&a.data)?;
+    if a.holdout_users > 0.0 {
+        let all = inter.users.len();
+        inter = inter.filter_users(|u| dataset::cold_group(u, a.holdout_users) == dataset::ColdGroup::Train);
+        eprintln!("train: {} of {all} users held out (--holdout-users {})", all - inter.users.len(), a.holdout_users);
+    }
     let opts = TrainOptions {
         name: a.name.clone().unwrap_or_else(|| catalog.manifest.name.clone()),
         epochs: a.epochs,
@@ -479,5 +537,56 @@ fn eval(a: EvalArgs) -> Result<()> {
     let m = train::evaluate(model, catalog, &inter, &o, |d, t| progress("eval", d, t))?;
     eprintln!("eval: {} users in {:.1}s (beam {})", m.users, t0.elapsed().as_secs_f64(), a.beam.max(10));
     println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
+fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
+    use genrec::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate};
+    use genrec::train::coldstart_eval as ce;
+    let dev = candle_core::Device::Cpu;
+    let snap = Snapshot::load(&a.model, None, &dev)?;
+    let inter = dataset::load_interactions(&a.data)?;
+    let users = dataset::load_users(&a.users)?;
+    let group = match a.split {
+        SplitArg::Valid => dataset::ColdGroup::Valid,
+        SplitArg::Test => dataset::ColdGroup::Test,
+    };
+    let cold = ce::cold_users(&snap.catalog, &inter, &users, a.holdout_users, group, a.first);
+    if cold.is_empty() {
+        bail!("no held-out users with a profile (check --holdout-users and --users)");
+    }
+    eprintln!("coldstart-eval: {} held-out users, first {} items each", cold.len(), a.first);
+    let opts = ColdStartOptions { top: a.intent_top.max(1), temperature: a.temperature, calibration: a.calibration, ..Default::default() };
+    let mut results = Vec::new();
+    for method in a.methods.split(',').map(str::trim) {
+        let t0 = Instant::now();
+        let m = match method {
+            "popularity" => ce::eval_popular(&cold, &ce::popular(&snap.catalog, &inter, a.holdout_users, a.k), a.k),
+            "embedding" | "llm" => {
+                let enc = std::sync::Arc::new(TextEncoder::load(&a.encoder)?);
+                let lm = if method == "llm" {
+                    Some((IntentLm::load(&a.intent_model)?, PromptTemplate::load(&a.prompt)?))
+                } else {
+                    None
+                };
+                let cs = ColdStart::new(&snap.catalog, lm, Some(enc), opts.clone())?;
+                cs.warm()?;
+                let model = Model::load(&a.model, &dev)?;
+                ce::eval_intents(model, (*snap.catalog).clone(), cs, &cold, a.k, |d, t| progress(method, d, t))?
+            }
+            other => bail!("unknown method {other:?} (popularity, embedding, llm)"),
+        };
+        eprintln!(
+            "{:<11} R@{k} {:.4}  N@{k} {:.4}  p50 {} ms  ({:.0}s)",
+            m.method,
+            m.recall,
+            m.ndcg,
+            m.p50_ms.map_or("-".into(), |x| format!("{x:.1}")),
+            t0.elapsed().as_secs_f64(),
+            k = a.k
+        );
+        results.push(m);
+    }
+    println!("{}", serde_json::to_string(&results)?);
     Ok(())
 }

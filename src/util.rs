@@ -37,6 +37,9 @@ impl Fnv64 {
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
+    pub fn value(&self) -> u64 {
+        self.0
+    }
     pub fn hex(&self) -> String {
         format!("{:016x}", self.0)
     }

@@ -112,24 +112,43 @@ impl Engine {
             (Strategy::Auto, None) => return self.ann_shares(answer, cat, r, &shares, "no_model"),
             (_, Some(m)) => m,
         };
+        // intent shares ask for more, so that items the history's share also
+        // found can be skipped without leaving the share short
+        let overlap = req.k - k_profile;
         let mut pending = Vec::with_capacity(shares.len());
         for s in &shares {
-            let within = s.intent.map(|i| vec![i.code]).unwrap_or_default();
-            let gen = GenRequest { history: r.history.clone(), k: s.k, exclude: r.exclude.clone(), within };
+            let (within, extra) = match s.intent {
+                Some(i) => (vec![i.code], overlap),
+                None => (Vec::new(), 0),
+            };
+            let gen = GenRequest { history: r.history.clone(), k: s.k + extra, exclude: r.exclude.clone(), within };
             pending.push(self.submit(gen, model.clone(), cat, deadline)?);
         }
+        let mut results = Vec::with_capacity(shares.len());
+        for rx in pending {
+            results.push(wait(rx, deadline).await);
+        }
+        // the history's share first (it is last in `shares`), then each intent's
+        let mut seen = HashSet::new();
         let mut short = Vec::new();
         let mut generated: Vec<RecItem> = Vec::new();
-        for (s, rx) in shares.iter().zip(pending) {
-            match wait(rx, deadline).await {
+        for (s, result) in shares.iter().zip(results).rev() {
+            match result {
                 Generation::Done(hits, tokens) => {
                     answer.tokens += tokens;
                     let (source, bonus) = match s.intent {
                         Some(i) => ("coldstart", i.weight.max(1e-6).ln()),
                         None => ("generative", 0.0),
                     };
-                    let mut items = items_of(cat, hits, source);
-                    items.iter_mut().for_each(|it| it.score += bonus);
+                    let items: Vec<RecItem> = items_of(cat, hits, source)
+                        .into_iter()
+                        .filter(|it| seen.insert(it.item_id.clone()))
+                        .take(s.k)
+                        .map(|mut it| {
+                            it.score += bonus;
+                            it
+                        })
+                        .collect();
                     if items.len() < s.k {
                         short.push(Share { intent: s.intent, k: s.k - items.len() });
                     }
@@ -144,10 +163,9 @@ impl Engine {
                 }
             }
         }
-        // generated items by (weighted) score; an item twice keeps its first place
+        // best (weighted) score first
         generated.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let mut seen = HashSet::new();
-        answer.items = generated.into_iter().filter(|it| seen.insert(it.item_id.clone())).collect();
+        answer.items = generated;
         if short.is_empty() || req.strategy == Strategy::Generative {
             return Ok(answer);
         }

@@ -169,11 +169,12 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
                 let field = if let Some(rest) = msg.strip_prefix("missing field `") {
                     rest.split('`').next().unwrap_or("body").to_string()
                 } else if let Some(rest) = msg.strip_prefix("unknown field `") {
+                    // the path names nested fields (`profile.agee`)
                     let name = rest.split('`').next().unwrap_or("body");
                     if path == "." {
                         name.to_string()
                     } else {
-                        format!("{path}.{name}")
+                        path
                     }
                 } else if path == "." {
                     "body".to_string()

@@ -1,5 +1,6 @@
-//! Training (`genrec train`) and evaluation (`genrec eval`).
+//! Training (`genrec train`) and evaluation (`genrec eval`, `genrec coldstart-eval`).
 
+pub mod coldstart_eval;
 pub mod eval;
 pub mod metrics;
 pub mod trainer;

@@ -95,3 +95,22 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// POSTs a JSON body; returns the status and the JSON answer.
+pub async fn post_json(c: &reqwest::Client, url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = c.post(url).json(body).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON body"))
+}
+
+/// A model fetched by scripts/fetch-models.sh, or `None` to skip
+/// (`GENREC_REQUIRE_MODELS=1` makes a missing model a failure).
+pub fn fetched(rel: &str) -> Option<PathBuf> {
+    let p = repo().join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(std::env::var("GENREC_REQUIRE_MODELS").is_err(), "{} missing: run scripts/fetch-models.sh", p.display());
+    eprintln!("skipping: {} missing", p.display());
+    None
+}

@@ -1,0 +1,248 @@
+//! Cold-start evaluation (`genrec coldstart-eval`): users held out of training
+//! entirely ([`crate::dataset::cold_group`]) are recommended from their sign-up
+//! profile alone, and the list is scored against their first `first` items:
+//! Recall@k = hits / min(first, k), NDCG@k with every one of those items
+//! relevant. Three methods: the most popular items of the training users
+//! (the baseline), intents from the sentence encoder, intents from the LLM.
+//! The two intent paths run through the serving engine, as a request would.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::eval::to_indices;
+use super::TrainError;
+use crate::coldstart::{ColdStart, Profile};
+use crate::dataset::{cold_group, ColdGroup, Interactions};
+use crate::engine::{BatchObserver, Engine, EngineOptions, RecRequest, Strategy};
+use crate::model::Model;
+
+/// What the evaluation measured for one method.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdMetrics {
+    pub method: String,
+    pub users: usize,
+    pub recall: f64,
+    pub ndcg: f64,
+    /// Median and 90th percentile of the request time, ms (intent paths).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p90_ms: Option<f64>,
+    /// Median over requests whose profile was not cached yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncached_p50_ms: Option<f64>,
+    /// How often each intent led the list (label → users), for inspection.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_intents: Vec<(String, usize)>,
+}
+
+/// Recall and NDCG of one ranked list against a set of relevant items.
+pub fn score_list(ranked: &[u32], relevant: &[u32], k: usize) -> (f64, f64) {
+    let rel: std::collections::HashSet<u32> = relevant.iter().copied().collect();
+    let mut hits = 0usize;
+    let mut dcg = 0.0;
+    for (i, item) in ranked.iter().take(k).enumerate() {
+        if rel.contains(item) {
+            hits += 1;
+            dcg += 1.0 / ((i + 2) as f64).log2();
+        }
+    }
+    let ideal: f64 = (0..rel.len().min(k)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
+    let n = rel.len().min(k).max(1);
+    (hits as f64 / n as f64, if ideal > 0.0 { dcg / ideal } else { 0.0 })
+}
+
+/// A held-out user: profile and first items.
+pub struct ColdUser {
+    pub profile: Profile,
+    pub first: Vec<u32>,
+}
+
+/// Profile fields from a `NAME.user.json` row: the fields [`Profile`] knows
+/// (gender codes `M`/`F` spelled out), others (e.g. a zip code) dropped.
+pub fn profile_of(row: &serde_json::Value) -> Profile {
+    let s = |k: &str| row.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let gender = s("gender").map(|g| match g.as_str() {
+        "M" | "m" => "male".to_string(),
+        "F" | "f" => "female".to_string(),
+        _ => g,
+    });
+    Profile {
+        age: row.get("age").and_then(|v| v.as_u64()).map(|a| a as u32),
+        gender,
+        country: s("country"),
+        language: s("language"),
+        occupation: s("occupation"),
+        interests: row
+            .get("interests")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        channel: s("channel"),
+    }
+}
+
+/// The held-out users of `group` with a profile and at least one known item.
+pub fn cold_users(
+    catalog: &crate::catalog::Catalog,
+    inter: &Interactions,
+    users: &serde_json::Map<String, serde_json::Value>,
+    fraction: f64,
+    group: ColdGroup,
+    first: usize,
+) -> Vec<ColdUser> {
+    inter
+        .users
+        .iter()
+        .zip(&inter.sequences)
+        .filter(|(u, _)| cold_group(u, fraction) == group)
+        .filter_map(|(u, seq)| {
+            let row = users.get(u)?;
+            let items = to_indices(catalog, seq);
+            (!items.is_empty()).then(|| ColdUser { profile: profile_of(row), first: items.into_iter().take(first).collect() })
+        })
+        .collect()
+}
+
+/// The most popular items among the training users.
+pub fn popular(catalog: &crate::catalog::Catalog, inter: &Interactions, fraction: f64, k: usize) -> Vec<u32> {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for (u, seq) in inter.users.iter().zip(&inter.sequences) {
+        if cold_group(u, fraction) == ColdGroup::Train {
+            for i in to_indices(catalog, seq) {
+                *counts.entry(i).or_default() += 1;
+            }
+        }
+    }
+    let mut v: Vec<(u32, usize)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.into_iter().take(k).map(|(i, _)| i).collect()
+}
+
+/// Scores the popularity baseline.
+pub fn eval_popular(users: &[ColdUser], top: &[u32], k: usize) -> ColdMetrics {
+    let (mut r, mut n) = (0.0, 0.0);
+    for u in users {
+        let (a, b) = score_list(top, &u.first, k);
+        r += a;
+        n += b;
+    }
+    let m = users.len().max(1) as f64;
+    ColdMetrics {
+        method: "popularity".into(),
+        users: users.len(),
+        recall: r / m,
+        ndcg: n / m,
+        p50_ms: None,
+        p90_ms: None,
+        uncached_p50_ms: None,
+        top_intents: Vec::new(),
+    }
+}
+
+struct Quiet;
+impl BatchObserver for Quiet {
+    fn queue_depth(&self, _: usize) {}
+    fn batch(&self, _: usize, _: &[Duration]) {}
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    Some(sorted[((sorted.len() - 1) as f64 * p).round() as usize])
+}
+
+/// Scores an intent path: one profile-only request per user through a
+/// serving engine with `coldstart`, one at a time (latency as a lone request).
+pub fn eval_intents(
+    model: Model,
+    catalog: crate::catalog::Catalog,
+    coldstart: ColdStart,
+    users: &[ColdUser],
+    k: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<ColdMetrics, TrainError> {
+    let method = coldstart.method().to_string();
+    let coldstart = Arc::new(coldstart);
+    let engine = Engine::new(catalog, EngineOptions::default(), Arc::new(Quiet)).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    engine.install(model, "eval".into()).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    engine.set_coldstart(Some(coldstart.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| TrainError::Io("tokio".into(), e))?;
+    let cat = engine.catalog();
+    let (mut r, mut n) = (0.0, 0.0);
+    let (mut times, mut uncached) = (Vec::new(), Vec::new());
+    let mut leaders: HashMap<String, usize> = HashMap::new();
+    for (done, u) in users.iter().enumerate() {
+        let was_cached = coldstart.cached(&u.profile).is_some();
+        let req = RecRequest {
+            history: Vec::new(),
+            k,
+            exclude_history: true,
+            user_id: None,
+            timeout_ms: Some(60_000),
+            strategy: Strategy::Auto,
+            profile: Some(u.profile.clone()),
+        };
+        let t0 = Instant::now();
+        let ans = rt.block_on(engine.recommend(&req)).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        times.push(ms);
+        if !was_cached {
+            uncached.push(ms);
+        }
+        if let Some(lead) = ans.inferred_intents.as_ref().and_then(|v| v.first()) {
+            *leaders.entry(lead.label.clone()).or_default() += 1;
+        }
+        let ranked: Vec<u32> = ans.items.iter().filter_map(|it| cat.catalog.index_of(&it.item_id)).collect();
+        let (a, b) = score_list(&ranked, &u.first, k);
+        r += a;
+        n += b;
+        progress(done + 1, users.len());
+    }
+    times.sort_by(f64::total_cmp);
+    uncached.sort_by(f64::total_cmp);
+    let mut top_intents: Vec<(String, usize)> = leaders.into_iter().collect();
+    top_intents.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top_intents.truncate(5);
+    let m = users.len().max(1) as f64;
+    Ok(ColdMetrics {
+        method,
+        users: users.len(),
+        recall: r / m,
+        ndcg: n / m,
+        p50_ms: percentile(&times, 0.5),
+        p90_ms: percentile(&times, 0.9),
+        uncached_p50_ms: percentile(&uncached, 0.5),
+        top_intents,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_scores_count_every_relevant_item() {
+        // 2 of 4 relevant items, at ranks 1 and 3
+        let (r, n) = score_list(&[5, 9, 7, 8], &[5, 7, 1, 2], 4);
+        assert!((r - 0.5).abs() < 1e-12);
+        let dcg = 1.0 + 1.0 / 4f64.log2();
+        let idcg: f64 = (0..4).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
+        assert!((n - dcg / idcg).abs() < 1e-12);
+        assert_eq!(score_list(&[1, 2], &[1, 2], 10), (1.0, 1.0));
+        assert_eq!(score_list(&[3], &[1], 10).0, 0.0);
+    }
+
+    #[test]
+    fn ml100k_rows_become_profiles() {
+        let row = serde_json::json!({"age": 24, "gender": "M", "occupation": "technician", "zip": "85711"});
+        let p = profile_of(&row);
+        assert_eq!(p.age, Some(24));
+        assert_eq!(p.gender.as_deref(), Some("male"));
+        assert_eq!(p.describe(), "age: 24\ngender: male\noccupation: technician");
+    }
+}

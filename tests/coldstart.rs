@@ -1,0 +1,116 @@
+//! Cold start over HTTP: profile-only requests on the embedded demo model,
+//! with the sentence-encoder fallback and with the SmolLM2 intent model.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{fetched, post_json, Server};
+use serde_json::{json, Value};
+
+const ENCODER: &str = ".models/all-minilm-l6-v2/model.safetensors";
+const SMOLLM: &str = ".models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Every item lies under one of the answer's inferred intents, `k` in all,
+/// no item twice; returns the intents' codes.
+fn check_under_intents(v: &Value, k: usize) -> HashSet<u64> {
+    let intents = v["inferred_intents"].as_array().expect("inferred_intents");
+    assert!(!intents.is_empty(), "{v}");
+    let w: f64 = intents.iter().map(|i| i["weight"].as_f64().unwrap()).sum();
+    assert!((w - 1.0).abs() < 1e-4, "weights sum to 1: {v}");
+    assert!(intents.iter().all(|i| i["label"].as_str().is_some_and(|l| !l.is_empty())));
+    let codes: HashSet<u64> = intents.iter().map(|i| i["code"].as_u64().unwrap()).collect();
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), k, "{v}");
+    let ids: HashSet<&str> = items.iter().map(|i| i["item_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), k, "distinct");
+    for it in items {
+        if it["source"] == "coldstart" {
+            assert!(codes.contains(&it["semantic_id"][0].as_u64().unwrap()), "{it} not under {codes:?}");
+        }
+    }
+    codes
+}
+
+#[tokio::test]
+async fn profile_only_requests_use_encoder_intents_without_an_llm() {
+    if fetched(ENCODER).is_none() {
+        return;
+    }
+    let s = Server::start(&[]);
+    let c = reqwest::Client::new();
+    let v: Value = c.get(s.at("/v1/intents")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["method"], "embedding");
+    let labels = v["intents"].as_array().unwrap();
+    assert!(labels.len() >= 4 && labels.iter().all(|l| l["label"].as_str().is_some()), "{v}");
+
+    let profile = json!({"age": 35, "gender": "male", "interests": ["beard care", "shaving"]});
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "k": 8})).await;
+    assert_eq!(st, 200, "{v}");
+    check_under_intents(&v, 8);
+    assert!(v["items"].as_array().unwrap().iter().all(|i| i["source"] == "coldstart"), "{v}");
+    assert_eq!(v["intent_method"], "embedding");
+    assert!(v["intent_note"].as_str().unwrap().contains("no intent model"), "{v}");
+    assert!(v["inferred_intents"][0]["label"].as_str().unwrap().contains("beard")
+        || v["inferred_intents"].as_array().unwrap().iter().any(|i| i["label"].as_str().unwrap().contains("aftershave")), "{v}");
+
+    // a short history blends in: some items from the history's own generation
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "history": ["3", "11"], "k": 10})).await;
+    assert_eq!(st, 200, "{v}");
+    check_under_intents(&v, 10);
+    let sources: HashSet<&str> = v["items"].as_array().unwrap().iter().map(|i| i["source"].as_str().unwrap()).collect();
+    assert!(sources.contains("coldstart") && sources.contains("generative"), "{v}");
+    assert!(v["items"].as_array().unwrap().iter().all(|i| i["item_id"] != "3" && i["item_id"] != "11"));
+
+    // ANN per intent, still inside the intents
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "k": 5, "strategy": "ann"})).await;
+    assert_eq!(st, 200, "{v}");
+    let codes = check_under_intents(&v, 5);
+    assert!(v["items"].as_array().unwrap().iter().all(|i| codes.contains(&i["semantic_id"][0].as_u64().unwrap())));
+    assert_eq!(v["fallback"], "requested");
+
+    // bad input names the field
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": {"agee": 3}})).await;
+    assert_eq!((st, v["field"].as_str()), (422, Some("profile.agee")), "{v}");
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": {"age": 400}})).await;
+    assert_eq!((st, v["field"].as_str()), (422, Some("profile.age")), "{v}");
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"k": 3})).await;
+    assert_eq!((st, v["field"].as_str()), (422, Some("history")), "{v}");
+}
+
+#[tokio::test]
+async fn profile_only_requests_use_llm_intents() {
+    let Some(model) = fetched(SMOLLM) else { return };
+    let model = model.to_string_lossy().into_owned();
+    let s = Server::start(&["--intent-model", &model]);
+    let c = reqwest::Client::new();
+    let v: Value = c.get(s.at("/v1/intents")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["method"], "llm");
+    let body = json!({"profile": {"age": 22, "gender": "female", "interests": ["nail art"]}, "k": 6, "timeout_ms": 60000});
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["intent_method"], "llm", "{v}");
+    assert!(v.get("intent_note").is_none(), "{v}");
+    check_under_intents(&v, 6);
+    // the same profile again: cached, same intents, fast
+    let t0 = std::time::Instant::now();
+    let (st, again) = post_json(&c, &s.at("/v1/recommend"), &body).await;
+    assert_eq!(st, 200);
+    assert_eq!(again["inferred_intents"], v["inferred_intents"]);
+    assert!(t0.elapsed().as_millis() < 1000, "cached profile took {:?}", t0.elapsed());
+}
+
+#[test]
+fn a_bad_prompt_template_stops_the_start_with_its_line() {
+    let dir = common::TempDir::new("prompt");
+    let p = dir.0.join("bad.prompt");
+    std::fs::write(&p, "[user]\nAge {agee}\n[assistant]\nx\n").unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--intent-model", "none", "--prompt"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.prompt:2: unknown field {agee}"), "{err}");
+}
