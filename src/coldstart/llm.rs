@@ -7,9 +7,12 @@
 //! prompt is prefilled once as the "history" of one request, and every
 //! candidate label is one "beam" of that request, decoded token by token
 //! against the prompt's keys and values. One prefill plus one batched decode
-//! step per label token, for all candidates at once.
+//! step per label token, for all candidates at once. The prompt's fixed part
+//! (system turn, few-shot examples) is computed once and kept: a profile costs
+//! only its own turn.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -17,7 +20,10 @@ use tokenizers::Tokenizer;
 
 use super::{gguf, ColdStartError};
 use crate::model::config::ModelConfig;
-use crate::model::{BeamKv, Transformer};
+use crate::model::{BeamKv, HistoryKv, Transformer};
+
+/// Keys/values of a prompt's fixed part, by its token ids.
+type PrefixKv = (Vec<u32>, Arc<Vec<(Tensor, Tensor)>>);
 
 /// A causal LM with its tokenizer.
 pub struct IntentLm {
@@ -26,6 +32,9 @@ pub struct IntentLm {
     name: String,
     /// The tokenizer knows ChatML's `<|im_start|>` / `<|im_end|>`.
     chatml: bool,
+    /// The last fixed prompt part and its keys/values (system turn and
+    /// few-shot examples: the same for every profile).
+    prefix: Mutex<Option<PrefixKv>>,
 }
 
 impl IntentLm {
@@ -61,7 +70,7 @@ impl IntentLm {
         let net = Transformer::load(vb, &config).map_err(|e| ColdStartError::Model(format!("{}: {e}", path.display())))?;
         let chatml = tokenizer.token_to_id("<|im_start|>").is_some() && tokenizer.token_to_id("<|im_end|>").is_some();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(IntentLm { net, tokenizer, name, chatml })
+        Ok(IntentLm { net, tokenizer, name, chatml, prefix: Mutex::new(None) })
     }
 
     pub fn name(&self) -> &str {
@@ -85,16 +94,34 @@ impl IntentLm {
         Ok(lp.to_vec2::<f32>()?)
     }
 
-    /// Mean log-probability per token of each candidate continuing `prompt`
-    /// (candidates are tokenised on their own; give them their leading space).
-    pub fn score(&self, prompt: &str, candidates: &[String]) -> Result<Vec<f32>, ColdStartError> {
+    /// Mean log-probability per token of each candidate continuing `fixed`
+    /// then `prompt` (candidates are tokenised on their own; give them their
+    /// leading space). `fixed` is the part of the prompt that does not change
+    /// between calls: its keys/values are kept and reused.
+    pub fn score(&self, fixed: &str, prompt: &str, candidates: &[String]) -> Result<Vec<f32>, ColdStartError> {
+        let fixed_ids = self.encode(fixed)?;
         let prompt_ids = self.encode(prompt)?;
         let cands: Vec<Vec<u32>> = candidates.iter().map(|c| self.encode(c)).collect::<Result<_, _>>()?;
-        self.score_ids(&prompt_ids, &cands)
+        self.score_ids(&fixed_ids, &prompt_ids, &cands)
+    }
+
+    /// Keys/values of the fixed prompt part, cached.
+    fn prefix_kv(&self, fixed: &[u32]) -> Result<Arc<Vec<(Tensor, Tensor)>>, ColdStartError> {
+        if let Ok(slot) = self.prefix.lock() {
+            if let Some((_, kv)) = slot.as_ref().filter(|(ids, _)| ids == fixed) {
+                return Ok(kv.clone());
+            }
+        }
+        let t = Tensor::from_slice(fixed, (1, fixed.len()), self.net.device())?;
+        let kv = Arc::new(self.net.forward_hidden(&t, None)?.1);
+        if let Ok(mut slot) = self.prefix.lock() {
+            *slot = Some((fixed.to_vec(), kv.clone()));
+        }
+        Ok(kv)
     }
 
     /// [`IntentLm::score`] on token ids.
-    pub fn score_ids(&self, prompt: &[u32], cands: &[Vec<u32>]) -> Result<Vec<f32>, ColdStartError> {
+    pub fn score_ids(&self, fixed: &[u32], prompt: &[u32], cands: &[Vec<u32>]) -> Result<Vec<f32>, ColdStartError> {
         if prompt.is_empty() {
             return Err(ColdStartError::Model("empty prompt".into()));
         }
@@ -103,15 +130,21 @@ impl IntentLm {
         }
         let longest = cands.iter().map(Vec::len).max().unwrap_or(0);
         let max = self.net.config().max_position_embeddings;
-        if prompt.len() + longest > max {
+        let t = fixed.len() + prompt.len();
+        if t + longest > max {
             return Err(ColdStartError::Model(format!(
-                "prompt of {} tokens plus a label of {longest} exceed the model's {max} positions",
-                prompt.len()
+                "prompt of {t} tokens plus a label of {longest} exceed the model's {max} positions"
             )));
         }
         let dev = self.net.device().clone();
-        let t = prompt.len();
-        let (hist, last) = self.net.prefill(&Tensor::from_slice(prompt, (1, t), &dev)?, &[t])?;
+        let rest = Tensor::from_slice(prompt, (1, prompt.len()), &dev)?;
+        let (hidden, kvs) = if fixed.is_empty() {
+            self.net.forward_hidden(&rest, None)?
+        } else {
+            self.net.forward_after(&rest, &self.prefix_kv(fixed)?)?
+        };
+        let last = hidden.narrow(1, prompt.len() - 1, 1)?.squeeze(1)?;
+        let hist = HistoryKv::new(kvs, &[t], t, &dev, last.dtype())?;
         let first = self.log_probs(&last)?;
         let mut sums: Vec<f32> = cands.iter().map(|c| c.first().map_or(0.0, |&tok| first[0][tok as usize])).collect();
         let mut kv = BeamKv::new(self.net.config().num_hidden_layers);

@@ -266,9 +266,9 @@ impl ColdStart {
     fn llm_scores(&self, s: &LmScorer, profile: &Profile) -> Result<Vec<f32>, ColdStartError> {
         let listing: Vec<String> = self.intents.iter().map(|i| format!("- {}", i.label)).collect();
         let ctx = prompt::Context { intents: &listing.join("\n"), catalog: &self.catalog_name };
-        let text = s.template.render(profile, &ctx, s.lm.chatml());
+        let (fixed, rest) = s.template.render_split(profile, &ctx, s.lm.chatml());
         let cands: Vec<String> = self.intents.iter().map(|i| s.template.continuation(&i.label)).collect();
-        s.lm.score(&text, &cands)
+        s.lm.score(&fixed, &rest, &cands)
     }
 
     /// Intents by the LLM's calibrated label scores.

@@ -208,30 +208,36 @@ impl PromptTemplate {
 
     /// The prompt for `profile`, ending where the candidate label starts.
     pub fn render(&self, profile: &Profile, ctx: &Context, chatml: bool) -> String {
-        let mut turns: Vec<(&str, String)> = Vec::new();
-        if let Some(s) = &self.system {
-            turns.push(("system", s.render(profile, ctx)));
-        }
-        let answer_prefix = self.assistant.render(profile, ctx);
-        for ex in &self.examples {
-            turns.push(("user", self.user.render(&ex.profile, ctx)));
-            turns.push(("assistant", join(&answer_prefix, &ex.answer)));
-        }
-        turns.push(("user", self.user.render(profile, ctx)));
-        let mut out = String::new();
-        for (role, text) in turns {
+        let (fixed, rest) = self.render_split(profile, ctx, chatml);
+        fixed + &rest
+    }
+
+    /// [`PromptTemplate::render`] in two parts: the turns before the user's
+    /// own (system and examples: the same for every profile unless the system
+    /// section names a profile field), and the rest.
+    pub fn render_split(&self, profile: &Profile, ctx: &Context, chatml: bool) -> (String, String) {
+        let turn = |role: &str, text: &str| {
             if chatml {
-                out.push_str(&format!("<|im_start|>{role}\n{text}<|im_end|>\n"));
+                format!("<|im_start|>{role}\n{text}<|im_end|>\n")
             } else {
-                out.push_str(&text);
-                out.push_str("\n\n");
+                format!("{text}\n\n")
             }
+        };
+        let answer_prefix = self.assistant.render(profile, ctx);
+        let mut fixed = String::new();
+        if let Some(s) = &self.system {
+            fixed.push_str(&turn("system", &s.render(profile, ctx)));
         }
+        for ex in &self.examples {
+            fixed.push_str(&turn("user", &self.user.render(&ex.profile, ctx)));
+            fixed.push_str(&turn("assistant", &join(&answer_prefix, &ex.answer)));
+        }
+        let mut rest = turn("user", &self.user.render(profile, ctx));
         if chatml {
-            out.push_str("<|im_start|>assistant\n");
+            rest.push_str("<|im_start|>assistant\n");
         }
-        out.push_str(&answer_prefix);
-        out
+        rest.push_str(&answer_prefix);
+        (fixed, rest)
     }
 
     /// A candidate label as it continues [`PromptTemplate::render`]'s prompt.

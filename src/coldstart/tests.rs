@@ -74,9 +74,16 @@ fn smollm_label_scores_equal_full_forward_reference() {
     let ids = lm.encode("<|im_start|>user\nhello<|im_end|>").unwrap();
     assert_eq!(ids[0], 1, "control tokens are single tokens: {ids:?}");
     assert_eq!(lm.encode("2024").unwrap().len(), 4, "digits split one by one");
-    let prompt = lm.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital is").unwrap();
+    let fixed = lm.encode("<|im_start|>system\nYou answer in a few words.<|im_end|>\n").unwrap();
+    let rest = lm.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital is").unwrap();
+    let prompt = [fixed.clone(), rest.clone()].concat();
     let cands: Vec<Vec<u32>> = [" Paris", " a large city in Europe", " Berlin"].iter().map(|c| lm.encode(c).unwrap()).collect();
-    let got = lm.score_ids(&prompt, &cands).unwrap();
+    let got = lm.score_ids(&fixed, &rest, &cands).unwrap();
+    // the fixed part's cached keys/values give the same scores again, and
+    // the same as scoring without a fixed part
+    assert_eq!(lm.score_ids(&fixed, &rest, &cands).unwrap(), got);
+    let whole = lm.score_ids(&[], &prompt, &cands).unwrap();
+    assert!(got.iter().zip(&whole).all(|(a, b)| (a - b).abs() < 1e-4), "{got:?} vs {whole:?}");
     for (c, g) in cands.iter().zip(&got) {
         let mut seq = prompt.clone();
         let mut sum = 0.0;

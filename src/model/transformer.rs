@@ -200,27 +200,55 @@ impl Transformer {
     pub fn forward_hidden(
         &self,
         tokens: &Tensor,
+        dropout: Option<Dropout>,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>), ModelError> {
+        self.forward_inner(tokens, None, dropout)
+    }
+
+    /// [`Transformer::forward_hidden`] for tokens that continue earlier
+    /// positions whose keys/values are `past` (one `[batch, kv_heads, p,
+    /// head_dim]` pair per layer, as returned before): a prompt's fixed part is
+    /// computed once and reused. Returns the new tokens' hidden states and each
+    /// layer's keys/values over past and new positions.
+    pub fn forward_after(&self, tokens: &Tensor, past: &[(Tensor, Tensor)]) -> Result<(Tensor, Vec<(Tensor, Tensor)>), ModelError> {
+        if past.len() != self.layers.len() {
+            return Err(ModelError::Input(format!("{} past layers for {} layers", past.len(), self.layers.len())));
+        }
+        self.forward_inner(tokens, Some(past), None)
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &Tensor,
+        past: Option<&[(Tensor, Tensor)]>,
         mut dropout: Option<Dropout>,
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>), ModelError> {
         let training = dropout.is_some();
         let t = tokens.dim(1)?;
-        if t > self.cfg.max_position_embeddings {
+        let p = match past {
+            Some(pv) => pv.first().map_or(Ok(0), |(k, _)| k.dim(2))?,
+            None => 0,
+        };
+        if p + t > self.cfg.max_position_embeddings {
             return Err(ModelError::Input(format!(
-                "{t} tokens exceed max_position_embeddings {}",
+                "{} tokens exceed max_position_embeddings {}",
+                p + t,
                 self.cfg.max_position_embeddings
             )));
         }
         let (b, _) = tokens.dims2()?;
         let emb = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, ()))?;
         let mut x = drop(emb, &mut dropout)?;
-        let cos = self.cos.narrow(0, 0, t)?.unsqueeze(0)?.unsqueeze(0)?;
-        let sin = self.sin.narrow(0, 0, t)?.unsqueeze(0)?.unsqueeze(0)?;
-        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { MASKED } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (1, 1, t, t), &self.device)?.to_dtype(x.dtype())?;
+        let cos = self.cos.narrow(0, p, t)?.unsqueeze(0)?.unsqueeze(0)?;
+        let sin = self.sin.narrow(0, p, t)?.unsqueeze(0)?.unsqueeze(0)?;
+        // query i (position p + i) sees keys 0 ..= p + i
+        let s = p + t;
+        let mask: Vec<f32> = (0..t * s).map(|i| if i % s > p + i / s { MASKED } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (1, 1, t, s), &self.device)?.to_dtype(x.dtype())?;
         let mut kvs = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, training)?;
-            let (a, k, v) = layer.attn.forward_full(&h, &cos, &sin, &mask, training)?;
+            let (a, k, v) = layer.attn.forward_full(&h, &cos, &sin, &mask, training, past.map(|pv| &pv[i]))?;
             x = (x + drop(a, &mut dropout)?)?;
             let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?;
             x = (&x + drop(layer.mlp.forward(&h)?, &mut dropout)?)?;
@@ -333,8 +361,9 @@ impl Attention {
         Ok((q, k, v))
     }
 
-    /// Causal self-attention over a whole sequence; returns the output and the
-    /// layer's post-rotary keys and values `[b, kv_heads, t, head_dim]`.
+    /// Causal self-attention over a whole sequence (after `past` keys/values,
+    /// if given); returns the output and the layer's post-rotary keys and
+    /// values over past and new positions `[b, kv_heads, p + t, head_dim]`.
     fn forward_full(
         &self,
         x: &Tensor,
@@ -342,19 +371,25 @@ impl Attention {
         sin: &Tensor,
         mask: &Tensor,
         training: bool,
+        past: Option<&(Tensor, Tensor)>,
     ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.qkv(x, training)?;
         let q = rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?; // [b, h, t, hd]
-        let k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?.contiguous()?; // [b, kvh, t, hd]
-        let v = v.transpose(1, 2)?.contiguous()?;
+        let mut k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?.contiguous()?; // [b, kvh, t, hd]
+        let mut v = v.transpose(1, 2)?.contiguous()?;
+        if let Some((pk, pv)) = past {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
+        let s = k.dim(2)?;
         let g = self.heads / self.kv_heads;
         // grouped-query: view the g query heads of one kv head as extra rows
         let qg = q.reshape((b, self.kv_heads, g * t, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (qg.matmul(&k.t()?)? * scale)?; // [b, kvh, g*t, t]
-        let scores = scores.reshape((b, self.kv_heads, g, t, t))?.broadcast_add(&mask.unsqueeze(0)?)?;
-        let p = softmax(&scores, training)?.reshape((b, self.kv_heads, g * t, t))?;
+        let scores = (qg.matmul(&k.t()?)? * scale)?; // [b, kvh, g*t, s]
+        let scores = scores.reshape((b, self.kv_heads, g, t, s))?.broadcast_add(&mask.unsqueeze(0)?)?;
+        let p = softmax(&scores, training)?.reshape((b, self.kv_heads, g * t, s))?;
         let out = p.matmul(&v)?.reshape((b, self.heads, t, self.head_dim))?;
         let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, self.heads * self.head_dim))?;
         Ok((self.o.forward(&out)?, k, v))
@@ -420,5 +455,30 @@ impl Attention {
             .reshape((n, kvh, g, hd))?;
         let out = (oh + ob)?.reshape((n, self.heads * hd))?;
         Ok(self.o.forward(&out)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::generate::testutil::{random_catalog, random_model};
+    use candle_core::{Device, Tensor};
+
+    /// A prompt's second part run after the first part's cached keys/values
+    /// gives the hidden states and keys/values of one full forward.
+    #[test]
+    fn forward_after_a_cached_prefix_equals_one_full_forward() {
+        let cat = random_catalog(20, &[4, 4, 3], 1);
+        let net = random_model(&cat, "Qwen3ForCausalLM", 2).net;
+        let toks: Vec<u32> = vec![1, 5, 9, 13, 7, 2, 10, 4];
+        let dev = Device::Cpu;
+        let full = Tensor::from_slice(&toks, (1, 8), &dev).unwrap();
+        let (h_full, kv_full) = net.forward_hidden(&full, None).unwrap();
+        let head = Tensor::from_slice(&toks[..5], (1, 5), &dev).unwrap();
+        let (_, past) = net.forward_hidden(&head, None).unwrap();
+        let tail = Tensor::from_slice(&toks[5..], (1, 3), &dev).unwrap();
+        let (h_tail, kv) = net.forward_after(&tail, &past).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff(&h_full.narrow(1, 5, 3).unwrap(), &h_tail) < 1e-5);
+        assert!(diff(&kv_full[1].0, &kv[1].0) < 1e-5 && diff(&kv_full[1].1, &kv[1].1) < 1e-5);
     }
 }
