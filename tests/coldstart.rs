@@ -76,6 +76,8 @@ async fn profile_only_requests_use_encoder_intents_without_an_llm() {
     assert_eq!((st, v["field"].as_str()), (422, Some("profile.age")), "{v}");
     let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"k": 3})).await;
     assert_eq!((st, v["field"].as_str()), (422, Some("history")), "{v}");
+    let m = c.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("genrec_coldstart_requests_total{method=\"embedding\"} 3"), "{m}");
 }
 
 #[tokio::test]

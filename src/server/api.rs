@@ -229,6 +229,9 @@ async fn serve_recommend(
     let answer = st.engine.recommend(&req).await?;
     ::metrics::counter!(metrics::TOKENS).increment(answer.tokens as u64);
     ::metrics::counter!(metrics::ITEMS).increment(answer.items.len() as u64);
+    if let Some(method) = answer.intent_method {
+        ::metrics::counter!(metrics::COLDSTART, "method" => method).increment(1);
+    }
     Ok(RecommendAnswer {
         items: answer.items,
         model: answer.model,

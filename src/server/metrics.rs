@@ -18,6 +18,8 @@ pub const TOKENS: &str = "genrec_generated_tokens_total";
 pub const ITEMS: &str = "genrec_recommended_items_total";
 pub const MODEL_INFO: &str = "genrec_model_info";
 pub const CATALOG_ITEMS: &str = "genrec_catalog_items";
+/// Cold-start answers by how their intents were found (`llm`, `embedding`).
+pub const COLDSTART: &str = "genrec_coldstart_requests_total";
 
 const LATENCY_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
