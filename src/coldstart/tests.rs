@@ -133,3 +133,33 @@ fn llm_intents_are_weighted_cached_and_calibrated() {
     assert_eq!(got.intents[0].label, "animation, children, musical", "{got:?}");
     assert!(Arc::ptr_eq(&got, &cs.infer(&kid).unwrap()), "cached");
 }
+
+/// `--intent-model` also takes a Hugging Face folder (config.json,
+/// model.safetensors, tokenizer.json), e.g. a Llama written by transformers.
+#[test]
+fn a_hugging_face_folder_loads_as_intent_model() {
+    use crate::model::{config::ModelConfig, init::init_weights};
+    let dir = std::env::temp_dir().join(format!("genrec-hf-lm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let words = ["[UNK]", "likes", "horror", "comedy", "user", ":", "age"];
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        words.iter().enumerate().map(|(i, w)| (w.to_string(), serde_json::json!(i))).collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    let cfg = ModelConfig::llama(words.len(), 16, 1, 2, 1, 32);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let w = init_weights(&cfg, 0.2, 1, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    let lm = IntentLm::load(&dir).unwrap();
+    assert!(!lm.chatml());
+    let got = lm.score("user likes", ": age", &[" horror".into(), " comedy likes".into()]).unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|s| s.is_finite() && *s < 0.0), "{got:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let missing = IntentLm::load(&dir).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(missing.contains("fetch-models"), "{missing}");
+}
