@@ -15,6 +15,7 @@ pub mod llm;
 pub mod prompt;
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,10 @@ pub use prompt::PromptTemplate;
 pub const DEFAULT_INTENT_MODEL: &str = ".models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Profiles whose intents are kept.
 const CACHE_SIZE: usize = 10_000;
+/// LLM inferences run at once; more profiles meanwhile get the encoder's
+/// intents (each inference takes seconds of CPU: an unbounded pile-up would
+/// slow every request).
+const MAX_LLM_INFLIGHT: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ColdStartError {
@@ -182,6 +187,7 @@ pub struct ColdStart {
     encoder: Option<(Arc<TextEncoder>, Vec<f32>)>,
     opts: ColdStartOptions,
     cache: Mutex<lru::LruCache<Profile, Arc<Inferred>>>,
+    inflight: AtomicUsize,
 }
 
 impl ColdStart {
@@ -216,11 +222,23 @@ impl ColdStart {
             encoder,
             opts,
             cache: Mutex::new(lru::LruCache::new(cap)),
+            inflight: AtomicUsize::new(0),
         })
     }
 
     pub fn intents(&self) -> &[Intent] {
         &self.intents
+    }
+
+    /// Whether the sentence encoder can stand in for the LLM.
+    pub fn has_encoder(&self) -> bool {
+        self.encoder.is_some()
+    }
+
+    /// Whether an uncached profile would wait behind [`MAX_LLM_INFLIGHT`]
+    /// running LLM inferences.
+    pub fn llm_busy(&self) -> bool {
+        self.lm.is_some() && self.inflight.load(Ordering::Relaxed) >= MAX_LLM_INFLIGHT
     }
 
     /// `llm` when an intent model is loaded, else `embedding`.
@@ -253,7 +271,10 @@ impl ColdStart {
             return Ok(hit);
         }
         let inferred = Arc::new(match self.lm {
-            Some(_) => self.infer_llm(profile)?,
+            Some(_) => {
+                let _running = Running::start(&self.inflight);
+                self.infer_llm(profile)?
+            }
             None => self.infer_embedding(profile)?,
         });
         if let Ok(mut c) = self.cache.lock() {
@@ -312,6 +333,22 @@ impl ColdStart {
             .zip(e)
             .map(|(&i, x)| IntentWeight { code: self.intents[i].code, label: self.intents[i].label.clone(), weight: x / z })
             .collect()
+    }
+}
+
+/// Counts a running LLM inference until dropped (also on a panic).
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn start(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Running(n)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

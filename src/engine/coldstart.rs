@@ -38,17 +38,24 @@ impl Engine {
         self.coldstart.load_full()
     }
 
-    /// The profile's intents within `budget`, and a note when they are not
-    /// what the configuration promises (LLM failed or too slow).
+    /// The profile's intents within `budget` (or `deadline` when no encoder
+    /// can stand in), and a note when they are not what the configuration
+    /// promises (LLM failed, too slow or busy).
     async fn intents_for(
         &self,
         cs: &Arc<ColdStart>,
         profile: &Profile,
         budget: Instant,
+        deadline: Instant,
     ) -> Result<(Arc<Inferred>, Option<String>), EngineError> {
         if let Some(hit) = cs.cached(profile) {
             return Ok((hit, None));
         }
+        if cs.has_encoder() && cs.llm_busy() {
+            return self.encoder_intents(cs, profile, "intent model busy with other profiles: intents from the sentence encoder".into()).await;
+        }
+        // without an encoder to stand in, the LLM may take the whole deadline
+        let budget = if cs.has_encoder() { budget } else { deadline };
         let task = {
             let (cs, p) = (cs.clone(), profile.clone());
             tokio::task::spawn_blocking(move || cs.infer(&p))
@@ -63,6 +70,15 @@ impl Engine {
             Ok(Err(e)) => format!("intent model stopped ({e}): intents from the sentence encoder"),
             Err(_) => "intent model over its time budget (its answer is cached for the next request): intents from the sentence encoder".to_string(),
         };
+        self.encoder_intents(cs, profile, note).await
+    }
+
+    async fn encoder_intents(
+        &self,
+        cs: &Arc<ColdStart>,
+        profile: &Profile,
+        note: String,
+    ) -> Result<(Arc<Inferred>, Option<String>), EngineError> {
         let (cs, p) = (cs.clone(), profile.clone());
         let inferred = tokio::task::spawn_blocking(move || cs.infer_embedding(&p))
             .await
@@ -85,7 +101,7 @@ impl Engine {
         let timeout_ms = self.timeout_ms(req);
         let deadline = arrived + Duration::from_millis(timeout_ms);
         let budget = arrived + Duration::from_millis((timeout_ms as f64 * INTENT_BUDGET) as u64);
-        let (inferred, note) = self.intents_for(&cs, profile, budget).await?;
+        let (inferred, note) = self.intents_for(&cs, profile, budget, deadline).await?;
         let model = self.model();
         let mut answer = RecAnswer::new(model.as_ref().map(|m| m.label()), r.ignored.clone());
         answer.inferred_intents = Some(inferred.intents.clone());
