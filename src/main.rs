@@ -82,6 +82,9 @@ struct ColdEvalArgs {
     /// Intents per profile.
     #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().top)]
     intent_top: usize,
+    /// Only the first N held-out users (e.g. for a quick latency check).
+    #[arg(long)]
+    max_users: Option<usize>,
     /// Softmax temperature over the LLM's label scores.
     #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().temperature)]
     temperature: f32,
@@ -551,7 +554,8 @@ fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
         SplitArg::Valid => dataset::ColdGroup::Valid,
         SplitArg::Test => dataset::ColdGroup::Test,
     };
-    let cold = ce::cold_users(&snap.catalog, &inter, &users, a.holdout_users, group, a.first);
+    let mut cold = ce::cold_users(&snap.catalog, &inter, &users, a.holdout_users, group, a.first);
+    cold.truncate(a.max_users.unwrap_or(usize::MAX));
     if cold.is_empty() {
         bail!("no held-out users with a profile (check --holdout-users and --users)");
     }
