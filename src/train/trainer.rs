@@ -53,7 +53,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             name: "genrec".into(),
-            epochs: 10,
+            epochs: 20,
             batch_size: 128,
             lr: 2e-3,
             weight_decay: 0.01,
