@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::dataset::{heldout, Interactions, Split};
+use crate::util::percentile;
 
 /// How the load is offered.
 #[derive(Debug, Clone, Copy)]
@@ -105,14 +106,6 @@ struct Tally {
 /// Histories (item ids, the last 20) of every user's test split.
 pub fn histories(inter: &Interactions) -> Vec<Vec<String>> {
     inter.sequences.iter().filter_map(|s| heldout(s, Split::Test, 20).map(|(h, _)| h)).filter(|h| !h.is_empty()).collect()
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn one(client: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tally>) {
@@ -220,9 +213,9 @@ pub async fn run(opts: &BenchOptions, histories: &[Vec<String>]) -> BenchReport 
         seconds,
         requests_per_s: requests as f64 / seconds.max(1e-9),
         items_per_s: t.items as f64 / seconds.max(1e-9),
-        latency_ms_p50: percentile(&lat, 0.5),
-        latency_ms_p90: percentile(&lat, 0.9),
-        latency_ms_p99: percentile(&lat, 0.99),
+        latency_ms_p50: percentile(&lat, 0.5).unwrap_or(0.0),
+        latency_ms_p90: percentile(&lat, 0.9).unwrap_or(0.0),
+        latency_ms_p99: percentile(&lat, 0.99).unwrap_or(0.0),
         latency_ms_max: lat.last().copied().unwrap_or(0.0),
     }
 }

@@ -562,21 +562,23 @@ fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
     eprintln!("coldstart-eval: {} held-out users, first {} items each", cold.len(), a.first);
     let opts = ColdStartOptions { top: a.intent_top.max(1), temperature: a.temperature, calibration: a.calibration, ..Default::default() };
     let mut results = Vec::new();
+    let mut encoder = None; // loaded once, for the first method that needs it
     for method in a.methods.split(',').map(str::trim) {
         let t0 = Instant::now();
         let m = match method {
             "popularity" => ce::eval_popular(&cold, &ce::popular(&snap.catalog, &inter, a.holdout_users, a.k), a.k),
             "embedding" | "llm" => {
-                let enc = std::sync::Arc::new(TextEncoder::load(&a.encoder)?);
+                if encoder.is_none() {
+                    encoder = Some(std::sync::Arc::new(TextEncoder::load(&a.encoder)?));
+                }
                 let lm = if method == "llm" {
                     Some((IntentLm::load(&a.intent_model)?, PromptTemplate::load(&a.prompt)?))
                 } else {
                     None
                 };
-                let cs = ColdStart::new(&snap.catalog, lm, Some(enc), opts.clone())?;
+                let cs = ColdStart::new(&snap.catalog, lm, encoder.clone(), opts.clone())?;
                 cs.warm()?;
-                let model = Model::load(&a.model, &dev)?;
-                ce::eval_intents(model, (*snap.catalog).clone(), cs, &cold, a.k, |d, t| progress(method, d, t))?
+                ce::eval_intents((*snap.model).clone(), (*snap.catalog).clone(), cs, &cold, a.k, |d, t| progress(method, d, t))?
             }
             other => bail!("unknown method {other:?} (popularity, embedding, llm)"),
         };

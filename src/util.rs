@@ -1,4 +1,4 @@
-//! Small shared helpers: atomic file writes and content fingerprints.
+//! Small shared helpers: atomic file writes, content fingerprints, percentiles.
 
 use std::io::Write;
 use std::path::Path;
@@ -50,6 +50,12 @@ pub fn fingerprint(bytes: &[u8]) -> String {
     let mut h = Fnv64::default();
     h.update(bytes);
     h.hex()
+}
+
+/// The `q`-quantile (0..=1) of sorted values, by the nearest rank; `None` when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    Some(sorted[((last as f64 * q.clamp(0.0, 1.0)).round() as usize).min(last)])
 }
 
 #[cfg(test)]

@@ -63,10 +63,9 @@ pub fn build_catalog(
         seed: opts.seed,
         fingerprint: catalog_fingerprint(&ids, &q.sids),
     };
-    let mut cat = Catalog::new(manifest, ids, titles, q.sids.clone(), embeddings, q.codebooks.clone())?;
     // labels from the full text (title, genres, categories, ...), not titles only
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
-    let firsts: Vec<u32> = q.sids.iter().step_by(cat.levels()).copied().collect();
-    cat.intents = super::intents::derive(&texts, &firsts);
+    let intents = super::intents::derive(&texts, &super::intents::first_codes(&q.sids, q.codebook_sizes.len()));
+    let cat = Catalog::with_intents(manifest, ids, titles, q.sids.clone(), embeddings, q.codebooks.clone(), Some(intents))?;
     Ok((cat, q))
 }

@@ -50,6 +50,11 @@ fn words(text: &str) -> HashSet<String> {
         .collect()
 }
 
+/// The first code of each item, from flat semantic IDs of `levels` codes.
+pub fn first_codes(sids: &[u32], levels: usize) -> Vec<u32> {
+    sids.iter().step_by(levels.max(1)).copied().collect()
+}
+
 /// Labels for the first-level clusters of `first_codes[i]` (item `i`'s first
 /// code) from the items' texts. Codes without items get no intent.
 pub fn derive(texts: &[String], first_codes: &[u32]) -> Vec<Intent> {

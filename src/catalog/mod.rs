@@ -79,6 +79,20 @@ impl Catalog {
         embeddings: Vec<f32>,
         codebooks: Vec<Vec<f32>>,
     ) -> Result<Self, CatalogError> {
+        Self::with_intents(manifest, item_ids, titles, sids, embeddings, codebooks, None)
+    }
+
+    /// [`Catalog::new`] with the intent labels given (from `intents.json` or a
+    /// richer text than the titles); `None` derives them from the titles.
+    pub fn with_intents(
+        manifest: Manifest,
+        item_ids: Vec<String>,
+        titles: Vec<String>,
+        sids: Vec<u32>,
+        embeddings: Vec<f32>,
+        codebooks: Vec<Vec<f32>>,
+        intents: Option<Vec<Intent>>,
+    ) -> Result<Self, CatalogError> {
         let n = item_ids.len();
         let levels = manifest.codebook_sizes.len();
         if sids.len() != n * levels || embeddings.len() != n * manifest.embedding_dim || titles.len() != n {
@@ -99,8 +113,7 @@ impl Catalog {
                 return Err(CatalogError::Format(format!("duplicate item id {id:?}")));
             }
         }
-        let firsts: Vec<u32> = sids.iter().step_by(levels.max(1)).copied().collect();
-        let intents = intents::derive(&titles, &firsts);
+        let intents = intents.unwrap_or_else(|| intents::derive(&titles, &intents::first_codes(&sids, levels)));
         Ok(Catalog { manifest, item_ids, titles, sids, embeddings, codebooks, trie, intents, index, live: vec![true; n] })
     }
 
@@ -136,12 +149,6 @@ impl Catalog {
     pub fn sid(&self, item: u32) -> &[u32] {
         let l = self.levels();
         &self.sids[item as usize * l..(item as usize + 1) * l]
-    }
-
-    /// The intent whose sub-trie holds `item`.
-    pub fn intent_of(&self, item: u32) -> Option<&Intent> {
-        let code = self.sid(item).first()?;
-        self.intents.iter().find(|i| i.code == *code)
     }
 
     /// A vector standing for an intent: its first-level codebook centroid, or

@@ -103,22 +103,27 @@ impl Catalog {
             let p = dir.join(f);
             std::fs::read(&p).map_err(|e| CatalogError::io(&p, e))
         };
-        let mut cat = Self::from_bytes(&read(MANIFEST_FILE)?, &read(ITEMS_FILE)?, &read(TENSORS_FILE)?)
-            .map_err(|e| match e {
-                CatalogError::Format(m) => CatalogError::Format(format!("{}: {m}", dir.display())),
-                other => other,
-            })?;
-        let first = cat.manifest.codebook_sizes.first().copied().unwrap_or(0);
-        if let Some(intents) = super::intents::load(dir, first)? {
-            cat.intents = intents;
-        }
-        Ok(cat)
+        let manifest: Manifest = {
+            let p = dir.join(MANIFEST_FILE);
+            serde_json::from_slice(&read(MANIFEST_FILE)?).map_err(|e| json_err(&p, e))?
+        };
+        let first = manifest.codebook_sizes.first().copied().unwrap_or(0);
+        let intents = super::intents::load(dir, first)?;
+        Self::from_parts(manifest, &read(ITEMS_FILE)?, &read(TENSORS_FILE)?, intents).map_err(|e| match e {
+            CatalogError::Format(m) => CatalogError::Format(format!("{}: {m}", dir.display())),
+            other => other,
+        })
     }
 
-    /// Loads a catalog from the bytes of its three files.
+    /// Loads a catalog from the bytes of its three files (intent labels from
+    /// the titles).
     pub fn from_bytes(manifest: &[u8], items: &[u8], tensors: &[u8]) -> Result<Self, CatalogError> {
         let manifest: Manifest =
             serde_json::from_slice(manifest).map_err(|e| json_err(Path::new(MANIFEST_FILE), e))?;
+        Self::from_parts(manifest, items, tensors, None)
+    }
+
+    fn from_parts(manifest: Manifest, items: &[u8], tensors: &[u8], intents: Option<Vec<super::Intent>>) -> Result<Self, CatalogError> {
         let rows: Vec<ItemRow> = serde_json::from_slice(items).map_err(|e| json_err(Path::new(ITEMS_FILE), e))?;
         let mut t = candle_core::safetensors::load_buffer(tensors, &Device::Cpu)?;
         let mut take = |name: &str| {
@@ -138,7 +143,7 @@ impl Catalog {
             )));
         }
         let (item_ids, titles) = rows.into_iter().map(|r| (r.id, r.title)).unzip();
-        let cat = Catalog::new(manifest, item_ids, titles, sids, embeddings, codebooks)?;
+        let cat = Catalog::with_intents(manifest, item_ids, titles, sids, embeddings, codebooks, intents)?;
         let fp = catalog_fingerprint(&cat.item_ids, &cat.sids);
         if fp != cat.manifest.fingerprint {
             return Err(CatalogError::Format(format!(

@@ -83,6 +83,9 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// The field names, in the order [`Profile::describe`] lists them.
+    pub const FIELDS: [&'static str; 7] = ["age", "gender", "country", "language", "occupation", "interests", "channel"];
+
     /// One profile field as text, if given.
     pub fn field(&self, name: &str) -> Option<String> {
         let s = |v: &Option<String>| v.as_ref().map(|x| x.trim().to_string()).filter(|x| !x.is_empty());
@@ -100,10 +103,8 @@ impl Profile {
 
     /// The given fields as `name: value` lines.
     pub fn describe(&self) -> String {
-        let lines: Vec<String> = ["age", "gender", "country", "language", "occupation", "interests", "channel"]
-            .iter()
-            .filter_map(|f| self.field(f).map(|v| format!("{f}: {v}")))
-            .collect();
+        let lines: Vec<String> =
+            Self::FIELDS.iter().filter_map(|f| self.field(f).map(|v| format!("{f}: {v}"))).collect();
         if lines.is_empty() {
             "nothing given".into()
         } else {
@@ -112,7 +113,7 @@ impl Profile {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.describe() == "nothing given"
+        Self::FIELDS.iter().all(|f| self.field(f).is_none())
     }
 
     /// Field problems, as `(field, message)`.
@@ -235,6 +236,11 @@ impl ColdStart {
         self.encoder.is_some()
     }
 
+    /// The sentence encoder, if one is loaded.
+    pub fn encoder(&self) -> Option<Arc<TextEncoder>> {
+        self.encoder.as_ref().map(|(e, _)| e.clone())
+    }
+
     /// Whether an uncached profile would wait behind [`MAX_LLM_INFLIGHT`]
     /// running LLM inferences.
     pub fn llm_busy(&self) -> bool {
@@ -253,10 +259,21 @@ impl ColdStart {
     /// Computes what the first request would otherwise wait for (the LLM's
     /// label scores under an empty profile, used for calibration).
     pub fn warm(&self) -> Result<(), ColdStartError> {
-        if self.lm.is_some() && self.opts.calibration != 0.0 {
-            self.infer_llm(&Profile::default())?;
+        if let Some(s) = &self.lm {
+            if self.opts.calibration != 0.0 {
+                self.prior(s)?;
+            }
         }
         Ok(())
+    }
+
+    /// Label scores under the empty profile, computed once.
+    fn prior<'a>(&self, s: &'a LmScorer) -> Result<&'a Vec<f32>, ColdStartError> {
+        if let Some(p) = s.prior.get() {
+            return Ok(p);
+        }
+        let p = self.llm_scores(s, &Profile::default())?;
+        Ok(s.prior.get_or_init(|| p))
     }
 
     /// The cached intents of a profile, if any.
@@ -297,13 +314,7 @@ impl ColdStart {
         let s = self.lm.as_ref().ok_or(ColdStartError::Unavailable)?;
         let mut scores = self.llm_scores(s, profile)?;
         if self.opts.calibration != 0.0 {
-            let prior = match s.prior.get() {
-                Some(p) => p,
-                None => {
-                    let p = self.llm_scores(s, &Profile::default())?;
-                    s.prior.get_or_init(|| p)
-                }
-            };
+            let prior = self.prior(s)?;
             scores.iter_mut().zip(prior).for_each(|(x, p)| *x -= self.opts.calibration * p);
         }
         Ok(Inferred { intents: self.top(&scores, self.opts.temperature), method: "llm" })

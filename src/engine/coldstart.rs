@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{items_of, wait, Engine, EngineError, Generation, LiveCatalog, RecAnswer, RecItem, RecRequest, Resolved, Strategy};
-use crate::coldstart::{split_quota, ColdStart, Inferred, IntentWeight, Profile};
+use super::{items_of, wait, Engine, EngineError, Generation, LiveCatalog, RecAnswer, RecItem, RecRequest, Resolved, Share, Strategy};
+use crate::coldstart::{split_quota, ColdStart, Inferred, Profile};
 use crate::generate::GenRequest;
 
 /// Histories shorter than this blend the profile's intents in; from this
@@ -22,15 +22,13 @@ pub(super) const SHORT_HISTORY: usize = 5;
 /// sentence encoder's intents answer (the LLM's land in the cache).
 const INTENT_BUDGET: f64 = 0.6;
 
-/// One share of the answer: an intent's sub-trie, or the history's own part.
-struct Share<'a> {
-    intent: Option<&'a IntentWeight>,
-    k: usize,
-}
-
 impl Engine {
-    /// Sets (or clears) cold-start intent inference.
+    /// Sets (or clears) cold-start intent inference; its sentence encoder, if
+    /// any, also serves `POST /admin/items` (one copy in memory).
     pub fn set_coldstart(&self, cs: Option<Arc<ColdStart>>) {
+        if let Some(enc) = cs.as_ref().and_then(|c| c.encoder()) {
+            *self.encoder.lock().unwrap_or_else(|p| p.into_inner()) = Some(enc);
+        }
         self.coldstart.store(cs);
     }
 
@@ -187,40 +185,5 @@ impl Engine {
         }
         let reason = answer.fallback.unwrap_or("fill");
         self.ann_shares(answer, cat, r, &short, reason)
-    }
-
-    /// Answers shares from ANN recall: an intent's share by its centroid, among
-    /// the items under its code; the history's share by the history.
-    fn ann_shares(
-        &self,
-        mut answer: RecAnswer,
-        cat: &LiveCatalog,
-        r: &Resolved,
-        shares: &[Share],
-        reason: &'static str,
-    ) -> Result<RecAnswer, EngineError> {
-        let c = &cat.catalog;
-        let mut taken: HashSet<u32> = r.exclude.clone();
-        taken.extend(answer.items.iter().filter_map(|it| c.index_of(&it.item_id)));
-        let mut added = 0;
-        for s in shares {
-            let hits = match s.intent {
-                Some(i) => {
-                    let q = c.intent_centroid(i.code);
-                    cat.ann.search(&q, s.k, |x| cat.serves(x) && !taken.contains(&x) && c.sid(x)[0] == i.code)?
-                }
-                None if !r.history.is_empty() => cat.ann.recall(c, &r.history, s.k, &taken, |x| cat.serves(x))?,
-                None => Vec::new(),
-            };
-            for (item, score) in hits {
-                taken.insert(item);
-                added += 1;
-                answer.items.push(RecItem::new(c, item, score, "ann"));
-            }
-        }
-        if added > 0 || reason != "fill" {
-            answer.fallback = Some(reason);
-        }
-        Ok(answer)
     }
 }

@@ -25,7 +25,7 @@ use crate::coldstart::{ColdStart, IntentWeight, Profile};
 use crate::generate::{GenRequest, GenerateError, Hit};
 use crate::model::ModelError;
 use crate::recall::{AnnIndex, RecallError};
-pub use scheduler::{BatchObserver, BatchOptions};
+pub use scheduler::{BatchObserver, BatchOptions, NoObserver};
 use scheduler::{Job, Scheduler, SubmitError};
 pub use snapshot::Snapshot;
 pub use state::{LiveCatalog, LoadedModel, ModelInfo};
@@ -307,27 +307,63 @@ impl Engine {
         }
     }
 
-    /// Completes `answer` to `k` items from ANN recall, never repeating an
-    /// item already in it or excluded.
+    /// Completes `answer` to `k` items from ANN recall by the history, never
+    /// repeating an item already in it or excluded.
     fn fill(
         &self,
-        mut answer: RecAnswer,
+        answer: RecAnswer,
         cat: &LiveCatalog,
         r: &Resolved,
         k: usize,
         reason: &'static str,
     ) -> Result<RecAnswer, EngineError> {
-        let c = &cat.catalog;
-        let mut exclude = r.exclude.clone();
-        exclude.extend(answer.items.iter().filter_map(|it| c.index_of(&it.item_id)));
         let want = k.saturating_sub(answer.items.len());
-        let hits = cat.ann.recall(c, &r.history, want, &exclude, |i| cat.serves(i))?;
-        if !hits.is_empty() || reason != "fill" {
+        self.ann_shares(answer, cat, r, &[Share { intent: None, k: want }], reason)
+    }
+
+    /// Answers shares from ANN recall: an intent's share by its first-level
+    /// centroid, among the items under its code; the history's share by the
+    /// history. Never repeats an item already in `answer` or excluded; sets
+    /// `fallback` to `reason` (for `fill`, only when it added something).
+    fn ann_shares(
+        &self,
+        mut answer: RecAnswer,
+        cat: &LiveCatalog,
+        r: &Resolved,
+        shares: &[Share],
+        reason: &'static str,
+    ) -> Result<RecAnswer, EngineError> {
+        let c = &cat.catalog;
+        let mut taken: HashSet<u32> = r.exclude.clone();
+        taken.extend(answer.items.iter().filter_map(|it| c.index_of(&it.item_id)));
+        let mut added = 0;
+        for s in shares {
+            let hits = match s.intent {
+                Some(i) => {
+                    let q = c.intent_centroid(i.code);
+                    cat.ann.search(&q, s.k, |x| cat.serves(x) && !taken.contains(&x) && c.sid(x)[0] == i.code)?
+                }
+                None if !r.history.is_empty() => cat.ann.recall(c, &r.history, s.k, &taken, |x| cat.serves(x))?,
+                None => Vec::new(),
+            };
+            for (item, score) in hits {
+                taken.insert(item);
+                added += 1;
+                answer.items.push(RecItem::new(c, item, score, "ann"));
+            }
+        }
+        if added > 0 || reason != "fill" {
             answer.fallback = Some(reason);
         }
-        answer.items.extend(hits.into_iter().map(|(item, score)| RecItem::new(c, item, score, "ann")));
         Ok(answer)
     }
+}
+
+/// One share of an answer: `k` items from an intent's sub-trie, or from the
+/// history's own generation (or ANN recall) when `intent` is `None`.
+struct Share<'a> {
+    intent: Option<&'a IntentWeight>,
+    k: usize,
 }
 
 impl RecItem {

@@ -65,6 +65,14 @@ pub trait BatchObserver: Send + Sync + 'static {
     fn batch(&self, size: usize, queue_waits: &[Duration]);
 }
 
+/// An observer that records nothing (tests, offline evaluation).
+pub struct NoObserver;
+
+impl BatchObserver for NoObserver {
+    fn queue_depth(&self, _: usize) {}
+    fn batch(&self, _: usize, _: &[Duration]) {}
+}
+
 /// The queue and its worker thread.
 pub struct Scheduler {
     tx: Option<SyncSender<Job>>,

@@ -5,15 +5,9 @@ use std::time::Duration;
 
 use super::*;
 
-struct NoMetrics;
-impl BatchObserver for NoMetrics {
-    fn queue_depth(&self, _: usize) {}
-    fn batch(&self, _: usize, _: &[Duration]) {}
-}
-
 fn engine(with_model: bool, opts: EngineOptions) -> Arc<Engine> {
     let (model, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
-    let e = Arc::new(Engine::new(catalog, opts, Arc::new(NoMetrics)).unwrap());
+    let e = Arc::new(Engine::new(catalog, opts, Arc::new(NoObserver)).unwrap());
     if with_model {
         e.install(model, "embedded".into()).unwrap();
     }

@@ -45,7 +45,9 @@ pub enum ModelError {
     Tensor(#[from] candle_core::Error),
 }
 
-/// A loaded checkpoint: the network, its config and sidecar, and identity.
+/// A loaded checkpoint: the network, its config and sidecar, and identity
+/// (cloning shares the weight tensors).
+#[derive(Clone)]
 pub struct Model {
     pub net: Transformer,
     pub config: ModelConfig,

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -16,7 +16,8 @@ use super::eval::to_indices;
 use super::TrainError;
 use crate::coldstart::{ColdStart, Profile};
 use crate::dataset::{cold_group, ColdGroup, Interactions};
-use crate::engine::{BatchObserver, Engine, EngineOptions, RecRequest, Strategy};
+use crate::engine::{Engine, EngineOptions, NoObserver, RecRequest, Strategy};
+use crate::util::percentile;
 use crate::model::Model;
 
 /// What the evaluation measured for one method.
@@ -143,19 +144,6 @@ pub fn eval_popular(users: &[ColdUser], top: &[u32], k: usize) -> ColdMetrics {
     }
 }
 
-struct Quiet;
-impl BatchObserver for Quiet {
-    fn queue_depth(&self, _: usize) {}
-    fn batch(&self, _: usize, _: &[Duration]) {}
-}
-
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    Some(sorted[((sorted.len() - 1) as f64 * p).round() as usize])
-}
-
 /// Scores an intent path: one profile-only request per user through a
 /// serving engine with `coldstart`, one at a time (latency as a lone request).
 pub fn eval_intents(
@@ -168,7 +156,7 @@ pub fn eval_intents(
 ) -> Result<ColdMetrics, TrainError> {
     let method = coldstart.method().to_string();
     let coldstart = Arc::new(coldstart);
-    let engine = Engine::new(catalog, EngineOptions::default(), Arc::new(Quiet)).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let engine = Engine::new(catalog, EngineOptions::default(), Arc::new(NoObserver)).map_err(|e| TrainError::Invalid(e.to_string()))?;
     engine.install(model, "eval".into()).map_err(|e| TrainError::Invalid(e.to_string()))?;
     engine.set_coldstart(Some(coldstart.clone()));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| TrainError::Io("tokio".into(), e))?;
