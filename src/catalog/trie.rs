@@ -23,6 +23,9 @@ pub const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 pub struct Trie {
+    /// Unique per build (clones share it: a trie never changes once built), so
+    /// that device copies of the arrays can be cached by it.
+    id: u64,
     levels: usize,
     codebook_sizes: Vec<u32>,
     /// First node id of each depth; `levels + 2` entries (the last is the node count).
@@ -39,12 +42,25 @@ pub struct Trie {
     dense_offset: Vec<usize>,
 }
 
-/// Borrowed view of the flat arrays, for kernels and serialisation.
+/// Borrowed view of the flat arrays, as the CUDA beam step reads them.
 pub struct TrieArrays<'a> {
     pub level_start: &'a [u32],
     pub child_start: &'a [u32],
     pub child_code: &'a [u32],
     pub leaf_item: &'a [u32],
+    pub codebook_sizes: &'a [u32],
+    dense: &'a [u32],
+    dense_offset: &'a [usize],
+}
+
+impl TrieArrays<'_> {
+    /// The dense `[node - level_start[depth], codebook_sizes[depth]] -> child`
+    /// table of a depth (`NONE` where the code is no child), if it has one.
+    pub fn dense_table(&self, depth: usize) -> Option<&[u32]> {
+        let start = *self.dense_offset.get(depth)?;
+        let rows = (self.level_start[depth + 1] - self.level_start[depth]) as usize;
+        Some(&self.dense[start..start + rows * self.codebook_sizes[depth] as usize])
+    }
 }
 
 impl Trie {
@@ -142,7 +158,9 @@ impl Trie {
         for (k, &item) in order.iter().enumerate() {
             leaf_item[prev_nodes[k] as usize] = item as u32;
         }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut trie = Trie {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             levels,
             codebook_sizes: codebook_sizes.to_vec(),
             level_start,
@@ -180,6 +198,11 @@ impl Trie {
     fn edge_range(&self, node: u32) -> (usize, usize) {
         let n = node as usize;
         (self.child_start[n] as usize, self.child_start[n + 1] as usize)
+    }
+
+    /// Identity of this build of the trie (equal ids, equal tries).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Number of code levels (depth of the leaves).
@@ -257,6 +280,9 @@ impl Trie {
             child_start: &self.child_start,
             child_code: &self.child_code,
             leaf_item: &self.leaf_item,
+            codebook_sizes: &self.codebook_sizes,
+            dense: &self.dense,
+            dense_offset: &self.dense_offset,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Trie-constrained beam search: every beam is a prefix of a real item's
 //! semantic ID, so every generated item exists in the catalog.
 
+pub mod kernel;
 pub mod search;
 pub mod step;
 
@@ -51,13 +52,19 @@ pub(crate) mod testutil {
     }
 
     pub fn random_model(catalog: &Catalog, arch: &str, seed: u64) -> Model {
+        random_model_as(catalog, arch, seed, candle_core::DType::F32)
+    }
+
+    /// [`random_model`] with weights and activations in `dtype`.
+    pub fn random_model_as(catalog: &Catalog, arch: &str, seed: u64, dtype: candle_core::DType) -> Model {
         let sidecar = Sidecar::for_catalog("random", ".", &catalog.manifest, 20);
         let mut cfg = ModelConfig::llama(sidecar.min_vocab(), 32, 2, 4, 2, 64);
         cfg.architectures = vec![arch.to_string()];
         let dev = Device::Cpu;
         // std 0.3: peaked enough that beam search and enumeration disagree if wrong
         let w = init_weights(&cfg, 0.3, seed, &dev).unwrap();
-        let net = Transformer::load(VarBuilder::from_tensors(w, candle_core::DType::F32, &dev), &cfg).unwrap();
+        let w = w.into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
+        let net = Transformer::load(VarBuilder::from_tensors(w, dtype, &dev), &cfg).unwrap();
         Model { net, config: cfg, sidecar, version: "test".into(), path: None }
     }
 }
@@ -190,6 +197,27 @@ mod tests {
         let got = generate(&model, &cat, &[req], 10).unwrap();
         assert_eq!(got.hits[0].len(), 5);
         assert!(got.hits[0].iter().all(|h| cat.sid(h.item)[0] == 2));
+    }
+
+    /// bf16 (the GPU's fast dtype) keeps the ranking of an f32 model: same
+    /// leading item, nearly the same top 10, scores close.
+    #[test]
+    fn bf16_model_ranks_like_f32() {
+        let cat = random_catalog(60, &[5, 4, 4], 2);
+        let m32 = random_model(&cat, "LlamaForCausalLM", 3);
+        let m16 = super::testutil::random_model_as(&cat, "LlamaForCausalLM", 3, candle_core::DType::BF16);
+        let reqs: Vec<GenRequest> = [vec![0u32, 1, 2], vec![7, 9], vec![30]]
+            .into_iter()
+            .map(|h| GenRequest { history: h, k: 10, exclude: HashSet::new(), within: Vec::new() })
+            .collect();
+        let a = generate(&m32, &cat, &reqs, 20).unwrap();
+        let b = generate(&m16, &cat, &reqs, 20).unwrap();
+        for (x, y) in a.hits.iter().zip(&b.hits) {
+            assert_eq!(x[0].item, y[0].item);
+            let top: HashSet<u32> = x.iter().map(|h| h.item).collect();
+            assert!(y.iter().filter(|h| top.contains(&h.item)).count() >= 8);
+            assert!((x[0].score - y[0].score).abs() < 0.1, "{} vs {}", x[0].score, y[0].score);
+        }
     }
 
     #[test]

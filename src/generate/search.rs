@@ -7,11 +7,12 @@ use std::collections::HashSet;
 
 use candle_core::Tensor;
 
+use super::kernel::LevelFilters;
 use super::step::{beam_step, StepShape};
 use super::GenerateError;
 use crate::catalog::trie::NONE;
 use crate::catalog::Catalog;
-use crate::model::{BeamKv, Model};
+use crate::model::{BeamKv, HistoryKv, Model};
 
 /// One request to generate for.
 #[derive(Debug, Clone)]
@@ -83,31 +84,14 @@ pub fn generate_with(
         )));
     }
     let beam = reqs.iter().map(|r| r.k).max().unwrap_or(1).max(beam).max(1);
-    let r = reqs.len();
-    // history tokens, right-padded
-    let rows: Vec<Vec<u32>> = reqs
-        .iter()
-        .map(|q| {
-            let start = q.history.len().saturating_sub(sc.max_history_items);
-            sc.history_tokens(q.history[start..].iter().map(|&i| catalog.sid(i)))
-        })
-        .collect();
-    let t = rows.iter().map(Vec::len).max().unwrap_or(1);
-    let mut flat = vec![sc.pad_token_id; r * t];
-    for (i, row) in rows.iter().enumerate() {
-        flat[i * t..i * t + row.len()].copy_from_slice(row);
+    let (hist, hidden, lens) = prefill(model, catalog, reqs)?;
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = model.net.device() {
+        return super::kernel::gpu_search::decode_levels(dev, model, catalog, reqs, beam, scoring, hist, hidden, &lens);
     }
-    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
-    let dev = model.net.device();
-    let tokens = Tensor::from_vec(flat, (r, t), dev)?;
-    let (hist, mut hidden) = model.net.prefill(&tokens, &lens)?;
-
+    let mut hidden = hidden;
+    let r = reqs.len();
     let trie = &catalog.trie;
-    // depth-1 trie nodes each request may enter (None: any)
-    let allowed: Vec<Option<HashSet<u32>>> = reqs
-        .iter()
-        .map(|q| (!q.within.is_empty()).then(|| q.within.iter().filter_map(|&c| trie.child(0, c)).collect()))
-        .collect();
     let mut beams_in = 1;
     let mut scores = vec![0f32; r];
     let mut nodes = vec![0u32; r];
@@ -126,22 +110,11 @@ pub fn generate_with(
         let logits = logits.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
-        let out = beam_step(trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| {
-            let inside = level > 0 || allowed[req].as_ref().is_none_or(|a| a.contains(&node));
-            inside && (!last || trie.item(node).is_some_and(|it| !reqs[req].exclude.contains(&it)))
-        });
+        let filters = LevelFilters::new(catalog, reqs, level);
+        let out = beam_step(trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| filters.keep(req, node));
         decoded += out.node.iter().filter(|&&n| n != NONE).count();
         if last {
-            let hits = (0..r)
-                .map(|q| {
-                    (0..beam)
-                        .map(|j| q * beam + j)
-                        .filter(|&s| out.node[s] != NONE)
-                        .take(reqs[q].k)
-                        .filter_map(|s| trie.item(out.node[s]).map(|item| Hit { item, score: out.score[s] }))
-                        .collect()
-                })
-                .collect();
+            let hits = collect_hits(catalog, reqs, beam, &out.node, &out.score);
             return Ok(Generated { hits, tokens: decoded });
         }
         // feed the chosen codes back for the next level
@@ -157,4 +130,42 @@ pub fn generate_with(
         beams_in = beam;
     }
     Err(GenerateError::Mismatch("model has no levels".into()))
+}
+
+/// Prefills every request's history (its last `max_history_items` items as
+/// tokens, right-padded into one batch). Returns the shared history cache, the
+/// hidden state after each history and the history lengths in tokens.
+pub(crate) fn prefill(model: &Model, catalog: &Catalog, reqs: &[GenRequest]) -> Result<(HistoryKv, Tensor, Vec<usize>), GenerateError> {
+    let sc = &model.sidecar;
+    let rows: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|q| {
+            let start = q.history.len().saturating_sub(sc.max_history_items);
+            sc.history_tokens(q.history[start..].iter().map(|&i| catalog.sid(i)))
+        })
+        .collect();
+    let (r, t) = (rows.len(), rows.iter().map(Vec::len).max().unwrap_or(1));
+    let mut flat = vec![sc.pad_token_id; r * t];
+    for (i, row) in rows.iter().enumerate() {
+        flat[i * t..i * t + row.len()].copy_from_slice(row);
+    }
+    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let tokens = Tensor::from_vec(flat, (r, t), model.net.device())?;
+    let (hist, hidden) = model.net.prefill(&tokens, &lens)?;
+    Ok((hist, hidden, lens))
+}
+
+/// The items of the final beams (`beam` slots per request, best first), at
+/// most `k` per request.
+pub(crate) fn collect_hits(catalog: &Catalog, reqs: &[GenRequest], beam: usize, nodes: &[u32], scores: &[f32]) -> Vec<Vec<Hit>> {
+    (0..reqs.len())
+        .map(|q| {
+            (0..beam)
+                .map(|j| q * beam + j)
+                .filter(|&s| nodes[s] != NONE)
+                .take(reqs[q].k)
+                .filter_map(|s| catalog.trie.item(nodes[s]).map(|item| Hit { item, score: scores[s] }))
+                .collect()
+        })
+        .collect()
 }

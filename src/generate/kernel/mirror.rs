@@ -1,0 +1,262 @@
+//! A CPU port of `kernels/beam_step.cu`, phase for phase, over the same trie
+//! arrays (dense tables for the first depths, CSR below), the same 64-bit
+//! candidate keys and the same radix select. It exists so that the kernel's
+//! logic is tested on every machine: the tests below hold it to the CPU
+//! reference ([`crate::generate::step::beam_step`]) on random tries, and
+//! `genrec gpu-check` holds the kernel to both on the GPU.
+
+use super::filters::LevelFilters;
+use crate::catalog::trie::{TrieArrays, NONE};
+use crate::generate::step::{StepOutput, StepShape};
+
+/// The kernel's inputs for one level. Row `beam` of the level's logits is
+/// `logits[beam * ld + col0..][..codes]` (a column window of the full-vocabulary
+/// logits: nothing is copied to cut the level out).
+pub struct StepInput<'a> {
+    pub logits: &'a [f32],
+    pub ld: usize,
+    pub col0: usize,
+    pub norm: Option<&'a [f32]>,
+    pub scores: &'a [f32],
+    pub nodes: &'a [u32],
+}
+
+/// What the kernel writes: the step's output, and per output beam the cache
+/// row to keep (`request * beams_in + parent`) and the next input token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelOutput {
+    pub step: StepOutput,
+    pub row: Vec<u32>,
+    pub token: Vec<u32>,
+}
+
+/// Order-preserving bits of a float (larger float, larger bits).
+pub fn ord_bits(f: f32) -> u32 {
+    let u = f.to_bits();
+    if u & 0x8000_0000 != 0 { !u } else { u | 0x8000_0000 }
+}
+
+/// Inverse of [`ord_bits`].
+pub fn from_ord_bits(o: u32) -> f32 {
+    f32::from_bits(if o & 0x8000_0000 != 0 { o & 0x7FFF_FFFF } else { !o })
+}
+
+/// A candidate's key: score above, complement of (parent, code) below, so
+/// that larger is better and ties go to the smaller (parent, code).
+pub fn key(score: f32, parent: u32, code: u32, codes: u32) -> u64 {
+    ((ord_bits(score) as u64) << 32) | (u32::MAX - (parent * codes + code)) as u64
+}
+
+/// The `k`-th largest key (1-based; `keys` unique, `k <= keys.len()`): 8 passes
+/// of 8-bit histograms, most significant byte first, as the kernel does.
+pub fn radix_select(keys: &[u64], k: usize) -> u64 {
+    let (mut prefix, mut mask, mut remaining) = (0u64, 0u64, k as u32);
+    for shift in (0..8).rev().map(|p| p * 8) {
+        let mut hist = [0u32; 256];
+        for &key in keys.iter().filter(|&&key| key & mask == prefix) {
+            hist[((key >> shift) & 255) as usize] += 1;
+        }
+        let (mut acc, mut d) = (0u32, 255usize);
+        while d > 0 && acc + hist[d] < remaining {
+            acc += hist[d];
+            d -= 1;
+        }
+        remaining -= acc;
+        prefix |= (d as u64) << shift;
+        mask |= 255 << shift;
+    }
+    prefix
+}
+
+/// The `i`-th child slot of `node`: `(code, child)`; `child` is `NONE` for a
+/// dense slot whose code is no child.
+fn child_slot(trie: &TrieArrays, dense: Option<&[u32]>, dense_base: u32, codes: usize, node: u32, i: usize) -> (u32, u32) {
+    match dense {
+        Some(t) => (i as u32, t[(node - dense_base) as usize * codes + i]),
+        None => {
+            let e = trie.child_start[node as usize] as usize + i;
+            (trie.child_code[e], e as u32 + 1)
+        }
+    }
+}
+
+/// One beam step at trie depth `depth`, as the kernel computes it.
+pub fn beam_step_mirror(
+    trie: &TrieArrays,
+    depth: usize,
+    shape: StepShape,
+    input: &StepInput,
+    filters: &LevelFilters,
+    token_offset: u32,
+    pad_token: u32,
+) -> KernelOutput {
+    let StepShape { requests, beams_in, beams_out, codes } = shape;
+    let dense = trie.dense_table(depth);
+    let dense_base = trie.level_start[depth];
+    let n_out = requests * beams_out;
+    let mut out = KernelOutput {
+        step: StepOutput { parent: vec![0; n_out], code: vec![0; n_out], node: vec![NONE; n_out], score: vec![f32::NEG_INFINITY; n_out] },
+        row: vec![0; n_out],
+        token: vec![pad_token; n_out],
+    };
+    for r in 0..requests {
+        // phases 1-3: normaliser and keys, beam by beam
+        let mut cands: Vec<u64> = Vec::new();
+        for b in 0..beams_in {
+            let row = r * beams_in + b;
+            let (node, base) = (input.nodes[row], input.scores[row]);
+            if node == NONE || !base.is_finite() {
+                continue;
+            }
+            let slots = if dense.is_some() {
+                codes
+            } else {
+                (trie.child_start[node as usize + 1] - trie.child_start[node as usize]) as usize
+            };
+            let x = &input.logits[row * input.ld + input.col0..];
+            let valid = || (0..slots).map(|i| child_slot(trie, dense, dense_base, codes, node, i)).filter(|&(_, ch)| ch != NONE);
+            let lse = match input.norm {
+                Some(n) => n[row],
+                None => {
+                    let m = valid().map(|(c, _)| x[c as usize]).fold(f32::NEG_INFINITY, f32::max);
+                    m + valid().map(|(c, _)| (x[c as usize] - m).exp()).sum::<f32>().ln()
+                }
+            };
+            for (c, _) in valid().filter(|&(_, ch)| filters.keep(r, ch)) {
+                cands.push(key(base + x[c as usize] - lse, b as u32, c, codes as u32));
+            }
+        }
+        // phase 4: select and sort
+        let k = cands.len().min(beams_out);
+        let threshold = if cands.len() > beams_out { radix_select(&cands, beams_out) } else { 0 };
+        let mut sel: Vec<u64> = cands.into_iter().filter(|&key| key >= threshold).collect();
+        sel.sort_unstable_by(|a, b| b.cmp(a));
+        debug_assert_eq!(sel.len(), k);
+        // phase 5: decode
+        for (j, &key) in sel.iter().enumerate() {
+            let slot = r * beams_out + j;
+            let idx = u32::MAX - (key & 0xFFFF_FFFF) as u32;
+            let (parent, code) = (idx / codes as u32, idx % codes as u32);
+            let pn = input.nodes[r * beams_in + parent as usize];
+            let child = match dense {
+                Some(t) => t[(pn - dense_base) as usize * codes + code as usize],
+                None => {
+                    let (s, e) = (trie.child_start[pn as usize] as usize, trie.child_start[pn as usize + 1] as usize);
+                    (s + trie.child_code[s..e].partition_point(|&c| c < code)) as u32 + 1
+                }
+            };
+            out.step.parent[slot] = parent;
+            out.step.code[slot] = code;
+            out.step.node[slot] = child;
+            out.step.score[slot] = from_ord_bits((key >> 32) as u32);
+            out.row[slot] = (r * beams_in) as u32 + parent;
+            out.token[slot] = token_offset + code;
+        }
+        for j in k..beams_out {
+            out.row[r * beams_out + j] = (r * beams_in) as u32;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::generate::step::beam_step;
+    use crate::generate::testutil::random_catalog;
+    use crate::generate::GenRequest;
+
+    #[test]
+    fn key_bits_round_trip_and_order() {
+        let xs = [f32::NEG_INFINITY, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, f32::INFINITY];
+        for w in xs.windows(2) {
+            assert!(ord_bits(w[0]) <= ord_bits(w[1]), "{w:?}");
+        }
+        for x in xs {
+            assert_eq!(from_ord_bits(ord_bits(x)).to_bits(), x.to_bits());
+        }
+        // same score: smaller (parent, code) wins
+        assert!(key(-1.0, 0, 5, 8) > key(-1.0, 1, 0, 8));
+        assert!(key(-1.0, 3, 7, 8) > key(-1.5, 0, 0, 8));
+    }
+
+    #[test]
+    fn radix_select_finds_the_kth_largest() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for n in [1usize, 2, 7, 300, 5000] {
+            let keys: Vec<u64> = (0..n as u64).map(|i| (rng.random::<u64>() & !0xFFFF) | i).collect();
+            let mut sorted = keys.clone();
+            sorted.sort_unstable_by(|a, b| b.cmp(a));
+            for k in [1, n / 2 + 1, n] {
+                assert_eq!(radix_select(&keys, k), sorted[k - 1], "n {n} k {k}");
+            }
+        }
+    }
+
+    /// The mirror equals the CPU reference exactly (same selection, bit-equal
+    /// scores) on random tries, logits, dead beams, intents and exclusions, for
+    /// every dense depth, with and without the model's normaliser.
+    #[test]
+    fn mirror_equals_the_cpu_reference() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for case in 0..24u64 {
+            let sizes: Vec<u32> = (0..3).map(|_| rng.random_range(2..9)).collect();
+            let total: u32 = sizes.iter().product();
+            let cat = random_catalog(rng.random_range(5..total as usize), &sizes, case);
+            let dense_depth = (case % 4) as usize;
+            let sids: Vec<u32> = (0..cat.len() as u32).flat_map(|i| cat.sid(i).to_vec()).collect();
+            let trie = crate::catalog::trie::Trie::build_with_dense(&sids, 3, &sizes, dense_depth).unwrap();
+            let requests = rng.random_range(1..5);
+            let reqs: Vec<GenRequest> = (0..requests)
+                .map(|_| GenRequest {
+                    history: Vec::new(),
+                    k: 1,
+                    exclude: (0..cat.len() as u32).filter(|_| rng.random_bool(0.2)).collect::<HashSet<u32>>(),
+                    within: if rng.random_bool(0.5) { vec![rng.random_range(0..sizes[0]), rng.random_range(0..sizes[0])] } else { Vec::new() },
+                })
+                .collect();
+            let mut cat = cat;
+            cat.trie = trie;
+            let trie = &cat.trie;
+            // walk down the levels with random beams at each depth
+            for depth in 0..3 {
+                let codes = sizes[depth] as usize;
+                let beams_in = if depth == 0 { 1 } else { rng.random_range(1..6) };
+                let beams_out = rng.random_range(1..12);
+                let level_nodes: Vec<u32> = (trie.arrays().level_start[depth]..trie.arrays().level_start[depth + 1]).collect();
+                let n = requests * beams_in;
+                let nodes: Vec<u32> = (0..n)
+                    .map(|_| if rng.random_bool(0.15) { NONE } else { level_nodes[rng.random_range(0..level_nodes.len())] })
+                    .collect();
+                let scores: Vec<f32> = (0..n).map(|_| if rng.random_bool(0.05) { f32::NEG_INFINITY } else { -rng.random::<f32>() * 3.0 }).collect();
+                // logits inside a wider row (ld > codes, col0 > 0); some exact ties
+                let (ld, col0) = (codes + 5, 3);
+                let logits: Vec<f32> = (0..n * ld).map(|_| (rng.random_range(-8..8) as f32) * 0.25).collect();
+                let norm: Vec<f32> = (0..n).map(|_| 2.0 + rng.random::<f32>()).collect();
+                let level_logits: Vec<f32> = (0..n).flat_map(|b| logits[b * ld + col0..b * ld + col0 + codes].to_vec()).collect();
+                let filters = LevelFilters::new(&cat, &reqs, depth);
+                let shape = StepShape { requests, beams_in, beams_out, codes };
+                for nm in [None, Some(&norm[..])] {
+                    let want = beam_step(trie, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
+                    let input = StepInput { logits: &logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
+                    let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7);
+                    assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");
+                    assert_eq!(got.step.code, want.code, "case {case} depth {depth}");
+                    assert_eq!(got.step.node, want.node, "case {case} depth {depth}");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got.step.score), bits(&want.score), "case {case} depth {depth}");
+                    for s in 0..requests * beams_out {
+                        let r = s / beams_out;
+                        assert_eq!(got.row[s], (r * beams_in) as u32 + got.step.parent[s]);
+                        let live = got.step.node[s] != NONE;
+                        assert_eq!(got.token[s], if live { 100 + got.step.code[s] } else { 7 });
+                    }
+                }
+            }
+        }
+    }
+}
