@@ -73,7 +73,12 @@ impl BeamKv {
         let Some(dev) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else {
             return Ok(());
         };
-        let idx = Tensor::from_slice(parents, parents.len(), &dev)?;
+        self.reorder_rows(&Tensor::from_slice(parents, parents.len(), &dev)?)
+    }
+
+    /// [`BeamKv::reorder`] with the parents as a `u32` tensor on the cache's
+    /// device (the GPU beam step writes them there).
+    pub fn reorder_rows(&mut self, idx: &Tensor) -> Result<(), ModelError> {
         for l in self.layers.iter_mut().flatten() {
             *l = (l.0.index_select(&idx, 0)?, l.1.index_select(&idx, 0)?);
         }

@@ -295,13 +295,23 @@ impl Transformer {
         positions: &[u32],
     ) -> Result<Tensor, ModelError> {
         let n = tokens.len();
+        if positions.len() != n {
+            return Err(ModelError::Input(format!("decode: {n} tokens, {} positions", positions.len())));
+        }
+        let tok = Tensor::from_slice(tokens, n, &self.device)?;
+        let pos = Tensor::from_slice(positions, n, &self.device)?;
+        self.decode_ids(hist, beams_kv, &tok, &pos)
+    }
+
+    /// [`Transformer::decode`] with tokens and positions as `u32` tensors on
+    /// the model's device.
+    pub fn decode_ids(&self, hist: &HistoryKv, beams_kv: &mut BeamKv, tok: &Tensor, pos: &Tensor) -> Result<Tensor, ModelError> {
+        let n = tok.dim(0)?;
         let r = hist.requests();
-        if n == 0 || n % r != 0 || positions.len() != n {
+        if n == 0 || n % r != 0 || pos.dim(0)? != n {
             return Err(ModelError::Input(format!("decode: {n} beams for {r} requests")));
         }
         let beams = n / r;
-        let tok = Tensor::from_slice(tokens, n, &self.device)?;
-        let pos = Tensor::from_slice(positions, n, &self.device)?;
         let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?; // [n, 1, hd]
         let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
         let mut x = self.embed.index_select(&tok, 0)?; // [n, h]
