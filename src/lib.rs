@@ -21,8 +21,10 @@
 pub mod catalog;
 pub mod coldstart;
 pub mod dataset;
+pub mod device;
 pub mod engine;
 pub mod generate;
+pub mod gpu_check;
 pub mod loadgen;
 pub mod model;
 pub mod recall;

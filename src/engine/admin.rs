@@ -95,7 +95,7 @@ impl Engine {
             }
         }
         let _g = self.lock_admin();
-        let model = Model::load(&dir, &candle_core::Device::Cpu).map_err(|e| EngineError::Refused(e.to_string()))?;
+        let model = Model::load_as(&dir, &self.opts.device, self.opts.dtype).map_err(|e| EngineError::Refused(e.to_string()))?;
         self.install_locked(model, dir.display().to_string())
     }
 

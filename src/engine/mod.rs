@@ -152,11 +152,21 @@ pub struct EngineOptions {
     pub model_root: Option<PathBuf>,
     /// Sentence-encoder folder for `POST /admin/items` with text.
     pub encoder: Option<PathBuf>,
+    /// Where hot-swapped checkpoints are loaded, and in which dtype.
+    pub device: candle_core::Device,
+    pub dtype: candle_core::DType,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { batch: BatchOptions::default(), timeout: Duration::from_millis(500), model_root: None, encoder: None }
+        EngineOptions {
+            batch: BatchOptions::default(),
+            timeout: Duration::from_millis(500),
+            model_root: None,
+            encoder: None,
+            device: candle_core::Device::Cpu,
+            dtype: candle_core::DType::F32,
+        }
     }
 }
 

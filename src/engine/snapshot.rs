@@ -32,14 +32,20 @@ impl Snapshot {
     /// Loads a model folder and its catalog: `catalog_dir` when given, else the
     /// folder its `genrec.json` names.
     pub fn load(model_dir: &Path, catalog_dir: Option<&Path>, dev: &candle_core::Device) -> Result<Self, EngineError> {
-        let (model, catalog) = load_pair(model_dir, catalog_dir, dev)?;
+        let (model, catalog) = load_pair(model_dir, catalog_dir, dev, candle_core::DType::F32)?;
         Self::new(model, catalog)
     }
 }
 
-/// Loads a model folder and the catalog it names (or `catalog_dir`), unchecked.
-pub fn load_pair(model_dir: &Path, catalog_dir: Option<&Path>, dev: &candle_core::Device) -> Result<(Model, Catalog), EngineError> {
-    let model = Model::load(model_dir, dev)?;
+/// Loads a model folder (onto `dev`, in `dtype`) and the catalog it names (or
+/// `catalog_dir`), unchecked.
+pub fn load_pair(
+    model_dir: &Path,
+    catalog_dir: Option<&Path>,
+    dev: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<(Model, Catalog), EngineError> {
+    let model = Model::load_as(model_dir, dev, dtype)?;
     let dir = catalog_dir
         .map(Path::to_path_buf)
         .or_else(|| model.catalog_dir())

@@ -52,6 +52,14 @@ pub struct ServeArgs {
     /// Beam width of the search (raised to k for larger requests).
     #[arg(long, env = "GENREC_BEAM", default_value_t = 20)]
     pub beam: usize,
+    /// Where the model runs: cpu, or cuda:N (needs the binary of
+    /// scripts/build-cuda.sh; the beam step then runs as a CUDA kernel and
+    /// batches go to the GPU whole). Fails clearly when no GPU is found.
+    #[arg(long, env = "GENREC_DEVICE", default_value = "cpu")]
+    pub device: crate::device::DeviceSpec,
+    /// Weights and activations: f32 (reference), bf16 or f16.
+    #[arg(long, env = "GENREC_DTYPE", default_value = "f32", value_parser = crate::device::parse_dtype)]
+    pub dtype: candle_core::DType,
     /// Folder under which POST /admin/models (and --watch) may load checkpoints.
     #[arg(long, env = "GENREC_MODEL_ROOT")]
     pub model_root: Option<PathBuf>,
@@ -140,18 +148,20 @@ async fn request_id(req: Request, next: Next) -> Response {
 /// Builds the engine the flags describe: catalog, then model (validated and
 /// warmed up by one smoke generation).
 pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
-    let dev = candle_core::Device::Cpu;
+    let dev = args.device.open()?;
+    let dtype = args.dtype;
+    tracing::info!(device = ?args.device, ?dtype, "model device");
     let (model, catalog, source) = match (&args.model, args.no_model) {
         (_, true) => {
             let dir = args.catalog.as_ref().context("--no-model needs --catalog")?;
             (None, crate::catalog::Catalog::load(dir)?, String::new())
         }
         (Some(dir), false) => {
-            let (m, c) = load_pair(dir, args.catalog.as_deref(), &dev)?;
+            let (m, c) = load_pair(dir, args.catalog.as_deref(), &dev, dtype)?;
             (Some(m), c, dir.display().to_string())
         }
         (None, false) => {
-            let (m, c) = default_model::load(&dev).context("loading the embedded default model")?;
+            let (m, c) = default_model::load_as(&dev, dtype).context("loading the embedded default model")?;
             (Some(m), c, "embedded".to_string())
         }
     };
@@ -165,6 +175,8 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
         model_root: args.model_root.clone(),
         encoder: Some(args.encoder.clone()),
+        device: dev.clone(),
+        dtype,
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.live_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;
