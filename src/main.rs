@@ -38,12 +38,38 @@ enum Command {
     Serve(genrec::server::ServeArgs),
     /// Write a small synthetic data set (demo.item.json, demo.inter.json) in the shared/data format.
     DemoData(DemoArgs),
+    /// GPU check (scripts/gpu-check.sh runs it on the GPU machine): the beam-step
+    /// kernel and GPU generation against the CPU reference, the kernel's time per
+    /// step beside its floors, and end-to-end GPU vs CPU speed. Table on stdout.
+    GpuCheck(GpuCheckArgs),
     /// Load-test a running server with real histories; prints a table and JSON.
     Bench(BenchArgs),
     /// Cold-start evaluation: users held out of training get recommendations
     /// from their sign-up profile alone, scored against their first items
     /// (popularity, encoder intents, LLM intents); JSON on the last line.
     ColdstartEval(ColdEvalArgs),
+}
+
+#[derive(clap::Args)]
+struct GpuCheckArgs {
+    /// Device to check: cuda:N, or cpu (the kernel's CPU port stands in: checks the harness only).
+    #[arg(long, default_value = "cuda:0")]
+    device: genrec::device::DeviceSpec,
+    /// Checkpoint for the end-to-end parts (default: the embedded demo model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Catalog of --model (default: the one its genrec.json names).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Smaller run: tries of 10^4 and 10^6 items, 10 repetitions.
+    #[arg(long)]
+    quick: bool,
+    /// Memory bandwidth for the floor, GB/s (default: from the card's name; H100 SXM 3350, H200 4800).
+    #[arg(long)]
+    bandwidth_gbs: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -315,6 +341,7 @@ fn main() -> Result<()> {
         Command::ColdstartEval(a) => coldstart_eval(a),
         Command::Serve(a) => genrec::server::run(a),
         Command::Bench(a) => bench(a),
+        Command::GpuCheck(a) => gpu_check(a),
         Command::DemoData(a) => {
             let o = demo::DemoOptions { items: a.items, users: a.users, seed: a.seed, ..Default::default() };
             demo::write(&a.out, &o)?;
@@ -594,5 +621,25 @@ fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
         results.push(m);
     }
     println!("{}", serde_json::to_string(&results)?);
+    Ok(())
+}
+
+fn gpu_check(a: GpuCheckArgs) -> Result<()> {
+    let mut opts = genrec::gpu_check::CheckOptions {
+        device: a.device,
+        model: a.model,
+        catalog: a.catalog,
+        bandwidth_gbs: a.bandwidth_gbs,
+        ..Default::default()
+    };
+    if a.quick {
+        opts.trie_items = vec![10_000, 1_000_000];
+        opts.reps = 10;
+    }
+    let report = genrec::gpu_check::run(&opts)?;
+    if let Some(out) = a.out {
+        std::fs::write(&out, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("gpu-check: wrote {}", out.display());
+    }
     Ok(())
 }

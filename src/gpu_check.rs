@@ -1,0 +1,536 @@
+//! `genrec gpu-check`: the workload of the device script (scripts/gpu-check.sh).
+//!
+//! 1. Correctness: the beam step on the device against the CPU reference
+//!    ([`crate::generate::step::beam_step`]) on random tries and logits (same
+//!    top-B up to exact score ties), and end-to-end generation of a real
+//!    checkpoint on the device against the CPU (same items).
+//! 2. The step's time for batch 1/16/64 × beam 16/64/256 over tries of 10^4,
+//!    10^6 and 10^7 items, at a dense depth and at a CSR depth, beside two
+//!    floors: the bytes it must move over the card's memory bandwidth, and
+//!    the time to launch an empty kernel and wait for it.
+//! 3. End-to-end requests/s and latency for batch 1/16/64 at beam 64 and 256,
+//!    device and CPU in the same run.
+//!
+//! With `--device cpu` the kernel's CPU port ([`crate::generate::kernel::mirror`])
+//! stands in for the kernel, so the harness itself runs (and is tested) on
+//! machines without a GPU; its timings then say nothing about a GPU.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Device;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+use crate::catalog::trie::{Trie, NONE};
+use crate::catalog::Catalog;
+use crate::device::DeviceSpec;
+use crate::generate::kernel::mirror::{beam_step_mirror, StepInput};
+use crate::generate::kernel::LevelFilters;
+use crate::generate::{beam_step, generate, GenRequest, StepOutput, StepShape};
+use crate::model::Model;
+use crate::util::percentile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("device: {0}")]
+    Device(#[from] crate::device::DeviceError),
+    #[error("tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("generate: {0}")]
+    Generate(#[from] crate::generate::GenerateError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub device: DeviceSpec,
+    /// Checkpoint for the end-to-end parts (default: the embedded demo model).
+    pub model: Option<PathBuf>,
+    pub catalog: Option<PathBuf>,
+    /// Trie sizes of the timing table.
+    pub trie_items: Vec<usize>,
+    pub batches: Vec<usize>,
+    pub beams: Vec<usize>,
+    pub e2e_beams: Vec<usize>,
+    /// Timed repetitions per step configuration.
+    pub reps: usize,
+    /// Memory bandwidth in GB/s for the floor (default: by card name).
+    pub bandwidth_gbs: Option<f64>,
+    pub seed: u64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            device: DeviceSpec::Cuda(0),
+            model: None,
+            catalog: None,
+            trie_items: vec![10_000, 1_000_000, 10_000_000],
+            batches: vec![1, 16, 64],
+            beams: vec![16, 64, 256],
+            e2e_beams: vec![64, 256],
+            reps: 30,
+            bandwidth_gbs: None,
+            seed: 7,
+        }
+    }
+}
+
+/// Runs one beam step on some device, timed.
+trait StepRunner {
+    /// Runs the step `reps` times (after one untimed run); returns its output
+    /// and the seconds of each timed run (launch to completion).
+    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize)
+        -> Result<(StepOutput, Vec<f64>), CheckError>;
+    /// Seconds to launch an empty kernel and wait for it (0 on the CPU).
+    fn launch_floor(&mut self) -> Result<f64, CheckError>;
+    fn name(&self) -> String;
+}
+
+/// The kernel's CPU port.
+struct MirrorRunner;
+
+impl StepRunner for MirrorRunner {
+    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize)
+        -> Result<(StepOutput, Vec<f64>), CheckError> {
+        let a = trie.arrays();
+        let out = beam_step_mirror(&a, depth, shape, input, filters, 0, 0);
+        let times = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(beam_step_mirror(&a, depth, shape, input, filters, 0, 0));
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        Ok((out.step, times))
+    }
+
+    fn launch_floor(&mut self) -> Result<f64, CheckError> {
+        Ok(0.0)
+    }
+
+    fn name(&self) -> String {
+        "cpu (kernel's CPU port)".into()
+    }
+}
+
+#[cfg(feature = "cuda")]
+struct CudaRunner {
+    dev: candle_core::cuda_backend::CudaDevice,
+}
+
+#[cfg(feature = "cuda")]
+impl StepRunner for CudaRunner {
+    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize)
+        -> Result<(StepOutput, Vec<f64>), CheckError> {
+        use crate::generate::kernel::cuda::{self, GpuFilters, Scratch, StepArgs};
+        use crate::generate::kernel::gpu_search::device_trie;
+        let dev = &self.dev;
+        let d = Device::Cuda(dev.clone());
+        let rows = shape.requests * shape.beams_in;
+        let logits = candle_core::Tensor::from_slice(input.logits, (rows, input.ld), &d)?;
+        let norm = input.norm.map(|n| candle_core::Tensor::from_slice(n, rows, &d)).transpose()?;
+        let scores = dev.clone_htod(input.scores)?;
+        let nodes = dev.clone_htod(input.nodes)?;
+        let gtrie = device_trie(dev, trie)?;
+        let gf = GpuFilters::upload(dev, filters)?;
+        let args = StepArgs { logits: &logits, col0: input.col0, norm: norm.as_ref(), scores: &scores, nodes: &nodes, token_offset: 0, pad_token: 0 };
+        let mut scratch = Scratch::default();
+        let out = cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch)?;
+        let step = StepOutput {
+            parent: cuda::to_host(dev, &out.parent)?,
+            code: cuda::to_host(dev, &out.code)?,
+            node: cuda::to_host(dev, &out.node)?,
+            score: cuda::to_host(dev, &out.score)?,
+        };
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            cuda::synchronize(dev)?;
+            let t = Instant::now();
+            std::hint::black_box(cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch)?);
+            cuda::synchronize(dev)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok((step, times))
+    }
+
+    fn launch_floor(&mut self) -> Result<f64, CheckError> {
+        let mut t: Vec<f64> = (0..200)
+            .map(|_| {
+                let s = Instant::now();
+                crate::generate::kernel::cuda::launch_noop(&self.dev).map(|_| s.elapsed().as_secs_f64())
+            })
+            .collect::<Result<_, _>>()?;
+        t.sort_by(f64::total_cmp);
+        Ok(percentile(&t, 0.5).unwrap_or(0.0))
+    }
+
+    fn name(&self) -> String {
+        crate::generate::kernel::cuda::card_name(&self.dev)
+    }
+}
+
+fn runner(device: &Device) -> Box<dyn StepRunner> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => Box::new(CudaRunner { dev: dev.clone() }),
+        _ => Box::new(MirrorRunner),
+    }
+}
+
+/// Memory bandwidth by card name (GB/s, the vendor's figure).
+fn bandwidth_for(name: &str) -> Option<f64> {
+    let n = name.to_ascii_uppercase();
+    if n.contains("H200") {
+        Some(4800.0)
+    } else if n.contains("H100") && n.contains("PCIE") {
+        Some(2000.0)
+    } else if n.contains("H100") {
+        Some(3350.0)
+    } else {
+        None
+    }
+}
+
+/// A trie of about `n` random items over three levels of 256 codes: every
+/// ID of the 256³ space is taken with probability n / 256³.
+pub fn random_trie(n: usize, seed: u64) -> Result<Trie, CheckError> {
+    let sizes = [256u32, 256, 256];
+    let space = 256usize.pow(3);
+    if n > space {
+        return Err(CheckError::Other(format!("at most {space} items in a 256x256x256 trie")));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let p = n as f64 / space as f64;
+    let mut sids = Vec::with_capacity(n * 3 + 1024);
+    for id in 0..space as u32 {
+        if rng.random_bool(p) {
+            sids.extend_from_slice(&[id >> 16, (id >> 8) & 255, id & 255]);
+        }
+    }
+    Ok(Trie::build(&sids, 3, &sizes)?)
+}
+
+/// Random beams at `depth`: live nodes of that depth, finite scores, a few
+/// dead beams; logits in a row wider than the level (as in the real vocabulary).
+struct RandomStep {
+    logits: Vec<f32>,
+    ld: usize,
+    col0: usize,
+    norm: Vec<f32>,
+    scores: Vec<f32>,
+    nodes: Vec<u32>,
+}
+
+fn random_step(trie: &Trie, depth: usize, rows: usize, codes: usize, rng: &mut ChaCha8Rng) -> RandomStep {
+    let ls = trie.arrays().level_start;
+    let (a, b) = (ls[depth], ls[depth + 1]);
+    let (ld, col0) = (codes + 8, 4);
+    RandomStep {
+        logits: (0..rows * ld).map(|_| rng.random_range(-6.0f32..6.0)).collect(),
+        ld,
+        col0,
+        norm: (0..rows).map(|_| 8.0 + rng.random::<f32>()).collect(),
+        scores: (0..rows).map(|_| -rng.random::<f32>() * 5.0).collect(),
+        nodes: (0..rows).map(|_| if rng.random_bool(0.02) { NONE } else { rng.random_range(a..b) }).collect(),
+    }
+}
+
+/// Same top-B up to exact ties: scores agree within `tol` slot by slot, and a
+/// continuation chosen by only one side scores (within `tol`) the same as the
+/// other side's last kept one. Returns the largest score difference.
+fn compare_steps(want: &StepOutput, got: &StepOutput, requests: usize, beams: usize, tol: f32) -> Result<f32, String> {
+    let mut worst = 0f32;
+    for r in 0..requests {
+        let slots = r * beams..(r + 1) * beams;
+        let live = |o: &StepOutput| slots.clone().filter(|&s| o.node[s] != NONE).count();
+        if live(want) != live(got) {
+            return Err(format!("request {r}: {} live beams, reference {}", live(got), live(want)));
+        }
+        let tuples = |o: &StepOutput| -> HashSet<(u32, u32, u32)> {
+            slots.clone().filter(|&s| o.node[s] != NONE).map(|s| (o.parent[s], o.code[s], o.node[s])).collect()
+        };
+        for s in slots.clone().filter(|&s| want.node[s] != NONE) {
+            let d = (want.score[s] - got.score[s]).abs();
+            worst = worst.max(d);
+            if d > tol {
+                return Err(format!("request {r} slot {}: score {} vs reference {}", s - r * beams, got.score[s], want.score[s]));
+            }
+        }
+        let last = slots.clone().filter(|&s| want.node[s] != NONE).map(|s| want.score[s]).fold(f32::INFINITY, f32::min);
+        let (w, g) = (tuples(want), tuples(got));
+        for s in slots.clone().filter(|&s| got.node[s] != NONE && !w.contains(&(got.parent[s], got.code[s], got.node[s]))) {
+            if (got.score[s] - last).abs() > tol {
+                return Err(format!("request {r}: extra continuation (parent {}, code {}) scores {}", got.parent[s], got.code[s], got.score[s]));
+            }
+        }
+        if w.len() != g.len() {
+            return Err(format!("request {r}: duplicate continuations"));
+        }
+    }
+    Ok(worst)
+}
+
+/// Part 1a: random tries and logits, every depth, with and without the
+/// model's normaliser, with intents and exclusions.
+fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, CheckError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut cases = 0;
+    let mut worst = 0f32;
+    for case in 0..12u64 {
+        let n = [300usize, 5_000, 60_000][case as usize % 3];
+        let trie = random_trie(n, seed + case)?;
+        for depth in 0..3 {
+            let requests = [1usize, 5, 17][rng.random_range(0..3)];
+            let beams_in = if depth == 0 { 1 } else { [1usize, 16, 64][rng.random_range(0..3)] };
+            let beams_out = [1usize, 10, 64, 256][rng.random_range(0..4)];
+            let codes = 256;
+            let st = random_step(&trie, depth, requests * beams_in, codes, &mut rng);
+            // filters: a few allowed first-level nodes / banned leaves per request
+            let filters = random_filters(&trie, depth, requests, &mut rng);
+            let level: Vec<f32> = (0..requests * beams_in).flat_map(|b| st.logits[b * st.ld + st.col0..][..codes].to_vec()).collect();
+            for norm in [None, Some(&st.norm[..])] {
+                let shape = StepShape { requests, beams_in, beams_out, codes };
+                let want = beam_step(&trie, shape, &level, &st.scores, &st.nodes, norm, |r, ch| filters.keep(r, ch));
+                let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm, scores: &st.scores, nodes: &st.nodes };
+                let (got, _) = run.run(&trie, depth, shape, &input, &filters, 0)?;
+                let d = compare_steps(&want, &got, requests, beams_out, 1e-4)
+                    .map_err(|e| CheckError::Other(format!("beam step case {case} depth {depth} ({requests}x{beams_in}->{beams_out}): {e}")))?;
+                worst = worst.max(d);
+                cases += 1;
+            }
+        }
+    }
+    Ok(json!({"cases": cases, "max_score_diff": worst, "ok": true}))
+}
+
+fn random_filters(trie: &Trie, depth: usize, requests: usize, rng: &mut ChaCha8Rng) -> LevelFilters {
+    use crate::generate::kernel::NodeLists;
+    let ls = trie.arrays().level_start;
+    let mut lists = |lo: u32, hi: u32, count: usize| {
+        let mut l = NodeLists { start: vec![0], nodes: Vec::new() };
+        for _ in 0..requests {
+            let mut v: Vec<u32> = (0..rng.random_range(0..=count)).map(|_| rng.random_range(lo..hi)).collect();
+            v.sort_unstable();
+            v.dedup();
+            l.nodes.extend(v);
+            l.start.push(l.nodes.len() as u32);
+        }
+        l
+    };
+    match depth {
+        0 => LevelFilters { allow: Some(lists(ls[1], ls[2], 6)), ban: None },
+        2 => LevelFilters { allow: None, ban: Some(lists(ls[3], ls[4], 50)) },
+        _ => LevelFilters::default(),
+    }
+}
+
+/// Part 2: the step's time over large tries, beside its floors.
+fn time_steps(run: &mut dyn StepRunner, opts: &CheckOptions, bandwidth: Option<f64>) -> Result<Vec<Value>, CheckError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let floor_launch = run.launch_floor()?;
+    let mut rows = Vec::new();
+    for &n in &opts.trie_items {
+        let t0 = Instant::now();
+        let trie = random_trie(n, opts.seed)?;
+        eprintln!("gpu-check: trie of {} items built in {:.1} s", trie.num_items(), t0.elapsed().as_secs_f64());
+        for (depth, layout) in [(1usize, "dense"), (2, "csr")] {
+            for &r in &opts.batches {
+                for &b in &opts.beams {
+                    let codes = 256;
+                    let st = random_step(&trie, depth, r * b, codes, &mut rng);
+                    let shape = StepShape { requests: r, beams_in: b, beams_out: b, codes };
+                    let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm: Some(&st.norm), scores: &st.scores, nodes: &st.nodes };
+                    let (_, mut times) = run.run(&trie, depth, shape, &input, &LevelFilters::default(), opts.reps.max(1))?;
+                    times.sort_by(f64::total_cmp);
+                    let med = percentile(&times, 0.5).unwrap_or(0.0);
+                    // bytes the step cannot avoid: its logits window, normalisers,
+                    // beam state in and out, and the trie rows of its beams
+                    let ls = trie.arrays().level_start;
+                    let children = if depth == 1 { codes } else { ((ls[4] - ls[3]) as usize).div_ceil(((ls[3] - ls[2]) as usize).max(1)) + 2 };
+                    let bytes = (r * b) * (codes * 4 + 4 + 8 + children * 4) + r * b * 24;
+                    let floor_mem = bandwidth.map(|gbs| bytes as f64 / (gbs * 1e9));
+                    rows.push(json!({
+                        "items": trie.num_items(), "depth": depth, "layout": layout, "batch": r, "beam": b,
+                        "step_us": med * 1e6, "floor_memory_us": floor_mem.map(|f| f * 1e6), "floor_launch_us": floor_launch * 1e6,
+                        "bytes": bytes,
+                    }));
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Random histories of real items, the same for both devices.
+fn histories(catalog: &Catalog, n: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| (0..len).map(|_| rng.random_range(0..catalog.len() as u32)).collect()).collect()
+}
+
+fn requests(h: &[Vec<u32>], k: usize) -> Vec<GenRequest> {
+    h.iter()
+        .map(|h| GenRequest { history: h.clone(), k, exclude: h.iter().copied().collect(), within: Vec::new() })
+        .collect()
+}
+
+/// Part 1b: the same checkpoint on the device and on the CPU gives the same items.
+fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, seed: u64) -> Result<Value, CheckError> {
+    let h = histories(catalog, 64, 20, seed);
+    let reqs = requests(&h, 10);
+    let a = generate(dev_model, catalog, &reqs, 64)?;
+    let b = generate(cpu_model, catalog, &reqs, 64)?;
+    let same = a.hits.iter().zip(&b.hits).filter(|(x, y)| x.iter().map(|h| h.item).eq(y.iter().map(|h| h.item))).count();
+    let worst = a
+        .hits
+        .iter()
+        .zip(&b.hits)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs()))
+        .fold(0f32, f32::max);
+    Ok(json!({"requests": reqs.len(), "identical_lists": same, "max_score_diff": worst}))
+}
+
+/// Part 3: batches through `generate` on one device.
+fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: usize, seed: u64) -> Result<Value, CheckError> {
+    let h = histories(catalog, batch, 20, seed);
+    let reqs = requests(&h, 10);
+    generate(model, catalog, &reqs, beam)?; // warm-up (kernel JIT, allocations)
+    let mut times = Vec::with_capacity(reps);
+    let mut tokens = 0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        tokens = generate(model, catalog, &reqs, beam)?.tokens;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let med = percentile(&times, 0.5).unwrap_or(f64::NAN);
+    Ok(json!({
+        "batch": batch, "beam": beam, "reps": reps,
+        "requests_per_s": batch as f64 / med,
+        "tokens_per_s": tokens as f64 / med,
+        "p50_ms": med * 1e3,
+        "p99_ms": percentile(&times, 0.99).unwrap_or(f64::NAN) * 1e3,
+    }))
+}
+
+fn load_models(opts: &CheckOptions, device: &Device, dtype: candle_core::DType) -> Result<(Model, Catalog), CheckError> {
+    match &opts.model {
+        Some(dir) => crate::engine::snapshot::load_pair(dir, opts.catalog.as_deref(), device, dtype).map_err(|e| CheckError::Other(e.to_string())),
+        None => crate::server::default_model::load_as(device, dtype).map_err(|e| CheckError::Other(e.to_string())),
+    }
+}
+
+/// Runs all three parts; prints a table to stdout and returns the JSON report.
+pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
+    let device = opts.device.open()?;
+    let mut step = runner(&device);
+    let card = step.name();
+    let bandwidth = opts.bandwidth_gbs.or_else(|| bandwidth_for(&card));
+    println!("# genrec gpu-check on {card}");
+
+    let t = Instant::now();
+    let steps = check_steps(step.as_mut(), opts.seed)?;
+    println!("\n## 1. Correctness\nbeam step vs CPU reference: {} cases, same top-B (max |score diff| {:.2e}) [{:.1} s]",
+        steps["cases"], steps["max_score_diff"].as_f64().unwrap_or(0.0), t.elapsed().as_secs_f64());
+    let (dev_model, catalog) = load_models(opts, &device, candle_core::DType::F32)?;
+    let (cpu_model, _) = load_models(opts, &Device::Cpu, candle_core::DType::F32)?;
+    // bf16 on the device: reported beside f32, not required to match exactly
+    let bf16 = if device.is_cpu() { None } else { Some(load_models(opts, &device, candle_core::DType::BF16)?.0) };
+    let e2e = check_e2e(&dev_model, &cpu_model, &catalog, opts.seed)?;
+    println!("end-to-end ({}, {} items): {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
+        dev_model.label(), catalog.len(), e2e["identical_lists"], e2e["requests"], e2e["max_score_diff"].as_f64().unwrap_or(0.0));
+    let e2e_bf16 = match &bf16 {
+        Some(m) => {
+            let r = check_e2e(m, &cpu_model, &catalog, opts.seed)?;
+            println!("end-to-end in bf16 (informative): {}/{} identical top-10 lists vs the f32 CPU, max |score diff| {:.2e}",
+                r["identical_lists"], r["requests"], r["max_score_diff"].as_f64().unwrap_or(0.0));
+            r
+        }
+        None => Value::Null,
+    };
+
+    println!("\n## 2. Beam step time (median of {} runs; floors: bytes / {} GB/s, and an empty kernel's launch + sync)", opts.reps,
+        bandwidth.map(|b| b.to_string()).unwrap_or_else(|| "?".into()));
+    println!("| items | layout | batch | beam | step µs | memory floor µs | launch floor µs |\n|---|---|---|---|---|---|---|");
+    let timing = time_steps(step.as_mut(), opts, bandwidth)?;
+    for r in &timing {
+        println!("| {} | {} | {} | {} | {:.1} | {} | {:.1} |", r["items"], r["layout"].as_str().unwrap_or(""), r["batch"], r["beam"],
+            r["step_us"].as_f64().unwrap_or(0.0),
+            r["floor_memory_us"].as_f64().map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
+            r["floor_launch_us"].as_f64().unwrap_or(0.0));
+    }
+
+    println!("\n## 3. End to end ({}, k = 10, 20-item histories)\n| device | batch | beam | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|", dev_model.label());
+    let mut e2e_rows = Vec::new();
+    for &beam in &opts.e2e_beams {
+        for &batch in &opts.batches {
+            // on a CPU-only run the device rows would repeat the CPU rows
+            let bf16_name = format!("{card} bf16");
+            let mut runs: Vec<(&str, &Model, usize)> =
+                if device.is_cpu() { vec![("cpu", &cpu_model, 3)] } else { vec![(card.as_str(), &dev_model, 20), ("cpu", &cpu_model, 3)] };
+            if let Some(m) = &bf16 {
+                runs.insert(1, (bf16_name.as_str(), m, 20));
+            }
+            for (name, model, reps) in runs {
+                let mut row = time_e2e(model, &catalog, batch, beam, reps, opts.seed)?;
+                row["device"] = json!(name);
+                println!("| {name} | {batch} | {beam} | {:.1} | {:.2} | {:.2} |", row["requests_per_s"].as_f64().unwrap_or(0.0),
+                    row["p50_ms"].as_f64().unwrap_or(0.0), row["p99_ms"].as_f64().unwrap_or(0.0));
+                e2e_rows.push(row);
+            }
+        }
+    }
+    Ok(json!({
+        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "end_to_end": e2e, "end_to_end_bf16": e2e_bf16},
+        "step_times": timing, "end_to_end": e2e_rows,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole harness on the CPU (the kernel's port standing in): the
+    /// comparison must pass and every table must have its rows.
+    #[test]
+    fn harness_runs_on_the_cpu() {
+        let opts = CheckOptions {
+            device: DeviceSpec::Cpu,
+            trie_items: vec![2_000],
+            batches: vec![1, 3],
+            beams: vec![8],
+            e2e_beams: vec![16],
+            reps: 2,
+            bandwidth_gbs: Some(100.0),
+            ..Default::default()
+        };
+        let r = run(&opts).unwrap();
+        assert_eq!(r["correctness"]["steps"]["ok"], true);
+        assert_eq!(r["correctness"]["end_to_end"]["identical_lists"], 64);
+        assert_eq!(r["step_times"].as_array().unwrap().len(), 2 * 2);
+        assert_eq!(r["end_to_end"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn comparison_catches_a_wrong_selection() {
+        let want = StepOutput { parent: vec![0, 0], code: vec![1, 2], node: vec![5, 6], score: vec![-1.0, -2.0] };
+        assert!(compare_steps(&want, &want.clone(), 1, 2, 1e-4).is_ok());
+        let mut tie = want.clone();
+        tie.code[1] = 3;
+        tie.node[1] = 7;
+        assert!(compare_steps(&want, &tie, 1, 2, 1e-4).is_ok(), "a tie at the boundary may differ");
+        let mut bad = want.clone();
+        bad.score[1] = -1.5;
+        assert!(compare_steps(&want, &bad, 1, 2, 1e-4).is_err());
+        let mut dead = want.clone();
+        dead.node[1] = NONE;
+        assert!(compare_steps(&want, &dead, 1, 2, 1e-4).is_err());
+    }
+}
