@@ -17,7 +17,7 @@
 #    at run time). The patch is passed with --config for this build only; the
 #    default build and CI never see it, and Cargo.lock is restored afterwards.
 # 3. cargo build --release --features cuda into target/cuda (its own target
-#    folder, so the CPU build stays cached). ~11 minutes clean on 2 cores, most
+#    folder, so the CPU build stays cached). ~24 minutes clean on 2 idle cores, most
 #    of it nvcc on candle's kernels.
 #
 # At run time the binary needs the NVIDIA driver (libcuda.so.1) and, for
