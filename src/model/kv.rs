@@ -80,7 +80,7 @@ impl BeamKv {
     /// device (the GPU beam step writes them there).
     pub fn reorder_rows(&mut self, idx: &Tensor) -> Result<(), ModelError> {
         for l in self.layers.iter_mut().flatten() {
-            *l = (l.0.index_select(&idx, 0)?, l.1.index_select(&idx, 0)?);
+            *l = (l.0.index_select(idx, 0)?, l.1.index_select(idx, 0)?);
         }
         Ok(())
     }

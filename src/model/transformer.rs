@@ -312,9 +312,9 @@ impl Transformer {
             return Err(ModelError::Input(format!("decode: {n} beams for {r} requests")));
         }
         let beams = n / r;
-        let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?; // [n, 1, hd]
-        let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
-        let mut x = self.embed.index_select(&tok, 0)?; // [n, h]
+        let cos = self.cos.index_select(pos, 0)?.unsqueeze(1)?; // [n, 1, hd]
+        let sin = self.sin.index_select(pos, 0)?.unsqueeze(1)?;
+        let mut x = self.embed.index_select(tok, 0)?; // [n, h]
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, false)?;
             let a = layer.attn.forward_decode(&h, &cos, &sin, hist.layer(i), hist.mask(), beams_kv, i, beams)?;
