@@ -63,7 +63,7 @@ impl Default for TrainOptions {
             layers: 4,
             heads: 4,
             kv_heads: 2,
-            ff: 512,
+            ff: 1024,
             max_history: 20,
             seed: 42,
             valid_every: 0,
