@@ -145,10 +145,10 @@ impl StepRunner for CudaRunner {
         let mut scratch = Scratch::default();
         let out = cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch)?;
         let step = StepOutput {
-            parent: cuda::to_host(dev, &out.parent)?,
-            code: cuda::to_host(dev, &out.code)?,
-            node: cuda::to_host(dev, &out.node)?,
-            score: cuda::to_host(dev, &out.score)?,
+            parent: dev.clone_dtoh(&out.parent)?,
+            code: dev.clone_dtoh(&out.code)?,
+            node: dev.clone_dtoh(&out.node)?,
+            score: dev.clone_dtoh(&out.score)?,
         };
         let mut times = Vec::with_capacity(reps);
         for _ in 0..reps {
@@ -315,15 +315,9 @@ fn random_filters(trie: &Trie, depth: usize, requests: usize, rng: &mut ChaCha8R
     use crate::generate::kernel::NodeLists;
     let ls = trie.arrays().level_start;
     let mut lists = |lo: u32, hi: u32, count: usize| {
-        let mut l = NodeLists { start: vec![0], nodes: Vec::new() };
-        for _ in 0..requests {
-            let mut v: Vec<u32> = (0..rng.random_range(0..=count)).map(|_| rng.random_range(lo..hi)).collect();
-            v.sort_unstable();
-            v.dedup();
-            l.nodes.extend(v);
-            l.start.push(l.nodes.len() as u32);
-        }
-        l
+        let per_request: Vec<Vec<u32>> =
+            (0..requests).map(|_| (0..rng.random_range(0..=count)).map(|_| rng.random_range(lo..hi)).collect()).collect();
+        NodeLists::from_lists(per_request.into_iter())
     };
     match depth {
         0 => LevelFilters { allow: Some(lists(ls[1], ls[2], 6)), ban: None },

@@ -232,8 +232,3 @@ pub fn tensor_u32(dev: &CudaDevice, s: CudaSlice<u32>) -> Tensor {
     let n = s.len();
     Tensor::from_storage(Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone())), n, BackpropOp::none(), false)
 }
-
-/// Copies a device buffer to the host.
-pub fn to_host<T: cudarc::driver::DeviceRepr + Default + Clone>(dev: &CudaDevice, s: &CudaSlice<T>) -> Result<Vec<T>> {
-    dev.clone_dtoh(s)
-}

@@ -17,7 +17,8 @@ pub struct NodeLists {
 }
 
 impl NodeLists {
-    fn from_lists(lists: impl Iterator<Item = Vec<u32>>) -> Self {
+    /// One list per request (sorted and deduplicated here).
+    pub fn from_lists(lists: impl Iterator<Item = Vec<u32>>) -> Self {
         let mut out = NodeLists { start: vec![0], nodes: Vec::new() };
         for mut l in lists {
             l.sort_unstable();

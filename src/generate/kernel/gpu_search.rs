@@ -85,7 +85,7 @@ pub fn decode_levels(
         };
         let out = cuda::beam_step(dev, &trie, level, shape, &args, &filters, &mut scratch)?;
         if level + 1 == levels {
-            let (nodes, scores) = (cuda::to_host(dev, &out.node)?, cuda::to_host(dev, &out.score)?);
+            let (nodes, scores) = (dev.clone_dtoh(&out.node)?, dev.clone_dtoh(&out.score)?);
             decoded += nodes.iter().filter(|&&n| n != crate::catalog::trie::NONE).count();
             return Ok(Generated { hits: collect_hits(catalog, reqs, beam, &nodes, &scores), tokens: decoded });
         }
