@@ -29,6 +29,13 @@ fi
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
+# no toolkit libraries there? PyTorch's pip wheels (nvidia-cublas, nvidia-curand) carry them
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+  for f in $(find /usr /opt -name 'libcublas.so.1*' -o -name 'libcurand.so.1*' 2>/dev/null); do
+    d=$(dirname "$f"); case ":${LD_LIBRARY_PATH:-}:" in *":$d:"*) ;; *) export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}";; esac
+  done
+fi
+echo "gpu-check: LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 out="${OUT:-target/gpu-check}"
 mkdir -p "$out"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"

@@ -636,10 +636,16 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
         opts.trie_items = vec![10_000, 1_000_000];
         opts.reps = 10;
     }
-    let report = genrec::gpu_check::run(&opts)?;
-    if let Some(out) = a.out {
+    let (report, result) = match genrec::gpu_check::run(&opts) {
+        Ok(report) => (Some(report), Ok(())),
+        Err(genrec::gpu_check::CheckError::Failed { failures, report }) => {
+            (Some(*report), Err(anyhow::anyhow!("gpu-check: {} part(s) failed:\n  {}", failures.len(), failures.join("\n  "))))
+        }
+        Err(e) => (None, Err(e.into())),
+    };
+    if let (Some(out), Some(report)) = (a.out, report) {
         std::fs::write(&out, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("gpu-check: wrote {}", out.display());
     }
-    Ok(())
+    result
 }
