@@ -9,13 +9,13 @@
 #   3. end-to-end requests/s and p50/p99 for batch 1/16/64 at beam 64 and 256,
 #      GPU and CPU in the same run.
 # Table on stdout (and $OUT/gpu-check.md), JSON in $OUT/gpu-check.json.
-# Budget: under 8 minutes on an H100/H200 (most of it the CPU rows of part 3).
+# Budget: 44 s on an H200 with the Beauty checkpoint (benches/results/gpu.md).
 #
 # Usage (on the GPU machine, from the repository root):
 #   scripts/gpu-check.sh [MODEL_DIR [CATALOG_DIR]]     # default: the embedded demo model
 # With the device tool, carrying the binary and the Beauty checkpoint:
-#   run(command="bash scripts/gpu-check.sh work/beauty/cf-e20 work/beauty/cf-catalog",
-#       carry=["target/cuda/release/genrec.gz", "work/beauty/cf-e20", "work/beauty/cf-catalog"])
+#   run(command="bash scripts/gpu-check.sh work/beauty/cf-ff1024 work/beauty/cf-catalog",
+#       carry=["target/cuda/release/genrec.gz", "work/beauty/cf-ff1024", "work/beauty/cf-catalog"])
 # (the gzipped binary: 16 MB instead of 46, inside the 64 MiB a call carries)
 # GENREC_GPU_CHECK_ARGS adds flags (e.g. --quick).
 set -euo pipefail
