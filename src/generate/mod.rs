@@ -121,8 +121,11 @@ mod tests {
             .iter()
             .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new(), within: Vec::new() })
             .collect();
-        // beam = number of items: the search is exhaustive, so it must be exact
-        let got = generate_with(&model, &cat, &reqs, 40, scoring).unwrap();
+        // beam = number of items: the search is exhaustive, so it must be exact;
+        // the serving form (fused projections) against the trained form's enumeration
+        let mut served = random_model(&cat, arch, 9);
+        served.net.fuse_projections().unwrap();
+        let got = generate_with(&served, &cat, &reqs, 40, scoring).unwrap();
         for (h, hits) in histories.iter().zip(&got.hits) {
             let want = enumerate(&model, &cat, h, scoring);
             assert_eq!(hits.len(), 10);

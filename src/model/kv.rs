@@ -20,15 +20,25 @@ pub struct HistoryKv {
 
 impl HistoryKv {
     pub fn new(layers: Vec<(Tensor, Tensor)>, lens: &[usize], time: usize, dev: &Device, dtype: DType) -> Result<Self, ModelError> {
+        Ok(Self::with_mask(layers, lens, Self::length_mask(lens, time, dev, dtype)?))
+    }
+
+    /// [`HistoryKv::new`] with the mask of [`HistoryKv::length_mask`] already built.
+    pub fn with_mask(layers: Vec<(Tensor, Tensor)>, lens: &[usize], mask: Tensor) -> Self {
+        HistoryKv { layers, mask, lens: lens.to_vec() }
+    }
+
+    /// `[rows, 1, 1, time]`: 0 at each row's first `lens[r]` positions, a large
+    /// negative after them.
+    pub fn length_mask(lens: &[usize], time: usize, dev: &Device, dtype: DType) -> Result<Tensor, ModelError> {
         let r = lens.len();
         let mut m = vec![0f32; r * time];
         for (i, &l) in lens.iter().enumerate() {
-            for v in &mut m[i * time + l..(i + 1) * time] {
+            for v in &mut m[i * time + l.min(time)..(i + 1) * time] {
                 *v = -1e9;
             }
         }
-        let mask = Tensor::from_vec(m, (r, 1, 1, time), dev)?.to_dtype(dtype)?;
-        Ok(HistoryKv { layers, mask, lens: lens.to_vec() })
+        Ok(Tensor::from_vec(m, (r, 1, 1, time), dev)?.to_dtype(dtype)?)
     }
 
     pub fn requests(&self) -> usize {

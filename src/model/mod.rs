@@ -6,6 +6,7 @@
 //! tensor names) and `genrec.json` (see [`sidecar`]).
 
 pub mod config;
+pub mod fused;
 pub mod init;
 pub mod kv;
 pub mod sidecar;
@@ -100,10 +101,12 @@ impl Model {
             .map(|(k, v)| Ok((k, v.to_dtype(dtype)?.to_device(device)?)))
             .collect::<Result<HashMap<String, Tensor>, ModelError>>()?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
-        let net = Transformer::load(vb, &config).map_err(|e| match e {
+        let mut net = Transformer::load(vb, &config).map_err(|e| match e {
             ModelError::Tensor(t) => ModelError::Weights(t.to_string()),
             other => other,
         })?;
+        // a loaded checkpoint serves; it is never trained further in place
+        net.fuse_projections()?;
         if sidecar.min_vocab() > config.vocab_size {
             return Err(ModelError::Sidecar(format!(
                 "layout needs {} tokens, vocab_size is {}",

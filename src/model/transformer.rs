@@ -77,11 +77,48 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, ModelError> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
+/// The rotary angles of some positions, in the two forms the two rope paths
+/// take: full-width tables broadcast against `[b, heads, t, head_dim]`
+/// (differentiable, for training) and half-width tables for candle's fused
+/// rope (`[t, hd/2]` shared by the batch, or `[b, t, hd/2]` per row).
+struct RopeAt {
+    cos: Tensor,
+    sin: Tensor,
+    cos_half: Tensor,
+    sin_half: Tensor,
+}
+
+impl RopeAt {
+    /// `x` `[b, heads, t, head_dim]`, contiguous.
+    fn apply(&self, x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
+        if training {
+            rope(x, &self.cos, &self.sin)
+        } else {
+            Ok(candle_nn::rotary_emb::rope(x, &self.cos_half, &self.sin_half)?)
+        }
+    }
+}
+
+/// A prefill's rows: where each row's last real token is (`idx`, flat over
+/// `batch * time`), its rotary angles, and the mask of each row's real
+/// positions `[batch, 1, 1, time]`.
+struct LastRows {
+    idx: Tensor,
+    rope: RopeAt,
+    mask: Tensor,
+}
+
+/// The query, key and value projections: three matrices as trained and
+/// stored, or (for serving) one concatenated matrix, one product instead of three.
+#[derive(Clone)]
+enum Qkv {
+    Split { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
 #[derive(Clone)]
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
@@ -91,18 +128,38 @@ struct Attention {
     eps: f64,
 }
 
+/// The SwiGLU gate and up projections, split or (for serving) concatenated.
+#[derive(Clone)]
+enum GateUp {
+    Split { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
 #[derive(Clone)]
 struct Mlp {
-    gate: Linear,
-    up: Linear,
+    gate_up: GateUp,
     down: Linear,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let g = self.gate.forward(x)?.silu()?;
-        Ok(self.down.forward(&(g * self.up.forward(x)?)?)?)
+        let h = match &self.gate_up {
+            GateUp::Split { gate, up } => (gate.forward(x)?.silu()? * up.forward(x)?)?,
+            GateUp::Fused(gu) => super::fused::swiglu(&gu.forward(x)?)?,
+        };
+        Ok(self.down.forward(&h)?)
     }
+}
+
+/// One matrix of the rows of `parts` (and their biases, if all have one).
+fn concat_linear(parts: &[&Linear]) -> Result<Linear, ModelError> {
+    let w: Vec<&Tensor> = parts.iter().map(|l| l.weight()).collect();
+    let b: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias()).collect();
+    let bias = match b {
+        Some(b) => Some(Tensor::cat(&b, 0)?),
+        None => None,
+    };
+    Ok(Linear::new(Tensor::cat(&w, 0)?.contiguous()?, bias))
 }
 
 #[derive(Clone)]
@@ -127,8 +184,11 @@ pub struct Transformer {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Tensor,
+    /// `[max_position, head_dim]` (both halves equal) and `[max_position, head_dim / 2]`.
     cos: Tensor,
     sin: Tensor,
+    cos_half: Tensor,
+    sin_half: Tensor,
     device: Device,
 }
 
@@ -151,9 +211,11 @@ impl Transformer {
                 Arch::Llama => (None, None),
             };
             let attn = Attention {
-                q: linear(&a.pp("q_proj"), h, nh * hd, bias)?,
-                k: linear(&a.pp("k_proj"), h, nkv * hd, bias)?,
-                v: linear(&a.pp("v_proj"), h, nkv * hd, bias)?,
+                qkv: Qkv::Split {
+                    q: linear(&a.pp("q_proj"), h, nh * hd, bias)?,
+                    k: linear(&a.pp("k_proj"), h, nkv * hd, bias)?,
+                    v: linear(&a.pp("v_proj"), h, nkv * hd, bias)?,
+                },
                 o: linear(&a.pp("o_proj"), nh * hd, h, false)?,
                 q_norm,
                 k_norm,
@@ -164,8 +226,10 @@ impl Transformer {
             };
             let p = l.pp("mlp");
             let mlp = Mlp {
-                gate: linear(&p.pp("gate_proj"), h, cfg.intermediate_size, false)?,
-                up: linear(&p.pp("up_proj"), h, cfg.intermediate_size, false)?,
+                gate_up: GateUp::Split {
+                    gate: linear(&p.pp("gate_proj"), h, cfg.intermediate_size, false)?,
+                    up: linear(&p.pp("up_proj"), h, cfg.intermediate_size, false)?,
+                },
                 down: linear(&p.pp("down_proj"), cfg.intermediate_size, h, false)?,
             };
             layers.push(Layer {
@@ -183,7 +247,47 @@ impl Transformer {
         };
         let device = vb.device().clone();
         let (cos, sin) = rope_tables(cfg, vb.dtype(), &device)?;
-        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device })
+        let half = cfg.head_dim() / 2;
+        let cos_half = cos.narrow(1, 0, half)?.contiguous()?;
+        let sin_half = sin.narrow(1, 0, half)?.contiguous()?;
+        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, cos_half, sin_half, device })
+    }
+
+    /// For serving: concatenates each layer's q/k/v and gate/up matrices so
+    /// that each group is one matrix product (same results up to rounding).
+    /// A fused model cannot be trained: its trainable tensors are gone.
+    pub fn fuse_projections(&mut self) -> Result<(), ModelError> {
+        for l in &mut self.layers {
+            if let Qkv::Split { q, k, v } = &l.attn.qkv {
+                l.attn.qkv = Qkv::Fused(concat_linear(&[q, k, v])?);
+            }
+            if let GateUp::Split { gate, up } = &l.mlp.gate_up {
+                l.mlp.gate_up = GateUp::Fused(concat_linear(&[gate, up])?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotary angles of positions `p .. p + t`, shared by the batch.
+    fn rope_range(&self, p: usize, t: usize) -> Result<RopeAt, ModelError> {
+        Ok(RopeAt {
+            cos: self.cos.narrow(0, p, t)?.unsqueeze(0)?.unsqueeze(0)?,
+            sin: self.sin.narrow(0, p, t)?.unsqueeze(0)?.unsqueeze(0)?,
+            cos_half: self.cos_half.narrow(0, p, t)?,
+            sin_half: self.sin_half.narrow(0, p, t)?,
+        })
+    }
+
+    /// Rotary angles of one position per row (`pos` `[n]` u32), for `[n, heads, 1, head_dim]`.
+    fn rope_rows(&self, pos: &Tensor) -> Result<RopeAt, ModelError> {
+        let n = pos.dim(0)?;
+        let (hd, half) = (self.cfg.head_dim(), self.cfg.head_dim() / 2);
+        Ok(RopeAt {
+            cos: self.cos.index_select(pos, 0)?.reshape((n, 1, 1, hd))?,
+            sin: self.sin.index_select(pos, 0)?.reshape((n, 1, 1, hd))?,
+            cos_half: self.cos_half.index_select(pos, 0)?.reshape((n, 1, half))?,
+            sin_half: self.sin_half.index_select(pos, 0)?.reshape((n, 1, half))?,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -202,7 +306,7 @@ impl Transformer {
         tokens: &Tensor,
         dropout: Option<Dropout>,
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>), ModelError> {
-        self.forward_inner(tokens, None, dropout)
+        self.forward_inner(tokens, None, dropout, None)
     }
 
     /// [`Transformer::forward_hidden`] for tokens that continue earlier
@@ -214,14 +318,19 @@ impl Transformer {
         if past.len() != self.layers.len() {
             return Err(ModelError::Input(format!("{} past layers for {} layers", past.len(), self.layers.len())));
         }
-        self.forward_inner(tokens, Some(past), None)
+        self.forward_inner(tokens, Some(past), None, None)
     }
 
+    /// The forward pass behind the public ones. With `last`, the last layer
+    /// computes keys/values at every position but its attention output and
+    /// MLP only at each row's last real token, and the hidden states returned
+    /// are those rows' `[batch, hidden]`.
     fn forward_inner(
         &self,
         tokens: &Tensor,
         past: Option<&[(Tensor, Tensor)]>,
         mut dropout: Option<Dropout>,
+        last: Option<&LastRows>,
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>), ModelError> {
         let training = dropout.is_some();
         let t = tokens.dim(1)?;
@@ -239,16 +348,24 @@ impl Transformer {
         let (b, _) = tokens.dims2()?;
         let emb = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, ()))?;
         let mut x = drop(emb, &mut dropout)?;
-        let cos = self.cos.narrow(0, p, t)?.unsqueeze(0)?.unsqueeze(0)?;
-        let sin = self.sin.narrow(0, p, t)?.unsqueeze(0)?.unsqueeze(0)?;
+        let rot = self.rope_range(p, t)?;
         // query i (position p + i) sees keys 0 ..= p + i
         let s = p + t;
         let mask: Vec<f32> = (0..t * s).map(|i| if i % s > p + i / s { MASKED } else { 0.0 }).collect();
         let mask = Tensor::from_vec(mask, (1, 1, t, s), &self.device)?.to_dtype(x.dtype())?;
         let mut kvs = Vec::with_capacity(self.layers.len());
+        let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, training)?;
-            let (a, k, v) = layer.attn.forward_full(&h, &cos, &sin, &mask, training, past.map(|pv| &pv[i]))?;
+            if let (Some(last), true, None) = (last, i + 1 == n, past) {
+                let (a, k, v) = layer.attn.forward_last(&h, &rot, last)?;
+                let xl = (x.reshape((b * t, ()))?.index_select(&last.idx, 0)? + a)?;
+                let h = rms_norm(&xl, &layer.post_norm, self.cfg.rms_norm_eps, false)?;
+                x = (&xl + layer.mlp.forward(&h)?)?;
+                kvs.push((k, v));
+                break;
+            }
+            let (a, k, v) = layer.attn.forward_full(&h, &rot, &mask, training, past.map(|pv| &pv[i]))?;
             x = (x + drop(a, &mut dropout)?)?;
             let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?;
             x = (&x + drop(layer.mlp.forward(&h)?, &mut dropout)?)?;
@@ -276,11 +393,16 @@ impl Transformer {
         if lens.len() != r || lens.iter().any(|&l| l == 0 || l > t) {
             return Err(ModelError::Input(format!("prefill: lens {lens:?} do not fit {r} rows of {t}")));
         }
-        let (hidden, kvs) = self.forward_hidden(tokens, None)?;
-        let last: Vec<u32> = lens.iter().enumerate().map(|(i, &l)| (i * t + l - 1) as u32).collect();
-        let last = Tensor::from_vec(last, r, &self.device)?;
-        let h = hidden.reshape((r * t, ()))?.index_select(&last, 0)?;
-        Ok((HistoryKv::new(kvs, lens, t, &self.device, hidden.dtype())?, h))
+        let idx: Vec<u32> = lens.iter().enumerate().map(|(i, &l)| (i * t + l - 1) as u32).collect();
+        let pos: Vec<u32> = lens.iter().map(|&l| (l - 1) as u32).collect();
+        let mask = HistoryKv::length_mask(lens, t, &self.device, self.embed.dtype())?;
+        let last = LastRows {
+            idx: Tensor::from_vec(idx, r, &self.device)?,
+            rope: self.rope_rows(&Tensor::from_vec(pos, r, &self.device)?)?,
+            mask: mask.clone(),
+        };
+        let (h, kvs) = self.forward_inner(tokens, None, None, Some(&last))?;
+        Ok((HistoryKv::with_mask(kvs, lens, mask), h))
     }
 
     /// One decode step for all beams: `tokens[n]` is beam `n`'s newest token at
@@ -312,12 +434,11 @@ impl Transformer {
             return Err(ModelError::Input(format!("decode: {n} beams for {r} requests")));
         }
         let beams = n / r;
-        let cos = self.cos.index_select(pos, 0)?.unsqueeze(1)?; // [n, 1, hd]
-        let sin = self.sin.index_select(pos, 0)?.unsqueeze(1)?;
+        let rot = self.rope_rows(pos)?;
         let mut x = self.embed.index_select(tok, 0)?; // [n, h]
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, false)?;
-            let a = layer.attn.forward_decode(&h, &cos, &sin, hist.layer(i), hist.mask(), beams_kv, i, beams)?;
+            let a = layer.attn.forward_decode(&h, &rot, hist.layer(i), hist.mask(), beams_kv, i, beams)?;
             x = (x + a)?;
             let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, false)?;
             x = (&x + layer.mlp.forward(&h)?)?;
@@ -361,9 +482,17 @@ impl Attention {
             s.push(self.head_dim);
             s
         };
-        let mut q = self.q.forward(x)?.reshape(shape(self.heads))?;
-        let mut k = self.k.forward(x)?.reshape(shape(self.kv_heads))?;
-        let v = self.v.forward(x)?.reshape(shape(self.kv_heads))?;
+        let (mut q, mut k, v) = match &self.qkv {
+            Qkv::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Fused(qkv) => {
+                let y = qkv.forward(x)?;
+                let (nq, nk) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+                (y.narrow(D::Minus1, 0, nq)?, y.narrow(D::Minus1, nq, nk)?, y.narrow(D::Minus1, nq + nk, nk)?)
+            }
+        };
+        q = q.reshape(shape(self.heads))?;
+        k = k.reshape(shape(self.kv_heads))?;
+        let v = v.reshape(shape(self.kv_heads))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm(&q, qn, self.eps, training)?;
             k = rms_norm(&k, kn, self.eps, training)?;
@@ -377,16 +506,15 @@ impl Attention {
     fn forward_full(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rot: &RopeAt,
         mask: &Tensor,
         training: bool,
         past: Option<&(Tensor, Tensor)>,
     ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.qkv(x, training)?;
-        let q = rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?; // [b, h, t, hd]
-        let mut k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?.contiguous()?; // [b, kvh, t, hd]
+        let q = rot.apply(&q.transpose(1, 2)?.contiguous()?, training)?; // [b, h, t, hd]
+        let mut k = rot.apply(&k.transpose(1, 2)?.contiguous()?, training)?.contiguous()?; // [b, kvh, t, hd]
         let mut v = v.transpose(1, 2)?.contiguous()?;
         if let Some((pk, pv)) = past {
             k = Tensor::cat(&[pk, &k], 2)?;
@@ -405,14 +533,31 @@ impl Attention {
         Ok((self.o.forward(&out)?, k, v))
     }
 
+    /// [`Attention::forward_full`] of a prefill's last layer: keys and values
+    /// `[b, kv_heads, t, head_dim]` at every position, the attention output
+    /// `[b, hidden]` only at each row's last real token (`last`), which sees
+    /// the row's real positions (`last.mask`).
+    fn forward_last(&self, x: &Tensor, rot: &RopeAt, last: &LastRows) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+        let (b, t, _) = x.dims3()?;
+        let (kvh, hd, g) = (self.kv_heads, self.head_dim, self.heads / self.kv_heads);
+        let (q, k, v) = self.qkv(x, false)?; // [b, t, heads, hd]
+        let k = rot.apply(&k.transpose(1, 2)?.contiguous()?, false)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = q.reshape((b * t, self.heads, hd))?.index_select(&last.idx, 0)?; // [b, heads, hd]
+        let q = last.rope.apply(&q.unsqueeze(2)?.contiguous()?, false)?; // [b, heads, 1, hd]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.reshape((b, kvh, g, hd))?.matmul(&k.t()?)? * scale)?.broadcast_add(&last.mask)?; // [b, kvh, g, t]
+        let out = softmax(&scores, false)?.matmul(&v)?.reshape((b, self.heads * hd))?;
+        Ok((self.o.forward(&out)?, k, v))
+    }
+
     /// Attention of one new token per beam over its request's shared history
     /// plus the beam's own decoded tokens.
     #[allow(clippy::too_many_arguments)]
     fn forward_decode(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rot: &RopeAt,
         hist: &(Tensor, Tensor),
         hist_mask: &Tensor,
         beams_kv: &mut BeamKv,
@@ -423,8 +568,8 @@ impl Attention {
         let r = n / beams;
         let (kvh, hd, g) = (self.kv_heads, self.head_dim, self.heads / self.kv_heads);
         let (q, k, v) = self.qkv(x, false)?; // [n, heads, hd]
-        let q = rope(&q, cos, sin)?;
-        let k = rope(&k, cos, sin)?;
+        let q = rot.apply(&q.unsqueeze(2)?.contiguous()?, false)?.squeeze(2)?;
+        let k = rot.apply(&k.unsqueeze(2)?.contiguous()?, false)?.squeeze(2)?;
         let (kb, vb) = beams_kv.append(layer, &k.unsqueeze(2)?, &v.unsqueeze(2)?)?; // [n, kvh, s, hd]
         let s = kb.dim(2)?;
         let (hk, hv) = hist;
@@ -472,6 +617,25 @@ impl Attention {
 mod tests {
     use crate::generate::testutil::{random_catalog, random_model};
     use candle_core::{Device, Tensor};
+
+    /// The training forward (differentiable rope and norms) and the serving
+    /// forward (candle's fused rope, fused projections) agree.
+    #[test]
+    fn training_and_serving_forwards_agree() {
+        let cat = random_catalog(20, &[4, 4, 3], 1);
+        for arch in ["LlamaForCausalLM", "Qwen3ForCausalLM"] {
+            let net = random_model(&cat, arch, 2).net;
+            let mut served = net.clone();
+            served.fuse_projections().unwrap();
+            let toks = Tensor::from_slice(&[1u32, 5, 9, 13, 7, 2, 10, 4], (2, 4), &Device::Cpu).unwrap();
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+            let (h_train, kv_train) = net.forward_hidden(&toks, Some(super::Dropout { p: 0.0, rng: &mut rng })).unwrap();
+            let (h_serve, kv_serve) = served.forward_hidden(&toks, None).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff(&h_train, &h_serve) < 1e-5, "{arch}");
+            assert!(diff(&kv_train[1].0, &kv_serve[1].0) < 1e-5 && diff(&kv_train[1].1, &kv_serve[1].1) < 1e-5, "{arch}");
+        }
+    }
 
     /// A prompt's second part run after the first part's cached keys/values
     /// gives the hidden states and keys/values of one full forward.
