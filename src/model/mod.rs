@@ -9,6 +9,7 @@ pub mod config;
 pub mod fused;
 pub mod init;
 pub mod kv;
+mod rope;
 pub mod sidecar;
 pub mod transformer;
 

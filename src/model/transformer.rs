@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::{Arch, ModelConfig};
 use super::kv::{BeamKv, HistoryKv};
+use super::rope::{Rope, RopeTables};
 use super::ModelError;
 
 /// Additive mask value for positions a query must not see (finite, so that
@@ -68,43 +69,12 @@ fn softmax(x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` (the non-interleaved rotary of transformers).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, ModelError> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
-}
-
-/// The rotary angles of some positions, in the two forms the two rope paths
-/// take: full-width tables broadcast against `[b, heads, t, head_dim]`
-/// (differentiable, for training) and half-width tables for candle's fused
-/// rope (`[t, hd/2]` shared by the batch, or `[b, t, hd/2]` per row).
-struct RopeAt {
-    cos: Tensor,
-    sin: Tensor,
-    cos_half: Tensor,
-    sin_half: Tensor,
-}
-
-impl RopeAt {
-    /// `x` `[b, heads, t, head_dim]`, contiguous.
-    fn apply(&self, x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
-        if training {
-            rope(x, &self.cos, &self.sin)
-        } else {
-            Ok(candle_nn::rotary_emb::rope(x, &self.cos_half, &self.sin_half)?)
-        }
-    }
-}
-
 /// A prefill's rows: where each row's last real token is (`idx`, flat over
 /// `batch * time`), its rotary angles, and the mask of each row's real
 /// positions `[batch, 1, 1, time]`.
 struct LastRows {
     idx: Tensor,
-    rope: RopeAt,
+    rope: Rope,
     mask: Tensor,
 }
 
@@ -184,11 +154,7 @@ pub struct Transformer {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Tensor,
-    /// `[max_position, head_dim]` (both halves equal) and `[max_position, head_dim / 2]`.
-    cos: Tensor,
-    sin: Tensor,
-    cos_half: Tensor,
-    sin_half: Tensor,
+    rope: RopeTables,
     device: Device,
 }
 
@@ -246,11 +212,8 @@ impl Transformer {
             vb.get((cfg.vocab_size, h), "lm_head.weight")?
         };
         let device = vb.device().clone();
-        let (cos, sin) = rope_tables(cfg, vb.dtype(), &device)?;
-        let half = cfg.head_dim() / 2;
-        let cos_half = cos.narrow(1, 0, half)?.contiguous()?;
-        let sin_half = sin.narrow(1, 0, half)?.contiguous()?;
-        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, cos_half, sin_half, device })
+        let rope = RopeTables::new(cfg, vb.dtype(), &device)?;
+        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, device })
     }
 
     /// For serving: concatenates each layer's q/k/v and gate/up matrices so
@@ -266,28 +229,6 @@ impl Transformer {
             }
         }
         Ok(())
-    }
-
-    /// Rotary angles of positions `p .. p + t`, shared by the batch.
-    fn rope_range(&self, p: usize, t: usize) -> Result<RopeAt, ModelError> {
-        Ok(RopeAt {
-            cos: self.cos.narrow(0, p, t)?.unsqueeze(0)?.unsqueeze(0)?,
-            sin: self.sin.narrow(0, p, t)?.unsqueeze(0)?.unsqueeze(0)?,
-            cos_half: self.cos_half.narrow(0, p, t)?,
-            sin_half: self.sin_half.narrow(0, p, t)?,
-        })
-    }
-
-    /// Rotary angles of one position per row (`pos` `[n]` u32), for `[n, heads, 1, head_dim]`.
-    fn rope_rows(&self, pos: &Tensor) -> Result<RopeAt, ModelError> {
-        let n = pos.dim(0)?;
-        let (hd, half) = (self.cfg.head_dim(), self.cfg.head_dim() / 2);
-        Ok(RopeAt {
-            cos: self.cos.index_select(pos, 0)?.reshape((n, 1, 1, hd))?,
-            sin: self.sin.index_select(pos, 0)?.reshape((n, 1, 1, hd))?,
-            cos_half: self.cos_half.index_select(pos, 0)?.reshape((n, 1, half))?,
-            sin_half: self.sin_half.index_select(pos, 0)?.reshape((n, 1, half))?,
-        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -348,7 +289,7 @@ impl Transformer {
         let (b, _) = tokens.dims2()?;
         let emb = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, ()))?;
         let mut x = drop(emb, &mut dropout)?;
-        let rot = self.rope_range(p, t)?;
+        let rot = self.rope.range(p, t, training)?;
         // query i (position p + i) sees keys 0 ..= p + i
         let s = p + t;
         let mask: Vec<f32> = (0..t * s).map(|i| if i % s > p + i / s { MASKED } else { 0.0 }).collect();
@@ -398,7 +339,7 @@ impl Transformer {
         let mask = HistoryKv::length_mask(lens, t, &self.device, self.embed.dtype())?;
         let last = LastRows {
             idx: Tensor::from_vec(idx, r, &self.device)?,
-            rope: self.rope_rows(&Tensor::from_vec(pos, r, &self.device)?)?,
+            rope: self.rope.rows(&Tensor::from_vec(pos, r, &self.device)?)?,
             mask: mask.clone(),
         };
         let (h, kvs) = self.forward_inner(tokens, None, None, Some(&last))?;
@@ -434,7 +375,7 @@ impl Transformer {
             return Err(ModelError::Input(format!("decode: {n} beams for {r} requests")));
         }
         let beams = n / r;
-        let rot = self.rope_rows(pos)?;
+        let rot = self.rope.rows(pos)?;
         let mut x = self.embed.index_select(tok, 0)?; // [n, h]
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, false)?;
@@ -445,29 +386,6 @@ impl Transformer {
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, false)
     }
-}
-
-fn rope_tables(cfg: &ModelConfig, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor), ModelError> {
-    let hd = cfg.head_dim();
-    let half = hd / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (cfg.rope_base() as f32).powf(2.0 * i as f32 / hd as f32))
-        .collect();
-    let max = cfg.max_position_embeddings;
-    let mut cos = Vec::with_capacity(max * hd);
-    let mut sin = Vec::with_capacity(max * hd);
-    for p in 0..max {
-        for _half in 0..2 {
-            for f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-    }
-    let cos = Tensor::from_vec(cos, (max, hd), dev)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (max, hd), dev)?.to_dtype(dtype)?;
-    Ok((cos, sin))
 }
 
 impl Attention {
@@ -506,15 +424,15 @@ impl Attention {
     fn forward_full(
         &self,
         x: &Tensor,
-        rot: &RopeAt,
+        rot: &Rope,
         mask: &Tensor,
         training: bool,
         past: Option<&(Tensor, Tensor)>,
     ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.qkv(x, training)?;
-        let q = rot.apply(&q.transpose(1, 2)?.contiguous()?, training)?; // [b, h, t, hd]
-        let mut k = rot.apply(&k.transpose(1, 2)?.contiguous()?, training)?.contiguous()?; // [b, kvh, t, hd]
+        let q = rot.apply(&q.transpose(1, 2)?.contiguous()?)?; // [b, h, t, hd]
+        let mut k = rot.apply(&k.transpose(1, 2)?.contiguous()?)?.contiguous()?; // [b, kvh, t, hd]
         let mut v = v.transpose(1, 2)?.contiguous()?;
         if let Some((pk, pv)) = past {
             k = Tensor::cat(&[pk, &k], 2)?;
@@ -537,14 +455,14 @@ impl Attention {
     /// `[b, kv_heads, t, head_dim]` at every position, the attention output
     /// `[b, hidden]` only at each row's last real token (`last`), which sees
     /// the row's real positions (`last.mask`).
-    fn forward_last(&self, x: &Tensor, rot: &RopeAt, last: &LastRows) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+    fn forward_last(&self, x: &Tensor, rot: &Rope, last: &LastRows) -> Result<(Tensor, Tensor, Tensor), ModelError> {
         let (b, t, _) = x.dims3()?;
         let (kvh, hd, g) = (self.kv_heads, self.head_dim, self.heads / self.kv_heads);
         let (q, k, v) = self.qkv(x, false)?; // [b, t, heads, hd]
-        let k = rot.apply(&k.transpose(1, 2)?.contiguous()?, false)?.contiguous()?;
+        let k = rot.apply(&k.transpose(1, 2)?.contiguous()?)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let q = q.reshape((b * t, self.heads, hd))?.index_select(&last.idx, 0)?; // [b, heads, hd]
-        let q = last.rope.apply(&q.unsqueeze(2)?.contiguous()?, false)?; // [b, heads, 1, hd]
+        let q = last.rope.apply(&q.unsqueeze(2)?.contiguous()?)?; // [b, heads, 1, hd]
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.reshape((b, kvh, g, hd))?.matmul(&k.t()?)? * scale)?.broadcast_add(&last.mask)?; // [b, kvh, g, t]
         let out = softmax(&scores, false)?.matmul(&v)?.reshape((b, self.heads * hd))?;
@@ -557,7 +475,7 @@ impl Attention {
     fn forward_decode(
         &self,
         x: &Tensor,
-        rot: &RopeAt,
+        rot: &Rope,
         hist: &(Tensor, Tensor),
         hist_mask: &Tensor,
         beams_kv: &mut BeamKv,
@@ -568,8 +486,8 @@ impl Attention {
         let r = n / beams;
         let (kvh, hd, g) = (self.kv_heads, self.head_dim, self.heads / self.kv_heads);
         let (q, k, v) = self.qkv(x, false)?; // [n, heads, hd]
-        let q = rot.apply(&q.unsqueeze(2)?.contiguous()?, false)?.squeeze(2)?;
-        let k = rot.apply(&k.unsqueeze(2)?.contiguous()?, false)?.squeeze(2)?;
+        let q = rot.apply(&q.unsqueeze(2)?.contiguous()?)?.squeeze(2)?;
+        let k = rot.apply(&k.unsqueeze(2)?.contiguous()?)?.squeeze(2)?;
         let (kb, vb) = beams_kv.append(layer, &k.unsqueeze(2)?, &v.unsqueeze(2)?)?; // [n, kvh, s, hd]
         let s = kb.dim(2)?;
         let (hk, hv) = hist;
