@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use genrec::catalog::build::{build_catalog, load_embeddings};
@@ -17,6 +17,8 @@ use genrec::engine::Snapshot;
 use genrec::generate::Scoring;
 use genrec::model::Model;
 use genrec::train::{self, EvalOptions, TrainOptions};
+
+mod measure;
 
 
 #[derive(Parser)]
@@ -41,119 +43,13 @@ enum Command {
     /// GPU check (scripts/gpu-check.sh runs it on the GPU machine): the beam-step
     /// kernel and GPU generation against the CPU reference, the kernel's time per
     /// step beside its floors, and end-to-end GPU vs CPU speed. Table on stdout.
-    GpuCheck(GpuCheckArgs),
+    GpuCheck(measure::GpuCheckArgs),
     /// Load-test a running server with real histories; prints a table and JSON.
-    Bench(BenchArgs),
+    Bench(measure::BenchArgs),
     /// Cold-start evaluation: users held out of training get recommendations
     /// from their sign-up profile alone, scored against their first items
     /// (popularity, encoder intents, LLM intents); JSON on the last line.
-    ColdstartEval(ColdEvalArgs),
-}
-
-#[derive(clap::Args)]
-struct GpuCheckArgs {
-    /// Device to check: cuda:N, or cpu (the kernel's CPU port stands in: checks the harness only).
-    #[arg(long, default_value = "cuda:0")]
-    device: genrec::device::DeviceSpec,
-    /// Checkpoint for the end-to-end parts (default: the embedded demo model).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Catalog of --model (default: the one its genrec.json names).
-    #[arg(long)]
-    catalog: Option<PathBuf>,
-    /// Write the JSON report here.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Smaller run: tries of 10^4 and 10^6 items, 10 repetitions.
-    #[arg(long)]
-    quick: bool,
-    /// Memory bandwidth for the floor, GB/s (default: from the card's name; H100 SXM 3350, H200 4800).
-    #[arg(long)]
-    bandwidth_gbs: Option<f64>,
-}
-
-#[derive(clap::Args)]
-struct ColdEvalArgs {
-    /// Interactions file, NAME.inter.json.
-    #[arg(long)]
-    data: PathBuf,
-    /// Profiles, NAME.user.json ({"user": {"age": .., "gender": .., "occupation": ..}}).
-    #[arg(long)]
-    users: PathBuf,
-    /// Model trained with the same --holdout-users.
-    #[arg(long)]
-    model: PathBuf,
-    /// Share of users held out of training (as given to `genrec train --holdout-users`).
-    #[arg(long, default_value_t = 0.3)]
-    holdout_users: f64,
-    /// Which half of the held-out users: `valid` to pick settings, `test` to report.
-    #[arg(long, value_enum, default_value = "test")]
-    split: SplitArg,
-    /// Methods to run, comma-separated: popularity, embedding, llm.
-    #[arg(long, default_value = "popularity,embedding,llm")]
-    methods: String,
-    /// Items of each user's history that count as relevant (from the start).
-    #[arg(long, default_value_t = 10)]
-    first: usize,
-    /// List length.
-    #[arg(long, default_value_t = 10)]
-    k: usize,
-    /// Intent LLM (GGUF file or Hugging Face folder).
-    #[arg(long, default_value = genrec::coldstart::DEFAULT_INTENT_MODEL)]
-    intent_model: PathBuf,
-    #[arg(long, default_value = "prompts/intent.prompt")]
-    prompt: PathBuf,
-    #[arg(long, default_value = DEFAULT_ENCODER_DIR)]
-    encoder: PathBuf,
-    /// Intents per profile.
-    #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().top)]
-    intent_top: usize,
-    /// Only the first N held-out users (e.g. for a quick latency check).
-    #[arg(long)]
-    max_users: Option<usize>,
-    /// Softmax temperature over the LLM's label scores.
-    #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().temperature)]
-    temperature: f32,
-    /// Share of the empty-profile label score subtracted (contextual calibration).
-    #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().calibration)]
-    calibration: f32,
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Interactions file whose test-split histories (last 20 items) are sent, round-robin.
-    #[arg(long)]
-    data: PathBuf,
-    /// Closed loop: clients that each wait for their answer (ignored with --rate).
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    /// Open loop: Poisson arrivals at this many requests per second.
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Stop after this many requests.
-    #[arg(long, default_value_t = 2000, conflicts_with = "seconds")]
-    requests: usize,
-    /// Stop after this many seconds instead.
-    #[arg(long)]
-    seconds: Option<f64>,
-    /// Items per request.
-    #[arg(long, default_value_t = 10)]
-    k: usize,
-    /// Request strategy: auto, generative or ann.
-    #[arg(long)]
-    strategy: Option<String>,
-    /// Per-request timeout_ms (default: the server's).
-    #[arg(long)]
-    timeout_ms: Option<u64>,
-    /// Also write the report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Seed of the open loop's arrival times.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    ColdstartEval(measure::ColdEvalArgs),
 }
 
 #[derive(clap::Args)]
@@ -265,7 +161,7 @@ struct TrainArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum SplitArg {
+pub(crate) enum SplitArg {
     Valid,
     Test,
 }
@@ -338,10 +234,10 @@ fn main() -> Result<()> {
         Command::Index(a) => index(a),
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval(a),
-        Command::ColdstartEval(a) => coldstart_eval(a),
+        Command::ColdstartEval(a) => measure::coldstart_eval(a),
         Command::Serve(a) => genrec::server::run(a),
-        Command::Bench(a) => bench(a),
-        Command::GpuCheck(a) => gpu_check(a),
+        Command::Bench(a) => measure::bench(a),
+        Command::GpuCheck(a) => measure::gpu_check(a),
         Command::DemoData(a) => {
             let o = demo::DemoOptions { items: a.items, users: a.users, seed: a.seed, ..Default::default() };
             demo::write(&a.out, &o)?;
@@ -351,7 +247,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn progress(label: &str, done: usize, total: usize) {
+pub(crate) fn progress(label: &str, done: usize, total: usize) {
     eprint!("\r{label}: {done}/{total}");
     if done == total {
         eprintln!();
@@ -398,48 +294,6 @@ fn mix_collaborative(
     );
     let mixed = mix(&emb, dim, &cf, opts.dim, a.collab_weight);
     Ok((mixed, dim + opts.dim, format!("{embedder}+collab{}x{}", opts.dim, a.collab_weight)))
-}
-
-fn bench(a: BenchArgs) -> Result<()> {
-    let data = dataset::load_interactions(&a.data)?;
-    let histories = genrec::loadgen::histories(&data);
-    if histories.is_empty() {
-        bail!("{}: no user has a test history", a.data.display());
-    }
-    let mut extra = serde_json::Map::new();
-    if let Some(s) = &a.strategy {
-        extra.insert("strategy".into(), serde_json::json!(s));
-    }
-    if let Some(t) = a.timeout_ms {
-        extra.insert("timeout_ms".into(), serde_json::json!(t));
-    }
-    let opts = genrec::loadgen::BenchOptions {
-        url: a.url.clone(),
-        load: match a.rate {
-            Some(rate) => genrec::loadgen::Load::Open { rate },
-            None => genrec::loadgen::Load::Closed { concurrency: a.concurrency },
-        },
-        stop: match a.seconds {
-            Some(s) => genrec::loadgen::Stop::Seconds(s),
-            None => genrec::loadgen::Stop::Requests(a.requests),
-        },
-        k: a.k,
-        extra,
-        seed: a.seed,
-    };
-    eprintln!("bench: {} histories from {}, {}", histories.len(), a.data.display(), a.url);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = rt.block_on(genrec::loadgen::run(&opts, &histories));
-    print!("{}", report.table());
-    let js = serde_json::to_string(&report)?;
-    if let Some(p) = &a.json {
-        std::fs::write(p, &js).with_context(|| format!("writing {}", p.display()))?;
-    }
-    println!("{js}");
-    if report.ok == 0 {
-        bail!("no request succeeded: is the server running at {}?", a.url);
-    }
-    Ok(())
 }
 
 fn index(a: IndexArgs) -> Result<()> {
@@ -568,84 +422,4 @@ fn eval(a: EvalArgs) -> Result<()> {
     eprintln!("eval: {} users in {:.1}s (beam {})", m.users, t0.elapsed().as_secs_f64(), a.beam.max(10));
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
-}
-
-fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
-    use genrec::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate};
-    use genrec::train::coldstart_eval as ce;
-    let dev = candle_core::Device::Cpu;
-    let snap = Snapshot::load(&a.model, None, &dev)?;
-    let inter = dataset::load_interactions(&a.data)?;
-    let users = dataset::load_users(&a.users)?;
-    let group = match a.split {
-        SplitArg::Valid => dataset::ColdGroup::Valid,
-        SplitArg::Test => dataset::ColdGroup::Test,
-    };
-    let mut cold = ce::cold_users(&snap.catalog, &inter, &users, a.holdout_users, group, a.first);
-    cold.truncate(a.max_users.unwrap_or(usize::MAX));
-    if cold.is_empty() {
-        bail!("no held-out users with a profile (check --holdout-users and --users)");
-    }
-    eprintln!("coldstart-eval: {} held-out users, first {} items each", cold.len(), a.first);
-    let opts = ColdStartOptions { top: a.intent_top.max(1), temperature: a.temperature, calibration: a.calibration, ..Default::default() };
-    let mut results = Vec::new();
-    let mut encoder = None; // loaded once, for the first method that needs it
-    for method in a.methods.split(',').map(str::trim) {
-        let t0 = Instant::now();
-        let m = match method {
-            "popularity" => ce::eval_popular(&cold, &ce::popular(&snap.catalog, &inter, a.holdout_users, a.k), a.k),
-            "embedding" | "llm" => {
-                if encoder.is_none() {
-                    encoder = Some(std::sync::Arc::new(TextEncoder::load(&a.encoder)?));
-                }
-                let lm = if method == "llm" {
-                    Some((IntentLm::load(&a.intent_model)?, PromptTemplate::load(&a.prompt)?))
-                } else {
-                    None
-                };
-                let cs = ColdStart::new(&snap.catalog, lm, encoder.clone(), opts.clone())?;
-                cs.warm()?;
-                ce::eval_intents((*snap.model).clone(), (*snap.catalog).clone(), cs, &cold, a.k, |d, t| progress(method, d, t))?
-            }
-            other => bail!("unknown method {other:?} (popularity, embedding, llm)"),
-        };
-        eprintln!(
-            "{:<11} R@{k} {:.4}  N@{k} {:.4}  p50 {} ms  ({:.0}s)",
-            m.method,
-            m.recall,
-            m.ndcg,
-            m.p50_ms.map_or("-".into(), |x| format!("{x:.1}")),
-            t0.elapsed().as_secs_f64(),
-            k = a.k
-        );
-        results.push(m);
-    }
-    println!("{}", serde_json::to_string(&results)?);
-    Ok(())
-}
-
-fn gpu_check(a: GpuCheckArgs) -> Result<()> {
-    let mut opts = genrec::gpu_check::CheckOptions {
-        device: a.device,
-        model: a.model,
-        catalog: a.catalog,
-        bandwidth_gbs: a.bandwidth_gbs,
-        ..Default::default()
-    };
-    if a.quick {
-        opts.trie_items = vec![10_000, 1_000_000];
-        opts.reps = 10;
-    }
-    let (report, result) = match genrec::gpu_check::run(&opts) {
-        Ok(report) => (Some(report), Ok(())),
-        Err(genrec::gpu_check::CheckError::Failed { failures, report }) => {
-            (Some(*report), Err(anyhow::anyhow!("gpu-check: {} part(s) failed:\n  {}", failures.len(), failures.join("\n  "))))
-        }
-        Err(e) => (None, Err(e.into())),
-    };
-    if let (Some(out), Some(report)) = (a.out, report) {
-        std::fs::write(&out, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("gpu-check: wrote {}", out.display());
-    }
-    result
 }
