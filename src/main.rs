@@ -153,6 +153,13 @@ struct TrainArgs {
     /// the user id; see `genrec coldstart-eval`).
     #[arg(long, default_value_t = 0.0)]
     holdout_users: f64,
+    /// Keep exponential moving averages of the weights with these decays
+    /// (comma-separated, e.g. 0.999). The model folder gets the first average;
+    /// OUT/variants/ gets the last step's weights (`last`) and the other
+    /// averages (`ema-DECAY`), each a complete model folder for `genrec eval`.
+    /// Empty: the last step's weights, no variants.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    ema_decay: Vec<f64>,
     /// Training threads (default: all cores). Each thread runs its share of a
     /// batch with single-threaded kernels (data parallel), which on small
     /// models is much faster than splitting every matrix product.
@@ -378,6 +385,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         valid_every: a.valid_every,
         valid_users: a.valid_users,
         workers,
+        ema_decays: a.ema_decay.clone(),
     };
     let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
     println!(

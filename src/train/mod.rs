@@ -1,5 +1,6 @@
 //! Training (`genrec train`) and evaluation (`genrec eval`, `genrec coldstart-eval`).
 
+pub mod average;
 pub mod coldstart_eval;
 pub mod eval;
 pub mod metrics;
@@ -128,6 +129,42 @@ mod tests {
             let diff = w.iter().zip(&weights[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(diff < 1e-4, "max weight difference {diff}");
         }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn weight_averages_are_saved_beside_the_last_weights() {
+        let cat = random_catalog(48, &[4, 4, 3], 3);
+        let inter = demo_interactions(48);
+        let base = std::env::temp_dir().join(format!("genrec-ema-{}", std::process::id()));
+        let small = TrainOptions {
+            epochs: 2,
+            batch_size: 32,
+            hidden: 32,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            ff: 64,
+            warmup_steps: 2,
+            ..Default::default()
+        };
+        train(&cat, &base, &inter, &small, &base.join("plain"), &mut |_| {}).unwrap();
+        // (a short run: the first updates' decay (1 + n) / (10 + n) stays under
+        // 0.5, so the second average needs a smaller decay to differ)
+        let averaged = TrainOptions { ema_decays: vec![0.9, 0.1], ..small.clone() };
+        train(&cat, &base, &inter, &averaged, &base.join("avg"), &mut |_| {}).unwrap();
+        let weights = |d: &str| std::fs::read(base.join(d).join("model.safetensors")).unwrap();
+        // averaging takes nothing from the training itself: the last step's
+        // weights are those of the run without averages
+        assert!(weights("plain") == weights("avg/variants/last"));
+        assert!(weights("plain") != weights("avg"));
+        assert!(weights("avg") != weights("avg/variants/ema-0.1"));
+        for dir in ["avg", "avg/variants/last", "avg/variants/ema-0.1"] {
+            let model = Model::load(&base.join(dir), &candle_core::Device::Cpu).unwrap();
+            assert_eq!(model.catalog_dir().unwrap().canonicalize().unwrap(), base.canonicalize().unwrap(), "{dir}");
+        }
+        let bad = TrainOptions { ema_decays: vec![1.0], ..small };
+        assert!(train(&cat, &base, &inter, &bad, &base.join("bad"), &mut |_| {}).is_err());
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -15,6 +15,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::average::WeightAverage;
 use super::eval::{evaluate, to_indices, EvalOptions};
 use super::TrainError;
 use crate::catalog::Catalog;
@@ -47,6 +48,10 @@ pub struct TrainOptions {
     /// Data-parallel workers per step (each runs its share of the batch on
     /// one thread; see `genrec train --threads`).
     pub workers: usize,
+    /// Decays of exponential moving averages of the weights (empty: none).
+    /// The checkpoint holds the first average; `out/variants/` holds the last
+    /// step's weights and the other averages, each a complete model folder.
+    pub ema_decays: Vec<f64>,
 }
 
 impl Default for TrainOptions {
@@ -69,6 +74,7 @@ impl Default for TrainOptions {
             valid_every: 0,
             valid_users: 2000,
             workers: 1,
+            ema_decays: Vec::new(),
         }
     }
 }
@@ -221,6 +227,9 @@ pub fn train(
             "epochs and batch size must be positive and hidden a multiple of heads".into(),
         ));
     }
+    if let Some(d) = opts.ema_decays.iter().find(|d| !(0.0..1.0).contains(*d)) {
+        return Err(TrainError::Invalid(format!("an average's decay must be in [0, 1), got {d}")));
+    }
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(out.display().to_string(), e))?;
     let sidecar = Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest, opts.max_history);
     let mut cfg = ModelConfig::llama(sidecar.min_vocab(), opts.hidden, opts.layers, opts.heads, opts.kv_heads, opts.ff);
@@ -244,6 +253,14 @@ pub fn train(
     }
     let net = Transformer::load(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg)?;
     let parameters: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let named_vars: Vec<(String, Var)> = {
+        let data = varmap.data().lock().map_err(|_| TrainError::Invalid("poisoned var map".into()))?;
+        let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mut averages =
+        opts.ema_decays.iter().map(|&d| WeightAverage::new(d, &named_vars)).collect::<Result<Vec<_>, _>>()?;
     let mut opt = AdamW::new(
         varmap.all_vars(),
         ParamsAdamW { lr: opts.lr, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: opts.weight_decay },
@@ -311,6 +328,9 @@ pub fn train(
             if let Some(g) = grads {
                 opt.step(&g)?;
             }
+            for a in &mut averages {
+                a.update(&named_vars)?;
+            }
             if !l.is_finite() {
                 return Err(TrainError::Invalid(format!("loss became {l} at step {step}")));
             }
@@ -334,8 +354,12 @@ pub fn train(
         }
         last_loss = sum / count.max(1) as f64;
         if opts.valid_every > 0 && opts.valid_users > 0 && (epoch + 1) % opts.valid_every == 0 && epoch + 1 < opts.epochs {
+            let net = match averages.first() {
+                Some(a) => Transformer::load(VarBuilder::from_tensors(a.named(&named_vars), DType::F32, &dev), &cfg)?,
+                None => net.clone(),
+            };
             let model = Model {
-                net: net.clone(),
+                net,
                 config: cfg.clone(),
                 sidecar: sidecar.clone(),
                 version: format!("epoch{}", epoch + 1),
@@ -354,11 +378,22 @@ pub fn train(
             ));
         }
     }
-    let tensors: HashMap<String, Tensor> = {
-        let data = varmap.data().lock().map_err(|_| TrainError::Invalid("poisoned var map".into()))?;
-        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
-    };
-    save_checkpoint(out, &cfg, &tensors, &sidecar)?;
+    let last: HashMap<String, Tensor> = named_vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    match averages.split_first() {
+        None => save_checkpoint(out, &cfg, &last, &sidecar)?,
+        Some((first, others)) => {
+            save_checkpoint(out, &cfg, &first.named(&named_vars), &sidecar)?;
+            let mut variants = vec![("last".to_string(), last)];
+            variants.extend(others.iter().map(|a| (format!("ema-{}", a.decay()), a.named(&named_vars))));
+            for (name, tensors) in variants {
+                let dir = out.join("variants").join(name);
+                std::fs::create_dir_all(&dir).map_err(|e| TrainError::Io(dir.display().to_string(), e))?;
+                let sidecar = Sidecar { catalog: relative_path(&dir, catalog_dir), ..sidecar.clone() };
+                save_checkpoint(&dir, &cfg, &tensors, &sidecar)?;
+                log(&format!("train: wrote the variant {}", dir.display()));
+            }
+        }
+    }
     Ok(TrainReport {
         sequences: seqs.len(),
         steps: step,
