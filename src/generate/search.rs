@@ -100,14 +100,16 @@ pub fn generate_with(
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
         let (logits, norm) = match scoring {
-            Scoring::Trie => (model.net.logits_range(&hidden, sc.code_offsets[level] as usize, codes)?, None),
+            Scoring::Trie => {
+                let l = model.net.logits_range(&hidden, sc.code_offsets[level] as usize, codes)?;
+                (l.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?, None)
+            }
             Scoring::Model => {
                 let full = model.net.logits(&hidden)?.to_dtype(candle_core::DType::F32)?;
-                let lse = full.log_sum_exp(candle_core::D::Minus1)?.to_vec1::<f32>()?;
-                (full.narrow(1, sc.code_offsets[level] as usize, codes)?, Some(lse))
+                let (lse, level_logits) = normalise_rows(&full, sc.code_offsets[level] as usize, codes)?;
+                (level_logits, Some(lse))
             }
         };
-        let logits = logits.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let filters = LevelFilters::new(catalog, reqs, level);
@@ -130,6 +132,22 @@ pub fn generate_with(
         beams_in = beam;
     }
     Err(GenerateError::Mismatch("model has no levels".into()))
+}
+
+/// Each row's log-normaliser over the whole vocabulary (log-sum-exp) and the
+/// row's columns `start .. start + len` (one level's codes), in one pass over
+/// the logits `[rows, vocab]` (the level's columns flat, row by row).
+fn normalise_rows(full: &Tensor, start: usize, len: usize) -> Result<(Vec<f32>, Vec<f32>), GenerateError> {
+    let (rows, vocab) = full.dims2()?;
+    let flat = full.flatten_all()?.to_vec1::<f32>()?;
+    let mut scratch = Vec::with_capacity(vocab);
+    let mut lse = Vec::with_capacity(rows);
+    let mut cols = Vec::with_capacity(rows * len);
+    for row in flat.chunks_exact(vocab.max(1)) {
+        lse.push(crate::model::fastexp::log_sum_exp(row, &mut scratch));
+        cols.extend_from_slice(&row[start..start + len]);
+    }
+    Ok((lse, cols))
 }
 
 /// Prefills every request's history (its last `max_history_items` items as

@@ -23,6 +23,46 @@ pub fn swiglu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.narrow(D::Minus1, 0, ff)?.silu()? * x.narrow(D::Minus1, ff, ff)?.contiguous()?
 }
 
+/// Softmax over the last dimension with the vectorised exp (masked scores,
+/// however negative, give about zero).
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1_no_bwd(&Softmax);
+    }
+    candle_nn::ops::softmax_last_dim(&x.contiguous()?)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "genrec-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else { candle_core::bail!("softmax: f32 only on the CPU") };
+        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("softmax: input must be contiguous") };
+        let n = layout.shape().dims().last().copied().unwrap_or(0);
+        if n == 0 {
+            candle_core::bail!("softmax: empty last dimension");
+        }
+        let mut out = data[start..end].to_vec();
+        let row = |r: &mut [f32]| {
+            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            r.iter_mut().for_each(|v| *v -= max);
+            super::fastexp::exp_in_place(r);
+            let inv = 1.0 / r.iter().sum::<f32>();
+            r.iter_mut().for_each(|v| *v *= inv);
+        };
+        if out.len() >= PARALLEL_MIN {
+            out.par_chunks_mut(n).for_each(row);
+        } else {
+            out.chunks_mut(n).for_each(row);
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
 struct SwiGlu;
 
 impl CustomOp1 for SwiGlu {
@@ -43,9 +83,11 @@ impl CustomOp1 for SwiGlu {
         let mut out = vec![0f32; rows * ff];
         let row = |(o, x): (&mut [f32], &[f32])| {
             let (g, u) = x.split_at(ff);
+            // candle's silu, x / (1 + exp(-x)), with the vectorised exp
+            o.iter_mut().zip(g).for_each(|(o, &g)| *o = -g);
+            super::fastexp::exp_in_place(o);
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                // candle's silu: x / (1 + exp(-x))
-                *o = g / (1.0 + (-g).exp()) * u;
+                *o = g / (1.0 + *o) * u;
             }
         };
         if out.len() >= PARALLEL_MIN {
@@ -74,8 +116,24 @@ mod tests {
             let got = swiglu(&x).unwrap();
             assert_eq!(got.dims(), &[rows, ff]);
             let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(d < 1e-6, "{d}");
+            assert!(d < 1e-5, "{d}");
         }
         assert!(swiglu(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap()).is_err());
+    }
+
+    #[test]
+    fn softmax_equals_candles() {
+        for (rows, n) in [(3usize, 5usize), (400, 300)] {
+            let mut x = Tensor::randn(0f32, 3.0, (rows, n), &Device::Cpu).unwrap();
+            if n == 5 {
+                // a masked score, as attention masks add them
+                let mask = Tensor::new(&[0f32, -1e9, 0.0, 0.0, f32::NEG_INFINITY], &Device::Cpu).unwrap();
+                x = x.broadcast_add(&mask).unwrap();
+            }
+            let want = candle_nn::ops::softmax_last_dim(&x).unwrap();
+            let got = softmax_last_dim(&x).unwrap();
+            let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-6, "{d}");
+        }
     }
 }

@@ -6,11 +6,13 @@
 //! tensor names) and `genrec.json` (see [`sidecar`]).
 
 pub mod config;
+pub mod fastexp;
 pub mod fused;
 pub mod init;
 pub mod kv;
 mod rope;
 pub mod sidecar;
+pub mod small_gemm;
 pub mod transformer;
 
 use std::collections::HashMap;

@@ -65,7 +65,7 @@ fn softmax(x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
     if training {
         Ok(candle_nn::ops::softmax(x, D::Minus1)?)
     } else {
-        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+        Ok(super::fused::softmax_last_dim(x)?)
     }
 }
 
@@ -76,6 +76,25 @@ struct LastRows {
     idx: Tensor,
     rope: Rope,
     mask: Tensor,
+    /// Where the rows are padded: the real positions (flat), and for every
+    /// flat position its index among them or the extra zero row after them,
+    /// so the MLP (most of a layer's arithmetic) skips the padding.
+    real: Option<(Tensor, Tensor)>,
+}
+
+impl LastRows {
+    /// The MLP's contribution `[b, t, hidden]` to the residual stream `x`,
+    /// computed on the real positions only (pads get zero).
+    fn mlp(&self, layer: &Layer, x: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
+        let Some((real, spread)) = &self.real else {
+            return layer.mlp.forward(&rms_norm(x, &layer.post_norm, eps, false)?);
+        };
+        let (b, t, d) = x.dims3()?;
+        let packed = x.reshape((b * t, d))?.index_select(real, 0)?;
+        let m = layer.mlp.forward(&rms_norm(&packed, &layer.post_norm, eps, false)?)?;
+        let m = Tensor::cat(&[&m, &Tensor::zeros((1, d), m.dtype(), m.device())?], 0)?;
+        Ok(m.index_select(spread, 0)?.reshape((b, t, d))?)
+    }
 }
 
 /// The query, key and value projections: three matrices as trained and
@@ -113,12 +132,21 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let h = match &self.gate_up {
-            GateUp::Split { gate, up } => (gate.forward(x)?.silu()? * up.forward(x)?)?,
-            GateUp::Fused(gu) => super::fused::swiglu(&gu.forward(x)?)?,
-        };
-        Ok(self.down.forward(&h)?)
+        match &self.gate_up {
+            GateUp::Split { gate, up } => Ok(self.down.forward(&(gate.forward(x)?.silu()? * up.forward(x)?)?)?),
+            GateUp::Fused(gu) => serve_linear(&self.down, &super::fused::swiglu(&serve_linear(gu, x)?)?),
+        }
     }
+}
+
+/// A serving projection (no gradient): few rows go through the small-product
+/// kernel instead of a general gemm.
+fn serve_linear(lin: &Linear, x: &Tensor) -> Result<Tensor, ModelError> {
+    let y = super::small_gemm::matmul_t(x, lin.weight())?;
+    Ok(match lin.bias() {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
 }
 
 /// One matrix of the rows of `parts` (and their biases, if all have one).
@@ -156,6 +184,8 @@ pub struct Transformer {
     lm_head: Tensor,
     rope: RopeTables,
     device: Device,
+    /// Projections fused for serving (see [`Transformer::fuse_projections`]).
+    serving: bool,
 }
 
 impl Transformer {
@@ -213,7 +243,7 @@ impl Transformer {
         };
         let device = vb.device().clone();
         let rope = RopeTables::new(cfg, vb.dtype(), &device)?;
-        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, device })
+        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, device, serving: false })
     }
 
     /// For serving: concatenates each layer's q/k/v and gate/up matrices so
@@ -228,6 +258,7 @@ impl Transformer {
                 l.mlp.gate_up = GateUp::Fused(concat_linear(&[gate, up])?);
             }
         }
+        self.serving = true;
         Ok(())
     }
 
@@ -308,8 +339,11 @@ impl Transformer {
             }
             let (a, k, v) = layer.attn.forward_full(&h, &rot, &mask, training, past.map(|pv| &pv[i]))?;
             x = (x + drop(a, &mut dropout)?)?;
-            let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?;
-            x = (&x + drop(layer.mlp.forward(&h)?, &mut dropout)?)?;
+            let m = match last {
+                Some(last) => last.mlp(layer, &x, self.cfg.rms_norm_eps)?,
+                None => layer.mlp.forward(&rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?)?,
+            };
+            x = (&x + drop(m, &mut dropout)?)?;
             kvs.push((k, v));
         }
         Ok((rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, training)?, kvs))
@@ -317,6 +351,9 @@ impl Transformer {
 
     /// Logits over the whole vocabulary for hidden states `[.., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        if self.serving {
+            return Ok(super::small_gemm::matmul_t(hidden, &self.lm_head)?);
+        }
         Ok(hidden.broadcast_matmul(&self.lm_head.t()?)?)
     }
 
@@ -337,10 +374,22 @@ impl Transformer {
         let idx: Vec<u32> = lens.iter().enumerate().map(|(i, &l)| (i * t + l - 1) as u32).collect();
         let pos: Vec<u32> = lens.iter().map(|&l| (l - 1) as u32).collect();
         let mask = HistoryKv::length_mask(lens, t, &self.device, self.embed.dtype())?;
+        let total: usize = lens.iter().sum();
+        let real = if total < r * t {
+            let real: Vec<u32> = (0..r * t).filter(|&f| f % t < lens[f / t]).map(|f| f as u32).collect();
+            let mut spread = vec![total as u32; r * t];
+            for (j, &f) in real.iter().enumerate() {
+                spread[f as usize] = j as u32;
+            }
+            Some((Tensor::from_vec(real, total, &self.device)?, Tensor::from_vec(spread, r * t, &self.device)?))
+        } else {
+            None
+        };
         let last = LastRows {
             idx: Tensor::from_vec(idx, r, &self.device)?,
             rope: self.rope.rows(&Tensor::from_vec(pos, r, &self.device)?)?,
             mask: mask.clone(),
+            real,
         };
         let (h, kvs) = self.forward_inner(tokens, None, None, Some(&last))?;
         Ok((HistoryKv::with_mask(kvs, lens, mask), h))
@@ -391,6 +440,14 @@ impl Transformer {
 impl Attention {
     /// Queries, keys and values of `x` `[.., hidden]` shaped `[.., heads, head_dim]`,
     /// with the Qwen3 per-head norms applied.
+    /// The output projection, in the serving form when the model is fused.
+    fn project_out(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        match self.qkv {
+            Qkv::Fused(_) => serve_linear(&self.o, x),
+            Qkv::Split { .. } => Ok(self.o.forward(x)?),
+        }
+    }
+
     fn qkv(&self, x: &Tensor, training: bool) -> Result<(Tensor, Tensor, Tensor), ModelError> {
         let mut lead: Vec<usize> = x.dims().to_vec();
         lead.pop();
@@ -403,7 +460,7 @@ impl Attention {
         let (mut q, mut k, v) = match &self.qkv {
             Qkv::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
             Qkv::Fused(qkv) => {
-                let y = qkv.forward(x)?;
+                let y = serve_linear(qkv, x)?;
                 let (nq, nk) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
                 (y.narrow(D::Minus1, 0, nq)?, y.narrow(D::Minus1, nq, nk)?, y.narrow(D::Minus1, nq + nk, nk)?)
             }
@@ -448,7 +505,7 @@ impl Attention {
         let p = softmax(&scores, training)?.reshape((b, self.kv_heads, g * t, s))?;
         let out = p.matmul(&v)?.reshape((b, self.heads, t, self.head_dim))?;
         let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, self.heads * self.head_dim))?;
-        Ok((self.o.forward(&out)?, k, v))
+        Ok((self.project_out(&out)?, k, v))
     }
 
     /// [`Attention::forward_full`] of a prefill's last layer: keys and values
@@ -466,7 +523,7 @@ impl Attention {
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.reshape((b, kvh, g, hd))?.matmul(&k.t()?)? * scale)?.broadcast_add(&last.mask)?; // [b, kvh, g, t]
         let out = softmax(&scores, false)?.matmul(&v)?.reshape((b, self.heads * hd))?;
-        Ok((self.o.forward(&out)?, k, v))
+        Ok((self.project_out(&out)?, k, v))
     }
 
     /// Attention of one new token per beam over its request's shared history
@@ -527,7 +584,7 @@ impl Attention {
             .contiguous()?
             .reshape((n, kvh, g, hd))?;
         let out = (oh + ob)?.reshape((n, self.heads * hd))?;
-        Ok(self.o.forward(&out)?)
+        Ok(self.project_out(&out)?)
     }
 }
 
