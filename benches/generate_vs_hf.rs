@@ -9,7 +9,14 @@
 //! `requests.json` (token sequences, the items' token tuples) for the Python
 //! half and `genrec.json` (timings, each request's top-k item ids).
 //!
-//! cargo bench --bench generate_vs_hf -- --model DIR --data NAME.inter.json --out DIR
+//! The two measurements want different thread set-ups: throughput is best
+//! with one worker per core, each running whole batches on single-threaded
+//! kernels; a single request is fastest with the kernels spread over the
+//! cores. A process fixes its kernels' thread count at start, so
+//! `benches/vs_transformers.sh` runs `--phase batched --workers CORES` and
+//! then `--phase single`, which adds its latencies to the same genrec.json.
+//!
+//! cargo bench --bench generate_vs_hf -- --model DIR --data NAME.inter.json --out DIR [--phase both|batched|single]
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -54,12 +61,24 @@ struct Args {
     /// Timed passes over all requests in the batched phase (the median is reported).
     #[arg(long, default_value_t = 3)]
     passes: usize,
+    /// What to measure: `batched` writes genrec.json with throughput and
+    /// top-k lists, `single` adds single-request latencies to it, `both` does
+    /// both in this process.
+    #[arg(long, value_enum, default_value = "both")]
+    phase: Phase,
     /// Beam widths (k = B), comma separated.
     #[arg(long, default_value = "10,50", value_delimiter = ',')]
     beams: Vec<usize>,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Both,
+    Batched,
+    Single,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -75,16 +94,65 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Requests per second over all `reqs` in batches of similar length (median
+/// of `--passes`), and each request's top-k item ids.
+fn batched(
+    a: &Args,
+    model: &genrec::model::Model,
+    catalog: &genrec::catalog::Catalog,
+    reqs: &[GenRequest],
+    tokens: &[Vec<u32>],
+    b: usize,
+) -> Result<(f64, Vec<Vec<String>>)> {
+    // batches of similar history length (less padding), as a server's
+    // batcher would form them; the Python half does the same
+    let mut order: Vec<usize> = (0..reqs.len()).collect();
+    order.sort_by_key(|&i| (tokens[i].len(), i));
+    let chunks: Vec<Vec<usize>> = order.chunks(a.batch.max(1)).map(<[usize]>::to_vec).collect();
+    let workers = a.workers.max(1);
+    let mut topk = vec![Vec::new(); reqs.len()];
+    let mut pass_s = Vec::new();
+    for _ in 0..a.passes.max(1) {
+        let t0 = Instant::now();
+        // worker w takes chunks w, w + workers, ...
+        let results: Vec<Vec<(usize, Vec<String>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let (chunks, reqs) = (&chunks, &reqs);
+                    s.spawn(move || -> Result<Vec<(usize, Vec<String>)>> {
+                        let mut out = Vec::new();
+                        for chunk in chunks.iter().skip(w).step_by(workers) {
+                            let batch: Vec<GenRequest> = chunk.iter().map(|&i| reqs[i].clone()).collect();
+                            let g = generate(model, catalog, &batch, b)?;
+                            for (&i, hs) in chunk.iter().zip(g.hits) {
+                                out.push((i, hs.into_iter().map(|h| catalog.item_ids[h.item as usize].clone()).collect()));
+                            }
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("worker panicked")).collect::<Result<Vec<_>>>()
+        })?;
+        pass_s.push(t0.elapsed().as_secs_f64());
+        for (i, ids) in results.into_iter().flatten() {
+            topk[i] = ids;
+        }
+    }
+    Ok((reqs.len() as f64 / median(pass_s), topk))
+}
+
 fn main() -> Result<()> {
     // the same process settings as `genrec serve`
     genrec::runtime::tune_allocator();
     let a = Args::parse();
-    if a.workers > 1 {
+    if a.workers > 1 && a.phase != Phase::Single {
         // before any thread exists: every kernel runs on its caller's thread
         std::env::set_var("RAYON_NUM_THREADS", "1");
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     genrec::runtime::pin_thread_count();
+    let threads = candle_core::utils::get_num_threads();
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
     let snap = Snapshot::load(&a.model, None, &candle_core::Device::Cpu)?;
     let (model, catalog) = (&snap.model, &snap.catalog);
@@ -109,67 +177,49 @@ fn main() -> Result<()> {
     });
     std::fs::write(a.out.join("requests.json"), serde_json::to_vec(&requests)?)?;
 
+    let results_path = a.out.join("genrec.json");
     let mut results = serde_json::Map::new();
+    if a.phase == Phase::Single {
+        let bytes = std::fs::read(&results_path)
+            .with_context(|| format!("--phase single adds to {}: run --phase batched first", results_path.display()))?;
+        if let serde_json::Value::Object(m) = serde_json::from_slice(&bytes)? {
+            results = m;
+        }
+    }
     for &b in &a.beams {
         let reqs: Vec<GenRequest> =
             histories.iter().map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new(), within: Vec::new() }).collect();
         // warm-up (allocator, caches)
         generate(model, catalog, &reqs[..reqs.len().min(a.batch)], b)?;
-        // batches of similar history length (less padding), as a server's
-        // batcher would form them; the Python half does the same
-        let mut order: Vec<usize> = (0..reqs.len()).collect();
-        order.sort_by_key(|&i| (tokens[i].len(), i));
-        let chunks: Vec<Vec<usize>> = order.chunks(a.batch.max(1)).map(<[usize]>::to_vec).collect();
-        let workers = a.workers.max(1);
-        let mut topk = vec![Vec::new(); reqs.len()];
-        let mut pass_s = Vec::new();
-        for _ in 0..a.passes.max(1) {
-            let t0 = Instant::now();
-            // worker w takes chunks w, w + workers, ...
-            let results: Vec<Vec<(usize, Vec<String>)>> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|w| {
-                        let (chunks, reqs) = (&chunks, &reqs);
-                        s.spawn(move || -> Result<Vec<(usize, Vec<String>)>> {
-                            let mut out = Vec::new();
-                            for chunk in chunks.iter().skip(w).step_by(workers) {
-                                let batch: Vec<GenRequest> = chunk.iter().map(|&i| reqs[i].clone()).collect();
-                                let g = generate(model, catalog, &batch, b)?;
-                                for (&i, hs) in chunk.iter().zip(g.hits) {
-                                    out.push((i, hs.into_iter().map(|h| catalog.item_ids[h.item as usize].clone()).collect()));
-                                }
-                            }
-                            Ok(out)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().expect("worker panicked")).collect::<Result<Vec<_>>>()
-            })?;
-            pass_s.push(t0.elapsed().as_secs_f64());
-            for (i, ids) in results.into_iter().flatten() {
-                topk[i] = ids;
-            }
+        let entry = results.entry(b.to_string()).or_insert_with(|| json!({}));
+        if a.phase != Phase::Single {
+            let (rps, topk) = batched(&a, model, catalog, &reqs, &tokens, b)?;
+            eprintln!(
+                "genrec B={b}: {rps:.1} req/s batched ({} requests, {} worker(s), median of {} passes)",
+                reqs.len(),
+                a.workers.max(1),
+                a.passes.max(1)
+            );
+            entry["requests_per_s"] = json!(rps);
+            entry["topk"] = json!(topk);
+            entry["workers"] = json!(a.workers.max(1));
         }
-        let batched_s = median(pass_s);
+        if a.phase == Phase::Batched {
+            continue;
+        }
         let mut lat = Vec::new();
         for r in reqs.iter().take(a.single) {
             let t = Instant::now();
             generate(model, catalog, std::slice::from_ref(r), b)?;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        let rps = reqs.len() as f64 / batched_s;
         let p50 = median(lat.clone());
-        eprintln!(
-            "genrec B={b}: {rps:.1} req/s batched ({} requests, {workers} worker(s), median of {} passes), single p50 {p50:.2} ms",
-            reqs.len(),
-            a.passes.max(1)
-        );
-        results.insert(
-            b.to_string(),
-            json!({"requests_per_s": rps, "single_p50_ms": p50, "single_ms": lat, "topk": topk}),
-        );
+        eprintln!("genrec B={b}: single p50 {p50:.2} ms ({} requests one at a time, kernel threads {})", lat.len(), threads);
+        entry["single_p50_ms"] = json!(p50);
+        entry["single_ms"] = json!(lat);
+        entry["single_threads"] = json!(threads);
     }
-    std::fs::write(a.out.join("genrec.json"), serde_json::to_vec(&serde_json::Value::Object(results))?)?;
+    std::fs::write(&results_path, serde_json::to_vec(&serde_json::Value::Object(results))?)?;
     eprintln!("wrote {}/requests.json and genrec.json", a.out.display());
     Ok(())
 }

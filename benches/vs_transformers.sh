@@ -14,5 +14,10 @@ shift $(( $# < 3 ? $# : 3 ))
 python="$(scripts/python-env.sh | tail -n 1)"
 mkdir -p "$out"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-cargo bench --quiet --bench generate_vs_hf -- --model "$model" --data "$data" --out "$out" "$@"
+# genrec: throughput with one worker per core (single-threaded kernels each),
+# then single-request latency in a second process with the kernels spread over
+# the cores (GENREC_BENCH_WORKERS overrides the worker count)
+workers="${GENREC_BENCH_WORKERS:-$(nproc)}"
+cargo bench --quiet --bench generate_vs_hf -- --model "$model" --data "$data" --out "$out" --phase batched --workers "$workers" "$@"
+cargo bench --quiet --bench generate_vs_hf -- --model "$model" --data "$data" --out "$out" --phase single "$@"
 "$python" benches/hf_generate.py "$out"
