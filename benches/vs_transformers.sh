@@ -6,7 +6,9 @@
 #
 # e.g. benches/vs_transformers.sh work/beauty/model ../shared/data/amazon-beauty/Beauty.inter.json
 # Prints a markdown table (requests/s batched, median single-request latency,
-# ratios, share of identical top-k lists) for k = B = 10 and 50.
+# ratios, share of identical top-k lists) for k = B = 10 and 50. Throughput is
+# each side's better set-up (see benches/generate_vs_hf.rs, benches/hf_generate.py);
+# the whole run takes about ten minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${1:?model folder}"; data="${2:?interactions file}"; out="${3:-work/vs-transformers}"
