@@ -46,22 +46,27 @@ mod tests {
         out
     }
 
-    #[test]
-    fn training_lowers_loss_is_deterministic_and_checkpoint_loads() {
-        let cat = random_catalog(48, &[4, 4, 3], 1);
-        let inter = demo_interactions(48);
-        let opts = TrainOptions {
-            epochs: 2,
-            batch_size: 32,
+    /// A one-layer model small enough to train in a test, without averages.
+    fn tiny(epochs: usize, batch_size: usize, warmup_steps: usize) -> TrainOptions {
+        TrainOptions {
+            epochs,
+            batch_size,
             hidden: 32,
             layers: 1,
             heads: 2,
             kv_heads: 1,
             ff: 64,
-            warmup_steps: 2,
-            lr: 5e-3,
+            warmup_steps,
+            ema_decays: Vec::new(),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn training_lowers_loss_is_deterministic_and_checkpoint_loads() {
+        let cat = random_catalog(48, &[4, 4, 3], 1);
+        let inter = demo_interactions(48);
+        let opts = TrainOptions { lr: 5e-3, ..tiny(2, 32, 2) };
         let base = std::env::temp_dir().join(format!("genrec-train-{}", std::process::id()));
         let mut losses = Vec::new();
         let mut log = |l: &str| {
@@ -101,19 +106,7 @@ mod tests {
         let base = std::env::temp_dir().join(format!("genrec-dp-{}", std::process::id()));
         let mut weights = Vec::new();
         for workers in [1, 2, 3] {
-            let opts = TrainOptions {
-                epochs: 1,
-                batch_size: 40,
-                hidden: 32,
-                layers: 1,
-                heads: 2,
-                kv_heads: 1,
-                ff: 64,
-                warmup_steps: 1,
-                dropout: 0.0,
-                workers,
-                ..Default::default()
-            };
+            let opts = TrainOptions { dropout: 0.0, workers, ..tiny(1, 40, 1) };
             let out = base.join(format!("w{workers}"));
             train(&cat, &base, &inter, &opts, &out, &mut |_| {}).unwrap();
             let t = candle_core::safetensors::load(out.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
@@ -137,17 +130,7 @@ mod tests {
         let cat = random_catalog(48, &[4, 4, 3], 3);
         let inter = demo_interactions(48);
         let base = std::env::temp_dir().join(format!("genrec-ema-{}", std::process::id()));
-        let small = TrainOptions {
-            epochs: 2,
-            batch_size: 32,
-            hidden: 32,
-            layers: 1,
-            heads: 2,
-            kv_heads: 1,
-            ff: 64,
-            warmup_steps: 2,
-            ..Default::default()
-        };
+        let small = tiny(2, 32, 2);
         train(&cat, &base, &inter, &small, &base.join("plain"), &mut |_| {}).unwrap();
         // (a short run: the first updates' decay (1 + n) / (10 + n) stays under
         // 0.5, so the second average needs a smaller decay to differ)
