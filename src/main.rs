@@ -157,8 +157,8 @@ struct TrainArgs {
     /// (comma-separated, e.g. 0.999). The model folder gets the first average;
     /// OUT/variants/ gets the last step's weights (`last`) and the other
     /// averages (`ema-DECAY`), each a complete model folder for `genrec eval`.
-    /// Empty: the last step's weights, no variants.
-    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    /// 0: no average, the model folder gets the last step's weights.
+    #[arg(long, value_delimiter = ',', default_values_t = TrainOptions::default().ema_decays)]
     ema_decay: Vec<f64>,
     /// Training threads (default: all cores). Each thread runs its share of a
     /// batch with single-threaded kernels (data parallel), which on small

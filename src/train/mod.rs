@@ -146,6 +146,10 @@ mod tests {
             let model = Model::load(&base.join(dir), &candle_core::Device::Cpu).unwrap();
             assert_eq!(model.catalog_dir().unwrap().canonicalize().unwrap(), base.canonicalize().unwrap(), "{dir}");
         }
+        // a decay of 0 means no average
+        let zero = TrainOptions { ema_decays: vec![0.0], ..small.clone() };
+        train(&cat, &base, &inter, &zero, &base.join("zero"), &mut |_| {}).unwrap();
+        assert!(weights("plain") == weights("zero") && !base.join("zero/variants").exists());
         let bad = TrainOptions { ema_decays: vec![1.0], ..small };
         assert!(train(&cat, &base, &inter, &bad, &base.join("bad"), &mut |_| {}).is_err());
         std::fs::remove_dir_all(&base).unwrap();

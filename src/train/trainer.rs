@@ -48,7 +48,7 @@ pub struct TrainOptions {
     /// Data-parallel workers per step (each runs its share of the batch on
     /// one thread; see `genrec train --threads`).
     pub workers: usize,
-    /// Decays of exponential moving averages of the weights (empty: none).
+    /// Decays of exponential moving averages of the weights (empty or 0: none).
     /// The checkpoint holds the first average; `out/variants/` holds the last
     /// step's weights and the other averages, each a complete model folder.
     pub ema_decays: Vec<f64>,
@@ -260,7 +260,12 @@ pub fn train(
         v
     };
     let mut averages =
-        opts.ema_decays.iter().map(|&d| WeightAverage::new(d, &named_vars)).collect::<Result<Vec<_>, _>>()?;
+        // a decay of 0 would be the last step's weights: no average
+        opts.ema_decays
+            .iter()
+            .filter(|&&d| d > 0.0)
+            .map(|&d| WeightAverage::new(d, &named_vars))
+            .collect::<Result<Vec<_>, _>>()?;
     let mut opt = AdamW::new(
         varmap.all_vars(),
         ParamsAdamW { lr: opts.lr, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: opts.weight_decay },
