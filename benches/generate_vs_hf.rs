@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -108,27 +109,45 @@ fn batched(
     // batcher would form them; the Python half does the same
     let mut order: Vec<usize> = (0..reqs.len()).collect();
     order.sort_by_key(|&i| (tokens[i].len(), i));
-    let chunks: Vec<Vec<usize>> = order.chunks(a.batch.max(1)).map(<[usize]>::to_vec).collect();
+    let mut chunks: Vec<Vec<usize>> = order.chunks(a.batch.max(1)).map(<[usize]>::to_vec).collect();
+    chunks.reverse();
     let workers = a.workers.max(1);
+    // several workers: each runs in its own one-thread rayon pool, so the
+    // parallel loops inside candle's ops run where they are called instead of
+    // queueing on the one global pool thread that all workers would share
+    let pools: Vec<rayon::ThreadPool> = if workers > 1 {
+        (0..workers).map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build()).collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
     let mut topk = vec![Vec::new(); reqs.len()];
     let mut pass_s = Vec::new();
     for _ in 0..a.passes.max(1) {
         let t0 = Instant::now();
-        // worker w takes chunks w, w + workers, ...
+        // workers take the next chunk as they finish, longest histories first
+        // (a static split leaves one worker with the long batches)
+        let next = AtomicUsize::new(0);
         let results: Vec<Vec<(usize, Vec<String>)>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers)
                 .map(|w| {
-                    let (chunks, reqs) = (&chunks, &reqs);
+                    let (chunks, reqs, next) = (&chunks, &reqs, &next);
+                    let pool = pools.get(w);
                     s.spawn(move || -> Result<Vec<(usize, Vec<String>)>> {
-                        let mut out = Vec::new();
-                        for chunk in chunks.iter().skip(w).step_by(workers) {
-                            let batch: Vec<GenRequest> = chunk.iter().map(|&i| reqs[i].clone()).collect();
-                            let g = generate(model, catalog, &batch, b)?;
-                            for (&i, hs) in chunk.iter().zip(g.hits) {
-                                out.push((i, hs.into_iter().map(|h| catalog.item_ids[h.item as usize].clone()).collect()));
+                        let work = || -> Result<Vec<(usize, Vec<String>)>> {
+                            let mut out = Vec::new();
+                            while let Some(chunk) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                                let batch: Vec<GenRequest> = chunk.iter().map(|&i| reqs[i].clone()).collect();
+                                let g = generate(model, catalog, &batch, b)?;
+                                for (&i, hs) in chunk.iter().zip(g.hits) {
+                                    out.push((i, hs.into_iter().map(|h| catalog.item_ids[h.item as usize].clone()).collect()));
+                                }
                             }
+                            Ok(out)
+                        };
+                        match pool {
+                            Some(p) => p.install(work),
+                            None => work(),
                         }
-                        Ok(out)
                     })
                 })
                 .collect();

@@ -153,18 +153,36 @@ struct TrainArgs {
     /// the user id; see `genrec coldstart-eval`).
     #[arg(long, default_value_t = 0.0)]
     holdout_users: f64,
-    /// Keep exponential moving averages of the weights with these decays
-    /// (comma-separated, e.g. 0.999). The model folder gets the first average;
-    /// OUT/variants/ gets the last step's weights (`last`) and the other
-    /// averages (`ema-DECAY`), each a complete model folder for `genrec eval`.
-    /// 0: no average, the model folder gets the last step's weights.
-    #[arg(long, value_delimiter = ',', default_values_t = TrainOptions::default().ema_decays)]
-    ema_decay: Vec<f64>,
+    /// Averages of the weights to keep, comma-separated: `poly`
+    /// (polynomial-decay averaging: about the last ninth of training),
+    /// `ema-DECAY` (exponential, e.g. ema-0.999), or `none`. The model folder
+    /// gets the first; OUT/variants/ gets the last step's weights (`last`) and
+    /// the other averages, each a complete model folder for `genrec eval`.
+    #[arg(long, value_delimiter = ',', default_values_t = default_averages())]
+    average: Vec<String>,
     /// Training threads (default: all cores). Each thread runs its share of a
     /// batch with single-threaded kernels (data parallel), which on small
     /// models is much faster than splitting every matrix product.
     #[arg(long)]
     threads: Option<usize>,
+}
+
+fn default_averages() -> Vec<String> {
+    let d = TrainOptions::default().averages;
+    if d.is_empty() {
+        vec!["none".into()]
+    } else {
+        d.iter().map(ToString::to_string).collect()
+    }
+}
+
+/// `--average` values: `none` alone, or a list of averages.
+fn parse_averages(v: &[String]) -> Result<Vec<train::average::Average>> {
+    if v.iter().any(|s| s == "none") {
+        anyhow::ensure!(v.len() == 1, "--average none cannot be combined with other averages");
+        return Ok(Vec::new());
+    }
+    v.iter().map(|s| s.parse().map_err(|e: String| anyhow::anyhow!("--average: {e}"))).collect()
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -385,7 +403,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         valid_every: a.valid_every,
         valid_users: a.valid_users,
         workers,
-        ema_decays: a.ema_decay.clone(),
+        averages: parse_averages(&a.average)?,
     };
     let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
     println!(

@@ -28,3 +28,11 @@ pub fn pin_thread_count() {
 pub fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
+
+/// Whether a loop over `work` items (at least `min` to be worth it) should be
+/// split over rayon's pool. Not when the pool has one thread (one worker per
+/// core, each on single-threaded kernels): the loop would queue on that one
+/// pool thread, shared by every worker, instead of running where it was called.
+pub fn parallel(work: usize, min: usize) -> bool {
+    work >= min && rayon::current_num_threads() > 1
+}

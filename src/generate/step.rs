@@ -70,44 +70,46 @@ where
     assert_eq!(scores.len(), requests * beams_in, "scores shape");
     assert_eq!(nodes.len(), requests * beams_in, "nodes shape");
     assert!(norm.is_none_or(|n| n.len() == requests * beams_in), "norm shape");
-    let per_request: Vec<Vec<Cand>> = (0..requests)
-        .into_par_iter()
-        .map(|r| {
-            let mut cands = Vec::new();
-            for b in 0..beams_in {
-                let beam = r * beams_in + b;
-                let node = nodes[beam];
-                if node == NONE || !scores[beam].is_finite() {
+    let select = |r: usize| {
+        let mut cands = Vec::new();
+        for b in 0..beams_in {
+            let beam = r * beams_in + b;
+            let node = nodes[beam];
+            if node == NONE || !scores[beam].is_finite() {
+                continue;
+            }
+            let (child_codes, first) = trie.children(node);
+            if child_codes.is_empty() {
+                continue;
+            }
+            let row = &logits[beam * codes..(beam + 1) * codes];
+            let lse = match norm {
+                Some(n) => n[beam],
+                None => {
+                    let max = child_codes.iter().map(|&c| row[c as usize]).fold(f32::NEG_INFINITY, f32::max);
+                    max + child_codes.iter().map(|&c| (row[c as usize] - max).exp()).sum::<f32>().ln()
+                }
+            };
+            for (i, &c) in child_codes.iter().enumerate() {
+                let child = first + i as u32;
+                if !keep(r, child) {
                     continue;
                 }
-                let (child_codes, first) = trie.children(node);
-                if child_codes.is_empty() {
-                    continue;
-                }
-                let row = &logits[beam * codes..(beam + 1) * codes];
-                let lse = match norm {
-                    Some(n) => n[beam],
-                    None => {
-                        let max = child_codes.iter().map(|&c| row[c as usize]).fold(f32::NEG_INFINITY, f32::max);
-                        max + child_codes.iter().map(|&c| (row[c as usize] - max).exp()).sum::<f32>().ln()
-                    }
-                };
-                for (i, &c) in child_codes.iter().enumerate() {
-                    let child = first + i as u32;
-                    if !keep(r, child) {
-                        continue;
-                    }
-                    cands.push(Cand { score: scores[beam] + row[c as usize] - lse, parent: b as u32, code: c, node: child });
-                }
+                cands.push(Cand { score: scores[beam] + row[c as usize] - lse, parent: b as u32, code: c, node: child });
             }
-            if cands.len() > beams_out {
-                cands.select_nth_unstable_by(beams_out - 1, better);
-                cands.truncate(beams_out);
-            }
-            cands.sort_by(better);
-            cands
-        })
-        .collect();
+        }
+        if cands.len() > beams_out {
+            cands.select_nth_unstable_by(beams_out - 1, better);
+            cands.truncate(beams_out);
+        }
+        cands.sort_by(better);
+        cands
+    };
+    let per_request: Vec<Vec<Cand>> = if crate::runtime::parallel(requests, 2) {
+        (0..requests).into_par_iter().map(select).collect()
+    } else {
+        (0..requests).map(select).collect()
+    };
     let n = requests * beams_out;
     let mut out = StepOutput {
         parent: vec![0; n],

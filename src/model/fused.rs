@@ -54,7 +54,7 @@ impl CustomOp1 for Softmax {
             let inv = 1.0 / r.iter().sum::<f32>();
             r.iter_mut().for_each(|v| *v *= inv);
         };
-        if out.len() >= PARALLEL_MIN {
+        if crate::runtime::parallel(out.len(), PARALLEL_MIN) {
             out.par_chunks_mut(n).for_each(row);
         } else {
             out.chunks_mut(n).for_each(row);
@@ -90,7 +90,7 @@ impl CustomOp1 for SwiGlu {
                 *o = g / (1.0 + *o) * u;
             }
         };
-        if out.len() >= PARALLEL_MIN {
+        if crate::runtime::parallel(out.len(), PARALLEL_MIN) {
             out.par_chunks_mut(ff).zip(src.par_chunks(2 * ff)).for_each(row);
         } else {
             out.chunks_mut(ff).zip(src.chunks(2 * ff)).for_each(row);

@@ -62,7 +62,7 @@ impl CustomOp2 for SmallGemm {
             // SAFETY: tasks write disjoint column ranges of `out`, which outlives them.
             unsafe { kernel(x, m, k, w, c0, c1, n, dst) };
         };
-        if m * n * k >= PARALLEL_MIN {
+        if crate::runtime::parallel(m * n * k, PARALLEL_MIN) {
             (0..n).step_by(COLS_PER_TASK).collect::<Vec<_>>().into_par_iter().for_each(task);
         } else {
             (0..n).step_by(COLS_PER_TASK).for_each(task);

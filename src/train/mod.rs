@@ -32,6 +32,7 @@ pub enum TrainError {
 mod tests {
     use super::*;
     use crate::dataset::demo::{generate as demo, DemoOptions};
+    use crate::train::average::Average;
     use crate::dataset::{Interactions, Split};
     use crate::generate::testutil::random_catalog;
     use crate::model::Model;
@@ -57,7 +58,7 @@ mod tests {
             kv_heads: 1,
             ff: 64,
             warmup_steps,
-            ema_decays: Vec::new(),
+            averages: Vec::new(),
             ..Default::default()
         }
     }
@@ -132,25 +133,20 @@ mod tests {
         let base = std::env::temp_dir().join(format!("genrec-ema-{}", std::process::id()));
         let small = tiny(2, 32, 2);
         train(&cat, &base, &inter, &small, &base.join("plain"), &mut |_| {}).unwrap();
-        // (a short run: the first updates' decay (1 + n) / (10 + n) stays under
-        // 0.5, so the second average needs a smaller decay to differ)
-        let averaged = TrainOptions { ema_decays: vec![0.9, 0.1], ..small.clone() };
+        let averaged = TrainOptions { averages: vec![Average::Polynomial, Average::Exponential(0.5)], ..small.clone() };
         train(&cat, &base, &inter, &averaged, &base.join("avg"), &mut |_| {}).unwrap();
         let weights = |d: &str| std::fs::read(base.join(d).join("model.safetensors")).unwrap();
         // averaging takes nothing from the training itself: the last step's
         // weights are those of the run without averages
         assert!(weights("plain") == weights("avg/variants/last"));
         assert!(weights("plain") != weights("avg"));
-        assert!(weights("avg") != weights("avg/variants/ema-0.1"));
-        for dir in ["avg", "avg/variants/last", "avg/variants/ema-0.1"] {
+        assert!(weights("avg") != weights("avg/variants/ema-0.5"));
+        for dir in ["avg", "avg/variants/last", "avg/variants/ema-0.5"] {
             let model = Model::load(&base.join(dir), &candle_core::Device::Cpu).unwrap();
             assert_eq!(model.catalog_dir().unwrap().canonicalize().unwrap(), base.canonicalize().unwrap(), "{dir}");
         }
-        // a decay of 0 means no average
-        let zero = TrainOptions { ema_decays: vec![0.0], ..small.clone() };
-        train(&cat, &base, &inter, &zero, &base.join("zero"), &mut |_| {}).unwrap();
-        assert!(weights("plain") == weights("zero") && !base.join("zero/variants").exists());
-        let bad = TrainOptions { ema_decays: vec![1.0], ..small };
+        assert!(!base.join("plain/variants").exists());
+        let bad = TrainOptions { averages: vec![Average::Exponential(1.0)], ..small };
         assert!(train(&cat, &base, &inter, &bad, &base.join("bad"), &mut |_| {}).is_err());
         std::fs::remove_dir_all(&base).unwrap();
     }

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::average::WeightAverage;
+use super::average::{Average, WeightAverage};
 use super::eval::{evaluate, to_indices, EvalOptions};
 use super::TrainError;
 use crate::catalog::Catalog;
@@ -48,10 +48,10 @@ pub struct TrainOptions {
     /// Data-parallel workers per step (each runs its share of the batch on
     /// one thread; see `genrec train --threads`).
     pub workers: usize,
-    /// Decays of exponential moving averages of the weights (empty or 0: none).
-    /// The checkpoint holds the first average; `out/variants/` holds the last
-    /// step's weights and the other averages, each a complete model folder.
-    pub ema_decays: Vec<f64>,
+    /// Averages of the weights kept during training (empty: none). The
+    /// checkpoint holds the first; `out/variants/` holds the last step's
+    /// weights and the other averages, each a complete model folder.
+    pub averages: Vec<Average>,
 }
 
 impl Default for TrainOptions {
@@ -74,7 +74,7 @@ impl Default for TrainOptions {
             valid_every: 0,
             valid_users: 2000,
             workers: 1,
-            ema_decays: Vec::new(),
+            averages: Vec::new(),
         }
     }
 }
@@ -227,8 +227,8 @@ pub fn train(
             "epochs and batch size must be positive and hidden a multiple of heads".into(),
         ));
     }
-    if let Some(d) = opts.ema_decays.iter().find(|d| !(0.0..1.0).contains(*d)) {
-        return Err(TrainError::Invalid(format!("an average's decay must be in [0, 1), got {d}")));
+    if let Some(a) = opts.averages.iter().find(|a| matches!(a, Average::Exponential(d) if !(*d > 0.0 && *d < 1.0))) {
+        return Err(TrainError::Invalid(format!("an exponential average's decay must be in (0, 1), got {a}")));
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(out.display().to_string(), e))?;
     let sidecar = Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest, opts.max_history);
@@ -259,13 +259,7 @@ pub fn train(
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    let mut averages =
-        // a decay of 0 would be the last step's weights: no average
-        opts.ema_decays
-            .iter()
-            .filter(|&&d| d > 0.0)
-            .map(|&d| WeightAverage::new(d, &named_vars))
-            .collect::<Result<Vec<_>, _>>()?;
+    let mut averages = opts.averages.iter().map(|&a| WeightAverage::new(a, &named_vars)).collect::<Result<Vec<_>, _>>()?;
     let mut opt = AdamW::new(
         varmap.all_vars(),
         ParamsAdamW { lr: opts.lr, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: opts.weight_decay },
@@ -389,7 +383,7 @@ pub fn train(
         Some((first, others)) => {
             save_checkpoint(out, &cfg, &first.named(&named_vars), &sidecar)?;
             let mut variants = vec![("last".to_string(), last)];
-            variants.extend(others.iter().map(|a| (format!("ema-{}", a.decay()), a.named(&named_vars))));
+            variants.extend(others.iter().map(|a| (a.kind().to_string(), a.named(&named_vars))));
             for (name, tensors) in variants {
                 let dir = out.join("variants").join(name);
                 std::fs::create_dir_all(&dir).map_err(|e| TrainError::Io(dir.display().to_string(), e))?;
