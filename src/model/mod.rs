@@ -5,6 +5,7 @@
 //! `LlamaForCausalLM` or `Qwen3ForCausalLM`), `model.safetensors` (transformers'
 //! tensor names) and `genrec.json` (see [`sidecar`]).
 
+pub mod attention;
 pub mod config;
 pub mod fastexp;
 pub mod fused;
