@@ -32,6 +32,13 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&x.contiguous()?)
 }
 
+/// A custom op's input as the f32 slice its contiguous layout covers.
+pub(super) fn cpu_f32<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("{op}: f32 only on the CPU") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
+    Ok(&data[start..end])
+}
+
 struct Softmax;
 
 impl CustomOp1 for Softmax {
@@ -40,13 +47,12 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { candle_core::bail!("softmax: f32 only on the CPU") };
-        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("softmax: input must be contiguous") };
+        let data = cpu_f32("softmax", storage, layout)?;
         let n = layout.shape().dims().last().copied().unwrap_or(0);
         if n == 0 {
             candle_core::bail!("softmax: empty last dimension");
         }
-        let mut out = data[start..end].to_vec();
+        let mut out = data.to_vec();
         let row = |r: &mut [f32]| {
             let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             r.iter_mut().for_each(|v| *v -= max);
@@ -71,9 +77,7 @@ impl CustomOp1 for SwiGlu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { candle_core::bail!("swiglu: f32 only on the CPU") };
-        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("swiglu: input must be contiguous") };
-        let src = &data[start..end];
+        let src = cpu_f32("swiglu", storage, layout)?;
         let mut dims = layout.shape().dims().to_vec();
         let ff = dims.last().copied().unwrap_or(0) / 2;
         if ff == 0 {

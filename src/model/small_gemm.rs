@@ -13,6 +13,8 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fused::cpu_f32;
+
 /// Products with more input rows than this go to the `gemm` crate.
 pub const MAX_ROWS: usize = 96;
 /// Products with fewer multiply-adds than this run on the calling thread.
@@ -38,11 +40,7 @@ impl CustomOp2 for SmallGemm {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(xd), CpuStorage::F32(wd)) = (xs, ws) else { candle_core::bail!("small gemm: f32 only") };
-        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
-            candle_core::bail!("small gemm: inputs must be contiguous")
-        };
-        let (x, w) = (&xd[xa..xb], &wd[wa..wb]);
+        let (x, w) = (cpu_f32("small gemm", xs, xl)?, cpu_f32("small gemm", ws, wl)?);
         let (n, k) = wl.shape().dims2()?;
         let mut dims = xl.shape().dims().to_vec();
         if dims.last() != Some(&k) {
