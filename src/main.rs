@@ -114,6 +114,7 @@ struct TrainArgs {
     name: Option<String>,
     #[arg(long, default_value_t = TrainOptions::default().epochs)]
     epochs: usize,
+    /// Sequences per optimiser step (smaller batches give more steps for the same compute; 64 was chosen on Beauty's validation)
     #[arg(long, default_value_t = TrainOptions::default().batch_size)]
     batch_size: usize,
     /// Peak learning rate (linear warm-up, cosine decay to a tenth).

@@ -59,7 +59,7 @@ impl Default for TrainOptions {
         TrainOptions {
             name: "genrec".into(),
             epochs: 20,
-            batch_size: 128,
+            batch_size: 64,
             lr: 2e-3,
             weight_decay: 0.01,
             warmup_steps: 100,
