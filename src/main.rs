@@ -161,6 +161,12 @@ struct TrainArgs {
     /// the other averages, each a complete model folder for `genrec eval`.
     #[arg(long, value_delimiter = ',', default_values_t = default_averages())]
     average: Vec<String>,
+    /// Weigh recent targets more: an item d items before the end of its
+    /// user's training part counts 0.5^(d / ITEMS) in the loss (0: every
+    /// target counts the same). The held-out items follow the training part,
+    /// and the last purchases predict them better than older ones.
+    #[arg(long, value_name = "ITEMS", default_value_t = TrainOptions::default().recency_half_life.unwrap_or(0.0))]
+    recency_half_life: f64,
     /// Training threads (default: all cores). Each thread runs its share of a
     /// batch with single-threaded kernels (data parallel), which on small
     /// models is much faster than splitting every matrix product.
@@ -405,6 +411,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         valid_users: a.valid_users,
         workers,
         averages: parse_averages(&a.average)?,
+        recency_half_life: match a.recency_half_life {
+            h if h == 0.0 => None,
+            h if h.is_finite() && h > 0.0 => Some(h),
+            h => anyhow::bail!("--recency-half-life must be a positive number of items or 0, got {h}"),
+        },
     };
     let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
     println!(

@@ -3,6 +3,13 @@
 //! codes of item 2, ...]` in windows of `max_history + 1` items, and the model
 //! learns to predict every code token from the tokens before it (teacher
 //! forcing, cross-entropy), with AdamW, linear warm-up and cosine decay.
+//!
+//! Optionally the loss weighs recent targets more (`recency_half_life`): an
+//! item `d` steps before the end of its user's training part counts
+//! `0.5^(d / half-life)`. The held-out items come after every training item,
+//! and on Beauty and Scientific the items bought last predict them better than
+//! all purchases do (`benches/split_novelty.py`), so the recent part of each
+//! history is the part most like what the model is asked for.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,6 +59,9 @@ pub struct TrainOptions {
     /// checkpoint holds the first; `out/variants/` holds the last step's
     /// weights and the other averages, each a complete model folder.
     pub averages: Vec<Average>,
+    /// Weigh each target by `0.5^(d / half-life)`, `d` = items between it and
+    /// the end of the user's training part (None: every target counts 1).
+    pub recency_half_life: Option<f64>,
 }
 
 impl Default for TrainOptions {
@@ -75,6 +85,7 @@ impl Default for TrainOptions {
             valid_users: 2000,
             workers: 1,
             averages: Vec::new(),
+            recency_half_life: None,
         }
     }
 }
@@ -89,10 +100,33 @@ pub struct TrainReport {
     pub parameters: usize,
 }
 
-/// Token sequences for training: windows of at most `max_history + 1` items
-/// over each user's training part, each starting with `bos`.
-pub fn training_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sidecar, max_history: usize) -> Vec<Vec<u32>> {
+/// One training sequence: `[bos, codes of item 1, ...]` and, per token, its
+/// weight as a target (`weights[0]`, the bos, is never a target).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSeq {
+    pub tokens: Vec<u32>,
+    pub weights: Vec<f32>,
+}
+
+/// Weight of a target `d` items before the end of its user's training part.
+fn recency_weight(half_life: Option<f64>, d: usize) -> f32 {
+    match half_life {
+        Some(h) if h > 0.0 => 0.5f64.powf(d as f64 / h) as f32,
+        _ => 1.0,
+    }
+}
+
+/// Training sequences: windows of at most `max_history + 1` items over each
+/// user's training part, each starting with `bos`, with each token's weight.
+pub fn training_sequences(
+    catalog: &Catalog,
+    inter: &Interactions,
+    sidecar: &Sidecar,
+    max_history: usize,
+    recency_half_life: Option<f64>,
+) -> Vec<TrainSeq> {
     let win = max_history + 1;
+    let levels = sidecar.levels();
     let mut out = Vec::new();
     for seq in &inter.sequences {
         let items = to_indices(catalog, seq);
@@ -105,7 +139,13 @@ pub fn training_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sid
         let mut end = part.len();
         loop {
             let start = end.saturating_sub(win);
-            out.push(sidecar.history_tokens(part[start..end].iter().map(|&i| catalog.sid(i))));
+            let tokens = sidecar.history_tokens(part[start..end].iter().map(|&i| catalog.sid(i)));
+            let mut weights = vec![0.0; tokens.len()];
+            for (t, w) in weights.iter_mut().enumerate().skip(1) {
+                let item = start + (t - 1) / levels;
+                *w = recency_weight(recency_half_life, part.len() - 1 - item);
+            }
+            out.push(TrainSeq { tokens, weights });
             if start == 0 {
                 break;
             }
@@ -120,59 +160,63 @@ pub fn training_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sid
 /// lengths in a batch cut the padding that the model would compute for nothing
 /// (most users are far shorter than the longest window), while every epoch
 /// still sees a different order.
-fn length_bucketed_batches(seqs: &[Vec<u32>], batch: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+fn length_bucketed_batches(seqs: &[TrainSeq], batch: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.shuffle(rng);
     let mut batches = Vec::with_capacity(seqs.len().div_ceil(batch));
     for pool in order.chunks_mut(batch * 32) {
-        pool.sort_by_key(|&i| seqs[i].len());
+        pool.sort_by_key(|&i| seqs[i].tokens.len());
         batches.extend(pool.chunks(batch).map(<[usize]>::to_vec));
     }
     batches.shuffle(rng);
     batches
 }
 
-/// One worker's part of a batch and how many targets it holds.
+/// One worker's part of a batch and the summed weight of its targets.
 struct Share {
     rows: Vec<usize>,
-    targets: usize,
+    targets: f64,
 }
 
 /// Splits a batch into `workers` parts with about equal token counts (a
 /// batch is sorted by length, so rows are dealt out round-robin).
-fn split_batch(chunk: &[usize], seqs: &[Vec<u32>], workers: usize) -> Vec<Share> {
+fn split_batch(chunk: &[usize], seqs: &[TrainSeq], workers: usize) -> Vec<Share> {
     let w = workers.clamp(1, chunk.len().max(1));
-    let mut shares: Vec<Share> = (0..w).map(|_| Share { rows: Vec::new(), targets: 0 }).collect();
+    let mut shares: Vec<Share> = (0..w).map(|_| Share { rows: Vec::new(), targets: 0.0 }).collect();
     for (j, &i) in chunk.iter().enumerate() {
         let s = &mut shares[j % w];
         s.rows.push(i);
-        s.targets += seqs[i].len().saturating_sub(1);
+        s.targets += seqs[i].weights.iter().skip(1).map(|&w| w as f64).sum::<f64>();
     }
-    shares.retain(|s| s.targets > 0);
+    shares.retain(|s| s.targets > 0.0);
     shares
 }
 
-/// Mean next-token cross-entropy of the sequences `rows` (right-padded into
-/// one batch), with dropout.
+/// Next-token cross-entropy of the sequences `rows` (right-padded into one
+/// batch), with dropout: the plain mean, or with `weighted` the mean weighted
+/// by each target's weight.
+#[allow(clippy::too_many_arguments)]
 fn share_loss(
     net: &Transformer,
-    seqs: &[Vec<u32>],
+    seqs: &[TrainSeq],
     rows_of: &[usize],
     pad: u32,
     dropout: f32,
+    weighted: bool,
     rng: &mut ChaCha8Rng,
     dev: &Device,
 ) -> Result<Tensor, TrainError> {
-    let t = rows_of.iter().map(|&i| seqs[i].len()).max().unwrap_or(2);
+    let t = rows_of.iter().map(|&i| seqs[i].tokens.len()).max().unwrap_or(2);
     let b = rows_of.len();
     let mut toks = vec![pad; b * t];
-    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    let (mut rows, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
     for (r, &i) in rows_of.iter().enumerate() {
-        let s = &seqs[i];
+        let s = &seqs[i].tokens;
         toks[r * t..r * t + s.len()].copy_from_slice(s);
         for p in 0..s.len() - 1 {
             rows.push((r * t + p) as u32);
             targets.push(s[p + 1]);
+            weights.push(seqs[i].weights[p + 1]);
         }
     }
     let tok = Tensor::from_vec(toks, (b, t), dev)?;
@@ -180,8 +224,15 @@ fn share_loss(
     let rows = Tensor::from_vec(rows, targets.len(), dev)?;
     let h = hidden.reshape((b * t, ()))?.index_select(&rows, 0)?;
     let logits = net.logits(&h)?;
-    let targets = Tensor::from_vec(targets, h.dim(0)?, dev)?;
-    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+    let n = h.dim(0)?;
+    let targets = Tensor::from_vec(targets, n, dev)?;
+    if !weighted {
+        return Ok(candle_nn::loss::cross_entropy(&logits, &targets)?);
+    }
+    let total: f32 = weights.iter().sum();
+    let picked = candle_nn::ops::log_softmax(&logits, 1)?.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let w = Tensor::from_vec(weights, n, dev)?;
+    Ok(((picked * w)?.sum_all()? / -(total.max(f32::MIN_POSITIVE) as f64))?)
 }
 
 fn lr_at(opts: &TrainOptions, step: usize, total: usize) -> f64 {
@@ -239,7 +290,7 @@ pub fn train(
     cfg.max_position_embeddings = (1 + (opts.max_history + 1) * sidecar.levels()).next_power_of_two().max(64);
     cfg.validate()?;
 
-    let seqs = training_sequences(catalog, inter, &sidecar, opts.max_history);
+    let seqs = training_sequences(catalog, inter, &sidecar, opts.max_history, opts.recency_half_life);
     if seqs.is_empty() {
         return Err(TrainError::Invalid("no user has at least two training items".into()));
     }
@@ -289,7 +340,7 @@ pub fn train(
             // batch and its gradients; the gradients are summed (each loss is
             // weighted by its share of the targets, so the sum is the batch mean)
             let shares = split_batch(chunk, &seqs, workers);
-            let n_total: usize = shares.iter().map(|s| s.targets).sum();
+            let n_total: f64 = shares.iter().map(|s| s.targets).sum();
             let step_seed: u64 = drop_rng.random();
             let results: Vec<Result<(f64, GradStore), TrainError>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = shares
@@ -299,8 +350,9 @@ pub fn train(
                         let (net, seqs, dev) = (&net, &seqs, &dev);
                         scope.spawn(move || {
                             let mut rng = ChaCha8Rng::seed_from_u64(step_seed ^ (w as u64).wrapping_mul(0x9e37_79b9));
-                            let loss = share_loss(net, seqs, &share.rows, sidecar.pad_token_id, opts.dropout, &mut rng, dev)?;
-                            let weight = share.targets as f64 / n_total as f64;
+                            let weighted = opts.recency_half_life.is_some();
+                            let loss = share_loss(net, seqs, &share.rows, sidecar.pad_token_id, opts.dropout, weighted, &mut rng, dev)?;
+                            let weight = share.targets / n_total;
                             let scaled = (&loss * weight)?;
                             let grads = scaled.backward()?;
                             Ok((loss.to_scalar::<f32>()? as f64 * weight, grads))
@@ -322,7 +374,7 @@ pub fn train(
                     Some(acc) => acc.extend(g)?,
                 }
             }
-            tokens += chunk.iter().map(|&i| seqs[i].len()).sum::<usize>();
+            tokens += chunk.iter().map(|&i| seqs[i].tokens.len()).sum::<usize>();
             opt.set_learning_rate(lr_at(opts, step, total));
             if let Some(g) = grads {
                 opt.step(&g)?;
@@ -400,4 +452,65 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         parameters,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::testutil::random_catalog;
+
+    fn one_user(items: usize) -> Interactions {
+        Interactions { users: vec!["u".into()], sequences: vec![(0..items).map(|i| i.to_string()).collect()] }
+    }
+
+    #[test]
+    fn recency_weights_follow_the_distance_to_the_end_of_the_training_part() {
+        let cat = random_catalog(40, &[4, 4, 3], 1);
+        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest, 3);
+        let levels = sidecar.levels();
+        // 12 items: the training part is items 0..10; windows of 4 items
+        let inter = one_user(12);
+        let plain = training_sequences(&cat, &inter, &sidecar, 3, None);
+        assert!(plain.iter().all(|s| s.weights[0] == 0.0 && s.weights[1..].iter().all(|&w| w == 1.0)));
+        let seqs = training_sequences(&cat, &inter, &sidecar, 3, Some(1.0));
+        assert_eq!(seqs.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>(), plain.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>());
+        // the first window ends at the training part's last item (d = 0)
+        let last = &seqs[0];
+        assert_eq!(last.tokens.len(), 1 + 4 * levels);
+        let per_item: Vec<f32> = (0..4).map(|k| last.weights[1 + k * levels]).collect();
+        assert_eq!(per_item, vec![0.125, 0.25, 0.5, 1.0]);
+        // every code of an item has the item's weight
+        assert!(last.weights[1 + 3 * levels..].iter().all(|&w| w == 1.0));
+        // the next window ends three items earlier (its last item overlaps as context)
+        assert_eq!(seqs[1].weights[1 + 3 * levels], 0.125);
+    }
+
+    #[test]
+    fn weighted_loss_with_equal_weights_is_the_plain_loss() {
+        let cat = random_catalog(40, &[4, 4, 3], 2);
+        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest, 5);
+        let mut inter = one_user(9);
+        inter.users.push("v".into());
+        inter.sequences.push(["3", "7", "1", "30", "12"].iter().map(|s| s.to_string()).collect());
+        let cfg = ModelConfig::llama(sidecar.min_vocab(), 16, 1, 2, 1, 32);
+        let dev = Device::Cpu;
+        let vb = VarBuilder::from_tensors(init_weights(&cfg, 0.02, 3, &dev).unwrap(), DType::F32, &dev);
+        let net = Transformer::load(vb, &cfg).unwrap();
+        let loss = |seqs: &[TrainSeq], weighted: bool| {
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let rows: Vec<usize> = (0..seqs.len()).collect();
+            share_loss(&net, seqs, &rows, sidecar.pad_token_id, 0.0, weighted, &mut rng, &dev).unwrap().to_scalar::<f32>().unwrap()
+        };
+        let plain = training_sequences(&cat, &inter, &sidecar, 5, None);
+        let (a, b) = (loss(&plain, false), loss(&plain, true));
+        assert!((a - b).abs() < 1e-5 * a.abs(), "{a} vs {b}");
+        // weights change the loss: only the last item of each user counts
+        let mut last_only = plain.clone();
+        for s in &mut last_only {
+            let n = s.weights.len();
+            let keep = n - sidecar.levels();
+            s.weights[1..keep].iter_mut().for_each(|w| *w = 0.0);
+        }
+        assert!((loss(&last_only, true) - a).abs() > 1e-4);
+    }
 }
