@@ -228,14 +228,6 @@ struct EvalArgs {
     /// valid children only).
     #[arg(long, value_enum, default_value = "model")]
     scoring: ScoringArg,
-    /// Re-rank the beam's items by this multiple of log(recent share /
-    /// overall share) of each item in the training parts (0: off; 1: the
-    /// full label-shift correction; see --prior-half-life).
-    #[arg(long, default_value_t = 0.0)]
-    prior_shift: f32,
-    /// Half-life, in items, of a purchase in the recent share of --prior-shift.
-    #[arg(long, default_value_t = 2.0)]
-    prior_half_life: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -463,9 +455,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         max_users: a.max_users,
         exclude_history: !a.keep_history,
         scoring,
-        prior_shift: (a.prior_shift != 0.0).then_some(train::prior::PriorShift { weight: a.prior_shift, half_life: a.prior_half_life }),
     };
-    anyhow::ensure!(a.prior_half_life > 0.0, "--prior-half-life must be positive, got {}", a.prior_half_life);
     let m = train::evaluate(model, catalog, &inter, &o, |d, t| progress("eval", d, t))?;
     eprintln!("eval: {} users in {:.1}s (beam {})", m.users, t0.elapsed().as_secs_f64(), a.beam.max(10));
     println!("{}", serde_json::to_string(&m)?);

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 
 use super::metrics::TopKMetrics;
-use super::prior::{recency_log_ratio, PriorShift};
 use super::TrainError;
 use crate::catalog::Catalog;
 use crate::dataset::{heldout, Interactions, Split};
@@ -24,8 +23,6 @@ pub struct EvalOptions {
     /// its history in the benchmark sets, so this only removes impossible hits).
     pub exclude_history: bool,
     pub scoring: Scoring,
-    /// Re-rank the beam's items by a recency prior shift (see [`super::prior`]).
-    pub prior_shift: Option<PriorShift>,
 }
 
 impl EvalOptions {
@@ -39,7 +36,6 @@ impl EvalOptions {
             max_users: Some(users),
             exclude_history: true,
             scoring: Scoring::default(),
-            prior_shift: None,
         }
     }
 }
@@ -75,9 +71,6 @@ pub fn evaluate(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<TopKMetrics, TrainError> {
     let ex = examples(catalog, inter, opts.split, model.sidecar.max_history_items, opts.max_users);
-    let shift = opts.prior_shift.map(|p| (p.weight, recency_log_ratio(catalog, inter, p.half_life)));
-    // with a shift, every beam's item is a candidate for the top 10
-    let k = if shift.is_some() { opts.beam.max(10) } else { 10 };
     let mut m = TopKMetrics::default();
     let mut done = 0;
     for chunk in ex.chunks(opts.batch.max(1)) {
@@ -85,19 +78,14 @@ pub fn evaluate(
             .iter()
             .map(|(h, _)| GenRequest {
                 history: h.clone(),
-                k,
+                k: 10,
                 exclude: if opts.exclude_history { h.iter().copied().collect() } else { HashSet::new() },
                 within: Vec::new(),
             })
             .collect();
         let out = generate_with(model, catalog, &reqs, opts.beam.max(10), opts.scoring)?;
         for ((_, target), hits) in chunk.iter().zip(&out.hits) {
-            let mut scored: Vec<(f32, u32)> = hits.iter().map(|h| (h.score, h.item)).collect();
-            if let Some((weight, ratio)) = &shift {
-                scored.iter_mut().for_each(|(s, i)| *s += weight * ratio[*i as usize]);
-                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-            }
-            let ranked: Vec<u32> = scored.iter().take(10).map(|&(_, i)| i).collect();
+            let ranked: Vec<u32> = hits.iter().map(|h| h.item).collect();
             m.add(&ranked, *target);
         }
         done += chunk.len();

@@ -4,7 +4,6 @@ pub mod average;
 pub mod coldstart_eval;
 pub mod eval;
 pub mod metrics;
-pub mod prior;
 pub mod trainer;
 
 pub use eval::{evaluate, EvalOptions};
@@ -90,19 +89,12 @@ mod tests {
             &model,
             &cat,
             &inter,
-            &EvalOptions { split: Split::Test, beam: 10, batch: 16, max_users: Some(50), exclude_history: true, scoring: Default::default(), prior_shift: None },
+            &EvalOptions { split: Split::Test, beam: 10, batch: 16, max_users: Some(50), exclude_history: true, scoring: Default::default() },
             |_, _| {},
         )
         .unwrap();
         assert_eq!(m.users, 50);
         assert!(m.recall10 >= m.recall5 && m.ndcg10 >= m.ndcg5);
-        // a prior shift of weight 0 re-ranks the whole beam into the same top 10
-        let eval_with = |prior_shift| {
-            let o = EvalOptions { split: Split::Test, beam: 20, batch: 16, max_users: Some(50), exclude_history: true, scoring: Default::default(), prior_shift };
-            evaluate(&model, &cat, &inter, &o, |_, _| {}).unwrap()
-        };
-        let zero = Some(crate::train::prior::PriorShift { weight: 0.0, half_life: 2.0 });
-        assert_eq!(eval_with(None), eval_with(zero));
         std::fs::remove_dir_all(&base).unwrap();
     }
 
