@@ -164,7 +164,8 @@ struct TrainArgs {
     /// Weigh recent targets more: an item d items before the end of its
     /// user's training part counts 0.5^(d / ITEMS) in the loss (0: every
     /// target counts the same). The held-out items follow the training part,
-    /// and the last purchases predict them better than older ones.
+    /// and the last purchases predict them better than older ones; 3 was
+    /// chosen on Beauty's validation.
     #[arg(long, value_name = "ITEMS", default_value_t = TrainOptions::default().recency_half_life.unwrap_or(0.0))]
     recency_half_life: f64,
     /// Training threads (default: all cores). Each thread runs its share of a

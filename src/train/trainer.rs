@@ -4,7 +4,7 @@
 //! learns to predict every code token from the tokens before it (teacher
 //! forcing, cross-entropy), with AdamW, linear warm-up and cosine decay.
 //!
-//! Optionally the loss weighs recent targets more (`recency_half_life`): an
+//! By default the loss weighs recent targets more (`recency_half_life`): an
 //! item `d` steps before the end of its user's training part counts
 //! `0.5^(d / half-life)`. The held-out items come after every training item,
 //! and on Beauty and Scientific the items bought last predict them better than
@@ -85,7 +85,7 @@ impl Default for TrainOptions {
             valid_users: 2000,
             workers: 1,
             averages: Vec::new(),
-            recency_half_life: None,
+            recency_half_life: Some(3.0),
         }
     }
 }
