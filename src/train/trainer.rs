@@ -338,7 +338,8 @@ pub fn train(
         for (bi, chunk) in batches.iter().enumerate() {
             // data parallel: each worker computes the loss of its share of the
             // batch and its gradients; the gradients are summed (each loss is
-            // weighted by its share of the targets, so the sum is the batch mean)
+            // weighted by its share of the batch's target weight, so the sum is
+            // the batch's weighted mean)
             let shares = split_batch(chunk, &seqs, workers);
             let n_total: f64 = shares.iter().map(|s| s.targets).sum();
             let step_seed: u64 = drop_rng.random();
