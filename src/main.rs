@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use genrec::catalog::build::{build_catalog, load_embeddings};
@@ -13,6 +14,7 @@ use genrec::catalog::collab::{collaborative_embeddings, mix, CollabOptions};
 use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use genrec::catalog::{Catalog, RqOptions};
 use genrec::dataset::{self, demo, Split};
+use genrec::engine::snapshot::check_pair;
 use genrec::engine::Snapshot;
 use genrec::generate::Scoring;
 use genrec::model::Model;
@@ -204,10 +206,12 @@ struct EvalArgs {
     /// Interactions file, NAME.inter.json.
     #[arg(long)]
     data: PathBuf,
-    /// Model folder.
-    #[arg(long)]
-    model: PathBuf,
-    /// Catalog folder (default: the one named by the model's genrec.json).
+    /// Model folder. Give it more than once to evaluate an ensemble (e.g. the
+    /// same settings trained with different seeds): the beams follow the mean
+    /// of the models' log-probabilities; all must share one catalog.
+    #[arg(long, required = true)]
+    model: Vec<PathBuf>,
+    /// Catalog folder (default: the one named by the first model's genrec.json).
     #[arg(long)]
     catalog: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "test")]
@@ -438,8 +442,16 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let t0 = Instant::now();
-    let snap = Snapshot::load(&a.model, a.catalog.as_deref(), &candle_core::Device::Cpu)?;
-    let (model, catalog) = (&snap.model, &snap.catalog);
+    let (first, rest) = a.model.split_first().context("--model is required")?;
+    let snap = Snapshot::load(first, a.catalog.as_deref(), &candle_core::Device::Cpu)?;
+    let catalog = &snap.catalog;
+    let mut members = vec![snap.model.clone()];
+    for dir in rest {
+        let m = Model::load(dir, &candle_core::Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
+        check_pair(&m, catalog).with_context(|| format!("{} and the catalog", dir.display()))?;
+        members.push(Arc::new(m));
+    }
+    let models: Vec<&Model> = members.iter().map(|m| m.as_ref()).collect();
     let inter = dataset::load_interactions(&a.data)?;
     let split = match a.split {
         SplitArg::Valid => Split::Valid,
@@ -457,7 +469,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         exclude_history: !a.keep_history,
         scoring,
     };
-    let m = train::evaluate(model, catalog, &inter, &o, |d, t| progress("eval", d, t))?;
+    let m = train::evaluate_ensemble(&models, catalog, &inter, &o, |d, t| progress("eval", d, t))?;
     eprintln!("eval: {} users in {:.1}s (beam {})", m.users, t0.elapsed().as_secs_f64(), a.beam.max(10));
     println!("{}", serde_json::to_string(&m)?);
     Ok(())

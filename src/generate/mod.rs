@@ -5,7 +5,7 @@ pub mod kernel;
 pub mod search;
 pub mod step;
 
-pub use search::{generate, generate_with, GenRequest, Generated, Hit, Scoring};
+pub use search::{generate, generate_ensemble, generate_with, GenRequest, Generated, Hit, Scoring};
 pub use step::{beam_step, StepOutput, StepShape};
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +154,41 @@ mod tests {
     fn beam_search_equals_enumeration_qwen3() {
         check_against_enumeration("Qwen3ForCausalLM", Scoring::Model);
         check_against_enumeration("Qwen3ForCausalLM", Scoring::Trie);
+    }
+
+    /// An exhaustive ensemble search ranks every item by the members' mean
+    /// enumerated log-probability; a one-member ensemble is the model itself.
+    #[test]
+    fn ensemble_search_equals_the_mean_of_enumerations() {
+        let cat = random_catalog(40, &[4, 4, 3], 5);
+        let a = random_model(&cat, "LlamaForCausalLM", 9);
+        let b = random_model(&cat, "Qwen3ForCausalLM", 4);
+        let history = vec![3u32, 17, 22, 8];
+        let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), within: Vec::new() };
+        let got = generate_ensemble(&[&a, &b], &cat, std::slice::from_ref(&req), 40).unwrap();
+        let eb: std::collections::HashMap<u32, f32> = enumerate(&b, &cat, &history, Scoring::Model).into_iter().collect();
+        let mut want: Vec<(u32, f32)> =
+            enumerate(&a, &cat, &history, Scoring::Model).into_iter().map(|(i, s)| (i, (s + eb[&i]) / 2.0)).collect();
+        want.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+        assert_eq!(got.hits[0].len(), 10);
+        for (hit, (item, score)) in got.hits[0].iter().zip(&want) {
+            assert_eq!(hit.item, *item);
+            assert!((hit.score - score).abs() < 1e-4, "{} vs {}", hit.score, score);
+        }
+        // the ensemble is neither member alone
+        let alone = generate(&a, &cat, std::slice::from_ref(&req), 40).unwrap();
+        assert_ne!(alone.hits[0], got.hits[0]);
+        // one member: the single model's search, bit for bit
+        let one = generate_ensemble(&[&a], &cat, std::slice::from_ref(&req), 40).unwrap();
+        assert_eq!(one.hits, alone.hits);
+        // members must share the catalog's layout
+        let other = random_catalog(40, &[4, 4, 3], 6);
+        let c = random_model(&other, "LlamaForCausalLM", 9);
+        assert!(matches!(
+            generate_ensemble(&[&a, &c], &cat, std::slice::from_ref(&req), 40),
+            Err(GenerateError::Mismatch(_))
+        ));
+        assert!(generate_ensemble(&[], &cat, &[req], 40).is_err());
     }
 
     #[test]

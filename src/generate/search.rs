@@ -75,40 +75,138 @@ pub fn generate_with(
     if reqs.is_empty() {
         return Ok(Generated { hits: Vec::new(), tokens: 0 });
     }
-    let sc = &model.sidecar;
-    let levels = sc.levels();
+    let beam = checked_beam(model, catalog, reqs, beam)?;
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = model.net.device() {
+        let (hist, hidden, lens) = prefill(model, catalog, reqs)?;
+        return super::kernel::gpu_search::decode_levels(dev, model, catalog, reqs, beam, scoring, hist, hidden, &lens);
+    }
+    decode_levels(&[model], catalog, reqs, beam, scoring)
+}
+
+/// Generates with an ensemble of models trained on the same catalog (e.g. the
+/// same settings, different seeds): each member scores every code with its
+/// own log-probability ([`Scoring::Model`]) and the beams follow the members'
+/// mean, the log of their geometric mean left unnormalised (a product of
+/// experts). Scores stay on the log-probability scale. One member is exactly
+/// [`generate`].
+pub fn generate_ensemble(
+    models: &[&Model],
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+    beam: usize,
+) -> Result<Generated, GenerateError> {
+    let Some((first, rest)) = models.split_first() else {
+        return Err(GenerateError::Mismatch("an ensemble needs at least one model".into()));
+    };
+    if rest.is_empty() {
+        return generate(first, catalog, reqs, beam);
+    }
+    if let Some(m) = rest.iter().find(|m| !m.sidecar.same_layout(&first.sidecar)) {
+        return Err(GenerateError::Mismatch(format!(
+            "ensemble members {} and {} differ in token layout or catalog",
+            first.label(),
+            m.label()
+        )));
+    }
+    if reqs.is_empty() {
+        return Ok(Generated { hits: Vec::new(), tokens: 0 });
+    }
+    let beam = checked_beam(first, catalog, reqs, beam)?;
+    decode_levels(models, catalog, reqs, beam, Scoring::Model)
+}
+
+/// The beam width a batch runs with (at least every request's `k`), after
+/// checking that the model's levels are the catalog's.
+fn checked_beam(model: &Model, catalog: &Catalog, reqs: &[GenRequest], beam: usize) -> Result<usize, GenerateError> {
+    let levels = model.sidecar.levels();
     if levels != catalog.levels() {
         return Err(GenerateError::Mismatch(format!(
             "model has {levels} levels, catalog {}",
             catalog.levels()
         )));
     }
-    let beam = reqs.iter().map(|r| r.k).max().unwrap_or(1).max(beam).max(1);
-    let (hist, hidden, lens) = prefill(model, catalog, reqs)?;
-    #[cfg(feature = "cuda")]
-    if let candle_core::Device::Cuda(dev) = model.net.device() {
-        return super::kernel::gpu_search::decode_levels(dev, model, catalog, reqs, beam, scoring, hist, hidden, &lens);
+    Ok(reqs.iter().map(|r| r.k).max().unwrap_or(1).max(beam).max(1))
+}
+
+/// One model's search state: its history cache, the hidden state of each beam
+/// and the beams' own decoded tokens.
+struct Member<'a> {
+    model: &'a Model,
+    hist: HistoryKv,
+    hidden: Tensor,
+    beams_kv: BeamKv,
+}
+
+impl Member<'_> {
+    /// This level's code logits of every beam, flat, and (for
+    /// [`Scoring::Model`]) each beam's log-normaliser over the whole vocabulary.
+    fn level_logits(&self, level: usize, scoring: Scoring) -> Result<(Vec<f32>, Option<Vec<f32>>), GenerateError> {
+        let sc = &self.model.sidecar;
+        let (start, codes) = (sc.code_offsets[level] as usize, sc.codebook_sizes[level] as usize);
+        Ok(match scoring {
+            Scoring::Trie => {
+                let l = self.model.net.logits_range(&self.hidden, start, codes)?;
+                (l.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?, None)
+            }
+            Scoring::Model => {
+                let full = self.model.net.logits(&self.hidden)?.to_dtype(candle_core::DType::F32)?;
+                let (lse, level_logits) = normalise_rows(&full, start, codes)?;
+                (level_logits, Some(lse))
+            }
+        })
     }
-    let mut hidden = hidden;
+}
+
+/// The members' mean log-probability of each code of this level, with a zero
+/// normaliser (each member's scores are normalised already).
+fn mean_log_probs(members: &[Member], level: usize) -> Result<(Vec<f32>, Option<Vec<f32>>), GenerateError> {
+    let codes = members.first().map_or(1, |m| m.model.sidecar.codebook_sizes[level] as usize).max(1);
+    let share = 1.0 / members.len() as f32;
+    let mut mean: Vec<f32> = Vec::new();
+    for m in members {
+        let (logits, lse) = m.level_logits(level, Scoring::Model)?;
+        let lse = lse.unwrap_or_default();
+        mean.resize(logits.len(), 0.0);
+        for ((acc, row), norm) in mean.chunks_mut(codes).zip(logits.chunks(codes)).zip(&lse) {
+            for (a, l) in acc.iter_mut().zip(row) {
+                *a += share * (l - norm);
+            }
+        }
+    }
+    let rows = mean.len() / codes;
+    Ok((mean, Some(vec![0.0; rows])))
+}
+
+/// The CPU search over all levels for one model or an ensemble (which must
+/// share the token layout; [`Scoring::Model`] for more than one).
+fn decode_levels(
+    models: &[&Model],
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+    beam: usize,
+    scoring: Scoring,
+) -> Result<Generated, GenerateError> {
+    let mut members = Vec::with_capacity(models.len());
+    let mut lens = Vec::new();
+    for &model in models {
+        let (hist, hidden, l) = prefill(model, catalog, reqs)?;
+        lens = l;
+        members.push(Member { model, hist, hidden, beams_kv: BeamKv::new(model.config.num_hidden_layers) });
+    }
+    let sc = &models[0].sidecar;
+    let levels = sc.levels();
     let r = reqs.len();
     let trie = &catalog.trie;
     let mut beams_in = 1;
     let mut scores = vec![0f32; r];
     let mut nodes = vec![0u32; r];
-    let mut beams_kv = BeamKv::new(model.config.num_hidden_layers);
     let mut decoded = 0usize;
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
-        let (logits, norm) = match scoring {
-            Scoring::Trie => {
-                let l = model.net.logits_range(&hidden, sc.code_offsets[level] as usize, codes)?;
-                (l.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?, None)
-            }
-            Scoring::Model => {
-                let full = model.net.logits(&hidden)?.to_dtype(candle_core::DType::F32)?;
-                let (lse, level_logits) = normalise_rows(&full, sc.code_offsets[level] as usize, codes)?;
-                (level_logits, Some(lse))
-            }
+        let (logits, norm) = match members.as_slice() {
+            [one] => one.level_logits(level, scoring)?,
+            many => mean_log_probs(many, level)?,
         };
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
@@ -121,12 +219,14 @@ pub fn generate_with(
         }
         // feed the chosen codes back for the next level
         let parents: Vec<u32> = (0..r * beam).map(|s| (s / beam * beams_in) as u32 + out.parent[s]).collect();
-        beams_kv.reorder(&parents)?;
         let toks: Vec<u32> = (0..r * beam)
             .map(|s| if out.node[s] == NONE { sc.pad_token_id } else { sc.token(level, out.code[s]) })
             .collect();
         let pos: Vec<u32> = (0..r * beam).map(|s| (lens[s / beam] + level) as u32).collect();
-        hidden = model.net.decode(&hist, &mut beams_kv, &toks, &pos)?;
+        for m in &mut members {
+            m.beams_kv.reorder(&parents)?;
+            m.hidden = m.model.net.decode(&m.hist, &mut m.beams_kv, &toks, &pos)?;
+        }
         scores = out.score;
         nodes = out.node;
         beams_in = beam;

@@ -57,6 +57,18 @@ impl Sidecar {
         }
     }
 
+    /// Whether two sidecars read and write tokens the same way over the same
+    /// catalog (names and catalog paths may differ): models that agree can
+    /// share one search, as an ensemble does.
+    pub fn same_layout(&self, other: &Sidecar) -> bool {
+        self.catalog_fingerprint == other.catalog_fingerprint
+            && self.codebook_sizes == other.codebook_sizes
+            && self.code_offsets == other.code_offsets
+            && (self.pad_token_id, self.bos_token_id, self.eos_token_id)
+                == (other.pad_token_id, other.bos_token_id, other.eos_token_id)
+            && self.max_history_items == other.max_history_items
+    }
+
     pub fn levels(&self) -> usize {
         self.codebook_sizes.len()
     }

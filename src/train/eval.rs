@@ -8,7 +8,7 @@ use super::metrics::TopKMetrics;
 use super::TrainError;
 use crate::catalog::Catalog;
 use crate::dataset::{heldout, Interactions, Split};
-use crate::generate::{generate_with, GenRequest, Scoring};
+use crate::generate::{generate_ensemble, generate_with, GenRequest, Scoring};
 use crate::model::Model;
 
 #[derive(Debug, Clone)]
@@ -68,8 +68,24 @@ pub fn evaluate(
     catalog: &Catalog,
     inter: &Interactions,
     opts: &EvalOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<TopKMetrics, TrainError> {
+    evaluate_ensemble(&[model], catalog, inter, opts, progress)
+}
+
+/// [`evaluate`] for an ensemble of models on the same catalog (see
+/// [`generate_ensemble`]); one model is [`evaluate`].
+pub fn evaluate_ensemble(
+    models: &[&Model],
+    catalog: &Catalog,
+    inter: &Interactions,
+    opts: &EvalOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<TopKMetrics, TrainError> {
+    let model = *models.first().ok_or_else(|| TrainError::Invalid("no model to evaluate".into()))?;
+    if models.len() > 1 && opts.scoring != Scoring::Model {
+        return Err(TrainError::Invalid("an ensemble is scored with the models' own probabilities (scoring model)".into()));
+    }
     let ex = examples(catalog, inter, opts.split, model.sidecar.max_history_items, opts.max_users);
     let mut m = TopKMetrics::default();
     let mut done = 0;
@@ -83,7 +99,10 @@ pub fn evaluate(
                 within: Vec::new(),
             })
             .collect();
-        let out = generate_with(model, catalog, &reqs, opts.beam.max(10), opts.scoring)?;
+        let out = match models {
+            [one] => generate_with(one, catalog, &reqs, opts.beam.max(10), opts.scoring)?,
+            many => generate_ensemble(many, catalog, &reqs, opts.beam.max(10))?,
+        };
         for ((_, target), hits) in chunk.iter().zip(&out.hits) {
             let ranked: Vec<u32> = hits.iter().map(|h| h.item).collect();
             m.add(&ranked, *target);

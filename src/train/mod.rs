@@ -6,7 +6,7 @@ pub mod eval;
 pub mod metrics;
 pub mod trainer;
 
-pub use eval::{evaluate, EvalOptions};
+pub use eval::{evaluate, evaluate_ensemble, EvalOptions};
 pub use metrics::TopKMetrics;
 pub use trainer::{train, TrainOptions, TrainReport};
 
