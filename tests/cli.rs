@@ -63,6 +63,12 @@ fn demo_data_index_train_eval() {
         assert!((0.0..=1.0).contains(&x), "{key} = {x}");
     }
     assert_eq!(m["users"], 40);
+    // an ensemble of a model with itself ranks as the model does
+    let (out, _) = run(&[
+        "eval", "--data", &d("data/demo.inter.json"), "--model", &d("model"), "--model", &d("model"), "--max-users", "40",
+    ]);
+    let pair: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(pair, m);
 
     // bad input fails with a message naming the problem
     let out = Command::new(common::bin())
