@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -445,13 +444,13 @@ fn eval(a: EvalArgs) -> Result<()> {
     let (first, rest) = a.model.split_first().context("--model is required")?;
     let snap = Snapshot::load(first, a.catalog.as_deref(), &candle_core::Device::Cpu)?;
     let catalog = &snap.catalog;
-    let mut members = vec![snap.model.clone()];
+    let mut others = Vec::new();
     for dir in rest {
         let m = Model::load(dir, &candle_core::Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
         check_pair(&m, catalog).with_context(|| format!("{} and the catalog", dir.display()))?;
-        members.push(Arc::new(m));
+        others.push(m);
     }
-    let models: Vec<&Model> = members.iter().map(|m| m.as_ref()).collect();
+    let models: Vec<&Model> = std::iter::once(snap.model.as_ref()).chain(&others).collect();
     let inter = dataset::load_interactions(&a.data)?;
     let split = match a.split {
         SplitArg::Valid => Split::Valid,

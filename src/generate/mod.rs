@@ -16,6 +16,9 @@ pub enum GenerateError {
     Tensor(#[from] candle_core::Error),
     #[error("model and catalog do not match: {0}")]
     Mismatch(String),
+    /// A request the search cannot run as asked (e.g. an empty ensemble).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 #[cfg(test)]
@@ -165,7 +168,7 @@ mod tests {
         let b = random_model(&cat, "Qwen3ForCausalLM", 4);
         let history = vec![3u32, 17, 22, 8];
         let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), within: Vec::new() };
-        let got = generate_ensemble(&[&a, &b], &cat, std::slice::from_ref(&req), 40).unwrap();
+        let got = generate_ensemble(&[&a, &b], &cat, std::slice::from_ref(&req), 40, Scoring::Model).unwrap();
         let eb: std::collections::HashMap<u32, f32> = enumerate(&b, &cat, &history, Scoring::Model).into_iter().collect();
         let mut want: Vec<(u32, f32)> =
             enumerate(&a, &cat, &history, Scoring::Model).into_iter().map(|(i, s)| (i, (s + eb[&i]) / 2.0)).collect();
@@ -179,16 +182,20 @@ mod tests {
         let alone = generate(&a, &cat, std::slice::from_ref(&req), 40).unwrap();
         assert_ne!(alone.hits[0], got.hits[0]);
         // one member: the single model's search, bit for bit
-        let one = generate_ensemble(&[&a], &cat, std::slice::from_ref(&req), 40).unwrap();
+        let one = generate_ensemble(&[&a], &cat, std::slice::from_ref(&req), 40, Scoring::Model).unwrap();
         assert_eq!(one.hits, alone.hits);
         // members must share the catalog's layout
         let other = random_catalog(40, &[4, 4, 3], 6);
         let c = random_model(&other, "LlamaForCausalLM", 9);
         assert!(matches!(
-            generate_ensemble(&[&a, &c], &cat, std::slice::from_ref(&req), 40),
+            generate_ensemble(&[&a, &c], &cat, std::slice::from_ref(&req), 40, Scoring::Model),
             Err(GenerateError::Mismatch(_))
         ));
-        assert!(generate_ensemble(&[], &cat, &[req], 40).is_err());
+        assert!(matches!(
+            generate_ensemble(&[&a, &b], &cat, std::slice::from_ref(&req), 40, Scoring::Trie),
+            Err(GenerateError::Invalid(_))
+        ));
+        assert!(matches!(generate_ensemble(&[], &cat, &[req], 40, Scoring::Model), Err(GenerateError::Invalid(_))));
     }
 
     #[test]

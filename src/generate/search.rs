@@ -89,18 +89,22 @@ pub fn generate_with(
 /// own log-probability ([`Scoring::Model`]) and the beams follow the members'
 /// mean, the log of their geometric mean left unnormalised (a product of
 /// experts). Scores stay on the log-probability scale. One member is exactly
-/// [`generate`].
+/// [`generate_with`]; more than one take [`Scoring::Model`] only.
 pub fn generate_ensemble(
     models: &[&Model],
     catalog: &Catalog,
     reqs: &[GenRequest],
     beam: usize,
+    scoring: Scoring,
 ) -> Result<Generated, GenerateError> {
     let Some((first, rest)) = models.split_first() else {
-        return Err(GenerateError::Mismatch("an ensemble needs at least one model".into()));
+        return Err(GenerateError::Invalid("an ensemble needs at least one model".into()));
     };
     if rest.is_empty() {
-        return generate(first, catalog, reqs, beam);
+        return generate_with(first, catalog, reqs, beam, scoring);
+    }
+    if scoring != Scoring::Model {
+        return Err(GenerateError::Invalid("an ensemble scores with the models' own probabilities (scoring model)".into()));
     }
     if let Some(m) = rest.iter().find(|m| !m.sidecar.same_layout(&first.sidecar)) {
         return Err(GenerateError::Mismatch(format!(
@@ -113,7 +117,7 @@ pub fn generate_ensemble(
         return Ok(Generated { hits: Vec::new(), tokens: 0 });
     }
     let beam = checked_beam(first, catalog, reqs, beam)?;
-    decode_levels(models, catalog, reqs, beam, Scoring::Model)
+    decode_levels(models, catalog, reqs, beam, scoring)
 }
 
 /// The beam width a batch runs with (at least every request's `k`), after

@@ -8,7 +8,7 @@ use super::metrics::TopKMetrics;
 use super::TrainError;
 use crate::catalog::Catalog;
 use crate::dataset::{heldout, Interactions, Split};
-use crate::generate::{generate_ensemble, generate_with, GenRequest, Scoring};
+use crate::generate::{generate_ensemble, GenRequest, Scoring};
 use crate::model::Model;
 
 #[derive(Debug, Clone)]
@@ -83,9 +83,6 @@ pub fn evaluate_ensemble(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<TopKMetrics, TrainError> {
     let model = *models.first().ok_or_else(|| TrainError::Invalid("no model to evaluate".into()))?;
-    if models.len() > 1 && opts.scoring != Scoring::Model {
-        return Err(TrainError::Invalid("an ensemble is scored with the models' own probabilities (scoring model)".into()));
-    }
     let ex = examples(catalog, inter, opts.split, model.sidecar.max_history_items, opts.max_users);
     let mut m = TopKMetrics::default();
     let mut done = 0;
@@ -99,10 +96,7 @@ pub fn evaluate_ensemble(
                 within: Vec::new(),
             })
             .collect();
-        let out = match models {
-            [one] => generate_with(one, catalog, &reqs, opts.beam.max(10), opts.scoring)?,
-            many => generate_ensemble(many, catalog, &reqs, opts.beam.max(10))?,
-        };
+        let out = generate_ensemble(models, catalog, &reqs, opts.beam.max(10), opts.scoring)?;
         for ((_, target), hits) in chunk.iter().zip(&out.hits) {
             let ranked: Vec<u32> = hits.iter().map(|h| h.item).collect();
             m.add(&ranked, *target);
