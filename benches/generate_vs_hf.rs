@@ -26,7 +26,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use genrec::dataset::{self, Split};
-use genrec::engine::Snapshot;
+use genrec::engine::Pair;
 use genrec::generate::{generate, GenRequest};
 use genrec::train::eval::examples;
 use serde_json::json;
@@ -139,7 +139,7 @@ fn batched(
                                 let batch: Vec<GenRequest> = chunk.iter().map(|&i| reqs[i].clone()).collect();
                                 let g = generate(model, catalog, &batch, b)?;
                                 for (&i, hs) in chunk.iter().zip(g.hits) {
-                                    out.push((i, hs.into_iter().map(|h| catalog.item_ids[h.item as usize].clone()).collect()));
+                                    out.push((i, hs.into_iter().map(|h| catalog.item_id(h.item).to_string()).collect()));
                                 }
                             }
                             Ok(out)
@@ -173,7 +173,7 @@ fn main() -> Result<()> {
     genrec::runtime::pin_thread_count();
     let threads = candle_core::utils::get_num_threads();
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
-    let snap = Snapshot::load(&a.model, None, &candle_core::Device::Cpu)?;
+    let snap = Pair::load(&a.model, None, &candle_core::Device::Cpu)?;
     let (model, catalog) = (&snap.model, &snap.catalog);
     let inter = dataset::load_interactions(&a.data)?;
     let sc = &model.sidecar;
@@ -186,7 +186,7 @@ fn main() -> Result<()> {
         "model": a.model,
         "sequences": tokens,
         "item_tokens": item_tokens,
-        "item_ids": catalog.item_ids,
+        "item_ids": (0..catalog.len() as u32).map(|i| catalog.item_id(i)).collect::<Vec<_>>(),
         "pad_token_id": sc.pad_token_id,
         "levels": sc.levels(),
         "beams": a.beams,

@@ -45,7 +45,7 @@ fn beam_step_bench(c: &mut Criterion) {
         let scores: Vec<f32> = (0..requests * beams).map(|_| rng.random_range(-4.0..0.0)).collect();
         let shape = StepShape { requests, beams_in: beams, beams_out: beams, codes: 256 };
         g.bench_with_input(BenchmarkId::from_parameter(format!("{requests} req x {beams} beams")), &(), |b, _| {
-            b.iter(|| beam_step(&trie, shape, &logits, &scores, &depth1, None, |_, _| true))
+            b.iter(|| beam_step(&genrec::catalog::TrieView::new(&trie, None), shape, &logits, &scores, &depth1, None, |_, _| true))
         });
     }
     g.finish();

@@ -300,7 +300,7 @@ fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, CheckError>
             let level: Vec<f32> = (0..requests * beams_in).flat_map(|b| st.logits[b * st.ld + st.col0..][..codes].to_vec()).collect();
             for norm in [None, Some(&st.norm[..])] {
                 let shape = StepShape { requests, beams_in, beams_out, codes };
-                let want = beam_step(&trie, shape, &level, &st.scores, &st.nodes, norm, |r, ch| filters.keep(r, ch));
+                let want = beam_step(&crate::catalog::TrieView::new(&trie, None), shape, &level, &st.scores, &st.nodes, norm, |r, ch| filters.keep(r, ch));
                 let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm, scores: &st.scores, nodes: &st.nodes };
                 let (got, _) = run.run(&trie, depth, shape, &input, &filters, 0)?;
                 let d = compare_steps(&want, &got, requests, beams_out, 1e-4)
@@ -418,7 +418,7 @@ fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: u
 
 fn load_models(opts: &CheckOptions, device: &Device, dtype: candle_core::DType) -> Result<(Model, Catalog), CheckError> {
     match &opts.model {
-        Some(dir) => crate::engine::snapshot::load_pair(dir, opts.catalog.as_deref(), device, dtype).map_err(|e| CheckError::Other(e.to_string())),
+        Some(dir) => crate::engine::pair::load_pair(dir, opts.catalog.as_deref(), device, dtype).map_err(|e| CheckError::Other(e.to_string())),
         None => crate::server::default_model::load_as(device, dtype).map_err(|e| CheckError::Other(e.to_string())),
     }
 }

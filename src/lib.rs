@@ -9,7 +9,7 @@
 //! - [`catalog`]: items, text embeddings, RQ-KMeans semantic IDs, the trie.
 //! - [`model`]: the Llama/Qwen-family decoder with a shared-history KV cache.
 //! - [`generate`]: trie-constrained beam search (the one beam-step contract).
-//! - [`engine`]: model + catalog snapshots, batching scheduler, deadlines and fallback.
+//! - [`engine`]: the model and catalog in service, live catalog edits, batching scheduler, deadlines and fallback.
 //! - [`recall`]: ANN recall over item embeddings (the fallback).
 //! - [`coldstart`]: a new user's intents from the sign-up profile (LLM or encoder).
 //! - [`server`]: HTTP API, admin routes, metrics.
@@ -30,6 +30,7 @@ pub mod model;
 pub mod recall;
 pub mod server;
 pub mod train;
+pub mod progress;
 pub mod runtime;
 pub mod util;
 

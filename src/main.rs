@@ -8,13 +8,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use genrec::catalog::build::{build_catalog, load_embeddings};
+use genrec::catalog::build::{self as index_build, MappedRows, SidSource};
 use genrec::catalog::collab::{collaborative_embeddings, mix, CollabOptions};
 use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
-use genrec::catalog::{Catalog, RqOptions};
+use genrec::catalog::rqkmeans::{Rows, SliceRows, DEFAULT_MAX_GROUP, DEFAULT_SAMPLE};
+use genrec::catalog::{Catalog, CatalogError, RqOptions};
 use genrec::dataset::{self, demo, Split};
-use genrec::engine::snapshot::check_pair;
-use genrec::engine::Snapshot;
+use genrec::engine::pair::check_pair;
+use genrec::engine::Pair;
 use genrec::generate::Scoring;
 use genrec::model::Model;
 use genrec::train::{self, EvalOptions, TrainOptions};
@@ -31,8 +32,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a catalog: embed item texts, learn semantic IDs (RQ-KMeans), write CATALOG_DIR.
+    /// Build a catalog: embed item texts (or read embeddings), learn semantic IDs
+    /// (RQ-KMeans) or import them, write CATALOG_DIR with its trie and ANN index.
     Index(IndexArgs),
+    /// Catalog folder maintenance: `compact` folds the edit log into a new version.
+    Catalog(CatalogArgs),
     /// Train the generative model on user histories (last two items per user held out).
     Train(TrainArgs),
     /// Evaluate a model with the TIGER protocol; prints Recall/NDCG@5/10 as JSON on the last line.
@@ -47,6 +51,12 @@ enum Command {
     GpuCheck(measure::GpuCheckArgs),
     /// Load-test a running server with real histories; prints a table and JSON.
     Bench(measure::BenchArgs),
+    /// Live catalog edits against a running server (NDJSON batches, single
+    /// upserts) beside recommendation traffic; prints a table and JSON.
+    BenchCatalog(measure::BenchCatalogArgs),
+    /// Write a synthetic catalog of any size (Gaussian mixture with
+    /// Zipf-sized components): items JSON Lines, embeddings, interactions.
+    Synth(measure::SynthArgs),
     /// Cold-start evaluation: users held out of training get recommendations
     /// from their sign-up profile alone, scored against their first items
     /// (popularity, encoder intents, LLM intents); JSON on the last line.
@@ -55,15 +65,27 @@ enum Command {
 
 #[derive(clap::Args)]
 struct IndexArgs {
-    /// Items file, NAME.item.json: {"item id": {"title": ..., ...}}.
+    /// Items: NAME.item.json ({"item id": {"title": ..., ...}}, read in id
+    /// order) or JSON Lines NAME.jsonl (one {"id": ..., "title": ..., ...} per
+    /// line, streamed in file order).
     #[arg(long)]
     items: PathBuf,
-    /// Output catalog folder.
+    /// Output catalog folder (built under a temporary name, renamed at the end;
+    /// replaces a catalog folder there).
     #[arg(long)]
     out: PathBuf,
-    /// Precomputed embeddings (safetensors, one F32 tensor [items, dim] in item-id order) instead of MiniLM.
+    /// Precomputed embeddings instead of MiniLM: a safetensors file with one
+    /// tensor [items, dim] in F32, F16 or BF16, rows in the items' order (the
+    /// file order of a .jsonl, the id order of a .json). Read through a memory
+    /// map, a block at a time.
     #[arg(long)]
     embeddings: Option<PathBuf>,
+    /// Semantic IDs computed elsewhere (e.g. an RQ-VAE trained in PyTorch):
+    /// JSON Lines, one {"id": ..., "sid": [c1, c2, ...]} per line, every item
+    /// once, codes below --codebook-size. A collision code is added on top.
+    /// The catalog then has no codebooks: live upserts give their semantic_id.
+    #[arg(long)]
+    sids: Option<PathBuf>,
     /// Sentence encoder folder (fetched by scripts/fetch-models.sh).
     #[arg(long, env = "GENREC_ENCODER", default_value = DEFAULT_ENCODER_DIR)]
     encoder: PathBuf,
@@ -76,6 +98,16 @@ struct IndexArgs {
     /// Lloyd iterations per level.
     #[arg(long, default_value_t = 25)]
     iterations: usize,
+    /// Items the codebooks are learned on (a uniform sample; all items when
+    /// the catalog is smaller). Every item is then assigned its codes.
+    #[arg(long, default_value_t = DEFAULT_SAMPLE)]
+    sample: usize,
+    /// Largest group of items that may share all k-means codes (the width of
+    /// the collision code): a code under a prefix takes no more items than
+    /// the levels below can hold in groups this size, the others go to their
+    /// next-nearest code. 0: plain nearest codes (groups unbounded).
+    #[arg(long, default_value_t = DEFAULT_MAX_GROUP)]
+    max_group: usize,
     /// Random seed: the same seed gives the same semantic IDs.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -97,6 +129,32 @@ struct IndexArgs {
     /// Dimensions of the collaborative embedding (with --interactions).
     #[arg(long, default_value_t = 64)]
     collab_dim: usize,
+    /// Write the report (phases, sizes, collisions) as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CatalogArgs {
+    #[command(subcommand)]
+    command: CatalogCommand,
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Fold a catalog folder's edit log into a new version (written beside
+    /// the current one with its ANN index, switched to by an atomic rename).
+    /// The folder must not be in use by a server: a running server compacts
+    /// by itself (--compact-log-mb) or on POST /admin/catalog/compact.
+    Compact {
+        /// Catalog folder.
+        dir: PathBuf,
+    },
+    /// Print a catalog folder's version, sizes and pending edits as JSON.
+    Info {
+        /// Catalog folder.
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -268,11 +326,14 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Index(a) => index(a),
+        Command::Catalog(a) => catalog_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval(a),
         Command::ColdstartEval(a) => measure::coldstart_eval(a),
         Command::Serve(a) => genrec::server::run(a),
         Command::Bench(a) => measure::bench(a),
+        Command::BenchCatalog(a) => measure::bench_catalog(a),
+        Command::Synth(a) => measure::synth(a),
         Command::GpuCheck(a) => measure::gpu_check(a),
         Command::DemoData(a) => {
             let o = demo::DemoOptions { items: a.items, users: a.users, seed: a.seed, ..Default::default() };
@@ -300,7 +361,7 @@ fn stem(p: &Path) -> String {
 /// Mixes collaborative embeddings from the training part of `inter` into the
 /// content embeddings `emb` (see `genrec::catalog::collab`).
 fn mix_collaborative(
-    items: &[dataset::ItemRecord],
+    ids: &[&str],
     inter: &Path,
     emb: Vec<f32>,
     dim: usize,
@@ -312,14 +373,14 @@ fn mix_collaborative(
     }
     let t0 = Instant::now();
     let data = dataset::load_interactions(inter)?;
-    let index: HashMap<&str, u32> = items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i as u32)).collect();
+    let index: HashMap<&str, u32> = ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
     let seqs: Vec<Vec<u32>> = data
         .sequences
         .iter()
         .map(|s| dataset::train_part(s).iter().filter_map(|id| index.get(id.as_str()).copied()).collect())
         .collect();
     let opts = CollabOptions { dim: a.collab_dim, seed: a.seed, ..Default::default() };
-    let cf = collaborative_embeddings(items.len(), &seqs, &opts);
+    let cf = collaborative_embeddings(ids.len(), &seqs, &opts);
     let silent = cf.chunks(opts.dim).filter(|r| r.iter().all(|&x| x == 0.0)).count();
     eprintln!(
         "index: collaborative embeddings ({} dims, weight {}) from {} sequences in {:.1}s; {silent} items co-occur with nothing",
@@ -334,51 +395,142 @@ fn mix_collaborative(
 
 fn index(a: IndexArgs) -> Result<()> {
     let t0 = Instant::now();
-    let items = dataset::load_items(&a.items)?;
+    if a.levels == 0 || a.codebook_size < 2 {
+        bail!("--levels must be at least 1 and --codebook-size at least 2");
+    }
+    let need_texts = a.embeddings.is_none();
+    let items = index_build::read_items(&a.items, need_texts, a.seed)?;
     if items.is_empty() {
         bail!("{}: no items", a.items.display());
     }
-    eprintln!("index: {} items from {}", items.len(), a.items.display());
-    let (emb, dim, embedder) = match &a.embeddings {
-        Some(p) => {
-            let (e, d) = load_embeddings(p, items.len())?;
-            (e, d, format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()))
+    eprintln!("index: {} items from {} in {:.1}s", items.len(), a.items.display(), t0.elapsed().as_secs_f64());
+    // the embeddings: a mapped file read row by row, or computed in memory
+    let mapped;
+    let owned: Vec<f32>;
+    let in_memory;
+    let (rows, embedder): (&dyn Rows, String) = match (&a.embeddings, &a.interactions) {
+        (Some(p), None) => {
+            mapped = MappedRows::open(p, items.len())?;
+            (&mapped, format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()))
         }
-        None => {
-            let enc = TextEncoder::load(&a.encoder)?;
-            let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
-            let e = enc.embed(&texts, a.batch, |d, t| progress("embedding", d, t))?;
-            (e, enc.dim(), enc.name().to_string())
+        (src, inter) => {
+            let (e, d, name) = match src {
+                Some(p) => {
+                    let m = MappedRows::open(p, items.len())?;
+                    let name = format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+                    (m.to_vec(), m.dim(), name)
+                }
+                None => {
+                    let enc = TextEncoder::load(&a.encoder)?;
+                    let texts = items.texts.as_ref().context("item texts")?;
+                    let p = genrec::progress::Progress::new("embedding texts", texts.len() as u64);
+                    let e = enc.embed(texts, a.batch, |d, _| p.set(d as u64))?;
+                    p.finish();
+                    (e, enc.dim(), enc.name().to_string())
+                }
+            };
+            let (e, d, name) = match inter {
+                Some(p) => {
+                    let ids: Vec<&str> = (0..items.len()).map(|i| items.ids.get(i)).collect();
+                    mix_collaborative(&ids, p, e, d, &name, &a)?
+                }
+                None => (e, d, name),
+            };
+            owned = e;
+            in_memory = SliceRows { data: &owned, dim: d };
+            (&in_memory, name)
         }
     };
-    let (emb, dim, embedder) = match &a.interactions {
-        Some(p) => mix_collaborative(&items, p, emb, dim, &embedder, &a)?,
-        None => (emb, dim, embedder),
+    eprintln!("index: {} x {} embeddings ready in {:.1}s", items.len(), rows.dim(), t0.elapsed().as_secs_f64());
+    let sids = match &a.sids {
+        Some(p) => SidSource::Import { path: p, codebook_size: a.codebook_size },
+        None => SidSource::Learn(RqOptions {
+            levels: a.levels,
+            codebook_size: a.codebook_size,
+            iterations: a.iterations,
+            seed: a.seed,
+            sample: a.sample,
+            max_group: a.max_group,
+        }),
     };
-    eprintln!("index: {} x {} embeddings in {:.1}s; learning semantic IDs", items.len(), dim, t0.elapsed().as_secs_f64());
-    let opts = RqOptions { levels: a.levels, codebook_size: a.codebook_size, iterations: a.iterations, seed: a.seed };
     let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
-    let (cat, q) = build_catalog(&name, &items, emb, dim, &embedder, &opts)?;
-    cat.save(&a.out)?;
-    for (l, used) in q.used_codes.iter().enumerate() {
-        println!("level {l}: {used}/{} codes used", q.codebook_sizes[l]);
+    let self_recall = std::sync::Mutex::new(0.0);
+    let graph = |cat: &Catalog, dir: &Path| {
+        let r = genrec::recall::build_and_save(cat, dir).map_err(|e| CatalogError::Format(e.to_string()))?;
+        *self_recall.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        Ok(())
+    };
+    let mut report = index_build::index(&a.out, &name, &embedder, items, rows, sids, a.seed, &graph)?;
+    report.ann_self_recall = *self_recall.lock().unwrap_or_else(|p| p.into_inner());
+    println!("ANN index: {:.1}% of probed items are their own nearest neighbour", 100.0 * report.ann_self_recall);
+    for (l, used) in report.used_codes.iter().enumerate() {
+        println!("level {l}: {used}/{} codes used; {} items moved off their nearest code by --max-group", report.codebook_sizes[l], report.moved[l]);
     }
     println!(
-        "collisions: {} items in {} groups share their first {} codes; collision level size {}",
-        q.collided_items,
-        q.collision_groups,
-        a.levels,
-        q.codebook_sizes.last().copied().unwrap_or(0)
+        "collisions: {} items in {} groups share their k-means codes; largest group {} (collision level size)",
+        report.collided_items, report.collision_groups, report.max_group
     );
+    let total: u64 = report.bytes.iter().map(|b| b.1).sum();
     println!(
-        "wrote catalog {:?} ({} items, semantic IDs {:?}) to {} in {:.1}s",
+        "wrote catalog {:?} ({} items, semantic IDs {:?}, {:.1} MB) to {} in {:.1}s",
         name,
-        cat.len(),
-        q.codebook_sizes,
+        report.items,
+        report.codebook_sizes,
+        total as f64 / 1e6,
         a.out.display(),
         t0.elapsed().as_secs_f64()
     );
+    if let Some(p) = &a.report {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
+    }
     Ok(())
+}
+
+fn catalog_cmd(a: CatalogArgs) -> Result<()> {
+    match a.command {
+        CatalogCommand::Compact { dir } => {
+            let t0 = Instant::now();
+            let (cat, log, mut wd, report) = genrec::catalog::dir::open_writable(&dir)?;
+            eprintln!("compact: version {} with {} edits replayed", report.version, report.replayed);
+            let (new_log, number) = wd.rotate()?;
+            drop(log);
+            let prev = cat.base().source.as_ref().map(|d| d.join(genrec::recall::ANN_FILE));
+            let graph = |v: &Catalog, d: &Path| {
+                genrec::recall::write_version_graph(v, prev.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
+            };
+            let vdir = wd.commit_version(&cat, number, &graph)?;
+            drop(new_log);
+            println!(
+                "compacted {} into {} ({} items served) in {:.1}s",
+                dir.display(),
+                vdir.display(),
+                cat.served_len(),
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        CatalogCommand::Info { dir } => {
+            let (cat, report) = genrec::catalog::dir::open_read_only(&dir)?;
+            let m = cat.manifest();
+            let parts: serde_json::Map<String, serde_json::Value> =
+                cat.base().memory().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+            let info = serde_json::json!({
+                "version": report.version,
+                "name": m.name,
+                "rows": cat.len(),
+                "served": cat.served_len(),
+                "codebook_sizes": m.codebook_sizes,
+                "embedding_dim": m.embedding_dim,
+                "fingerprint": m.fingerprint,
+                "last_edit_id": cat.last_edit_id(),
+                "edits_replayed": report.replayed,
+                "overlay_items": cat.overlay().len(),
+                "bytes": parts,
+            });
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+    }
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
@@ -397,7 +549,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         eprintln!("train: {} of {all} users held out (--holdout-users {})", all - inter.users.len(), a.holdout_users);
     }
     let opts = TrainOptions {
-        name: a.name.clone().unwrap_or_else(|| catalog.manifest.name.clone()),
+        name: a.name.clone().unwrap_or_else(|| catalog.manifest().name.clone()),
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,
@@ -442,7 +594,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 fn eval(a: EvalArgs) -> Result<()> {
     let t0 = Instant::now();
     let (first, rest) = a.model.split_first().context("--model is required")?;
-    let snap = Snapshot::load(first, a.catalog.as_deref(), &candle_core::Device::Cpu)?;
+    let snap = Pair::load(first, a.catalog.as_deref(), &candle_core::Device::Cpu)?;
     let catalog = &snap.catalog;
     let mut others = Vec::new();
     for dir in rest {

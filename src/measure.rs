@@ -1,7 +1,9 @@
 //! The measuring commands: `bench` (load test of a running server),
-//! `coldstart-eval` (cold-start quality on held-out users) and `gpu-check`
-//! (the GPU path against the CPU reference, and its speed). Their argument
-//! structs and handlers; `main.rs` dispatches to them.
+//! `bench-catalog` (live catalog edits beside recommendation traffic),
+//! `synth` (a synthetic catalog of any size), `coldstart-eval` (cold-start
+//! quality on held-out users) and `gpu-check` (the GPU path against the CPU
+//! reference, and its speed). Their argument structs and handlers; `main.rs`
+//! dispatches to them.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use genrec::dataset;
-use genrec::engine::Snapshot;
+use genrec::engine::Pair;
 
 use crate::{progress, SplitArg};
 
@@ -161,11 +163,143 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+pub struct SynthArgs {
+    /// Output folder: NAME.jsonl, NAME.safetensors, NAME.inter.json.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "synth")]
+    name: String,
+    #[arg(long, default_value_t = dataset::synth::SynthOptions::default().items)]
+    items: usize,
+    /// Embedding dimensions.
+    #[arg(long, default_value_t = dataset::synth::SynthOptions::default().dim)]
+    dim: usize,
+    /// Mixture components (0: one per 1,000 items, 16 to 65,536).
+    #[arg(long, default_value_t = 0)]
+    components: usize,
+    /// Zipf exponent of the component sizes.
+    #[arg(long, default_value_t = dataset::synth::SynthOptions::default().zipf)]
+    zipf: f64,
+    /// Users in NAME.inter.json (histories for a small model).
+    #[arg(long, default_value_t = dataset::synth::SynthOptions::default().users)]
+    users: usize,
+    /// Store the embeddings as F16 instead of F32.
+    #[arg(long)]
+    f16: bool,
+    #[arg(long, default_value_t = dataset::synth::SynthOptions::default().seed)]
+    seed: u64,
+}
+
+impl SynthArgs {
+    fn options(&self) -> dataset::synth::SynthOptions {
+        dataset::synth::SynthOptions {
+            items: self.items,
+            dim: self.dim,
+            components: self.components,
+            zipf: self.zipf,
+            users: self.users,
+            f16: self.f16,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
+pub fn synth(a: SynthArgs) -> Result<()> {
+    if a.items == 0 || a.dim == 0 {
+        bail!("--items and --dim must be positive");
+    }
+    let r = dataset::synth::write(&a.out, &a.name, &a.options())?;
+    println!(
+        "wrote {n}.jsonl, {n}.safetensors, {n}.inter.json to {}: {} items in {} components (largest {}), {} users, {:.1}s",
+        a.out.display(),
+        r.items,
+        r.components,
+        r.largest_component,
+        r.users,
+        r.seconds,
+        n = a.name
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct BenchCatalogArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The server's admin token.
+    #[arg(long, env = "GENREC_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Interactions file whose test histories the recommendation clients send.
+    #[arg(long)]
+    data: PathBuf,
+    /// The synthetic catalog's --items, --dim and --seed (new items come from
+    /// its mixture): give the values `genrec synth` was run with.
+    #[arg(long)]
+    synth_items: usize,
+    #[arg(long, default_value_t = dataset::synth::SynthOptions::default().dim)]
+    synth_dim: usize,
+    #[arg(long, default_value_t = dataset::synth::SynthOptions::default().seed)]
+    synth_seed: u64,
+    /// Recommendation clients (closed loop).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seconds of recommendation traffic alone.
+    #[arg(long, default_value_t = 20.0)]
+    idle_seconds: f64,
+    /// Seconds of upsert batches.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Items per NDJSON batch.
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+    /// Single-item upserts timed after the stream.
+    #[arg(long, default_value_t = 300)]
+    singles: usize,
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn bench_catalog(a: BenchCatalogArgs) -> Result<()> {
+    let data = dataset::load_interactions(&a.data)?;
+    let histories = genrec::loadgen::histories(&data);
+    if histories.is_empty() {
+        bail!("{}: no user has a test history", a.data.display());
+    }
+    let synth = dataset::synth::SynthOptions { items: a.synth_items, dim: a.synth_dim, seed: a.synth_seed, ..Default::default() };
+    let o = genrec::loadgen::catalog::CatalogBenchOptions {
+        url: a.url.clone(),
+        token: a.token.clone(),
+        histories,
+        synth,
+        concurrency: a.concurrency,
+        idle_seconds: a.idle_seconds,
+        stream_seconds: a.seconds,
+        batch: a.batch.max(1),
+        singles: a.singles,
+        k: a.k,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(genrec::loadgen::catalog::run(&o)).map_err(|e| anyhow::anyhow!(e))?;
+    print!("{}", report.table());
+    let js = serde_json::to_string(&report)?;
+    if let Some(p) = &a.json {
+        std::fs::write(p, &js).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("{js}");
+    Ok(())
+}
+
 pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
     use genrec::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate};
     use genrec::train::coldstart_eval as ce;
     let dev = candle_core::Device::Cpu;
-    let snap = Snapshot::load(&a.model, None, &dev)?;
+    let snap = Pair::load(&a.model, None, &dev)?;
     let inter = dataset::load_interactions(&a.data)?;
     let users = dataset::load_users(&a.users)?;
     let group = match a.split {

@@ -1,145 +1,368 @@
-//! Live catalog edits (`POST /admin/items`, `DELETE /admin/items/{id}`): each
-//! edit returns a new [`Catalog`] that the engine swaps in atomically. A new
-//! item's semantic ID comes from the catalog's own codebooks (residual
-//! nearest-centroid codes) plus the lowest free collision code, so the served
-//! model can generate it at once. Removed items keep their index and drop out
-//! of the trie. The manifest (codebooks, fingerprint) does not change: models
-//! trained on the indexed catalog stay valid for the edited one.
+//! Live catalog edits (`POST /admin/items`, `DELETE /admin/items/{id}`, the
+//! edit log's replay): upsert and delete on a [`Catalog`] view, each in
+//! O(levels) through its overlay.
+//!
+//! A new item's semantic ID comes from the catalog's own codebooks (residual
+//! nearest-centroid codes) plus the lowest collision code that no served item
+//! uses under that prefix, read from the trie node's children. When every
+//! collision code under the nearest prefix is taken, the next-nearest code of
+//! the last k-means level is tried. Removed items keep their index. The
+//! manifest (codebooks, fingerprint) never changes: models trained on the
+//! indexed catalog stay valid for the edited one.
+//!
+//! [`EditRecord`] is what the edit log stores: self-describing JSON, the full
+//! resulting state of an item (its semantic ID included), with an edit id, so
+//! that applying a record twice changes nothing the second time.
 
-use std::collections::HashSet;
+use serde::{Deserialize, Serialize};
 
-use super::rqkmeans::assign;
-use super::trie::Trie;
+use super::overlay::OverlayItem;
 use super::{Catalog, CatalogError};
 
+/// Longest item id, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest item title, in bytes.
+pub const MAX_TITLE_BYTES: usize = 4096;
+
+/// One edit as the log (and later a replica feed) carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditRecord {
+    /// Strictly increasing within a catalog folder.
+    pub edit_id: u64,
+    /// When the edit was accepted, ms since the Unix epoch.
+    #[serde(default)]
+    pub ts_ms: u64,
+    #[serde(flatten)]
+    pub op: EditOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum EditOp {
+    /// Serve the item with exactly this data (insert, or replace).
+    Upsert { id: String, title: String, semantic_id: Vec<u32>, embedding: Vec<f32> },
+    /// Stop serving the item (nothing to do when it is not served).
+    Delete { id: String },
+}
+
+/// An item to serve.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub id: String,
+    pub title: String,
+    /// The catalog's dimension; normalised here.
+    pub embedding: Vec<f32>,
+    /// A semantic ID computed elsewhere; `None`: from the codebooks.
+    pub semantic_id: Option<Vec<u32>>,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upserted {
+    pub item: u32,
+    pub semantic_id: Vec<u32>,
+    /// The item's vector key for the ANN index.
+    pub ann_key: u64,
+    /// The normalised embedding.
+    pub embedding: Vec<f32>,
+    /// The item was served before (and was replaced).
+    pub replaced: bool,
+}
+
+/// Index of the nearest row of `book` (`[k × dim]`) to `x`, and the others
+/// by distance when `ranked`.
+fn nearest(x: &[f32], book: &[f32], dim: usize) -> Vec<u32> {
+    let mut d: Vec<(f32, u32)> = book
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(c, row)| (row.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(), c as u32))
+        .collect();
+    d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    d.into_iter().map(|p| p.1).collect()
+}
+
+/// Checks an item's id and title for a live edit.
+pub fn check_item_text(id: &str, title: &str) -> Result<(), (&'static str, String)> {
+    if id.trim().is_empty() {
+        return Err(("id", "id must not be empty".into()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(("id", format!("id is {} bytes, at most {MAX_ID_BYTES}", id.len())));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(("id", "id must not contain control characters".into()));
+    }
+    if title.len() > MAX_TITLE_BYTES {
+        return Err(("title", format!("title is {} bytes, at most {MAX_TITLE_BYTES}", title.len())));
+    }
+    Ok(())
+}
+
+/// The embedding normalised to unit length, after checking it.
+pub fn normalised(embedding: &[f32], dim: usize) -> Result<Vec<f32>, CatalogError> {
+    if embedding.len() != dim {
+        return Err(CatalogError::Format(format!("embedding has {} values, the catalog {dim}", embedding.len())));
+    }
+    let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !norm.is_finite() || norm < 1e-12 {
+        return Err(CatalogError::Format("embedding must be finite and non-zero".into()));
+    }
+    Ok(embedding.iter().map(|x| x / norm).collect())
+}
+
 impl Catalog {
-    /// Semantic ID for an embedding (catalog dimension): k-means codes from the
-    /// codebooks, then the lowest collision code no live item uses under them.
+    /// Semantic ID for a unit-norm embedding: k-means codes from the
+    /// codebooks, then the lowest collision code no served item uses under
+    /// them (the next-nearest code of the last k-means level when none is left).
     pub fn semantic_id_for(&self, embedding: &[f32]) -> Result<Vec<u32>, CatalogError> {
-        let dim = self.manifest.embedding_dim;
+        let dim = self.manifest().embedding_dim;
+        let levels = self.levels();
         if embedding.len() != dim {
             return Err(CatalogError::Format(format!("embedding has {} values, the catalog {dim}", embedding.len())));
         }
-        if self.codebooks.len() + 1 != self.levels() {
-            return Err(CatalogError::Format("the catalog has no codebook for every k-means level".into()));
+        let books = self.codebooks();
+        if books.is_empty() || books.len() + 1 != levels {
+            return Err(CatalogError::Format(
+                "the catalog has no codebooks (its semantic IDs were imported): give the item's semantic_id".into(),
+            ));
         }
         let mut residual = embedding.to_vec();
-        let mut sid = Vec::with_capacity(self.levels());
-        for book in &self.codebooks {
-            let code = assign(&residual, book, dim)?[0];
+        let mut sid = Vec::with_capacity(levels);
+        for book in &books[..books.len() - 1] {
+            let code = nearest(&residual, book, dim)[0];
             let c = &book[code as usize * dim..(code as usize + 1) * dim];
             residual.iter_mut().zip(c).for_each(|(r, x)| *r -= x);
             sid.push(code);
         }
-        let levels = self.levels();
-        let prefix = sid.len();
-        let used: HashSet<u32> = (0..self.len() as u32)
-            .filter(|&i| self.is_live(i) && self.sid(i)[..prefix] == sid[..])
-            .map(|i| self.sid(i)[prefix])
-            .collect();
-        let size = self.manifest.codebook_sizes[levels - 1];
-        let free = (0..size).find(|c| !used.contains(c)).ok_or_else(|| {
-            CatalogError::Conflict(format!(
-                "all {size} collision codes under semantic-ID prefix {:?} are taken: re-index the catalog",
-                &sid[..prefix]
-            ))
-        })?;
-        sid.push(free);
-        Ok(sid)
+        let trie = self.trie();
+        let size = self.manifest().codebook_sizes[levels - 1];
+        let last = books.len() - 1;
+        for code in nearest(&residual, &books[last], dim) {
+            sid.push(code);
+            if let Some(free) = trie.free_code(trie.walk(&sid), size) {
+                sid.push(free);
+                return Ok(sid);
+            }
+            sid.pop();
+        }
+        Err(CatalogError::Conflict(format!(
+            "all {size} collision codes are taken under every prefix {:?}+*: re-index the catalog",
+            &sid
+        )))
     }
 
-    fn rebuild_trie(&mut self) -> Result<(), CatalogError> {
-        self.trie = Trie::build_filtered(&self.sids, self.levels(), &self.manifest.codebook_sizes, 2, Some(&self.live))?;
-        Ok(())
+    /// Serves `item`: a new item, or a new state of an existing one. `self`
+    /// is unchanged when it fails.
+    pub fn upsert(&mut self, item: NewItem, edit_id: u64) -> Result<Upserted, CatalogError> {
+        let saved = self.delta.clone();
+        let r = self.try_upsert(item, edit_id);
+        if r.is_err() {
+            self.delta = saved;
+        }
+        r
     }
 
-    /// A copy with one more item (or a removed item served again under new
-    /// data). Returns the catalog and the item's index.
-    pub fn with_item(&self, id: &str, title: &str, mut embedding: Vec<f32>) -> Result<(Catalog, u32), CatalogError> {
-        if let Some(i) = self.index_of(id) {
-            if self.is_live(i) {
-                return Err(CatalogError::Conflict(format!("item {id:?} is already in the catalog")));
-            }
+    fn try_upsert(&mut self, item: NewItem, edit_id: u64) -> Result<Upserted, CatalogError> {
+        check_item_text(&item.id, &item.title).map_err(|(_, m)| CatalogError::Format(m))?;
+        let embedding = normalised(&item.embedding, self.manifest().embedding_dim)?;
+        let existing = self.index_of(&item.id);
+        let replaced = existing.is_some_and(|i| self.is_served(i));
+        if let Some(i) = existing.filter(|_| replaced) {
+            let old = self.sid(i).to_vec();
+            self.delta.unlink(&self.base, i, &old)?;
         }
-        let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if !norm.is_finite() || norm < 1e-12 {
-            return Err(CatalogError::Format("embedding must be finite and non-zero".into()));
-        }
-        embedding.iter_mut().for_each(|x| *x /= norm);
-        let sid = self.semantic_id_for(&embedding)?;
-        let mut next = self.clone();
-        let (levels, dim) = (self.levels(), self.manifest.embedding_dim);
-        let item = match self.index_of(id) {
-            Some(i) => {
-                let i_us = i as usize;
-                next.sids[i_us * levels..(i_us + 1) * levels].copy_from_slice(&sid);
-                next.embeddings[i_us * dim..(i_us + 1) * dim].copy_from_slice(&embedding);
-                next.titles[i_us] = title.to_string();
-                next.live[i_us] = true;
-                i
+        let sid = match item.semantic_id {
+            Some(sid) => {
+                let sizes = &self.manifest().codebook_sizes;
+                if sid.len() != sizes.len() || sid.iter().zip(sizes).any(|(&c, &s)| c >= s) {
+                    return Err(CatalogError::Format(format!("semantic_id {sid:?} does not fit codebook sizes {sizes:?}")));
+                }
+                if let Some(other) = self.trie().lookup(&sid) {
+                    return Err(CatalogError::Conflict(format!(
+                        "semantic_id {sid:?} is taken by item {:?}",
+                        self.item_id(other)
+                    )));
+                }
+                sid
             }
-            None => {
-                let i = next.item_ids.len() as u32;
-                next.item_ids.push(id.to_string());
-                next.titles.push(title.to_string());
-                next.sids.extend_from_slice(&sid);
-                next.embeddings.extend_from_slice(&embedding);
-                next.live.push(true);
-                next.index.insert(id.to_string(), i);
-                i
-            }
+            None => self.semantic_id_for(&embedding)?,
         };
-        next.manifest.num_items = next.item_ids.len();
-        next.rebuild_trie()?;
-        Ok((next, item))
+        let index = existing.unwrap_or(self.delta.rows());
+        let data = OverlayItem {
+            id: item.id.as_str().into(),
+            title: item.title,
+            sid: sid.clone(),
+            embedding: embedding.clone(),
+            ann_key: 0,
+        };
+        let ann_key = self.delta.put(&self.base, index, data, replaced)?;
+        self.delta.set_last_edit(edit_id);
+        Ok(Upserted { item: index, semantic_id: sid, ann_key, embedding, replaced })
     }
 
-    /// A copy without item `id` (it is never generated or recalled again).
-    pub fn without_item(&self, id: &str) -> Result<(Catalog, u32), CatalogError> {
+    /// Stops serving item `id`; returns its index.
+    pub fn remove(&mut self, id: &str, edit_id: u64) -> Result<u32, CatalogError> {
         let item = self
             .index_of(id)
-            .filter(|&i| self.is_live(i))
+            .filter(|&i| self.is_served(i))
             .ok_or_else(|| CatalogError::NotFound(format!("item {id:?} is not in the catalog")))?;
-        let mut next = self.clone();
-        next.live[item as usize] = false;
-        next.rebuild_trie()?;
-        Ok((next, item))
+        let sid = self.sid(item).to_vec();
+        let saved = self.delta.clone();
+        if let Err(e) = self.delta.drop_item(&self.base, item, &sid) {
+            self.delta = saved;
+            return Err(e);
+        }
+        self.delta.set_last_edit(edit_id);
+        Ok(item)
     }
+
+    /// Applies a logged edit. Edits this view already contains are skipped
+    /// (`Ok(None)`), a delete of an item not served changes nothing: replaying
+    /// a log twice gives the same catalog.
+    pub fn apply(&mut self, rec: &EditRecord) -> Result<Option<Applied>, CatalogError> {
+        if rec.edit_id <= self.last_edit_id() {
+            return Ok(None);
+        }
+        let done = match &rec.op {
+            EditOp::Upsert { id, title, semantic_id, embedding } => {
+                let item = NewItem {
+                    id: id.clone(),
+                    title: title.clone(),
+                    embedding: embedding.clone(),
+                    semantic_id: Some(semantic_id.clone()),
+                };
+                Applied::Upserted(self.upsert(item, rec.edit_id)?)
+            }
+            EditOp::Delete { id } => match self.remove(id, rec.edit_id) {
+                Ok(item) => Applied::Removed(item),
+                Err(CatalogError::NotFound(_)) => {
+                    self.delta.set_last_edit(rec.edit_id);
+                    Applied::Nothing
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(Some(done))
+    }
+}
+
+/// What applying a record did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Upserted(Upserted),
+    Removed(u32),
+    Nothing,
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::catalog::store::tests::tiny_catalog;
+    use super::*;
+    use crate::catalog::tests::tiny_catalog;
+
+    fn new(id: &str, emb: Vec<f32>) -> NewItem {
+        NewItem { id: id.into(), title: format!("title of {id}"), embedding: emb, semantic_id: None }
+    }
 
     #[test]
     fn added_item_gets_a_fresh_id_under_its_nearest_prefix_and_removal_hides_it() {
-        let cat = tiny_catalog();
+        let mut cat = tiny_catalog();
         let l = cat.levels();
-        // an item whose prefix still has a free collision code
-        let size = cat.manifest.codebook_sizes[l - 1] as usize;
-        let group = |i: u32| (0..cat.len() as u32).filter(|&j| cat.sid(j)[..l - 1] == cat.sid(i)[..l - 1]).count();
-        let twin = (0..cat.len() as u32).find(|&i| group(i) < size).expect("a prefix with room");
-        let (next, item) = cat.with_item("new", "a twin", cat.embedding(twin).to_vec()).unwrap();
-        let sid = next.sid(item).to_vec();
+        let size = cat.manifest().codebook_sizes[l - 1] as usize;
+        let group = |c: &Catalog, i: u32| (0..c.len() as u32).filter(|&j| c.is_served(j) && c.sid(j)[..l - 1] == c.sid(i)[..l - 1]).count();
+        let twin = (0..cat.len() as u32).find(|&i| group(&cat, i) < size).expect("a prefix with room");
+        let before = cat.clone();
+        let up = cat.upsert(new("new", cat.embedding(twin)), 1).unwrap();
+        let sid = cat.sid(up.item).to_vec();
+        assert_eq!(up.item, 10);
+        assert_eq!(sid, up.semantic_id);
         assert_eq!(sid[..l - 1], cat.sid(twin)[..l - 1], "same k-means codes as its twin");
         assert_ne!(sid, cat.sid(twin), "a different collision code");
-        assert_eq!(next.trie.lookup(&sid), Some(item));
-        assert!(cat.with_item("item-1", "dup", cat.embedding(1).to_vec()).is_err(), "ids are unique");
-        // a full prefix is refused with a reason
-        if let Some(full) = (0..cat.len() as u32).find(|&i| group(i) == size) {
-            assert!(cat.with_item("x", "x", cat.embedding(full).to_vec()).is_err());
-        }
+        assert_eq!(cat.trie().lookup(&sid), Some(up.item));
+        assert_eq!((cat.item_id(up.item), cat.title(up.item)), ("new", "title of new"));
+        assert_eq!(cat.index_of("new"), Some(10));
+        assert_eq!(cat.served_len(), 11);
+        assert_eq!(cat.last_edit_id(), 1);
+        // the view taken before is untouched
+        assert_eq!(before.len(), 10);
+        assert_eq!(before.index_of("new"), None);
+        assert_eq!(before.trie().lookup(&sid), None);
 
-        let (gone, removed) = next.without_item("item-0").unwrap();
+        // an upsert of a served id replaces it (same index, new data)
+        let again = cat.upsert(new("new", cat.embedding(0)), 2).unwrap();
+        assert_eq!(again.item, 10);
+        assert!(again.replaced);
+        assert_eq!(cat.served_len(), 11);
+        assert_eq!(cat.trie().lookup(&again.semantic_id), Some(10));
+        if again.semantic_id != sid {
+            assert_eq!(cat.trie().lookup(&sid), None, "the old ID is free again");
+        }
+        assert_ne!(again.ann_key, up.ann_key, "a new vector key");
+
+        let removed = cat.remove("item-0", 3).unwrap();
         assert_eq!(removed, 0);
-        assert!(!gone.is_live(0) && gone.is_live(item));
-        assert_eq!(gone.trie.lookup(cat.sid(0)), None);
-        assert_eq!(gone.live_len(), next.live_len() - 1);
-        assert!(gone.without_item("item-0").is_err());
-        // served again, with new data
-        let (back, again) = gone.with_item("item-0", "back", cat.embedding(0).to_vec()).unwrap();
-        assert_eq!(again, 0);
-        assert!(back.is_live(0));
-        assert_eq!(back.trie.lookup(back.sid(0)), Some(0));
+        assert!(!cat.is_served(0) && cat.is_served(10));
+        assert_eq!(cat.trie().lookup(before.sid(0)), None);
+        assert_eq!(cat.served_len(), 10);
+        assert!(matches!(cat.remove("item-0", 4), Err(CatalogError::NotFound(_))));
+        // served again, with new data, under its old index
+        let back = cat.upsert(new("item-0", before.embedding(0)), 5).unwrap();
+        assert_eq!(back.item, 0);
+        assert!(cat.is_served(0));
+        assert_eq!(cat.trie().lookup(cat.sid(0)), Some(0));
+    }
+
+    #[test]
+    fn bad_edits_change_nothing() {
+        let mut cat = tiny_catalog();
+        let dim = cat.manifest().embedding_dim;
+        let snapshot = cat.clone();
+        assert!(cat.upsert(new("x", vec![0.0; dim]), 1).is_err(), "zero embedding");
+        assert!(cat.upsert(new("x", vec![1.0; dim + 1]), 1).is_err(), "wrong dimension");
+        assert!(cat.upsert(new("", vec![1.0; dim]), 1).is_err(), "empty id");
+        assert!(cat.upsert(new(&"x".repeat(MAX_ID_BYTES + 1), vec![1.0; dim]), 1).is_err());
+        // a semantic ID that is taken, or out of range
+        let taken = NewItem { semantic_id: Some(cat.sid(3).to_vec()), ..new("y", vec![1.0; dim]) };
+        assert!(matches!(cat.upsert(taken, 1), Err(CatalogError::Conflict(_))));
+        let wide = NewItem { semantic_id: Some(vec![99; cat.levels()]), ..new("y", vec![1.0; dim]) };
+        assert!(cat.upsert(wide, 1).is_err());
+        // replacing a served item with a taken ID leaves it served where it was
+        let clash = NewItem { semantic_id: Some(cat.sid(4).to_vec()), ..new("item-3", vec![1.0; dim]) };
+        assert!(cat.upsert(clash, 1).is_err());
+        assert_eq!(cat.trie().lookup(snapshot.sid(3)), Some(3));
+        assert_eq!(cat.len(), snapshot.len());
+        assert_eq!(cat.last_edit_id(), 0);
+    }
+
+    #[test]
+    fn replaying_records_is_idempotent() {
+        let mut cat = tiny_catalog();
+        let dim = cat.manifest().embedding_dim;
+        let up = cat.upsert(new("a", vec![0.5; dim]), 1).unwrap();
+        let recs = vec![
+            EditRecord {
+                edit_id: 1,
+                ts_ms: 0,
+                op: EditOp::Upsert { id: "a".into(), title: "title of a".into(), semantic_id: up.semantic_id.clone(), embedding: up.embedding.clone() },
+            },
+            EditRecord { edit_id: 2, ts_ms: 0, op: EditOp::Delete { id: "item-2".into() } },
+            EditRecord { edit_id: 3, ts_ms: 0, op: EditOp::Delete { id: "never-there".into() } },
+        ];
+        let mut replayed = tiny_catalog();
+        for r in &recs {
+            replayed.apply(r).unwrap();
+        }
+        let once: Vec<(u32, Vec<u32>)> = (0..replayed.len() as u32).filter(|&i| replayed.is_served(i)).map(|i| (i, replayed.sid(i).to_vec())).collect();
+        for r in &recs {
+            assert_eq!(replayed.apply(r).unwrap(), None, "already applied");
+        }
+        let twice: Vec<(u32, Vec<u32>)> = (0..replayed.len() as u32).filter(|&i| replayed.is_served(i)).map(|i| (i, replayed.sid(i).to_vec())).collect();
+        assert_eq!(once, twice);
+        assert_eq!(replayed.last_edit_id(), 3);
+        assert_eq!(replayed.trie().lookup(&up.semantic_id), replayed.index_of("a"));
+        assert!(!replayed.is_served(2));
+        // records round-trip through JSON, with the op named
+        let j = serde_json::to_string(&recs[1]).unwrap();
+        assert_eq!(j, r#"{"edit_id":2,"ts_ms":0,"op":"delete","id":"item-2"}"#);
+        assert_eq!(serde_json::from_str::<EditRecord>(&j).unwrap(), recs[1]);
     }
 }

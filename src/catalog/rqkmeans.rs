@@ -3,10 +3,22 @@
 //! previous levels' centroids left unexplained. A last code separates items whose
 //! quantised codes collide (as in TIGER, arXiv 2305.05065), so every item gets a
 //! unique ID. Deterministic for a given seed.
+//!
+//! At catalog scale (10^7 items) the codebooks are learned on a sample (as
+//! FAISS trains k-means on at most 256 points per centroid) and every item is
+//! then assigned in blocks on all cores, keeping only each item's few nearest
+//! codes, never an items × codes matrix. Assignment is capacity-bounded: a
+//! code under a prefix takes at most `max_group × (codes of the levels below)`
+//! items, so that no group of items sharing all k-means codes exceeds
+//! `max_group` (the collision level's width). Items the capacity turns away go
+//! to their next-nearest code, those nearest to a code first. Where no
+//! capacity binds (every catalog whose natural groups are small), the result
+//! is plain nearest-centroid assignment.
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use super::CatalogError;
 
@@ -20,11 +32,21 @@ pub struct RqOptions {
     /// Lloyd iterations per level.
     pub iterations: usize,
     pub seed: u64,
+    /// Items the codebooks are learned on (all when the catalog is smaller).
+    pub sample: usize,
+    /// Largest group of items that may share all k-means codes (the
+    /// collision level's width); 0: unbounded (plain nearest codes).
+    pub max_group: usize,
 }
+
+/// Default sample: 256 points per centroid of a 256-code level.
+pub const DEFAULT_SAMPLE: usize = 65_536;
+/// Default largest collision group.
+pub const DEFAULT_MAX_GROUP: usize = 32;
 
 impl Default for RqOptions {
     fn default() -> Self {
-        RqOptions { levels: 3, codebook_size: 256, iterations: 25, seed: 42 }
+        RqOptions { levels: 3, codebook_size: 256, iterations: 25, seed: 42, sample: DEFAULT_SAMPLE, max_group: DEFAULT_MAX_GROUP }
     }
 }
 
@@ -43,6 +65,37 @@ pub struct Quantized {
     pub collision_groups: usize,
     /// Per k-means level: codes used by at least one item.
     pub used_codes: Vec<usize>,
+    /// Items that capacity moved off their nearest code, per level.
+    pub moved: Vec<usize>,
+}
+
+/// Rows of embeddings, read one at a time (in memory, or from a mapped file).
+pub trait Rows: Sync {
+    fn len(&self) -> usize;
+    fn dim(&self) -> usize;
+    /// Row `i` into `out` (`dim` values).
+    fn row_into(&self, i: usize, out: &mut [f32]);
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rows of a flat in-memory matrix.
+pub struct SliceRows<'a> {
+    pub data: &'a [f32],
+    pub dim: usize,
+}
+
+impl Rows for SliceRows<'_> {
+    fn len(&self) -> usize {
+        self.data.len() / self.dim.max(1)
+    }
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn row_into(&self, i: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.data[i * self.dim..(i + 1) * self.dim]);
+    }
 }
 
 /// Learns codebooks on `emb` (`n × dim`, row-major) and assigns semantic IDs.
@@ -50,59 +103,225 @@ pub fn quantize(emb: &[f32], dim: usize, opts: &RqOptions) -> Result<Quantized, 
     if dim == 0 || emb.len() % dim != 0 || emb.is_empty() {
         return Err(CatalogError::Format("embeddings: empty or not a multiple of dim".into()));
     }
+    quantize_rows(&SliceRows { data: emb, dim }, opts, &|_, _, _| {})
+}
+
+/// Rows per assignment block.
+const BLOCK: usize = 8192;
+/// Nearest codes kept per item and level.
+const CANDIDATES: usize = 4;
+
+/// [`quantize`] over any rows; `progress(phase, done, total)` reports the
+/// long phases (`"codebooks"`, `"assign level L"`).
+pub fn quantize_rows(rows: &dyn Rows, opts: &RqOptions, progress: &(dyn Fn(&str, usize, usize) + Sync)) -> Result<Quantized, CatalogError> {
+    let (n, dim) = (rows.len(), rows.dim());
+    if dim == 0 || n == 0 {
+        return Err(CatalogError::Format("embeddings: no rows".into()));
+    }
     if opts.levels == 0 || opts.codebook_size == 0 {
         return Err(CatalogError::Format("levels and codebook size must be positive".into()));
     }
-    let n = emb.len() / dim;
-    let k = opts.codebook_size.min(n);
+    if n >= u32::MAX as usize {
+        return Err(CatalogError::Format(format!("{n} items exceed the u32 item index")));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut residual = emb.to_vec();
-    let mut codes = vec![0u32; n * opts.levels];
+    // the sample: every row when the catalog is small enough
+    let sample_rows: Vec<usize> = if n <= opts.sample.max(1) {
+        (0..n).collect()
+    } else {
+        let mut v = rand::seq::index::sample(&mut rng, n, opts.sample.max(1)).into_vec();
+        v.sort_unstable();
+        v
+    };
+    let s = sample_rows.len();
+    let mut residual = vec![0f32; s * dim];
+    residual.par_chunks_mut(dim).zip(sample_rows.par_iter()).for_each(|(out, &i)| rows.row_into(i, out));
+    let k = opts.codebook_size.min(s);
     let mut codebooks = Vec::new();
-    let mut used_codes = Vec::new();
     for level in 0..opts.levels {
+        progress("codebooks", level, opts.levels);
         let centroids = kmeans(&residual, dim, k, opts.iterations, &mut rng)?;
-        let assign = assign(&residual, &centroids, dim)?;
-        let mut used = vec![false; k];
-        for (i, &c) in assign.iter().enumerate() {
-            codes[i * opts.levels + level] = c;
-            used[c as usize] = true;
-            let row = &mut residual[i * dim..(i + 1) * dim];
+        let a = assign(&residual, &centroids, dim)?;
+        residual.par_chunks_mut(dim).zip(a.par_iter()).for_each(|(row, &c)| {
             for (r, m) in row.iter_mut().zip(&centroids[c as usize * dim..(c as usize + 1) * dim]) {
                 *r -= m;
             }
-        }
-        used_codes.push(used.iter().filter(|u| **u).count());
+        });
         codebooks.push(centroids);
     }
-    // Collision code: rank of the item among items with the same codes.
-    let mut order: Vec<usize> = (0..n).collect();
-    let key = |i: usize| &codes[i * opts.levels..(i + 1) * opts.levels];
-    order.sort_by(|&a, &b| key(a).cmp(key(b)).then(a.cmp(&b)));
-    let full = opts.levels + 1;
+    progress("codebooks", opts.levels, opts.levels);
+    drop(residual);
+    let (codes, moved) = assign_all(rows, &codebooks, opts, progress)?;
+    Ok(finish(codes, codebooks, opts.levels, k, moved))
+}
+
+/// Codes per item for every k-means level, capacity-bounded (see the module
+/// comment). Returns `codes[item * levels + l]` and the items moved per level.
+fn assign_all(
+    rows: &dyn Rows,
+    codebooks: &[Vec<f32>],
+    opts: &RqOptions,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+) -> Result<(Vec<u32>, Vec<usize>), CatalogError> {
+    let (n, dim, levels) = (rows.len(), rows.dim(), codebooks.len());
+    let k = codebooks[0].len() / dim;
+    let mut codes = vec![0u32; n * levels];
+    let mut moved = Vec::new();
+    // capacity of a code at level l: what the levels below can hold
+    let cap = |l: usize| -> usize {
+        if opts.max_group == 0 {
+            return usize::MAX;
+        }
+        (l + 1..levels).fold(opts.max_group, |c, _| c.saturating_mul(k))
+    };
+    if opts.max_group > 0 && n > cap(0).saturating_mul(k) {
+        return Err(CatalogError::Format(format!(
+            "{n} items do not fit {levels} levels of {k} codes with groups of at most {}: raise --levels or --codebook-size",
+            opts.max_group
+        )));
+    }
+    let m = CANDIDATES.min(k);
+    for level in 0..levels {
+        let label = format!("assign level {level}");
+        let book = &codebooks[level];
+        let cn: Vec<f32> = book.chunks_exact(dim).map(|c| c.iter().map(|x| x * x).sum()).collect();
+        // 1. each item's m nearest codes, block by block
+        let mut cand = vec![0u32; n * m];
+        let mut best = vec![0f32; n];
+        let mut done = 0;
+        for (b, (cand_b, best_b)) in cand.chunks_mut(BLOCK * m).zip(best.chunks_mut(BLOCK)).enumerate() {
+            let start = b * BLOCK;
+            let len = best_b.len();
+            let mut x = vec![0f32; len * dim];
+            x.par_chunks_mut(dim).enumerate().for_each(|(j, out)| residual_into(rows, codebooks, &codes, levels, level, start + j, out));
+            let d = distances(&x, book, &cn, dim)?;
+            cand_b.par_chunks_mut(m).zip(best_b.par_iter_mut()).zip(d.par_chunks(k)).for_each(|((c, bst), row)| {
+                let top = nearest_codes(row, m);
+                c.copy_from_slice(&top);
+                *bst = row[top[0] as usize];
+            });
+            done += len;
+            progress(&label, done, n);
+        }
+        // 2. capacity per prefix group, confident items first
+        let limit = cap(level);
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.par_sort_unstable_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            codes[a * levels..a * levels + level]
+                .cmp(&codes[b * levels..b * levels + level])
+                .then(best[a].total_cmp(&best[b]))
+                .then(a.cmp(&b))
+        });
+        let groups: Vec<&[u32]> = order
+            .chunk_by(|&a, &b| codes[a as usize * levels..a as usize * levels + level] == codes[b as usize * levels..b as usize * levels + level])
+            .collect();
+        let chosen: Vec<Vec<(u32, u32, bool)>> = groups
+            .par_iter()
+            .map(|g| {
+                let mut count = vec![0usize; k];
+                let mut out = Vec::with_capacity(g.len());
+                for &item in g.iter() {
+                    let i = item as usize;
+                    let first = cand[i * m];
+                    let pick = cand[i * m..(i + 1) * m].iter().copied().find(|&c| count[c as usize] < limit).unwrap_or_else(|| {
+                        // every near code is full: the nearest with room, from all codes
+                        let mut x = vec![0f32; dim];
+                        residual_into(rows, codebooks, &codes, levels, level, i, &mut x);
+                        let row: Vec<f32> = book
+                            .chunks_exact(dim)
+                            .zip(&cn)
+                            .map(|(c, n2)| n2 - 2.0 * c.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>())
+                            .collect();
+                        nearest_codes(&row, k).into_iter().find(|&c| count[c as usize] < limit).unwrap_or(first)
+                    });
+                    count[pick as usize] += 1;
+                    out.push((item, pick, pick != first));
+                }
+                out
+            })
+            .collect();
+        let mut moved_here = 0;
+        for g in chosen {
+            for (item, code, m) in g {
+                codes[item as usize * levels + level] = code;
+                moved_here += m as usize;
+            }
+        }
+        moved.push(moved_here);
+    }
+    Ok((codes, moved))
+}
+
+/// Row `i`'s residual before `level`: its embedding minus the centroids of
+/// the codes it has at the levels above.
+fn residual_into(rows: &dyn Rows, books: &[Vec<f32>], codes: &[u32], levels: usize, level: usize, i: usize, out: &mut [f32]) {
+    let dim = out.len();
+    rows.row_into(i, out);
+    for (l, book) in books.iter().enumerate().take(level) {
+        let c = codes[i * levels + l] as usize;
+        for (r, m) in out.iter_mut().zip(&book[c * dim..(c + 1) * dim]) {
+            *r -= m;
+        }
+    }
+}
+
+/// `||c||² - 2 x·c` for every row of `x` and code of `book` (the squared
+/// distance less the row's constant `||x||²`), `[rows × codes]`.
+fn distances(x: &[f32], book: &[f32], cn: &[f32], dim: usize) -> Result<Vec<f32>, CatalogError> {
+    let (n, k) = (x.len() / dim, book.len() / dim);
+    let dev = Device::Cpu;
+    let xt = Tensor::from_slice(x, (n, dim), &dev)?;
+    let ct = Tensor::from_slice(book, (k, dim), &dev)?;
+    let cn = Tensor::from_slice(cn, k, &dev)?;
+    let d = xt.matmul(&ct.t()?)?.affine(-2.0, 0.0)?.broadcast_add(&cn.unsqueeze(0)?)?;
+    Ok(d.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The `m` smallest entries' indices, nearest first (ties: lower code).
+fn nearest_codes(row: &[f32], m: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let cmp = |a: &u32, b: &u32| row[*a as usize].total_cmp(&row[*b as usize]).then(a.cmp(b));
+    if m < idx.len() {
+        idx.select_nth_unstable_by(m - 1, cmp);
+        idx.truncate(m);
+    }
+    idx.sort_by(cmp);
+    idx
+}
+
+/// Appends the collision code (rank among the items with the same k-means
+/// codes, by item) and gathers the statistics.
+fn finish(codes: Vec<u32>, codebooks: Vec<Vec<f32>>, levels: usize, k: usize, moved: Vec<usize>) -> Quantized {
+    let n = codes.len() / levels;
+    let key = |i: usize| &codes[i * levels..(i + 1) * levels];
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.par_sort_unstable_by(|&a, &b| key(a as usize).cmp(key(b as usize)).then(a.cmp(&b)));
+    let full = levels + 1;
     let mut sids = vec![0u32; n * full];
     let (mut max_group, mut collided, mut groups) = (1usize, 0usize, 0usize);
-    let mut start = 0;
-    while start < n {
-        let mut end = start + 1;
-        while end < n && key(order[end]) == key(order[start]) {
-            end += 1;
-        }
-        let size = end - start;
-        if size > 1 {
+    for g in order.chunk_by(|&a, &b| key(a as usize) == key(b as usize)) {
+        if g.len() > 1 {
             groups += 1;
-            collided += size;
+            collided += g.len();
         }
-        max_group = max_group.max(size);
-        for (rank, &item) in order[start..end].iter().enumerate() {
-            sids[item * full..item * full + opts.levels].copy_from_slice(key(item));
-            sids[item * full + opts.levels] = rank as u32;
+        max_group = max_group.max(g.len());
+        for (rank, &item) in g.iter().enumerate() {
+            let item = item as usize;
+            sids[item * full..item * full + levels].copy_from_slice(key(item));
+            sids[item * full + levels] = rank as u32;
         }
-        start = end;
     }
-    let mut codebook_sizes = vec![k as u32; opts.levels];
+    let used_codes = (0..levels)
+        .map(|l| {
+            let mut used = vec![false; k];
+            (0..n).for_each(|i| used[codes[i * levels + l] as usize] = true);
+            used.iter().filter(|u| **u).count()
+        })
+        .collect();
+    let mut codebook_sizes = vec![k as u32; levels];
     codebook_sizes.push(max_group as u32);
-    Ok(Quantized { codebooks, sids, codebook_sizes, collided_items: collided, collision_groups: groups, used_codes })
+    Quantized { codebooks, sids, codebook_sizes, collided_items: collided, collision_groups: groups, used_codes, moved }
 }
 
 /// Nearest centroid of every row (squared Euclidean), with a BLAS-style matmul.
@@ -222,7 +441,7 @@ mod tests {
     #[test]
     fn first_level_recovers_blobs_and_ids_are_unique() {
         let x = blobs(3);
-        let q = quantize(&x, 2, &RqOptions { levels: 2, codebook_size: 4, iterations: 20, seed: 7 }).unwrap();
+        let q = quantize(&x, 2, &RqOptions { levels: 2, codebook_size: 4, iterations: 20, seed: 7, ..Default::default() }).unwrap();
         // items of one blob share their first code, different blobs differ
         for b in 0..4 {
             let c0 = q.sids[b * 25 * 3];
@@ -241,7 +460,7 @@ mod tests {
     #[test]
     fn same_seed_same_ids_and_residuals_shrink() {
         let x = blobs(5);
-        let o = RqOptions { levels: 3, codebook_size: 8, iterations: 15, seed: 11 };
+        let o = RqOptions { levels: 3, codebook_size: 8, iterations: 15, seed: 11, ..Default::default() };
         let a = quantize(&x, 2, &o).unwrap();
         let b = quantize(&x, 2, &o).unwrap();
         assert_eq!(a.sids, b.sids);
@@ -266,11 +485,83 @@ mod tests {
     #[test]
     fn identical_embeddings_get_distinct_collision_codes() {
         let x = vec![1.0f32, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 5.0];
-        let q = quantize(&x, 2, &RqOptions { levels: 1, codebook_size: 2, iterations: 5, seed: 1 }).unwrap();
+        let q = quantize(&x, 2, &RqOptions { levels: 1, codebook_size: 2, iterations: 5, seed: 1, ..Default::default() }).unwrap();
         assert_eq!(q.codebook_sizes, vec![2, 3]);
         assert_eq!(q.collision_groups, 1);
         assert_eq!(q.collided_items, 3);
         let last: Vec<u32> = (0..3).map(|i| q.sids[i * 2 + 1]).collect();
         assert_eq!(last, vec![0, 1, 2]);
+    }
+
+    /// The whole-matrix RQ-KMeans of earlier versions: k-means and nearest
+    /// codes over every item, level after level.
+    fn reference(x: &[f32], dim: usize, o: &RqOptions) -> Vec<u32> {
+        let n = x.len() / dim;
+        let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+        let mut residual = x.to_vec();
+        let k = o.codebook_size.min(n);
+        let mut codes = vec![0u32; n * o.levels];
+        for level in 0..o.levels {
+            let c = kmeans(&residual, dim, k, o.iterations, &mut rng).unwrap();
+            let a = assign(&residual, &c, dim).unwrap();
+            for (i, &code) in a.iter().enumerate() {
+                codes[i * o.levels + level] = code;
+                for (r, m) in residual[i * dim..(i + 1) * dim].iter_mut().zip(&c[code as usize * dim..(code as usize + 1) * dim]) {
+                    *r -= m;
+                }
+            }
+        }
+        codes
+    }
+
+    fn random(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n * dim).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// Where no capacity binds, the blocked assignment gives exactly the
+    /// whole-matrix nearest codes (the catalogs of earlier versions).
+    #[test]
+    fn without_binding_capacity_codes_are_the_nearest_ones() {
+        let (n, dim) = (20_000, 6);
+        let x = random(n, dim, 1);
+        for max_group in [0, 1_000_000] {
+            let o = RqOptions { levels: 2, codebook_size: 16, iterations: 8, seed: 5, sample: n, max_group };
+            let q = quantize(&x, dim, &o).unwrap();
+            let want = reference(&x, dim, &o);
+            let got: Vec<u32> = (0..n).flat_map(|i| q.sids[i * 3..i * 3 + 2].to_vec()).collect();
+            assert_eq!(got, want, "max_group {max_group}");
+            assert_eq!(q.moved, vec![0, 0]);
+        }
+    }
+
+    /// Crowded data (many near-duplicates): no group of items sharing their
+    /// k-means codes exceeds the bound, and every ID stays unique.
+    #[test]
+    fn max_group_bounds_every_collision_group() {
+        let dim = 4;
+        let mut x = random(4000, dim, 2);
+        // a quarter of the items on one point, another quarter on another
+        for i in 0..1000 {
+            x[i * dim..(i + 1) * dim].copy_from_slice(&[0.5, 0.5, 0.5, 0.5]);
+        }
+        for i in 1000..2000 {
+            x[i * dim..(i + 1) * dim].copy_from_slice(&[-0.5, 0.2, 0.1, 0.0]);
+        }
+        let free = quantize(&x, dim, &RqOptions { levels: 2, codebook_size: 16, iterations: 10, seed: 3, sample: 1000, max_group: 0 }).unwrap();
+        assert!(*free.codebook_sizes.last().unwrap() >= 1000, "{:?}", free.codebook_sizes);
+        let o = RqOptions { levels: 2, codebook_size: 16, iterations: 10, seed: 3, sample: 1000, max_group: 16 };
+        let q = quantize(&x, dim, &o).unwrap();
+        assert!(*q.codebook_sizes.last().unwrap() <= 16, "{:?}", q.codebook_sizes);
+        assert!(q.moved.iter().sum::<usize>() > 0);
+        let ids: std::collections::BTreeSet<&[u32]> = (0..4000).map(|i| &q.sids[i * 3..i * 3 + 3]).collect();
+        assert_eq!(ids.len(), 4000);
+        // too many items for the bound is an error, not a silent overflow
+        let tight = RqOptions { levels: 1, codebook_size: 4, iterations: 2, seed: 1, sample: 100, max_group: 2 };
+        assert!(quantize(&x[..40 * dim], dim, &tight).is_err());
+        // sampled codebooks: the same seed gives the same IDs
+        let a = quantize(&x, dim, &RqOptions { sample: 500, ..o.clone() }).unwrap();
+        let b = quantize(&x, dim, &RqOptions { sample: 500, ..o }).unwrap();
+        assert_eq!(a.sids, b.sids);
     }
 }

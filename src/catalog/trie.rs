@@ -15,8 +15,22 @@
 //!   STATIC (dense tables for the first levels, CSR below).
 //!
 //! Deeper lookups binary-search the sorted codes: O(log children).
+//!
+//! The arrays are [`Array`]s: built in memory, or memory-mapped from a catalog
+//! version's `trie.*.u32` files (the dense tables are rebuilt at load; they
+//! are small). Live edits never change a trie: they go to a
+//! [`super::overlay::TriePatch`] that requests read together with it.
 
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::array::Array;
 use super::CatalogError;
+
+/// Largest dense table (entries) built for a depth; deeper or wider depths
+/// binary-search their CSR children.
+const DENSE_LIMIT: usize = 1 << 22;
 
 /// Marks "no node" in the dense tables and dead beams.
 pub const NONE: u32 = u32::MAX;
@@ -29,17 +43,22 @@ pub struct Trie {
     levels: usize,
     codebook_sizes: Vec<u32>,
     /// First node id of each depth; `levels + 2` entries (the last is the node count).
-    level_start: Vec<u32>,
+    level_start: Array<u32>,
     /// CSR offsets for internal nodes (depth < levels); `internal + 1` entries.
-    child_start: Vec<u32>,
+    child_start: Array<u32>,
     /// Code on each edge; edge `e` leads to node `e + 1`.
-    child_code: Vec<u32>,
+    child_code: Array<u32>,
     /// Item index of each leaf.
-    leaf_item: Vec<u32>,
+    leaf_item: Array<u32>,
     /// Dense child tables for depths `< dense_depth`.
     dense: Vec<u32>,
     /// Offset of each dense depth's table inside `dense`.
     dense_offset: Vec<usize>,
+}
+
+fn next_id() -> u64 {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Borrowed view of the flat arrays, as the CUDA beam step reads them.
@@ -80,15 +99,14 @@ impl Trie {
         Self::build_filtered(sids, levels, codebook_sizes, dense_depth, None)
     }
 
-    /// As [`Trie::build_with_dense`], over the items whose `live` flag is set
-    /// (all when `None`); leaves keep the items' indices. Only live items need
-    /// unique IDs.
+    /// As [`Trie::build_with_dense`], over the items that `keep` accepts;
+    /// leaves keep the items' indices. Only kept items need unique IDs.
     pub fn build_filtered(
         sids: &[u32],
         levels: usize,
         codebook_sizes: &[u32],
         dense_depth: usize,
-        live: Option<&[bool]>,
+        keep: Option<&(dyn Fn(u32) -> bool + Sync)>,
     ) -> Result<Self, CatalogError> {
         if levels == 0 || codebook_sizes.len() != levels || sids.len() % levels != 0 {
             return Err(CatalogError::Format(format!(
@@ -99,32 +117,37 @@ impl Trie {
             )));
         }
         let n = sids.len() / levels;
+        if n >= u32::MAX as usize {
+            return Err(CatalogError::Format(format!("trie: {n} items exceed the u32 item index")));
+        }
         let sid = |i: usize| &sids[i * levels..(i + 1) * levels];
-        for i in 0..n {
-            for (l, &c) in sid(i).iter().enumerate() {
-                if c >= codebook_sizes[l] {
-                    return Err(CatalogError::Format(format!(
-                        "item {i}: code {c} at level {l} exceeds codebook size {}",
-                        codebook_sizes[l]
-                    )));
-                }
-            }
+        let bad = (0..n).into_par_iter().find_first(|&i| sid(i).iter().zip(codebook_sizes).any(|(&c, &s)| c >= s));
+        if let Some(i) = bad {
+            let l = (0..levels).find(|&l| sid(i)[l] >= codebook_sizes[l]).unwrap_or(0);
+            return Err(CatalogError::Format(format!(
+                "item {i}: code {} at level {l} exceeds codebook size {}",
+                sid(i)[l],
+                codebook_sizes[l]
+            )));
         }
-        let mut order: Vec<usize> = (0..n).filter(|&i| live.is_none_or(|l| l.get(i).copied().unwrap_or(false))).collect();
-        order.sort_by(|&a, &b| sid(a).cmp(sid(b)));
+        let mut order: Vec<u32> = match keep {
+            Some(k) => (0..n as u32).into_par_iter().filter(|&i| k(i)).collect(),
+            None => (0..n as u32).collect(),
+        };
+        order.par_sort_unstable_by(|&a, &b| sid(a as usize).cmp(sid(b as usize)).then(a.cmp(&b)));
         let n = order.len();
-        for w in order.windows(2) {
-            if sid(w[0]) == sid(w[1]) {
-                return Err(CatalogError::Format(format!(
-                    "items {} and {} share semantic ID {:?}",
-                    w[0],
-                    w[1],
-                    sid(w[0])
-                )));
-            }
+        let dup = order.par_windows(2).find_first(|w| sid(w[0] as usize) == sid(w[1] as usize));
+        if let Some(w) = dup {
+            return Err(CatalogError::Format(format!(
+                "items {} and {} share semantic ID {:?}",
+                w[0],
+                w[1],
+                sid(w[0] as usize)
+            )));
         }
+        let sorted = |k: usize| sid(order[k] as usize);
 
-        // node_at[d][k]: node (within depth d) of the k-th item in sorted order.
+        // node_at[k]: node (within depth d) of the k-th item in sorted order.
         let mut level_start = vec![0u32, 1];
         let mut child_code: Vec<u32> = Vec::new();
         let mut child_start: Vec<u32> = vec![0];
@@ -135,11 +158,11 @@ impl Trie {
             let mut count: u32 = 0;
             // children per parent (parent index within depth d)
             let mut per_parent = vec![0u32; prev_count as usize];
-            for (k, &item) in order.iter().enumerate() {
-                let new = k == 0 || sid(order[k - 1])[..=d] != sid(item)[..=d];
+            for k in 0..n {
+                let new = k == 0 || sorted(k - 1)[..=d] != sorted(k)[..=d];
                 if new {
                     count += 1;
-                    child_code.push(sid(item)[d]);
+                    child_code.push(sorted(k)[d]);
                     per_parent[prev_nodes[k] as usize] += 1;
                 }
                 nodes[k] = count - 1;
@@ -156,11 +179,44 @@ impl Trie {
         // Leaves: item of each leaf node in depth order.
         let mut leaf_item = vec![0u32; prev_count as usize];
         for (k, &item) in order.iter().enumerate() {
-            leaf_item[prev_nodes[k] as usize] = item as u32;
+            leaf_item[prev_nodes[k] as usize] = item;
         }
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        drop(prev_nodes);
+        drop(order);
         let mut trie = Trie {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: next_id(),
+            levels,
+            codebook_sizes: codebook_sizes.to_vec(),
+            level_start: Array::owned(level_start),
+            child_start: Array::owned(child_start),
+            child_code: Array::owned(child_code),
+            leaf_item: Array::owned(leaf_item),
+            dense: Vec::new(),
+            dense_offset: Vec::new(),
+        };
+        trie.build_dense(dense_depth.min(levels));
+        Ok(trie)
+    }
+
+    /// Maps a trie written by [`Trie::write`] from `dir`, checking that its
+    /// arrays fit together (sizes and ends; not every entry).
+    pub fn map(dir: &Path, codebook_sizes: &[u32]) -> Result<Self, CatalogError> {
+        let levels = codebook_sizes.len();
+        let level_start = Array::<u32>::map(&dir.join("trie.level_start.u32"), levels + 2)?;
+        let bad = |m: &str| CatalogError::Format(format!("{}: trie {m}", dir.display()));
+        if level_start.windows(2).any(|w| w[0] > w[1]) || level_start[0] != 0 || level_start[1] != 1 {
+            return Err(bad("level starts must begin 0, 1 and never decrease"));
+        }
+        let internal = level_start[levels] as usize;
+        let nodes = level_start[levels + 1] as usize;
+        let child_start = Array::<u32>::map(&dir.join("trie.child_start.u32"), internal + 1)?;
+        let child_code = Array::<u32>::map(&dir.join("trie.child_code.u32"), nodes - 1)?;
+        let leaf_item = Array::<u32>::map(&dir.join("trie.leaf_item.u32"), nodes - internal)?;
+        if child_start[0] != 0 || child_start[internal] as usize != nodes - 1 {
+            return Err(bad("child offsets do not span the edges"));
+        }
+        let mut trie = Trie {
+            id: next_id(),
             levels,
             codebook_sizes: codebook_sizes.to_vec(),
             level_start,
@@ -170,17 +226,48 @@ impl Trie {
             dense: Vec::new(),
             dense_offset: Vec::new(),
         };
-        trie.build_dense(dense_depth.min(levels));
+        trie.build_dense(2.min(levels));
         Ok(trie)
+    }
+
+    /// Writes the CSR arrays as `trie.*.u32` files into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), CatalogError> {
+        use super::format::write_array;
+        write_array(&dir.join("trie.level_start.u32"), &self.level_start)?;
+        write_array(&dir.join("trie.child_start.u32"), &self.child_start)?;
+        write_array(&dir.join("trie.child_code.u32"), &self.child_code)?;
+        write_array(&dir.join("trie.leaf_item.u32"), &self.leaf_item)
+    }
+
+    /// Bytes the trie takes in memory (CSR arrays and dense tables).
+    pub fn bytes(&self) -> usize {
+        self.level_start.bytes() + self.child_start.bytes() + self.child_code.bytes() + self.leaf_item.bytes() + 4 * self.dense.len()
+    }
+
+    /// Number of leaves (items) under `node`: its subtree's leaves form one
+    /// run of node ids, found by following first and last children down.
+    pub fn leaves_under(&self, node: u32) -> u32 {
+        if node as usize >= self.num_nodes() {
+            return 0;
+        }
+        let (mut lo, mut hi) = (node, node);
+        for _ in self.depth(node)..self.levels {
+            lo = self.child_start[lo as usize] + 1;
+            hi = self.child_start[hi as usize + 1];
+        }
+        hi + 1 - lo
     }
 
     fn build_dense(&mut self, depth: usize) {
         let mut dense = Vec::new();
         let mut offsets = Vec::new();
         for d in 0..depth {
-            offsets.push(dense.len());
             let codes = self.codebook_sizes[d] as usize;
             let (a, b) = (self.level_start[d], self.level_start[d + 1]);
+            if (b - a) as usize * codes > DENSE_LIMIT {
+                break;
+            }
+            offsets.push(dense.len());
             let base = dense.len();
             dense.resize(base + (b - a) as usize * codes, NONE);
             for node in a..b {
@@ -276,10 +363,10 @@ impl Trie {
 
     pub fn arrays(&self) -> TrieArrays<'_> {
         TrieArrays {
-            level_start: &self.level_start,
-            child_start: &self.child_start,
-            child_code: &self.child_code,
-            leaf_item: &self.leaf_item,
+            level_start: &self.level_start[..],
+            child_start: &self.child_start[..],
+            child_code: &self.child_code[..],
+            leaf_item: &self.leaf_item[..],
             codebook_sizes: &self.codebook_sizes,
             dense: &self.dense,
             dense_offset: &self.dense_offset,
@@ -343,6 +430,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn leaves_under_counts_subtrees_and_files_roundtrip() {
+        let sizes = [5u32, 4, 6];
+        let sids = random_sids(80, &sizes, 4);
+        let t = Trie::build(&sids, 3, &sizes).unwrap();
+        assert_eq!(t.leaves_under(0), 80);
+        for d in 0..=3 {
+            let mut prefixes: Vec<&[u32]> = (0..80).map(|i| &sids[i * 3..i * 3 + d]).collect();
+            prefixes.sort();
+            prefixes.dedup();
+            for p in prefixes {
+                let want = (0..80).filter(|&i| &sids[i * 3..i * 3 + d] == p).count() as u32;
+                assert_eq!(t.leaves_under(t.walk(p).unwrap()), want, "prefix {p:?}");
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("genrec-trie-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        t.write(&dir).unwrap();
+        let m = Trie::map(&dir, &sizes).unwrap();
+        assert_ne!(m.id(), t.id());
+        for i in 0..80 {
+            assert_eq!(m.lookup(&sids[i * 3..i * 3 + 3]), Some(i as u32));
+        }
+        assert_eq!(m.arrays().child_code, t.arrays().child_code);
+        assert_eq!(m.bytes(), t.bytes());
+        // a damaged file is refused
+        std::fs::write(dir.join("trie.child_start.u32"), [0u8; 4]).unwrap();
+        assert!(Trie::map(&dir, &sizes).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // the filter leaves items out, keeping indices
+        let keep = |i: u32| i % 2 == 0;
+        let f = Trie::build_filtered(&sids, 3, &sizes, 2, Some(&keep)).unwrap();
+        assert_eq!(f.num_items(), 40);
+        assert_eq!(f.lookup(&sids[6..9]), Some(2));
+        assert_eq!(f.lookup(&sids[3..6]), None);
     }
 
     #[test]

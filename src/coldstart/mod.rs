@@ -200,13 +200,13 @@ impl ColdStart {
         encoder: Option<Arc<TextEncoder>>,
         opts: ColdStartOptions,
     ) -> Result<Self, ColdStartError> {
-        if catalog.intents.is_empty() {
+        if catalog.intents().is_empty() {
             return Err(ColdStartError::NoIntents);
         }
         if lm.is_none() && encoder.is_none() {
             return Err(ColdStartError::Unavailable);
         }
-        let intents = catalog.intents.clone();
+        let intents = catalog.intents().to_vec();
         let encoder = match encoder {
             Some(enc) => {
                 let labels: Vec<String> = intents.iter().map(|i| i.label.clone()).collect();
@@ -218,7 +218,7 @@ impl ColdStart {
         let cap = NonZeroUsize::new(CACHE_SIZE).unwrap_or(NonZeroUsize::MIN);
         Ok(ColdStart {
             intents,
-            catalog_name: catalog.manifest.name.clone(),
+            catalog_name: catalog.manifest().name.clone(),
             lm: lm.map(|(lm, template)| LmScorer { lm, template, prior: OnceLock::new() }),
             encoder,
             opts,

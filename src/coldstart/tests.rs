@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::catalog::embed::DEFAULT_ENCODER_DIR;
-use crate::catalog::store::tests::tiny_catalog;
+use crate::catalog::tests::tiny_catalog;
 
 #[test]
 fn quotas_follow_weights_and_sum_to_k() {
@@ -28,11 +28,12 @@ fn profile_fields_render_and_check() {
 fn labelled_catalog(labels: &[&str]) -> Catalog {
     let mut cat = tiny_catalog();
     let codes: std::collections::BTreeSet<u32> = (0..cat.len() as u32).map(|i| cat.sid(i)[0]).collect();
-    cat.intents = codes
+    let intents = codes
         .into_iter()
         .zip(labels)
         .map(|(code, l)| Intent { code, label: l.to_string(), items: 1 })
         .collect();
+    cat.set_intents(intents).unwrap();
     cat
 }
 

@@ -3,6 +3,7 @@
 //! (`{"user id": [item id, ...]}` in time order), plus the leave-one-out split.
 
 pub mod demo;
+pub mod synth;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,9 @@ pub enum DataError {
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
+    /// Something wrong at one line (or row) of a file.
+    #[error("{path}: line {line}: {msg}")]
+    Line { path: PathBuf, line: usize, msg: String },
 }
 
 fn read_json(path: &Path) -> Result<Value, DataError> {
@@ -56,6 +60,21 @@ fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+/// The record of one item from its attributes (`title` required, a string).
+fn item_record(id: String, attrs: &Value) -> Result<ItemRecord, String> {
+    // a title must be present; an empty one is allowed (it happens in real
+    // data) and the text then falls back to the other fields or the id
+    let title = match attrs.get("title") {
+        Some(Value::String(s)) => s.trim().to_string(),
+        _ => return Err(format!("item {id:?} has no \"title\" string")),
+    };
+    let mut parts: Vec<String> = vec![title.clone()];
+    parts.extend(TEXT_FIELDS.iter().filter_map(|f| attrs.get(*f).and_then(field_text)));
+    parts.retain(|p| !p.is_empty());
+    let text = if parts.is_empty() { format!("item {id}") } else { parts.join(". ") };
+    Ok(ItemRecord { id, title, text })
+}
+
 /// Reads `NAME.item.json`; items come back in id order (numeric where possible).
 pub fn load_items(path: &Path) -> Result<Vec<ItemRecord>, DataError> {
     let v = read_json(path)?;
@@ -65,25 +84,63 @@ pub fn load_items(path: &Path) -> Result<Vec<ItemRecord>, DataError> {
     })?;
     let mut items = Vec::with_capacity(obj.len());
     for (id, attrs) in obj {
-        // a title must be present; an empty one is allowed (it happens in real
-        // data) and the text then falls back to the other fields or the id
-        let title = match attrs.get("title") {
-            Some(Value::String(s)) => s.trim().to_string(),
-            _ => {
-                return Err(DataError::Format {
-                    path: path.into(),
-                    msg: format!("item {id:?} has no \"title\" string"),
-                })
-            }
-        };
-        let mut parts: Vec<String> = vec![title.clone()];
-        parts.extend(TEXT_FIELDS.iter().filter_map(|f| attrs.get(*f).and_then(field_text)));
-        parts.retain(|p| !p.is_empty());
-        let text = if parts.is_empty() { format!("item {id}") } else { parts.join(". ") };
-        items.push(ItemRecord { id: id.clone(), title, text });
+        items.push(item_record(id.clone(), attrs).map_err(|msg| DataError::Format { path: path.into(), msg })?);
     }
     items.sort_by(|a, b| id_order(&a.id, &b.id));
     Ok(items)
+}
+
+/// Longest line of a JSON Lines items file.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Reads the items of `path` one at a time and hands each to `f(line, item)`:
+/// a `.jsonl` file (one `{"id": ..., "title": ..., ...}` per line) is streamed
+/// in file order and `line` is its 1-based line; any other file is read as
+/// `NAME.item.json` (id order) and `line` is the item's position. Lines that
+/// are not UTF-8, not an object, lack an id or a title, or exceed 1 MiB stop
+/// the read with an error naming the line. Returns the number of items.
+pub fn for_each_item(path: &Path, mut f: impl FnMut(usize, ItemRecord) -> Result<(), DataError>) -> Result<usize, DataError> {
+    let is_jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "ndjson");
+    if !is_jsonl {
+        let items = load_items(path)?;
+        let n = items.len();
+        for (i, it) in items.into_iter().enumerate() {
+            f(i + 1, it)?;
+        }
+        return Ok(n);
+    }
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::new();
+    let (mut line, mut n) = (0usize, 0usize);
+    let bad = |line: usize, msg: String| DataError::Line { path: path.into(), line, msg };
+    loop {
+        buf.clear();
+        let got = r.read_until(b'\n', &mut buf).map_err(|e| DataError::Io { path: path.into(), source: e })?;
+        if got == 0 {
+            break;
+        }
+        line += 1;
+        if buf.len() > MAX_LINE_BYTES {
+            return Err(bad(line, format!("{} bytes: lines are at most {MAX_LINE_BYTES}", buf.len())));
+        }
+        let text = std::str::from_utf8(&buf).map_err(|e| bad(line, format!("not UTF-8 ({e})")))?;
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(text).map_err(|e| bad(line, format!("invalid JSON: {e}")))?;
+        let id = match v.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(x)) => x.to_string(),
+            _ => return Err(bad(line, "expected an object with an \"id\" string or number".into())),
+        };
+        let rec = item_record(id, &v).map_err(|m| bad(line, m))?;
+        f(line, rec)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// User sequences from `NAME.inter.json`, item ids as strings, users in id order.

@@ -1,14 +1,14 @@
-//! Changes to what the engine serves, made off the serving path: loading and
-//! validating checkpoints, the atomic swap, rollback, the watched model root,
-//! and live catalog edits. Every change is serialised by one lock; readers
-//! never wait for it.
+//! Model changes, made off the serving path: loading and validating
+//! checkpoints, the atomic swap, rollback, the watched model root. Every
+//! change is serialised by one lock; readers never wait for it. (Catalog
+//! edits are in [`super::edits`].)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::snapshot::check_pair;
-use super::state::{LiveCatalog, LoadedModel, ModelInfo};
+use super::pair::check_pair;
+use super::state::{LoadedModel, ModelInfo};
 use super::{Engine, EngineError};
 use crate::catalog::embed::TextEncoder;
 use crate::generate::{generate, GenRequest};
@@ -16,15 +16,6 @@ use crate::model::Model;
 
 /// Files a checkpoint folder must hold.
 const CHECKPOINT_FILES: [&str; 3] = ["config.json", "model.safetensors", "genrec.json"];
-
-/// A new item for the live catalog: an embedding, or a text to embed.
-#[derive(Debug, Clone)]
-pub struct NewItem {
-    pub id: String,
-    pub title: String,
-    pub text: Option<String>,
-    pub embedding: Option<Vec<f32>>,
-}
 
 impl Engine {
     fn lock_admin(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -42,7 +33,7 @@ impl Engine {
         let req = GenRequest { history: vec![first], k: 1, exclude: Default::default(), within: Vec::new() };
         let out = generate(model, &cat.catalog, &[req], self.opts.batch.beam)
             .map_err(|e| EngineError::Refused(format!("smoke generation failed: {e}")))?;
-        if out.hits.first().is_none_or(|h| h.is_empty()) && cat.catalog.live_len() > 1 {
+        if out.hits.first().is_none_or(|h| h.is_empty()) && cat.catalog.served_len() > 1 {
             return Err(EngineError::Refused("smoke generation returned no item".into()));
         }
         Ok(())
@@ -121,7 +112,7 @@ impl Engine {
         Ok(info)
     }
 
-    fn encoder(&self) -> Result<Arc<TextEncoder>, EngineError> {
+    pub(super) fn encoder(&self) -> Result<Arc<TextEncoder>, EngineError> {
         let mut slot = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = slot.as_ref() {
             return Ok(e.clone());
@@ -137,79 +128,6 @@ impl Engine {
         let enc = Arc::new(enc);
         *slot = Some(enc.clone());
         Ok(enc)
-    }
-
-    /// The catalog-space embedding of a new item: its own (checked), or its
-    /// text's, zero-padded when the catalog mixes in collaborative dimensions
-    /// that a new item has no signal for.
-    fn item_embedding(&self, item: &NewItem, dim: usize) -> Result<Vec<f32>, EngineError> {
-        let e = match (&item.embedding, &item.text) {
-            (Some(e), _) => {
-                if e.len() != dim {
-                    return Err(EngineError::InvalidField {
-                        field: "embedding",
-                        message: format!("embedding has {} values, the catalog uses {dim}", e.len()),
-                    });
-                }
-                e.clone()
-            }
-            (None, Some(t)) => {
-                let enc = self.encoder()?;
-                let mut e = enc.embed(std::slice::from_ref(t), 1, |_, _| {})?;
-                if e.len() > dim {
-                    return Err(EngineError::InvalidField {
-                        field: "text",
-                        message: format!("the encoder gives {} dimensions, the catalog uses {dim}", e.len()),
-                    });
-                }
-                e.resize(dim, 0.0);
-                e
-            }
-            (None, None) => {
-                return Err(EngineError::InvalidField { field: "text", message: "give a text or an embedding".into() })
-            }
-        };
-        if e.iter().any(|x| !x.is_finite()) || e.iter().all(|&x| x == 0.0) {
-            return Err(EngineError::InvalidField { field: "embedding", message: "embedding must be finite and non-zero".into() });
-        }
-        Ok(e)
-    }
-
-    /// Adds an item: semantic ID from the current codebooks, trie and ANN
-    /// index updated, all visible at once. Returns the item's semantic ID.
-    pub fn add_item(&self, item: NewItem) -> Result<Vec<u32>, EngineError> {
-        if item.id.trim().is_empty() {
-            return Err(EngineError::InvalidField { field: "id", message: "id must not be empty".into() });
-        }
-        let _g = self.lock_admin();
-        let cur = self.catalog();
-        let emb = self.item_embedding(&item, cur.catalog.manifest.embedding_dim)?;
-        let (next, idx) = cur.catalog.with_item(&item.id, &item.title, emb).map_err(|e| match e {
-            crate::catalog::CatalogError::Conflict(m) => EngineError::Conflict(m),
-            other => other.into(),
-        })?;
-        // index first: no catalog serves the new item until the swap below
-        cur.ann.add(idx, next.embedding(idx))?;
-        let sid = next.sid(idx).to_vec();
-        self.catalog.store(Arc::new(LiveCatalog { catalog: next, ann: cur.ann.clone() }));
-        tracing::info!(item = %item.id, semantic_id = ?sid, "item added");
-        Ok(sid)
-    }
-
-    /// Removes an item: no answer started after this returns contains it.
-    pub fn remove_item(&self, id: &str) -> Result<(), EngineError> {
-        let _g = self.lock_admin();
-        let cur = self.catalog();
-        let (next, idx) = cur.catalog.without_item(id).map_err(|e| match e {
-            crate::catalog::CatalogError::NotFound(m) => EngineError::NotFound(m),
-            other => other.into(),
-        })?;
-        self.catalog.store(Arc::new(LiveCatalog { catalog: next, ann: cur.ann.clone() }));
-        // requests on older catalogs filter ANN hits through their own catalog,
-        // which still serves the item: they may return it, as they began before
-        cur.ann.remove(idx)?;
-        tracing::info!(item = %id, "item removed");
-        Ok(())
     }
 
     /// Watches the model root: every `every`, the newest checkpoint folder

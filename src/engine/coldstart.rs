@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{items_of, wait, Engine, EngineError, Generation, LiveCatalog, RecAnswer, RecItem, RecRequest, Resolved, Share, Strategy};
+use super::{items_of, wait, Engine, EngineError, Generation, ServedCatalog, RecAnswer, RecItem, RecRequest, Resolved, Share, Strategy};
 use crate::coldstart::{split_quota, ColdStart, Inferred, Profile};
 use crate::generate::GenRequest;
 
@@ -89,7 +89,7 @@ impl Engine {
         &self,
         req: &RecRequest,
         profile: &Profile,
-        cat: &Arc<LiveCatalog>,
+        cat: &Arc<ServedCatalog>,
         r: &Resolved,
         arrived: Instant,
     ) -> Result<RecAnswer, EngineError> {

@@ -9,13 +9,14 @@
 
 pub mod admin;
 mod coldstart;
+pub mod edits;
 pub mod scheduler;
-pub mod snapshot;
+pub mod pair;
 pub mod state;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -24,11 +25,11 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::coldstart::{ColdStart, IntentWeight, Profile};
 use crate::generate::{GenRequest, GenerateError, Hit};
 use crate::model::ModelError;
-use crate::recall::{AnnIndex, RecallError};
+use crate::recall::{Ann, RecallError};
 pub use scheduler::{BatchObserver, BatchOptions, NoObserver};
 use scheduler::{Job, Scheduler, SubmitError};
-pub use snapshot::Snapshot;
-pub use state::{LiveCatalog, LoadedModel, ModelInfo};
+pub use pair::Pair;
+pub use state::{ServedCatalog, LoadedModel, ModelInfo};
 
 /// Largest `k` a request may ask for.
 pub const MAX_K: usize = 100;
@@ -155,7 +156,13 @@ pub struct EngineOptions {
     /// Where hot-swapped checkpoints are loaded, and in which dtype.
     pub device: candle_core::Device,
     pub dtype: candle_core::DType,
+    /// Compact the catalog when its edit log grows past this many bytes (0: never).
+    pub compact_log_bytes: u64,
 }
+
+/// Default edit-log size that starts a compaction: 1 GiB (about 1.5M upserts
+/// of 64-d items).
+pub const DEFAULT_COMPACT_LOG_BYTES: u64 = 1 << 30;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -166,6 +173,7 @@ impl Default for EngineOptions {
             encoder: None,
             device: candle_core::Device::Cpu,
             dtype: candle_core::DType::F32,
+            compact_log_bytes: DEFAULT_COMPACT_LOG_BYTES,
         }
     }
 }
@@ -180,9 +188,14 @@ struct Resolved {
 pub struct Engine {
     model: ArcSwapOption<LoadedModel>,
     previous: Mutex<Option<Arc<LoadedModel>>>,
-    catalog: ArcSwap<LiveCatalog>,
-    /// Serialises admin changes (model loads, catalog edits).
+    /// The catalog view requests take (published once its edits are durable).
+    catalog: ArcSwap<ServedCatalog>,
+    /// The edit side: the newest view, the edit log, views waiting for a sync.
+    writer: Mutex<edits::Writer>,
+    /// Serialises model changes.
     admin_lock: Mutex<()>,
+    /// This engine, for background jobs it starts (compaction).
+    me: OnceLock<Weak<Engine>>,
     scheduler: Scheduler,
     opts: EngineOptions,
     encoder: Mutex<Option<Arc<crate::catalog::embed::TextEncoder>>>,
@@ -190,20 +203,37 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine serving `catalog`, with no model until [`Engine::install`].
-    pub fn new(catalog: Catalog, opts: EngineOptions, observer: Arc<dyn BatchObserver>) -> Result<Self, EngineError> {
-        let ann = AnnIndex::build(&catalog, |i| catalog.is_live(i))?;
-        let live = LiveCatalog { catalog, ann: Arc::new(ann) };
-        Ok(Engine {
+    /// An engine serving `catalog` (edits kept in memory only), with no
+    /// model until [`Engine::install`].
+    pub fn new(catalog: Catalog, opts: EngineOptions, observer: Arc<dyn BatchObserver>) -> Result<Arc<Self>, EngineError> {
+        Self::with_store(catalog, None, opts, observer)
+    }
+
+    /// An engine serving `catalog`, whose edits go to `store`'s log when
+    /// given (see [`edits::open_store`]).
+    pub fn with_store(
+        catalog: Catalog,
+        store: Option<edits::CatalogStore>,
+        opts: EngineOptions,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let ann = Ann::open(&catalog)?;
+        let served = Arc::new(ServedCatalog { catalog, ann: Arc::new(ann) });
+        let writer = edits::Writer::new(served.clone(), store, None);
+        let engine = Arc::new(Engine {
             model: ArcSwapOption::empty(),
             previous: Mutex::new(None),
-            catalog: ArcSwap::from_pointee(live),
+            catalog: ArcSwap::new(served),
+            writer: Mutex::new(writer),
             admin_lock: Mutex::new(()),
+            me: OnceLock::new(),
             scheduler: Scheduler::start(opts.batch.clone(), observer).map_err(EngineError::Worker)?,
             opts,
             encoder: Mutex::new(None),
             coldstart: ArcSwapOption::empty(),
-        })
+        });
+        let _ = engine.me.set(Arc::downgrade(&engine));
+        Ok(engine)
     }
 
     /// The model in service, if any.
@@ -212,7 +242,7 @@ impl Engine {
     }
 
     /// The catalog in service.
-    pub fn catalog(&self) -> Arc<LiveCatalog> {
+    pub fn catalog(&self) -> Arc<ServedCatalog> {
         self.catalog.load_full()
     }
 
@@ -305,7 +335,7 @@ impl Engine {
         &self,
         req: GenRequest,
         model: Arc<LoadedModel>,
-        cat: &Arc<LiveCatalog>,
+        cat: &Arc<ServedCatalog>,
         deadline: Instant,
     ) -> Result<tokio::sync::oneshot::Receiver<scheduler::JobResult>, EngineError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -322,7 +352,7 @@ impl Engine {
     fn fill(
         &self,
         answer: RecAnswer,
-        cat: &LiveCatalog,
+        cat: &ServedCatalog,
         r: &Resolved,
         k: usize,
         reason: &'static str,
@@ -338,7 +368,7 @@ impl Engine {
     fn ann_shares(
         &self,
         mut answer: RecAnswer,
-        cat: &LiveCatalog,
+        cat: &ServedCatalog,
         r: &Resolved,
         shares: &[Share],
         reason: &'static str,
@@ -351,9 +381,9 @@ impl Engine {
             let hits = match s.intent {
                 Some(i) => {
                     let q = c.intent_centroid(i.code);
-                    cat.ann.search(&q, s.k, |x| cat.serves(x) && !taken.contains(&x) && c.sid(x)[0] == i.code)?
+                    cat.ann.search(c, &q, s.k, |x| !taken.contains(&x) && c.sid(x)[0] == i.code)?
                 }
-                None if !r.history.is_empty() => cat.ann.recall(c, &r.history, s.k, &taken, |x| cat.serves(x))?,
+                None if !r.history.is_empty() => cat.ann.recall(c, &r.history, s.k, &taken)?,
                 None => Vec::new(),
             };
             for (item, score) in hits {
@@ -378,7 +408,7 @@ struct Share<'a> {
 
 impl RecItem {
     fn new(c: &Catalog, item: u32, score: f32, source: &'static str) -> Self {
-        RecItem { item_id: c.item_ids[item as usize].clone(), score, semantic_id: c.sid(item).to_vec(), source }
+        RecItem { item_id: c.item_id(item).to_string(), score, semantic_id: c.sid(item).to_vec(), source }
     }
 }
 
@@ -398,7 +428,7 @@ impl RecAnswer {
 }
 
 /// Generated items that the catalog still serves.
-fn items_of(cat: &LiveCatalog, hits: Vec<Hit>, source: &'static str) -> Vec<RecItem> {
+fn items_of(cat: &ServedCatalog, hits: Vec<Hit>, source: &'static str) -> Vec<RecItem> {
     hits.into_iter()
         .filter(|h| cat.serves(h.item))
         .map(|h| RecItem::new(&cat.catalog, h.item, h.score, source))

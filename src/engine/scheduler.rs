@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::state::{LiveCatalog, LoadedModel};
+use super::state::{ServedCatalog, LoadedModel};
 use crate::generate::{generate, GenRequest, Hit};
 
 /// Batching settings.
@@ -44,7 +44,7 @@ pub type JobResult = Result<(Vec<Hit>, usize), String>;
 pub struct Job {
     pub req: GenRequest,
     pub model: Arc<LoadedModel>,
-    pub catalog: Arc<LiveCatalog>,
+    pub catalog: Arc<ServedCatalog>,
     pub deadline: Instant,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<JobResult>,
@@ -123,13 +123,16 @@ impl Drop for Scheduler {
     }
 }
 
-fn same_snapshot(a: &Job, b: &Job) -> bool {
-    Arc::ptr_eq(&a.model, &b.model) && Arc::ptr_eq(&a.catalog, &b.catalog)
+/// Whether two jobs can share a batch: the same model, and catalog views over
+/// the same base version (a stream of live edits makes a new view per edit;
+/// requests that started on different ones still batch together).
+fn same_versions(a: &Job, b: &Job) -> bool {
+    Arc::ptr_eq(&a.model, &b.model) && Arc::ptr_eq(a.catalog.catalog.base(), b.catalog.catalog.base())
 }
 
 fn worker_loop(rx: Receiver<Job>, opts: BatchOptions, depth: Arc<AtomicUsize>, observer: Arc<dyn BatchObserver>) {
     let max_batch = opts.max_batch.max(1);
-    // jobs taken from the queue that belong to a later batch (other snapshot)
+    // jobs taken from the queue that belong to a later batch (other versions)
     let mut held: VecDeque<Job> = VecDeque::new();
     let take = |job: Job| {
         let d = depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
@@ -148,7 +151,7 @@ fn worker_loop(rx: Receiver<Job>, opts: BatchOptions, depth: Arc<AtomicUsize>, o
         let mut batch = vec![first];
         let mut later = VecDeque::new();
         while let Some(j) = held.pop_front() {
-            if batch.len() < max_batch && same_snapshot(&batch[0], &j) {
+            if batch.len() < max_batch && same_versions(&batch[0], &j) {
                 batch.push(j);
             } else {
                 later.push_back(j);
@@ -161,7 +164,7 @@ fn worker_loop(rx: Receiver<Job>, opts: BatchOptions, depth: Arc<AtomicUsize>, o
             match next {
                 Ok(j) => {
                     let j = take(j);
-                    if same_snapshot(&batch[0], &j) {
+                    if same_versions(&batch[0], &j) {
                         batch.push(j);
                     } else {
                         held.push_back(j);
@@ -186,7 +189,11 @@ fn run_batch(batch: Vec<Job>, beam: usize, observer: &dyn BatchObserver) {
     let waits: Vec<Duration> = live.iter().map(|j| now.saturating_duration_since(j.enqueued)).collect();
     observer.batch(live.len(), &waits);
     let reqs: Vec<GenRequest> = live.iter().map(|j| j.req.clone()).collect();
-    let (model, catalog) = (live[0].model.clone(), live[0].catalog.clone());
+    // the newest of the batch's views: item indices never change within a
+    // base, so every request's history and exclusions hold in it, and each
+    // request then keeps the items its own view serves
+    let newest = live.iter().max_by_key(|j| j.catalog.catalog.last_edit_id()).unwrap_or(&live[0]);
+    let (model, catalog) = (newest.model.clone(), newest.catalog.clone());
     let span = tracing::debug_span!("batch", size = live.len());
     let _g = span.enter();
     match generate(&model.model, &catalog.catalog, &reqs, beam) {

@@ -1,7 +1,8 @@
 //! What the engine serves, each behind its own atomic pointer: the loaded model
-//! (with where and when it came from) and the live catalog (items, trie, ANN
-//! index). A request takes both pointers once at its start and keeps them to
-//! its end, so a swap never shows it a half-applied change.
+//! (with where and when it came from) and the served catalog (a catalog view:
+//! items, trie, and the ANN index that goes with it). A request takes both
+//! pointers once at its start and keeps them to its end, so a swap never
+//! shows it a half-applied change.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,7 +11,7 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::model::Model;
-use crate::recall::AnnIndex;
+use crate::recall::Ann;
 
 /// A model in (or recently in) service.
 pub struct LoadedModel {
@@ -49,17 +50,17 @@ impl LoadedModel {
     }
 }
 
-/// The catalog in service with its ANN index. The index is shared by
-/// successive catalogs and may hold items a given catalog does not serve:
-/// every hit is checked with [`LiveCatalog::serves`].
-pub struct LiveCatalog {
+/// A catalog view in service with its ANN index. The index is shared by the
+/// views over one base version and holds vectors a given view does not serve:
+/// [`Ann::search`] checks every hit against the view.
+pub struct ServedCatalog {
     pub catalog: Catalog,
-    pub ann: Arc<AnnIndex>,
+    pub ann: Arc<Ann>,
 }
 
-impl LiveCatalog {
+impl ServedCatalog {
     /// Whether this catalog serves item `item`.
     pub fn serves(&self, item: u32) -> bool {
-        (item as usize) < self.catalog.len() && self.catalog.is_live(item)
+        (item as usize) < self.catalog.len() && self.catalog.is_served(item)
     }
 }

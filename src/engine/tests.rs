@@ -7,7 +7,7 @@ use super::*;
 
 fn engine(with_model: bool, opts: EngineOptions) -> Arc<Engine> {
     let (model, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
-    let e = Arc::new(Engine::new(catalog, opts, Arc::new(NoObserver)).unwrap());
+    let e = Engine::new(catalog, opts, Arc::new(NoObserver)).unwrap();
     if with_model {
         e.install(model, "embedded".into()).unwrap();
     }
@@ -31,7 +31,8 @@ fn ids(a: &RecAnswer) -> Vec<String> {
 }
 
 fn first_ids(e: &Engine, n: usize) -> Vec<String> {
-    e.catalog().catalog.item_ids[..n].to_vec()
+    let cat = e.catalog();
+    (0..n as u32).map(|i| cat.catalog.item_id(i).to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,9 +100,9 @@ async fn removed_item_is_never_returned_and_added_item_is() {
     let cat = e.catalog();
     let last = cat.catalog.index_of(h[1]).unwrap();
     let emb = cat.catalog.embedding(last).to_vec();
-    let new = admin::NewItem { id: "live-1".into(), title: "twin".into(), text: None, embedding: Some(emb) };
-    let sid = e.add_item(new).unwrap();
-    assert_eq!(e.catalog().catalog.trie.lookup(&sid), e.catalog().catalog.index_of("live-1"));
+    let new = edits::NewItem { id: "live-1".into(), title: "twin".into(), text: None, embedding: Some(emb), semantic_id: None };
+    let sid = e.upsert_item(new).unwrap().semantic_id;
+    assert_eq!(e.catalog().catalog.trie().lookup(&sid), e.catalog().catalog.index_of("live-1"));
     let a = e.recommend(&req(&h, 5, Strategy::Ann)).await.unwrap();
     assert!(ids(&a).contains(&"live-1".to_string()), "{:?}", ids(&a));
 }

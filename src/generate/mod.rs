@@ -28,7 +28,7 @@ pub(crate) mod testutil {
     use candle_nn::VarBuilder;
     use rand::{Rng, SeedableRng};
 
-    use crate::catalog::{store::catalog_fingerprint, Catalog, Manifest};
+    use crate::catalog::{catalog_fingerprint, Catalog, Manifest};
     use crate::model::{config::ModelConfig, init::init_weights, Model, Sidecar, Transformer};
 
     pub fn random_catalog(n: usize, sizes: &[u32], seed: u64) -> Catalog {
@@ -39,16 +39,7 @@ pub(crate) mod testutil {
         }
         let sids: Vec<u32> = seen.into_iter().flatten().collect();
         let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-        let manifest = Manifest {
-            format: "genrec-catalog/1".into(),
-            name: "random".into(),
-            num_items: n,
-            codebook_sizes: sizes.to_vec(),
-            embedding_dim: 2,
-            embedder: "none".into(),
-            seed,
-            fingerprint: catalog_fingerprint(&ids, &sids),
-        };
+        let manifest = Manifest::new("random", n, sizes.to_vec(), 2, "none", seed, catalog_fingerprint(&ids, &sids));
         let emb = (0..n * 2).map(|i| (i as f32).sin()).collect();
         let titles = ids.clone();
         Catalog::new(manifest, ids, titles, sids, emb, Vec::new()).unwrap()
@@ -60,7 +51,7 @@ pub(crate) mod testutil {
 
     /// [`random_model`] with weights and activations in `dtype`.
     pub fn random_model_as(catalog: &Catalog, arch: &str, seed: u64, dtype: candle_core::DType) -> Model {
-        let sidecar = Sidecar::for_catalog("random", ".", &catalog.manifest, 20);
+        let sidecar = Sidecar::for_catalog("random", ".", &catalog.manifest(), 20);
         let mut cfg = ModelConfig::llama(sidecar.min_vocab(), 32, 2, 4, 2, 64);
         cfg.architectures = vec![arch.to_string()];
         let dev = Device::Cpu;
@@ -99,7 +90,7 @@ mod tests {
                 let (h, _) = model.net.forward_hidden(&t, None).unwrap();
                 let last = h.narrow(1, toks.len() - 1, 1).unwrap();
                 let logits = model.net.logits(&last).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let (codes, _) = cat.trie.children(node);
+                let codes: Vec<u32> = cat.trie().children(node).map(|c| c.0).collect();
                 let vals: Vec<f32> = match scoring {
                     Scoring::Trie => codes.iter().map(|&c| logits[sc.token(l, c) as usize]).collect(),
                     Scoring::Model => logits.clone(),
@@ -107,7 +98,7 @@ mod tests {
                 let max = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let lse = max + vals.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
                 score += logits[sc.token(l, code) as usize] - lse;
-                node = cat.trie.child(node, code).unwrap();
+                node = cat.trie().child(node, code).unwrap();
                 toks.push(sc.token(l, code));
             }
             out.push((item, score));

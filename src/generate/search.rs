@@ -76,8 +76,10 @@ pub fn generate_with(
         return Ok(Generated { hits: Vec::new(), tokens: 0 });
     }
     let beam = checked_beam(model, catalog, reqs, beam)?;
+    // the kernel reads the base trie's arrays: with live edits above it, the
+    // CPU beam step searches (the model still runs on the device)
     #[cfg(feature = "cuda")]
-    if let candle_core::Device::Cuda(dev) = model.net.device() {
+    if let (candle_core::Device::Cuda(dev), true) = (model.net.device(), catalog.trie().is_pristine()) {
         let (hist, hidden, lens) = prefill(model, catalog, reqs)?;
         return super::kernel::gpu_search::decode_levels(dev, model, catalog, reqs, beam, scoring, hist, hidden, &lens);
     }
@@ -201,7 +203,7 @@ fn decode_levels(
     let sc = &models[0].sidecar;
     let levels = sc.levels();
     let r = reqs.len();
-    let trie = &catalog.trie;
+    let trie = catalog.trie();
     let mut beams_in = 1;
     let mut scores = vec![0f32; r];
     let mut nodes = vec![0u32; r];
@@ -215,7 +217,7 @@ fn decode_levels(
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let filters = LevelFilters::new(catalog, reqs, level);
-        let out = beam_step(trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| filters.keep(req, node));
+        let out = beam_step(&trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| filters.keep(req, node));
         decoded += out.node.iter().filter(|&&n| n != NONE).count();
         if last {
             let hits = collect_hits(catalog, reqs, beam, &out.node, &out.score);
@@ -282,11 +284,12 @@ pub(crate) fn prefill(model: &Model, catalog: &Catalog, reqs: &[GenRequest]) -> 
 pub(crate) fn collect_hits(catalog: &Catalog, reqs: &[GenRequest], beam: usize, nodes: &[u32], scores: &[f32]) -> Vec<Vec<Hit>> {
     (0..reqs.len())
         .map(|q| {
+            let trie = catalog.trie();
             (0..beam)
                 .map(|j| q * beam + j)
                 .filter(|&s| nodes[s] != NONE)
                 .take(reqs[q].k)
-                .filter_map(|s| catalog.trie.item(nodes[s]).map(|item| Hit { item, score: scores[s] }))
+                .filter_map(|s| trie.item(nodes[s]).map(|item| Hit { item, score: scores[s] }))
                 .collect()
         })
         .collect()

@@ -15,7 +15,8 @@
 
 use rayon::prelude::*;
 
-use crate::catalog::trie::{Trie, NONE};
+use crate::catalog::trie::NONE;
+use crate::catalog::TrieView;
 
 /// The selected continuations, `beams_out` slots per request (dead slots have
 /// node `NONE` and score `-inf`). `parent` indexes the request's input beams.
@@ -54,7 +55,7 @@ fn better(a: &Cand, b: &Cand) -> std::cmp::Ordering {
 /// veto a child (used on the last level to drop excluded items); vetoed
 /// children still count in the normalisation, they are only not selected.
 pub fn beam_step<F>(
-    trie: &Trie,
+    trie: &TrieView,
     shape: StepShape,
     logits: &[f32],
     scores: &[f32],
@@ -78,20 +79,16 @@ where
             if node == NONE || !scores[beam].is_finite() {
                 continue;
             }
-            let (child_codes, first) = trie.children(node);
-            if child_codes.is_empty() {
-                continue;
-            }
+            let kids = trie.children(node);
             let row = &logits[beam * codes..(beam + 1) * codes];
             let lse = match norm {
                 Some(n) => n[beam],
                 None => {
-                    let max = child_codes.iter().map(|&c| row[c as usize]).fold(f32::NEG_INFINITY, f32::max);
-                    max + child_codes.iter().map(|&c| (row[c as usize] - max).exp()).sum::<f32>().ln()
+                    let max = kids.clone().map(|(c, _)| row[c as usize]).fold(f32::NEG_INFINITY, f32::max);
+                    max + kids.clone().map(|(c, _)| (row[c as usize] - max).exp()).sum::<f32>().ln()
                 }
             };
-            for (i, &c) in child_codes.iter().enumerate() {
-                let child = first + i as u32;
+            for (c, child) in kids {
                 if !keep(r, child) {
                     continue;
                 }
@@ -133,6 +130,8 @@ where
 mod tests {
     use super::*;
 
+    use crate::catalog::Trie;
+
     fn trie() -> Trie {
         // items: (0,0) (0,1) (1,2) (2,0)
         Trie::build(&[0, 0, 0, 1, 1, 2, 2, 0], 2, &[3, 3]).unwrap()
@@ -140,7 +139,8 @@ mod tests {
 
     #[test]
     fn restricts_to_children_and_renormalises() {
-        let t = trie();
+        let base = trie();
+        let t = TrieView::new(&base, None);
         let logits = [1.0f32, 2.0, 3.0];
         let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 3, codes: 3 }, &logits, &[0.0], &[0], None, |_, _| true);
         let lse = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn selects_across_beams_pads_dead_slots_and_honours_veto() {
-        let t = trie();
+        let base = trie();
+        let t = TrieView::new(&base, None);
         let (a, b) = (t.walk(&[0]).unwrap(), t.walk(&[1]).unwrap());
         // two requests, two beams each; request 1 has one dead beam
         let logits = [0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];

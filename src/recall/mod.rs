@@ -2,19 +2,37 @@
 //! generative model cannot (no model, past the deadline, too few items left
 //! after exclusions, or asked for with `"strategy": "ann"`).
 //!
-//! The index is an HNSW graph (Malkov & Yashunin, arXiv 1603.09320) from the
-//! `usearch` crate, inner-product metric over the catalog's unit-norm
-//! embeddings, keyed by item index. The user vector is a recency-weighted mean
-//! of the history's item embeddings. The index may hold items that the current
-//! catalog snapshot no longer serves (removed, or added but not yet swapped
-//! in): callers filter hits through the snapshot, which keeps the trie and
-//! the index consistent as seen by any one request.
+//! [`Ann`] follows the catalog's split into a base and live edits: the base's
+//! HNSW graph ([`hnsw`]) is saved with the catalog version (`ann.usearch`),
+//! built with all cores by the indexer and by compactions and memory-mapped
+//! at start (never rebuilt); items added or changed since go to a second,
+//! in-memory graph. Keys are item indices in the base graph, and
+//! `generation << 32 | item` in the second (an item changed twice has two
+//! vectors there), so a hit counts only when it is the vector the request's
+//! catalog view holds for that item ([`Catalog::ann_key`]) and the item is
+//! served. Nothing is removed from a graph while it is searched, and nothing
+//! is added to a graph while it is searched: usearch's concurrent insertion
+//! next to searches is not safe (a search crashed reading a vector that an
+//! insert was linking, in this crate's test), so the overlay graph takes adds
+//! under its write lock, a few hundred at a time, and searches under its
+//! read lock.
+//!
+//! The user vector is a recency-weighted mean of the history's item
+//! embeddings.
+
+pub mod hnsw;
 
 use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
 
-use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+use rayon::prelude::*;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError};
+pub use hnsw::{Hnsw, Storage};
+
+/// The ANN index file inside a catalog version folder.
+pub const ANN_FILE: &str = "ann.usearch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecallError {
@@ -22,79 +40,165 @@ pub enum RecallError {
     Index(String),
     #[error("embedding has {got} dimensions, the index {want}")]
     Dim { got: usize, want: usize },
-}
-
-fn index_err(e: impl std::fmt::Display) -> RecallError {
-    RecallError::Index(e.to_string())
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
 }
 
 /// Weight of the newest history item relative to the one before it.
 const RECENCY_DECAY: f32 = 0.8;
+/// Room the overlay graph starts with (it doubles when full).
+const OVERLAY_CAPACITY: usize = 1 << 14;
+/// Vectors added per hold of the overlay graph's write lock (searches wait
+/// at most this many inserts, a few ms).
+const ADD_CHUNK: usize = 128;
 
-/// An ANN index over item embeddings.
-pub struct AnnIndex {
-    index: Index,
-    dim: usize,
+/// The ANN index of a catalog: the base version's graph and the graph of the
+/// items edited since.
+pub struct Ann {
+    base: Hnsw,
+    overlay: RwLock<Hnsw>,
+    /// Serialises adders, so that the room check before an add holds.
+    adding: Mutex<()>,
 }
 
-impl std::fmt::Debug for AnnIndex {
+impl std::fmt::Debug for Ann {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnnIndex").field("dim", &self.dim).field("size", &self.index.size()).finish()
+        f.debug_struct("Ann").field("base", &self.base.len()).field("overlay", &self.overlay_len()).finish()
     }
 }
 
-impl AnnIndex {
-    /// Indexes every item of the catalog that `live` accepts.
-    pub fn build(catalog: &Catalog, live: impl Fn(u32) -> bool) -> Result<Self, RecallError> {
-        let dim = catalog.manifest.embedding_dim;
-        let opts = IndexOptions {
-            dimensions: dim,
-            metric: MetricKind::IP,
-            quantization: ScalarKind::F32,
-            ..Default::default()
-        };
-        let index = Index::new(&opts).map_err(index_err)?;
-        index.reserve(catalog.len().max(16)).map_err(index_err)?;
-        let ann = AnnIndex { index, dim };
-        for i in 0..catalog.len() as u32 {
-            if live(i) {
-                ann.add(i, catalog.embedding(i))?;
-            }
+/// Builds a graph over the items `keep` accepts (all cores), keyed by item
+/// index, with `progress(done, total)` as it goes.
+pub fn build_graph(
+    catalog: &Catalog,
+    storage: Storage,
+    keep: impl Fn(u32) -> bool + Sync,
+    progress: impl Fn(usize, usize) + Sync,
+) -> Result<Hnsw, RecallError> {
+    let items: Vec<u32> = (0..catalog.len() as u32).filter(|&i| keep(i)).collect();
+    let g = Hnsw::new(catalog.manifest().embedding_dim, storage, items.len())?;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    items.par_chunks(1024).try_for_each(|chunk| {
+        for &i in chunk {
+            g.add(i as u64, &catalog.embedding(i))?;
         }
+        let d = done.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed) + chunk.len();
+        progress(d, items.len());
+        Ok::<(), RecallError>(())
+    })?;
+    Ok(g)
+}
+
+/// Builds the graph of a catalog version's served items with all cores and
+/// saves it as `dir/ann.usearch`, with a progress bar. Returns the graph's
+/// self-recall: the share of up to 1,000 evenly spaced items that a search
+/// for their own vector finds first (inserts from several threads can leave
+/// a node hard to reach, unum-cloud/USearch#735; this says how many).
+pub fn build_and_save(view: &Catalog, dir: &Path) -> Result<f64, RecallError> {
+    let p = crate::progress::Progress::new("ANN index", view.served_len() as u64);
+    let g = build_graph(view, Storage::F16, |i| view.is_served(i), |d, _| p.set(d as u64))?;
+    p.finish();
+    let probes: Vec<u32> = (0..view.len() as u32).filter(|&i| view.is_served(i)).step_by((view.served_len() / 1000).max(1)).collect();
+    let found = probes
+        .par_iter()
+        .filter(|&&i| g.search(&view.embedding(i), 1, |_| true).ok().and_then(|h| h.first().map(|x| x.0)) == Some(i as u64))
+        .count();
+    g.save(&dir.join(ANN_FILE))?;
+    Ok(found as f64 / probes.len().max(1) as f64)
+}
+
+/// Writes the graph of a new catalog version holding `view` into `dir`:
+/// the previous version's graph (`prev`, a file) loaded, the overlay's items
+/// swapped in under their row keys, saved; or, without one, built anew.
+pub fn write_version_graph(view: &Catalog, prev: Option<&Path>, dir: &Path) -> Result<(), RecallError> {
+    let out = dir.join(ANN_FILE);
+    let graph = match prev.filter(|p| p.is_file()) {
+        Some(p) => {
+            let mut g = Hnsw::load(p)?;
+            let changed: Vec<(u32, bool)> = view.overlay().items().map(|(i, e)| (i, e.served)).collect();
+            g.reserve_exclusive(g.len() + changed.len() + 16)?;
+            for &(item, _) in &changed {
+                if g.contains(item as u64) {
+                    g.remove_exclusive(item as u64)?;
+                }
+            }
+            let adds: Vec<u32> = changed.iter().filter(|c| c.1).map(|c| c.0).collect();
+            adds.par_iter().try_for_each(|&i| g.add(i as u64, &view.embedding(i)))?;
+            g
+        }
+        None => build_graph(view, Storage::F16, |i| view.is_served(i), |_, _| {})?,
+    };
+    graph.save(&out)
+}
+
+impl Ann {
+    /// The index for a catalog view: the base version's saved graph (mapped;
+    /// built in memory when the version has none), and the items the view's
+    /// overlay serves added to the overlay graph.
+    pub fn open(catalog: &Catalog) -> Result<Self, RecallError> {
+        let saved = catalog.base().source.as_ref().map(|d| d.join(ANN_FILE)).filter(|p| p.is_file());
+        let base = match saved {
+            Some(p) => Hnsw::view(&p)?,
+            None => {
+                let b = catalog.base();
+                build_graph(catalog, Storage::F32, |i| (i as usize) < b.rows() && !b.is_removed(i), |_, _| {})?
+            }
+        };
+        if base.dim() != catalog.manifest().embedding_dim {
+            return Err(RecallError::Dim { got: base.dim(), want: catalog.manifest().embedding_dim });
+        }
+        let storage = Storage::F32;
+        let ann = Ann {
+            base,
+            overlay: RwLock::new(Hnsw::new(catalog.manifest().embedding_dim, storage, OVERLAY_CAPACITY)?),
+            adding: Mutex::new(()),
+        };
+        let items: Vec<(u64, Vec<f32>)> = catalog
+            .overlay()
+            .items()
+            .filter_map(|(_, e)| e.item.as_ref().filter(|_| e.served).map(|it| (it.ann_key, it.embedding.clone())))
+            .collect();
+        ann.add(&items)?;
         Ok(ann)
     }
 
-    pub fn len(&self) -> usize {
-        self.index.size()
+    /// Vectors in the base graph.
+    pub fn base_len(&self) -> usize {
+        self.base.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Vectors in the overlay graph (stale ones included).
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Adds (or replaces) one item.
-    pub fn add(&self, item: u32, embedding: &[f32]) -> Result<(), RecallError> {
-        if embedding.len() != self.dim {
-            return Err(RecallError::Dim { got: embedding.len(), want: self.dim });
-        }
-        if self.index.contains(item as u64) {
-            self.index.remove(item as u64).map_err(index_err)?;
-        }
-        if self.index.size() + 1 >= self.index.capacity() {
-            self.index.reserve((self.index.capacity() * 2).max(16)).map_err(index_err)?;
-        }
-        self.index.add(item as u64, embedding).map_err(index_err)
+    /// Bytes of memory the graphs hold.
+    pub fn memory(&self) -> usize {
+        self.base.memory() + self.overlay.read().unwrap_or_else(|p| p.into_inner()).memory()
     }
 
-    /// Removes one item (no error when absent).
-    pub fn remove(&self, item: u32) -> Result<(), RecallError> {
-        self.index.remove(item as u64).map(|_| ()).map_err(index_err)
+    /// Adds vectors to the overlay graph (keys from [`Catalog::ann_key`]),
+    /// [`ADD_CHUNK`] at a time under the graph's write lock (growing it first
+    /// when it lacks room), so that no search runs beside an insert.
+    pub fn add(&self, items: &[(u64, Vec<f32>)]) -> Result<(), RecallError> {
+        let _one_adder = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        for chunk in items.chunks(ADD_CHUNK) {
+            let mut g = self.overlay.write().unwrap_or_else(|p| p.into_inner());
+            if g.len() + chunk.len() > g.capacity() {
+                let want = ((g.len() + chunk.len()) * 2).max(OVERLAY_CAPACITY);
+                g.reserve_exclusive(want)?;
+            }
+            for (k, v) in chunk {
+                g.add(*k, v)?;
+            }
+        }
+        Ok(())
     }
 
     /// The user vector of a history (item indices, oldest first): a
     /// recency-weighted mean of the items' embeddings, unit norm.
     pub fn user_vector(catalog: &Catalog, history: &[u32]) -> Vec<f32> {
-        let dim = catalog.manifest.embedding_dim;
+        let dim = catalog.manifest().embedding_dim;
         let mut v = vec![0f32; dim];
         let mut w = 1.0f32;
         for &item in history.iter().rev() {
@@ -108,70 +212,132 @@ impl AnnIndex {
         v
     }
 
-    /// The `k` items nearest to `query` that `keep` accepts, best first, with
-    /// their inner products.
-    pub fn search(&self, query: &[f32], k: usize, keep: impl Fn(u32) -> bool) -> Result<Vec<(u32, f32)>, RecallError> {
-        if query.len() != self.dim {
-            return Err(RecallError::Dim { got: query.len(), want: self.dim });
+    /// The `k` items nearest to `query` that the view serves (with the vector
+    /// it holds for them) and `keep` accepts, best first, with inner products.
+    pub fn search(&self, catalog: &Catalog, query: &[f32], k: usize, keep: impl Fn(u32) -> bool) -> Result<Vec<(u32, f32)>, RecallError> {
+        let current = |key: u64| {
+            let item = key as u32;
+            (item as usize) < catalog.len() && catalog.is_served(item) && catalog.ann_key(item) == key && keep(item)
+        };
+        let mut hits = self.base.search(query, k, &current)?;
+        let g = self.overlay.read().unwrap_or_else(|p| p.into_inner());
+        if !g.is_empty() {
+            hits.extend(g.search(query, k, &current)?);
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            hits.truncate(k);
         }
-        if k == 0 || self.is_empty() {
-            return Ok(Vec::new());
-        }
-        let found = self.index.filtered_search(query, k, |key: u64| keep(key as u32)).map_err(index_err)?;
-        Ok(found.keys.iter().zip(&found.distances).map(|(&key, &d)| (key as u32, 1.0 - d)).collect())
+        Ok(hits.into_iter().map(|(key, s)| (key as u32, s)).collect())
     }
 
-    /// [`AnnIndex::search`] for a history, leaving out `exclude`.
-    pub fn recall(
-        &self,
-        catalog: &Catalog,
-        history: &[u32],
-        k: usize,
-        exclude: &HashSet<u32>,
-        live: impl Fn(u32) -> bool,
-    ) -> Result<Vec<(u32, f32)>, RecallError> {
+    /// [`Ann::search`] for a history, leaving out `exclude`.
+    pub fn recall(&self, catalog: &Catalog, history: &[u32], k: usize, exclude: &HashSet<u32>) -> Result<Vec<(u32, f32)>, RecallError> {
         let q = Self::user_vector(catalog, history);
-        self.search(&q, k, |i| live(i) && !exclude.contains(&i))
+        self.search(catalog, &q, k, |i| !exclude.contains(&i))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::edit::NewItem;
 
     fn catalog() -> Catalog {
         crate::server::default_model::load(&candle_core::Device::Cpu).expect("embedded model").1
     }
 
     #[test]
-    fn finds_an_item_by_its_own_embedding_and_honours_filters() {
-        let cat = catalog();
-        let ann = AnnIndex::build(&cat, |_| true).unwrap();
-        assert_eq!(ann.len(), cat.len());
-        let q = cat.embedding(7).to_vec();
-        let hits = ann.search(&q, 5, |_| true).unwrap();
+    fn finds_an_item_by_its_own_embedding_and_follows_edits() {
+        let mut cat = catalog();
+        let ann = Ann::open(&cat).unwrap();
+        assert_eq!(ann.base_len(), cat.len());
+        let q = cat.embedding(7);
+        let hits = ann.search(&cat, &q, 5, |_| true).unwrap();
         assert_eq!(hits[0].0, 7);
         assert!((hits[0].1 - 1.0).abs() < 1e-4);
-        let hits = ann.search(&q, 5, |i| i != 7).unwrap();
+        let hits = ann.search(&cat, &q, 5, |i| i != 7).unwrap();
         assert_eq!(hits.len(), 5);
         assert!(hits.iter().all(|h| h.0 != 7));
-        ann.remove(7).unwrap();
-        assert!(ann.search(&q, 5, |_| true).unwrap().iter().all(|h| h.0 != 7));
-        ann.add(7, &q).unwrap();
-        assert_eq!(ann.search(&q, 1, |_| true).unwrap()[0].0, 7);
-        assert!(matches!(ann.add(1, &[0.0; 3]), Err(RecallError::Dim { .. })));
+        // a removed item is gone for views after the removal, not before
+        let before = cat.clone();
+        let id = cat.item_id(7).to_string();
+        cat.remove(&id, 1).unwrap();
+        assert!(ann.search(&cat, &q, 5, |_| true).unwrap().iter().all(|h| h.0 != 7));
+        assert_eq!(ann.search(&before, &q, 1, |_| true).unwrap()[0].0, 7);
+        // served again with another vector: found by the new one only
+        let other = cat.embedding(100);
+        let up = cat.upsert(NewItem { id: id.clone(), title: "x".into(), embedding: other.clone(), semantic_id: None }, 2).unwrap();
+        ann.add(&[(up.ann_key, up.embedding.clone())]).unwrap();
+        let hits = ann.search(&cat, &other, 2, |_| true).unwrap();
+        assert!(hits.iter().any(|h| h.0 == 7), "{hits:?}");
+        assert!(ann.search(&cat, &q, 3, |_| true).unwrap().iter().all(|h| h.0 != 7 || h.1 < 0.99));
+        assert!(matches!(ann.search(&cat, &[0.0; 3], 1, |_| true), Err(RecallError::Dim { .. })));
     }
 
     #[test]
     fn user_vector_leans_to_recent_items() {
         let cat = catalog();
-        let v = AnnIndex::user_vector(&cat, &[3, 9]);
+        let v = Ann::user_vector(&cat, &[3, 9]);
         let dot = |i: u32| cat.embedding(i).iter().zip(&v).map(|(a, b)| a * b).sum::<f32>();
         assert!(dot(9) > dot(3));
-        let ann = AnnIndex::build(&cat, |_| true).unwrap();
+        let ann = Ann::open(&cat).unwrap();
         let ex: HashSet<u32> = [3, 9].into();
-        let hits = ann.recall(&cat, &[3, 9], 10, &ex, |_| true).unwrap();
+        let hits = ann.recall(&cat, &[3, 9], 10, &ex).unwrap();
         assert_eq!(hits.len(), 10);
         assert!(hits.iter().all(|h| !ex.contains(&h.0)));
+    }
+
+    /// Searches from 8 threads while 100k vectors are added (the overlay
+    /// graph grows several times meanwhile): no search fails or crashes, and
+    /// every added vector is there and found by its own vector afterwards.
+    #[test]
+    fn concurrent_adds_and_searches() {
+        let dim = 8;
+        let n = 100_000usize;
+        let ann = std::sync::Arc::new(Ann {
+            base: Hnsw::new(dim, Storage::F32, 16).unwrap(),
+            overlay: RwLock::new(Hnsw::new(dim, Storage::F32, 64).unwrap()),
+            adding: Mutex::new(()),
+        });
+        let vec_of = move |i: usize| -> Vec<f32> {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
+            let v: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / n).collect()
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let searchers: Vec<_> = (0..8)
+            .map(|t| {
+                let (ann, stop) = (ann.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut searches = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let q = vec_of(t * 7919 + searches);
+                        let g = ann.overlay.read().unwrap();
+                        g.search(&q, 10, |_| true).expect("a search never fails");
+                        drop(g);
+                        searches += 1;
+                        // leave the cores to the adder (and to other tests)
+                        std::thread::sleep(std::time::Duration::from_micros(300));
+                    }
+                    searches
+                })
+            })
+            .collect();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
+            let items: Vec<(u64, Vec<f32>)> = chunk.iter().map(|&i| (i as u64, vec_of(i))).collect();
+            ann.add(&items).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let searches: usize = searchers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(searches > 0);
+        let g = ann.overlay.read().unwrap();
+        assert_eq!(g.len(), n);
+        let missing: Vec<usize> = (0..n).step_by(97).filter(|&i| !g.contains(i as u64)).collect();
+        assert!(missing.is_empty(), "{missing:?}");
+        // found by search, not only present: the nearest to its own vector
+        let probes: Vec<usize> = (0..n).step_by(97).collect();
+        let found = probes.iter().filter(|&&i| g.search(&vec_of(i), 1, |_| true).unwrap()[0].0 == i as u64).count();
+        assert_eq!(found, probes.len(), "every probed vector is its own nearest neighbour");
     }
 }

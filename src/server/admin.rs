@@ -1,7 +1,9 @@
 //! Admin routes (bearer token; off when no token is configured):
 //! `GET/POST /admin/models`, `POST /admin/models/rollback`,
-//! `POST /admin/items`, `DELETE /admin/items/{id}`. Loads and edits run off
-//! the async runtime's workers.
+//! `POST /admin/items` (one JSON item, or a batch as NDJSON),
+//! `GET/DELETE /admin/items/{id}`, `GET /admin/catalog`,
+//! `POST /admin/catalog/compact`. Loads and edits run off the async
+//! runtime's workers.
 
 use std::sync::Arc;
 
@@ -16,8 +18,13 @@ use serde_json::json;
 
 use super::api::{body_bytes, parse_body, ApiError};
 use super::{metrics, AppState};
-use crate::engine::admin::NewItem;
+use crate::engine::edits::NewItem;
 use crate::engine::{Engine, EngineError, ModelInfo};
+
+/// Largest body of `POST /admin/items` (a batch of NDJSON lines).
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Most lines in one batch.
+pub const MAX_BATCH_LINES: usize = 100_000;
 
 /// Checks the bearer token; every admin handler starts here.
 fn authorise(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -67,9 +74,10 @@ fn swapped(st: &AppState, info: ModelInfo) -> Response {
     Json(json!({"current": info, "previous": previous})).into_response()
 }
 
-/// Updates the served-items gauge after a catalog edit.
-fn catalog_edited(st: &AppState) {
-    ::metrics::gauge!(metrics::CATALOG_ITEMS).set(st.engine.catalog().catalog.live_len() as f64);
+/// Updates the catalog metrics after `n` edits.
+fn catalog_edited(st: &AppState, n: usize) {
+    ::metrics::gauge!(metrics::CATALOG_ITEMS).set(st.engine.catalog().catalog.served_len() as f64);
+    ::metrics::counter!(metrics::CATALOG_EDITS).increment(n as u64);
 }
 
 pub async fn list_models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -116,8 +124,28 @@ struct ItemBody {
     text: Option<String>,
     #[serde(default)]
     embedding: Option<Vec<f32>>,
+    #[serde(default)]
+    semantic_id: Option<Vec<u32>>,
 }
 
+impl ItemBody {
+    fn into_item(self) -> NewItem {
+        let title = self.title.clone().or_else(|| self.text.clone()).unwrap_or_else(|| self.id.clone());
+        NewItem { id: self.id, title, text: self.text, embedding: self.embedding, semantic_id: self.semantic_id }
+    }
+}
+
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson") || v.starts_with("application/jsonl"))
+}
+
+/// `POST /admin/items`: one item as JSON (answers 201 when new, 200 when it
+/// replaced a served item), or a batch as NDJSON (`content-type:
+/// application/x-ndjson`, one item per line): the good lines are applied,
+/// the answer counts them and lists the bad ones by line number.
 pub async fn add_item(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -126,15 +154,56 @@ pub async fn add_item(
     respond(
         async {
             authorise(&st, &headers)?;
-            let b: ItemBody = parse_body(&body_bytes(body)?)?;
-            let title = b.title.clone().or_else(|| b.text.clone()).unwrap_or_else(|| b.id.clone());
-            let item = NewItem { id: b.id.clone(), title, text: b.text, embedding: b.embedding };
-            let sid = blocking(&st, move |e| e.add_item(item)).await?;
-            catalog_edited(&st);
-            Ok((StatusCode::CREATED, Json(json!({"item_id": b.id, "semantic_id": sid}))).into_response())
+            let bytes = body_bytes(body)?;
+            if is_ndjson(&headers) {
+                return add_batch(&st, &bytes).await;
+            }
+            if bytes.len() > super::MAX_BODY_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Some("body"),
+                    format!("a single item is at most {} bytes; send batches as NDJSON", super::MAX_BODY_BYTES),
+                ));
+            }
+            let b: ItemBody = parse_body(&bytes)?;
+            let up = blocking(&st, move |e| e.upsert_item(b.into_item())).await?;
+            catalog_edited(&st, 1);
+            let status = if up.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok((status, Json(json!({"item_id": up.item_id, "semantic_id": up.semantic_id, "created": up.created}))).into_response())
         }
         .await,
     )
+}
+
+async fn add_batch(st: &Arc<AppState>, bytes: &[u8]) -> Result<Response, ApiError> {
+    let mut lines = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let n = i + 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if lines.len() + errors.len() >= MAX_BATCH_LINES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some("body"),
+                format!("a batch holds at most {MAX_BATCH_LINES} items"),
+            ));
+        }
+        match parse_body::<ItemBody>(line) {
+            Ok(b) => lines.push((n, b.into_item())),
+            Err(e) => errors.push(e.line_error(n)),
+        }
+    }
+    let mut outcome = blocking(st, move |e| e.upsert_batch(lines)).await?;
+    catalog_edited(st, outcome.applied);
+    outcome.errors.extend(errors);
+    outcome.errors.sort_by_key(|e| e.line);
+    Ok(Json(outcome).into_response())
+}
+
+pub async fn get_item(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    respond(authorise(&st, &headers).and_then(|()| Ok(Json(st.engine.item(&id)?).into_response())))
 }
 
 pub async fn remove_item(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -143,8 +212,26 @@ pub async fn remove_item(State(st): State<Arc<AppState>>, headers: HeaderMap, Pa
             authorise(&st, &headers)?;
             let removed = id.clone();
             blocking(&st, move |e| e.remove_item(&removed)).await?;
-            catalog_edited(&st);
+            catalog_edited(&st, 1);
             Ok(Json(json!({"removed": id})).into_response())
+        }
+        .await,
+    )
+}
+
+/// `GET /admin/catalog`: version, sizes, live edits pending compaction.
+pub async fn catalog_info(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    respond(authorise(&st, &headers).map(|()| Json(st.engine.catalog_info()).into_response()))
+}
+
+/// `POST /admin/catalog/compact`: folds the live edits into a new catalog
+/// version now (answers when done; edits and requests go on meanwhile).
+pub async fn compact(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    respond(
+        async {
+            authorise(&st, &headers)?;
+            let report = blocking(&st, |e| e.compact()).await?;
+            Ok(Json(report).into_response())
         }
         .await,
     )

@@ -91,6 +91,19 @@ impl ApiError {
         ApiError { status, field: field.map(str::to_string), message: message.into() }
     }
 
+    /// This error as the report of one line of a batch.
+    pub(crate) fn line_error(self, line: usize) -> crate::engine::edits::LineError {
+        let field = match self.field.as_deref().map(|f| f.split(['.', '[']).next().unwrap_or(f)) {
+            Some("id") => Some("id"),
+            Some("title") => Some("title"),
+            Some("text") => Some("text"),
+            Some("embedding") => Some("embedding"),
+            Some("semantic_id") => Some("semantic_id"),
+            Some(_) | None => Some("body"),
+        };
+        crate::engine::edits::LineError { line, field, error: self.message }
+    }
+
     fn outcome(&self) -> &'static str {
         match self.status.as_u16() {
             429 => "rejected",
@@ -250,7 +263,7 @@ async fn serve_recommend(
 pub async fn intents(State(st): State<Arc<AppState>>) -> Response {
     let cat = st.engine.catalog();
     let method = st.engine.coldstart().map(|c| c.method());
-    Json(json!({"intents": cat.catalog.intents, "method": method})).into_response()
+    Json(json!({"intents": cat.catalog.intents(), "method": method})).into_response()
 }
 
 pub async fn healthz() -> impl IntoResponse {
@@ -259,7 +272,7 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// Ready once a model is loaded and has passed its smoke generation.
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let items = st.engine.catalog().catalog.live_len();
+    let items = st.engine.catalog().catalog.served_len();
     match st.engine.model() {
         Some(m) => Json(json!({"status": "ready", "model": m.label(), "items": items})).into_response(),
         None => (

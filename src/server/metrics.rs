@@ -18,6 +18,8 @@ pub const TOKENS: &str = "genrec_generated_tokens_total";
 pub const ITEMS: &str = "genrec_recommended_items_total";
 pub const MODEL_INFO: &str = "genrec_model_info";
 pub const CATALOG_ITEMS: &str = "genrec_catalog_items";
+/// Live catalog edits applied (upserts and deletes).
+pub const CATALOG_EDITS: &str = "genrec_catalog_edits_total";
 /// Cold-start answers by how their intents were found (`llm`, `embedding`).
 pub const COLDSTART: &str = "genrec_coldstart_requests_total";
 
@@ -49,6 +51,7 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(ITEMS, "Items returned in answers");
             metrics::describe_gauge!(MODEL_INFO, "The model in service (value 1; labels name, version)");
             metrics::describe_gauge!(CATALOG_ITEMS, "Items the catalog serves");
+            metrics::describe_counter!(CATALOG_EDITS, "Live catalog edits applied (upserts and deletes)");
             handle
         })
         .clone()

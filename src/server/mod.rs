@@ -16,14 +16,14 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument;
 
 use crate::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use crate::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate, DEFAULT_INTENT_MODEL};
-use crate::engine::snapshot::load_pair;
+use crate::engine::edits::open_store;
 use crate::engine::{BatchOptions, Engine, EngineOptions};
 
 /// Largest accepted request body.
@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// is loaded.
     #[arg(long, env = "GENREC_ENCODER", default_value = DEFAULT_ENCODER_DIR)]
     pub encoder: PathBuf,
+    /// Compact the catalog (fold its edit log into a new version) when the log
+    /// passes this many MiB; 0: only on POST /admin/catalog/compact.
+    #[arg(long, env = "GENREC_COMPACT_LOG_MB", default_value_t = crate::engine::DEFAULT_COMPACT_LOG_BYTES >> 20)]
+    pub compact_log_mb: u64,
     /// Cold-start intent LLM: a llama GGUF file or a Hugging Face folder
     /// (config.json, model.safetensors, tokenizer.json), or `none`. Default:
     /// SmolLM2-135M-Instruct from scripts/fetch-models.sh when present.
@@ -117,8 +121,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics_text))
         .route("/admin/models", get(admin::list_models).post(admin::load_model))
         .route("/admin/models/rollback", post(admin::rollback))
-        .route("/admin/items", post(admin::add_item))
-        .route("/admin/items/{id}", delete(admin::remove_item))
+        .route("/admin/items", post(admin::add_item).layer(DefaultBodyLimit::max(admin::MAX_BATCH_BYTES)))
+        .route("/admin/items/{id}", get(admin::get_item).delete(admin::remove_item))
+        .route("/admin/catalog", get(admin::catalog_info))
+        .route("/admin/catalog/compact", post(admin::compact))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(request_id))
@@ -151,20 +157,44 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     let dev = args.device.open()?;
     let dtype = args.dtype;
     tracing::info!(device = ?args.device, ?dtype, "model device");
-    let (model, catalog, source) = match (&args.model, args.no_model) {
-        (_, true) => {
-            let dir = args.catalog.as_ref().context("--no-model needs --catalog")?;
-            (None, crate::catalog::Catalog::load(dir)?, String::new())
-        }
+    let (model, catalog_dir, source) = match (&args.model, args.no_model) {
+        (_, true) => (None, args.catalog.clone().context("--no-model needs --catalog")?, String::new()),
         (Some(dir), false) => {
-            let (m, c) = load_pair(dir, args.catalog.as_deref(), &dev, dtype)?;
-            (Some(m), c, dir.display().to_string())
+            let m = crate::model::Model::load_as(dir, &dev, dtype).with_context(|| format!("loading the model {}", dir.display()))?;
+            let cat = args
+                .catalog
+                .clone()
+                .or_else(|| m.catalog_dir())
+                .context("the model names no catalog: pass --catalog")?;
+            (Some(m), cat, dir.display().to_string())
         }
         (None, false) => {
             let (m, c) = default_model::load_as(&dev, dtype).context("loading the embedded default model")?;
-            (Some(m), c, "embedded".to_string())
+            return finish_engine(args, Some((m, "embedded".to_string())), c, None, dev, dtype);
         }
     };
+    let t0 = std::time::Instant::now();
+    let (catalog, store, report) = open_store(&catalog_dir).with_context(|| format!("opening the catalog {}", catalog_dir.display()))?;
+    tracing::info!(
+        catalog = %catalog_dir.display(),
+        version = report.version,
+        items = catalog.served_len(),
+        replayed = report.replayed,
+        durable = store.is_some(),
+        seconds = t0.elapsed().as_secs_f64(),
+        "catalog open"
+    );
+    finish_engine(args, model.map(|m| (m, source)), catalog, store, dev, dtype)
+}
+
+fn finish_engine(
+    args: &ServeArgs,
+    model: Option<(crate::model::Model, String)>,
+    catalog: crate::catalog::Catalog,
+    store: Option<crate::engine::edits::CatalogStore>,
+    dev: candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<Arc<Engine>> {
     let opts = EngineOptions {
         batch: BatchOptions {
             max_queue: args.max_queue.max(1),
@@ -177,12 +207,15 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         encoder: Some(args.encoder.clone()),
         device: dev.clone(),
         dtype,
+        compact_log_bytes: args.compact_log_mb << 20,
     };
-    ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.live_len() as f64);
+    ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;
-    let engine = Arc::new(Engine::new(catalog, opts, Arc::new(metrics::SchedulerMetrics))?);
+    let t0 = std::time::Instant::now();
+    let engine = Engine::with_store(catalog, store, opts, Arc::new(metrics::SchedulerMetrics))?;
+    tracing::info!(seconds = t0.elapsed().as_secs_f64(), "ANN index open");
     engine.set_coldstart(coldstart.map(Arc::new));
-    if let Some(m) = model {
+    if let Some((m, source)) = model {
         let info = engine.install(m, source)?;
         metrics::model_swapped(None, &info);
     }

@@ -282,7 +282,7 @@ pub fn train(
         return Err(TrainError::Invalid(format!("an exponential average's decay must be in (0, 1), got {a}")));
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(out.display().to_string(), e))?;
-    let sidecar = Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest, opts.max_history);
+    let sidecar = Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest(), opts.max_history);
     let mut cfg = ModelConfig::llama(sidecar.min_vocab(), opts.hidden, opts.layers, opts.heads, opts.kv_heads, opts.ff);
     cfg.bos_token_id = Some(sidecar.bos_token_id);
     cfg.eos_token_id = Some(sidecar.eos_token_id);
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn recency_weights_follow_the_distance_to_the_end_of_the_training_part() {
         let cat = random_catalog(40, &[4, 4, 3], 1);
-        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest, 3);
+        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest(), 3);
         let levels = sidecar.levels();
         // 12 items: the training part is items 0..10; windows of 4 items
         let inter = one_user(12);
@@ -489,7 +489,7 @@ mod tests {
     #[test]
     fn weighted_loss_with_equal_weights_is_the_plain_loss() {
         let cat = random_catalog(40, &[4, 4, 3], 2);
-        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest, 5);
+        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest(), 5);
         let mut inter = one_user(9);
         inter.users.push("v".into());
         inter.sequences.push(["3", "7", "1", "30", "12"].iter().map(|s| s.to_string()).collect());

@@ -1,5 +1,5 @@
 //! Launches `kernels/beam_step.cu` on candle's CUDA stream: the trie uploaded
-//! once per catalog snapshot, the request filters once per batch, and per
+//! once per catalog base version, the request filters once per batch, and per
 //! level one kernel that reads the model's logits where they lie and leaves
 //! its outputs (beam state, cache rows to keep, next tokens) on the device.
 

@@ -46,7 +46,7 @@ impl LevelFilters {
     /// Filters for `level`: intents (`within`) at the first level, excluded
     /// items at the last; `None` where no request has any.
     pub fn new(catalog: &Catalog, reqs: &[GenRequest], level: usize) -> Self {
-        let trie = &catalog.trie;
+        let trie = &catalog.trie();
         let allow = (level == 0 && reqs.iter().any(|q| !q.within.is_empty())).then(|| {
             NodeLists::from_lists(reqs.iter().map(|q| {
                 let mut nodes: Vec<u32> = q.within.iter().filter_map(|&c| trie.child(0, c)).collect();

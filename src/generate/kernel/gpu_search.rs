@@ -18,7 +18,7 @@ use crate::generate::step::StepShape;
 use crate::model::{BeamKv, HistoryKv, Model};
 
 /// Device copies of recently used tries, by (trie id, device id): a catalog
-/// snapshot is uploaded once, a live edit (a new trie) uploads again.
+/// base version is uploaded once, a compaction (a new base trie) uploads again.
 static TRIES: Mutex<Vec<(u64, candle_core::cuda_backend::DeviceId, Arc<GpuTrie>)>> = Mutex::new(Vec::new());
 const CACHED_TRIES: usize = 4;
 
@@ -55,7 +55,7 @@ pub fn decode_levels(
     if beam > cuda::MAX_BEAMS {
         return Err(GenerateError::Mismatch(format!("beam {beam} exceeds the GPU kernel's {}", cuda::MAX_BEAMS)));
     }
-    let trie = device_trie(dev, &catalog.trie)?;
+    let trie = device_trie(dev, catalog.trie().base())?;
     let (mut scores, mut nodes) = GpuBeams::start(dev, r)?;
     let mut scratch = Scratch::default();
     let mut beams_kv = BeamKv::new(model.config.num_hidden_layers);

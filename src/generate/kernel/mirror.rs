@@ -220,8 +220,9 @@ mod tests {
                 })
                 .collect();
             let mut cat = cat;
-            cat.trie = trie;
-            let trie = &cat.trie;
+            cat.replace_trie(trie);
+            let view = cat.trie();
+            let trie = view.base();
             // walk down the levels with random beams at each depth
             for depth in 0..3 {
                 let codes = sizes[depth] as usize;
@@ -241,7 +242,7 @@ mod tests {
                 let filters = LevelFilters::new(&cat, &reqs, depth);
                 let shape = StepShape { requests, beams_in, beams_out, codes };
                 for nm in [None, Some(&norm[..])] {
-                    let want = beam_step(trie, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
+                    let want = beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
                     let input = StepInput { logits: &logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
                     let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7);
                     assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");

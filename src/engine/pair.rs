@@ -9,7 +9,7 @@ use crate::catalog::Catalog;
 use crate::model::Model;
 
 /// A model with the catalog it generates over.
-pub struct Snapshot {
+pub struct Pair {
     pub model: Arc<Model>,
     pub catalog: Arc<Catalog>,
 }
@@ -18,15 +18,15 @@ pub struct Snapshot {
 pub fn check_pair(model: &Model, catalog: &Catalog) -> Result<(), EngineError> {
     model
         .sidecar
-        .validate(model.config.vocab_size, &catalog.manifest)
+        .validate(model.config.vocab_size, &catalog.manifest())
         .map_err(|e| EngineError::Mismatch(e.to_string()))
 }
 
-impl Snapshot {
+impl Pair {
     /// Pairs a model with a catalog after checking that they belong together.
     pub fn new(model: Model, catalog: Catalog) -> Result<Self, EngineError> {
         check_pair(&model, &catalog)?;
-        Ok(Snapshot { model: Arc::new(model), catalog: Arc::new(catalog) })
+        Ok(Pair { model: Arc::new(model), catalog: Arc::new(catalog) })
     }
 
     /// Loads a model folder and its catalog: `catalog_dir` when given, else the

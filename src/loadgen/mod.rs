@@ -7,6 +7,8 @@
 //! `rate` per second, independent of answers) measures latency at a given
 //! load, including queueing, as real traffic sees it.
 
+pub mod catalog;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

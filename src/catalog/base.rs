@@ -1,0 +1,134 @@
+//! The base of a catalog: the immutable arrays of one catalog version (item
+//! ids and titles, semantic IDs, embeddings, codebooks, the trie, the id map,
+//! intent labels). Built in memory by `genrec index` and the tests, or
+//! memory-mapped from a version folder (see [`super::format`]). Live edits
+//! never change a base; they go to the [`super::overlay::Overlay`] above it
+//! until a compaction writes a new version.
+
+use super::array::Array;
+use super::idmap::IdMap;
+use super::strings::StringTable;
+use super::trie::Trie;
+use super::{CatalogError, Intent, Manifest};
+
+/// Item embeddings, `[rows × dim]`, in the dtype they were stored in.
+#[derive(Clone, Debug)]
+pub enum Embeddings {
+    F32(Array<f32>),
+    /// IEEE half precision (bits), as catalog versions store them: half the
+    /// bytes, and well within what ANN recall and semantic-ID assignment need.
+    F16(Array<u16>),
+}
+
+impl Default for Embeddings {
+    fn default() -> Self {
+        Embeddings::F32(Array::default())
+    }
+}
+
+impl Embeddings {
+    /// Row `i` as f32 into `out` (cleared first).
+    pub fn row_into(&self, i: usize, dim: usize, out: &mut Vec<f32>) {
+        out.clear();
+        match self {
+            Embeddings::F32(a) => out.extend_from_slice(&a[i * dim..(i + 1) * dim]),
+            Embeddings::F16(a) => out.extend(a[i * dim..(i + 1) * dim].iter().map(|&b| half::f16::from_bits(b).to_f32())),
+        }
+    }
+
+    pub fn values(&self) -> usize {
+        match self {
+            Embeddings::F32(a) => a.len(),
+            Embeddings::F16(a) => a.len(),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            Embeddings::F32(a) => a.bytes(),
+            Embeddings::F16(a) => a.bytes(),
+        }
+    }
+
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Embeddings::F32(_) => "f32",
+            Embeddings::F16(_) => "f16",
+        }
+    }
+}
+
+/// One catalog version's immutable data.
+#[derive(Debug)]
+pub struct Base {
+    pub manifest: Manifest,
+    pub ids: StringTable,
+    pub titles: StringTable,
+    /// Flat semantic IDs: `sids[row * levels + l]`.
+    pub sids: Array<u32>,
+    pub embeddings: Embeddings,
+    /// `codebooks[l]`: `[codebook_sizes[l] × dim]` for the k-means levels
+    /// (empty when the semantic IDs were imported).
+    pub codebooks: Vec<Vec<f32>>,
+    pub trie: Trie,
+    pub idmap: IdMap,
+    pub intents: Vec<Intent>,
+    /// Rows kept for their index but not served (removed before the last
+    /// compaction), sorted.
+    pub removed: Array<u32>,
+    /// The version folder it was read from (none: built in memory).
+    pub source: Option<std::path::PathBuf>,
+}
+
+impl Base {
+    /// Checks that the arrays agree with the manifest and each other.
+    pub fn check(&self) -> Result<(), CatalogError> {
+        let n = self.manifest.num_items;
+        let levels = self.manifest.codebook_sizes.len();
+        let dim = self.manifest.embedding_dim;
+        let bad = |m: String| Err(CatalogError::Format(m));
+        if self.ids.len() != n || self.titles.len() != n {
+            return bad(format!("{n} items but {} ids and {} titles", self.ids.len(), self.titles.len()));
+        }
+        if self.sids.len() != n * levels {
+            return bad(format!("{n} items of {levels} codes but {} codes", self.sids.len()));
+        }
+        if self.embeddings.values() != n * dim {
+            return bad(format!("{n} items of dimension {dim} but {} embedding values", self.embeddings.values()));
+        }
+        if self.removed.windows(2).any(|w| w[0] >= w[1]) || self.removed.last().is_some_and(|&r| r as usize >= n) {
+            return bad("removed rows must be sorted, unique and in range".into());
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.manifest.num_items
+    }
+
+    pub fn levels(&self) -> usize {
+        self.manifest.codebook_sizes.len()
+    }
+
+    /// Whether row `i` was removed before this version was written.
+    pub fn is_removed(&self, i: u32) -> bool {
+        !self.removed.is_empty() && self.removed.binary_search(&i).is_ok()
+    }
+
+    pub fn sid(&self, i: u32) -> &[u32] {
+        let l = self.levels();
+        &self.sids[i as usize * l..(i as usize + 1) * l]
+    }
+
+    /// Bytes per part, for `GET /admin/catalog` and the scale bench.
+    pub fn memory(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("ids", self.ids.bytes()),
+            ("titles", self.titles.bytes()),
+            ("semantic_ids", self.sids.bytes()),
+            ("embeddings", self.embeddings.bytes()),
+            ("trie", self.trie.bytes()),
+            ("id_map", self.idmap.bytes()),
+        ]
+    }
+}

@@ -1,0 +1,478 @@
+//! A catalog folder: versions, the edit log after the current version, and
+//! compaction.
+//!
+//! ```text
+//! CATALOG_DIR/
+//!   CURRENT              name of the current version folder ("v-000002")
+//!   v-000002/            one version (see super::format), never changed once written
+//!   edits-000002.log     the edits after version 2 (see super::editlog)
+//!   LOCK                 held by the one process that may write (a server, or `genrec catalog compact`)
+//! ```
+//!
+//! Opening loads the current version and replays, in order, every log
+//! numbered from the version's number up. A compaction moves new edits to the
+//! next log (`edits-000003.log`), writes `v-000003` from the view it started
+//! with (under a temporary name, renamed when complete), then points `CURRENT`
+//! at it by an atomic rename and deletes the older version and logs. A crash
+//! at any point leaves either the old version with both logs, or the new one
+//! with its own: nothing acknowledged is lost, nothing is applied twice (edit
+//! ids are checked on replay).
+//!
+//! A folder of the first format (`catalog.json`, `items.json`,
+//! `catalog.safetensors`) opens as version 0, read into memory; its first
+//! compaction writes `v-000001` beside it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::array::Array;
+use super::base::{Base, Embeddings};
+use super::edit::EditRecord;
+use super::editlog::{self, EditLog};
+use super::format::{self, sync_dir, ArrayWriter, Manifest};
+use super::idmap::IdMap;
+use super::strings::StringsBuilder;
+use super::trie::Trie;
+use super::{Catalog, CatalogError};
+
+pub const CURRENT_FILE: &str = "CURRENT";
+pub const LOCK_FILE: &str = "LOCK";
+
+fn version_name(v: u64) -> String {
+    format!("v-{v:06}")
+}
+
+fn log_name(v: u64) -> String {
+    format!("edits-{v:06}.log")
+}
+
+/// The log numbers present in `dir`, ascending.
+fn log_numbers(dir: &Path) -> Result<Vec<u64>, CatalogError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| CatalogError::io(dir, e))? {
+        let e = e.map_err(|e| CatalogError::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("edits-").and_then(|s| s.strip_suffix(".log")).and_then(|s| s.parse().ok()) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Which version a folder is at, and where it lies.
+fn current_version(dir: &Path) -> Result<(u64, PathBuf), CatalogError> {
+    let cur = dir.join(CURRENT_FILE);
+    match std::fs::read_to_string(&cur) {
+        Ok(s) => {
+            let name = s.trim();
+            let v = name
+                .strip_prefix("v-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| CatalogError::Format(format!("{}: {name:?} is not a version name", cur.display())))?;
+            Ok((v, dir.join(name)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join(super::legacy::MANIFEST_FILE).is_file() {
+                Ok((0, dir.to_path_buf()))
+            } else {
+                Err(CatalogError::Format(format!(
+                    "{} is not a catalog folder (no {CURRENT_FILE} and no {}): build one with `genrec index`",
+                    dir.display(),
+                    super::legacy::MANIFEST_FILE
+                )))
+            }
+        }
+        Err(e) => Err(CatalogError::io(&cur, e)),
+    }
+}
+
+/// What opening a folder found, besides the catalog.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    pub version: u64,
+    /// Records replayed from the logs.
+    pub replayed: usize,
+    /// Torn tails dropped: `(log file, offset)`.
+    pub torn: Vec<(PathBuf, u64)>,
+}
+
+/// Loads the current version of `dir` and replays its logs (read-only: the
+/// folder is not locked and nothing is written).
+pub fn open_read_only(dir: &Path) -> Result<(Catalog, OpenReport), CatalogError> {
+    let (v, vdir) = current_version(dir)?;
+    let base = if v == 0 { super::legacy::load(&vdir)? } else { Base::map(&vdir)? };
+    let mut cat = Catalog::from_base(base);
+    let mut report = OpenReport { version: v, ..Default::default() };
+    for n in log_numbers(dir)?.into_iter().filter(|&n| n >= v) {
+        let p = dir.join(log_name(n));
+        let c = editlog::read(&p)?;
+        if let Some(at) = c.torn_at {
+            tracing::warn!(log = %p.display(), offset = at, "edit log: a torn record at the end was dropped (never acknowledged)");
+            report.torn.push((p.clone(), at));
+        }
+        replay(&mut cat, &c.records, &p)?;
+        report.replayed += c.records.len();
+    }
+    Ok((cat, report))
+}
+
+fn replay(cat: &mut Catalog, records: &[EditRecord], log: &Path) -> Result<(), CatalogError> {
+    for r in records {
+        cat.apply(r).map_err(|e| {
+            CatalogError::Format(format!("{}: replaying edit {}: {e}", log.display(), r.edit_id))
+        })?;
+    }
+    Ok(())
+}
+
+/// A catalog folder opened for writing: the lock, and the log edits go to.
+pub struct WritableDir {
+    path: PathBuf,
+    _lock: File,
+    /// Number of the active log.
+    log_number: u64,
+    version: u64,
+}
+
+impl std::fmt::Debug for WritableDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WritableDir({}, v{}, log {})", self.path.display(), self.version, self.log_number)
+    }
+}
+
+/// Takes the folder's lock, cleans up what a crash left, loads and replays.
+/// Returns the catalog, the open log (for appends) and the folder handle.
+pub fn open_writable(dir: &Path) -> Result<(Catalog, EditLog, WritableDir, OpenReport), CatalogError> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| CatalogError::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(CatalogError::Busy(format!(
+                "{} is in use by another genrec process (it holds {LOCK_FILE})",
+                dir.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(CatalogError::io(&lock_path, e)),
+    }
+    let (version, _) = current_version(dir)?;
+    cleanup(dir, version)?;
+    let (cat, report) = open_read_only(dir)?;
+    let log_number = log_numbers(dir)?.last().copied().unwrap_or(version).max(version);
+    let log_path = dir.join(log_name(log_number));
+    let valid = editlog::read(&log_path)?.valid_bytes;
+    let log = EditLog::open(&log_path, valid)?;
+    Ok((cat, log, WritableDir { path: dir.into(), _lock: lock, log_number, version }, report))
+}
+
+/// Removes unfinished version folders, older versions and older logs.
+fn cleanup(dir: &Path, version: u64) -> Result<(), CatalogError> {
+    for e in std::fs::read_dir(dir).map_err(|e| CatalogError::io(dir, e))? {
+        let e = e.map_err(|e| CatalogError::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old_version = name.strip_prefix("v-").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n < version);
+        let old_log = name
+            .strip_prefix("edits-")
+            .and_then(|s| s.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n < version);
+        let unfinished = name.starts_with("v-") && name.contains(".tmp");
+        if unfinished || old_version {
+            let _ = std::fs::remove_dir_all(e.path());
+        } else if old_log {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+impl WritableDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Starts a compaction: edits from now on go to a new log, numbered as
+    /// the version the compaction will write. Returns that log and number.
+    pub fn rotate(&mut self) -> Result<(EditLog, u64), CatalogError> {
+        let next = self.log_number + 1;
+        let log = EditLog::open(&self.path.join(log_name(next)), 0)?;
+        self.log_number = next;
+        Ok((log, next))
+    }
+
+    /// Writes `view` as version `number` (see [`write_version`]), points
+    /// `CURRENT` at it and deletes older versions and logs.
+    pub fn commit_version(
+        &mut self,
+        view: &Catalog,
+        number: u64,
+        extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
+    ) -> Result<PathBuf, CatalogError> {
+        let final_dir = self.path.join(version_name(number));
+        let tmp = self.path.join(format!("{}.tmp-{}", version_name(number), std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| CatalogError::io(&tmp, e))?;
+        write_version(view, &tmp, number)?;
+        extra(view, &tmp)?;
+        sync_dir(&tmp)?;
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp, &final_dir).map_err(|e| CatalogError::io(&final_dir, e))?;
+        sync_dir(&self.path)?;
+        set_current(&self.path, number)?;
+        self.version = number;
+        cleanup(&self.path, number)?;
+        // a legacy folder's own files stay: they are version 0, ignored from now on
+        Ok(final_dir)
+    }
+}
+
+fn set_current(dir: &Path, number: u64) -> Result<(), CatalogError> {
+    let p = dir.join(CURRENT_FILE);
+    crate::util::write_atomic(&p, format!("{}\n", version_name(number)).as_bytes()).map_err(|e| CatalogError::io(&p, e))?;
+    sync_dir(dir)
+}
+
+/// Writes a new catalog folder at `dir` holding `view` as version 1 (plus
+/// `extra` files, e.g. the ANN index): built under a temporary name beside it
+/// and renamed into place when complete. An existing catalog folder at `dir`
+/// is replaced; any other non-empty folder is refused.
+pub fn create(
+    dir: &Path,
+    view: &Catalog,
+    extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
+) -> Result<(), CatalogError> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| CatalogError::io(&parent, e))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join(version_name(1))).map_err(|e| CatalogError::io(&tmp, e))?;
+    let vdir = tmp.join(version_name(1));
+    let r = write_version(view, &vdir, 1).and_then(|_| extra(view, &vdir)).and_then(|_| sync_dir(&vdir)).and_then(|_| set_current(&tmp, 1));
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    replace_dir(dir, &tmp)
+}
+
+/// Moves the finished folder `tmp` to `dir`, replacing a catalog folder there.
+pub fn replace_dir(dir: &Path, tmp: &Path) -> Result<(), CatalogError> {
+    if dir.exists() {
+        let is_catalog = dir.join(CURRENT_FILE).is_file() || dir.join(super::legacy::MANIFEST_FILE).is_file();
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !is_catalog && !empty {
+            let _ = std::fs::remove_dir_all(tmp);
+            return Err(CatalogError::Format(format!(
+                "{} exists and is not a catalog folder: refusing to replace it",
+                dir.display()
+            )));
+        }
+        let old = dir.with_extension(format!("old-{}", std::process::id()));
+        std::fs::rename(dir, &old).map_err(|e| CatalogError::io(dir, e))?;
+        std::fs::rename(tmp, dir).map_err(|e| CatalogError::io(dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(tmp, dir).map_err(|e| CatalogError::io(dir, e))?;
+    }
+    if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(p)?;
+    }
+    Ok(())
+}
+
+/// Writes every file of a version holding `view` into `dir`, streaming the
+/// rows: ids, titles, semantic IDs, f16 embeddings, the rows not served, the
+/// id map and the trie over the served items, intents, manifest last.
+pub fn write_version(view: &Catalog, dir: &Path, number: u64) -> Result<(), CatalogError> {
+    let n = view.len();
+    let m = view.manifest();
+    let (levels, dim) = (m.levels(), m.embedding_dim);
+    let mut ids = StringsBuilder::with_capacity(n);
+    let mut titles = StringsBuilder::with_capacity(n);
+    let mut sids = Vec::with_capacity(n * levels);
+    let mut removed = Vec::new();
+    let mut emb = ArrayWriter::<u16>::create(&dir.join("embeddings.f16"))?;
+    let mut row = Vec::with_capacity(dim);
+    let mut half_row: Vec<u16> = Vec::with_capacity(dim);
+    for i in 0..n as u32 {
+        ids.push(view.item_id(i));
+        titles.push(view.title(i));
+        sids.extend_from_slice(view.sid(i));
+        if !view.is_served(i) {
+            removed.push(i);
+        }
+        match (view.overlay().item(i), &view.base().embeddings) {
+            (None, Embeddings::F16(a)) => emb.push_all(&a[i as usize * dim..(i as usize + 1) * dim])?,
+            _ => {
+                row.clear();
+                row.extend(view.embedding(i));
+                half_row.clear();
+                half_row.extend(row.iter().map(|&x| half::f16::from_f32(x).to_bits()));
+                emb.push_all(&half_row)?;
+            }
+        }
+    }
+    emb.finish()?;
+    let ids = ids.finish();
+    let idmap = IdMap::build(&ids).map_err(|d| {
+        CatalogError::Format(format!("duplicate item id {:?} (rows {} and {})", ids.get(d.first), d.first, d.second))
+    })?;
+    let keep = |i: u32| removed.binary_search(&i).is_err();
+    let trie = Trie::build_filtered(&sids, levels, &m.codebook_sizes, 2, Some(&keep))?;
+    let base = Base {
+        manifest: Manifest {
+            format: format::FORMAT.into(),
+            num_items: n,
+            version: number,
+            last_edit_id: view.last_edit_id(),
+            embedding_dtype: "f16".into(),
+            ..m.clone()
+        },
+        ids,
+        titles: titles.finish(),
+        sids: Array::owned(sids),
+        // (dtype only: the rows are in embeddings.f16 already)
+        embeddings: Embeddings::F16(Array::default()),
+        codebooks: view.codebooks().to_vec(),
+        trie,
+        idmap,
+        intents: view.intents().to_vec(),
+        removed: Array::owned(removed),
+        source: None,
+    };
+    // everything but the embeddings, which are written already
+    base.write_all_but_embeddings(dir)
+}
+
+impl Catalog {
+    /// Opens a catalog folder without writing (train, eval, and servers that
+    /// find the folder locked).
+    pub fn load(dir: &Path) -> Result<Self, CatalogError> {
+        open_read_only(dir).map(|(c, _)| c)
+    }
+
+    /// Writes this view as a new catalog folder (see [`create`]).
+    pub fn save(&self, dir: &Path) -> Result<(), CatalogError> {
+        create(dir, self, &|_, _| Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::edit::{EditOp, NewItem};
+    use crate::catalog::tests::tiny_catalog;
+
+    fn temp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("genrec-dir-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn served(c: &Catalog) -> Vec<(String, Vec<u32>, String)> {
+        let mut v: Vec<_> = (0..c.len() as u32)
+            .filter(|&i| c.is_served(i))
+            .map(|i| (c.item_id(i).to_string(), c.sid(i).to_vec(), c.title(i).to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn save_load_roundtrip() {
+        let c = tiny_catalog();
+        let dir = temp("roundtrip");
+        c.save(&dir).unwrap();
+        let d = Catalog::load(&dir).unwrap();
+        assert_eq!(d.manifest().fingerprint, c.manifest().fingerprint);
+        assert_eq!(d.manifest().version, 1);
+        assert_eq!(served(&d), served(&c));
+        assert_eq!(d.codebooks(), c.codebooks());
+        assert_eq!(d.index_of("item-3"), Some(3));
+        assert_eq!(d.trie().lookup(d.sid(7)), Some(7));
+        assert!(d.base().sids.is_mapped());
+        for i in 0..10 {
+            let (a, b) = (c.embedding(i), d.embedding(i));
+            assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-3), "f16 keeps the embeddings");
+        }
+        // saving over a catalog folder replaces it; over anything else is refused
+        c.save(&dir).unwrap();
+        let other = temp("not-a-catalog");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "mine").unwrap();
+        assert!(c.save(&other).is_err());
+        assert_eq!(std::fs::read_to_string(other.join("notes.txt")).unwrap(), "mine");
+        // a damaged array file is refused
+        std::fs::write(dir.join("v-000001/sids.u32"), [0u8; 3]).unwrap();
+        assert!(Catalog::load(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&other).unwrap();
+    }
+
+    fn upsert_rec(c: &mut Catalog, id: &str, emb: Vec<f32>, edit_id: u64) -> EditRecord {
+        let up = c.upsert(NewItem { id: id.into(), title: id.into(), embedding: emb, semantic_id: None }, edit_id).unwrap();
+        EditRecord {
+            edit_id,
+            ts_ms: 0,
+            op: EditOp::Upsert { id: id.into(), title: id.into(), semantic_id: up.semantic_id, embedding: up.embedding },
+        }
+    }
+
+    #[test]
+    fn logged_edits_survive_reopen_and_compaction() {
+        let dir = temp("log");
+        tiny_catalog().save(&dir).unwrap();
+        let (mut cat, log, mut wd, report) = open_writable(&dir).unwrap();
+        assert_eq!(report.version, 1);
+        assert!(open_writable(&dir).is_err(), "one writer at a time");
+        let e2 = cat.embedding(2);
+        let r1 = upsert_rec(&mut cat, "new-1", e2, 1);
+        cat.remove("item-4", 2).unwrap();
+        let r2 = EditRecord { edit_id: 2, ts_ms: 0, op: EditOp::Delete { id: "item-4".into() } };
+        let end = log.append(&[r1, r2]).unwrap();
+        log.sync_to(end).unwrap();
+        drop(log);
+        drop(wd);
+        let (again, _, wd2, report) = open_writable(&dir).unwrap();
+        assert_eq!(report.replayed, 2);
+        assert_eq!(served(&again), served(&cat));
+        assert_eq!(again.last_edit_id(), 2);
+        wd = wd2;
+
+        // compaction: new edits go to the next log while the version is written
+        let (log3, number) = wd.rotate().unwrap();
+        assert_eq!(number, 2);
+        let mut after = again.clone();
+        let e5 = after.embedding(5);
+        let r3 = upsert_rec(&mut after, "new-2", e5, 3);
+        let end = log3.append(&[r3]).unwrap();
+        log3.sync_to(end).unwrap();
+        // a crash before the switch: the old version and both logs replay
+        let (mid, _) = open_read_only(&dir).unwrap();
+        assert_eq!(served(&mid), served(&after));
+        wd.commit_version(&again, number, &|_, _| Ok(())).unwrap();
+        assert!(!dir.join("v-000001").exists() && !dir.join("edits-000001.log").exists());
+        let (done, rep) = open_read_only(&dir).unwrap();
+        assert_eq!(rep.version, 2);
+        assert_eq!(rep.replayed, 1, "only the edit after the compaction is replayed");
+        assert_eq!(served(&done), served(&after));
+        assert!(done.overlay().len() <= 1);
+        assert_eq!(done.manifest().fingerprint, tiny_catalog().manifest().fingerprint, "models stay valid");
+        drop(wd);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,470 @@
+//! Live catalog edits in the engine: upserts (one item, or a batch) and
+//! deletes, made durable in the catalog folder's edit log before they are
+//! answered, published to requests atomically, and folded into a new catalog
+//! version by compaction.
+//!
+//! The path of an edit: under the edit lock, compute the new catalog view
+//! from the newest one (O(levels) per item, see [`crate::catalog::edit`]),
+//! add the new vectors to the ANN index, append the records to the log and
+//! queue the view; then, without the lock, wait for a sync of the log that
+//! covers the records (one sync serves every edit waiting at that moment);
+//! then publish the newest queued view whose records are on disk. An edit is
+//! answered only after that, so the next request sees it, and a crash after
+//! the answer loses nothing.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::state::ServedCatalog;
+use super::{Engine, EngineError};
+use crate::catalog::dir::{self, OpenReport, WritableDir};
+use crate::catalog::edit::{check_item_text, EditOp, EditRecord, NewItem as CatalogItem};
+use crate::catalog::editlog::EditLog;
+use crate::catalog::{Catalog, CatalogError};
+use crate::recall::{write_version_graph, Ann, ANN_FILE};
+
+/// A new item for the live catalog: an embedding, or a text to embed.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub id: String,
+    pub title: String,
+    pub text: Option<String>,
+    pub embedding: Option<Vec<f32>>,
+    /// A semantic ID computed elsewhere (checked); none: from the codebooks.
+    pub semantic_id: Option<Vec<u32>>,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Upserted {
+    pub item_id: String,
+    pub semantic_id: Vec<u32>,
+    /// A new item (not a new state of a served one).
+    pub created: bool,
+}
+
+/// A line of a batch that was not applied.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LineError {
+    /// 1-based line of the batch.
+    pub line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+    pub error: String,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BatchOutcome {
+    pub applied: usize,
+    pub errors: Vec<LineError>,
+}
+
+/// An item as `GET /admin/items/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ItemInfo {
+    pub item_id: String,
+    pub title: String,
+    pub semantic_id: Vec<u32>,
+    /// Whether the item is served.
+    pub live: bool,
+}
+
+/// The catalog folder an engine writes its edits to.
+pub struct CatalogStore {
+    /// The folder (taken by a compaction while it runs).
+    pub dir: Option<WritableDir>,
+    pub log: Arc<EditLog>,
+}
+
+/// Opens a catalog folder for serving: for writing when no other process
+/// holds it, read-only (edits refused) when one does.
+pub fn open_store(path: &Path) -> Result<(Catalog, Option<CatalogStore>, OpenReport), CatalogError> {
+    match dir::open_writable(path) {
+        Ok((cat, log, dir, report)) => Ok((cat, Some(CatalogStore { dir: Some(dir), log: Arc::new(log) }), report)),
+        Err(CatalogError::Busy(why)) => {
+            tracing::warn!("{why}: serving it read-only, live edits are refused");
+            let (cat, report) = dir::open_read_only(path)?;
+            Ok((cat, None, report))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The edit side of the engine, behind the edit lock.
+pub(super) struct Writer {
+    /// The newest view, including edits whose records are not synced yet.
+    head: Arc<ServedCatalog>,
+    store: Option<CatalogStore>,
+    /// Edits are refused (why).
+    read_only: Option<String>,
+    /// Views whose records wait for a sync: (log offset after them, view).
+    queued: VecDeque<(u64, Arc<ServedCatalog>)>,
+}
+
+impl Writer {
+    pub(super) fn new(head: Arc<ServedCatalog>, store: Option<CatalogStore>, read_only: Option<String>) -> Self {
+        Writer { head, store, read_only, queued: VecDeque::new() }
+    }
+
+    fn compacting(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.dir.is_none())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn catalog_error(e: CatalogError, field: &'static str) -> EngineError {
+    match e {
+        CatalogError::Conflict(m) => EngineError::Conflict(m),
+        CatalogError::NotFound(m) => EngineError::NotFound(m),
+        CatalogError::Format(m) => EngineError::InvalidField { field, message: m },
+        other => EngineError::Catalog(other),
+    }
+}
+
+impl Engine {
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether edits are made durable (a catalog folder is open for writing).
+    pub fn edits_durable(&self) -> bool {
+        self.lock_writer().store.is_some()
+    }
+
+    /// The catalog-space embedding of a new item: its own (checked), or its
+    /// text's, zero-padded when the catalog mixes in collaborative dimensions
+    /// that a new item has no signal for.
+    fn item_embeddings(&self, items: &[&NewItem], dim: usize) -> Vec<Result<Vec<f32>, EngineError>> {
+        let texts: Vec<String> =
+            items.iter().filter(|i| i.embedding.is_none()).filter_map(|i| i.text.clone()).collect();
+        let mut embedded = if texts.is_empty() {
+            Ok(Vec::new().into_iter())
+        } else {
+            self.encoder().and_then(|enc| {
+                let e = enc.embed(&texts, 64, |_, _| {})?;
+                let d = enc.dim();
+                Ok(e.chunks(d).map(<[f32]>::to_vec).collect::<Vec<_>>().into_iter())
+            })
+        };
+        items
+            .iter()
+            .map(|item| {
+                let e = match (&item.embedding, &item.text) {
+                    (Some(e), _) => {
+                        if e.len() != dim {
+                            return Err(EngineError::InvalidField {
+                                field: "embedding",
+                                message: format!("embedding has {} values, the catalog uses {dim}", e.len()),
+                            });
+                        }
+                        e.clone()
+                    }
+                    (None, Some(_)) => {
+                        let mut e = match &mut embedded {
+                            Ok(it) => it.next().unwrap_or_default(),
+                            Err(e) => return Err(EngineError::InvalidField { field: "text", message: e.to_string() }),
+                        };
+                        if e.len() > dim {
+                            return Err(EngineError::InvalidField {
+                                field: "text",
+                                message: format!("the encoder gives {} dimensions, the catalog uses {dim}", e.len()),
+                            });
+                        }
+                        e.resize(dim, 0.0);
+                        e
+                    }
+                    (None, None) => {
+                        return Err(EngineError::InvalidField { field: "text", message: "give a text or an embedding".into() })
+                    }
+                };
+                if e.iter().any(|x| !x.is_finite()) || e.iter().all(|&x| x == 0.0) {
+                    return Err(EngineError::InvalidField { field: "embedding", message: "embedding must be finite and non-zero".into() });
+                }
+                Ok(e)
+            })
+            .collect()
+    }
+
+    /// Adds or replaces one item; answers once it is durable and served.
+    pub fn upsert_item(&self, item: NewItem) -> Result<Upserted, EngineError> {
+        let mut out = self.upsert_lines(vec![(1, item)])?;
+        match out.1.pop() {
+            Some(e) if out.0.is_empty() => Err(e.1),
+            _ => out.0.pop().ok_or_else(|| EngineError::Conflict("the item was not applied".into())),
+        }
+    }
+
+    /// Adds or replaces a batch of items (`(line, item)`): the good lines are
+    /// applied, the bad ones reported by line. Answers once the applied ones
+    /// are durable and served.
+    pub fn upsert_batch(&self, lines: Vec<(usize, NewItem)>) -> Result<BatchOutcome, EngineError> {
+        let (applied, errors) = self.upsert_lines(lines)?;
+        let errors = errors
+            .into_iter()
+            .map(|(line, e)| {
+                let field = match &e {
+                    EngineError::InvalidField { field, .. } => Some(*field),
+                    _ => None,
+                };
+                LineError { line, field, error: e.to_string() }
+            })
+            .collect();
+        Ok(BatchOutcome { applied: applied.len(), errors })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn upsert_lines(&self, lines: Vec<(usize, NewItem)>) -> Result<(Vec<Upserted>, Vec<(usize, EngineError)>), EngineError> {
+        let dim = self.catalog().catalog.manifest().embedding_dim;
+        let refs: Vec<&NewItem> = lines.iter().map(|l| &l.1).collect();
+        let embeddings = self.item_embeddings(&refs, dim);
+        let mut errors = Vec::new();
+        let mut ready = Vec::new();
+        for ((line, item), emb) in lines.into_iter().zip(embeddings) {
+            if let Err((field, message)) = check_item_text(&item.id, &item.title) {
+                errors.push((line, EngineError::InvalidField { field, message }));
+                continue;
+            }
+            match emb {
+                Ok(e) => ready.push((line, item, e)),
+                Err(e) => errors.push((line, e)),
+            }
+        }
+        if ready.is_empty() {
+            return Ok((Vec::new(), errors));
+        }
+        let w = self.lock_writer();
+        if let Some(why) = &w.read_only {
+            return Err(EngineError::Conflict(why.clone()));
+        }
+        let mut view = w.head.catalog.clone();
+        let mut records = Vec::with_capacity(ready.len());
+        let mut vectors = Vec::with_capacity(ready.len());
+        let mut applied = Vec::with_capacity(ready.len());
+        let ts = now_ms();
+        for (line, item, embedding) in ready {
+            let edit_id = view.last_edit_id() + 1;
+            let input = CatalogItem { id: item.id.clone(), title: item.title.clone(), embedding, semantic_id: item.semantic_id };
+            let field = if input.semantic_id.is_some() { "semantic_id" } else { "embedding" };
+            match view.upsert(input, edit_id) {
+                Ok(up) => {
+                    records.push(EditRecord {
+                        edit_id,
+                        ts_ms: ts,
+                        op: EditOp::Upsert {
+                            id: item.id.clone(),
+                            title: item.title,
+                            semantic_id: up.semantic_id.clone(),
+                            embedding: up.embedding.clone(),
+                        },
+                    });
+                    vectors.push((up.ann_key, up.embedding));
+                    applied.push(Upserted { item_id: item.id, semantic_id: up.semantic_id, created: !up.replaced });
+                }
+                Err(e) => errors.push((line, catalog_error(e, field))),
+            }
+        }
+        if records.is_empty() {
+            return Ok((applied, errors));
+        }
+        // vectors first: no view serves the items before they are in the index
+        w.head.ann.add(&vectors)?;
+        self.commit(w, view, &records)?;
+        Ok((applied, errors))
+    }
+
+    /// Stops serving item `id`; answers once that is durable and no new
+    /// request can see the item.
+    pub fn remove_item(&self, id: &str) -> Result<(), EngineError> {
+        let w = self.lock_writer();
+        if let Some(why) = &w.read_only {
+            return Err(EngineError::Conflict(why.clone()));
+        }
+        let mut view = w.head.catalog.clone();
+        let edit_id = view.last_edit_id() + 1;
+        view.remove(id, edit_id).map_err(|e| catalog_error(e, "id"))?;
+        let rec = EditRecord { edit_id, ts_ms: now_ms(), op: EditOp::Delete { id: id.to_string() } };
+        self.commit(w, view, &[rec])
+    }
+
+    /// Logs `records` (which made `view` from the head), queues the view,
+    /// waits for the sync without the lock, and publishes.
+    fn commit(&self, mut w: std::sync::MutexGuard<'_, Writer>, view: Catalog, records: &[EditRecord]) -> Result<(), EngineError> {
+        let served = Arc::new(ServedCatalog { catalog: view, ann: w.head.ann.clone() });
+        let Some(log) = w.store.as_ref().map(|s| s.log.clone()) else {
+            // no catalog folder (the embedded model): edits live in memory
+            w.head = served.clone();
+            self.catalog.store(served);
+            return Ok(());
+        };
+        let end = log.append(records).map_err(EngineError::Catalog)?;
+        w.head = served.clone();
+        w.queued.push_back((end, served));
+        let compact = !w.compacting() && self.opts.compact_log_bytes > 0 && end >= self.opts.compact_log_bytes;
+        drop(w);
+        let synced = log.sync_to(end);
+        self.publish_synced(&log);
+        synced.map_err(EngineError::Catalog)?;
+        if compact {
+            self.compact_in_background();
+        }
+        Ok(())
+    }
+
+    /// Publishes the newest queued view whose records are on disk.
+    fn publish_synced(&self, log: &EditLog) {
+        let mut w = self.lock_writer();
+        let synced = log.synced();
+        let mut newest = None;
+        while w.queued.front().is_some_and(|(end, _)| *end <= synced) {
+            newest = w.queued.pop_front().map(|q| q.1);
+        }
+        if let Some(v) = newest {
+            self.catalog.store(v);
+        }
+    }
+
+    /// An item as the admin API shows it (served or not).
+    pub fn item(&self, id: &str) -> Result<ItemInfo, EngineError> {
+        let cat = self.catalog();
+        let c = &cat.catalog;
+        let i = c.index_of(id).ok_or_else(|| EngineError::NotFound(format!("item {id:?} is not in the catalog")))?;
+        Ok(ItemInfo { item_id: id.to_string(), title: c.title(i).to_string(), semantic_id: c.sid(i).to_vec(), live: c.is_served(i) })
+    }
+
+    /// The catalog's state for `GET /admin/catalog`: version, sizes, bytes of
+    /// each part in memory (mapped parts count whole), the live edits pending
+    /// compaction and the edit log.
+    pub fn catalog_info(&self) -> serde_json::Value {
+        let cat = self.catalog();
+        let c = &cat.catalog;
+        let m = c.manifest();
+        let parts: serde_json::Map<String, serde_json::Value> =
+            c.base().memory().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+        let w = self.lock_writer();
+        let log = w.store.as_ref().map(|s| serde_json::json!({"path": s.log.path(), "bytes": s.log.len()}));
+        serde_json::json!({
+            "name": m.name,
+            "version": m.version,
+            "fingerprint": m.fingerprint,
+            "rows": c.len(),
+            "served": c.served_len(),
+            "codebook_sizes": m.codebook_sizes,
+            "embedding_dim": m.embedding_dim,
+            "last_edit_id": c.last_edit_id(),
+            "overlay_items": c.overlay().len(),
+            "trie_patch_nodes": c.overlay().trie().added_nodes(&c.base().trie),
+            "ann": {"base": cat.ann.base_len(), "overlay": cat.ann.overlay_len(), "memory_bytes": cat.ann.memory()},
+            "bytes": parts,
+            "durable": w.store.is_some(),
+            "compacting": w.compacting(),
+            "log": log,
+        })
+    }
+
+    /// Starts a compaction on its own thread (one at a time).
+    pub fn compact_in_background(&self) {
+        let Some(me) = self.me.get().and_then(|w| w.upgrade()) else { return };
+        let _ = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || match me.compact() {
+            Ok(r) => tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "catalog compacted"),
+            Err(e) => tracing::warn!(error = %e, "catalog compaction failed; edits keep going to the log"),
+        });
+    }
+
+    /// Folds the live edits into a new catalog version (written beside the
+    /// current one, switched to by an atomic rename) with its ANN index, then
+    /// serves it with the edits made meanwhile replayed on top. Edits go on
+    /// during the compaction. Blocking: run it off the async runtime.
+    pub fn compact(&self) -> Result<CompactReport, EngineError> {
+        let t0 = Instant::now();
+        // 1. new edits go to a new log; the view so far is what gets written
+        let (mut store_dir, view, number, new_log) = {
+            let mut w = self.lock_writer();
+            if w.compacting() {
+                return Err(EngineError::Conflict("a compaction is running already".into()));
+            }
+            let Some(store) = w.store.as_mut() else {
+                return Err(EngineError::Conflict("the catalog is not open for writing: nothing to compact".into()));
+            };
+            let old = store.log.clone();
+            old.sync_to(old.len()).map_err(EngineError::Catalog)?;
+            let mut dir = store.dir.take().ok_or_else(|| EngineError::Conflict("a compaction is running already".into()))?;
+            let (log, number) = match dir.rotate() {
+                Ok(x) => x,
+                Err(e) => {
+                    store.dir = Some(dir);
+                    return Err(EngineError::Catalog(e));
+                }
+            };
+            let log = Arc::new(log);
+            store.log = log.clone();
+            // everything queued is synced now
+            if let Some((_, v)) = w.queued.drain(..).last() {
+                self.catalog.store(v);
+            }
+            (dir, w.head.catalog.clone(), number, log)
+        };
+        let done = self.write_and_switch(&mut store_dir, &view, number, &new_log);
+        let mut w = self.lock_writer();
+        if let Some(store) = w.store.as_mut() {
+            store.dir = Some(store_dir);
+        }
+        let (served, replayed) = done?;
+        // 4. the edits made since the rotation, on the new base, under the lock
+        let records = new_log.read_all().map_err(EngineError::Catalog)?;
+        let mut cat = served.catalog.clone();
+        let mut vectors = Vec::new();
+        for r in &records[replayed..] {
+            if let Some(crate::catalog::edit::Applied::Upserted(up)) = cat.apply(r).map_err(EngineError::Catalog)? {
+                vectors.push((up.ann_key, up.embedding));
+            }
+        }
+        served.ann.add(&vectors)?;
+        new_log.sync_to(new_log.len()).map_err(EngineError::Catalog)?;
+        let next = Arc::new(ServedCatalog { catalog: cat, ann: served.ann.clone() });
+        w.queued.clear();
+        w.head = next.clone();
+        self.catalog.store(next);
+        Ok(CompactReport { version: number, items: view.served_len(), replayed: records.len(), seconds: t0.elapsed().as_secs_f64() })
+    }
+
+    /// Steps 2-3 of a compaction, without the edit lock: write the version,
+    /// switch to it, open it and replay what the new log holds so far.
+    fn write_and_switch(
+        &self,
+        store_dir: &mut WritableDir,
+        view: &Catalog,
+        number: u64,
+        new_log: &EditLog,
+    ) -> Result<(Arc<ServedCatalog>, usize), EngineError> {
+        let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
+        let extra = |v: &Catalog, d: &Path| {
+            write_version_graph(v, prev_graph.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
+        };
+        let vdir = store_dir.commit_version(view, number, &extra).map_err(EngineError::Catalog)?;
+        let base = crate::catalog::Base::map(&vdir).map_err(EngineError::Catalog)?;
+        let mut cat = Catalog::from_base(base);
+        let records = new_log.read_all().map_err(EngineError::Catalog)?;
+        for r in &records {
+            cat.apply(r).map_err(EngineError::Catalog)?;
+        }
+        let ann = Arc::new(Ann::open(&cat)?);
+        Ok((Arc::new(ServedCatalog { catalog: cat, ann }), records.len()))
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompactReport {
+    pub version: u64,
+    /// Items served by the new version.
+    pub items: usize,
+    /// Edits made during the compaction, replayed on the new version.
+    pub replayed: usize,
+    pub seconds: f64,
+}

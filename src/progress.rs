@@ -1,0 +1,62 @@
+//! Progress of long jobs (indexing, compaction, the synthetic generator): a
+//! bar with rate and ETA on a terminal (indicatif), and a plain line every
+//! ~10% or 30 s when stderr is a file, so that logs of bench runs show where
+//! the time went.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// One phase's progress.
+pub struct Progress {
+    label: String,
+    total: u64,
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_line: Mutex<(Instant, u64)>,
+}
+
+impl Progress {
+    /// A phase of `total` steps (0: unknown).
+    pub fn new(label: &str, total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = if total > 0 { ProgressBar::new(total) } else { ProgressBar::new_spinner() };
+            let style = ProgressStyle::with_template("{msg:>22} [{bar:36}] {human_pos}/{human_len} {per_sec} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            b.set_style(style);
+            b.set_message(label.to_string());
+            b
+        });
+        Progress { label: label.into(), total, bar, started: Instant::now(), last_line: Mutex::new((Instant::now(), 0)) }
+    }
+
+    /// Sets the steps done so far.
+    pub fn set(&self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+            return;
+        }
+        let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+        let tenth = (self.total / 10).max(1);
+        if done >= last.1 + tenth || last.0.elapsed() >= Duration::from_secs(30) {
+            *last = (Instant::now(), done);
+            let secs = self.started.elapsed().as_secs_f64();
+            let eta = if done > 0 && self.total > done { secs / done as f64 * (self.total - done) as f64 } else { 0.0 };
+            eprintln!("{}: {done}/{} ({secs:.0}s, ETA {eta:.0}s)", self.label, self.total);
+        }
+    }
+
+    /// Ends the phase; returns its seconds.
+    pub fn finish(self) -> f64 {
+        let secs = self.started.elapsed().as_secs_f64();
+        match &self.bar {
+            Some(b) => b.finish_and_clear(),
+            None => {}
+        }
+        eprintln!("{}: done in {secs:.1}s", self.label);
+        secs
+    }
+}

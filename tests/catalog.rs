@@ -1,0 +1,337 @@
+//! The catalog at scale, end to end through the binary: indexing JSON Lines
+//! items with F16 embeddings and imported semantic IDs, bad input named by
+//! line, the batch endpoint, item read-back, an acknowledged item generated
+//! by the very next request, compaction (online and offline), and no
+//! acknowledged edit lost when the server is killed with SIGKILL mid-stream.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, TempDir};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "catalog-token";
+
+fn genrec(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(common::bin()).args(args).output().expect("run genrec");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ok(args: &[&str]) -> String {
+    let (good, out, err) = genrec(args);
+    assert!(good, "genrec {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+/// A failing command: its stderr.
+fn fails(args: &[&str]) -> String {
+    let (good, out, err) = genrec(args);
+    assert!(!good, "genrec {args:?} should fail:\n{out}");
+    err
+}
+
+/// Writes a safetensors file of one tensor `embeddings` (F16 when `half`).
+fn write_embeddings(path: &Path, rows: &[Vec<f32>], half: bool) {
+    let (n, dim) = (rows.len(), rows.first().map_or(0, Vec::len));
+    let width = if half { 2 } else { 4 };
+    let dtype = if half { "F16" } else { "F32" };
+    let mut header = format!(r#"{{"embeddings":{{"dtype":"{dtype}","shape":[{n},{dim}],"data_offsets":[0,{}]}}}}"#, n * dim * width);
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(header.as_bytes()).unwrap();
+    for r in rows {
+        for x in r {
+            if half {
+                f.write_all(&half::f16::from_f32(*x).to_le_bytes()).unwrap();
+            } else {
+                f.write_all(&x.to_le_bytes()).unwrap();
+            }
+        }
+    }
+}
+
+fn vector(i: usize, dim: usize) -> Vec<f32> {
+    (0..dim).map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % dim { 2.0 } else { 0.0 }).collect()
+}
+
+fn write_items(path: &Path, n: usize) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for i in 0..n {
+        writeln!(f, r#"{{"id": "it-{i}", "title": "item number {i}", "categories": ["group {}"]}}"#, i % 9).unwrap();
+    }
+}
+
+#[test]
+fn index_reads_jsonl_f16_and_imported_ids_and_names_bad_lines() {
+    let tmp = TempDir::new("catalog-index");
+    let p = |s: &str| tmp.0.join(s).to_string_lossy().into_owned();
+    let (n, dim) = (3000, 12);
+    write_items(&tmp.0.join("items.jsonl"), n);
+    let rows: Vec<Vec<f32>> = (0..n).map(|i| vector(i, dim)).collect();
+    write_embeddings(&tmp.0.join("emb.safetensors"), &rows, true);
+
+    let out = ok(&[
+        "index", "--items", &p("items.jsonl"), "--embeddings", &p("emb.safetensors"), "--out", &p("cat"),
+        "--levels", "2", "--codebook-size", "16", "--max-group", "16", "--report", &p("report.json"),
+    ]);
+    assert!(out.contains("level 0: 16/16 codes used"), "{out}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(p("report.json")).unwrap()).unwrap();
+    assert!(report["max_group"].as_u64().unwrap() <= 16, "{report}");
+    let info: Value = serde_json::from_str(&ok(&["catalog", "info", &p("cat")])).unwrap();
+    assert_eq!((info["rows"].as_u64(), info["version"].as_u64()), (Some(3000), Some(1)), "{info}");
+
+    // semantic IDs from elsewhere: two codes of 8 each, a collision code on top
+    let mut f = std::fs::File::create(tmp.0.join("sids.jsonl")).unwrap();
+    for i in 0..n {
+        writeln!(f, r#"{{"id": "it-{i}", "sid": [{}, {}]}}"#, i % 8, (i / 8) % 8).unwrap();
+    }
+    drop(f);
+    let out = ok(&[
+        "index", "--items", &p("items.jsonl"), "--embeddings", &p("emb.safetensors"), "--sids", &p("sids.jsonl"),
+        "--codebook-size", "8", "--out", &p("imported"),
+    ]);
+    assert!(out.contains("semantic IDs [8, 8, 47]"), "3000 items over 64 prefixes: groups of 47: {out}");
+
+    // bad input stops with the line or row named, and writes nothing
+    let never = p("never");
+    let bad_index = |items: &str, emb: &str, extra: &[&str]| {
+        let mut args = vec!["index", "--items", items, "--embeddings", emb, "--out", &never, "--codebook-size", "8"];
+        args.extend_from_slice(extra);
+        let err = fails(&args);
+        assert!(!Path::new(&never).exists(), "nothing half-written");
+        err
+    };
+    write_embeddings(&tmp.0.join("short.safetensors"), &rows[..n - 1], false);
+    let err = bad_index(&p("items.jsonl"), &p("short.safetensors"), &[]);
+    assert!(err.contains("2999 rows for 3000 items"), "{err}");
+    let mut nan = rows.clone();
+    nan[12][3] = f32::NAN;
+    write_embeddings(&tmp.0.join("nan.safetensors"), &nan, false);
+    let err = bad_index(&p("items.jsonl"), &p("nan.safetensors"), &[]);
+    assert!(err.contains("row 12"), "{err}");
+    let lines: Vec<String> = std::fs::read_to_string(tmp.0.join("items.jsonl")).unwrap().lines().map(String::from).collect();
+    let variant = |name: &str, line: usize, text: &[u8]| {
+        let mut f = std::fs::File::create(tmp.0.join(name)).unwrap();
+        for (i, l) in lines.iter().enumerate() {
+            if i + 1 == line {
+                f.write_all(text).unwrap();
+                f.write_all(b"\n").unwrap();
+            } else {
+                writeln!(f, "{l}").unwrap();
+            }
+        }
+        p(name)
+    };
+    let dup = variant("dup.jsonl", 7, br#"{"id": "it-2", "title": "again"}"#);
+    let err = bad_index(&dup, &p("emb.safetensors"), &[]);
+    assert!(err.contains("line 7") && err.contains("line 3"), "{err}");
+    let bytes = variant("bytes.jsonl", 9, b"{\"id\": \"it-8\", \"title\": \"\xff\xfe\"}");
+    let err = bad_index(&bytes, &p("emb.safetensors"), &[]);
+    assert!(err.contains("line 9") && err.contains("UTF-8"), "{err}");
+    let long_id = format!(r#"{{"id": "{}", "title": "x"}}"#, "x".repeat(600));
+    let long = variant("long.jsonl", 4, long_id.as_bytes());
+    let err = bad_index(&long, &p("emb.safetensors"), &[]);
+    assert!(err.contains("line 4") && err.contains("at most 512"), "{err}");
+    let sids = std::fs::read_to_string(tmp.0.join("sids.jsonl")).unwrap().replacen(r#""sid": [4, 0]"#, r#""sid": [4, 99]"#, 1);
+    std::fs::write(tmp.0.join("bad-sids.jsonl"), sids).unwrap();
+    let err = bad_index(&p("items.jsonl"), &p("emb.safetensors"), &["--sids", &p("bad-sids.jsonl")]);
+    assert!(err.contains("line 5") && err.contains("code 99 exceeds"), "{err}");
+    let leftovers: Vec<String> = std::fs::read_dir(&tmp.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn admin(c: &reqwest::blocking::Client, s: &Server, m: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+    c.request(m, s.at(path)).bearer_auth(TOKEN)
+}
+
+fn json_of(r: reqwest::blocking::RequestBuilder) -> (u16, Value) {
+    let r = r.send().expect("request");
+    let st = r.status().as_u16();
+    (st, r.json().unwrap_or(Value::Null))
+}
+
+/// A model root holding the demo catalog (a folder of the first format) and
+/// the demo model.
+fn demo_root() -> TempDir {
+    let root = TempDir::new("catalog-root");
+    let demo = common::repo().join("models/demo");
+    for (from, to) in [("catalog", "catalog"), ("model", "a")] {
+        std::fs::create_dir_all(root.0.join(to)).unwrap();
+        for e in std::fs::read_dir(demo.join(from)).unwrap().flatten() {
+            std::fs::copy(e.path(), root.0.join(to).join(e.file_name())).unwrap();
+        }
+    }
+    root
+}
+
+/// A vector of the demo catalog's dimension, different for every `i`.
+fn demo_embedding(i: usize) -> Vec<f32> {
+    vector(i, 384)
+}
+
+#[test]
+fn batch_endpoint_read_back_next_request_and_compaction() {
+    let root = demo_root();
+    let a = root.0.join("a");
+    let mut s = Server::start(&["--model", a.to_str().unwrap(), "--admin-token", TOKEN]);
+    let c = reqwest::blocking::Client::new();
+    let post = reqwest::Method::POST;
+
+    // a batch with bad lines: the good ones are applied, the bad ones named
+    let e = |i| json!(demo_embedding(i)).to_string();
+    let body = [
+        format!(r#"{{"id": "b-1", "title": "first", "embedding": {}}}"#, e(1)),
+        "{not json".to_string(),
+        r#"{"id": "b-3", "embedding": [1.0, 2.0]}"#.to_string(),
+        format!(r#"{{"id": "b-4", "embedding": {}, "colour": "red"}}"#, e(4)),
+        String::new(),
+        format!(r#"{{"id": "", "embedding": {}}}"#, e(6)),
+        format!(r#"{{"id": "b-7", "title": "seventh", "embedding": {}}}"#, e(7)),
+    ]
+    .join("\n");
+    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/items").header("content-type", "application/x-ndjson").body(body));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["applied"], 2, "{v}");
+    let lines: Vec<u64> = v["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, vec![2, 3, 4, 6], "{v}");
+    assert_eq!(v["errors"][1]["field"], "embedding", "{v}");
+    assert_eq!(v["errors"][3]["field"], "id", "{v}");
+    let (st, v) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/b-7"));
+    assert_eq!(st, 200);
+    assert_eq!((v["item_id"].as_str(), v["title"].as_str(), v["live"].as_bool()), (Some("b-7"), Some("seventh"), Some(true)), "{v}");
+    assert_eq!(v["semantic_id"].as_array().unwrap().len(), 4);
+    assert_eq!(json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/nope")).0, 404);
+
+    // an acknowledged item is generated by the very next request: take the
+    // model's first choice for a history away, and give its semantic ID to a new item
+    let rec = |s: &Server, h: &Value| {
+        let (st, v) = json_of(c.post(s.at("/v1/recommend")).json(&json!({"history": h, "k": 1, "strategy": "generative"})));
+        assert_eq!(st, 200, "{v}");
+        v["items"][0].clone()
+    };
+    let history = json!(["3", "11", "19"]);
+    let top = rec(&s, &history);
+    let (victim, sid) = (top["item_id"].as_str().unwrap().to_string(), top["semantic_id"].clone());
+    assert_eq!(json_of(admin(&c, &s, reqwest::Method::DELETE, &format!("/admin/items/{victim}"))).0, 200);
+    let (st, v) = json_of(
+        admin(&c, &s, post.clone(), "/admin/items").json(&json!({"id": "heir", "embedding": demo_embedding(9), "semantic_id": sid})),
+    );
+    assert_eq!((st, v["created"].as_bool()), (201, Some(true)), "{v}");
+    assert_eq!(rec(&s, &history)["item_id"], "heir", "the next request generates the new item");
+    // a semantic ID in use is refused
+    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/items").json(&json!({"id": "twin", "embedding": demo_embedding(2), "semantic_id": sid})));
+    assert_eq!(st, 409, "{v}");
+
+    // compaction folds the edits into version 1; nothing changes for requests
+    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/catalog/compact"));
+    assert_eq!((st, v["version"].as_u64()), (200, Some(1)), "{v}");
+    let (_, info) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/catalog"));
+    assert_eq!((info["version"].as_u64(), info["overlay_items"].as_u64()), (Some(1), Some(0)), "{info}");
+    assert_eq!(rec(&s, &history)["item_id"], "heir");
+    // and survives a restart, served from the new version
+    drop(s);
+    s = Server::start(&["--model", a.to_str().unwrap(), "--admin-token", TOKEN]);
+    assert_eq!(rec(&s, &history)["item_id"], "heir");
+    let (_, v) = json_of(admin(&c, &s, reqwest::Method::GET, &format!("/admin/items/{victim}")));
+    assert_eq!(v["live"], false, "{v}");
+    // a second edit after the restart goes to the new version's log, then offline compaction
+    assert_eq!(json_of(admin(&c, &s, reqwest::Method::DELETE, "/admin/items/b-1")).0, 200);
+    drop(s);
+    let cat = root.0.join("catalog");
+    let out = ok(&["catalog", "compact", cat.to_str().unwrap()]);
+    assert!(out.contains("v-000002"), "{out}");
+    let info: Value = serde_json::from_str(&ok(&["catalog", "info", cat.to_str().unwrap()])).unwrap();
+    assert_eq!((info["version"].as_u64(), info["edits_replayed"].as_u64()), (Some(2), Some(0)), "{info}");
+}
+
+/// Clients stream upserts and deletes; the server is killed with SIGKILL in
+/// the middle. After a restart every acknowledged edit is there.
+#[test]
+fn kill_9_during_upserts_loses_no_acknowledged_edit() {
+    let root = demo_root();
+    let a = root.0.join("a");
+    let args = ["--model", a.to_str().unwrap(), "--admin-token", TOKEN];
+    let s = Server::start(&args);
+    let url = s.url.clone();
+    let stop_at = Instant::now() + Duration::from_millis(2500);
+    let mut clients = Vec::new();
+    for t in 0..4usize {
+        let url = url.clone();
+        clients.push(std::thread::spawn(move || {
+            let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+            let mut acked: Vec<(String, bool)> = Vec::new(); // (id, served) in acknowledgement order
+            let mut i = 0;
+            while Instant::now() < stop_at {
+                let id = format!("k{t}-{i}");
+                let r = if t == 3 {
+                    // batches of 20
+                    let body: Vec<String> = (0..20)
+                        .map(|j| format!(r#"{{"id": "{id}-{j}", "embedding": {}}}"#, json!(demo_embedding(1_000_000 + i * 20 + j))))
+                        .collect();
+                    c.post(format!("{url}/admin/items")).bearer_auth(TOKEN).header("content-type", "application/x-ndjson").body(body.join("\n")).send()
+                } else if i % 5 == 4 && !acked.is_empty() {
+                    // delete an acknowledged item of this client
+                    let victim = acked[acked.len() / 2].0.clone();
+                    let r = c.delete(format!("{url}/admin/items/{victim}")).bearer_auth(TOKEN).send();
+                    if matches!(&r, Ok(r) if r.status().as_u16() == 200) {
+                        acked.push((victim, false));
+                    }
+                    i += 1;
+                    continue;
+                } else {
+                    c.post(format!("{url}/admin/items")).bearer_auth(TOKEN).json(&json!({"id": id, "embedding": demo_embedding(t * 100_000 + i)})).send()
+                };
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        if t == 3 {
+                            let v: Value = r.json().unwrap_or(Value::Null);
+                            if v["applied"] == 20 {
+                                acked.extend((0..20).map(|j| (format!("{id}-{j}"), true)));
+                            }
+                        } else {
+                            acked.push((id, true));
+                        }
+                    }
+                    Ok(_) => {} // refused (e.g. no free semantic ID): not acknowledged
+                    Err(_) => break, // the server is gone
+                }
+                i += 1;
+            }
+            acked
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = s.pid();
+    let killed = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let acked: Vec<(String, bool)> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    drop(s);
+    assert!(acked.len() > 50, "the clients got {} edits acknowledged", acked.len());
+    // the last acknowledged state of each id must be there after a restart
+    let mut last = std::collections::HashMap::new();
+    for (id, served) in &acked {
+        last.insert(id.clone(), *served);
+    }
+    let s = Server::start(&args);
+    let c = reqwest::blocking::Client::new();
+    let mut wrong = Vec::new();
+    for (id, served) in &last {
+        let (st, v) = json_of(admin(&c, &s, reqwest::Method::GET, &format!("/admin/items/{id}")));
+        if st != 200 || v["live"] != json!(*served) {
+            wrong.push(format!("{id}: {st} {v}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} acknowledged edits lost: {:?}", wrong.len(), last.len(), &wrong[..wrong.len().min(5)]);
+}
