@@ -243,7 +243,7 @@ pub struct BenchCatalogArgs {
     synth_dim: usize,
     #[arg(long, default_value_t = dataset::synth::SynthOptions::default().seed)]
     synth_seed: u64,
-    /// Recommendation clients (closed loop).
+    /// Recommendation clients (closed loop); 0: upserts alone.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
     /// Seconds of recommendation traffic alone.
@@ -255,6 +255,9 @@ pub struct BenchCatalogArgs {
     /// Items per NDJSON batch.
     #[arg(long, default_value_t = 2000)]
     batch: usize,
+    /// Batch senders at once (each waits for its answer before the next batch).
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
     /// Single-item upserts timed after the stream.
     #[arg(long, default_value_t = 300)]
     singles: usize,
@@ -281,6 +284,7 @@ pub fn bench_catalog(a: BenchCatalogArgs) -> Result<()> {
         idle_seconds: a.idle_seconds,
         stream_seconds: a.seconds,
         batch: a.batch.max(1),
+        writers: a.writers.max(1),
         singles: a.singles,
         k: a.k,
     };

@@ -69,16 +69,41 @@ pub struct Upserted {
     pub replaced: bool,
 }
 
-/// Index of the nearest row of `book` (`[k × dim]`) to `x`, and the others
-/// by distance when `ranked`.
-fn nearest(x: &[f32], book: &[f32], dim: usize) -> Vec<u32> {
-    let mut d: Vec<(f32, u32)> = book
-        .chunks_exact(dim)
-        .enumerate()
-        .map(|(c, row)| (row.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(), c as u32))
-        .collect();
-    d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    d.into_iter().map(|p| p.1).collect()
+/// Squared distance, in eight lanes (so that the compiler vectorises it).
+fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| (x - y) * (x - y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            let d = x[k] - y[k];
+            acc[k] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Squared distance from `x` to every row of `book` (`[k × dim]`).
+fn distances(x: &[f32], book: &[f32], dim: usize) -> Vec<f32> {
+    book.chunks_exact(dim).map(|row| sq_dist(row, x)).collect()
+}
+
+/// The nearest row (ties: the lower code).
+fn argmin(d: &[f32]) -> u32 {
+    let mut best = 0;
+    for (c, v) in d.iter().enumerate() {
+        if v.total_cmp(&d[best]).is_lt() {
+            best = c;
+        }
+    }
+    best as u32
+}
+
+/// Every code by distance, nearest first (ties: the lower code).
+fn ranked(d: &[f32]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..d.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| d[a as usize].total_cmp(&d[b as usize]).then(a.cmp(&b)));
+    order
 }
 
 /// Checks an item's id and title for a live edit.
@@ -129,15 +154,18 @@ impl Catalog {
         let mut residual = embedding.to_vec();
         let mut sid = Vec::with_capacity(levels);
         for book in &books[..books.len() - 1] {
-            let code = nearest(&residual, book, dim)[0];
+            let code = argmin(&distances(&residual, book, dim));
             let c = &book[code as usize * dim..(code as usize + 1) * dim];
             residual.iter_mut().zip(c).for_each(|(r, x)| *r -= x);
             sid.push(code);
         }
         let trie = self.trie();
         let size = self.manifest().codebook_sizes[levels - 1];
-        let last = books.len() - 1;
-        for code in nearest(&residual, &books[last], dim) {
+        let d = distances(&residual, &books[books.len() - 1], dim);
+        // the nearest code first; the others (by distance) only when its
+        // collision codes are all taken
+        let first = argmin(&d);
+        for code in std::iter::once(first).chain(ranked(&d).into_iter().filter(|&c| c != first)) {
             sid.push(code);
             if let Some(free) = trie.free_code(trie.walk(&sid), size) {
                 sid.push(free);
@@ -151,50 +179,71 @@ impl Catalog {
         )))
     }
 
+    /// The semantic ID an upsert gets: the given one (checked: in range and
+    /// not taken), a given prefix (every code but the collision code) with
+    /// the lowest free collision code under it, or one from the codebooks.
+    fn choose_sid(&self, given: Option<Vec<u32>>, embedding: &[f32]) -> Result<Vec<u32>, CatalogError> {
+        let sizes = &self.manifest().codebook_sizes;
+        let Some(mut sid) = given else { return self.semantic_id_for(embedding) };
+        let levels = sizes.len();
+        if (sid.len() != levels && sid.len() + 1 != levels) || sid.iter().zip(sizes).any(|(&c, &s)| c >= s) {
+            return Err(CatalogError::Format(format!(
+                "semantic_id {sid:?} must have {levels} codes (or {} without the collision code) within codebook sizes {sizes:?}",
+                levels - 1
+            )));
+        }
+        let trie = self.trie();
+        if sid.len() + 1 == levels {
+            let free = trie.free_code(trie.walk(&sid), sizes[levels - 1]).ok_or_else(|| {
+                CatalogError::Conflict(format!("all {} collision codes under semantic_id prefix {sid:?} are taken", sizes[levels - 1]))
+            })?;
+            sid.push(free);
+        } else if let Some(other) = trie.lookup(&sid) {
+            return Err(CatalogError::Conflict(format!("semantic_id {sid:?} is taken by item {:?}", self.item_id(other))));
+        }
+        Ok(sid)
+    }
+
     /// Serves `item`: a new item, or a new state of an existing one. `self`
     /// is unchanged when it fails.
     pub fn upsert(&mut self, item: NewItem, edit_id: u64) -> Result<Upserted, CatalogError> {
+        check_item_text(&item.id, &item.title).map_err(|(_, m)| CatalogError::Format(m))?;
+        let embedding = normalised(&item.embedding, self.manifest().embedding_dim)?;
+        let existing = self.index_of(&item.id);
+        let replaced = existing.is_some_and(|i| self.is_served(i));
+        if !replaced {
+            // every check comes before the one change, so nothing to undo
+            let sid = self.choose_sid(item.semantic_id, &embedding)?;
+            return self.place(item.id, item.title, sid, embedding, existing, false, edit_id);
+        }
+        // a served item frees its own ID first (it may keep it): undo on failure
         let saved = self.delta.clone();
-        let r = self.try_upsert(item, edit_id);
+        let r = (|| {
+            let i = existing.unwrap_or(0);
+            let old = self.sid(i).to_vec();
+            self.delta.unlink(&self.base, i, &old)?;
+            let sid = self.choose_sid(item.semantic_id, &embedding)?;
+            self.place(item.id, item.title, sid, embedding, existing, true, edit_id)
+        })();
         if r.is_err() {
             self.delta = saved;
         }
         r
     }
 
-    fn try_upsert(&mut self, item: NewItem, edit_id: u64) -> Result<Upserted, CatalogError> {
-        check_item_text(&item.id, &item.title).map_err(|(_, m)| CatalogError::Format(m))?;
-        let embedding = normalised(&item.embedding, self.manifest().embedding_dim)?;
-        let existing = self.index_of(&item.id);
-        let replaced = existing.is_some_and(|i| self.is_served(i));
-        if let Some(i) = existing.filter(|_| replaced) {
-            let old = self.sid(i).to_vec();
-            self.delta.unlink(&self.base, i, &old)?;
-        }
-        let sid = match item.semantic_id {
-            Some(sid) => {
-                let sizes = &self.manifest().codebook_sizes;
-                if sid.len() != sizes.len() || sid.iter().zip(sizes).any(|(&c, &s)| c >= s) {
-                    return Err(CatalogError::Format(format!("semantic_id {sid:?} does not fit codebook sizes {sizes:?}")));
-                }
-                if let Some(other) = self.trie().lookup(&sid) {
-                    return Err(CatalogError::Conflict(format!(
-                        "semantic_id {sid:?} is taken by item {:?}",
-                        self.item_id(other)
-                    )));
-                }
-                sid
-            }
-            None => self.semantic_id_for(&embedding)?,
-        };
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &mut self,
+        id: String,
+        title: String,
+        sid: Vec<u32>,
+        embedding: Vec<f32>,
+        existing: Option<u32>,
+        replaced: bool,
+        edit_id: u64,
+    ) -> Result<Upserted, CatalogError> {
         let index = existing.unwrap_or(self.delta.rows());
-        let data = OverlayItem {
-            id: item.id.as_str().into(),
-            title: item.title,
-            sid: sid.clone(),
-            embedding: embedding.clone(),
-            ann_key: 0,
-        };
+        let data = OverlayItem { id: id.as_str().into(), title, sid: sid.clone(), embedding: embedding.clone(), ann_key: 0 };
         let ann_key = self.delta.put(&self.base, index, data, replaced)?;
         self.delta.set_last_edit(edit_id);
         Ok(Upserted { item: index, semantic_id: sid, ann_key, embedding, replaced })
@@ -207,11 +256,10 @@ impl Catalog {
             .filter(|&i| self.is_served(i))
             .ok_or_else(|| CatalogError::NotFound(format!("item {id:?} is not in the catalog")))?;
         let sid = self.sid(item).to_vec();
-        let saved = self.delta.clone();
-        if let Err(e) = self.delta.drop_item(&self.base, item, &sid) {
-            self.delta = saved;
-            return Err(e);
+        if self.trie().lookup(&sid) != Some(item) {
+            return Err(CatalogError::Format(format!("item {id:?} is not in the trie at {sid:?}")));
         }
+        self.delta.drop_item(&self.base, item, &sid)?;
         self.delta.set_last_edit(edit_id);
         Ok(item)
     }

@@ -119,10 +119,11 @@ impl Overlay {
     /// ID was checked free. `was_served`: the item was served before (and its
     /// old leaf is gone from the trie already).
     pub(super) fn put(&mut self, base: &Base, item: u32, mut data: OverlayItem, was_served: bool) -> Result<u64, CatalogError> {
-        self.trie.insert(&base.trie, &data.sid, item)?;
-        self.ann_gen = self.ann_gen.checked_add(1).ok_or_else(|| {
+        let gen = self.ann_gen.checked_add(1).ok_or_else(|| {
             CatalogError::Conflict("4 billion edits since the last compaction: compact the catalog".into())
         })?;
+        self.trie.insert(&base.trie, &data.sid, item)?;
+        self.ann_gen = gen;
         data.ann_key = ((self.ann_gen as u64) << 32) | item as u64;
         let key = data.ann_key;
         if item == self.rows {

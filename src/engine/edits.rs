@@ -272,9 +272,7 @@ impl Engine {
         if records.is_empty() {
             return Ok((applied, errors));
         }
-        // vectors first: no view serves the items before they are in the index
-        w.head.ann.add(&vectors)?;
-        self.commit(w, view, &records)?;
+        self.commit(w, view, &records, &vectors)?;
         Ok((applied, errors))
     }
 
@@ -289,15 +287,26 @@ impl Engine {
         let edit_id = view.last_edit_id() + 1;
         view.remove(id, edit_id).map_err(|e| catalog_error(e, "id"))?;
         let rec = EditRecord { edit_id, ts_ms: now_ms(), op: EditOp::Delete { id: id.to_string() } };
-        self.commit(w, view, &[rec])
+        self.commit(w, view, &[rec], &[])
     }
 
-    /// Logs `records` (which made `view` from the head), queues the view,
-    /// waits for the sync without the lock, and publishes.
-    fn commit(&self, mut w: std::sync::MutexGuard<'_, Writer>, view: Catalog, records: &[EditRecord]) -> Result<(), EngineError> {
-        let served = Arc::new(ServedCatalog { catalog: view, ann: w.head.ann.clone() });
+    /// Logs `records` (which made `view` from the head) and queues the view;
+    /// then, without the lock, adds the new `vectors` to the ANN index, waits
+    /// for the log's sync, and publishes. (Another edit's publication may
+    /// show these items a few ms before their vectors are in the ANN index;
+    /// they are there before this edit is answered.)
+    fn commit(
+        &self,
+        mut w: std::sync::MutexGuard<'_, Writer>,
+        view: Catalog,
+        records: &[EditRecord],
+        vectors: &[(u64, Vec<f32>)],
+    ) -> Result<(), EngineError> {
+        let ann = w.head.ann.clone();
+        let served = Arc::new(ServedCatalog { catalog: view, ann: ann.clone() });
         let Some(log) = w.store.as_ref().map(|s| s.log.clone()) else {
             // no catalog folder (the embedded model): edits live in memory
+            ann.add(vectors)?;
             w.head = served.clone();
             self.catalog.store(served);
             return Ok(());
@@ -307,8 +316,10 @@ impl Engine {
         w.queued.push_back((end, served));
         let compact = !w.compacting() && self.opts.compact_log_bytes > 0 && end >= self.opts.compact_log_bytes;
         drop(w);
+        let added = ann.add(vectors);
         let synced = log.sync_to(end);
         self.publish_synced(&log);
+        added?;
         synced.map_err(EngineError::Catalog)?;
         if compact {
             self.compact_in_background();

@@ -34,6 +34,8 @@ pub struct CatalogBenchOptions {
     pub idle_seconds: f64,
     pub stream_seconds: f64,
     pub batch: usize,
+    /// Concurrent batch senders.
+    pub writers: usize,
     pub singles: usize,
     pub k: usize,
 }
@@ -96,14 +98,21 @@ impl CatalogBenchReport {
     }
 }
 
-/// Closed-loop recommendation clients until `stop`; returns (ms, failures).
+/// Closed-loop recommendation clients until `stop` (none with concurrency
+/// 0); returns (ms, failures).
 async fn recommend_clients(o: &CatalogBenchOptions, stop: Arc<AtomicBool>) -> (Vec<f64>, usize) {
+    if o.concurrency == 0 {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        return (Vec::new(), 0);
+    }
     let url = format!("{}/v1/recommend", o.url.trim_end_matches('/'));
     let client = reqwest::Client::new();
     let out = Arc::new(Mutex::new((Vec::new(), 0usize)));
     let hist = Arc::new(o.histories.clone());
     let mut tasks = Vec::new();
-    for t in 0..o.concurrency.max(1) {
+    for t in 0..o.concurrency {
         let (client, url, out, stop, hist, k) = (client.clone(), url.clone(), out.clone(), stop.clone(), hist.clone(), o.k);
         tasks.push(tokio::spawn(async move {
             let mut i = t;
@@ -132,12 +141,17 @@ async fn recommend_clients(o: &CatalogBenchOptions, stop: Arc<AtomicBool>) -> (V
     (g.0.clone(), g.1)
 }
 
+/// The id of the `n`-th new item (after the catalog's `items`).
+fn new_id(o: &SynthOptions, n: usize) -> String {
+    format!("new-{}", o.items + n)
+}
+
 /// One new item's NDJSON line.
 fn item_line(mix: &Mixture, o: &SynthOptions, n: usize) -> String {
     let mut v = vec![0f32; o.dim];
     mix.item(o.items + n, o, &mut v);
     let emb: Vec<String> = v.iter().map(|x| format!("{x:.5}")).collect();
-    format!(r#"{{"id":"new-{n}","title":"new item {n}","embedding":[{}]}}"#, emb.join(","))
+    format!(r#"{{"id":"{}","title":"new item {n}","embedding":[{}]}}"#, new_id(o, n), emb.join(","))
 }
 
 /// Runs the four phases.
@@ -168,35 +182,53 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
         tokio::spawn(async move { recommend_clients(&o2, stop).await })
     };
     let start = Instant::now();
-    let (mut applied, mut errors, mut next) = (0usize, 0usize, 0usize);
-    let mut batch_ms = Vec::new();
-    // the next batch is built while the previous one is in flight
-    let build = |from: usize, mix: Arc<Mixture>, s: SynthOptions, b: usize| {
-        tokio::task::spawn_blocking(move || (from..from + b).map(|n| item_line(&mix, &s, n)).collect::<Vec<_>>().join("\n"))
-    };
-    let mut pending = build(next, mix.clone(), o.synth.clone(), o.batch);
-    while start.elapsed().as_secs_f64() < o.stream_seconds {
-        let body = pending.await.map_err(|e| e.to_string())?;
-        next += o.batch;
-        pending = build(next, mix.clone(), o.synth.clone(), o.batch);
-        let t = Instant::now();
-        let r = client
-            .post(&items_url)
-            .bearer_auth(&o.token)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = r.status().as_u16();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if status != 200 {
-            return Err(format!("batch answered {status}: {v}"));
-        }
-        batch_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        applied += v["applied"].as_u64().unwrap_or(0) as usize;
-        errors += v["errors"].as_array().map_or(0, Vec::len);
+    // writers send batches back to back, each building its next batch while
+    // the last one is in flight; item numbers come from one counter
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..o.writers.max(1) {
+        let (client, url, token, mix, synth, counter) =
+            (client.clone(), items_url.clone(), o.token.clone(), mix.clone(), o.synth.clone(), counter.clone());
+        let (batch, seconds) = (o.batch, o.stream_seconds);
+        writers.push(tokio::spawn(async move {
+            let build = |from: usize| {
+                let (mix, s) = (mix.clone(), synth.clone());
+                tokio::task::spawn_blocking(move || (from..from + batch).map(|n| item_line(&mix, &s, n)).collect::<Vec<_>>().join("\n"))
+            };
+            let (mut applied, mut errors, mut ms) = (0usize, 0usize, Vec::new());
+            let mut pending = build(counter.fetch_add(batch, Ordering::SeqCst));
+            while start.elapsed().as_secs_f64() < seconds {
+                let body = pending.await.map_err(|e| e.to_string())?;
+                pending = build(counter.fetch_add(batch, Ordering::SeqCst));
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if status != 200 {
+                    return Err(format!("batch answered {status}: {v}"));
+                }
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+                applied += v["applied"].as_u64().unwrap_or(0) as usize;
+                errors += v["errors"].as_array().map_or(0, Vec::len);
+            }
+            Ok::<_, String>((applied, errors, ms))
+        }));
     }
+    let (mut applied, mut errors, mut batch_ms) = (0usize, 0usize, Vec::new());
+    for w in writers {
+        let (a, e, ms) = w.await.map_err(|e| e.to_string())??;
+        applied += a;
+        errors += e;
+        batch_ms.extend(ms);
+    }
+    let next = counter.load(Ordering::SeqCst);
     let stream_seconds = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let (during, during_failed) = readers.await.map_err(|e| e.to_string())?;
@@ -216,7 +248,7 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
             Ok(r) if r.status().is_success() => {
                 single_ms.push(t.elapsed().as_secs_f64() * 1e3);
                 let got: Value = client
-                    .get(format!("{items_url}/new-{n}"))
+                    .get(format!("{items_url}/{}", new_id(&o.synth, n)))
                     .bearer_auth(&o.token)
                     .send()
                     .await

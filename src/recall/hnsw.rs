@@ -20,6 +20,9 @@ pub const THREADS: usize = 64;
 /// Candidates examined per insert (usearch's default is 128): half the build
 /// time of a 10^7-item graph, for recall that an ANN fallback does not miss.
 const EXPANSION_ADD: usize = 64;
+/// Candidates examined per search (usearch's default is 64); searches are
+/// the rare fallback path, and a wider one makes up for the narrower build.
+const EXPANSION_SEARCH: usize = 128;
 
 fn err(e: impl std::fmt::Display) -> RecallError {
     RecallError::Index(e.to_string())
@@ -79,6 +82,12 @@ impl std::fmt::Debug for Hnsw {
 impl Hnsw {
     /// An empty index with room for `capacity` vectors.
     pub fn new(dim: usize, storage: Storage, capacity: usize) -> Result<Self, RecallError> {
+        Self::with_params(dim, storage, capacity, 0, EXPANSION_ADD)
+    }
+
+    /// [`Hnsw::new`] with `connectivity` neighbours per node (0: usearch's
+    /// default, 16) and `expansion_add` candidates examined per insert.
+    pub fn with_params(dim: usize, storage: Storage, capacity: usize, connectivity: usize, expansion_add: usize) -> Result<Self, RecallError> {
         let opts = IndexOptions {
             dimensions: dim,
             metric: MetricKind::IP,
@@ -86,7 +95,9 @@ impl Hnsw {
                 Storage::F32 => ScalarKind::F32,
                 Storage::F16 => ScalarKind::F16,
             },
-            expansion_add: EXPANSION_ADD,
+            connectivity,
+            expansion_add,
+            expansion_search: EXPANSION_SEARCH,
             ..Default::default()
         };
         let index = Index::new(&opts).map_err(err)?;
@@ -112,6 +123,7 @@ impl Hnsw {
         // contexts for THREADS callers (the file does not record them); no
         // other call can run yet
         index.reserve_capacity_and_threads(index.capacity().max(index.size()), THREADS).map_err(err)?;
+        index.change_expansion_search(EXPANSION_SEARCH);
         let dim = index.dimensions();
         Ok(Hnsw { index, dim, permits: Permits::new(THREADS) })
     }

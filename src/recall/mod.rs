@@ -51,6 +51,11 @@ const OVERLAY_CAPACITY: usize = 1 << 14;
 /// Vectors added per hold of the overlay graph's write lock (searches wait
 /// at most this many inserts, a few ms).
 const ADD_CHUNK: usize = 128;
+/// Neighbours per node and candidates examined per insert in the overlay
+/// graph: it holds the items edited since the last compaction (10^5-10^6),
+/// every live upsert pays for its insert, and inserts are serial.
+const OVERLAY_CONNECTIVITY: usize = 8;
+const OVERLAY_EXPANSION_ADD: usize = 24;
 
 /// The ANN index of a catalog: the base version's graph and the graph of the
 /// items edited since.
@@ -147,10 +152,10 @@ impl Ann {
         if base.dim() != catalog.manifest().embedding_dim {
             return Err(RecallError::Dim { got: base.dim(), want: catalog.manifest().embedding_dim });
         }
-        let storage = Storage::F32;
+        let storage = Storage::F16;
         let ann = Ann {
             base,
-            overlay: RwLock::new(Hnsw::new(catalog.manifest().embedding_dim, storage, OVERLAY_CAPACITY)?),
+            overlay: RwLock::new(Hnsw::with_params(catalog.manifest().embedding_dim, storage, OVERLAY_CAPACITY, OVERLAY_CONNECTIVITY, OVERLAY_EXPANSION_ADD)?),
             adding: Mutex::new(()),
         };
         let items: Vec<(u64, Vec<f32>)> = catalog
