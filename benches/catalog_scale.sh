@@ -10,7 +10,8 @@
 # Usage: benches/catalog_scale.sh [N ...]      (default: 100000 1000000 10000000)
 # Env:   WORK (default work/scale), DIM (64), SECONDS_STREAM (30), BATCH (2000),
 #        PORT (18181), KEEP=1 keeps each size's files (default: removed after
-#        its row, except the reports).
+#        its row, except the reports), SKIP_INDEX=1 reuses a kept catalog and
+#        its index report (its edit log is reset to the indexed state).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=target/release/genrec
@@ -34,9 +35,14 @@ for N in "${SIZES[@]}"; do
   # 1. data
   [ -f "$D/synth.safetensors" ] || $B synth --out "$D" --items "$N" --dim "$DIM" --users 20000 --seed 7 2> "$D/synth.log"
   # 2. index (peak RSS from GNU time)
-  /usr/bin/time -v $B index --items "$D/synth.jsonl" --embeddings "$D/synth.safetensors" --out "$D/catalog" \
-      --report "$D/index.json" > "$D/index.out" 2> "$D/index.log"
-  grep -E "Maximum resident|Elapsed" "$D/index.log" | tee "$D/index.time"
+  if [ "${SKIP_INDEX:-0}" = 1 ] && [ -f "$D/catalog/CURRENT" ] && [ -f "$D/index.json" ]; then
+    echo "reusing $D/catalog (edit log reset)"
+    rm -f "$D"/catalog/edits-*.log
+  else
+    /usr/bin/time -v $B index --items "$D/synth.jsonl" --embeddings "$D/synth.safetensors" --out "$D/catalog" \
+        --report "$D/index.json" > "$D/index.out" 2> "$D/index.log"
+    grep -E "Maximum resident|Elapsed" "$D/index.log" | tee "$D/index.time"
+  fi
   # 3. a small model, one epoch
   [ -f "$D/model/model.safetensors" ] || $B train --data "$D/synth.inter.json" --catalog "$D/catalog" --out "$D/model" \
       --epochs 1 --valid-users 0 > "$D/train.out" 2> "$D/train.log"

@@ -23,6 +23,9 @@ use super::{Catalog, CatalogError};
 pub const MAX_ID_BYTES: usize = 512;
 /// Longest item title, in bytes.
 pub const MAX_TITLE_BYTES: usize = 4096;
+/// Codes of an upper k-means level tried for a new item when everything
+/// under the nearer ones is full.
+pub const SPILL_UPPER: usize = 4;
 
 /// One edit as the log (and later a replica feed) carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,7 +141,10 @@ pub fn normalised(embedding: &[f32], dim: usize) -> Result<Vec<f32>, CatalogErro
 impl Catalog {
     /// Semantic ID for a unit-norm embedding: k-means codes from the
     /// codebooks, then the lowest collision code no served item uses under
-    /// them (the next-nearest code of the last k-means level when none is left).
+    /// them. Where that prefix is full, the next-nearest code of the last
+    /// k-means level is tried, then of the levels above (up to
+    /// [`SPILL_UPPER`] codes each): in a crowded region of a large catalog
+    /// the whole subtree under the nearest codes can be at capacity.
     pub fn semantic_id_for(&self, embedding: &[f32]) -> Result<Vec<u32>, CatalogError> {
         let dim = self.manifest().embedding_dim;
         let levels = self.levels();
@@ -151,32 +157,56 @@ impl Catalog {
                 "the catalog has no codebooks (its semantic IDs were imported): give the item's semantic_id".into(),
             ));
         }
-        let mut residual = embedding.to_vec();
         let mut sid = Vec::with_capacity(levels);
-        for book in &books[..books.len() - 1] {
-            let code = argmin(&distances(&residual, book, dim));
-            let c = &book[code as usize * dim..(code as usize + 1) * dim];
-            residual.iter_mut().zip(c).for_each(|(r, x)| *r -= x);
-            sid.push(code);
+        if self.place_codes(embedding, &mut sid) {
+            return Ok(sid);
         }
-        let trie = self.trie();
         let size = self.manifest().codebook_sizes[levels - 1];
-        let d = distances(&residual, &books[books.len() - 1], dim);
-        // the nearest code first; the others (by distance) only when its
-        // collision codes are all taken
+        Err(CatalogError::Conflict(format!(
+            "all {size} collision codes are taken under the nearest prefixes of this embedding: compact and re-index the catalog with more levels"
+        )))
+    }
+
+    /// Depth-first over the codes of the level after `sid`, nearest first:
+    /// completes `sid` to a free semantic ID and returns true, or leaves it as
+    /// it was.
+    fn place_codes(&self, residual: &[f32], sid: &mut Vec<u32>) -> bool {
+        let books = self.codebooks();
+        let sizes = &self.manifest().codebook_sizes;
+        let dim = self.manifest().embedding_dim;
+        let level = sid.len();
+        let last = level + 1 == books.len();
+        let trie = self.trie();
+        let d = distances(residual, &books[level], dim);
         let first = argmin(&d);
-        for code in std::iter::once(first).chain(ranked(&d).into_iter().filter(|&c| c != first)) {
+        // leaves a prefix after this level can hold
+        let room: i64 = sizes[level + 1..].iter().fold(1i64, |a, &s| a.saturating_mul(s as i64));
+        let mut rest: Option<Vec<u32>> = None;
+        let limit = if last { d.len() } else { SPILL_UPPER.min(d.len()) };
+        for k in 0..limit {
+            let code = if k == 0 {
+                first
+            } else {
+                let r = rest.get_or_insert_with(|| ranked(&d).into_iter().filter(|&c| c != first).collect());
+                r[k - 1]
+            };
             sid.push(code);
-            if let Some(free) = trie.free_code(trie.walk(&sid), size) {
-                sid.push(free);
-                return Ok(sid);
+            let node = trie.walk(sid);
+            if last {
+                if let Some(free) = trie.free_code(node, sizes[level + 1]) {
+                    sid.push(free);
+                    return true;
+                }
+            } else if node.is_none_or(|n| trie.count(n) < room) {
+                let c = &books[level][code as usize * dim..(code as usize + 1) * dim];
+                let next: Vec<f32> = residual.iter().zip(c).map(|(r, x)| r - x).collect();
+                if self.place_codes(&next, sid) {
+                    return true;
+                }
             }
             sid.pop();
         }
-        Err(CatalogError::Conflict(format!(
-            "all {size} collision codes are taken under every prefix {:?}+*: re-index the catalog",
-            &sid
-        )))
+        false
     }
 
     /// The semantic ID an upsert gets: the given one (checked: in range and
@@ -357,6 +387,25 @@ mod tests {
         assert_eq!(back.item, 0);
         assert!(cat.is_served(0));
         assert_eq!(cat.trie().lookup(cat.sid(0)), Some(0));
+    }
+
+    /// Twins of one item fill its prefix, then the other last-level codes
+    /// under its first code, then other first codes: every free semantic ID
+    /// is used before an upsert is refused.
+    #[test]
+    fn new_items_spill_to_the_next_nearest_codes_at_every_level() {
+        let mut cat = tiny_catalog();
+        let sizes = cat.manifest().codebook_sizes.clone();
+        let capacity = sizes.iter().product::<u32>() as usize;
+        let free = capacity - cat.served_len();
+        let twin = cat.embedding(0);
+        for k in 0..free {
+            let up = cat.upsert(new(&format!("t{k}"), twin.clone()), k as u64 + 1).unwrap();
+            assert_eq!(cat.trie().lookup(&up.semantic_id), Some(up.item));
+        }
+        let firsts: std::collections::BTreeSet<u32> = (0..cat.len() as u32).map(|i| cat.sid(i)[0]).collect();
+        assert_eq!(firsts.len(), sizes[0] as usize, "every first code took twins");
+        assert!(matches!(cat.upsert(new("one-too-many", twin), 999), Err(CatalogError::Conflict(_))));
     }
 
     #[test]

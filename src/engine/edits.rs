@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::state::ServedCatalog;
@@ -24,6 +24,58 @@ use crate::catalog::edit::{check_item_text, EditOp, EditRecord, NewItem as Catal
 use crate::catalog::editlog::EditLog;
 use crate::catalog::{Catalog, CatalogError};
 use crate::recall::{write_version_graph, Ann, ANN_FILE};
+
+/// Threads that run catalog edits: fewer than the cores, and at a lower CPU
+/// priority than request serving (nice +10 on Linux), so that a stream of
+/// upserts takes the cores recommendations leave idle rather than half of them.
+pub(super) struct EditPool {
+    tx: Mutex<Option<std::sync::mpsc::Sender<EditJob>>>,
+}
+
+type EditJob = Box<dyn FnOnce() + Send>;
+
+/// Threads of the edit pool.
+const EDIT_THREADS: usize = 2;
+/// Nice value of edit threads (0 = normal; 19 = lowest).
+const EDIT_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority (Linux: nice is per thread).
+pub(super) fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority have no memory effects; a failure
+    // (e.g. no permission) only leaves the priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, EDIT_NICE);
+    }
+}
+
+impl EditPool {
+    pub(super) fn start() -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<EditJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..EDIT_THREADS {
+            let rx = rx.clone();
+            std::thread::Builder::new().name(format!("genrec-edit-{i}")).spawn(move || {
+                lower_priority();
+                loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })?;
+        }
+        Ok(EditPool { tx: Mutex::new(Some(tx)) })
+    }
+}
+
+impl Drop for EditPool {
+    fn drop(&mut self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
 
 /// A new item for the live catalog: an embedding, or a text to embed.
 #[derive(Debug, Clone)]
@@ -128,6 +180,27 @@ fn catalog_error(e: CatalogError, field: &'static str) -> EngineError {
 }
 
 impl Engine {
+    /// Runs a catalog edit on the edit pool (lower CPU priority than
+    /// serving) and waits for it without blocking the async runtime.
+    pub async fn edit<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let job: EditJob = Box::new(move || {
+            let _ = tx.send(f(&me));
+        });
+        let sent = match self.edit_pool.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(s) => s.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(EngineError::Stopped);
+        }
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -381,9 +454,12 @@ impl Engine {
     /// Starts a compaction on its own thread (one at a time).
     pub fn compact_in_background(&self) {
         let Some(me) = self.me.get().and_then(|w| w.upgrade()) else { return };
-        let _ = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || match me.compact() {
-            Ok(r) => tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "catalog compacted"),
-            Err(e) => tracing::warn!(error = %e, "catalog compaction failed; edits keep going to the log"),
+        let _ = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || {
+            lower_priority();
+            match me.compact() {
+                Ok(r) => tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "catalog compacted"),
+                Err(e) => tracing::warn!(error = %e, "catalog compaction failed; edits keep going to the log"),
+            }
         });
     }
 

@@ -192,6 +192,8 @@ pub struct Engine {
     catalog: ArcSwap<ServedCatalog>,
     /// The edit side: the newest view, the edit log, views waiting for a sync.
     writer: Mutex<edits::Writer>,
+    /// Threads that run edits, below serving's priority.
+    edit_pool: edits::EditPool,
     /// Serialises model changes.
     admin_lock: Mutex<()>,
     /// This engine, for background jobs it starts (compaction).
@@ -225,6 +227,7 @@ impl Engine {
             previous: Mutex::new(None),
             catalog: ArcSwap::new(served),
             writer: Mutex::new(writer),
+            edit_pool: edits::EditPool::start().map_err(EngineError::Worker)?,
             admin_lock: Mutex::new(()),
             me: OnceLock::new(),
             scheduler: Scheduler::start(opts.batch.clone(), observer).map_err(EngineError::Worker)?,

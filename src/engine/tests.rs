@@ -119,3 +119,122 @@ fn rollback_swaps_back_and_forth() {
     assert_eq!(e.rollback().unwrap().source, "embedded");
     assert_eq!(e.models().1.unwrap().source, "second");
 }
+
+/// A catalog folder of `n` random 8-d items (2 levels of 16 codes), opened
+/// for writing.
+fn random_store(tag: &str, n: usize) -> (std::path::PathBuf, crate::catalog::Catalog, edits::CatalogStore) {
+    use rand::{Rng, SeedableRng};
+    let dir = std::env::temp_dir().join(format!("genrec-engine-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let emb: Vec<f32> = (0..n * 8).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let items: Vec<crate::dataset::ItemRecord> = (0..n)
+        .map(|i| crate::dataset::ItemRecord { id: format!("b{i}"), title: format!("base {i}"), text: format!("base {i}") })
+        .collect();
+    let opts = crate::catalog::RqOptions { levels: 2, codebook_size: 16, iterations: 5, seed: 1, ..Default::default() };
+    let (cat, _) = crate::catalog::build::build_catalog("random", &items, emb, 8, "test", &opts).unwrap();
+    cat.save(&dir).unwrap();
+    let (cat, store, _) = edits::open_store(&dir).unwrap();
+    (dir, cat, store.expect("writable"))
+}
+
+/// Readers take views and ANN answers while writers upsert and delete and
+/// the edit log passes the compaction threshold (compactions run beside
+/// them): every view is whole (each item it serves is at its semantic ID in
+/// that view's trie), no request fails, and every acknowledged edit is there
+/// at the end and after reopening the folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_writers_and_automatic_compaction() {
+    use rand::{Rng, SeedableRng};
+    let (dir, cat, store) = random_store("concurrent", 2000);
+    let opts = EngineOptions { compact_log_bytes: 200_000, ..Default::default() };
+    let e = Engine::with_store(cat, Some(store), opts, Arc::new(NoObserver)).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for t in 0..3u64 {
+        let (e, stop) = (e.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(t);
+            let mut checked = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let view = e.catalog();
+                let c = &view.catalog;
+                for _ in 0..20 {
+                    let i = rng.random_range(0..c.len() as u32);
+                    if c.is_served(i) {
+                        assert_eq!(c.trie().lookup(c.sid(i)), Some(i), "a view serves item {i} but its trie does not");
+                        checked += 1;
+                    }
+                }
+                let h = format!("b{}", rng.random_range(0..2000));
+                let a = e.recommend(&req(&[h.as_str()], 10, Strategy::Ann)).await.expect("an ANN answer");
+                assert!(a.items.iter().all(|it| c.index_of(&it.item_id).is_some()));
+                tokio::task::yield_now().await;
+            }
+            checked
+        }));
+    }
+    // writers: upserts in batches, single upserts, deletes; record what was acknowledged
+    let writer = {
+        let e = e.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+            let mut want: std::collections::HashMap<String, bool> = Default::default();
+            let vec8 = |rng: &mut rand_chacha::ChaCha8Rng| (0..8).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
+            for round in 0..40 {
+                let lines: Vec<(usize, edits::NewItem)> = (0..50)
+                    .map(|j| {
+                        let id = format!("n{round}-{j}");
+                        (j + 1, edits::NewItem { id: id.clone(), title: id, text: None, embedding: Some(vec8(&mut rng)), semantic_id: None })
+                    })
+                    .collect();
+                let ids: Vec<String> = lines.iter().map(|l| l.1.id.clone()).collect();
+                let out = e.upsert_batch(lines).unwrap();
+                let bad: std::collections::HashSet<usize> = out.errors.iter().map(|x| x.line).collect();
+                for (j, id) in ids.into_iter().enumerate() {
+                    if !bad.contains(&(j + 1)) {
+                        want.insert(id, true);
+                    }
+                }
+                let victim = format!("b{}", rng.random_range(0..2000));
+                if e.remove_item(&victim).is_ok() {
+                    want.insert(victim, false);
+                }
+                let id = format!("s{round}");
+                let single = edits::NewItem { id: id.clone(), title: id.clone(), text: None, embedding: Some(vec8(&mut rng)), semantic_id: None };
+                if e.upsert_item(single).is_ok() {
+                    want.insert(id, true);
+                }
+            }
+            want
+        })
+    };
+    let want = writer.await.unwrap();
+    // let a compaction that the last edits started finish
+    for _ in 0..200 {
+        if !e.catalog_info()["compacting"].as_bool().unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    let info = e.catalog_info();
+    assert!(info["version"].as_u64().unwrap() >= 2, "the log passed the threshold: a compaction ran ({info})");
+    let check = |c: &crate::catalog::Catalog| {
+        for (id, served) in &want {
+            let i = c.index_of(id).unwrap_or_else(|| panic!("{id} unknown"));
+            assert_eq!(c.is_served(i), *served, "{id}");
+            if *served {
+                assert_eq!(c.trie().lookup(c.sid(i)), Some(i));
+            }
+        }
+    };
+    check(&e.catalog().catalog);
+    drop(e);
+    let (reopened, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
+    check(&reopened);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -166,7 +166,7 @@ pub async fn add_item(
                 ));
             }
             let b: ItemBody = parse_body(&bytes)?;
-            let up = blocking(&st, move |e| e.upsert_item(b.into_item())).await?;
+            let up = st.engine.edit(move |e| e.upsert_item(b.into_item())).await?;
             catalog_edited(&st, 1);
             let status = if up.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok((status, Json(json!({"item_id": up.item_id, "semantic_id": up.semantic_id, "created": up.created}))).into_response())
@@ -195,7 +195,7 @@ async fn add_batch(st: &Arc<AppState>, bytes: &[u8]) -> Result<Response, ApiErro
             Err(e) => errors.push(e.line_error(n)),
         }
     }
-    let mut outcome = blocking(st, move |e| e.upsert_batch(lines)).await?;
+    let mut outcome = st.engine.edit(move |e| e.upsert_batch(lines)).await?;
     catalog_edited(st, outcome.applied);
     outcome.errors.extend(errors);
     outcome.errors.sort_by_key(|e| e.line);
@@ -211,7 +211,7 @@ pub async fn remove_item(State(st): State<Arc<AppState>>, headers: HeaderMap, Pa
         async {
             authorise(&st, &headers)?;
             let removed = id.clone();
-            blocking(&st, move |e| e.remove_item(&removed)).await?;
+            st.engine.edit(move |e| e.remove_item(&removed)).await?;
             catalog_edited(&st, 1);
             Ok(Json(json!({"removed": id})).into_response())
         }
@@ -230,7 +230,7 @@ pub async fn compact(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Res
     respond(
         async {
             authorise(&st, &headers)?;
-            let report = blocking(&st, |e| e.compact()).await?;
+            let report = st.engine.edit(|e| e.compact()).await?;
             Ok(Json(report).into_response())
         }
         .await,
