@@ -105,7 +105,15 @@ async fn default_model_answers_and_rejects_bad_input() {
 
 #[tokio::test]
 async fn serves_a_model_folder_and_refuses_a_broken_one() {
-    let dir = common::repo().join("models/demo/model");
+    // a copy: serving a folder takes its catalog's lock and opens its edit log
+    let root = common::TempDir::new("model-folder");
+    for sub in ["model", "catalog"] {
+        std::fs::create_dir_all(root.0.join(sub)).unwrap();
+        for e in std::fs::read_dir(common::repo().join("models/demo").join(sub)).unwrap().flatten() {
+            std::fs::copy(e.path(), root.0.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    let dir = root.0.join("model");
     let s = Server::start(&["--model", dir.to_str().unwrap()]);
     let c = reqwest::Client::new();
     let (st, v) = post(&c, &s, json!({"history": ["5"], "k": 3}).to_string()).await;
@@ -121,7 +129,7 @@ async fn serves_a_model_folder_and_refuses_a_broken_one() {
     std::fs::write(tmp.0.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
     let out = std::process::Command::new(common::bin())
         .args(["serve", "--addr", "127.0.0.1:0", "--model", tmp.0.to_str().unwrap()])
-        .args(["--catalog", common::repo().join("models/demo/catalog").to_str().unwrap()])
+        .args(["--catalog", root.0.join("catalog").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());

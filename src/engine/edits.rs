@@ -13,6 +13,7 @@
 //! the answer loses nothing.
 
 use std::collections::VecDeque;
+use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -131,18 +132,36 @@ pub struct CatalogStore {
     pub log: Arc<EditLog>,
 }
 
+/// Where an engine's edits go.
+pub enum EditStore {
+    /// Kept in memory only (the embedded default; a catalog without a folder).
+    Memory,
+    /// Logged to a catalog folder this process holds.
+    Durable(CatalogStore),
+    /// Refused, for the reason given (the folder is held by another process
+    /// or cannot be written).
+    ReadOnly(String),
+}
+
 /// Opens a catalog folder for serving: for writing when no other process
-/// holds it, read-only (edits refused) when one does.
-pub fn open_store(path: &Path) -> Result<(Catalog, Option<CatalogStore>, OpenReport), CatalogError> {
-    match dir::open_writable(path) {
-        Ok((cat, log, dir, report)) => Ok((cat, Some(CatalogStore { dir: Some(dir), log: Arc::new(log) }), report)),
-        Err(CatalogError::Busy(why)) => {
-            tracing::warn!("{why}: serving it read-only, live edits are refused");
-            let (cat, report) = dir::open_read_only(path)?;
-            Ok((cat, None, report))
+/// holds it, read-only (edits refused) when one does or when the folder
+/// cannot be written (a read-only mount).
+pub fn open_store(path: &Path) -> Result<(Catalog, EditStore, OpenReport), CatalogError> {
+    let why = match dir::open_writable(path) {
+        Ok((cat, log, dir, report)) => {
+            return Ok((cat, EditStore::Durable(CatalogStore { dir: Some(dir), log: Arc::new(log) }), report))
         }
-        Err(e) => Err(e),
-    }
+        Err(CatalogError::Busy(why)) => why,
+        Err(CatalogError::Io { path: p, source })
+            if matches!(source.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) =>
+        {
+            format!("{} cannot be written ({source})", p.display())
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::warn!("{why}: serving it read-only, live edits are refused");
+    let (cat, report) = dir::open_read_only(path)?;
+    Ok((cat, EditStore::ReadOnly(why), report))
 }
 
 /// The edit side of the engine, behind the edit lock.
@@ -157,7 +176,12 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(head: Arc<ServedCatalog>, store: Option<CatalogStore>, read_only: Option<String>) -> Self {
+    pub(super) fn new(head: Arc<ServedCatalog>, store: EditStore) -> Self {
+        let (store, read_only) = match store {
+            EditStore::Memory => (None, None),
+            EditStore::Durable(s) => (Some(s), None),
+            EditStore::ReadOnly(why) => (None, Some(why)),
+        };
         Writer { head, store, read_only, queued: VecDeque::new() }
     }
 

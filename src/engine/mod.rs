@@ -208,20 +208,20 @@ impl Engine {
     /// An engine serving `catalog` (edits kept in memory only), with no
     /// model until [`Engine::install`].
     pub fn new(catalog: Catalog, opts: EngineOptions, observer: Arc<dyn BatchObserver>) -> Result<Arc<Self>, EngineError> {
-        Self::with_store(catalog, None, opts, observer)
+        Self::with_store(catalog, edits::EditStore::Memory, opts, observer)
     }
 
     /// An engine serving `catalog`, whose edits go to `store`'s log when
-    /// given (see [`edits::open_store`]).
+    /// durable (see [`edits::open_store`]).
     pub fn with_store(
         catalog: Catalog,
-        store: Option<edits::CatalogStore>,
+        store: edits::EditStore,
         opts: EngineOptions,
         observer: Arc<dyn BatchObserver>,
     ) -> Result<Arc<Self>, EngineError> {
         let ann = Ann::open(&catalog)?;
         let served = Arc::new(ServedCatalog { catalog, ann: Arc::new(ann) });
-        let writer = edits::Writer::new(served.clone(), store, None);
+        let writer = edits::Writer::new(served.clone(), store);
         let engine = Arc::new(Engine {
             model: ArcSwapOption::empty(),
             previous: Mutex::new(None),

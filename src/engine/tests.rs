@@ -135,7 +135,8 @@ fn random_store(tag: &str, n: usize) -> (std::path::PathBuf, crate::catalog::Cat
     let (cat, _) = crate::catalog::build::build_catalog("random", &items, emb, 8, "test", &opts).unwrap();
     cat.save(&dir).unwrap();
     let (cat, store, _) = edits::open_store(&dir).unwrap();
-    (dir, cat, store.expect("writable"))
+    let edits::EditStore::Durable(store) = store else { panic!("the folder is writable") };
+    (dir, cat, store)
 }
 
 /// Readers take views and ANN answers while writers upsert and delete and
@@ -148,7 +149,7 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
     use rand::{Rng, SeedableRng};
     let (dir, cat, store) = random_store("concurrent", 2000);
     let opts = EngineOptions { compact_log_bytes: 200_000, ..Default::default() };
-    let e = Engine::with_store(cat, Some(store), opts, Arc::new(NoObserver)).unwrap();
+    let e = Engine::with_store(cat, edits::EditStore::Durable(store), opts, Arc::new(NoObserver)).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
     for t in 0..3u64 {

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use crate::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate, DEFAULT_INTENT_MODEL};
-use crate::engine::edits::open_store;
+use crate::engine::edits::{open_store, EditStore};
 use crate::engine::{BatchOptions, Engine, EngineOptions};
 
 /// Largest accepted request body.
@@ -170,7 +170,7 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         }
         (None, false) => {
             let (m, c) = default_model::load_as(&dev, dtype).context("loading the embedded default model")?;
-            return finish_engine(args, Some((m, "embedded".to_string())), c, None, dev, dtype);
+            return finish_engine(args, Some((m, "embedded".to_string())), c, EditStore::Memory, dev, dtype);
         }
     };
     let t0 = std::time::Instant::now();
@@ -180,7 +180,7 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         version = report.version,
         items = catalog.served_len(),
         replayed = report.replayed,
-        durable = store.is_some(),
+        durable = matches!(store, EditStore::Durable(_)),
         seconds = t0.elapsed().as_secs_f64(),
         "catalog open"
     );
@@ -191,7 +191,7 @@ fn finish_engine(
     args: &ServeArgs,
     model: Option<(crate::model::Model, String)>,
     catalog: crate::catalog::Catalog,
-    store: Option<crate::engine::edits::CatalogStore>,
+    store: EditStore,
     dev: candle_core::Device,
     dtype: candle_core::DType,
 ) -> Result<Arc<Engine>> {
