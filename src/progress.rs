@@ -49,14 +49,16 @@ impl Progress {
         }
     }
 
-    /// Ends the phase; returns its seconds.
+    /// Ends the phase (a line says how long it took, when that was a
+    /// second or more); returns its seconds.
     pub fn finish(self) -> f64 {
         let secs = self.started.elapsed().as_secs_f64();
-        match &self.bar {
-            Some(b) => b.finish_and_clear(),
-            None => {}
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
         }
-        eprintln!("{}: done in {secs:.1}s", self.label);
+        if secs >= 1.0 {
+            eprintln!("{}: done in {secs:.1}s", self.label);
+        }
         secs
     }
 }

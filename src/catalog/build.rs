@@ -316,34 +316,11 @@ pub struct IndexReport {
     pub ann_self_recall: f64,
 }
 
-/// Semantic IDs imported from elsewhere: the given codes plus a collision
-/// code (TIGER's), as the quantiser adds.
+/// Semantic IDs imported from elsewhere: the given codes (each below
+/// `codebook_size`, as [`read_sids`] checks) plus a collision code, as the
+/// quantiser adds.
 pub fn imported(codes: Vec<u32>, levels: usize, codebook_size: usize) -> Quantized {
-    let n = codes.len() / levels;
-    let key = |i: usize| &codes[i * levels..(i + 1) * levels];
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    order.par_sort_unstable_by(|&a, &b| key(a as usize).cmp(key(b as usize)).then(a.cmp(&b)));
-    let full = levels + 1;
-    let mut sids = vec![0u32; n * full];
-    let (mut max_group, mut collided, mut groups) = (1usize, 0usize, 0usize);
-    for g in order.chunk_by(|&a, &b| key(a as usize) == key(b as usize)) {
-        if g.len() > 1 {
-            groups += 1;
-            collided += g.len();
-        }
-        max_group = max_group.max(g.len());
-        for (rank, &item) in g.iter().enumerate() {
-            let item = item as usize;
-            sids[item * full..item * full + levels].copy_from_slice(key(item));
-            sids[item * full + levels] = rank as u32;
-        }
-    }
-    let used_codes = (0..levels)
-        .map(|l| (0..n).map(|i| codes[i * levels + l]).collect::<std::collections::HashSet<_>>().len())
-        .collect();
-    let mut codebook_sizes = vec![codebook_size as u32; levels];
-    codebook_sizes.push(max_group as u32);
-    Quantized { codebooks: Vec::new(), sids, codebook_sizes, collided_items: collided, collision_groups: groups, used_codes, moved: vec![0; levels] }
+    super::rqkmeans::with_collision_codes(codes, Vec::new(), levels, codebook_size, vec![0; levels])
 }
 
 /// How semantic IDs are made.

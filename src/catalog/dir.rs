@@ -308,7 +308,11 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64) -> Result<(), Cata
     let mut emb = ArrayWriter::<u16>::create(&dir.join("embeddings.f16"))?;
     let mut row = Vec::with_capacity(dim);
     let mut half_row: Vec<u16> = Vec::with_capacity(dim);
+    let progress = crate::progress::Progress::new("writing version rows", n as u64);
     for i in 0..n as u32 {
+        if i % 262_144 == 0 {
+            progress.set(i as u64);
+        }
         ids.push(view.item_id(i));
         titles.push(view.title(i));
         sids.extend_from_slice(view.sid(i));
@@ -327,6 +331,7 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64) -> Result<(), Cata
         }
     }
     emb.finish()?;
+    progress.finish();
     let ids = ids.finish();
     let idmap = IdMap::build(&ids).map_err(|d| {
         CatalogError::Format(format!("duplicate item id {:?} (rows {} and {})", ids.get(d.first), d.first, d.second))

@@ -152,7 +152,7 @@ pub fn quantize_rows(rows: &dyn Rows, opts: &RqOptions, progress: &(dyn Fn(&str,
     progress("codebooks", opts.levels, opts.levels);
     drop(residual);
     let (codes, moved) = assign_all(rows, &codebooks, opts, progress)?;
-    Ok(finish(codes, codebooks, opts.levels, k, moved))
+    Ok(with_collision_codes(codes, codebooks, opts.levels, k, moved))
 }
 
 /// Codes per item for every k-means level, capacity-bounded (see the module
@@ -291,8 +291,14 @@ fn nearest_codes(row: &[f32], m: usize) -> Vec<u32> {
 }
 
 /// Appends the collision code (rank among the items with the same k-means
-/// codes, by item) and gathers the statistics.
-fn finish(codes: Vec<u32>, codebooks: Vec<Vec<f32>>, levels: usize, k: usize, moved: Vec<usize>) -> Quantized {
+/// codes, by item) and gathers the statistics. Every code must be below `k`.
+pub(crate) fn with_collision_codes(
+    codes: Vec<u32>,
+    codebooks: Vec<Vec<f32>>,
+    levels: usize,
+    k: usize,
+    moved: Vec<usize>,
+) -> Quantized {
     let n = codes.len() / levels;
     let key = |i: usize| &codes[i * levels..(i + 1) * levels];
     let mut order: Vec<u32> = (0..n as u32).collect();
