@@ -38,6 +38,7 @@ async fn default_model_answers_and_rejects_bad_input() {
     let ready: Value = r.json().await.unwrap();
     let items_in_catalog = ready["items"].as_u64().unwrap();
     assert!(items_in_catalog > 0);
+    assert_eq!(ready["worker"], json!({"running": true, "panics": 0}), "{ready}");
 
     // a real answer: k distinct catalog items, none from the history, best first
     let history = ["3", "11", "19", "27"];

@@ -244,6 +244,17 @@ impl Engine {
         self.model.load_full()
     }
 
+    /// Whether the batching worker runs, and the panics it survived.
+    pub fn worker_health(&self) -> scheduler::WorkerHealth {
+        self.scheduler.health()
+    }
+
+    /// Test hook: the next batched generation panics.
+    #[cfg(test)]
+    pub(crate) fn inject_generation_panic(&self) {
+        self.scheduler.inject_panic();
+    }
+
     /// The catalog in service.
     pub fn catalog(&self) -> Arc<ServedCatalog> {
         self.catalog.load_full()
@@ -318,6 +329,10 @@ impl Engine {
                 return self.fill(answer, &cat, &r, req.k, "error");
             }
             Generation::Failed(e) => return Err(EngineError::Batch(e)),
+            Generation::Stopped if req.strategy == Strategy::Auto => {
+                tracing::warn!("the batching worker dropped the request; answering from ANN recall");
+                return self.fill(answer, &cat, &r, req.k, "error");
+            }
             Generation::Stopped => return Err(EngineError::Stopped),
             Generation::Late if req.strategy == Strategy::Auto => return self.fill(answer, &cat, &r, req.k, "deadline"),
             Generation::Late => return Err(EngineError::Deadline(timeout_ms)),

@@ -4,9 +4,16 @@
 //! them. A full queue refuses at once (the server answers 429); a request
 //! whose caller has gone (client disconnected, or it already answered from the
 //! fallback at its deadline) is dropped before it costs any work.
+//!
+//! A panic inside a batch's generation is caught: that batch's requests get
+//! an error (strategy `auto` then answers from ANN recall), the panic is
+//! counted, and the worker goes on with the next batch. Should the worker's
+//! own loop panic, it is started again; [`Scheduler::health`] says whether it
+//! runs and how many panics it survived (`/readyz`, `/metrics`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -63,6 +70,8 @@ pub enum SubmitError {
 pub trait BatchObserver: Send + Sync + 'static {
     fn queue_depth(&self, depth: usize);
     fn batch(&self, size: usize, queue_waits: &[Duration]);
+    /// A batch's generation (or the worker loop) panicked.
+    fn worker_panic(&self) {}
 }
 
 /// An observer that records nothing (tests, offline evaluation).
@@ -73,10 +82,27 @@ impl BatchObserver for NoObserver {
     fn batch(&self, _: usize, _: &[Duration]) {}
 }
 
+/// The worker's health, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerHealth {
+    /// The worker thread runs (false only if it ended for good).
+    pub running: bool,
+    /// Panics caught since start (each failed one batch).
+    pub panics: u64,
+}
+
+/// What the worker shares with the scheduler.
+struct Shared {
+    depth: AtomicUsize,
+    panics: AtomicU64,
+    /// Test hook: the next batch panics (set only by tests).
+    panic_next: AtomicBool,
+}
+
 /// The queue and its worker thread.
 pub struct Scheduler {
     tx: Option<SyncSender<Job>>,
-    depth: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
     observer: Arc<dyn BatchObserver>,
 }
@@ -84,26 +110,49 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn start(opts: BatchOptions, observer: Arc<dyn BatchObserver>) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(opts.max_queue.max(1));
-        let depth = Arc::new(AtomicUsize::new(0));
-        let (d, o) = (depth.clone(), observer.clone());
-        let worker = std::thread::Builder::new()
-            .name("genrec-batcher".into())
-            .spawn(move || worker_loop(rx, opts, d, o))?;
-        Ok(Scheduler { tx: Some(tx), depth, worker: Some(worker), observer })
+        let shared = Arc::new(Shared { depth: AtomicUsize::new(0), panics: AtomicU64::new(0), panic_next: AtomicBool::new(false) });
+        let (sh, o) = (shared.clone(), observer.clone());
+        let worker = std::thread::Builder::new().name("genrec-batcher".into()).spawn(move || {
+            // jobs taken from the queue that belong to a later batch (other versions)
+            let mut held = VecDeque::new();
+            // the loop catches panics per batch; this restarts it should anything else panic
+            while catch_unwind(AssertUnwindSafe(|| worker_loop(&rx, &opts, &sh, &*o, &mut held))).is_err() {
+                sh.panics.fetch_add(1, Ordering::Relaxed);
+                o.worker_panic();
+                tracing::error!("the batching worker panicked; restarting it");
+                // held jobs may be half-handled: dropping them answers their callers (Stopped)
+                held.clear();
+            }
+        })?;
+        Ok(Scheduler { tx: Some(tx), shared, worker: Some(worker), observer })
+    }
+
+    /// Whether the worker runs, and the panics it survived.
+    pub fn health(&self) -> WorkerHealth {
+        WorkerHealth {
+            running: self.worker.as_ref().is_some_and(|w| !w.is_finished()),
+            panics: self.shared.panics.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Test hook: makes the next batch's generation panic.
+    #[cfg(test)]
+    pub(crate) fn inject_panic(&self) {
+        self.shared.panic_next.store(true, Ordering::SeqCst);
     }
 
     /// Queues a job, or refuses at once when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         let tx = self.tx.as_ref().ok_or(SubmitError::Stopped)?;
         // count before sending so the worker's decrement never underflows
-        let depth = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
+        let depth = self.shared.depth.fetch_add(1, Ordering::SeqCst) + 1;
         match tx.try_send(job) {
             Ok(()) => {
                 self.observer.queue_depth(depth);
                 Ok(())
             }
             Err(e) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
+                self.shared.depth.fetch_sub(1, Ordering::SeqCst);
                 Err(match e {
                     TrySendError::Full(_) => SubmitError::Full,
                     TrySendError::Disconnected(_) => SubmitError::Stopped,
@@ -130,12 +179,16 @@ fn same_versions(a: &Job, b: &Job) -> bool {
     Arc::ptr_eq(&a.model, &b.model) && Arc::ptr_eq(a.catalog.catalog.base(), b.catalog.catalog.base())
 }
 
-fn worker_loop(rx: Receiver<Job>, opts: BatchOptions, depth: Arc<AtomicUsize>, observer: Arc<dyn BatchObserver>) {
+fn worker_loop(
+    rx: &Receiver<Job>,
+    opts: &BatchOptions,
+    shared: &Shared,
+    observer: &dyn BatchObserver,
+    held: &mut VecDeque<Job>,
+) {
     let max_batch = opts.max_batch.max(1);
-    // jobs taken from the queue that belong to a later batch (other versions)
-    let mut held: VecDeque<Job> = VecDeque::new();
     let take = |job: Job| {
-        let d = depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        let d = shared.depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
         observer.queue_depth(d);
         job
     };
@@ -157,7 +210,7 @@ fn worker_loop(rx: Receiver<Job>, opts: BatchOptions, depth: Arc<AtomicUsize>, o
                 later.push_back(j);
             }
         }
-        held = later;
+        *held = later;
         while batch.len() < max_batch {
             let now = Instant::now();
             let next = if now >= until { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(until - now) };
@@ -173,13 +226,13 @@ fn worker_loop(rx: Receiver<Job>, opts: BatchOptions, depth: Arc<AtomicUsize>, o
                 Err(_) => break,
             }
         }
-        run_batch(batch, opts.beam, &*observer);
+        run_batch(batch, opts.beam, shared, observer);
     }
 }
 
 /// Runs one batch: drops jobs nobody waits for or past their deadline, then
 /// generates for the rest and answers each.
-fn run_batch(batch: Vec<Job>, beam: usize, observer: &dyn BatchObserver) {
+fn run_batch(batch: Vec<Job>, beam: usize, shared: &Shared, observer: &dyn BatchObserver) {
     let now = Instant::now();
     let (live, _dropped): (Vec<Job>, Vec<Job>) =
         batch.into_iter().partition(|j| !j.reply.is_closed() && j.deadline > now);
@@ -196,19 +249,43 @@ fn run_batch(batch: Vec<Job>, beam: usize, observer: &dyn BatchObserver) {
     let (model, catalog) = (newest.model.clone(), newest.catalog.clone());
     let span = tracing::debug_span!("batch", size = live.len());
     let _g = span.enter();
-    match generate(&model.model, &catalog.catalog, &reqs, beam) {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        if shared.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("injected by a test");
+        }
+        generate(&model.model, &catalog.catalog, &reqs, beam)
+    }));
+    let result = match result {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(payload) => {
+            shared.panics.fetch_add(1, Ordering::Relaxed);
+            observer.worker_panic();
+            let what = panic_message(&*payload);
+            tracing::error!(panic = %what, size = live.len(), "batched generation panicked; its requests get an error");
+            Err(format!("generation panicked: {what}"))
+        }
+    };
+    match result {
         Ok(out) => {
             let per = out.tokens / live.len().max(1);
             for (job, hits) in live.into_iter().zip(out.hits) {
                 let _ = job.reply.send(Ok((hits, per)));
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "batched generation failed");
-            let msg = e.to_string();
+        Err(msg) => {
+            tracing::error!(error = %msg, "batched generation failed");
             for job in live {
                 let _ = job.reply.send(Err(msg.clone()));
             }
         }
     }
+}
+
+/// The text of a panic's payload (`panic!` with a string or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }

@@ -83,6 +83,34 @@ async fn deadline_falls_back_to_ann() {
     assert!(matches!(e.recommend(&r).await, Err(EngineError::Deadline(20))));
 }
 
+/// A panic inside a batch's generation fails that batch only: `auto`
+/// answers from ANN, `generative` gets an error, the worker keeps running
+/// and the next request is generated again; the panic is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_generation_fails_one_batch_and_the_worker_goes_on() {
+    let e = engine(true, EngineOptions::default());
+    let h = first_ids(&e, 3);
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    assert_eq!(e.worker_health(), scheduler::WorkerHealth { running: true, panics: 0 });
+
+    e.inject_generation_panic();
+    let a = e.recommend(&req(&h, 5, Strategy::Auto)).await.unwrap();
+    assert_eq!(a.fallback, Some("error"));
+    assert!(a.items.len() == 5 && a.items.iter().all(|i| i.source == "ann"));
+
+    e.inject_generation_panic();
+    match e.recommend(&req(&h, 5, Strategy::Generative)).await {
+        Err(EngineError::Batch(m)) => assert!(m.contains("panicked"), "{m}"),
+        other => panic!("expected a batch error, got {other:?}"),
+    }
+    assert_eq!(e.worker_health(), scheduler::WorkerHealth { running: true, panics: 2 });
+
+    for _ in 0..3 {
+        let a = e.recommend(&req(&h, 5, Strategy::Generative)).await.unwrap();
+        assert!(a.fallback.is_none() && a.items.iter().all(|i| i.source == "generative"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_item_is_never_returned_and_added_item_is() {
     let e = engine(true, EngineOptions::default());

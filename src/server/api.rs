@@ -270,16 +270,20 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready once a model is loaded and has passed its smoke generation.
+/// Ready once a model is loaded and has passed its smoke generation, and
+/// while the batching worker runs; says how many panics the worker survived.
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let items = st.engine.catalog().catalog.served_len();
-    match st.engine.model() {
-        Some(m) => Json(json!({"status": "ready", "model": m.label(), "items": items})).into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "error": "no model is loaded", "items": items})),
-        )
-            .into_response(),
+    let w = st.engine.worker_health();
+    let worker = json!({"running": w.running, "panics": w.panics});
+    match (st.engine.model(), w.running) {
+        (Some(m), true) => Json(json!({"status": "ready", "model": m.label(), "items": items, "worker": worker})).into_response(),
+        (m, running) => {
+            let error = if running { "no model is loaded" } else { "the batching worker has stopped" };
+            let model = m.map(|m| m.label());
+            let body = json!({"status": "not ready", "error": error, "model": model, "items": items, "worker": worker});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub const MODEL_INFO: &str = "genrec_model_info";
 pub const CATALOG_ITEMS: &str = "genrec_catalog_items";
 /// Live catalog edits applied (upserts and deletes).
 pub const CATALOG_EDITS: &str = "genrec_catalog_edits_total";
+/// Panics caught in batched generation (each failed one batch).
+pub const WORKER_PANICS: &str = "genrec_worker_panics_total";
 /// Cold-start answers by how their intents were found (`llm`, `embedding`).
 pub const COLDSTART: &str = "genrec_coldstart_requests_total";
 
@@ -51,6 +53,7 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(ITEMS, "Items returned in answers");
             metrics::describe_gauge!(MODEL_INFO, "The model in service (value 1; labels name, version)");
             metrics::describe_gauge!(CATALOG_ITEMS, "Items the catalog serves");
+            metrics::describe_counter!(WORKER_PANICS, "Panics caught in batched generation; each failed one batch, the worker went on");
             metrics::describe_counter!(CATALOG_EDITS, "Live catalog edits applied (upserts and deletes)");
             handle
         })
@@ -84,5 +87,9 @@ impl BatchObserver for SchedulerMetrics {
         for w in queue_waits {
             metrics::histogram!(QUEUE_WAIT).record(w.as_secs_f64());
         }
+    }
+
+    fn worker_panic(&self) {
+        metrics::counter!(WORKER_PANICS).increment(1);
     }
 }
