@@ -30,8 +30,8 @@ run c64 --concurrency 64 --requests 4000
 run open200 --rate 200 --seconds 10
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); server flags: ${*:-(defaults)}"
 echo
-echo "| load | requests | req/s | items/s | p50 ms | p90 ms | p99 ms | 429 | errors | fallbacks |"
+echo "| load | requests | ok answers/s | items/s | ok p50 ms | ok p90 ms | ok p99 ms | 429 | errors | fallbacks |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for name in c1 c8 c64 open200; do
-  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('| {mode} | {requests} | {requests_per_s:.1f} | {items_per_s:.0f} | {latency_ms_p50:.2f} | {latency_ms_p90:.2f} | {latency_ms_p99:.2f} | {rejected} | {errors} | {fallbacks} |'.format(**r))" "$out/$name.json"
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('| {mode} | {requests} | {ok_per_s:.1f} | {items_per_s:.0f} | {latency_ms_p50:.2f} | {latency_ms_p90:.2f} | {latency_ms_p99:.2f} | {rejected} | {errors} | {fallbacks} |'.format(**r))" "$out/$name.json"
 done

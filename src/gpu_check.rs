@@ -377,6 +377,17 @@ fn requests(h: &[Vec<u32>], k: usize) -> Vec<GenRequest> {
         .collect()
 }
 
+/// Why an f32 end-to-end comparison fails: any list that differs from the
+/// CPU's (the check then exits non-zero).
+fn e2e_mismatch(e2e: &Value) -> Option<String> {
+    let (same, n) = (e2e["identical_lists"].as_u64(), e2e["requests"].as_u64());
+    match (same, n) {
+        (Some(s), Some(n)) if s == n && n > 0 => None,
+        (Some(s), Some(n)) => Some(format!("{} of {n} top-10 lists differ from the CPU reference", n - s.min(n))),
+        _ => Some(format!("no comparison in {e2e}")),
+    }
+}
+
 /// Part 1b: the same checkpoint on the device and on the CPU gives the same items.
 fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, seed: u64) -> Result<Value, CheckError> {
     let h = histories(catalog, 64, 20, seed);
@@ -390,7 +401,8 @@ fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, seed: u64)
         .zip(&b.hits)
         .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs()))
         .fold(0f32, f32::max);
-    Ok(json!({"requests": reqs.len(), "identical_lists": same, "max_score_diff": worst}))
+    // decoded tokens are the live beams of every level on both devices
+    Ok(json!({"requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": b.tokens}))
 }
 
 /// Part 3: batches through `generate` on one device.
@@ -457,6 +469,9 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
             if !e2e.is_null() {
                 println!("end-to-end ({}, {} items): {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
                     dev_model.label(), catalog.len(), e2e["identical_lists"], e2e["requests"], e2e["max_score_diff"].as_f64().unwrap_or(0.0));
+                if let Some(why) = e2e_mismatch(&e2e) {
+                    soft("end-to-end f32", Err(CheckError::Other(why)));
+                }
             }
             (Some((dev_model, cpu_model, catalog)), e2e)
         }
@@ -549,6 +564,15 @@ mod tests {
         assert_eq!(r["correctness"]["end_to_end"]["identical_lists"], 64);
         assert_eq!(r["step_times"].as_array().unwrap().len(), 2 * 2);
         assert_eq!(r["end_to_end"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_differing_end_to_end_list_fails_the_check() {
+        assert_eq!(e2e_mismatch(&json!({"requests": 64, "identical_lists": 64})), None);
+        let why = e2e_mismatch(&json!({"requests": 64, "identical_lists": 63})).unwrap();
+        assert!(why.contains("1 of 64"), "{why}");
+        assert!(e2e_mismatch(&json!({"requests": 0, "identical_lists": 0})).is_some());
+        assert!(e2e_mismatch(&Value::Null).is_some());
     }
 
     #[test]

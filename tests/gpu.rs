@@ -73,6 +73,8 @@ mod on_gpu {
         assert_eq!(r["correctness"]["steps"]["ok"], true);
         let e2e = &r["correctness"]["end_to_end"];
         assert_eq!(e2e["identical_lists"], e2e["requests"], "{e2e}");
+        assert!(e2e["tokens_cpu"].as_u64().unwrap() > 0, "{e2e}");
+        assert_eq!(e2e["tokens_device"], e2e["tokens_cpu"], "tokens are counted alike: {e2e}");
     }
 
     /// `serve --device cuda:0` answers as the CPU server does.
@@ -84,12 +86,16 @@ mod on_gpu {
         let (g, c) = (Server::start(&["--device", "cuda:0"]), Server::start(&[]));
         let client = reqwest::Client::new();
         let (_, catalog) = genrec::server::default_model::load(&candle_core::Device::Cpu).unwrap();
-        let history: Vec<&str> = catalog.item_ids.iter().take(3).map(String::as_str).collect();
+        let history: Vec<&str> = (0..3).map(|i| catalog.item_id(i)).collect();
         let body = json!({"history": history, "k": 10, "strategy": "generative", "timeout_ms": 10000});
         let (sg, ag) = post_json(&client, &g.at("/v1/recommend"), &body).await;
         let (sc, ac) = post_json(&client, &c.at("/v1/recommend"), &body).await;
         assert_eq!((sg, sc), (200, 200), "{ag} {ac}");
-        let items = |a: &serde_json::Value| a["items"].as_array().unwrap().iter().map(|i| i["id"].clone()).collect::<Vec<_>>();
-        assert_eq!(items(&ag), items(&ac));
+        let items = |a: &serde_json::Value| {
+            a["items"].as_array().unwrap().iter().map(|i| i["item_id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        };
+        let (gi, ci) = (items(&ag), items(&ac));
+        assert_eq!(gi.len(), 10, "{ag}");
+        assert_eq!(gi, ci);
     }
 }

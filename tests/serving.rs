@@ -340,10 +340,25 @@ async fn genrec_bench_drives_a_server_and_reports_json() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("requests/s") && table.contains("p99"), "{table}");
+    assert!(table.contains("ok answers/s") && table.contains("p99"), "{table}");
     let r: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     assert_eq!((r["requests"].as_u64(), r["ok"].as_u64(), r["errors"].as_u64()), (Some(40), Some(40), Some(0)));
     assert!(r["latency_ms_p50"].as_f64().unwrap() > 0.0 && r["items_per_s"].as_f64().unwrap() > 0.0);
+
+    // an overloaded server: its 429s are counted beside the throughput, not in it
+    let busy = Server::start(&["--max-queue", "1", "--max-batch", "1", "--max-wait-ms", "0", "--beam", "100"]);
+    let out = std::process::Command::new(common::bin())
+        .args(["bench", "--url", &busy.url, "--data", data.join("demo.inter.json").to_str().unwrap()])
+        .args(["--concurrency", "32", "--requests", "300", "--k", "100", "--json", json_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let (ok, rejected, secs) = (r["ok"].as_f64().unwrap(), r["rejected"].as_f64().unwrap(), r["seconds"].as_f64().unwrap());
+    assert!(rejected > 0.0 && ok > 0.0, "the bench should see 429s and answers: {r}");
+    assert!((r["ok_per_s"].as_f64().unwrap() - ok / secs).abs() < 1e-6 * (1.0 + ok / secs), "{r}");
+    assert!((r["attempted_per_s"].as_f64().unwrap() - (ok + rejected) / secs).abs() < 1e-6 * (1.0 + ok / secs), "{r}");
+    assert!(r["failed_latency_ms_p50"].as_f64().is_some(), "{r}");
     // nothing listening: a clear failure
     let out = std::process::Command::new(common::bin())
         .args(["bench", "--url", "http://127.0.0.1:9", "--data", data.join("demo.inter.json").to_str().unwrap(), "--requests", "3"])

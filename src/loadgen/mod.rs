@@ -1,6 +1,7 @@
 //! `genrec bench`: drives a running server over HTTP with real histories (the
-//! test-split histories of a `NAME.inter.json` file) and reports requests/s,
-//! items/s, latency percentiles, errors, 429s and fallbacks.
+//! test-split histories of a `NAME.inter.json` file) and reports successful
+//! answers per second, items/s and the latency percentiles of successful
+//! answers; 429s and other failures are counted beside them, never in them.
 //!
 //! Closed loop (`concurrency` clients, each sending its next request when the
 //! last one is answered) measures capacity; open loop (Poisson arrivals at
@@ -63,12 +64,18 @@ pub struct BenchReport {
     /// Answers that ANN recall made or filled.
     pub fallbacks: usize,
     pub seconds: f64,
-    pub requests_per_s: f64,
+    /// Successful (200) answers per second: the throughput.
+    pub ok_per_s: f64,
+    /// Every request sent per second, failures included.
+    pub attempted_per_s: f64,
     pub items_per_s: f64,
+    /// Latency percentiles of the successful answers.
     pub latency_ms_p50: f64,
     pub latency_ms_p90: f64,
     pub latency_ms_p99: f64,
     pub latency_ms_max: f64,
+    /// Median latency of the failed requests (429s, errors), when any.
+    pub failed_latency_ms_p50: Option<f64>,
 }
 
 impl BenchReport {
@@ -80,14 +87,18 @@ impl BenchReport {
             ("ok / 429 / errors", format!("{} / {} / {}", self.ok, self.rejected, self.errors)),
             ("fallback answers", self.fallbacks.to_string()),
             ("seconds", format!("{:.2}", self.seconds)),
-            ("requests/s", format!("{:.1}", self.requests_per_s)),
+            ("ok answers/s (all requests/s)", format!("{:.1} ({:.1})", self.ok_per_s, self.attempted_per_s)),
             ("items/s", format!("{:.1}", self.items_per_s)),
             (
-                "latency p50 / p90 / p99 / max (ms)",
+                "ok latency p50 / p90 / p99 / max (ms)",
                 format!(
                     "{:.2} / {:.2} / {:.2} / {:.2}",
                     self.latency_ms_p50, self.latency_ms_p90, self.latency_ms_p99, self.latency_ms_max
                 ),
+            ),
+            (
+                "failed latency p50 (ms)",
+                self.failed_latency_ms_p50.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
             ),
         ];
         rows.iter().map(|(k, v)| format!("{k:<36} {v}\n")).collect()
@@ -97,7 +108,10 @@ impl BenchReport {
 /// One answered (or failed) request.
 #[derive(Default)]
 struct Tally {
+    /// Latencies of successful answers.
     latencies: Vec<f64>,
+    /// Latencies of failed requests.
+    failed: Vec<f64>,
     ok: usize,
     rejected: usize,
     errors: usize,
@@ -122,17 +136,23 @@ async fn one(client: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tal
     };
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-    t.latencies.push(ms);
     match status {
         200 => {
+            t.latencies.push(ms);
             t.ok += 1;
             t.items += v["items"].as_array().map_or(0, Vec::len);
             if !v["fallback"].is_null() {
                 t.fallbacks += 1;
             }
         }
-        429 => t.rejected += 1,
-        _ => t.errors += 1,
+        429 => {
+            t.failed.push(ms);
+            t.rejected += 1;
+        }
+        _ => {
+            t.failed.push(ms);
+            t.errors += 1;
+        }
     }
 }
 
@@ -204,7 +224,9 @@ pub async fn run(opts: &BenchOptions, histories: &[Vec<String>]) -> BenchReport 
     let t = tally.lock().unwrap_or_else(|p| p.into_inner());
     let mut lat = t.latencies.clone();
     lat.sort_by(f64::total_cmp);
-    let requests = lat.len();
+    let mut failed = t.failed.clone();
+    failed.sort_by(f64::total_cmp);
+    let requests = t.ok + t.rejected + t.errors;
     BenchReport {
         mode,
         requests,
@@ -213,11 +235,13 @@ pub async fn run(opts: &BenchOptions, histories: &[Vec<String>]) -> BenchReport 
         errors: t.errors,
         fallbacks: t.fallbacks,
         seconds,
-        requests_per_s: requests as f64 / seconds.max(1e-9),
+        ok_per_s: t.ok as f64 / seconds.max(1e-9),
+        attempted_per_s: requests as f64 / seconds.max(1e-9),
         items_per_s: t.items as f64 / seconds.max(1e-9),
         latency_ms_p50: percentile(&lat, 0.5).unwrap_or(0.0),
         latency_ms_p90: percentile(&lat, 0.9).unwrap_or(0.0),
         latency_ms_p99: percentile(&lat, 0.99).unwrap_or(0.0),
         latency_ms_max: lat.last().copied().unwrap_or(0.0),
+        failed_latency_ms_p50: percentile(&failed, 0.5),
     }
 }

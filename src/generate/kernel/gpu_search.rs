@@ -1,7 +1,8 @@
 //! The decode levels of [`crate::generate::generate_with`] on a CUDA device:
 //! the same loop as the CPU search, with the beam step as one kernel per level
 //! over device-resident logits, beam state and trie tables. The host sees
-//! only the final beams (one copy per batch).
+//! only the final beams and, after them, each level's live-beam count (the
+//! decoded tokens, counted as the CPU search counts them).
 
 use std::sync::{Arc, Mutex};
 
@@ -60,7 +61,9 @@ pub fn decode_levels(
     let mut scratch = Scratch::default();
     let mut beams_kv = BeamKv::new(model.config.num_hidden_layers);
     let mut beams_in = 1;
-    let mut decoded = 0usize;
+    // the node buffers of the levels before the last: their live beams are
+    // counted once the last level is on the host (no extra sync per level)
+    let mut earlier = Vec::with_capacity(levels);
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
         let offset = sc.code_offsets[level] as usize;
@@ -85,18 +88,27 @@ pub fn decode_levels(
         };
         let out = cuda::beam_step(dev, &trie, level, shape, &args, &filters, &mut scratch)?;
         if level + 1 == levels {
-            let (nodes, scores) = (dev.clone_dtoh(&out.node)?, dev.clone_dtoh(&out.score)?);
-            decoded += nodes.iter().filter(|&&n| n != crate::catalog::trie::NONE).count();
-            return Ok(Generated { hits: collect_hits(catalog, reqs, beam, &nodes, &scores), tokens: decoded });
+            let (last, scores) = (dev.clone_dtoh(&out.node)?, dev.clone_dtoh(&out.score)?);
+            let live = |n: &[u32]| n.iter().filter(|&&n| n != crate::catalog::trie::NONE).count();
+            let mut decoded = live(&last);
+            if level > 0 {
+                // this level's input is the level before's output
+                decoded += live(&dev.clone_dtoh(&nodes)?);
+            }
+            for level_nodes in &earlier {
+                decoded += live(&dev.clone_dtoh(level_nodes)?);
+            }
+            return Ok(Generated { hits: collect_hits(catalog, reqs, beam, &last, &scores), tokens: decoded });
         }
-        // intermediate levels count every slot (their liveness stays on the device)
-        decoded += r * beam;
         beams_kv.reorder_rows(&cuda::tensor_u32(dev, out.row))?;
         let pos: Vec<u32> = (0..r * beam).map(|s| (lens[s / beam] + level) as u32).collect();
         let pos = Tensor::from_vec(pos, r * beam, model.net.device())?;
         hidden = model.net.decode_ids(&hist, &mut beams_kv, &cuda::tensor_u32(dev, out.token), &pos)?;
         scores = out.score;
-        nodes = out.node;
+        let before = std::mem::replace(&mut nodes, out.node);
+        if level > 0 {
+            earlier.push(before); // the previous level's output (level 0's input is the start state)
+        }
         beams_in = beam;
     }
     Err(GenerateError::Mismatch("model has no levels".into()))
