@@ -1,4 +1,5 @@
-//! Admin routes (bearer token; off when no token is configured):
+//! Admin routes (behind the bearer token of [`super::auth`]; off when no
+//! token is configured):
 //! `GET/POST /admin/models`, `POST /admin/models/rollback`,
 //! `POST /admin/items` (one JSON item, or a batch as NDJSON),
 //! `GET/DELETE /admin/items/{id}`, `GET /admin/catalog`,
@@ -25,25 +26,6 @@ use crate::engine::{Engine, EngineError, ModelInfo};
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Most lines in one batch.
 pub const MAX_BATCH_LINES: usize = 100_000;
-
-/// Checks the bearer token; every admin handler starts here.
-fn authorise(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &st.admin_token else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, None, "the admin API is off: start genrec serve with --admin-token"));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, Some("authorization"), "missing bearer token"))?;
-    // compare without an early exit, so timing does not reveal a prefix
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    let diff = a.iter().zip(b).fold(a.len() ^ b.len(), |acc, (x, y)| acc | (x ^ y) as usize);
-    if diff != 0 {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, Some("authorization"), "wrong bearer token"));
-    }
-    Ok(())
-}
 
 /// Runs an admin change on a blocking thread.
 async fn blocking<T: Send + 'static>(
@@ -80,21 +62,14 @@ fn catalog_edited(st: &AppState, n: usize) {
     ::metrics::counter!(metrics::CATALOG_EDITS).increment(n as u64);
 }
 
-pub async fn list_models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    respond(authorise(&st, &headers).map(|()| {
-        let (current, previous) = st.engine.models();
-        Json(json!({"current": current, "previous": previous})).into_response()
-    }))
+pub async fn list_models(State(st): State<Arc<AppState>>) -> Response {
+    let (current, previous) = st.engine.models();
+    Json(json!({"current": current, "previous": previous})).into_response()
 }
 
-pub async fn load_model(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn load_model(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     respond(
         async {
-            authorise(&st, &headers)?;
             let b: LoadBody = parse_body(&body_bytes(body)?)?;
             let info = blocking(&st, move |e| e.load_checkpoint(&b.path)).await?;
             Ok(swapped(&st, info))
@@ -103,10 +78,9 @@ pub async fn load_model(
     )
 }
 
-pub async fn rollback(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub async fn rollback(State(st): State<Arc<AppState>>) -> Response {
     respond(
         async {
-            authorise(&st, &headers)?;
             let info = blocking(&st, |e| e.rollback()).await?;
             Ok(swapped(&st, info))
         }
@@ -153,7 +127,6 @@ pub async fn add_item(
 ) -> Response {
     respond(
         async {
-            authorise(&st, &headers)?;
             let bytes = body_bytes(body)?;
             if is_ndjson(&headers) {
                 return add_batch(&st, &bytes).await;
@@ -202,14 +175,13 @@ async fn add_batch(st: &Arc<AppState>, bytes: &[u8]) -> Result<Response, ApiErro
     Ok(Json(outcome).into_response())
 }
 
-pub async fn get_item(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    respond(authorise(&st, &headers).and_then(|()| Ok(Json(st.engine.item(&id)?).into_response())))
+pub async fn get_item(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    respond(st.engine.item(&id).map(|v| Json(v).into_response()).map_err(ApiError::from))
 }
 
-pub async fn remove_item(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+pub async fn remove_item(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     respond(
         async {
-            authorise(&st, &headers)?;
             let removed = id.clone();
             st.engine.edit(move |e| e.remove_item(&removed)).await?;
             catalog_edited(&st, 1);
@@ -220,16 +192,15 @@ pub async fn remove_item(State(st): State<Arc<AppState>>, headers: HeaderMap, Pa
 }
 
 /// `GET /admin/catalog`: version, sizes, live edits pending compaction.
-pub async fn catalog_info(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    respond(authorise(&st, &headers).map(|()| Json(st.engine.catalog_info()).into_response()))
+pub async fn catalog_info(State(st): State<Arc<AppState>>) -> Response {
+    Json(st.engine.catalog_info()).into_response()
 }
 
 /// `POST /admin/catalog/compact`: folds the live edits into a new catalog
 /// version now (answers when done; edits and requests go on meanwhile).
-pub async fn compact(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub async fn compact(State(st): State<Arc<AppState>>) -> Response {
     respond(
         async {
-            authorise(&st, &headers)?;
             let report = st.engine.edit(|e| e.compact()).await?;
             Ok(Json(report).into_response())
         }

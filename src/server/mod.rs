@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod default_model;
 pub mod metrics;
 
@@ -63,7 +64,13 @@ pub struct ServeArgs {
     /// Folder under which POST /admin/models (and --watch) may load checkpoints.
     #[arg(long, env = "GENREC_MODEL_ROOT")]
     pub model_root: Option<PathBuf>,
-    /// Bearer token of the /admin routes; without one they are off.
+    /// File holding the bearer token of the /admin routes (its first line).
+    /// Without a token the admin routes are off. Ten failed attempts from one
+    /// address within a minute lock it out (429) for the rest of that minute.
+    #[arg(long, env = "GENREC_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The token itself (shows in `ps`: prefer --admin-token-file or the
+    /// environment variable).
     #[arg(long, env = "GENREC_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Requests that may wait for generation; more get 429 at once.
@@ -108,23 +115,27 @@ pub struct ServeArgs {
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: PrometheusHandle,
-    pub admin_token: Option<String>,
+    /// The admin routes' token; `None` turns them off.
+    pub admin: Option<auth::AdminAuth>,
 }
 
 /// The application's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/recommend", post(api::recommend))
-        .route("/v1/intents", get(api::intents))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics_text))
+    let admin_routes = Router::new()
         .route("/admin/models", get(admin::list_models).post(admin::load_model))
         .route("/admin/models/rollback", post(admin::rollback))
         .route("/admin/items", post(admin::add_item).layer(DefaultBodyLimit::max(admin::MAX_BATCH_BYTES)))
         .route("/admin/items/{id}", get(admin::get_item).delete(admin::remove_item))
         .route("/admin/catalog", get(admin::catalog_info))
         .route("/admin/catalog/compact", post(admin::compact))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorise));
+    Router::new()
+        .route("/v1/recommend", post(api::recommend))
+        .route("/v1/intents", get(api::intents))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics_text))
+        .merge(admin_routes)
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(request_id))
@@ -271,7 +282,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => tracing::info!("no model: answering from ANN recall until one is loaded"),
     }
     let _watch = if args.watch { engine.watch(WATCH_EVERY) } else { None };
-    let state = Arc::new(AppState { engine, metrics: state_metrics, admin_token: args.admin_token.clone() });
+    let admin = match (&args.admin_token_file, &args.admin_token) {
+        (Some(file), _) => Some(auth::AdminAuth::from_file(file)?),
+        (None, Some(token)) => Some(auth::AdminAuth::new(token.clone())?),
+        (None, None) => None,
+    };
+    let state = Arc::new(AppState { engine, metrics: state_metrics, admin });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr)
@@ -282,7 +298,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         println!("genrec listening on http://{local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        // the peer address reaches the admin lock-out as ConnectInfo
+        let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("server stopped");
         Ok(())
     })
