@@ -102,6 +102,59 @@ async fn profile_only_requests_use_llm_intents() {
     assert!(t0.elapsed().as_millis() < 1000, "cached profile took {:?}", t0.elapsed());
 }
 
+/// A burst of cold-start requests: requests for one profile share one LLM
+/// inference (all answered with the LLM's intents), and distinct profiles
+/// never run more than two inferences at once (the rest get the encoder's
+/// intents at once, with a note saying why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_shares_inferences_and_never_runs_more_than_two() {
+    let (Some(model), Some(_)) = (fetched(SMOLLM), fetched(ENCODER)) else { return };
+    let model = model.to_string_lossy().into_owned();
+    let s = Server::start(&["--intent-model", &model]);
+    let c = reqwest::Client::new();
+    let burst = |bodies: Vec<Value>| {
+        let tasks: Vec<_> = bodies
+            .into_iter()
+            .map(|b| {
+                let (c, url) = (c.clone(), s.at("/v1/recommend"));
+                tokio::spawn(async move { post_json(&c, &url, &b).await })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for t in tasks {
+                let (st, v) = t.await.unwrap();
+                assert_eq!(st, 200, "{v}");
+                out.push(v);
+            }
+            out
+        }
+    };
+    let runs = || async {
+        let m = c.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("genrec_coldstart_llm_inferences_total "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let before = runs().await;
+    let same = json!({"profile": {"age": 41, "gender": "male", "interests": ["beard oil"]}, "k": 4, "timeout_ms": 60000});
+    let answers = burst(vec![same; 6]).await;
+    assert_eq!(runs().await - before, 1, "six requests for one profile run one inference");
+    for v in &answers {
+        assert_eq!(v["intent_method"], "llm", "every request for the profile waits for its one inference: {v}");
+        assert_eq!(v["inferred_intents"], answers[0]["inferred_intents"]);
+    }
+    let distinct: Vec<Value> = (0..8)
+        .map(|i| json!({"profile": {"age": 20 + i, "interests": [format!("hobby {i}")]}, "k": 4, "timeout_ms": 60000}))
+        .collect();
+    let answers = burst(distinct).await;
+    let llm = answers.iter().filter(|v| v["intent_method"] == "llm").count();
+    assert!((1..=2).contains(&llm), "{llm} of 8 distinct profiles ran the LLM at once");
+    for v in answers.iter().filter(|v| v["intent_method"] != "llm") {
+        assert!(v["intent_note"].as_str().unwrap_or("").contains("busy"), "{v}");
+    }
+}
+
 #[test]
 fn a_bad_prompt_template_stops_the_start_with_its_line() {
     let dir = common::TempDir::new("prompt");

@@ -10,18 +10,20 @@
 //! picks items inside them). Without an LLM, the profile text is matched against
 //! the labels with the sentence encoder instead. Answers are cached by profile.
 
+pub mod flight;
 pub mod gguf;
 pub mod llm;
 pub mod prompt;
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::embed::TextEncoder;
 use crate::catalog::{Catalog, Intent};
+use flight::Flights;
 pub use llm::IntentLm;
 pub use prompt::PromptTemplate;
 
@@ -188,7 +190,10 @@ pub struct ColdStart {
     encoder: Option<(Arc<TextEncoder>, Vec<f32>)>,
     opts: ColdStartOptions,
     cache: Mutex<lru::LruCache<Profile, Arc<Inferred>>>,
-    inflight: AtomicUsize,
+    /// LLM inferences running: at most [`MAX_LLM_INFLIGHT`], one per profile.
+    flights: Arc<Flights<Profile, Arc<Inferred>>>,
+    /// LLM inferences run so far (the calibration prior aside).
+    llm_runs: AtomicU64,
 }
 
 impl ColdStart {
@@ -223,7 +228,8 @@ impl ColdStart {
             encoder,
             opts,
             cache: Mutex::new(lru::LruCache::new(cap)),
-            inflight: AtomicUsize::new(0),
+            flights: Flights::new(MAX_LLM_INFLIGHT),
+            llm_runs: AtomicU64::new(0),
         })
     }
 
@@ -241,10 +247,19 @@ impl ColdStart {
         self.encoder.as_ref().map(|(e, _)| e.clone())
     }
 
-    /// Whether an uncached profile would wait behind [`MAX_LLM_INFLIGHT`]
-    /// running LLM inferences.
-    pub fn llm_busy(&self) -> bool {
-        self.lm.is_some() && self.inflight.load(Ordering::Relaxed) >= MAX_LLM_INFLIGHT
+    /// Whether an intent LLM is loaded.
+    pub fn has_llm(&self) -> bool {
+        self.lm.is_some()
+    }
+
+    /// LLM inferences run so far, one per profile (the calibration prior aside).
+    pub fn llm_inferences(&self) -> u64 {
+        self.llm_runs.load(Ordering::Relaxed)
+    }
+
+    /// The running LLM inferences: take a ticket before starting one.
+    pub fn flights(&self) -> &Arc<Flights<Profile, Arc<Inferred>>> {
+        &self.flights
     }
 
     /// `llm` when an intent model is loaded, else `embedding`.
@@ -288,10 +303,7 @@ impl ColdStart {
             return Ok(hit);
         }
         let inferred = Arc::new(match self.lm {
-            Some(_) => {
-                let _running = Running::start(&self.inflight);
-                self.infer_llm(profile)?
-            }
+            Some(_) => self.infer_llm(profile)?,
             None => self.infer_embedding(profile)?,
         });
         if let Ok(mut c) = self.cache.lock() {
@@ -312,6 +324,7 @@ impl ColdStart {
     /// Intents by the LLM's calibrated label scores.
     pub fn infer_llm(&self, profile: &Profile) -> Result<Inferred, ColdStartError> {
         let s = self.lm.as_ref().ok_or(ColdStartError::Unavailable)?;
+        self.llm_runs.fetch_add(1, Ordering::Relaxed);
         let mut scores = self.llm_scores(s, profile)?;
         if self.opts.calibration != 0.0 {
             let prior = self.prior(s)?;
@@ -344,22 +357,6 @@ impl ColdStart {
             .zip(e)
             .map(|(&i, x)| IntentWeight { code: self.intents[i].code, label: self.intents[i].label.clone(), weight: x / z })
             .collect()
-    }
-}
-
-/// Counts a running LLM inference until dropped (also on a panic).
-struct Running<'a>(&'a AtomicUsize);
-
-impl<'a> Running<'a> {
-    fn start(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        Running(n)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

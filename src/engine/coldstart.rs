@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{items_of, wait, Engine, EngineError, Generation, ServedCatalog, RecAnswer, RecItem, RecRequest, Resolved, Share, Strategy};
+use crate::coldstart::flight::{follow, Ticket};
 use crate::coldstart::{split_quota, ColdStart, Inferred, Profile};
 use crate::generate::GenRequest;
 
@@ -38,7 +39,10 @@ impl Engine {
 
     /// The profile's intents within `budget` (or `deadline` when no encoder
     /// can stand in), and a note when they are not what the configuration
-    /// promises (LLM failed, too slow or busy).
+    /// promises (LLM failed, too slow or busy). At most
+    /// `MAX_LLM_INFLIGHT` LLM inferences run, the permit taken before one
+    /// starts, and one per distinct profile: a request for a profile being
+    /// inferred waits for that answer.
     async fn intents_for(
         &self,
         cs: &Arc<ColdStart>,
@@ -49,24 +53,51 @@ impl Engine {
         if let Some(hit) = cs.cached(profile) {
             return Ok((hit, None));
         }
-        if cs.has_encoder() && cs.llm_busy() {
-            return self.encoder_intents(cs, profile, "intent model busy with other profiles: intents from the sentence encoder".into()).await;
+        if !cs.has_llm() {
+            let (cs, p) = (cs.clone(), profile.clone());
+            let inferred = tokio::task::spawn_blocking(move || cs.infer(&p)) // cached
+                .await
+                .map_err(|e| EngineError::ColdStart(e.to_string()))?
+                .map_err(|e| EngineError::ColdStart(e.to_string()))?;
+            let note = "no intent model is configured: intents matched to the profile with the sentence encoder";
+            return Ok((inferred, Some(note.into())));
         }
+        let ticket = match cs.flights().begin(profile) {
+            Ticket::Busy if cs.has_encoder() => {
+                let note = "intent model busy with other profiles: intents from the sentence encoder";
+                return self.encoder_intents(cs, profile, note.into()).await;
+            }
+            // no stand-in: wait for a permit
+            Ticket::Busy => cs.flights().begin_waiting(profile, deadline).await.ok_or_else(|| {
+                EngineError::ColdStart("the intent model stayed busy with other profiles until the deadline".into())
+            })?,
+            t => t,
+        };
         // without an encoder to stand in, the LLM may take the whole deadline
         let budget = if cs.has_encoder() { budget } else { deadline };
-        let task = {
-            let (cs, p) = (cs.clone(), profile.clone());
-            tokio::task::spawn_blocking(move || cs.infer(&p))
-        };
-        let note = match tokio::time::timeout_at(budget.into(), task).await {
-            Ok(Ok(Ok(inferred))) => {
-                let note = (inferred.method == "embedding")
-                    .then(|| "no intent model is configured: intents matched to the profile with the sentence encoder".to_string());
-                return Ok((inferred, note));
+        let outcome = match ticket {
+            Ticket::Lead(lead) => {
+                let (cs, p) = (cs.clone(), profile.clone());
+                let task = tokio::task::spawn_blocking(move || {
+                    // the answer lands in the cache and reaches every follower,
+                    // also when this request has stopped waiting
+                    let r = cs.infer(&p).map_err(|e| e.to_string());
+                    lead.finish(r.clone());
+                    r
+                });
+                match tokio::time::timeout_at(budget.into(), task).await {
+                    Ok(Ok(r)) => Some(r),
+                    Ok(Err(e)) => Some(Err(format!("stopped: {e}"))),
+                    Err(_) => None,
+                }
             }
-            Ok(Ok(Err(e))) => format!("intent model failed ({e}): intents from the sentence encoder"),
-            Ok(Err(e)) => format!("intent model stopped ({e}): intents from the sentence encoder"),
-            Err(_) => "intent model over its time budget (its answer is cached for the next request): intents from the sentence encoder".to_string(),
+            Ticket::Follow(rx) => follow(rx, budget).await,
+            Ticket::Busy => Some(Err("busy".into())),
+        };
+        let note = match outcome {
+            Some(Ok(inferred)) => return Ok((inferred, None)),
+            Some(Err(e)) => format!("intent model failed ({e}): intents from the sentence encoder"),
+            None => "intent model over its time budget (its answer is cached for the next request): intents from the sentence encoder".to_string(),
         };
         self.encoder_intents(cs, profile, note).await
     }
@@ -168,10 +199,10 @@ impl Engine {
                     }
                     generated.extend(items);
                 }
-                Generation::Stopped => return Err(EngineError::Stopped),
+                Generation::Stopped if req.strategy == Strategy::Generative => return Err(EngineError::Stopped),
                 Generation::Failed(e) if req.strategy == Strategy::Generative => return Err(EngineError::Batch(e)),
                 Generation::Late if req.strategy == Strategy::Generative => return Err(EngineError::Deadline(timeout_ms)),
-                Generation::Failed(_) | Generation::Late => {
+                Generation::Failed(_) | Generation::Late | Generation::Stopped => {
                     answer.fallback = Some(if Instant::now() >= deadline { "deadline" } else { "error" });
                     short.push(Share { intent: s.intent, k: s.k });
                 }

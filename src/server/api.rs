@@ -288,6 +288,9 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 pub async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
+    if let Some(cs) = st.engine.coldstart().filter(|c| c.has_llm()) {
+        ::metrics::counter!(metrics::COLDSTART_LLM_RUNS).absolute(cs.llm_inferences());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
 }
 

@@ -24,6 +24,8 @@ pub const CATALOG_EDITS: &str = "genrec_catalog_edits_total";
 pub const WORKER_PANICS: &str = "genrec_worker_panics_total";
 /// Cold-start answers by how their intents were found (`llm`, `embedding`).
 pub const COLDSTART: &str = "genrec_coldstart_requests_total";
+/// LLM intent inferences run (one per distinct uncached profile).
+pub const COLDSTART_LLM_RUNS: &str = "genrec_coldstart_llm_inferences_total";
 
 const LATENCY_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -53,6 +55,7 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(ITEMS, "Items returned in answers");
             metrics::describe_gauge!(MODEL_INFO, "The model in service (value 1; labels name, version)");
             metrics::describe_gauge!(CATALOG_ITEMS, "Items the catalog serves");
+            metrics::describe_counter!(COLDSTART_LLM_RUNS, "LLM intent inferences run (one per distinct uncached profile, at most two at once)");
             metrics::describe_counter!(WORKER_PANICS, "Panics caught in batched generation; each failed one batch, the worker went on");
             metrics::describe_counter!(CATALOG_EDITS, "Live catalog edits applied (upserts and deletes)");
             handle
