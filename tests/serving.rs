@@ -143,11 +143,35 @@ async fn corrupt_and_mismatched_checkpoints_are_refused_and_the_old_model_serves
     std::fs::write(other.join("genrec.json"), side.to_string()).unwrap();
     // a folder with files missing
     std::fs::create_dir_all(root.0.join("empty")).unwrap();
+    // config.json edits: an absurd size (refused before any allocation), too
+    // few positions for the longest history, sizes the weights do not have
+    let config: Value = serde_json::from_slice(&std::fs::read(root.0.join("a/config.json")).unwrap()).unwrap();
+    for (name, field, value) in
+        [("huge", "max_position_embeddings", json!(1_000_000_000_000u64)), ("short", "max_position_embeddings", json!(8)), ("wide", "hidden_size", json!(96))]
+    {
+        let dir = root.0.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["model.safetensors", "genrec.json"] {
+            std::fs::copy(root.0.join("a").join(f), dir.join(f)).unwrap();
+        }
+        let mut c = config.clone();
+        c[field] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    }
 
     let s = start(&root, &[]);
     let c = reqwest::Client::new();
     let (_, before) = recommend(&c, &s, json!({"history": ["3"]})).await;
-    for (path, why) in [("bad", "model.safetensors"), ("other", "catalog"), ("empty", "config.json"), ("missing", "missing")] {
+    let cases = [
+        ("bad", "model.safetensors"),
+        ("other", "catalog"),
+        ("empty", "config.json"),
+        ("missing", "missing"),
+        ("huge", "max_position_embeddings is 1000000000000"),
+        ("short", "positions"),
+        ("wide", "shape"),
+    ];
+    for (path, why) in cases {
         let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
         assert_eq!(st, 422, "{path}: {v}");
         assert!(v["error"].as_str().unwrap().contains(why), "{path}: {v}");

@@ -23,14 +23,18 @@ impl Engine {
     }
 
     /// Checks a model against the catalog in service and runs one smoke
-    /// generation; the model is not swapped in.
+    /// generation over the longest history it will be given
+    /// (`max_history_items` items); the model is not swapped in.
     fn validate(&self, model: &Model) -> Result<(), EngineError> {
         let cat = self.catalog();
         check_pair(model, &cat.catalog).map_err(|e| EngineError::Refused(e.to_string()))?;
-        let Some(first) = (0..cat.catalog.len() as u32).find(|&i| cat.serves(i)) else {
+        let longest = model.sidecar.max_history_items;
+        let served: Vec<u32> = (0..cat.catalog.len() as u32).filter(|&i| cat.serves(i)).take(longest).collect();
+        if served.is_empty() {
             return Ok(()); // nothing to generate over yet
-        };
-        let req = GenRequest { history: vec![first], k: 1, exclude: Default::default(), within: Vec::new() };
+        }
+        let history: Vec<u32> = served.iter().copied().cycle().take(longest).collect();
+        let req = GenRequest { history, k: 1, exclude: Default::default(), within: Vec::new() };
         let out = generate(model, &cat.catalog, &[req], self.opts.batch.beam)
             .map_err(|e| EngineError::Refused(format!("smoke generation failed: {e}")))?;
         if out.hits.first().is_none_or(|h| h.is_empty()) && cat.catalog.served_len() > 1 {

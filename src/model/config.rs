@@ -14,6 +14,16 @@ pub enum Arch {
     Qwen3,
 }
 
+/// Upper bounds of the config's sizes (well above any model genrec serves,
+/// far below what would exhaust memory before the weights are checked).
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_HIDDEN: usize = 1 << 15;
+pub const MAX_INTERMEDIATE: usize = 1 << 17;
+pub const MAX_LAYERS: usize = 512;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_HEAD_DIM: usize = 1024;
+pub const MAX_POSITIONS: usize = 1 << 20;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelConfig {
     pub architectures: Vec<String>,
@@ -130,10 +140,32 @@ impl ModelConfig {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// Checks the shape relations the model code relies on.
+    /// Checks every size against a bound (a config sizes allocations: an
+    /// unbounded field could abort the process before the weights are even
+    /// looked at) and the shape relations the model code relies on.
     pub fn validate(&self) -> Result<(), ModelError> {
         self.arch()?;
         let bad = |m: String| Err(ModelError::Config(m));
+        let sizes = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("intermediate_size", self.intermediate_size, MAX_INTERMEDIATE),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.kv_heads(), MAX_HEADS),
+            ("head_dim", self.head_dim(), MAX_HEAD_DIM),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+        ];
+        for (field, v, max) in sizes {
+            if v == 0 || v > max {
+                return bad(format!("{field} is {v}; it must be between 1 and {max}"));
+            }
+        }
+        for (field, v) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_base())] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{field} is {v}; it must be a positive number"));
+            }
+        }
         if self.num_attention_heads == 0 || self.kv_heads() == 0 || self.num_hidden_layers == 0 {
             return bad("heads and layers must be positive".into());
         }
@@ -190,6 +222,26 @@ mod tests {
         assert!(bad.validate().is_err());
         bad.architectures = vec!["GPT2LMHeadModel".into()];
         assert!(bad.arch().is_err());
+    }
+
+    #[test]
+    fn every_size_is_bounded_and_named() {
+        let ok = ModelConfig::llama(100, 32, 2, 4, 2, 64);
+        ok.validate().unwrap();
+        let cases: [(&str, fn(&mut ModelConfig)); 6] = [
+            ("vocab_size", |c| c.vocab_size = MAX_VOCAB + 1),
+            ("num_hidden_layers", |c| c.num_hidden_layers = usize::MAX),
+            ("max_position_embeddings", |c| c.max_position_embeddings = 1 << 40),
+            ("intermediate_size", |c| c.intermediate_size = 0),
+            ("head_dim", |c| c.head_dim = Some(4096)),
+            ("rms_norm_eps", |c| c.rms_norm_eps = f64::NAN),
+        ];
+        for (field, edit) in cases {
+            let mut c = ok.clone();
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 
     #[test]

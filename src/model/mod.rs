@@ -15,6 +15,7 @@ mod rope;
 pub mod sidecar;
 pub mod small_gemm;
 pub mod transformer;
+pub mod weights;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,7 +82,16 @@ impl Model {
             let p = dir.join(f);
             std::fs::read(&p).map_err(|e| ModelError::Io { path: p, source: e })
         };
-        let mut m = Self::from_bytes_as(&read(CONFIG_FILE)?, &read(WEIGHTS_FILE)?, &read(sidecar::SIDECAR_FILE)?, device, dtype)?;
+        // the weights are mapped, not read: the tensors are made from the
+        // mapped pages once, and the file is never held twice in memory
+        let p = dir.join(WEIGHTS_FILE);
+        let file = std::fs::File::open(&p).map_err(|e| ModelError::Io { path: p.clone(), source: e })?;
+        // SAFETY: checkpoints are written to a temporary name and renamed;
+        // a file changed in place while it loads can give wrong weights (the
+        // fingerprint then no longer names them) but not unsafety in Rust code
+        // that only reads the bytes.
+        let weights = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::Io { path: p, source: e })?;
+        let mut m = Self::from_bytes_as(&read(CONFIG_FILE)?, &weights, &read(sidecar::SIDECAR_FILE)?, device, dtype)?;
         m.path = Some(dir.to_path_buf());
         Ok(m)
     }
@@ -98,6 +108,8 @@ impl Model {
         let sidecar: Sidecar = serde_json::from_slice(sidecar)
             .map_err(|e| ModelError::Json { path: sidecar::SIDECAR_FILE.into(), source: e })?;
         config.validate()?;
+        sidecar.check_positions(&config)?;
+        weights::check(weights, &config)?;
         let tensors = candle_core::safetensors::load_buffer(weights, &Device::Cpu)
             .map_err(|e| ModelError::Weights(format!("{WEIGHTS_FILE}: {e}")))?;
         let tensors = tensors

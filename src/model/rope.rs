@@ -9,7 +9,13 @@ use candle_core::{DType, Device, Tensor, D};
 use super::config::ModelConfig;
 use super::ModelError;
 
-/// The angle tables of every position up to `max_position_embeddings`.
+/// Positions the tables hold at most: a config's `max_position_embeddings`
+/// can be far above any sequence genrec feeds (its longest is one history of
+/// `max_history_items` items plus the decode levels, checked at load).
+pub const TABLE_POSITIONS: usize = 16_384;
+
+/// The angle tables of every position up to `max_position_embeddings` (at
+/// most [`TABLE_POSITIONS`]).
 #[derive(Clone)]
 pub(super) struct RopeTables {
     /// `[max, head_dim]`, both halves equal: the differentiable form.
@@ -33,7 +39,7 @@ impl RopeTables {
         let hd = cfg.head_dim();
         let half = hd / 2;
         let inv: Vec<f32> = (0..half).map(|i| 1.0 / (cfg.rope_base() as f32).powf(2.0 * i as f32 / hd as f32)).collect();
-        let max = cfg.max_position_embeddings;
+        let max = cfg.max_position_embeddings.min(TABLE_POSITIONS);
         let mut cos = Vec::with_capacity(max * hd);
         let mut sin = Vec::with_capacity(max * hd);
         for p in 0..max {

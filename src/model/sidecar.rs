@@ -8,8 +8,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ModelError;
+use super::{ModelConfig, ModelError};
 use crate::catalog::Manifest;
+
+/// Semantic-ID levels a model may have.
+pub const MAX_LEVELS: usize = 16;
 
 pub const SIDECAR_FILE: &str = "genrec.json";
 pub const SIDECAR_FORMAT: &str = "genrec-sidecar/1";
@@ -102,6 +105,30 @@ impl Sidecar {
             t.extend(self.sid_tokens(s));
         }
         t
+    }
+
+    /// Positions of the longest sequence genrec feeds the model: BOS, a full
+    /// history, and the codes decoded before the last.
+    pub fn longest_sequence(&self) -> usize {
+        1 + self.max_history_items.saturating_mul(self.levels()) + self.levels().saturating_sub(1)
+    }
+
+    /// Refuses a layout whose longest sequence the model has no positions for.
+    pub fn check_positions(&self, config: &ModelConfig) -> Result<(), ModelError> {
+        if self.codebook_sizes.is_empty() || self.codebook_sizes.len() > MAX_LEVELS {
+            return Err(ModelError::Sidecar(format!("{} codebook levels; 1 to {MAX_LEVELS} are served", self.codebook_sizes.len())));
+        }
+        let room = config.max_position_embeddings.min(super::rope::TABLE_POSITIONS);
+        if self.max_history_items == 0 || self.longest_sequence() > room {
+            return Err(ModelError::Sidecar(format!(
+                "max_history_items {} needs {} positions; the model has {room} (max_position_embeddings {}, at most {})",
+                self.max_history_items,
+                self.longest_sequence(),
+                config.max_position_embeddings,
+                super::rope::TABLE_POSITIONS
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the layout against the model's vocabulary and the catalog.
