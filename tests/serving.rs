@@ -163,17 +163,18 @@ async fn corrupt_and_mismatched_checkpoints_are_refused_and_the_old_model_serves
     let c = reqwest::Client::new();
     let (_, before) = recommend(&c, &s, json!({"history": ["3"]})).await;
     let cases = [
-        ("bad", "model.safetensors"),
-        ("other", "catalog"),
-        ("empty", "config.json"),
-        ("missing", "missing"),
-        ("huge", "max_position_embeddings is 1000000000000"),
-        ("short", "positions"),
-        ("wide", "shape"),
+        ("bad", 422, "model.safetensors"),
+        ("other", 422, "catalog"),
+        ("empty", 422, "config.json"),
+        // not there: the same answer as outside the root
+        ("missing", 403, "no checkpoint folder under the model root"),
+        ("huge", 422, "max_position_embeddings is 1000000000000"),
+        ("short", 422, "positions"),
+        ("wide", 422, "shape"),
     ];
-    for (path, why) in cases {
+    for (path, status, why) in cases {
         let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
-        assert_eq!(st, 422, "{path}: {v}");
+        assert_eq!(st, status, "{path}: {v}");
         assert!(v["error"].as_str().unwrap().contains(why), "{path}: {v}");
         let (st, after) = recommend(&c, &s, json!({"history": ["3"]})).await;
         assert_eq!(st, 200);
@@ -305,14 +306,24 @@ async fn admin_routes_refuse_bad_tokens_and_paths_outside_the_root() {
     assert_eq!(st, 401);
     let (st, _, _) = send(c.delete(s.at("/admin/items/3")).bearer_auth("test-tokeN")).await;
     assert_eq!(st, 401);
+    // a valid checkpoint outside the root, reached by path or through links
     let outside = common::repo().join("models/demo/model");
-    for path in ["../", "..", outside.to_str().unwrap(), "a/../../"] {
-        let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
-        assert!(st == 403 || st == 422, "{path}: {st} {v}");
-        if Path::new(path).is_absolute() || path.starts_with("..") {
-            assert_eq!(st, 403, "{path}: {v}");
-        }
+    std::os::unix::fs::symlink(&outside, root.0.join("linked")).unwrap();
+    let half = root.0.join("half-linked");
+    std::fs::create_dir_all(&half).unwrap();
+    for f in ["config.json", "genrec.json"] {
+        std::fs::copy(root.0.join("a").join(f), half.join(f)).unwrap();
     }
+    std::os::unix::fs::symlink(outside.join("model.safetensors"), half.join("model.safetensors")).unwrap();
+    // outside and not there: one answer, so the API cannot probe the disk
+    for path in ["../", "..", outside.to_str().unwrap(), "a/../../", "a/../../etc", "linked", "not-there", "/etc"] {
+        let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
+        assert_eq!(st, 403, "{path}: {v}");
+        assert_eq!(v["error"], format!("{path}: no checkpoint folder under the model root"), "{path}");
+    }
+    let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": "half-linked"}))).await;
+    assert_eq!(st, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("symbolic link"), "{v}");
     // without a configured token the admin API is off
     let plain = Server::start(&[]);
     let (st, v, _) = send(c.get(plain.at("/admin/models")).bearer_auth(TOKEN)).await;
@@ -392,32 +403,74 @@ async fn genrec_bench_drives_a_server_and_reports_json() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no request succeeded"));
 }
 
-#[tokio::test]
-async fn watch_loads_a_new_checkpoint_dropped_into_the_model_root() {
-    let root = model_root();
-    let s = start(&root, &["--watch"]);
-    let c = reqwest::Client::new();
-    let (_, before) = recommend(&c, &s, json!({"history": ["3"]})).await;
-    // a new folder appears (written elsewhere, then moved in, as a trainer would)
-    std::thread::sleep(Duration::from_millis(50));
-    let staging = root.0.join(".staging-c");
-    std::fs::create_dir_all(&staging).unwrap();
+/// Copies checkpoint `from` to `to` with one more bit of its weights
+/// flipped (`bit` picks which): a new version.
+fn variant(root: &Path, from: &str, to: &Path, bit: usize) {
+    std::fs::create_dir_all(to).unwrap();
     for f in ["config.json", "genrec.json", "model.safetensors"] {
-        std::fs::copy(root.0.join("b").join(f), staging.join(f)).unwrap();
+        std::fs::copy(root.join(from).join(f), to.join(f)).unwrap();
     }
-    // touch the weights so that they are newer than the model in service
-    let w = std::fs::read(staging.join("model.safetensors")).unwrap();
-    std::fs::write(staging.join("model.safetensors"), w).unwrap();
-    std::fs::rename(&staging, root.0.join("c")).unwrap();
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, v) = recommend(&c, &s, json!({"history": ["3"]})).await;
-        if version(&v) != version(&before) {
-            break;
+    let w = to.join("model.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let at = bytes.len() - 4 * (bit + 2); // the lowest mantissa byte of a late f32
+    bytes[at] ^= 1;
+    std::fs::write(&w, bytes).unwrap();
+}
+
+/// `--watch` with a relative `--model-root`: a dot-folder being staged is
+/// not loaded; renamed into place with day-old file times, it is; a rollback
+/// holds (the watch does not load the rolled-back checkpoint again); a new
+/// checkpoint after it is loaded.
+#[tokio::test]
+async fn watch_loads_new_checkpoints_skips_staging_and_respects_rollback() {
+    let root = model_root();
+    let (parent, name) = (root.0.parent().unwrap(), root.0.file_name().unwrap().to_str().unwrap());
+    let a = root.0.join("a");
+    let args = ["--model", a.to_str().unwrap(), "--model-root", name, "--admin-token", TOKEN, "--watch"];
+    let s = Server::start_in(Some(parent), &args);
+    let c = reqwest::Client::new();
+    let current = || async {
+        let (_, v) = admin(&c, &s, reqwest::Method::GET, "/admin/models", None).await;
+        v["current"].clone()
+    };
+    let wait_for = |pred: Box<dyn Fn(&Value) -> bool>, what: &'static str| {
+        let current = &current;
+        async move {
+            let until = Instant::now() + Duration::from_secs(20);
+            loop {
+                let v = current().await;
+                if pred(&v) {
+                    return v;
+                }
+                assert!(Instant::now() < until, "{what}: {v}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        assert!(Instant::now() < until, "the watched checkpoint was not loaded");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let start = current().await;
+
+    // staged in a dot-folder: never loaded
+    let staging = root.0.join(".staging-c");
+    variant(&root.0, "a", &staging, 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(current().await["version"], start["version"], "a dot-folder was loaded");
+
+    // renamed into place with file times a day old (as `mv` or rsync -t keep them)
+    let old = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    for f in ["config.json", "genrec.json", "model.safetensors"] {
+        std::fs::File::options().write(true).open(staging.join(f)).unwrap().set_modified(old).unwrap();
     }
-    let (_, v) = admin(&c, &s, reqwest::Method::GET, "/admin/models", None).await;
-    assert!(v["current"]["source"].as_str().unwrap().ends_with("/c"), "{v}");
+    std::fs::rename(&staging, root.0.join("c")).unwrap();
+    let loaded = wait_for(Box::new(|v| v["source"].as_str().is_some_and(|s| s.ends_with("/c"))), "c was not loaded").await;
+    assert_ne!(loaded["version"], start["version"]);
+
+    // a rollback holds
+    let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models/rollback", None).await;
+    assert_eq!(st, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(current().await["version"], start["version"], "the watch undid the rollback");
+
+    // until a new checkpoint comes
+    variant(&root.0, "a", &root.0.join("d"), 2);
+    wait_for(Box::new(|v| v["source"].as_str().is_some_and(|s| s.ends_with("/d"))), "d was not loaded").await;
 }

@@ -3,19 +3,16 @@
 //! change is serialised by one lock; readers never wait for it. (Catalog
 //! edits are in [`super::edits`].)
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use super::model_root::{CheckpointDir, RootError};
 use super::pair::check_pair;
 use super::state::{LoadedModel, ModelInfo};
 use super::{Engine, EngineError};
 use crate::catalog::embed::TextEncoder;
 use crate::generate::{generate, GenRequest};
 use crate::model::Model;
-
-/// Files a checkpoint folder must hold.
-const CHECKPOINT_FILES: [&str; 3] = ["config.json", "model.safetensors", "genrec.json"];
 
 impl Engine {
     fn lock_admin(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -60,38 +57,31 @@ impl Engine {
         Ok(info)
     }
 
-    /// Resolves a checkpoint path (relative to the model root, or absolute)
-    /// and refuses anything outside the root.
-    pub fn checkpoint_dir(&self, path: &str) -> Result<PathBuf, EngineError> {
+    /// Opens a checkpoint folder under the model root (relative to it, or
+    /// absolute under it) without following links: 403 for a path outside
+    /// the root and for one that does not exist alike.
+    fn open_checkpoint(&self, path: &str) -> Result<CheckpointDir, EngineError> {
         let root = self
-            .opts
             .model_root
             .as_ref()
             .ok_or_else(|| EngineError::Forbidden("no --model-root is configured: checkpoints cannot be loaded".into()))?;
-        let root = root
-            .canonicalize()
-            .map_err(|e| EngineError::Forbidden(format!("model root {}: {e}", root.display())))?;
-        let asked = Path::new(path);
-        let joined = if asked.is_absolute() { asked.to_path_buf() } else { root.join(asked) };
-        let dir = joined.canonicalize().map_err(|e| EngineError::Refused(format!("{path}: {e}")))?;
-        if !dir.starts_with(&root) || dir == root {
-            return Err(EngineError::Forbidden(format!("{path} is not a folder under the model root")));
-        }
-        Ok(dir)
+        root.open(path).map_err(|e| match e {
+            RootError::Invalid(m) => EngineError::Refused(m),
+            other => EngineError::Forbidden(other.to_string()),
+        })
     }
 
     /// Loads, validates and swaps in the checkpoint at `path` (under the model
     /// root). Blocking: call it off the async runtime.
     pub fn load_checkpoint(&self, path: &str) -> Result<ModelInfo, EngineError> {
-        let dir = self.checkpoint_dir(path)?;
-        for f in CHECKPOINT_FILES {
-            if !dir.join(f).is_file() {
-                return Err(EngineError::Refused(format!("{} has no {f}", dir.display())));
-            }
-        }
+        let dir = self.open_checkpoint(path)?;
+        let read = |f: &str| dir.read(f).map_err(|e| EngineError::Refused(e.to_string()));
+        let (config, sidecar) = (read(crate::model::CONFIG_FILE)?, read(crate::model::sidecar::SIDECAR_FILE)?);
+        let weights = dir.file(crate::model::WEIGHTS_FILE).map_err(|e| EngineError::Refused(e.to_string()))?;
         let _g = self.lock_admin();
-        let model = Model::load_as(&dir, &self.opts.device, self.opts.dtype).map_err(|e| EngineError::Refused(e.to_string()))?;
-        self.install_locked(model, dir.display().to_string())
+        let model = Model::load_opened(&config, &weights, &sidecar, dir.path(), &self.opts.device, self.opts.dtype)
+            .map_err(|e| EngineError::Refused(e.to_string()))?;
+        self.install_locked(model, dir.path().display().to_string())
     }
 
     /// The model in service and the one before it.
@@ -134,52 +124,9 @@ impl Engine {
         Ok(enc)
     }
 
-    /// Watches the model root: every `every`, the newest checkpoint folder
-    /// under it (by the time of its `model.safetensors`) is loaded when it is
-    /// newer than the model in service. A folder that fails validation is
-    /// reported once and skipped until its files change. Runs until the
-    /// engine is dropped.
+    /// Watches the model root (see [`super::watch`]) every `every` until the
+    /// engine is dropped; `None` without a model root.
     pub fn watch(self: &Arc<Self>, every: Duration) -> Option<std::thread::JoinHandle<()>> {
-        let root = self.opts.model_root.clone()?;
-        let weak = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("genrec-watch".into())
-            .spawn(move || {
-                let mut refused: Option<(PathBuf, SystemTime)> = None;
-                loop {
-                    std::thread::sleep(every);
-                    let Some(engine) = weak.upgrade() else { return };
-                    let Some((dir, mtime)) = newest_checkpoint(&root) else { continue };
-                    let current = engine.model().map(|m| (m.source.clone(), m.loaded_at));
-                    let newer = match &current {
-                        Some((src, at)) => Path::new(src) != dir && mtime > *at,
-                        None => true,
-                    };
-                    if !newer || refused.as_ref() == Some(&(dir.clone(), mtime)) {
-                        continue;
-                    }
-                    match engine.load_checkpoint(&dir.to_string_lossy()) {
-                        Ok(info) => tracing::info!(version = %info.version, "watch: loaded {}", dir.display()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "watch: refused {}", dir.display());
-                            refused = Some((dir, mtime));
-                        }
-                    }
-                }
-            })
-            .ok()
+        super::watch::spawn(Arc::downgrade(self), self.model_root.clone()?, every)
     }
-}
-
-/// The checkpoint folder directly under `root` with the newest weights.
-fn newest_checkpoint(root: &Path) -> Option<(PathBuf, SystemTime)> {
-    std::fs::read_dir(root)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| CHECKPOINT_FILES.iter().all(|f| e.path().join(f).is_file()))
-        .filter_map(|e| {
-            let t = e.path().join("model.safetensors").metadata().ok()?.modified().ok()?;
-            Some((e.path(), t))
-        })
-        .max_by_key(|(_, t)| *t)
 }

@@ -10,9 +10,11 @@
 pub mod admin;
 mod coldstart;
 pub mod edits;
+pub mod model_root;
 pub mod scheduler;
 pub mod pair;
 pub mod state;
+mod watch;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -196,6 +198,8 @@ pub struct Engine {
     edit_pool: edits::EditPool,
     /// Serialises model changes.
     admin_lock: Mutex<()>,
+    /// `--model-root`, resolved once at start.
+    model_root: Option<model_root::ModelRoot>,
     /// This engine, for background jobs it starts (compaction).
     me: OnceLock<Weak<Engine>>,
     scheduler: Scheduler,
@@ -219,6 +223,10 @@ impl Engine {
         opts: EngineOptions,
         observer: Arc<dyn BatchObserver>,
     ) -> Result<Arc<Self>, EngineError> {
+        let model_root = match &opts.model_root {
+            Some(p) => Some(model_root::ModelRoot::new(p).map_err(|e| EngineError::Refused(e.to_string()))?),
+            None => None,
+        };
         let ann = Ann::open(&catalog)?;
         let served = Arc::new(ServedCatalog { catalog, ann: Arc::new(ann) });
         let writer = edits::Writer::new(served.clone(), store);
@@ -229,6 +237,7 @@ impl Engine {
             writer: Mutex::new(writer),
             edit_pool: edits::EditPool::start().map_err(EngineError::Worker)?,
             admin_lock: Mutex::new(()),
+            model_root,
             me: OnceLock::new(),
             scheduler: Scheduler::start(opts.batch.clone(), observer).map_err(EngineError::Worker)?,
             opts,

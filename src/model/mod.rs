@@ -82,16 +82,31 @@ impl Model {
             let p = dir.join(f);
             std::fs::read(&p).map_err(|e| ModelError::Io { path: p, source: e })
         };
+        let p = dir.join(WEIGHTS_FILE);
+        let weights = std::fs::File::open(&p).map_err(|e| ModelError::Io { path: p, source: e })?;
+        Self::load_opened(&read(CONFIG_FILE)?, &weights, &read(sidecar::SIDECAR_FILE)?, dir, device, dtype)
+    }
+
+    /// Loads a checkpoint whose files the caller opened (the engine opens
+    /// them inside the model root without following links): the config and
+    /// sidecar bytes, and the weights file, which is memory-mapped.
+    pub fn load_opened(
+        config: &[u8],
+        weights: &std::fs::File,
+        sidecar: &[u8],
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         // the weights are mapped, not read: the tensors are made from the
         // mapped pages once, and the file is never held twice in memory
-        let p = dir.join(WEIGHTS_FILE);
-        let file = std::fs::File::open(&p).map_err(|e| ModelError::Io { path: p.clone(), source: e })?;
         // SAFETY: checkpoints are written to a temporary name and renamed;
         // a file changed in place while it loads can give wrong weights (the
         // fingerprint then no longer names them) but not unsafety in Rust code
         // that only reads the bytes.
-        let weights = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::Io { path: p, source: e })?;
-        let mut m = Self::from_bytes_as(&read(CONFIG_FILE)?, &weights, &read(sidecar::SIDECAR_FILE)?, device, dtype)?;
+        let map = unsafe { memmap2::Mmap::map(weights) }
+            .map_err(|e| ModelError::Io { path: dir.join(WEIGHTS_FILE), source: e })?;
+        let mut m = Self::from_bytes_as(config, &map, sidecar, device, dtype)?;
         m.path = Some(dir.to_path_buf());
         Ok(m)
     }
@@ -130,7 +145,7 @@ impl Model {
                 config.vocab_size
             )));
         }
-        let version = fingerprint(weights)[..12].to_string();
+        let version = weights_version(weights);
         Ok(Model { net, config, sidecar, version, path: None })
     }
 
@@ -143,6 +158,11 @@ impl Model {
             self.path.as_ref().map(|p| p.join(c))
         }
     }
+}
+
+/// A checkpoint's version: the first 12 hex digits of its weights' fingerprint.
+pub fn weights_version(weights: &[u8]) -> String {
+    fingerprint(weights)[..12].to_string()
 }
 
 /// Writes a checkpoint folder: `config.json`, `model.safetensors`, `genrec.json`.

@@ -1,0 +1,135 @@
+//! `serve --watch`: new checkpoints dropped into the model root go into
+//! service. A folder counts as new when its name or its files (sizes, times)
+//! change and its weights' fingerprint is one this server has not served:
+//! a checkpoint moved in with `mv` (old file times) is seen, the folder a
+//! rollback left is not loaded again (the rollback holds until a new
+//! checkpoint comes), and a folder is loaded only once its files stayed the
+//! same for one whole interval. Dot-folders (`.staging-*`) are skipped:
+//! write there, then rename.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use super::model_root::{ModelRoot, CHECKPOINT_FILES};
+use super::Engine;
+
+/// What a folder's files look like: per file, its size and modification time.
+type Stamp = Vec<(u64, SystemTime)>;
+
+struct Folder {
+    stamp: Stamp,
+    /// Looked at since its files last changed (loaded, refused or known).
+    handled: bool,
+}
+
+/// The watch's memory between ticks.
+pub(super) struct Watcher {
+    root: ModelRoot,
+    folders: HashMap<String, Folder>,
+    /// Versions (weights fingerprints) that have been in service.
+    served: HashSet<String>,
+    first: bool,
+}
+
+/// The checkpoint folders directly under `root` (not dot-folders, not links)
+/// and their stamps.
+fn scan(root: &Path) -> Vec<(String, Stamp)> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            if name.starts_with('.') || !e.file_type().ok()?.is_dir() {
+                return None;
+            }
+            let stamp = CHECKPOINT_FILES
+                .iter()
+                .map(|f| {
+                    let m = std::fs::symlink_metadata(e.path().join(f)).ok().filter(|m| m.is_file())?;
+                    Some((m.len(), m.modified().ok()?))
+                })
+                .collect::<Option<Stamp>>()?;
+            Some((name, stamp))
+        })
+        .collect()
+}
+
+impl Watcher {
+    pub(super) fn new(root: ModelRoot) -> Self {
+        Watcher { root, folders: HashMap::new(), served: HashSet::new(), first: true }
+    }
+
+    /// One look at the root; loads at most one checkpoint.
+    pub(super) fn tick(&mut self, engine: &Engine) {
+        let (current, previous) = engine.models();
+        self.served.extend(current.iter().chain(previous.iter()).map(|m| m.version.clone()));
+        // at start, what is there is known, unless no model serves yet
+        let known_at_start = self.first && current.is_some();
+        self.first = false;
+        let now = scan(self.root.path());
+        self.folders.retain(|name, _| now.iter().any(|(n, _)| n == name));
+        let mut ready: Vec<(SystemTime, String)> = Vec::new();
+        for (name, stamp) in now {
+            match self.folders.get_mut(&name) {
+                None => {
+                    self.folders.insert(name, Folder { stamp, handled: known_at_start });
+                }
+                Some(f) if f.stamp != stamp => *f = Folder { stamp, handled: false },
+                Some(f) if !f.handled => {
+                    let newest = f.stamp.iter().map(|s| s.1).max().unwrap_or(SystemTime::UNIX_EPOCH);
+                    ready.push((newest, name));
+                }
+                Some(_) => {}
+            }
+        }
+        ready.sort_by(|a, b| b.cmp(a));
+        for (_, name) in ready {
+            if let Some(f) = self.folders.get_mut(&name) {
+                f.handled = true;
+            }
+            match self.version_of(&name) {
+                Ok(v) if self.served.contains(&v) => continue, // served before: not new
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch: skipped {name}");
+                    continue;
+                }
+            }
+            match engine.load_checkpoint(&name) {
+                Ok(info) => {
+                    tracing::info!(version = %info.version, "watch: loaded {name}");
+                    self.served.insert(info.version);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "watch: refused {name} (tried again when its files change)"),
+            }
+        }
+    }
+
+    /// The fingerprint of a folder's weights, as [`crate::model::Model`]
+    /// names its version.
+    fn version_of(&self, name: &str) -> Result<String, String> {
+        let d = self.root.open(name).map_err(|e| e.to_string())?;
+        let f = d.file(crate::model::WEIGHTS_FILE).map_err(|e| e.to_string())?;
+        // SAFETY: read-only view of a checkpoint file (see Model::load_opened)
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
+        Ok(crate::model::weights_version(&map))
+    }
+}
+
+/// Runs the watch every `every` until the engine is dropped.
+pub(super) fn spawn(engine: Weak<Engine>, root: ModelRoot, every: Duration) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("genrec-watch".into())
+        .spawn(move || {
+            let mut w = Watcher::new(root);
+            loop {
+                std::thread::sleep(every);
+                let Some(engine): Option<Arc<Engine>> = engine.upgrade() else { return };
+                w.tick(&engine);
+            }
+        })
+        .ok()
+}
