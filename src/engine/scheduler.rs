@@ -172,11 +172,20 @@ impl Drop for Scheduler {
     }
 }
 
-/// Whether two jobs can share a batch: the same model, and catalog views over
+/// The beam width a job runs with: the server's, or its `k` when larger.
+fn beam_of(job: &Job, beam: usize) -> usize {
+    job.req.k.max(beam)
+}
+
+/// Whether two jobs can share a batch: the same model, catalog views over
 /// the same base version (a stream of live edits makes a new view per edit;
-/// requests that started on different ones still batch together).
-fn same_versions(a: &Job, b: &Job) -> bool {
-    Arc::ptr_eq(&a.model, &b.model) && Arc::ptr_eq(a.catalog.catalog.base(), b.catalog.catalog.base())
+/// requests that started on different ones still batch together), and the
+/// same beam width (a batch runs one: a k = 100 request must not make k = 10
+/// requests beside it search with 100 beams).
+fn can_share(a: &Job, b: &Job, beam: usize) -> bool {
+    Arc::ptr_eq(&a.model, &b.model)
+        && Arc::ptr_eq(a.catalog.catalog.base(), b.catalog.catalog.base())
+        && beam_of(a, beam) == beam_of(b, beam)
 }
 
 fn worker_loop(
@@ -204,7 +213,7 @@ fn worker_loop(
         let mut batch = vec![first];
         let mut later = VecDeque::new();
         while let Some(j) = held.pop_front() {
-            if batch.len() < max_batch && same_versions(&batch[0], &j) {
+            if batch.len() < max_batch && can_share(&batch[0], &j, opts.beam) {
                 batch.push(j);
             } else {
                 later.push_back(j);
@@ -217,7 +226,7 @@ fn worker_loop(
             match next {
                 Ok(j) => {
                     let j = take(j);
-                    if same_versions(&batch[0], &j) {
+                    if can_share(&batch[0], &j, opts.beam) {
                         batch.push(j);
                     } else {
                         held.push_back(j);

@@ -267,3 +267,40 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
     check(&reopened);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Records batch sizes.
+#[derive(Default)]
+struct Sizes(std::sync::Mutex<Vec<usize>>);
+
+impl BatchObserver for Sizes {
+    fn queue_depth(&self, _: usize) {}
+    fn batch(&self, size: usize, _: &[Duration]) {
+        self.0.lock().unwrap().push(size);
+    }
+}
+
+/// Requests waiting together batch only with others of their beam width: a
+/// k = 100 request runs alone, the three k = 10 requests together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_batch_only_with_their_beam_width() {
+    let (model, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    let sizes = Arc::new(Sizes::default());
+    let opts = EngineOptions {
+        batch: BatchOptions { max_wait: Duration::from_millis(300), beam: 10, ..Default::default() },
+        ..Default::default()
+    };
+    let e = Engine::new(catalog, opts, sizes.clone()).unwrap();
+    e.install(model, "embedded".into()).unwrap();
+    sizes.0.lock().unwrap().clear(); // the smoke generation does not go through the queue, but be sure
+    let h = first_ids(&e, 3);
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let (r100, r10, r5) = (req(&h, 100, Strategy::Generative), req(&h, 10, Strategy::Generative), req(&h, 5, Strategy::Generative));
+    let (wide, a, b, c) = tokio::join!(e.recommend(&r100), e.recommend(&r10), e.recommend(&r10), e.recommend(&r5));
+    assert_eq!(wide.unwrap().items.len(), 100);
+    for r in [a, b, c] {
+        assert!(r.unwrap().fallback.is_none());
+    }
+    let mut got = sizes.0.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, vec![1, 3]);
+}
