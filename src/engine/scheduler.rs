@@ -240,14 +240,29 @@ fn worker_loop(
 }
 
 /// Runs one batch: drops jobs nobody waits for or past their deadline, then
-/// generates for the rest and answers each.
+/// generates for the rest, one generation per history length, and answers
+/// each. A generation pads its histories to its longest, and prefill attention
+/// costs the square of that length: one padded batch of mixed lengths cost
+/// more per request than single requests (demo model, 16 clients: 330-390
+/// against 530-600 answers/s), groups of equal length cost less (630-700).
 fn run_batch(batch: Vec<Job>, beam: usize, shared: &Shared, observer: &dyn BatchObserver) {
     let now = Instant::now();
-    let (live, _dropped): (Vec<Job>, Vec<Job>) =
+    let (mut live, _dropped): (Vec<Job>, Vec<Job>) =
         batch.into_iter().partition(|j| !j.reply.is_closed() && j.deadline > now);
-    if live.is_empty() {
-        return;
+    let Some(first) = live.first() else { return };
+    let longest = first.model.model.sidecar.max_history_items.max(1);
+    let len = |j: &Job| j.req.history.len().clamp(1, longest);
+    live.sort_by_key(len);
+    while !live.is_empty() {
+        let n = live.iter().take_while(|j| len(j) == len(&live[0])).count();
+        let rest = live.split_off(n);
+        run_group(live, beam, now, shared, observer);
+        live = rest;
     }
+}
+
+/// One generation for jobs of one history length.
+fn run_group(live: Vec<Job>, beam: usize, now: Instant, shared: &Shared, observer: &dyn BatchObserver) {
     let waits: Vec<Duration> = live.iter().map(|j| now.saturating_duration_since(j.enqueued)).collect();
     observer.batch(live.len(), &waits);
     let reqs: Vec<GenRequest> = live.iter().map(|j| j.req.clone()).collect();
