@@ -39,7 +39,7 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions { max_queue: 256, max_batch: 32, max_wait: Duration::from_millis(2), beam: 20 }
+        BatchOptions { max_queue: 256, max_batch: 32, max_wait: Duration::ZERO, beam: 20 }
     }
 }
 
