@@ -1,7 +1,7 @@
-//! Dynamic batching: requests wait in a bounded queue; one worker thread (off
-//! the async runtime) takes the first waiting request, gathers more for up to
-//! `max_wait` or until `max_batch`, and runs one batched generation for all of
-//! them. A full queue refuses at once (the server answers 429); a request
+//! Dynamic batching: requests wait in a bounded queue; a worker thread (off
+//! the async runtime; `workers` of them take turns at the queue) takes the
+//! first waiting request, gathers more for up to `max_wait` or until
+//! `max_batch`, and runs batched generations for them. A full queue refuses at once (the server answers 429); a request
 //! whose caller has gone (client disconnected, or it already answered from the
 //! fallback at its deadline) is dropped before it costs any work.
 //!
@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,16 @@ pub struct BatchOptions {
     pub max_wait: Duration,
     /// Beam width.
     pub beam: usize,
+    /// Worker threads taking batches from the queue. With more than one,
+    /// each runs its kernels on its own one-thread pool (one worker per core
+    /// beats one worker whose kernels split every product over the cores,
+    /// for models as small as genrec's CPU ones).
+    pub workers: usize,
 }
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions { max_queue: 256, max_batch: 32, max_wait: Duration::ZERO, beam: 20 }
+        BatchOptions { max_queue: 256, max_batch: 32, max_wait: Duration::ZERO, beam: 20, workers: 1 }
     }
 }
 
@@ -99,38 +104,50 @@ struct Shared {
     panic_next: AtomicBool,
 }
 
-/// The queue and its worker thread.
+/// The queue and its worker threads.
 pub struct Scheduler {
     tx: Option<SyncSender<Job>>,
     shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
     observer: Arc<dyn BatchObserver>,
 }
 
 impl Scheduler {
     pub fn start(opts: BatchOptions, observer: Arc<dyn BatchObserver>) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(opts.max_queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared { depth: AtomicUsize::new(0), panics: AtomicU64::new(0), panic_next: AtomicBool::new(false) });
-        let (sh, o) = (shared.clone(), observer.clone());
-        let worker = std::thread::Builder::new().name("genrec-batcher".into()).spawn(move || {
-            // jobs taken from the queue that belong to a later batch (other versions)
-            let mut held = VecDeque::new();
-            // the loop catches panics per batch; this restarts it should anything else panic
-            while catch_unwind(AssertUnwindSafe(|| worker_loop(&rx, &opts, &sh, &*o, &mut held))).is_err() {
-                sh.panics.fetch_add(1, Ordering::Relaxed);
-                o.worker_panic();
-                tracing::error!("the batching worker panicked; restarting it");
-                // held jobs may be half-handled: dropping them answers their callers (Stopped)
-                held.clear();
-            }
-        })?;
-        Ok(Scheduler { tx: Some(tx), shared, worker: Some(worker), observer })
+        let n = opts.workers.max(1);
+        let mut workers = Vec::with_capacity(n);
+        for w in 0..n {
+            let (rx, sh, o, opts) = (rx.clone(), shared.clone(), observer.clone(), opts.clone());
+            let pool = if n > 1 { Some(rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(std::io::Error::other)?) } else { None };
+            workers.push(std::thread::Builder::new().name(format!("genrec-batcher-{w}")).spawn(move || {
+                // jobs taken from the queue that belong to a later batch (other versions)
+                let mut held = VecDeque::new();
+                let mut run = || {
+                    // the loop catches panics per batch; this restarts it should anything else panic
+                    while catch_unwind(AssertUnwindSafe(|| worker_loop(&rx, &opts, &sh, &*o, &mut held))).is_err() {
+                        sh.panics.fetch_add(1, Ordering::Relaxed);
+                        o.worker_panic();
+                        tracing::error!("a batching worker panicked; restarting it");
+                        // held jobs may be half-handled: dropping them answers their callers (Stopped)
+                        held.clear();
+                    }
+                };
+                match &pool {
+                    Some(p) => p.install(run),
+                    None => run(),
+                }
+            })?);
+        }
+        Ok(Scheduler { tx: Some(tx), shared, workers, observer })
     }
 
     /// Whether the worker runs, and the panics it survived.
     pub fn health(&self) -> WorkerHealth {
         WorkerHealth {
-            running: self.worker.as_ref().is_some_and(|w| !w.is_finished()),
+            running: !self.workers.is_empty() && self.workers.iter().all(|w| !w.is_finished()),
             panics: self.shared.panics.load(Ordering::Relaxed),
         }
     }
@@ -163,10 +180,10 @@ impl Scheduler {
 }
 
 impl Drop for Scheduler {
-    /// Closes the queue and waits for the worker to finish what it holds.
+    /// Closes the queue and waits for the workers to finish what they hold.
     fn drop(&mut self) {
         self.tx.take();
-        if let Some(w) = self.worker.take() {
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
@@ -189,7 +206,7 @@ fn can_share(a: &Job, b: &Job, beam: usize) -> bool {
 }
 
 fn worker_loop(
-    rx: &Receiver<Job>,
+    rx: &Mutex<Receiver<Job>>,
     opts: &BatchOptions,
     shared: &Shared,
     observer: &dyn BatchObserver,
@@ -202,6 +219,8 @@ fn worker_loop(
         job
     };
     loop {
+        // one worker at a time takes a batch from the queue
+        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
         let first = match held.pop_front() {
             Some(j) => j,
             None => match rx.recv() {
@@ -235,6 +254,7 @@ fn worker_loop(
                 Err(_) => break,
             }
         }
+        drop(rx);
         run_batch(batch, opts.beam, shared, observer);
     }
 }

@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// what one request does.
     #[arg(long, env = "GENREC_MAX_WAIT_MS", default_value_t = 0)]
     pub max_wait_ms: u64,
+    /// Batching workers. Default: one per core on the CPU, each on
+    /// single-threaded kernels (for genrec's small CPU models that beats one
+    /// worker splitting every product over the cores); 1 on a GPU.
+    #[arg(long, env = "GENREC_WORKERS")]
+    pub workers: Option<usize>,
     /// Default deadline of a request in ms (a request may set its own
     /// timeout_ms); past it, ANN recall answers.
     #[arg(long, env = "GENREC_TIMEOUT_MS", default_value_t = 500)]
@@ -216,6 +221,11 @@ fn finish_engine(
             max_batch: args.max_batch.max(1),
             max_wait: Duration::from_millis(args.max_wait_ms),
             beam: args.beam.max(1),
+            workers: match (args.workers, &args.device) {
+                (Some(n), _) => n.max(1),
+                (None, crate::device::DeviceSpec::Cpu) => crate::runtime::cores(),
+                (None, _) => 1,
+            },
         },
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
         model_root: args.model_root.clone(),
