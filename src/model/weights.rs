@@ -5,40 +5,9 @@
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::config::{Arch, ModelConfig};
+use super::config::ModelConfig;
+use super::init::tensor_shapes as expected;
 use super::{ModelError, WEIGHTS_FILE};
-
-/// Every tensor the model reads, with its shape, for `cfg`.
-pub fn expected(cfg: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-    let arch = cfg.arch()?;
-    let (h, hd, nh, nkv, ff) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads(), cfg.intermediate_size);
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
-    for i in 0..cfg.num_hidden_layers {
-        let l = format!("model.layers.{i}");
-        let a = format!("{l}.self_attn");
-        for (name, out) in [("q_proj", nh * hd), ("k_proj", nkv * hd), ("v_proj", nkv * hd)] {
-            t.push((format!("{a}.{name}.weight"), vec![out, h]));
-            if cfg.attention_bias {
-                t.push((format!("{a}.{name}.bias"), vec![out]));
-            }
-        }
-        t.push((format!("{a}.o_proj.weight"), vec![h, nh * hd]));
-        if arch == Arch::Qwen3 {
-            t.push((format!("{a}.q_norm.weight"), vec![hd]));
-            t.push((format!("{a}.k_norm.weight"), vec![hd]));
-        }
-        t.push((format!("{l}.mlp.gate_proj.weight"), vec![ff, h]));
-        t.push((format!("{l}.mlp.up_proj.weight"), vec![ff, h]));
-        t.push((format!("{l}.mlp.down_proj.weight"), vec![h, ff]));
-        t.push((format!("{l}.input_layernorm.weight"), vec![h]));
-        t.push((format!("{l}.post_attention_layernorm.weight"), vec![h]));
-    }
-    t.push(("model.norm.weight".to_string(), vec![h]));
-    if !cfg.tie_word_embeddings {
-        t.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
-    }
-    Ok(t)
-}
 
 /// Tensors a checkpoint may carry that the model recomputes (older
 /// transformers saved the rotary frequencies).
