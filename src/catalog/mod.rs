@@ -26,6 +26,7 @@ pub mod overlay;
 pub mod rqkmeans;
 pub mod strings;
 pub mod trie;
+pub mod trie_patch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +34,8 @@ use std::sync::Arc;
 pub use base::{Base, Embeddings};
 pub use format::{catalog_fingerprint, Manifest};
 pub use intents::Intent;
-pub use overlay::{Overlay, TrieView};
+pub use overlay::Overlay;
+pub use trie_patch::TrieView;
 pub use rqkmeans::{quantize, Quantized, RqOptions};
 pub use trie::Trie;
 

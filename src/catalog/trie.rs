@@ -19,7 +19,7 @@
 //! The arrays are [`Array`]s: built in memory, or memory-mapped from a catalog
 //! version's `trie.*.u32` files (the dense tables are rebuilt at load; they
 //! are small). Live edits never change a trie: they go to a
-//! [`super::overlay::TriePatch`] that requests read together with it.
+//! [`super::trie_patch::TriePatch`] that requests read together with it.
 
 use std::path::Path;
 
