@@ -1,18 +1,13 @@
 //! The `genrec` command line: build catalogs, train, evaluate, serve.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use genrec::catalog::build::{self as index_build, MappedRows, SidSource};
-use genrec::catalog::collab::{collaborative_embeddings, mix, CollabOptions};
-use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
-use genrec::catalog::rqkmeans::{Rows, SliceRows, DEFAULT_MAX_GROUP, DEFAULT_SAMPLE};
-use genrec::catalog::{Catalog, CatalogError, RqOptions};
+use genrec::catalog::Catalog;
 use genrec::dataset::{self, demo, Split};
 use genrec::engine::pair::check_pair;
 use genrec::engine::Pair;
@@ -20,7 +15,10 @@ use genrec::generate::Scoring;
 use genrec::model::Model;
 use genrec::train::{self, EvalOptions, TrainOptions};
 
+mod catalog_cmd;
 mod measure;
+
+use catalog_cmd::{CatalogArgs, IndexArgs};
 
 
 #[derive(Parser)]
@@ -61,100 +59,6 @@ enum Command {
     /// from their sign-up profile alone, scored against their first items
     /// (popularity, encoder intents, LLM intents); JSON on the last line.
     ColdstartEval(measure::ColdEvalArgs),
-}
-
-#[derive(clap::Args)]
-struct IndexArgs {
-    /// Items: NAME.item.json ({"item id": {"title": ..., ...}}, read in id
-    /// order) or JSON Lines NAME.jsonl (one {"id": ..., "title": ..., ...} per
-    /// line, streamed in file order).
-    #[arg(long)]
-    items: PathBuf,
-    /// Output catalog folder (built under a temporary name, renamed at the end;
-    /// replaces a catalog folder there).
-    #[arg(long)]
-    out: PathBuf,
-    /// Precomputed embeddings instead of MiniLM: a safetensors file with one
-    /// tensor [items, dim] in F32, F16 or BF16, rows in the items' order (the
-    /// file order of a .jsonl, the id order of a .json). Read through a memory
-    /// map, a block at a time.
-    #[arg(long)]
-    embeddings: Option<PathBuf>,
-    /// Semantic IDs computed elsewhere (e.g. an RQ-VAE trained in PyTorch):
-    /// JSON Lines, one {"id": ..., "sid": [c1, c2, ...]} per line, every item
-    /// once, codes below --codebook-size. A collision code is added on top.
-    /// The catalog then has no codebooks: live upserts give their semantic_id.
-    #[arg(long)]
-    sids: Option<PathBuf>,
-    /// Sentence encoder folder (fetched by scripts/fetch-models.sh).
-    #[arg(long, env = "GENREC_ENCODER", default_value = DEFAULT_ENCODER_DIR)]
-    encoder: PathBuf,
-    /// K-means levels of the semantic ID (a collision code is added on top).
-    #[arg(long, default_value_t = 3)]
-    levels: usize,
-    /// Codes per level.
-    #[arg(long, default_value_t = 256)]
-    codebook_size: usize,
-    /// Lloyd iterations per level.
-    #[arg(long, default_value_t = 25)]
-    iterations: usize,
-    /// Items the codebooks are learned on (a uniform sample; all items when
-    /// the catalog is smaller). Every item is then assigned its codes.
-    #[arg(long, default_value_t = DEFAULT_SAMPLE)]
-    sample: usize,
-    /// Largest group of items that may share all k-means codes (the width of
-    /// the collision code): a code under a prefix takes no more items than
-    /// the levels below can hold in groups this size, the others go to their
-    /// next-nearest code. 0: plain nearest codes (groups unbounded).
-    #[arg(long, default_value_t = DEFAULT_MAX_GROUP)]
-    max_group: usize,
-    /// Random seed: the same seed gives the same semantic IDs.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Catalog name (default: the items file's name before the first dot).
-    #[arg(long)]
-    name: Option<String>,
-    /// Texts per encoder batch.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Interactions file, NAME.inter.json: mixes collaborative embeddings
-    /// (items bought together, from the training part of each sequence: all but
-    /// its last two items) into the content embeddings before quantising.
-    #[arg(long)]
-    interactions: Option<PathBuf>,
-    /// Share of the collaborative part in the mixed embedding (0..1; with
-    /// --interactions; 0.8 was best on Beauty's validation split among 0.5, 0.8, 0.95).
-    #[arg(long, default_value_t = 0.8)]
-    collab_weight: f32,
-    /// Dimensions of the collaborative embedding (with --interactions).
-    #[arg(long, default_value_t = 64)]
-    collab_dim: usize,
-    /// Write the report (phases, sizes, collisions) as JSON to this file.
-    #[arg(long)]
-    report: Option<PathBuf>,
-}
-
-#[derive(clap::Args)]
-struct CatalogArgs {
-    #[command(subcommand)]
-    command: CatalogCommand,
-}
-
-#[derive(Subcommand)]
-enum CatalogCommand {
-    /// Fold a catalog folder's edit log into a new version (written beside
-    /// the current one with its ANN index, switched to by an atomic rename).
-    /// The folder must not be in use by a server: a running server compacts
-    /// by itself (--compact-log-mb) or on POST /admin/catalog/compact.
-    Compact {
-        /// Catalog folder.
-        dir: PathBuf,
-    },
-    /// Print a catalog folder's version, sizes and pending edits as JSON.
-    Info {
-        /// Catalog folder.
-        dir: PathBuf,
-    },
 }
 
 #[derive(clap::Args)]
@@ -325,8 +229,8 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Index(a) => index(a),
-        Command::Catalog(a) => catalog_cmd(a),
+        Command::Index(a) => catalog_cmd::index(a),
+        Command::Catalog(a) => catalog_cmd::catalog_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval(a),
         Command::ColdstartEval(a) => measure::coldstart_eval(a),
@@ -350,187 +254,6 @@ pub(crate) fn progress(label: &str, done: usize, total: usize) {
         eprintln!();
     }
     let _ = std::io::stderr().flush();
-}
-
-fn stem(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().split('.').next().unwrap_or("catalog").to_string())
-        .unwrap_or_else(|| "catalog".into())
-}
-
-/// Mixes collaborative embeddings from the training part of `inter` into the
-/// content embeddings `emb` (see `genrec::catalog::collab`).
-fn mix_collaborative(
-    ids: &[&str],
-    inter: &Path,
-    emb: Vec<f32>,
-    dim: usize,
-    embedder: &str,
-    a: &IndexArgs,
-) -> Result<(Vec<f32>, usize, String)> {
-    if !(0.0..=1.0).contains(&a.collab_weight) {
-        bail!("--collab-weight must be between 0 and 1, got {}", a.collab_weight);
-    }
-    let t0 = Instant::now();
-    let data = dataset::load_interactions(inter)?;
-    let index: HashMap<&str, u32> = ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
-    let seqs: Vec<Vec<u32>> = data
-        .sequences
-        .iter()
-        .map(|s| dataset::train_part(s).iter().filter_map(|id| index.get(id.as_str()).copied()).collect())
-        .collect();
-    let opts = CollabOptions { dim: a.collab_dim, seed: a.seed, ..Default::default() };
-    let cf = collaborative_embeddings(ids.len(), &seqs, &opts);
-    let silent = cf.chunks(opts.dim).filter(|r| r.iter().all(|&x| x == 0.0)).count();
-    eprintln!(
-        "index: collaborative embeddings ({} dims, weight {}) from {} sequences in {:.1}s; {silent} items co-occur with nothing",
-        opts.dim,
-        a.collab_weight,
-        seqs.len(),
-        t0.elapsed().as_secs_f64()
-    );
-    let mixed = mix(&emb, dim, &cf, opts.dim, a.collab_weight);
-    Ok((mixed, dim + opts.dim, format!("{embedder}+collab{}x{}", opts.dim, a.collab_weight)))
-}
-
-fn index(a: IndexArgs) -> Result<()> {
-    let t0 = Instant::now();
-    if a.levels == 0 || a.codebook_size < 2 {
-        bail!("--levels must be at least 1 and --codebook-size at least 2");
-    }
-    let need_texts = a.embeddings.is_none();
-    let items = index_build::read_items(&a.items, need_texts, a.seed)?;
-    if items.is_empty() {
-        bail!("{}: no items", a.items.display());
-    }
-    eprintln!("index: {} items from {} in {:.1}s", items.len(), a.items.display(), t0.elapsed().as_secs_f64());
-    // the embeddings: a mapped file read row by row, or computed in memory
-    let mapped;
-    let owned: Vec<f32>;
-    let in_memory;
-    let (rows, embedder): (&dyn Rows, String) = match (&a.embeddings, &a.interactions) {
-        (Some(p), None) => {
-            mapped = MappedRows::open(p, items.len())?;
-            (&mapped, format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()))
-        }
-        (src, inter) => {
-            let (e, d, name) = match src {
-                Some(p) => {
-                    let m = MappedRows::open(p, items.len())?;
-                    let name = format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-                    (m.to_vec(), m.dim(), name)
-                }
-                None => {
-                    let enc = TextEncoder::load(&a.encoder)?;
-                    let texts = items.texts.as_ref().context("item texts")?;
-                    let p = genrec::progress::Progress::new("embedding texts", texts.len() as u64);
-                    let e = enc.embed(texts, a.batch, |d, _| p.set(d as u64))?;
-                    p.finish();
-                    (e, enc.dim(), enc.name().to_string())
-                }
-            };
-            let (e, d, name) = match inter {
-                Some(p) => {
-                    let ids: Vec<&str> = (0..items.len()).map(|i| items.ids.get(i)).collect();
-                    mix_collaborative(&ids, p, e, d, &name, &a)?
-                }
-                None => (e, d, name),
-            };
-            owned = e;
-            in_memory = SliceRows { data: &owned, dim: d };
-            (&in_memory, name)
-        }
-    };
-    eprintln!("index: {} x {} embeddings ready in {:.1}s", items.len(), rows.dim(), t0.elapsed().as_secs_f64());
-    let sids = match &a.sids {
-        Some(p) => SidSource::Import { path: p, codebook_size: a.codebook_size },
-        None => SidSource::Learn(RqOptions {
-            levels: a.levels,
-            codebook_size: a.codebook_size,
-            iterations: a.iterations,
-            seed: a.seed,
-            sample: a.sample,
-            max_group: a.max_group,
-        }),
-    };
-    let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
-    let self_recall = std::sync::Mutex::new(0.0);
-    let graph = |cat: &Catalog, dir: &Path| {
-        let r = genrec::recall::build_and_save(cat, dir).map_err(|e| CatalogError::Format(e.to_string()))?;
-        *self_recall.lock().unwrap_or_else(|p| p.into_inner()) = r;
-        Ok(())
-    };
-    let mut report = index_build::index(&a.out, &name, &embedder, items, rows, sids, a.seed, &graph)?;
-    report.ann_self_recall = *self_recall.lock().unwrap_or_else(|p| p.into_inner());
-    println!("ANN index: {:.1}% of probed items are their own nearest neighbour", 100.0 * report.ann_self_recall);
-    for (l, used) in report.used_codes.iter().enumerate() {
-        println!("level {l}: {used}/{} codes used; {} items moved off their nearest code by --max-group", report.codebook_sizes[l], report.moved[l]);
-    }
-    println!(
-        "collisions: {} items in {} groups share their k-means codes; largest group {} (collision level size)",
-        report.collided_items, report.collision_groups, report.max_group
-    );
-    let total: u64 = report.bytes.iter().map(|b| b.1).sum();
-    println!(
-        "wrote catalog {:?} ({} items, semantic IDs {:?}, {:.1} MB) to {} in {:.1}s",
-        name,
-        report.items,
-        report.codebook_sizes,
-        total as f64 / 1e6,
-        a.out.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    if let Some(p) = &a.report {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
-    }
-    Ok(())
-}
-
-fn catalog_cmd(a: CatalogArgs) -> Result<()> {
-    match a.command {
-        CatalogCommand::Compact { dir } => {
-            let t0 = Instant::now();
-            let (cat, log, mut wd, report) = genrec::catalog::dir::open_writable(&dir)?;
-            eprintln!("compact: version {} with {} edits replayed", report.version, report.replayed);
-            let (new_log, number) = wd.rotate()?;
-            drop(log);
-            let prev = cat.base().source.as_ref().map(|d| d.join(genrec::recall::ANN_FILE));
-            let graph = |v: &Catalog, d: &Path| {
-                genrec::recall::write_version_graph(v, prev.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
-            };
-            let vdir = wd.commit_version(&cat, number, &graph)?;
-            drop(new_log);
-            println!(
-                "compacted {} into {} ({} items served) in {:.1}s",
-                dir.display(),
-                vdir.display(),
-                cat.served_len(),
-                t0.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
-        CatalogCommand::Info { dir } => {
-            let (cat, report) = genrec::catalog::dir::open_read_only(&dir)?;
-            let m = cat.manifest();
-            let parts: serde_json::Map<String, serde_json::Value> =
-                cat.base().memory().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
-            let info = serde_json::json!({
-                "version": report.version,
-                "name": m.name,
-                "rows": cat.len(),
-                "served": cat.served_len(),
-                "codebook_sizes": m.codebook_sizes,
-                "embedding_dim": m.embedding_dim,
-                "fingerprint": m.fingerprint,
-                "last_edit_id": cat.last_edit_id(),
-                "edits_replayed": report.replayed,
-                "overlay_items": cat.overlay().len(),
-                "bytes": parts,
-            });
-            println!("{}", serde_json::to_string_pretty(&info)?);
-            Ok(())
-        }
-    }
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
