@@ -92,6 +92,10 @@ pub struct BenchArgs {
     /// Interactions file whose test-split histories (last 20 items) are sent, round-robin.
     #[arg(long)]
     data: PathBuf,
+    /// Send only this many users' histories, evenly spaced over the file (0:
+    /// every user); the same users as the in-process bench's `--users`.
+    #[arg(long, default_value_t = 0)]
+    users: usize,
     /// Closed loop: clients that each wait for their answer (ignored with --rate).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -123,7 +127,7 @@ pub struct BenchArgs {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     let data = dataset::load_interactions(&a.data)?;
-    let histories = genrec::loadgen::histories(&data);
+    let histories = genrec::loadgen::histories(&data, a.users);
     if histories.is_empty() {
         bail!("{}: no user has a test history", a.data.display());
     }
@@ -270,7 +274,7 @@ pub struct BenchCatalogArgs {
 
 pub fn bench_catalog(a: BenchCatalogArgs) -> Result<()> {
     let data = dataset::load_interactions(&a.data)?;
-    let histories = genrec::loadgen::histories(&data);
+    let histories = genrec::loadgen::histories(&data, 0);
     if histories.is_empty() {
         bail!("{}: no user has a test history", a.data.display());
     }

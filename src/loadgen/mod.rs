@@ -119,9 +119,12 @@ struct Tally {
     items: usize,
 }
 
-/// Histories (item ids, the last 20) of every user's test split.
-pub fn histories(inter: &Interactions) -> Vec<Vec<String>> {
-    inter.sequences.iter().filter_map(|s| heldout(s, Split::Test, 20).map(|(h, _)| h)).filter(|h| !h.is_empty()).collect()
+/// Histories (item ids, the last 20) of the users' test split: every user's,
+/// or `users` of them at even spacing (the users `benches/generate_vs_hf.rs`
+/// sends in process with the same `--users`).
+pub fn histories(inter: &Interactions, users: usize) -> Vec<Vec<String>> {
+    let all = inter.sequences.iter().filter_map(|s| heldout(s, Split::Test, 20).map(|(h, _)| h)).filter(|h| !h.is_empty()).collect();
+    crate::dataset::evenly_spaced(all, users)
 }
 
 async fn one(client: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tally>) {

@@ -53,13 +53,7 @@ pub fn examples(catalog: &Catalog, inter: &Interactions, split: Split, max_histo
         .filter_map(|s| heldout(&to_indices(catalog, s), split, max_history))
         .filter(|(h, _)| !h.is_empty())
         .collect();
-    match max_users {
-        Some(m) if m < all.len() && m > 0 => {
-            let step = all.len() as f64 / m as f64;
-            (0..m).map(|i| all[(i as f64 * step) as usize].clone()).collect()
-        }
-        _ => all,
-    }
+    crate::dataset::evenly_spaced(all, max_users.unwrap_or(0))
 }
 
 /// Recall/NDCG at 5 and 10 of `model` on a split; `progress(done, total)` after each batch.
