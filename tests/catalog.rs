@@ -211,7 +211,7 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
     assert_eq!(v["errors"][3]["field"], "id", "{v}");
     let (st, v) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/b-7"));
     assert_eq!(st, 200);
-    assert_eq!((v["item_id"].as_str(), v["title"].as_str(), v["live"].as_bool()), (Some("b-7"), Some("seventh"), Some(true)), "{v}");
+    assert_eq!((v["item_id"].as_str(), v["title"].as_str(), v["served"].as_bool()), (Some("b-7"), Some("seventh"), Some(true)), "{v}");
     assert_eq!(v["semantic_id"].as_array().unwrap().len(), 4);
     assert_eq!(json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/nope")).0, 404);
 
@@ -246,7 +246,7 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
     s = Server::start(&["--model", a.to_str().unwrap(), "--admin-token", TOKEN]);
     assert_eq!(rec(&s, &history)["item_id"], "heir");
     let (_, v) = json_of(admin(&c, &s, reqwest::Method::GET, &format!("/admin/items/{victim}")));
-    assert_eq!(v["live"], false, "{v}");
+    assert_eq!(v["served"], false, "{v}");
     // a second edit after the restart goes to the new version's log, then offline compaction
     assert_eq!(json_of(admin(&c, &s, reqwest::Method::DELETE, "/admin/items/b-1")).0, 200);
     drop(s);
@@ -365,7 +365,7 @@ fn kill_9_during_upserts_loses_no_acknowledged_edit() {
     let mut wrong = Vec::new();
     for (id, served) in &last {
         let (st, v) = json_of(admin(&c, &s, reqwest::Method::GET, &format!("/admin/items/{id}")));
-        if st != 200 || v["live"] != json!(*served) {
+        if st != 200 || v["served"] != json!(*served) {
             wrong.push(format!("{id}: {st} {v}"));
         }
     }

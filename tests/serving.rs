@@ -290,7 +290,7 @@ async fn live_catalog_removed_item_never_returns_and_added_item_is_recommended()
         admin(&c, &s, reqwest::Method::POST, "/admin/items", Some(json!({"id": "live-1", "embedding": emb}))).await;
     assert_eq!((st, &v["created"]), (200, &json!(false)), "{v}");
     let (st, v) = admin(&c, &s, reqwest::Method::GET, "/admin/items/live-1", None).await;
-    assert_eq!((st, &v["live"], &v["title"]), (200, &json!(true), &json!("live-1")), "{v}");
+    assert_eq!((st, &v["served"], &v["title"]), (200, &json!(true), &json!("live-1")), "{v}");
     let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/items", Some(json!({"id": "x", "embedding": [1.0]}))).await;
     assert_eq!((st, v["field"].as_str()), (422, Some("embedding")));
 }

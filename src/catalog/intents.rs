@@ -24,7 +24,7 @@ pub const INTENTS_FILE: &str = "intents.json";
 const LABEL_WORDS: usize = 3;
 
 /// One intent: a first-level code of the semantic IDs and its label.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Intent {
     /// First semantic-ID code: the intent is the sub-trie under it.
     pub code: u32,

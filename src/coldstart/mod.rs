@@ -63,7 +63,7 @@ impl From<crate::model::ModelError> for ColdStartError {
 }
 
 /// What a user gave at sign-up. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +139,7 @@ impl Profile {
 }
 
 /// One inferred intent.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct IntentWeight {
     /// First semantic-ID code.
     pub code: u32,
@@ -151,8 +151,26 @@ pub struct IntentWeight {
 #[derive(Debug, Clone, Serialize)]
 pub struct Inferred {
     pub intents: Vec<IntentWeight>,
-    /// `llm` or `embedding`.
-    pub method: &'static str,
+    pub method: IntentMethod,
+}
+
+/// How a profile's intents are inferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentMethod {
+    /// The intent LLM scores the catalog's intent labels given the profile.
+    Llm,
+    /// The profile's text embedding is matched to the intents' centroids.
+    Embedding,
+}
+
+impl IntentMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntentMethod::Llm => "llm",
+            IntentMethod::Embedding => "embedding",
+        }
+    }
 }
 
 /// Tuning of intent inference.
@@ -262,12 +280,12 @@ impl ColdStart {
         &self.flights
     }
 
-    /// `llm` when an intent model is loaded, else `embedding`.
-    pub fn method(&self) -> &'static str {
+    /// The LLM when an intent model is loaded, else embeddings.
+    pub fn method(&self) -> IntentMethod {
         if self.lm.is_some() {
-            "llm"
+            IntentMethod::Llm
         } else {
-            "embedding"
+            IntentMethod::Embedding
         }
     }
 
@@ -330,7 +348,7 @@ impl ColdStart {
             let prior = self.prior(s)?;
             scores.iter_mut().zip(prior).for_each(|(x, p)| *x -= self.opts.calibration * p);
         }
-        Ok(Inferred { intents: self.top(&scores, self.opts.temperature), method: "llm" })
+        Ok(Inferred { intents: self.top(&scores, self.opts.temperature), method: IntentMethod::Llm })
     }
 
     /// Intents by cosine between the profile's text and the labels.
@@ -340,7 +358,7 @@ impl ColdStart {
         let v = enc.embed(&[text], 1, |_, _| {})?;
         let d = enc.dim();
         let scores: Vec<f32> = vecs.chunks(d).map(|l| l.iter().zip(&v).map(|(a, b)| a * b).sum()).collect();
-        Ok(Inferred { intents: self.top(&scores, self.opts.embedding_temperature), method: "embedding" })
+        Ok(Inferred { intents: self.top(&scores, self.opts.embedding_temperature), method: IntentMethod::Embedding })
     }
 
     /// The `top` best intents with softmax weights at `temperature`.

@@ -43,10 +43,10 @@ fn embedding_fallback_matches_profile_text_to_labels() {
     let enc = Arc::new(TextEncoder::load(&dir).unwrap());
     let cat = labelled_catalog(&["horror, thriller, slasher", "lipstick, mascara, makeup"]);
     let cs = ColdStart::new(&cat, None, Some(enc), ColdStartOptions { top: 2, ..Default::default() }).unwrap();
-    assert_eq!(cs.method(), "embedding");
+    assert_eq!(cs.method(), IntentMethod::Embedding);
     let p = Profile { interests: vec!["scary movies".into()], ..Default::default() };
     let got = cs.infer(&p).unwrap();
-    assert_eq!(got.method, "embedding");
+    assert_eq!(got.method, IntentMethod::Embedding);
     assert_eq!(got.intents[0].label, "horror, thriller, slasher");
     assert!(got.intents[0].weight > got.intents[1].weight);
     assert!((got.intents.iter().map(|i| i.weight).sum::<f32>() - 1.0).abs() < 1e-5);
@@ -125,10 +125,10 @@ fn llm_intents_are_weighted_cached_and_calibrated() {
     let cat = labelled_catalog(&["horror, thriller, slasher", "animation, children, musical"]);
     let tpl = PromptTemplate::parse("movies", include_str!("../../prompts/movies.prompt")).unwrap();
     let cs = ColdStart::new(&cat, Some((lm, tpl)), None, ColdStartOptions { top: 2, ..Default::default() }).unwrap();
-    assert_eq!(cs.method(), "llm");
+    assert_eq!(cs.method(), IntentMethod::Llm);
     let kid = Profile { age: Some(7), interests: vec!["cartoons".into()], ..Default::default() };
     let got = cs.infer(&kid).unwrap();
-    assert_eq!(got.method, "llm");
+    assert_eq!(got.method, IntentMethod::Llm);
     assert_eq!(got.intents.len(), 2);
     assert!((got.intents.iter().map(|i| i.weight).sum::<f32>() - 1.0).abs() < 1e-5);
     assert_eq!(got.intents[0].label, "animation, children, musical", "{got:?}");

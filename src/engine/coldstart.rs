@@ -11,7 +11,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{items_of, wait, Engine, EngineError, Generation, ServedCatalog, RecAnswer, RecItem, RecRequest, Resolved, Share, Strategy};
+use super::{
+    items_of, wait, Engine, EngineError, FallbackReason, Generation, ItemSource, RecAnswer, RecItem, RecRequest, Resolved,
+    ServedCatalog, Share, Strategy,
+};
 use crate::coldstart::flight::{follow, Ticket};
 use crate::coldstart::{split_quota, ColdStart, Inferred, Profile};
 use crate::generate::GenRequest;
@@ -153,8 +156,8 @@ impl Engine {
         }
         let model = match (req.strategy, model) {
             (Strategy::Generative, None) => return Err(EngineError::NotReady),
-            (Strategy::Ann, _) => return self.ann_shares(answer, cat, r, &shares, "requested"),
-            (Strategy::Auto, None) => return self.ann_shares(answer, cat, r, &shares, "no_model"),
+            (Strategy::Ann, _) => return self.ann_shares(answer, cat, r, &shares, FallbackReason::Requested),
+            (Strategy::Auto, None) => return self.ann_shares(answer, cat, r, &shares, FallbackReason::NoModel),
             (_, Some(m)) => m,
         };
         // intent shares ask for more, so that items the history's share also
@@ -182,8 +185,8 @@ impl Engine {
                 Generation::Done(hits, tokens) => {
                     answer.tokens += tokens;
                     let (source, bonus) = match s.intent {
-                        Some(i) => ("coldstart", i.weight.max(1e-6).ln()),
-                        None => ("generative", 0.0),
+                        Some(i) => (ItemSource::Coldstart, i.weight.max(1e-6).ln()),
+                        None => (ItemSource::Generative, 0.0),
                     };
                     let items: Vec<RecItem> = items_of(cat, hits, source)
                         .into_iter()
@@ -203,7 +206,7 @@ impl Engine {
                 Generation::Failed(e) if req.strategy == Strategy::Generative => return Err(EngineError::Batch(e)),
                 Generation::Late if req.strategy == Strategy::Generative => return Err(EngineError::Deadline(timeout_ms)),
                 Generation::Failed(_) | Generation::Late | Generation::Stopped => {
-                    answer.fallback = Some(if Instant::now() >= deadline { "deadline" } else { "error" });
+                    answer.fallback = Some(if Instant::now() >= deadline { FallbackReason::Deadline } else { FallbackReason::Error });
                     short.push(Share { intent: s.intent, k: s.k });
                 }
             }
@@ -214,7 +217,7 @@ impl Engine {
         if short.is_empty() || req.strategy == Strategy::Generative {
             return Ok(answer);
         }
-        let reason = answer.fallback.unwrap_or("fill");
+        let reason = answer.fallback.unwrap_or(FallbackReason::Fill);
         self.ann_shares(answer, cat, r, &short, reason)
     }
 }

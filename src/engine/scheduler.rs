@@ -88,7 +88,7 @@ impl BatchObserver for NoObserver {
 }
 
 /// The worker's health, as `/readyz` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct WorkerHealth {
     /// The worker thread runs (false only if it ended for good).
     pub running: bool,

@@ -22,7 +22,7 @@ pub struct LoadedModel {
 }
 
 /// How `GET /admin/models` shows a model.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelInfo {
     pub name: String,
     pub version: String,

@@ -41,11 +41,11 @@ async fn strategies_sources_and_no_duplicates() {
     let h = first_ids(&e, 3);
     let h: Vec<&str> = h.iter().map(String::as_str).collect();
     let g = e.recommend(&req(&h, 10, Strategy::Generative)).await.unwrap();
-    assert!(g.items.iter().all(|i| i.source == "generative") && g.fallback.is_none());
+    assert!(g.items.iter().all(|i| i.source == ItemSource::Generative) && g.fallback.is_none());
     let a = e.recommend(&req(&h, 10, Strategy::Ann)).await.unwrap();
     assert_eq!(a.items.len(), 10);
-    assert!(a.items.iter().all(|i| i.source == "ann"));
-    assert_eq!(a.fallback, Some("requested"));
+    assert!(a.items.iter().all(|i| i.source == ItemSource::Ann));
+    assert_eq!(a.fallback, Some(FallbackReason::Requested));
     // k larger than generation can fill from a tiny beam: ANN completes it
     let big = e.recommend(&req(&h, 60, Strategy::Auto)).await.unwrap();
     assert_eq!(big.items.len(), 60);
@@ -60,7 +60,7 @@ async fn no_model_answers_from_ann_or_refuses_generative() {
     let h = first_ids(&e, 2);
     let h: Vec<&str> = h.iter().map(String::as_str).collect();
     let a = e.recommend(&req(&h, 5, Strategy::Auto)).await.unwrap();
-    assert_eq!((a.items.len(), a.fallback), (5, Some("no_model")));
+    assert_eq!((a.items.len(), a.fallback), (5, Some(FallbackReason::NoModel)));
     assert!(matches!(e.recommend(&req(&h, 5, Strategy::Generative)).await, Err(EngineError::NotReady)));
 }
 
@@ -77,8 +77,8 @@ async fn deadline_falls_back_to_ann() {
     let mut r = req(&h, 5, Strategy::Auto);
     r.timeout_ms = Some(20);
     let a = e.recommend(&r).await.unwrap();
-    assert_eq!(a.fallback, Some("deadline"));
-    assert!(a.items.iter().all(|i| i.source == "ann") && a.items.len() == 5);
+    assert_eq!(a.fallback, Some(FallbackReason::Deadline));
+    assert!(a.items.iter().all(|i| i.source == ItemSource::Ann) && a.items.len() == 5);
     r.strategy = Strategy::Generative;
     assert!(matches!(e.recommend(&r).await, Err(EngineError::Deadline(20))));
 }
@@ -95,8 +95,8 @@ async fn a_panic_in_generation_fails_one_batch_and_the_worker_goes_on() {
 
     e.inject_generation_panic();
     let a = e.recommend(&req(&h, 5, Strategy::Auto)).await.unwrap();
-    assert_eq!(a.fallback, Some("error"));
-    assert!(a.items.len() == 5 && a.items.iter().all(|i| i.source == "ann"));
+    assert_eq!(a.fallback, Some(FallbackReason::Error));
+    assert!(a.items.len() == 5 && a.items.iter().all(|i| i.source == ItemSource::Ann));
 
     e.inject_generation_panic();
     match e.recommend(&req(&h, 5, Strategy::Generative)).await {
@@ -107,7 +107,7 @@ async fn a_panic_in_generation_fails_one_batch_and_the_worker_goes_on() {
 
     for _ in 0..3 {
         let a = e.recommend(&req(&h, 5, Strategy::Generative)).await.unwrap();
-        assert!(a.fallback.is_none() && a.items.iter().all(|i| i.source == "generative"));
+        assert!(a.fallback.is_none() && a.items.iter().all(|i| i.source == ItemSource::Generative));
     }
 }
 
@@ -241,7 +241,7 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
     let want = writer.await.unwrap();
     // let a compaction that the last edits started finish
     for _ in 0..200 {
-        if !e.catalog_info()["compacting"].as_bool().unwrap_or(false) {
+        if !e.catalog_info().compacting {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -251,7 +251,7 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
         assert!(r.await.unwrap() > 0);
     }
     let info = e.catalog_info();
-    assert!(info["version"].as_u64().unwrap() >= 2, "the log passed the threshold: a compaction ran ({info})");
+    assert!(info.version >= 2, "the log passed the threshold: a compaction ran ({info:?})");
     let check = |c: &crate::catalog::Catalog| {
         for (id, served) in &want {
             let i = c.index_of(id).unwrap_or_else(|| panic!("{id} unknown"));

@@ -256,7 +256,7 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
                     .json()
                     .await
                     .unwrap_or(Value::Null);
-                if got["live"] != json!(true) {
+                if got["served"] != json!(true) {
                     invisible += 1;
                 }
             }

@@ -4,7 +4,8 @@
 //! `POST /admin/items` (one JSON item, or a batch as NDJSON),
 //! `GET/DELETE /admin/items/{id}`, `GET /admin/catalog`,
 //! `POST /admin/catalog/compact`. Loads and edits run off the async
-//! runtime's workers.
+//! runtime's workers. Each handler's `utoipa::path` attribute is its entry
+//! in `GET /openapi.json`.
 
 use std::sync::Arc;
 
@@ -14,12 +15,12 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::api::{body_bytes, parse_body, ApiError};
+use super::api::{body_bytes, parse_body, ApiError, ErrorBody};
 use super::{metrics, AppState};
-use crate::engine::edits::NewItem;
+use crate::engine::edits::{BatchOutcome, CatalogInfo, CompactReport, ItemInfo, NewItem, Upserted};
 use crate::engine::{Engine, EngineError, ModelInfo};
 
 /// Largest body of `POST /admin/items` (a batch of NDJSON lines).
@@ -43,17 +44,41 @@ fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /admin/models`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoadBody {
+pub(crate) struct LoadBody {
+    /// Checkpoint folder (`config.json`, `model.safetensors`, `genrec.json`)
+    /// under the server's `--model-root`.
     path: String,
+}
+
+/// The model in service and the one a rollback would put back.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Models {
+    current: Option<ModelInfo>,
+    previous: Option<ModelInfo>,
+}
+
+/// `POST /admin/items`: what one item did, or what a batch did.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum ItemsAnswer {
+    One(Upserted),
+    Batch(BatchOutcome),
+}
+
+/// `DELETE /admin/items/{id}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Removed {
+    removed: String,
 }
 
 /// Records a model swap in the metrics and answers with the models now loaded.
 fn swapped(st: &AppState, info: ModelInfo) -> Response {
     let (_, previous) = st.engine.models();
     metrics::model_swapped(previous.as_ref(), &info);
-    Json(json!({"current": info, "previous": previous})).into_response()
+    Json(Models { current: Some(info), previous }).into_response()
 }
 
 /// Updates the catalog metrics after `n` edits.
@@ -62,11 +87,25 @@ fn catalog_edited(st: &AppState, n: usize) {
     ::metrics::counter!(metrics::CATALOG_EDITS).increment(n as u64);
 }
 
+/// The model in service and the previous one.
+#[utoipa::path(get, path = "/admin/models", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = Models), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn list_models(State(st): State<Arc<AppState>>) -> Response {
     let (current, previous) = st.engine.models();
-    Json(json!({"current": current, "previous": previous})).into_response()
+    Json(Models { current, previous }).into_response()
 }
 
+/// Loads a checkpoint, validates it, and swaps it in (requests in flight
+/// finish on the old model).
+#[utoipa::path(post, path = "/admin/models", tag = "admin", security(("admin_token" = [])),
+    request_body = LoadBody,
+    responses(
+        (status = 200, description = "Swapped in", body = Models),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "Outside `--model-root`, or does not exist", body = ErrorBody),
+        (status = 422, description = "Not a valid checkpoint for this catalog", body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
 pub async fn load_model(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     respond(
         async {
@@ -78,6 +117,11 @@ pub async fn load_model(State(st): State<Arc<AppState>>, body: Result<Bytes, Byt
     )
 }
 
+/// Puts the previous model back in service (with `--watch`, it stays until
+/// the next new checkpoint).
+#[utoipa::path(post, path = "/admin/models/rollback", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = Models), (status = 401, body = ErrorBody),
+        (status = 409, description = "No previous model", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn rollback(State(st): State<Arc<AppState>>) -> Response {
     respond(
         async {
@@ -88,16 +132,23 @@ pub async fn rollback(State(st): State<Arc<AppState>>) -> Response {
     )
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /admin/items` (or one line of an NDJSON batch). The
+/// semantic ID comes from `semantic_id`, else from `embedding` through the
+/// catalog's codebooks, else from `text` through the server's `--encoder`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ItemBody {
+pub(crate) struct ItemBody {
     id: String,
+    /// Shown in answers (default: `text`, else the id).
     #[serde(default)]
     title: Option<String>,
     #[serde(default)]
     text: Option<String>,
+    /// The catalog's embedding size, finite and non-zero.
     #[serde(default)]
     embedding: Option<Vec<f32>>,
+    /// A semantic ID computed elsewhere: one code per level, within the
+    /// codebook sizes.
     #[serde(default)]
     semantic_id: Option<Vec<u32>>,
 }
@@ -120,6 +171,16 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 /// replaced a served item), or a batch as NDJSON (`content-type:
 /// application/x-ndjson`, one item per line): the good lines are applied,
 /// the answer counts them and lists the bad ones by line number.
+#[utoipa::path(post, path = "/admin/items", tag = "admin", security(("admin_token" = [])),
+    request_body(description = "One item as JSON, or a batch of them as NDJSON (one per line)",
+        content((ItemBody = "application/json"), (ItemBody = "application/x-ndjson"))),
+    responses(
+        (status = 200, description = "A served item replaced (one item), or what a batch did (NDJSON)", body = ItemsAnswer),
+        (status = 201, description = "A new item", body = ItemsAnswer),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, description = "The catalog folder is read-only (another server holds it)", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+    ))]
 pub async fn add_item(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -142,7 +203,7 @@ pub async fn add_item(
             let up = st.engine.edit(move |e| e.upsert_item(b.into_item())).await?;
             catalog_edited(&st, 1);
             let status = if up.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok((status, Json(json!({"item_id": up.item_id, "semantic_id": up.semantic_id, "created": up.created}))).into_response())
+            Ok((status, Json(ItemsAnswer::One(up))).into_response())
         }
         .await,
     )
@@ -172,37 +233,52 @@ async fn add_batch(st: &Arc<AppState>, bytes: &[u8]) -> Result<Response, ApiErro
     catalog_edited(st, outcome.applied);
     outcome.errors.extend(errors);
     outcome.errors.sort_by_key(|e| e.line);
-    Ok(Json(outcome).into_response())
+    Ok(Json(ItemsAnswer::Batch(outcome)).into_response())
 }
 
+/// An item, served or removed.
+#[utoipa::path(get, path = "/admin/items/{id}", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Item id")),
+    responses((status = 200, body = ItemInfo), (status = 401, body = ErrorBody),
+        (status = 404, description = "Never in the catalog", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn get_item(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    respond(st.engine.item(&id).map(|v| Json(v).into_response()).map_err(ApiError::from))
+    respond(st.engine.item(&id).map(|v| Json::<ItemInfo>(v).into_response()).map_err(ApiError::from))
 }
 
+/// Stops serving an item (its row stays until compaction).
+#[utoipa::path(delete, path = "/admin/items/{id}", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Item id")),
+    responses((status = 200, body = Removed), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn remove_item(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     respond(
         async {
             let removed = id.clone();
             st.engine.edit(move |e| e.remove_item(&removed)).await?;
             catalog_edited(&st, 1);
-            Ok(Json(json!({"removed": id})).into_response())
+            Ok(Json(Removed { removed: id }).into_response())
         }
         .await,
     )
 }
 
-/// `GET /admin/catalog`: version, sizes, live edits pending compaction.
+/// `GET /admin/catalog`: version, sizes, edits pending compaction.
+#[utoipa::path(get, path = "/admin/catalog", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = CatalogInfo), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn catalog_info(State(st): State<Arc<AppState>>) -> Response {
-    Json(st.engine.catalog_info()).into_response()
+    Json::<CatalogInfo>(st.engine.catalog_info()).into_response()
 }
 
 /// `POST /admin/catalog/compact`: folds the live edits into a new catalog
 /// version now (answers when done; edits and requests go on meanwhile).
+#[utoipa::path(post, path = "/admin/catalog/compact", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = CompactReport), (status = 401, body = ErrorBody),
+        (status = 409, description = "Read-only, or a compaction is running", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn compact(State(st): State<Arc<AppState>>) -> Response {
     respond(
         async {
             let report = st.engine.edit(|e| e.compact()).await?;
-            Ok(Json(report).into_response())
+            Ok(Json::<CompactReport>(report).into_response())
         }
         .await,
     )

@@ -1,7 +1,8 @@
 //! HTTP handlers: `POST /v1/recommend`, `GET /v1/intents`, `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`. Errors are mapped here, once, to a status code, a JSON body
 //! `{"error": ..., "field": ...}` and a metric outcome (the admin routes are in
-//! [`super::admin`]).
+//! [`super::admin`]). Each handler's `utoipa::path` attribute is its entry in
+//! `GET /openapi.json` ([`super::openapi`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,18 +14,20 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::metrics;
 use super::AppState;
-use crate::coldstart::{IntentWeight, Profile};
-use crate::engine::{EngineError, RecItem, RecRequest, Strategy};
+use crate::catalog::intents::Intent;
+use crate::coldstart::{IntentMethod, IntentWeight, Profile};
+use crate::engine::{EngineError, FallbackReason, RecItem, RecRequest, Strategy, WorkerHealth};
 
-/// A history entry: item ids may be given as strings or numbers.
-#[derive(Deserialize)]
+/// A history entry: an item id, as a string or a number.
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-enum ItemId {
+pub(crate) enum ItemId {
     Str(String),
+    #[schema(value_type = f64)]
     Num(serde_json::Number),
 }
 
@@ -36,35 +39,52 @@ fn default_true() -> bool {
 }
 
 /// Body of `POST /v1/recommend`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RecommendBody {
-    /// May be empty (or absent) when a profile is given.
+pub(crate) struct RecommendBody {
+    /// The user's items, oldest first (the last ones count). May be empty or
+    /// absent when a profile is given.
     #[serde(default)]
     history: Vec<ItemId>,
+    /// Items wanted.
     #[serde(default = "default_k")]
+    #[schema(default = 10, minimum = 1, maximum = 100)]
     k: usize,
+    /// Leave the history's items out of the answer.
     #[serde(default = "default_true")]
+    #[schema(default = true)]
     exclude_history: bool,
+    /// Echoed in the answer.
     #[serde(default)]
     user_id: Option<String>,
+    /// Deadline from arrival, in milliseconds (default: the server's
+    /// `--timeout-ms`); past it, ANN answers (`auto`) or the request fails (504).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 60000)]
     timeout_ms: Option<u64>,
     #[serde(default)]
     strategy: Strategy,
+    /// Sign-up data of a new user: with no or a short history, generation
+    /// is steered to the intents inferred from it (cold start).
     #[serde(default)]
     profile: Option<Profile>,
 }
 
-#[derive(Serialize)]
-struct RecommendAnswer {
+/// The answer of `POST /v1/recommend`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RecommendAnswer {
+    /// Best first.
     items: Vec<RecItem>,
+    /// `name/version` of the model that answered (absent for ANN answers
+    /// without a model).
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,
     /// Why ANN recall answered or filled the list (absent when it did not).
     #[serde(skip_serializing_if = "Option::is_none")]
-    fallback: Option<&'static str>,
+    fallback: Option<FallbackReason>,
+    /// Time from arrival to the answer, in milliseconds.
     took_ms: f64,
+    /// History ids that are not in the catalog and were ignored.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     ignored_history: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,11 +92,58 @@ struct RecommendAnswer {
     /// Intents inferred from the profile (cold start only).
     #[serde(skip_serializing_if = "Option::is_none")]
     inferred_intents: Option<Vec<IntentWeight>>,
-    /// `llm` or `embedding`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    intent_method: Option<&'static str>,
+    intent_method: Option<IntentMethod>,
+    /// Why the intents were not inferred by the LLM when one was expected.
     #[serde(skip_serializing_if = "Option::is_none")]
     intent_note: Option<String>,
+}
+
+/// Every error answer (4xx and 5xx).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong, for a person.
+    error: String,
+    /// The request field at fault (`body` for the body as a whole), or null.
+    field: Option<String>,
+}
+
+/// `GET /healthz`: the process answers.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Whether `/readyz` says ready.
+#[derive(Serialize, ToSchema)]
+pub(crate) enum ReadyStatus {
+    #[serde(rename = "ready")]
+    Ready,
+    #[serde(rename = "not ready")]
+    NotReady,
+}
+
+/// `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Ready {
+    status: ReadyStatus,
+    /// Why not ready (absent when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    /// `name/version` of the model in service, if one is.
+    model: Option<String>,
+    /// Items served.
+    items: usize,
+    worker: WorkerHealth,
+}
+
+/// `GET /v1/intents`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Intents {
+    intents: Vec<Intent>,
+    /// How a profile is matched to them (null when cold start is off).
+    method: Option<IntentMethod>,
 }
 
 /// An error answer.
@@ -119,7 +186,7 @@ const RETRY_AFTER_S: &str = "1";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": self.message, "field": self.field}));
+        let body = Json(ErrorBody { error: self.message, field: self.field });
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             return (self.status, [(header::RETRY_AFTER, RETRY_AFTER_S)], body).into_response();
         }
@@ -210,6 +277,18 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
     Ok(value)
 }
 
+/// Recommends `k` items for a history (and/or a sign-up profile).
+#[utoipa::path(post, path = "/v1/recommend", tag = "recommend",
+    request_body = RecommendBody,
+    responses(
+        (status = 200, description = "The recommended items", body = RecommendAnswer),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or out of range (`field` names it)", body = ErrorBody),
+        (status = 429, description = "The queue is full: retry after the `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "`strategy: generative` and no model is loaded", body = ErrorBody),
+        (status = 504, description = "`strategy: generative` and the deadline passed", body = ErrorBody),
+    ))]
 pub async fn recommend(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
     let result = serve_recommend(&st, body, started).await;
@@ -252,7 +331,7 @@ async fn serve_recommend(
     ::metrics::counter!(metrics::TOKENS).increment(answer.tokens as u64);
     ::metrics::counter!(metrics::ITEMS).increment(answer.items.len() as u64);
     if let Some(method) = answer.intent_method {
-        ::metrics::counter!(metrics::COLDSTART, "method" => method).increment(1);
+        ::metrics::counter!(metrics::COLDSTART, "method" => method.as_str()).increment(1);
     }
     Ok(RecommendAnswer {
         items: answer.items,
@@ -269,33 +348,44 @@ async fn serve_recommend(
 
 /// The intents cold start chooses among: the catalog's first-level clusters
 /// with their labels, and how a profile is matched to them.
+#[utoipa::path(get, path = "/v1/intents", tag = "recommend",
+    responses((status = 200, description = "The catalog's intents", body = Intents)))]
 pub async fn intents(State(st): State<Arc<AppState>>) -> Response {
     let cat = st.engine.catalog();
     let method = st.engine.coldstart().map(|c| c.method());
-    Json(json!({"intents": cat.catalog.intents(), "method": method})).into_response()
+    Json(Intents { intents: cat.catalog.intents().to_vec(), method }).into_response()
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+    Json(Health { status: "ok" })
 }
 
 /// Ready once a model is loaded and has passed its smoke generation, and
 /// while the batching worker runs; says how many panics the worker survived.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Not ready: no model, or the worker stopped", body = Ready),
+    ))]
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let items = st.engine.catalog().catalog.served_len();
-    let w = st.engine.worker_health();
-    let worker = json!({"running": w.running, "panics": w.panics});
-    match (st.engine.model(), w.running) {
-        (Some(m), true) => Json(json!({"status": "ready", "model": m.label(), "items": items, "worker": worker})).into_response(),
-        (m, running) => {
-            let error = if running { "no model is loaded" } else { "the batching worker has stopped" };
-            let model = m.map(|m| m.label());
-            let body = json!({"status": "not ready", "error": error, "model": model, "items": items, "worker": worker});
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-        }
-    }
+    let worker = st.engine.worker_health();
+    let model = st.engine.model().map(|m| m.label());
+    let error = match (&model, worker.running) {
+        (Some(_), true) => None,
+        (_, false) => Some("the batching worker has stopped"),
+        (None, true) => Some("no model is loaded"),
+    };
+    let status = if error.is_none() { ReadyStatus::Ready } else { ReadyStatus::NotReady };
+    let code = if error.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(Ready { status, error, model, items, worker })).into_response()
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
     if let Some(cs) = st.engine.coldstart().filter(|c| c.has_llm()) {
         ::metrics::counter!(metrics::COLDSTART_LLM_RUNS).absolute(cs.llm_inferences());

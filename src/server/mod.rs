@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod default_model;
 pub mod metrics;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -144,6 +145,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
+        .route("/openapi.json", get(openapi::spec))
         .merge(admin_routes)
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

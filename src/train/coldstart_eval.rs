@@ -154,7 +154,7 @@ pub fn eval_intents(
     k: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ColdMetrics, TrainError> {
-    let method = coldstart.method().to_string();
+    let method = coldstart.method().as_str().to_string();
     let coldstart = Arc::new(coldstart);
     let engine = Engine::new(catalog, EngineOptions::default(), Arc::new(NoObserver)).map_err(|e| TrainError::Invalid(e.to_string()))?;
     engine.install(model, "eval".into()).map_err(|e| TrainError::Invalid(e.to_string()))?;

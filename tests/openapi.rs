@@ -1,0 +1,205 @@
+//! `GET /openapi.json` against the real server: every answer the server gives
+//! on every documented route (successes and errors) must validate against the
+//! schema the description gives for that route and status, with every object
+//! closed (`additionalProperties: false`), so an undocumented field, a
+//! missing required one or a wrong type fails; every documented route exists,
+//! and every route exists in the description.
+
+mod common;
+
+use common::{Server, TempDir};
+use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "openapi-token";
+
+/// A model root with the demo catalog and the demo model as `a`.
+fn demo_root() -> TempDir {
+    let root = TempDir::new("openapi-root");
+    let demo = common::repo().join("models/demo");
+    for (from, to) in [("catalog", "catalog"), ("model", "a")] {
+        std::fs::create_dir_all(root.0.join(to)).unwrap();
+        for e in std::fs::read_dir(demo.join(from)).unwrap().flatten() {
+            std::fs::copy(e.path(), root.0.join(to).join(e.file_name())).unwrap();
+        }
+    }
+    root
+}
+
+/// Closes every object schema that does not say otherwise, so that fields an
+/// answer has and the description lacks are errors.
+fn close_objects(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if m.contains_key("properties") && !m.contains_key("additionalProperties") {
+                m.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            m.values_mut().for_each(close_objects);
+        }
+        Value::Array(a) => a.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+struct Doc(Value);
+
+impl Doc {
+    /// A schema that resolves `#/components/...` against the description.
+    fn schema(&self, schema: &Value) -> Value {
+        let mut s = json!({"allOf": [schema], "components": self.0["components"]});
+        close_objects(&mut s);
+        s
+    }
+
+    fn operation(&self, method: &Method, path: &str) -> &Value {
+        let op = &self.0["paths"][path][method.as_str().to_lowercase()];
+        assert!(op.is_object(), "{method} {path} is not in /openapi.json");
+        op
+    }
+
+    /// Checks an answer against the description of `method path` for its status.
+    fn check_answer(&self, method: &Method, path: &str, status: u16, body: &Value) {
+        let op = self.operation(method, path);
+        let resp = &op["responses"][status.to_string()];
+        assert!(resp.is_object(), "{method} {path} answered {status}, which /openapi.json does not list: {body}");
+        let schema = &resp["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "{method} {path} {status}: no JSON schema in /openapi.json");
+        validate(&self.schema(schema), body, &format!("answer of {method} {path} ({status})"));
+    }
+
+    /// Checks a request body against the description of `method path`.
+    fn request_schema(&self, method: &Method, path: &str) -> Value {
+        let schema = &self.operation(method, path)["requestBody"]["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "{method} {path}: no request schema");
+        self.schema(schema)
+    }
+}
+
+fn validate(schema: &Value, instance: &Value, what: &str) {
+    let v = jsonschema::validator_for(schema).unwrap_or_else(|e| panic!("{what}: the schema does not compile: {e}"));
+    let errors: Vec<String> = v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{what} does not match /openapi.json:\n  {}\nanswer: {instance}", errors.join("\n  "));
+}
+
+fn is_valid(schema: &Value, instance: &Value) -> bool {
+    jsonschema::validator_for(schema).unwrap().is_valid(instance)
+}
+
+/// Sends a request, checks its answer against the description, returns it.
+fn call(doc: &Doc, c: &Client, s: &Server, method: Method, path: &str, template: &str, req: impl FnOnce(RequestBuilder) -> RequestBuilder) -> (u16, Value) {
+    let r = req(c.request(method.clone(), s.at(path))).send().expect("request");
+    let status = r.status().as_u16();
+    let body: Value = r.json().unwrap_or_else(|e| panic!("{method} {path}: the answer is not JSON: {e}"));
+    doc.check_answer(&method, template, status, &body);
+    (status, body)
+}
+
+#[test]
+fn real_answers_match_the_openapi_description() {
+    let root = demo_root();
+    let a = root.0.join("a");
+    let s = Server::start(&["--model", a.to_str().unwrap(), "--model-root", root.0.to_str().unwrap(), "--admin-token", TOKEN]);
+    let c = Client::new();
+    let r = c.get(s.at("/openapi.json")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let doc = Doc(r.json().unwrap());
+    assert!(doc.0["openapi"].as_str().unwrap().starts_with("3."), "{}", doc.0["openapi"]);
+
+    // the description lists exactly the server's routes
+    let documented: std::collections::BTreeSet<String> = doc.0["paths"].as_object().unwrap().keys().cloned().collect();
+    let routes = [
+        "/v1/recommend", "/v1/intents", "/healthz", "/readyz", "/metrics", "/openapi.json", "/admin/models",
+        "/admin/models/rollback", "/admin/items", "/admin/items/{id}", "/admin/catalog", "/admin/catalog/compact",
+    ];
+    assert_eq!(documented, routes.iter().map(|r| r.to_string()).collect(), "documented routes");
+
+    // recommendation: the requests sent are valid by the description; a
+    // request with a field it lacks is not
+    let post = Method::POST;
+    let rec = "/v1/recommend";
+    let req_schema = doc.request_schema(&post, rec);
+    let history = json!(["1", "2", 3]);
+    let bodies = [
+        json!({"history": history, "k": 5}),
+        json!({"history": history, "k": 5, "strategy": "ann", "user_id": "u-1"}),
+        json!({"history": ["1", "not-an-item"], "k": 3, "exclude_history": false, "timeout_ms": 2000}),
+        json!({"profile": {"age": 30, "interests": ["tea", "running"], "country": "FR"}, "k": 4}),
+        json!({"history": history, "k": 0}),
+        json!({"history": history, "colour": "red"}),
+    ];
+    for b in &bodies[..4] {
+        assert!(is_valid(&req_schema, b), "the description refuses a request the server serves: {b}");
+    }
+    assert!(!is_valid(&req_schema, &bodies[5]), "the description accepts an unknown field");
+    let mut seen = Vec::new();
+    for b in &bodies {
+        let (st, v) = call(&doc, &c, &s, post.clone(), rec, rec, |r| r.json(b));
+        seen.push((st, v));
+    }
+    assert_eq!(seen.iter().map(|(st, _)| *st).collect::<Vec<_>>(), [200, 200, 200, 200, 422, 422]);
+    assert_eq!(seen[1].1["fallback"], "requested", "{}", seen[1].1);
+    assert_eq!(seen[1].1["items"][0]["source"], "ann");
+    assert_eq!(seen[2].1["ignored_history"], json!(["not-an-item"]));
+    assert!(seen[3].1["inferred_intents"].is_array(), "cold start answer: {}", seen[3].1);
+    let (st, _) = call(&doc, &c, &s, post.clone(), rec, rec, |r| r.header("content-type", "application/json").body("{\"k\": "));
+    assert_eq!(st, 400);
+
+    // the other public routes
+    let get = Method::GET;
+    for path in ["/v1/intents", "/healthz", "/readyz"] {
+        let (st, _) = call(&doc, &c, &s, get.clone(), path, path, |r| r);
+        assert_eq!(st, 200, "{path}");
+    }
+    let m = c.get(s.at("/metrics")).send().unwrap();
+    assert_eq!(m.status().as_u16(), 200);
+    assert!(doc.operation(&get, "/metrics")["responses"]["200"]["content"]["text/plain"].is_object());
+
+    // admin routes, with and without the token
+    let bearer = |r: RequestBuilder| r.bearer_auth(TOKEN);
+    let (st, _) = call(&doc, &c, &s, get.clone(), "/admin/models", "/admin/models", |r| r.bearer_auth("wrong"));
+    assert_eq!(st, 401);
+    let (st, _) = call(&doc, &c, &s, get.clone(), "/admin/models", "/admin/models", bearer);
+    assert_eq!(st, 200);
+    let (st, _) = call(&doc, &c, &s, post.clone(), "/admin/models/rollback", "/admin/models/rollback", bearer);
+    assert_eq!(st, 409);
+    let load = json!({"path": "a"});
+    assert!(is_valid(&doc.request_schema(&post, "/admin/models"), &load));
+    let (st, v) = call(&doc, &c, &s, post.clone(), "/admin/models", "/admin/models", |r| r.bearer_auth(TOKEN).json(&load));
+    assert_eq!(st, 200, "{v}");
+    let (st, _) = call(&doc, &c, &s, post.clone(), "/admin/models", "/admin/models", |r| r.bearer_auth(TOKEN).json(&json!({"path": "/etc"})));
+    assert_eq!(st, 403);
+    let (st, _) = call(&doc, &c, &s, post.clone(), "/admin/models/rollback", "/admin/models/rollback", bearer);
+    assert_eq!(st, 200);
+
+    let items = "/admin/items";
+    let item = json!({"id": "new-1", "title": "a new item", "embedding": vec![0.5f32; 384]});
+    assert!(is_valid(&doc.request_schema(&post, items), &item));
+    let (st, _) = call(&doc, &c, &s, post.clone(), items, items, |r| r.bearer_auth(TOKEN).json(&item));
+    assert_eq!(st, 201);
+    let (st, _) = call(&doc, &c, &s, post.clone(), items, items, |r| r.bearer_auth(TOKEN).json(&item));
+    assert_eq!(st, 200);
+    let ndjson = format!("{}\n{{\"id\": \"bad\", \"embedding\": [1.0]}}\n", json!({"id": "new-2", "embedding": vec![0.25f32; 384]}));
+    let (st, v) = call(&doc, &c, &s, post.clone(), items, items, |r| {
+        r.bearer_auth(TOKEN).header("content-type", "application/x-ndjson").body(ndjson)
+    });
+    assert_eq!((st, &v["applied"], v["errors"][0]["line"].as_u64()), (200, &json!(1), Some(2)), "{v}");
+    let (st, _) = call(&doc, &c, &s, post.clone(), items, items, |r| r.bearer_auth(TOKEN).json(&json!({"id": "x", "embedding": [1.0]})));
+    assert_eq!(st, 422);
+    let one = "/admin/items/{id}";
+    let (st, v) = call(&doc, &c, &s, get.clone(), "/admin/items/new-1", one, bearer);
+    assert_eq!((st, &v["served"]), (200, &json!(true)), "{v}");
+    let (st, _) = call(&doc, &c, &s, Method::DELETE, "/admin/items/new-1", one, bearer);
+    assert_eq!(st, 200);
+    let (st, _) = call(&doc, &c, &s, get.clone(), "/admin/items/never-seen", one, bearer);
+    assert_eq!(st, 404);
+    let (st, v) = call(&doc, &c, &s, get.clone(), "/admin/catalog", "/admin/catalog", bearer);
+    assert_eq!((st, v["durable"].as_bool()), (200, Some(true)), "{v}");
+    let (st, _) = call(&doc, &c, &s, post.clone(), "/admin/catalog/compact", "/admin/catalog/compact", bearer);
+    assert_eq!(st, 200);
+
+    // an unknown route is not described and answers 404
+    let r = c.get(s.at("/v1/nothing")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
