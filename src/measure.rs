@@ -117,6 +117,11 @@ pub struct BenchArgs {
     /// Per-request timeout_ms (default: the server's).
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Send `exclude_history: false` (history items may be recommended), so
+    /// that the server does the in-process engine's work and never fills
+    /// with ANN the places of excluded items.
+    #[arg(long)]
+    keep_history: bool,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -137,6 +142,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     if let Some(t) = a.timeout_ms {
         extra.insert("timeout_ms".into(), serde_json::json!(t));
+    }
+    if a.keep_history {
+        extra.insert("exclude_history".into(), serde_json::json!(false));
     }
     let opts = genrec::loadgen::BenchOptions {
         url: a.url.clone(),
