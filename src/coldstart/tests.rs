@@ -1,3 +1,6 @@
+//! Tests of intent inference: the embedding path, the LLM path, the cache
+//! and single-flight of identical profiles.
+
 use std::sync::Arc;
 
 use super::*;

@@ -590,7 +590,8 @@ pub struct CatalogInfo {
     /// Whether edits are written to the edit log before they are acknowledged.
     pub durable: bool,
     pub compacting: bool,
-    /// The edit log (absent when edits are kept in memory only).
+    /// The edit log (null when edits are kept in memory only).
+    #[schema(required = true)]
     pub log: Option<LogInfo>,
 }
 

@@ -120,8 +120,10 @@ struct Tally {
 }
 
 /// Histories (item ids, the last 20) of the users' test split: every user's,
-/// or `users` of them at even spacing (the users `benches/generate_vs_hf.rs`
-/// sends in process with the same `--users`).
+/// or `users` of them at even spacing. These are the users
+/// `benches/generate_vs_hf.rs` sends in process with the same `--users` when
+/// every id of the file is in the catalog and the model reads 20 items (as
+/// for the demo and Beauty models); otherwise the two sets differ.
 pub fn histories(inter: &Interactions, users: usize) -> Vec<Vec<String>> {
     let all = inter.sequences.iter().filter_map(|s| heldout(s, Split::Test, 20).map(|(h, _)| h)).filter(|h| !h.is_empty()).collect();
     crate::dataset::evenly_spaced(all, users)

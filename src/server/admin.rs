@@ -56,7 +56,11 @@ pub(crate) struct LoadBody {
 /// The model in service and the one a rollback would put back.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Models {
+    /// Null only while no model is loaded.
+    #[schema(required = true)]
     current: Option<ModelInfo>,
+    /// What a rollback would put back (null: nothing).
+    #[schema(required = true)]
     previous: Option<ModelInfo>,
 }
 
@@ -89,7 +93,8 @@ fn catalog_edited(st: &AppState, n: usize) {
 
 /// The model in service and the previous one.
 #[utoipa::path(get, path = "/admin/models", tag = "admin", security(("admin_token" = [])),
-    responses((status = 200, body = Models), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = Models), (status = 401, body = ErrorBody), (status = 404, description = "The admin API is off", body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn list_models(State(st): State<Arc<AppState>>) -> Response {
     let (current, previous) = st.engine.models();
     Json(Models { current, previous }).into_response()
@@ -103,8 +108,10 @@ pub async fn list_models(State(st): State<Arc<AppState>>) -> Response {
         (status = 200, description = "Swapped in", body = Models),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "Outside `--model-root`, or does not exist", body = ErrorBody),
+        (status = 404, description = "The admin API is off", body = ErrorBody),
+        (status = 413, body = ErrorBody),
         (status = 422, description = "Not a valid checkpoint for this catalog", body = ErrorBody),
-        (status = 429, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
     ))]
 pub async fn load_model(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     respond(
@@ -120,8 +127,8 @@ pub async fn load_model(State(st): State<Arc<AppState>>, body: Result<Bytes, Byt
 /// Puts the previous model back in service (with `--watch`, it stays until
 /// the next new checkpoint).
 #[utoipa::path(post, path = "/admin/models/rollback", tag = "admin", security(("admin_token" = [])),
-    responses((status = 200, body = Models), (status = 401, body = ErrorBody),
-        (status = 409, description = "No previous model", body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = Models), (status = 401, body = ErrorBody), (status = 404, description = "The admin API is off", body = ErrorBody),
+        (status = 409, description = "No previous model", body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn rollback(State(st): State<Arc<AppState>>) -> Response {
     respond(
         async {
@@ -172,14 +179,19 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 /// application/x-ndjson`, one item per line): the good lines are applied,
 /// the answer counts them and lists the bad ones by line number.
 #[utoipa::path(post, path = "/admin/items", tag = "admin", security(("admin_token" = [])),
-    request_body(description = "One item as JSON, or a batch of them as NDJSON (one per line)",
-        content((ItemBody = "application/json"), (ItemBody = "application/x-ndjson"))),
+    request_body(description = "One item as a JSON ItemBody, or a batch as NDJSON: one ItemBody object per line \
+            (at most 100,000 lines, 64 MiB)",
+        content((ItemBody = "application/json"), (String = "application/x-ndjson"), (String = "application/jsonl"))),
     responses(
         (status = 200, description = "A served item replaced (one item), or what a batch did (NDJSON)", body = ItemsAnswer),
-        (status = 201, description = "A new item", body = ItemsAnswer),
+        (status = 201, description = "A new item", body = Upserted),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 409, description = "The catalog folder is read-only (another server holds it)", body = ErrorBody),
+        (status = 404, description = "The admin API is off", body = ErrorBody),
+        (status = 409, description = "The catalog folder is read-only (another server holds it), the semantic ID \
+            is taken, or no ID is free under its prefix", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 500, description = "The edit could not be written", body = ErrorBody),
+        (status = 503, description = "The edit thread has stopped", body = ErrorBody),
     ))]
 pub async fn add_item(
     State(st): State<Arc<AppState>>,
@@ -240,7 +252,7 @@ async fn add_batch(st: &Arc<AppState>, bytes: &[u8]) -> Result<Response, ApiErro
 #[utoipa::path(get, path = "/admin/items/{id}", tag = "admin", security(("admin_token" = [])),
     params(("id" = String, Path, description = "Item id")),
     responses((status = 200, body = ItemInfo), (status = 401, body = ErrorBody),
-        (status = 404, description = "Never in the catalog", body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 404, description = "Never in the catalog, or the admin API is off", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn get_item(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     respond(st.engine.item(&id).map(|v| Json::<ItemInfo>(v).into_response()).map_err(ApiError::from))
 }
@@ -249,7 +261,9 @@ pub async fn get_item(State(st): State<Arc<AppState>>, Path(id): Path<String>) -
 #[utoipa::path(delete, path = "/admin/items/{id}", tag = "admin", security(("admin_token" = [])),
     params(("id" = String, Path, description = "Item id")),
     responses((status = 200, body = Removed), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 404, description = "Not served, or the admin API is off", body = ErrorBody),
+        (status = 409, description = "The catalog folder is read-only", body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn remove_item(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     respond(
         async {
@@ -264,7 +278,8 @@ pub async fn remove_item(State(st): State<Arc<AppState>>, Path(id): Path<String>
 
 /// `GET /admin/catalog`: version, sizes, edits pending compaction.
 #[utoipa::path(get, path = "/admin/catalog", tag = "admin", security(("admin_token" = [])),
-    responses((status = 200, body = CatalogInfo), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = CatalogInfo), (status = 401, body = ErrorBody), (status = 404, description = "The admin API is off", body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn catalog_info(State(st): State<Arc<AppState>>) -> Response {
     Json::<CatalogInfo>(st.engine.catalog_info()).into_response()
 }
@@ -272,8 +287,9 @@ pub async fn catalog_info(State(st): State<Arc<AppState>>) -> Response {
 /// `POST /admin/catalog/compact`: folds the live edits into a new catalog
 /// version now (answers when done; edits and requests go on meanwhile).
 #[utoipa::path(post, path = "/admin/catalog/compact", tag = "admin", security(("admin_token" = [])),
-    responses((status = 200, body = CompactReport), (status = 401, body = ErrorBody),
-        (status = 409, description = "Read-only, or a compaction is running", body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = CompactReport), (status = 401, body = ErrorBody), (status = 404, description = "The admin API is off", body = ErrorBody),
+        (status = 409, description = "Read-only, or a compaction is running", body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn compact(State(st): State<Arc<AppState>>) -> Response {
     respond(
         async {

@@ -105,6 +105,7 @@ pub(crate) struct ErrorBody {
     /// What went wrong, for a person.
     error: String,
     /// The request field at fault (`body` for the body as a whole), or null.
+    #[schema(required = true)]
     field: Option<String>,
 }
 
@@ -131,7 +132,8 @@ pub(crate) struct Ready {
     /// Why not ready (absent when ready).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
-    /// `name/version` of the model in service, if one is.
+    /// `name/version` of the model in service, or null.
+    #[schema(required = true)]
     model: Option<String>,
     /// Items served.
     items: usize,
@@ -143,6 +145,7 @@ pub(crate) struct Ready {
 pub(crate) struct Intents {
     intents: Vec<Intent>,
     /// How a profile is matched to them (null when cold start is off).
+    #[schema(required = true)]
     method: Option<IntentMethod>,
 }
 
@@ -286,7 +289,9 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 422, description = "A field is missing, unknown or out of range (`field` names it)", body = ErrorBody),
         (status = 429, description = "The queue is full: retry after the `Retry-After` seconds", body = ErrorBody),
-        (status = 503, description = "`strategy: generative` and no model is loaded", body = ErrorBody),
+        (status = 500, description = "Generation or recall failed (logged with the request id)", body = ErrorBody),
+        (status = 503, description = "`strategy: generative` and no model is loaded, the server is stopping, \
+            or a profile request while cold start is off", body = ErrorBody),
         (status = 504, description = "`strategy: generative` and the deadline passed", body = ErrorBody),
     ))]
 pub async fn recommend(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {

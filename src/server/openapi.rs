@@ -1,7 +1,9 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 description of the HTTP API, generated
 //! (utoipa) from the request and answer types and the handlers' `path`
 //! attributes, so it changes when they do. `tests/openapi.rs` checks real
-//! answers of a running server against it.
+//! answers of a running server against it. A route added to
+//! [`super::router`] needs its `utoipa::path` attribute listed here and in
+//! that test's route list.
 
 use std::sync::LazyLock;
 
@@ -59,7 +61,7 @@ impl Modify for AdminToken {
 static SPEC: LazyLock<String> = LazyLock::new(|| {
     // serialising a derived document cannot fail; an empty object would only
     // hide a bug, so the error text is served instead
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
 });
 
 /// This API's OpenAPI 3.1 description.
