@@ -45,18 +45,28 @@ pub struct ColdEvalArgs {
     /// Profiles, NAME.user.json ({"user": {"age": .., "gender": .., "occupation": ..}}).
     #[arg(long)]
     users: PathBuf,
-    /// Model trained with the same --holdout-users.
-    #[arg(long)]
-    model: PathBuf,
+    /// Model trained with the same --holdout-users (needed by `embedding`
+    /// and `llm`).
+    #[arg(long, required_unless_present = "catalog")]
+    model: Option<PathBuf>,
+    /// Catalog folder, for the popularity methods alone (default: the model's).
+    #[arg(long, conflicts_with = "model")]
+    catalog: Option<PathBuf>,
     /// Share of users held out of training (as given to `genrec train --holdout-users`).
     #[arg(long, default_value_t = 0.3)]
     holdout_users: f64,
     /// Which half of the held-out users: `valid` to pick settings, `test` to report.
     #[arg(long, value_enum, default_value = "test")]
     split: SplitArg,
-    /// Methods to run, comma-separated: popularity, embedding, llm.
-    #[arg(long, default_value = "popularity,embedding,llm")]
+    /// Methods to run, comma-separated: popularity (every interaction of the
+    /// training users), first-popularity (their first --first items),
+    /// first-popularity-age (the same within the user's age bracket, plus
+    /// --age-blend times the overall list), embedding, llm.
+    #[arg(long, default_value = "popularity,first-popularity,first-popularity-age,embedding,llm")]
     methods: String,
+    /// Weight of the overall first-item list added to an age bracket's.
+    #[arg(long, default_value_t = 1.0)]
+    age_blend: f64,
     /// Items of each user's history that count as relevant (from the start).
     #[arg(long, default_value_t = 10)]
     first: usize,
@@ -313,16 +323,29 @@ pub fn bench_catalog(a: BenchCatalogArgs) -> Result<()> {
 
 pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
     use genrec::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate};
+    use genrec::train::coldstart_baselines as cb;
     use genrec::train::coldstart_eval as ce;
     let dev = candle_core::Device::Cpu;
-    let snap = Pair::load(&a.model, None, &dev)?;
+    let snap = match (&a.model, &a.catalog) {
+        (Some(m), _) => Some(Pair::load(m, None, &dev)?),
+        _ => None,
+    };
+    let catalog = match (&snap, &a.catalog) {
+        (Some(p), _) => p.catalog.clone(),
+        (None, Some(c)) => std::sync::Arc::new(genrec::catalog::dir::open_read_only(c)?.0),
+        (None, None) => bail!("give --model or --catalog"),
+    };
+    let methods: Vec<&str> = a.methods.split(',').map(str::trim).collect();
+    if snap.is_none() && methods.iter().any(|m| matches!(*m, "embedding" | "llm")) {
+        bail!("methods embedding and llm need --model (with --catalog, run --methods popularity,first-popularity,first-popularity-age)");
+    }
     let inter = dataset::load_interactions(&a.data)?;
     let users = dataset::load_users(&a.users)?;
     let group = match a.split {
         SplitArg::Valid => dataset::ColdGroup::Valid,
         SplitArg::Test => dataset::ColdGroup::Test,
     };
-    let mut cold = ce::cold_users(&snap.catalog, &inter, &users, a.holdout_users, group, a.first);
+    let mut cold = ce::cold_users(&catalog, &inter, &users, a.holdout_users, group, a.first);
     cold.truncate(a.max_users.unwrap_or(usize::MAX));
     if cold.is_empty() {
         bail!("no held-out users with a profile (check --holdout-users and --users)");
@@ -331,11 +354,21 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
     let opts = ColdStartOptions { top: a.intent_top.max(1), temperature: a.temperature, calibration: a.calibration, ..Default::default() };
     let mut results = Vec::new();
     let mut encoder = None; // loaded once, for the first method that needs it
-    for method in a.methods.split(',').map(str::trim) {
+    for method in methods {
         let t0 = Instant::now();
         let m = match method {
-            "popularity" => ce::eval_popular(&cold, &ce::popular(&snap.catalog, &inter, a.holdout_users, a.k), a.k),
+            "popularity" | "first-popularity" => {
+                let counted = if method == "popularity" { cb::Counted::All } else { cb::Counted::First(a.first) };
+                let list = cb::popular(&catalog, &inter, a.holdout_users, counted, a.k);
+                cb::eval_lists(method, &cold, a.k, |_| &list)
+            }
+            "first-popularity-age" => {
+                let lists = cb::popular_by_age(&catalog, &inter, &users, a.holdout_users, a.first, a.age_blend, a.k);
+                let overall = lists.len() - 1;
+                cb::eval_lists(method, &cold, a.k, |u| &lists[u.profile.age.map_or(overall, cb::age_bracket)])
+            }
             "embedding" | "llm" => {
+                let Some(snap) = &snap else { bail!("method {method} needs --model") };
                 if encoder.is_none() {
                     encoder = Some(std::sync::Arc::new(TextEncoder::load(&a.encoder)?));
                 }
@@ -348,10 +381,10 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
                 cs.warm()?;
                 ce::eval_intents((*snap.model).clone(), (*snap.catalog).clone(), cs, &cold, a.k, |d, t| progress(method, d, t))?
             }
-            other => bail!("unknown method {other:?} (popularity, embedding, llm)"),
+            other => bail!("unknown method {other:?} (popularity, first-popularity, first-popularity-age, embedding, llm)"),
         };
         eprintln!(
-            "{:<11} R@{k} {:.4}  N@{k} {:.4}  p50 {} ms  ({:.0}s)",
+            "{:<20} R@{k} {:.4}  N@{k} {:.4}  p50 {} ms  ({:.0}s)",
             m.method,
             m.recall,
             m.ndcg,

@@ -163,19 +163,6 @@ fn json_of(r: reqwest::blocking::RequestBuilder) -> (u16, Value) {
     (st, r.json().unwrap_or(Value::Null))
 }
 
-/// A model root holding the demo catalog (a folder of the first format) and
-/// the demo model.
-fn demo_root() -> TempDir {
-    let root = TempDir::new("catalog-root");
-    let demo = common::repo().join("models/demo");
-    for (from, to) in [("catalog", "catalog"), ("model", "a")] {
-        std::fs::create_dir_all(root.0.join(to)).unwrap();
-        for e in std::fs::read_dir(demo.join(from)).unwrap().flatten() {
-            std::fs::copy(e.path(), root.0.join(to).join(e.file_name())).unwrap();
-        }
-    }
-    root
-}
 
 /// A vector of the demo catalog's dimension, different for every `i`.
 fn demo_embedding(i: usize) -> Vec<f32> {
@@ -184,7 +171,7 @@ fn demo_embedding(i: usize) -> Vec<f32> {
 
 #[test]
 fn batch_endpoint_read_back_next_request_and_compaction() {
-    let root = demo_root();
+    let root = common::demo_root("catalog-root");
     let a = root.0.join("a");
     let mut s = Server::start(&["--model", a.to_str().unwrap(), "--admin-token", TOKEN]);
     let c = reqwest::blocking::Client::new();
@@ -261,7 +248,7 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
 /// refuses edits with 409 naming why; the first keeps writing.
 #[test]
 fn a_second_server_on_the_same_folder_serves_read_only() {
-    let root = demo_root();
+    let root = common::demo_root("catalog-root");
     let a = root.0.join("a");
     let args = ["--model", a.to_str().unwrap(), "--admin-token", TOKEN];
     let first = Server::start(&args);
@@ -281,7 +268,7 @@ fn a_second_server_on_the_same_folder_serves_read_only() {
 /// the middle. After a restart every acknowledged edit is there.
 #[test]
 fn kill_9_during_upserts_loses_no_acknowledged_edit() {
-    let root = demo_root();
+    let root = common::demo_root("catalog-root");
     let a = root.0.join("a");
     let args = ["--model", a.to_str().unwrap(), "--admin-token", TOKEN];
     let s = Server::start(&args);

@@ -9,25 +9,13 @@
 
 mod common;
 
-use common::{Server, TempDir};
+use common::Server;
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "openapi-token";
 
-/// A model root with the demo catalog and the demo model as `a`.
-fn demo_root() -> TempDir {
-    let root = TempDir::new("openapi-root");
-    let demo = common::repo().join("models/demo");
-    for (from, to) in [("catalog", "catalog"), ("model", "a")] {
-        std::fs::create_dir_all(root.0.join(to)).unwrap();
-        for e in std::fs::read_dir(demo.join(from)).unwrap().flatten() {
-            std::fs::copy(e.path(), root.0.join(to).join(e.file_name())).unwrap();
-        }
-    }
-    root
-}
 
 /// Closes every object schema that does not say otherwise, so that fields an
 /// answer has and the description lacks are errors.
@@ -106,7 +94,7 @@ fn call(doc: &Doc, c: &Client, s: &Server, method: Method, path: &str, template:
 
 #[test]
 fn real_answers_match_the_openapi_description() {
-    let root = demo_root();
+    let root = common::demo_root("openapi-root");
     let a = root.0.join("a");
     let s = Server::start(&["--model", a.to_str().unwrap(), "--model-root", root.0.to_str().unwrap(), "--admin-token", TOKEN]);
     let c = Client::new();

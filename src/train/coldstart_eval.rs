@@ -2,9 +2,10 @@
 //! entirely ([`crate::dataset::cold_group`]) are recommended from their sign-up
 //! profile alone, and the list is scored against their first `first` items:
 //! Recall@k = hits / min(first, k), NDCG@k with every one of those items
-//! relevant. Three methods: the most popular items of the training users
-//! (the baseline), intents from the sentence encoder, intents from the LLM.
-//! The two intent paths run through the serving engine, as a request would.
+//! relevant. Methods: the popularity baselines of
+//! [`super::coldstart_baselines`], intents from the sentence encoder, intents
+//! from the LLM. The two intent paths run through the serving engine, as a
+//! request would.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,42 +107,6 @@ pub fn cold_users(
             (!items.is_empty()).then(|| ColdUser { profile: profile_of(row), first: items.into_iter().take(first).collect() })
         })
         .collect()
-}
-
-/// The most popular items among the training users.
-pub fn popular(catalog: &crate::catalog::Catalog, inter: &Interactions, fraction: f64, k: usize) -> Vec<u32> {
-    let mut counts: HashMap<u32, usize> = HashMap::new();
-    for (u, seq) in inter.users.iter().zip(&inter.sequences) {
-        if cold_group(u, fraction) == ColdGroup::Train {
-            for i in to_indices(catalog, seq) {
-                *counts.entry(i).or_default() += 1;
-            }
-        }
-    }
-    let mut v: Vec<(u32, usize)> = counts.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    v.into_iter().take(k).map(|(i, _)| i).collect()
-}
-
-/// Scores the popularity baseline.
-pub fn eval_popular(users: &[ColdUser], top: &[u32], k: usize) -> ColdMetrics {
-    let (mut r, mut n) = (0.0, 0.0);
-    for u in users {
-        let (a, b) = score_list(top, &u.first, k);
-        r += a;
-        n += b;
-    }
-    let m = users.len().max(1) as f64;
-    ColdMetrics {
-        method: "popularity".into(),
-        users: users.len(),
-        recall: r / m,
-        ndcg: n / m,
-        p50_ms: None,
-        p90_ms: None,
-        uncached_p50_ms: None,
-        top_intents: Vec::new(),
-    }
 }
 
 /// Scores an intent path: one profile-only request per user through a

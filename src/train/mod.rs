@@ -1,6 +1,7 @@
 //! Training (`genrec train`) and evaluation (`genrec eval`, `genrec coldstart-eval`).
 
 pub mod average;
+pub mod coldstart_baselines;
 pub mod coldstart_eval;
 pub mod eval;
 pub mod metrics;

@@ -35,6 +35,21 @@ impl Drop for TempDir {
     }
 }
 
+/// A model root holding copies of the demo catalog (`catalog`, a folder of
+/// the first format) and the demo model (`a`), so that a test's server may
+/// write there.
+pub fn demo_root(tag: &str) -> TempDir {
+    let root = TempDir::new(tag);
+    let demo = repo().join("models/demo");
+    for (from, to) in [("catalog", "catalog"), ("model", "a")] {
+        std::fs::create_dir_all(root.0.join(to)).expect("create a folder of the model root");
+        for e in std::fs::read_dir(demo.join(from)).expect("read models/demo").flatten() {
+            std::fs::copy(e.path(), root.0.join(to).join(e.file_name())).expect("copy the demo files");
+        }
+    }
+    root
+}
+
 /// A `genrec serve` process on a free loopback port, killed on drop.
 pub struct Server {
     child: Child,
