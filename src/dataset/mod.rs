@@ -196,24 +196,12 @@ pub enum Split {
 /// `m` elements of `all` at even spacing (all of them when `m` is 0 or not
 /// smaller): the users a benchmark samples, chosen the same way everywhere so
 /// that the in-process and HTTP benchmarks send the same histories.
-pub fn evenly_spaced<T>(all: Vec<T>, m: usize) -> Vec<T> {
+pub fn evenly_spaced<T: Clone>(all: Vec<T>, m: usize) -> Vec<T> {
     if m == 0 || m >= all.len() {
         return all;
     }
     let step = all.len() as f64 / m as f64;
-    let keep: Vec<usize> = (0..m).map(|i| (i as f64 * step) as usize).collect();
-    let mut next = keep.iter().peekable();
-    all.into_iter()
-        .enumerate()
-        .filter_map(|(i, x)| {
-            if next.peek() == Some(&&i) {
-                next.next();
-                Some(x)
-            } else {
-                None
-            }
-        })
-        .collect()
+    (0..m).map(|i| all[(i as f64 * step) as usize].clone()).collect()
 }
 
 /// History (truncated to the last `max_history` items) and target of one user

@@ -8,6 +8,7 @@
 //! than `k` items after exclusions; an item never appears twice in an answer.
 
 pub mod admin;
+pub mod catalog_info;
 mod coldstart;
 pub mod edits;
 pub mod model_root;

@@ -294,7 +294,9 @@ async fn requests_batch_only_with_their_beam_width() {
     sizes.0.lock().unwrap().clear(); // the smoke generation does not go through the queue, but be sure
     let h = first_ids(&e, 3);
     let h: Vec<&str> = h.iter().map(String::as_str).collect();
-    let (r100, r10, r5) = (req(&h, 100, Strategy::Generative), req(&h, 10, Strategy::Generative), req(&h, 5, Strategy::Generative));
+    // a long deadline: on a loaded machine a beam-100 generation may pass the default 500 ms
+    let slow = |k| RecRequest { timeout_ms: Some(60_000), ..req(&h, k, Strategy::Generative) };
+    let (r100, r10, r5) = (slow(100), slow(10), slow(5));
     let (wide, a, b, c) = tokio::join!(e.recommend(&r100), e.recommend(&r10), e.recommend(&r10), e.recommend(&r5));
     assert_eq!(wide.unwrap().items.len(), 100);
     for r in [a, b, c] {

@@ -20,7 +20,8 @@ use utoipa::ToSchema;
 
 use super::api::{body_bytes, parse_body, ApiError, ErrorBody};
 use super::{metrics, AppState};
-use crate::engine::edits::{BatchOutcome, CatalogInfo, CompactReport, ItemInfo, NewItem, Upserted};
+use crate::engine::catalog_info::{CatalogInfo, ItemInfo};
+use crate::engine::edits::{BatchOutcome, CompactReport, NewItem, Upserted};
 use crate::engine::{Engine, EngineError, ModelInfo};
 
 /// Largest body of `POST /admin/items` (a batch of NDJSON lines).

@@ -142,8 +142,8 @@ pub(crate) struct Ready {
 
 /// `GET /v1/intents`.
 #[derive(Serialize, ToSchema)]
-pub(crate) struct Intents {
-    intents: Vec<Intent>,
+pub(crate) struct Intents<'a> {
+    intents: &'a [Intent],
     /// How a profile is matched to them (null when cold start is off).
     #[schema(required = true)]
     method: Option<IntentMethod>,
@@ -358,7 +358,7 @@ async fn serve_recommend(
 pub async fn intents(State(st): State<Arc<AppState>>) -> Response {
     let cat = st.engine.catalog();
     let method = st.engine.coldstart().map(|c| c.method());
-    Json(Intents { intents: cat.catalog.intents().to_vec(), method }).into_response()
+    Json(Intents { intents: cat.catalog.intents(), method }).into_response()
 }
 
 /// Liveness: the process answers.

@@ -1,0 +1,99 @@
+//! What the admin API shows of the catalog: one item (`GET
+//! /admin/items/{id}`) and the served version with its pending edits and
+//! edit log (`GET /admin/catalog`). Split from [`super::edits`], which makes
+//! the changes these describe.
+
+use super::{Engine, EngineError};
+
+/// An item as `GET /admin/items/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ItemInfo {
+    pub item_id: String,
+    pub title: String,
+    pub semantic_id: Vec<u32>,
+    /// Whether the item is served (false: removed, kept until compaction).
+    pub served: bool,
+}
+
+impl Engine {
+    /// An item as the admin API shows it (served or not).
+    pub fn item(&self, id: &str) -> Result<ItemInfo, EngineError> {
+        let cat = self.catalog();
+        let c = &cat.catalog;
+        let i = c.index_of(id).ok_or_else(|| EngineError::NotFound(format!("item {id:?} is not in the catalog")))?;
+        Ok(ItemInfo { item_id: id.to_string(), title: c.title(i).to_string(), semantic_id: c.sid(i).to_vec(), served: c.is_served(i) })
+    }
+
+    /// The catalog's state for `GET /admin/catalog`: version, sizes, bytes of
+    /// each part in memory (mapped parts count whole), the edits pending
+    /// compaction and the edit log.
+    pub fn catalog_info(&self) -> CatalogInfo {
+        let cat = self.catalog();
+        let c = &cat.catalog;
+        let m = c.manifest();
+        let w = self.lock_writer();
+        CatalogInfo {
+            name: m.name.clone(),
+            version: m.version,
+            fingerprint: m.fingerprint.clone(),
+            rows: c.len(),
+            served: c.served_len(),
+            codebook_sizes: m.codebook_sizes.clone(),
+            embedding_dim: m.embedding_dim,
+            last_edit_id: c.last_edit_id(),
+            overlay_items: c.overlay().len(),
+            trie_patch_nodes: c.overlay().trie().added_nodes(&c.base().trie),
+            ann: AnnInfo { base: cat.ann.base_len(), overlay: cat.ann.overlay_len(), memory_bytes: cat.ann.memory() },
+            bytes: c.base().memory().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            durable: w.store.is_some(),
+            compacting: w.compacting(),
+            log: w.store.as_ref().map(|s| LogInfo { path: s.log.path().display().to_string(), bytes: s.log.len() }),
+        }
+    }
+}
+
+/// `GET /admin/catalog`: the served catalog version and its pending edits.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct CatalogInfo {
+    pub name: String,
+    /// Catalog version (a compaction writes the next one).
+    pub version: u64,
+    pub fingerprint: String,
+    /// Items with a row: served ones and removed ones kept until compaction.
+    pub rows: usize,
+    pub served: usize,
+    pub codebook_sizes: Vec<u32>,
+    pub embedding_dim: usize,
+    /// Id of the last edit applied (0: none since the catalog was built).
+    pub last_edit_id: u64,
+    /// Items added, changed or removed since the version was written.
+    pub overlay_items: usize,
+    /// Trie nodes the pending edits added.
+    pub trie_patch_nodes: usize,
+    pub ann: AnnInfo,
+    /// Bytes of each part of the version (memory-mapped parts count whole).
+    pub bytes: std::collections::BTreeMap<String, usize>,
+    /// Whether edits are written to the edit log before they are acknowledged.
+    pub durable: bool,
+    pub compacting: bool,
+    /// The edit log (null when edits are kept in memory only).
+    #[schema(required = true)]
+    pub log: Option<LogInfo>,
+}
+
+/// The ANN index's sizes.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AnnInfo {
+    /// Items in the graph saved with the catalog version.
+    pub base: usize,
+    /// Items added to it since.
+    pub overlay: usize,
+    pub memory_bytes: usize,
+}
+
+/// The edit log.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct LogInfo {
+    pub path: String,
+    pub bytes: u64,
+}
