@@ -27,13 +27,21 @@ pub const COLDSTART: &str = "genrec_coldstart_requests_total";
 /// LLM intent inferences run (one per distinct uncached profile).
 pub const COLDSTART_LLM_RUNS: &str = "genrec_coldstart_llm_inferences_total";
 
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the recorder once per process and returns its handle.
+/// How often the recorder's upkeep folds recorded histogram samples into
+/// their buckets. Until it runs, every sample is kept (8 bytes each, three per
+/// request): without upkeep a server that nobody scrapes grew by 4 MB a minute
+/// at 1,200 requests/s.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the recorder once per process, starts its upkeep thread, and
+/// returns its handle.
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -43,6 +51,7 @@ pub fn handle() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            start_upkeep(handle.clone());
             // another recorder may already be installed (e.g. by an embedding
             // program): then our handle renders nothing, which is harmless
             let _ = metrics::set_global_recorder(recorder);
@@ -63,6 +72,20 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// `build_recorder` leaves the upkeep to its caller (`install` would spawn it
+/// on a tokio runtime, which the CLI's benches and tests may not have).
+fn start_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("metrics upkeep thread not started ({e}): histogram samples will accumulate until /metrics is scraped");
+    }
+}
+
 /// Counts one finished request.
 pub fn request(outcome: &'static str, seconds: f64) {
     metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
@@ -72,7 +95,8 @@ pub fn request(outcome: &'static str, seconds: f64) {
 /// Marks `current` as the model in service (and `old`, if any, as not).
 pub fn model_swapped(old: Option<&crate::engine::ModelInfo>, current: &crate::engine::ModelInfo) {
     if let Some(o) = old {
-        metrics::gauge!(MODEL_INFO, "name" => o.name.clone(), "version" => o.version.clone()).set(0.0);
+        metrics::gauge!(MODEL_INFO, "name" => o.name.clone(), "version" => o.version.clone())
+            .set(0.0);
     }
     metrics::gauge!(MODEL_INFO, "name" => current.name.clone(), "version" => current.version.clone()).set(1.0);
 }
