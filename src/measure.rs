@@ -92,6 +92,25 @@ pub struct ColdEvalArgs {
     /// Share of the empty-profile label score subtracted (contextual calibration).
     #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().calibration)]
     calibration: f32,
+    /// How intents steer generation (embedding, llm), as a request's `steering`.
+    #[arg(long, value_enum, default_value = "soft")]
+    steering: SteeringArg,
+    /// Weights of soft steering, as `genrec serve --steering-weight`,
+    /// comma-separated: each is scored with the same (cached) intents (0: the
+    /// model's own answer for an empty history).
+    #[arg(long, value_delimiter = ',', default_values_t = [genrec::engine::DEFAULT_STEERING_WEIGHT])]
+    steering_weight: Vec<f32>,
+    /// Items file with genres (NAME.item.json): every held-out user declares
+    /// in `profile.interests` the 2 most frequent genres of their items after
+    /// the first --first (a stand-in for a sign-up interest picker).
+    #[arg(long)]
+    interests_from: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SteeringArg {
+    Soft,
+    Hard,
 }
 
 #[derive(clap::Args)]
@@ -347,6 +366,29 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
     };
     let mut cold = ce::cold_users(&catalog, &inter, &users, a.holdout_users, group, a.first);
     cold.truncate(a.max_users.unwrap_or(usize::MAX));
+    if let Some(items) = &a.interests_from {
+        let genres = item_genres(items, &catalog)?;
+        ce::declare_interests(
+            &mut cold,
+            |i| genres.get(i as usize).map_or(&[][..], Vec::as_slice),
+            2,
+        );
+        let declared = cold
+            .iter()
+            .filter(|u| !u.profile.interests.is_empty())
+            .count();
+        eprintln!(
+            "coldstart-eval: {declared} of {} users declare interests",
+            cold.len()
+        );
+    }
+    let steering = match a.steering {
+        SteeringArg::Soft => genrec::engine::Steering::Soft,
+        SteeringArg::Hard => genrec::engine::Steering::Hard,
+    };
+    if let Some(w) = a.steering_weight.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+        bail!("--steering-weight: {w} is not a finite number >= 0");
+    }
     if cold.is_empty() {
         bail!("no held-out users with a profile (check --holdout-users and --users)");
     }
@@ -356,16 +398,16 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
     let mut encoder = None; // loaded once, for the first method that needs it
     for method in methods {
         let t0 = Instant::now();
-        let m = match method {
+        let ms = match method {
             "popularity" | "first-popularity" => {
                 let counted = if method == "popularity" { cb::Counted::All } else { cb::Counted::First(a.first) };
                 let list = cb::popular(&catalog, &inter, a.holdout_users, counted, a.k);
-                cb::eval_lists(method, &cold, a.k, |_| &list)
+                vec![cb::eval_lists(method, &cold, a.k, |_| &list)]
             }
             "first-popularity-age" => {
                 let lists = cb::popular_by_age(&catalog, &inter, &users, a.holdout_users, a.first, a.age_blend, a.k);
                 let overall = lists.len() - 1;
-                cb::eval_lists(method, &cold, a.k, |u| &lists[u.profile.age.map_or(overall, cb::age_bracket)])
+                vec![cb::eval_lists(method, &cold, a.k, |u| &lists[u.profile.age.map_or(overall, cb::age_bracket)])]
             }
             "embedding" | "llm" => {
                 let Some(snap) = &snap else { bail!("method {method} needs --model") };
@@ -377,25 +419,63 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
                 } else {
                     None
                 };
-                let cs = ColdStart::new(&snap.catalog, lm, encoder.clone(), opts.clone())?;
+                let cs = std::sync::Arc::new(ColdStart::new(&snap.catalog, lm, encoder.clone(), opts.clone())?);
                 cs.warm()?;
-                ce::eval_intents((*snap.model).clone(), (*snap.catalog).clone(), cs, &cold, a.k, |d, t| progress(method, d, t))?
+                let runs: Vec<(String, f32)> = match steering {
+                    genrec::engine::Steering::Hard => vec![(format!("{method} hard"), 0.0)],
+                    genrec::engine::Steering::Soft => {
+                        a.steering_weight.iter().map(|w| (format!("{method} soft w={w}"), *w)).collect()
+                    }
+                };
+                let mut ms = Vec::new();
+                for (label, w) in runs {
+                    let (model, catalog) = ((*snap.model).clone(), (*snap.catalog).clone());
+                    let m = ce::eval_intents(model, catalog, cs.clone(), &cold, a.k, (steering, w), |d, t| progress(&label, d, t))?;
+                    ms.push(ce::ColdMetrics { method: label, ..m });
+                }
+                ms
             }
             other => bail!("unknown method {other:?} (popularity, first-popularity, first-popularity-age, embedding, llm)"),
         };
-        eprintln!(
-            "{:<20} R@{k} {:.4}  N@{k} {:.4}  p50 {} ms  ({:.0}s)",
-            m.method,
-            m.recall,
-            m.ndcg,
-            m.p50_ms.map_or("-".into(), |x| format!("{x:.1}")),
-            t0.elapsed().as_secs_f64(),
-            k = a.k
-        );
-        results.push(m);
+        for m in ms {
+            eprintln!(
+                "{:<24} R@{k} {:.4}  N@{k} {:.4}  p50 {} ms  ({:.0}s)",
+                m.method,
+                m.recall,
+                m.ndcg,
+                m.p50_ms.map_or("-".into(), |x| format!("{x:.1}")),
+                t0.elapsed().as_secs_f64(),
+                k = a.k
+            );
+            results.push(m);
+        }
     }
     println!("{}", serde_json::to_string(&results)?);
     Ok(())
+}
+
+/// The `genres` of each catalog item (by index) from an items file.
+fn item_genres(
+    path: &std::path::Path,
+    catalog: &genrec::catalog::Catalog,
+) -> Result<Vec<Vec<String>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let rows: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a JSON object of items", path.display()))?;
+    let mut genres = vec![Vec::new(); catalog.len()];
+    for (id, row) in &rows {
+        if let (Some(i), Some(g)) = (
+            catalog.index_of(id),
+            row.get("genres").and_then(|g| g.as_array()),
+        ) {
+            genres[i as usize] = g
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect();
+        }
+    }
+    Ok(genres)
 }
 
 pub fn gpu_check(a: GpuCheckArgs) -> Result<()> {

@@ -45,7 +45,7 @@ async fn profile_only_requests_use_encoder_intents_without_an_llm() {
     assert!(labels.len() >= 4 && labels.iter().all(|l| l["label"].as_str().is_some()), "{v}");
 
     let profile = json!({"age": 35, "gender": "male", "interests": ["beard care", "shaving"]});
-    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "k": 8})).await;
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "k": 8, "steering": "hard"})).await;
     assert_eq!(st, 200, "{v}");
     check_under_intents(&v, 8);
     assert!(v["items"].as_array().unwrap().iter().all(|i| i["source"] == "coldstart"), "{v}");
@@ -55,7 +55,7 @@ async fn profile_only_requests_use_encoder_intents_without_an_llm() {
         || v["inferred_intents"].as_array().unwrap().iter().any(|i| i["label"].as_str().unwrap().contains("aftershave")), "{v}");
 
     // a short history blends in: some items from the history's own generation
-    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "history": ["3", "11"], "k": 10})).await;
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "history": ["3", "11"], "k": 10, "steering": "hard"})).await;
     assert_eq!(st, 200, "{v}");
     check_under_intents(&v, 10);
     let sources: HashSet<&str> = v["items"].as_array().unwrap().iter().map(|i| i["source"].as_str().unwrap()).collect();
@@ -63,7 +63,7 @@ async fn profile_only_requests_use_encoder_intents_without_an_llm() {
     assert!(v["items"].as_array().unwrap().iter().all(|i| i["item_id"] != "3" && i["item_id"] != "11"));
 
     // ANN per intent, still inside the intents
-    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "k": 5, "strategy": "ann"})).await;
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "k": 5, "strategy": "ann", "steering": "hard"})).await;
     assert_eq!(st, 200, "{v}");
     let codes = check_under_intents(&v, 5);
     assert!(v["items"].as_array().unwrap().iter().all(|i| codes.contains(&i["semantic_id"][0].as_u64().unwrap())));
@@ -80,6 +80,81 @@ async fn profile_only_requests_use_encoder_intents_without_an_llm() {
     assert!(m.contains("genrec_coldstart_requests_total{method=\"embedding\"} 3"), "{m}");
 }
 
+/// The items of an answer as (id, score, source).
+fn listed(v: &Value) -> Vec<(String, f64, String)> {
+    v["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {v}"))
+        .iter()
+        .map(|i| {
+            (
+                i["item_id"].as_str().unwrap().to_string(),
+                i["score"].as_f64().unwrap(),
+                i["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Soft steering (the default) with weight 0 is the model's own answer: the
+/// history's generation exactly, whatever the profile; with a large weight it
+/// keeps to the intents, as hard steering does.
+#[tokio::test]
+async fn soft_steering_weight_zero_is_the_models_own_answer() {
+    if fetched(ENCODER).is_none() {
+        return;
+    }
+    let c = reqwest::Client::new();
+    let s = Server::start(&["--steering-weight", "0"]);
+    let young = json!({"age": 19, "gender": "female", "interests": ["lipstick"]});
+    let old = json!({"age": 70, "gender": "male", "interests": ["beard care", "shaving"]});
+    let ask = |body: Value| {
+        let (c, url) = (c.clone(), s.at("/v1/recommend"));
+        async move {
+            let (st, v) = post_json(&c, &url, &body).await;
+            assert_eq!(st, 200, "{v}");
+            v
+        }
+    };
+    let plain = ask(json!({"history": ["3", "11"], "k": 10})).await;
+    let steered = ask(json!({"history": ["3", "11"], "k": 10, "profile": young})).await;
+    assert_eq!(listed(&steered), listed(&plain));
+    assert!(steered["inferred_intents"].is_array(), "{steered}");
+    let a = ask(json!({"profile": young, "k": 8})).await;
+    let b = ask(json!({"profile": old, "k": 8})).await;
+    assert_ne!(a["inferred_intents"], b["inferred_intents"]);
+    assert_eq!(listed(&a), listed(&b));
+    assert_eq!(listed(&a).len(), 8);
+    assert!(
+        listed(&a).iter().all(|(_, _, src)| src == "generative"),
+        "{a}"
+    );
+    drop(s);
+
+    let s = Server::start(&["--steering-weight", "50"]);
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": old, "k": 8})).await;
+    assert_eq!(st, 200, "{v}");
+    let codes = check_under_intents(&v, 8);
+    assert!(
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["source"] == "coldstart"
+                && codes.contains(&i["semantic_id"][0].as_u64().unwrap())),
+        "{v}"
+    );
+    assert_ne!(listed(&v), listed(&b));
+    // an unknown steering is refused, naming the field
+    let (st, v) = post_json(
+        &c,
+        &s.at("/v1/recommend"),
+        &json!({"profile": old, "steering": "firm"}),
+    )
+    .await;
+    assert_eq!((st, v["field"].as_str()), (422, Some("steering")), "{v}");
+}
+
 #[tokio::test]
 async fn profile_only_requests_use_llm_intents() {
     let Some(model) = fetched(SMOLLM) else { return };
@@ -88,7 +163,7 @@ async fn profile_only_requests_use_llm_intents() {
     let c = reqwest::Client::new();
     let v: Value = c.get(s.at("/v1/intents")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["method"], "llm");
-    let body = json!({"profile": {"age": 22, "gender": "female", "interests": ["nail art"]}, "k": 6, "timeout_ms": 60000});
+    let body = json!({"profile": {"age": 22, "gender": "female", "interests": ["nail art"]}, "k": 6, "timeout_ms": 60000, "steering": "hard"});
     let (st, v) = post_json(&c, &s.at("/v1/recommend"), &body).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["intent_method"], "llm", "{v}");

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    items_of, wait, Engine, EngineError, FallbackReason, Generation, ItemSource, RecAnswer, RecItem, RecRequest, Resolved,
-    ServedCatalog, Share, Strategy,
+    items_of, wait, Engine, EngineError, FallbackReason, Generation, ItemSource, LoadedModel, RecAnswer, RecItem,
+    RecRequest, Resolved, ServedCatalog, Share, Steering, Strategy,
 };
 use crate::coldstart::flight::{follow, Ticket};
 use crate::coldstart::{split_quota, ColdStart, Inferred, Profile};
@@ -160,16 +160,115 @@ impl Engine {
             (Strategy::Auto, None) => return self.ann_shares(answer, cat, r, &shares, FallbackReason::NoModel),
             (_, Some(m)) => m,
         };
+        match req.steering {
+            Steering::Hard => {
+                self.hard_steered(req, answer, cat, r, model, &shares, k_profile, deadline)
+                    .await
+            }
+            Steering::Soft => {
+                let weight =
+                    self.opts.steering_weight * (SHORT_HISTORY - h) as f32 / SHORT_HISTORY as f32;
+                self.soft_steered(req, answer, cat, r, model, &inferred, weight, deadline)
+                    .await
+            }
+        }
+    }
+
+    /// Soft steering: one search over the whole trie with the intents'
+    /// log-prior (times `weight`) on the first level.
+    #[allow(clippy::too_many_arguments)]
+    async fn soft_steered(
+        &self,
+        req: &RecRequest,
+        mut answer: RecAnswer,
+        cat: &Arc<ServedCatalog>,
+        r: &Resolved,
+        model: Arc<LoadedModel>,
+        inferred: &Inferred,
+        weight: f32,
+        deadline: Instant,
+    ) -> Result<RecAnswer, EngineError> {
+        let codes = model
+            .model
+            .sidecar
+            .codebook_sizes
+            .first()
+            .copied()
+            .unwrap_or(0) as usize;
+        let gen = GenRequest {
+            history: r.history.clone(),
+            k: req.k,
+            exclude: r.exclude.clone(),
+            within: Vec::new(),
+            first_level_prior: intent_prior(inferred, codes, weight),
+        };
+        let rx = self.submit(gen, model, cat, deadline)?;
+        let source = if weight > 0.0 {
+            ItemSource::Coldstart
+        } else {
+            ItemSource::Generative
+        };
+        let reason = match wait(rx, deadline).await {
+            Generation::Done(hits, tokens) => {
+                answer.tokens += tokens;
+                answer.items = items_of(cat, hits, source);
+                FallbackReason::Fill
+            }
+            Generation::Stopped if req.strategy == Strategy::Generative => {
+                return Err(EngineError::Stopped)
+            }
+            Generation::Failed(e) if req.strategy == Strategy::Generative => {
+                return Err(EngineError::Batch(e))
+            }
+            Generation::Late if req.strategy == Strategy::Generative => {
+                return Err(EngineError::Deadline(self.timeout_ms(req)))
+            }
+            Generation::Late => FallbackReason::Deadline,
+            Generation::Failed(_) | Generation::Stopped if Instant::now() >= deadline => {
+                FallbackReason::Deadline
+            }
+            Generation::Failed(_) | Generation::Stopped => FallbackReason::Error,
+        };
+        let missing = req.k.saturating_sub(answer.items.len());
+        if missing == 0 || req.strategy == Strategy::Generative {
+            return Ok(answer);
+        }
+        // ANN fills inside the profile's intents, by weight
+        let weights: Vec<f32> = inferred.intents.iter().map(|i| i.weight).collect();
+        let shares: Vec<Share> = inferred
+            .intents
+            .iter()
+            .zip(split_quota(&weights, missing))
+            .map(|(i, k)| Share { intent: Some(i), k })
+            .collect();
+        self.ann_shares(answer, cat, r, &shares, reason)
+    }
+
+    /// Hard steering: each intent's share generated inside its sub-trie, the
+    /// history's share over the whole trie.
+    #[allow(clippy::too_many_arguments)]
+    async fn hard_steered(
+        &self,
+        req: &RecRequest,
+        mut answer: RecAnswer,
+        cat: &Arc<ServedCatalog>,
+        r: &Resolved,
+        model: Arc<LoadedModel>,
+        shares: &[Share<'_>],
+        k_profile: usize,
+        deadline: Instant,
+    ) -> Result<RecAnswer, EngineError> {
+        let timeout_ms = self.timeout_ms(req);
         // intent shares ask for more, so that items the history's share also
         // found can be skipped without leaving the share short
         let overlap = req.k - k_profile;
         let mut pending = Vec::with_capacity(shares.len());
-        for s in &shares {
+        for s in shares {
             let (within, extra) = match s.intent {
                 Some(i) => (vec![i.code], overlap),
                 None => (Vec::new(), 0),
             };
-            let gen = GenRequest { history: r.history.clone(), k: s.k + extra, exclude: r.exclude.clone(), within };
+            let gen = GenRequest { history: r.history.clone(), k: s.k + extra, exclude: r.exclude.clone(), within, first_level_prior: Vec::new() };
             pending.push(self.submit(gen, model.clone(), cat, deadline)?);
         }
         let mut results = Vec::with_capacity(shares.len());
@@ -220,4 +319,25 @@ impl Engine {
         let reason = answer.fallback.unwrap_or(FallbackReason::Fill);
         self.ann_shares(answer, cat, r, &short, reason)
     }
+}
+
+/// Share of the uniform distribution mixed into the intents' weights before
+/// their log is taken: codes outside the intents keep a finite prior.
+const PRIOR_FLOOR: f32 = 0.1;
+
+/// Soft steering's log-prior over first-level codes: `weight * ln p(code)`,
+/// where `p` mixes the intents' normalised weights with `PRIOR_FLOOR` of the
+/// uniform distribution. Weight 0 is all zeros (the model's own search).
+pub(super) fn intent_prior(inferred: &Inferred, codes: usize, weight: f32) -> Vec<f32> {
+    if codes == 0 {
+        return Vec::new();
+    }
+    let total: f32 = inferred.intents.iter().map(|i| i.weight.max(0.0)).sum();
+    let mut p = vec![PRIOR_FLOOR / codes as f32; codes];
+    for i in &inferred.intents {
+        if let (Some(slot), true) = (p.get_mut(i.code as usize), total > 0.0) {
+            *slot += (1.0 - PRIOR_FLOOR) * i.weight.max(0.0) / total;
+        }
+    }
+    p.into_iter().map(|x| weight * x.ln()).collect()
 }

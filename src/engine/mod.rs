@@ -99,6 +99,19 @@ pub enum Strategy {
     Ann,
 }
 
+/// How a profile's intents steer the generation of a cold-start request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Steering {
+    /// One search over the whole trie: the intents' weights, as a log-prior
+    /// times the server's `--steering-weight`, are added to the model's
+    /// first-level log-probabilities. Weight 0 is the model's own answer.
+    #[default]
+    Soft,
+    /// Each intent's share of the list is generated inside its sub-trie.
+    Hard,
+}
+
 /// One recommendation request, as the HTTP layer hands it over.
 #[derive(Debug, Clone)]
 pub struct RecRequest {
@@ -112,6 +125,7 @@ pub struct RecRequest {
     /// Sign-up data of a new user: with no or a short history, generation is
     /// steered to the intents inferred from it.
     pub profile: Option<Profile>,
+    pub steering: Steering,
 }
 
 /// One recommended item.
@@ -188,7 +202,13 @@ pub struct EngineOptions {
     pub dtype: candle_core::DType,
     /// Compact the catalog when its edit log grows past this many bytes (0: never).
     pub compact_log_bytes: u64,
+    /// Weight of the intents' log-prior in soft steering ([`Steering::Soft`]).
+    pub steering_weight: f32,
 }
+
+/// Default weight of soft steering, chosen on MovieLens-100K validation users
+/// (`benches/results/coldstart.md`).
+pub const DEFAULT_STEERING_WEIGHT: f32 = 1.0;
 
 /// Default edit-log size that starts a compaction: 1 GiB (about 1.5M upserts
 /// of 64-d items).
@@ -204,6 +224,7 @@ impl Default for EngineOptions {
             device: candle_core::Device::Cpu,
             dtype: candle_core::DType::F32,
             compact_log_bytes: DEFAULT_COMPACT_LOG_BYTES,
+            steering_weight: DEFAULT_STEERING_WEIGHT,
         }
     }
 }
@@ -354,7 +375,7 @@ impl Engine {
         };
         let timeout_ms = self.timeout_ms(req);
         let deadline = arrived + Duration::from_millis(timeout_ms);
-        let gen = GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone(), within: Vec::new() };
+        let gen = GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone(), within: Vec::new(), first_level_prior: Vec::new() };
         let rx = self.submit(gen, model, &cat, deadline)?;
         let hits = match wait(rx, deadline).await {
             Generation::Done(hits, tokens) => {

@@ -23,6 +23,7 @@ fn req(history: &[&str], k: usize, strategy: Strategy) -> RecRequest {
         timeout_ms: None,
         strategy,
         profile: None,
+        steering: Steering::Soft,
     }
 }
 

@@ -113,7 +113,7 @@ mod tests {
         let histories: Vec<Vec<u32>> = vec![vec![3, 17, 22], vec![5], vec![1, 2, 3, 4, 5, 6, 7]];
         let reqs: Vec<GenRequest> = histories
             .iter()
-            .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new(), within: Vec::new() })
+            .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new() })
             .collect();
         // beam = number of items: the search is exhaustive, so it must be exact;
         // the serving form (fused projections) against the trained form's enumeration
@@ -158,7 +158,7 @@ mod tests {
         let a = random_model(&cat, "LlamaForCausalLM", 9);
         let b = random_model(&cat, "Qwen3ForCausalLM", 4);
         let history = vec![3u32, 17, 22, 8];
-        let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), within: Vec::new() };
+        let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new() };
         let got = generate_ensemble(&[&a, &b], &cat, std::slice::from_ref(&req), 40, Scoring::Model).unwrap();
         let eb: std::collections::HashMap<u32, f32> = enumerate(&b, &cat, &history, Scoring::Model).into_iter().collect();
         let mut want: Vec<(u32, f32)> =
@@ -194,7 +194,7 @@ mod tests {
         let cat = random_catalog(60, &[5, 4, 4], 2);
         let model = random_model(&cat, "LlamaForCausalLM", 3);
         let exclude: HashSet<u32> = [0, 1, 2, 3, 4, 5].into_iter().collect();
-        let req = GenRequest { history: vec![0, 1, 2], k: 8, exclude: exclude.clone(), within: Vec::new() };
+        let req = GenRequest { history: vec![0, 1, 2], k: 8, exclude: exclude.clone(), within: Vec::new(), first_level_prior: Vec::new() };
         let got = generate(&model, &cat, &[req], 8).unwrap();
         let hits = &got.hits[0];
         assert_eq!(hits.len(), 8);
@@ -215,7 +215,7 @@ mod tests {
         let model = random_model(&cat, "LlamaForCausalLM", 9);
         let history = vec![3, 17];
         let within = vec![1, 3];
-        let req = GenRequest { history: history.clone(), k: 12, exclude: HashSet::new(), within: within.clone() };
+        let req = GenRequest { history: history.clone(), k: 12, exclude: HashSet::new(), within: within.clone(), first_level_prior: Vec::new() };
         let got = generate(&model, &cat, &[req], 40).unwrap();
         let want: Vec<(u32, f32)> = enumerate(&model, &cat, &history, Scoring::Model)
             .into_iter()
@@ -229,10 +229,43 @@ mod tests {
             assert!((hit.score - score).abs() < 1e-4);
         }
         // an empty history (a new user) generates too: from the start token alone
-        let req = GenRequest { history: vec![], k: 5, exclude: HashSet::new(), within: vec![2] };
+        let req = GenRequest { history: vec![], k: 5, exclude: HashSet::new(), within: vec![2], first_level_prior: Vec::new() };
         let got = generate(&model, &cat, &[req], 10).unwrap();
         assert_eq!(got.hits[0].len(), 5);
         assert!(got.hits[0].iter().all(|h| cat.sid(h.item)[0] == 2));
+    }
+
+    /// A first-level prior shifts each item's score by its first code's prior:
+    /// an exhaustive search returns the enumeration re-ranked by `score +
+    /// prior[first code]`, and a zero prior is the search without one.
+    #[test]
+    fn first_level_prior_re_ranks_by_the_first_code() {
+        let cat = random_catalog(40, &[4, 4, 3], 5);
+        let model = random_model(&cat, "LlamaForCausalLM", 9);
+        let req = |prior: Vec<f32>| GenRequest {
+            history: vec![],
+            k: 40,
+            exclude: HashSet::new(),
+            within: Vec::new(),
+            first_level_prior: prior,
+        };
+        let plain = generate(&model, &cat, &[req(Vec::new())], 40).unwrap();
+        let zero = generate(&model, &cat, &[req(vec![0.0; 4])], 40).unwrap();
+        assert_eq!(plain.hits, zero.hits);
+        let prior = vec![-3.0, 0.5, -0.2, -1.0];
+        let got = generate(&model, &cat, &[req(prior.clone())], 40).unwrap();
+        let mut want: Vec<(u32, f32)> = enumerate(&model, &cat, &[], Scoring::Model)
+            .into_iter()
+            .map(|(i, s)| (i, s + prior[cat.sid(i)[0] as usize]))
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+        assert_eq!(got.hits[0].len(), want.len());
+        for (hit, (item, score)) in got.hits[0].iter().zip(&want) {
+            assert_eq!(hit.item, *item);
+            assert!((hit.score - score).abs() < 1e-4);
+        }
+        // a prior of the wrong length is refused
+        assert!(generate(&model, &cat, &[req(vec![0.0; 3])], 40).is_err());
     }
 
     /// bf16 (the GPU's fast dtype) keeps the ranking of an f32 model: same
@@ -244,7 +277,7 @@ mod tests {
         let m16 = super::testutil::random_model_as(&cat, "LlamaForCausalLM", 3, candle_core::DType::BF16);
         let reqs: Vec<GenRequest> = [vec![0u32, 1, 2], vec![7, 9], vec![30]]
             .into_iter()
-            .map(|h| GenRequest { history: h, k: 10, exclude: HashSet::new(), within: Vec::new() })
+            .map(|h| GenRequest { history: h, k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new() })
             .collect();
         let a = generate(&m32, &cat, &reqs, 20).unwrap();
         let b = generate(&m16, &cat, &reqs, 20).unwrap();
@@ -260,7 +293,7 @@ mod tests {
     fn probabilities_over_all_items_sum_to_one_with_trie_scoring() {
         let cat = random_catalog(30, &[3, 4, 3], 8);
         let model = random_model(&cat, "LlamaForCausalLM", 1);
-        let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new(), within: Vec::new() };
+        let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new() };
         let got = generate_with(&model, &cat, std::slice::from_ref(&req), 30, Scoring::Trie).unwrap();
         let total: f32 = got.hits[0].iter().map(|h| h.score.exp()).sum();
         assert!((total - 1.0).abs() < 1e-4, "{total}");

@@ -26,6 +26,11 @@ pub struct GenRequest {
     /// First-level codes the items must start with (cold-start intents: the
     /// sub-tries under them); empty = the whole trie.
     pub within: Vec<u32>,
+    /// Added to the log-probability of each first-level code (one value per
+    /// code; soft cold-start steering): the beams, and the items' scores,
+    /// follow `log p(code | history) + prior[code]`. Empty = none; all zeros is
+    /// the model's own search.
+    pub first_level_prior: Vec<f32>,
 }
 
 /// A generated item.
@@ -76,10 +81,15 @@ pub fn generate_with(
         return Ok(Generated { hits: Vec::new(), tokens: 0 });
     }
     let beam = checked_beam(model, catalog, reqs, beam)?;
-    // the kernel reads the base trie's arrays: with live edits above it, the
-    // CPU beam step searches (the model still runs on the device)
+    // the kernel reads the base trie's arrays and knows no priors: with live
+    // edits above the trie, or a soft-steered request, the CPU beam step
+    // searches (the model still runs on the device)
     #[cfg(feature = "cuda")]
-    if let (candle_core::Device::Cuda(dev), true) = (model.net.device(), catalog.trie().is_pristine()) {
+    if let (candle_core::Device::Cuda(dev), true, false) = (
+        model.net.device(),
+        catalog.trie().is_pristine(),
+        reqs.iter().any(|q| !q.first_level_prior.is_empty()),
+    ) {
         let (hist, hidden, lens) = prefill(model, catalog, reqs)?;
         return super::kernel::gpu_search::decode_levels(dev, model, catalog, reqs, beam, scoring, hist, hidden, &lens);
     }
@@ -210,10 +220,13 @@ fn decode_levels(
     let mut decoded = 0usize;
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
-        let (logits, norm) = match members.as_slice() {
+        let (mut logits, norm) = match members.as_slice() {
             [one] => one.level_logits(level, scoring)?,
             many => mean_log_probs(many, level)?,
         };
+        if level == 0 {
+            add_priors(&mut logits, reqs, codes)?;
+        }
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let filters = LevelFilters::new(catalog, reqs, level);
@@ -238,6 +251,26 @@ fn decode_levels(
         beams_in = beam;
     }
     Err(GenerateError::Mismatch("model has no levels".into()))
+}
+
+/// Adds each request's first-level prior to its row of first-level logits
+/// (one beam per request at the first level).
+fn add_priors(logits: &mut [f32], reqs: &[GenRequest], codes: usize) -> Result<(), GenerateError> {
+    for (row, q) in logits.chunks_exact_mut(codes.max(1)).zip(reqs) {
+        if q.first_level_prior.is_empty() {
+            continue;
+        }
+        if q.first_level_prior.len() != codes {
+            return Err(GenerateError::Invalid(format!(
+                "a first-level prior has {} values for {codes} codes",
+                q.first_level_prior.len()
+            )));
+        }
+        for (l, p) in row.iter_mut().zip(&q.first_level_prior) {
+            *l += p;
+        }
+    }
+    Ok(())
 }
 
 /// Each row's log-normaliser over the whole vocabulary (log-sum-exp) and the

@@ -20,7 +20,9 @@ use super::metrics;
 use super::AppState;
 use crate::catalog::intents::Intent;
 use crate::coldstart::{IntentMethod, IntentWeight, Profile};
-use crate::engine::{EngineError, FallbackReason, RecItem, RecRequest, Strategy, WorkerHealth};
+use crate::engine::{
+    EngineError, FallbackReason, RecItem, RecRequest, Steering, Strategy, WorkerHealth,
+};
 
 /// A history entry: an item id, as a string or a number.
 #[derive(Deserialize, ToSchema)]
@@ -68,6 +70,9 @@ pub(crate) struct RecommendBody {
     /// is steered to the intents inferred from it (cold start).
     #[serde(default)]
     profile: Option<Profile>,
+    /// How the profile's intents steer generation (cold start only).
+    #[serde(default)]
+    steering: Steering,
 }
 
 /// The answer of `POST /v1/recommend`.
@@ -331,6 +336,7 @@ async fn serve_recommend(
         timeout_ms: b.timeout_ms,
         strategy: b.strategy,
         profile: b.profile,
+        steering: b.steering,
     };
     let answer = st.engine.recommend(&req).await?;
     ::metrics::counter!(metrics::TOKENS).increment(answer.tokens as u64);

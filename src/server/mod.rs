@@ -119,6 +119,12 @@ pub struct ServeArgs {
     /// Intents kept per profile; the k items are spread over them by weight.
     #[arg(long, env = "GENREC_INTENT_TOP", default_value_t = ColdStartOptions::default().top)]
     pub intent_top: usize,
+    /// Weight of the profile's intents in soft steering (a request's
+    /// `"steering": "soft"`, the default): times the log of the intents'
+    /// weights, added to the model's first-level log-probabilities. 0: the
+    /// model's own answer for the history; larger: closer to hard steering.
+    #[arg(long, env = "GENREC_STEERING_WEIGHT", default_value_t = crate::engine::DEFAULT_STEERING_WEIGHT)]
+    pub steering_weight: f32,
 }
 
 /// Shared state of the handlers.
@@ -217,6 +223,12 @@ fn finish_engine(
     dev: candle_core::Device,
     dtype: candle_core::DType,
 ) -> Result<Arc<Engine>> {
+    if !(args.steering_weight.is_finite() && args.steering_weight >= 0.0) {
+        anyhow::bail!(
+            "--steering-weight must be a finite number >= 0, not {}",
+            args.steering_weight
+        );
+    }
     let opts = EngineOptions {
         batch: BatchOptions {
             max_queue: args.max_queue.max(1),
@@ -235,6 +247,7 @@ fn finish_engine(
         device: dev.clone(),
         dtype,
         compact_log_bytes: args.compact_log_mb << 20,
+        steering_weight: args.steering_weight,
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;

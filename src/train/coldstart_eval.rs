@@ -17,7 +17,7 @@ use super::eval::to_indices;
 use super::TrainError;
 use crate::coldstart::{ColdStart, Profile};
 use crate::dataset::{cold_group, ColdGroup, Interactions};
-use crate::engine::{Engine, EngineOptions, NoObserver, RecRequest, Strategy};
+use crate::engine::{Engine, EngineOptions, NoObserver, RecRequest, Steering, Strategy};
 use crate::util::percentile;
 use crate::model::Model;
 
@@ -57,10 +57,11 @@ pub fn score_list(ranked: &[u32], relevant: &[u32], k: usize) -> (f64, f64) {
     (hits as f64 / n as f64, if ideal > 0.0 { dcg / ideal } else { 0.0 })
 }
 
-/// A held-out user: profile and first items.
+/// A held-out user: profile, first items (the truth) and the items after them.
 pub struct ColdUser {
     pub profile: Profile,
     pub first: Vec<u32>,
+    pub later: Vec<u32>,
 }
 
 /// Profile fields from a `NAME.user.json` row: the fields [`Profile`] knows
@@ -103,25 +104,48 @@ pub fn cold_users(
         .filter(|(u, _)| cold_group(u, fraction) == group)
         .filter_map(|(u, seq)| {
             let row = users.get(u)?;
-            let items = to_indices(catalog, seq);
-            (!items.is_empty()).then(|| ColdUser { profile: profile_of(row), first: items.into_iter().take(first).collect() })
+            let mut items = to_indices(catalog, seq);
+            let later = items.split_off(first.min(items.len()));
+            (!items.is_empty()).then(|| ColdUser { profile: profile_of(row), first: items, later })
         })
         .collect()
 }
 
+/// The onboarding stand-in (a sign-up interest picker): each user declares
+/// the `n` most frequent genres of their items after the first ones (never
+/// the items being predicted), ties broken by name. Users with no later items
+/// declare nothing.
+pub fn declare_interests<'a>(users: &mut [ColdUser], genres_of: impl Fn(u32) -> &'a [String], n: usize) {
+    for u in users {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for &item in &u.later {
+            for g in genres_of(item) {
+                *counts.entry(g.as_str()).or_default() += 1;
+            }
+        }
+        let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        u.profile.interests = ranked.into_iter().take(n).map(|(g, _)| g.to_string()).collect();
+    }
+}
+
 /// Scores an intent path: one profile-only request per user through a
-/// serving engine with `coldstart`, one at a time (latency as a lone request).
+/// serving engine with `coldstart`, one at a time (latency as a lone request);
+/// `steering` and `weight` as a request's `steering` and the server's
+/// `--steering-weight`.
+#[allow(clippy::too_many_arguments)]
 pub fn eval_intents(
     model: Model,
     catalog: crate::catalog::Catalog,
-    coldstart: ColdStart,
+    coldstart: Arc<ColdStart>,
     users: &[ColdUser],
     k: usize,
+    (steering, weight): (Steering, f32),
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ColdMetrics, TrainError> {
     let method = coldstart.method().as_str().to_string();
-    let coldstart = Arc::new(coldstart);
-    let engine = Engine::new(catalog, EngineOptions::default(), Arc::new(NoObserver)).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let opts = EngineOptions { steering_weight: weight, ..Default::default() };
+    let engine = Engine::new(catalog, opts, Arc::new(NoObserver)).map_err(|e| TrainError::Invalid(e.to_string()))?;
     engine.install(model, "eval".into()).map_err(|e| TrainError::Invalid(e.to_string()))?;
     engine.set_coldstart(Some(coldstart.clone()));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| TrainError::Io("tokio".into(), e))?;
@@ -139,6 +163,7 @@ pub fn eval_intents(
             timeout_ms: Some(60_000),
             strategy: Strategy::Auto,
             profile: Some(u.profile.clone()),
+            steering,
         };
         let t0 = Instant::now();
         let ans = rt.block_on(engine.recommend(&req)).map_err(|e| TrainError::Invalid(e.to_string()))?;
@@ -188,6 +213,21 @@ mod tests {
         assert!((n - dcg / idcg).abs() < 1e-12);
         assert_eq!(score_list(&[1, 2], &[1, 2], 10), (1.0, 1.0));
         assert_eq!(score_list(&[3], &[1], 10).0, 0.0);
+    }
+
+    #[test]
+    fn users_declare_the_most_frequent_genres_of_their_later_items() {
+        let genres: Vec<Vec<String>> = [&["Drama"][..], &["Comedy", "Drama"], &["Action"], &["Comedy"]]
+            .iter()
+            .map(|g| g.iter().map(|s| s.to_string()).collect())
+            .collect();
+        let user = |later: Vec<u32>| ColdUser { profile: Profile::default(), first: vec![2], later };
+        let mut users = vec![user(vec![0, 1, 3, 2]), user(vec![2]), user(vec![])];
+        declare_interests(&mut users, |i| &genres[i as usize], 2);
+        // Comedy 2, Drama 2 (ties by name), Action 1
+        assert_eq!(users[0].profile.interests, ["Comedy", "Drama"]);
+        assert_eq!(users[1].profile.interests, ["Action"]);
+        assert!(users[2].profile.interests.is_empty());
     }
 
     #[test]

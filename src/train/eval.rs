@@ -88,6 +88,7 @@ pub fn evaluate_ensemble(
                 k: 10,
                 exclude: if opts.exclude_history { h.iter().copied().collect() } else { HashSet::new() },
                 within: Vec::new(),
+                first_level_prior: Vec::new(),
             })
             .collect();
         let out = generate_ensemble(models, catalog, &reqs, opts.beam.max(10), opts.scoring)?;
