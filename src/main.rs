@@ -131,6 +131,11 @@ struct TrainArgs {
     /// chosen on Beauty's validation.
     #[arg(long, value_name = "ITEMS", default_value_t = TrainOptions::default().recency_half_life.unwrap_or(0.0))]
     recency_half_life: f64,
+    /// Also train each user's first N items as targets of an empty history
+    /// (weight 1), so that a new user's answer (no history) follows the
+    /// catalog's first items; 0: off.
+    #[arg(long, value_name = "N", default_value_t = TrainOptions::default().first_items)]
+    first_items: usize,
     /// Training threads (default: all cores). Each thread runs its share of a
     /// batch with single-threaded kernels (data parallel), which on small
     /// models is much faster than splitting every matrix product.
@@ -295,6 +300,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             h if h.is_finite() && h > 0.0 => Some(h),
             h => anyhow::bail!("--recency-half-life must be a positive number of items or 0, got {h}"),
         },
+        first_items: a.first_items,
     };
     let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
     println!(

@@ -62,6 +62,11 @@ pub struct TrainOptions {
     /// Weigh each target by `0.5^(d / half-life)`, `d` = items between it and
     /// the end of the user's training part (None: every target counts 1).
     pub recency_half_life: Option<f64>,
+    /// Also train each of a user's first `first_items` items as a target of
+    /// the start token alone (weight 1): the model's answer for an empty
+    /// history (a new user) becomes the catalog's first items, not the one
+    /// first item per user that the windows give (at recency weights near 0).
+    pub first_items: usize,
 }
 
 impl Default for TrainOptions {
@@ -86,6 +91,7 @@ impl Default for TrainOptions {
             workers: 1,
             averages: Vec::new(),
             recency_half_life: Some(3.0),
+            first_items: 0,
         }
     }
 }
@@ -150,6 +156,23 @@ pub fn training_sequences(
                 break;
             }
             end = start + 1;
+        }
+    }
+    out
+}
+
+/// `[bos, codes of item j]` for each of the first `n` items of every user's
+/// training part, every code a target of weight 1 (see
+/// [`TrainOptions::first_items`]).
+pub fn first_item_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sidecar, n: usize) -> Vec<TrainSeq> {
+    let mut out = Vec::new();
+    for seq in &inter.sequences {
+        let items = to_indices(catalog, seq);
+        for &item in train_part(&items).iter().take(n) {
+            let tokens = sidecar.history_tokens([catalog.sid(item)]);
+            let mut weights = vec![1.0; tokens.len()];
+            weights[0] = 0.0;
+            out.push(TrainSeq { tokens, weights });
         }
     }
     out
@@ -290,7 +313,8 @@ pub fn train(
     cfg.max_position_embeddings = (1 + (opts.max_history + 1) * sidecar.levels()).next_power_of_two().max(64);
     cfg.validate()?;
 
-    let seqs = training_sequences(catalog, inter, &sidecar, opts.max_history, opts.recency_half_life);
+    let mut seqs = training_sequences(catalog, inter, &sidecar, opts.max_history, opts.recency_half_life);
+    seqs.extend(first_item_sequences(catalog, inter, &sidecar, opts.first_items));
     if seqs.is_empty() {
         return Err(TrainError::Invalid("no user has at least two training items".into()));
     }
@@ -484,6 +508,25 @@ mod tests {
         assert!(last.weights[1 + 3 * levels..].iter().all(|&w| w == 1.0));
         // the next window ends three items earlier (its last item overlaps as context)
         assert_eq!(seqs[1].weights[1 + 3 * levels], 0.125);
+    }
+
+    #[test]
+    fn first_items_become_targets_of_the_start_token() {
+        let cat = random_catalog(40, &[4, 4, 3], 1);
+        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest(), 3);
+        // 12 items: the training part is items 0..10
+        let inter = one_user(12);
+        let items = to_indices(&cat, &inter.sequences[0]);
+        let seqs = first_item_sequences(&cat, &inter, &sidecar, 4);
+        assert_eq!(seqs.len(), 4);
+        for (s, &item) in seqs.iter().zip(&items) {
+            assert_eq!(s.tokens, sidecar.history_tokens([cat.sid(item)]));
+            assert_eq!(s.weights[0], 0.0);
+            assert!(s.weights[1..].iter().all(|&w| w == 1.0));
+        }
+        // never past the training part, and none when off
+        assert_eq!(first_item_sequences(&cat, &inter, &sidecar, 50).len(), 10);
+        assert!(first_item_sequences(&cat, &inter, &sidecar, 0).is_empty());
     }
 
     #[test]
