@@ -160,34 +160,26 @@ impl Engine {
             (Strategy::Auto, None) => return self.ann_shares(answer, cat, r, &shares, FallbackReason::NoModel),
             (_, Some(m)) => m,
         };
+        let call = Steered { req, cat, r, model, deadline };
         match req.steering {
-            Steering::Hard => {
-                self.hard_steered(req, answer, cat, r, model, &shares, k_profile, deadline)
-                    .await
-            }
+            Steering::Hard => self.hard_steered(call, answer, &shares, k_profile).await,
             Steering::Soft => {
-                let weight =
-                    self.opts.steering_weight * (SHORT_HISTORY - h) as f32 / SHORT_HISTORY as f32;
-                self.soft_steered(req, answer, cat, r, model, &inferred, weight, deadline)
-                    .await
+                let weight = self.opts.steering_weight * (SHORT_HISTORY - h) as f32 / SHORT_HISTORY as f32;
+                self.soft_steered(call, answer, &inferred, weight).await
             }
         }
     }
 
     /// Soft steering: one search over the whole trie with the intents'
     /// log-prior (times `weight`) on the first level.
-    #[allow(clippy::too_many_arguments)]
     async fn soft_steered(
         &self,
-        req: &RecRequest,
+        call: Steered<'_>,
         mut answer: RecAnswer,
-        cat: &Arc<ServedCatalog>,
-        r: &Resolved,
-        model: Arc<LoadedModel>,
         inferred: &Inferred,
         weight: f32,
-        deadline: Instant,
     ) -> Result<RecAnswer, EngineError> {
+        let Steered { req, cat, r, model, deadline } = call;
         let codes = model
             .model
             .sidecar
@@ -246,18 +238,14 @@ impl Engine {
 
     /// Hard steering: each intent's share generated inside its sub-trie, the
     /// history's share over the whole trie.
-    #[allow(clippy::too_many_arguments)]
     async fn hard_steered(
         &self,
-        req: &RecRequest,
+        call: Steered<'_>,
         mut answer: RecAnswer,
-        cat: &Arc<ServedCatalog>,
-        r: &Resolved,
-        model: Arc<LoadedModel>,
         shares: &[Share<'_>],
         k_profile: usize,
-        deadline: Instant,
     ) -> Result<RecAnswer, EngineError> {
+        let Steered { req, cat, r, model, deadline } = call;
         let timeout_ms = self.timeout_ms(req);
         // intent shares ask for more, so that items the history's share also
         // found can be skipped without leaving the share short
@@ -319,6 +307,16 @@ impl Engine {
         let reason = answer.fallback.unwrap_or(FallbackReason::Fill);
         self.ann_shares(answer, cat, r, &short, reason)
     }
+}
+
+/// What both steering paths generate from: the request resolved against one
+/// catalog, the model, the deadline.
+struct Steered<'a> {
+    req: &'a RecRequest,
+    cat: &'a Arc<ServedCatalog>,
+    r: &'a Resolved,
+    model: Arc<LoadedModel>,
+    deadline: Instant,
 }
 
 /// Share of the uniform distribution mixed into the intents' weights before
