@@ -18,12 +18,26 @@ cargo build --release --quiet
 B=target/release/genrec
 HOLD=0.3
 $B index --items "$D/ML100K.item.json" --out "$out/catalog" --levels 2 --codebook-size 32
+# two models: the windows alone, and with each user's first 10 items also
+# trained as targets of an empty history (--first-items 10)
 $B train --data "$D/ML100K.inter.json" --catalog "$out/catalog" --out "$out/model" \
   --holdout-users $HOLD --epochs 10 --seed 42 --valid-users 300 --threads 2
+$B train --data "$D/ML100K.inter.json" --catalog "$out/catalog" --out "$out/model-first" \
+  --holdout-users $HOLD --epochs 10 --seed 42 --valid-users 300 --threads 2 --first-items 10
 eval() { $B coldstart-eval --data "$D/ML100K.inter.json" --users "$D/ML100K.user.json" \
-  --model "$out/model" --holdout-users $HOLD --prompt prompts/movies.prompt "$@"; }
+  --holdout-users $HOLD --prompt prompts/movies.prompt "$@" 2> /dev/null | tail -n 1; }
+W=0,0.1,0.25,0.5,1
 # settings are picked on the validation half of the held-out users ...
-eval --split valid --methods llm --calibration 0 | tail -n 1
-eval --split valid --methods popularity,embedding,llm | tail -n 1
-# ... and reported once on the test half
-eval --split test | tail -n 1
+for m in model model-first; do
+  eval --model "$out/$m" --split valid --methods first-popularity,first-popularity-age,embedding,llm --steering-weight $W
+  eval --model "$out/$m" --split valid --methods embedding,llm --steering hard
+  eval --model "$out/$m" --split valid --methods embedding,llm --steering-weight $W --interests-from "$D/ML100K.item.json"
+done
+eval --catalog "$out/catalog" --split valid --methods first-popularity-age --age-blend 0.25
+# ... and reported once on the test half (settings from the validation runs)
+TEST_W="${TEST_W:-0.1}"
+eval --model "$out/model-first" --split test --methods popularity,first-popularity,embedding,llm --steering-weight 0,$TEST_W
+eval --model "$out/model-first" --split test --methods embedding,llm --steering-weight 0,$TEST_W --interests-from "$D/ML100K.item.json"
+eval --model "$out/model" --split test --methods embedding,llm --steering-weight 0,$TEST_W
+eval --model "$out/model" --split test --methods embedding,llm --steering hard
+eval --catalog "$out/catalog" --split test --methods first-popularity-age --age-blend 0.25
