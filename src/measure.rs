@@ -367,12 +367,9 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
     let mut cold = ce::cold_users(&catalog, &inter, &users, a.holdout_users, group, a.first);
     cold.truncate(a.max_users.unwrap_or(usize::MAX));
     if let Some(items) = &a.interests_from {
-        let genres = item_genres(items, &catalog)?;
-        ce::declare_interests(
-            &mut cold,
-            |i| genres.get(i as usize).map_or(&[][..], Vec::as_slice),
-            2,
-        );
+        let genres = dataset::load_item_genres(items)?;
+        let none = Vec::new();
+        ce::declare_interests(&mut cold, |i| genres.get(catalog.item_id(i)).unwrap_or(&none), 2);
         let declared = cold
             .iter()
             .filter(|u| !u.profile.interests.is_empty())
@@ -452,30 +449,6 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
     }
     println!("{}", serde_json::to_string(&results)?);
     Ok(())
-}
-
-/// The `genres` of each catalog item (by index) from an items file.
-fn item_genres(
-    path: &std::path::Path,
-    catalog: &genrec::catalog::Catalog,
-) -> Result<Vec<Vec<String>>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let rows: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a JSON object of items", path.display()))?;
-    let mut genres = vec![Vec::new(); catalog.len()];
-    for (id, row) in &rows {
-        if let (Some(i), Some(g)) = (
-            catalog.index_of(id),
-            row.get("genres").and_then(|g| g.as_array()),
-        ) {
-            genres[i as usize] = g
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect();
-        }
-    }
-    Ok(genres)
 }
 
 pub fn gpu_check(a: GpuCheckArgs) -> Result<()> {

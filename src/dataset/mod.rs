@@ -276,6 +276,22 @@ pub fn load_users(path: &Path) -> Result<serde_json::Map<String, serde_json::Val
     }
 }
 
+/// The `genres` of each item of `NAME.item.json` (item id -> genres; items
+/// without genres are left out).
+pub fn load_item_genres(path: &Path) -> Result<std::collections::HashMap<String, Vec<String>>, DataError> {
+    let Value::Object(items) = read_json(path)? else {
+        return Err(DataError::Format { path: path.into(), msg: "expected an object of item id -> attributes".into() });
+    };
+    Ok(items
+        .into_iter()
+        .filter_map(|(id, attrs)| {
+            let genres: Vec<String> =
+                attrs.get("genres")?.as_array()?.iter().filter_map(|g| g.as_str().map(str::to_string)).collect();
+            (!genres.is_empty()).then_some((id, genres))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +334,9 @@ mod tests {
             r#"{"10": {"title": "b", "brand": "acme"}, "2": {"title": "a", "genres": ["x", "y"]}}"#,
         )
         .unwrap();
+        let genres = load_item_genres(&p).unwrap();
+        assert_eq!(genres.len(), 1);
+        assert_eq!(genres["2"], ["x", "y"]);
         let items = load_items(&p).unwrap();
         assert_eq!(items[0].id, "2");
         assert_eq!(items[0].text, "a. x, y");
