@@ -10,6 +10,7 @@
 //! - [`model`]: the Llama/Qwen-family decoder with a shared-history KV cache.
 //! - [`generate`]: trie-constrained beam search (the one beam-step contract).
 //! - [`engine`]: the model and catalog in service, live catalog edits, batching scheduler, deadlines and fallback.
+//! - [`feed`]: the replica feed (Redis Streams) that keeps many replicas on one catalog and one model.
 //! - [`recall`]: ANN recall over item embeddings (the fallback).
 //! - [`coldstart`]: a new user's intents from the sign-up profile (LLM or encoder).
 //! - [`server`]: HTTP API, admin routes, metrics.
@@ -23,6 +24,7 @@ pub mod coldstart;
 pub mod dataset;
 pub mod device;
 pub mod engine;
+pub mod feed;
 pub mod generate;
 pub mod gpu_check;
 pub mod loadgen;

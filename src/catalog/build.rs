@@ -420,6 +420,7 @@ pub fn index(
             fingerprint,
             version: 1,
             last_edit_id: 0,
+            feed_position: None,
             embedding_dtype: "f16".into(),
             removed_rows: 0,
             has_codebooks: !q.codebooks.is_empty(),

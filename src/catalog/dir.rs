@@ -218,22 +218,65 @@ impl WritableDir {
         number: u64,
         extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
     ) -> Result<PathBuf, CatalogError> {
-        let final_dir = self.path.join(version_name(number));
-        let tmp = self.path.join(format!("{}.tmp-{}", version_name(number), std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| CatalogError::io(&tmp, e))?;
-        write_version(view, &tmp, number)?;
-        extra(view, &tmp)?;
-        sync_dir(&tmp)?;
-        let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp, &final_dir).map_err(|e| CatalogError::io(&final_dir, e))?;
-        sync_dir(&self.path)?;
-        set_current(&self.path, number)?;
+        let final_dir = write_and_point(&self.path, view, number, None, extra)?;
         self.version = number;
         cleanup(&self.path, number)?;
         // a legacy folder's own files stay: they are version 0, ignored from now on
         Ok(final_dir)
     }
+}
+
+/// Writes `view` as version `number` of `dir` under a temporary name, renames
+/// it into place and points `CURRENT` at it.
+fn write_and_point(
+    dir: &Path,
+    view: &Catalog,
+    number: u64,
+    feed_position: Option<&str>,
+    extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
+) -> Result<PathBuf, CatalogError> {
+    let final_dir = dir.join(version_name(number));
+    let tmp = dir.join(format!("{}.tmp-{}", version_name(number), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| CatalogError::io(&tmp, e))?;
+    write_version(view, &tmp, number, feed_position)?;
+    extra(view, &tmp)?;
+    sync_dir(&tmp)?;
+    let _ = std::fs::remove_dir_all(&final_dir);
+    std::fs::rename(&tmp, &final_dir).map_err(|e| CatalogError::io(&final_dir, e))?;
+    sync_dir(dir)?;
+    set_current(dir, number)?;
+    Ok(final_dir)
+}
+
+/// Writes `view` as the next version of a folder that replicas share (`genrec
+/// serve --feed`: nobody holds its `LOCK`; the caller holds the feed's
+/// compaction lease instead), recording the feed position it covers. The
+/// version before it stays (a replica may be opening it); older versions and
+/// logs are deleted. Returns the new version's number and folder.
+pub fn commit_shared_version(
+    dir: &Path,
+    view: &Catalog,
+    feed_position: &str,
+    extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
+) -> Result<(u64, PathBuf), CatalogError> {
+    let (current, _) = current_version(dir)?;
+    let number = current + 1;
+    let final_dir = write_and_point(dir, view, number, Some(feed_position), extra)?;
+    cleanup(dir, current)?;
+    Ok((number, final_dir))
+}
+
+/// The feed position recorded by version `number` of `dir`, if it is there
+/// and records one.
+pub fn version_feed_position(dir: &Path, number: u64) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(version_name(number)).join(format::MANIFEST_FILE)).ok()?;
+    serde_json::from_str::<Manifest>(&text).ok()?.feed_position
+}
+
+/// The current version number of a catalog folder.
+pub fn version_of(dir: &Path) -> Result<u64, CatalogError> {
+    current_version(dir).map(|(v, _)| v)
 }
 
 fn set_current(dir: &Path, number: u64) -> Result<(), CatalogError> {
@@ -261,7 +304,7 @@ pub fn create(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(tmp.join(version_name(1))).map_err(|e| CatalogError::io(&tmp, e))?;
     let vdir = tmp.join(version_name(1));
-    let r = write_version(view, &vdir, 1).and_then(|_| extra(view, &vdir)).and_then(|_| sync_dir(&vdir)).and_then(|_| set_current(&tmp, 1));
+    let r = write_version(view, &vdir, 1, None).and_then(|_| extra(view, &vdir)).and_then(|_| sync_dir(&vdir)).and_then(|_| set_current(&tmp, 1));
     if let Err(e) = r {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -297,7 +340,7 @@ pub fn replace_dir(dir: &Path, tmp: &Path) -> Result<(), CatalogError> {
 /// Writes every file of a version holding `view` into `dir`, streaming the
 /// rows: ids, titles, semantic IDs, f16 embeddings, the rows not served, the
 /// id map and the trie over the served items, intents, manifest last.
-pub fn write_version(view: &Catalog, dir: &Path, number: u64) -> Result<(), CatalogError> {
+pub fn write_version(view: &Catalog, dir: &Path, number: u64, feed_position: Option<&str>) -> Result<(), CatalogError> {
     let n = view.len();
     let m = view.manifest();
     let (levels, dim) = (m.levels(), m.embedding_dim);
@@ -345,6 +388,7 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64) -> Result<(), Cata
             version: number,
             last_edit_id: view.last_edit_id(),
             embedding_dtype: "f16".into(),
+            feed_position: feed_position.map(str::to_string),
             ..m.clone()
         },
         ids,

@@ -68,6 +68,10 @@ pub struct Manifest {
     /// Whether `codebooks.f32` is there (not for imported semantic IDs).
     #[serde(default)]
     pub has_codebooks: bool,
+    /// The replica feed's position this version covers (`genrec serve
+    /// --feed`): replicas that open it replay the feed after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_position: Option<String>,
 }
 
 fn default_dtype() -> String {
@@ -91,6 +95,7 @@ impl Manifest {
             embedding_dtype: "f32".into(),
             removed_rows: 0,
             has_codebooks: false,
+            feed_position: None,
         }
     }
 

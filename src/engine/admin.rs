@@ -73,7 +73,19 @@ impl Engine {
 
     /// Loads, validates and swaps in the checkpoint at `path` (under the model
     /// root). Blocking: call it off the async runtime.
+    /// With a replica feed, the change goes through the feed: every replica
+    /// loads it, and this call answers with what this replica made of it.
     pub fn load_checkpoint(&self, path: &str) -> Result<ModelInfo, EngineError> {
+        if let Some(rep) = self.replica() {
+            self.open_checkpoint(path)?;
+            let path = path.to_string();
+            return self.publish_model(rep, |origin| crate::feed::record::Record::ModelLoad { origin: Some(origin), path });
+        }
+        self.load_checkpoint_here(path)
+    }
+
+    /// [`Engine::load_checkpoint`] on this engine alone.
+    pub(super) fn load_checkpoint_here(&self, path: &str) -> Result<ModelInfo, EngineError> {
         let dir = self.open_checkpoint(path)?;
         let read = |f: &str| dir.read(f).map_err(|e| EngineError::Refused(e.to_string()));
         let (config, sidecar) = (read(crate::model::CONFIG_FILE)?, read(crate::model::sidecar::SIDECAR_FILE)?);
@@ -92,7 +104,19 @@ impl Engine {
 
     /// Puts the previous model back in service (the current one becomes the
     /// previous, so a second rollback undoes the first).
+    /// With a replica feed, every replica goes back to the model this
+    /// replica's previous one was loaded from.
     pub fn rollback(&self) -> Result<ModelInfo, EngineError> {
+        if let Some(rep) = self.replica() {
+            let to = self.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|m| m.source.clone());
+            let to = to.ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
+            return self.publish_model(rep, |origin| crate::feed::record::Record::ModelRollback { origin: Some(origin), to });
+        }
+        self.rollback_here()
+    }
+
+    /// [`Engine::rollback`] on this engine alone.
+    pub(super) fn rollback_here(&self) -> Result<ModelInfo, EngineError> {
         let _g = self.lock_admin();
         let mut prev = self.previous.lock().unwrap_or_else(|p| p.into_inner());
         let back = prev.take().ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;

@@ -45,9 +45,10 @@ impl Engine {
             trie_patch_nodes: c.overlay().trie().added_nodes(&c.base().trie),
             ann: AnnInfo { base: cat.ann.base_len(), overlay: cat.ann.overlay_len(), memory_bytes: cat.ann.memory() },
             bytes: c.base().memory().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            durable: w.store.is_some(),
+            durable: w.store.is_some() || self.replica().is_some(),
             compacting: w.compacting(),
             log: w.store.as_ref().map(|s| LogInfo { path: s.log.path().display().to_string(), bytes: s.log.len() }),
+            feed: self.replica().map(|r| r.info(w.feed_position)),
         }
     }
 }
@@ -73,12 +74,16 @@ pub struct CatalogInfo {
     pub ann: AnnInfo,
     /// Bytes of each part of the version (memory-mapped parts count whole).
     pub bytes: std::collections::BTreeMap<String, usize>,
-    /// Whether edits are written to the edit log before they are acknowledged.
+    /// Whether edits are durable before they are acknowledged: in the edit
+    /// log, or (with `--feed`) in the replica feed.
     pub durable: bool,
     pub compacting: bool,
-    /// The edit log (null when edits are kept in memory only).
+    /// The edit log (null when edits are kept in memory only, or in the feed).
     #[schema(required = true)]
     pub log: Option<LogInfo>,
+    /// The replica feed this server follows (absent without `--feed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<super::replica::FeedInfo>,
 }
 
 /// The ANN index's sizes.

@@ -157,12 +157,14 @@ pub fn open_store(path: &Path) -> Result<(Catalog, EditStore, OpenReport), Catal
 /// The edit side of the engine, behind the edit lock.
 pub(super) struct Writer {
     /// The newest view, including edits whose records are not synced yet.
-    head: Arc<ServedCatalog>,
+    pub(super) head: Arc<ServedCatalog>,
     pub(super) store: Option<CatalogStore>,
     /// Edits are refused (why).
     read_only: Option<String>,
     /// Views whose records wait for a sync: (log offset after them, view).
     queued: VecDeque<(u64, Arc<ServedCatalog>)>,
+    /// The replica feed's position `head` covers (with `--feed`).
+    pub(super) feed_position: crate::feed::Position,
 }
 
 impl Writer {
@@ -172,7 +174,7 @@ impl Writer {
             EditStore::Durable(s) => (Some(s), None),
             EditStore::ReadOnly(why) => (None, Some(why)),
         };
-        Writer { head, store, read_only, queued: VecDeque::new() }
+        Writer { head, store, read_only, queued: VecDeque::new(), feed_position: crate::feed::Position::START }
     }
 
     pub(super) fn compacting(&self) -> bool {
@@ -184,7 +186,7 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn catalog_error(e: CatalogError, field: &'static str) -> EngineError {
+pub(super) fn catalog_error(e: CatalogError, field: &'static str) -> EngineError {
     match e {
         CatalogError::Conflict(m) => EngineError::Conflict(m),
         CatalogError::NotFound(m) => EngineError::NotFound(m),
@@ -325,6 +327,9 @@ impl Engine {
         if ready.is_empty() {
             return Ok((Vec::new(), errors));
         }
+        if let Some(rep) = self.replica() {
+            return self.upsert_through_feed(rep, ready, errors);
+        }
         let w = self.lock_writer();
         if let Some(why) = &w.read_only {
             return Err(EngineError::Conflict(why.clone()));
@@ -363,9 +368,50 @@ impl Engine {
         Ok((applied, errors))
     }
 
+    /// Publishes checked upserts to the replica feed and maps each one's
+    /// outcome back to its line.
+    #[allow(clippy::type_complexity)]
+    fn upsert_through_feed(
+        &self,
+        rep: &super::replica::Replica,
+        ready: Vec<(usize, NewItem, Vec<f32>)>,
+        mut errors: Vec<(usize, EngineError)>,
+    ) -> Result<(Vec<Upserted>, Vec<(usize, EngineError)>), EngineError> {
+        let lines: Vec<usize> = ready.iter().map(|r| r.0).collect();
+        let edits = ready
+            .into_iter()
+            .map(|(_, item, embedding)| crate::feed::record::ItemEdit::Upsert {
+                id: item.id,
+                title: item.title,
+                embedding,
+                semantic_id: item.semantic_id,
+            })
+            .collect();
+        let mut applied = Vec::new();
+        for (line, r) in lines.into_iter().zip(self.publish_items(rep, edits)?) {
+            match r {
+                Ok(super::replica::ItemDone::Upserted(u)) => applied.push(u),
+                Ok(super::replica::ItemDone::Removed) => {}
+                Err(e) => errors.push((line, e)),
+            }
+        }
+        Ok((applied, errors))
+    }
+
     /// Stops serving item `id`; answers once that is durable and no new
     /// request can see the item.
     pub fn remove_item(&self, id: &str) -> Result<(), EngineError> {
+        if let Some(rep) = self.replica() {
+            let cat = self.catalog();
+            if !cat.catalog.index_of(id).is_some_and(|i| cat.serves(i)) {
+                return Err(EngineError::NotFound(format!("item {id:?} is not served")));
+            }
+            let edit = crate::feed::record::ItemEdit::Delete { id: id.to_string() };
+            return match self.publish_items(rep, vec![edit])?.pop() {
+                Some(r) => r.map(|_| ()),
+                None => Err(EngineError::Feed("the feed gave no outcome".into())),
+            };
+        }
         let w = self.lock_writer();
         if let Some(why) = &w.read_only {
             return Err(EngineError::Conflict(why.clone()));
@@ -444,6 +490,9 @@ impl Engine {
     /// serves it with the edits made meanwhile replayed on top. Edits go on
     /// during the compaction. Blocking: run it off the async runtime.
     pub fn compact(&self) -> Result<CompactReport, EngineError> {
+        if let Some(rep) = self.replica() {
+            return self.compact_shared(rep);
+        }
         let t0 = Instant::now();
         // 1. new edits go to a new log; the view so far is what gets written
         let (mut store_dir, view, number, new_log) = {

@@ -14,6 +14,7 @@ pub mod edits;
 pub mod model_root;
 pub mod scheduler;
 pub mod pair;
+pub mod replica;
 pub mod state;
 mod watch;
 
@@ -84,6 +85,9 @@ pub enum EngineError {
     /// A profile request while no intent model or encoder is configured (HTTP 503).
     #[error("cold start is not available: {0}")]
     ColdStart(String),
+    /// The replica feed cannot take or apply a change now (HTTP 503).
+    #[error("replica feed: {0}")]
+    Feed(String),
 }
 
 /// How a request wants its items made.
@@ -256,6 +260,8 @@ pub struct Engine {
     opts: EngineOptions,
     encoder: Mutex<Option<Arc<crate::catalog::embed::TextEncoder>>>,
     coldstart: ArcSwapOption<ColdStart>,
+    /// The feed this engine is a replica of (`genrec serve --feed`).
+    replica: OnceLock<Arc<replica::Replica>>,
 }
 
 impl Engine {
@@ -293,6 +299,7 @@ impl Engine {
             opts,
             encoder: Mutex::new(None),
             coldstart: ArcSwapOption::empty(),
+            replica: OnceLock::new(),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         Ok(engine)

@@ -63,6 +63,10 @@ pub(crate) struct Models {
     /// What a rollback would put back (null: nothing).
     #[schema(required = true)]
     previous: Option<ModelInfo>,
+    /// With `--feed`: this replica, and the last model change it took from
+    /// the feed (with the reason when it refused it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feed: Option<crate::engine::replica::FeedInfo>,
 }
 
 /// `POST /admin/items`: what one item did, or what a batch did.
@@ -83,11 +87,14 @@ pub(crate) struct Removed {
 fn swapped(st: &AppState, info: ModelInfo) -> Response {
     let (_, previous) = st.engine.models();
     metrics::model_swapped(previous.as_ref(), &info);
-    Json(Models { current: Some(info), previous }).into_response()
+    Json(Models { current: Some(info), previous, feed: st.engine.feed_info() }).into_response()
 }
 
 /// Updates the catalog metrics after `n` edits.
 fn catalog_edited(st: &AppState, n: usize) {
+    if st.engine.feed_ready().is_some() {
+        return; // the feed's observer counts what every replica applies
+    }
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(st.engine.catalog().catalog.served_len() as f64);
     ::metrics::counter!(metrics::CATALOG_EDITS).increment(n as u64);
 }
@@ -98,7 +105,7 @@ fn catalog_edited(st: &AppState, n: usize) {
         (status = 429, body = ErrorBody)))]
 pub async fn list_models(State(st): State<Arc<AppState>>) -> Response {
     let (current, previous) = st.engine.models();
-    Json(Models { current, previous }).into_response()
+    Json(Models { current, previous, feed: st.engine.feed_info() }).into_response()
 }
 
 /// Loads a checkpoint, validates it, and swaps it in (requests in flight

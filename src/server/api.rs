@@ -209,7 +209,9 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidField { field, message } => {
                 return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(field), message.clone())
             }
-            EngineError::NotReady | EngineError::Stopped | EngineError::ColdStart(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::NotReady | EngineError::Stopped | EngineError::ColdStart(_) | EngineError::Feed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             EngineError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -384,10 +386,11 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let items = st.engine.catalog().catalog.served_len();
     let worker = st.engine.worker_health();
     let model = st.engine.model().map(|m| m.label());
-    let error = match (&model, worker.running) {
-        (Some(_), true) => None,
-        (_, false) => Some("the batching worker has stopped"),
-        (None, true) => Some("no model is loaded"),
+    let error = match (&model, worker.running, st.engine.feed_ready()) {
+        (_, false, _) => Some("the batching worker has stopped"),
+        (None, true, _) => Some("no model is loaded"),
+        (Some(_), true, Some(false)) => Some("catching up with the replica feed"),
+        (Some(_), true, _) => None,
     };
     let status = if error.is_none() { ReadyStatus::Ready } else { ReadyStatus::NotReady };
     let code = if error.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

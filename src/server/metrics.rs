@@ -24,6 +24,15 @@ pub const CATALOG_EDITS: &str = "genrec_catalog_edits_total";
 pub const WORKER_PANICS: &str = "genrec_worker_panics_total";
 /// Cold-start answers by how their intents were found (`llm`, `embedding`).
 pub const COLDSTART: &str = "genrec_coldstart_requests_total";
+/// Replica feed (`--feed`): the position applied (its ms part), how far
+/// behind the feed's newest entry, whether connected, records skipped,
+/// model changes refused here.
+pub const FEED_POSITION: &str = "genrec_feed_position";
+pub const FEED_LAG: &str = "genrec_feed_lag_seconds";
+pub const FEED_UP: &str = "genrec_feed_up";
+pub const FEED_SKIPPED: &str = "genrec_feed_skipped_total";
+pub const FEED_MODEL_REFUSED: &str = "genrec_feed_model_refused";
+pub const FEED_MODEL_REFUSALS: &str = "genrec_feed_model_refusals_total";
 /// LLM intent inferences run (one per distinct uncached profile).
 pub const COLDSTART_LLM_RUNS: &str = "genrec_coldstart_llm_inferences_total";
 
@@ -67,6 +76,12 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(COLDSTART_LLM_RUNS, "LLM intent inferences run (one per distinct uncached profile, at most two at once)");
             metrics::describe_counter!(WORKER_PANICS, "Panics caught in batched generation; each failed one batch, the worker went on");
             metrics::describe_counter!(CATALOG_EDITS, "Live catalog edits applied (upserts and deletes)");
+            metrics::describe_gauge!(FEED_POSITION, "Replica feed: milliseconds part of the last applied position (a stream id)");
+            metrics::describe_gauge!(FEED_LAG, "Replica feed: seconds between a record's append and its application here (0 when idle)");
+            metrics::describe_gauge!(FEED_UP, "Replica feed: 1 while connected, 0 while down (serving the last applied state)");
+            metrics::describe_counter!(FEED_SKIPPED, "Replica feed: records skipped because they do not parse");
+            metrics::describe_gauge!(FEED_MODEL_REFUSED, "Replica feed: 1 while the last model change from the feed was refused here");
+            metrics::describe_counter!(FEED_MODEL_REFUSALS, "Replica feed: model changes this replica refused (it kept its model)");
             handle
         })
         .clone()
@@ -99,6 +114,41 @@ pub fn model_swapped(old: Option<&crate::engine::ModelInfo>, current: &crate::en
             .set(0.0);
     }
     metrics::gauge!(MODEL_INFO, "name" => current.name.clone(), "version" => current.version.clone()).set(1.0);
+}
+
+/// The replica feed's observer.
+pub struct FeedMetrics;
+
+impl crate::engine::replica::FeedObserver for FeedMetrics {
+    fn applied(&self, position: crate::feed::Position, lag: Duration, edits: usize, served_items: usize) {
+        metrics::gauge!(FEED_POSITION).set(position.ms as f64);
+        metrics::gauge!(FEED_LAG).set(lag.as_secs_f64());
+        metrics::gauge!(CATALOG_ITEMS).set(served_items as f64);
+        if edits > 0 {
+            metrics::counter!(CATALOG_EDITS).increment(edits as u64);
+        }
+    }
+
+    fn connected(&self, up: bool) {
+        metrics::gauge!(FEED_UP).set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn skipped(&self) {
+        metrics::counter!(FEED_SKIPPED).increment(1);
+    }
+
+    fn model_change(&self, old: Option<&crate::engine::ModelInfo>, new: Result<&crate::engine::ModelInfo, &str>) {
+        match new {
+            Ok(info) => {
+                model_swapped(old, info);
+                metrics::gauge!(FEED_MODEL_REFUSED).set(0.0);
+            }
+            Err(_) => {
+                metrics::gauge!(FEED_MODEL_REFUSED).set(1.0);
+                metrics::counter!(FEED_MODEL_REFUSALS).increment(1);
+            }
+        }
+    }
 }
 
 /// The scheduler's observer.

@@ -125,6 +125,19 @@ pub struct ServeArgs {
     /// model's own answer for the history; larger: closer to hard steering.
     #[arg(long, env = "GENREC_STEERING_WEIGHT", default_value_t = crate::engine::DEFAULT_STEERING_WEIGHT)]
     pub steering_weight: f32,
+    /// Replica feed, redis://HOST:PORT/STREAM: this server becomes one replica
+    /// of a deployment that shares one catalog and one model. Admin edits and
+    /// model changes received by any replica go to the stream and every
+    /// replica applies the stream in order. The catalog folder is the shared
+    /// one (read by every replica; compaction writes its next version and
+    /// records the stream position it covers). Needs --catalog or --model.
+    #[arg(long, env = "GENREC_FEED", conflicts_with = "watch")]
+    pub feed: Option<String>,
+    /// This replica's name in the feed (logs, positions, the compaction
+    /// lease); unique per replica. Default: $HOSTNAME (a pod's name), else
+    /// the host name, and the process id.
+    #[arg(long, env = "GENREC_REPLICA_NAME")]
+    pub replica_name: Option<String>,
 }
 
 /// Shared state of the handlers.
@@ -197,12 +210,22 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
             (Some(m), cat, dir.display().to_string())
         }
         (None, false) => {
+            if args.feed.is_some() {
+                anyhow::bail!("--feed needs a shared catalog folder: pass --catalog (or --model)");
+            }
             let (m, c) = default_model::load_as(&dev, dtype).context("loading the embedded default model")?;
             return finish_engine(args, Some((m, "embedded".to_string())), c, EditStore::Memory, dev, dtype);
         }
     };
     let t0 = std::time::Instant::now();
-    let (catalog, store, report) = open_store(&catalog_dir).with_context(|| format!("opening the catalog {}", catalog_dir.display()))?;
+    let (catalog, store, report) = if args.feed.is_some() {
+        // replicas share the folder: nobody holds it, edits come from the feed
+        let (c, r) = crate::catalog::dir::open_read_only(&catalog_dir)
+            .with_context(|| format!("opening the shared catalog {}", catalog_dir.display()))?;
+        (c, EditStore::Memory, r)
+    } else {
+        open_store(&catalog_dir).with_context(|| format!("opening the catalog {}", catalog_dir.display()))?
+    };
     tracing::info!(
         catalog = %catalog_dir.display(),
         version = report.version,
@@ -212,7 +235,31 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         seconds = t0.elapsed().as_secs_f64(),
         "catalog open"
     );
-    finish_engine(args, model.map(|m| (m, source)), catalog, store, dev, dtype)
+    let start = match catalog.manifest().feed_position.as_deref() {
+        Some(p) => p.parse().with_context(|| format!("the catalog version's feed position {p:?}"))?,
+        None => crate::feed::Position::START,
+    };
+    let engine = finish_engine(args, model.map(|m| (m, source)), catalog, store, dev, dtype)?;
+    if let Some(address) = &args.feed {
+        let feed: Arc<dyn crate::feed::Feed> = Arc::from(crate::feed::open(address)?);
+        let name = args.replica_name.clone().unwrap_or_else(default_replica_name);
+        let opts = crate::engine::replica::ReplicaOptions { name: name.clone(), catalog_dir: catalog_dir.clone() };
+        engine.join_feed(feed, opts, start, Arc::new(metrics::FeedMetrics))?;
+        ::metrics::gauge!(metrics::FEED_UP).set(0.0);
+        tracing::info!(feed = %address, replica = %name, from = %start, "following the replica feed");
+    }
+    Ok(engine)
+}
+
+/// `$HOSTNAME` (a Kubernetes pod's name), else the host name; and the pid.
+fn default_replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "genrec".into());
+    format!("{host}-{}", std::process::id())
 }
 
 fn finish_engine(

@@ -1,0 +1,172 @@
+//! The replica feed: one ordered stream of catalog edits and model changes
+//! that every replica of a deployment applies in the same order, so that
+//! replicas behind a load balancer converge without a consensus of their own.
+//!
+//! The stream is an existing engine's (Redis Streams today, [`redis`]); this
+//! module holds what does not depend on it: the [`Feed`] trait a transport
+//! implements (append, read in order, trim, a lease for compaction, where
+//! replicas are), stream [`Position`]s, and the [`record`] format. What a
+//! replica does with the records is in [`crate::engine::replica`].
+
+pub mod record;
+pub mod redis;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A record's place in the stream, and the version of a replica that applied
+/// everything up to it: Redis stream ids (`<ms>-<seq>`), ordered as numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    /// Milliseconds since the Unix epoch at which the engine took the record.
+    pub ms: u64,
+    /// Order among records of the same millisecond.
+    pub seq: u64,
+}
+
+impl Position {
+    /// Before every record.
+    pub const START: Position = Position { ms: 0, seq: 0 };
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for Position {
+    type Err = FeedError;
+
+    fn from_str(s: &str) -> Result<Self, FeedError> {
+        let bad = || FeedError::Protocol(format!("{s:?} is not a stream position (<ms>-<seq>)"));
+        let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
+        Ok(Position { ms: ms.parse().map_err(|_| bad())?, seq: seq.parse().map_err(|_| bad())? })
+    }
+}
+
+impl serde::Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// `--feed` is not a feed address genrec understands.
+    #[error("feed address {0}")]
+    Address(String),
+    /// The feed's server cannot be reached or dropped the connection.
+    #[error("the feed is down: {0}")]
+    Down(String),
+    /// The server answered something genrec does not understand.
+    #[error("unexpected answer from the feed: {0}")]
+    Protocol(String),
+}
+
+/// One entry read from the feed: where it is and its bytes (a [`record`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub position: Position,
+    pub payload: Vec<u8>,
+}
+
+/// Where a replica said it was, for trimming.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaMark {
+    pub name: String,
+    pub position: Position,
+    /// When it said so, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// An ordered, durable stream shared by the replicas. Implementations are
+/// blocking and safe to call from several threads; a call that cannot reach
+/// the server returns [`FeedError::Down`] and the next call tries again.
+pub trait Feed: Send + Sync {
+    /// Where the feed is, for logs and `GET /admin/catalog`.
+    fn describe(&self) -> String;
+
+    /// Appends `payload` and returns its position once the server holds it.
+    /// With `sticky`, the record is also kept under that name, atomically
+    /// with the append, beyond any trimming (see [`Feed::sticky`]).
+    fn append(&self, payload: &[u8], sticky: Option<&str>) -> Result<Position, FeedError>;
+
+    /// Up to `max` entries after `after`, in order; waits up to `wait` when
+    /// there is none yet (an empty answer: nothing new).
+    fn read_after(&self, after: Position, max: usize, wait: Duration) -> Result<Vec<Entry>, FeedError>;
+
+    /// The newest position in the stream (`None`: nothing was ever appended).
+    fn head(&self) -> Result<Option<Position>, FeedError>;
+
+    /// The newest record appended with `sticky = name`, even when the stream
+    /// was trimmed past it.
+    fn sticky(&self, name: &str) -> Result<Option<Entry>, FeedError>;
+
+    /// Drops the entries below `below` and remembers that they are gone (see
+    /// [`Feed::trimmed_below`]); returns how many were dropped.
+    fn trim_below(&self, below: Position) -> Result<u64, FeedError>;
+
+    /// The highest position given to [`Feed::trim_below`] so far: a replica
+    /// whose position is below it has missed entries.
+    fn trimmed_below(&self) -> Result<Position, FeedError>;
+
+    /// Takes the lease `name` for `holder` for `ttl` (false: someone else
+    /// holds it). It lapses by itself, so a holder that dies frees it.
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, FeedError>;
+
+    /// Gives the lease back if `holder` still holds it.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), FeedError>;
+
+    /// Records that replica `name` has applied everything up to `position`.
+    fn mark(&self, name: &str, position: Position) -> Result<(), FeedError>;
+
+    /// Every replica's last mark.
+    fn marks(&self) -> Result<Vec<ReplicaMark>, FeedError>;
+}
+
+/// Opens the feed an address names: `redis://HOST:PORT/STREAM`.
+pub fn open(address: &str) -> Result<Box<dyn Feed>, FeedError> {
+    if address.starts_with("redis://") {
+        return Ok(Box::new(redis::RedisFeed::open(address)?));
+    }
+    Err(FeedError::Address(format!("{address:?}: expected redis://HOST:PORT/STREAM")))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_order_as_numbers_and_round_trip() {
+        let a: Position = "1700000000000-2".parse().unwrap();
+        let b: Position = "1700000000000-10".parse().unwrap();
+        let c: Position = "1700000000001-0".parse().unwrap();
+        assert!(Position::START < a && a < b && b < c, "seq 10 is after seq 2 (not as strings)");
+        assert_eq!(b.to_string(), "1700000000000-10");
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"1700000000001-0\"");
+        assert_eq!(serde_json::from_str::<Position>("\"5-6\"").unwrap(), Position { ms: 5, seq: 6 });
+        for bad in ["", "12", "a-1", "1-", "-1", "1-2-3"] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_redis_addresses_open() {
+        assert!(matches!(open("kafka://x/y"), Err(FeedError::Address(_))));
+        assert!(matches!(open("redis://127.0.0.1:1"), Err(FeedError::Address(_))), "a stream name is needed");
+    }
+}

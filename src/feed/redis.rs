@@ -1,0 +1,314 @@
+//! The [`Feed`] on Redis Streams (Redis 7): `redis://HOST:PORT/STREAM`.
+//!
+//! Keys, all beside the stream `S`:
+//! - `S`: the stream; each entry has one field, `r`, the record's bytes.
+//! - `S:sticky:NAME`: a hash (`pos`, `payload`) with the newest record
+//!   appended under that sticky name, written in the same script as the
+//!   append (so it never names a record the stream does not hold).
+//! - `S:trimmed`: the highest position entries were trimmed below.
+//! - `S:lease:NAME`: a lease, `SET NX PX` with the holder's name.
+//! - `S:replicas`: a hash, replica name to `"<position> <ms>"`.
+//!
+//! Two connections: one for the blocking reads of the applying thread, one
+//! for everything else, so that an admin append never waits behind a
+//! blocking read. A connection that fails is dropped and opened again by the
+//! next call.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::{Connection, Value};
+
+use super::{Entry, Feed, FeedError, Position, ReplicaMark};
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a non-blocking command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Appends the record and, with a second key, keeps it as the sticky one.
+const APPEND_SCRIPT: &str = r#"
+local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[1])
+if #KEYS > 1 then redis.call('HSET', KEYS[2], 'pos', id, 'payload', ARGV[1]) end
+return id"#;
+
+/// Deletes a lease only when its holder gives it back.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0"#;
+
+pub struct RedisFeed {
+    client: redis::Client,
+    address: String,
+    stream: String,
+    io: Mutex<Option<Connection>>,
+    reader: Mutex<Option<Connection>>,
+}
+
+/// Splits `redis://HOST:PORT/STREAM` into the server's address and the stream.
+fn split_address(address: &str) -> Result<(String, String), FeedError> {
+    let rest = address
+        .strip_prefix("redis://")
+        .ok_or_else(|| FeedError::Address(format!("{address:?} does not start with redis://")))?;
+    let (server, stream) = rest
+        .split_once('/')
+        .ok_or_else(|| FeedError::Address(format!("{address:?} names no stream: redis://HOST:PORT/STREAM")))?;
+    if server.is_empty() {
+        return Err(FeedError::Address(format!("{address:?} names no server")));
+    }
+    if stream.is_empty() || stream.contains('/') || stream.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(FeedError::Address(format!(
+            "{address:?}: the stream name (after the server) must be one non-empty word without '/'"
+        )));
+    }
+    Ok((format!("redis://{server}/"), stream.to_string()))
+}
+
+fn down(e: redis::RedisError) -> FeedError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        FeedError::Down(e.to_string())
+    } else {
+        FeedError::Protocol(e.to_string())
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn items(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// One stream entry: `[id, [field, value, ...]]`.
+fn entry(v: &Value) -> Result<Entry, FeedError> {
+    let bad = || FeedError::Protocol(format!("not a stream entry: {v:?}"));
+    let parts = items(v).ok_or_else(bad)?;
+    let id = parts.first().and_then(text).ok_or_else(bad)?;
+    let position: Position = id.parse()?;
+    let fields: Vec<&Value> = match parts.get(1) {
+        Some(Value::Map(m)) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
+        Some(f) => items(f).ok_or_else(bad)?.iter().collect(),
+        None => return Err(bad()),
+    };
+    // an entry without the `r` field (written by something else) is an empty
+    // payload: it fails to parse as a record and is skipped like any other
+    let payload = fields
+        .chunks(2)
+        .find(|kv| kv.first().and_then(|k| text(k)).as_deref() == Some("r"))
+        .and_then(|kv| kv.get(1))
+        .map(|v| match v {
+            Value::BulkString(b) => b.clone(),
+            other => text(other).unwrap_or_default().into_bytes(),
+        })
+        .unwrap_or_default();
+    Ok(Entry { position, payload })
+}
+
+impl RedisFeed {
+    /// Checks the address; connects on first use (a server that is down now
+    /// is retried by every call).
+    pub fn open(address: &str) -> Result<Self, FeedError> {
+        let (server, stream) = split_address(address)?;
+        let client = redis::Client::open(server.as_str()).map_err(|e| FeedError::Address(format!("{address:?}: {e}")))?;
+        Ok(RedisFeed { client, address: address.to_string(), stream, io: Mutex::new(None), reader: Mutex::new(None) })
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.stream)
+    }
+
+    /// Runs `f` on the connection in `slot` (opened when needed); drops the
+    /// connection when the call fails for want of the server.
+    fn with<T>(
+        &self,
+        slot: &Mutex<Option<Connection>>,
+        read_timeout: Duration,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, FeedError> {
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let c = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(down)?;
+            c.set_write_timeout(Some(COMMAND_TIMEOUT)).map_err(down)?;
+            *guard = Some(c);
+        }
+        let Some(con) = guard.as_mut() else { return Err(FeedError::Down("no connection".into())) };
+        con.set_read_timeout(Some(read_timeout)).map_err(down)?;
+        match f(con) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let e = down(e);
+                if matches!(e, FeedError::Down(_)) {
+                    *guard = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn io<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, FeedError> {
+        self.with(&self.io, COMMAND_TIMEOUT, f)
+    }
+}
+
+impl Feed for RedisFeed {
+    fn describe(&self) -> String {
+        self.address.clone()
+    }
+
+    fn append(&self, payload: &[u8], sticky: Option<&str>) -> Result<Position, FeedError> {
+        let id: String = self.io(|c| {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(APPEND_SCRIPT);
+            match sticky {
+                Some(name) => cmd.arg(2).arg(&self.stream).arg(self.key(&format!("sticky:{name}"))),
+                None => cmd.arg(1).arg(&self.stream),
+            };
+            cmd.arg(payload).query(c)
+        })?;
+        id.parse()
+    }
+
+    fn read_after(&self, after: Position, max: usize, wait: Duration) -> Result<Vec<Entry>, FeedError> {
+        let block_ms = wait.as_millis().max(1) as u64;
+        let reply: Value = self.with(&self.reader, wait + COMMAND_TIMEOUT, |c| {
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(max.max(1))
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(after.to_string())
+                .query(c)
+        })?;
+        let streams: Vec<&Value> = match &reply {
+            Value::Nil => return Ok(Vec::new()),
+            Value::Map(m) => m.iter().map(|(_, v)| v).collect(),
+            other => items(other)
+                .ok_or_else(|| FeedError::Protocol(format!("XREAD answered {other:?}")))?
+                .iter()
+                .filter_map(|s| items(s).and_then(|kv| kv.get(1)))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for s in streams {
+            for e in items(s).ok_or_else(|| FeedError::Protocol(format!("XREAD entries {s:?}")))? {
+                out.push(entry(e)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn head(&self) -> Result<Option<Position>, FeedError> {
+        let reply: Value = self.io(|c| redis::cmd("XREVRANGE").arg(&self.stream).arg("+").arg("-").arg("COUNT").arg(1).query(c))?;
+        match items(&reply).and_then(|a| a.first()) {
+            Some(e) => Ok(Some(entry(e)?.position)),
+            None => Ok(None),
+        }
+    }
+
+    fn sticky(&self, name: &str) -> Result<Option<Entry>, FeedError> {
+        let key = self.key(&format!("sticky:{name}"));
+        let (pos, payload): (Option<String>, Option<Vec<u8>>) =
+            self.io(|c| redis::cmd("HMGET").arg(&key).arg("pos").arg("payload").query(c))?;
+        match (pos, payload) {
+            (Some(p), Some(payload)) => Ok(Some(Entry { position: p.parse()?, payload })),
+            _ => Ok(None),
+        }
+    }
+
+    fn trim_below(&self, below: Position) -> Result<u64, FeedError> {
+        if below > self.trimmed_below()? {
+            let key = self.key("trimmed");
+            self.io(|c| redis::cmd("SET").arg(&key).arg(below.to_string()).query::<()>(c))?;
+        }
+        self.io(|c| redis::cmd("XTRIM").arg(&self.stream).arg("MINID").arg(below.to_string()).query(c))
+    }
+
+    fn trimmed_below(&self) -> Result<Position, FeedError> {
+        let key = self.key("trimmed");
+        let v: Option<String> = self.io(|c| redis::cmd("GET").arg(&key).query(c))?;
+        v.map_or(Ok(Position::START), |s| s.parse())
+    }
+
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, FeedError> {
+        let key = self.key(&format!("lease:{name}"));
+        let ms = ttl.as_millis().max(1) as u64;
+        let set: Option<String> =
+            self.io(|c| redis::cmd("SET").arg(&key).arg(holder).arg("NX").arg("PX").arg(ms).query(c))?;
+        Ok(set.is_some())
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), FeedError> {
+        let key = self.key(&format!("lease:{name}"));
+        self.io(|c| redis::cmd("EVAL").arg(RELEASE_SCRIPT).arg(1).arg(&key).arg(holder).query::<i64>(c))?;
+        Ok(())
+    }
+
+    fn mark(&self, name: &str, position: Position) -> Result<(), FeedError> {
+        let key = self.key("replicas");
+        let v = format!("{position} {}", super::now_ms());
+        self.io(|c| redis::cmd("HSET").arg(&key).arg(name).arg(v).query::<i64>(c))?;
+        Ok(())
+    }
+
+    fn marks(&self) -> Result<Vec<ReplicaMark>, FeedError> {
+        let key = self.key("replicas");
+        let all: Vec<(String, String)> = self.io(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let mut out = Vec::new();
+        for (name, v) in all {
+            let mut parts = v.split(' ');
+            let (Some(p), Some(at)) = (parts.next(), parts.next()) else { continue };
+            let (Ok(position), Ok(at_ms)) = (p.parse(), at.parse()) else { continue };
+            out.push(ReplicaMark { name, position, at_ms });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            split_address("redis://127.0.0.1:6379/genrec").unwrap(),
+            ("redis://127.0.0.1:6379/".to_string(), "genrec".to_string())
+        );
+        assert_eq!(split_address("redis://:pw@host:1/s").unwrap().1, "s");
+        for bad in ["redis://host:1", "redis://host:1/", "redis:///s", "redis://h/a/b", "http://h/s", "redis://h/a b"] {
+            assert!(split_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stream_entries_parse_in_both_protocols() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let e = Value::Array(vec![bulk("5-1"), Value::Array(vec![bulk("r"), bulk("{}")])]);
+        assert_eq!(entry(&e).unwrap(), Entry { position: Position { ms: 5, seq: 1 }, payload: b"{}".to_vec() });
+        let e3 = Value::Array(vec![bulk("6-0"), Value::Map(vec![(bulk("r"), bulk("x"))])]);
+        assert_eq!(entry(&e3).unwrap().payload, b"x");
+        let other = Value::Array(vec![bulk("7-0"), Value::Array(vec![bulk("f"), bulk("x")])]);
+        assert!(entry(&other).unwrap().payload.is_empty(), "no r field: an empty payload, skipped later");
+        assert!(entry(&Value::Array(vec![bulk("nope")])).is_err());
+    }
+
+    #[test]
+    fn a_server_that_is_down_is_reported_as_down() {
+        // port 1 on loopback refuses at once
+        let f = RedisFeed::open("redis://127.0.0.1:1/s").unwrap();
+        assert!(matches!(f.head(), Err(FeedError::Down(_))));
+        assert!(matches!(f.append(b"{}", None), Err(FeedError::Down(_))));
+    }
+}
