@@ -334,14 +334,15 @@ impl Engine {
                 edits.len()
             }
             Record::ModelLoad { .. } | Record::ModelRollback { .. } => {
-                self.lock_writer().feed_position = e.position;
                 match deferred {
                     Some(slot) => *slot = Some((e.position, rec.clone())),
                     None => {
                         let r = self.apply_model(rep, e.position, &rec);
+                        self.lock_writer().feed_position = e.position;
                         rep.deliver(rec.origin(), Outcome::Model(r));
                     }
                 }
+                self.lock_writer().feed_position = e.position;
                 0
             }
         };
@@ -352,25 +353,7 @@ impl Engine {
     fn apply_items(&self, position: Position, edits: &[ItemEdit]) -> Vec<Result<ItemDone, EngineError>> {
         let mut w = self.lock_writer();
         let mut view = w.head.catalog.clone();
-        let mut vectors = Vec::new();
-        let mut out = Vec::with_capacity(edits.len());
-        for edit in edits {
-            let edit_id = view.last_edit_id() + 1;
-            out.push(match edit {
-                ItemEdit::Upsert { id, title, embedding, semantic_id } => {
-                    let field = if semantic_id.is_some() { "semantic_id" } else { "embedding" };
-                    let item = CatalogItem { id: id.clone(), title: title.clone(), embedding: embedding.clone(), semantic_id: semantic_id.clone() };
-                    match view.upsert(item, edit_id) {
-                        Ok(up) => {
-                            vectors.push((up.ann_key, up.embedding));
-                            Ok(ItemDone::Upserted(Upserted { item_id: id.clone(), semantic_id: up.semantic_id, created: !up.replaced }))
-                        }
-                        Err(e) => Err(super::edits::catalog_error(e, field)),
-                    }
-                }
-                ItemEdit::Delete { id } => view.remove(id, edit_id).map(|_| ItemDone::Removed).map_err(|e| super::edits::catalog_error(e, "id")),
-            });
-        }
+        let (out, vectors) = apply_edits(&mut view, edits);
         let ann = w.head.ann.clone();
         if let Err(e) = ann.add(&vectors) {
             tracing::warn!(error = %e, position = %position, "feed: adding vectors to the ANN index failed (generation still serves the items)");
@@ -380,6 +363,50 @@ impl Engine {
         w.feed_position = position;
         self.catalog.store(served);
         out
+    }
+
+    /// Moves this replica onto a newer version of the shared folder (written
+    /// by any replica's compaction), so that its in-memory overlay does not
+    /// grow forever: opens the version, replays the feed from the version's
+    /// position up to this replica's, and swaps. Requests go on meanwhile on
+    /// the current view. Returns whether it moved (false: no newer version,
+    /// or the version is ahead of this replica, which catches up first).
+    fn rebase(&self, rep: &Replica) -> Result<bool, EngineError> {
+        let newest = dir::version_of(&rep.dir)?;
+        if newest <= self.catalog().catalog.manifest().version {
+            return Ok(false);
+        }
+        let t0 = Instant::now();
+        let (mut cat, report) = dir::open_read_only(&rep.dir)?;
+        let from = version_position(&cat)?;
+        let here = self.feed_position();
+        if from > here {
+            return Ok(false);
+        }
+        let mut after = from;
+        while after < here {
+            let entries = rep.feed.read_after(after, READ_BATCH, Duration::ZERO).map_err(feed_error)?;
+            if entries.is_empty() {
+                return Err(EngineError::Feed(format!("the feed ends at {after}, before this replica's {here}")));
+            }
+            for e in entries.into_iter().take_while(|e| e.position <= here) {
+                if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
+                    apply_edits(&mut cat, &edits);
+                }
+                after = e.position;
+            }
+        }
+        let ann = Arc::new(Ann::open(&cat)?);
+        let served = Arc::new(ServedCatalog { catalog: cat, ann });
+        let mut w = self.lock_writer();
+        if w.feed_position != here {
+            return Ok(false); // (only this thread applies the feed: not reached)
+        }
+        w.head = served.clone();
+        self.catalog.store(served);
+        rep.known_version.store(report.version, Ordering::Relaxed);
+        tracing::info!(version = report.version, replayed_from = %from, seconds = t0.elapsed().as_secs_f64(), "feed: moved onto the newest catalog version");
+        Ok(true)
     }
 
     /// Applies a model record here: a refusal keeps the model in service.
@@ -427,10 +454,7 @@ impl Engine {
     /// replica fell below the trimmed part of the feed).
     fn reload_newest(&self, rep: &Replica) -> Result<Position, EngineError> {
         let (cat, report) = dir::open_read_only(&rep.dir)?;
-        let position = match cat.manifest().feed_position.as_deref() {
-            Some(p) => p.parse().map_err(feed_error)?,
-            None => Position::START,
-        };
+        let position = version_position(&cat)?;
         let ann = Arc::new(Ann::open(&cat)?);
         let served = Arc::new(ServedCatalog { catalog: cat, ann });
         let mut w = self.lock_writer();
@@ -469,6 +493,7 @@ impl Engine {
             write_version_graph(v, prev_graph.as_deref(), d).map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
         };
         let (number, _) = dir::commit_shared_version(&rep.dir, &view, &position.to_string(), &extra)?;
+        rep.feed.mark(&rep.name, position).map_err(feed_error)?;
         rep.known_version.store(number, Ordering::Relaxed);
         rep.bytes_since_version.store(0, Ordering::Relaxed);
         // the version before stays for replicas that are opening it: keep
@@ -505,6 +530,40 @@ impl Engine {
             Err(EngineError::Conflict(_)) => {}
             Err(e) => tracing::warn!(error = %e, "shared catalog compaction failed; the feed keeps everything"),
         }
+    }
+}
+
+/// Applies item edits to `view`, one catalog edit id each: the outcome of
+/// each, and the vectors the ANN index needs.
+#[allow(clippy::type_complexity)]
+fn apply_edits(view: &mut crate::catalog::Catalog, edits: &[ItemEdit]) -> (Vec<Result<ItemDone, EngineError>>, Vec<(u64, Vec<f32>)>) {
+    let mut vectors = Vec::new();
+    let mut out = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let edit_id = view.last_edit_id() + 1;
+        out.push(match edit {
+            ItemEdit::Upsert { id, title, embedding, semantic_id } => {
+                let field = if semantic_id.is_some() { "semantic_id" } else { "embedding" };
+                let item = CatalogItem { id: id.clone(), title: title.clone(), embedding: embedding.clone(), semantic_id: semantic_id.clone() };
+                match view.upsert(item, edit_id) {
+                    Ok(up) => {
+                        vectors.push((up.ann_key, up.embedding));
+                        Ok(ItemDone::Upserted(Upserted { item_id: id.clone(), semantic_id: up.semantic_id, created: !up.replaced }))
+                    }
+                    Err(e) => Err(super::edits::catalog_error(e, field)),
+                }
+            }
+            ItemEdit::Delete { id } => view.remove(id, edit_id).map(|_| ItemDone::Removed).map_err(|e| super::edits::catalog_error(e, "id")),
+        });
+    }
+    (out, vectors)
+}
+
+/// The feed position a catalog version covers (the start without one).
+fn version_position(cat: &crate::catalog::Catalog) -> Result<Position, EngineError> {
+    match cat.manifest().feed_position.as_deref() {
+        Some(p) => p.parse().map_err(feed_error),
+        None => Ok(Position::START),
     }
 }
 
@@ -562,6 +621,9 @@ fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
                 rep.feed.mark(&rep.name, engine.feed_position())?;
                 last_mark = Some(Instant::now());
                 engine.maybe_compact(&rep);
+                if let Err(e) = engine.rebase(&rep) {
+                    tracing::warn!(error = %e, "feed: moving onto the newest catalog version failed; staying on this one");
+                }
             }
             Ok(())
         })();

@@ -8,6 +8,7 @@
 //! replicas are), stream [`Position`]s, and the [`record`] format. What a
 //! replica does with the records is in [`crate::engine::replica`].
 
+pub mod memory;
 pub mod record;
 pub mod redis;
 

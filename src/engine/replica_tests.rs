@@ -1,0 +1,324 @@
+//! Replicas on one in-process feed ([`crate::feed::memory::MemoryFeed`]):
+//! convergence under concurrent edits and readers, bad records, joining from
+//! a compacted version, trimming, model fan-out with a local refusal, and a
+//! feed that goes down.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::replica::{NoFeedObserver, ReplicaOptions};
+use super::*;
+use crate::catalog::Catalog;
+use crate::feed::memory::MemoryFeed;
+use crate::feed::{Feed, Position};
+
+struct Temp(PathBuf);
+
+impl Temp {
+    fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("genrec-replica-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Temp(p)
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A model root with the demo checkpoint at `a` and the demo catalog saved
+/// as a shared folder at `catalog`.
+fn shared_root(tag: &str) -> Temp {
+    let t = Temp::new(tag);
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/model");
+    std::fs::create_dir_all(t.0.join("a")).unwrap();
+    for f in ["config.json", "genrec.json", "model.safetensors"] {
+        std::fs::copy(demo.join(f), t.0.join("a").join(f)).unwrap();
+    }
+    let (_, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    catalog.save(&t.0.join("catalog")).unwrap();
+    t
+}
+
+/// A replica of `feed` serving the shared folder's newest version.
+fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -> Arc<Engine> {
+    let dir = root.join("catalog");
+    let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
+    let start = catalog.manifest().feed_position.as_deref().map_or(Position::START, |p| p.parse().unwrap());
+    let opts = EngineOptions { model_root: Some(model_root.to_path_buf()), ..Default::default() };
+    let e = Engine::new(catalog, opts, Arc::new(NoObserver)).unwrap();
+    let (model, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    e.install(model, "embedded".into()).unwrap();
+    let f: Arc<dyn Feed> = feed.clone();
+    e.join_feed(f, ReplicaOptions { name: name.into(), catalog_dir: dir }, start, Arc::new(NoFeedObserver)).unwrap();
+    wait_for(|| e.feed_ready() == Some(true), "the replica catches up");
+    e
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn position(e: &Engine) -> Position {
+    e.feed_info().unwrap().position
+}
+
+/// Every served item with its semantic ID and title, sorted.
+fn served(e: &Engine) -> Vec<(String, Vec<u32>, String)> {
+    let cat = e.catalog();
+    let c = &cat.catalog;
+    let mut v: Vec<_> = (0..c.len() as u32)
+        .filter(|&i| c.is_served(i))
+        .map(|i| (c.item_id(i).to_string(), c.sid(i).to_vec(), c.title(i).to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn embedding(c: &Catalog, i: u32, salt: f32) -> Vec<f32> {
+    c.embedding(i).iter().enumerate().map(|(d, x)| x + salt * ((d as f32) * 0.37 + salt).sin()).collect()
+}
+
+fn item(c: &Catalog, id: &str, from: u32, salt: f32) -> edits::NewItem {
+    edits::NewItem { id: id.into(), title: format!("t {id}"), text: None, embedding: Some(embedding(c, from, salt)), semantic_id: None }
+}
+
+fn request(history: Vec<String>) -> RecRequest {
+    RecRequest {
+        history,
+        k: 10,
+        exclude_history: true,
+        user_id: None,
+        timeout_ms: Some(10_000),
+        strategy: Strategy::Generative,
+        profile: None,
+        steering: Steering::Soft,
+    }
+}
+
+/// The two lists of served items are equal (else: their sizes and the first
+/// difference, not two lists of hundreds).
+fn assert_same(a: &[(String, Vec<u32>, String)], b: &[(String, Vec<u32>, String)], what: &str) {
+    let first = a.iter().zip(b).position(|(x, y)| x != y);
+    assert!(
+        a.len() == b.len() && first.is_none(),
+        "{what}: {} vs {} served items; first difference: {:?}",
+        a.len(),
+        b.len(),
+        first.map(|i| (&a[i], &b[i]))
+    );
+}
+
+/// Both replicas applied the whole feed.
+fn settled(feed: &MemoryFeed, replicas: &[&Arc<Engine>]) {
+    let head = feed.head().unwrap().unwrap_or_default();
+    wait_for(|| replicas.iter().all(|e| position(e) == head), "every replica reaches the feed's head");
+}
+
+#[test]
+fn replicas_converge_under_concurrent_edits_and_readers() {
+    let root = shared_root("converge");
+    let feed = Arc::new(MemoryFeed::new());
+    let a = replica(&root.0, &feed, "a", &root.0);
+    let b = replica(&root.0, &feed, "b", &root.0);
+    let base = a.catalog().catalog.clone();
+    let ids: Vec<String> = (0..40u32).map(|i| base.item_id(i).to_string()).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // readers: recommendations on both replicas all along
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let readers: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|e| {
+            let (stop, ids) = (stop.clone(), ids.clone());
+            let handle = rt.handle().clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ans = handle.block_on(e.recommend(&request(ids[n % 30..n % 30 + 5].to_vec()))).unwrap();
+                    assert_eq!(ans.items.len(), 10);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    // writers: two threads per replica, upserts under the same prefixes
+    // (items made from the same base embeddings) and deletes
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let e = if t % 2 == 0 { a.clone() } else { b.clone() };
+            let base = base.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u32 {
+                    let up = e.upsert_item(item(&base, &format!("w{t}-{i}"), i % 7, 0.01 * (t as f32 + 1.0))).unwrap();
+                    assert_eq!(e.item(&up.item_id).unwrap().semantic_id, up.semantic_id, "read-your-writes on this replica");
+                }
+                e.remove_item(&format!("w{t}-3")).unwrap();
+                e.remove_item(base.item_id(100 + t)).unwrap();
+            })
+        })
+        .collect();
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    settled(&feed, &[&a, &b]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(reads > 0);
+    let (sa, sb) = (served(&a), served(&b));
+    assert_same(&sa, &sb, "both replicas serve the same items with the same semantic IDs");
+    assert_eq!(sa.len(), base.served_len() + 4 * 24 - 4);
+    let mut sids: Vec<&Vec<u32>> = sa.iter().map(|s| &s.1).collect();
+    sids.sort();
+    sids.dedup();
+    assert_eq!(sids.len(), sa.len(), "no two served items share a semantic ID");
+    assert_eq!(a.catalog().catalog.last_edit_id(), b.catalog().catalog.last_edit_id());
+    for n in 0..5 {
+        let h = request(ids[n * 5..n * 5 + 5].to_vec());
+        let (x, y) = (rt.block_on(a.recommend(&h)).unwrap(), rt.block_on(b.recommend(&h)).unwrap());
+        let key = |r: &RecAnswer| r.items.iter().map(|i| (i.item_id.clone(), i.score.to_bits())).collect::<Vec<_>>();
+        assert_eq!(key(&x), key(&y), "identical answers");
+    }
+}
+
+#[test]
+fn bad_records_are_skipped_alike_and_failed_edits_fail_everywhere() {
+    let root = shared_root("bad");
+    let feed = Arc::new(MemoryFeed::new());
+    let a = replica(&root.0, &feed, "a", &root.0);
+    let b = replica(&root.0, &feed, "b", &root.0);
+    let base = a.catalog().catalog.clone();
+    feed.append_raw(b"not json");
+    feed.append_raw(br#"{"kind":"resize","to":3}"#);
+    let sid = base.sid(5).to_vec();
+    // a semantic ID that is taken: fails on every replica the same way
+    let taken = edits::NewItem { semantic_id: Some(sid), ..item(&base, "dup", 5, 0.0) };
+    assert!(matches!(a.upsert_item(taken), Err(EngineError::Conflict(_))));
+    let ok = b.upsert_item(item(&base, "fine", 9, 0.02)).unwrap();
+    settled(&feed, &[&a, &b]);
+    for e in [&a, &b] {
+        let info = e.feed_info().unwrap();
+        assert_eq!(info.skipped, 2);
+        assert_eq!(e.item("fine").unwrap().semantic_id, ok.semantic_id);
+        assert!(e.item("dup").is_err());
+    }
+    assert_same(&served(&a), &served(&b), "a and b");
+    assert_eq!(a.catalog().catalog.last_edit_id(), 1, "the failed edit took no edit id");
+}
+
+#[test]
+fn compaction_records_its_position_joiners_replay_after_it_and_trimming_keeps_what_replicas_need() {
+    let root = shared_root("join");
+    let feed = Arc::new(MemoryFeed::new());
+    let a = replica(&root.0, &feed, "a", &root.0);
+    let base = a.catalog().catalog.clone();
+    for i in 0..5 {
+        a.upsert_item(item(&base, &format!("x{i}"), i, 0.03)).unwrap();
+    }
+    // a replica that stays on the first version's position (it never marks
+    // again once stopped: stands for one that is slow to restart)
+    let r1 = a.compact().unwrap();
+    assert_eq!(r1.version, 2);
+    assert_eq!(feed.len(), 5, "the version before has no position: nothing trimmed");
+    for i in 5..9 {
+        a.upsert_item(item(&base, &format!("x{i}"), i, 0.03)).unwrap();
+    }
+    let r2 = a.compact().unwrap();
+    assert_eq!(r2.version, 3);
+    let v2_position: Position = crate::catalog::dir::version_feed_position(&root.0.join("catalog"), 2).unwrap().parse().unwrap();
+    let kept = feed.read_after(Position::START, 100, Duration::ZERO).unwrap();
+    assert_eq!(kept.first().map(|e| e.position), Some(v2_position), "trimmed below the version before the newest");
+    assert_eq!(kept.len(), 5);
+    a.upsert_item(item(&base, "x9", 9, 0.03)).unwrap();
+    // a replica that joins now starts from version 3 and replays one record
+    let c = replica(&root.0, &feed, "c", &root.0);
+    assert_eq!(c.catalog().catalog.manifest().version, 3);
+    settled(&feed, &[&a, &c]);
+    assert_same(&served(&a), &served(&c), "a and c");
+    // the compacting replica moves onto its new version (bounded overlay)
+    wait_for(|| a.catalog().catalog.manifest().version == 3, "the writer rebases on its version");
+    assert_same(&served(&a), &served(&c), "a and c");
+    assert!(a.catalog().catalog.overlay().len() <= 1);
+}
+
+#[test]
+fn a_replica_below_the_trimmed_feed_reloads_the_newest_version() {
+    let root = shared_root("trimmed");
+    let feed = Arc::new(MemoryFeed::new());
+    let a = replica(&root.0, &feed, "a", &root.0);
+    let base = a.catalog().catalog.clone();
+    // an engine opened from the first version, which joins only after two
+    // compactions trimmed the feed past it
+    let dir = root.0.join("catalog");
+    let (old, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
+    for round in 0..2 {
+        for i in 0..3 {
+            a.upsert_item(item(&base, &format!("r{round}-{i}"), i, 0.05)).unwrap();
+        }
+        a.compact().unwrap();
+    }
+    a.upsert_item(item(&base, "last", 1, 0.07)).unwrap();
+    assert!(feed.trimmed_below().unwrap() > Position::START);
+    let late = Engine::new(old, EngineOptions { model_root: Some(root.0.clone()), ..Default::default() }, Arc::new(NoObserver)).unwrap();
+    let f: Arc<dyn Feed> = feed.clone();
+    late.join_feed(f, ReplicaOptions { name: "late".into(), catalog_dir: dir }, Position::START, Arc::new(NoFeedObserver)).unwrap();
+    settled(&feed, &[&a, &late]);
+    assert_same(&served(&a), &served(&late), "nothing the trimmed entries held is missing");
+}
+
+#[test]
+fn model_changes_fan_out_and_a_replica_that_cannot_load_keeps_its_model() {
+    let root = shared_root("models");
+    let elsewhere = Temp::new("other-root");
+    let feed = Arc::new(MemoryFeed::new());
+    let a = replica(&root.0, &feed, "a", &root.0);
+    let b = replica(&root.0, &feed, "b", &root.0);
+    // c's model root lacks the checkpoint
+    let c = replica(&root.0, &feed, "c", &elsewhere.0);
+    let info = a.load_checkpoint("a").unwrap();
+    settled(&feed, &[&a, &b, &c]);
+    assert_eq!(b.model().unwrap().info().source, info.source, "b loaded what a published");
+    assert_eq!(c.model().unwrap().source, "embedded", "c kept its model");
+    let change = c.feed_info().unwrap().model_change.unwrap();
+    assert!(change.refused.is_some(), "c says it refused");
+    assert!(b.feed_info().unwrap().model_change.unwrap().refused.is_none());
+    // a rollback from b puts every replica back on the embedded model
+    b.rollback().unwrap();
+    settled(&feed, &[&a, &b, &c]);
+    for e in [&a, &b, &c] {
+        assert_eq!(e.model().unwrap().source, "embedded");
+    }
+    assert!(c.feed_info().unwrap().model_change.unwrap().refused.is_none(), "c already served it");
+    // a replica that joins later serves the newest model change
+    a.load_checkpoint("a").unwrap();
+    let d = replica(&root.0, &feed, "d", &root.0);
+    assert_eq!(d.model().unwrap().info().source, info.source);
+}
+
+#[test]
+fn a_feed_that_goes_down_refuses_edits_and_serving_goes_on() {
+    let root = shared_root("down");
+    let feed = Arc::new(MemoryFeed::new());
+    let a = replica(&root.0, &feed, "a", &root.0);
+    let base = a.catalog().catalog.clone();
+    a.upsert_item(item(&base, "before", 1, 0.04)).unwrap();
+    feed.set_down(true);
+    wait_for(|| !a.feed_info().unwrap().connected, "the replica sees the feed down");
+    assert!(matches!(a.upsert_item(item(&base, "during", 2, 0.04)), Err(EngineError::Feed(_))));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let h = (0..5u32).map(|i| base.item_id(i).to_string()).collect();
+    assert_eq!(rt.block_on(a.recommend(&request(h))).unwrap().items.len(), 10, "serving goes on");
+    assert_eq!(a.feed_ready(), Some(true), "a running replica stays ready on its last state");
+    feed.set_down(false);
+    wait_for(|| a.feed_info().unwrap().connected, "the replica reconnects");
+    a.upsert_item(item(&base, "after", 3, 0.04)).unwrap();
+    assert!(a.item("before").is_ok() && a.item("after").is_ok() && a.item("during").is_err());
+}
