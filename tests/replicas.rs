@@ -1,0 +1,240 @@
+//! Three `genrec serve --feed` replicas on one real Redis: edits sent to
+//! random replicas converge (same catalog, same answers), a record that does
+//! not parse is skipped by all, a replica killed with SIGKILL mid-stream and
+//! restarted catches up from the compacted shared folder, and Redis killed
+//! and restarted (append-only file) loses nothing and applies nothing twice.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::redis::{self, RedisServer};
+use common::{Server, TempDir};
+use genrec::feed::record::Record;
+use genrec::feed::{Feed, Position};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "replica-token";
+const STREAM: &str = "genrec-it";
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+fn start(root: &TempDir, feed: &str, name: &str) -> Server {
+    let s = Server::start(&[
+        "--model",
+        root.0.join("a").to_str().unwrap(),
+        "--model-root",
+        root.0.to_str().unwrap(),
+        "--feed",
+        feed,
+        "--replica-name",
+        name,
+        "--admin-token",
+        TOKEN,
+    ]);
+    let c = client();
+    let until = Instant::now() + Duration::from_secs(60);
+    while c.get(s.at("/readyz")).send().map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
+        assert!(Instant::now() < until, "replica {name} never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s
+}
+
+fn get(c: &reqwest::blocking::Client, url: &str) -> Value {
+    c.get(url).bearer_auth(TOKEN).send().expect("GET").json().expect("JSON")
+}
+
+/// A vector of the demo catalog's dimension, different for every `i`.
+fn vector(i: usize) -> Vec<f32> {
+    (0..384).map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % 384 { 2.0 } else { 0.0 }).collect()
+}
+
+/// Upserts item `id` through one of `urls` (starting at `first`), moving on
+/// to the next replica after an error (a killed replica, the feed down)
+/// until one acknowledges it.
+fn upsert(c: &reqwest::blocking::Client, urls: &[String], first: usize, id: &str, i: usize) {
+    let until = Instant::now() + Duration::from_secs(90);
+    let mut k = first;
+    loop {
+        let url = &urls[k % urls.len()];
+        let r = c.post(format!("{url}/admin/items")).bearer_auth(TOKEN).json(&json!({"id": id, "embedding": vector(i)})).send();
+        match r.map(|r| r.status().as_u16()) {
+            Ok(200 | 201) => return,
+            Ok(409 | 422) => panic!("{id} refused"),
+            _ => {}
+        }
+        assert!(Instant::now() < until, "no replica acknowledged {id}");
+        std::thread::sleep(Duration::from_millis(50));
+        k += 1;
+    }
+}
+
+/// Waits until every replica applied the whole stream, then checks that they
+/// serve the same catalog and give identical answers.
+fn converge(replicas: &[&Server], feed: &dyn Feed) -> u64 {
+    let c = client();
+    // (the first call after a Redis restart finds its connection closed)
+    let head = (0..50)
+        .find_map(|_| feed.head().ok().or_else(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        }))
+        .expect("the feed answers")
+        .unwrap_or_default()
+        .to_string();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let positions: Vec<Value> = replicas.iter().map(|s| get(&c, &s.at("/admin/catalog"))["feed"]["position"].clone()).collect();
+        if positions.iter().all(|p| p == &json!(head)) {
+            break;
+        }
+        assert!(Instant::now() < until, "replicas did not reach {head}: {positions:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let infos: Vec<Value> = replicas.iter().map(|s| get(&c, &s.at("/admin/catalog"))).collect();
+    for i in &infos[1..] {
+        for field in ["served", "rows", "last_edit_id"] {
+            assert_eq!(i[field], infos[0][field], "{field} differs between replicas");
+        }
+    }
+    for p in 0..30 {
+        let history: Vec<String> = (0..4).map(|j| ((p * 17 + j * 5) % 600).to_string()).collect();
+        let body = json!({"history": history, "k": 10, "strategy": "generative"});
+        let answers: Vec<Value> = replicas
+            .iter()
+            .map(|s| {
+                let v: Value = c.post(s.at("/v1/recommend")).json(&body).send().unwrap().json().unwrap();
+                json!(v["items"].as_array().unwrap().iter().map(|it| (it["item_id"].clone(), it["score"].clone())).collect::<Vec<_>>())
+            })
+            .collect();
+        assert!(answers.iter().all(|a| a == &answers[0]), "probe {p}: replicas answer differently: {answers:?}");
+    }
+    infos[0]["last_edit_id"].as_u64().unwrap()
+}
+
+/// Catalog edits the stream holds (every one succeeds in this test).
+fn edits_in_stream(feed: &dyn Feed) -> u64 {
+    let mut n = 0;
+    let mut after = Position::START;
+    loop {
+        let entries = feed.read_after(after, 1000, Duration::ZERO).unwrap();
+        let Some(last) = entries.last() else { return n };
+        after = last.position;
+        for e in &entries {
+            if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
+                n += edits.len() as u64;
+            }
+        }
+    }
+}
+
+#[test]
+fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
+    if !redis::available() {
+        return;
+    }
+    let root = common::demo_root("replicas");
+    let rdir = TempDir::new("redis");
+    let mut redis = RedisServer::start(&rdir.0);
+    let address = redis.feed(STREAM);
+    let feed = genrec::feed::redis::RedisFeed::open(&address).unwrap();
+    let mut reps: Vec<Server> = (0..3).map(|i| start(&root, &address, &format!("r{i}"))).collect();
+    let urls: Vec<String> = reps.iter().map(|s| s.url.clone()).collect();
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let c = client();
+
+    // 1. three writers, each to a different replica per edit, upserts and
+    //    deletes, and a record that does not parse
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let (urls, acked) = (urls.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                for i in (t..120).step_by(3) {
+                    let id = format!("p1-{i}");
+                    upsert(&c, &urls, i * 7, &id, i);
+                    acked.lock().unwrap().insert(id);
+                    if i % 10 == t && i >= 30 {
+                        let victim = format!("p1-{}", i - 30);
+                        let st = c.delete(format!("{}/admin/items/{victim}", urls[i % 3])).bearer_auth(TOKEN).send().unwrap().status();
+                        assert_eq!(st.as_u16(), 200, "delete {victim}");
+                        acked.lock().unwrap().remove(&victim);
+                    }
+                }
+            })
+        })
+        .collect();
+    feed.append(br#"{"kind":"resize","to":3}"#, None).unwrap();
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    converge(&reps.iter().collect::<Vec<_>>(), &feed);
+    for s in &reps {
+        assert_eq!(get(&c, &s.at("/admin/catalog"))["feed"]["skipped"], 1, "the bad record is skipped by every replica");
+    }
+
+    // 2. replica 1 killed mid-stream (SIGKILL), a compaction on replica 0,
+    //    replica 1 restarted: it starts from the new version and catches up
+    let writer = {
+        let (urls, acked) = (vec![urls[0].clone(), urls[2].clone()], acked.clone());
+        std::thread::spawn(move || {
+            let c = client();
+            for i in 120..240 {
+                let id = format!("p2-{i}");
+                upsert(&c, &urls, i, &id, i);
+                acked.lock().unwrap().insert(id);
+            }
+        })
+    };
+    while acked.lock().unwrap().iter().filter(|id| id.starts_with("p2-")).count() < 30 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(reps.remove(1)); // SIGKILL
+    let compacted = c.post(format!("{}/admin/catalog/compact", urls[0])).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(compacted.status().as_u16(), 200);
+    reps.insert(1, start(&root, &address, "r1-again"));
+    writer.join().unwrap();
+    converge(&reps.iter().collect::<Vec<_>>(), &feed);
+
+    // 3. Redis killed (SIGKILL) mid-stream and restarted on its AOF: the
+    //    replicas serve meanwhile, reconnect, and converge
+    let writer = {
+        let (urls, acked) = (urls_of(&reps), acked.clone());
+        std::thread::spawn(move || {
+            let c = client();
+            for i in 240..360 {
+                let id = format!("p3-{i}");
+                upsert(&c, &urls, i, &id, i);
+                acked.lock().unwrap().insert(id);
+            }
+        })
+    };
+    while acked.lock().unwrap().iter().filter(|id| id.starts_with("p3-")).count() < 30 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    for s in &reps {
+        let body = json!({"history": ["1", "2", "3"], "k": 5});
+        assert_eq!(c.post(s.at("/v1/recommend")).json(&body).send().unwrap().status().as_u16(), 200, "serving goes on");
+        assert_eq!(c.get(s.at("/readyz")).send().unwrap().status().as_u16(), 200, "a running replica stays ready");
+    }
+    let down: String = c.get(reps[0].at("/metrics")).send().unwrap().text().unwrap();
+    assert!(down.contains("genrec_feed_up 0"), "the metric says the feed is down");
+    redis.restart();
+    writer.join().unwrap();
+    let last_edit_id = converge(&reps.iter().collect::<Vec<_>>(), &feed);
+    assert_eq!(last_edit_id, edits_in_stream(&feed), "every edit in the stream applied exactly once");
+    for s in &reps {
+        for id in acked.lock().unwrap().iter() {
+            assert_eq!(get(&c, &s.at(&format!("/admin/items/{id}")))["served"], true, "{id} acknowledged but not served");
+        }
+    }
+}
+
+fn urls_of(reps: &[Server]) -> Vec<String> {
+    reps.iter().map(|s| s.url.clone()).collect()
+}
