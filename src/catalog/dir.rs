@@ -388,7 +388,8 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64, feed_position: Opt
             version: number,
             last_edit_id: view.last_edit_id(),
             embedding_dtype: "f16".into(),
-            feed_position: feed_position.map(str::to_string),
+            // a compaction without a feed keeps the position the view started from
+            feed_position: feed_position.map(str::to_string).or_else(|| m.feed_position.clone()),
             ..m.clone()
         },
         ids,

@@ -96,6 +96,12 @@ pub struct Upserted {
     pub semantic_id: Vec<u32>,
     /// A new item (not a new state of a served one).
     pub created: bool,
+    /// With `--feed`: the feed position of the edit's record. This replica
+    /// has applied it; another replica has once its `/readyz`
+    /// `feed_position` is at or past it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub feed_position: Option<crate::feed::Position>,
 }
 
 /// A line of a batch that was not applied.
@@ -113,6 +119,10 @@ pub struct LineError {
 pub struct BatchOutcome {
     pub applied: usize,
     pub errors: Vec<LineError>,
+    /// With `--feed`: the feed position of the batch's last record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub feed_position: Option<crate::feed::Position>,
 }
 
 /// The catalog folder an engine writes its edits to.
@@ -304,7 +314,8 @@ impl Engine {
                 LineError { line, field, error: e.to_string() }
             })
             .collect();
-        Ok(BatchOutcome { applied: applied.len(), errors })
+        let feed_position = applied.iter().filter_map(|u| u.feed_position).max();
+        Ok(BatchOutcome { applied: applied.len(), errors, feed_position })
     }
 
     #[allow(clippy::type_complexity)]
@@ -356,7 +367,7 @@ impl Engine {
                         },
                     });
                     vectors.push((up.ann_key, up.embedding));
-                    applied.push(Upserted { item_id: item.id, semantic_id: up.semantic_id, created: !up.replaced });
+                    applied.push(Upserted { item_id: item.id, semantic_id: up.semantic_id, created: !up.replaced, feed_position: None });
                 }
                 Err(e) => errors.push((line, catalog_error(e, field))),
             }
@@ -388,7 +399,7 @@ impl Engine {
             })
             .collect();
         let mut applied = Vec::new();
-        for (line, r) in lines.into_iter().zip(self.publish_items(rep, edits)?) {
+        for (line, r) in lines.into_iter().zip(self.publish_items(rep, edits)?.0) {
             match r {
                 Ok(super::replica::ItemDone::Upserted(u)) => applied.push(u),
                 Ok(super::replica::ItemDone::Removed) => {}
@@ -399,16 +410,17 @@ impl Engine {
     }
 
     /// Stops serving item `id`; answers once that is durable and no new
-    /// request can see the item.
-    pub fn remove_item(&self, id: &str) -> Result<(), EngineError> {
+    /// request can see the item (with `--feed`: with the record's position).
+    pub fn remove_item(&self, id: &str) -> Result<Option<crate::feed::Position>, EngineError> {
         if let Some(rep) = self.replica() {
             let cat = self.catalog();
             if !cat.catalog.index_of(id).is_some_and(|i| cat.serves(i)) {
                 return Err(EngineError::NotFound(format!("item {id:?} is not served")));
             }
             let edit = crate::feed::record::ItemEdit::Delete { id: id.to_string() };
-            return match self.publish_items(rep, vec![edit])?.pop() {
-                Some(r) => r.map(|_| ()),
+            let (mut out, position) = self.publish_items(rep, vec![edit])?;
+            return match out.pop() {
+                Some(r) => r.map(|_| Some(position)),
                 None => Err(EngineError::Feed("the feed gave no outcome".into())),
             };
         }
@@ -420,7 +432,7 @@ impl Engine {
         let edit_id = view.last_edit_id() + 1;
         view.remove(id, edit_id).map_err(|e| catalog_error(e, "id"))?;
         let rec = EditRecord { edit_id, ts_ms: now_ms(), op: EditOp::Delete { id: id.to_string() } };
-        self.commit(w, view, &[rec], &[])
+        self.commit(w, view, &[rec], &[]).map(|_| None)
     }
 
     /// Logs `records` (which made `view` from the head) and queues the view;

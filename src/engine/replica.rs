@@ -134,6 +134,16 @@ pub(super) enum ItemDone {
     Removed,
 }
 
+impl ItemDone {
+    /// The same outcome, stamped with the feed position of its record.
+    fn at(self, position: Position) -> ItemDone {
+        match self {
+            ItemDone::Upserted(u) => ItemDone::Upserted(Upserted { feed_position: Some(position), ..u }),
+            other => other,
+        }
+    }
+}
+
 pub(super) struct Replica {
     feed: Arc<dyn Feed>,
     name: String,
@@ -192,7 +202,7 @@ impl Replica {
     }
 
     /// Appends `make(origin)` and waits until this replica applied it.
-    fn publish(&self, sticky: Option<&str>, make: impl FnOnce(String) -> Record) -> Result<Outcome, EngineError> {
+    fn publish(&self, sticky: Option<&str>, make: impl FnOnce(String) -> Record) -> Result<(Position, Outcome), EngineError> {
         if !self.ready() {
             return Err(EngineError::Feed("this replica is still catching up with the feed: retry shortly".into()));
         }
@@ -209,7 +219,7 @@ impl Replica {
             }
         };
         match rx.recv_timeout(APPLY_WAIT) {
-            Ok(o) => Ok(o),
+            Ok(o) => Ok((position, o)),
             Err(_) => {
                 forget();
                 Err(EngineError::Feed(format!(
@@ -278,91 +288,123 @@ impl Engine {
         Some(rep.info(self.lock_writer().feed_position))
     }
 
+    /// The feed position this replica has applied (`None`: no feed).
+    pub fn feed_applied(&self) -> Option<Position> {
+        self.replica().map(|_| self.feed_position())
+    }
+
     /// `None` without a feed; else whether this replica caught up with it.
     pub fn feed_ready(&self) -> Option<bool> {
         self.replica().map(|r| r.ready())
     }
 
     /// Publishes item edits (in records of at most [`EDITS_PER_RECORD`]) and
-    /// returns each one's outcome, in order.
-    pub(super) fn publish_items(&self, rep: &Replica, edits: Vec<ItemEdit>) -> Result<Vec<Result<ItemDone, EngineError>>, EngineError> {
+    /// returns each one's outcome, in order, and the position of the last
+    /// record (applied here; a client may wait for other replicas to reach it).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn publish_items(
+        &self,
+        rep: &Replica,
+        edits: Vec<ItemEdit>,
+    ) -> Result<(Vec<Result<ItemDone, EngineError>>, Position), EngineError> {
+        let mut last = Position::START;
         let mut out = Vec::with_capacity(edits.len());
         let mut edits = edits.into_iter().peekable();
         while edits.peek().is_some() {
             let chunk: Vec<ItemEdit> = edits.by_ref().take(EDITS_PER_RECORD).collect();
             let n = chunk.len();
             match rep.publish(None, |origin| Record::Items { origin: Some(origin), edits: chunk })? {
-                Outcome::Items(r) if r.len() == n => out.extend(r),
+                (p, Outcome::Items(r)) if r.len() == n => {
+                    out.extend(r.into_iter().map(|x| x.map(|d| d.at(p))));
+                    last = p;
+                }
                 _ => return Err(EngineError::Feed("the feed answered another kind of record".into())),
             }
         }
-        Ok(out)
+        Ok((out, last))
     }
 
     /// Publishes a model change and returns what this replica made of it.
     pub(super) fn publish_model(&self, rep: &Replica, make: impl FnOnce(String) -> Record) -> Result<ModelInfo, EngineError> {
-        match rep.publish(Some(MODEL_STICKY), make)? {
+        match rep.publish(Some(MODEL_STICKY), make)?.1 {
             Outcome::Model(r) => r,
             Outcome::Items(_) => Err(EngineError::Feed("the feed answered an item edit for a model change".into())),
         }
     }
 
-    /// Applies one feed entry (in order; an entry at or below the applied
-    /// position is skipped, so applying twice changes nothing).
-    fn apply_entry(&self, rep: &Replica, e: &Entry, deferred: Option<&mut Option<(Position, Record)>>) {
-        if e.position <= self.lock_writer().feed_position {
-            return;
-        }
-        let lag = Duration::from_millis(now_ms().saturating_sub(e.position.ms));
-        let rec = match Record::parse(&e.payload) {
-            Ok(r) => r,
-            Err(why) => {
-                tracing::warn!(position = %e.position, error = %why, "feed: skipping a record that does not parse");
-                rep.skipped.fetch_add(1, Ordering::Relaxed);
-                rep.observer.skipped();
-                self.lock_writer().feed_position = e.position;
-                rep.observer.applied(e.position, lag, 0, self.catalog().catalog.served_len());
-                return;
-            }
-        };
-        rep.applied.fetch_add(1, Ordering::Relaxed);
-        rep.bytes_since_version.fetch_add(e.payload.len() as u64, Ordering::Relaxed);
-        let edits = match &rec {
-            Record::Items { edits, .. } => {
-                let results = self.apply_items(e.position, edits);
-                rep.deliver(rec.origin(), Outcome::Items(results));
-                edits.len()
-            }
-            Record::ModelLoad { .. } | Record::ModelRollback { .. } => {
-                match deferred {
-                    Some(slot) => *slot = Some((e.position, rec.clone())),
-                    None => {
-                        let r = self.apply_model(rep, e.position, &rec);
-                        self.lock_writer().feed_position = e.position;
-                        rep.deliver(rec.origin(), Outcome::Model(r));
-                    }
+    /// Applies feed entries in order (an entry at or below the applied
+    /// position is skipped, so applying twice changes nothing). A run of item
+    /// records becomes one new catalog view.
+    fn apply_entries(&self, rep: &Replica, entries: &[Entry], mut deferred: Option<&mut Option<(Position, Record)>>) {
+        let done = self.feed_position();
+        let mut run: Vec<(Position, Record)> = Vec::new();
+        for e in entries.iter().filter(|e| e.position > done) {
+            let rec = match Record::parse(&e.payload) {
+                Ok(r) => r,
+                Err(why) => {
+                    self.apply_item_records(rep, std::mem::take(&mut run));
+                    tracing::warn!(position = %e.position, error = %why, "feed: skipping a record that does not parse");
+                    rep.skipped.fetch_add(1, Ordering::Relaxed);
+                    rep.observer.skipped();
+                    self.lock_writer().feed_position = e.position;
+                    continue;
                 }
-                self.lock_writer().feed_position = e.position;
-                0
+            };
+            rep.applied.fetch_add(1, Ordering::Relaxed);
+            rep.bytes_since_version.fetch_add(e.payload.len() as u64, Ordering::Relaxed);
+            if matches!(rec, Record::Items { .. }) {
+                run.push((e.position, rec));
+                continue;
             }
-        };
-        rep.observer.applied(e.position, lag, edits, self.catalog().catalog.served_len());
+            self.apply_item_records(rep, std::mem::take(&mut run));
+            match deferred.as_deref_mut() {
+                Some(slot) => *slot = Some((e.position, rec)),
+                None => {
+                    let r = self.apply_model(rep, e.position, &rec);
+                    self.lock_writer().feed_position = e.position;
+                    rep.deliver(rec.origin(), Outcome::Model(r));
+                }
+            }
+            self.lock_writer().feed_position = e.position;
+        }
+        self.apply_item_records(rep, run);
+        if let Some(last) = entries.last() {
+            let lag = Duration::from_millis(now_ms().saturating_sub(last.position.ms));
+            rep.observer.applied(self.feed_position(), lag, 0, self.catalog().catalog.served_len());
+        }
     }
 
-    /// Applies item edits as one new catalog view at `position`.
-    fn apply_items(&self, position: Position, edits: &[ItemEdit]) -> Vec<Result<ItemDone, EngineError>> {
+    /// Applies consecutive item records as one new catalog view, then
+    /// answers each record's publisher (if it is waiting here).
+    fn apply_item_records(&self, rep: &Replica, run: Vec<(Position, Record)>) {
+        let Some(last) = run.last().map(|r| r.0) else { return };
         let mut w = self.lock_writer();
         let mut view = w.head.catalog.clone();
-        let (out, vectors) = apply_edits(&mut view, edits);
+        let mut vectors = Vec::new();
+        let mut outcomes = Vec::with_capacity(run.len());
+        let mut edits_applied = 0;
+        for (_, rec) in run {
+            if let Record::Items { origin, edits } = rec {
+                let (out, v) = apply_edits(&mut view, &edits);
+                vectors.extend(v);
+                edits_applied += edits.len();
+                outcomes.push((origin, out));
+            }
+        }
         let ann = w.head.ann.clone();
         if let Err(e) = ann.add(&vectors) {
-            tracing::warn!(error = %e, position = %position, "feed: adding vectors to the ANN index failed (generation still serves the items)");
+            tracing::warn!(error = %e, position = %last, "feed: adding vectors to the ANN index failed (generation still serves the items)");
         }
         let served = Arc::new(ServedCatalog { catalog: view, ann });
         w.head = served.clone();
-        w.feed_position = position;
+        w.feed_position = last;
         self.catalog.store(served);
-        out
+        drop(w);
+        for (origin, out) in outcomes {
+            rep.deliver(origin.as_deref(), Outcome::Items(out));
+        }
+        let lag = Duration::from_millis(now_ms().saturating_sub(last.ms));
+        rep.observer.applied(last, lag, edits_applied, self.catalog().catalog.served_len());
     }
 
     /// Moves this replica onto a newer version of the shared folder (written
@@ -548,7 +590,7 @@ fn apply_edits(view: &mut crate::catalog::Catalog, edits: &[ItemEdit]) -> (Vec<R
                 match view.upsert(item, edit_id) {
                     Ok(up) => {
                         vectors.push((up.ann_key, up.embedding));
-                        Ok(ItemDone::Upserted(Upserted { item_id: id.clone(), semantic_id: up.semantic_id, created: !up.replaced }))
+                        Ok(ItemDone::Upserted(Upserted { item_id: id.clone(), semantic_id: up.semantic_id, created: !up.replaced, feed_position: None }))
                     }
                     Err(e) => Err(super::edits::catalog_error(e, field)),
                 }
@@ -601,9 +643,7 @@ fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
             let entries = rep.feed.read_after(position, READ_BATCH, wait)?;
             rep.set_connected(true, None);
             pending = entries.len() == READ_BATCH;
-            for e in &entries {
-                engine.apply_entry(&rep, e, catching_up.as_mut().map(|(_, d)| d));
-            }
+            engine.apply_entries(&rep, &entries, catching_up.as_mut().map(|(_, d)| d));
             if entries.is_empty() {
                 rep.observer.applied(engine.feed_position(), Duration::ZERO, 0, engine.catalog().catalog.served_len());
             }

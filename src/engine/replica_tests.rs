@@ -322,3 +322,22 @@ fn a_feed_that_goes_down_refuses_edits_and_serving_goes_on() {
     a.upsert_item(item(&base, "after", 3, 0.04)).unwrap();
     assert!(a.item("before").is_ok() && a.item("after").is_ok() && a.item("during").is_err());
 }
+
+#[test]
+fn a_replica_that_cannot_reach_the_feed_at_start_is_not_ready_until_it_does() {
+    let root = shared_root("start-down");
+    let feed = Arc::new(MemoryFeed::new());
+    let dir = root.0.join("catalog");
+    let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
+    feed.append_raw(br#"{"kind":"items","edits":[]}"#);
+    feed.set_down(true);
+    let e = Engine::new(catalog, EngineOptions::default(), Arc::new(NoObserver)).unwrap();
+    let f: Arc<dyn Feed> = feed.clone();
+    e.join_feed(f, ReplicaOptions { name: "late".into(), catalog_dir: dir }, Position::START, Arc::new(NoFeedObserver)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(e.feed_ready(), Some(false), "not ready before it has seen the feed's head");
+    assert!(matches!(e.upsert_item(item(&e.catalog().catalog, "x", 1, 0.1)), Err(EngineError::Feed(_))));
+    feed.set_down(false);
+    wait_for(|| e.feed_ready() == Some(true), "ready once caught up");
+    assert_eq!(position(&e), feed.head().unwrap().unwrap());
+}

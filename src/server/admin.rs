@@ -81,6 +81,10 @@ pub(crate) enum ItemsAnswer {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Removed {
     removed: String,
+    /// With `--feed`: the feed position of the delete's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    feed_position: Option<crate::feed::Position>,
 }
 
 /// Records a model swap in the metrics and answers with the models now loaded.
@@ -276,9 +280,9 @@ pub async fn remove_item(State(st): State<Arc<AppState>>, Path(id): Path<String>
     respond(
         async {
             let removed = id.clone();
-            st.engine.edit(move |e| e.remove_item(&removed)).await?;
+            let feed_position = st.engine.edit(move |e| e.remove_item(&removed)).await?;
             catalog_edited(&st, 1);
-            Ok(Json(Removed { removed: id }).into_response())
+            Ok(Json(Removed { removed: id, feed_position }).into_response())
         }
         .await,
     )

@@ -143,6 +143,11 @@ pub(crate) struct Ready {
     /// Items served.
     items: usize,
     worker: WorkerHealth,
+    /// With `--feed`: the feed position this replica has applied (compare
+    /// with an edit's `feed_position` to know it serves that edit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    feed_position: Option<crate::feed::Position>,
 }
 
 /// `GET /v1/intents`.
@@ -394,7 +399,8 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     };
     let status = if error.is_none() { ReadyStatus::Ready } else { ReadyStatus::NotReady };
     let code = if error.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(Ready { status, error, model, items, worker })).into_response()
+    let feed_position = st.engine.feed_applied();
+    (code, Json(Ready { status, error, model, items, worker, feed_position })).into_response()
 }
 
 /// Prometheus metrics.
