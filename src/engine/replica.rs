@@ -609,6 +609,22 @@ fn version_position(cat: &crate::catalog::Catalog) -> Result<Position, EngineErr
     }
 }
 
+impl Engine {
+    /// After a reload past trimmed records: the newest model record, when it
+    /// is newer than the last model change this replica took and not after
+    /// `upto` (later ones come from the stream).
+    fn apply_missed_model(&self, rep: &Replica, upto: Position) -> Result<(), FeedError> {
+        let Some(e) = rep.feed.sticky(MODEL_STICKY)? else { return Ok(()) };
+        let seen = rep.model_change.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.position);
+        if e.position <= upto && seen.is_none_or(|s| s < e.position) {
+            if let Ok(rec) = Record::parse(&e.payload) {
+                let _ = self.apply_model(rep, e.position, &rec);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where the feed's head was at start, and the model record to apply once
 /// caught up (the sticky one, when it is older than the start position).
 fn start_point(rep: &Replica, start: Position) -> Result<(Option<Position>, Option<(Position, Record)>), FeedError> {
@@ -634,9 +650,16 @@ fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
             if !rep.ready() && catching_up.is_none() {
                 catching_up = Some(start_point(&rep, position)?);
             }
-            if rep.feed.trimmed_below()? > position {
+            // after (re)connecting and now and then: did the feed trim past us?
+            let check = !rep.connected.load(Ordering::Relaxed) || last_mark.is_none_or(|t| t.elapsed() >= MARK_EVERY);
+            if check && rep.feed.trimmed_below()? > position {
                 tracing::warn!(position = %position, "feed: this replica is behind the trimmed part of the feed");
-                engine.reload_newest(&rep).map_err(|e| FeedError::Down(format!("reloading the newest version: {e}")))?;
+                let now = engine.reload_newest(&rep).map_err(|e| FeedError::Down(format!("reloading the newest version: {e}")))?;
+                if rep.ready() {
+                    engine.apply_missed_model(&rep, now)?;
+                } else {
+                    catching_up = None; // start over from the new position
+                }
                 return Ok(());
             }
             let wait = if pending { Duration::from_millis(1) } else { READ_WAIT };
