@@ -16,7 +16,13 @@
 //!    every replica's last edit id must equal the edits the stream holds
 //!    (none applied twice).
 //!
+//! With `--model DIR --catalog DIR` the replicas serve that model and share
+//! that catalog folder as it is (pass a copy: compaction writes there); the
+//! single-server baseline is then skipped, and `--compact` adds a compaction
+//! on one replica and the time until every replica moved onto its version.
+//!
 //! cargo bench --bench replicas -- [--edits 10000] [--fault-edits 2000] [--writers 8] [--json FILE]
+//!     [--model DIR --catalog DIR] [--compact]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -40,10 +46,14 @@ struct Args {
     fault_edits: usize,
     writers: usize,
     json: Option<String>,
+    /// A model and the shared catalog folder (default: copies of the demo's).
+    model: Option<std::path::PathBuf>,
+    catalog: Option<std::path::PathBuf>,
+    compact: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { edits: 10_000, fault_edits: 2_000, writers: 8, json: None };
+    let mut a = Args { edits: 10_000, fault_edits: 2_000, writers: 8, json: None, model: None, catalog: None, compact: false };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -53,6 +63,13 @@ fn args() -> Args {
             "--fault-edits" => a.fault_edits = next.parse().expect("--fault-edits N"),
             "--writers" => a.writers = next.parse().expect("--writers N"),
             "--json" => a.json = Some(next),
+            "--model" => a.model = Some(next.into()),
+            "--catalog" => a.catalog = Some(next.into()),
+            "--compact" => {
+                a.compact = true;
+                i += 1;
+                continue;
+            }
             "--bench" => {
                 i += 1;
                 continue;
@@ -69,37 +86,58 @@ fn client() -> reqwest::blocking::Client {
 }
 
 struct Cluster {
-    root: TempDir,
+    _root: TempDir,
+    model: std::path::PathBuf,
+    catalog: std::path::PathBuf,
     _redis_dir: TempDir,
     redis: RedisServer,
     address: String,
     replicas: Vec<Server>,
-    /// Embeddings of the demo catalog's items (new items are made near them).
+    /// Embeddings of the catalog's first items (new items are made near them).
     embeddings: Arc<Vec<Vec<f32>>>,
+    /// Ids of the catalog's first items (probe histories).
+    ids: Vec<String>,
+    /// Seconds from spawn to ready of each replica at start.
+    start_s: Vec<f64>,
 }
 
+/// Items whose embeddings and ids the bench keeps.
+const SAMPLE: u32 = 100_000;
+
 impl Cluster {
-    fn start() -> Cluster {
+    fn start(a: &Args) -> Cluster {
         let root = common::demo_root("bench-replicas");
+        let model = a.model.clone().unwrap_or_else(|| root.0.join("a"));
+        let catalog = a.catalog.clone().unwrap_or_else(|| root.0.join("catalog"));
         let redis_dir = TempDir::new("bench-redis");
         let redis = RedisServer::start(&redis_dir.0);
         let address = redis.feed("genrec-bench");
-        let cat = genrec::catalog::Catalog::load(&root.0.join("catalog")).expect("the demo catalog");
-        let embeddings = Arc::new((0..cat.len() as u32).map(|i| cat.embedding(i)).collect());
-        let mut c = Cluster { root, _redis_dir: redis_dir, redis, address, replicas: Vec::new(), embeddings };
+        let cat = genrec::catalog::Catalog::load(&catalog).expect("the catalog");
+        let n = (cat.len() as u32).min(SAMPLE);
+        let embeddings = Arc::new((0..n).map(|i| cat.embedding(i)).collect());
+        let ids = (0..n.min(600)).map(|i| cat.item_id(i).to_string()).collect();
+        drop(cat);
+        let mut c = Cluster {
+            _root: root, model, catalog, _redis_dir: redis_dir, redis, address, replicas: Vec::new(), embeddings, ids, start_s: Vec::new(),
+        };
         for i in 0..3 {
+            let t = Instant::now();
             let s = c.start_replica(&format!("r{i}"));
+            c.start_s.push(t.elapsed().as_secs_f64());
             c.replicas.push(s);
         }
         c
     }
 
     fn start_replica(&self, name: &str) -> Server {
+        let root = self.model.parent().expect("the model folder's parent is the model root");
         let s = Server::start(&[
             "--model",
-            self.root.0.join("a").to_str().unwrap(),
+            self.model.to_str().unwrap(),
+            "--catalog",
+            self.catalog.to_str().unwrap(),
             "--model-root",
-            self.root.0.to_str().unwrap(),
+            root.to_str().unwrap(),
             "--feed",
             &self.address,
             "--replica-name",
@@ -298,7 +336,7 @@ fn converge(cluster: &Cluster, probes: usize) -> (f64, u64) {
         }
     }
     for p in 0..probes {
-        let history: Vec<String> = (0..5).map(|j| ((p * 31 + j * 7) % 600).to_string()).collect();
+        let history: Vec<&String> = (0..5).map(|j| &cluster.ids[(p * 31 + j * 7) % cluster.ids.len()]).collect();
         let body = json!({"history": history, "k": 10, "strategy": "generative"});
         let answers: Vec<Value> = cluster
             .replicas
@@ -367,7 +405,10 @@ fn main() {
     println!("3 replicas + redis-server on loopback; {} writers; {} cores", a.writers, std::thread::available_parallelism().map_or(0, |n| n.get()));
 
     // 0. baseline: one server without a feed (edits fsync'd to its own log)
-    let (base_rate, base50, base99) = {
+    let (base_rate, base50, base99) = if a.catalog.is_some() {
+        println!("baseline skipped: the catalog given is shared, not a copy to write to");
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
         let root = common::demo_root("bench-single");
         let cat = genrec::catalog::Catalog::load(&root.0.join("catalog")).expect("the demo catalog");
         let emb = Arc::new((0..cat.len() as u32).map(|i| cat.embedding(i)).collect::<Vec<_>>());
@@ -376,10 +417,16 @@ fn main() {
         let mut ms: Vec<f64> = sent.iter().map(|d| d * 1e3).collect();
         (sent.len() as f64 / secs, percentile(&mut ms, 0.5), percentile(&mut ms, 0.99))
     };
-    println!("baseline, one server without --feed (edit log fsync'd): {} edits at {base_rate:.0} edits/s; ack p50 {base50:.1} ms p99 {base99:.1} ms", a.edits);
+    if base_rate.is_finite() {
+        println!("baseline, one server without --feed (edit log fsync'd): {} edits at {base_rate:.0} edits/s; ack p50 {base50:.1} ms p99 {base99:.1} ms", a.edits);
+    }
     report.insert("baseline_single".into(), json!({"edits_per_s": base_rate, "ack_ms": {"p50": base50, "p99": base99}}));
 
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(&a);
+    println!("replicas ready {:.2?} s after their start (mapping the catalog, replaying the feed)", cluster.start_s);
+    report.insert("start_to_ready_s".into(), json!(cluster.start_s));
+    // edits the catalog held before the bench (a large one may come edited)
+    let first_edit = get(&client(), &cluster.replicas[0].at("/admin/catalog"))["last_edit_id"].as_u64().unwrap_or(0);
 
     // 1. rate and time-to-everywhere
     let stop = Arc::new(AtomicBool::new(false));
@@ -406,13 +453,14 @@ fn main() {
     let polls: usize = seen.iter().map(Vec::len).sum();
     let (_, _) = converge(&cluster, 200);
     println!(
-        "rate: {} edits acknowledged in {secs:.1} s = {rate:.0} edits/s ({:.2}x the baseline) ({} retried, {} refused); ack p50 {ack50:.1} ms p99 {ack99:.1} ms; \
+        "rate: {} edits acknowledged in {secs:.1} s = {rate:.0} edits/s{} ({} retried, {} refused); ack p50 {ack50:.1} ms p99 {ack99:.1} ms; \
          applied by all 3: p50 {ev50:.1} ms p99 {ev99:.1} ms max {evmax:.1} ms ({polls} polls); settled {settle:.2} s after the last ack; \
-         last edit id {last_edit} on all; 200 probes identical",
+         {} edits applied on all; 200 probes identical",
         sent.acks.len(),
-        rate / base_rate,
+        if base_rate.is_finite() { format!(" ({:.2}x the baseline)", rate / base_rate) } else { String::new() },
         sent.errors,
-        sent.refused
+        sent.refused,
+        last_edit - first_edit
     );
     report.insert(
         "rate".into(),
@@ -460,7 +508,7 @@ fn main() {
         .replicas
         .iter()
         .map(|s| {
-            let body = json!({"history": ["1", "2", "3"], "k": 10});
+            let body = json!({"history": &cluster.ids[1..4], "k": 10});
             client().post(s.at("/v1/recommend")).json(&body).send().map_or(0, |r| r.status().as_u16())
         })
         .collect();
@@ -468,12 +516,13 @@ fn main() {
     cluster.redis.restart();
     let (sent, secs) = sender.join().unwrap();
     let (settle, last_edit) = converge(&cluster, 200);
+    let last_edit = last_edit - first_edit;
     let in_stream = edits_in_stream(&cluster.feed());
     acked.extend(sent.ids.iter().cloned());
     let lost = missing(&cluster, &acked);
     println!(
         "redis SIGKILL at {} of {} edits, restarted after 1 s: recommendations while down answered {during:?}; {} edits acknowledged in \
-         {secs:.1} s ({} retried); settled {settle:.2} s after the last ack; last edit id {last_edit} on all 3 = {in_stream} edits \
+         {secs:.1} s ({} retried); settled {settle:.2} s after the last ack; edits applied on all 3: {last_edit} = {in_stream} edits \
          in the stream; acknowledged items missing: {lost}; 200 probes identical",
         range.len() / 4,
         range.len(),
@@ -487,6 +536,28 @@ fn main() {
         json!({"edits": sent.acks.len(), "retried": sent.errors, "settle_s": settle, "missing": lost,
                "last_edit_id": last_edit, "edits_in_stream": in_stream, "recommend_status_while_down": during, "probes_identical": 200}),
     );
+    // 4. a compaction on one replica; the others move onto its version
+    if a.compact {
+        let c = client();
+        let t0 = Instant::now();
+        let r: Value = c.post(cluster.replicas[0].at("/admin/catalog/compact")).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+        let compact_s = t0.elapsed().as_secs_f64();
+        let version = r["version"].as_u64().expect("a compaction report");
+        let mut moved = Vec::new();
+        for s in &cluster.replicas {
+            while get(&c, &s.at("/admin/catalog"))["version"].as_u64() != Some(version) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            moved.push(t0.elapsed().as_secs_f64() - compact_s);
+        }
+        let (settle, _) = converge(&cluster, 200);
+        println!(
+            "compaction on replica 0: version {version} written in {compact_s:.1} s; every replica on it {:.1} s later ({moved:.1?}); \
+             settled {settle:.2} s; 200 probes identical",
+            moved.iter().cloned().fold(0.0, f64::max)
+        );
+        report.insert("compaction".into(), json!({"version": version, "seconds": compact_s, "replicas_moved_after_s": moved}));
+    }
     let rss: Vec<f64> = cluster.replicas.iter().map(|s| peak_rss_mb(s.pid())).collect();
     println!("peak RSS of the replicas: {rss:.0?} MB; wall time {:.0} s", wall.elapsed().as_secs_f64());
     report.insert("peak_rss_mb".into(), json!(rss));

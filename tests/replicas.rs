@@ -228,6 +228,27 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
     writer.join().unwrap();
     let last_edit_id = converge(&reps.iter().collect::<Vec<_>>(), &feed);
     assert_eq!(last_edit_id, edits_in_stream(&feed), "every edit in the stream applied exactly once");
+
+    // 4. a model swap on one replica fans out to all; so does a rollback
+    std::fs::create_dir_all(root.0.join("b")).unwrap();
+    for f in ["config.json", "genrec.json", "model.safetensors"] {
+        std::fs::copy(root.0.join("a").join(f), root.0.join("b").join(f)).unwrap();
+    }
+    let swapped = c.post(reps[2].at("/admin/models")).bearer_auth(TOKEN).json(&json!({"path": "b"})).send().unwrap();
+    assert_eq!(swapped.status().as_u16(), 200);
+    let wanted = root.0.join("b").canonicalize().unwrap().display().to_string();
+    converge(&reps.iter().collect::<Vec<_>>(), &feed);
+    for s in &reps {
+        let m = get(&c, &s.at("/admin/models"));
+        assert_eq!(m["current"]["source"], json!(wanted), "every replica serves the checkpoint swapped in on one");
+        assert_eq!(m["feed"]["model_change"]["kind"], "model_load");
+        assert!(m["feed"]["model_change"].get("refused").is_none());
+    }
+    let back = c.post(reps[0].at("/admin/models/rollback")).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(back.status().as_u16(), 200);
+    converge(&reps.iter().collect::<Vec<_>>(), &feed);
+    let sources: Vec<Value> = reps.iter().map(|s| get(&c, &s.at("/admin/models"))["current"]["source"].clone()).collect();
+    assert!(sources.iter().all(|x| x == &sources[0] && x != &json!(wanted)), "every replica rolled back: {sources:?}");
     for s in &reps {
         for id in acked.lock().unwrap().iter() {
             assert_eq!(get(&c, &s.at(&format!("/admin/items/{id}")))["served"], true, "{id} acknowledged but not served");
