@@ -539,5 +539,3 @@ async fn wait(rx: tokio::sync::oneshot::Receiver<scheduler::JobResult>, deadline
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod replica_tests;

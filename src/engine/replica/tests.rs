@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::replica::{NoFeedObserver, ReplicaOptions};
-use super::*;
+use super::{NoFeedObserver, ReplicaOptions};
+use crate::engine::*;
 use crate::catalog::Catalog;
 use crate::feed::memory::MemoryFeed;
 use crate::feed::{Feed, Position};

@@ -1,0 +1,168 @@
+//! Applying the feed on one replica: runs of item records as one new catalog
+//! view, model records (a load, or a rollback to a named folder), and the
+//! outcome handed to the admin call that published a record.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ItemDone, ModelChange, Outcome, Replica};
+use crate::engine::edits::Upserted;
+use crate::engine::state::{ModelInfo, ServedCatalog};
+use crate::engine::{Engine, EngineError};
+use crate::catalog::edit::NewItem as CatalogItem;
+use crate::feed::record::{ItemEdit, Record, MODEL_STICKY};
+use crate::feed::{now_ms, Entry, FeedError, Position};
+
+impl Engine {
+    /// Applies feed entries in order (an entry at or below the applied
+    /// position is skipped, so applying twice changes nothing). A run of item
+    /// records becomes one new catalog view.
+    pub(super) fn apply_entries(&self, rep: &Replica, entries: &[Entry], mut deferred: Option<&mut Option<(Position, Record)>>) {
+        let done = self.feed_position();
+        let mut run: Vec<(Position, Record)> = Vec::new();
+        for e in entries.iter().filter(|e| e.position > done) {
+            let rec = match Record::parse(&e.payload) {
+                Ok(r) => r,
+                Err(why) => {
+                    self.apply_item_records(rep, std::mem::take(&mut run));
+                    tracing::warn!(position = %e.position, error = %why, "feed: skipping a record that does not parse");
+                    rep.skipped.fetch_add(1, Ordering::Relaxed);
+                    rep.observer.skipped();
+                    self.lock_writer().feed_position = e.position;
+                    continue;
+                }
+            };
+            rep.applied.fetch_add(1, Ordering::Relaxed);
+            rep.bytes_since_version.fetch_add(e.payload.len() as u64, Ordering::Relaxed);
+            if matches!(rec, Record::Items { .. }) {
+                run.push((e.position, rec));
+                continue;
+            }
+            self.apply_item_records(rep, std::mem::take(&mut run));
+            match deferred.as_deref_mut() {
+                Some(slot) => *slot = Some((e.position, rec)),
+                None => {
+                    let r = self.apply_model(rep, e.position, &rec);
+                    self.lock_writer().feed_position = e.position;
+                    rep.deliver(rec.origin(), Outcome::Model(r));
+                }
+            }
+            self.lock_writer().feed_position = e.position;
+        }
+        self.apply_item_records(rep, run);
+        if let Some(last) = entries.last() {
+            let lag = Duration::from_millis(now_ms().saturating_sub(last.position.ms));
+            rep.observer.applied(self.feed_position(), lag, 0, self.catalog().catalog.served_len());
+        }
+    }
+
+    /// Applies consecutive item records as one new catalog view, then
+    /// answers each record's publisher (if it is waiting here).
+    fn apply_item_records(&self, rep: &Replica, run: Vec<(Position, Record)>) {
+        let Some(last) = run.last().map(|r| r.0) else { return };
+        let mut w = self.lock_writer();
+        let mut view = w.head.catalog.clone();
+        let mut vectors = Vec::new();
+        let mut outcomes = Vec::with_capacity(run.len());
+        let mut edits_applied = 0;
+        for (_, rec) in run {
+            if let Record::Items { origin, edits } = rec {
+                let (out, v) = apply_edits(&mut view, &edits);
+                vectors.extend(v);
+                edits_applied += edits.len();
+                outcomes.push((origin, out));
+            }
+        }
+        let ann = w.head.ann.clone();
+        if let Err(e) = ann.add(&vectors) {
+            tracing::warn!(error = %e, position = %last, "feed: adding vectors to the ANN index failed (generation still serves the items)");
+        }
+        let served = Arc::new(ServedCatalog { catalog: view, ann });
+        w.head = served.clone();
+        w.feed_position = last;
+        self.catalog.store(served);
+        drop(w);
+        for (origin, out) in outcomes {
+            rep.deliver(origin.as_deref(), Outcome::Items(out));
+        }
+        let lag = Duration::from_millis(now_ms().saturating_sub(last.ms));
+        rep.observer.applied(last, lag, edits_applied, self.catalog().catalog.served_len());
+    }
+
+    /// Applies a model record here: a refusal keeps the model in service.
+    pub(super) fn apply_model(&self, rep: &Replica, position: Position, rec: &Record) -> Result<ModelInfo, EngineError> {
+        let old = self.model().map(|m| m.info());
+        let (kind, path, r) = match rec {
+            Record::ModelLoad { path, .. } => ("model_load", path.clone(), self.load_checkpoint_here(path)),
+            Record::ModelRollback { to, .. } => ("model_rollback", to.clone(), self.roll_back_to(to)),
+            Record::Items { .. } => return Err(EngineError::Feed("not a model record".into())),
+        };
+        match &r {
+            Ok(info) => {
+                tracing::info!(position = %position, kind, model = %info.version, "feed: model change applied");
+                rep.observer.model_change(old.as_ref(), Ok(info));
+            }
+            Err(e) => {
+                tracing::warn!(position = %position, kind, path = %path, error = %e, "feed: model change refused by this replica; keeping its model");
+                rep.observer.model_change(old.as_ref(), Err(&e.to_string()));
+            }
+        }
+        let refused = r.as_ref().err().map(|e| e.to_string());
+        *rep.model_change.lock().unwrap_or_else(|p| p.into_inner()) = Some(ModelChange { position, kind, path, refused });
+        r
+    }
+
+    /// Puts the model that was loaded from `to` in service: the previous one
+    /// when it is that, nothing when the current one is, else a fresh load.
+    fn roll_back_to(&self, to: &str) -> Result<ModelInfo, EngineError> {
+        if let Some(m) = self.model().filter(|m| m.source == to) {
+            return Ok(m.info());
+        }
+        let prev_matches = self.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|m| m.source == to);
+        if prev_matches {
+            return self.rollback_here();
+        }
+        self.load_checkpoint_here(to)
+    }
+
+    /// After a reload past trimmed records: the newest model record, when it
+    /// is newer than the last model change this replica took and not after
+    /// `upto` (later ones come from the stream).
+    pub(super) fn apply_missed_model(&self, rep: &Replica, upto: Position) -> Result<(), FeedError> {
+        let Some(e) = rep.feed.sticky(MODEL_STICKY)? else { return Ok(()) };
+        let seen = rep.model_change.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.position);
+        if e.position <= upto && seen.is_none_or(|s| s < e.position) {
+            if let Ok(rec) = Record::parse(&e.payload) {
+                let _ = self.apply_model(rep, e.position, &rec);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies item edits to `view`, one catalog edit id each: the outcome of
+/// each, and the vectors the ANN index needs.
+#[allow(clippy::type_complexity)]
+pub(super) fn apply_edits(view: &mut crate::catalog::Catalog, edits: &[ItemEdit]) -> (Vec<Result<ItemDone, EngineError>>, Vec<(u64, Vec<f32>)>) {
+    let mut vectors = Vec::new();
+    let mut out = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let edit_id = view.last_edit_id() + 1;
+        out.push(match edit {
+            ItemEdit::Upsert { id, title, embedding, semantic_id } => {
+                let field = if semantic_id.is_some() { "semantic_id" } else { "embedding" };
+                let item = CatalogItem { id: id.clone(), title: title.clone(), embedding: embedding.clone(), semantic_id: semantic_id.clone() };
+                match view.upsert(item, edit_id) {
+                    Ok(up) => {
+                        vectors.push((up.ann_key, up.embedding));
+                        Ok(ItemDone::Upserted(Upserted { item_id: id.clone(), semantic_id: up.semantic_id, created: !up.replaced, feed_position: None }))
+                    }
+                    Err(e) => Err(crate::engine::edits::catalog_error(e, field)),
+                }
+            }
+            ItemEdit::Delete { id } => view.remove(id, edit_id).map(|_| ItemDone::Removed).map_err(|e| crate::engine::edits::catalog_error(e, "id")),
+        });
+    }
+    (out, vectors)
+}

@@ -1,0 +1,347 @@
+//! One replica of a deployment whose replicas share one catalog and one model
+//! through the feed (`genrec serve --feed`, [`crate::feed`]).
+//!
+//! - **Edits and model changes** received by this replica's admin API are
+//!   appended to the feed, not applied directly; one thread per replica
+//!   applies the feed in order, its own records included, and the admin call
+//!   answers with the outcome of its own record once this replica applied it
+//!   (read-your-writes on this replica). The applied position is the
+//!   replica's version: equal positions mean equal catalogs.
+//! - **Starting** from the newest catalog version in the shared folder, the
+//!   replica replays the feed from the position that version records and is
+//!   not ready (`/readyz`) until it reaches the feed's head as it was at
+//!   start. Model records met while catching up are deferred to the end (only
+//!   the last one matters); the feed's sticky model record covers model
+//!   changes older than the version.
+//! - **Compaction** writes the applied view as the shared folder's next
+//!   version under the feed's compaction lease, then trims the feed below
+//!   the version before it and below every live replica's position.
+//! - **Faults:** a record that does not parse is skipped by every replica alike
+//!   (logged with its position, counted); an edit that fails (a taken semantic
+//!   ID) fails the same way everywhere; a checkpoint this replica cannot load
+//!   leaves its model in service and is shown in `GET /admin/models`; a lost
+//!   connection is retried with backoff while serving goes on from the last
+//!   applied state; a replica whose position fell below the trimmed part of
+//!   the feed reloads from the newest version.
+//!
+//! Here: the replica's state and the publishing side; [`apply`] applies
+//! records, [`versions`] compacts and moves between catalog versions,
+//! [`follow`] is the thread that reads the feed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::edits::Upserted;
+use super::state::ModelInfo;
+use super::{Engine, EngineError};
+use crate::catalog::dir;
+use crate::feed::record::{ItemEdit, Record, MODEL_STICKY};
+use crate::feed::{Feed, FeedError, Position};
+
+mod apply;
+mod follow;
+#[cfg(test)]
+mod tests;
+mod versions;
+
+/// Entries read per round.
+const READ_BATCH: usize = 256;
+/// How long one read waits for new entries.
+const READ_WAIT: Duration = Duration::from_millis(500);
+/// Backoff after a failed read, doubling up to the maximum.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the replica records its position in the feed (for trimming).
+const MARK_EVERY: Duration = Duration::from_secs(2);
+/// Marks older than this are of replicas that are gone: they hold no trim back.
+const MARK_FRESH_MS: u64 = 120_000;
+/// How long an admin call waits for its record to be applied here.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+/// Edits per feed record of a large batch.
+pub const EDITS_PER_RECORD: usize = 1000;
+/// How long the compaction lease lasts (a compaction that dies frees it then).
+const COMPACT_LEASE: Duration = Duration::from_secs(900);
+
+/// What the feed thread reports, for metrics (implemented by the server).
+pub trait FeedObserver: Send + Sync {
+    /// The position applied, and how far behind the feed's newest entry this
+    /// replica was when it applied it (0 when nothing is pending).
+    fn applied(&self, position: Position, lag: Duration, edits: usize, served_items: usize);
+    fn connected(&self, up: bool);
+    fn skipped(&self);
+    /// A model change from the feed: swapped in, or refused here.
+    fn model_change(&self, old: Option<&ModelInfo>, new: Result<&ModelInfo, &str>);
+}
+
+/// A feed observer that records nothing (tests).
+pub struct NoFeedObserver;
+
+impl FeedObserver for NoFeedObserver {
+    fn applied(&self, _: Position, _: Duration, _: usize, _: usize) {}
+    fn connected(&self, _: bool) {}
+    fn skipped(&self) {}
+    fn model_change(&self, _: Option<&ModelInfo>, _: Result<&ModelInfo, &str>) {}
+}
+
+/// How a replica joins its feed.
+pub struct ReplicaOptions {
+    /// Unique among the replicas (in logs, marks, the compaction lease).
+    pub name: String,
+    /// The catalog folder every replica reads (versions are written here).
+    pub catalog_dir: PathBuf,
+}
+
+/// The last model change this replica took from the feed.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelChange {
+    #[schema(value_type = String)]
+    pub position: Position,
+    /// `model_load` or `model_rollback`.
+    pub kind: &'static str,
+    /// The checkpoint it named.
+    pub path: String,
+    /// Why this replica did not swap it in (absent: it did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// A replica's view of its feed (`GET /admin/catalog`, `GET /admin/models`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct FeedInfo {
+    /// `redis://HOST:PORT/STREAM`.
+    pub feed: String,
+    pub replica: String,
+    /// Everything up to here is applied (`<ms>-<seq>`).
+    #[schema(value_type = String)]
+    pub position: Position,
+    pub connected: bool,
+    /// Reached the feed's head as it was at start (`/readyz` waits for it).
+    pub caught_up: bool,
+    /// Records applied since start.
+    pub applied: u64,
+    /// Records skipped because they do not parse.
+    pub skipped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_change: Option<ModelChange>,
+}
+
+/// What applying one record did, for the admin call that published it.
+pub(super) enum Outcome {
+    Items(Vec<Result<ItemDone, EngineError>>),
+    Model(Result<ModelInfo, EngineError>),
+}
+
+pub(super) enum ItemDone {
+    Upserted(Upserted),
+    Removed,
+}
+
+impl ItemDone {
+    /// The same outcome, stamped with the feed position of its record.
+    fn at(self, position: Position) -> ItemDone {
+        match self {
+            ItemDone::Upserted(u) => ItemDone::Upserted(Upserted { feed_position: Some(position), ..u }),
+            other => other,
+        }
+    }
+}
+
+pub(super) struct Replica {
+    feed: Arc<dyn Feed>,
+    name: String,
+    dir: PathBuf,
+    observer: Arc<dyn FeedObserver>,
+    /// Admin calls waiting for their record, by origin.
+    waiters: Mutex<HashMap<String, SyncSender<Outcome>>>,
+    next_origin: AtomicU64,
+    caught_up: AtomicBool,
+    connected: AtomicBool,
+    applied: AtomicU64,
+    skipped: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    model_change: Mutex<Option<ModelChange>>,
+    /// Payload bytes applied since the shared folder's version last changed.
+    bytes_since_version: AtomicU64,
+    known_version: AtomicU64,
+}
+
+fn feed_error(e: FeedError) -> EngineError {
+    EngineError::Feed(e.to_string())
+}
+
+impl Replica {
+    pub(super) fn info(&self, position: Position) -> FeedInfo {
+        FeedInfo {
+            feed: self.feed.describe(),
+            replica: self.name.clone(),
+            position,
+            connected: self.connected.load(Ordering::Relaxed),
+            caught_up: self.caught_up.load(Ordering::Relaxed),
+            applied: self.applied.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            model_change: self.model_change.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    pub(super) fn ready(&self) -> bool {
+        self.caught_up.load(Ordering::Relaxed)
+    }
+
+    fn set_connected(&self, up: bool, error: Option<String>) {
+        let was = self.connected.swap(up, Ordering::Relaxed);
+        match (&error, was, up) {
+            (Some(e), true, false) => tracing::warn!(feed = %self.feed.describe(), error = %e, "feed down: serving the last applied state, retrying"),
+            (None, false, true) => tracing::info!(feed = %self.feed.describe(), "feed connected"),
+            _ => {}
+        }
+        if was != up {
+            self.observer.connected(up);
+        }
+        if let Some(e) = error {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+    }
+
+    /// Appends `make(origin)` and waits until this replica applied it.
+    fn publish(&self, sticky: Option<&str>, make: impl FnOnce(String) -> Record) -> Result<(Position, Outcome), EngineError> {
+        if !self.ready() {
+            return Err(EngineError::Feed("this replica is still catching up with the feed: retry shortly".into()));
+        }
+        let origin = format!("{}#{}", self.name, self.next_origin.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = sync_channel(1);
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.clone(), tx);
+        let forget = || self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&origin);
+        let rec = make(origin.clone());
+        let position = match self.feed.append(&rec.to_bytes(), sticky) {
+            Ok(p) => p,
+            Err(e) => {
+                forget();
+                return Err(feed_error(e));
+            }
+        };
+        match rx.recv_timeout(APPLY_WAIT) {
+            Ok(o) => Ok((position, o)),
+            Err(_) => {
+                forget();
+                Err(EngineError::Feed(format!(
+                    "the record is in the feed at {position} but this replica did not apply it within {} s \
+                     (it will when it catches up)",
+                    APPLY_WAIT.as_secs()
+                )))
+            }
+        }
+    }
+
+    fn deliver(&self, origin: Option<&str>, outcome: Outcome) {
+        let Some(o) = origin else { return };
+        if let Some(tx) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(o) {
+            let _ = tx.try_send(outcome);
+        }
+    }
+}
+
+impl Engine {
+    /// Makes this engine a replica of `feed`: edits and model changes go
+    /// through it from now on, and a thread applies it in order, starting
+    /// after `start` (the position the catalog's version covers).
+    pub fn join_feed(
+        self: &Arc<Self>,
+        feed: Arc<dyn Feed>,
+        opts: ReplicaOptions,
+        start: Position,
+        observer: Arc<dyn FeedObserver>,
+    ) -> Result<std::thread::JoinHandle<()>, EngineError> {
+        let version = dir::version_of(&opts.catalog_dir).unwrap_or(0);
+        let rep = Arc::new(Replica {
+            feed,
+            name: opts.name,
+            dir: opts.catalog_dir,
+            observer,
+            waiters: Mutex::new(HashMap::new()),
+            next_origin: AtomicU64::new(1),
+            caught_up: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            model_change: Mutex::new(None),
+            bytes_since_version: AtomicU64::new(0),
+            known_version: AtomicU64::new(version),
+        });
+        self.lock_writer().feed_position = start;
+        if self.replica.set(rep.clone()).is_err() {
+            return Err(EngineError::Conflict("this engine follows a feed already".into()));
+        }
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("genrec-feed".into())
+            .spawn(move || follow::follow(weak, rep))
+            .map_err(EngineError::Worker)
+    }
+
+    pub(super) fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.get()
+    }
+
+    /// The feed's state as this replica sees it (`None`: no feed).
+    pub fn feed_info(&self) -> Option<FeedInfo> {
+        let rep = self.replica()?;
+        Some(rep.info(self.lock_writer().feed_position))
+    }
+
+    /// The feed position this replica has applied (`None`: no feed).
+    pub fn feed_applied(&self) -> Option<Position> {
+        self.replica().map(|_| self.feed_position())
+    }
+
+    /// `None` without a feed; else whether this replica caught up with it.
+    pub fn feed_ready(&self) -> Option<bool> {
+        self.replica().map(|r| r.ready())
+    }
+
+    /// Publishes item edits (in records of at most [`EDITS_PER_RECORD`]) and
+    /// returns each one's outcome, in order, and the position of the last
+    /// record (applied here; a client may wait for other replicas to reach it).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn publish_items(
+        &self,
+        rep: &Replica,
+        edits: Vec<ItemEdit>,
+    ) -> Result<(Vec<Result<ItemDone, EngineError>>, Position), EngineError> {
+        let mut last = Position::START;
+        let mut out = Vec::with_capacity(edits.len());
+        let mut edits = edits.into_iter().peekable();
+        while edits.peek().is_some() {
+            let chunk: Vec<ItemEdit> = edits.by_ref().take(EDITS_PER_RECORD).collect();
+            let n = chunk.len();
+            match rep.publish(None, |origin| Record::Items { origin: Some(origin), edits: chunk })? {
+                (p, Outcome::Items(r)) if r.len() == n => {
+                    out.extend(r.into_iter().map(|x| x.map(|d| d.at(p))));
+                    last = p;
+                }
+                _ => return Err(EngineError::Feed("the feed answered another kind of record".into())),
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// Publishes a model change and returns what this replica made of it.
+    pub(super) fn publish_model(&self, rep: &Replica, make: impl FnOnce(String) -> Record) -> Result<ModelInfo, EngineError> {
+        match rep.publish(Some(MODEL_STICKY), make)?.1 {
+            Outcome::Model(r) => r,
+            Outcome::Items(_) => Err(EngineError::Feed("the feed answered an item edit for a model change".into())),
+        }
+    }
+
+    /// The position this replica has applied.
+    pub(super) fn feed_position(&self) -> Position {
+        self.lock_writer().feed_position
+    }
+}

@@ -1,0 +1,153 @@
+//! Catalog versions in the shared folder, seen from a replica: compaction
+//! under the feed's lease (with the feed position each version covers, and
+//! trimming), moving onto a newer version written by any replica, and
+//! reloading the newest one after falling behind the trimmed feed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::apply::apply_edits;
+use super::{feed_error, Replica, COMPACT_LEASE, MARK_FRESH_MS, READ_BATCH};
+use crate::catalog::dir;
+use crate::engine::state::ServedCatalog;
+use crate::engine::{Engine, EngineError};
+use crate::feed::record::Record;
+use crate::feed::{now_ms, Position};
+use crate::recall::{write_version_graph, Ann, ANN_FILE};
+
+impl Engine {
+    /// Moves this replica onto a newer version of the shared folder (written
+    /// by any replica's compaction), so that its in-memory overlay does not
+    /// grow forever: opens the version, replays the feed from the version's
+    /// position up to this replica's, and swaps. Requests go on meanwhile on
+    /// the current view. Returns whether it moved (false: no newer version,
+    /// or the version is ahead of this replica, which catches up first).
+    pub(super) fn rebase(&self, rep: &Replica) -> Result<bool, EngineError> {
+        let newest = dir::version_of(&rep.dir)?;
+        if newest <= self.catalog().catalog.manifest().version {
+            return Ok(false);
+        }
+        let t0 = Instant::now();
+        let (mut cat, report) = dir::open_read_only(&rep.dir)?;
+        let from = version_position(&cat)?;
+        let here = self.feed_position();
+        if from > here {
+            return Ok(false);
+        }
+        let mut after = from;
+        while after < here {
+            let entries = rep.feed.read_after(after, READ_BATCH, Duration::ZERO).map_err(feed_error)?;
+            if entries.is_empty() {
+                return Err(EngineError::Feed(format!("the feed ends at {after}, before this replica's {here}")));
+            }
+            for e in entries.into_iter().take_while(|e| e.position <= here) {
+                if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
+                    apply_edits(&mut cat, &edits);
+                }
+                after = e.position;
+            }
+        }
+        let ann = Arc::new(Ann::open(&cat)?);
+        let served = Arc::new(ServedCatalog { catalog: cat, ann });
+        let mut w = self.lock_writer();
+        if w.feed_position != here {
+            return Ok(false); // (only this thread applies the feed: not reached)
+        }
+        w.head = served.clone();
+        self.catalog.store(served);
+        rep.known_version.store(report.version, Ordering::Relaxed);
+        tracing::info!(version = report.version, replayed_from = %from, seconds = t0.elapsed().as_secs_f64(), "feed: moved onto the newest catalog version");
+        Ok(true)
+    }
+
+    /// Serves the newest version of the shared folder from scratch (when this
+    /// replica fell below the trimmed part of the feed).
+    pub(super) fn reload_newest(&self, rep: &Replica) -> Result<Position, EngineError> {
+        let (cat, report) = dir::open_read_only(&rep.dir)?;
+        let position = version_position(&cat)?;
+        let ann = Arc::new(Ann::open(&cat)?);
+        let served = Arc::new(ServedCatalog { catalog: cat, ann });
+        let mut w = self.lock_writer();
+        w.head = served.clone();
+        w.feed_position = position;
+        self.catalog.store(served);
+        rep.known_version.store(report.version, Ordering::Relaxed);
+        rep.bytes_since_version.store(0, Ordering::Relaxed);
+        tracing::warn!(version = report.version, position = %position, "feed: reloaded the newest catalog version");
+        Ok(position)
+    }
+
+    /// Compaction of a shared folder: under the feed's compaction lease, the
+    /// applied view becomes the folder's next version (recording its
+    /// position), then the feed is trimmed below the version before it and
+    /// below every live replica's mark.
+    pub(in crate::engine) fn compact_shared(&self, rep: &Replica) -> Result<crate::engine::edits::CompactReport, EngineError> {
+        let t0 = Instant::now();
+        if !rep.feed.try_lease("compact", &rep.name, COMPACT_LEASE).map_err(feed_error)? {
+            return Err(EngineError::Conflict("another replica is compacting the shared catalog".into()));
+        }
+        let r = self.write_shared_version(rep, t0);
+        if let Err(e) = rep.feed.release_lease("compact", &rep.name) {
+            tracing::warn!(error = %e, "feed: giving the compaction lease back failed (it lapses by itself)");
+        }
+        r
+    }
+
+    fn write_shared_version(&self, rep: &Replica, t0: Instant) -> Result<crate::engine::edits::CompactReport, EngineError> {
+        let (view, position) = {
+            let w = self.lock_writer();
+            (w.head.catalog.clone(), w.feed_position)
+        };
+        let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
+        let extra = |v: &crate::catalog::Catalog, d: &std::path::Path| {
+            write_version_graph(v, prev_graph.as_deref(), d).map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
+        };
+        let (number, _) = dir::commit_shared_version(&rep.dir, &view, &position.to_string(), &extra)?;
+        rep.feed.mark(&rep.name, position).map_err(feed_error)?;
+        rep.known_version.store(number, Ordering::Relaxed);
+        rep.bytes_since_version.store(0, Ordering::Relaxed);
+        // the version before stays for replicas that are opening it: keep
+        // the feed after its position, and after every live replica's
+        let older = dir::version_feed_position(&rep.dir, number - 1).and_then(|p| p.parse::<Position>().ok());
+        if let Some(mut below) = older {
+            let now = now_ms();
+            for m in rep.feed.marks().map_err(feed_error)? {
+                if now.saturating_sub(m.at_ms) < MARK_FRESH_MS {
+                    below = below.min(m.position);
+                }
+            }
+            let dropped = rep.feed.trim_below(below).map_err(feed_error)?;
+            tracing::info!(below = %below, dropped, "feed trimmed");
+        }
+        Ok(crate::engine::edits::CompactReport { version: number, items: view.served_len(), replayed: 0, seconds: t0.elapsed().as_secs_f64() })
+    }
+
+    /// Compacts when the edits applied since the shared folder's version
+    /// pass the engine's threshold and no other replica wrote a version since.
+    pub(super) fn maybe_compact(&self, rep: &Replica) {
+        let limit = self.opts.compact_log_bytes;
+        if limit == 0 || rep.bytes_since_version.load(Ordering::Relaxed) < limit {
+            return;
+        }
+        if let Ok(v) = dir::version_of(&rep.dir) {
+            if v != rep.known_version.swap(v, Ordering::Relaxed) {
+                rep.bytes_since_version.store(0, Ordering::Relaxed);
+                return;
+            }
+        }
+        match self.compact_shared(rep) {
+            Ok(r) => tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "shared catalog compacted"),
+            Err(EngineError::Conflict(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "shared catalog compaction failed; the feed keeps everything"),
+        }
+    }
+}
+
+/// The feed position a catalog version covers (the start without one).
+fn version_position(cat: &crate::catalog::Catalog) -> Result<Position, EngineError> {
+    match cat.manifest().feed_position.as_deref() {
+        Some(p) => p.parse().map_err(feed_error),
+        None => Ok(Position::START),
+    }
+}
