@@ -32,9 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::redis::{edits_in_stream, RedisServer};
 use common::{Server, TempDir};
-use genrec::feed::record::Record;
 use genrec::feed::{Feed, Position};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -338,14 +337,7 @@ fn converge(cluster: &Cluster, probes: usize) -> (f64, u64) {
     for p in 0..probes {
         let history: Vec<&String> = (0..5).map(|j| &cluster.ids[(p * 31 + j * 7) % cluster.ids.len()]).collect();
         let body = json!({"history": history, "k": 10, "strategy": "generative"});
-        let answers: Vec<Value> = cluster
-            .replicas
-            .iter()
-            .map(|s| {
-                let v: Value = c.post(s.at("/v1/recommend")).json(&body).send().unwrap().json().unwrap();
-                json!(v["items"].as_array().unwrap().iter().map(|it| (it["item_id"].clone(), it["score"].clone())).collect::<Vec<_>>())
-            })
-            .collect();
+        let answers: Vec<Value> = cluster.replicas.iter().map(|s| common::items_and_scores(&c, &s.at("/v1/recommend"), &body)).collect();
         assert!(answers.iter().all(|a| a == &answers[0]), "probe {p}: replicas answer differently");
     }
     (waited, infos[0]["last_edit_id"].as_u64().unwrap())
@@ -362,19 +354,6 @@ fn missing(cluster: &Cluster, ids: &BTreeSet<String>) -> usize {
         }
     }
     n
-}
-
-fn edits_in_stream(feed: &dyn Feed) -> u64 {
-    let (mut n, mut after) = (0, Position::START);
-    loop {
-        let entries = feed.read_after(after, 1000, Duration::ZERO).unwrap();
-        let Some(last) = entries.last() else { return n };
-        after = last.position;
-        n += entries.iter().filter_map(|e| Record::parse(&e.payload).ok()).map(|r| match r {
-            Record::Items { edits, .. } => edits.len() as u64,
-            _ => 0,
-        }).sum::<u64>();
-    }
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {

@@ -10,10 +10,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis::{self, RedisServer};
+use common::redis::{self, edits_in_stream, RedisServer};
 use common::{Server, TempDir};
-use genrec::feed::record::Record;
-use genrec::feed::{Feed, Position};
+use genrec::feed::Feed;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "replica-token";
@@ -35,6 +34,9 @@ fn start(root: &TempDir, feed: &str, name: &str) -> Server {
         name,
         "--admin-token",
         TOKEN,
+        // the replica killed in step 2 stops holding trimming back soon
+        "--feed-mark-ttl-s",
+        "3",
     ]);
     let c = client();
     let until = Instant::now() + Duration::from_secs(60);
@@ -105,32 +107,10 @@ fn converge(replicas: &[&Server], feed: &dyn Feed) -> u64 {
     for p in 0..30 {
         let history: Vec<String> = (0..4).map(|j| ((p * 17 + j * 5) % 600).to_string()).collect();
         let body = json!({"history": history, "k": 10, "strategy": "generative"});
-        let answers: Vec<Value> = replicas
-            .iter()
-            .map(|s| {
-                let v: Value = c.post(s.at("/v1/recommend")).json(&body).send().unwrap().json().unwrap();
-                json!(v["items"].as_array().unwrap().iter().map(|it| (it["item_id"].clone(), it["score"].clone())).collect::<Vec<_>>())
-            })
-            .collect();
+        let answers: Vec<Value> = replicas.iter().map(|s| common::items_and_scores(&c, &s.at("/v1/recommend"), &body)).collect();
         assert!(answers.iter().all(|a| a == &answers[0]), "probe {p}: replicas answer differently: {answers:?}");
     }
     infos[0]["last_edit_id"].as_u64().unwrap()
-}
-
-/// Catalog edits the stream holds (every one succeeds in this test).
-fn edits_in_stream(feed: &dyn Feed) -> u64 {
-    let mut n = 0;
-    let mut after = Position::START;
-    loop {
-        let entries = feed.read_after(after, 1000, Duration::ZERO).unwrap();
-        let Some(last) = entries.last() else { return n };
-        after = last.position;
-        for e in &entries {
-            if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
-                n += edits.len() as u64;
-            }
-        }
-    }
 }
 
 #[test]
@@ -178,43 +158,19 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
 
     // 2. replica 1 killed mid-stream (SIGKILL), a compaction on replica 0,
     //    replica 1 restarted: it starts from the new version and catches up
-    let writer = {
-        let (urls, acked) = (vec![urls[0].clone(), urls[2].clone()], acked.clone());
-        std::thread::spawn(move || {
-            let c = client();
-            for i in 120..240 {
-                let id = format!("p2-{i}");
-                upsert(&c, &urls, i, &id, i);
-                acked.lock().unwrap().insert(id);
-            }
-        })
-    };
-    while acked.lock().unwrap().iter().filter(|id| id.starts_with("p2-")).count() < 30 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let writing = spawn_writer(vec![urls[0].clone(), urls[2].clone()], 120..240, "p2", acked.clone());
+    wait_acked(&acked, "p2-", 30);
     drop(reps.remove(1)); // SIGKILL
     let compacted = c.post(format!("{}/admin/catalog/compact", urls[0])).bearer_auth(TOKEN).send().unwrap();
     assert_eq!(compacted.status().as_u16(), 200);
     reps.insert(1, start(&root, &address, "r1-again"));
-    writer.join().unwrap();
+    writing.join().unwrap();
     converge(&reps.iter().collect::<Vec<_>>(), &feed);
 
     // 3. Redis killed (SIGKILL) mid-stream and restarted on its AOF: the
     //    replicas serve meanwhile, reconnect, and converge
-    let writer = {
-        let (urls, acked) = (urls_of(&reps), acked.clone());
-        std::thread::spawn(move || {
-            let c = client();
-            for i in 240..360 {
-                let id = format!("p3-{i}");
-                upsert(&c, &urls, i, &id, i);
-                acked.lock().unwrap().insert(id);
-            }
-        })
-    };
-    while acked.lock().unwrap().iter().filter(|id| id.starts_with("p3-")).count() < 30 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let writing = spawn_writer(urls_of(&reps), 240..360, "p3", acked.clone());
+    wait_acked(&acked, "p3-", 30);
     redis.kill();
     std::thread::sleep(Duration::from_millis(500));
     for s in &reps {
@@ -225,7 +181,7 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
     let down: String = c.get(reps[0].at("/metrics")).send().unwrap().text().unwrap();
     assert!(down.contains("genrec_feed_up 0"), "the metric says the feed is down");
     redis.restart();
-    writer.join().unwrap();
+    writing.join().unwrap();
     let last_edit_id = converge(&reps.iter().collect::<Vec<_>>(), &feed);
     assert_eq!(last_edit_id, edits_in_stream(&feed), "every edit in the stream applied exactly once");
 
@@ -249,10 +205,49 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
     converge(&reps.iter().collect::<Vec<_>>(), &feed);
     let sources: Vec<Value> = reps.iter().map(|s| get(&c, &s.at("/admin/models"))["current"]["source"].clone()).collect();
     assert!(sources.iter().all(|x| x == &sources[0] && x != &json!(wanted)), "every replica rolled back: {sources:?}");
+
+    // 5. two more compactions: the second trims the stream (XTRIM MINID); a
+    //    replica restarted after that starts from the newest version. (The
+    //    replica killed in step 2 held trimming back for --feed-mark-ttl-s.)
+    std::thread::sleep(Duration::from_millis(3500));
+    for round in 0..2 {
+        for i in 0..5 {
+            let n = 400 + round * 10 + i;
+            upsert(&c, &urls_of(&reps), n, &format!("p5-{n}"), n);
+            acked.lock().unwrap().insert(format!("p5-{n}"));
+        }
+        converge(&reps.iter().collect::<Vec<_>>(), &feed);
+        let r = c.post(reps[1].at("/admin/catalog/compact")).bearer_auth(TOKEN).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "compaction {round}");
+    }
+    assert!(feed.trimmed_below().unwrap() > genrec::feed::Position::START, "the stream was trimmed");
+    assert!(edits_in_stream(&feed) < last_edit_id, "trimmed entries are gone from the stream");
+    drop(reps.remove(2));
+    reps.push(start(&root, &address, "r2-again"));
+    converge(&reps.iter().collect::<Vec<_>>(), &feed);
     for s in &reps {
         for id in acked.lock().unwrap().iter() {
             assert_eq!(get(&c, &s.at(&format!("/admin/items/{id}")))["served"], true, "{id} acknowledged but not served");
         }
+    }
+}
+
+/// Upserts items `range` (ids `TAG-i`) through `urls` on a thread.
+fn spawn_writer(urls: Vec<String>, range: std::ops::Range<usize>, tag: &'static str, acked: Arc<Mutex<BTreeSet<String>>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let c = client();
+        for i in range {
+            let id = format!("{tag}-{i}");
+            upsert(&c, &urls, i, &id, i);
+            acked.lock().unwrap().insert(id);
+        }
+    })
+}
+
+/// Waits until `n` items whose ids start with `prefix` are acknowledged.
+fn wait_acked(acked: &Mutex<BTreeSet<String>>, prefix: &str, n: usize) {
+    while acked.lock().unwrap().iter().filter(|id| id.starts_with(prefix)).count() < n {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -251,27 +251,35 @@ fn write_and_point(
 
 /// Writes `view` as the next version of a folder that replicas share (`genrec
 /// serve --feed`: nobody holds its `LOCK`; the caller holds the feed's
-/// compaction lease instead), recording the feed position it covers. The
-/// version before it stays (a replica may be opening it); older versions and
-/// logs are deleted. Returns the new version's number and folder.
+/// compaction lease instead), recording the feed position it covers.
+/// Versions from `keep_from` on stay (the one before the new version at
+/// least: a replica may be opening it); older versions and logs are deleted.
+/// Returns the new version's number and folder.
 pub fn commit_shared_version(
     dir: &Path,
     view: &Catalog,
     feed_position: &str,
+    keep_from: u64,
     extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
 ) -> Result<(u64, PathBuf), CatalogError> {
     let (current, _) = current_version(dir)?;
     let number = current + 1;
     let final_dir = write_and_point(dir, view, number, Some(feed_position), extra)?;
-    cleanup(dir, current)?;
+    cleanup(dir, keep_from.min(current))?;
     Ok((number, final_dir))
 }
 
-/// The feed position recorded by version `number` of `dir`, if it is there
-/// and records one.
-pub fn version_feed_position(dir: &Path, number: u64) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(version_name(number)).join(format::MANIFEST_FILE)).ok()?;
-    serde_json::from_str::<Manifest>(&text).ok()?.feed_position
+/// The feed position recorded by version `number` of `dir` (`None`: the
+/// version records none, or is gone).
+pub fn version_feed_position(dir: &Path, number: u64) -> Result<Option<String>, CatalogError> {
+    let p = dir.join(version_name(number)).join(format::MANIFEST_FILE);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CatalogError::io(&p, e)),
+    };
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| CatalogError::Format(format!("{}: {e}", p.display())))?;
+    Ok(m.feed_position)
 }
 
 /// The current version number of a catalog folder.

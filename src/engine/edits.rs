@@ -421,7 +421,7 @@ impl Engine {
             let (mut out, position) = self.publish_items(rep, vec![edit])?;
             return match out.pop() {
                 Some(r) => r.map(|_| Some(position)),
-                None => Err(EngineError::Feed("the feed gave no outcome".into())),
+                None => Err(EngineError::Feed(crate::feed::FeedError::Protocol("the feed gave no outcome".into()))),
             };
         }
         let w = self.lock_writer();

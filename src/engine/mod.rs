@@ -85,9 +85,18 @@ pub enum EngineError {
     /// A profile request while no intent model or encoder is configured (HTTP 503).
     #[error("cold start is not available: {0}")]
     ColdStart(String),
-    /// The replica feed cannot take or apply a change now (HTTP 503).
+    /// The replica feed cannot be reached or answered something unexpected
+    /// (HTTP 503).
     #[error("replica feed: {0}")]
-    Feed(String),
+    Feed(#[from] crate::feed::FeedError),
+    /// This replica is still catching up with the feed and takes no change
+    /// yet (HTTP 503).
+    #[error("this replica is still catching up with the replica feed: retry shortly or on another replica")]
+    CatchingUp,
+    /// The change is in the feed at this position but this replica did not
+    /// apply it in time; it will (HTTP 503).
+    #[error("the change is in the replica feed at {0} but this replica did not apply it in time (it will when it catches up)")]
+    NotAppliedYet(crate::feed::Position),
 }
 
 /// How a request wants its items made.

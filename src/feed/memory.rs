@@ -13,10 +13,10 @@ use super::{now_ms, Entry, Feed, FeedError, Position, ReplicaMark};
 struct State {
     entries: Vec<Entry>,
     last: Position,
-    sticky: HashMap<String, Entry>,
+    sticky: HashMap<String, Vec<Entry>>,
     trimmed: Position,
     leases: HashMap<String, (String, Instant)>,
-    marks: HashMap<String, (Position, u64)>,
+    marks: HashMap<String, (Position, u64, u64)>,
 }
 
 #[derive(Default)]
@@ -78,7 +78,10 @@ impl Feed for MemoryFeed {
         self.up()?;
         let p = self.append_raw(payload);
         if let Some(name) = sticky {
-            self.lock().sticky.insert(name.into(), Entry { position: p, payload: payload.to_vec() });
+            let mut s = self.lock();
+            let kept = s.sticky.entry(name.into()).or_default();
+            kept.insert(0, Entry { position: p, payload: payload.to_vec() });
+            kept.truncate(super::STICKY_KEEP);
         }
         Ok(p)
     }
@@ -105,9 +108,9 @@ impl Feed for MemoryFeed {
         Ok(self.lock().entries.last().map(|e| e.position))
     }
 
-    fn sticky(&self, name: &str) -> Result<Option<Entry>, FeedError> {
+    fn sticky(&self, name: &str) -> Result<Vec<Entry>, FeedError> {
         self.up()?;
-        Ok(self.lock().sticky.get(name).cloned())
+        Ok(self.lock().sticky.get(name).cloned().unwrap_or_default())
     }
 
     fn trim_below(&self, below: Position) -> Result<u64, FeedError> {
@@ -144,15 +147,21 @@ impl Feed for MemoryFeed {
         Ok(())
     }
 
-    fn mark(&self, name: &str, position: Position) -> Result<(), FeedError> {
+    fn mark(&self, name: &str, position: Position, version: u64) -> Result<(), FeedError> {
         self.up()?;
-        self.lock().marks.insert(name.into(), (position, now_ms()));
+        self.lock().marks.insert(name.into(), (position, version, now_ms()));
         Ok(())
     }
 
     fn marks(&self) -> Result<Vec<ReplicaMark>, FeedError> {
         self.up()?;
-        Ok(self.lock().marks.iter().map(|(n, (p, at))| ReplicaMark { name: n.clone(), position: *p, at_ms: *at }).collect())
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .marks
+            .iter()
+            .map(|(n, (p, v, at))| ReplicaMark { name: n.clone(), position: *p, version: *v, age_ms: now.saturating_sub(*at) })
+            .collect())
     }
 }
 
@@ -173,7 +182,13 @@ mod tests {
         assert!(f.read_after(c, 10, Duration::from_millis(5)).unwrap().is_empty());
         assert_eq!(f.trim_below(c).unwrap(), 2);
         assert_eq!(f.trimmed_below().unwrap(), c);
-        assert_eq!(f.sticky("m").unwrap().unwrap().position, b, "sticky outlives trimming");
+        assert_eq!(f.sticky("m").unwrap()[0].position, b, "sticky outlives trimming");
+        for i in 0..10 {
+            f.append(format!("m{i}").as_bytes(), Some("m")).unwrap();
+        }
+        let kept = f.sticky("m").unwrap();
+        assert_eq!(kept.len(), crate::feed::STICKY_KEEP);
+        assert_eq!(kept[0].payload, b"m9", "newest first");
         assert!(f.try_lease("x", "r1", Duration::from_secs(9)).unwrap());
         assert!(!f.try_lease("x", "r2", Duration::from_secs(9)).unwrap());
         f.release_lease("x", "r2").unwrap();

@@ -80,14 +80,19 @@ pub struct Entry {
     pub payload: Vec<u8>,
 }
 
-/// Where a replica said it was, for trimming.
+/// Where a replica said it was, for trimming the feed and deleting versions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaMark {
     pub name: String,
     pub position: Position,
-    /// When it said so, ms since the Unix epoch.
-    pub at_ms: u64,
+    /// The catalog version it serves.
+    pub version: u64,
+    /// How long ago it said so, by the feed server's clock.
+    pub age_ms: u64,
 }
+
+/// Records kept per sticky name.
+pub const STICKY_KEEP: usize = 8;
 
 /// An ordered, durable stream shared by the replicas. Implementations are
 /// blocking and safe to call from several threads; a call that cannot reach
@@ -98,7 +103,8 @@ pub trait Feed: Send + Sync {
 
     /// Appends `payload` and returns its position once the server holds it.
     /// With `sticky`, the record is also kept under that name, atomically
-    /// with the append, beyond any trimming (see [`Feed::sticky`]).
+    /// with the append, beyond any trimming (see [`Feed::sticky`]); the
+    /// newest [`STICKY_KEEP`] are kept.
     fn append(&self, payload: &[u8], sticky: Option<&str>) -> Result<Position, FeedError>;
 
     /// Up to `max` entries after `after`, in order; waits up to `wait` when
@@ -108,9 +114,10 @@ pub trait Feed: Send + Sync {
     /// The newest position in the stream (`None`: nothing was ever appended).
     fn head(&self) -> Result<Option<Position>, FeedError>;
 
-    /// The newest record appended with `sticky = name`, even when the stream
-    /// was trimmed past it.
-    fn sticky(&self, name: &str) -> Result<Option<Entry>, FeedError>;
+    /// The newest records appended with `sticky = name` (at most
+    /// [`STICKY_KEEP`], newest first), even when the stream was trimmed past
+    /// them.
+    fn sticky(&self, name: &str) -> Result<Vec<Entry>, FeedError>;
 
     /// Drops the entries below `below` and remembers that they are gone (see
     /// [`Feed::trimmed_below`]); returns how many were dropped.
@@ -127,10 +134,12 @@ pub trait Feed: Send + Sync {
     /// Gives the lease back if `holder` still holds it.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), FeedError>;
 
-    /// Records that replica `name` has applied everything up to `position`.
-    fn mark(&self, name: &str, position: Position) -> Result<(), FeedError>;
+    /// Records that replica `name` has applied everything up to `position`
+    /// and serves catalog version `version` (the time is the feed server's).
+    fn mark(&self, name: &str, position: Position, version: u64) -> Result<(), FeedError>;
 
-    /// Every replica's last mark.
+    /// Every replica's last mark, with its age by the feed server's clock (so
+    /// that replicas' clocks do not matter).
     fn marks(&self) -> Result<Vec<ReplicaMark>, FeedError>;
 }
 

@@ -79,12 +79,12 @@ impl Record {
         }
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 
-    pub fn parse(payload: &[u8]) -> Result<Record, String> {
-        serde_json::from_slice(payload).map_err(|e| e.to_string())
+    pub fn parse(payload: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(payload)
     }
 }
 
@@ -101,11 +101,11 @@ mod tests {
                 ItemEdit::Delete { id: "y".into() },
             ],
         };
-        let b = r.to_bytes();
+        let b = r.to_bytes().unwrap();
         assert_eq!(Record::parse(&b).unwrap(), r);
         assert_eq!(r.origin(), Some("a#1"));
         let m = Record::ModelLoad { origin: None, path: "m2".into() };
-        assert_eq!(String::from_utf8(m.to_bytes()).unwrap(), r#"{"kind":"model_load","path":"m2"}"#);
+        assert_eq!(String::from_utf8(m.to_bytes().unwrap()).unwrap(), r#"{"kind":"model_load","path":"m2"}"#);
         assert!(Record::parse(br#"{"kind":"resize","to":3}"#).is_err());
         assert!(Record::parse(b"not json").is_err());
         assert!(Record::parse(br#"{"kind":"items","edits":[{"op":"upsert","id":"x"}]}"#).is_err());

@@ -2,12 +2,13 @@
 //!
 //! Keys, all beside the stream `S`:
 //! - `S`: the stream; each entry has one field, `r`, the record's bytes.
-//! - `S:sticky:NAME`: a hash (`pos`, `payload`) with the newest record
-//!   appended under that sticky name, written in the same script as the
-//!   append (so it never names a record the stream does not hold).
+//! - `S:sticky:NAME`: a list of the newest records appended under that
+//!   sticky name (`"<position> <payload>"`, newest first, at most
+//!   [`STICKY_KEEP`]), written in the same script as the append.
 //! - `S:trimmed`: the highest position entries were trimmed below.
 //! - `S:lease:NAME`: a lease, `SET NX PX` with the holder's name.
-//! - `S:replicas`: a hash, replica name to `"<position> <ms>"`.
+//! - `S:replicas`: a hash, replica name to `"<position> <version> <ms>"`
+//!   (the time is the Redis server's, from `TIME`).
 //!
 //! Two connections: one for the blocking reads of the applying thread, one
 //! for everything else, so that an admin append never waits behind a
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use redis::{Connection, Value};
 
-use super::{Entry, Feed, FeedError, Position, ReplicaMark};
+use super::{Entry, Feed, FeedError, Position, ReplicaMark, STICKY_KEEP};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,8 +30,22 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Appends the record and, with a second key, keeps it as the sticky one.
 const APPEND_SCRIPT: &str = r#"
 local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[1])
-if #KEYS > 1 then redis.call('HSET', KEYS[2], 'pos', id, 'payload', ARGV[1]) end
+if #KEYS > 1 then
+  redis.call('LPUSH', KEYS[2], id .. ' ' .. ARGV[1])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+end
 return id"#;
+
+/// Records a replica's mark with the server's time.
+const MARK_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ms)"#;
+
+/// Every mark, and the server's time.
+const MARKS_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+return {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), redis.call('HGETALL', KEYS[1])}"#;
 
 /// Deletes a lease only when its holder gives it back.
 const RELEASE_SCRIPT: &str = r#"
@@ -173,7 +188,7 @@ impl Feed for RedisFeed {
                 Some(name) => cmd.arg(2).arg(&self.stream).arg(self.key(&format!("sticky:{name}"))),
                 None => cmd.arg(1).arg(&self.stream),
             };
-            cmd.arg(payload).query(c)
+            cmd.arg(payload).arg(STICKY_KEEP).query(c)
         })?;
         id.parse()
     }
@@ -217,14 +232,16 @@ impl Feed for RedisFeed {
         }
     }
 
-    fn sticky(&self, name: &str) -> Result<Option<Entry>, FeedError> {
+    fn sticky(&self, name: &str) -> Result<Vec<Entry>, FeedError> {
         let key = self.key(&format!("sticky:{name}"));
-        let (pos, payload): (Option<String>, Option<Vec<u8>>) =
-            self.io(|c| redis::cmd("HMGET").arg(&key).arg("pos").arg("payload").query(c))?;
-        match (pos, payload) {
-            (Some(p), Some(payload)) => Ok(Some(Entry { position: p.parse()?, payload })),
-            _ => Ok(None),
+        let kept: Vec<Vec<u8>> = self.io(|c| redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query(c))?;
+        let mut out = Vec::with_capacity(kept.len());
+        for k in kept {
+            let split = k.iter().position(|&b| b == b' ').ok_or_else(|| FeedError::Protocol(format!("{key}: an element without a position")))?;
+            let position = std::str::from_utf8(&k[..split]).map_err(|e| FeedError::Protocol(e.to_string()))?.parse()?;
+            out.push(Entry { position, payload: k[split + 1..].to_vec() });
         }
+        Ok(out)
     }
 
     fn trim_below(&self, below: Position) -> Result<u64, FeedError> {
@@ -255,22 +272,22 @@ impl Feed for RedisFeed {
         Ok(())
     }
 
-    fn mark(&self, name: &str, position: Position) -> Result<(), FeedError> {
+    fn mark(&self, name: &str, position: Position, version: u64) -> Result<(), FeedError> {
         let key = self.key("replicas");
-        let v = format!("{position} {}", super::now_ms());
-        self.io(|c| redis::cmd("HSET").arg(&key).arg(name).arg(v).query::<i64>(c))?;
+        let v = format!("{position} {version}");
+        self.io(|c| redis::cmd("EVAL").arg(MARK_SCRIPT).arg(1).arg(&key).arg(name).arg(v).query::<i64>(c))?;
         Ok(())
     }
 
     fn marks(&self) -> Result<Vec<ReplicaMark>, FeedError> {
         let key = self.key("replicas");
-        let all: Vec<(String, String)> = self.io(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let (now, all): (u64, Vec<(String, String)>) = self.io(|c| redis::cmd("EVAL").arg(MARKS_SCRIPT).arg(1).arg(&key).query(c))?;
         let mut out = Vec::new();
         for (name, v) in all {
-            let mut parts = v.split(' ');
-            let (Some(p), Some(at)) = (parts.next(), parts.next()) else { continue };
-            let (Ok(position), Ok(at_ms)) = (p.parse(), at.parse()) else { continue };
-            out.push(ReplicaMark { name, position, at_ms });
+            let parts: Vec<&str> = v.split(' ').collect();
+            let [p, version, at] = parts[..] else { continue };
+            let (Ok(position), Ok(version), Ok(at)) = (p.parse(), version.parse(), at.parse::<u64>()) else { continue };
+            out.push(ReplicaMark { name, position, version, age_ms: now.saturating_sub(at) });
         }
         Ok(out)
     }

@@ -214,7 +214,12 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidField { field, message } => {
                 return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(field), message.clone())
             }
-            EngineError::NotReady | EngineError::Stopped | EngineError::ColdStart(_) | EngineError::Feed(_) => {
+            EngineError::NotReady
+            | EngineError::Stopped
+            | EngineError::ColdStart(_)
+            | EngineError::Feed(_)
+            | EngineError::CatchingUp
+            | EngineError::NotAppliedYet(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,

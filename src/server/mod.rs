@@ -138,6 +138,11 @@ pub struct ServeArgs {
     /// the host name, and the process id.
     #[arg(long, env = "GENREC_REPLICA_NAME")]
     pub replica_name: Option<String>,
+    /// Seconds after which a replica that stopped recording its feed position
+    /// (every 2 s while it runs) is taken for gone: until then compaction
+    /// keeps the feed records and the catalog version it may still need.
+    #[arg(long, env = "GENREC_FEED_MARK_TTL_S", default_value_t = crate::engine::replica::DEFAULT_MARK_TTL.as_secs())]
+    pub feed_mark_ttl_s: u64,
 }
 
 /// Shared state of the handlers.
@@ -207,7 +212,10 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
                 .clone()
                 .or_else(|| m.catalog_dir())
                 .context("the model names no catalog: pass --catalog")?;
-            (Some(m), cat, dir.display().to_string())
+            // the folder's canonical path, as checkpoints loaded later are
+            // named: a replica's rollback compares them
+            let source = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            (Some(m), cat, source.display().to_string())
         }
         (None, false) => {
             if args.feed.is_some() {
@@ -243,7 +251,11 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     if let Some(address) = &args.feed {
         let feed: Arc<dyn crate::feed::Feed> = Arc::from(crate::feed::open(address)?);
         let name = args.replica_name.clone().unwrap_or_else(default_replica_name);
-        let opts = crate::engine::replica::ReplicaOptions { name: name.clone(), catalog_dir: catalog_dir.clone() };
+        let opts = crate::engine::replica::ReplicaOptions {
+            name: name.clone(),
+            catalog_dir: catalog_dir.clone(),
+            mark_ttl: Duration::from_secs(args.feed_mark_ttl_s.max(1)),
+        };
         engine.join_feed(feed, opts, start, Arc::new(metrics::FeedMetrics))?;
         ::metrics::gauge!(metrics::FEED_UP).set(0.0);
         tracing::info!(feed = %address, replica = %name, from = %start, "following the replica feed");

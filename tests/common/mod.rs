@@ -140,3 +140,11 @@ pub fn fetched(rel: &str) -> Option<PathBuf> {
     eprintln!("skipping: {} missing", p.display());
     None
 }
+
+/// The items and scores a recommendation request gets from `url` (for
+/// comparing replicas' answers).
+pub fn items_and_scores(c: &reqwest::blocking::Client, url: &str, body: &serde_json::Value) -> serde_json::Value {
+    let v: serde_json::Value = c.post(url).json(body).send().expect("request").json().expect("JSON body");
+    let items = v["items"].as_array().expect("items");
+    serde_json::json!(items.iter().map(|it| (it["item_id"].clone(), it["score"].clone())).collect::<Vec<_>>())
+}

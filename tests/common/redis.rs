@@ -82,3 +82,19 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Catalog edits the item records of a feed hold, from its start.
+pub fn edits_in_stream(feed: &dyn genrec::feed::Feed) -> u64 {
+    use genrec::feed::record::Record;
+    let (mut n, mut after) = (0, genrec::feed::Position::START);
+    loop {
+        let entries = feed.read_after(after, 1000, Duration::ZERO).expect("read the feed");
+        let Some(last) = entries.last() else { return n };
+        after = last.position;
+        for e in &entries {
+            if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
+                n += edits.len() as u64;
+            }
+        }
+    }
+}

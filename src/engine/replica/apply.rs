@@ -18,7 +18,7 @@ impl Engine {
     /// Applies feed entries in order (an entry at or below the applied
     /// position is skipped, so applying twice changes nothing). A run of item
     /// records becomes one new catalog view.
-    pub(super) fn apply_entries(&self, rep: &Replica, entries: &[Entry], mut deferred: Option<&mut Option<(Position, Record)>>) {
+    pub(super) fn apply_entries(&self, rep: &Replica, entries: &[Entry], mut deferred: Option<&mut Vec<(Position, Record)>>) {
         let done = self.feed_position();
         let mut run: Vec<(Position, Record)> = Vec::new();
         for e in entries.iter().filter(|e| e.position > done) {
@@ -34,14 +34,17 @@ impl Engine {
                 }
             };
             rep.applied.fetch_add(1, Ordering::Relaxed);
-            rep.bytes_since_version.fetch_add(e.payload.len() as u64, Ordering::Relaxed);
+            if rep.ready() {
+                // (a catching-up replica replays what a version may hold already)
+                rep.bytes_since_version.fetch_add(e.payload.len() as u64, Ordering::Relaxed);
+            }
             if matches!(rec, Record::Items { .. }) {
                 run.push((e.position, rec));
                 continue;
             }
             self.apply_item_records(rep, std::mem::take(&mut run));
             match deferred.as_deref_mut() {
-                Some(slot) => *slot = Some((e.position, rec)),
+                Some(models) => models.push((e.position, rec)),
                 None => {
                     let r = self.apply_model(rep, e.position, &rec);
                     self.lock_writer().feed_position = e.position;
@@ -61,8 +64,13 @@ impl Engine {
     /// answers each record's publisher (if it is waiting here).
     fn apply_item_records(&self, rep: &Replica, run: Vec<(Position, Record)>) {
         let Some(last) = run.last().map(|r| r.0) else { return };
-        let mut w = self.lock_writer();
-        let mut view = w.head.catalog.clone();
+        // only this thread changes the head in feed mode: apply and index
+        // without the lock (readers of the lock, /readyz among them, do not
+        // wait), then publish the view and its position together under it
+        let (mut view, ann) = {
+            let w = self.lock_writer();
+            (w.head.catalog.clone(), w.head.ann.clone())
+        };
         let mut vectors = Vec::new();
         let mut outcomes = Vec::with_capacity(run.len());
         let mut edits_applied = 0;
@@ -74,15 +82,16 @@ impl Engine {
                 outcomes.push((origin, out));
             }
         }
-        let ann = w.head.ann.clone();
         if let Err(e) = ann.add(&vectors) {
             tracing::warn!(error = %e, position = %last, "feed: adding vectors to the ANN index failed (generation still serves the items)");
         }
         let served = Arc::new(ServedCatalog { catalog: view, ann });
-        w.head = served.clone();
-        w.feed_position = last;
-        self.catalog.store(served);
-        drop(w);
+        {
+            let mut w = self.lock_writer();
+            w.head = served.clone();
+            w.feed_position = last;
+            self.catalog.store(served);
+        }
         for (origin, out) in outcomes {
             rep.deliver(origin.as_deref(), Outcome::Items(out));
         }
@@ -96,7 +105,7 @@ impl Engine {
         let (kind, path, r) = match rec {
             Record::ModelLoad { path, .. } => ("model_load", path.clone(), self.load_checkpoint_here(path)),
             Record::ModelRollback { to, .. } => ("model_rollback", to.clone(), self.roll_back_to(to)),
-            Record::Items { .. } => return Err(EngineError::Feed("not a model record".into())),
+            Record::Items { .. } => return Err(EngineError::Feed(FeedError::Protocol("not a model record".into()))),
         };
         match &r {
             Ok(info) => {
@@ -126,17 +135,34 @@ impl Engine {
         self.load_checkpoint_here(to)
     }
 
-    /// After a reload past trimmed records: the newest model record, when it
-    /// is newer than the last model change this replica took and not after
-    /// `upto` (later ones come from the stream).
-    pub(super) fn apply_missed_model(&self, rep: &Replica, upto: Position) -> Result<(), FeedError> {
-        let Some(e) = rep.feed.sticky(MODEL_STICKY)? else { return Ok(()) };
-        let seen = rep.model_change.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.position);
-        if e.position <= upto && seen.is_none_or(|s| s < e.position) {
-            if let Ok(rec) = Record::parse(&e.payload) {
-                let _ = self.apply_model(rep, e.position, &rec);
+    /// Of model records in stream order, applies the newest one this replica
+    /// can load (a refused one left the replicas that applied it in order on
+    /// the one before): what applying them all in order would leave.
+    pub(super) fn apply_newest_loadable(&self, rep: &Replica, models: &[(Position, Record)]) {
+        for (p, rec) in models.iter().rev() {
+            let r = self.apply_model(rep, *p, rec);
+            let ok = r.is_ok();
+            rep.deliver(rec.origin(), Outcome::Model(r));
+            if ok {
+                return;
             }
         }
+    }
+
+    /// After a reload past trimmed records: the model records kept beside the
+    /// feed that are newer than the last model change this replica took and
+    /// not after `upto` (later ones come from the stream).
+    pub(super) fn apply_missed_models(&self, rep: &Replica, upto: Position) -> Result<(), FeedError> {
+        let seen = rep.model_change.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.position);
+        let mut missed: Vec<(Position, Record)> = rep
+            .feed
+            .sticky(MODEL_STICKY)?
+            .into_iter()
+            .filter(|e| e.position <= upto && seen.is_none_or(|s| s < e.position))
+            .filter_map(|e| Record::parse(&e.payload).ok().map(|r| (e.position, r)))
+            .collect();
+        missed.sort_by_key(|m| m.0);
+        self.apply_newest_loadable(rep, &missed);
         Ok(())
     }
 }

@@ -7,27 +7,32 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{Outcome, Replica, BACKOFF_MAX, BACKOFF_MIN, MARK_EVERY, READ_BATCH, READ_WAIT};
+use super::{Replica, BACKOFF_MAX, BACKOFF_MIN, MARK_EVERY, READ_BATCH, READ_WAIT};
 use crate::engine::Engine;
 use crate::feed::record::{Record, MODEL_STICKY};
 use crate::feed::{FeedError, Position};
 
 /// A replica until it has caught up: where the feed's head was at start,
-/// and the model record to apply once there.
+/// and the model records to apply once there.
 struct CatchUp {
     head: Option<Position>,
-    /// The newest model record replayed so far (at first the sticky one, when
-    /// it is older than the start position and so is not replayed).
-    model: Option<(Position, Record)>,
+    /// Model records in stream order: the ones kept beside the feed that are
+    /// not after the start position (so are not replayed), then the replayed
+    /// ones. Once caught up, the newest that loads is applied.
+    models: Vec<(Position, Record)>,
 }
 
 fn start_point(rep: &Replica, start: Position) -> Result<CatchUp, FeedError> {
     let head = rep.feed.head()?;
-    let model = match rep.feed.sticky(MODEL_STICKY)? {
-        Some(e) if e.position <= start => Record::parse(&e.payload).ok().map(|r| (e.position, r)),
-        _ => None,
-    };
-    Ok(CatchUp { head, model })
+    let mut models: Vec<(Position, Record)> = rep
+        .feed
+        .sticky(MODEL_STICKY)?
+        .into_iter()
+        .filter(|e| e.position <= start)
+        .filter_map(|e| Record::parse(&e.payload).ok().map(|r| (e.position, r)))
+        .collect();
+    models.sort_by_key(|m| m.0);
+    Ok(CatchUp { head, models })
 }
 
 /// The feed thread: applies the feed in order until the engine is dropped.
@@ -36,6 +41,8 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
     let mut catching_up: Option<CatchUp> = None;
     let mut last_mark: Option<Instant> = None;
     let mut pending = true;
+    // the last read found the feed trimmed past this replica
+    let mut behind = false;
     loop {
         let Some(engine) = weak.upgrade() else { return };
         let position = engine.feed_position();
@@ -44,12 +51,21 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
                 catching_up = Some(start_point(&rep, position)?);
             }
             // after (re)connecting and now and then: did the feed trim past us?
-            let check = !rep.connected.load(Ordering::Relaxed) || last_mark.is_none_or(|t| t.elapsed() >= MARK_EVERY);
+            let check = !rep.connected.load(Ordering::Relaxed) || last_mark.is_none_or(|t| t.elapsed() >= MARK_EVERY) || behind;
+            behind = false;
             if check && rep.feed.trimmed_below()? > position {
                 tracing::warn!(position = %position, "feed: this replica is behind the trimmed part of the feed");
-                let now = engine.reload_newest(&rep).map_err(|e| FeedError::Down(format!("reloading the newest version: {e}")))?;
+                let now = match engine.reload_newest(&rep) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // the feed is up; the shared folder is not readable
+                        tracing::error!(error = %e, "feed: reloading the newest catalog version failed; retrying");
+                        std::thread::sleep(BACKOFF_MAX);
+                        return Ok(());
+                    }
+                };
                 if rep.ready() {
-                    engine.apply_missed_model(&rep, now)?;
+                    engine.apply_missed_models(&rep, now)?;
                 } else {
                     catching_up = None; // start over from the new position
                 }
@@ -58,21 +74,26 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
             let wait = if pending { Duration::from_millis(1) } else { READ_WAIT };
             let entries = rep.feed.read_after(position, READ_BATCH, wait)?;
             rep.set_connected(true, None);
+            // a trim between the check above and this read would hide a gap:
+            // the trim mark is set before the entries go, so look again
+            if !entries.is_empty() && rep.feed.trimmed_below()? > position {
+                behind = true; // the next round reloads
+                return Ok(());
+            }
             pending = entries.len() == READ_BATCH;
-            engine.apply_entries(&rep, &entries, catching_up.as_mut().map(|c| &mut c.model));
+            engine.apply_entries(&rep, &entries, catching_up.as_mut().map(|c| &mut c.models));
             if entries.is_empty() {
                 rep.observer.applied(engine.feed_position(), Duration::ZERO, 0, engine.catalog().catalog.served_len());
             }
             if catching_up.as_ref().is_some_and(|c| c.head.is_none_or(|h| engine.feed_position() >= h)) {
-                if let Some(CatchUp { model: Some((p, rec)), .. }) = catching_up.take() {
-                    let r = engine.apply_model(&rep, p, &rec);
-                    rep.deliver(rec.origin(), Outcome::Model(r));
+                if let Some(c) = catching_up.take() {
+                    engine.apply_newest_loadable(&rep, &c.models);
                 }
                 rep.caught_up.store(true, Ordering::Relaxed);
                 tracing::info!(position = %engine.feed_position(), "feed: caught up, ready");
             }
             if last_mark.is_none_or(|t| t.elapsed() >= MARK_EVERY) {
-                rep.feed.mark(&rep.name, engine.feed_position())?;
+                rep.feed.mark(&rep.name, engine.feed_position(), engine.catalog().catalog.manifest().version)?;
                 last_mark = Some(Instant::now());
                 engine.maybe_compact(&rep);
                 if let Err(e) = engine.rebase(&rep) {

@@ -57,8 +57,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often the replica records its position in the feed (for trimming).
 const MARK_EVERY: Duration = Duration::from_secs(2);
-/// Marks older than this are of replicas that are gone: they hold no trim back.
-const MARK_FRESH_MS: u64 = 120_000;
+/// Default of [`ReplicaOptions::mark_ttl`].
+pub const DEFAULT_MARK_TTL: Duration = Duration::from_secs(120);
 /// How long an admin call waits for its record to be applied here.
 const APPLY_WAIT: Duration = Duration::from_secs(30);
 /// Edits per feed record of a large batch.
@@ -93,6 +93,9 @@ pub struct ReplicaOptions {
     pub name: String,
     /// The catalog folder every replica reads (versions are written here).
     pub catalog_dir: PathBuf,
+    /// A replica that has not recorded its position for this long is taken
+    /// for gone: it no longer holds trimming and version deletion back.
+    pub mark_ttl: Duration,
 }
 
 /// The last model change this replica took from the feed.
@@ -156,6 +159,7 @@ pub(super) struct Replica {
     feed: Arc<dyn Feed>,
     name: String,
     dir: PathBuf,
+    mark_ttl: Duration,
     observer: Arc<dyn FeedObserver>,
     /// Admin calls waiting for their record, by origin.
     waiters: Mutex<HashMap<String, SyncSender<Outcome>>>,
@@ -169,11 +173,10 @@ pub(super) struct Replica {
     /// Payload bytes applied since the shared folder's version last changed.
     bytes_since_version: AtomicU64,
     known_version: AtomicU64,
+    /// A compaction of this replica's runs (one at a time).
+    compacting: AtomicBool,
 }
 
-fn feed_error(e: FeedError) -> EngineError {
-    EngineError::Feed(e.to_string())
-}
 
 impl Replica {
     pub(super) fn info(&self, position: Position) -> FeedInfo {
@@ -196,7 +199,9 @@ impl Replica {
 
     fn set_connected(&self, up: bool, error: Option<String>) {
         let was = self.connected.swap(up, Ordering::Relaxed);
-        match (&error, was, up) {
+        // (a feed that is down from the start is said once too)
+        let first_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).is_none();
+        match (&error, was || first_error, up) {
             (Some(e), true, false) => tracing::warn!(feed = %self.feed.describe(), error = %e, "feed down: serving the last applied state, retrying"),
             (None, false, true) => tracing::info!(feed = %self.feed.describe(), "feed connected"),
             _ => {}
@@ -212,29 +217,29 @@ impl Replica {
     /// Appends `make(origin)` and waits until this replica applied it.
     fn publish(&self, sticky: Option<&str>, make: impl FnOnce(String) -> Record) -> Result<(Position, Outcome), EngineError> {
         if !self.ready() {
-            return Err(EngineError::Feed("this replica is still catching up with the feed: retry shortly".into()));
+            return Err(EngineError::CatchingUp);
         }
         let origin = format!("{}#{}", self.name, self.next_origin.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = sync_channel(1);
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.clone(), tx);
         let forget = || self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&origin);
         let rec = make(origin.clone());
-        let position = match self.feed.append(&rec.to_bytes(), sticky) {
+        let appended = rec
+            .to_bytes()
+            .map_err(|e| FeedError::Protocol(format!("encoding the record: {e}")))
+            .and_then(|bytes| self.feed.append(&bytes, sticky));
+        let position = match appended {
             Ok(p) => p,
             Err(e) => {
                 forget();
-                return Err(feed_error(e));
+                return Err(EngineError::Feed(e));
             }
         };
         match rx.recv_timeout(APPLY_WAIT) {
             Ok(o) => Ok((position, o)),
             Err(_) => {
                 forget();
-                Err(EngineError::Feed(format!(
-                    "the record is in the feed at {position} but this replica did not apply it within {} s \
-                     (it will when it catches up)",
-                    APPLY_WAIT.as_secs()
-                )))
+                Err(EngineError::NotAppliedYet(position))
             }
         }
     }
@@ -263,6 +268,7 @@ impl Engine {
             feed,
             name: opts.name,
             dir: opts.catalog_dir,
+            mark_ttl: opts.mark_ttl,
             observer,
             waiters: Mutex::new(HashMap::new()),
             next_origin: AtomicU64::new(1),
@@ -274,6 +280,7 @@ impl Engine {
             model_change: Mutex::new(None),
             bytes_since_version: AtomicU64::new(0),
             known_version: AtomicU64::new(version),
+            compacting: AtomicBool::new(false),
         });
         self.lock_writer().feed_position = start;
         if self.replica.set(rep.clone()).is_err() {
@@ -321,12 +328,22 @@ impl Engine {
         while edits.peek().is_some() {
             let chunk: Vec<ItemEdit> = edits.by_ref().take(EDITS_PER_RECORD).collect();
             let n = chunk.len();
-            match rep.publish(None, |origin| Record::Items { origin: Some(origin), edits: chunk })? {
-                (p, Outcome::Items(r)) if r.len() == n => {
+            let published = rep.publish(None, |origin| Record::Items { origin: Some(origin), edits: chunk });
+            match published {
+                Ok((p, Outcome::Items(r))) if r.len() == n => {
                     out.extend(r.into_iter().map(|x| x.map(|d| d.at(p))));
                     last = p;
                 }
-                _ => return Err(EngineError::Feed("the feed answered another kind of record".into())),
+                Ok(_) => return Err(EngineError::Feed(FeedError::Protocol("the feed answered another kind of record".into()))),
+                // the chunks before were applied: report them, and this one
+                // and the rest as failed, each with the error
+                Err(e) if !out.is_empty() => {
+                    let why = e.to_string();
+                    let rest = n + edits.len();
+                    out.extend((0..rest).map(|_| Err(EngineError::Conflict(format!("not applied: {why}")))));
+                    break;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok((out, last))
@@ -336,7 +353,7 @@ impl Engine {
     pub(super) fn publish_model(&self, rep: &Replica, make: impl FnOnce(String) -> Record) -> Result<ModelInfo, EngineError> {
         match rep.publish(Some(MODEL_STICKY), make)?.1 {
             Outcome::Model(r) => r,
-            Outcome::Items(_) => Err(EngineError::Feed("the feed answered an item edit for a model change".into())),
+            Outcome::Items(_) => Err(EngineError::Feed(FeedError::Protocol("the feed answered an item edit for a model change".into()))),
         }
     }
 

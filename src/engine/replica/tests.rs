@@ -56,7 +56,7 @@ fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -
     let (model, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
     e.install(model, "embedded".into()).unwrap();
     let f: Arc<dyn Feed> = feed.clone();
-    e.join_feed(f, ReplicaOptions { name: name.into(), catalog_dir: dir }, start, Arc::new(NoFeedObserver)).unwrap();
+    e.join_feed(f, ReplicaOptions { name: name.into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL }, start, Arc::new(NoFeedObserver)).unwrap();
     wait_for(|| e.feed_ready() == Some(true), "the replica catches up");
     e
 }
@@ -223,28 +223,38 @@ fn compaction_records_its_position_joiners_replay_after_it_and_trimming_keeps_wh
     for i in 0..5 {
         a.upsert_item(item(&base, &format!("x{i}"), i, 0.03)).unwrap();
     }
-    // a replica that stays on the first version's position (it never marks
-    // again once stopped: stands for one that is slow to restart)
     let r1 = a.compact().unwrap();
     assert_eq!(r1.version, 2);
     assert_eq!(feed.len(), 5, "the version before has no position: nothing trimmed");
     for i in 5..9 {
         a.upsert_item(item(&base, &format!("x{i}"), i, 0.03)).unwrap();
     }
+    // a live replica that is still at the first of these edits holds the
+    // trim back to its position
+    let slow_at = feed.read_after(Position::START, 1, Duration::ZERO).unwrap()[0].position;
+    feed.mark("slow", slow_at, 2).unwrap();
     let r2 = a.compact().unwrap();
     assert_eq!(r2.version, 3);
-    let v2_position: Position = crate::catalog::dir::version_feed_position(&root.0.join("catalog"), 2).unwrap().parse().unwrap();
+    assert_eq!(feed.read_after(Position::START, 1, Duration::ZERO).unwrap()[0].position, slow_at, "the slow replica's records stay");
+    assert!(root.0.join("catalog/v-000002").exists(), "the version the slow replica serves stays");
+    // once it has moved on, the next compaction trims below the version before
+    feed.mark("slow", feed.head().unwrap().unwrap(), 3).unwrap();
+    a.upsert_item(item(&base, "x8b", 8, 0.05)).unwrap();
+    let r2 = a.compact().unwrap();
+    assert_eq!(r2.version, 4);
+    let v3_position: Position = crate::catalog::dir::version_feed_position(&root.0.join("catalog"), 3).unwrap().unwrap().parse().unwrap();
     let kept = feed.read_after(Position::START, 100, Duration::ZERO).unwrap();
-    assert_eq!(kept.first().map(|e| e.position), Some(v2_position), "trimmed below the version before the newest");
-    assert_eq!(kept.len(), 5);
+    assert_eq!(kept.first().map(|e| e.position), Some(v3_position), "trimmed below the version before the newest");
+    assert_eq!(kept.len(), 2);
+    assert!(!root.0.join("catalog/v-000002").exists(), "versions nobody serves are deleted");
     a.upsert_item(item(&base, "x9", 9, 0.03)).unwrap();
-    // a replica that joins now starts from version 3 and replays one record
+    // a replica that joins now starts from version 4 and replays one record
     let c = replica(&root.0, &feed, "c", &root.0);
-    assert_eq!(c.catalog().catalog.manifest().version, 3);
+    assert_eq!(c.catalog().catalog.manifest().version, 4);
     settled(&feed, &[&a, &c]);
     assert_same(&served(&a), &served(&c), "a and c");
     // the compacting replica moves onto its new version (bounded overlay)
-    wait_for(|| a.catalog().catalog.manifest().version == 3, "the writer rebases on its version");
+    wait_for(|| a.catalog().catalog.manifest().version == 4, "the writer rebases on its version");
     assert_same(&served(&a), &served(&c), "a and c");
     assert!(a.catalog().catalog.overlay().len() <= 1);
 }
@@ -269,7 +279,7 @@ fn a_replica_below_the_trimmed_feed_reloads_the_newest_version() {
     assert!(feed.trimmed_below().unwrap() > Position::START);
     let late = Engine::new(old, EngineOptions { model_root: Some(root.0.clone()), ..Default::default() }, Arc::new(NoObserver)).unwrap();
     let f: Arc<dyn Feed> = feed.clone();
-    late.join_feed(f, ReplicaOptions { name: "late".into(), catalog_dir: dir }, Position::START, Arc::new(NoFeedObserver)).unwrap();
+    late.join_feed(f, ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL }, Position::START, Arc::new(NoFeedObserver)).unwrap();
     settled(&feed, &[&a, &late]);
     assert_same(&served(&a), &served(&late), "nothing the trimmed entries held is missing");
 }
@@ -297,10 +307,20 @@ fn model_changes_fan_out_and_a_replica_that_cannot_load_keeps_its_model() {
         assert_eq!(e.model().unwrap().source, "embedded");
     }
     assert!(c.feed_info().unwrap().model_change.unwrap().refused.is_none(), "c already served it");
-    // a replica that joins later serves the newest model change
+    // a replica that joins later serves the newest model change that loads:
+    // "broken" is refused everywhere, so everyone stays on "a"
     a.load_checkpoint("a").unwrap();
+    // (every file is there, so it is published; its weights do not load)
+    std::fs::create_dir_all(root.0.join("broken")).unwrap();
+    for f in ["config.json", "genrec.json"] {
+        std::fs::copy(root.0.join("a").join(f), root.0.join("broken").join(f)).unwrap();
+    }
+    std::fs::write(root.0.join("broken/model.safetensors"), b"not safetensors").unwrap();
+    assert!(matches!(b.load_checkpoint("broken"), Err(EngineError::Refused(_))));
+    settled(&feed, &[&a, &b, &c]);
     let d = replica(&root.0, &feed, "d", &root.0);
     assert_eq!(d.model().unwrap().info().source, info.source);
+    assert_eq!(a.model().unwrap().info().source, info.source);
 }
 
 #[test]
@@ -333,10 +353,10 @@ fn a_replica_that_cannot_reach_the_feed_at_start_is_not_ready_until_it_does() {
     feed.set_down(true);
     let e = Engine::new(catalog, EngineOptions::default(), Arc::new(NoObserver)).unwrap();
     let f: Arc<dyn Feed> = feed.clone();
-    e.join_feed(f, ReplicaOptions { name: "late".into(), catalog_dir: dir }, Position::START, Arc::new(NoFeedObserver)).unwrap();
+    e.join_feed(f, ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL }, Position::START, Arc::new(NoFeedObserver)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(e.feed_ready(), Some(false), "not ready before it has seen the feed's head");
-    assert!(matches!(e.upsert_item(item(&e.catalog().catalog, "x", 1, 0.1)), Err(EngineError::Feed(_))));
+    assert!(matches!(e.upsert_item(item(&e.catalog().catalog, "x", 1, 0.1)), Err(EngineError::CatchingUp)));
     feed.set_down(false);
     wait_for(|| e.feed_ready() == Some(true), "ready once caught up");
     assert_eq!(position(&e), feed.head().unwrap().unwrap());

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::apply::apply_edits;
-use super::{feed_error, Replica, COMPACT_LEASE, MARK_FRESH_MS, READ_BATCH};
+use super::{Replica, COMPACT_LEASE, READ_BATCH};
 use crate::catalog::dir;
+use crate::engine::edits::CompactReport;
 use crate::engine::state::ServedCatalog;
 use crate::engine::{Engine, EngineError};
 use crate::feed::record::Record;
-use crate::feed::{now_ms, Position};
+use crate::feed::{FeedError, Position};
 use crate::recall::{write_version_graph, Ann, ANN_FILE};
 
 impl Engine {
@@ -37,15 +38,20 @@ impl Engine {
         }
         let mut after = from;
         while after < here {
-            let entries = rep.feed.read_after(after, READ_BATCH, Duration::ZERO).map_err(feed_error)?;
-            if entries.is_empty() {
-                return Err(EngineError::Feed(format!("the feed ends at {after}, before this replica's {here}")));
-            }
+            let entries = rep.feed.read_after(after, READ_BATCH, Duration::ZERO)?;
+            let before = after;
             for e in entries.into_iter().take_while(|e| e.position <= here) {
                 if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
                     apply_edits(&mut cat, &edits);
                 }
                 after = e.position;
+            }
+            if after == before {
+                // nothing between the version and this replica's position
+                // can be read (lost from the feed): stay on this version
+                return Err(EngineError::Feed(FeedError::Protocol(format!(
+                    "the feed holds nothing after {after} up to this replica's {here}"
+                ))));
             }
         }
         let ann = Arc::new(Ann::open(&cat)?);
@@ -78,13 +84,26 @@ impl Engine {
         Ok(position)
     }
 
-    /// Compaction of a shared folder: under the feed's compaction lease, the
-    /// applied view becomes the folder's next version (recording its
-    /// position), then the feed is trimmed below the version before it and
-    /// below every live replica's mark.
-    pub(in crate::engine) fn compact_shared(&self, rep: &Replica) -> Result<crate::engine::edits::CompactReport, EngineError> {
+    /// Compaction of a shared folder: under the feed's lease, the applied view
+    /// becomes the folder's next version (recording its position), then the
+    /// feed is trimmed below the version before it and below every live
+    /// replica's position, and versions no live replica serves are deleted.
+    /// Refused while this replica catches up or is behind the newest version.
+    pub(in crate::engine) fn compact_shared(&self, rep: &Replica) -> Result<CompactReport, EngineError> {
         let t0 = Instant::now();
-        if !rep.feed.try_lease("compact", &rep.name, COMPACT_LEASE).map_err(feed_error)? {
+        if !rep.ready() {
+            return Err(EngineError::CatchingUp);
+        }
+        if rep.compacting.swap(true, Ordering::SeqCst) {
+            return Err(EngineError::Conflict("this replica is compacting the shared catalog already".into()));
+        }
+        let r = self.compact_leased(rep, t0);
+        rep.compacting.store(false, Ordering::SeqCst);
+        r
+    }
+
+    fn compact_leased(&self, rep: &Replica, t0: Instant) -> Result<CompactReport, EngineError> {
+        if !rep.feed.try_lease("compact", &rep.name, COMPACT_LEASE)? {
             return Err(EngineError::Conflict("another replica is compacting the shared catalog".into()));
         }
         let r = self.write_shared_version(rep, t0);
@@ -94,40 +113,48 @@ impl Engine {
         r
     }
 
-    fn write_shared_version(&self, rep: &Replica, t0: Instant) -> Result<crate::engine::edits::CompactReport, EngineError> {
+    fn write_shared_version(&self, rep: &Replica, t0: Instant) -> Result<CompactReport, EngineError> {
         let (view, position) = {
             let w = self.lock_writer();
             (w.head.catalog.clone(), w.feed_position)
         };
+        let current = dir::version_of(&rep.dir)?;
+        if let Some(p) = dir::version_feed_position(&rep.dir, current)? {
+            if p.parse::<Position>()? > position {
+                return Err(EngineError::Conflict(format!(
+                    "version {current} covers the feed up to {p}, past this replica's {position}: compact on a replica that caught up"
+                )));
+            }
+        }
+        // versions that a live replica still serves stay (their files may be mapped)
+        let marks = rep.feed.marks()?;
+        let ttl = rep.mark_ttl.as_millis() as u64;
+        let live: Vec<_> = marks.iter().filter(|m| m.age_ms < ttl && m.name != rep.name).collect();
+        let keep_from = live.iter().map(|m| m.version).min().unwrap_or(current).min(current);
         let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
         let extra = |v: &crate::catalog::Catalog, d: &std::path::Path| {
             write_version_graph(v, prev_graph.as_deref(), d).map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
         };
-        let (number, _) = dir::commit_shared_version(&rep.dir, &view, &position.to_string(), &extra)?;
-        rep.feed.mark(&rep.name, position).map_err(feed_error)?;
+        let (number, _) = dir::commit_shared_version(&rep.dir, &view, &position.to_string(), keep_from, &extra)?;
+        rep.feed.mark(&rep.name, position, self.catalog().catalog.manifest().version)?;
         rep.known_version.store(number, Ordering::Relaxed);
         rep.bytes_since_version.store(0, Ordering::Relaxed);
         // the version before stays for replicas that are opening it: keep
         // the feed after its position, and after every live replica's
-        let older = dir::version_feed_position(&rep.dir, number - 1).and_then(|p| p.parse::<Position>().ok());
-        if let Some(mut below) = older {
-            let now = now_ms();
-            for m in rep.feed.marks().map_err(feed_error)? {
-                if now.saturating_sub(m.at_ms) < MARK_FRESH_MS {
-                    below = below.min(m.position);
-                }
-            }
-            let dropped = rep.feed.trim_below(below).map_err(feed_error)?;
+        if let Some(older) = dir::version_feed_position(&rep.dir, number - 1)? {
+            let below = live.iter().map(|m| m.position).fold(older.parse::<Position>()?, Position::min).min(position);
+            let dropped = rep.feed.trim_below(below)?;
             tracing::info!(below = %below, dropped, "feed trimmed");
         }
-        Ok(crate::engine::edits::CompactReport { version: number, items: view.served_len(), replayed: 0, seconds: t0.elapsed().as_secs_f64() })
+        Ok(CompactReport { version: number, items: view.served_len(), replayed: 0, seconds: t0.elapsed().as_secs_f64() })
     }
 
-    /// Compacts when the edits applied since the shared folder's version
-    /// pass the engine's threshold and no other replica wrote a version since.
+    /// Starts a compaction on its own thread when the records applied since
+    /// the shared folder's version pass the engine's threshold and no other
+    /// replica wrote a version since (the feed thread goes on applying).
     pub(super) fn maybe_compact(&self, rep: &Replica) {
         let limit = self.opts.compact_log_bytes;
-        if limit == 0 || rep.bytes_since_version.load(Ordering::Relaxed) < limit {
+        if limit == 0 || rep.bytes_since_version.load(Ordering::Relaxed) < limit || rep.compacting.load(Ordering::SeqCst) {
             return;
         }
         if let Ok(v) = dir::version_of(&rep.dir) {
@@ -136,10 +163,18 @@ impl Engine {
                 return;
             }
         }
-        match self.compact_shared(rep) {
-            Ok(r) => tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "shared catalog compacted"),
-            Err(EngineError::Conflict(_)) => {}
-            Err(e) => tracing::warn!(error = %e, "shared catalog compaction failed; the feed keeps everything"),
+        let Some(me) = self.me.get().and_then(|w| w.upgrade()) else { return };
+        let spawned = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || {
+            crate::engine::edits::lower_priority();
+            let Some(rep) = me.replica().cloned() else { return };
+            match me.compact_shared(&rep) {
+                Ok(r) => tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "shared catalog compacted"),
+                Err(EngineError::Conflict(_) | EngineError::CatchingUp) => {}
+                Err(e) => tracing::warn!(error = %e, "shared catalog compaction failed; the feed keeps everything"),
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a compaction thread");
         }
     }
 }
@@ -147,7 +182,7 @@ impl Engine {
 /// The feed position a catalog version covers (the start without one).
 fn version_position(cat: &crate::catalog::Catalog) -> Result<Position, EngineError> {
     match cat.manifest().feed_position.as_deref() {
-        Some(p) => p.parse().map_err(feed_error),
+        Some(p) => Ok(p.parse()?),
         None => Ok(Position::START),
     }
 }
