@@ -243,10 +243,7 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         seconds = t0.elapsed().as_secs_f64(),
         "catalog open"
     );
-    let start = match catalog.manifest().feed_position.as_deref() {
-        Some(p) => p.parse().with_context(|| format!("the catalog version's feed position {p:?}"))?,
-        None => crate::feed::Position::START,
-    };
+    let start = crate::engine::replica::version_position(&catalog).context("the catalog version's feed position")?;
     let engine = finish_engine(args, model.map(|m| (m, source)), catalog, store, dev, dtype)?;
     if let Some(address) = &args.feed {
         let feed: Arc<dyn crate::feed::Feed> = Arc::from(crate::feed::open(address)?);
@@ -256,8 +253,9 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
             catalog_dir: catalog_dir.clone(),
             mark_ttl: Duration::from_secs(args.feed_mark_ttl_s.max(1)),
         };
-        engine.join_feed(feed, opts, start, Arc::new(metrics::FeedMetrics))?;
+        // (down until the feed thread connects; set before it starts)
         ::metrics::gauge!(metrics::FEED_UP).set(0.0);
+        engine.join_feed(feed, opts, start, Arc::new(metrics::FeedMetrics))?;
         tracing::info!(feed = %address, replica = %name, from = %start, "following the replica feed");
     }
     Ok(engine)

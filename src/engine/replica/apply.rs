@@ -21,11 +21,12 @@ impl Engine {
     pub(super) fn apply_entries(&self, rep: &Replica, entries: &[Entry], mut deferred: Option<&mut Vec<(Position, Record)>>) {
         let done = self.feed_position();
         let mut run: Vec<(Position, Record)> = Vec::new();
+        let mut edits = 0;
         for e in entries.iter().filter(|e| e.position > done) {
             let rec = match Record::parse(&e.payload) {
                 Ok(r) => r,
                 Err(why) => {
-                    self.apply_item_records(rep, std::mem::take(&mut run));
+                    edits += self.apply_item_records(rep, std::mem::take(&mut run));
                     tracing::warn!(position = %e.position, error = %why, "feed: skipping a record that does not parse");
                     rep.skipped.fetch_add(1, Ordering::Relaxed);
                     rep.observer.skipped();
@@ -42,28 +43,31 @@ impl Engine {
                 run.push((e.position, rec));
                 continue;
             }
-            self.apply_item_records(rep, std::mem::take(&mut run));
-            match deferred.as_deref_mut() {
-                Some(models) => models.push((e.position, rec)),
-                None => {
-                    let r = self.apply_model(rep, e.position, &rec);
-                    self.lock_writer().feed_position = e.position;
-                    rep.deliver(rec.origin(), Outcome::Model(r));
+            edits += self.apply_item_records(rep, std::mem::take(&mut run));
+            let applied = match deferred.as_deref_mut() {
+                Some(models) => {
+                    models.push((e.position, rec));
+                    None
                 }
-            }
+                None => Some((self.apply_model(rep, e.position, &rec), rec)),
+            };
             self.lock_writer().feed_position = e.position;
+            if let Some((r, rec)) = applied {
+                rep.deliver(rec.origin(), Outcome::Model(r));
+            }
         }
-        self.apply_item_records(rep, run);
+        edits += self.apply_item_records(rep, run);
         if let Some(last) = entries.last() {
             let lag = Duration::from_millis(now_ms().saturating_sub(last.position.ms));
-            rep.observer.applied(self.feed_position(), lag, 0, self.catalog().catalog.served_len());
+            rep.observer.applied(self.feed_position(), lag, edits, self.catalog().catalog.served_len());
         }
     }
 
     /// Applies consecutive item records as one new catalog view, then
-    /// answers each record's publisher (if it is waiting here).
-    fn apply_item_records(&self, rep: &Replica, run: Vec<(Position, Record)>) {
-        let Some(last) = run.last().map(|r| r.0) else { return };
+    /// answers each record's publisher (if it is waiting here). Returns the
+    /// edits applied.
+    fn apply_item_records(&self, rep: &Replica, run: Vec<(Position, Record)>) -> usize {
+        let Some(last) = run.last().map(|r| r.0) else { return 0 };
         // only this thread changes the head in feed mode: apply and index
         // without the lock (readers of the lock, /readyz among them, do not
         // wait), then publish the view and its position together under it
@@ -95,8 +99,7 @@ impl Engine {
         for (origin, out) in outcomes {
             rep.deliver(origin.as_deref(), Outcome::Items(out));
         }
-        let lag = Duration::from_millis(now_ms().saturating_sub(last.ms));
-        rep.observer.applied(last, lag, edits_applied, self.catalog().catalog.served_len());
+        edits_applied
     }
 
     /// Applies a model record here: a refusal keeps the model in service.

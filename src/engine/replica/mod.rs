@@ -10,9 +10,9 @@
 //! - **Starting** from the newest catalog version in the shared folder, the
 //!   replica replays the feed from the position that version records and is
 //!   not ready (`/readyz`) until it reaches the feed's head as it was at
-//!   start. Model records met while catching up are deferred to the end (only
-//!   the last one matters); the feed's sticky model record covers model
-//!   changes older than the version.
+//!   start. Model records met while catching up are deferred to the end,
+//!   where the newest one that loads is applied; the model records kept
+//!   beside the feed cover model changes older than the version.
 //! - **Compaction** writes the applied view as the shared folder's next
 //!   version under the feed's compaction lease, then trims the feed below
 //!   the version before it and below every live replica's position.
@@ -47,6 +47,8 @@ mod follow;
 #[cfg(test)]
 mod tests;
 mod versions;
+
+pub use versions::version_position;
 
 /// Entries read per round.
 const READ_BATCH: usize = 256;
@@ -176,7 +178,6 @@ pub(super) struct Replica {
     /// A compaction of this replica's runs (one at a time).
     compacting: AtomicBool,
 }
-
 
 impl Replica {
     pub(super) fn info(&self, position: Position) -> FeedInfo {

@@ -50,7 +50,7 @@ fn shared_root(tag: &str) -> Temp {
 fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -> Arc<Engine> {
     let dir = root.join("catalog");
     let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
-    let start = catalog.manifest().feed_position.as_deref().map_or(Position::START, |p| p.parse().unwrap());
+    let start = super::version_position(&catalog).unwrap();
     let opts = EngineOptions { model_root: Some(model_root.to_path_buf()), ..Default::default() };
     let e = Engine::new(catalog, opts, Arc::new(NoObserver)).unwrap();
     let (model, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();

@@ -180,7 +180,7 @@ impl Engine {
 }
 
 /// The feed position a catalog version covers (the start without one).
-fn version_position(cat: &crate::catalog::Catalog) -> Result<Position, EngineError> {
+pub fn version_position(cat: &crate::catalog::Catalog) -> Result<Position, EngineError> {
     match cat.manifest().feed_position.as_deref() {
         Some(p) => Ok(p.parse()?),
         None => Ok(Position::START),
