@@ -24,6 +24,11 @@ $B train --data "$D/ML100K.inter.json" --catalog "$out/catalog" --out "$out/mode
   --holdout-users $HOLD --epochs 10 --seed 42 --valid-users 300 --threads 2
 $B train --data "$D/ML100K.inter.json" --catalog "$out/catalog" --out "$out/model-first" \
   --holdout-users $HOLD --epochs 10 --seed 42 --valid-users 300 --threads 2 --first-items 10
+# a third reads the training users' profiles (and their declared interests,
+# the stand-in for a sign-up picker) as profile tokens before the history
+$B train --data "$D/ML100K.inter.json" --catalog "$out/catalog" --out "$out/model-profile" \
+  --holdout-users $HOLD --epochs 10 --seed 42 --valid-users 300 --threads 2 --first-items 10 \
+  --users "$D/ML100K.user.json" --interests-from "$D/ML100K.item.json"
 eval() { $B coldstart-eval --data "$D/ML100K.inter.json" --users "$D/ML100K.user.json" \
   --holdout-users $HOLD --prompt prompts/movies.prompt "$@" 2> /dev/null | tail -n 1; }
 W=0,0.1,0.25,0.5,1
@@ -34,6 +39,9 @@ for m in model model-first; do
   eval --model "$out/$m" --split valid --methods embedding,llm --steering-weight $W --interests-from "$D/ML100K.item.json"
 done
 eval --catalog "$out/catalog" --split valid --methods first-popularity-age --age-blend 0.25
+P=(--model "$out/model-profile" --methods first-popularity,embedding,llm --steering-weight 0,0.1)
+eval "${P[@]}" --split valid
+eval "${P[@]}" --split valid --interests-from "$D/ML100K.item.json"
 # ... and reported once on the test half (settings from the validation runs)
 TEST_W="${TEST_W:-0.1}"
 eval --model "$out/model-first" --split test --methods popularity,first-popularity,embedding,llm --steering-weight 0,$TEST_W
@@ -41,3 +49,7 @@ eval --model "$out/model-first" --split test --methods embedding,llm --steering-
 eval --model "$out/model" --split test --methods embedding,llm --steering-weight 0,$TEST_W
 eval --model "$out/model" --split test --methods embedding,llm --steering hard
 eval --catalog "$out/catalog" --split test --methods first-popularity-age --age-blend 0.25
+eval "${P[@]}" --split test
+eval "${P[@]}" --split test --interests-from "$D/ML100K.item.json"
+# latency and memory of the intent LLM through HTTP (idle machine)
+python3 benches/intent_latency.py --model "$out/model-first"

@@ -373,7 +373,7 @@ fn histories(catalog: &Catalog, n: usize, len: usize, seed: u64) -> Vec<Vec<u32>
 
 fn requests(h: &[Vec<u32>], k: usize) -> Vec<GenRequest> {
     h.iter()
-        .map(|h| GenRequest { history: h.clone(), k, exclude: h.iter().copied().collect(), within: Vec::new(), first_level_prior: Vec::new() })
+        .map(|h| GenRequest { history: h.clone(), k, exclude: h.iter().copied().collect(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() })
         .collect()
 }
 

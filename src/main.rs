@@ -136,6 +136,18 @@ struct TrainArgs {
     /// catalog's first items; 0: off.
     #[arg(long, value_name = "N", default_value_t = TrainOptions::default().first_items)]
     first_items: usize,
+    /// Users' sign-up profiles (NAME.user.json: user id -> age, gender,
+    /// occupation, ...). The model learns to read them as profile tokens
+    /// before the history, so a new user's answer follows their profile.
+    #[arg(long, value_name = "USERS_JSON")]
+    users: Option<PathBuf>,
+    /// With --users: items file with genres (NAME.item.json). Each training
+    /// user declares as interests the 2 most frequent genres of their items
+    /// after their first --first-items (10 when 0): the stand-in for a
+    /// sign-up interest picker that `genrec coldstart-eval --interests-from`
+    /// evaluates.
+    #[arg(long, value_name = "ITEMS_JSON", requires = "users")]
+    interests_from: Option<PathBuf>,
     /// Training threads (default: all cores). Each thread runs its share of a
     /// batch with single-threaded kernels (data parallel), which on small
     /// models is much faster than splitting every matrix product.
@@ -301,6 +313,19 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             h => anyhow::bail!("--recency-half-life must be a positive number of items or 0, got {h}"),
         },
         first_items: a.first_items,
+        profiles: match &a.users {
+            None => Default::default(),
+            Some(path) => {
+                let users = dataset::load_users(path)?;
+                let genres = a.interests_from.as_deref().map(dataset::load_item_genres).transpose()?;
+                let skip = if a.first_items > 0 { a.first_items } else { 10 };
+                let f = train::profile_prefix::user_features(&inter, &users, genres.as_ref(), skip, 2);
+                if f.is_empty() {
+                    anyhow::bail!("--users {}: no training user has a profile there", path.display());
+                }
+                f
+            }
+        },
     };
     let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
     println!(

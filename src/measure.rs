@@ -83,6 +83,10 @@ pub struct ColdEvalArgs {
     /// Intents per profile.
     #[arg(long, default_value_t = genrec::coldstart::ColdStartOptions::default().top)]
     intent_top: usize,
+    /// With the encoder loaded, the LLM scores only this many labels closest
+    /// to the profile's text (0: all), as `genrec serve --intent-shortlist`.
+    #[arg(long, default_value_t = genrec::coldstart::DEFAULT_SHORTLIST)]
+    intent_shortlist: usize,
     /// Only the first N held-out users (e.g. for a quick latency check).
     #[arg(long)]
     max_users: Option<usize>,
@@ -390,7 +394,7 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
         bail!("no held-out users with a profile (check --holdout-users and --users)");
     }
     eprintln!("coldstart-eval: {} held-out users, first {} items each", cold.len(), a.first);
-    let opts = ColdStartOptions { top: a.intent_top.max(1), temperature: a.temperature, calibration: a.calibration, ..Default::default() };
+    let opts = ColdStartOptions { top: a.intent_top.max(1), temperature: a.temperature, calibration: a.calibration, shortlist: a.intent_shortlist, ..Default::default() };
     let mut results = Vec::new();
     let mut encoder = None; // loaded once, for the first method that needs it
     for method in methods {

@@ -120,6 +120,9 @@ async fn soft_steering_weight_zero_is_the_models_own_answer() {
     let steered = ask(json!({"history": ["3", "11"], "k": 10, "profile": young})).await;
     assert_eq!(listed(&steered), listed(&plain));
     assert!(steered["inferred_intents"].is_array(), "{steered}");
+    // the demo model has no profile tokens, and says so
+    assert!(steered["profile_note"].as_str().is_some_and(|n| n.contains("trained without profiles")), "{steered}");
+    assert!(plain.get("profile_note").is_none(), "{plain}");
     let a = ask(json!({"profile": young, "k": 8})).await;
     let b = ask(json!({"profile": old, "k": 8})).await;
     assert_ne!(a["inferred_intents"], b["inferred_intents"]);

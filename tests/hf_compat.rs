@@ -99,10 +99,27 @@ fn max_abs_diff(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>]) -> f32 {
     worst
 }
 
+/// The demo sidecar with a profile vocabulary (profile tokens after the codes).
+fn profiled(sidecar: &Sidecar) -> Sidecar {
+    sidecar.clone().with_profile(["age:25-34", "gender:female", "interest:drama"].map(String::from))
+}
+
+/// [`sequences`] plus two that read profile tokens after `bos`.
+fn profiled_sequences(sidecar: &Sidecar, catalog: &Catalog) -> Vec<Vec<u32>> {
+    let p = sidecar.profile.as_ref().expect("a profiled sidecar");
+    let mut seqs = sequences(sidecar, catalog);
+    seqs.push(sidecar.request_tokens(&[p.offset + 2, p.offset], [catalog.sid(7), catalog.sid(8)]));
+    seqs.push(sidecar.request_tokens(&[p.offset + 1], []));
+    seqs
+}
+
 /// A Qwen3 checkpoint written by genrec (the trainer writes Llama; Qwen3's
-/// q/k norms and explicit head_dim are the other layout genrec reads).
+/// q/k norms and explicit head_dim are the other layout genrec reads), with
+/// profile tokens in its vocabulary.
 fn write_genrec_qwen3(dir: &Path, demo: &Model) {
     let mut cfg = demo.config.clone();
+    let mut sidecar = profiled(&demo.sidecar);
+    cfg.vocab_size = sidecar.min_vocab();
     cfg.architectures = vec!["Qwen3ForCausalLM".into()];
     cfg.model_type = "qwen3".into();
     cfg.head_dim = Some(32);
@@ -113,7 +130,6 @@ fn write_genrec_qwen3(dir: &Path, demo: &Model) {
             *t = (t.clone() + t.randn_like(0.0, 0.3).unwrap()).unwrap();
         }
     }
-    let mut sidecar = demo.sidecar.clone();
     sidecar.catalog = demo_dir().join("catalog").to_string_lossy().into_owned();
     save_checkpoint(dir, &cfg, &w, &sidecar).unwrap();
 }
@@ -134,6 +150,7 @@ fn genrec_checkpoints_load_in_transformers_with_the_same_logprobs() {
     let qdir = tmp.0.join("qwen3");
     write_genrec_qwen3(&qdir, &demo);
     let q = Model::load(&qdir, &Device::Cpu).unwrap();
+    let seqs = profiled_sequences(&q.sidecar, &catalog);
     let diff = max_abs_diff(&genrec_logprobs(&q, &seqs), &hf_logprobs(&py, &qdir, &seqs, &tmp.0));
     eprintln!("genrec qwen3 -> transformers: max |diff| {diff:e}");
     assert!(diff < TOLERANCE, "qwen3: max |diff| {diff}");
@@ -145,13 +162,14 @@ async fn transformers_checkpoints_load_and_serve_in_genrec() {
     let tmp = TempDir::new("hf-in");
     let demo = Model::load(&demo_dir().join("model"), &Device::Cpu).unwrap();
     let catalog = Catalog::load(&demo_dir().join("catalog")).unwrap();
-    let seqs = sequences(&demo.sidecar, &catalog);
-    let vocab = demo.sidecar.min_vocab().to_string();
     for (i, arch) in ["llama", "qwen3"].into_iter().enumerate() {
+        // the Qwen3 model also reads profile tokens
+        let base = if arch == "qwen3" { profiled(&demo.sidecar) } else { demo.sidecar.clone() };
+        let seqs = if arch == "qwen3" { profiled_sequences(&base, &catalog) } else { sequences(&base, &catalog) };
         let dir = tmp.0.join(arch);
-        run_py(&py, &["write", arch, &vocab, dir.to_str().unwrap(), &(i + 1).to_string()]);
+        run_py(&py, &["write", arch, &base.min_vocab().to_string(), dir.to_str().unwrap(), &(i + 1).to_string()]);
         // what a PyTorch user adds: the sidecar naming the catalog
-        let mut sidecar = demo.sidecar.clone();
+        let mut sidecar = base.clone();
         sidecar.name = format!("hf-{arch}");
         sidecar.catalog = demo_dir().join("catalog").to_string_lossy().into_owned();
         std::fs::write(dir.join("genrec.json"), serde_json::to_vec_pretty(&sidecar).unwrap()).unwrap();
@@ -174,5 +192,24 @@ async fn transformers_checkpoints_load_and_serve_in_genrec() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["items"].as_array().map(Vec::len), Some(10), "{v}");
         assert!(v["model"].as_str().is_some_and(|m| m.starts_with(&format!("hf-{arch}/"))), "{v}");
+        if common::fetched(".models/all-minilm-l6-v2/model.safetensors").is_none() {
+            continue;
+        }
+        // a new user: the profiled model reads the profile, the other says it cannot
+        let r = reqwest::Client::new()
+            .post(s.at("/v1/recommend"))
+            .json(&json!({"profile": {"age": 30, "occupation": "astronaut"}, "k": 5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["items"].as_array().map(Vec::len), Some(5), "{v}");
+        let note = v["profile_note"].as_str().unwrap_or_default();
+        if arch == "qwen3" {
+            assert!(note.contains("occupation:astronaut") && !note.contains("age"), "{v}");
+        } else {
+            assert!(note.contains("trained without profiles"), "{v}");
+        }
     }
 }

@@ -1,18 +1,23 @@
 //! Reading a llama-architecture GGUF file (llama.cpp's format, e.g.
-//! SmolLM2-135M-Instruct Q4_1) into genrec's own transformer: the weights are
-//! dequantised to f32 under transformers' tensor names, and the byte-level BPE
-//! tokenizer is rebuilt from the vocabulary and merges stored in the file.
+//! SmolLM2-135M-Instruct Q4_1) into genrec's own transformer: the matrices stay
+//! in their quantized blocks ([`crate::model::proj`]) under transformers'
+//! tensor names, the norms become f32, and the byte-level BPE tokenizer is
+//! rebuilt from the vocabulary and merges stored in the file.
 //!
 //! llama.cpp's converter permutes the rows of the query and key projections so
 //! that rotary pairs are adjacent (`2i, 2i+1`); transformers (and genrec) pair
-//! `i` with `i + head_dim/2`. Loading undoes that permutation, so one decoder
-//! serves both checkpoint kinds.
+//! `i` with `i + head_dim/2`. Loading undoes that permutation (a reordering of
+//! whole rows, so of whole quantized blocks), so one decoder serves both
+//! checkpoint kinds.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{Device, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Device;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -21,6 +26,7 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use super::ColdStartError;
 use crate::model::config::ModelConfig;
+use crate::model::proj::QuantWeights;
 
 /// Longest prompt plus label the intent model is asked to read.
 pub const MAX_CONTEXT: usize = 2048;
@@ -35,7 +41,7 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> ColdStartError {
 /// Weights under transformers' names, the config and the tokenizer of a GGUF file.
 pub struct GgufModel {
     pub config: ModelConfig,
-    pub tensors: HashMap<String, Tensor>,
+    pub weights: QuantWeights,
     pub tokenizer: Tokenizer,
 }
 
@@ -48,11 +54,59 @@ fn md_usize(ct: &Content, path: &Path, key: &str) -> Result<usize, ColdStartErro
     v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize)).map_err(|e| bad(path, format!("{key}: {e}")))
 }
 
-/// Undoes llama.cpp's rotary row permutation of a `[heads * head_dim, in]` matrix.
-fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor, ColdStartError> {
-    let (rows, cols) = w.dims2()?;
-    let hd = rows / heads;
-    Ok(w.reshape((heads, hd / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+/// Row `r` of the transformers layout is stored row `unpermuted_source(r)`:
+/// llama.cpp stores each head's rows `[a0 b0 a1 b1 ...]` where transformers
+/// has `[a0 a1 ... | b0 b1 ...]` (head dim `hd`).
+fn unpermuted_source(r: usize, hd: usize) -> usize {
+    let (head, j) = (r / hd, r % hd);
+    let (half, i) = (j / (hd / 2), j % (hd / 2));
+    head * hd + 2 * i + half
+}
+
+/// Undoes llama.cpp's rotary row permutation of a `[heads * head_dim, in]`
+/// matrix: rows hold whole quantized blocks, so rows move as bytes.
+fn unpermute(q: &QTensor, heads: usize) -> Result<QTensor, ColdStartError> {
+    let (rows, cols) = q.shape().dims2()?;
+    let hd = rows / heads.max(1);
+    let data = q.data()?;
+    let rb = data.len() / rows.max(1);
+    let mut out = Vec::with_capacity(data.len());
+    for r in 0..rows {
+        let src = unpermuted_source(r, hd);
+        out.extend_from_slice(&data[src * rb..(src + 1) * rb]);
+    }
+    Ok(qtensor_from_ggml(q.dtype(), &out, vec![rows, cols], &Device::Cpu)?)
+}
+
+/// Block type that blocks without a fast CPU product are converted to: Q8_0
+/// holds a Q4_1 model's values almost exactly (SmolLM2's log-probabilities
+/// stay as close to the f32 model's as candle's own Q4_1 model), where
+/// re-quantizing to Q4_0 moved them by up to 3.4 nats among the likeliest
+/// tokens.
+const FAST_TARGET: GgmlDType = GgmlDType::Q8_0;
+
+/// Rows converted at a time (bounds the f32 copy a conversion makes).
+const CONVERT_ROWS: usize = 2048;
+
+/// `q` as blocks candle multiplies with SIMD on x86 and ARM: Q4_0, Q8_0 and
+/// the K-quants as they are; Q4_1, Q5_0 and Q5_1 (scalar products in candle,
+/// several times slower) converted to [`FAST_TARGET`], a few rows at a time.
+/// Vectors (f32) stay.
+fn fast_blocks(q: QTensor) -> Result<QTensor, ColdStartError> {
+    if !matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) {
+        return Ok(q);
+    }
+    let dev = Device::Cpu;
+    let (rows, cols) = q.shape().dims2()?;
+    let (data, target) = (q.data()?, FAST_TARGET);
+    let rb = data.len() / rows.max(1);
+    let mut out = Vec::with_capacity(rows * cols / target.block_size() * target.type_size());
+    for start in (0..rows).step_by(CONVERT_ROWS) {
+        let n = CONVERT_ROWS.min(rows - start);
+        let part = qtensor_from_ggml(q.dtype(), &data[start * rb..(start + n) * rb], vec![n, cols], &dev)?;
+        out.extend_from_slice(&QTensor::quantize(&part.dequantize(&dev)?, target)?.data()?);
+    }
+    Ok(qtensor_from_ggml(target, &out, vec![rows, cols], &dev)?)
 }
 
 /// Reads a llama GGUF file.
@@ -73,39 +127,46 @@ pub fn load(path: &Path) -> Result<GgufModel, ColdStartError> {
     let context = md_usize(&ct, path, "llama.context_length").unwrap_or(MAX_CONTEXT);
 
     let dev = Device::Cpu;
-    let mut read = |name: &str| -> Result<Tensor, ColdStartError> {
-        let q = ct.tensor(&mut f, name, &dev).map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
-        Ok(q.dequantize(&dev)?)
+    let mut read = |name: &str| -> Result<QTensor, ColdStartError> {
+        ct.tensor(&mut f, name, &dev).map_err(|e| bad(path, format!("tensor {name}: {e}")))
     };
-    let mut tensors = HashMap::new();
+    let mut quant = HashMap::new();
+    let mut dense = HashMap::new();
+    // the embedding table is only looked up (rows dequantised one by one): it
+    // keeps its blocks; a tied output layer gets its own copy in fast blocks
     let embed = read("token_embd.weight")?;
-    let vocab = embed.dim(0)?;
-    let tied = !ct.tensor_infos.contains_key("output.weight");
-    if !tied {
-        tensors.insert("lm_head.weight".to_string(), read("output.weight")?);
-    }
-    tensors.insert("model.embed_tokens.weight".to_string(), embed);
-    tensors.insert("model.norm.weight".to_string(), read("output_norm.weight")?);
+    let vocab = embed.shape().dims2()?.0;
+    let head = match ct.tensor_infos.contains_key("output.weight") {
+        true => read("output.weight")?,
+        false => qtensor_from_ggml(embed.dtype(), &embed.data()?, embed.shape().dims().to_vec(), &dev)?,
+    };
+    quant.insert("lm_head.weight".to_string(), Arc::new(fast_blocks(head)?));
+    quant.insert("model.embed_tokens.weight".to_string(), Arc::new(embed));
+    dense.insert("model.norm.weight".to_string(), read("output_norm.weight")?.dequantize(&dev)?);
     for i in 0..layers {
         let g = |n: &str| format!("blk.{i}.{n}.weight");
         let h = |n: &str| format!("model.layers.{i}.{n}.weight");
-        tensors.insert(h("self_attn.q_proj"), unpermute(&read(&g("attn_q"))?, heads)?);
-        tensors.insert(h("self_attn.k_proj"), unpermute(&read(&g("attn_k"))?, kv_heads)?);
-        tensors.insert(h("self_attn.v_proj"), read(&g("attn_v"))?);
-        tensors.insert(h("self_attn.o_proj"), read(&g("attn_output"))?);
-        tensors.insert(h("mlp.gate_proj"), read(&g("ffn_gate"))?);
-        tensors.insert(h("mlp.up_proj"), read(&g("ffn_up"))?);
-        tensors.insert(h("mlp.down_proj"), read(&g("ffn_down"))?);
-        tensors.insert(h("input_layernorm"), read(&g("attn_norm"))?);
-        tensors.insert(h("post_attention_layernorm"), read(&g("ffn_norm"))?);
+        quant.insert(h("self_attn.q_proj"), Arc::new(fast_blocks(unpermute(&read(&g("attn_q"))?, heads)?)?));
+        quant.insert(h("self_attn.k_proj"), Arc::new(fast_blocks(unpermute(&read(&g("attn_k"))?, kv_heads)?)?));
+        for (ours, theirs) in [
+            ("self_attn.v_proj", "attn_v"),
+            ("self_attn.o_proj", "attn_output"),
+            ("mlp.gate_proj", "ffn_gate"),
+            ("mlp.up_proj", "ffn_up"),
+            ("mlp.down_proj", "ffn_down"),
+        ] {
+            quant.insert(h(ours), Arc::new(fast_blocks(read(&g(theirs))?)?));
+        }
+        dense.insert(h("input_layernorm"), read(&g("attn_norm"))?.dequantize(&dev)?);
+        dense.insert(h("post_attention_layernorm"), read(&g("ffn_norm"))?.dequantize(&dev)?);
     }
     let mut config = ModelConfig::llama(vocab, hidden, layers, heads, kv_heads, ff);
     config.rms_norm_eps = eps;
     config.rope_theta = theta;
-    config.tie_word_embeddings = tied;
+    config.tie_word_embeddings = false; // the output layer is its own copy (above)
     config.max_position_embeddings = context.min(MAX_CONTEXT);
     let tokenizer = tokenizer(&ct, path)?;
-    Ok(GgufModel { config, tensors, tokenizer })
+    Ok(GgufModel { config, weights: QuantWeights { quant, dense, device: dev }, tokenizer })
 }
 
 fn strings(ct: &Content, path: &Path, key: &str) -> Result<Vec<String>, ColdStartError> {
@@ -160,8 +221,16 @@ mod tests {
     #[test]
     fn unpermute_restores_half_split_rotary_rows() {
         // one head of dim 4: HF rows [a0 a1 | b0 b1] are stored as [a0 b0 a1 b1]
-        let stored = Tensor::new(&[[0f32], [2.], [1.], [3.]], &Device::Cpu).unwrap();
-        let hf = unpermute(&stored, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(hf, vec![0., 1., 2., 3.]);
+        let src: Vec<usize> = (0..4).map(|r| unpermuted_source(r, 4)).collect();
+        assert_eq!(src, vec![0, 2, 1, 3]);
+        // two heads of dim 4: each head separately
+        let src: Vec<usize> = (0..8).map(|r| unpermuted_source(r, 4)).collect();
+        assert_eq!(src, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        // on an f32 tensor: stored rows [0 2 1 3] come back as [0 1 2 3]
+        let dev = Device::Cpu;
+        let stored = candle_core::Tensor::new(&[[0f32; 32], [2.; 32], [1.; 32], [3.; 32]], &dev).unwrap();
+        let q = QTensor::quantize(&stored, candle_core::quantized::GgmlDType::F32).unwrap();
+        let hf = unpermute(&q, 1).unwrap().dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(hf.iter().map(|r| r[0]).collect::<Vec<_>>(), vec![0., 1., 2., 3.]);
     }
 }

@@ -7,10 +7,12 @@
 //! prompt is prefilled once as the "history" of one request, and every
 //! candidate label is one "beam" of that request, decoded token by token
 //! against the prompt's keys and values. One prefill plus one batched decode
-//! step per label token, for all candidates at once. The prompt's fixed part
-//! (system turn, few-shot examples) is computed once and kept: a profile costs
-//! only its own turn.
+//! step per label token, for all candidates at once; candidates that begin
+//! with the same tokens share those steps (one beam per distinct prefix). The
+//! prompt's fixed part (system turn, few-shot examples, the user turn up to the
+//! profile) is computed once and kept: a profile costs only the rest.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -42,7 +44,7 @@ impl IntentLm {
     /// `model.safetensors`, `tokenizer.json`) of a Llama or Qwen3 model.
     pub fn load(path: &Path) -> Result<Self, ColdStartError> {
         let dev = Device::Cpu;
-        let (config, tensors, tokenizer) = if path.is_dir() {
+        let (net, tokenizer) = if path.is_dir() {
             let read = |f: &str| {
                 let p = path.join(f);
                 std::fs::read(&p).map_err(|e| ColdStartError::Io(p.display().to_string(), e))
@@ -56,21 +58,43 @@ impl IntentLm {
                 .collect::<Result<_, ColdStartError>>()?;
             let tok = Tokenizer::from_bytes(read("tokenizer.json")?)
                 .map_err(|e| ColdStartError::Tokenizer(format!("{}/tokenizer.json: {e}", path.display())))?;
-            (config, tensors, tok)
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+            let net = Transformer::load(vb, &config).map_err(|e| ColdStartError::Model(format!("{}: {e}", path.display())))?;
+            (net, tok)
         } else if path.exists() {
+            // the matrices stay quantized (a quarter of f32's memory or less)
             let g = gguf::load(path)?;
-            (g.config, g.tensors, g.tokenizer)
+            let net = Transformer::load_quantized(&g.weights, &g.config)
+                .map_err(|e| ColdStartError::Model(format!("{}: {e}", path.display())))?;
+            (net, g.tokenizer)
         } else {
             return Err(ColdStartError::Model(format!(
                 "{} not found: run scripts/fetch-models.sh to fetch SmolLM2, or pass --intent-model none",
                 path.display()
             )));
         };
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
-        let net = Transformer::load(vb, &config).map_err(|e| ColdStartError::Model(format!("{}: {e}", path.display())))?;
+        Ok(Self::from_parts(net, tokenizer, path))
+    }
+
+    fn from_parts(net: Transformer, tokenizer: Tokenizer, path: &Path) -> Self {
         let chatml = tokenizer.token_to_id("<|im_start|>").is_some() && tokenizer.token_to_id("<|im_end|>").is_some();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(IntentLm { net, tokenizer, name, chatml, prefix: Mutex::new(None) })
+        IntentLm { net, tokenizer, name, chatml, prefix: Mutex::new(None) }
+    }
+
+    /// A GGUF model with its weights dequantised to f32: the same decoder
+    /// without the quantized products' rounding of activations, for tests
+    /// that compare two computations of the same scores exactly.
+    #[cfg(test)]
+    pub(crate) fn load_dequantized(path: &Path) -> Result<Self, ColdStartError> {
+        let g = gguf::load(path)?;
+        let dev = Device::Cpu;
+        let mut tensors: std::collections::HashMap<String, Tensor> = g.weights.dense.clone();
+        for (name, q) in &g.weights.quant {
+            tensors.insert(name.clone(), q.dequantize(&dev)?);
+        }
+        let net = Transformer::load(VarBuilder::from_tensors(tensors, DType::F32, &dev), &g.config)?;
+        Ok(Self::from_parts(net, g.tokenizer, path))
     }
 
     pub fn name(&self) -> &str {
@@ -147,18 +171,32 @@ impl IntentLm {
         let hist = HistoryKv::new(kvs, &[t], t, &dev, last.dtype())?;
         let first = self.log_probs(&last)?;
         let mut sums: Vec<f32> = cands.iter().map(|c| c.first().map_or(0.0, |&tok| first[0][tok as usize])).collect();
+        // candidates that share their first tokens share those steps: each
+        // step decodes every distinct prefix once, as one beam of the prompt
         let mut kv = BeamKv::new(self.net.config().num_hidden_layers);
+        let mut prev: HashMap<&[u32], u32> = HashMap::new();
         for j in 0..longest.saturating_sub(1) {
-            // every candidate is a beam of the one prompt; finished ones feed padding
-            let toks: Vec<u32> = cands.iter().map(|c| c.get(j).copied().unwrap_or(0)).collect();
-            let pos = vec![(t + j) as u32; cands.len()];
+            // the prefixes `c[..=j]` of candidates with a token after them
+            let mut nodes: Vec<&[u32]> = Vec::new();
+            let mut index: HashMap<&[u32], u32> = HashMap::new();
+            for c in cands.iter().filter(|c| c.len() > j + 1) {
+                index.entry(&c[..=j]).or_insert_with(|| {
+                    nodes.push(&c[..=j]);
+                    nodes.len() as u32 - 1
+                });
+            }
+            if j > 0 {
+                let parents: Vec<u32> = nodes.iter().map(|p| prev.get(&p[..j]).copied().unwrap_or(0)).collect();
+                kv.reorder(&parents)?;
+            }
+            let toks: Vec<u32> = nodes.iter().map(|p| p[j]).collect();
+            let pos = vec![(t + j) as u32; nodes.len()];
             let hidden = self.net.decode(&hist, &mut kv, &toks, &pos)?;
             let lp = self.log_probs(&hidden)?;
-            for (i, c) in cands.iter().enumerate() {
-                if let Some(&next) = c.get(j + 1) {
-                    sums[i] += lp[i][next as usize];
-                }
+            for (i, c) in cands.iter().enumerate().filter(|(_, c)| c.len() > j + 1) {
+                sums[i] += lp[index[&c[..=j]] as usize][c[j + 1] as usize];
             }
+            prev = index;
         }
         Ok(sums.iter().zip(cands).map(|(s, c)| if c.is_empty() { f32::NEG_INFINITY } else { s / c.len() as f32 }).collect())
     }

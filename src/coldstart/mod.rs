@@ -118,6 +118,30 @@ impl Profile {
         Self::FIELDS.iter().all(|f| self.field(f).is_none())
     }
 
+    /// The profile as the generative model's features (its profile tokens,
+    /// [`crate::model::profile_vocab`]): `age:<bracket>`, `gender:<value>`,
+    /// ..., one `interest:<value>` per interest; values trimmed and lower-cased.
+    pub fn features(&self) -> Vec<String> {
+        let norm = |v: &str| v.trim().to_lowercase();
+        let mut out = Vec::new();
+        if let Some(a) = self.age {
+            out.push(format!("age:{}", AGE_BRACKETS[age_bracket(a)]));
+        }
+        for (name, v) in [
+            ("gender", &self.gender),
+            ("country", &self.country),
+            ("language", &self.language),
+            ("occupation", &self.occupation),
+            ("channel", &self.channel),
+        ] {
+            if let Some(v) = v.as_deref().map(norm).filter(|v| !v.is_empty()) {
+                out.push(format!("{name}:{v}"));
+            }
+        }
+        out.extend(self.interests.iter().map(|i| norm(i)).filter(|i| !i.is_empty()).map(|i| format!("interest:{i}")));
+        out
+    }
+
     /// Field problems, as `(field, message)`.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.age.is_some_and(|a| a > 130) {
@@ -135,6 +159,22 @@ impl Profile {
             return Err(("profile.interests", "at most 20 interests".into()));
         }
         Ok(())
+    }
+}
+
+/// Age brackets of MovieLens-1M's sign-up form, as profile features name them.
+pub const AGE_BRACKETS: [&str; 7] = ["under-18", "18-24", "25-34", "35-44", "45-49", "50-55", "56-plus"];
+
+/// Index in [`AGE_BRACKETS`] of an age.
+pub fn age_bracket(age: u32) -> usize {
+    match age {
+        0..=17 => 0,
+        18..=24 => 1,
+        25..=34 => 2,
+        35..=44 => 3,
+        45..=49 => 4,
+        50..=55 => 5,
+        _ => 6,
     }
 }
 
@@ -185,11 +225,18 @@ pub struct ColdStartOptions {
     /// Subtract this share of each label's score under an empty profile
     /// (contextual calibration: removes the model's prior for a label).
     pub calibration: f32,
+    /// With a sentence encoder, the LLM scores only the labels closest to the
+    /// profile's text, this many (0: every label). The LLM's cost grows with
+    /// the labels it decodes; the encoder's cosine is a cheap first cut.
+    pub shortlist: usize,
 }
+
+/// Default of [`ColdStartOptions::shortlist`].
+pub const DEFAULT_SHORTLIST: usize = 8;
 
 impl Default for ColdStartOptions {
     fn default() -> Self {
-        ColdStartOptions { top: 3, temperature: 0.5, embedding_temperature: 0.05, calibration: 1.0 }
+        ColdStartOptions { top: 3, temperature: 0.5, embedding_temperature: 0.05, calibration: 1.0, shortlist: DEFAULT_SHORTLIST }
     }
 }
 
@@ -305,7 +352,8 @@ impl ColdStart {
         if let Some(p) = s.prior.get() {
             return Ok(p);
         }
-        let p = self.llm_scores(s, &Profile::default())?;
+        let all: Vec<usize> = (0..self.intents.len()).collect();
+        let p = self.llm_scores(s, &Profile::default(), &all)?;
         Ok(s.prior.get_or_init(|| p))
     }
 
@@ -330,20 +378,42 @@ impl ColdStart {
         Ok(inferred)
     }
 
-    /// LLM label scores for a profile, before calibration.
-    fn llm_scores(&self, s: &LmScorer, profile: &Profile) -> Result<Vec<f32>, ColdStartError> {
+    /// LLM scores of the labels `which` (indices into the intents) for a
+    /// profile, before calibration.
+    fn llm_scores(&self, s: &LmScorer, profile: &Profile, which: &[usize]) -> Result<Vec<f32>, ColdStartError> {
         let listing: Vec<String> = self.intents.iter().map(|i| format!("- {}", i.label)).collect();
         let ctx = prompt::Context { intents: &listing.join("\n"), catalog: &self.catalog_name };
         let (fixed, rest) = s.template.render_split(profile, &ctx, s.lm.chatml());
-        let cands: Vec<String> = self.intents.iter().map(|i| s.template.continuation(&i.label)).collect();
+        let cands: Vec<String> = which.iter().map(|&i| s.template.continuation(&self.intents[i].label)).collect();
         s.lm.score(&fixed, &rest, &cands)
     }
 
-    /// Intents by the LLM's calibrated label scores.
+    /// The labels the LLM scores for a profile: the `shortlist` closest to its
+    /// text by the encoder, or all of them.
+    fn shortlist(&self, profile: &Profile) -> Result<Vec<usize>, ColdStartError> {
+        let n = self.intents.len();
+        if self.opts.shortlist == 0 || self.opts.shortlist >= n || self.encoder.is_none() {
+            return Ok((0..n).collect());
+        }
+        let cos = self.embedding_scores(profile)?;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| cos[b].total_cmp(&cos[a]).then(a.cmp(&b)));
+        order.truncate(self.opts.shortlist);
+        order.sort_unstable();
+        Ok(order)
+    }
+
+    /// Intents by the LLM's calibrated label scores (labels outside the
+    /// shortlist score -inf and are never chosen).
     pub fn infer_llm(&self, profile: &Profile) -> Result<Inferred, ColdStartError> {
         let s = self.lm.as_ref().ok_or(ColdStartError::Unavailable)?;
         self.llm_runs.fetch_add(1, Ordering::Relaxed);
-        let mut scores = self.llm_scores(s, profile)?;
+        let which = self.shortlist(profile)?;
+        let got = self.llm_scores(s, profile, &which)?;
+        let mut scores = vec![f32::NEG_INFINITY; self.intents.len()];
+        for (&i, x) in which.iter().zip(got) {
+            scores[i] = x;
+        }
         if self.opts.calibration != 0.0 {
             let prior = self.prior(s)?;
             scores.iter_mut().zip(prior).for_each(|(x, p)| *x -= self.opts.calibration * p);
@@ -351,13 +421,18 @@ impl ColdStart {
         Ok(Inferred { intents: self.top(&scores, self.opts.temperature), method: IntentMethod::Llm })
     }
 
-    /// Intents by cosine between the profile's text and the labels.
-    pub fn infer_embedding(&self, profile: &Profile) -> Result<Inferred, ColdStartError> {
+    /// Cosine of the profile's text with each label.
+    fn embedding_scores(&self, profile: &Profile) -> Result<Vec<f32>, ColdStartError> {
         let (enc, vecs) = self.encoder.as_ref().ok_or(ColdStartError::Unavailable)?;
         let text = profile.describe().replace('\n', "; ");
         let v = enc.embed(&[text], 1, |_, _| {})?;
         let d = enc.dim();
-        let scores: Vec<f32> = vecs.chunks(d).map(|l| l.iter().zip(&v).map(|(a, b)| a * b).sum()).collect();
+        Ok(vecs.chunks(d).map(|l| l.iter().zip(&v).map(|(a, b)| a * b).sum()).collect())
+    }
+
+    /// Intents by cosine between the profile's text and the labels.
+    pub fn infer_embedding(&self, profile: &Profile) -> Result<Inferred, ColdStartError> {
+        let scores = self.embedding_scores(profile)?;
         Ok(Inferred { intents: self.top(&scores, self.opts.embedding_temperature), method: IntentMethod::Embedding })
     }
 

@@ -120,6 +120,23 @@ fn parse_text(name: &str, first_line: usize, body: &str) -> Result<Text, ColdSta
 }
 
 impl Text {
+    /// The section's text up to its first profile field, cut after the last
+    /// line break before it: the same for every profile, and a token
+    /// boundary (tokens do not span a line break followed by text).
+    fn constant_head(&self, ctx: &Context) -> String {
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Field("intents") => out.push_str(ctx.intents),
+                Piece::Field("catalog") => out.push_str(ctx.catalog),
+                Piece::Field(_) => break,
+            }
+        }
+        out.truncate(out.rfind('\n').map_or(0, |i| i + 1));
+        out
+    }
+
     fn render(&self, p: &Profile, ctx: &Context) -> String {
         let mut out = String::new();
         for piece in &self.0 {
@@ -212,9 +229,10 @@ impl PromptTemplate {
         fixed + &rest
     }
 
-    /// [`PromptTemplate::render`] in two parts: the turns before the user's
-    /// own (system and examples: the same for every profile unless the system
-    /// section names a profile field), and the rest.
+    /// [`PromptTemplate::render`] in two parts: the part that is the same for
+    /// every profile (system turn, examples, and the user turn's lines before
+    /// the first profile field), whose keys and values the LLM computes once,
+    /// and the rest.
     pub fn render_split(&self, profile: &Profile, ctx: &Context, chatml: bool) -> (String, String) {
         let turn = |role: &str, text: &str| {
             if chatml {
@@ -232,7 +250,13 @@ impl PromptTemplate {
             fixed.push_str(&turn("user", &self.user.render(&ex.profile, ctx)));
             fixed.push_str(&turn("assistant", &join(&answer_prefix, &ex.answer)));
         }
-        let mut rest = turn("user", &self.user.render(profile, ctx));
+        let user = turn("user", &self.user.render(profile, ctx));
+        let head = self.user.constant_head(ctx);
+        let open = if chatml { "<|im_start|>user\n" } else { "" };
+        let cut = open.len() + head.len();
+        debug_assert!(user.starts_with(&format!("{open}{head}")));
+        fixed.push_str(&user[..cut]);
+        let mut rest = user[cut..].to_string();
         if chatml {
             rest.push_str("<|im_start|>assistant\n");
         }
@@ -306,6 +330,27 @@ mod tests {
         assert!(s.contains("Age 31, job nurse, likes jazz, hiking; country unknown"), "{s}");
         assert!(s.ends_with("Answer:"), "{s}");
         assert_eq!(t.continuation(" jazz "), " jazz");
+    }
+
+    /// The cached part reaches into the user turn up to the line holding the
+    /// first profile field: the same for every profile, and with the rest it
+    /// is the whole prompt.
+    #[test]
+    fn the_fixed_part_ends_before_the_first_profile_field() {
+        let t = PromptTemplate::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/movies.prompt"))).unwrap();
+        let other: Profile = serde_json::from_str(r#"{"age": 8}"#).unwrap();
+        for chatml in [true, false] {
+            let (fixed, rest) = t.render_split(&profile(), &CTX, chatml);
+            assert_eq!(fixed.clone() + &rest, t.render(&profile(), &CTX, chatml));
+            assert_eq!(t.render_split(&other, &CTX, chatml).0, fixed, "the same for every profile");
+            assert!(fixed.ends_with("The viewer signed up with this profile:\n"), "{fixed}");
+            assert!(rest.starts_with("age: 31\n") || rest.starts_with("{"), "{rest}");
+        }
+        // a field on the user turn's first line: nothing of the turn is fixed
+        let t = PromptTemplate::parse("t", "[user]\nAge {age}\nmore\n[assistant]\nA:\n").unwrap();
+        let (fixed, rest) = t.render_split(&profile(), &CTX, true);
+        assert_eq!(fixed, "<|im_start|>user\n");
+        assert!(rest.starts_with("Age 31"), "{rest}");
     }
 
     #[test]

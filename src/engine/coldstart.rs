@@ -18,6 +18,7 @@ use super::{
 use crate::coldstart::flight::{follow, Ticket};
 use crate::coldstart::{split_quota, ColdStart, Inferred, Profile};
 use crate::generate::GenRequest;
+use crate::model::Sidecar;
 
 /// Histories shorter than this blend the profile's intents in; from this
 /// length on, the profile is not used.
@@ -160,7 +161,9 @@ impl Engine {
             (Strategy::Auto, None) => return self.ann_shares(answer, cat, r, &shares, FallbackReason::NoModel),
             (_, Some(m)) => m,
         };
-        let call = Steered { req, cat, r, model, deadline };
+        let (profile_tokens, profile_note) = profile_tokens(&model.model.sidecar, profile);
+        answer.profile_note = profile_note;
+        let call = Steered { req, cat, r, model, deadline, profile_tokens };
         match req.steering {
             Steering::Hard => self.hard_steered(call, answer, &shares, k_profile).await,
             Steering::Soft => {
@@ -179,7 +182,7 @@ impl Engine {
         inferred: &Inferred,
         weight: f32,
     ) -> Result<RecAnswer, EngineError> {
-        let Steered { req, cat, r, model, deadline } = call;
+        let Steered { req, cat, r, model, deadline, profile_tokens } = call;
         let codes = model
             .model
             .sidecar
@@ -193,13 +196,15 @@ impl Engine {
             exclude: r.exclude.clone(),
             within: Vec::new(),
             first_level_prior: intent_prior(inferred, codes, weight),
+            profile_tokens,
         };
-        let rx = self.submit(gen, model, cat, deadline)?;
-        let source = if weight > 0.0 {
+        // the profile shaped the answer through the prior or the profile tokens
+        let source = if weight > 0.0 || !gen.profile_tokens.is_empty() {
             ItemSource::Coldstart
         } else {
             ItemSource::Generative
         };
+        let rx = self.submit(gen, model, cat, deadline)?;
         let reason = match wait(rx, deadline).await {
             Generation::Done(hits, tokens) => {
                 answer.tokens += tokens;
@@ -245,7 +250,7 @@ impl Engine {
         shares: &[Share<'_>],
         k_profile: usize,
     ) -> Result<RecAnswer, EngineError> {
-        let Steered { req, cat, r, model, deadline } = call;
+        let Steered { req, cat, r, model, deadline, profile_tokens } = call;
         let timeout_ms = self.timeout_ms(req);
         // intent shares ask for more, so that items the history's share also
         // found can be skipped without leaving the share short
@@ -256,7 +261,14 @@ impl Engine {
                 Some(i) => (vec![i.code], overlap),
                 None => (Vec::new(), 0),
             };
-            let gen = GenRequest { history: r.history.clone(), k: s.k + extra, exclude: r.exclude.clone(), within, first_level_prior: Vec::new() };
+            let gen = GenRequest {
+                history: r.history.clone(),
+                k: s.k + extra,
+                exclude: r.exclude.clone(),
+                within,
+                first_level_prior: Vec::new(),
+                profile_tokens: profile_tokens.clone(),
+            };
             pending.push(self.submit(gen, model.clone(), cat, deadline)?);
         }
         let mut results = Vec::with_capacity(shares.len());
@@ -317,6 +329,21 @@ struct Steered<'a> {
     r: &'a Resolved,
     model: Arc<LoadedModel>,
     deadline: Instant,
+    /// The profile as the model reads it (empty: the model has no profile vocabulary).
+    profile_tokens: Vec<u32>,
+}
+
+/// The profile's tokens for a model, and a note when the model reads none
+/// or only part of it.
+pub(super) fn profile_tokens(sidecar: &Sidecar, profile: &Profile) -> (Vec<u32>, Option<String>) {
+    match sidecar.profile_prefix(&profile.features()) {
+        None => (Vec::new(), Some("the model was trained without profiles (genrec train --users): the profile steers only through intents".into())),
+        Some(p) if p.unknown.is_empty() => (p.tokens, None),
+        Some(p) => {
+            let note = format!("profile values the model was not trained on are not read: {}", p.unknown.join(", "));
+            (p.tokens, Some(note))
+        }
+    }
 }
 
 /// Share of the uniform distribution mixed into the intents' weights before

@@ -51,7 +51,17 @@ pub(crate) mod testutil {
 
     /// [`random_model`] with weights and activations in `dtype`.
     pub fn random_model_as(catalog: &Catalog, arch: &str, seed: u64, dtype: candle_core::DType) -> Model {
-        let sidecar = Sidecar::for_catalog("random", ".", &catalog.manifest(), 20);
+        random_model_with(Sidecar::for_catalog("random", ".", &catalog.manifest(), 20), arch, seed, dtype)
+    }
+
+    /// A random model that reads the profile features `features` (see
+    /// [`crate::model::profile_vocab`]).
+    pub fn random_profiled_model(catalog: &Catalog, features: &[&str], seed: u64) -> Model {
+        let sidecar = Sidecar::for_catalog("random", ".", &catalog.manifest(), 20).with_profile(features.iter().map(|f| f.to_string()));
+        random_model_with(sidecar, "LlamaForCausalLM", seed, candle_core::DType::F32)
+    }
+
+    fn random_model_with(sidecar: Sidecar, arch: &str, seed: u64, dtype: candle_core::DType) -> Model {
         let mut cfg = ModelConfig::llama(sidecar.min_vocab(), 32, 2, 4, 2, 64);
         cfg.architectures = vec![arch.to_string()];
         let dev = Device::Cpu;
@@ -69,7 +79,7 @@ mod tests {
 
     use candle_core::Tensor;
 
-    use super::testutil::{random_catalog, random_model};
+    use super::testutil::{random_catalog, random_model, random_profiled_model};
     use super::*;
     use crate::catalog::Catalog;
     use crate::model::Model;
@@ -78,10 +88,15 @@ mod tests {
     /// over levels of the code's log-softmax over the whole vocabulary
     /// (`Scoring::Model`) or among the prefix's valid children (`Scoring::Trie`).
     fn enumerate(model: &Model, cat: &Catalog, history: &[u32], scoring: Scoring) -> Vec<(u32, f32)> {
+        enumerate_after(model, cat, &[], history, scoring)
+    }
+
+    /// [`enumerate`] with profile tokens read before the history.
+    fn enumerate_after(model: &Model, cat: &Catalog, profile: &[u32], history: &[u32], scoring: Scoring) -> Vec<(u32, f32)> {
         let sc = &model.sidecar;
         let mut out = Vec::new();
         for item in 0..cat.len() as u32 {
-            let mut toks = sc.history_tokens(history.iter().map(|&i| cat.sid(i)));
+            let mut toks = sc.request_tokens(profile, history.iter().map(|&i| cat.sid(i)));
             let sid = cat.sid(item).to_vec();
             let mut score = 0.0;
             let mut node = 0u32;
@@ -113,7 +128,7 @@ mod tests {
         let histories: Vec<Vec<u32>> = vec![vec![3, 17, 22], vec![5], vec![1, 2, 3, 4, 5, 6, 7]];
         let reqs: Vec<GenRequest> = histories
             .iter()
-            .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new() })
+            .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() })
             .collect();
         // beam = number of items: the search is exhaustive, so it must be exact;
         // the serving form (fused projections) against the trained form's enumeration
@@ -158,7 +173,7 @@ mod tests {
         let a = random_model(&cat, "LlamaForCausalLM", 9);
         let b = random_model(&cat, "Qwen3ForCausalLM", 4);
         let history = vec![3u32, 17, 22, 8];
-        let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new() };
+        let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
         let got = generate_ensemble(&[&a, &b], &cat, std::slice::from_ref(&req), 40, Scoring::Model).unwrap();
         let eb: std::collections::HashMap<u32, f32> = enumerate(&b, &cat, &history, Scoring::Model).into_iter().collect();
         let mut want: Vec<(u32, f32)> =
@@ -194,7 +209,7 @@ mod tests {
         let cat = random_catalog(60, &[5, 4, 4], 2);
         let model = random_model(&cat, "LlamaForCausalLM", 3);
         let exclude: HashSet<u32> = [0, 1, 2, 3, 4, 5].into_iter().collect();
-        let req = GenRequest { history: vec![0, 1, 2], k: 8, exclude: exclude.clone(), within: Vec::new(), first_level_prior: Vec::new() };
+        let req = GenRequest { history: vec![0, 1, 2], k: 8, exclude: exclude.clone(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
         let got = generate(&model, &cat, &[req], 8).unwrap();
         let hits = &got.hits[0];
         assert_eq!(hits.len(), 8);
@@ -215,7 +230,7 @@ mod tests {
         let model = random_model(&cat, "LlamaForCausalLM", 9);
         let history = vec![3, 17];
         let within = vec![1, 3];
-        let req = GenRequest { history: history.clone(), k: 12, exclude: HashSet::new(), within: within.clone(), first_level_prior: Vec::new() };
+        let req = GenRequest { history: history.clone(), k: 12, exclude: HashSet::new(), within: within.clone(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
         let got = generate(&model, &cat, &[req], 40).unwrap();
         let want: Vec<(u32, f32)> = enumerate(&model, &cat, &history, Scoring::Model)
             .into_iter()
@@ -229,10 +244,47 @@ mod tests {
             assert!((hit.score - score).abs() < 1e-4);
         }
         // an empty history (a new user) generates too: from the start token alone
-        let req = GenRequest { history: vec![], k: 5, exclude: HashSet::new(), within: vec![2], first_level_prior: Vec::new() };
+        let req = GenRequest { history: vec![], k: 5, exclude: HashSet::new(), within: vec![2], first_level_prior: Vec::new(), profile_tokens: Vec::new() };
         let got = generate(&model, &cat, &[req], 10).unwrap();
         assert_eq!(got.hits[0].len(), 5);
         assert!(got.hits[0].iter().all(|h| cat.sid(h.item)[0] == 2));
+    }
+
+    /// Profile tokens are read after `bos`: an exhaustive search with them is
+    /// the enumeration after them, in a batch with requests without; tokens
+    /// the model does not have are refused.
+    #[test]
+    fn profile_tokens_condition_the_search_like_the_enumeration() {
+        let cat = random_catalog(40, &[4, 4, 3], 5);
+        let model = random_profiled_model(&cat, &["age:18-24", "gender:female", "interest:drama"], 9);
+        let p = model.sidecar.profile.clone().unwrap();
+        assert_eq!(model.config.vocab_size, p.end() as usize);
+        let profile = vec![p.offset + 2, p.offset];
+        let req = |history: Vec<u32>, profile_tokens: Vec<u32>| GenRequest {
+            history,
+            k: 10,
+            exclude: HashSet::new(),
+            within: Vec::new(),
+            first_level_prior: Vec::new(),
+            profile_tokens,
+        };
+        let reqs = vec![req(vec![], profile.clone()), req(vec![], vec![]), req(vec![3, 17], profile.clone())];
+        let got = generate(&model, &cat, &reqs, 40).unwrap();
+        for (q, hits) in reqs.iter().zip(&got.hits) {
+            let want = enumerate_after(&model, &cat, &q.profile_tokens, &q.history, Scoring::Model);
+            assert_eq!(hits.len(), 10);
+            for (hit, (item, score)) in hits.iter().zip(&want) {
+                assert_eq!(hit.item, *item, "{q:?}");
+                assert!((hit.score - score).abs() < 1e-4, "{} vs {}", hit.score, score);
+            }
+        }
+        assert_ne!(got.hits[0], got.hits[1], "the profile changes the answer");
+        for bad in [vec![p.end()], vec![p.offset - 1], vec![p.offset; 17]] {
+            assert!(matches!(generate(&model, &cat, &[req(vec![], bad)], 10), Err(GenerateError::Invalid(_))));
+        }
+        // a model without a profile vocabulary reads none
+        let plain = random_model(&cat, "LlamaForCausalLM", 9);
+        assert!(matches!(generate(&plain, &cat, &[req(vec![], vec![3])], 10), Err(GenerateError::Invalid(_))));
     }
 
     /// A first-level prior shifts each item's score by its first code's prior:
@@ -248,6 +300,7 @@ mod tests {
             exclude: HashSet::new(),
             within: Vec::new(),
             first_level_prior: prior,
+            profile_tokens: Vec::new(),
         };
         let plain = generate(&model, &cat, &[req(Vec::new())], 40).unwrap();
         let zero = generate(&model, &cat, &[req(vec![0.0; 4])], 40).unwrap();
@@ -277,7 +330,7 @@ mod tests {
         let m16 = super::testutil::random_model_as(&cat, "LlamaForCausalLM", 3, candle_core::DType::BF16);
         let reqs: Vec<GenRequest> = [vec![0u32, 1, 2], vec![7, 9], vec![30]]
             .into_iter()
-            .map(|h| GenRequest { history: h, k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new() })
+            .map(|h| GenRequest { history: h, k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() })
             .collect();
         let a = generate(&m32, &cat, &reqs, 20).unwrap();
         let b = generate(&m16, &cat, &reqs, 20).unwrap();
@@ -293,7 +346,7 @@ mod tests {
     fn probabilities_over_all_items_sum_to_one_with_trie_scoring() {
         let cat = random_catalog(30, &[3, 4, 3], 8);
         let model = random_model(&cat, "LlamaForCausalLM", 1);
-        let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new() };
+        let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
         let got = generate_with(&model, &cat, std::slice::from_ref(&req), 30, Scoring::Trie).unwrap();
         let total: f32 = got.hits[0].iter().map(|h| h.score.exp()).sum();
         assert!((total - 1.0).abs() < 1e-4, "{total}");

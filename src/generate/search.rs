@@ -12,6 +12,7 @@ use super::step::{beam_step, StepShape};
 use super::GenerateError;
 use crate::catalog::trie::NONE;
 use crate::catalog::Catalog;
+use crate::model::profile_vocab::MAX_PROFILE_TOKENS;
 use crate::model::{BeamKv, HistoryKv, Model};
 
 /// One request to generate for.
@@ -31,6 +32,9 @@ pub struct GenRequest {
     /// follow `log p(code | history) + prior[code]`. Empty = none; all zeros is
     /// the model's own search.
     pub first_level_prior: Vec<f32>,
+    /// Profile tokens read after `bos`, before the history (a new user's
+    /// sign-up profile, [`crate::model::profile_vocab`]); empty: none.
+    pub profile_tokens: Vec<u32>,
 }
 
 /// A generated item.
@@ -289,16 +293,23 @@ fn normalise_rows(full: &Tensor, start: usize, len: usize) -> Result<(Vec<f32>, 
     Ok((lse, cols))
 }
 
-/// Prefills every request's history (its last `max_history_items` items as
-/// tokens, right-padded into one batch). Returns the shared history cache, the
+/// Prefills every request's history (its profile tokens and its last
+/// `max_history_items` items as tokens, right-padded into one batch). Returns the shared history cache, the
 /// hidden state after each history and the history lengths in tokens.
 pub(crate) fn prefill(model: &Model, catalog: &Catalog, reqs: &[GenRequest]) -> Result<(HistoryKv, Tensor, Vec<usize>), GenerateError> {
     let sc = &model.sidecar;
+    let profile = sc.profile.as_ref().map_or(0..0, |p| p.offset..p.end());
+    if let Some(q) = reqs.iter().find(|q| q.profile_tokens.len() > MAX_PROFILE_TOKENS || q.profile_tokens.iter().any(|t| !profile.contains(t))) {
+        return Err(GenerateError::Invalid(format!(
+            "profile tokens {:?} are not among the model's (at most {MAX_PROFILE_TOKENS} of {profile:?})",
+            q.profile_tokens
+        )));
+    }
     let rows: Vec<Vec<u32>> = reqs
         .iter()
         .map(|q| {
             let start = q.history.len().saturating_sub(sc.max_history_items);
-            sc.history_tokens(q.history[start..].iter().map(|&i| catalog.sid(i)))
+            sc.request_tokens(&q.profile_tokens, q.history[start..].iter().map(|&i| catalog.sid(i)))
         })
         .collect();
     let (r, t) = (rows.len(), rows.iter().map(Vec::len).max().unwrap_or(1));

@@ -4,10 +4,11 @@
 //! and a decode step's attention over the request's shared history plus each
 //! beam's own tokens (the shared-history KV of [`super::kv`]).
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::Linear;
 
 use super::kv::BeamKv;
+use super::proj::Proj;
 use super::rope::Rope;
 use super::transformer::{rms_norm, serve_linear, softmax, LastRows};
 use super::ModelError;
@@ -16,14 +17,14 @@ use super::ModelError;
 /// stored, or (for serving) one concatenated matrix, one product instead of three.
 #[derive(Clone)]
 pub(super) enum Qkv {
-    Split { q: Linear, k: Linear, v: Linear },
+    Split { q: Proj, k: Proj, v: Proj },
     Fused(Linear),
 }
 
 #[derive(Clone)]
 pub(super) struct Attention {
     pub(super) qkv: Qkv,
-    pub(super) o: Linear,
+    pub(super) o: Proj,
     pub(super) q_norm: Option<Tensor>,
     pub(super) k_norm: Option<Tensor>,
     pub(super) heads: usize,
@@ -36,8 +37,8 @@ impl Attention {
     /// The output projection, in the serving form when the model is fused.
     fn project_out(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         match self.qkv {
-            Qkv::Fused(_) => serve_linear(&self.o, x),
-            Qkv::Split { .. } => Ok(self.o.forward(x)?),
+            Qkv::Fused(_) => self.o.serve(x),
+            Qkv::Split { .. } => self.o.forward(x),
         }
     }
 

@@ -11,6 +11,8 @@ pub mod fastexp;
 pub mod fused;
 pub mod init;
 pub mod kv;
+pub mod profile_vocab;
+pub mod proj;
 mod rope;
 pub mod sidecar;
 pub mod small_gemm;

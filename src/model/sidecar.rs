@@ -4,10 +4,14 @@
 //! Vocabulary layout: special tokens first (`pad`, `bos`, `eos`), then the codes
 //! of level 0, level 1, ... each level in its own contiguous token range
 //! `code_offsets[l] .. code_offsets[l] + codebook_sizes[l]`, so a decode step at
-//! level `l` reads only that slice of the logits.
+//! level `l` reads only that slice of the logits; then, for a model trained
+//! with profiles, its profile tokens ([`super::profile_vocab`]).
+//!
+//! A request reads `[bos, profile tokens, codes of the history's items]`.
 
 use serde::{Deserialize, Serialize};
 
+use super::profile_vocab::{ProfilePrefix, ProfileVocab, MAX_PROFILE_TOKENS};
 use super::{ModelConfig, ModelError};
 use crate::catalog::Manifest;
 
@@ -35,6 +39,9 @@ pub struct Sidecar {
     pub eos_token_id: u32,
     /// Items of history the model was trained to read (older ones are dropped).
     pub max_history_items: usize,
+    /// Profile features the model reads after `bos` (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileVocab>,
 }
 
 impl Sidecar {
@@ -57,7 +64,22 @@ impl Sidecar {
             bos_token_id: 1,
             eos_token_id: 2,
             max_history_items,
+            profile: None,
         }
+    }
+
+    /// Adds a profile vocabulary of `features` after the code tokens.
+    pub fn with_profile(mut self, features: impl IntoIterator<Item = String>) -> Self {
+        let offset = self.min_vocab() as u32;
+        let vocab = ProfileVocab::new(offset, features);
+        self.profile = (!vocab.features.is_empty()).then_some(vocab);
+        self
+    }
+
+    /// The tokens of a profile's `features` (see `Profile::features`), or
+    /// `None` when the model has no profile vocabulary.
+    pub fn profile_prefix(&self, features: &[String]) -> Option<ProfilePrefix> {
+        self.profile.as_ref().map(|v| v.encode(features))
     }
 
     /// Whether two sidecars read and write tokens the same way over the same
@@ -70,6 +92,7 @@ impl Sidecar {
             && (self.pad_token_id, self.bos_token_id, self.eos_token_id)
                 == (other.pad_token_id, other.bos_token_id, other.eos_token_id)
             && self.max_history_items == other.max_history_items
+            && self.profile == other.profile
     }
 
     pub fn levels(&self) -> usize {
@@ -85,7 +108,8 @@ impl Sidecar {
             .map(|(o, s)| (o + s) as usize)
             .max()
             .unwrap_or(0);
-        codes.max(self.pad_token_id.max(self.bos_token_id).max(self.eos_token_id) as usize + 1)
+        let profile = self.profile.as_ref().map_or(0, |p| p.end() as usize);
+        codes.max(profile).max(self.pad_token_id.max(self.bos_token_id).max(self.eos_token_id) as usize + 1)
     }
 
     /// Token id of `code` at `level`.
@@ -100,17 +124,25 @@ impl Sidecar {
 
     /// `[bos, codes of item 1, codes of item 2, ...]` for a history of semantic IDs.
     pub fn history_tokens<'a>(&self, sids: impl IntoIterator<Item = &'a [u32]>) -> Vec<u32> {
+        self.request_tokens(&[], sids)
+    }
+
+    /// `[bos, profile tokens, codes of item 1, ...]`.
+    pub fn request_tokens<'a>(&self, profile: &[u32], sids: impl IntoIterator<Item = &'a [u32]>) -> Vec<u32> {
         let mut t = vec![self.bos_token_id];
+        t.extend_from_slice(profile);
         for s in sids {
             t.extend(self.sid_tokens(s));
         }
         t
     }
 
-    /// Positions of the longest sequence genrec feeds the model: BOS, a full
-    /// history, and the codes decoded before the last.
+    /// Positions of the longest sequence genrec feeds the model: BOS, profile
+    /// tokens (if the model reads any), a full history, and the codes decoded
+    /// before the last.
     pub fn longest_sequence(&self) -> usize {
-        1 + self.max_history_items.saturating_mul(self.levels()) + self.levels().saturating_sub(1)
+        let profile = if self.profile.is_some() { MAX_PROFILE_TOKENS } else { 0 };
+        1 + profile + self.max_history_items.saturating_mul(self.levels()) + self.levels().saturating_sub(1)
     }
 
     /// Refuses a layout whose longest sequence the model has no positions for.
@@ -155,6 +187,47 @@ impl Sidecar {
         if self.max_history_items == 0 {
             return bad("max_history_items must be positive".into());
         }
+        if let Some(p) = &self.profile {
+            let codes_end = self.code_offsets.iter().zip(&self.codebook_sizes).map(|(o, s)| o + s).max().unwrap_or(0);
+            if p.offset < codes_end.max(NUM_SPECIAL) || !p.is_well_formed() {
+                return bad(format!(
+                    "profile: tokens must start at or after {} (got {}) and features be sorted, unique `field:value` strings",
+                    codes_end.max(NUM_SPECIAL),
+                    p.offset
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::testutil::random_catalog;
+
+    #[test]
+    fn a_profile_vocabulary_follows_the_codes_and_old_sidecars_have_none() {
+        let cat = random_catalog(40, &[4, 4, 3], 1);
+        let m = cat.manifest();
+        let plain = Sidecar::for_catalog("t", ".", &m, 20);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("profile"), "old readers see the old format");
+        assert_eq!(serde_json::from_str::<Sidecar>(&json).unwrap(), plain);
+        assert!(plain.profile_prefix(&["age:18-24".into()]).is_none());
+
+        let s = plain.clone().with_profile(["interest:drama".to_string(), "age:18-24".to_string()]);
+        let p = s.profile.as_ref().unwrap();
+        assert_eq!((p.offset, s.min_vocab()), (14, 16));
+        assert_eq!(s.longest_sequence(), plain.longest_sequence() + MAX_PROFILE_TOKENS);
+        assert!(!s.same_layout(&plain));
+        assert_eq!(serde_json::from_str::<Sidecar>(&serde_json::to_string(&s).unwrap()).unwrap(), s);
+        assert!(s.validate(16, &m).is_ok());
+        assert!(s.validate(15, &m).is_err(), "the vocabulary must hold the profile tokens");
+        let mut overlapping = s.clone();
+        overlapping.profile.as_mut().unwrap().offset = 10;
+        assert!(overlapping.validate(16, &m).is_err(), "profile tokens may not overlap codes");
+        assert_eq!(s.request_tokens(&[15, 14], [&[1u32, 2, 0][..]]), vec![1, 15, 14, 3 + 1, 7 + 2, 11]);
+        assert!(plain.clone().with_profile(Vec::<String>::new()).profile.is_none());
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! Tensor names follow transformers' `LlamaForCausalLM` / `Qwen3ForCausalLM`
 //! (`model.layers.{i}.self_attn.q_proj.weight`, ...), so checkpoints move both
-//! ways between genrec and PyTorch. The attention itself is in [`super::attention`].
+//! ways between genrec and PyTorch. The attention itself is in [`super::attention`];
+//! the weights are dense tensors or, for the intent LLM, quantized GGUF blocks
+//! ([`super::proj`]).
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
@@ -15,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use super::attention::{Attention, Qkv};
 use super::config::{Arch, ModelConfig};
 use super::kv::{BeamKv, HistoryKv};
+use super::proj::{Embed, Head, Proj, QuantWeights, Weights};
 use super::rope::{Rope, RopeTables};
 use super::ModelError;
 
@@ -101,21 +104,21 @@ impl LastRows {
 /// The SwiGLU gate and up projections, split or (for serving) concatenated.
 #[derive(Clone)]
 enum GateUp {
-    Split { gate: Linear, up: Linear },
+    Split { gate: Proj, up: Proj },
     Fused(Linear),
 }
 
 #[derive(Clone)]
 struct Mlp {
     gate_up: GateUp,
-    down: Linear,
+    down: Proj,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         match &self.gate_up {
-            GateUp::Split { gate, up } => Ok(self.down.forward(&(gate.forward(x)?.silu()? * up.forward(x)?)?)?),
-            GateUp::Fused(gu) => serve_linear(&self.down, &super::fused::swiglu(&serve_linear(gu, x)?)?),
+            GateUp::Split { gate, up } => self.down.forward(&(gate.forward(x)?.silu()? * up.forward(x)?)?),
+            GateUp::Fused(gu) => self.down.serve(&super::fused::swiglu(&serve_linear(gu, x)?)?),
         }
     }
 }
@@ -149,20 +152,14 @@ struct Layer {
     post_norm: Tensor,
 }
 
-fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear, ModelError> {
-    let w = vb.get((out, inp), "weight")?;
-    let b = if bias { Some(vb.get(out, "bias")?) } else { None };
-    Ok(Linear::new(w, b))
-}
-
 /// The decoder-only transformer (cloning shares the weight tensors).
 #[derive(Clone)]
 pub struct Transformer {
     cfg: ModelConfig,
-    embed: Tensor,
+    embed: Embed,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Head,
     rope: RopeTables,
     device: Device,
     /// Projections fused for serving (see [`Transformer::fuse_projections`]).
@@ -172,28 +169,37 @@ pub struct Transformer {
 impl Transformer {
     /// Builds the model from a var builder holding transformers' tensor names.
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self, ModelError> {
+        Self::build(&vb, cfg)
+    }
+
+    /// Builds the model over quantized matrices (a GGUF file's, see
+    /// [`super::proj`]); such a model serves only (no gradients, no fusing).
+    pub fn load_quantized(w: &QuantWeights, cfg: &ModelConfig) -> Result<Self, ModelError> {
+        Self::build(w, cfg)
+    }
+
+    fn build(w: &dyn Weights, cfg: &ModelConfig) -> Result<Self, ModelError> {
         cfg.validate()?;
         let arch = cfg.arch()?;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
-        let m = vb.pp("model");
-        let embed = m.get((cfg.vocab_size, h), "embed_tokens.weight")?;
+        let embed = w.embed("model.embed_tokens.weight", cfg.vocab_size, h)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
-            let l = m.pp(format!("layers.{i}"));
-            let a = l.pp("self_attn");
+            let l = format!("model.layers.{i}");
+            let a = format!("{l}.self_attn");
             let bias = cfg.attention_bias;
             let (q_norm, k_norm) = match arch {
-                Arch::Qwen3 => (Some(a.get(hd, "q_norm.weight")?), Some(a.get(hd, "k_norm.weight")?)),
+                Arch::Qwen3 => (Some(w.vector(&format!("{a}.q_norm.weight"), hd)?), Some(w.vector(&format!("{a}.k_norm.weight"), hd)?)),
                 Arch::Llama => (None, None),
             };
             let attn = Attention {
                 qkv: Qkv::Split {
-                    q: linear(&a.pp("q_proj"), h, nh * hd, bias)?,
-                    k: linear(&a.pp("k_proj"), h, nkv * hd, bias)?,
-                    v: linear(&a.pp("v_proj"), h, nkv * hd, bias)?,
+                    q: w.proj(&format!("{a}.q_proj"), h, nh * hd, bias)?,
+                    k: w.proj(&format!("{a}.k_proj"), h, nkv * hd, bias)?,
+                    v: w.proj(&format!("{a}.v_proj"), h, nkv * hd, bias)?,
                 },
-                o: linear(&a.pp("o_proj"), nh * hd, h, false)?,
+                o: w.proj(&format!("{a}.o_proj"), nh * hd, h, false)?,
                 q_norm,
                 k_norm,
                 heads: nh,
@@ -201,29 +207,24 @@ impl Transformer {
                 head_dim: hd,
                 eps: cfg.rms_norm_eps,
             };
-            let p = l.pp("mlp");
             let mlp = Mlp {
                 gate_up: GateUp::Split {
-                    gate: linear(&p.pp("gate_proj"), h, cfg.intermediate_size, false)?,
-                    up: linear(&p.pp("up_proj"), h, cfg.intermediate_size, false)?,
+                    gate: w.proj(&format!("{l}.mlp.gate_proj"), h, cfg.intermediate_size, false)?,
+                    up: w.proj(&format!("{l}.mlp.up_proj"), h, cfg.intermediate_size, false)?,
                 },
-                down: linear(&p.pp("down_proj"), cfg.intermediate_size, h, false)?,
+                down: w.proj(&format!("{l}.mlp.down_proj"), cfg.intermediate_size, h, false)?,
             };
             layers.push(Layer {
                 attn,
                 mlp,
-                input_norm: l.get(h, "input_layernorm.weight")?,
-                post_norm: l.get(h, "post_attention_layernorm.weight")?,
+                input_norm: w.vector(&format!("{l}.input_layernorm.weight"), h)?,
+                post_norm: w.vector(&format!("{l}.post_attention_layernorm.weight"), h)?,
             });
         }
-        let norm = m.get(h, "norm.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            vb.get((cfg.vocab_size, h), "lm_head.weight")?
-        };
-        let device = vb.device().clone();
-        let rope = RopeTables::new(cfg, vb.dtype(), &device)?;
+        let norm = w.vector("model.norm.weight", h)?;
+        let lm_head = if cfg.tie_word_embeddings { embed.tied_head()? } else { w.head("lm_head.weight", cfg.vocab_size, h)? };
+        let device = w.device();
+        let rope = RopeTables::new(cfg, w.dtype(), &device)?;
         Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, device, serving: false })
     }
 
@@ -231,11 +232,14 @@ impl Transformer {
     /// that each group is one matrix product (same results up to rounding).
     /// A fused model cannot be trained: its trainable tensors are gone.
     pub fn fuse_projections(&mut self) -> Result<(), ModelError> {
+        if matches!(self.lm_head, Head::Quant(_)) {
+            return Err(ModelError::Input("a quantized model is not fused (its projections stay as stored)".into()));
+        }
         for l in &mut self.layers {
-            if let Qkv::Split { q, k, v } = &l.attn.qkv {
+            if let Qkv::Split { q: Proj::Dense(q), k: Proj::Dense(k), v: Proj::Dense(v) } = &l.attn.qkv {
                 l.attn.qkv = Qkv::Fused(concat_linear(&[q, k, v])?);
             }
-            if let GateUp::Split { gate, up } = &l.mlp.gate_up {
+            if let GateUp::Split { gate: Proj::Dense(gate), up: Proj::Dense(up) } = &l.mlp.gate_up {
                 l.mlp.gate_up = GateUp::Fused(concat_linear(&[gate, up])?);
             }
         }
@@ -299,7 +303,7 @@ impl Transformer {
             )));
         }
         let (b, _) = tokens.dims2()?;
-        let emb = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let emb = self.embed.lookup(&tokens.flatten_all()?)?.reshape((b, t, ()))?;
         let mut x = drop(emb, &mut dropout)?;
         let rot = self.rope.range(p, t, training)?;
         // query i (position p + i) sees keys 0 ..= p + i
@@ -332,16 +336,19 @@ impl Transformer {
 
     /// Logits over the whole vocabulary for hidden states `[.., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        if self.serving {
-            return Ok(super::small_gemm::matmul_t(hidden, &self.lm_head)?);
+        match &self.lm_head {
+            Head::Dense(w) if self.serving => Ok(super::small_gemm::matmul_t(hidden, w)?),
+            Head::Dense(w) => Ok(hidden.broadcast_matmul(&w.t()?)?),
+            Head::Quant(q) => Ok(q.forward(&hidden.contiguous()?)?),
         }
-        Ok(hidden.broadcast_matmul(&self.lm_head.t()?)?)
     }
 
     /// Logits of the token range `start .. start + len` only (one code level).
     pub fn logits_range(&self, hidden: &Tensor, start: usize, len: usize) -> Result<Tensor, ModelError> {
-        let w = self.lm_head.narrow(0, start, len)?;
-        Ok(hidden.broadcast_matmul(&w.t()?)?)
+        let Head::Dense(w) = &self.lm_head else {
+            return Err(ModelError::Input("a token range of a quantized output layer is not computed".into()));
+        };
+        Ok(hidden.broadcast_matmul(&w.narrow(0, start, len)?.t()?)?)
     }
 
     /// Runs each request's history once. `tokens` is `[requests, time]`
@@ -406,7 +413,7 @@ impl Transformer {
         }
         let beams = n / r;
         let rot = self.rope.rows(pos)?;
-        let mut x = self.embed.index_select(tok, 0)?; // [n, h]
+        let mut x = self.embed.lookup(tok)?; // [n, h]
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, false)?;
             let a = layer.attn.forward_decode(&h, &rot, hist.layer(i), hist.mask(), beams_kv, i, beams)?;

@@ -102,6 +102,10 @@ pub(crate) struct RecommendAnswer {
     /// Why the intents were not inferred by the LLM when one was expected.
     #[serde(skip_serializing_if = "Option::is_none")]
     intent_note: Option<String>,
+    /// Why the model read none or only part of the profile (e.g. a model
+    /// trained without profiles, or values it never saw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile_note: Option<String>,
 }
 
 /// Every error answer (4xx and 5xx).
@@ -366,6 +370,7 @@ async fn serve_recommend(
         inferred_intents: answer.inferred_intents,
         intent_method: answer.intent_method,
         intent_note: answer.intent_note,
+        profile_note: answer.profile_note,
     })
 }
 

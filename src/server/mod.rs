@@ -119,6 +119,11 @@ pub struct ServeArgs {
     /// Intents kept per profile; the k items are spread over them by weight.
     #[arg(long, env = "GENREC_INTENT_TOP", default_value_t = ColdStartOptions::default().top)]
     pub intent_top: usize,
+    /// With a sentence encoder, the intent LLM scores only the intent labels
+    /// closest to the profile's text, this many (0: all of them; each label
+    /// scored costs LLM time).
+    #[arg(long, env = "GENREC_INTENT_SHORTLIST", value_name = "N", default_value_t = ColdStartOptions::default().shortlist)]
+    pub intent_shortlist: usize,
     /// Weight of the profile's intents in soft steering (a request's
     /// `"steering": "soft"`, the default): times the log of the intents'
     /// weights, added to the model's first-level log-probabilities. 0: the
@@ -353,7 +358,7 @@ fn build_coldstart(args: &ServeArgs, catalog: &crate::catalog::Catalog) -> Resul
     if let Some(lm) = &lm {
         tracing::info!(model = lm.name(), prompt = template.name(), "intent model loaded");
     }
-    let opts = ColdStartOptions { top: args.intent_top.max(1), ..Default::default() };
+    let opts = ColdStartOptions { top: args.intent_top.max(1), shortlist: args.intent_shortlist, ..Default::default() };
     let cs = ColdStart::new(catalog, lm.map(|l| (l, template)), encoder, opts)?;
     cs.warm()?;
     Ok(Some(cs))

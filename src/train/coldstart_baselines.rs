@@ -22,19 +22,7 @@ pub enum Counted {
     First(usize),
 }
 
-/// Age brackets of MovieLens-1M's sign-up form (under 18, 18-24, 25-34,
-/// 35-44, 45-49, 50-55, 56 and over).
-pub fn age_bracket(age: u32) -> usize {
-    match age {
-        0..=17 => 0,
-        18..=24 => 1,
-        25..=34 => 2,
-        35..=44 => 3,
-        45..=49 => 4,
-        50..=55 => 5,
-        _ => 6,
-    }
-}
+pub use crate::coldstart::age_bracket;
 
 /// Each item's share of the counted interactions of the training users that
 /// `keep` accepts (shares sum to one; empty when nothing is counted).

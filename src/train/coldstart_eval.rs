@@ -117,15 +117,7 @@ pub fn cold_users(
 /// declare nothing.
 pub fn declare_interests<'a>(users: &mut [ColdUser], genres_of: impl Fn(u32) -> &'a [String], n: usize) {
     for u in users {
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for &item in &u.later {
-            for g in genres_of(item) {
-                *counts.entry(g.as_str()).or_default() += 1;
-            }
-        }
-        let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        u.profile.interests = ranked.into_iter().take(n).map(|(g, _)| g.to_string()).collect();
+        u.profile.interests = super::profile_prefix::top_genres(u.later.iter().map(|&i| genres_of(i)), n);
     }
 }
 

@@ -89,6 +89,7 @@ pub fn evaluate_ensemble(
                 exclude: if opts.exclude_history { h.iter().copied().collect() } else { HashSet::new() },
                 within: Vec::new(),
                 first_level_prior: Vec::new(),
+                profile_tokens: Vec::new(),
             })
             .collect();
         let out = generate_ensemble(models, catalog, &reqs, opts.beam.max(10), opts.scoring)?;

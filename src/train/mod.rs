@@ -5,6 +5,7 @@ pub mod coldstart_baselines;
 pub mod coldstart_eval;
 pub mod eval;
 pub mod metrics;
+pub mod profile_prefix;
 pub mod trainer;
 
 pub use eval::{evaluate, evaluate_ensemble, EvalOptions};

@@ -24,6 +24,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::average::{Average, WeightAverage};
 use super::eval::{evaluate, to_indices, EvalOptions};
+use super::profile_prefix::PrefixDraw;
 use super::TrainError;
 use crate::catalog::Catalog;
 use crate::dataset::{train_part, Interactions};
@@ -67,6 +68,9 @@ pub struct TrainOptions {
     /// history (a new user) becomes the catalog's first items, not the one
     /// first item per user that the windows give (at recency weights near 0).
     pub first_items: usize,
+    /// Each training user's profile features (`Profile::features`) by user
+    /// id ([`super::profile_prefix`]); empty: the model reads no profile tokens.
+    pub profiles: HashMap<String, Vec<String>>,
 }
 
 impl Default for TrainOptions {
@@ -92,6 +96,7 @@ impl Default for TrainOptions {
             averages: Vec::new(),
             recency_half_life: Some(3.0),
             first_items: 0,
+            profiles: HashMap::new(),
         }
     }
 }
@@ -124,17 +129,19 @@ fn recency_weight(half_life: Option<f64>, d: usize) -> f32 {
 
 /// Training sequences: windows of at most `max_history + 1` items over each
 /// user's training part, each starting with `bos`, with each token's weight.
+/// The window at the user's first item reads the user's profile prefix.
 pub fn training_sequences(
     catalog: &Catalog,
     inter: &Interactions,
     sidecar: &Sidecar,
     max_history: usize,
     recency_half_life: Option<f64>,
+    prefixes: &mut PrefixDraw,
 ) -> Vec<TrainSeq> {
     let win = max_history + 1;
     let levels = sidecar.levels();
     let mut out = Vec::new();
-    for seq in &inter.sequences {
+    for (u, seq) in inter.sequences.iter().enumerate() {
         let items = to_indices(catalog, seq);
         let part = train_part(&items);
         if part.len() < 2 {
@@ -145,10 +152,12 @@ pub fn training_sequences(
         let mut end = part.len();
         loop {
             let start = end.saturating_sub(win);
-            let tokens = sidecar.history_tokens(part[start..end].iter().map(|&i| catalog.sid(i)));
+            let prefix = if start == 0 { prefixes.draw(u) } else { Vec::new() };
+            let tokens = sidecar.request_tokens(&prefix, part[start..end].iter().map(|&i| catalog.sid(i)));
             let mut weights = vec![0.0; tokens.len()];
-            for (t, w) in weights.iter_mut().enumerate().skip(1) {
-                let item = start + (t - 1) / levels;
+            let codes_from = 1 + prefix.len();
+            for (t, w) in weights.iter_mut().enumerate().skip(codes_from) {
+                let item = start + (t - codes_from) / levels;
                 *w = recency_weight(recency_half_life, part.len() - 1 - item);
             }
             out.push(TrainSeq { tokens, weights });
@@ -161,17 +170,18 @@ pub fn training_sequences(
     out
 }
 
-/// `[bos, codes of item j]` for each of the first `n` items of every user's
-/// training part, every code a target of weight 1 (see
+/// `[bos, profile prefix, codes of item j]` for each of the first `n` items of
+/// every user's training part, every code a target of weight 1 (see
 /// [`TrainOptions::first_items`]).
-pub fn first_item_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sidecar, n: usize) -> Vec<TrainSeq> {
+pub fn first_item_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sidecar, n: usize, prefixes: &mut PrefixDraw) -> Vec<TrainSeq> {
     let mut out = Vec::new();
-    for seq in &inter.sequences {
+    for (u, seq) in inter.sequences.iter().enumerate() {
         let items = to_indices(catalog, seq);
         for &item in train_part(&items).iter().take(n) {
-            let tokens = sidecar.history_tokens([catalog.sid(item)]);
+            let prefix = prefixes.draw(u);
+            let tokens = sidecar.request_tokens(&prefix, [catalog.sid(item)]);
             let mut weights = vec![1.0; tokens.len()];
-            weights[0] = 0.0;
+            weights[..1 + prefix.len()].iter_mut().for_each(|w| *w = 0.0);
             out.push(TrainSeq { tokens, weights });
         }
     }
@@ -305,16 +315,25 @@ pub fn train(
         return Err(TrainError::Invalid(format!("an exponential average's decay must be in (0, 1), got {a}")));
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(out.display().to_string(), e))?;
-    let sidecar = Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest(), opts.max_history);
+    let mut sidecar = Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest(), opts.max_history);
+    let users_with_profile = inter.users.iter().filter(|u| opts.profiles.contains_key(*u)).count();
+    if users_with_profile > 0 {
+        let features = inter.users.iter().filter_map(|u| opts.profiles.get(u)).flatten().cloned();
+        sidecar = sidecar.with_profile(features);
+    }
+    let mut prefixes = PrefixDraw::new(sidecar.profile.as_ref(), inter, &opts.profiles, opts.seed);
     let mut cfg = ModelConfig::llama(sidecar.min_vocab(), opts.hidden, opts.layers, opts.heads, opts.kv_heads, opts.ff);
     cfg.bos_token_id = Some(sidecar.bos_token_id);
     cfg.eos_token_id = Some(sidecar.eos_token_id);
     cfg.pad_token_id = Some(sidecar.pad_token_id);
-    cfg.max_position_embeddings = (1 + (opts.max_history + 1) * sidecar.levels()).next_power_of_two().max(64);
+    cfg.max_position_embeddings = (sidecar.longest_sequence() + 1).next_power_of_two().max(64);
     cfg.validate()?;
 
-    let mut seqs = training_sequences(catalog, inter, &sidecar, opts.max_history, opts.recency_half_life);
-    seqs.extend(first_item_sequences(catalog, inter, &sidecar, opts.first_items));
+    let mut seqs = training_sequences(catalog, inter, &sidecar, opts.max_history, opts.recency_half_life, &mut prefixes);
+    seqs.extend(first_item_sequences(catalog, inter, &sidecar, opts.first_items, &mut prefixes));
+    if let Some(p) = &sidecar.profile {
+        log(&format!("train: {users_with_profile} users with a profile; {} profile features read after bos", p.features.len()));
+    }
     if seqs.is_empty() {
         return Err(TrainError::Invalid("no user has at least two training items".into()));
     }
@@ -495,9 +514,9 @@ mod tests {
         let levels = sidecar.levels();
         // 12 items: the training part is items 0..10; windows of 4 items
         let inter = one_user(12);
-        let plain = training_sequences(&cat, &inter, &sidecar, 3, None);
+        let plain = training_sequences(&cat, &inter, &sidecar, 3, None, &mut PrefixDraw::none());
         assert!(plain.iter().all(|s| s.weights[0] == 0.0 && s.weights[1..].iter().all(|&w| w == 1.0)));
-        let seqs = training_sequences(&cat, &inter, &sidecar, 3, Some(1.0));
+        let seqs = training_sequences(&cat, &inter, &sidecar, 3, Some(1.0), &mut PrefixDraw::none());
         assert_eq!(seqs.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>(), plain.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>());
         // the first window ends at the training part's last item (d = 0)
         let last = &seqs[0];
@@ -517,7 +536,7 @@ mod tests {
         // 12 items: the training part is items 0..10
         let inter = one_user(12);
         let items = to_indices(&cat, &inter.sequences[0]);
-        let seqs = first_item_sequences(&cat, &inter, &sidecar, 4);
+        let seqs = first_item_sequences(&cat, &inter, &sidecar, 4, &mut PrefixDraw::none());
         assert_eq!(seqs.len(), 4);
         for (s, &item) in seqs.iter().zip(&items) {
             assert_eq!(s.tokens, sidecar.history_tokens([cat.sid(item)]));
@@ -525,8 +544,39 @@ mod tests {
             assert!(s.weights[1..].iter().all(|&w| w == 1.0));
         }
         // never past the training part, and none when off
-        assert_eq!(first_item_sequences(&cat, &inter, &sidecar, 50).len(), 10);
-        assert!(first_item_sequences(&cat, &inter, &sidecar, 0).is_empty());
+        assert_eq!(first_item_sequences(&cat, &inter, &sidecar, 50, &mut PrefixDraw::none()).len(), 10);
+        assert!(first_item_sequences(&cat, &inter, &sidecar, 0, &mut PrefixDraw::none()).is_empty());
+    }
+
+    #[test]
+    fn sequences_at_the_first_item_read_the_profile_and_never_target_it() {
+        let cat = random_catalog(40, &[4, 4, 3], 1);
+        let features: HashMap<String, Vec<String>> =
+            [("u".to_string(), vec!["age:18-24".to_string(), "interest:drama".to_string()])].into_iter().collect();
+        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest(), 3).with_profile(features["u"].clone());
+        let vocab = sidecar.profile.clone().unwrap();
+        assert_eq!(vocab.offset as usize, 3 + 11);
+        let inter = one_user(12);
+        let levels = sidecar.levels();
+        let mut seen_prefix = 0;
+        for seed in 0..20 {
+            let mut draw = PrefixDraw::new(Some(&vocab), &inter, &features, seed);
+            let seqs = training_sequences(&cat, &inter, &sidecar, 3, Some(1.0), &mut draw);
+            // only the window at the first item has a prefix
+            let (last, first) = (&seqs[0], seqs.last().unwrap());
+            assert!(last.tokens[1..].iter().all(|&t| t < vocab.offset));
+            let p = first.tokens.len() - 1 - 4 * levels;
+            seen_prefix += p;
+            assert!(first.tokens[1..1 + p].iter().all(|&t| t >= vocab.offset && t < vocab.end()));
+            assert!(first.weights[..1 + p].iter().all(|&w| w == 0.0));
+            // the codes keep their items' weights: item 0 is 9 items before the end
+            assert!(first.weights[1 + p..1 + p + levels].iter().all(|&w| w == 0.5f32.powi(9)));
+            for s in first_item_sequences(&cat, &inter, &sidecar, 4, &mut draw) {
+                let p = s.tokens.len() - 1 - levels;
+                assert!(s.weights[..1 + p].iter().all(|&w| w == 0.0) && s.weights[1 + p..].iter().all(|&w| w == 1.0));
+            }
+        }
+        assert!(seen_prefix > 0);
     }
 
     #[test]
@@ -545,7 +595,7 @@ mod tests {
             let rows: Vec<usize> = (0..seqs.len()).collect();
             share_loss(&net, seqs, &rows, sidecar.pad_token_id, 0.0, weighted, &mut rng, &dev).unwrap().to_scalar::<f32>().unwrap()
         };
-        let plain = training_sequences(&cat, &inter, &sidecar, 5, None);
+        let plain = training_sequences(&cat, &inter, &sidecar, 5, None, &mut PrefixDraw::none());
         let (a, b) = (loss(&plain, false), loss(&plain, true));
         assert!((a - b).abs() < 1e-5 * a.abs(), "{a} vs {b}");
         // weights change the loss: only the last item of each user counts

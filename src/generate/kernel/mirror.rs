@@ -218,6 +218,7 @@ mod tests {
                     exclude: (0..cat.len() as u32).filter(|_| rng.random_bool(0.2)).collect::<HashSet<u32>>(),
                     within: if rng.random_bool(0.5) { vec![rng.random_range(0..sizes[0]), rng.random_range(0..sizes[0])] } else { Vec::new() },
                     first_level_prior: Vec::new(),
+                    profile_tokens: Vec::new(),
                 })
                 .collect();
             let mut cat = cat;
