@@ -88,13 +88,13 @@ const FAST_TARGET: GgmlDType = GgmlDType::Q8_0;
 /// Rows converted at a time (bounds the f32 copy a conversion makes).
 const CONVERT_ROWS: usize = 2048;
 
-/// `q` as blocks candle multiplies with SIMD on x86 and ARM: Q4_0, Q8_0 and
-/// the K-quants as they are; Q4_1, Q5_0 and Q5_1 (scalar products in candle,
-/// several times slower) converted to [`FAST_TARGET`], a few rows at a time.
-/// Vectors (f32) stay.
-fn fast_blocks(q: QTensor) -> Result<QTensor, ColdStartError> {
+/// `q` in blocks candle multiplies with SIMD on x86 and ARM, if it is not:
+/// Q4_0, Q8_0 and the K-quants stay as they are (`None`); Q4_1, Q5_0 and
+/// Q5_1 (scalar products in candle, several times slower) are converted to
+/// [`FAST_TARGET`], a few rows at a time. Vectors (f32) stay.
+fn converted(q: &QTensor) -> Result<Option<QTensor>, ColdStartError> {
     if !matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) {
-        return Ok(q);
+        return Ok(None);
     }
     let dev = Device::Cpu;
     let (rows, cols) = q.shape().dims2()?;
@@ -106,7 +106,12 @@ fn fast_blocks(q: QTensor) -> Result<QTensor, ColdStartError> {
         let part = qtensor_from_ggml(q.dtype(), &data[start * rb..(start + n) * rb], vec![n, cols], &dev)?;
         out.extend_from_slice(&QTensor::quantize(&part.dequantize(&dev)?, target)?.data()?);
     }
-    Ok(qtensor_from_ggml(target, &out, vec![rows, cols], &dev)?)
+    Ok(Some(qtensor_from_ggml(target, &out, vec![rows, cols], &dev)?))
+}
+
+/// `q` in fast blocks (see [`converted`]).
+fn fast_blocks(q: QTensor) -> Result<QTensor, ColdStartError> {
+    Ok(converted(&q)?.unwrap_or(q))
 }
 
 /// Reads a llama GGUF file.
@@ -134,14 +139,14 @@ pub fn load(path: &Path) -> Result<GgufModel, ColdStartError> {
     let mut dense = HashMap::new();
     // the embedding table is only looked up (rows dequantised one by one): it
     // keeps its blocks; a tied output layer gets its own copy in fast blocks
-    let embed = read("token_embd.weight")?;
+    let embed = Arc::new(read("token_embd.weight")?);
     let vocab = embed.shape().dims2()?.0;
     let head = match ct.tensor_infos.contains_key("output.weight") {
-        true => read("output.weight")?,
-        false => qtensor_from_ggml(embed.dtype(), &embed.data()?, embed.shape().dims().to_vec(), &dev)?,
+        true => Arc::new(fast_blocks(read("output.weight")?)?),
+        false => converted(&embed)?.map_or_else(|| embed.clone(), Arc::new),
     };
-    quant.insert("lm_head.weight".to_string(), Arc::new(fast_blocks(head)?));
-    quant.insert("model.embed_tokens.weight".to_string(), Arc::new(embed));
+    quant.insert("lm_head.weight".to_string(), head);
+    quant.insert("model.embed_tokens.weight".to_string(), embed);
     dense.insert("model.norm.weight".to_string(), read("output_norm.weight")?.dequantize(&dev)?);
     for i in 0..layers {
         let g = |n: &str| format!("blk.{i}.{n}.weight");

@@ -64,23 +64,21 @@ impl Embed {
         match self {
             Embed::Dense(t) => Ok(t.index_select(ids, 0)?),
             Embed::Quant(q) => {
+                // the rows' blocks gathered into one tensor, dequantised at once
                 let (vocab, h) = q.shape().dims2()?;
                 let data = q.data()?;
                 let row_bytes = data.len() / vocab.max(1);
-                let dev = ids.device();
-                let rows = ids
-                    .to_vec1::<u32>()?
-                    .into_iter()
-                    .map(|id| {
-                        let id = id as usize;
-                        if id >= vocab {
-                            return Err(ModelError::Input(format!("token {id} outside the vocabulary of {vocab}")));
-                        }
-                        let bytes = &data[id * row_bytes..(id + 1) * row_bytes];
-                        Ok(qtensor_from_ggml(q.dtype(), bytes, vec![1, h], dev)?.dequantize(dev)?)
-                    })
-                    .collect::<Result<Vec<Tensor>, ModelError>>()?;
-                Ok(Tensor::cat(&rows, 0)?)
+                let ids = ids.to_vec1::<u32>()?;
+                let mut bytes = Vec::with_capacity(ids.len() * row_bytes);
+                for &id in &ids {
+                    let id = id as usize;
+                    if id >= vocab {
+                        return Err(ModelError::Input(format!("token {id} outside the vocabulary of {vocab}")));
+                    }
+                    bytes.extend_from_slice(&data[id * row_bytes..(id + 1) * row_bytes]);
+                }
+                let dev = q.device();
+                Ok(qtensor_from_ggml(q.dtype(), &bytes, vec![ids.len(), h], &dev)?.dequantize(&dev)?)
             }
         }
     }
