@@ -49,11 +49,18 @@ fn unscraped_histograms_do_not_grow_the_heap() {
     std::thread::sleep(metrics::UPKEEP_EVERY + std::time::Duration::from_secs(1));
     let before = LIVE.load(Ordering::Relaxed);
     record();
-    std::thread::sleep(metrics::UPKEEP_EVERY + std::time::Duration::from_secs(1));
-    let grown = LIVE.load(Ordering::Relaxed) - before;
+    // Drained sample blocks are freed through epoch-based reclamation, so one
+    // upkeep may leave some of them pending (a CI run saw 2.5 MB after one
+    // period). Give it a few periods; kept samples never shrink.
+    let limit = 256 * 1024;
+    let mut grown = isize::MAX;
+    for _ in 0..4 {
+        std::thread::sleep(metrics::UPKEEP_EVERY + std::time::Duration::from_secs(1));
+        grown = LIVE.load(Ordering::Relaxed) - before;
+        if grown < limit {
+            break;
+        }
+    }
     // kept samples would be 450k x 8 bytes = 3.6 MB; folded into buckets, nothing
-    assert!(
-        grown < 256 * 1024,
-        "the heap grew by {grown} bytes over 200k unscraped requests"
-    );
+    assert!(grown < limit, "the heap grew by {grown} bytes over 200k unscraped requests");
 }
