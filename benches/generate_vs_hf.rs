@@ -207,7 +207,7 @@ fn main() -> Result<()> {
     }
     for &b in &a.beams {
         let reqs: Vec<GenRequest> =
-            histories.iter().map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() }).collect();
+            histories.iter().map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new(), ..Default::default() }).collect();
         // warm-up (allocator, caches)
         generate(model, catalog, &reqs[..reqs.len().min(a.batch)], b)?;
         let entry = results.entry(b.to_string()).or_insert_with(|| json!({}));

@@ -373,7 +373,7 @@ fn histories(catalog: &Catalog, n: usize, len: usize, seed: u64) -> Vec<Vec<u32>
 
 fn requests(h: &[Vec<u32>], k: usize) -> Vec<GenRequest> {
     h.iter()
-        .map(|h| GenRequest { history: h.clone(), k, exclude: h.iter().copied().collect(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() })
+        .map(|h| GenRequest { history: h.clone(), k, exclude: h.iter().copied().collect(), ..Default::default() })
         .collect()
 }
 
@@ -391,7 +391,13 @@ fn e2e_mismatch(e2e: &Value) -> Option<String> {
 /// Part 1b: the same checkpoint on the device and on the CPU gives the same items.
 fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, seed: u64) -> Result<Value, CheckError> {
     let h = histories(catalog, 64, 20, seed);
-    let reqs = requests(&h, 10);
+    let mut reqs = requests(&h, 10);
+    // every third request is a personalized search over every fifth item
+    // (allow lists at every level, on both devices)
+    let fifths: std::sync::Arc<[u32]> = (0..catalog.len() as u32).step_by(5).collect::<Vec<u32>>().into();
+    for q in reqs.iter_mut().skip(2).step_by(3) {
+        q.allowed = Some(fifths.clone());
+    }
     let a = generate(dev_model, catalog, &reqs, 64)?;
     let b = generate(cpu_model, catalog, &reqs, 64)?;
     let same = a.hits.iter().zip(&b.hits).filter(|(x, y)| x.iter().map(|h| h.item).eq(y.iter().map(|h| h.item))).count();

@@ -31,7 +31,7 @@ impl Engine {
             return Ok(()); // nothing to generate over yet
         }
         let history: Vec<u32> = served.iter().copied().cycle().take(longest).collect();
-        let req = GenRequest { history, k: 1, exclude: Default::default(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
+        let req = GenRequest { history, k: 1, exclude: Default::default(), ..Default::default() };
         let out = generate(model, &cat.catalog, &[req], self.opts.batch.beam)
             .map_err(|e| EngineError::Refused(format!("smoke generation failed: {e}")))?;
         if out.hits.first().is_none_or(|h| h.is_empty()) && cat.catalog.served_len() > 1 {

@@ -197,6 +197,7 @@ impl Engine {
             within: Vec::new(),
             first_level_prior: intent_prior(inferred, codes, weight),
             profile_tokens,
+            ..Default::default()
         };
         // the profile shaped the answer through the prior or the profile tokens
         let source = if weight > 0.0 || !gen.profile_tokens.is_empty() {
@@ -268,6 +269,7 @@ impl Engine {
                 within,
                 first_level_prior: Vec::new(),
                 profile_tokens: profile_tokens.clone(),
+                ..Default::default()
             };
             pending.push(self.submit(gen, model.clone(), cat, deadline)?);
         }

@@ -395,7 +395,7 @@ impl Engine {
         };
         let timeout_ms = self.timeout_ms(req);
         let deadline = arrived + Duration::from_millis(timeout_ms);
-        let gen = GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
+        let gen = GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone(), ..Default::default() };
         let rx = self.submit(gen, model, &cat, deadline)?;
         let hits = match wait(rx, deadline).await {
             Generation::Done(hits, tokens) => {

@@ -1,12 +1,13 @@
 //! Trie-constrained beam search: every beam is a prefix of a real item's
 //! semantic ID, so every generated item exists in the catalog.
 
+pub mod diversity;
 pub mod kernel;
 pub mod search;
 pub mod step;
 
 pub use search::{generate, generate_ensemble, generate_with, GenRequest, Generated, Hit, Scoring};
-pub use step::{beam_step, StepOutput, StepShape};
+pub use step::{beam_step, beam_step_capped, StepOutput, StepShape};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -128,7 +129,7 @@ mod tests {
         let histories: Vec<Vec<u32>> = vec![vec![3, 17, 22], vec![5], vec![1, 2, 3, 4, 5, 6, 7]];
         let reqs: Vec<GenRequest> = histories
             .iter()
-            .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() })
+            .map(|h| GenRequest { history: h.clone(), k: 10, exclude: HashSet::new(), ..Default::default() })
             .collect();
         // beam = number of items: the search is exhaustive, so it must be exact;
         // the serving form (fused projections) against the trained form's enumeration
@@ -173,7 +174,7 @@ mod tests {
         let a = random_model(&cat, "LlamaForCausalLM", 9);
         let b = random_model(&cat, "Qwen3ForCausalLM", 4);
         let history = vec![3u32, 17, 22, 8];
-        let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
+        let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), ..Default::default() };
         let got = generate_ensemble(&[&a, &b], &cat, std::slice::from_ref(&req), 40, Scoring::Model).unwrap();
         let eb: std::collections::HashMap<u32, f32> = enumerate(&b, &cat, &history, Scoring::Model).into_iter().collect();
         let mut want: Vec<(u32, f32)> =
@@ -209,7 +210,7 @@ mod tests {
         let cat = random_catalog(60, &[5, 4, 4], 2);
         let model = random_model(&cat, "LlamaForCausalLM", 3);
         let exclude: HashSet<u32> = [0, 1, 2, 3, 4, 5].into_iter().collect();
-        let req = GenRequest { history: vec![0, 1, 2], k: 8, exclude: exclude.clone(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
+        let req = GenRequest { history: vec![0, 1, 2], k: 8, exclude: exclude.clone(), ..Default::default() };
         let got = generate(&model, &cat, &[req], 8).unwrap();
         let hits = &got.hits[0];
         assert_eq!(hits.len(), 8);
@@ -230,7 +231,7 @@ mod tests {
         let model = random_model(&cat, "LlamaForCausalLM", 9);
         let history = vec![3, 17];
         let within = vec![1, 3];
-        let req = GenRequest { history: history.clone(), k: 12, exclude: HashSet::new(), within: within.clone(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
+        let req = GenRequest { history: history.clone(), k: 12, within: within.clone(), ..Default::default() };
         let got = generate(&model, &cat, &[req], 40).unwrap();
         let want: Vec<(u32, f32)> = enumerate(&model, &cat, &history, Scoring::Model)
             .into_iter()
@@ -244,10 +245,109 @@ mod tests {
             assert!((hit.score - score).abs() < 1e-4);
         }
         // an empty history (a new user) generates too: from the start token alone
-        let req = GenRequest { history: vec![], k: 5, exclude: HashSet::new(), within: vec![2], first_level_prior: Vec::new(), profile_tokens: Vec::new() };
+        let req = GenRequest { history: vec![], k: 5, within: vec![2], ..Default::default() };
         let got = generate(&model, &cat, &[req], 10).unwrap();
         assert_eq!(got.hits[0].len(), 5);
         assert!(got.hits[0].iter().all(|h| cat.sid(h.item)[0] == 2));
+    }
+
+    /// An allowed set (a personalized search's matches) restricts every level
+    /// to its items' prefixes: an exhaustive search returns the enumeration's
+    /// ranking of those items, per request of a mixed batch, under both
+    /// scorings; an empty set gives nothing, a small one fewer than `k`.
+    #[test]
+    fn allowed_items_restrict_the_search_like_the_enumeration() {
+        use rand::{Rng, SeedableRng};
+        let cat = random_catalog(60, &[4, 4, 4], 3);
+        let model = random_model(&cat, "LlamaForCausalLM", 11);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let mut allowed: Vec<u32> = (0..60).filter(|_| rng.random_bool(0.3)).collect();
+        allowed.sort_unstable();
+        let history = vec![7, 8, 30];
+        let exclude: HashSet<u32> = allowed.iter().copied().take(2).collect();
+        let reqs = [
+            GenRequest { history: history.clone(), k: 10, exclude: exclude.clone(), allowed: Some(allowed.clone().into()), ..Default::default() },
+            GenRequest { history: history.clone(), k: 10, ..Default::default() },
+            GenRequest { history: history.clone(), k: 10, allowed: Some(Vec::new().into()), ..Default::default() },
+            GenRequest { history: history.clone(), k: 10, allowed: Some(allowed[..3].to_vec().into()), ..Default::default() },
+        ];
+        for scoring in [Scoring::Model, Scoring::Trie] {
+            let got = generate_with(&model, &cat, &reqs, 60, scoring).unwrap();
+            let all = enumerate(&model, &cat, &history, scoring);
+            let want: Vec<&(u32, f32)> =
+                all.iter().filter(|(i, _)| allowed.binary_search(i).is_ok() && !exclude.contains(i)).take(10).collect();
+            assert_eq!(got.hits[0].len(), 10);
+            for (hit, (item, score)) in got.hits[0].iter().zip(want) {
+                assert_eq!(hit.item, *item, "{scoring:?}");
+                assert!((hit.score - score).abs() < 1e-4);
+            }
+            let free: Vec<u32> = got.hits[1].iter().map(|h| h.item).collect();
+            assert_eq!(free, all.iter().take(10).map(|p| p.0).collect::<Vec<_>>());
+            assert!(got.hits[2].is_empty());
+            let mut few: Vec<u32> = got.hits[3].iter().map(|h| h.item).collect();
+            few.sort_unstable();
+            assert_eq!(few, allowed[..3].to_vec());
+        }
+    }
+
+    /// On a wide trie the narrowest beam (`k`) spends no slot on a prefix
+    /// without allowed items, and keeps room for enough first-level codes to
+    /// fill `k` under a diversity cap.
+    #[test]
+    fn narrow_beams_fill_k_under_allowed_sets_and_caps() {
+        let cat = random_catalog(400, &[8, 8, 8], 6);
+        let model = random_model(&cat, "LlamaForCausalLM", 12);
+        let allowed: std::sync::Arc<[u32]> = (0..400).step_by(33).collect::<Vec<u32>>().into();
+        for h in 0..12u32 {
+            let history = vec![h * 31 % 400, h * 7 % 400];
+            let reqs = [
+                GenRequest { history: history.clone(), k: 10, allowed: Some(allowed.clone()), ..Default::default() },
+                GenRequest { history: history.clone(), k: 10, max_per_intent: Some(2), ..Default::default() },
+                GenRequest { history: history.clone(), k: 10, max_per_intent: Some(3), ..Default::default() },
+            ];
+            let got = generate(&model, &cat, &reqs, 10).unwrap();
+            for (i, hits) in got.hits.iter().enumerate() {
+                assert_eq!(hits.len(), 10, "history {history:?}, request {i}");
+            }
+            assert!(got.hits[0].iter().all(|x| allowed.contains(&x.item)));
+        }
+    }
+
+    /// The diversity cap holds inside the search: an exhaustive search returns
+    /// the best `k` items with at most `cap` per first-level code (the
+    /// enumeration, taken greedily under the cap); the narrowest beam (`k`)
+    /// still returns `k` items, capped; an allowed set and the cap combine.
+    #[test]
+    fn diversity_cap_equals_the_capped_enumeration() {
+        let cat = random_catalog(60, &[4, 4, 4], 3);
+        let model = random_model(&cat, "LlamaForCausalLM", 11);
+        let history = vec![7, 8, 30];
+        let all = enumerate(&model, &cat, &history, Scoring::Model);
+        let count = |hits: &[Hit]| {
+            let mut per = std::collections::HashMap::new();
+            for h in hits {
+                *per.entry(cat.sid(h.item)[0]).or_insert(0) += 1;
+            }
+            per.into_values().max().unwrap_or(0)
+        };
+        for cap in [1usize, 2, 3, 5] {
+            let req = GenRequest { history: history.clone(), k: 10, max_per_intent: Some(cap), ..Default::default() };
+            let got = generate(&model, &cat, std::slice::from_ref(&req), 60).unwrap();
+            let want = diversity::take_capped(all.clone(), 10, cap as u32, |&(i, _)| cat.sid(i)[0]);
+            let items: Vec<u32> = got.hits[0].iter().map(|h| h.item).collect();
+            assert_eq!(items, want.iter().map(|p| p.0).collect::<Vec<_>>(), "cap {cap}");
+            assert!(count(&got.hits[0]) <= cap);
+            // 4 first-level codes: cap 1 allows 4 items, the others all 10
+            let narrow = generate(&model, &cat, &[req], 10).unwrap();
+            assert_eq!(narrow.hits[0].len(), (4 * cap).min(10), "cap {cap}, beam 10");
+            assert!(count(&narrow.hits[0]) <= cap);
+        }
+        let allowed: Vec<u32> = (0..60).step_by(2).collect();
+        let req = GenRequest { history: history.clone(), k: 10, max_per_intent: Some(2), allowed: Some(allowed.clone().into()), ..Default::default() };
+        let got = generate(&model, &cat, &[req], 60).unwrap();
+        let inside: Vec<(u32, f32)> = all.iter().copied().filter(|(i, _)| i % 2 == 0).collect();
+        let want = diversity::take_capped(inside, 10, 2, |&(i, _)| cat.sid(i)[0]);
+        assert_eq!(got.hits[0].iter().map(|h| h.item).collect::<Vec<_>>(), want.iter().map(|p| p.0).collect::<Vec<_>>());
     }
 
     /// Profile tokens are read after `bos`: an exhaustive search with them is
@@ -267,6 +367,7 @@ mod tests {
             within: Vec::new(),
             first_level_prior: Vec::new(),
             profile_tokens,
+            ..Default::default()
         };
         let reqs = vec![req(vec![], profile.clone()), req(vec![], vec![]), req(vec![3, 17], profile.clone())];
         let got = generate(&model, &cat, &reqs, 40).unwrap();
@@ -301,6 +402,7 @@ mod tests {
             within: Vec::new(),
             first_level_prior: prior,
             profile_tokens: Vec::new(),
+            ..Default::default()
         };
         let plain = generate(&model, &cat, &[req(Vec::new())], 40).unwrap();
         let zero = generate(&model, &cat, &[req(vec![0.0; 4])], 40).unwrap();
@@ -330,7 +432,7 @@ mod tests {
         let m16 = super::testutil::random_model_as(&cat, "LlamaForCausalLM", 3, candle_core::DType::BF16);
         let reqs: Vec<GenRequest> = [vec![0u32, 1, 2], vec![7, 9], vec![30]]
             .into_iter()
-            .map(|h| GenRequest { history: h, k: 10, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() })
+            .map(|h| GenRequest { history: h, k: 10, exclude: HashSet::new(), ..Default::default() })
             .collect();
         let a = generate(&m32, &cat, &reqs, 20).unwrap();
         let b = generate(&m16, &cat, &reqs, 20).unwrap();
@@ -346,7 +448,7 @@ mod tests {
     fn probabilities_over_all_items_sum_to_one_with_trie_scoring() {
         let cat = random_catalog(30, &[3, 4, 3], 8);
         let model = random_model(&cat, "LlamaForCausalLM", 1);
-        let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new(), within: Vec::new(), first_level_prior: Vec::new(), profile_tokens: Vec::new() };
+        let req = GenRequest { history: vec![4, 9], k: 30, exclude: HashSet::new(), ..Default::default() };
         let got = generate_with(&model, &cat, std::slice::from_ref(&req), 30, Scoring::Trie).unwrap();
         let total: f32 = got.hits[0].iter().map(|h| h.score.exp()).sum();
         assert!((total - 1.0).abs() < 1e-4, "{total}");

@@ -7,8 +7,9 @@ use std::collections::HashSet;
 
 use candle_core::Tensor;
 
+use super::diversity::{any_capped, level_limits, GroupCap};
 use super::kernel::LevelFilters;
-use super::step::{beam_step, StepShape};
+use super::step::{beam_step_capped, StepShape};
 use super::GenerateError;
 use crate::catalog::trie::NONE;
 use crate::catalog::Catalog;
@@ -16,7 +17,7 @@ use crate::model::profile_vocab::MAX_PROFILE_TOKENS;
 use crate::model::{BeamKv, HistoryKv, Model};
 
 /// One request to generate for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GenRequest {
     /// History as item indices, oldest first (only the last `max_history_items` are read).
     pub history: Vec<u32>,
@@ -35,6 +36,12 @@ pub struct GenRequest {
     /// Profile tokens read after `bos`, before the history (a new user's
     /// sign-up profile, [`crate::model::profile_vocab`]); empty: none.
     pub profile_tokens: Vec<u32>,
+    /// The only items that may be returned (a personalized search's matches):
+    /// every level keeps only the prefixes of these items. `None`: all items.
+    pub allowed: Option<std::sync::Arc<[u32]>>,
+    /// At most this many items per first-level code in the answer, enforced
+    /// in every beam step (see [`crate::generate::diversity`]); `None`: no cap.
+    pub max_per_intent: Option<usize>,
 }
 
 /// A generated item.
@@ -85,14 +92,14 @@ pub fn generate_with(
         return Ok(Generated { hits: Vec::new(), tokens: 0 });
     }
     let beam = checked_beam(model, catalog, reqs, beam)?;
-    // the kernel reads the base trie's arrays and knows no priors: with live
-    // edits above the trie, or a soft-steered request, the CPU beam step
-    // searches (the model still runs on the device)
+    // the kernel reads the base trie's arrays and knows no priors or caps:
+    // with live edits above the trie, a soft-steered or a diversity-capped
+    // request, the CPU beam step searches (the model still runs on the device)
     #[cfg(feature = "cuda")]
     if let (candle_core::Device::Cuda(dev), true, false) = (
         model.net.device(),
         catalog.trie().is_pristine(),
-        reqs.iter().any(|q| !q.first_level_prior.is_empty()),
+        reqs.iter().any(|q| !q.first_level_prior.is_empty()) || any_capped(reqs),
     ) {
         let (hist, hidden, lens) = prefill(model, catalog, reqs)?;
         return super::kernel::gpu_search::decode_levels(dev, model, catalog, reqs, beam, scoring, hist, hidden, &lens);
@@ -221,6 +228,9 @@ fn decode_levels(
     let mut beams_in = 1;
     let mut scores = vec![0f32; r];
     let mut nodes = vec![0u32; r];
+    // each beam's first-level code, for the diversity cap
+    let capped = any_capped(reqs);
+    let mut groups = vec![0u32; r];
     let mut decoded = 0usize;
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
@@ -234,7 +244,9 @@ fn decode_levels(
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let filters = LevelFilters::new(catalog, reqs, level);
-        let out = beam_step(&trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| filters.keep(req, node));
+        let limits = if capped { level_limits(reqs, beam, level, levels) } else { Vec::new() };
+        let cap = capped.then(|| GroupCap { beam_group: (level > 0).then_some(groups.as_slice()), limit: &limits });
+        let out = beam_step_capped(&trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| filters.keep(req, node), cap);
         decoded += out.node.iter().filter(|&&n| n != NONE).count();
         if last {
             let hits = collect_hits(catalog, reqs, beam, &out.node, &out.score);
@@ -249,6 +261,9 @@ fn decode_levels(
         for m in &mut members {
             m.beams_kv.reorder(&parents)?;
             m.hidden = m.model.net.decode(&m.hist, &mut m.beams_kv, &toks, &pos)?;
+        }
+        if capped {
+            groups = (0..r * beam).map(|s| if level == 0 { out.code[s] } else { groups[s / beam * beams_in + out.parent[s] as usize] }).collect();
         }
         scores = out.score;
         nodes = out.node;

@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::diversity::{take_capped, GroupCap};
 use crate::catalog::trie::NONE;
 use crate::catalog::TrieView;
 
@@ -44,6 +45,8 @@ struct Cand {
     parent: u32,
     code: u32,
     node: u32,
+    /// The first-level code the continuation descends from.
+    group: u32,
 }
 
 fn better(a: &Cand, b: &Cand) -> std::cmp::Ordering {
@@ -66,11 +69,31 @@ pub fn beam_step<F>(
 where
     F: Fn(usize, u32) -> bool + Sync,
 {
+    beam_step_capped(trie, shape, logits, scores, nodes, norm, keep, None)
+}
+
+/// [`beam_step`] that keeps, per request, at most `cap.limit[request]`
+/// continuations per group (the diversity cap of [`super::diversity`]).
+#[allow(clippy::too_many_arguments)]
+pub fn beam_step_capped<F>(
+    trie: &TrieView,
+    shape: StepShape,
+    logits: &[f32],
+    scores: &[f32],
+    nodes: &[u32],
+    norm: Option<&[f32]>,
+    keep: F,
+    cap: Option<GroupCap>,
+) -> StepOutput
+where
+    F: Fn(usize, u32) -> bool + Sync,
+{
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     assert_eq!(logits.len(), requests * beams_in * codes, "logits shape");
     assert_eq!(scores.len(), requests * beams_in, "scores shape");
     assert_eq!(nodes.len(), requests * beams_in, "nodes shape");
     assert!(norm.is_none_or(|n| n.len() == requests * beams_in), "norm shape");
+    assert!(cap.is_none_or(|c| c.limit.len() == requests && c.beam_group.is_none_or(|g| g.len() == requests * beams_in)), "cap shape");
     let select = |r: usize| {
         let mut cands = Vec::new();
         for b in 0..beams_in {
@@ -92,8 +115,14 @@ where
                 if !keep(r, child) {
                     continue;
                 }
-                cands.push(Cand { score: scores[beam] + row[c as usize] - lse, parent: b as u32, code: c, node: child });
+                let group = cap.and_then(|k| k.beam_group).map_or(c, |g| g[beam]);
+                cands.push(Cand { score: scores[beam] + row[c as usize] - lse, parent: b as u32, code: c, node: child, group });
             }
+        }
+        let limit = cap.map_or(u32::MAX, |k| k.limit[r]);
+        if (limit as usize) < beams_out {
+            cands.sort_by(better);
+            return take_capped(cands, beams_out, limit, |c| c.group);
         }
         if cands.len() > beams_out {
             cands.select_nth_unstable_by(beams_out - 1, better);

@@ -90,6 +90,7 @@ pub fn evaluate_ensemble(
                 within: Vec::new(),
                 first_level_prior: Vec::new(),
                 profile_tokens: Vec::new(),
+                ..Default::default()
             })
             .collect();
         let out = generate_ensemble(models, catalog, &reqs, opts.beam.max(10), opts.scoring)?;

@@ -1,7 +1,9 @@
 //! Which children each request may select at a level, as the beam-step kernel
 //! reads it: per-request sorted lists of trie nodes in CSR form. `allow` holds
-//! the depth-1 nodes of a request's cold-start intents (an empty list allows
-//! all), `ban` the leaves of its excluded items. The CPU search applies the
+//! the nodes a request may enter at this level (an empty list allows all): the
+//! prefixes of its allowed items (a personalized search), at the first level
+//! also only those under its cold-start intents; `ban` the leaves of its
+//! excluded items. The CPU search applies the
 //! same rules through its `keep` closure; `keep` below is that rule, read from
 //! the lists.
 
@@ -43,15 +45,31 @@ pub struct LevelFilters {
 }
 
 impl LevelFilters {
-    /// Filters for `level`: intents (`within`) at the first level, excluded
-    /// items at the last; `None` where no request has any.
+    /// Filters for `level`: allowed items' prefixes at every level, intents
+    /// (`within`) at the first, excluded items at the last; `None` where no
+    /// request has any.
     pub fn new(catalog: &Catalog, reqs: &[GenRequest], level: usize) -> Self {
         let trie = &catalog.trie();
-        let allow = (level == 0 && reqs.iter().any(|q| !q.within.is_empty())).then(|| {
+        let restricted = |q: &GenRequest| q.allowed.is_some() || (level == 0 && !q.within.is_empty());
+        let allow = reqs.iter().any(restricted).then(|| {
             NodeLists::from_lists(reqs.iter().map(|q| {
-                let mut nodes: Vec<u32> = q.within.iter().filter_map(|&c| trie.child(0, c)).collect();
-                if nodes.is_empty() && !q.within.is_empty() {
-                    // intents with no items: allow nothing (an empty list would allow all)
+                if !restricted(q) {
+                    return Vec::new();
+                }
+                let mut nodes: Vec<u32> = match &q.allowed {
+                    Some(items) => items
+                        .iter()
+                        .filter(|&&item| (item as usize) < catalog.len())
+                        .filter_map(|&item| trie.walk(&catalog.sid(item)[..=level]))
+                        .collect(),
+                    None => q.within.iter().filter_map(|&c| trie.child(0, c)).collect(),
+                };
+                if level == 0 && q.allowed.is_some() && !q.within.is_empty() {
+                    let intents: Vec<u32> = q.within.iter().filter_map(|&c| trie.child(0, c)).collect();
+                    nodes.retain(|n| intents.contains(n));
+                }
+                if nodes.is_empty() {
+                    // nothing allowed: allow nothing (an empty list would allow all)
                     nodes.push(NONE);
                 }
                 nodes

@@ -198,7 +198,8 @@ mod tests {
     }
 
     /// The mirror equals the CPU reference exactly (same selection, bit-equal
-    /// scores) on random tries, logits, dead beams, intents and exclusions, for
+    /// scores) on random tries, logits, dead beams, intents, allowed sets (allow
+    /// lists at every depth) and exclusions, for
     /// every dense depth, with and without the model's normaliser.
     #[test]
     fn mirror_equals_the_cpu_reference() {
@@ -217,8 +218,8 @@ mod tests {
                     k: 1,
                     exclude: (0..cat.len() as u32).filter(|_| rng.random_bool(0.2)).collect::<HashSet<u32>>(),
                     within: if rng.random_bool(0.5) { vec![rng.random_range(0..sizes[0]), rng.random_range(0..sizes[0])] } else { Vec::new() },
-                    first_level_prior: Vec::new(),
-                    profile_tokens: Vec::new(),
+                    allowed: rng.random_bool(0.4).then(|| (0..cat.len() as u32).filter(|_| rng.random_bool(0.3)).collect()),
+                    ..Default::default()
                 })
                 .collect();
             let mut cat = cat;
