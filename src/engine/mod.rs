@@ -11,10 +11,12 @@ pub mod admin;
 pub mod catalog_info;
 mod coldstart;
 pub mod edits;
+pub mod explore;
 pub mod model_root;
 pub mod scheduler;
 pub mod pair;
 pub mod replica;
+pub mod search;
 pub mod state;
 mod watch;
 
@@ -126,7 +128,7 @@ pub enum Steering {
 }
 
 /// One recommendation request, as the HTTP layer hands it over.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RecRequest {
     pub history: Vec<String>,
     pub k: usize,
@@ -139,6 +141,14 @@ pub struct RecRequest {
     /// steered to the intents inferred from it.
     pub profile: Option<Profile>,
     pub steering: Steering,
+    /// A search query: only items matching it are returned, ranked by the
+    /// model for this history ([`search`]).
+    pub query: Option<String>,
+    /// At most this many items per first-level semantic-ID code
+    /// ([`crate::generate::diversity`]).
+    pub max_per_intent: Option<usize>,
+    /// Share of `k` given to intents absent from the history ([`explore`]).
+    pub explore: f32,
 }
 
 /// One recommended item.
@@ -163,6 +173,11 @@ pub enum ItemSource {
     Coldstart,
     /// Recalled by ANN search over item embeddings.
     Ann,
+    /// Matches a search query: ranked by the model for the history, or by
+    /// text similarity when there is no history.
+    Search,
+    /// Exploration: from an intent the history does not show.
+    Explore,
 }
 
 /// Why ANN recall answered or filled a list.
@@ -201,6 +216,8 @@ pub struct RecAnswer {
     pub intent_note: Option<String>,
     /// Why the model read none or only part of the profile, if it did.
     pub profile_note: Option<String>,
+    /// Why the answer is shorter than asked, or how a search matched.
+    pub note: Option<String>,
 }
 
 /// Engine options.
@@ -220,6 +237,8 @@ pub struct EngineOptions {
     pub compact_log_bytes: u64,
     /// Weight of the intents' log-prior in soft steering ([`Steering::Soft`]).
     pub steering_weight: f32,
+    /// Items the query's embedding contributes to a search's allowed set.
+    pub search_candidates: usize,
 }
 
 /// Default weight of soft steering, chosen on MovieLens-100K validation users
@@ -242,6 +261,7 @@ impl Default for EngineOptions {
             dtype: candle_core::DType::F32,
             compact_log_bytes: DEFAULT_COMPACT_LOG_BYTES,
             steering_weight: DEFAULT_STEERING_WEIGHT,
+            search_candidates: search::DEFAULT_SEARCH_CANDIDATES,
         }
     }
 }
@@ -351,7 +371,8 @@ impl Engine {
         if let Some(p) = &req.profile {
             p.check().map_err(|(field, message)| EngineError::InvalidField { field, message })?;
         }
-        if req.history.is_empty() && req.profile.is_none() {
+        check_controls(req)?;
+        if req.history.is_empty() && req.profile.is_none() && req.query.is_none() {
             return Err(EngineError::InvalidField {
                 field: "history",
                 message: "history must not be empty (a new user without history sends a profile)".into(),
@@ -365,7 +386,7 @@ impl Engine {
                 None => ignored.push(id.clone()),
             }
         }
-        if history.is_empty() && req.profile.is_none() {
+        if history.is_empty() && req.profile.is_none() && req.query.is_none() {
             return Err(EngineError::InvalidField {
                 field: "history",
                 message: format!("none of the {} history item ids is in the catalog", req.history.len()),
@@ -382,6 +403,9 @@ impl Engine {
         let arrived = Instant::now();
         let cat = self.catalog();
         let r = self.resolve(&cat.catalog, req)?;
+        if let Some(query) = &req.query {
+            return self.recommend_search(req, query, &cat, &r, arrived).await;
+        }
         if let Some(profile) = req.profile.as_ref().filter(|_| r.history.len() < coldstart::SHORT_HISTORY) {
             return self.recommend_coldstart(req, profile, &cat, &r, arrived).await;
         }
@@ -395,9 +419,15 @@ impl Engine {
         };
         let timeout_ms = self.timeout_ms(req);
         let deadline = arrived + Duration::from_millis(timeout_ms);
-        let gen = GenRequest { history: r.history.clone(), k: req.k, exclude: r.exclude.clone(), ..Default::default() };
-        let rx = self.submit(gen, model, &cat, deadline)?;
-        let hits = match wait(rx, deadline).await {
+        let gen = GenRequest {
+            history: r.history.clone(),
+            k: req.k,
+            exclude: r.exclude.clone(),
+            max_per_intent: req.max_per_intent,
+            ..Default::default()
+        };
+        let (outcome, explored) = self.generate_exploring(gen, req.explore, model, &cat, deadline).await?;
+        let hits = match outcome {
             Generation::Done(hits, tokens) => {
                 answer.tokens = tokens;
                 hits
@@ -416,8 +446,14 @@ impl Engine {
             Generation::Late => return Err(EngineError::Deadline(timeout_ms)),
         };
         answer.items = items_of(&cat, hits, ItemSource::Generative);
-        if answer.items.len() < req.k && req.strategy == Strategy::Auto {
-            return self.fill(answer, &cat, &r, req.k, FallbackReason::Fill);
+        search::mark_explored(&mut answer.items, &cat.catalog, &explored);
+        if answer.items.len() < req.k {
+            // ANN would not keep to the cap: a capped answer says why it is short
+            if let Some(cap) = req.max_per_intent {
+                answer.note = Some(format!("{} items within max_per_intent {cap}", answer.items.len()));
+            } else if req.strategy == Strategy::Auto {
+                return self.fill(answer, &cat, &r, req.k, FallbackReason::Fill);
+            }
         }
         Ok(answer)
     }
@@ -520,8 +556,29 @@ impl RecAnswer {
             intent_method: None,
             intent_note: None,
             profile_note: None,
+            note: None,
         }
     }
+}
+
+/// The 422 of a request whose product controls are out of range.
+fn check_controls(req: &RecRequest) -> Result<(), EngineError> {
+    let invalid = |field, message: String| Err(EngineError::InvalidField { field, message });
+    if let Some(q) = &req.query {
+        if q.trim().is_empty() {
+            return invalid("query", "query must not be empty".into());
+        }
+        if q.chars().count() > search::MAX_QUERY_CHARS {
+            return invalid("query", format!("query must be at most {} characters", search::MAX_QUERY_CHARS));
+        }
+    }
+    if req.max_per_intent.is_some_and(|m| m == 0 || m > req.k) {
+        return invalid("diversity.max_per_intent", format!("max_per_intent must be between 1 and k ({})", req.k));
+    }
+    if !(0.0..=1.0).contains(&req.explore) {
+        return invalid("explore", "explore must be between 0 and 1".into());
+    }
+    Ok(())
 }
 
 /// Generated items that the catalog still serves.

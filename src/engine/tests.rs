@@ -24,6 +24,7 @@ fn req(history: &[&str], k: usize, strategy: Strategy) -> RecRequest {
         strategy,
         profile: None,
         steering: Steering::Soft,
+        ..Default::default()
     }
 }
 

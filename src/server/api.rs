@@ -73,6 +73,30 @@ pub(crate) struct RecommendBody {
     /// How the profile's intents steer generation (cold start only).
     #[serde(default)]
     steering: Steering,
+    /// Personalized search: only items matching this text (its embedding's
+    /// nearest items and exact title words) are returned, ranked by the model
+    /// for the history; without a history, by text similarity.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 1000, example = "red matte lipstick")]
+    query: Option<String>,
+    /// Caps on what one kind of item may take of the answer.
+    #[serde(default)]
+    diversity: Option<Diversity>,
+    /// Share of `k` given to intents (first-level semantic-ID clusters) the
+    /// history does not show; those items are `"source": "explore"`.
+    #[serde(default)]
+    #[schema(default = 0.0, minimum = 0.0, maximum = 1.0)]
+    explore: f32,
+}
+
+/// `diversity` of `POST /v1/recommend`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Diversity {
+    /// At most this many items per first-level semantic-ID cluster, enforced
+    /// inside the beam search (1 to `k`).
+    #[schema(minimum = 1)]
+    max_per_intent: usize,
 }
 
 /// The answer of `POST /v1/recommend`.
@@ -106,6 +130,10 @@ pub(crate) struct RecommendAnswer {
     /// trained without profiles, or values it never saw).
     #[serde(skip_serializing_if = "Option::is_none")]
     profile_note: Option<String>,
+    /// Why the answer has fewer than `k` items (e.g. a query that matches
+    /// few or no items), or how a search matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 /// Every error answer (4xx and 5xx).
@@ -353,6 +381,9 @@ async fn serve_recommend(
         strategy: b.strategy,
         profile: b.profile,
         steering: b.steering,
+        query: b.query,
+        max_per_intent: b.diversity.map(|d| d.max_per_intent),
+        explore: b.explore,
     };
     let answer = st.engine.recommend(&req).await?;
     ::metrics::counter!(metrics::TOKENS).increment(answer.tokens as u64);
@@ -371,6 +402,7 @@ async fn serve_recommend(
         intent_method: answer.intent_method,
         intent_note: answer.intent_note,
         profile_note: answer.profile_note,
+        note: answer.note,
     })
 }
 

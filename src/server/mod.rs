@@ -130,6 +130,12 @@ pub struct ServeArgs {
     /// model's own answer for the history; larger: closer to hard steering.
     #[arg(long, env = "GENREC_STEERING_WEIGHT", default_value_t = crate::engine::DEFAULT_STEERING_WEIGHT)]
     pub steering_weight: f32,
+    /// A search request's (`"query"`) candidates: the items nearest to the
+    /// query's embedding that the model may rank (items whose titles contain
+    /// every query word join them, up to as many again).
+    #[arg(long, env = "GENREC_SEARCH_CANDIDATES", value_name = "N", default_value_t = crate::engine::search::DEFAULT_SEARCH_CANDIDATES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub search_candidates: usize,
     /// Replica feed, redis://HOST:PORT/STREAM: this server becomes one replica
     /// of a deployment that shares one catalog and one model. Admin edits and
     /// model changes received by any replica go to the stream and every
@@ -310,6 +316,7 @@ fn finish_engine(
         dtype,
         compact_log_bytes: args.compact_log_mb << 20,
         steering_weight: args.steering_weight,
+        search_candidates: args.search_candidates,
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;

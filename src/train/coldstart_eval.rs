@@ -156,6 +156,7 @@ pub fn eval_intents(
             strategy: Strategy::Auto,
             profile: Some(u.profile.clone()),
             steering,
+            ..Default::default()
         };
         let t0 = Instant::now();
         let ans = rt.block_on(engine.recommend(&req)).map_err(|e| TrainError::Invalid(e.to_string()))?;

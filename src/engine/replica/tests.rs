@@ -103,6 +103,7 @@ fn request(history: Vec<String>) -> RecRequest {
         strategy: Strategy::Generative,
         profile: None,
         steering: Steering::Soft,
+        ..Default::default()
     }
 }
 
