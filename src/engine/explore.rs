@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::state::{LoadedModel, ServedCatalog};
-use super::{wait, Engine, EngineError, Generation};
+use super::{wait, Engine, EngineError, Generation, ItemSource, RecItem};
 use crate::catalog::Catalog;
 use crate::generate::{GenRequest, Hit};
 
@@ -46,6 +46,15 @@ impl Engine {
             }
             (Generation::Done(..), other) | (other, _) => (other, HashSet::new()),
         })
+    }
+}
+
+/// Marks the items that exploration added.
+pub(super) fn mark_explored(items: &mut [RecItem], c: &Catalog, explored: &HashSet<u32>) {
+    for it in items.iter_mut() {
+        if c.index_of(&it.item_id).is_some_and(|i| explored.contains(&i)) {
+            it.source = ItemSource::Explore;
+        }
     }
 }
 

@@ -239,6 +239,8 @@ pub struct EngineOptions {
     pub steering_weight: f32,
     /// Items the query's embedding contributes to a search's allowed set.
     pub search_candidates: usize,
+    /// Weight of the model's log-probability in a personalized search's ranking.
+    pub search_model_weight: f32,
 }
 
 /// Default weight of soft steering, chosen on MovieLens-100K validation users
@@ -262,6 +264,7 @@ impl Default for EngineOptions {
             compact_log_bytes: DEFAULT_COMPACT_LOG_BYTES,
             steering_weight: DEFAULT_STEERING_WEIGHT,
             search_candidates: search::DEFAULT_SEARCH_CANDIDATES,
+            search_model_weight: search::DEFAULT_SEARCH_MODEL_WEIGHT,
         }
     }
 }
@@ -446,7 +449,7 @@ impl Engine {
             Generation::Late => return Err(EngineError::Deadline(timeout_ms)),
         };
         answer.items = items_of(&cat, hits, ItemSource::Generative);
-        search::mark_explored(&mut answer.items, &cat.catalog, &explored);
+        explore::mark_explored(&mut answer.items, &cat.catalog, &explored);
         if answer.items.len() < req.k {
             // ANN would not keep to the cap: a capped answer says why it is short
             if let Some(cap) = req.max_per_intent {
@@ -577,6 +580,9 @@ fn check_controls(req: &RecRequest) -> Result<(), EngineError> {
     }
     if !(0.0..=1.0).contains(&req.explore) {
         return invalid("explore", "explore must be between 0 and 1".into());
+    }
+    if req.explore > 0.0 && req.query.is_some() {
+        return invalid("explore", "explore applies to recommendations, not to a search (query)".into());
     }
     Ok(())
 }

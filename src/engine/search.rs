@@ -5,28 +5,46 @@
 //! embedding (the catalog's sentence encoder; ANN over the item embeddings,
 //! whose text part it compares with) plus the items whose titles contain every
 //! word of the query. With a history they become the request's allowed set:
-//! the trie search keeps only their prefixes at every level, so the model
-//! orders them by what this user is likely to want next. Without a history
-//! (or without a model) the answer is the text ranking itself: plain search.
+//! the trie search keeps only their prefixes at every level and returns the
+//! model's best of them for this user (up to `2 x` [`RERANK_DEPTH`]` x k`:
+//! all of them with the default candidates); each is scored
+//! `text score + search_model_weight x log p(item | history)` and the best
+//! `k` are the answer (text relevance first, the user's taste among the
+//! relevant). Without a history (or without a model) the answer is the text
+//! ranking itself: plain search.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::state::ServedCatalog;
-use super::{items_of, Engine, EngineError, FallbackReason, Generation, ItemSource, RecAnswer, RecItem, RecRequest, Resolved, Strategy};
+use super::{items_of, wait, Engine, EngineError, FallbackReason, Generation, ItemSource, RecAnswer, RecItem, RecRequest, Resolved, Strategy};
 use crate::catalog::Catalog;
-use crate::generate::{diversity, GenRequest};
+use crate::generate::{diversity, GenRequest, Hit};
 use crate::recall::{Ann, RecallError};
 
 /// Longest query, in characters.
 pub const MAX_QUERY_CHARS: usize = 1000;
 /// Default number of items the query's embedding contributes to a search's
-/// allowed set (`genrec serve --search-candidates`).
-pub const DEFAULT_SEARCH_CANDIDATES: usize = 1000;
+/// allowed set (`genrec serve --search-candidates`): [`RERANK_DEPTH`] times
+/// the default `k`, so that the model scores every candidate. Chosen on
+/// Beauty validation users (`benches/results/search.md`): 30 and 50 tie, 100
+/// and 1,000 fall below text-only search, because the model's best few of
+/// many text matches miss the one the query describes.
+pub const DEFAULT_SEARCH_CANDIDATES: usize = 50;
 /// Added to the text score of an item whose title has every query word, so
 /// that exact matches lead a text-only ranking.
 const TITLE_MATCH_BONUS: f32 = 1.0;
+/// The model generates this many times `k` of the matches for the fused
+/// ranking to choose from.
+pub const RERANK_DEPTH: usize = 5;
+/// Default weight of the model's log-probability in a personalized search's
+/// ranking (`genrec serve --search-model-weight`): of 0, 0.01, 0.02 and 0.05,
+/// the best worst case over Beauty and Scientific validation users
+/// (`benches/results/search.md`; 0.05 is best on Beauty alone and below text
+/// search on Scientific).
+pub const DEFAULT_SEARCH_MODEL_WEIGHT: f32 = 0.01;
+
 /// Least cosine similarity between the query's and an item's text embeddings
 /// for the item to match by embedding (MiniLM scores unrelated short texts
 /// near 0 and paraphrases above 0.5): below it, a query about something the
@@ -164,20 +182,30 @@ impl Engine {
         let deadline = arrived + Duration::from_millis(timeout_ms);
         let mut allowed: Vec<u32> = matches.iter().map(|m| m.0).collect();
         allowed.sort_unstable();
+        // the model scores every match (up to twice the default candidates:
+        // the embedding's and the title words')
+        let depth = allowed.len().min(2 * RERANK_DEPTH * req.k).max(req.k);
         let gen = GenRequest {
             history: r.history.clone(),
-            k: req.k,
+            k: depth,
             exclude: r.exclude.clone(),
             allowed: Some(allowed.into()),
-            max_per_intent: req.max_per_intent,
             ..Default::default()
         };
-        let (outcome, explored) = self.generate_exploring(gen, req.explore, model, cat, deadline).await?;
-        let reason = match outcome {
+        let rx = self.submit(gen, model, cat, deadline)?;
+        let reason = match wait(rx, deadline).await {
             Generation::Done(hits, tokens) => {
                 answer.tokens = tokens;
-                answer.items = items_of(cat, hits, ItemSource::Search);
-                mark_explored(&mut answer.items, c, &explored);
+                let text: HashMap<u32, f32> = matches.iter().copied().collect();
+                let w = self.opts.search_model_weight;
+                let mut fused: Vec<Hit> = hits
+                    .into_iter()
+                    .map(|h| Hit { item: h.item, score: text.get(&h.item).copied().unwrap_or(0.0) + w * h.score })
+                    .collect();
+                fused.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
+                let cap = req.max_per_intent.map_or(u32::MAX, |m| m as u32);
+                let top = diversity::take_capped(fused, req.k, cap, |h| c.sid(h.item).first().copied().unwrap_or(0));
+                answer.items = items_of(cat, top, ItemSource::Search);
                 if answer.items.len() < req.k {
                     answer.note = Some(format!(
                         "{} items match the query{}; the answer has {}",
@@ -199,15 +227,6 @@ impl Engine {
             Generation::Late => return Err(EngineError::Deadline(timeout_ms)),
         };
         Ok(text_ranking(answer, c, &matches, req, Some(reason)))
-    }
-}
-
-/// Marks the items that exploration added.
-pub(super) fn mark_explored(items: &mut [RecItem], c: &Catalog, explored: &HashSet<u32>) {
-    for it in items.iter_mut() {
-        if c.index_of(&it.item_id).is_some_and(|i| explored.contains(&i)) {
-            it.source = ItemSource::Explore;
-        }
     }
 }
 

@@ -308,3 +308,45 @@ async fn requests_batch_only_with_their_beam_width() {
     got.sort();
     assert_eq!(got, vec![1, 3]);
 }
+
+/// Without a sentence encoder a search matches title words only, says so,
+/// and the model ranks those matches; without a model the text ranking
+/// answers (fallback `no_model`); without history, plain search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_without_encoder_matches_title_words() {
+    let e = engine(true, EngineOptions::default());
+    let cat = e.catalog();
+    let h = first_ids(&e, 3);
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let q = RecRequest { query: Some("serum".into()), ..req(&h, 10, Strategy::Auto) };
+    let a = e.recommend(&q).await.unwrap();
+    assert_eq!(a.items.len(), 10);
+    assert!(a.items.iter().all(|i| i.source == ItemSource::Search && !h.contains(&i.item_id.as_str())));
+    let title = |id: &str| cat.catalog.title(cat.catalog.index_of(id).unwrap()).to_string();
+    assert!(a.items.iter().all(|i| title(&i.item_id).contains("serum")), "{:?}", ids(&a));
+    assert!(a.note.as_deref().is_some_and(|n| n.contains("title words")), "{:?}", a.note);
+    assert!(a.tokens > 0 && a.fallback.is_none());
+    let plain = e.recommend(&RecRequest { history: Vec::new(), ..q.clone() }).await.unwrap();
+    assert_eq!(plain.items.len(), 10);
+    assert_eq!(plain.tokens, 0);
+    let none = engine(false, EngineOptions::default());
+    let t = none.recommend(&q).await.unwrap();
+    assert_eq!((t.items.len(), t.fallback), (10, Some(FallbackReason::NoModel)));
+}
+
+/// Exploration's items come from first-level codes none of the history's
+/// items have, and take `round(share x k)` of the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explored_items_come_from_intents_the_history_lacks() {
+    let e = engine(true, EngineOptions::default());
+    let cat = e.catalog();
+    let h = first_ids(&e, 4);
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let seen: std::collections::HashSet<u32> = h.iter().map(|id| cat.catalog.sid(cat.catalog.index_of(id).unwrap())[0]).collect();
+    let a = e.recommend(&RecRequest { explore: 0.4, ..req(&h, 10, Strategy::Auto) }).await.unwrap();
+    assert_eq!(a.items.len(), 10);
+    let explored: Vec<&RecItem> = a.items.iter().filter(|i| i.source == ItemSource::Explore).collect();
+    assert_eq!(explored.len(), 4);
+    assert!(explored.iter().all(|i| !seen.contains(&i.semantic_id[0])));
+    assert!(a.items[..6].iter().all(|i| i.source == ItemSource::Generative));
+}

@@ -136,6 +136,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GENREC_SEARCH_CANDIDATES", value_name = "N", default_value_t = crate::engine::search::DEFAULT_SEARCH_CANDIDATES,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub search_candidates: usize,
+    /// Weight of the model in a personalized search's ranking: an item's
+    /// score is its text similarity to the query (plus 1 when its title has
+    /// every query word) plus this times the model's log-probability of the
+    /// item after the history. 0: text order, the model only breaks ties.
+    #[arg(long, env = "GENREC_SEARCH_MODEL_WEIGHT", value_name = "W", default_value_t = crate::engine::search::DEFAULT_SEARCH_MODEL_WEIGHT)]
+    pub search_model_weight: f32,
     /// Replica feed, redis://HOST:PORT/STREAM: this server becomes one replica
     /// of a deployment that shares one catalog and one model. Admin edits and
     /// model changes received by any replica go to the stream and every
@@ -297,6 +303,9 @@ fn finish_engine(
             args.steering_weight
         );
     }
+    if !(args.search_model_weight.is_finite() && args.search_model_weight >= 0.0) {
+        anyhow::bail!("--search-model-weight must be a finite number >= 0, not {}", args.search_model_weight);
+    }
     let opts = EngineOptions {
         batch: BatchOptions {
             max_queue: args.max_queue.max(1),
@@ -317,6 +326,7 @@ fn finish_engine(
         compact_log_bytes: args.compact_log_mb << 20,
         steering_weight: args.steering_weight,
         search_candidates: args.search_candidates,
+        search_model_weight: args.search_model_weight,
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;
