@@ -97,6 +97,17 @@ async fn search_diversity_and_exploration_work_through_the_api() {
     assert!(!seen.is_empty());
     assert!(explored.iter().all(|i| !seen.contains(&i["semantic_id"][0].as_u64().unwrap())), "{v}");
 
+    // a new user's profile: exploration follows the profile's intents too
+    if encoder {
+        let body = json!({"profile": {"age": 30, "interests": ["lipstick"]}, "k": 10, "explore": 0.3});
+        let (st, v) = post_json(&c, &url, &body).await;
+        assert_eq!(st, 200, "{v}");
+        let n = v["items"].as_array().unwrap().iter().filter(|i| i["source"] == "explore").count();
+        assert_eq!(n, 3, "{v}");
+        let (_, again) = post_json(&c, &url, &body).await;
+        assert_eq!(ids(&v), ids(&again));
+    }
+
     // bad input: 422 naming the field
     for (body, field) in [
         (json!({"query": "", "history": history}), "query"),

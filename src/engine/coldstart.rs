@@ -197,6 +197,7 @@ impl Engine {
             within: Vec::new(),
             first_level_prior: intent_prior(inferred, codes, weight),
             profile_tokens,
+            max_per_intent: req.max_per_intent,
             ..Default::default()
         };
         // the profile shaped the answer through the prior or the profile tokens
@@ -205,11 +206,14 @@ impl Engine {
         } else {
             ItemSource::Generative
         };
-        let rx = self.submit(gen, model, cat, deadline)?;
-        let reason = match wait(rx, deadline).await {
+        // exploration's twin search keeps the intents' prior: the new
+        // intents it shows are the profile's as well as the model's choice
+        let (outcome, explored) = self.generate_exploring(gen, req.explore, model, cat, deadline).await?;
+        let reason = match outcome {
             Generation::Done(hits, tokens) => {
                 answer.tokens += tokens;
                 answer.items = items_of(cat, hits, source);
+                super::explore::mark_explored(&mut answer.items, &cat.catalog, &explored);
                 FallbackReason::Fill
             }
             Generation::Stopped if req.strategy == Strategy::Generative => {

@@ -3,8 +3,10 @@
 //! belong to. A second search runs in the same batch, restricted to those
 //! intents' sub-tries, so the model's own first-level probabilities choose
 //! which new intents to show; its items are marked `explore` and placed after
-//! the model's own best `k - round(s * k)`. Both searches are deterministic, so
-//! the answer is the same for the same request.
+//! the model's own best `k - round(s * k)`. A new user's request (a profile,
+//! cold start) keeps the soft prior of the profile's intents in both searches,
+//! so the new intents shown are those the profile and the model favour. Both
+//! searches are deterministic, so the answer is the same for the same request.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
