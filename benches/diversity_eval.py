@@ -15,13 +15,11 @@ import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from search_eval import ROOT, free_port, post  # noqa: E402
+from httpserver import ROOT, post, serving  # noqa: E402
 
 
 def main():
@@ -36,19 +34,9 @@ def main():
     inter = json.load(open(a.data))
     users = sorted(inter, key=int)
     users = random.Random(a.seed).sample(users, min(a.users, len(users)))
-    port = free_port()
-    cmd = [a.bin, "serve", "--model", a.model, "--intent-model", "none", "--addr", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    out = {"command": " ".join(cmd), "users": len(users), "caps": {}}
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                time.sleep(0.2)
+    out = {"users": len(users), "caps": {}}
+    with serving(a.bin, ["--model", a.model, "--intent-model", "none"]) as (_, base, command):
+        out["command"] = command
         for cap in a.caps.split(","):
             rec = ndcg = 0.0
             distinct, times, short = [], [], 0
@@ -71,9 +59,6 @@ def main():
             out["caps"][cap] = {"ndcg@10": ndcg / n, "recall@10": rec / n, "distinct_first_codes": statistics.mean(distinct),
                                 "short_answers": short, "p50_ms": statistics.median(times)}
             print(json.dumps({cap: out["caps"][cap]}), file=sys.stderr)
-    finally:
-        proc.terminate()
-        proc.wait()
     print(json.dumps(out))
 
 

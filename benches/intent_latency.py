@@ -18,34 +18,12 @@ Configurations, in one run (the machine drifts, so ratios are within a run):
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url, body, timeout=60):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def rss_kb(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from httpserver import ROOT, post, rss_kb, serving  # noqa: E402
 
 
 def profiles(path, n, skip):
@@ -59,20 +37,7 @@ def profiles(path, n, skip):
 
 
 def run(binary, model, extra, profs, expect_llm):
-    port = free_port()
-    cmd = [binary, "serve", "--model", model, "--prompt", "prompts/movies.prompt", "--addr", f"127.0.0.1:{port}"] + extra
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                time.sleep(0.2)
-        else:
-            raise SystemExit(f"server did not get ready: {' '.join(cmd)}")
+    with serving(binary, ["--model", model, "--prompt", "prompts/movies.prompt"] + extra) as (proc, base, command):
         idle = rss_kb(proc.pid, "VmRSS")
         times = []
         for p in profs:
@@ -84,11 +49,8 @@ def run(binary, model, extra, profs, expect_llm):
             if expect_llm and (v.get("intent_method") != "llm" or v.get("intent_note")):
                 raise SystemExit(f"the LLM did not answer: {v}")
         peak = rss_kb(proc.pid, "VmHWM")
-        return {"command": " ".join(cmd), "p50_ms": statistics.median(times), "p90_ms": sorted(times)[int(0.9 * (len(times) - 1))],
+        return {"command": command, "p50_ms": statistics.median(times), "p90_ms": sorted(times)[int(0.9 * (len(times) - 1))],
                 "idle_rss_mb": idle / 1024, "peak_rss_mb": peak / 1024, "requests": len(times)}
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def main():

@@ -35,27 +35,14 @@ import math
 import os
 import random
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from httpserver import ROOT, post, serving  # noqa: E402
+
 STOP = set("the and for with from this that your you are not all new set pack one two three of to in on by a an or".split())
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url, body, timeout=60):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 def pseudo_query(item, rng):
@@ -79,21 +66,8 @@ def score(items, target):
 
 
 def run(binary, model, candidates, weight, cases):
-    port = free_port()
-    cmd = [binary, "serve", "--model", model, "--intent-model", "none", "--search-candidates", str(candidates),
-           "--search-model-weight", str(weight), "--addr", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                time.sleep(0.2)
-        else:
-            raise SystemExit(f"server did not get ready: {' '.join(cmd)}")
+    args = ["--model", model, "--intent-model", "none", "--search-candidates", str(candidates), "--search-model-weight", str(weight)]
+    with serving(binary, args) as (_, base, command):
         kinds = ["personalized", "text", "recommend"]
         sums = {k: [0.0, 0.0] for k in kinds}
         times = {k: [] for k in kinds}
@@ -120,11 +94,8 @@ def run(binary, model, candidates, weight, cases):
                 print(f"{done}/{len(cases)}", file=sys.stderr)
         n = max(len(cases), 1)
         out = {k: {"recall@10": sums[k][0] / n, "ndcg@10": sums[k][1] / n, "p50_ms": statistics.median(times[k]), "answers_with_note": notes[k]} for k in kinds}
-        out["command"] = " ".join(cmd)
+        out["command"] = command
         return out
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def main():
@@ -133,7 +104,7 @@ def main():
     ap.add_argument("--data", required=True, help="NAME.inter.json")
     ap.add_argument("--items", required=True, help="NAME.item.json")
     ap.add_argument("--users", type=int, default=2000, help="test users, drawn with --seed (0: all)")
-    ap.add_argument("--candidates", default="1000", help="comma-separated --search-candidates values, one server each")
+    ap.add_argument("--candidates", default="50", help="comma-separated --search-candidates values, one server each")
     ap.add_argument("--weights", default="0.01", help="comma-separated --search-model-weight values (with each candidate count)")
     ap.add_argument("--split", choices=["test", "valid"], default="test",
                     help="test: the last item is the target; valid: the second last, the history before it")
