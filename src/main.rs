@@ -102,8 +102,10 @@ struct TrainArgs {
     /// MLP inner size.
     #[arg(long, default_value_t = TrainOptions::default().ff)]
     ff: usize,
-    /// History items the model reads.
-    #[arg(long, default_value_t = TrainOptions::default().max_history)]
+    /// History items the model reads (up to 1,000: long histories are
+    /// prefilled in chunks when served).
+    #[arg(long, default_value_t = TrainOptions::default().max_history,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=genrec::train::MAX_HISTORY_ITEMS as u64))]
     max_history: usize,
     #[arg(long, default_value_t = TrainOptions::default().seed)]
     seed: u64,
@@ -206,6 +208,10 @@ struct EvalArgs {
     /// Keep history items in the ranking.
     #[arg(long)]
     keep_history: bool,
+    /// History items each user's request carries (default and most: the
+    /// model's `max_history_items`).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=genrec::train::MAX_HISTORY_ITEMS as u64))]
+    max_history: Option<usize>,
     /// How a code's probability is normalised: `model` (softmax over the whole
     /// vocabulary, as transformers' constrained generate) or `trie` (over the
     /// valid children only).
@@ -373,6 +379,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         max_users: a.max_users,
         exclude_history: !a.keep_history,
         scoring,
+        max_history: a.max_history,
     };
     let m = train::evaluate_ensemble(&models, catalog, &inter, &o, |d, t| progress("eval", d, t))?;
     eprintln!("eval: {} users in {:.1}s (beam {})", m.users, t0.elapsed().as_secs_f64(), a.beam.max(10));

@@ -23,6 +23,9 @@ pub struct EvalOptions {
     /// its history in the benchmark sets, so this only removes impossible hits).
     pub exclude_history: bool,
     pub scoring: Scoring,
+    /// History items each request carries (`None`: the model's
+    /// `max_history_items`, which is also the most).
+    pub max_history: Option<usize>,
 }
 
 impl EvalOptions {
@@ -36,6 +39,7 @@ impl EvalOptions {
             max_users: Some(users),
             exclude_history: true,
             scoring: Scoring::default(),
+            max_history: None,
         }
     }
 }
@@ -77,7 +81,15 @@ pub fn evaluate_ensemble(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<TopKMetrics, TrainError> {
     let model = *models.first().ok_or_else(|| TrainError::Invalid("no model to evaluate".into()))?;
-    let ex = examples(catalog, inter, opts.split, model.sidecar.max_history_items, opts.max_users);
+    let most = model.sidecar.max_history_items;
+    let max_history = match opts.max_history {
+        Some(n) if n > most => {
+            return Err(TrainError::Invalid(format!("max_history {n}: the model reads at most {most} history items")))
+        }
+        Some(n) => n,
+        None => most,
+    };
+    let ex = examples(catalog, inter, opts.split, max_history, opts.max_users);
     let mut m = TopKMetrics::default();
     let mut done = 0;
     for chunk in ex.chunks(opts.batch.max(1)) {
@@ -87,9 +99,6 @@ pub fn evaluate_ensemble(
                 history: h.clone(),
                 k: 10,
                 exclude: if opts.exclude_history { h.iter().copied().collect() } else { HashSet::new() },
-                within: Vec::new(),
-                first_level_prior: Vec::new(),
-                profile_tokens: Vec::new(),
                 ..Default::default()
             })
             .collect();

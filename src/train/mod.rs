@@ -1,6 +1,7 @@
 //! Training (`genrec train`) and evaluation (`genrec eval`, `genrec coldstart-eval`).
 
 pub mod average;
+mod batches;
 pub mod coldstart_baselines;
 pub mod coldstart_eval;
 pub mod eval;
@@ -11,6 +12,11 @@ pub mod trainer;
 pub use eval::{evaluate, evaluate_ensemble, EvalOptions};
 pub use metrics::TopKMetrics;
 pub use trainer::{train, TrainOptions, TrainReport};
+
+/// Most history items `genrec train` and `genrec eval` take (`--max-history`):
+/// a 1,000-item history of 4 codes is 4,001 positions, prefilled in chunks
+/// when served.
+pub const MAX_HISTORY_ITEMS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -91,7 +97,7 @@ mod tests {
             &model,
             &cat,
             &inter,
-            &EvalOptions { split: Split::Test, beam: 10, batch: 16, max_users: Some(50), exclude_history: true, scoring: Default::default() },
+            &EvalOptions { split: Split::Test, beam: 10, batch: 16, max_users: Some(50), exclude_history: true, scoring: Default::default(), max_history: None },
             |_, _| {},
         )
         .unwrap();

@@ -18,11 +18,11 @@ use std::time::Instant;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::average::{Average, WeightAverage};
+use super::batches::{length_bucketed_batches, micro_batches, split_batch};
 use super::eval::{evaluate, to_indices, EvalOptions};
 use super::profile_prefix::PrefixDraw;
 use super::TrainError;
@@ -186,43 +186,6 @@ pub fn first_item_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &S
         }
     }
     out
-}
-
-/// Batches for one epoch: sequences shuffled, then sorted by length within
-/// pools of 32 batches, cut into batches, and the batches shuffled. Similar
-/// lengths in a batch cut the padding that the model would compute for nothing
-/// (most users are far shorter than the longest window), while every epoch
-/// still sees a different order.
-fn length_bucketed_batches(seqs: &[TrainSeq], batch: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.shuffle(rng);
-    let mut batches = Vec::with_capacity(seqs.len().div_ceil(batch));
-    for pool in order.chunks_mut(batch * 32) {
-        pool.sort_by_key(|&i| seqs[i].tokens.len());
-        batches.extend(pool.chunks(batch).map(<[usize]>::to_vec));
-    }
-    batches.shuffle(rng);
-    batches
-}
-
-/// One worker's part of a batch and the summed weight of its targets.
-struct Share {
-    rows: Vec<usize>,
-    targets: f64,
-}
-
-/// Splits a batch into `workers` parts with about equal token counts (a
-/// batch is sorted by length, so rows are dealt out round-robin).
-fn split_batch(chunk: &[usize], seqs: &[TrainSeq], workers: usize) -> Vec<Share> {
-    let w = workers.clamp(1, chunk.len().max(1));
-    let mut shares: Vec<Share> = (0..w).map(|_| Share { rows: Vec::new(), targets: 0.0 }).collect();
-    for (j, &i) in chunk.iter().enumerate() {
-        let s = &mut shares[j % w];
-        s.rows.push(i);
-        s.targets += seqs[i].weights.iter().skip(1).map(|&w| w as f64).sum::<f64>();
-    }
-    shares.retain(|s| s.targets > 0.0);
-    shares
 }
 
 /// Next-token cross-entropy of the sequences `rows` (right-padded into one
@@ -395,11 +358,21 @@ pub fn train(
                         scope.spawn(move || {
                             let mut rng = ChaCha8Rng::seed_from_u64(step_seed ^ (w as u64).wrapping_mul(0x9e37_79b9));
                             let weighted = opts.recency_half_life.is_some();
-                            let loss = share_loss(net, seqs, &share.rows, sidecar.pad_token_id, opts.dropout, weighted, &mut rng, dev)?;
-                            let weight = share.targets / n_total;
-                            let scaled = (&loss * weight)?;
-                            let grads = scaled.backward()?;
-                            Ok((loss.to_scalar::<f32>()? as f64 * weight, grads))
+                            let mut acc: Option<(f64, GradStore)> = None;
+                            for micro in micro_batches(share, seqs) {
+                                let loss = share_loss(net, seqs, &micro.rows, sidecar.pad_token_id, opts.dropout, weighted, &mut rng, dev)?;
+                                let weight = micro.targets / n_total;
+                                let grads = (&loss * weight)?.backward()?;
+                                let l = loss.to_scalar::<f32>()? as f64 * weight;
+                                acc = Some(match acc {
+                                    None => (l, grads),
+                                    Some((sum, mut g)) => {
+                                        g.extend(grads)?;
+                                        (sum + l, g)
+                                    }
+                                });
+                            }
+                            acc.ok_or_else(|| TrainError::Invalid("a training share without targets".into()))
                         })
                     })
                     .collect();
