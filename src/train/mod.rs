@@ -103,6 +103,12 @@ mod tests {
         .unwrap();
         assert_eq!(m.users, 50);
         assert!(m.recall10 >= m.recall5 && m.ndcg10 >= m.ndcg5);
+        // shorter histories than the model reads are allowed, longer refused
+        let o = |n| EvalOptions { max_history: Some(n), ..EvalOptions::validation(20) };
+        let short = evaluate(&model, &cat, &inter, &o(1), |_, _| {}).unwrap();
+        assert_eq!(short.users, 20);
+        let most = model.sidecar.max_history_items;
+        assert!(matches!(evaluate(&model, &cat, &inter, &o(most + 1), |_, _| {}), Err(TrainError::Invalid(_))));
         std::fs::remove_dir_all(&base).unwrap();
     }
 
