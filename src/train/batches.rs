@@ -49,9 +49,9 @@ pub(super) fn split_batch(chunk: &[usize], seqs: &[TrainSeq], workers: usize) ->
 /// (its attention scores and their gradients grow with it): a share of long
 /// windows (`--max-history 1000`: up to 4,001 tokens) is run in micro-batches
 /// under it and their gradients summed, where one pass over a batch of 64
-/// windows of 800 tokens took over 24 GB (and 2^24 still 22.5 GB, with two
-/// workers). Today's 20-item windows (81 tokens)
-/// never reach it.
+/// windows of 800 tokens took over 24 GB (2^24: 22.5 GB, 2^22: 10.3 GB
+/// peak RSS with two workers, `benches/results/long_history.md`). Today's
+/// 20-item windows (81 tokens) never reach it.
 const MICRO_BATCH_SCORES: usize = 1 << 22;
 
 /// `share` in consecutive micro-batches of at most [`MICRO_BATCH_SCORES`]
