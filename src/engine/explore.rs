@@ -53,6 +53,9 @@ impl Engine {
 
 /// Marks the items that exploration added.
 pub(super) fn mark_explored(items: &mut [RecItem], c: &Catalog, explored: &HashSet<u32>) {
+    if explored.is_empty() {
+        return;
+    }
     for it in items.iter_mut() {
         if c.index_of(&it.item_id).is_some_and(|i| explored.contains(&i)) {
             it.source = ItemSource::Explore;
