@@ -141,6 +141,9 @@ extern "C" __global__ void genrec_beam_step(
                 if (ok && ban_start) ok = !sorted_contains(ban_nodes, ban_start[r], ban_start[r + 1], ch);
                 if (ok) {
                     const float sc = __fsub_rn(__fadd_rn(base, x[c]), lse);
+                    // non-finite scores (+inf/NaN logits or normalisers, all--inf
+                    // rows) are no continuation, as on the CPU
+                    ok = isfinite(sc);
                     key = ((unsigned long long)ord_bits(sc) << 32) | (unsigned long long)(0xFFFFFFFFu - (b * codes + c));
                 }
             }

@@ -11,7 +11,9 @@
 //! masking gives; without: a log-softmax over the valid children only), adds the
 //! beam's score and keeps the best `beams_out` continuations across all of the
 //! request's beams, as `(parent beam, code, child node, score)`. Ties are broken
-//! by (parent, code) so that results are deterministic.
+//! by (parent, code) so that results are deterministic. A continuation whose
+//! score is not finite (from a +inf or NaN logit or normaliser, or a beam whose
+//! valid children are all -inf) is never selected, so it cannot reach an answer.
 
 use rayon::prelude::*;
 
@@ -115,8 +117,14 @@ where
                 if !keep(r, child) {
                     continue;
                 }
+                let score = scores[beam] + row[c as usize] - lse;
+                // a non-finite score (a +inf or NaN logit, a NaN normaliser, a
+                // row whose valid children are all -inf) is no continuation
+                if !score.is_finite() {
+                    continue;
+                }
                 let group = cap.and_then(|k| k.beam_group).map_or(c, |g| g[beam]);
-                cands.push(Cand { score: scores[beam] + row[c as usize] - lse, parent: b as u32, code: c, node: child, group });
+                cands.push(Cand { score, parent: b as u32, code: c, node: child, group });
             }
         }
         let limit = cap.map_or(u32::MAX, |k| k.limit[r]);

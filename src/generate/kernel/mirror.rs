@@ -123,7 +123,10 @@ pub fn beam_step_mirror(
                 }
             };
             for (c, _) in valid().filter(|&(_, ch)| filters.keep(r, ch)) {
-                cands.push(key(base + x[c as usize] - lse, b as u32, c, codes as u32));
+                let score = base + x[c as usize] - lse;
+                if score.is_finite() {
+                    cands.push(key(score, b as u32, c, codes as u32));
+                }
             }
         }
         // phase 4: select and sort
@@ -200,7 +203,8 @@ mod tests {
     /// The mirror equals the CPU reference exactly (same selection, bit-equal
     /// scores) on random tries, logits, dead beams, intents, allowed sets (allow
     /// lists at every depth) and exclusions, for
-    /// every dense depth, with and without the model's normaliser.
+    /// every dense depth, with and without the model's normaliser, and again
+    /// with non-finite logits and normalisers, which neither lets through.
     #[test]
     fn mirror_equals_the_cpu_reference() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -239,8 +243,27 @@ mod tests {
                 let scores: Vec<f32> = (0..n).map(|_| if rng.random_bool(0.05) { f32::NEG_INFINITY } else { -rng.random::<f32>() * 3.0 }).collect();
                 // logits inside a wider row (ld > codes, col0 > 0); some exact ties
                 let (ld, col0) = (codes + 5, 3);
-                let logits: Vec<f32> = (0..n * ld).map(|_| (rng.random_range(-8..8) as f32) * 0.25).collect();
-                let norm: Vec<f32> = (0..n).map(|_| 2.0 + rng.random::<f32>()).collect();
+                let clean: Vec<f32> = (0..n * ld).map(|_| (rng.random_range(-8..8) as f32) * 0.25).collect();
+                let clean_norm: Vec<f32> = (0..n).map(|_| 2.0 + rng.random::<f32>()).collect();
+                // the same with non-finite values: +inf, -inf and NaN logits,
+                // beams whose every logit is -inf, +inf/-inf/NaN normalisers
+                let mut poisoned = clean.clone();
+                for x in poisoned.iter_mut() {
+                    *x = match rng.random_range(0..20) {
+                        0 => f32::INFINITY,
+                        1 => f32::NEG_INFINITY,
+                        2 => f32::NAN,
+                        _ => *x,
+                    };
+                }
+                for row in poisoned.chunks_mut(ld).filter(|_| rng.random_bool(0.2)) {
+                    row.fill(f32::NEG_INFINITY);
+                }
+                let poisoned_norm: Vec<f32> = clean_norm
+                    .iter()
+                    .map(|&v| [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, v, v, v][rng.random_range(0..6)])
+                    .collect();
+                for (logits, norm) in [(&clean, &clean_norm), (&poisoned, &poisoned_norm)] {
                 let level_logits: Vec<f32> = (0..n).flat_map(|b| logits[b * ld + col0..b * ld + col0 + codes].to_vec()).collect();
                 let filters = LevelFilters::new(&cat, &reqs, depth);
                 let shape = StepShape { requests, beams_in, beams_out, codes };
@@ -258,7 +281,10 @@ mod tests {
                         assert_eq!(got.row[s], (r * beams_in) as u32 + got.step.parent[s]);
                         let live = got.step.node[s] != NONE;
                         assert_eq!(got.token[s], if live { 100 + got.step.code[s] } else { 7 });
+                        // a live beam always has a finite score: non-finite ones never survive
+                        assert_eq!(live, got.step.score[s].is_finite(), "case {case} depth {depth} slot {s}");
                     }
+                }
                 }
             }
         }
