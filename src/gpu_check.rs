@@ -103,11 +103,11 @@ impl StepRunner for MirrorRunner {
     fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize)
         -> Result<(StepOutput, Vec<f64>), CheckError> {
         let a = trie.arrays();
-        let out = beam_step_mirror(&a, depth, shape, input, filters, 0, 0);
+        let out = beam_step_mirror(&a, depth, shape, input, filters, 0, 0).map_err(CheckError::Other)?;
         let times = (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                std::hint::black_box(beam_step_mirror(&a, depth, shape, input, filters, 0, 0));
+                let _ = std::hint::black_box(beam_step_mirror(&a, depth, shape, input, filters, 0, 0));
                 t.elapsed().as_secs_f64()
             })
             .collect();

@@ -82,6 +82,36 @@ impl TrieArrays<'_> {
     }
 }
 
+/// Checks that the CSR arrays describe a trie the beam step may follow
+/// blindly: offsets never decrease, the edges of each depth's nodes lead to
+/// exactly the next depth's nodes, and each node's codes are strictly
+/// increasing and below its depth's codebook size. (A repeated or oversized
+/// code would let the kernel write past a request's candidate scratch or its
+/// shared pick buffer.) O(edges); `level_start` and the array ends are
+/// checked by the caller.
+fn check_edges(level_start: &[u32], child_start: &[u32], child_code: &[u32], codebook_sizes: &[u32]) -> Result<(), String> {
+    if let Some(n) = child_start.windows(2).position(|w| w[0] > w[1]) {
+        return Err(format!("child offsets decrease at node {n}"));
+    }
+    for (d, &size) in codebook_sizes.iter().enumerate() {
+        let (first, end) = (level_start[d] as usize, level_start[d + 1] as usize);
+        let (lo, hi) = (child_start[first] as usize, child_start[end] as usize);
+        if lo + 1 != level_start[d + 1] as usize || hi + 1 != level_start[d + 2] as usize {
+            return Err(format!("the edges of depth {d} do not lead to the nodes of depth {}", d + 1));
+        }
+        for node in first..end {
+            let codes = &child_code[child_start[node] as usize..child_start[node + 1] as usize];
+            if codes.last().is_some_and(|&c| c >= size) {
+                return Err(format!("node {node} has code {} at depth {d}, whose codebook has {size}", codes[codes.len() - 1]));
+            }
+            if codes.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("node {node}'s child codes are not strictly increasing"));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Trie {
     /// Builds the trie from item semantic IDs (`sids[item * levels + l]`).
     /// Every ID must be unique and every code below its level's codebook size.
@@ -198,8 +228,9 @@ impl Trie {
         Ok(trie)
     }
 
-    /// Maps a trie written by [`Trie::write`] from `dir`, checking that its
-    /// arrays fit together (sizes and ends; not every entry).
+    /// Maps a trie written by [`Trie::write`] from `dir`, checking every
+    /// offset and code ([`check_edges`]): the dense tables built here and the
+    /// CUDA kernel index by them, so a corrupt file is refused, not followed.
     pub fn map(dir: &Path, codebook_sizes: &[u32]) -> Result<Self, CatalogError> {
         let levels = codebook_sizes.len();
         let level_start = Array::<u32>::map(&dir.join("trie.level_start.u32"), levels + 2)?;
@@ -215,6 +246,7 @@ impl Trie {
         if child_start[0] != 0 || child_start[internal] as usize != nodes - 1 {
             return Err(bad("child offsets do not span the edges"));
         }
+        check_edges(&level_start, &child_start, &child_code, codebook_sizes).map_err(|m| bad(&m))?;
         let mut trie = Trie {
             id: next_id(),
             levels,
@@ -467,6 +499,55 @@ mod tests {
         assert_eq!(f.num_items(), 40);
         assert_eq!(f.lookup(&sids[6..9]), Some(2));
         assert_eq!(f.lookup(&sids[3..6]), None);
+    }
+
+    /// Every entry of a mapped trie is checked: each kind of corruption that
+    /// would send the beam step (or the kernel) out of bounds is refused and
+    /// named, and what `build` writes passes.
+    #[test]
+    fn corrupt_trie_files_are_refused() {
+        use crate::catalog::format::write_array;
+        let sizes = [4u32, 3, 5];
+        let sids = random_sids(40, &sizes, 7);
+        let t = Trie::build(&sids, 3, &sizes).unwrap();
+        let a = t.arrays();
+        let dir = std::env::temp_dir().join(format!("genrec-trie-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        t.write(&dir).unwrap();
+        Trie::map(&dir, &sizes).unwrap();
+        let (first_leaf_parent, last) = (a.level_start[2] as usize, a.child_code.len() - 1);
+        let cases: Vec<(&str, Vec<u32>, Vec<u32>, &str)> = vec![
+            // a code at the codebook size (last depth has 5 codes)
+            ("oversized code", a.child_start.to_vec(), { let mut c = a.child_code.to_vec(); c[last] = 5; c }, "whose codebook has 5"),
+            // a node's first two codes made equal
+            ("repeated code", a.child_start.to_vec(), {
+                let mut c = a.child_code.to_vec();
+                let n = (first_leaf_parent..a.level_start[3] as usize).find(|&n| a.child_start[n + 1] - a.child_start[n] >= 2).unwrap();
+                c[a.child_start[n] as usize + 1] = c[a.child_start[n] as usize];
+                c
+            }, "not strictly increasing"),
+            // an offset moved past its successor
+            ("decreasing offsets", {
+                let mut o = a.child_start.to_vec();
+                o[1] = o[2] + 1;
+                o
+            }, a.child_code.to_vec(), "decrease"),
+            // the root's edges made to reach into depth 2
+            ("edges across depths", {
+                let mut o = a.child_start.to_vec();
+                let d1 = a.level_start[1] as usize;
+                o[d1] += 1;
+                o[1] = o[1].max(o[d1]);
+                o
+            }, a.child_code.to_vec(), "do not lead to the nodes of depth"),
+        ];
+        for (what, starts, codes, says) in cases {
+            write_array(&dir.join("trie.child_start.u32"), &starts).unwrap();
+            write_array(&dir.join("trie.child_code.u32"), &codes).unwrap();
+            let e = Trie::map(&dir, &sizes).unwrap_err().to_string();
+            assert!(e.contains(says), "{what}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

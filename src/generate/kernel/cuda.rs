@@ -17,8 +17,7 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/beam_step.ptx"));
 const FUNC: &str = "genrec_beam_step";
 /// Threads per request (8 warps; one warp per beam while scoring).
 const BLOCK: u32 = 256;
-/// Largest `beams_out` (the kernel's shared selection buffer).
-pub const MAX_BEAMS: usize = 1024;
+pub use super::contract::MAX_BEAMS;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -28,6 +27,7 @@ pub struct GpuTrie {
     child_code: CudaSlice<u32>,
     dense: Vec<Option<CudaSlice<u32>>>,
     level_start: Vec<u32>,
+    codebook_sizes: Vec<u32>,
     bytes: usize,
 }
 
@@ -50,6 +50,7 @@ impl GpuTrie {
             child_code: dev.clone_htod(a.child_code)?,
             dense,
             level_start: a.level_start.to_vec(),
+            codebook_sizes: a.codebook_sizes.to_vec(),
             bytes,
         })
     }
@@ -142,9 +143,7 @@ pub fn beam_step(
     scratch: &mut Scratch,
 ) -> Result<GpuBeams> {
     let StepShape { requests, beams_in, beams_out, codes } = shape;
-    if beams_out == 0 || beams_out > MAX_BEAMS {
-        candle_core::bail!("beam step: beams_out {beams_out} outside 1..={MAX_BEAMS}");
-    }
+    super::contract::check_step(&trie.codebook_sizes, depth, shape).map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
     let (rows, ld) = args.logits.dims2()?;
     if rows != requests * beams_in || args.col0 + codes > ld || args.logits.dtype() != DType::F32 || !args.logits.is_contiguous() {
         candle_core::bail!("beam step: logits {:?} {:?} do not fit {shape:?}", args.logits.shape(), args.logits.dtype());

@@ -80,7 +80,8 @@ fn child_slot(trie: &TrieArrays, dense: Option<&[u32]>, dense_base: u32, codes: 
     }
 }
 
-/// One beam step at trie depth `depth`, as the kernel computes it.
+/// One beam step at trie depth `depth`, as the kernel computes it, after the
+/// launcher's checks ([`super::contract::check_step`]).
 pub fn beam_step_mirror(
     trie: &TrieArrays,
     depth: usize,
@@ -89,7 +90,8 @@ pub fn beam_step_mirror(
     filters: &LevelFilters,
     token_offset: u32,
     pad_token: u32,
-) -> KernelOutput {
+) -> Result<KernelOutput, String> {
+    super::contract::check_step(trie.codebook_sizes, depth, shape)?;
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     let dense = trie.dense_table(depth);
     let dense_base = trie.level_start[depth];
@@ -159,7 +161,7 @@ pub fn beam_step_mirror(
             out.row[r * beams_out + j] = (r * beams_in) as u32;
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -270,7 +272,7 @@ mod tests {
                 for nm in [None, Some(&norm[..])] {
                     let want = beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
                     let input = StepInput { logits: &logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
-                    let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7);
+                    let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7).unwrap();
                     assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");
                     assert_eq!(got.step.code, want.code, "case {case} depth {depth}");
                     assert_eq!(got.step.node, want.node, "case {case} depth {depth}");

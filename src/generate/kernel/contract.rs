@@ -1,0 +1,52 @@
+//! What `kernels/beam_step.cu` requires of a launch, checked before each one
+//! (by the launcher in [`super::cuda`] and by the CPU [`super::mirror`]): the
+//! kernel indexes the trie's tables, its candidate scratch and its shared pick
+//! buffer by these sizes without further bounds checks. The trie's own arrays
+//! are checked once, when a catalog's trie is mapped (`Trie::map`).
+
+use crate::generate::step::StepShape;
+
+/// Largest `beams_out`: the kernel's shared selection buffer (`GENREC_MAX_BEAMS`).
+pub const MAX_BEAMS: usize = 1024;
+
+/// Checks one step's shape against the trie's `codebook_sizes` at `depth`: the level's logits
+/// are exactly as wide as its codebook (the dense tables and the child codes
+/// assume it), `beams_out` fits the pick buffer, and every (parent, code)
+/// fits the low 32 bits of a candidate key.
+pub fn check_step(codebook_sizes: &[u32], depth: usize, shape: StepShape) -> Result<(), String> {
+    let StepShape { requests, beams_in, beams_out, codes } = shape;
+    let Some(&size) = codebook_sizes.get(depth) else {
+        return Err(format!("beam step at depth {depth}, but the trie has {} levels", codebook_sizes.len()));
+    };
+    if codes != size as usize {
+        return Err(format!("beam step over {codes} codes at depth {depth}, whose codebook has {size}"));
+    }
+    if beams_out == 0 || beams_out > MAX_BEAMS {
+        return Err(format!("beams_out {beams_out} outside 1..={MAX_BEAMS}"));
+    }
+    if requests == 0 || beams_in == 0 || beams_in * codes >= u32::MAX as usize {
+        return Err(format!("{requests} requests x {beams_in} beams x {codes} codes do not fit the kernel's keys"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Trie;
+
+    #[test]
+    fn each_bad_shape_is_named() {
+        let t = Trie::build(&[0, 0, 1, 2, 2, 1], 2, &[3, 4]).unwrap();
+        let a = t.codebook_sizes();
+        let shape = |beams_in, beams_out, codes| StepShape { requests: 2, beams_in, beams_out, codes };
+        check_step(a, 0, shape(1, 8, 3)).unwrap();
+        check_step(a, 1, shape(8, MAX_BEAMS, 4)).unwrap();
+        let err = |depth, s| check_step(a, depth, s).unwrap_err();
+        assert!(err(1, shape(8, 8, 3)).contains("whose codebook has 4"));
+        assert!(err(2, shape(8, 8, 4)).contains("the trie has 2 levels"));
+        assert!(err(0, shape(1, 0, 3)).contains("beams_out 0"));
+        assert!(err(0, shape(1, MAX_BEAMS + 1, 3)).contains("outside"));
+        assert!(err(0, shape(0, 8, 3)).contains("do not fit"));
+    }
+}
