@@ -9,10 +9,12 @@ torch and transformers. Two commands, both reading and writing JSON:
       sequence in TOKENS_JSON ({"sequences": [[int, ...], ...]}) as
       {"logprobs": [[[float] * vocab] * len] * sequences}.
 
-  write ARCH VOCAB OUT_DIR SEED
+  write ARCH VOCAB OUT_DIR SEED [MAX_SHARD_SIZE]
       Builds a small randomly initialised LlamaForCausalLM or Qwen3ForCausalLM
       (ARCH: llama | qwen3) with VOCAB tokens and writes it with
-      save_pretrained (safetensors), as a PyTorch user would.
+      save_pretrained (safetensors), as a PyTorch user would; with
+      MAX_SHARD_SIZE (e.g. 100KB) split into shards and an index, as
+      transformers writes every model above its default shard size.
 """
 
 import json
@@ -37,7 +39,7 @@ def logprobs(model_dir, tokens_json, out_json):
         json.dump({"logprobs": out}, f)
 
 
-def write(arch, vocab, out_dir, seed):
+def write(arch, vocab, out_dir, seed, max_shard_size=None):
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab,
@@ -69,15 +71,18 @@ def write(arch, vocab, out_dir, seed):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.3 * torch.randn_like(p))
-    model.save_pretrained(out_dir, safe_serialization=True)
+    if max_shard_size:
+        model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True)
 
 
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "logprobs" and len(sys.argv) == 5:
         logprobs(*sys.argv[2:5])
-    elif cmd == "write" and len(sys.argv) == 6:
-        write(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+    elif cmd == "write" and len(sys.argv) in (6, 7):
+        write(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), *sys.argv[6:])
     else:
         raise SystemExit(__doc__)
 

@@ -167,7 +167,17 @@ async fn transformers_checkpoints_load_and_serve_in_genrec() {
         let base = if arch == "qwen3" { profiled(&demo.sidecar) } else { demo.sidecar.clone() };
         let seqs = if arch == "qwen3" { profiled_sequences(&base, &catalog) } else { sequences(&base, &catalog) };
         let dir = tmp.0.join(arch);
-        run_py(&py, &["write", arch, &base.min_vocab().to_string(), dir.to_str().unwrap(), &(i + 1).to_string()]);
+        // the Qwen3 model is saved in shards with an index, as transformers
+        // saves every model above its default shard size
+        let mut args = vec!["write", arch];
+        let (vocab, seed) = (base.min_vocab().to_string(), (i + 1).to_string());
+        args.extend([vocab.as_str(), dir.to_str().unwrap(), seed.as_str()]);
+        if arch == "qwen3" {
+            args.push("100KB");
+        }
+        run_py(&py, &args);
+        let sharded = dir.join("model.safetensors.index.json").exists() && !dir.join("model.safetensors").exists();
+        assert_eq!(sharded, arch == "qwen3", "{arch}: shards written as asked");
         // what a PyTorch user adds: the sidecar naming the catalog
         let mut sidecar = base.clone();
         sidecar.name = format!("hf-{arch}");

@@ -89,7 +89,7 @@ impl Engine {
         let dir = self.open_checkpoint(path)?;
         let read = |f: &str| dir.read(f).map_err(|e| EngineError::Refused(e.to_string()));
         let (config, sidecar) = (read(crate::model::CONFIG_FILE)?, read(crate::model::sidecar::SIDECAR_FILE)?);
-        let weights = dir.file(crate::model::WEIGHTS_FILE).map_err(|e| EngineError::Refused(e.to_string()))?;
+        let weights = crate::model::WeightFiles::open(|f| dir.file(f)).map_err(|e| EngineError::Refused(e.to_string()))?;
         let _g = self.lock_admin();
         let model = Model::load_opened(&config, &weights, &sidecar, dir.path(), &self.opts.device, self.opts.dtype)
             .map_err(|e| EngineError::Refused(e.to_string()))?;

@@ -112,10 +112,11 @@ impl Watcher {
     /// names its version.
     fn version_of(&self, name: &str) -> Result<String, String> {
         let d = self.root.open(name).map_err(|e| e.to_string())?;
-        let f = d.file(crate::model::WEIGHTS_FILE).map_err(|e| e.to_string())?;
-        // SAFETY: read-only view of a checkpoint file (see Model::load_opened)
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
-        Ok(crate::model::weights_version(&map))
+        let w = crate::model::WeightFiles::open(|f| d.file(f)).map_err(|e| e.to_string())?;
+        // SAFETY: read-only views of checkpoint files (see Model::load_opened)
+        let maps = w.files.iter().map(|(_, f)| unsafe { memmap2::Mmap::map(f) }).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let shards: Vec<(&str, &[u8])> = w.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
+        Ok(crate::model::shards::weights_version(&shards))
     }
 }
 

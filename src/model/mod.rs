@@ -3,7 +3,8 @@
 //!
 //! A model folder holds `config.json` (transformers' config, `architectures`
 //! `LlamaForCausalLM` or `Qwen3ForCausalLM`), `model.safetensors` (transformers'
-//! tensor names) and `genrec.json` (see [`sidecar`]).
+//! tensor names; or shards and their index, see [`shards`]) and `genrec.json`
+//! (see [`sidecar`]).
 
 pub mod attention;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod kv;
 pub mod profile_vocab;
 pub mod proj;
 mod rope;
+pub mod shards;
 pub mod sidecar;
 pub mod small_gemm;
 pub mod transformer;
@@ -27,10 +29,11 @@ use candle_nn::VarBuilder;
 
 pub use config::ModelConfig;
 pub use kv::{BeamKv, HistoryKv};
+pub use shards::WeightFiles;
 pub use sidecar::Sidecar;
 pub use transformer::Transformer;
 
-use crate::util::{fingerprint, write_atomic};
+use crate::util::write_atomic;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -84,31 +87,37 @@ impl Model {
             let p = dir.join(f);
             std::fs::read(&p).map_err(|e| ModelError::Io { path: p, source: e })
         };
-        let p = dir.join(WEIGHTS_FILE);
-        let weights = std::fs::File::open(&p).map_err(|e| ModelError::Io { path: p, source: e })?;
+        let weights = WeightFiles::open(|f| {
+            let p = dir.join(f);
+            std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))
+        })?;
         Self::load_opened(&read(CONFIG_FILE)?, &weights, &read(sidecar::SIDECAR_FILE)?, dir, device, dtype)
     }
 
     /// Loads a checkpoint whose files the caller opened (the engine opens
     /// them inside the model root without following links): the config and
-    /// sidecar bytes, and the weights file, which is memory-mapped.
+    /// sidecar bytes, and the weight files, which are memory-mapped.
     pub fn load_opened(
         config: &[u8],
-        weights: &std::fs::File,
+        weights: &WeightFiles,
         sidecar: &[u8],
         dir: &Path,
         device: &Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
         // the weights are mapped, not read: the tensors are made from the
-        // mapped pages once, and the file is never held twice in memory
-        // SAFETY: checkpoints are written to a temporary name and renamed;
-        // a file changed in place while it loads can give wrong weights (the
-        // fingerprint then no longer names them) but not unsafety in Rust code
-        // that only reads the bytes.
-        let map = unsafe { memmap2::Mmap::map(weights) }
-            .map_err(|e| ModelError::Io { path: dir.join(WEIGHTS_FILE), source: e })?;
-        let mut m = Self::from_bytes_as(config, &map, sidecar, device, dtype)?;
+        // mapped pages once, and the files are never held twice in memory
+        let maps = weights
+            .files
+            .iter()
+            // SAFETY: checkpoints are written to a temporary name and renamed;
+            // a file changed in place while it loads can give wrong weights (the
+            // fingerprint then no longer names them) but not unsafety in Rust
+            // code that only reads the bytes.
+            .map(|(name, f)| unsafe { memmap2::Mmap::map(f) }.map_err(|e| ModelError::Io { path: dir.join(name), source: e }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shards: Vec<(&str, &[u8])> = weights.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
+        let mut m = Self::from_shards_as(config, &shards, weights.index.as_deref(), sidecar, device, dtype)?;
         m.path = Some(dir.to_path_buf());
         Ok(m)
     }
@@ -120,19 +129,37 @@ impl Model {
 
     /// [`Model::from_bytes`] in `dtype`.
     pub fn from_bytes_as(config: &[u8], weights: &[u8], sidecar: &[u8], device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        Self::from_shards_as(config, &[(WEIGHTS_FILE, weights)], None, sidecar, device, dtype)
+    }
+
+    /// Loads a model from its config and sidecar bytes and its weight files'
+    /// bytes (`model.safetensors` alone, or the shards `index` names), in `dtype`.
+    pub fn from_shards_as(
+        config: &[u8],
+        shards: &[(&str, &[u8])],
+        index: Option<&[u8]>,
+        sidecar: &[u8],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         let config: ModelConfig = serde_json::from_slice(config)
             .map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
         let sidecar: Sidecar = serde_json::from_slice(sidecar)
             .map_err(|e| ModelError::Json { path: sidecar::SIDECAR_FILE.into(), source: e })?;
         config.validate()?;
         sidecar.check_positions(&config)?;
-        weights::check(weights, &config)?;
-        let tensors = candle_core::safetensors::load_buffer(weights, &Device::Cpu)
-            .map_err(|e| ModelError::Weights(format!("{WEIGHTS_FILE}: {e}")))?;
-        let tensors = tensors
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_dtype(dtype)?.to_device(device)?)))
-            .collect::<Result<HashMap<String, Tensor>, ModelError>>()?;
+        let names = weights::check(shards, &config)?;
+        if let Some(index) = index {
+            shards::check_placement(index, &names)?;
+        }
+        let mut tensors = HashMap::new();
+        for &(name, bytes) in shards {
+            let part = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+                .map_err(|e| ModelError::Weights(format!("{name}: {e}")))?;
+            for (k, v) in part {
+                tensors.insert(k, v.to_dtype(dtype)?.to_device(device)?);
+            }
+        }
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let mut net = Transformer::load(vb, &config).map_err(|e| match e {
             ModelError::Tensor(t) => ModelError::Weights(t.to_string()),
@@ -147,7 +174,7 @@ impl Model {
                 config.vocab_size
             )));
         }
-        let version = weights_version(weights);
+        let version = shards::weights_version(shards);
         Ok(Model { net, config, sidecar, version, path: None })
     }
 
@@ -164,7 +191,7 @@ impl Model {
 
 /// A checkpoint's version: the first 12 hex digits of its weights' fingerprint.
 pub fn weights_version(weights: &[u8]) -> String {
-    fingerprint(weights)[..12].to_string()
+    shards::weights_version(&[(WEIGHTS_FILE, weights)])
 }
 
 /// Writes a checkpoint folder: `config.json`, `model.safetensors`, `genrec.json`.
