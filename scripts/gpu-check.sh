@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device check of genrec's GPU path, run on the GPU machine (no Rust there):
 # the cuda binary built here by scripts/build-cuda.sh does all the work
-# (`genrec gpu-check`, src/gpu_check.rs):
+# (`genrec gpu-check`, src/gpu_check/):
 #   1. correctness: the beam-step kernel against the CPU reference on random
 #      tries and logits, and GPU against CPU generation on a real checkpoint;
 #   2. the kernel's time per step, batch 1/16/64 x beam 16/64/256, tries of
@@ -17,7 +17,12 @@
 #   run(command="bash scripts/gpu-check.sh work/beauty/cf-ff1024 work/beauty/cf-catalog",
 #       carry=["target/cuda/release/genrec.gz", "work/beauty/cf-ff1024", "work/beauty/cf-catalog"])
 # (the gzipped binary: 16 MB instead of 46, inside the 64 MiB a call carries)
-# GENREC_GPU_CHECK_ARGS adds flags (e.g. --quick).
+# GENREC_GPU_CHECK_ARGS adds flags (e.g. --quick). Production-shaped models
+# need no carried weights: they are built on the device with random weights,
+#   GENREC_GPU_CHECK_ARGS="--synthetic qwen3-1.7b --layout onerec --history-items 333 --quick"
+# (Qwen3-1.7B shape over 10^6 random 3 x 8,192 semantic IDs, 1,000-token
+# histories; part 1b then compares 8 requests with the CPU, part 3 times the
+# GPU only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${GENREC_BIN:-target/cuda/release/genrec}"

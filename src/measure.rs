@@ -26,6 +26,27 @@ pub struct GpuCheckArgs {
     /// Catalog of --model (default: the one its genrec.json names).
     #[arg(long)]
     catalog: Option<PathBuf>,
+    /// Instead of --model: a Qwen3-shaped model with random weights, built on
+    /// the device over a random catalog (qwen3-0.6b: 28 layers, hidden 1024;
+    /// qwen3-1.7b: 28 layers, hidden 2048; qwen3-tiny: 2 layers, for trying
+    /// the harness). Its end-to-end rows are not timed on the CPU.
+    #[arg(long, value_enum, conflicts_with_all = ["model", "catalog"])]
+    synthetic: Option<SyntheticShape>,
+    /// Semantic-ID layout of the synthetic catalog: onerec (3 levels of 8,192
+    /// codes) or tiger (4 levels of 256).
+    #[arg(long, value_enum, default_value = "onerec")]
+    layout: SyntheticLayout,
+    /// Items of the synthetic catalog.
+    #[arg(long, default_value_t = 1_000_000)]
+    synthetic_items: usize,
+    /// History length of the end-to-end requests, in items (with 3 levels, a
+    /// 1,000-token context is 333 items).
+    #[arg(long, default_value_t = 20)]
+    history_items: usize,
+    /// Requests compared with the CPU in the end-to-end check (default 64;
+    /// 8 with --synthetic, whose CPU reference is slow).
+    #[arg(long)]
+    e2e_requests: Option<usize>,
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -35,6 +56,24 @@ pub struct GpuCheckArgs {
     /// Memory bandwidth for the floor, GB/s (default: from the card's name; H100 SXM 3350, H200 4800).
     #[arg(long)]
     bandwidth_gbs: Option<f64>,
+}
+
+/// `--synthetic` shapes (see genrec::model::synthetic::Shape).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SyntheticShape {
+    #[value(name = "qwen3-0.6b")]
+    Qwen3Small,
+    #[value(name = "qwen3-1.7b")]
+    Qwen3Large,
+    #[value(name = "qwen3-tiny")]
+    Tiny,
+}
+
+/// `--layout` of a synthetic catalog.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SyntheticLayout {
+    Onerec,
+    Tiger,
 }
 
 #[derive(clap::Args)]
@@ -461,8 +500,28 @@ pub fn gpu_check(a: GpuCheckArgs) -> Result<()> {
         model: a.model,
         catalog: a.catalog,
         bandwidth_gbs: a.bandwidth_gbs,
+        history_items: a.history_items,
         ..Default::default()
     };
+    if let Some(shape) = a.synthetic {
+        use genrec::model::synthetic::{Layout, Shape};
+        opts.synthetic = Some(genrec::gpu_check::synthetic::Synthetic {
+            shape: match shape {
+                SyntheticShape::Qwen3Small => Shape::Qwen3_0_6B,
+                SyntheticShape::Qwen3Large => Shape::Qwen3_1_7B,
+                SyntheticShape::Tiny => Shape::Tiny,
+            },
+            layout: match a.layout {
+                SyntheticLayout::Onerec => Layout::OneRec,
+                SyntheticLayout::Tiger => Layout::Tiger,
+            },
+            items: a.synthetic_items,
+        });
+        opts.e2e_requests = 8;
+    }
+    if let Some(n) = a.e2e_requests {
+        opts.e2e_requests = n;
+    }
     if a.quick {
         opts.trie_items = vec![10_000, 1_000_000];
         opts.reps = 10;

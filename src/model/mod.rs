@@ -18,6 +18,7 @@ mod rope;
 pub mod shards;
 pub mod sidecar;
 pub mod small_gemm;
+pub mod synthetic;
 pub mod transformer;
 pub mod weights;
 

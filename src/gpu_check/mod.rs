@@ -11,6 +11,10 @@
 //! 3. End-to-end requests/s and latency for batch 1/16/64 at beam 64 and 256,
 //!    device and CPU in the same run.
 //!
+//! With `--synthetic qwen3-0.6b|qwen3-1.7b` parts 1b and 3 run a random-weight
+//! model of that shape over a random catalog built on the spot ([`synthetic`]),
+//! instead of a checkpoint.
+//!
 //! With `--device cpu` the kernel's CPU port ([`crate::generate::kernel::mirror`])
 //! stands in for the kernel, so the harness itself runs (and is tested) on
 //! machines without a GPU; its timings then say nothing about a GPU.
@@ -32,6 +36,9 @@ use crate::generate::kernel::LevelFilters;
 use crate::generate::{beam_step, generate, GenRequest, StepOutput, StepShape};
 use crate::model::Model;
 use crate::util::percentile;
+
+pub mod synthetic;
+use synthetic::Synthetic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -56,6 +63,12 @@ pub struct CheckOptions {
     /// Checkpoint for the end-to-end parts (default: the embedded demo model).
     pub model: Option<PathBuf>,
     pub catalog: Option<PathBuf>,
+    /// A production-shaped random model instead of `model`.
+    pub synthetic: Option<Synthetic>,
+    /// History length (items) of the end-to-end requests.
+    pub history_items: usize,
+    /// Requests compared in the end-to-end check (part 1b).
+    pub e2e_requests: usize,
     /// Trie sizes of the timing table.
     pub trie_items: Vec<usize>,
     pub batches: Vec<usize>,
@@ -74,6 +87,9 @@ impl Default for CheckOptions {
             device: DeviceSpec::Cuda(0),
             model: None,
             catalog: None,
+            synthetic: None,
+            history_items: 20,
+            e2e_requests: 64,
             trie_items: vec![10_000, 1_000_000, 10_000_000],
             batches: vec![1, 16, 64],
             beams: vec![16, 64, 256],
@@ -389,8 +405,8 @@ fn e2e_mismatch(e2e: &Value) -> Option<String> {
 }
 
 /// Part 1b: the same checkpoint on the device and on the CPU gives the same items.
-fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, seed: u64) -> Result<Value, CheckError> {
-    let h = histories(catalog, 64, 20, seed);
+fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, opts: &CheckOptions) -> Result<Value, CheckError> {
+    let h = histories(catalog, opts.e2e_requests, opts.history_items, opts.seed);
     let mut reqs = requests(&h, 10);
     // every third request is a personalized search over every fifth item
     // (allow lists at every level, on both devices)
@@ -412,8 +428,8 @@ fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, seed: u64)
 }
 
 /// Part 3: batches through `generate` on one device.
-fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: usize, seed: u64) -> Result<Value, CheckError> {
-    let h = histories(catalog, batch, 20, seed);
+fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: usize, opts: &CheckOptions) -> Result<Value, CheckError> {
+    let h = histories(catalog, batch, opts.history_items, opts.seed);
     let reqs = requests(&h, 10);
     generate(model, catalog, &reqs, beam)?; // warm-up (kernel JIT, allocations)
     let mut times = Vec::with_capacity(reps);
@@ -434,7 +450,12 @@ fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: u
     }))
 }
 
-fn load_models(opts: &CheckOptions, device: &Device, dtype: candle_core::DType) -> Result<(Model, Catalog), CheckError> {
+/// The checkpoint (or synthetic model) and its catalog on `device`; a
+/// synthetic catalog is built once and passed in as `synthetic`.
+fn load_models(opts: &CheckOptions, synthetic: Option<&Catalog>, device: &Device, dtype: candle_core::DType) -> Result<(Model, Catalog), CheckError> {
+    if let (Some(spec), Some(cat)) = (&opts.synthetic, synthetic) {
+        return Ok((spec.model(cat, opts.history_items.max(20), opts.seed, device, dtype)?, cat.clone()));
+    }
     match &opts.model {
         Some(dir) => crate::engine::pair::load_pair(dir, opts.catalog.as_deref(), device, dtype).map_err(|e| CheckError::Other(e.to_string())),
         None => crate::server::default_model::load_as(device, dtype).map_err(|e| CheckError::Other(e.to_string())),
@@ -467,11 +488,21 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         println!("beam step vs CPU reference: {} cases, same top-B (max |score diff| {:.2e}) [{:.1} s]",
             steps["cases"], steps["max_score_diff"].as_f64().unwrap_or(0.0), t.elapsed().as_secs_f64());
     }
-    let loaded = load_models(opts, &device, candle_core::DType::F32)
-        .and_then(|(dev, cat)| Ok((dev, load_models(opts, &Device::Cpu, candle_core::DType::F32)?.0, cat)));
+    let synthetic = match &opts.synthetic {
+        Some(spec) => {
+            let t = Instant::now();
+            let c = spec.catalog(opts.seed)?;
+            println!("synthetic: {} over {} random semantic IDs {:?} [{:.1} s]", spec.shape.name(), c.len(), spec.layout.codebook_sizes(), t.elapsed().as_secs_f64());
+            Some(c)
+        }
+        None => None,
+    };
+    let synthetic = synthetic.as_ref();
+    let loaded = load_models(opts, synthetic, &device, candle_core::DType::F32)
+        .and_then(|(dev, cat)| Ok((dev, load_models(opts, synthetic, &Device::Cpu, candle_core::DType::F32)?.0, cat)));
     let (models, e2e) = match loaded {
         Ok((dev_model, cpu_model, catalog)) => {
-            let e2e = soft("end-to-end f32", check_e2e(&dev_model, &cpu_model, &catalog, opts.seed));
+            let e2e = soft("end-to-end f32", check_e2e(&dev_model, &cpu_model, &catalog, opts));
             if !e2e.is_null() {
                 println!("end-to-end ({}, {} items): {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
                     dev_model.label(), catalog.len(), e2e["identical_lists"], e2e["requests"], e2e["max_score_diff"].as_f64().unwrap_or(0.0));
@@ -487,8 +518,8 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     let mut bf16 = None;
     let mut e2e_bf16 = Value::Null;
     if let (Some((_, cpu_model, catalog)), false) = (&models, device.is_cpu()) {
-        let r = load_models(opts, &device, candle_core::DType::BF16)
-            .and_then(|(m, _)| check_e2e(&m, cpu_model, catalog, opts.seed).map(|r| (m, r)));
+        let r = load_models(opts, synthetic, &device, candle_core::DType::BF16)
+            .and_then(|(m, _)| check_e2e(&m, cpu_model, catalog, opts).map(|r| (m, r)));
         match r {
             Ok((m, r)) => {
                 println!("end-to-end in bf16 (informative): {}/{} identical top-10 lists vs the f32 CPU, max |score diff| {:.2e}",
@@ -513,18 +544,22 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
 
     let mut e2e_rows = Vec::new();
     if let Some((dev_model, cpu_model, catalog)) = &models {
-        println!("\n## 3. End to end ({}, k = 10, 20-item histories)\n| device | batch | beam | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|", dev_model.label());
+        println!("\n## 3. End to end ({}, k = 10, {}-item histories)\n| device | batch | beam | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|", dev_model.label(), opts.history_items);
         for &beam in &opts.e2e_beams {
             for &batch in &opts.batches {
-                // on a CPU-only run the device rows would repeat the CPU rows
+                // on a CPU-only run the device rows would repeat the CPU rows;
+                // a synthetic production-size model is not timed on the CPU
                 let bf16_name = format!("{card} bf16");
-                let mut runs: Vec<(&str, &Model, usize)> =
-                    if device.is_cpu() { vec![("cpu", cpu_model, 3)] } else { vec![(card.as_str(), dev_model, 20), ("cpu", cpu_model, 3)] };
+                let mut runs: Vec<(&str, &Model, usize)> = match (device.is_cpu(), opts.synthetic.is_some()) {
+                    (true, _) => vec![("cpu", cpu_model, 3)],
+                    (false, true) => vec![(card.as_str(), dev_model, 20)],
+                    (false, false) => vec![(card.as_str(), dev_model, 20), ("cpu", cpu_model, 3)],
+                };
                 if let Some(m) = &bf16 {
                     runs.insert(1, (bf16_name.as_str(), m, 20));
                 }
                 for (name, model, reps) in runs {
-                    let mut row = soft(&format!("end-to-end time {name} batch {batch} beam {beam}"), time_e2e(model, catalog, batch, beam, reps, opts.seed));
+                    let mut row = soft(&format!("end-to-end time {name} batch {batch} beam {beam}"), time_e2e(model, catalog, batch, beam, reps, opts));
                     if row.is_null() {
                         continue;
                     }
@@ -570,6 +605,28 @@ mod tests {
         assert_eq!(r["correctness"]["end_to_end"]["identical_lists"], 64);
         assert_eq!(r["step_times"].as_array().unwrap().len(), 2 * 2);
         assert_eq!(r["end_to_end"].as_array().unwrap().len(), 2);
+    }
+
+    /// The same with a synthetic Qwen3-shaped model over a random catalog,
+    /// long histories and fewer compared requests.
+    #[test]
+    fn harness_runs_a_synthetic_model_on_the_cpu() {
+        let opts = CheckOptions {
+            device: DeviceSpec::Cpu,
+            synthetic: Some(Synthetic { shape: crate::model::synthetic::Shape::Tiny, layout: crate::model::synthetic::Layout::OneRec, items: 5_000 }),
+            history_items: 100,
+            e2e_requests: 6,
+            trie_items: vec![2_000],
+            batches: vec![2],
+            beams: vec![8],
+            e2e_beams: vec![16],
+            reps: 1,
+            bandwidth_gbs: Some(100.0),
+            ..Default::default()
+        };
+        let r = run(&opts).unwrap();
+        assert_eq!(r["correctness"]["end_to_end"]["identical_lists"], 6);
+        assert_eq!(r["end_to_end"].as_array().unwrap().len(), 1);
     }
 
     #[test]
