@@ -424,7 +424,7 @@ fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, opts: &Che
         .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs()))
         .fold(0f32, f32::max);
     // decoded tokens are the live beams of every level on both devices
-    Ok(json!({"requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": b.tokens}))
+    Ok(json!({"model": dev_model.label(), "history_items": opts.history_items, "requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": b.tokens}))
 }
 
 /// Part 3: batches through `generate` on one device.
@@ -625,7 +625,10 @@ mod tests {
             ..Default::default()
         };
         let r = run(&opts).unwrap();
-        assert_eq!(r["correctness"]["end_to_end"]["identical_lists"], 6);
+        let e2e = &r["correctness"]["end_to_end"];
+        assert_eq!(e2e["identical_lists"], 6, "{e2e}");
+        assert!(e2e["model"].as_str().is_some_and(|m| m.starts_with("synthetic-qwen3-tiny/")), "{e2e}");
+        assert_eq!(e2e["history_items"], 100);
         assert_eq!(r["end_to_end"].as_array().unwrap().len(), 1);
     }
 
