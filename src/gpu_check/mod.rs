@@ -282,6 +282,9 @@ fn compare_steps(want: &StepOutput, got: &StepOutput, requests: usize, beams: us
                 return Err(format!("request {r} slot {}: score {} vs reference {}", s - r * beams, got.score[s], want.score[s]));
             }
         }
+        if let Some(s) = slots.clone().find(|&s| got.node[s] != NONE && !got.score[s].is_finite()) {
+            return Err(format!("request {r} slot {}: a live beam with score {}", s - r * beams, got.score[s]));
+        }
         let last = slots.clone().filter(|&s| want.node[s] != NONE).map(|s| want.score[s]).fold(f32::INFINITY, f32::min);
         let (w, g) = (tuples(want), tuples(got));
         for s in slots.clone().filter(|&s| got.node[s] != NONE && !w.contains(&(got.parent[s], got.code[s], got.node[s]))) {
@@ -296,8 +299,28 @@ fn compare_steps(want: &StepOutput, got: &StepOutput, requests: usize, beams: us
     Ok(worst)
 }
 
+/// Non-finite inputs, which the kernel must drop as the CPU does: +inf, -inf
+/// and NaN logits, a beam whose logits are all -inf, +inf and NaN normalisers.
+fn poison(st: &mut RandomStep, rng: &mut ChaCha8Rng) {
+    for x in st.logits.iter_mut() {
+        *x = match rng.random_range(0..50) {
+            0 => f32::INFINITY,
+            1 => f32::NEG_INFINITY,
+            2 => f32::NAN,
+            _ => *x,
+        };
+    }
+    let rows = st.norm.len();
+    st.logits[..st.ld].fill(f32::NEG_INFINITY);
+    st.norm[rng.random_range(0..rows)] = f32::NAN;
+    st.norm[rng.random_range(0..rows)] = f32::INFINITY;
+}
+
 /// Part 1a: random tries and logits, every depth, with and without the
-/// model's normaliser, with intents and exclusions.
+/// model's normaliser, with intents and exclusions, and in every fourth case
+/// with non-finite logits and normalisers ([`poison`]). Scores must agree
+/// within 1e-4 (the kernel's expf/logf are not the CPU's correctly rounded
+/// ones), so a near-tie at the last kept place may go either way.
 fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, CheckError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cases = 0;
@@ -310,7 +333,10 @@ fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, CheckError>
             let beams_in = if depth == 0 { 1 } else { [1usize, 16, 64][rng.random_range(0..3)] };
             let beams_out = [1usize, 10, 64, 256][rng.random_range(0..4)];
             let codes = 256;
-            let st = random_step(&trie, depth, requests * beams_in, codes, &mut rng);
+            let mut st = random_step(&trie, depth, requests * beams_in, codes, &mut rng);
+            if case % 4 == 3 {
+                poison(&mut st, &mut rng);
+            }
             // filters: a few allowed first-level nodes / banned leaves per request
             let filters = random_filters(&trie, depth, requests, &mut rng);
             let level: Vec<f32> = (0..requests * beams_in).flat_map(|b| st.logits[b * st.ld + st.col0..][..codes].to_vec()).collect();
@@ -655,5 +681,8 @@ mod tests {
         let mut dead = want.clone();
         dead.node[1] = NONE;
         assert!(compare_steps(&want, &dead, 1, 2, 1e-4).is_err());
+        let mut nan = want.clone();
+        nan.score[1] = f32::NAN;
+        assert!(compare_steps(&want, &nan, 1, 2, 1e-4).unwrap_err().contains("a live beam with score NaN"));
     }
 }
