@@ -353,3 +353,63 @@ pub(crate) fn collect_hits(catalog: &Catalog, reqs: &[GenRequest], beam: usize, 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod precision_tests {
+    //! How far a half-precision model's answers are from f32's, on the CPU
+    //! (the demo model; the GPU showed the same picture, 13-19 of 64 lists
+    //! identical before the f32 output layer).
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::model::Model;
+
+    fn demo(dtype: DType) -> (Model, Catalog) {
+        crate::server::default_model::load_as(&Device::Cpu, dtype).unwrap()
+    }
+
+    /// The demo model with its weights rounded to bf16, computed in f32.
+    fn rounded_weights() -> Model {
+        let w = candle_core::safetensors::load_buffer(include_bytes!("../../models/demo/model/model.safetensors"), &Device::Cpu).unwrap();
+        let w: HashMap<String, Tensor> = w.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap())).collect();
+        let bytes = safetensors::serialize(&w, None).unwrap();
+        Model::from_bytes(include_bytes!("../../models/demo/model/config.json"), &bytes, include_bytes!("../../models/demo/model/genrec.json"), &Device::Cpu).unwrap()
+    }
+
+    /// Identical top-10 lists of 64 requests, and the largest score difference.
+    fn agreement(a: &Model, b: &Model, catalog: &Catalog) -> (usize, f32) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let reqs: Vec<GenRequest> = (0..64)
+            .map(|_| {
+                let h: Vec<u32> = (0..20).map(|_| rng.random_range(0..catalog.len() as u32)).collect();
+                GenRequest { exclude: h.iter().copied().collect(), history: h, k: 10, ..Default::default() }
+            })
+            .collect();
+        let (x, y) = (generate(a, catalog, &reqs, 64).unwrap(), generate(b, catalog, &reqs, 64).unwrap());
+        let same = x.hits.iter().zip(&y.hits).filter(|(p, q)| p.iter().map(|h| h.item).eq(q.iter().map(|h| h.item))).count();
+        let worst = x.hits.iter().zip(&y.hits).flat_map(|(p, q)| p.iter().zip(q).map(|(u, v)| (u.score - v.score).abs())).fold(0f32, f32::max);
+        (same, worst)
+    }
+
+    #[test]
+    fn bf16_precision_budget() {
+        let (f32m, catalog) = demo(DType::F32);
+        let (bf16m, _) = demo(DType::BF16);
+        let rounded = rounded_weights();
+        let (s1, d1) = agreement(&rounded, &f32m, &catalog);
+        let (s2, d2) = agreement(&bf16m, &rounded, &catalog);
+        let (s3, d3) = agreement(&bf16m, &f32m, &catalog);
+        eprintln!("weights rounded to bf16, f32 compute vs f32: {s1}/64 (max diff {d1}); bf16 compute vs the same rounded weights in f32: {s2}/64 ({d2}); bf16 vs f32: {s3}/64 ({d3})");
+        // measured here: 49/64, 42/64, 38/64 (max diffs 0.013, 0.041, 0.042).
+        // Rounding the weights alone leaves 49 of 64 lists as in f32, so the
+        // issue's 60/64 cannot be reached with bf16 weights on this model.
+        // Half-precision activations everywhere gave 17/64 (0.061); with the
+        // output layer, norms and residual stream in f32, 29/64; softmax in
+        // f32 too, 38/64.
+        assert!(s3 >= 32, "bf16 vs f32: {s3}/64 identical lists");
+        assert!(d3 < 0.05, "bf16 vs f32: max |score diff| {d3}");
+    }
+}

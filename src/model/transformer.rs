@@ -68,9 +68,14 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, training: bool) -> Resu
     }
 }
 
+/// Softmax over the last dimension; a half-precision input is normalised in
+/// f32 and returned in its own dtype (in bf16 the attention weights of the
+/// demo model lost 8 of 64 top-10 lists against f32).
 pub(super) fn softmax(x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
     if training {
         Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else if x.dtype() != DType::F32 {
+        Ok(super::fused::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)
     } else {
         Ok(super::fused::softmax_last_dim(x)?)
     }
@@ -92,13 +97,13 @@ pub(super) struct LastRows {
 impl LastRows {
     /// The MLP's contribution `[b, t, hidden]` to the residual stream `x`,
     /// computed on the real positions only (pads get zero).
-    fn mlp(&self, layer: &Layer, x: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
+    fn mlp(&self, layer: &Layer, x: &Tensor, eps: f64, compute: DType) -> Result<Tensor, ModelError> {
         let Some((real, spread)) = &self.real else {
-            return layer.mlp.forward(&rms_norm(x, &layer.post_norm, eps, false)?);
+            return layer.mlp.forward(&rms_norm(x, &layer.post_norm, eps, false)?.to_dtype(compute)?);
         };
         let (b, t, d) = x.dims3()?;
         let packed = x.reshape((b * t, d))?.index_select(real, 0)?;
-        let m = layer.mlp.forward(&rms_norm(&packed, &layer.post_norm, eps, false)?)?;
+        let m = layer.mlp.forward(&rms_norm(&packed, &layer.post_norm, eps, false)?.to_dtype(compute)?)?;
         let m = Tensor::cat(&[&m, &Tensor::zeros((1, d), m.dtype(), m.device())?], 0)?;
         Ok(m.index_select(spread, 0)?.reshape((b, t, d))?)
     }
@@ -167,6 +172,9 @@ pub struct Transformer {
     device: Device,
     /// Projections fused for serving (see [`Transformer::fuse_projections`]).
     serving: bool,
+    /// The residual stream's dtype: the weights', or f32 for a half-precision
+    /// model once fused for serving (its matrix products stay in half).
+    resid: DType,
 }
 
 impl Transformer {
@@ -228,7 +236,8 @@ impl Transformer {
         let lm_head = if cfg.tie_word_embeddings { embed.tied_head()? } else { w.head("lm_head.weight", cfg.vocab_size, h)? };
         let device = w.device();
         let rope = RopeTables::new(cfg, w.dtype(), &device)?;
-        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, device, serving: false })
+        let resid = w.dtype();
+        Ok(Transformer { cfg: cfg.clone(), embed, layers, norm, lm_head, rope, device, serving: false, resid })
     }
 
     /// For serving: concatenates each layer's q/k/v and gate/up matrices so
@@ -244,6 +253,23 @@ impl Transformer {
             }
             if let GateUp::Split { gate: Proj::Dense(gate), up: Proj::Dense(up) } = &l.mlp.gate_up {
                 l.mlp.gate_up = GateUp::Fused(concat_linear(&[gate, up])?);
+            }
+        }
+        // a bf16/f16 model keeps its residual stream, norms and output layer
+        // in f32 (exact copies of those weights; the layers' matrix products
+        // stay in half): beam search ranks by sums of log-probabilities, and
+        // half-precision activations moved them by up to 0.05, leaving 24 of
+        // the demo model's 64 top-10 lists as in f32 (see
+        // generate::search::precision_tests)
+        if let Head::Dense(w) = &self.lm_head {
+            if w.dtype() != DType::F32 {
+                self.lm_head = Head::Dense(w.to_dtype(DType::F32)?);
+                self.norm = self.norm.to_dtype(DType::F32)?;
+                for l in &mut self.layers {
+                    l.input_norm = l.input_norm.to_dtype(DType::F32)?;
+                    l.post_norm = l.post_norm.to_dtype(DType::F32)?;
+                }
+                self.resid = DType::F32;
             }
         }
         self.serving = true;
@@ -307,34 +333,35 @@ impl Transformer {
         }
         let (b, _) = tokens.dims2()?;
         let emb = self.embed.lookup(&tokens.flatten_all()?)?.reshape((b, t, ()))?;
-        let mut x = drop(emb, &mut dropout)?;
+        let cd = emb.dtype();
+        let mut x = drop(emb, &mut dropout)?.to_dtype(self.resid)?;
         let rot = self.rope.range(p, t, training)?;
         // query i (position p + i) sees keys 0 ..= p + i
         let s = p + t;
         let mask: Vec<f32> = (0..t * s).map(|i| if i % s > p + i / s { MASKED } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (1, 1, t, s), &self.device)?.to_dtype(x.dtype())?;
+        let mask = Tensor::from_vec(mask, (1, 1, t, s), &self.device)?.to_dtype(cd)?;
         let mut kvs = Vec::with_capacity(self.layers.len());
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, training)?;
+            let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, training)?.to_dtype(cd)?;
             if let (Some(last), true, None) = (last, i + 1 == n, past) {
                 let (a, k, v) = layer.attn.forward_last(&h, &rot, last)?;
-                let xl = (x.reshape((b * t, ()))?.index_select(&last.idx, 0)? + a)?;
-                let h = rms_norm(&xl, &layer.post_norm, self.cfg.rms_norm_eps, false)?;
-                x = (&xl + layer.mlp.forward(&h)?)?;
+                let xl = (x.reshape((b * t, ()))?.index_select(&last.idx, 0)? + a.to_dtype(self.resid)?)?;
+                let h = rms_norm(&xl, &layer.post_norm, self.cfg.rms_norm_eps, false)?.to_dtype(cd)?;
+                x = (&xl + layer.mlp.forward(&h)?.to_dtype(self.resid)?)?;
                 kvs.push((k, v));
                 break;
             }
             let (a, k, v) = layer.attn.forward_full(&h, &rot, &mask, training, past.map(|pv| &pv[i]))?;
-            x = (x + drop(a, &mut dropout)?)?;
+            x = (x + drop(a, &mut dropout)?.to_dtype(self.resid)?)?;
             let m = match last {
-                Some(last) => last.mlp(layer, &x, self.cfg.rms_norm_eps)?,
-                None => layer.mlp.forward(&rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?)?,
+                Some(last) => last.mlp(layer, &x, self.cfg.rms_norm_eps, cd)?,
+                None => layer.mlp.forward(&rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?.to_dtype(cd)?)?,
             };
-            x = (&x + drop(m, &mut dropout)?)?;
+            x = (&x + drop(m, &mut dropout)?.to_dtype(self.resid)?)?;
             kvs.push((k, v));
         }
-        Ok((rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, training)?, kvs))
+        Ok((self.final_norm(&x, training)?, kvs))
     }
 
     /// Logits over the whole vocabulary for hidden states `[.., hidden]`.
@@ -447,15 +474,25 @@ impl Transformer {
         }
         let beams = n / r;
         let rot = self.rope.rows(pos)?;
-        let mut x = self.embed.lookup(tok)?; // [n, h]
+        let emb = self.embed.lookup(tok)?; // [n, h]
+        let cd = emb.dtype();
+        let mut x = emb.to_dtype(self.resid)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, false)?;
+            let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps, false)?.to_dtype(cd)?;
             let a = layer.attn.forward_decode(&h, &rot, hist.layer(i), hist.mask(), beams_kv, i, beams)?;
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, false)?;
-            x = (&x + layer.mlp.forward(&h)?)?;
+            x = (x + a.to_dtype(self.resid)?)?;
+            let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, false)?.to_dtype(cd)?;
+            x = (&x + layer.mlp.forward(&h)?.to_dtype(self.resid)?)?;
         }
-        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, false)
+        self.final_norm(&x, false)
+    }
+
+    /// The final norm; in f32 once [`Transformer::fuse_projections`] made the
+    /// output layer f32 (a half-precision model's logits are then not rounded
+    /// to 8 bits of mantissa: at |logit| near 10 bf16 steps by 0.06).
+    fn final_norm(&self, x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
+        let x = if self.norm.dtype() == DType::F32 { x.to_dtype(DType::F32)? } else { x.clone() };
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, training)
     }
 }
 
