@@ -1,4 +1,6 @@
-//! Where the model runs: `--device cpu | cuda | cuda:N` and `--dtype`.
+//! Where the model runs: `--device cpu | cuda | cuda:N` and `--dtype`
+//! (`auto` by default: bf16 for models above 100M parameters on a GPU, f32
+//! otherwise).
 //!
 //! A binary built without the `cuda` feature says how to get one. A cuda
 //! binary on a machine without a GPU says that no GPU was found: cudarc
@@ -11,7 +13,7 @@ use candle_core::{DType, Device};
 pub enum DeviceError {
     #[error("--device {0:?}: expected cpu, cuda or cuda:N")]
     Parse(String),
-    #[error("--dtype {0:?}: expected f32, bf16 or f16")]
+    #[error("--dtype {0:?}: expected auto, f32, bf16 or f16")]
     DType(String),
     #[error("this genrec was built without GPU support: build it with scripts/build-cuda.sh (cargo feature `cuda`)")]
     NotBuilt,
@@ -64,6 +66,42 @@ pub fn parse_dtype(s: &str) -> Result<DType, DeviceError> {
     }
 }
 
+/// Models above this many parameters serve in bf16 on a GPU under `--dtype auto`.
+pub const AUTO_HALF_PARAMETERS: usize = 100_000_000;
+
+/// A parsed `--dtype`: a fixed dtype, or `auto`, decided per model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeChoice {
+    /// bf16 on a GPU for models above [`AUTO_HALF_PARAMETERS`], else f32.
+    Auto,
+    Fixed(DType),
+}
+
+impl DTypeChoice {
+    /// The dtype of a model with `parameters` parameters on `device`.
+    pub fn resolve(self, device: &Device, parameters: usize) -> DType {
+        match self {
+            DTypeChoice::Fixed(d) => d,
+            DTypeChoice::Auto if device.is_cuda() && parameters > AUTO_HALF_PARAMETERS => DType::BF16,
+            DTypeChoice::Auto => DType::F32,
+        }
+    }
+}
+
+impl From<DType> for DTypeChoice {
+    fn from(d: DType) -> Self {
+        DTypeChoice::Fixed(d)
+    }
+}
+
+/// Parses `--dtype`: `auto`, or a fixed dtype ([`parse_dtype`]).
+pub fn parse_dtype_choice(s: &str) -> Result<DTypeChoice, DeviceError> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(DTypeChoice::Auto);
+    }
+    parse_dtype(s).map(DTypeChoice::Fixed)
+}
+
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(_ordinal: usize) -> Result<Device, DeviceError> {
     Err(DeviceError::NotBuilt)
@@ -107,6 +145,12 @@ mod tests {
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
         assert!(parse_dtype("f8").is_err());
+        assert_eq!(parse_dtype_choice("Auto").unwrap(), DTypeChoice::Auto);
+        assert_eq!(parse_dtype_choice("bf16").unwrap(), DTypeChoice::Fixed(DType::BF16));
+        assert!(parse_dtype_choice("f8").unwrap_err().to_string().contains("auto"));
+        // no GPU here: auto is f32 at any size; a fixed choice is kept
+        assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu, 2_000_000_000), DType::F32);
+        assert_eq!(DTypeChoice::Fixed(DType::F16).resolve(&Device::Cpu, 1), DType::F16);
         assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
     }
 

@@ -116,7 +116,7 @@ pub struct EngineOptions {
     pub encoder: Option<PathBuf>,
     /// Where hot-swapped checkpoints are loaded, and in which dtype.
     pub device: candle_core::Device,
-    pub dtype: candle_core::DType,
+    pub dtype: crate::device::DTypeChoice,
     /// Compact the catalog when its edit log grows past this many bytes (0: never).
     pub compact_log_bytes: u64,
     /// Weight of the intents' log-prior in soft steering ([`Steering::Soft`]).
@@ -144,7 +144,7 @@ impl Default for EngineOptions {
             model_root: None,
             encoder: None,
             device: candle_core::Device::Cpu,
-            dtype: candle_core::DType::F32,
+            dtype: crate::device::DTypeChoice::Auto,
             compact_log_bytes: DEFAULT_COMPACT_LOG_BYTES,
             steering_weight: DEFAULT_STEERING_WEIGHT,
             search_candidates: search::DEFAULT_SEARCH_CANDIDATES,

@@ -43,7 +43,7 @@ pub fn load_pair(
     model_dir: &Path,
     catalog_dir: Option<&Path>,
     dev: &candle_core::Device,
-    dtype: candle_core::DType,
+    dtype: impl Into<crate::device::DTypeChoice>,
 ) -> Result<(Model, Catalog), EngineError> {
     let model = Model::load_as(model_dir, dev, dtype)?;
     let dir = catalog_dir

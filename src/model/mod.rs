@@ -34,6 +34,7 @@ pub use shards::WeightFiles;
 pub use sidecar::Sidecar;
 pub use transformer::Transformer;
 
+use crate::device::DTypeChoice;
 use crate::util::write_atomic;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -83,7 +84,7 @@ impl Model {
 
     /// Loads a model folder onto `device`, weights and activations in `dtype`
     /// (f32 is the reference; bf16/f16 halve the memory traffic on a GPU).
-    pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+    pub fn load_as(dir: &Path, device: &Device, dtype: impl Into<DTypeChoice>) -> Result<Self, ModelError> {
         let read = |f: &str| {
             let p = dir.join(f);
             std::fs::read(&p).map_err(|e| ModelError::Io { path: p, source: e })
@@ -104,8 +105,9 @@ impl Model {
         sidecar: &[u8],
         dir: &Path,
         device: &Device,
-        dtype: DType,
+        dtype: impl Into<DTypeChoice>,
     ) -> Result<Self, ModelError> {
+        let dtype = dtype.into().resolve(device, parameters_of(config)?);
         // the weights are mapped, not read: the tensors are made from the
         // mapped pages once, and the files are never held twice in memory
         let maps = weights
@@ -188,6 +190,13 @@ impl Model {
             self.path.as_ref().map(|p| p.join(c))
         }
     }
+}
+
+/// The parameter count `config.json` (its bytes) implies.
+pub fn parameters_of(config: &[u8]) -> Result<usize, ModelError> {
+    let cfg: ModelConfig = serde_json::from_slice(config).map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
+    cfg.validate()?;
+    Ok(init::tensor_shapes(&cfg)?.iter().map(|(_, s)| s.iter().product::<usize>()).sum())
 }
 
 /// A checkpoint's version: the first 12 hex digits of its weights' fingerprint.

@@ -59,9 +59,12 @@ pub struct ServeArgs {
     /// batches go to the GPU whole). Fails clearly when no GPU is found.
     #[arg(long, env = "GENREC_DEVICE", default_value = "cpu")]
     pub device: crate::device::DeviceSpec,
-    /// Weights and activations: f32 (reference), bf16 or f16.
-    #[arg(long, env = "GENREC_DTYPE", default_value = "f32", value_parser = crate::device::parse_dtype)]
-    pub dtype: candle_core::DType,
+    /// Weights and activations: auto (bf16 for models above 100M parameters
+    /// on a GPU, f32 otherwise; decided for each model loaded), f32 (the
+    /// reference), bf16 or f16. Half-precision models keep their residual
+    /// stream, norms, attention softmax and output layer in f32.
+    #[arg(long, env = "GENREC_DTYPE", default_value = "auto", value_parser = crate::device::parse_dtype_choice)]
+    pub dtype: crate::device::DTypeChoice,
     /// Folder under which POST /admin/models (and --watch) may load checkpoints.
     #[arg(long, env = "GENREC_MODEL_ROOT")]
     pub model_root: Option<PathBuf>,
@@ -238,7 +241,7 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
             if args.feed.is_some() {
                 anyhow::bail!("--feed needs a shared catalog folder: pass --catalog (or --model)");
             }
-            let (m, c) = default_model::load_as(&dev, dtype).context("loading the embedded default model")?;
+            let (m, c) = default_model::load_as(&dev, dtype.resolve(&dev, 0)).context("loading the embedded default model")?;
             return finish_engine(args, Some((m, "embedded".to_string())), c, EditStore::Memory, dev, dtype);
         }
     };
@@ -295,7 +298,7 @@ fn finish_engine(
     catalog: crate::catalog::Catalog,
     store: EditStore,
     dev: candle_core::Device,
-    dtype: candle_core::DType,
+    dtype: crate::device::DTypeChoice,
 ) -> Result<Arc<Engine>> {
     if !(args.steering_weight.is_finite() && args.steering_weight >= 0.0) {
         anyhow::bail!(
