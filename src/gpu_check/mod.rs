@@ -1,11 +1,14 @@
 //! `genrec gpu-check`: the workload of the device script (scripts/gpu-check.sh).
 //!
 //! 1. Correctness: the beam step on the device against the CPU reference
-//!    ([`crate::generate::step::beam_step`]) on random tries and logits (same
-//!    top-B up to exact score ties), and end-to-end generation of a real
+//!    ([`crate::generate::step::beam_step`]) on random tries (256 and 8,192
+//!    codes per level) and logits, some non-finite (same top-B up to score
+//!    differences of 1e-4), and end-to-end generation of a real
 //!    checkpoint on the device against the CPU (same items).
 //! 2. The step's time for batch 1/16/64 × beam 16/64/256 over tries of 10^4,
-//!    10^6 and 10^7 items, at a dense depth and at a CSR depth, beside two
+//!    10^6 and 10^7 items with 256 codes per level (10^4 and 10^6 with
+//!    OneRec's 8,192), at the middle and the last depth (the last with 20
+//!    banned items per request, as real requests carry), beside two
 //!    floors: the bytes it must move over the card's memory bandwidth, and
 //!    the time to launch an empty kernel and wait for it.
 //! 3. End-to-end requests/s and latency for batch 1/16/64 at beam 64 and 256,
@@ -71,6 +74,9 @@ pub struct CheckOptions {
     pub e2e_requests: usize,
     /// Trie sizes of the timing table.
     pub trie_items: Vec<usize>,
+    /// Codes per level of the timing table's tries (3 levels each): 256
+    /// (TIGER's codebooks) and 8,192 (OneRec's).
+    pub step_codes: Vec<u32>,
     pub batches: Vec<usize>,
     pub beams: Vec<usize>,
     pub e2e_beams: Vec<usize>,
@@ -91,6 +97,7 @@ impl Default for CheckOptions {
             history_items: 20,
             e2e_requests: 64,
             trie_items: vec![10_000, 1_000_000, 10_000_000],
+            step_codes: vec![256, 8192],
             batches: vec![1, 16, 64],
             beams: vec![16, 64, 256],
             e2e_beams: vec![64, 256],
@@ -236,6 +243,37 @@ pub fn random_trie(n: usize, seed: u64) -> Result<Trie, CheckError> {
     Ok(Trie::build(&sids, 3, &sizes)?)
 }
 
+/// A trie of `n` distinct random semantic IDs over 3 levels of `codes` codes
+/// (the 256-code tries come from [`random_trie`], as before).
+fn random_trie_of(n: usize, codes: u32, seed: u64) -> Result<Trie, CheckError> {
+    if codes == 256 {
+        return random_trie(n, seed);
+    }
+    let space = (codes as f64).powi(3);
+    if n as f64 > space / 2.0 {
+        return Err(CheckError::Other(format!("{n} items do not fit half of a {codes}^3 code space")));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut seen = HashSet::with_capacity(n);
+    let mut sids = Vec::with_capacity(n * 3);
+    while seen.len() < n {
+        let sid = [rng.random_range(0..codes), rng.random_range(0..codes), rng.random_range(0..codes)];
+        if seen.insert(sid) {
+            sids.extend(sid);
+        }
+    }
+    Ok(Trie::build(&sids, 3, &[codes; 3])?)
+}
+
+/// What a request carries at the last level: its history's 20 items banned
+/// (random leaves here), as every real request excludes what it has seen.
+fn history_bans(trie: &Trie, requests: usize, rng: &mut ChaCha8Rng) -> LevelFilters {
+    use crate::generate::kernel::NodeLists;
+    let ls = trie.arrays().level_start;
+    let lists = (0..requests).map(|_| (0..20).map(|_| rng.random_range(ls[3]..ls[4])).collect::<Vec<u32>>());
+    LevelFilters { allow: None, ban: Some(NodeLists::from_lists(lists)) }
+}
+
 /// Random beams at `depth`: live nodes of that depth, finite scores, a few
 /// dead beams; logits in a row wider than the level (as in the real vocabulary).
 struct RandomStep {
@@ -325,14 +363,16 @@ fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, CheckError>
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cases = 0;
     let mut worst = 0f32;
-    for case in 0..12u64 {
+    // cases 12-15: OneRec-wide levels of 8,192 codes
+    for case in 0..16u64 {
         let n = [300usize, 5_000, 60_000][case as usize % 3];
-        let trie = random_trie(n, seed + case)?;
+        let width = if case < 12 { 256 } else { 8192 };
+        let trie = random_trie_of(n, width, seed + case)?;
         for depth in 0..3 {
             let requests = [1usize, 5, 17][rng.random_range(0..3)];
             let beams_in = if depth == 0 { 1 } else { [1usize, 16, 64][rng.random_range(0..3)] };
             let beams_out = [1usize, 10, 64, 256][rng.random_range(0..4)];
-            let codes = 256;
+            let codes = width as usize;
             let mut st = random_step(&trie, depth, requests * beams_in, codes, &mut rng);
             if case % 4 == 3 {
                 poison(&mut st, &mut rng);
@@ -375,31 +415,44 @@ fn time_steps(run: &mut dyn StepRunner, opts: &CheckOptions, bandwidth: Option<f
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let floor_launch = run.launch_floor()?;
     let mut rows = Vec::new();
-    for &n in &opts.trie_items {
-        let t0 = Instant::now();
-        let trie = random_trie(n, opts.seed)?;
-        eprintln!("gpu-check: trie of {} items built in {:.1} s", trie.num_items(), t0.elapsed().as_secs_f64());
-        for (depth, layout) in [(1usize, "dense"), (2, "csr")] {
-            for &r in &opts.batches {
-                for &b in &opts.beams {
-                    let codes = 256;
-                    let st = random_step(&trie, depth, r * b, codes, &mut rng);
-                    let shape = StepShape { requests: r, beams_in: b, beams_out: b, codes };
-                    let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm: Some(&st.norm), scores: &st.scores, nodes: &st.nodes };
-                    let (_, mut times) = run.run(&trie, depth, shape, &input, &LevelFilters::default(), opts.reps.max(1))?;
-                    times.sort_by(f64::total_cmp);
-                    let med = percentile(&times, 0.5).unwrap_or(0.0);
-                    // bytes the step cannot avoid: its logits window, normalisers,
-                    // beam state in and out, and the trie rows of its beams
-                    let ls = trie.arrays().level_start;
-                    let children = if depth == 1 { codes } else { ((ls[4] - ls[3]) as usize).div_ceil(((ls[3] - ls[2]) as usize).max(1)) + 2 };
-                    let bytes = (r * b) * (codes * 4 + 4 + 8 + children * 4) + r * b * 24;
-                    let floor_mem = bandwidth.map(|gbs| bytes as f64 / (gbs * 1e9));
-                    rows.push(json!({
-                        "items": trie.num_items(), "depth": depth, "layout": layout, "batch": r, "beam": b,
-                        "step_us": med * 1e6, "floor_memory_us": floor_mem.map(|f| f * 1e6), "floor_launch_us": floor_launch * 1e6,
-                        "bytes": bytes,
-                    }));
+    for &codes in &opts.step_codes {
+        for &n in &opts.trie_items {
+            if codes != 256 && n > 1_000_000 {
+                continue; // 10^7 of 8,192^3: the same CSR depths as 10^6, at 10x the build time
+            }
+            let t0 = Instant::now();
+            let trie = random_trie_of(n, codes, opts.seed)?;
+            eprintln!("gpu-check: trie of {} items ({codes} codes per level) built in {:.1} s", trie.num_items(), t0.elapsed().as_secs_f64());
+            for depth in [1usize, 2] {
+                let layout = if trie.arrays().dense_table(depth).is_some() { "dense" } else { "csr" };
+                for &r in &opts.batches {
+                    for &b in &opts.beams {
+                        let codes = codes as usize;
+                        let st = random_step(&trie, depth, r * b, codes, &mut rng);
+                        let shape = StepShape { requests: r, beams_in: b, beams_out: b, codes };
+                        let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm: Some(&st.norm), scores: &st.scores, nodes: &st.nodes };
+                        // the last level carries each request's exclusions
+                        let filters = if depth == 2 { history_bans(&trie, r, &mut rng) } else { LevelFilters::default() };
+                        let (_, mut times) = run.run(&trie, depth, shape, &input, &filters, opts.reps.max(1))?;
+                        times.sort_by(f64::total_cmp);
+                        let med = percentile(&times, 0.5).unwrap_or(0.0);
+                        // bytes the step cannot avoid: its logits window, normalisers,
+                        // beam state in and out, and the trie rows of its beams
+                        let ls = trie.arrays().level_start;
+                        let children = if layout == "dense" {
+                            codes
+                        } else {
+                            ((ls[depth + 2] - ls[depth + 1]) as usize).div_ceil(((ls[depth + 1] - ls[depth]) as usize).max(1)) + 2
+                        };
+                        let bytes = (r * b) * (codes * 4 + 4 + 8 + children * 4) + r * b * 24;
+                        let floor_mem = bandwidth.map(|gbs| bytes as f64 / (gbs * 1e9));
+                        rows.push(json!({
+                            "items": trie.num_items(), "codes": codes, "depth": depth, "layout": layout, "batch": r, "beam": b,
+                            "filters": if depth == 2 { "20 banned items per request" } else { "none" },
+                            "step_us": med * 1e6, "floor_memory_us": floor_mem.map(|f| f * 1e6), "floor_launch_us": floor_launch * 1e6,
+                            "bytes": bytes,
+                        }));
+                    }
                 }
             }
         }
@@ -559,10 +612,10 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
 
     println!("\n## 2. Beam step time (median of {} runs; floors: bytes / {} GB/s, and an empty kernel's launch + sync)", opts.reps,
         bandwidth.map(|b| b.to_string()).unwrap_or_else(|| "?".into()));
-    println!("| items | layout | batch | beam | step µs | memory floor µs | launch floor µs |\n|---|---|---|---|---|---|---|");
+    println!("| items | codes | depth | layout | batch | beam | step µs | memory floor µs | launch floor µs |\n|---|---|---|---|---|---|---|---|---|");
     let timing = soft("beam step time", time_steps(step.as_mut(), opts, bandwidth).map(Value::from));
     for r in timing.as_array().into_iter().flatten() {
-        println!("| {} | {} | {} | {} | {:.1} | {} | {:.1} |", r["items"], r["layout"].as_str().unwrap_or(""), r["batch"], r["beam"],
+        println!("| {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.1} |", r["items"], r["codes"], r["depth"], r["layout"].as_str().unwrap_or(""), r["batch"], r["beam"],
             r["step_us"].as_f64().unwrap_or(0.0),
             r["floor_memory_us"].as_f64().map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
             r["floor_launch_us"].as_f64().unwrap_or(0.0));
@@ -629,7 +682,10 @@ mod tests {
         let r = run(&opts).unwrap();
         assert_eq!(r["correctness"]["steps"]["ok"], true);
         assert_eq!(r["correctness"]["end_to_end"]["identical_lists"], 64);
-        assert_eq!(r["step_times"].as_array().unwrap().len(), 2 * 2);
+        // 2 code widths x 2 depths x 2 batches x 1 beam
+        let rows = r["step_times"].as_array().unwrap();
+        assert_eq!(rows.len(), 2 * 2 * 2, "{rows:?}");
+        assert!(rows.iter().any(|x| x["codes"] == 8192) && rows.iter().any(|x| x["filters"] != "none"));
         assert_eq!(r["end_to_end"].as_array().unwrap().len(), 2);
     }
 
