@@ -79,21 +79,21 @@ fn unpermute(q: &QTensor, heads: usize) -> Result<QTensor, ColdStartError> {
 }
 
 /// Block type that blocks without a fast CPU product are converted to: Q8_0
-/// holds a Q4_1 model's values almost exactly (SmolLM2's log-probabilities
-/// stay as close to the f32 model's as candle's own Q4_1 model), where
-/// re-quantizing to Q4_0 moved them by up to 3.4 nats among the likeliest
-/// tokens.
+/// holds a Q5 model's values almost exactly, where re-quantizing to Q4_0
+/// moved SmolLM2's log-probabilities by up to 3.4 nats among the likeliest
+/// tokens. (Q4_1 blocks stay: genrec multiplies them itself, see
+/// [`crate::model::q4_1`].)
 const FAST_TARGET: GgmlDType = GgmlDType::Q8_0;
 
 /// Rows converted at a time (bounds the f32 copy a conversion makes).
 const CONVERT_ROWS: usize = 2048;
 
-/// `q` in blocks candle multiplies with SIMD on x86 and ARM, if it is not:
-/// Q4_0, Q8_0 and the K-quants stay as they are (`None`); Q4_1, Q5_0 and
-/// Q5_1 (scalar products in candle, several times slower) are converted to
+/// `q` in blocks multiplied with SIMD on x86, if it is not: Q4_0, Q4_1, Q8_0
+/// and the K-quants stay as they are (`None`); Q5_0 and Q5_1 (scalar
+/// products in candle, several times slower) are converted to
 /// [`FAST_TARGET`], a few rows at a time. Vectors (f32) stay.
 fn converted(q: &QTensor) -> Result<Option<QTensor>, ColdStartError> {
-    if !matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) {
+    if !matches!(q.dtype(), GgmlDType::Q5_0 | GgmlDType::Q5_1) {
         return Ok(None);
     }
     let dev = Device::Cpu;
@@ -138,7 +138,7 @@ pub fn load(path: &Path) -> Result<GgufModel, ColdStartError> {
     let mut quant = HashMap::new();
     let mut dense = HashMap::new();
     // the embedding table is only looked up (rows dequantised one by one): it
-    // keeps its blocks; a tied output layer gets its own copy in fast blocks
+    // keeps its blocks; a tied output layer shares them (Q4_1) or gets its own copy in fast blocks
     let embed = Arc::new(read("token_embd.weight")?);
     let vocab = embed.shape().dims2()?.0;
     let head = match ct.tensor_infos.contains_key("output.weight") {

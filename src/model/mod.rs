@@ -14,6 +14,7 @@ pub mod init;
 pub mod kv;
 pub mod profile_vocab;
 pub mod proj;
+pub mod q4_1;
 mod rope;
 pub mod shards;
 pub mod sidecar;

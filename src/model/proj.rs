@@ -10,10 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use super::q4_1::Q41Matrix;
 use super::transformer::serve_linear;
 use super::ModelError;
 
@@ -23,6 +24,8 @@ pub enum Proj {
     Dense(Linear),
     /// Quantized blocks, multiplied as stored.
     Quant(QMatMul),
+    /// Q4_1 blocks, multiplied as stored by genrec's own kernel.
+    Q41(Q41Matrix),
 }
 
 impl Proj {
@@ -31,6 +34,7 @@ impl Proj {
         match self {
             Proj::Dense(l) => Ok(l.forward(x)?),
             Proj::Quant(q) => Ok(q.forward(&x.contiguous()?)?),
+            Proj::Q41(q) => q.forward(x),
         }
     }
 
@@ -38,14 +42,14 @@ impl Proj {
     pub fn serve(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         match self {
             Proj::Dense(l) => serve_linear(l, x),
-            Proj::Quant(_) => self.forward(x),
+            Proj::Quant(_) | Proj::Q41(_) => self.forward(x),
         }
     }
 
     pub fn dense(&self) -> Option<&Linear> {
         match self {
             Proj::Dense(l) => Some(l),
-            Proj::Quant(_) => None,
+            Proj::Quant(_) | Proj::Q41(_) => None,
         }
     }
 }
@@ -95,7 +99,7 @@ impl Embed {
     pub fn tied_head(&self) -> Result<Head, ModelError> {
         Ok(match self {
             Embed::Dense(t) => Head::Dense(t.clone()),
-            Embed::Quant(q) => Head::Quant(QMatMul::from_arc(q.clone())?),
+            Embed::Quant(q) => quant_head(q.clone())?,
         })
     }
 }
@@ -105,6 +109,16 @@ impl Embed {
 pub enum Head {
     Dense(Tensor),
     Quant(QMatMul),
+    /// Q4_1 blocks (a tied one shares the embedding table's).
+    Q41(Q41Matrix),
+}
+
+/// A quantized output layer: Q4_1 through genrec's kernel, others through candle's.
+fn quant_head(q: Arc<QTensor>) -> Result<Head, ModelError> {
+    Ok(match q.dtype() {
+        GgmlDType::Q4_1 => Head::Q41(Q41Matrix::new(q)?),
+        _ => Head::Quant(QMatMul::from_arc(q)?),
+    })
 }
 
 /// Where the decoder's tensors come from, by transformers' names.
@@ -177,7 +191,11 @@ impl Weights for QuantWeights {
         if bias {
             return Err(ModelError::Weights(format!("{name}: quantized projections with a bias are not read")));
         }
-        Ok(Proj::Quant(QMatMul::from_arc(self.take(&format!("{name}.weight"), (out, inp))?)?))
+        let q = self.take(&format!("{name}.weight"), (out, inp))?;
+        Ok(match q.dtype() {
+            GgmlDType::Q4_1 => Proj::Q41(Q41Matrix::new(q)?),
+            _ => Proj::Quant(QMatMul::from_arc(q)?),
+        })
     }
 
     fn embed(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embed, ModelError> {
@@ -185,7 +203,7 @@ impl Weights for QuantWeights {
     }
 
     fn head(&self, name: &str, vocab: usize, hidden: usize) -> Result<Head, ModelError> {
-        Ok(Head::Quant(QMatMul::from_arc(self.take(name, (vocab, hidden))?)?))
+        quant_head(self.take(name, (vocab, hidden))?)
     }
 
     fn dtype(&self) -> DType {
