@@ -253,16 +253,7 @@ fn random_trie_of(n: usize, codes: u32, seed: u64) -> Result<Trie, CheckError> {
     if n as f64 > space / 2.0 {
         return Err(CheckError::Other(format!("{n} items do not fit half of a {codes}^3 code space")));
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut seen = HashSet::with_capacity(n);
-    let mut sids = Vec::with_capacity(n * 3);
-    while seen.len() < n {
-        let sid = [rng.random_range(0..codes), rng.random_range(0..codes), rng.random_range(0..codes)];
-        if seen.insert(sid) {
-            sids.extend(sid);
-        }
-    }
-    Ok(Trie::build(&sids, 3, &[codes; 3])?)
+    Ok(Trie::build(&synthetic::random_sids(n, &[codes; 3], seed), 3, &[codes; 3])?)
 }
 
 /// What a request carries at the last level: its history's 20 items banned

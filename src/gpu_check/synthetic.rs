@@ -22,6 +22,21 @@ pub struct Synthetic {
     pub items: usize,
 }
 
+/// `n` distinct semantic IDs drawn uniformly from the code space of
+/// `sizes`, flat (`sids[i * levels + l]`), in drawing order.
+pub fn random_sids(n: usize, sizes: &[u32], seed: u64) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut seen = HashSet::with_capacity(n);
+    let mut sids = Vec::with_capacity(n * sizes.len());
+    while seen.len() < n {
+        let sid: Vec<u32> = sizes.iter().map(|&s| rng.random_range(0..s)).collect();
+        if seen.insert(sid.clone()) {
+            sids.extend(sid);
+        }
+    }
+    sids
+}
+
 impl Synthetic {
     /// `items` distinct random semantic IDs, uniform over the layout's code
     /// space (item ids `"0"`, `"1"`, ...; a one-dimensional zero embedding).
@@ -31,15 +46,7 @@ impl Synthetic {
         if self.items == 0 || self.items as f64 > space / 2.0 {
             return Err(CheckError::Other(format!("{} items do not fit half of a {sizes:?} code space", self.items)));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut seen = HashSet::with_capacity(self.items);
-        let mut sids = Vec::with_capacity(self.items * sizes.len());
-        while seen.len() < self.items {
-            let sid: Vec<u32> = sizes.iter().map(|&s| rng.random_range(0..s)).collect();
-            if seen.insert(sid.clone()) {
-                sids.extend(sid);
-            }
-        }
+        let sids = random_sids(self.items, &sizes, seed);
         let ids: Vec<String> = (0..self.items).map(|i| i.to_string()).collect();
         let manifest = Manifest::new("synthetic", self.items, sizes, 1, "none", seed, catalog_fingerprint(&ids, &sids));
         Ok(Catalog::new(manifest, ids.clone(), ids, sids, vec![0.0; self.items], Vec::new())?)
