@@ -97,10 +97,17 @@ unsafe fn dot_avx2(row: &[u8], x: &XRow) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), t, acc);
         msum += m * x.sum[b];
     }
-    let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    hsum(acc) + msum
+}
+
+/// The sum of a vector's eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    let one = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
-    _mm_cvtss_f32(one) + msum
+    _mm_cvtss_f32(_mm_add_ss(half, _mm_shuffle_ps(half, half, 1)))
 }
 
 /// [`dot_avx2`] for four activation rows at once: each block's codes are
@@ -131,13 +138,7 @@ unsafe fn dot4_avx2(row: &[u8], x: [&XRow; 4]) -> [f32; 4] {
             msum[k] += m * x[k].sum[b];
         }
     }
-    let mut out = [0f32; 4];
-    for k in 0..4 {
-        let half = _mm_add_ps(_mm256_castps256_ps128(acc[k]), _mm256_extractf128_ps(acc[k], 1));
-        let half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        out[k] = _mm_cvtss_f32(_mm_add_ss(half, _mm_shuffle_ps(half, half, 1))) + msum[k];
-    }
-    out
+    [hsum(acc[0]) + msum[0], hsum(acc[1]) + msum[1], hsum(acc[2]) + msum[2], hsum(acc[3]) + msum[3]]
 }
 
 fn has_avx2() -> bool {
