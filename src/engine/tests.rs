@@ -20,7 +20,9 @@ fn req(history: &[&str], k: usize, strategy: Strategy) -> RecRequest {
         k,
         exclude_history: true,
         user_id: None,
-        timeout_ms: None,
+        // far above the 500 ms default: a loaded test machine (or a panic
+        // printing its backtrace) must not turn an answer into a deadline
+        timeout_ms: Some(30_000),
         strategy,
         profile: None,
         steering: Steering::Soft,
