@@ -10,9 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use genrec::catalog::Catalog;
 use genrec::dataset::{self, demo, Split};
 use genrec::engine::pair::check_pair;
-use genrec::engine::Pair;
 use genrec::generate::Scoring;
-use genrec::model::Model;
+use genrec::model::{Ensemble, Model};
 use genrec::train::{self, EvalOptions, TrainOptions};
 
 mod catalog_cmd;
@@ -155,6 +154,13 @@ struct TrainArgs {
     /// models is much faster than splitting every matrix product.
     #[arg(long)]
     threads: Option<usize>,
+    /// Models to train and serve together (an ensemble searched by the mean
+    /// of their log-probabilities): the same settings with seeds SEED,
+    /// SEED+1, ...; the first is written to OUT, the others to
+    /// OUT/members/1, ..., and OUT's genrec.json lists them, so OUT serves
+    /// and hot-swaps as one model. Training takes N times as long.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
+    members: usize,
 }
 
 fn default_averages() -> Vec<String> {
@@ -333,19 +339,34 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             }
         },
     };
-    let report = train::train(&catalog, &a.catalog, &inter, &opts, &a.out, &mut |l| eprintln!("{l}"))?;
-    println!(
-        "trained {} parameters for {} steps in {:.0}s, final epoch loss {:.4}; wrote {}",
-        report.parameters,
-        report.steps,
-        report.seconds,
-        report.final_loss,
-        a.out.display()
-    );
+    let mut member_dirs = Vec::new();
+    for k in 0..a.members {
+        let rel = format!("{}/{k}", genrec::model::ensemble::MEMBERS_DIR);
+        let out = if k == 0 { a.out.clone() } else { a.out.join(&rel) };
+        let opts = TrainOptions { seed: a.seed + k as u64, ..opts.clone() };
+        if a.members > 1 {
+            eprintln!("train: member {} of {} (seed {}) -> {}", k + 1, a.members, opts.seed, out.display());
+        }
+        let report = train::train(&catalog, &a.catalog, &inter, &opts, &out, &mut |l| eprintln!("{l}"))?;
+        println!(
+            "trained {} parameters for {} steps in {:.0}s, final epoch loss {:.4}; wrote {}",
+            report.parameters,
+            report.steps,
+            report.seconds,
+            report.final_loss,
+            out.display()
+        );
+        if k > 0 {
+            member_dirs.push(rel);
+        }
+    }
+    // the lead's sidecar lists the others last: until then OUT is a
+    // complete single model
+    genrec::model::ensemble::list_members(&a.out, &member_dirs)?;
     if a.valid_users > 0 {
-        let model = Model::load(&a.out, &candle_core::Device::Cpu)?;
+        let model = Ensemble::load_as(&a.out, &candle_core::Device::Cpu, candle_core::DType::F32)?;
         let o = EvalOptions::validation(a.valid_users);
-        let m = train::evaluate(&model, &catalog, &inter, &o, |d, t| progress("validation", d, t))?;
+        let m = train::evaluate_ensemble(&model.members(), &catalog, &inter, &o, |d, t| progress("validation", d, t))?;
         println!("validation: {}", serde_json::to_string(&m)?);
     }
     Ok(())
@@ -353,16 +374,28 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let t0 = Instant::now();
-    let (first, rest) = a.model.split_first().context("--model is required")?;
-    let snap = Pair::load(first, a.catalog.as_deref(), &candle_core::Device::Cpu)?;
-    let catalog = &snap.catalog;
-    let mut others = Vec::new();
-    for dir in rest {
-        let m = Model::load(dir, &candle_core::Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
-        check_pair(&m, catalog).with_context(|| format!("{} and the catalog", dir.display()))?;
-        others.push(m);
+    // every folder's members (an ensemble folder gives all of its own)
+    let mut loaded = Vec::new();
+    for dir in &a.model {
+        let e = Ensemble::load_as(dir, &candle_core::Device::Cpu, candle_core::DType::F32)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        loaded.push((dir, e));
     }
-    let models: Vec<&Model> = std::iter::once(snap.model.as_ref()).chain(&others).collect();
+    let catalog_dir = match (&a.catalog, loaded.first()) {
+        (Some(c), _) => c.clone(),
+        (None, Some((_, e))) => e.catalog_dir().context("the model names no catalog: pass --catalog")?,
+        (None, None) => anyhow::bail!("--model is required"),
+    };
+    let catalog = &Catalog::load(&catalog_dir)?;
+    for (dir, e) in &loaded {
+        for m in e.members() {
+            check_pair(m, catalog).with_context(|| format!("{} and the catalog", dir.display()))?;
+        }
+    }
+    let models: Vec<&Model> = loaded.iter().flat_map(|(_, e)| e.members()).collect();
+    if models.len() > 1 {
+        eprintln!("eval: {} models searched together", models.len());
+    }
     let inter = dataset::load_interactions(&a.data)?;
     let split = match a.split {
         SplitArg::Valid => Split::Valid,

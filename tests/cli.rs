@@ -69,6 +69,22 @@ fn demo_data_index_train_eval() {
     let pair: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(pair, m);
 
+    // two members: seeds 42 and 43, the second under ens/members/1, listed
+    // by the lead's sidecar; the folder evaluates (and serves) as one model
+    let (out, err) = run(&[
+        "train", "--data", &d("data/demo.inter.json"), "--catalog", &d("cat"), "--out", &d("ens"), "--epochs", "1",
+        "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--ff", "64", "--batch-size", "32",
+        "--valid-users", "20", "--members", "2",
+    ]);
+    assert!(err.contains("member 2 of 2 (seed 43)"), "{err}");
+    assert_eq!(out.matches("trained ").count(), 2, "{out}");
+    let side: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.0.join("ens/genrec.json")).unwrap()).unwrap();
+    assert_eq!(side["members"], serde_json::json!(["members/1"]));
+    let w = |p: &str| std::fs::read(tmp.0.join(p).join("model.safetensors")).unwrap();
+    assert_ne!(w("ens"), w("ens/members/1"), "the members' seeds differ");
+    let (_, err) = run(&["eval", "--data", &d("data/demo.inter.json"), "--model", &d("ens"), "--max-users", "40"]);
+    assert!(err.contains("2 models"), "{err}");
+
     // bad input fails with a message naming the problem
     let out = Command::new(common::bin())
         .args(["index", "--items", &d("missing.item.json"), "--out", &d("x")])

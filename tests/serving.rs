@@ -474,3 +474,65 @@ async fn watch_loads_new_checkpoints_skips_staging_and_respects_rollback() {
     variant(&root.0, "a", &root.0.join("d"), 2);
     wait_for(Box::new(|v| v["source"].as_str().is_some_and(|s| s.ends_with("/d"))), "d was not loaded").await;
 }
+
+/// Makes `root/name` a copy of checkpoint `a` whose sidecar lists `members`;
+/// each member that stays under it is a copy of `b`.
+fn ensemble_folder(root: &TempDir, name: &str, members: &[&str]) {
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for f in ["config.json", "model.safetensors", "genrec.json"] {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    };
+    let dir = root.0.join(name);
+    copy(&root.0.join("a"), &dir);
+    for m in members.iter().filter(|m| !m.contains("..")) {
+        copy(&root.0.join("b"), &dir.join(m));
+    }
+    let mut side: Value = serde_json::from_slice(&std::fs::read(dir.join("genrec.json")).unwrap()).unwrap();
+    side["members"] = json!(members);
+    std::fs::write(dir.join("genrec.json"), side.to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn an_ensemble_folder_loads_serves_and_starts_as_one_model() {
+    let root = model_root();
+    ensemble_folder(&root, "ens", &["members/1"]);
+    ensemble_folder(&root, "escapes", &["../b"]);
+    ensemble_folder(&root, "absent", &["members/9"]);
+    std::fs::remove_dir_all(root.0.join("absent/members/9")).unwrap();
+    ensemble_folder(&root, "nested", &["members/1"]);
+    let side = root.0.join("nested/members/1/genrec.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
+    v["members"] = json!(["x"]);
+    std::fs::write(&side, v.to_string()).unwrap();
+
+    let s = start(&root, &[]);
+    let c = reqwest::Client::new();
+    let body = json!({"history": ["3", "17"], "k": 10, "strategy": "generative"});
+    let (_, alone) = recommend(&c, &s, body.clone()).await;
+    let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": "ens"}))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["current"]["members"], 2, "{v}");
+    assert_eq!(v["previous"]["members"], 1, "{v}");
+    let ens_version = v["current"]["version"].as_str().unwrap().to_string();
+    assert_ne!(ens_version, v["previous"]["version"].as_str().unwrap());
+    // b is a with one bit changed: their mean ranks as a does
+    let (st, both) = recommend(&c, &s, body.clone()).await;
+    assert_eq!(st, 200, "{both}");
+    assert!(version(&both).ends_with(&ens_version), "{both}");
+    let items = |v: &Value| v["items"].as_array().unwrap().iter().map(|i| i["item_id"].clone()).collect::<Vec<_>>();
+    assert_eq!(items(&both), items(&alone));
+    for (path, why) in [("escapes", "../b"), ("absent", "members/9"), ("nested", "nest")] {
+        let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
+        assert_eq!(st, 422, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{path}: {v}");
+    }
+    let (_, v) = admin(&c, &s, reqwest::Method::GET, "/admin/models", None).await;
+    assert_eq!(v["current"]["version"], ens_version.as_str(), "a refused ensemble changed nothing: {v}");
+    // a server started on the folder serves the ensemble
+    let ens = root.0.join("ens");
+    let s2 = Server::start(&["--model", ens.to_str().unwrap(), "--admin-token", TOKEN]);
+    let (_, v) = admin(&c, &s2, reqwest::Method::GET, "/admin/models", None).await;
+    assert_eq!((v["current"]["members"].as_u64(), v["current"]["version"].as_str()), (Some(2), Some(ens_version.as_str())), "{v}");
+}

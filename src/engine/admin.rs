@@ -11,28 +11,30 @@ use super::pair::check_pair;
 use super::state::{LoadedModel, ModelInfo};
 use super::{Engine, EngineError};
 use crate::catalog::embed::TextEncoder;
-use crate::generate::{generate, GenRequest};
-use crate::model::Model;
+use crate::generate::{generate_ensemble, GenRequest, Scoring};
+use crate::model::{Ensemble, Model};
 
 impl Engine {
     fn lock_admin(&self) -> std::sync::MutexGuard<'_, ()> {
         self.admin_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks a model against the catalog in service and runs one smoke
-    /// generation over the longest history it will be given
-    /// (`max_history_items` items); the model is not swapped in.
-    fn validate(&self, model: &Model) -> Result<(), EngineError> {
+    /// Checks a model (every member of an ensemble) against the catalog in
+    /// service and runs one smoke generation over the longest history it will
+    /// be given (`max_history_items` items); the model is not swapped in.
+    fn validate(&self, model: &Ensemble) -> Result<(), EngineError> {
         let cat = self.catalog();
-        check_pair(model, &cat.catalog).map_err(|e| EngineError::Refused(e.to_string()))?;
-        let longest = model.sidecar.max_history_items;
+        for m in model.members() {
+            check_pair(m, &cat.catalog).map_err(|e| EngineError::Refused(e.to_string()))?;
+        }
+        let longest = model.sidecar().max_history_items;
         let served: Vec<u32> = (0..cat.catalog.len() as u32).filter(|&i| cat.serves(i)).take(longest).collect();
         if served.is_empty() {
             return Ok(()); // nothing to generate over yet
         }
         let history: Vec<u32> = served.iter().copied().cycle().take(longest).collect();
         let req = GenRequest { history, k: 1, exclude: Default::default(), ..Default::default() };
-        let out = generate(model, &cat.catalog, &[req], self.opts.batch.beam)
+        let out = generate_ensemble(&model.members(), &cat.catalog, &[req], self.opts.batch.beam, Scoring::Model)
             .map_err(|e| EngineError::Refused(format!("smoke generation failed: {e}")))?;
         if out.hits.first().is_none_or(|h| h.is_empty()) && cat.catalog.served_len() > 1 {
             return Err(EngineError::Refused("smoke generation returned no item".into()));
@@ -40,14 +42,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Validates `model` (see [`Engine::validate`]) and swaps it in; the model
-    /// it replaces is kept for [`Engine::rollback`].
-    pub fn install(&self, model: Model, source: String) -> Result<ModelInfo, EngineError> {
+    /// Validates `model` (one model or an ensemble; see [`Engine::validate`])
+    /// and swaps it in; the model it replaces is kept for [`Engine::rollback`].
+    pub fn install(&self, model: impl Into<Ensemble>, source: String) -> Result<ModelInfo, EngineError> {
         let _g = self.lock_admin();
-        self.install_locked(model, source)
+        self.install_locked(model.into(), source)
     }
 
-    fn install_locked(&self, model: Model, source: String) -> Result<ModelInfo, EngineError> {
+    fn install_locked(&self, model: Ensemble, source: String) -> Result<ModelInfo, EngineError> {
         self.validate(&model)?;
         let loaded = Arc::new(LoadedModel::new(model, source));
         let info = loaded.info();
@@ -87,13 +89,27 @@ impl Engine {
     /// [`Engine::load_checkpoint`] on this engine alone.
     pub(super) fn load_checkpoint_here(&self, path: &str) -> Result<ModelInfo, EngineError> {
         let dir = self.open_checkpoint(path)?;
+        let _g = self.lock_admin();
+        let lead = self.load_opened(&dir)?;
+        // an ensemble's members: folders under the lead's, opened from the
+        // root like it (no link followed)
+        let model = Ensemble::with_members(lead, |rel| {
+            let member = self.open_checkpoint(&format!("{}/{rel}", path.trim_end_matches('/'))).map_err(|e| {
+                crate::model::ModelError::Sidecar(format!("member {rel}: {e}"))
+            })?;
+            self.load_opened(&member).map_err(|e| crate::model::ModelError::Sidecar(format!("member {rel}: {e}")))
+        })
+        .map_err(|e| EngineError::Refused(e.to_string()))?;
+        self.install_locked(model, dir.path().display().to_string())
+    }
+
+    /// Loads the model in an opened checkpoint folder onto the engine's device.
+    fn load_opened(&self, dir: &CheckpointDir) -> Result<Model, EngineError> {
         let read = |f: &str| dir.read(f).map_err(|e| EngineError::Refused(e.to_string()));
         let (config, sidecar) = (read(crate::model::CONFIG_FILE)?, read(crate::model::sidecar::SIDECAR_FILE)?);
         let weights = crate::model::WeightFiles::open(|f| dir.file(f)).map_err(|e| EngineError::Refused(e.to_string()))?;
-        let _g = self.lock_admin();
-        let model = Model::load_opened(&config, &weights, &sidecar, dir.path(), &self.opts.device, self.opts.dtype)
-            .map_err(|e| EngineError::Refused(e.to_string()))?;
-        self.install_locked(model, dir.path().display().to_string())
+        Model::load_opened(&config, &weights, &sidecar, dir.path(), &self.opts.device, self.opts.dtype)
+            .map_err(|e| EngineError::Refused(e.to_string()))
     }
 
     /// The model in service and the one before it.
@@ -120,7 +136,8 @@ impl Engine {
         let _g = self.lock_admin();
         let mut prev = self.previous.lock().unwrap_or_else(|p| p.into_inner());
         let back = prev.take().ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
-        if let Err(e) = check_pair(&back.model, &self.catalog().catalog) {
+        let cat = self.catalog();
+        if let Err(e) = back.model.members().into_iter().try_for_each(|m| check_pair(m, &cat.catalog)) {
             *prev = Some(back);
             return Err(e);
         }

@@ -161,7 +161,7 @@ impl Engine {
             (Strategy::Auto, None) => return self.ann_shares(answer, cat, r, &shares, FallbackReason::NoModel),
             (_, Some(m)) => m,
         };
-        let (profile_tokens, profile_note) = profile_tokens(&model.model.sidecar, profile);
+        let (profile_tokens, profile_note) = profile_tokens(model.model.sidecar(), profile);
         answer.profile_note = profile_note;
         let call = Steered { req, cat, r, model, deadline, profile_tokens };
         match req.steering {
@@ -185,7 +185,7 @@ impl Engine {
         let Steered { req, cat, r, model, deadline, profile_tokens } = call;
         let codes = model
             .model
-            .sidecar
+            .sidecar()
             .codebook_sizes
             .first()
             .copied()

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::state::{ServedCatalog, LoadedModel};
-use crate::generate::{generate, GenRequest, Hit};
+use crate::generate::{generate_ensemble, GenRequest, Hit, Scoring};
 
 /// Batching settings.
 #[derive(Debug, Clone)]
@@ -270,7 +270,7 @@ fn run_batch(batch: Vec<Job>, beam: usize, shared: &Shared, observer: &dyn Batch
     let (mut live, _dropped): (Vec<Job>, Vec<Job>) =
         batch.into_iter().partition(|j| !j.reply.is_closed() && j.deadline > now);
     let Some(first) = live.first() else { return };
-    let longest = first.model.model.sidecar.max_history_items.max(1);
+    let longest = first.model.model.sidecar().max_history_items.max(1);
     let len = |j: &Job| j.req.history.len().clamp(1, longest);
     live.sort_by_key(len);
     while !live.is_empty() {
@@ -297,7 +297,7 @@ fn run_group(live: Vec<Job>, beam: usize, now: Instant, shared: &Shared, observe
         if shared.panic_next.swap(false, Ordering::SeqCst) {
             panic!("injected by a test");
         }
-        generate(&model.model, &catalog.catalog, &reqs, beam)
+        generate_ensemble(&model.model.members(), &catalog.catalog, &reqs, beam, Scoring::Model)
     }));
     let result = match result {
         Ok(r) => r.map_err(|e| e.to_string()),

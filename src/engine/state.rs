@@ -10,12 +10,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::model::Model;
+use crate::model::Ensemble;
 use crate::recall::Ann;
 
 /// A model in (or recently in) service.
 pub struct LoadedModel {
-    pub model: Model,
+    /// One model, or several searched together.
+    pub model: Ensemble,
     /// Folder it was loaded from, or "embedded".
     pub source: String,
     pub loaded_at: SystemTime,
@@ -29,10 +30,12 @@ pub struct ModelInfo {
     pub source: String,
     /// Seconds since the Unix epoch.
     pub loaded_at: f64,
+    /// Models searched together (1: a single model).
+    pub members: usize,
 }
 
 impl LoadedModel {
-    pub fn new(model: Model, source: String) -> Self {
+    pub fn new(model: Ensemble, source: String) -> Self {
         LoadedModel { model, source, loaded_at: SystemTime::now() }
     }
 
@@ -42,10 +45,11 @@ impl LoadedModel {
 
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
-            name: self.model.sidecar.name.clone(),
-            version: self.model.version.clone(),
+            name: self.model.sidecar().name.clone(),
+            version: self.model.version(),
             source: self.source.clone(),
             loaded_at: self.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            members: self.model.len(),
         }
     }
 }

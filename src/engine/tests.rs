@@ -352,3 +352,66 @@ async fn explored_items_come_from_intents_the_history_lacks() {
     assert!(explored.iter().all(|i| !seen.contains(&i.semantic_id[0])));
     assert!(a.items[..6].iter().all(|i| i.source == ItemSource::Generative));
 }
+
+/// The demo model with every weight moved by a fixed pattern of relative
+/// size `scale`: another model of the same layout (and version).
+fn perturbed_demo(scale: f32) -> crate::model::Model {
+    let dev = candle_core::Device::Cpu;
+    let bytes = include_bytes!("../../models/demo/model/model.safetensors");
+    let mut tensors = candle_core::safetensors::load_buffer(bytes, &dev).unwrap();
+    for t in tensors.values_mut() {
+        let n = t.elem_count();
+        let pattern = (candle_core::Tensor::arange(0u32, n as u32, &dev).unwrap().to_dtype(candle_core::DType::F32).unwrap() * 0.7)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape(t.shape())
+            .unwrap();
+        *t = (&*t + (t.broadcast_mul(&pattern).unwrap() * scale as f64).unwrap()).unwrap();
+    }
+    let weights = safetensors::serialize(&tensors, None).unwrap();
+    crate::model::Model::from_bytes(
+        include_bytes!("../../models/demo/model/config.json"),
+        &weights,
+        include_bytes!("../../models/demo/model/genrec.json"),
+        &dev,
+    )
+    .unwrap()
+}
+
+/// An installed ensemble answers with the search over its members' mean
+/// log-probability (the library's `generate_ensemble`), which differs from
+/// its lead's own answers; `GET /admin/models` counts its members, and its
+/// version is neither member's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ensemble_serves_the_search_over_its_members_mean() {
+    use crate::generate::{generate, generate_ensemble, GenRequest, Scoring};
+    let e = engine(false, EngineOptions::default());
+    let (a, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    let b = perturbed_demo(0.5);
+    let ens = crate::model::Ensemble::new(vec![a.clone(), b.clone()]).unwrap();
+    let info = e.install(ens, "two".into()).unwrap();
+    assert_eq!(info.members, 2);
+    assert!(info.version != a.version && info.version != b.version);
+    let cat = e.catalog();
+    let beam = EngineOptions::default().batch.beam;
+    let mut differ_from_lead = 0;
+    for start in 0..8u32 {
+        let hist: Vec<u32> = (0..3).map(|i| (start * 37 + i * 11) % cat.catalog.len() as u32).collect();
+        let names: Vec<String> = hist.iter().map(|&i| cat.catalog.item_id(i).to_string()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let served = e.recommend(&req(&names, 10, Strategy::Generative)).await.unwrap();
+        let q = GenRequest { history: hist.clone(), k: 10, exclude: hist.iter().copied().collect(), ..Default::default() };
+        let want = generate_ensemble(&[&a, &b], &cat.catalog, &[q.clone()], beam, Scoring::Model).unwrap();
+        let want: Vec<String> = want.hits[0].iter().map(|h| cat.catalog.item_id(h.item).to_string()).collect();
+        assert_eq!(ids(&served), want, "history {names:?}");
+        let lead = generate(&a, &cat.catalog, &[q], beam).unwrap();
+        let lead: Vec<String> = lead.hits[0].iter().map(|h| cat.catalog.item_id(h.item).to_string()).collect();
+        differ_from_lead += usize::from(lead != want);
+    }
+    assert!(differ_from_lead > 0, "the perturbed member never changed an answer: the test cannot tell the mean from the lead");
+    // members of another layout are refused
+    let mut other = b.clone();
+    other.sidecar.max_history_items += 1;
+    assert!(crate::model::Ensemble::new(vec![a, other]).is_err());
+}

@@ -108,16 +108,30 @@ impl Watcher {
         }
     }
 
-    /// The fingerprint of a folder's weights, as [`crate::model::Model`]
-    /// names its version.
+    /// The version a folder's model would have (see
+    /// [`crate::model::Ensemble::version`]): its weights' fingerprint, combined
+    /// with its members' for an ensemble.
     fn version_of(&self, name: &str) -> Result<String, String> {
         let d = self.root.open(name).map_err(|e| e.to_string())?;
-        let w = crate::model::WeightFiles::open(|f| d.file(f)).map_err(|e| e.to_string())?;
-        // SAFETY: read-only views of checkpoint files (see Model::load_opened)
-        let maps = w.files.iter().map(|(_, f)| unsafe { memmap2::Mmap::map(f) }).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-        let shards: Vec<(&str, &[u8])> = w.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
-        Ok(crate::model::shards::weights_version(&shards))
+        let sidecar: crate::model::Sidecar = serde_json::from_slice(&d.read(crate::model::sidecar::SIDECAR_FILE).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("{}: {e}", crate::model::sidecar::SIDECAR_FILE))?;
+        let mut versions = vec![weights_version(&d)?];
+        for rel in &sidecar.members {
+            crate::model::ensemble::check_member_path(rel).map_err(|e| e.to_string())?;
+            versions.push(weights_version(&self.root.open(&format!("{name}/{rel}")).map_err(|e| e.to_string())?)?);
+        }
+        Ok(crate::model::ensemble::combined_version(&versions))
     }
+}
+
+/// The fingerprint of an opened checkpoint folder's weights, as
+/// [`crate::model::Model`] names its version.
+fn weights_version(d: &super::model_root::CheckpointDir) -> Result<String, String> {
+    let w = crate::model::WeightFiles::open(|f| d.file(f)).map_err(|e| e.to_string())?;
+    // SAFETY: read-only views of checkpoint files (see Model::load_opened)
+    let maps = w.files.iter().map(|(_, f)| unsafe { memmap2::Mmap::map(f) }).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let shards: Vec<(&str, &[u8])> = w.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
+    Ok(crate::model::shards::weights_version(&shards))
 }
 
 /// Runs the watch every `every` until the engine is dropped.

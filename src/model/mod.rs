@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod ensemble;
 pub mod fastexp;
 pub mod fused;
 pub mod init;
@@ -30,6 +31,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::ModelConfig;
+pub use ensemble::Ensemble;
 pub use kv::{BeamKv, HistoryKv};
 pub use shards::WeightFiles;
 pub use sidecar::Sidecar;

@@ -42,6 +42,11 @@ pub struct Sidecar {
     /// Profile features the model reads after `bos` (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<ProfileVocab>,
+    /// Further models searched together with this one (an ensemble, see
+    /// [`super::ensemble`]): model folders under this one, by relative path
+    /// (`members/1`, ...). Empty: this model alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 impl Sidecar {
@@ -65,6 +70,7 @@ impl Sidecar {
             eos_token_id: 2,
             max_history_items,
             profile: None,
+            members: Vec::new(),
         }
     }
 

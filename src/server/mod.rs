@@ -226,7 +226,7 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     let (model, catalog_dir, source) = match (&args.model, args.no_model) {
         (_, true) => (None, args.catalog.clone().context("--no-model needs --catalog")?, String::new()),
         (Some(dir), false) => {
-            let m = crate::model::Model::load_as(dir, &dev, dtype).with_context(|| format!("loading the model {}", dir.display()))?;
+            let m = crate::model::Ensemble::load_as(dir, &dev, dtype).with_context(|| format!("loading the model {}", dir.display()))?;
             let cat = args
                 .catalog
                 .clone()
@@ -242,7 +242,7 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
                 anyhow::bail!("--feed needs a shared catalog folder: pass --catalog (or --model)");
             }
             let (m, c) = default_model::load_as(&dev, dtype.resolve(&dev, 0)).context("loading the embedded default model")?;
-            return finish_engine(args, Some((m, "embedded".to_string())), c, EditStore::Memory, dev, dtype);
+            return finish_engine(args, Some((m.into(), "embedded".to_string())), c, EditStore::Memory, dev, dtype);
         }
     };
     let t0 = std::time::Instant::now();
@@ -294,7 +294,7 @@ fn default_replica_name() -> String {
 
 fn finish_engine(
     args: &ServeArgs,
-    model: Option<(crate::model::Model, String)>,
+    model: Option<(crate::model::Ensemble, String)>,
     catalog: crate::catalog::Catalog,
     store: EditStore,
     dev: candle_core::Device,
