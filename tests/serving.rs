@@ -420,7 +420,7 @@ fn variant(root: &Path, from: &str, to: &Path, bit: usize) {
 /// `--watch` with a relative `--model-root`: a dot-folder being staged is
 /// not loaded; renamed into place with day-old file times, it is; a rollback
 /// holds (the watch does not load the rolled-back checkpoint again); a new
-/// checkpoint after it is loaded.
+/// checkpoint after it is loaded, and so is an ensemble whose lead was served.
 #[tokio::test]
 async fn watch_loads_new_checkpoints_skips_staging_and_respects_rollback() {
     let root = model_root();
@@ -473,6 +473,12 @@ async fn watch_loads_new_checkpoints_skips_staging_and_respects_rollback() {
     // until a new checkpoint comes
     variant(&root.0, "a", &root.0.join("d"), 2);
     wait_for(Box::new(|v| v["source"].as_str().is_some_and(|s| s.ends_with("/d"))), "d was not loaded").await;
+
+    // an ensemble whose lead is a copy of a (served before) is still new: its
+    // version is its members' together
+    ensemble_folder(&root, "e", &["members/1"]);
+    let e = wait_for(Box::new(|v| v["source"].as_str().is_some_and(|s| s.ends_with("/e"))), "e was not loaded").await;
+    assert_eq!(e["members"], 2, "{e}");
 }
 
 /// Makes `root/name` a copy of checkpoint `a` whose sidecar lists `members`;
