@@ -75,6 +75,9 @@ mod on_gpu {
         assert_eq!(e2e["identical_lists"], e2e["requests"], "{e2e}");
         assert!(e2e["tokens_cpu"].as_u64().unwrap() > 0, "{e2e}");
         assert_eq!(e2e["tokens_device"], e2e["tokens_cpu"], "tokens are counted alike: {e2e}");
+        let ens = &r["correctness"]["end_to_end_ensemble"];
+        assert_eq!(ens["identical_lists"], ens["requests"], "{ens}");
+        assert!(ens["lists_unlike_the_lead"].as_u64().unwrap() > 0, "{ens}");
     }
 
     /// `serve --device cuda:0` answers as the CPU server does.

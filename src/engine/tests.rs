@@ -353,32 +353,6 @@ async fn explored_items_come_from_intents_the_history_lacks() {
     assert!(a.items[..6].iter().all(|i| i.source == ItemSource::Generative));
 }
 
-/// The demo model with every weight moved by a fixed pattern of relative
-/// size `scale`: another model of the same layout (and version).
-fn perturbed_demo(scale: f32) -> crate::model::Model {
-    let dev = candle_core::Device::Cpu;
-    let bytes = include_bytes!("../../models/demo/model/model.safetensors");
-    let mut tensors = candle_core::safetensors::load_buffer(bytes, &dev).unwrap();
-    for t in tensors.values_mut() {
-        let n = t.elem_count();
-        let pattern = (candle_core::Tensor::arange(0u32, n as u32, &dev).unwrap().to_dtype(candle_core::DType::F32).unwrap() * 0.7)
-            .unwrap()
-            .sin()
-            .unwrap()
-            .reshape(t.shape())
-            .unwrap();
-        *t = (&*t + (t.broadcast_mul(&pattern).unwrap() * scale as f64).unwrap()).unwrap();
-    }
-    let weights = safetensors::serialize(&tensors, None).unwrap();
-    crate::model::Model::from_bytes(
-        include_bytes!("../../models/demo/model/config.json"),
-        &weights,
-        include_bytes!("../../models/demo/model/genrec.json"),
-        &dev,
-    )
-    .unwrap()
-}
-
 /// An installed ensemble answers with the search over its members' mean
 /// log-probability (the library's `generate_ensemble`), which differs from
 /// its lead's own answers; `GET /admin/models` counts its members, and its
@@ -388,7 +362,7 @@ async fn an_ensemble_serves_the_search_over_its_members_mean() {
     use crate::generate::{generate, generate_ensemble, GenRequest, Scoring};
     let e = engine(false, EngineOptions::default());
     let (a, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
-    let b = perturbed_demo(0.5);
+    let b = crate::server::default_model::variant_as(&candle_core::Device::Cpu, candle_core::DType::F32, 0.5).unwrap();
     let ens = crate::model::Ensemble::new(vec![a.clone(), b.clone()]).unwrap();
     let info = e.install(ens, "two".into()).unwrap();
     assert_eq!(info.members, 2);

@@ -92,19 +92,48 @@ pub fn generate_with(
         return Ok(Generated { hits: Vec::new(), tokens: 0 });
     }
     let beam = checked_beam(model, catalog, reqs, beam)?;
-    // the kernel reads the base trie's arrays and knows no priors or caps:
-    // with live edits above the trie, a soft-steered or a diversity-capped
-    // request, the CPU beam step searches (the model still runs on the device)
     #[cfg(feature = "cuda")]
-    if let (candle_core::Device::Cuda(dev), true, false) = (
-        model.net.device(),
-        catalog.trie().is_pristine(),
-        reqs.iter().any(|q| !q.first_level_prior.is_empty()) || any_capped(reqs),
-    ) {
-        let (hist, hidden, lens) = prefill(model, catalog, reqs)?;
-        return super::kernel::gpu_search::decode_levels(dev, model, catalog, reqs, beam, scoring, hist, hidden, &lens);
+    if let Some(dev) = kernel_device(model, catalog, reqs) {
+        return gpu_decode(dev, &[model], catalog, reqs, beam, scoring);
     }
     decode_levels(&[model], catalog, reqs, beam, scoring)
+}
+
+/// Whether a batch's beam steps can run as the GPU kernel: the models are on
+/// a CUDA device, the trie has no live edits above it, and no request is
+/// soft-steered or diversity-capped (the kernel knows no priors or caps; the
+/// CPU beam step searches those while the models still run on the device).
+#[cfg(feature = "cuda")]
+fn kernel_device(model: &Model, catalog: &Catalog, reqs: &[GenRequest]) -> Option<candle_core::cuda_backend::CudaDevice> {
+    match model.net.device() {
+        candle_core::Device::Cuda(dev)
+            if catalog.trie().is_pristine() && !reqs.iter().any(|q| !q.first_level_prior.is_empty()) && !any_capped(reqs) =>
+        {
+            Some(dev.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Prefills every model and runs the levels on the GPU.
+#[cfg(feature = "cuda")]
+fn gpu_decode(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    models: &[&Model],
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+    beam: usize,
+    scoring: Scoring,
+) -> Result<Generated, GenerateError> {
+    use super::kernel::gpu_search::{decode_levels, GpuMember};
+    let mut members = Vec::with_capacity(models.len());
+    let mut lens = Vec::new();
+    for &m in models {
+        let (hist, hidden, l) = prefill(m, catalog, reqs)?;
+        lens = l;
+        members.push(GpuMember::new(m, hist, hidden));
+    }
+    decode_levels(dev, members, catalog, reqs, beam, scoring, &lens)
 }
 
 /// Generates with an ensemble of models trained on the same catalog (e.g. the
@@ -140,6 +169,10 @@ pub fn generate_ensemble(
         return Ok(Generated { hits: Vec::new(), tokens: 0 });
     }
     let beam = checked_beam(first, catalog, reqs, beam)?;
+    #[cfg(feature = "cuda")]
+    if let Some(dev) = kernel_device(first, catalog, reqs) {
+        return gpu_decode(&dev, models, catalog, reqs, beam, scoring);
+    }
     decode_levels(models, catalog, reqs, beam, scoring)
 }
 

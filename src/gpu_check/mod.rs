@@ -4,7 +4,8 @@
 //!    ([`crate::generate::step::beam_step`]) on random tries (256 and 8,192
 //!    codes per level) and logits, some non-finite (same top-B up to score
 //!    differences of 1e-4), and end-to-end generation of a real
-//!    checkpoint on the device against the CPU (same items).
+//!    checkpoint on the device against the CPU (same items), alone and as
+//!    the lead of a two-member ensemble.
 //! 2. The step's time for batch 1/16/64 × beam 16/64/256 over tries of 10^4,
 //!    10^6 and 10^7 items with 256 codes per level (10^4 and 10^6 with
 //!    OneRec's 8,192), at the middle and the last depth (the last with 20
@@ -35,7 +36,7 @@ use serde_json::{json, Value};
 
 use crate::catalog::Catalog;
 use crate::device::DeviceSpec;
-use crate::generate::{generate, GenRequest};
+use crate::generate::{generate, generate_ensemble, GenRequest, Scoring};
 use crate::model::Model;
 use crate::util::percentile;
 
@@ -156,6 +157,36 @@ fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, opts: &Che
     Ok(json!({"model": dev_model.label(), "history_items": opts.history_items, "requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": b.tokens}))
 }
 
+/// The second member of the ensemble check on `device`: the synthetic shape
+/// with the next seed, a pattern-moved copy of the demo model, or (for a
+/// checkpoint folder) the checkpoint itself.
+fn second_member(opts: &CheckOptions, synthetic: Option<&Catalog>, lead: &Model, device: &Device) -> Result<Model, CheckError> {
+    let f32 = candle_core::DType::F32;
+    match (&opts.synthetic, synthetic, &opts.model) {
+        (Some(spec), Some(cat), _) => spec.model(cat, opts.history_items.max(20), opts.seed + 1, device, f32),
+        (_, _, Some(_)) => Ok(lead.clone()),
+        _ => crate::server::default_model::variant_as(device, f32, 0.5).map_err(|e| CheckError::Other(e.to_string())),
+    }
+}
+
+/// Part 1c: a two-member ensemble searched on the device (the members' mean
+/// log-probability, fed to the kernel) against the CPU search, and how many
+/// of its lists differ from its lead's alone (0 when the members are one
+/// checkpoint twice: then the check only covers the mean's arithmetic).
+fn check_ensemble(members_dev: [&Model; 2], members_cpu: [&Model; 2], catalog: &Catalog, opts: &CheckOptions) -> Result<Value, CheckError> {
+    let h = histories(catalog, opts.e2e_requests, opts.history_items, opts.seed ^ 0xe5);
+    let reqs = requests(&h, 10);
+    let a = generate_ensemble(&members_dev, catalog, &reqs, 64, Scoring::Model)?;
+    let b = generate_ensemble(&members_cpu, catalog, &reqs, 64, Scoring::Model)?;
+    let lead = generate(members_cpu[0], catalog, &reqs, 64)?;
+    let items = |x: &[crate::generate::Hit]| x.iter().map(|h| h.item).collect::<Vec<_>>();
+    let same = a.hits.iter().zip(&b.hits).filter(|(x, y)| items(x) == items(y)).count();
+    let differ_from_lead = b.hits.iter().zip(&lead.hits).filter(|(x, y)| items(x) != items(y)).count();
+    let worst = a.hits.iter().zip(&b.hits).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs())).fold(0f32, f32::max);
+    Ok(json!({"requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "lists_unlike_the_lead": differ_from_lead,
+        "tokens_device": a.tokens, "tokens_cpu": b.tokens}))
+}
+
 /// Part 3: batches through `generate` on one device.
 fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: usize, opts: &CheckOptions) -> Result<Value, CheckError> {
     let h = histories(catalog, batch, opts.history_items, opts.seed);
@@ -243,6 +274,20 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         }
         Err(e) => (None, soft("loading the checkpoint", Err(e))),
     };
+    let mut e2e_ensemble = Value::Null;
+    if let Some((dev_model, cpu_model, catalog)) = &models {
+        let r = second_member(opts, synthetic, dev_model, &device)
+            .and_then(|d| Ok((d, second_member(opts, synthetic, cpu_model, &Device::Cpu)?)))
+            .and_then(|(d, c)| check_ensemble([dev_model, &d], [cpu_model, &c], catalog, opts));
+        e2e_ensemble = soft("end-to-end ensemble", r);
+        if !e2e_ensemble.is_null() {
+            println!("end-to-end, two-member ensemble: {}/{} identical top-10 lists, max |score diff| {:.2e}; {} lists unlike the lead's alone",
+                e2e_ensemble["identical_lists"], e2e_ensemble["requests"], e2e_ensemble["max_score_diff"].as_f64().unwrap_or(0.0), e2e_ensemble["lists_unlike_the_lead"]);
+            if let Some(why) = e2e_mismatch(&e2e_ensemble) {
+                soft("end-to-end ensemble", Err(CheckError::Other(why)));
+            }
+        }
+    }
     // bf16 on the device: reported beside f32, not required to match exactly
     let mut bf16 = None;
     let mut e2e_bf16 = Value::Null;
@@ -301,7 +346,7 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         }
     }
     let report = json!({
-        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "end_to_end": e2e, "end_to_end_bf16": e2e_bf16},
+        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "end_to_end": e2e, "end_to_end_ensemble": e2e_ensemble, "end_to_end_bf16": e2e_bf16},
         "step_times": timing, "end_to_end": e2e_rows, "failures": failures,
     });
     if failures.is_empty() {
@@ -332,6 +377,9 @@ mod tests {
         let r = run(&opts).unwrap();
         assert_eq!(r["correctness"]["steps"]["ok"], true);
         assert_eq!(r["correctness"]["end_to_end"]["identical_lists"], 64);
+        let ens = &r["correctness"]["end_to_end_ensemble"];
+        assert_eq!(ens["identical_lists"], 64, "{ens}");
+        assert!(ens["lists_unlike_the_lead"].as_u64().unwrap() > 0, "the second member never mattered: {ens}");
         // 2 code widths x 2 depths x 2 batches x 1 beam
         let rows = r["step_times"].as_array().unwrap();
         assert_eq!(rows.len(), 2 * 2 * 2, "{rows:?}");
@@ -361,6 +409,9 @@ mod tests {
         assert_eq!(e2e["identical_lists"], 6, "{e2e}");
         assert!(e2e["model"].as_str().is_some_and(|m| m.starts_with("synthetic-qwen3-tiny/")), "{e2e}");
         assert_eq!(e2e["history_items"], 100);
+        let ens = &r["correctness"]["end_to_end_ensemble"];
+        assert_eq!(ens["identical_lists"], 6, "{ens}");
+        assert!(ens["lists_unlike_the_lead"].as_u64().unwrap() > 0, "{ens}");
         assert_eq!(r["end_to_end"].as_array().unwrap().len(), 1);
     }
 

@@ -15,6 +15,12 @@ pub enum DefaultModelError {
     Model(#[from] ModelError),
 }
 
+impl From<candle_core::Error> for DefaultModelError {
+    fn from(e: candle_core::Error) -> Self {
+        DefaultModelError::Model(ModelError::Tensor(e))
+    }
+}
+
 /// Loads the embedded demo model and its catalog.
 pub fn load(dev: &Device) -> Result<(Model, Catalog), DefaultModelError> {
     load_as(dev, candle_core::DType::F32)
@@ -35,4 +41,26 @@ pub fn load_as(dev: &Device, dtype: candle_core::DType) -> Result<(Model, Catalo
         dtype,
     )?;
     Ok((model, catalog))
+}
+
+/// A second model of the demo's layout: the demo weights, each moved by a
+/// fixed pattern of relative size `scale` (a stand-in for another seed where
+/// an ensemble is checked: its answers differ from the demo model's).
+pub fn variant_as(dev: &Device, dtype: candle_core::DType, scale: f32) -> Result<Model, DefaultModelError> {
+    let cpu = Device::Cpu;
+    let mut tensors = candle_core::safetensors::load_buffer(include_bytes!("../../models/demo/model/model.safetensors"), &cpu)
+        .map_err(ModelError::from)?;
+    for t in tensors.values_mut() {
+        let n = t.elem_count() as u32;
+        let pattern = (candle_core::Tensor::arange(0u32, n, &cpu)?.to_dtype(candle_core::DType::F32)? * 0.7)?.sin()?.reshape(t.shape())?;
+        *t = (&*t + (t.mul(&pattern)? * scale as f64)?)?;
+    }
+    let weights = safetensors::serialize(&tensors, None).map_err(|e| ModelError::Weights(e.to_string()))?;
+    Ok(Model::from_bytes_as(
+        include_bytes!("../../models/demo/model/config.json"),
+        &weights,
+        include_bytes!("../../models/demo/model/genrec.json"),
+        dev,
+        dtype,
+    )?)
 }

@@ -37,19 +37,66 @@ pub fn device_trie(dev: &CudaDevice, trie: &Trie) -> candle_core::Result<Arc<Gpu
     Ok(t)
 }
 
-/// Runs the levels after the prefill; see the CPU loop in `search.rs`.
-#[allow(clippy::too_many_arguments)]
+/// One model's part of a GPU search: its history cache (after the prefill),
+/// the hidden state of each beam and the beams' own decoded tokens.
+pub struct GpuMember<'a> {
+    pub model: &'a Model,
+    pub hist: HistoryKv,
+    pub hidden: Tensor,
+    beams_kv: BeamKv,
+}
+
+impl<'a> GpuMember<'a> {
+    /// A member after its prefill (`hist`, `hidden` from `prefill`).
+    pub fn new(model: &'a Model, hist: HistoryKv, hidden: Tensor) -> Self {
+        GpuMember { model, hist, hidden, beams_kv: BeamKv::new(model.config.num_hidden_layers) }
+    }
+}
+
+/// This level's logits for the beam step, the column of its first code, and
+/// the log-normalisers: one model's own (see [`Scoring`]), or for an
+/// ensemble the members' mean log-probability of each code with a zero
+/// normaliser (the mean of normalised scores; `Scoring::Model` only, as on
+/// the CPU).
+fn level_logits(members: &[GpuMember], offset: usize, codes: usize, scoring: Scoring) -> Result<(Tensor, usize, Option<Tensor>), GenerateError> {
+    match (members, scoring) {
+        ([m], Scoring::Model) => {
+            let full = m.model.net.logits(&m.hidden)?.to_dtype(DType::F32)?.contiguous()?;
+            let lse = full.log_sum_exp(D::Minus1)?.contiguous()?;
+            Ok((full, offset, Some(lse)))
+        }
+        ([m], Scoring::Trie) => Ok((m.model.net.logits_range(&m.hidden, offset, codes)?.to_dtype(DType::F32)?.contiguous()?, 0, None)),
+        (many, _) => {
+            let mut sum: Option<Tensor> = None;
+            for m in many {
+                let full = m.model.net.logits(&m.hidden)?.to_dtype(DType::F32)?;
+                let lse = full.log_sum_exp(D::Minus1)?.unsqueeze(D::Minus1)?;
+                let log_probs = full.narrow(D::Minus1, offset, codes)?.broadcast_sub(&lse)?;
+                sum = Some(match sum {
+                    None => log_probs,
+                    Some(s) => (s + log_probs)?,
+                });
+            }
+            let sum = sum.ok_or_else(|| GenerateError::Invalid("an ensemble needs at least one model".into()))?;
+            let mean = (sum / many.len() as f64)?.contiguous()?;
+            let zeros = Tensor::zeros(mean.dim(0)?, DType::F32, mean.device())?;
+            Ok((mean, 0, Some(zeros)))
+        }
+    }
+}
+
+/// Runs the levels after the prefill for one model or an ensemble (members
+/// of one token layout); see the CPU loop in `search.rs`.
 pub fn decode_levels(
     dev: &CudaDevice,
-    model: &Model,
+    mut members: Vec<GpuMember>,
     catalog: &Catalog,
     reqs: &[GenRequest],
     beam: usize,
     scoring: Scoring,
-    hist: HistoryKv,
-    mut hidden: Tensor,
     lens: &[usize],
 ) -> Result<Generated, GenerateError> {
+    let model = members.first().map(|m| m.model).ok_or_else(|| GenerateError::Invalid("an ensemble needs at least one model".into()))?;
     let sc = &model.sidecar;
     let levels = sc.levels();
     let r = reqs.len();
@@ -59,7 +106,6 @@ pub fn decode_levels(
     let trie = device_trie(dev, catalog.trie().base())?;
     let (mut scores, mut nodes) = GpuBeams::start(dev, r)?;
     let mut scratch = Scratch::default();
-    let mut beams_kv = BeamKv::new(model.config.num_hidden_layers);
     let mut beams_in = 1;
     // the node buffers of the levels before the last: their live beams are
     // counted once the last level is on the host (no extra sync per level)
@@ -67,14 +113,7 @@ pub fn decode_levels(
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
         let offset = sc.code_offsets[level] as usize;
-        let (logits, col0, norm) = match scoring {
-            Scoring::Model => {
-                let full = model.net.logits(&hidden)?.to_dtype(DType::F32)?.contiguous()?;
-                let lse = full.log_sum_exp(D::Minus1)?.contiguous()?;
-                (full, offset, Some(lse))
-            }
-            Scoring::Trie => (model.net.logits_range(&hidden, offset, codes)?.to_dtype(DType::F32)?.contiguous()?, 0, None),
-        };
+        let (logits, col0, norm) = level_logits(&members, offset, codes, scoring)?;
         let filters = GpuFilters::upload(dev, &LevelFilters::new(catalog, reqs, level))?;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let args = StepArgs {
@@ -100,10 +139,13 @@ pub fn decode_levels(
             }
             return Ok(Generated { hits: collect_hits(catalog, reqs, beam, &last, &scores), tokens: decoded });
         }
-        beams_kv.reorder_rows(&cuda::tensor_u32(dev, out.row))?;
+        let (rows, tokens) = (cuda::tensor_u32(dev, out.row), cuda::tensor_u32(dev, out.token));
         let pos: Vec<u32> = (0..r * beam).map(|s| (lens[s / beam] + level) as u32).collect();
         let pos = Tensor::from_vec(pos, r * beam, model.net.device())?;
-        hidden = model.net.decode_ids(&hist, &mut beams_kv, &cuda::tensor_u32(dev, out.token), &pos)?;
+        for m in &mut members {
+            m.beams_kv.reorder_rows(&rows)?;
+            m.hidden = m.model.net.decode_ids(&m.hist, &mut m.beams_kv, &tokens, &pos)?;
+        }
         scores = out.score;
         let before = std::mem::replace(&mut nodes, out.node);
         if level > 0 {
