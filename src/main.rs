@@ -159,7 +159,7 @@ struct TrainArgs {
     /// SEED+1, ...; the first is written to OUT, the others to
     /// OUT/members/1, ..., and OUT's genrec.json lists them, so OUT serves
     /// and hot-swaps as one model. Training takes N times as long.
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=genrec::model::ensemble::MAX_MEMBERS as u64))]
     members: usize,
 }
 

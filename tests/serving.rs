@@ -482,7 +482,8 @@ async fn watch_loads_new_checkpoints_skips_staging_and_respects_rollback() {
 }
 
 /// Makes `root/name` a copy of checkpoint `a` whose sidecar lists `members`;
-/// each member that stays under it is a copy of `b`.
+/// each member that stays under it is another model of a's layout (the demo
+/// weights moved by a pattern, so its answers differ).
 fn ensemble_folder(root: &TempDir, name: &str, members: &[&str]) {
     let copy = |from: &Path, to: &Path| {
         std::fs::create_dir_all(to).unwrap();
@@ -492,8 +493,10 @@ fn ensemble_folder(root: &TempDir, name: &str, members: &[&str]) {
     };
     let dir = root.0.join(name);
     copy(&root.0.join("a"), &dir);
+    let variant = genrec::server::default_model::variant_weights(0.5).unwrap();
     for m in members.iter().filter(|m| !m.contains("..")) {
-        copy(&root.0.join("b"), &dir.join(m));
+        copy(&root.0.join("a"), &dir.join(m));
+        std::fs::write(dir.join(m).join("model.safetensors"), &variant).unwrap();
     }
     let mut side: Value = serde_json::from_slice(&std::fs::read(dir.join("genrec.json")).unwrap()).unwrap();
     side["members"] = json!(members);
@@ -512,24 +515,43 @@ async fn an_ensemble_folder_loads_serves_and_starts_as_one_model() {
     let mut v: Value = serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
     v["members"] = json!(["x"]);
     std::fs::write(&side, v.to_string()).unwrap();
+    // a member reached through a link (to a checkpoint inside the root)
+    ensemble_folder(&root, "linked", &["members/1"]);
+    std::fs::remove_dir_all(root.0.join("linked/members/1")).unwrap();
+    std::os::unix::fs::symlink(root.0.join("b"), root.0.join("linked/members/1")).unwrap();
+    ensemble_folder(&root, "twice", &["members/1", "members/1"]);
 
     let s = start(&root, &[]);
     let c = reqwest::Client::new();
-    let body = json!({"history": ["3", "17"], "k": 10, "strategy": "generative"});
-    let (_, alone) = recommend(&c, &s, body.clone()).await;
+    let items = |v: &Value| v["items"].as_array().unwrap().iter().map(|i| i["item_id"].clone()).collect::<Vec<_>>();
+    let bodies: Vec<Value> = (0..8).map(|i| json!({"history": [(i * 37).to_string(), (i * 37 + 11).to_string()], "k": 10, "strategy": "generative"})).collect();
+    let mut alone = Vec::new();
+    for b in &bodies {
+        alone.push(items(&recommend(&c, &s, b.clone()).await.1));
+    }
     let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": "ens"}))).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["current"]["members"], 2, "{v}");
     assert_eq!(v["previous"]["members"], 1, "{v}");
     let ens_version = v["current"]["version"].as_str().unwrap().to_string();
     assert_ne!(ens_version, v["previous"]["version"].as_str().unwrap());
-    // b is a with one bit changed: their mean ranks as a does
-    let (st, both) = recommend(&c, &s, body.clone()).await;
-    assert_eq!(st, 200, "{both}");
-    assert!(version(&both).ends_with(&ens_version), "{both}");
-    let items = |v: &Value| v["items"].as_array().unwrap().iter().map(|i| i["item_id"].clone()).collect::<Vec<_>>();
-    assert_eq!(items(&both), items(&alone));
-    for (path, why) in [("escapes", "../b"), ("absent", "members/9"), ("nested", "nest")] {
+    // the second member changes some answers: the mean is searched, not the lead
+    let mut changed = 0;
+    for (b, a) in bodies.iter().zip(&alone) {
+        let (st, both) = recommend(&c, &s, b.clone()).await;
+        assert_eq!(st, 200, "{both}");
+        assert!(version(&both).ends_with(&ens_version), "{both}");
+        assert_eq!(items(&both).len(), 10);
+        changed += usize::from(items(&both) != *a);
+    }
+    assert!(changed > 0, "no answer of the ensemble differs from its lead's");
+    // rollback goes to the single model and back
+    for want in [1, 2] {
+        let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models/rollback", None).await;
+        assert_eq!((st, v["current"]["members"].as_u64()), (200, Some(want)), "{v}");
+    }
+    let refused = [("escapes", "../b"), ("absent", "members/9"), ("nested", "nest"), ("linked", "without links"), ("twice", "listed twice")];
+    for (path, why) in refused {
         let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
         assert_eq!(st, 422, "{path}: {v}");
         assert!(v["error"].as_str().unwrap().contains(why), "{path}: {v}");

@@ -91,13 +91,12 @@ impl Engine {
         let dir = self.open_checkpoint(path)?;
         let _g = self.lock_admin();
         let lead = self.load_opened(&dir)?;
-        // an ensemble's members: folders under the lead's, opened from the
-        // root like it (no link followed)
+        // an ensemble's members: folders under the lead's, opened from its
+        // handle (no link followed)
+        let member_error = |rel: &str, e: String| crate::model::ModelError::Sidecar(format!("member {rel}: {e}"));
         let model = Ensemble::with_members(lead, |rel| {
-            let member = self.open_checkpoint(&format!("{}/{rel}", path.trim_end_matches('/'))).map_err(|e| {
-                crate::model::ModelError::Sidecar(format!("member {rel}: {e}"))
-            })?;
-            self.load_opened(&member).map_err(|e| crate::model::ModelError::Sidecar(format!("member {rel}: {e}")))
+            let member = dir.open_below(rel).map_err(|e| member_error(rel, e.to_string()))?;
+            self.load_opened(&member).map_err(|e| member_error(rel, e.to_string()))
         })
         .map_err(|e| EngineError::Refused(e.to_string()))?;
         self.install_locked(model, dir.path().display().to_string())

@@ -77,35 +77,52 @@ impl ModelRoot {
         let not_under = || RootError::NotUnder(asked.to_string());
         let p = Path::new(asked);
         let rel = if p.is_absolute() { p.strip_prefix(&self.path).map_err(|_| not_under())? } else { p };
-        let mut dir = open_at(None, &self.path, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|_| not_under())?;
-        let mut path = self.path.clone();
-        let mut depth = 0;
-        for c in rel.components() {
-            match c {
-                Component::Normal(name) => {
-                    dir = open_at(Some(&dir), Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY).map_err(|_| not_under())?;
-                    path.push(name);
-                    depth += 1;
-                }
-                Component::CurDir => {}
-                // `..`, a second root: never needed to name a folder under the root
-                _ => return Err(not_under()),
-            }
-        }
-        if depth == 0 {
-            return Err(not_under());
-        }
-        let d = CheckpointDir { path, dir };
-        for f in CHECKPOINT_FILES {
-            d.file(f)?;
-        }
-        Ok(d)
+        let root = open_at(None, &self.path, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|_| not_under())?;
+        walk_down(&root, &self.path, rel).ok_or_else(not_under)?.checked()
     }
+}
+
+/// Opens the folder `rel` under the open folder `from` (at `path`) one
+/// component at a time, following no link; `None` for a path that is empty,
+/// climbs (`..`), is absolute or is not there.
+fn walk_down(from: &File, path: &Path, rel: &Path) -> Option<CheckpointDir> {
+    let mut dir: Option<File> = None;
+    let mut path = path.to_path_buf();
+    for c in rel.components() {
+        match c {
+            Component::Normal(name) => {
+                let parent = dir.as_ref().unwrap_or(from);
+                dir = Some(open_at(Some(parent), Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY).ok()?);
+                path.push(name);
+            }
+            Component::CurDir => {}
+            // `..`, a second root: never needed to name a folder below
+            _ => return None,
+        }
+    }
+    Some(CheckpointDir { path, dir: dir? })
 }
 
 impl CheckpointDir {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This folder, once it holds every checkpoint file as a plain file.
+    fn checked(self) -> Result<Self, RootError> {
+        for f in CHECKPOINT_FILES {
+            self.file(f)?;
+        }
+        Ok(self)
+    }
+
+    /// The checkpoint folder `rel` under this one (an ensemble's member),
+    /// opened from this folder's handle without following links, so a folder
+    /// renamed meanwhile cannot lend the member of another.
+    pub fn open_below(&self, rel: &str) -> Result<CheckpointDir, RootError> {
+        walk_down(&self.dir, &self.path, Path::new(rel))
+            .ok_or_else(|| RootError::Invalid(format!("{}: no checkpoint folder {rel} under it (a member must be a folder below the model, reached without links)", self.path.display())))?
+            .checked()
     }
 
     /// Opens a file of the folder: a regular file, not a link.

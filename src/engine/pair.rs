@@ -38,7 +38,8 @@ impl Pair {
 }
 
 /// Loads a model folder (onto `dev`, in `dtype`) and the catalog it names (or
-/// `catalog_dir`), unchecked.
+/// `catalog_dir`), unchecked; an ensemble's folder is refused (the callers
+/// run one model).
 pub fn load_pair(
     model_dir: &Path,
     catalog_dir: Option<&Path>,
@@ -46,6 +47,13 @@ pub fn load_pair(
     dtype: impl Into<crate::device::DTypeChoice>,
 ) -> Result<(Model, Catalog), EngineError> {
     let model = Model::load_as(model_dir, dev, dtype)?;
+    if !model.sidecar.members.is_empty() {
+        return Err(EngineError::Mismatch(format!(
+            "{} is an ensemble of {} models and this command runs one: pass one member's folder (`genrec serve` and `genrec eval` take the ensemble)",
+            model_dir.display(),
+            model.sidecar.members.len() + 1
+        )));
+    }
     let dir = catalog_dir
         .map(Path::to_path_buf)
         .or_else(|| model.catalog_dir())

@@ -5,7 +5,8 @@
 //! rollback left is not loaded again (the rollback holds until a new
 //! checkpoint comes), and a folder is loaded only once its files stayed the
 //! same for one whole interval. Dot-folders (`.staging-*`) are skipped:
-//! write there, then rename.
+//! write there, then rename. An ensemble's members are part of its folder:
+//! a change to a member's files is a change to the folder.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -44,16 +45,35 @@ fn scan(root: &Path) -> Vec<(String, Stamp)> {
             if name.starts_with('.') || !e.file_type().ok()?.is_dir() {
                 return None;
             }
-            let stamp = CHECKPOINT_FILES
-                .iter()
-                .map(|f| {
-                    let m = std::fs::symlink_metadata(e.path().join(f)).ok().filter(|m| m.is_file())?;
-                    Some((m.len(), m.modified().ok()?))
-                })
-                .collect::<Option<Stamp>>()?;
+            // an ensemble's members count as its files: a folder whose member
+            // is still being copied is not complete yet
+            let mut stamp = stamp_of(&e.path())?;
+            for rel in members_of(&e.path()) {
+                stamp.extend(stamp_of(&e.path().join(rel))?);
+            }
             Some((name, stamp))
         })
         .collect()
+}
+
+/// The sizes and times of a checkpoint folder's files; `None` while one is
+/// missing or not a plain file.
+fn stamp_of(dir: &Path) -> Option<Stamp> {
+    CHECKPOINT_FILES
+        .iter()
+        .map(|f| {
+            let m = std::fs::symlink_metadata(dir.join(f)).ok().filter(|m| m.is_file())?;
+            Some((m.len(), m.modified().ok()?))
+        })
+        .collect()
+}
+
+/// The members a folder's sidecar lists (none when it cannot be read: the
+/// load then says why).
+fn members_of(dir: &Path) -> Vec<String> {
+    let read = std::fs::read(dir.join(crate::model::sidecar::SIDECAR_FILE)).ok();
+    let sidecar = read.and_then(|b| serde_json::from_slice::<crate::model::Sidecar>(&b).ok());
+    sidecar.map(|s| s.members).unwrap_or_default().into_iter().filter(|r| crate::model::ensemble::check_member_path(r).is_ok()).collect()
 }
 
 impl Watcher {
@@ -118,7 +138,7 @@ impl Watcher {
         let mut versions = vec![weights_version(&d)?];
         for rel in &sidecar.members {
             crate::model::ensemble::check_member_path(rel).map_err(|e| e.to_string())?;
-            versions.push(weights_version(&self.root.open(&format!("{name}/{rel}")).map_err(|e| e.to_string())?)?);
+            versions.push(weights_version(&d.open_below(rel).map_err(|e| e.to_string())?)?);
         }
         Ok(crate::model::ensemble::combined_version(&versions))
     }

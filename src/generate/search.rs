@@ -94,7 +94,7 @@ pub fn generate_with(
     let beam = checked_beam(model, catalog, reqs, beam)?;
     #[cfg(feature = "cuda")]
     if let Some(dev) = kernel_device(model, catalog, reqs) {
-        return gpu_decode(dev, &[model], catalog, reqs, beam, scoring);
+        return gpu_decode(&dev, &[model], catalog, reqs, beam, scoring);
     }
     decode_levels(&[model], catalog, reqs, beam, scoring)
 }

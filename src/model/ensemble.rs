@@ -23,6 +23,10 @@ use crate::device::DTypeChoice;
 /// other members in (`members/1`, `members/2`, ...).
 pub const MEMBERS_DIR: &str = "members";
 
+/// Most models an ensemble may have (each one is a whole search's work per
+/// request).
+pub const MAX_MEMBERS: usize = 16;
+
 /// One or more models searched together; never empty, every member of the
 /// lead's token layout.
 #[derive(Clone)]
@@ -62,9 +66,9 @@ impl Ensemble {
     /// by `load` from its relative path (checked first: under the lead's
     /// folder, no `..`). A member may not list members of its own.
     pub fn with_members(lead: Model, mut load: impl FnMut(&str) -> Result<Model, ModelError>) -> Result<Self, ModelError> {
+        check_member_list(&lead.sidecar.members)?;
         let mut members = Vec::with_capacity(1 + lead.sidecar.members.len());
         for rel in &lead.sidecar.members {
-            check_member_path(rel)?;
             let m = load(rel)?;
             if !m.sidecar.members.is_empty() {
                 return Err(ModelError::Sidecar(format!("member {rel} lists members of its own: ensembles do not nest")));
@@ -124,8 +128,8 @@ pub fn list_members(dir: &Path, members: &[String]) -> Result<(), ModelError> {
         serde_json::from_slice(&bytes).map_err(|e| ModelError::Json { path: p.to_path_buf(), source: e })
     };
     let mut sidecar = read(&path)?;
+    check_member_list(members)?;
     for rel in members {
-        check_member_path(rel)?;
         let theirs = read(&dir.join(rel).join(super::sidecar::SIDECAR_FILE))?;
         if !theirs.same_layout(&sidecar) || !theirs.members.is_empty() {
             return Err(ModelError::Sidecar(format!("member {rel}: not a single model of {}'s layout", dir.display())));
@@ -143,6 +147,21 @@ pub fn combined_version(versions: &[String]) -> String {
         [one] => one.clone(),
         many => crate::util::fingerprint(many.join("+").as_bytes())[..12].to_string(),
     }
+}
+
+/// A sidecar's member list: at most [`MAX_MEMBERS`] models in all, each
+/// folder once, each path going down only.
+pub fn check_member_list(members: &[String]) -> Result<(), ModelError> {
+    if members.len() + 1 > MAX_MEMBERS {
+        return Err(ModelError::Sidecar(format!("{} members and the lead: an ensemble has at most {MAX_MEMBERS} models", members.len())));
+    }
+    for (i, rel) in members.iter().enumerate() {
+        check_member_path(rel)?;
+        if members[..i].iter().any(|m| Path::new(m) == Path::new(rel)) {
+            return Err(ModelError::Sidecar(format!("member {rel} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 /// A member's path must be relative and go down only (no `..`, no `.`
@@ -170,6 +189,15 @@ mod tests {
         for bad in ["", "/abs", "../x", "members/../../x", "./x"] {
             assert!(check_member_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn member_lists_are_bounded_and_name_each_folder_once() {
+        let list = |n: usize| (1..=n).map(|i| format!("members/{i}")).collect::<Vec<_>>();
+        assert!(check_member_list(&list(MAX_MEMBERS - 1)).is_ok());
+        assert!(check_member_list(&list(MAX_MEMBERS)).is_err());
+        assert!(check_member_list(&["members/1".into(), "members//1".into()]).is_err());
+        assert!(check_member_list(&["members/1".into(), "../x".into()]).is_err());
     }
 
     #[test]

@@ -47,6 +47,17 @@ pub fn load_as(dev: &Device, dtype: candle_core::DType) -> Result<(Model, Catalo
 /// fixed pattern of relative size `scale` (a stand-in for another seed where
 /// an ensemble is checked: its answers differ from the demo model's).
 pub fn variant_as(dev: &Device, dtype: candle_core::DType, scale: f32) -> Result<Model, DefaultModelError> {
+    Ok(Model::from_bytes_as(
+        include_bytes!("../../models/demo/model/config.json"),
+        &variant_weights(scale)?,
+        include_bytes!("../../models/demo/model/genrec.json"),
+        dev,
+        dtype,
+    )?)
+}
+
+/// The weights file (`model.safetensors` bytes) of [`variant_as`].
+pub fn variant_weights(scale: f32) -> Result<Vec<u8>, DefaultModelError> {
     let cpu = Device::Cpu;
     let mut tensors = candle_core::safetensors::load_buffer(include_bytes!("../../models/demo/model/model.safetensors"), &cpu)
         .map_err(ModelError::from)?;
@@ -55,12 +66,5 @@ pub fn variant_as(dev: &Device, dtype: candle_core::DType, scale: f32) -> Result
         let pattern = (candle_core::Tensor::arange(0u32, n, &cpu)?.to_dtype(candle_core::DType::F32)? * 0.7)?.sin()?.reshape(t.shape())?;
         *t = (&*t + (t.mul(&pattern)? * scale as f64)?)?;
     }
-    let weights = safetensors::serialize(&tensors, None).map_err(|e| ModelError::Weights(e.to_string()))?;
-    Ok(Model::from_bytes_as(
-        include_bytes!("../../models/demo/model/config.json"),
-        &weights,
-        include_bytes!("../../models/demo/model/genrec.json"),
-        dev,
-        dtype,
-    )?)
+    Ok(safetensors::serialize(&tensors, None).map_err(|e| ModelError::Weights(e.to_string()))?)
 }
