@@ -322,6 +322,23 @@ fn model_changes_fan_out_and_a_replica_that_cannot_load_keeps_its_model() {
     let d = replica(&root.0, &feed, "d", &root.0);
     assert_eq!(d.model().unwrap().info().source, info.source);
     assert_eq!(a.model().unwrap().info().source, info.source);
+    // an ensemble fans out whole: every replica that has it serves both members
+    let ens = root.0.join("ens");
+    std::fs::create_dir_all(ens.join("members/1")).unwrap();
+    for f in ["config.json", "genrec.json", "model.safetensors"] {
+        std::fs::copy(root.0.join("a").join(f), ens.join(f)).unwrap();
+        std::fs::copy(root.0.join("a").join(f), ens.join("members/1").join(f)).unwrap();
+    }
+    std::fs::write(ens.join("members/1/model.safetensors"), crate::server::default_model::variant_weights(0.5).unwrap()).unwrap();
+    crate::model::ensemble::list_members(&ens, &["members/1".to_string()]).unwrap();
+    let info = b.load_checkpoint("ens").unwrap();
+    assert_eq!(info.members, 2);
+    settled(&feed, &[&a, &b, &c, &d]);
+    for e in [&a, &d] {
+        let m = e.model().unwrap().info();
+        assert_eq!((m.members, &m.version), (2, &info.version));
+    }
+    assert_eq!(c.model().unwrap().info().members, 1, "c cannot load it and keeps its model");
 }
 
 #[test]
