@@ -126,13 +126,8 @@ fn gpu_decode(
     scoring: Scoring,
 ) -> Result<Generated, GenerateError> {
     use super::kernel::gpu_search::{decode_levels, GpuMember};
-    let mut members = Vec::with_capacity(models.len());
-    let mut lens = Vec::new();
-    for &m in models {
-        let (hist, hidden, l) = prefill(m, catalog, reqs)?;
-        lens = l;
-        members.push(GpuMember::new(m, hist, hidden));
-    }
+    let (prefilled, lens) = prefill_all(models, catalog, reqs)?;
+    let members = prefilled.into_iter().map(|(m, hist, hidden)| GpuMember::new(m, hist, hidden)).collect();
     decode_levels(dev, members, catalog, reqs, beam, scoring, &lens)
 }
 
@@ -247,13 +242,11 @@ fn decode_levels(
     beam: usize,
     scoring: Scoring,
 ) -> Result<Generated, GenerateError> {
-    let mut members = Vec::with_capacity(models.len());
-    let mut lens = Vec::new();
-    for &model in models {
-        let (hist, hidden, l) = prefill(model, catalog, reqs)?;
-        lens = l;
-        members.push(Member { model, hist, hidden, beams_kv: BeamKv::new(model.config.num_hidden_layers) });
-    }
+    let (prefilled, lens) = prefill_all(models, catalog, reqs)?;
+    let mut members: Vec<Member> = prefilled
+        .into_iter()
+        .map(|(model, hist, hidden)| Member { model, hist, hidden, beams_kv: BeamKv::new(model.config.num_hidden_layers) })
+        .collect();
     let sc = &models[0].sidecar;
     let levels = sc.levels();
     let r = reqs.len();
@@ -339,6 +332,24 @@ fn normalise_rows(full: &Tensor, start: usize, len: usize) -> Result<(Vec<f32>, 
         cols.extend_from_slice(&row[start..start + len]);
     }
     Ok((lse, cols))
+}
+
+/// [`prefill`] for every model of an ensemble: each model with its history
+/// cache and hidden states, and the history lengths (the same for all).
+#[allow(clippy::type_complexity)]
+fn prefill_all<'m>(
+    models: &[&'m Model],
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+) -> Result<(Vec<(&'m Model, HistoryKv, Tensor)>, Vec<usize>), GenerateError> {
+    let mut out = Vec::with_capacity(models.len());
+    let mut lens = Vec::new();
+    for &m in models {
+        let (hist, hidden, l) = prefill(m, catalog, reqs)?;
+        lens = l;
+        out.push((m, hist, hidden));
+    }
+    Ok((out, lens))
 }
 
 /// Prefills every request's history (its profile tokens and its last
