@@ -168,7 +168,7 @@ pub fn load(path: &Path) -> Result<GgufModel, ColdStartError> {
     let mut config = ModelConfig::llama(vocab, hidden, layers, heads, kv_heads, ff);
     config.rms_norm_eps = eps;
     config.rope_theta = theta;
-    config.tie_word_embeddings = false; // the output layer is its own copy (above)
+    config.tie_word_embeddings = false; // the output layer is its own entry (above: its own tensor, or the embedding's blocks shared)
     config.max_position_embeddings = context.min(MAX_CONTEXT);
     let tokenizer = tokenizer(&ct, path)?;
     Ok(GgufModel { config, weights: QuantWeights { quant, dense, device: dev }, tokenizer })

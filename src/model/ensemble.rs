@@ -32,11 +32,14 @@ pub const MAX_MEMBERS: usize = 16;
 #[derive(Clone)]
 pub struct Ensemble {
     members: Vec<Model>,
+    /// See [`Ensemble::version`]; computed once, read by every answer.
+    version: String,
 }
 
 impl From<Model> for Ensemble {
     fn from(m: Model) -> Self {
-        Ensemble { members: vec![m] }
+        let version = m.version.clone();
+        Ensemble { members: vec![m], version }
     }
 }
 
@@ -52,7 +55,8 @@ impl Ensemble {
                 m.label()
             )));
         }
-        Ok(Ensemble { members })
+        let version = combined_version(&members.iter().map(|m| m.version.clone()).collect::<Vec<_>>());
+        Ok(Ensemble { members, version })
     }
 
     /// Loads a model folder and the members its sidecar lists.
@@ -103,8 +107,8 @@ impl Ensemble {
     /// The lead's version for one member; for several, a fingerprint of the
     /// members' versions in order (a new member or new weights in any member
     /// make a new version).
-    pub fn version(&self) -> String {
-        combined_version(&self.members.iter().map(|m| m.version.clone()).collect::<Vec<_>>())
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Name and version as shown in answers: `name/version`.

@@ -186,7 +186,8 @@ impl Q41Matrix {
         let xs = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let out = self.matmul_t(&xs)?;
         let mut shape = dims;
-        *shape.last_mut().unwrap_or(&mut 0) = self.rows;
+        let last = shape.len() - 1; // not empty: its last dimension was checked
+        shape[last] = self.rows;
         Ok(Tensor::from_vec(out, shape, &Device::Cpu)?.to_device(x.device())?)
     }
 
@@ -217,8 +218,11 @@ impl Q41Matrix {
                 }
             });
         }
+        if n <= 1 {
+            return Ok(by_row); // one activation row (a decode step): the layouts agree
+        }
         let mut out = vec![0f32; n * self.rows];
-        for (r, o) in by_row.chunks_exact(n.max(1)).enumerate() {
+        for (r, o) in by_row.chunks_exact(n).enumerate() {
             for (i, &v) in o.iter().enumerate() {
                 out[i * self.rows + r] = v;
             }
