@@ -18,14 +18,37 @@ use super::q4_1::Q41Matrix;
 use super::transformer::serve_linear;
 use super::ModelError;
 
+/// A quantized matrix (`[out, in]`), multiplied as stored: Q4_1 blocks by
+/// genrec's own kernel, other block types by candle's.
+#[derive(Clone)]
+pub enum QMat {
+    Q41(Q41Matrix),
+    Candle(QMatMul),
+}
+
+impl QMat {
+    pub fn new(q: Arc<QTensor>) -> Result<Self, ModelError> {
+        Ok(match q.dtype() {
+            GgmlDType::Q4_1 => QMat::Q41(Q41Matrix::new(q)?),
+            _ => QMat::Candle(QMatMul::from_arc(q)?),
+        })
+    }
+
+    /// `x · wᵀ`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        match self {
+            QMat::Q41(q) => q.forward(x),
+            QMat::Candle(q) => Ok(q.forward(&x.contiguous()?)?),
+        }
+    }
+}
+
 /// One projection's weight (`[out, in]`, applied as `x · wᵀ`).
 #[derive(Clone)]
 pub enum Proj {
     Dense(Linear),
     /// Quantized blocks, multiplied as stored.
-    Quant(QMatMul),
-    /// Q4_1 blocks, multiplied as stored by genrec's own kernel.
-    Q41(Q41Matrix),
+    Quant(QMat),
 }
 
 impl Proj {
@@ -33,8 +56,7 @@ impl Proj {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         match self {
             Proj::Dense(l) => Ok(l.forward(x)?),
-            Proj::Quant(q) => Ok(q.forward(&x.contiguous()?)?),
-            Proj::Q41(q) => q.forward(x),
+            Proj::Quant(q) => q.forward(x),
         }
     }
 
@@ -42,14 +64,14 @@ impl Proj {
     pub fn serve(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         match self {
             Proj::Dense(l) => serve_linear(l, x),
-            Proj::Quant(_) | Proj::Q41(_) => self.forward(x),
+            Proj::Quant(_) => self.forward(x),
         }
     }
 
     pub fn dense(&self) -> Option<&Linear> {
         match self {
             Proj::Dense(l) => Some(l),
-            Proj::Quant(_) | Proj::Q41(_) => None,
+            Proj::Quant(_) => None,
         }
     }
 }
@@ -99,7 +121,7 @@ impl Embed {
     pub fn tied_head(&self) -> Result<Head, ModelError> {
         Ok(match self {
             Embed::Dense(t) => Head::Dense(t.clone()),
-            Embed::Quant(q) => quant_head(q.clone())?,
+            Embed::Quant(q) => Head::Quant(QMat::new(q.clone())?),
         })
     }
 }
@@ -108,17 +130,8 @@ impl Embed {
 #[derive(Clone)]
 pub enum Head {
     Dense(Tensor),
-    Quant(QMatMul),
-    /// Q4_1 blocks (a tied one shares the embedding table's).
-    Q41(Q41Matrix),
-}
-
-/// A quantized output layer: Q4_1 through genrec's kernel, others through candle's.
-fn quant_head(q: Arc<QTensor>) -> Result<Head, ModelError> {
-    Ok(match q.dtype() {
-        GgmlDType::Q4_1 => Head::Q41(Q41Matrix::new(q)?),
-        _ => Head::Quant(QMatMul::from_arc(q)?),
-    })
+    /// Quantized blocks (a tied one shares the embedding table's).
+    Quant(QMat),
 }
 
 /// Where the decoder's tensors come from, by transformers' names.
@@ -192,10 +205,7 @@ impl Weights for QuantWeights {
             return Err(ModelError::Weights(format!("{name}: quantized projections with a bias are not read")));
         }
         let q = self.take(&format!("{name}.weight"), (out, inp))?;
-        Ok(match q.dtype() {
-            GgmlDType::Q4_1 => Proj::Q41(Q41Matrix::new(q)?),
-            _ => Proj::Quant(QMatMul::from_arc(q)?),
-        })
+        Ok(Proj::Quant(QMat::new(q)?))
     }
 
     fn embed(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embed, ModelError> {
@@ -203,7 +213,7 @@ impl Weights for QuantWeights {
     }
 
     fn head(&self, name: &str, vocab: usize, hidden: usize) -> Result<Head, ModelError> {
-        quant_head(self.take(name, (vocab, hidden))?)
+        Ok(Head::Quant(QMat::new(self.take(name, (vocab, hidden))?)?))
     }
 
     fn dtype(&self) -> DType {

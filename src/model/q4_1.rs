@@ -74,26 +74,44 @@ unsafe fn block_f16c(row: &[u8], b: usize) -> (f32, f32, *const u8) {
     (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)), p.add(4))
 }
 
+/// The 32 codes of a block (its 16 code bytes at `qs`) as four vectors of
+/// eight f32: values 0..8, 8..16, 16..24 and 24..32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_codes(qs: *const u8) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    let low = _mm_set1_epi8(0x0F);
+    // SAFETY: `qs` points at a block's 16 code bytes (see `block_f16c`).
+    let bytes = _mm_loadu_si128(qs as *const __m128i);
+    let lo = _mm_and_si128(bytes, low); // values 0..16
+    let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low); // values 16..32
+    let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    [f(lo), f(_mm_srli_si128(lo, 8)), f(hi), f(_mm_srli_si128(hi, 8))]
+}
+
+/// `Σ c·x` of one block's widened codes and its 32 activations at `xp`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_dot(c: &[std::arch::x86_64::__m256; 4], xp: *const f32) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller passes 32 readable values at `xp`.
+    let mut t = _mm256_mul_ps(c[0], _mm256_loadu_ps(xp));
+    t = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(xp.add(8)), t);
+    t = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(xp.add(16)), t);
+    _mm256_fmadd_ps(c[3], _mm256_loadu_ps(xp.add(24)), t)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(row: &[u8], x: &XRow) -> f32 {
     use std::arch::x86_64::*;
-    let low = _mm_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     let mut msum = 0f32;
     for b in 0..x.sum.len() {
         let (d, m, qs) = block_f16c(row, b);
-        let xp = x.x.as_ptr().add(b * BLOCK);
-        // SAFETY: `qs` has 16 bytes (the block's last) and `x.x` 32 values
-        // from this block on (`x.sum` has one entry per whole block).
-        let bytes = _mm_loadu_si128(qs as *const __m128i);
-        let lo = _mm_and_si128(bytes, low); // values 0..16
-        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low); // values 16..32
-        let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-        let mut t = _mm256_mul_ps(f(lo), _mm256_loadu_ps(xp));
-        t = _mm256_fmadd_ps(f(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xp.add(8)), t);
-        t = _mm256_fmadd_ps(f(hi), _mm256_loadu_ps(xp.add(16)), t);
-        t = _mm256_fmadd_ps(f(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xp.add(24)), t);
+        // SAFETY: `x.x` has 32 values from this block on (`x.sum` has one
+        // entry per whole block).
+        let t = block_dot(&widen_codes(qs), x.x.as_ptr().add(b * BLOCK));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), t, acc);
         msum += m * x.sum[b];
     }
@@ -116,24 +134,15 @@ unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot4_avx2(row: &[u8], x: [&XRow; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
-    let low = _mm_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut msum = [0f32; 4];
     for b in 0..x[0].sum.len() {
         let (d, m, qs) = block_f16c(row, b);
-        // SAFETY: as in `dot_avx2`, for each of the four rows.
-        let bytes = _mm_loadu_si128(qs as *const __m128i);
-        let lo = _mm_and_si128(bytes, low);
-        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
-        let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-        let c = [f(lo), f(_mm_srli_si128(lo, 8)), f(hi), f(_mm_srli_si128(hi, 8))];
+        let c = widen_codes(qs);
         let dv = _mm256_set1_ps(d);
         for k in 0..4 {
-            let xp = x[k].x.as_ptr().add(b * BLOCK);
-            let mut t = _mm256_mul_ps(c[0], _mm256_loadu_ps(xp));
-            t = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(xp.add(8)), t);
-            t = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(xp.add(16)), t);
-            t = _mm256_fmadd_ps(c[3], _mm256_loadu_ps(xp.add(24)), t);
+            // SAFETY: as in `dot_avx2`, for each of the four rows.
+            let t = block_dot(&c, x[k].x.as_ptr().add(b * BLOCK));
             acc[k] = _mm256_fmadd_ps(dv, t, acc[k]);
             msum[k] += m * x[k].sum[b];
         }

@@ -9,7 +9,7 @@
 //! the weights are dense tensors or, for the intent LLM, quantized GGUF blocks
 //! ([`super::proj`]).
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -244,7 +244,7 @@ impl Transformer {
     /// that each group is one matrix product (same results up to rounding).
     /// A fused model cannot be trained: its trainable tensors are gone.
     pub fn fuse_projections(&mut self) -> Result<(), ModelError> {
-        if matches!(self.lm_head, Head::Quant(_) | Head::Q41(_)) {
+        if matches!(self.lm_head, Head::Quant(_)) {
             return Err(ModelError::Input("a quantized model is not fused (its projections stay as stored)".into()));
         }
         for l in &mut self.layers {
@@ -371,8 +371,7 @@ impl Transformer {
         match &self.lm_head {
             Head::Dense(w) if self.serving => Ok(super::small_gemm::matmul_t(hidden, w)?),
             Head::Dense(w) => Ok(hidden.broadcast_matmul(&w.t()?)?),
-            Head::Quant(q) => Ok(q.forward(&hidden.contiguous()?)?),
-            Head::Q41(q) => q.forward(hidden),
+            Head::Quant(q) => q.forward(hidden),
         }
     }
 
