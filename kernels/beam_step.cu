@@ -21,9 +21,16 @@
 // Candidates are 64-bit keys: the order-preserving bits of the score above, and
 // the complement of (parent * codes + code) below. Larger key = better, ties go
 // to the smaller (parent, code), exactly as the CPU reference breaks them; keys
-// are unique, so the selection is deterministic. The top `beams_out` keys are
-// found by an 8-pass MSB radix select over a per-request scratch buffer, then
-// sorted in shared memory (bitonic).
+// are unique, so the selection is deterministic. Two kernels find the top
+// `beams_out` keys (src/generate/kernel/contract.rs, `Selection`):
+// - genrec_beam_step writes every candidate's key to a per-request scratch
+//   buffer and runs an 8-pass MSB radix select over all of them, then sorts
+//   the chosen keys in shared memory (bitonic);
+// - genrec_beam_step_pool first takes each lane's best score (32 per beam);
+//   their beams_out-th largest is a lower bound on the answer's last score,
+//   so a second pass keeps only the candidates at or above it, in shared
+//   memory, and sorts them there. Too many survivors for the pool: the first
+//   kernel's path. Same answer, key for key.
 //
 // Compiled to PTX for compute_90 by build.rs and JIT-loaded by the driver.
 
@@ -31,6 +38,8 @@
 
 #define GENREC_NONE 0xFFFFFFFFu
 #define GENREC_MAX_BEAMS 1024
+#define GENREC_POOL_MAX 2048
+#define GENREC_FULL 0xFFFFFFFFu
 
 __device__ __forceinline__ uint32_t ord_bits(float f) {
     uint32_t u = __float_as_uint(f);
@@ -52,182 +61,237 @@ __device__ __forceinline__ bool sorted_contains(const uint32_t* a, uint32_t lo, 
     return false;
 }
 
+// The trie at the step's depth: a dense table (null below the dense depths)
+// or the CSR arrays.
+struct StepTrie {
+    const uint32_t* child_start;
+    const uint32_t* child_code;
+    const uint32_t* dense;
+    uint32_t dense_base;
+    uint32_t codes;
+};
+
+// Per-request sorted node lists (CSR): allowed children (an empty list allows
+// all; null: no request restricts) and banned ones (null: none).
+struct StepFilters {
+    const uint32_t* allow_start;
+    const uint32_t* allow_nodes;
+    const uint32_t* ban_start;
+    const uint32_t* ban_nodes;
+};
+
 // The i-th child slot of `node`: dense rows have `codes` slots (NONE where the
 // code is no child), CSR nodes one slot per edge.
-__device__ __forceinline__ void child_slot(
-    const uint32_t* child_start, const uint32_t* child_code, const uint32_t* dense,
-    uint32_t dense_base, uint32_t codes, uint32_t node, uint32_t i,
-    uint32_t* code, uint32_t* child) {
-    if (dense) {
+__device__ __forceinline__ void child_slot(const StepTrie& t, uint32_t node, uint32_t i, uint32_t* code, uint32_t* child) {
+    if (t.dense) {
         *code = i;
-        *child = dense[(size_t)(node - dense_base) * codes + i];
+        *child = t.dense[(size_t)(node - t.dense_base) * t.codes + i];
     } else {
-        uint32_t e = child_start[node] + i;
-        *code = child_code[e];
+        uint32_t e = t.child_start[node] + i;
+        *code = t.child_code[e];
         *child = e + 1;
     }
 }
 
-// Does nothing: `genrec gpu-check` times it as the launch-and-sync floor.
-extern "C" __global__ void genrec_noop() {}
+__device__ __forceinline__ uint32_t slot_count(const StepTrie& t, uint32_t node) {
+    return t.dense ? t.codes : t.child_start[node + 1] - t.child_start[node];
+}
 
-extern "C" __global__ void genrec_beam_step(
-    const float* __restrict__ logits, uint32_t ld, uint32_t col0,   // row r*beams_in+b at logits[row*ld + col0 + code]
-    const float* __restrict__ norm,                                  // [R*beams_in] or null
-    const float* __restrict__ scores, const uint32_t* __restrict__ nodes,
-    const uint32_t* __restrict__ child_start, const uint32_t* __restrict__ child_code,
-    const uint32_t* __restrict__ dense, uint32_t dense_base,         // dense table of this depth, or null (CSR)
-    const uint32_t* __restrict__ allow_start, const uint32_t* __restrict__ allow_nodes,  // per request, sorted; empty = all; null = none
-    const uint32_t* __restrict__ ban_start, const uint32_t* __restrict__ ban_nodes,      // per request, sorted; null = none
-    uint32_t beams_in, uint32_t beams_out, uint32_t codes,
-    uint32_t token_offset, uint32_t pad_token,
-    unsigned long long* __restrict__ scratch,                        // [R, beams_in*codes]
-    uint32_t* __restrict__ out_parent, uint32_t* __restrict__ out_code, uint32_t* __restrict__ out_node,
-    float* __restrict__ out_score, uint32_t* __restrict__ out_row, uint32_t* __restrict__ out_token) {
-    __shared__ unsigned int s_count;
-    __shared__ unsigned int s_hist[256];
-    __shared__ unsigned long long s_prefix, s_mask;
-    __shared__ unsigned int s_remaining, s_picked;
-    __shared__ unsigned long long s_sel[GENREC_MAX_BEAMS];
+// A beam's log-normaliser: the model's (`norm`), or a log-softmax over the
+// node's valid children. Called by a whole warp; every lane gets it.
+__device__ __forceinline__ float beam_lse(const StepTrie& t, const float* x, const float* norm, uint32_t row,
+                                          uint32_t node, uint32_t slots, uint32_t lane) {
+    if (norm) return norm[row];
+    float m = -INFINITY;
+    for (uint32_t i = lane; i < slots; i += 32) {
+        uint32_t c, ch;
+        child_slot(t, node, i, &c, &ch);
+        if (ch != GENREC_NONE) m = fmaxf(m, x[c]);
+    }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(GENREC_FULL, m, o));
+    float s = 0.f;
+    for (uint32_t i = lane; i < slots; i += 32) {
+        uint32_t c, ch;
+        child_slot(t, node, i, &c, &ch);
+        if (ch != GENREC_NONE) s += expf(x[c] - m);
+    }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(GENREC_FULL, s, o);
+    return m + logf(s);
+}
 
-    const uint32_t r = blockIdx.x;
-    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-    unsigned long long* cands = scratch + (size_t)r * beams_in * codes;
-    if (tid == 0) s_count = 0;
-    __syncthreads();
+// Slot i of beam b (request r): whether its child may be chosen (a child,
+// allowed, not banned, a finite score) and its key.
+__device__ __forceinline__ bool candidate(const StepTrie& t, const StepFilters& f, uint32_t r, const float* x, float base,
+                                          float lse, uint32_t node, uint32_t b, uint32_t i, unsigned long long* key) {
+    uint32_t c, ch;
+    child_slot(t, node, i, &c, &ch);
+    if (ch == GENREC_NONE) return false;
+    if (f.allow_start) {
+        const uint32_t lo = f.allow_start[r], hi = f.allow_start[r + 1];
+        if (lo != hi && !sorted_contains(f.allow_nodes, lo, hi, ch)) return false;
+    }
+    if (f.ban_start && sorted_contains(f.ban_nodes, f.ban_start[r], f.ban_start[r + 1], ch)) return false;
+    const float sc = __fsub_rn(__fadd_rn(base, x[c]), lse);
+    // non-finite scores (+inf/NaN logits or normalisers, all--inf rows) are no
+    // continuation, as on the CPU
+    if (!isfinite(sc)) return false;
+    *key = ((unsigned long long)ord_bits(sc) << 32) | (unsigned long long)(0xFFFFFFFFu - (b * t.codes + c));
+    return true;
+}
 
-    // Phases 1-3: one warp per beam computes its normaliser, then writes its
-    // allowed continuations as keys (warp-aggregated slots in the scratch).
+// Every candidate of request r as a key in `cands`, at slots taken from
+// `count` (shared): one warp per beam, warp-aggregated slots.
+__device__ void write_candidates(const StepTrie& t, const StepFilters& f, uint32_t r, const float* logits, uint32_t ld,
+                                 uint32_t col0, const float* norm, const float* scores, const uint32_t* nodes,
+                                 uint32_t beams_in, unsigned long long* cands, unsigned int* count) {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (uint32_t b = warp; b < beams_in; b += warps) {
         const uint32_t row = r * beams_in + b;
         const uint32_t node = nodes[row];
         const float base = scores[row];
         if (node == GENREC_NONE || !isfinite(base)) continue;
-        const uint32_t slots = dense ? codes : child_start[node + 1] - child_start[node];
+        const uint32_t slots = slot_count(t, node);
         if (slots == 0) continue;
         const float* x = logits + (size_t)row * ld + col0;
-        float lse;
-        if (norm) {
-            lse = norm[row];
-        } else {
-            float m = -INFINITY;
-            for (uint32_t i = lane; i < slots; i += 32) {
-                uint32_t c, ch;
-                child_slot(child_start, child_code, dense, dense_base, codes, node, i, &c, &ch);
-                if (ch != GENREC_NONE) m = fmaxf(m, x[c]);
-            }
-            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
-            float s = 0.f;
-            for (uint32_t i = lane; i < slots; i += 32) {
-                uint32_t c, ch;
-                child_slot(child_start, child_code, dense, dense_base, codes, node, i, &c, &ch);
-                if (ch != GENREC_NONE) s += expf(x[c] - m);
-            }
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, o);
-            lse = m + logf(s);
-        }
+        const float lse = beam_lse(t, x, norm, row, node, slots, lane);
         for (uint32_t i0 = 0; i0 < slots; i0 += 32) {
             const uint32_t i = i0 + lane;
-            bool ok = false;
             unsigned long long key = 0;
-            if (i < slots) {
-                uint32_t c, ch;
-                child_slot(child_start, child_code, dense, dense_base, codes, node, i, &c, &ch);
-                ok = ch != GENREC_NONE;
-                if (ok && allow_start) {
-                    uint32_t lo = allow_start[r], hi = allow_start[r + 1];
-                    ok = lo == hi || sorted_contains(allow_nodes, lo, hi, ch);
-                }
-                if (ok && ban_start) ok = !sorted_contains(ban_nodes, ban_start[r], ban_start[r + 1], ch);
-                if (ok) {
-                    const float sc = __fsub_rn(__fadd_rn(base, x[c]), lse);
-                    // non-finite scores (+inf/NaN logits or normalisers, all--inf
-                    // rows) are no continuation, as on the CPU
-                    ok = isfinite(sc);
-                    key = ((unsigned long long)ord_bits(sc) << 32) | (unsigned long long)(0xFFFFFFFFu - (b * codes + c));
-                }
-            }
-            const unsigned vote = __ballot_sync(0xFFFFFFFFu, ok);
+            const bool ok = i < slots && candidate(t, f, r, x, base, lse, node, b, i, &key);
+            const unsigned vote = __ballot_sync(GENREC_FULL, ok);
             unsigned first = 0;
-            if (lane == 0 && vote) first = atomicAdd(&s_count, __popc(vote));
-            first = __shfl_sync(0xFFFFFFFFu, first, 0);
+            if (lane == 0 && vote) first = atomicAdd(count, __popc(vote));
+            first = __shfl_sync(GENREC_FULL, first, 0);
             if (ok) cands[first + __popc(vote & ((1u << lane) - 1u))] = key;
         }
     }
-    __syncthreads();
-    const uint32_t n = s_count;
-    const uint32_t k = n < beams_out ? n : beams_out;
+}
 
-    // Phase 4a: the k-th largest key (radix select, 8 bits per pass, MSB first).
-    unsigned long long threshold = 0;
-    if (n > beams_out) {
-        if (tid == 0) { s_prefix = 0; s_mask = 0; s_remaining = beams_out; }
-        for (int shift = 56; shift >= 0; shift -= 8) {
-            for (uint32_t i = tid; i < 256; i += blockDim.x) s_hist[i] = 0;
-            __syncthreads();
-            const unsigned long long prefix = s_prefix, mask = s_mask;
-            for (uint32_t i = tid; i < n; i += blockDim.x) {
-                const unsigned long long key = cands[i];
-                if ((key & mask) == prefix) atomicAdd(&s_hist[(key >> shift) & 255u], 1u);
-            }
-            __syncthreads();
-            if (tid == 0) {
-                unsigned int acc = 0, want = s_remaining;
-                int d = 255;
-                for (; d > 0; --d) {
-                    if (acc + s_hist[d] >= want) break;
-                    acc += s_hist[d];
-                }
-                s_remaining = want - acc;
-                s_prefix |= (unsigned long long)d << shift;
-                s_mask |= 255ull << shift;
-            }
-            __syncthreads();
+// Warp 0's search for the digit of the want-th largest key (1-based) in a
+// pass's histogram, and how many keys lie in higher digits: lane l sums the
+// digits 255-8l down to 248-8l, a scan over the lanes finds the first whose
+// running sum reaches `want`, and that lane walks its eight digits. Digit 0
+// when even that is not reached (`pick_digit` in mirror.rs, tested against
+// the serial walk).
+__device__ void pick_digit(const unsigned int* hist, unsigned int want, uint32_t lane, unsigned int* digit, unsigned int* above) {
+    unsigned int sum = 0;
+    for (uint32_t j = 0; j < 8; ++j) sum += hist[255 - 8 * lane - j];
+    unsigned int incl = sum;
+    for (uint32_t o = 1; o < 32; o <<= 1) {
+        const unsigned int v = __shfl_up_sync(GENREC_FULL, incl, o);
+        if (lane >= o) incl += v;
+    }
+    const unsigned int hit = __ballot_sync(GENREC_FULL, incl >= want);
+    if (hit == 0) {
+        if (lane == 31) { *digit = 0; *above = incl - hist[0]; }
+        return;
+    }
+    if (lane == (uint32_t)(__ffs(hit) - 1)) {
+        unsigned int acc = incl - sum, d = 0;
+        for (uint32_t j = 0; j < 8; ++j) {
+            d = 255 - 8 * lane - j;
+            if (d == 0 || acc + hist[d] >= want) break;
+            acc += hist[d];
         }
-        threshold = s_prefix;
+        *digit = d;
+        *above = acc;
     }
+}
 
-    // Phase 4b: gather the k best into shared memory and sort them (descending).
-    uint32_t p = 1;
-    while (p < k) p <<= 1;
-    for (uint32_t i = tid; i < p; i += blockDim.x) s_sel[i] = 0;
-    if (tid == 0) s_picked = 0;
-    __syncthreads();
-    for (uint32_t i = tid; i < n; i += blockDim.x) {
-        const unsigned long long key = cands[i];
-        if (key >= threshold) s_sel[atomicAdd(&s_picked, 1u)] = key;
+// The k-th largest (1-based, repeats counted) of n keys whose low `bits` are
+// significant: one 8-bit digit per pass, most significant first. Called by
+// the whole block; every thread gets it.
+template <typename K>
+__device__ unsigned long long radix_kth(const K* keys, uint32_t n, uint32_t k, int bits) {
+    __shared__ unsigned int s_hist[256];
+    __shared__ unsigned long long s_prefix, s_mask;
+    __shared__ unsigned int s_remaining, s_digit, s_above;
+    const uint32_t tid = threadIdx.x;
+    if (tid == 0) { s_prefix = 0; s_mask = 0; s_remaining = k; }
+    for (int shift = bits - 8; shift >= 0; shift -= 8) {
+        for (uint32_t i = tid; i < 256; i += blockDim.x) s_hist[i] = 0;
+        __syncthreads();
+        const unsigned long long prefix = s_prefix, mask = s_mask;
+        for (uint32_t i = tid; i < n; i += blockDim.x) {
+            const unsigned long long key = keys[i];
+            if ((key & mask) == prefix) atomicAdd(&s_hist[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (tid < 32) pick_digit(s_hist, s_remaining, tid, &s_digit, &s_above);
+        __syncthreads();
+        if (tid == 0) {
+            s_remaining -= s_above;
+            s_prefix |= (unsigned long long)s_digit << shift;
+            s_mask |= 255ull << shift;
+        }
+        __syncthreads();
     }
+    const unsigned long long out = s_prefix;
     __syncthreads();
+    return out;
+}
+
+// Sorts a[0..p) descending in shared memory (p a power of two). Whole block.
+__device__ void bitonic_desc(unsigned long long* a, uint32_t p) {
     for (uint32_t size = 2; size <= p; size <<= 1) {
         for (uint32_t stride = size >> 1; stride > 0; stride >>= 1) {
-            for (uint32_t i = tid; i < p; i += blockDim.x) {
+            for (uint32_t i = threadIdx.x; i < p; i += blockDim.x) {
                 const uint32_t j = i ^ stride;
                 if (j > i) {
-                    const unsigned long long a = s_sel[i], c = s_sel[j];
+                    const unsigned long long x = a[i], y = a[j];
                     const bool down = (i & size) == 0;
-                    if (down ? a < c : a > c) { s_sel[i] = c; s_sel[j] = a; }
+                    if (down ? x < y : x > y) { a[i] = y; a[j] = x; }
                 }
             }
             __syncthreads();
         }
     }
+}
 
-    // Phase 5: decode the keys into the step's outputs.
-    for (uint32_t j = tid; j < beams_out; j += blockDim.x) {
+__device__ __forceinline__ uint32_t pow2_at_least(uint32_t k) {
+    uint32_t p = 1;
+    while (p < k) p <<= 1;
+    return p;
+}
+
+// The k keys of cands[0..n) at or above `threshold` (the k-th largest), into
+// sel[0..k) best first. Whole block.
+__device__ void gather_sorted(const unsigned long long* cands, uint32_t n, unsigned long long threshold, uint32_t k,
+                              unsigned long long* sel) {
+    __shared__ unsigned int s_picked;
+    const uint32_t p = pow2_at_least(k);
+    for (uint32_t i = threadIdx.x; i < p; i += blockDim.x) sel[i] = 0;
+    if (threadIdx.x == 0) s_picked = 0;
+    __syncthreads();
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const unsigned long long key = cands[i];
+        if (key >= threshold) sel[atomicAdd(&s_picked, 1u)] = key;
+    }
+    __syncthreads();
+    bitonic_desc(sel, p);
+}
+
+// Decodes request r's k best keys (sel, best first) into the step's outputs;
+// slots past k are dead beams.
+__device__ void write_outputs(const StepTrie& t, uint32_t r, const unsigned long long* sel, uint32_t k,
+                              const uint32_t* nodes, uint32_t beams_in, uint32_t beams_out, uint32_t token_offset,
+                              uint32_t pad_token, uint32_t* out_parent, uint32_t* out_code, uint32_t* out_node,
+                              float* out_score, uint32_t* out_row, uint32_t* out_token) {
+    for (uint32_t j = threadIdx.x; j < beams_out; j += blockDim.x) {
         const uint32_t slot = r * beams_out + j;
         if (j < k) {
-            const unsigned long long key = s_sel[j];
+            const unsigned long long key = sel[j];
             const uint32_t idx = 0xFFFFFFFFu - (uint32_t)(key & 0xFFFFFFFFull);
-            const uint32_t parent = idx / codes, code = idx % codes;
+            const uint32_t parent = idx / t.codes, code = idx % t.codes;
             const uint32_t pn = nodes[r * beams_in + parent];
             uint32_t child;
-            if (dense) {
-                child = dense[(size_t)(pn - dense_base) * codes + code];
+            if (t.dense) {
+                child = t.dense[(size_t)(pn - t.dense_base) * t.codes + code];
             } else {
-                uint32_t lo = child_start[pn], hi = child_start[pn + 1];
+                uint32_t lo = t.child_start[pn], hi = t.child_start[pn + 1];
                 while (lo < hi) {
                     uint32_t m = lo + (hi - lo) / 2;
-                    if (child_code[m] < code) lo = m + 1; else hi = m;
+                    if (t.child_code[m] < code) lo = m + 1; else hi = m;
                 }
                 child = lo + 1;
             }
@@ -246,4 +310,142 @@ extern "C" __global__ void genrec_beam_step(
             out_token[slot] = pad_token;
         }
     }
+}
+
+// Does nothing: `genrec gpu-check` times it as the launch-and-sync floor.
+extern "C" __global__ void genrec_noop() {}
+
+// One thread block per request; candidates through a global scratch buffer
+// ([R, beams_in*codes] keys) and a radix select over all of them.
+extern "C" __global__ void genrec_beam_step(
+    const float* __restrict__ logits, uint32_t ld, uint32_t col0,   // row r*beams_in+b at logits[row*ld + col0 + code]
+    const float* __restrict__ norm,                                  // [R*beams_in] or null
+    const float* __restrict__ scores, const uint32_t* __restrict__ nodes,
+    const uint32_t* __restrict__ child_start, const uint32_t* __restrict__ child_code,
+    const uint32_t* __restrict__ dense, uint32_t dense_base,         // dense table of this depth, or null (CSR)
+    const uint32_t* __restrict__ allow_start, const uint32_t* __restrict__ allow_nodes,  // per request, sorted; empty = all; null = none
+    const uint32_t* __restrict__ ban_start, const uint32_t* __restrict__ ban_nodes,      // per request, sorted; null = none
+    uint32_t beams_in, uint32_t beams_out, uint32_t codes,
+    uint32_t token_offset, uint32_t pad_token,
+    unsigned long long* __restrict__ scratch,                        // [R, beams_in*codes]
+    uint32_t* __restrict__ out_parent, uint32_t* __restrict__ out_code, uint32_t* __restrict__ out_node,
+    float* __restrict__ out_score, uint32_t* __restrict__ out_row, uint32_t* __restrict__ out_token) {
+    __shared__ unsigned int s_count;
+    __shared__ unsigned long long s_sel[GENREC_MAX_BEAMS];
+    const StepTrie t{child_start, child_code, dense, dense_base, codes};
+    const StepFilters f{allow_start, allow_nodes, ban_start, ban_nodes};
+    const uint32_t r = blockIdx.x;
+    unsigned long long* cands = scratch + (size_t)r * beams_in * codes;
+    if (threadIdx.x == 0) s_count = 0;
+    __syncthreads();
+    // Phases 1-3: normalisers and keys
+    write_candidates(t, f, r, logits, ld, col0, norm, scores, nodes, beams_in, cands, &s_count);
+    __syncthreads();
+    const uint32_t n = s_count;
+    const uint32_t k = n < beams_out ? n : beams_out;
+    // Phase 4: the k-th largest key, then the k best sorted in shared memory
+    const unsigned long long threshold = n > beams_out ? radix_kth(cands, n, beams_out, 64) : 0ull;
+    gather_sorted(cands, n, threshold, k, s_sel);
+    // Phase 5: the step's outputs
+    write_outputs(t, r, s_sel, k, nodes, beams_in, beams_out, token_offset, pad_token,
+                  out_parent, out_code, out_node, out_score, out_row, out_token);
+}
+
+// The same step with the pooled selection: the arguments of genrec_beam_step
+// plus `capacity` (pool size, 1..GENREC_POOL_MAX) and `stride` (scratch keys
+// per request: at least beams_in*codes, and beams_in*16 for the lanes' best
+// scores).
+extern "C" __global__ void genrec_beam_step_pool(
+    const float* __restrict__ logits, uint32_t ld, uint32_t col0,
+    const float* __restrict__ norm,
+    const float* __restrict__ scores, const uint32_t* __restrict__ nodes,
+    const uint32_t* __restrict__ child_start, const uint32_t* __restrict__ child_code,
+    const uint32_t* __restrict__ dense, uint32_t dense_base,
+    const uint32_t* __restrict__ allow_start, const uint32_t* __restrict__ allow_nodes,
+    const uint32_t* __restrict__ ban_start, const uint32_t* __restrict__ ban_nodes,
+    uint32_t beams_in, uint32_t beams_out, uint32_t codes,
+    uint32_t token_offset, uint32_t pad_token,
+    unsigned long long* __restrict__ scratch, uint32_t capacity, unsigned long long stride,
+    uint32_t* __restrict__ out_parent, uint32_t* __restrict__ out_code, uint32_t* __restrict__ out_node,
+    float* __restrict__ out_score, uint32_t* __restrict__ out_row, uint32_t* __restrict__ out_token) {
+    __shared__ unsigned int s_count;
+    __shared__ unsigned long long s_pool[GENREC_POOL_MAX];
+    const StepTrie t{child_start, child_code, dense, dense_base, codes};
+    const StepFilters f{allow_start, allow_nodes, ban_start, ban_nodes};
+    const uint32_t r = blockIdx.x;
+    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+    unsigned long long* cands = scratch + (size_t)r * stride;
+    uint32_t* lane_best = reinterpret_cast<uint32_t*>(cands);  // [beams_in * 32], before the fallback's keys
+
+    // Pass 1: each lane's best candidate score per beam (ord bits; 0: none)
+    for (uint32_t b = warp; b < beams_in; b += warps) {
+        const uint32_t row = r * beams_in + b;
+        const uint32_t node = nodes[row];
+        const float base = scores[row];
+        unsigned int best = 0;
+        const uint32_t slots = (node == GENREC_NONE || !isfinite(base)) ? 0 : slot_count(t, node);
+        if (slots > 0) {
+            const float* x = logits + (size_t)row * ld + col0;
+            const float lse = beam_lse(t, x, norm, row, node, slots, lane);
+            for (uint32_t i = lane; i < slots; i += 32) {
+                unsigned long long key;
+                if (candidate(t, f, r, x, base, lse, node, b, i, &key)) best = max(best, (unsigned int)(key >> 32));
+            }
+        }
+        lane_best[b * 32 + lane] = best;
+    }
+    __syncthreads();
+    // The lanes' best are distinct candidates: at least beams_out candidates
+    // score at or above their beams_out-th largest
+    const uint32_t m = beams_in * 32;
+    const unsigned int bound = m >= beams_out ? (unsigned int)radix_kth(lane_best, m, beams_out, 32) : 0u;
+
+    // Pass 2: the candidates at or above the bound into the pool
+    if (tid == 0) s_count = 0;
+    __syncthreads();
+    for (uint32_t b = warp; b < beams_in; b += warps) {
+        const uint32_t row = r * beams_in + b;
+        const uint32_t node = nodes[row];
+        const float base = scores[row];
+        if (node == GENREC_NONE || !isfinite(base)) continue;
+        const uint32_t slots = slot_count(t, node);
+        if (slots == 0) continue;
+        const float* x = logits + (size_t)row * ld + col0;
+        const float lse = beam_lse(t, x, norm, row, node, slots, lane);
+        for (uint32_t i0 = 0; i0 < slots; i0 += 32) {
+            const uint32_t i = i0 + lane;
+            unsigned long long key = 0;
+            const bool ok = i < slots && candidate(t, f, r, x, base, lse, node, b, i, &key) && (unsigned int)(key >> 32) >= bound;
+            const unsigned vote = __ballot_sync(GENREC_FULL, ok);
+            unsigned first = 0;
+            if (lane == 0 && vote) first = atomicAdd(&s_count, __popc(vote));
+            first = __shfl_sync(GENREC_FULL, first, 0);
+            const unsigned slot = first + __popc(vote & ((1u << lane) - 1u));
+            if (ok && slot < capacity) s_pool[slot] = key;
+        }
+    }
+    __syncthreads();
+    const uint32_t n = s_count;
+    uint32_t k;
+    if (n <= capacity) {
+        // the pool holds every candidate that can be chosen: sort it
+        k = n < beams_out ? n : beams_out;
+        const uint32_t p = pow2_at_least(n);
+        for (uint32_t i = n + tid; i < p; i += blockDim.x) s_pool[i] = 0;
+        __syncthreads();
+        bitonic_desc(s_pool, p);
+    } else {
+        // too many survivors: every candidate to the scratch, radix select
+        __syncthreads();
+        if (tid == 0) s_count = 0;
+        __syncthreads();
+        write_candidates(t, f, r, logits, ld, col0, norm, scores, nodes, beams_in, cands, &s_count);
+        __syncthreads();
+        const uint32_t all = s_count;
+        k = all < beams_out ? all : beams_out;
+        const unsigned long long threshold = all > beams_out ? radix_kth(cands, all, beams_out, 64) : 0ull;
+        gather_sorted(cands, all, threshold, k, s_pool);
+    }
+    write_outputs(t, r, s_pool, k, nodes, beams_in, beams_out, token_offset, pad_token,
+                  out_parent, out_code, out_node, out_score, out_row, out_token);
 }

@@ -2,9 +2,11 @@
 # The device check of genrec's GPU path, run on the GPU machine (no Rust there):
 # the cuda binary built here by scripts/build-cuda.sh does all the work
 # (`genrec gpu-check`, src/gpu_check/):
-#   1. correctness: the beam-step kernel against the CPU reference on random
-#      tries and logits, and GPU against CPU generation on a real checkpoint;
-#   2. the kernel's time per step, batch 1/16/64 x beam 16/64/256, tries of
+#   1. correctness: the beam-step kernels (the radix selection that serving
+#      runs, and the pooled one that is to replace it, also with its fallback
+#      forced) against the CPU reference on random tries and logits, and GPU
+#      against CPU generation on a real checkpoint;
+#   2. both kernels' time per step, batch 1/16/64 x beam 16/64/256, tries of
 #      10^4, 10^6, 10^7 items, beside the memory-bandwidth and launch floors;
 #   3. end-to-end requests/s and p50/p99 for batch 1/16/64 at beam 64 and 256,
 #      GPU and CPU in the same run.

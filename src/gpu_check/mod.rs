@@ -245,8 +245,8 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     println!("\n## 1. Correctness");
     let steps = soft("beam step vs CPU", check_steps(step.as_mut(), opts.seed));
     if !steps.is_null() {
-        println!("beam step vs CPU reference: {} cases, same top-B (max |score diff| {:.2e}) [{:.1} s]",
-            steps["cases"], steps["max_score_diff"].as_f64().unwrap_or(0.0), t.elapsed().as_secs_f64());
+        println!("beam step vs CPU reference: {} cases ({}), same top-B (max |score diff| {:.2e}) [{:.1} s]",
+            steps["cases"], steps["kernels"], steps["max_score_diff"].as_f64().unwrap_or(0.0), t.elapsed().as_secs_f64());
     }
     let synthetic = match &opts.synthetic {
         Some(spec) => {
@@ -307,11 +307,11 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
 
     println!("\n## 2. Beam step time (median of {} runs; floors: bytes / {} GB/s, and an empty kernel's launch + sync)", opts.reps,
         bandwidth.map(|b| b.to_string()).unwrap_or_else(|| "?".into()));
-    println!("| items | codes | depth | layout | batch | beam | step µs | memory floor µs | launch floor µs |\n|---|---|---|---|---|---|---|---|---|");
+    println!("| items | codes | depth | layout | batch | beam | step µs (radix) | step µs (pool) | memory floor µs | launch floor µs |\n|---|---|---|---|---|---|---|---|---|---|");
     let timing = soft("beam step time", time_steps(step.as_mut(), opts, bandwidth).map(Value::from));
     for r in timing.as_array().into_iter().flatten() {
-        println!("| {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.1} |", r["items"], r["codes"], r["depth"], r["layout"].as_str().unwrap_or(""), r["batch"], r["beam"],
-            r["step_us"].as_f64().unwrap_or(0.0),
+        println!("| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} |", r["items"], r["codes"], r["depth"], r["layout"].as_str().unwrap_or(""), r["batch"], r["beam"],
+            r["step_us"].as_f64().unwrap_or(0.0), r["pool_step_us"].as_f64().unwrap_or(0.0),
             r["floor_memory_us"].as_f64().map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
             r["floor_launch_us"].as_f64().unwrap_or(0.0));
     }

@@ -13,16 +13,18 @@ use serde_json::{json, Value};
 
 use super::{synthetic, CheckError, CheckOptions};
 use crate::catalog::trie::{Trie, NONE};
-use crate::generate::kernel::mirror::{beam_step_mirror, StepInput};
+use crate::generate::kernel::contract::Selection;
+use crate::generate::kernel::mirror::{beam_step_mirror_with, StepInput};
 use crate::generate::kernel::LevelFilters;
 use crate::generate::{beam_step, StepOutput, StepShape};
 use crate::util::percentile;
 
 /// Runs one beam step on some device, timed.
 pub(super) trait StepRunner {
-    /// Runs the step `reps` times (after one untimed run); returns its output
-    /// and the seconds of each timed run (launch to completion).
-    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize)
+    /// Runs the step with the kernel of `selection` `reps` times (after one
+    /// untimed run); returns its output and the seconds of each timed run
+    /// (launch to completion).
+    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize, selection: Selection)
         -> Result<(StepOutput, Vec<f64>), CheckError>;
     /// Seconds to launch an empty kernel and wait for it (0 on the CPU).
     fn launch_floor(&mut self) -> Result<f64, CheckError>;
@@ -33,14 +35,14 @@ pub(super) trait StepRunner {
 struct MirrorRunner;
 
 impl StepRunner for MirrorRunner {
-    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize)
+    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize, selection: Selection)
         -> Result<(StepOutput, Vec<f64>), CheckError> {
         let a = trie.arrays();
-        let out = beam_step_mirror(&a, depth, shape, input, filters, 0, 0).map_err(CheckError::Other)?;
+        let out = beam_step_mirror_with(&a, depth, shape, input, filters, 0, 0, selection).map_err(CheckError::Other)?;
         let times = (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                let _ = std::hint::black_box(beam_step_mirror(&a, depth, shape, input, filters, 0, 0));
+                let _ = std::hint::black_box(beam_step_mirror_with(&a, depth, shape, input, filters, 0, 0, selection));
                 t.elapsed().as_secs_f64()
             })
             .collect();
@@ -63,7 +65,7 @@ struct CudaRunner {
 
 #[cfg(feature = "cuda")]
 impl StepRunner for CudaRunner {
-    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize)
+    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize, selection: Selection)
         -> Result<(StepOutput, Vec<f64>), CheckError> {
         use crate::generate::kernel::cuda::{self, GpuFilters, Scratch, StepArgs};
         use crate::generate::kernel::gpu_search::device_trie;
@@ -78,7 +80,7 @@ impl StepRunner for CudaRunner {
         let gf = GpuFilters::upload(dev, filters)?;
         let args = StepArgs { logits: &logits, col0: input.col0, norm: norm.as_ref(), scores: &scores, nodes: &nodes, token_offset: 0, pad_token: 0 };
         let mut scratch = Scratch::default();
-        let out = cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch)?;
+        let out = cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch, selection)?;
         let step = StepOutput {
             parent: dev.clone_dtoh(&out.parent)?,
             code: dev.clone_dtoh(&out.code)?,
@@ -89,7 +91,7 @@ impl StepRunner for CudaRunner {
         for _ in 0..reps {
             cuda::synchronize(dev)?;
             let t = Instant::now();
-            std::hint::black_box(cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch)?);
+            std::hint::black_box(cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch, selection)?);
             cuda::synchronize(dev)?;
             times.push(t.elapsed().as_secs_f64());
         }
@@ -255,11 +257,18 @@ fn poison(st: &mut RandomStep, rng: &mut ChaCha8Rng) {
     st.norm[rng.random_range(0..rows)] = f32::INFINITY;
 }
 
+/// The kernels part 1a holds to the CPU reference: the radix selection, the
+/// pooled one, and the pooled one with a pool so small that most steps take
+/// its fallback.
+const CHECKED: [(Selection, &str); 3] =
+    [(Selection::Radix, "radix"), (Selection::POOL, "pool"), (Selection::Pool { capacity: 48 }, "pool of 48 (fallback)")];
+
 /// Part 1a: random tries and logits, every depth, with and without the
 /// model's normaliser, with intents and exclusions, and in every fourth case
-/// with non-finite logits and normalisers ([`poison`]). Scores must agree
-/// within 1e-4 (the kernel's expf/logf are not the CPU's correctly rounded
-/// ones), so a near-tie at the last kept place may go either way.
+/// with non-finite logits and normalisers ([`poison`]), for each kernel of
+/// [`CHECKED`]. Scores must agree within 1e-4 (the kernel's expf/logf are not
+/// the CPU's correctly rounded ones), so a near-tie at the last kept place
+/// may go either way.
 pub(super) fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, CheckError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cases = 0;
@@ -285,15 +294,18 @@ pub(super) fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, 
                 let shape = StepShape { requests, beams_in, beams_out, codes };
                 let want = beam_step(&crate::catalog::TrieView::new(&trie, None), shape, &level, &st.scores, &st.nodes, norm, |r, ch| filters.keep(r, ch));
                 let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm, scores: &st.scores, nodes: &st.nodes };
-                let (got, _) = run.run(&trie, depth, shape, &input, &filters, 0)?;
-                let d = compare_steps(&want, &got, requests, beams_out, 1e-4)
-                    .map_err(|e| CheckError::Other(format!("beam step case {case} depth {depth} ({requests}x{beams_in}->{beams_out}): {e}")))?;
-                worst = worst.max(d);
-                cases += 1;
+                for (selection, kernel) in CHECKED {
+                    let (got, _) = run.run(&trie, depth, shape, &input, &filters, 0, selection)?;
+                    let d = compare_steps(&want, &got, requests, beams_out, 1e-4).map_err(|e| {
+                        CheckError::Other(format!("beam step ({kernel}) case {case} depth {depth} ({requests}x{beams_in}->{beams_out}): {e}"))
+                    })?;
+                    worst = worst.max(d);
+                    cases += 1;
+                }
             }
         }
     }
-    Ok(json!({"cases": cases, "max_score_diff": worst, "ok": true}))
+    Ok(json!({"cases": cases, "kernels": CHECKED.map(|(_, k)| k), "max_score_diff": worst, "ok": true}))
 }
 
 fn random_filters(trie: &Trie, depth: usize, requests: usize, rng: &mut ChaCha8Rng) -> LevelFilters {
@@ -334,9 +346,13 @@ pub(super) fn time_steps(run: &mut dyn StepRunner, opts: &CheckOptions, bandwidt
                         let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm: Some(&st.norm), scores: &st.scores, nodes: &st.nodes };
                         // the last level carries each request's exclusions
                         let filters = if depth == 2 { history_bans(&trie, r, &mut rng) } else { LevelFilters::default() };
-                        let (_, mut times) = run.run(&trie, depth, shape, &input, &filters, opts.reps.max(1))?;
-                        times.sort_by(f64::total_cmp);
-                        let med = percentile(&times, 0.5).unwrap_or(0.0);
+                        let mut median = |selection| -> Result<f64, CheckError> {
+                            let (_, mut times) = run.run(&trie, depth, shape, &input, &filters, opts.reps.max(1), selection)?;
+                            times.sort_by(f64::total_cmp);
+                            Ok(percentile(&times, 0.5).unwrap_or(0.0))
+                        };
+                        let med = median(Selection::Radix)?;
+                        let med_pool = median(Selection::POOL)?;
                         // bytes the step cannot avoid: its logits window, normalisers,
                         // beam state in and out, and the trie rows of its beams
                         let ls = trie.arrays().level_start;
@@ -350,7 +366,7 @@ pub(super) fn time_steps(run: &mut dyn StepRunner, opts: &CheckOptions, bandwidt
                         rows.push(json!({
                             "items": trie.num_items(), "codes": codes, "depth": depth, "layout": layout, "batch": r, "beam": b,
                             "filters": if depth == 2 { "20 banned items per request" } else { "none" },
-                            "step_us": med * 1e6, "floor_memory_us": floor_mem.map(|f| f * 1e6), "floor_launch_us": floor_launch * 1e6,
+                            "step_us": med * 1e6, "pool_step_us": med_pool * 1e6, "floor_memory_us": floor_mem.map(|f| f * 1e6), "floor_launch_us": floor_launch * 1e6,
                             "bytes": bytes,
                         }));
                     }

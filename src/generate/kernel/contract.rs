@@ -8,6 +8,53 @@ use crate::generate::step::StepShape;
 
 /// Largest `beams_out`: the kernel's shared selection buffer (`GENREC_MAX_BEAMS`).
 pub const MAX_BEAMS: usize = 1024;
+/// Largest candidate pool the pooled selection keeps on chip
+/// (`GENREC_POOL_MAX`: 2,048 keys, 16 KiB of shared memory).
+pub const POOL_MAX: usize = 2048;
+/// Lanes of a warp: each beam's candidates are split over them, and each
+/// lane's best one feeds the pooled selection's bound.
+pub const LANES: usize = 32;
+
+/// How the kernel finds the best `beams_out` of a request's candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// `genrec_beam_step`: every candidate key goes to a global scratch
+    /// buffer, then an 8-pass radix select over all of them (the kernel
+    /// verified on an H200, 2026-11-27).
+    Radix,
+    /// `genrec_beam_step_pool`: a first pass takes each lane's best
+    /// candidate score (32 per beam); their `beams_out`-th largest is a lower
+    /// bound on the answer's last score (they are distinct candidates), so a
+    /// second pass keeps only candidates at or above it, in shared memory,
+    /// and sorts them there. Over `capacity` survivors (at most
+    /// [`POOL_MAX`]) it falls back to [`Selection::Radix`]'s path. The same
+    /// answer as `Radix`, key for key.
+    Pool { capacity: usize },
+}
+
+impl Selection {
+    /// The pooled selection at its full capacity.
+    pub const POOL: Selection = Selection::Pool { capacity: POOL_MAX };
+
+    /// Keys of global scratch each request needs: every candidate for the
+    /// radix path; for the pool also the lanes' best scores (two per key).
+    pub fn scratch_keys(self, beams_in: usize, codes: usize) -> usize {
+        match self {
+            Selection::Radix => beams_in * codes,
+            Selection::Pool { .. } => (beams_in * codes).max((beams_in * LANES).div_ceil(2)),
+        }
+    }
+
+    /// Checks the pool's capacity (1 to [`POOL_MAX`]).
+    pub fn check(self) -> Result<(), String> {
+        match self {
+            Selection::Pool { capacity } if capacity == 0 || capacity > POOL_MAX => {
+                Err(format!("pool capacity {capacity} outside 1..={POOL_MAX}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Checks one step's shape against the trie's `codebook_sizes` at `depth`: the level's logits
 /// are exactly as wide as its codebook (the dense tables and the child codes

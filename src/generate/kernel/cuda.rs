@@ -14,10 +14,10 @@ use crate::generate::step::StepShape;
 
 /// The kernel, compiled to PTX by build.rs.
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/beam_step.ptx"));
-const FUNC: &str = "genrec_beam_step";
+const MODULE: &str = "genrec_beam_step";
 /// Threads per request (8 warps; one warp per beam while scoring).
 const BLOCK: u32 = 256;
-pub use super::contract::MAX_BEAMS;
+pub use super::contract::{Selection, MAX_BEAMS};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -132,7 +132,9 @@ pub struct StepArgs<'a> {
     pub pad_token: u32,
 }
 
-/// Runs the fused beam step at trie depth `depth`.
+/// Runs the fused beam step at trie depth `depth`, with the kernel of
+/// `selection` (the same answer either way).
+#[allow(clippy::too_many_arguments)]
 pub fn beam_step(
     dev: &CudaDevice,
     trie: &GpuTrie,
@@ -141,9 +143,11 @@ pub fn beam_step(
     args: &StepArgs,
     filters: &GpuFilters,
     scratch: &mut Scratch,
+    selection: Selection,
 ) -> Result<GpuBeams> {
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     super::contract::check_step(&trie.codebook_sizes, depth, shape).map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
+    selection.check().map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
     let (rows, ld) = args.logits.dims2()?;
     if rows != requests * beams_in || args.col0 + codes > ld || args.logits.dtype() != DType::F32 || !args.logits.is_contiguous() {
         candle_core::bail!("beam step: logits {:?} {:?} do not fit {shape:?}", args.logits.shape(), args.logits.dtype());
@@ -172,8 +176,13 @@ pub fn beam_step(
             token: dev.alloc::<u32>(n)?,
         }
     };
-    let keys = scratch.get(dev, requests * beams_in * codes)?;
-    let func = dev.get_or_load_custom_func(FUNC, "genrec_beam_step", PTX)?;
+    let stride = selection.scratch_keys(beams_in, codes);
+    let keys = scratch.get(dev, requests * stride)?;
+    let name = match selection {
+        Selection::Radix => "genrec_beam_step",
+        Selection::Pool { .. } => "genrec_beam_step_pool",
+    };
+    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
     let null = 0u64;
     let (ld32, col0, dense_base) = (ld as u32, args.col0 as u32, trie.level_start[depth]);
     let (bi, bo, cd) = (beams_in as u32, beams_out as u32, codes as u32);
@@ -196,11 +205,20 @@ pub fn beam_step(
         };
     }
     b.arg(&bi).arg(&bo).arg(&cd).arg(&args.token_offset).arg(&args.pad_token).arg(keys);
+    let (capacity, stride) = match selection {
+        Selection::Pool { capacity } => (capacity as u32, stride as u64),
+        Selection::Radix => (0, 0),
+    };
+    if let Selection::Pool { .. } = selection {
+        b.arg(&capacity).arg(&stride);
+    }
     b.arg(&out.parent).arg(&out.code).arg(&out.node).arg(&out.score).arg(&out.row).arg(&out.token);
     let cfg = LaunchConfig { grid_dim: (requests as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: the argument list matches genrec_beam_step's signature in
-    // kernels/beam_step.cu; every buffer is sized for `shape` above (logits
-    // checked, outputs and scratch allocated here, scores/nodes by the caller).
+    // SAFETY: the argument list matches the signature of genrec_beam_step
+    // (or genrec_beam_step_pool, with capacity and stride after the scratch)
+    // in kernels/beam_step.cu; every buffer is sized for `shape` above (logits
+    // checked, outputs and scratch allocated here, scores/nodes by the
+    // caller), the pool's capacity checked against its shared buffer.
     unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Msg(format!("beam step launch: {e}")))?;
     Ok(out)
 }
@@ -208,7 +226,7 @@ pub fn beam_step(
 /// Launches the empty kernel and waits for it: the launch-and-sync floor
 /// under which no step can go.
 pub fn launch_noop(dev: &CudaDevice) -> Result<()> {
-    let func = dev.get_or_load_custom_func("genrec_noop", "genrec_beam_step", PTX)?;
+    let func = dev.get_or_load_custom_func("genrec_noop", MODULE, PTX)?;
     let mut b = func.builder();
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: genrec_noop takes no arguments and touches no memory.

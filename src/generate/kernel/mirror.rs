@@ -1,10 +1,14 @@
 //! A CPU port of `kernels/beam_step.cu`, phase for phase, over the same trie
 //! arrays (dense tables for the first depths, CSR below), the same 64-bit
-//! candidate keys and the same radix select. It exists so that the kernel's
+//! candidate keys and the same selections: the radix select over every
+//! candidate (`genrec_beam_step`) and the pooled one that keeps only the
+//! candidates above a bound (`genrec_beam_step_pool`; see
+//! [`super::contract::Selection`]). It exists so that the kernel's
 //! logic is tested on every machine: the tests below hold it to the CPU
 //! reference ([`crate::generate::step::beam_step`]) on random tries, and
 //! `genrec gpu-check` holds the kernel to both on the GPU.
 
+use super::contract::{Selection, LANES};
 use super::filters::LevelFilters;
 use crate::catalog::trie::{TrieArrays, NONE};
 use crate::generate::step::{StepOutput, StepShape};
@@ -50,22 +54,51 @@ pub fn key(score: f32, parent: u32, code: u32, codes: u32) -> u64 {
 /// The `k`-th largest key (1-based; `keys` unique, `k <= keys.len()`): 8 passes
 /// of 8-bit histograms, most significant byte first, as the kernel does.
 pub fn radix_select(keys: &[u64], k: usize) -> u64 {
+    radix_kth(keys, k, 64)
+}
+
+/// The `k`-th largest of `keys` whose significant bits are the low `bits`
+/// (a multiple of 8; repeats count once each), one 8-bit digit per pass from
+/// the top.
+fn radix_kth(keys: &[u64], k: usize, bits: u32) -> u64 {
     let (mut prefix, mut mask, mut remaining) = (0u64, 0u64, k as u32);
-    for shift in (0..8).rev().map(|p| p * 8) {
+    for shift in (0..bits / 8).rev().map(|p| p * 8) {
         let mut hist = [0u32; 256];
         for &key in keys.iter().filter(|&&key| key & mask == prefix) {
             hist[((key >> shift) & 255) as usize] += 1;
         }
-        let (mut acc, mut d) = (0u32, 255usize);
-        while d > 0 && acc + hist[d] < remaining {
-            acc += hist[d];
-            d -= 1;
-        }
-        remaining -= acc;
+        let (d, above) = pick_digit(&hist, remaining);
+        remaining -= above;
         prefix |= (d as u64) << shift;
         mask |= 255 << shift;
     }
     prefix
+}
+
+/// The digit of the `want`-th largest key (1-based) from a pass's histogram,
+/// and how many keys lie in higher digits, found as the kernel's first warp
+/// finds them: lane `l` sums the digits `255 - 8l` down to `248 - 8l`, a scan
+/// over the lanes finds the first whose running sum reaches `want`, and that
+/// lane walks its eight digits. (The same result as walking all 256 from the
+/// top; digit 0 when even it is not reached.)
+pub fn pick_digit(hist: &[u32; 256], want: u32) -> (usize, u32) {
+    let lane_sum = |l: usize| (0..8).map(|j| hist[255 - 8 * l - j]).sum::<u32>();
+    let mut before = 0u32;
+    for lane in 0..32 {
+        let sum = lane_sum(lane);
+        if before + sum >= want {
+            let mut acc = before;
+            for j in 0..8 {
+                let d = 255 - 8 * lane - j;
+                if d == 0 || acc + hist[d] >= want {
+                    return (d, acc);
+                }
+                acc += hist[d];
+            }
+        }
+        before += sum;
+    }
+    (0, before - hist[0])
 }
 
 /// The `i`-th child slot of `node`: `(code, child)`; `child` is `NONE` for a
@@ -80,8 +113,8 @@ fn child_slot(trie: &TrieArrays, dense: Option<&[u32]>, dense_base: u32, codes: 
     }
 }
 
-/// One beam step at trie depth `depth`, as the kernel computes it, after the
-/// launcher's checks ([`super::contract::check_step`]).
+/// One beam step at trie depth `depth`, as `genrec_beam_step` computes it,
+/// after the launcher's checks ([`super::contract::check_step`]).
 pub fn beam_step_mirror(
     trie: &TrieArrays,
     depth: usize,
@@ -91,7 +124,23 @@ pub fn beam_step_mirror(
     token_offset: u32,
     pad_token: u32,
 ) -> Result<KernelOutput, String> {
+    beam_step_mirror_with(trie, depth, shape, input, filters, token_offset, pad_token, Selection::Radix)
+}
+
+/// [`beam_step_mirror`] with either kernel's selection ([`Selection`]).
+#[allow(clippy::too_many_arguments)]
+pub fn beam_step_mirror_with(
+    trie: &TrieArrays,
+    depth: usize,
+    shape: StepShape,
+    input: &StepInput,
+    filters: &LevelFilters,
+    token_offset: u32,
+    pad_token: u32,
+    selection: Selection,
+) -> Result<KernelOutput, String> {
     super::contract::check_step(trie.codebook_sizes, depth, shape)?;
+    selection.check()?;
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     let dense = trie.dense_table(depth);
     let dense_base = trie.level_start[depth];
@@ -102,8 +151,10 @@ pub fn beam_step_mirror(
         token: vec![pad_token; n_out],
     };
     for r in 0..requests {
-        // phases 1-3: normaliser and keys, beam by beam
+        // phases 1-3: normaliser and keys, beam by beam; each lane's best
+        // score (ord bits, 0 for none) for the pooled selection
         let mut cands: Vec<u64> = Vec::new();
+        let mut lane_best = vec![0u32; beams_in * LANES];
         for b in 0..beams_in {
             let row = r * beams_in + b;
             let (node, base) = (input.nodes[row], input.scores[row]);
@@ -124,18 +175,22 @@ pub fn beam_step_mirror(
                     m + valid().map(|(c, _)| (x[c as usize] - m).exp()).sum::<f32>().ln()
                 }
             };
-            for (c, _) in valid().filter(|&(_, ch)| filters.keep(r, ch)) {
+            for i in 0..slots {
+                let (c, ch) = child_slot(trie, dense, dense_base, codes, node, i);
+                if ch == NONE || !filters.keep(r, ch) {
+                    continue;
+                }
                 let score = base + x[c as usize] - lse;
                 if score.is_finite() {
                     cands.push(key(score, b as u32, c, codes as u32));
+                    let best = &mut lane_best[b * LANES + i % LANES];
+                    *best = (*best).max(ord_bits(score));
                 }
             }
         }
         // phase 4: select and sort
         let k = cands.len().min(beams_out);
-        let threshold = if cands.len() > beams_out { radix_select(&cands, beams_out) } else { 0 };
-        let mut sel: Vec<u64> = cands.into_iter().filter(|&key| key >= threshold).collect();
-        sel.sort_unstable_by(|a, b| b.cmp(a));
+        let (sel, _) = select(&cands, &lane_best, beams_out, selection);
         debug_assert_eq!(sel.len(), k);
         // phase 5: decode
         for (j, &key) in sel.iter().enumerate() {
@@ -164,6 +219,31 @@ pub fn beam_step_mirror(
     Ok(out)
 }
 
+/// Phase 4: the best `beams_out` of a request's candidate keys, best first,
+/// and whether the pool held them (false: the radix path).
+fn select(cands: &[u64], lane_best: &[u32], beams_out: usize, selection: Selection) -> (Vec<u64>, bool) {
+    if let Selection::Pool { capacity } = selection {
+        // the lanes' best are distinct candidates: at least `beams_out`
+        // candidates score at or above their `beams_out`-th largest
+        let bound = if lane_best.len() >= beams_out {
+            let wide: Vec<u64> = lane_best.iter().map(|&b| b as u64).collect();
+            radix_kth(&wide, beams_out, 32) as u32
+        } else {
+            0
+        };
+        let mut pool: Vec<u64> = cands.iter().copied().filter(|&key| (key >> 32) as u32 >= bound).collect();
+        if pool.len() <= capacity {
+            pool.sort_unstable_by(|a, b| b.cmp(a));
+            pool.truncate(beams_out);
+            return (pool, true);
+        }
+    }
+    let threshold = if cands.len() > beams_out { radix_select(cands, beams_out) } else { 0 };
+    let mut sel: Vec<u64> = cands.iter().copied().filter(|&key| key >= threshold).collect();
+    sel.sort_unstable_by(|a, b| b.cmp(a));
+    (sel, false)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -187,6 +267,65 @@ mod tests {
         // same score: smaller (parent, code) wins
         assert!(key(-1.0, 0, 5, 8) > key(-1.0, 1, 0, 8));
         assert!(key(-1.0, 3, 7, 8) > key(-1.5, 0, 0, 8));
+    }
+
+    /// The kernel's warp-parallel digit search gives the serial walk's digit.
+    #[test]
+    fn pick_digit_equals_the_serial_walk() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for case in 0..2000 {
+            let mut hist = [0u32; 256];
+            // sparse, dense and piled-up histograms
+            let filled = [3usize, 40, 256][case % 3];
+            for _ in 0..filled {
+                hist[rng.random_range(0..256)] += rng.random_range(0..5);
+            }
+            let total: u32 = hist.iter().sum();
+            for want in [1, total / 2, total, total + 1].into_iter().filter(|&w| w >= 1) {
+                let (mut acc, mut d) = (0u32, 255usize);
+                while d > 0 && acc + hist[d] < want {
+                    acc += hist[d];
+                    d -= 1;
+                }
+                assert_eq!(pick_digit(&hist, want), (d, acc), "case {case} want {want} of {total}");
+            }
+        }
+    }
+
+    /// The pooled selection gives the radix selection's keys, through the
+    /// pool when the survivors fit and through the fallback when they do not;
+    /// wide levels (more candidates per beam than lanes) and ties included.
+    #[test]
+    fn pooled_selection_equals_the_radix_selection() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        let (mut pooled, mut fell_back) = (0, 0);
+        for case in 0..200 {
+            let beams_in = rng.random_range(1..40);
+            let codes = [3usize, 31, 64, 300][case % 4];
+            let beams_out = rng.random_range(1..=256);
+            let mut cands = Vec::new();
+            let mut lane_best = vec![0u32; beams_in * LANES];
+            for b in 0..beams_in {
+                let base = -rng.random::<f32>() * 4.0;
+                for c in 0..codes {
+                    if rng.random_bool(0.2) {
+                        continue; // no child, banned or not finite
+                    }
+                    // coarse logits: exact ties within and across beams
+                    let score = base + (rng.random_range(-40..0) as f32) * 0.125;
+                    cands.push(key(score, b as u32, c as u32, codes as u32));
+                    let best = &mut lane_best[b * LANES + c % LANES];
+                    *best = (*best).max(ord_bits(score));
+                }
+            }
+            let (want, _) = select(&cands, &lane_best, beams_out, Selection::Radix);
+            for capacity in [super::super::contract::POOL_MAX, 40, 1] {
+                let (got, in_pool) = select(&cands, &lane_best, beams_out, Selection::Pool { capacity });
+                assert_eq!(got, want, "case {case} capacity {capacity}");
+                if in_pool { pooled += 1 } else { fell_back += 1 }
+            }
+        }
+        assert!(pooled > 100 && fell_back > 100, "pooled {pooled}, fell back {fell_back}");
     }
 
     #[test]
@@ -269,10 +408,10 @@ mod tests {
                 let level_logits: Vec<f32> = (0..n).flat_map(|b| logits[b * ld + col0..b * ld + col0 + codes].to_vec()).collect();
                 let filters = LevelFilters::new(&cat, &reqs, depth);
                 let shape = StepShape { requests, beams_in, beams_out, codes };
-                for nm in [None, Some(&norm[..])] {
+                for (nm, selection) in [None, Some(&norm[..])].into_iter().flat_map(|n| [(n, Selection::Radix), (n, Selection::POOL), (n, Selection::Pool { capacity: 2 })]) {
                     let want = beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
                     let input = StepInput { logits: &logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
-                    let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7).unwrap();
+                    let got = beam_step_mirror_with(&trie.arrays(), depth, shape, &input, &filters, 100, 7, selection).unwrap();
                     assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");
                     assert_eq!(got.step.code, want.code, "case {case} depth {depth}");
                     assert_eq!(got.step.node, want.node, "case {case} depth {depth}");
