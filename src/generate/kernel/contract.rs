@@ -45,11 +45,15 @@ impl Selection {
         }
     }
 
-    /// Checks the pool's capacity (1 to [`POOL_MAX`]).
-    pub fn check(self) -> Result<(), String> {
+    /// Checks the pool's capacity (1 to [`POOL_MAX`]) and that the lanes'
+    /// best scores of `beams_in` beams are indexed within 32 bits.
+    pub fn check(self, beams_in: usize) -> Result<(), String> {
         match self {
             Selection::Pool { capacity } if capacity == 0 || capacity > POOL_MAX => {
                 Err(format!("pool capacity {capacity} outside 1..={POOL_MAX}"))
+            }
+            Selection::Pool { .. } if beams_in * LANES >= u32::MAX as usize => {
+                Err(format!("{beams_in} beams x {LANES} lanes do not fit the pooled selection's 32-bit indices"))
             }
             _ => Ok(()),
         }
@@ -95,5 +99,10 @@ mod tests {
         assert!(err(0, shape(1, 0, 3)).contains("beams_out 0"));
         assert!(err(0, shape(1, MAX_BEAMS + 1, 3)).contains("outside"));
         assert!(err(0, shape(0, 8, 3)).contains("do not fit"));
+        assert!(Selection::POOL.check(1024).is_ok());
+        assert!(Selection::Pool { capacity: 0 }.check(1).unwrap_err().contains("capacity 0"));
+        assert!(Selection::Pool { capacity: POOL_MAX + 1 }.check(1).is_err());
+        assert!(Selection::POOL.check(1 << 27).unwrap_err().contains("32-bit"));
+        assert!(Selection::Radix.check(1 << 27).is_ok());
     }
 }

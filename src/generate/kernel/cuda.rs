@@ -102,7 +102,9 @@ impl GpuBeams {
     }
 }
 
-/// A reusable per-batch candidate buffer (`requests × beams_in × codes` keys).
+/// A reusable per-batch scratch buffer (`requests ×`
+/// [`Selection::scratch_keys`] keys: the candidates, and for the pooled
+/// selection also the lanes' best scores).
 #[derive(Default)]
 pub struct Scratch {
     keys: Option<CudaSlice<u64>>,
@@ -147,7 +149,7 @@ pub fn beam_step(
 ) -> Result<GpuBeams> {
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     super::contract::check_step(&trie.codebook_sizes, depth, shape).map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
-    selection.check().map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
+    selection.check(beams_in).map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
     let (rows, ld) = args.logits.dims2()?;
     if rows != requests * beams_in || args.col0 + codes > ld || args.logits.dtype() != DType::F32 || !args.logits.is_contiguous() {
         candle_core::bail!("beam step: logits {:?} {:?} do not fit {shape:?}", args.logits.shape(), args.logits.dtype());

@@ -140,7 +140,7 @@ pub fn beam_step_mirror_with(
     selection: Selection,
 ) -> Result<KernelOutput, String> {
     super::contract::check_step(trie.codebook_sizes, depth, shape)?;
-    selection.check()?;
+    selection.check(shape.beams_in)?;
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     let dense = trie.dense_table(depth);
     let dense_base = trie.level_start[depth];
