@@ -139,11 +139,13 @@ __device__ __forceinline__ bool candidate(const StepTrie& t, const StepFilters& 
     return true;
 }
 
-// Every candidate of request r as a key in `cands`, at slots taken from
-// `count` (shared): one warp per beam, warp-aggregated slots.
+// The candidates of request r whose score bits are at least `bound` (0: all)
+// as keys in `out`, at slots taken from `count` (shared): one warp per beam,
+// warp-aggregated slots. Slots at or past `capacity` are counted, not written.
 __device__ void write_candidates(const StepTrie& t, const StepFilters& f, uint32_t r, const float* logits, uint32_t ld,
                                  uint32_t col0, const float* norm, const float* scores, const uint32_t* nodes,
-                                 uint32_t beams_in, unsigned long long* cands, unsigned int* count) {
+                                 uint32_t beams_in, unsigned int bound, uint32_t capacity, unsigned long long* out,
+                                 unsigned int* count) {
     const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (uint32_t b = warp; b < beams_in; b += warps) {
         const uint32_t row = r * beams_in + b;
@@ -157,12 +159,13 @@ __device__ void write_candidates(const StepTrie& t, const StepFilters& f, uint32
         for (uint32_t i0 = 0; i0 < slots; i0 += 32) {
             const uint32_t i = i0 + lane;
             unsigned long long key = 0;
-            const bool ok = i < slots && candidate(t, f, r, x, base, lse, node, b, i, &key);
+            const bool ok = i < slots && candidate(t, f, r, x, base, lse, node, b, i, &key) && (unsigned int)(key >> 32) >= bound;
             const unsigned vote = __ballot_sync(GENREC_FULL, ok);
             unsigned first = 0;
             if (lane == 0 && vote) first = atomicAdd(count, __popc(vote));
             first = __shfl_sync(GENREC_FULL, first, 0);
-            if (ok) cands[first + __popc(vote & ((1u << lane) - 1u))] = key;
+            const unsigned slot = first + __popc(vote & ((1u << lane) - 1u));
+            if (ok && slot < capacity) out[slot] = key;
         }
     }
 }
@@ -339,7 +342,7 @@ extern "C" __global__ void genrec_beam_step(
     if (threadIdx.x == 0) s_count = 0;
     __syncthreads();
     // Phases 1-3: normalisers and keys
-    write_candidates(t, f, r, logits, ld, col0, norm, scores, nodes, beams_in, cands, &s_count);
+    write_candidates(t, f, r, logits, ld, col0, norm, scores, nodes, beams_in, 0u, GENREC_NONE, cands, &s_count);
     __syncthreads();
     const uint32_t n = s_count;
     const uint32_t k = n < beams_out ? n : beams_out;
@@ -403,27 +406,7 @@ extern "C" __global__ void genrec_beam_step_pool(
     // Pass 2: the candidates at or above the bound into the pool
     if (tid == 0) s_count = 0;
     __syncthreads();
-    for (uint32_t b = warp; b < beams_in; b += warps) {
-        const uint32_t row = r * beams_in + b;
-        const uint32_t node = nodes[row];
-        const float base = scores[row];
-        if (node == GENREC_NONE || !isfinite(base)) continue;
-        const uint32_t slots = slot_count(t, node);
-        if (slots == 0) continue;
-        const float* x = logits + (size_t)row * ld + col0;
-        const float lse = beam_lse(t, x, norm, row, node, slots, lane);
-        for (uint32_t i0 = 0; i0 < slots; i0 += 32) {
-            const uint32_t i = i0 + lane;
-            unsigned long long key = 0;
-            const bool ok = i < slots && candidate(t, f, r, x, base, lse, node, b, i, &key) && (unsigned int)(key >> 32) >= bound;
-            const unsigned vote = __ballot_sync(GENREC_FULL, ok);
-            unsigned first = 0;
-            if (lane == 0 && vote) first = atomicAdd(&s_count, __popc(vote));
-            first = __shfl_sync(GENREC_FULL, first, 0);
-            const unsigned slot = first + __popc(vote & ((1u << lane) - 1u));
-            if (ok && slot < capacity) s_pool[slot] = key;
-        }
-    }
+    write_candidates(t, f, r, logits, ld, col0, norm, scores, nodes, beams_in, bound, capacity, s_pool, &s_count);
     __syncthreads();
     const uint32_t n = s_count;
     uint32_t k;
@@ -439,7 +422,7 @@ extern "C" __global__ void genrec_beam_step_pool(
         __syncthreads();
         if (tid == 0) s_count = 0;
         __syncthreads();
-        write_candidates(t, f, r, logits, ld, col0, norm, scores, nodes, beams_in, cands, &s_count);
+        write_candidates(t, f, r, logits, ld, col0, norm, scores, nodes, beams_in, 0u, GENREC_NONE, cands, &s_count);
         __syncthreads();
         const uint32_t all = s_count;
         k = all < beams_out ? all : beams_out;

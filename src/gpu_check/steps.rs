@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::{synthetic, CheckError, CheckOptions};
 use crate::catalog::trie::{Trie, NONE};
 use crate::generate::kernel::contract::Selection;
-use crate::generate::kernel::mirror::{beam_step_mirror_with, StepInput};
+use crate::generate::kernel::mirror::{beam_step_mirror, StepInput};
 use crate::generate::kernel::LevelFilters;
 use crate::generate::{beam_step, StepOutput, StepShape};
 use crate::util::percentile;
@@ -38,11 +38,11 @@ impl StepRunner for MirrorRunner {
     fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize, selection: Selection)
         -> Result<(StepOutput, Vec<f64>), CheckError> {
         let a = trie.arrays();
-        let out = beam_step_mirror_with(&a, depth, shape, input, filters, 0, 0, selection).map_err(CheckError::Other)?;
+        let out = beam_step_mirror(&a, depth, shape, input, filters, 0, 0, selection).map_err(CheckError::Other)?;
         let times = (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                let _ = std::hint::black_box(beam_step_mirror_with(&a, depth, shape, input, filters, 0, 0, selection));
+                let _ = std::hint::black_box(beam_step_mirror(&a, depth, shape, input, filters, 0, 0, selection));
                 t.elapsed().as_secs_f64()
             })
             .collect();

@@ -113,23 +113,11 @@ fn child_slot(trie: &TrieArrays, dense: Option<&[u32]>, dense_base: u32, codes: 
     }
 }
 
-/// One beam step at trie depth `depth`, as `genrec_beam_step` computes it,
-/// after the launcher's checks ([`super::contract::check_step`]).
-pub fn beam_step_mirror(
-    trie: &TrieArrays,
-    depth: usize,
-    shape: StepShape,
-    input: &StepInput,
-    filters: &LevelFilters,
-    token_offset: u32,
-    pad_token: u32,
-) -> Result<KernelOutput, String> {
-    beam_step_mirror_with(trie, depth, shape, input, filters, token_offset, pad_token, Selection::Radix)
-}
-
-/// [`beam_step_mirror`] with either kernel's selection ([`Selection`]).
+/// One beam step at trie depth `depth`, as the kernel of `selection`
+/// computes it (`genrec_beam_step` or `genrec_beam_step_pool`), after the
+/// launcher's checks ([`super::contract::check_step`]).
 #[allow(clippy::too_many_arguments)]
-pub fn beam_step_mirror_with(
+pub fn beam_step_mirror(
     trie: &TrieArrays,
     depth: usize,
     shape: StepShape,
@@ -411,7 +399,7 @@ mod tests {
                 for (nm, selection) in [None, Some(&norm[..])].into_iter().flat_map(|n| [(n, Selection::Radix), (n, Selection::POOL), (n, Selection::Pool { capacity: 2 })]) {
                     let want = beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
                     let input = StepInput { logits: &logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
-                    let got = beam_step_mirror_with(&trie.arrays(), depth, shape, &input, &filters, 100, 7, selection).unwrap();
+                    let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7, selection).unwrap();
                     assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");
                     assert_eq!(got.step.code, want.code, "case {case} depth {depth}");
                     assert_eq!(got.step.node, want.node, "case {case} depth {depth}");
