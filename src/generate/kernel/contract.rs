@@ -45,9 +45,9 @@ impl Selection {
         }
     }
 
-    /// Checks the pool's capacity (1 to [`POOL_MAX`]) and that the lanes'
-    /// best scores of `beams_in` beams are indexed within 32 bits.
-    pub fn check(self, beams_in: usize) -> Result<(), String> {
+    /// The pool's capacity is 1 to [`POOL_MAX`], and the lanes' best scores
+    /// of `beams_in` beams are indexed within 32 bits.
+    fn check(self, beams_in: usize) -> Result<(), String> {
         match self {
             Selection::Pool { capacity } if capacity == 0 || capacity > POOL_MAX => {
                 Err(format!("pool capacity {capacity} outside 1..={POOL_MAX}"))
@@ -62,9 +62,9 @@ impl Selection {
 
 /// Checks one step's shape against the trie's `codebook_sizes` at `depth`: the level's logits
 /// are exactly as wide as its codebook (the dense tables and the child codes
-/// assume it), `beams_out` fits the pick buffer, and every (parent, code)
-/// fits the low 32 bits of a candidate key.
-pub fn check_step(codebook_sizes: &[u32], depth: usize, shape: StepShape) -> Result<(), String> {
+/// assume it), `beams_out` fits the pick buffer, every (parent, code)
+/// fits the low 32 bits of a candidate key, and the `selection` can run it.
+pub fn check_step(codebook_sizes: &[u32], depth: usize, shape: StepShape, selection: Selection) -> Result<(), String> {
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     let Some(&size) = codebook_sizes.get(depth) else {
         return Err(format!("beam step at depth {depth}, but the trie has {} levels", codebook_sizes.len()));
@@ -78,7 +78,7 @@ pub fn check_step(codebook_sizes: &[u32], depth: usize, shape: StepShape) -> Res
     if requests == 0 || beams_in == 0 || beams_in * codes >= u32::MAX as usize {
         return Err(format!("{requests} requests x {beams_in} beams x {codes} codes do not fit the kernel's keys"));
     }
-    Ok(())
+    selection.check(beams_in)
 }
 
 #[cfg(test)]
@@ -91,18 +91,20 @@ mod tests {
         let t = Trie::build(&[0, 0, 1, 2, 2, 1], 2, &[3, 4]).unwrap();
         let a = t.codebook_sizes();
         let shape = |beams_in, beams_out, codes| StepShape { requests: 2, beams_in, beams_out, codes };
-        check_step(a, 0, shape(1, 8, 3)).unwrap();
-        check_step(a, 1, shape(8, MAX_BEAMS, 4)).unwrap();
-        let err = |depth, s| check_step(a, depth, s).unwrap_err();
+        let radix = Selection::Radix;
+        check_step(a, 0, shape(1, 8, 3), radix).unwrap();
+        check_step(a, 1, shape(8, MAX_BEAMS, 4), Selection::POOL).unwrap();
+        let err = |depth, s| check_step(a, depth, s, radix).unwrap_err();
         assert!(err(1, shape(8, 8, 3)).contains("whose codebook has 4"));
         assert!(err(2, shape(8, 8, 4)).contains("the trie has 2 levels"));
         assert!(err(0, shape(1, 0, 3)).contains("beams_out 0"));
         assert!(err(0, shape(1, MAX_BEAMS + 1, 3)).contains("outside"));
         assert!(err(0, shape(0, 8, 3)).contains("do not fit"));
-        assert!(Selection::POOL.check(1024).is_ok());
-        assert!(Selection::Pool { capacity: 0 }.check(1).unwrap_err().contains("capacity 0"));
-        assert!(Selection::Pool { capacity: POOL_MAX + 1 }.check(1).is_err());
-        assert!(Selection::POOL.check(1 << 27).unwrap_err().contains("32-bit"));
-        assert!(Selection::Radix.check(1 << 27).is_ok());
+        let pool = |capacity, beams_in| check_step(a, 1, shape(beams_in, 8, 4), Selection::Pool { capacity });
+        assert!(pool(POOL_MAX, 1024).is_ok());
+        assert!(pool(0, 1).unwrap_err().contains("capacity 0"));
+        assert!(pool(POOL_MAX + 1, 1).is_err());
+        assert!(pool(POOL_MAX, 1 << 27).unwrap_err().contains("32-bit"));
+        assert!(check_step(a, 1, shape(1 << 27, 8, 4), radix).is_ok());
     }
 }

@@ -148,8 +148,7 @@ pub fn beam_step(
     selection: Selection,
 ) -> Result<GpuBeams> {
     let StepShape { requests, beams_in, beams_out, codes } = shape;
-    super::contract::check_step(&trie.codebook_sizes, depth, shape).map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
-    selection.check(beams_in).map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
+    super::contract::check_step(&trie.codebook_sizes, depth, shape, selection).map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
     let (rows, ld) = args.logits.dims2()?;
     if rows != requests * beams_in || args.col0 + codes > ld || args.logits.dtype() != DType::F32 || !args.logits.is_contiguous() {
         candle_core::bail!("beam step: logits {:?} {:?} do not fit {shape:?}", args.logits.shape(), args.logits.dtype());
@@ -207,12 +206,13 @@ pub fn beam_step(
         };
     }
     b.arg(&bi).arg(&bo).arg(&cd).arg(&args.token_offset).arg(&args.pad_token).arg(keys);
-    let (capacity, stride) = match selection {
-        Selection::Pool { capacity } => (capacity as u32, stride as u64),
-        Selection::Radix => (0, 0),
+    // the pooled kernel's two extra arguments follow the scratch
+    let pool_args = match selection {
+        Selection::Pool { capacity } => Some((capacity as u32, stride as u64)),
+        Selection::Radix => None,
     };
-    if let Selection::Pool { .. } = selection {
-        b.arg(&capacity).arg(&stride);
+    if let Some((capacity, stride)) = &pool_args {
+        b.arg(capacity).arg(stride);
     }
     b.arg(&out.parent).arg(&out.code).arg(&out.node).arg(&out.score).arg(&out.row).arg(&out.token);
     let cfg = LaunchConfig { grid_dim: (requests as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };

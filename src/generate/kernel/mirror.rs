@@ -127,8 +127,7 @@ pub fn beam_step_mirror(
     pad_token: u32,
     selection: Selection,
 ) -> Result<KernelOutput, String> {
-    super::contract::check_step(trie.codebook_sizes, depth, shape)?;
-    selection.check(shape.beams_in)?;
+    super::contract::check_step(trie.codebook_sizes, depth, shape, selection)?;
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     let dense = trie.dense_table(depth);
     let dense_base = trie.level_start[depth];
