@@ -12,8 +12,8 @@ encoder standing in), else the run fails. Memory: the server's peak RSS
 
 Configurations, in one run (the machine drifts, so ratios are within a run):
   none          --intent-model none (encoder intents; the memory baseline)
-  all-labels    the LLM scores all 32 labels (--intent-shortlist 0)
-  default       the LLM scores the encoder's shortlist (the default, 8)
+  all-labels    --intent-model smollm2: the LLM scores all 32 labels (--intent-shortlist 0)
+  default       --intent-model smollm2: the LLM scores the encoder's shortlist (the default, 8)
 """
 import argparse
 import json
@@ -61,8 +61,9 @@ def main():
     ap.add_argument("--binary", default="target/release/genrec")
     ap.add_argument("--also-shortlist", type=int, nargs="*", default=[], help="also run these --intent-shortlist values")
     a = ap.parse_args()
-    configs = [("none", ["--intent-model", "none"], False), ("all-labels", ["--intent-shortlist", "0"], True), ("default", [], True)]
-    configs += [(f"shortlist-{n}", ["--intent-shortlist", str(n)], True) for n in a.also_shortlist]
+    llm = ["--intent-model", "smollm2"]
+    configs = [("none", ["--intent-model", "none"], False), ("all-labels", llm + ["--intent-shortlist", "0"], True), ("default", llm, True)]
+    configs += [(f"shortlist-{n}", llm + ["--intent-shortlist", str(n)], True) for n in a.also_shortlist]
     results = {}
     for i, (name, extra, llm) in enumerate(configs):
         # each configuration gets profiles of its own users, never seen before

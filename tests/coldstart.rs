@@ -37,6 +37,7 @@ async fn profile_only_requests_use_encoder_intents_without_an_llm() {
     if fetched(ENCODER).is_none() {
         return;
     }
+    // the default: no intent LLM, even where SmolLM2 is fetched
     let s = Server::start(&[]);
     let c = reqwest::Client::new();
     let v: Value = c.get(s.at("/v1/intents")).send().await.unwrap().json().await.unwrap();
@@ -160,9 +161,12 @@ async fn soft_steering_weight_zero_is_the_models_own_answer() {
 
 #[tokio::test]
 async fn profile_only_requests_use_llm_intents() {
-    let Some(model) = fetched(SMOLLM) else { return };
-    let model = model.to_string_lossy().into_owned();
-    let s = Server::start(&["--intent-model", &model]);
+    if fetched(SMOLLM).is_none() {
+        return;
+    }
+    // the LLM by its name (the server runs in the repository, where
+    // scripts/fetch-models.sh put it)
+    let s = Server::start(&["--intent-model", "smollm2"]);
     let c = reqwest::Client::new();
     let v: Value = c.get(s.at("/v1/intents")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["method"], "llm");
@@ -246,4 +250,17 @@ fn a_bad_prompt_template_stops_the_start_with_its_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.prompt:2: unknown field {agee}"), "{err}");
+}
+
+#[test]
+fn naming_an_intent_llm_that_is_not_there_stops_the_start() {
+    let dir = common::TempDir::new("no-llm");
+    let out = std::process::Command::new(common::bin())
+        .current_dir(&dir.0)
+        .args(["serve", "--addr", "127.0.0.1:0", "--intent-model", "smollm2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--intent-model smollm2") && err.contains("scripts/fetch-models.sh"), "{err}");
 }

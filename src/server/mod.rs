@@ -111,11 +111,15 @@ pub struct ServeArgs {
     /// passes this many MiB; 0: only on POST /admin/catalog/compact.
     #[arg(long, env = "GENREC_COMPACT_LOG_MB", default_value_t = crate::engine::DEFAULT_COMPACT_LOG_BYTES >> 20)]
     pub compact_log_mb: u64,
-    /// Cold-start intent LLM: a llama GGUF file or a Hugging Face folder
-    /// (config.json, model.safetensors, tokenizer.json), or `none`. Default:
-    /// SmolLM2-135M-Instruct from scripts/fetch-models.sh when present.
-    #[arg(long, env = "GENREC_INTENT_MODEL")]
-    pub intent_model: Option<String>,
+    /// Cold-start intent LLM: `none` (profiles are matched to the intent
+    /// labels with the sentence encoder), `smollm2` (SmolLM2-135M-Instruct as
+    /// scripts/fetch-models.sh puts it), a llama GGUF file, or a Hugging Face
+    /// folder (config.json, model.safetensors, tokenizer.json). Off by
+    /// default: on MovieLens-100K its intents added nothing measurable to a
+    /// model that reads the profile itself, while costing ~0.4 s per new
+    /// profile and ~150 MB (benches/results/coldstart.md).
+    #[arg(long, env = "GENREC_INTENT_MODEL", default_value = "none")]
+    pub intent_model: IntentModelArg,
     /// Prompt template for intent inference (checked at start).
     #[arg(long, env = "GENREC_PROMPT", default_value = "prompts/intent.prompt")]
     pub prompt: PathBuf,
@@ -344,9 +348,43 @@ fn finish_engine(
     Ok(engine)
 }
 
+/// Which intent LLM cold start uses (`genrec serve --intent-model`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentModelArg {
+    /// No LLM: the sentence encoder matches profiles to intents.
+    None,
+    /// SmolLM2-135M-Instruct where scripts/fetch-models.sh puts it.
+    SmolLm2,
+    /// A llama GGUF file or a Hugging Face folder.
+    Path(PathBuf),
+}
+
+impl IntentModelArg {
+    /// The file or folder to load, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            IntentModelArg::None => None,
+            IntentModelArg::SmolLm2 => Some(Path::new(DEFAULT_INTENT_MODEL)),
+            IntentModelArg::Path(p) => Some(p),
+        }
+    }
+}
+
+impl std::str::FromStr for IntentModelArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" => Err("expected none, smollm2, or a GGUF file or model folder".into()),
+            "none" => Ok(IntentModelArg::None),
+            "smollm2" => Ok(IntentModelArg::SmolLm2),
+            p => Ok(IntentModelArg::Path(PathBuf::from(p))),
+        }
+    }
+}
+
 /// Cold-start intent inference as the flags ask: the prompt template is
-/// checked first (a bad one stops the start), then the intent LLM (an explicit
-/// path must load; the default is used when fetched) and the sentence encoder.
+/// checked first (a bad one stops the start), then the intent LLM when one is
+/// named (it must load) and the sentence encoder.
 fn build_coldstart(args: &ServeArgs, catalog: &crate::catalog::Catalog) -> Result<Option<ColdStart>> {
     let template = if args.prompt.exists() {
         PromptTemplate::load(&args.prompt)?
@@ -355,14 +393,12 @@ fn build_coldstart(args: &ServeArgs, catalog: &crate::catalog::Catalog) -> Resul
     } else {
         anyhow::bail!("prompt template {} not found", args.prompt.display());
     };
-    let lm = match args.intent_model.as_deref() {
-        Some("none") => None,
-        Some(p) => Some(IntentLm::load(Path::new(p)).with_context(|| format!("loading the intent model {p}"))?),
-        None if Path::new(DEFAULT_INTENT_MODEL).exists() => Some(IntentLm::load(Path::new(DEFAULT_INTENT_MODEL))?),
-        None => {
-            tracing::warn!("no intent model at {DEFAULT_INTENT_MODEL} (scripts/fetch-models.sh): profiles are matched to intents with the sentence encoder");
-            None
+    let lm = match args.intent_model.path() {
+        None => None,
+        Some(p) if !p.exists() && args.intent_model == IntentModelArg::SmolLm2 => {
+            anyhow::bail!("--intent-model smollm2: {} not found; fetch it with scripts/fetch-models.sh", p.display())
         }
+        Some(p) => Some(IntentLm::load(p).with_context(|| format!("loading the intent model {}", p.display()))?),
     };
     let encoder = match TextEncoder::load(&args.encoder) {
         Ok(e) => Some(Arc::new(e)),
@@ -437,4 +473,18 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IntentModelArg;
+
+    #[test]
+    fn intent_model_names_parse() {
+        assert_eq!("none".parse(), Ok(IntentModelArg::None));
+        assert_eq!("smollm2".parse(), Ok(IntentModelArg::SmolLm2));
+        assert_eq!("m/x.gguf".parse(), Ok(IntentModelArg::Path("m/x.gguf".into())));
+        assert!("".parse::<IntentModelArg>().is_err());
+        assert_eq!(IntentModelArg::None.path(), None);
+    }
 }

@@ -59,15 +59,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `genrec serve --addr 127.0.0.1:0 <args>` and waits for its address
-    /// (without the intent LLM unless `args` name one: it costs seconds at start).
+    /// Starts `genrec serve --addr 127.0.0.1:0 <args>` and waits for its address.
     pub fn start(args: &[&str]) -> Server {
         Self::start_in(None, args)
     }
 
     /// [`Server::start`] with the working directory `cwd`.
     pub fn start_in(cwd: Option<&std::path::Path>, args: &[&str]) -> Server {
-        let no_llm: &[&str] = if args.contains(&"--intent-model") { &[] } else { &["--intent-model", "none"] };
         let mut cmd = Command::new(bin());
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
@@ -75,7 +73,6 @@ impl Server {
         let mut child = cmd
             .arg("serve")
             .args(["--addr", "127.0.0.1:0"])
-            .args(no_llm)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
