@@ -65,10 +65,9 @@ def score(items, target):
     return 0.0, 0.0
 
 
-def run(binary, model, candidates, weight, cases):
+def run(binary, model, candidates, weight, cases, kinds):
     args = ["--model", model, "--intent-model", "none", "--search-candidates", str(candidates), "--search-model-weight", str(weight)]
     with serving(binary, args) as (_, base, command):
-        kinds = ["personalized", "text", "recommend"]
         sums = {k: [0.0, 0.0] for k in kinds}
         times = {k: [] for k in kinds}
         notes = {k: 0 for k in kinds}
@@ -78,7 +77,8 @@ def run(binary, model, candidates, weight, cases):
                 "text": {"query": query, "k": 10, "timeout_ms": 30000},
                 "recommend": {"history": history, "k": 10, "timeout_ms": 30000},
             }
-            for k, body in bodies.items():
+            for k in kinds:
+                body = bodies[k]
                 t0 = time.perf_counter()
                 v = post(base + "/v1/recommend", body)
                 times[k].append((time.perf_counter() - t0) * 1e3)
@@ -109,6 +109,7 @@ def main():
     ap.add_argument("--split", choices=["test", "valid"], default="test",
                     help="test: the last item is the target; valid: the second last, the history before it")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--kinds", default="personalized,text,recommend", help="comma-separated request kinds to send (sweeps may skip recommend)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/genrec"))
     a = ap.parse_args()
     inter = json.load(open(a.data))
@@ -130,8 +131,9 @@ def main():
     result = {"split": a.split, "users": len(cases), "skipped_no_query_words": skipped, "examples": [c[1] for c in cases[:5]], "runs": {}}
     for c in a.candidates.split(","):
         for w in a.weights.split(","):
-            r = run(a.bin, a.model, int(c), float(w), cases)
-            r["personalized_over_text_ndcg"] = r["personalized"]["ndcg@10"] / max(r["text"]["ndcg@10"], 1e-12)
+            r = run(a.bin, a.model, int(c), float(w), cases, a.kinds.split(","))
+            if "personalized" in r and "text" in r:
+                r["personalized_over_text_ndcg"] = r["personalized"]["ndcg@10"] / max(r["text"]["ndcg@10"], 1e-12)
             result["runs"][f"candidates={c},weight={w}"] = r
             print(json.dumps({c: r}), file=sys.stderr)
     print(json.dumps(result))
