@@ -53,6 +53,16 @@ pub struct GpuCheckArgs {
     /// Smaller run: tries of 10^4 and 10^6 items, 10 repetitions.
     #[arg(long)]
     quick: bool,
+    /// Skip part 2 (the beam step's timing table), e.g. for a second model
+    /// in the same device session.
+    #[arg(long)]
+    no_step_times: bool,
+    /// Beam widths of the end-to-end table (part 3).
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 256])]
+    e2e_beams: Vec<usize>,
+    /// Batch sizes of the step and end-to-end tables.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
+    batches: Vec<usize>,
     /// Memory bandwidth for the floor, GB/s (default: from the card's name; H100 SXM 3350, H200 4800).
     #[arg(long)]
     bandwidth_gbs: Option<f64>,
@@ -501,8 +511,14 @@ pub fn gpu_check(a: GpuCheckArgs) -> Result<()> {
         catalog: a.catalog,
         bandwidth_gbs: a.bandwidth_gbs,
         history_items: a.history_items,
+        step_times: !a.no_step_times,
+        e2e_beams: a.e2e_beams,
+        batches: a.batches,
         ..Default::default()
     };
+    if opts.e2e_beams.iter().chain(&opts.batches).any(|&n| n == 0) {
+        anyhow::bail!("--e2e-beams and --batches take sizes of at least 1");
+    }
     if let Some(shape) = a.synthetic {
         use genrec::model::synthetic::{Layout, Shape};
         opts.synthetic = Some(genrec::gpu_check::synthetic::Synthetic {

@@ -28,8 +28,8 @@ fn serve_on_cuda_fails_clearly_without_a_gpu() {
 }
 
 #[test]
-fn bad_device_and_dtype_are_refused() {
-    for (flag, value) in [("--device", "tpu:0"), ("--dtype", "f8")] {
+fn bad_device_dtype_and_kernel_are_refused() {
+    for (flag, value) in [("--device", "tpu:0"), ("--dtype", "f8"), ("--beam-kernel", "bitonic")] {
         let out = Command::new(common::bin())
             .args(["serve", "--addr", "127.0.0.1:0", "--intent-model", "none", flag, value])
             .output()
@@ -75,18 +75,28 @@ mod on_gpu {
         assert_eq!(e2e["identical_lists"], e2e["requests"], "{e2e}");
         assert!(e2e["tokens_cpu"].as_u64().unwrap() > 0, "{e2e}");
         assert_eq!(e2e["tokens_device"], e2e["tokens_cpu"], "tokens are counted alike: {e2e}");
+        let pool = &r["correctness"]["end_to_end_pool"];
+        assert_eq!(pool["identical_lists"], pool["requests"], "the pooled kernel: {pool}");
+        assert!(pool["requests"].as_u64().unwrap() > 0, "{pool}");
         let ens = &r["correctness"]["end_to_end_ensemble"];
         assert_eq!(ens["identical_lists"], ens["requests"], "{ens}");
         assert!(ens["lists_unlike_the_lead"].as_u64().unwrap() > 0, "{ens}");
     }
 
-    /// `serve --device cuda:0` answers as the CPU server does.
+    /// `serve --device cuda:0` answers as the CPU server does, with either
+    /// beam-step kernel.
     #[tokio::test]
     async fn gpu_server_answers_like_the_cpu_server() {
         if !gpu() {
             return;
         }
-        let (g, c) = (Server::start(&["--device", "cuda:0"]), Server::start(&[]));
+        for kernel in ["radix", "pool"] {
+            answers_like_the_cpu(&["--device", "cuda:0", "--beam-kernel", kernel]).await;
+        }
+    }
+
+    async fn answers_like_the_cpu(gpu_args: &[&str]) {
+        let (g, c) = (Server::start(gpu_args), Server::start(&[]));
         let client = reqwest::Client::new();
         let (_, catalog) = genrec::server::default_model::load(&candle_core::Device::Cpu).unwrap();
         let history: Vec<&str> = (0..3).map(|i| catalog.item_id(i)).collect();
@@ -99,6 +109,6 @@ mod on_gpu {
         };
         let (gi, ci) = (items(&ag), items(&ac));
         assert_eq!(gi.len(), 10, "{ag}");
-        assert_eq!(gi, ci);
+        assert_eq!(gi, ci, "{gpu_args:?}");
     }
 }

@@ -15,6 +15,10 @@
 //! 3. End-to-end requests/s and latency for batch 1/16/64 at beam 64 and 256,
 //!    device and CPU in the same run.
 //!
+//! On a GPU, part 1b and part 3 also run the GPU search with the pooled
+//! beam-step kernel (`"pool"` rows; serving keeps the radix kernel until
+//! such a run confirms it).
+//!
 //! Parts 1a and 2 (the beam step alone) are in [`steps`]; this file holds
 //! the options, the end-to-end parts and the run.
 //!
@@ -36,7 +40,9 @@ use serde_json::{json, Value};
 
 use crate::catalog::Catalog;
 use crate::device::DeviceSpec;
-use crate::generate::{generate, generate_ensemble, GenRequest, Scoring};
+use crate::generate::kernel::contract::Selection;
+use crate::generate::kernel::set_serving_selection;
+use crate::generate::{generate, generate_ensemble, GenRequest, Generated, Scoring};
 use crate::model::Model;
 use crate::util::percentile;
 
@@ -83,8 +89,12 @@ pub struct CheckOptions {
     pub batches: Vec<usize>,
     pub beams: Vec<usize>,
     pub e2e_beams: Vec<usize>,
-    /// Timed repetitions per step configuration.
+    /// Timed repetitions per step configuration (and at most this many,
+    /// per end-to-end row, fewer when one batch takes long).
     pub reps: usize,
+    /// Whether part 2 (the beam step alone) runs; a second model in the same
+    /// device session need not time the kernel again.
+    pub step_times: bool,
     /// Memory bandwidth in GB/s for the floor (default: by card name).
     pub bandwidth_gbs: Option<f64>,
     pub seed: u64,
@@ -105,6 +115,7 @@ impl Default for CheckOptions {
             beams: vec![16, 64, 256],
             e2e_beams: vec![64, 256],
             reps: 30,
+            step_times: true,
             bandwidth_gbs: None,
             seed: 7,
         }
@@ -134,27 +145,45 @@ fn e2e_mismatch(e2e: &Value) -> Option<String> {
     }
 }
 
-/// Part 1b: the same checkpoint on the device and on the CPU gives the same items.
-fn check_e2e(dev_model: &Model, cpu_model: &Model, catalog: &Catalog, opts: &CheckOptions) -> Result<Value, CheckError> {
+/// The requests of the end-to-end checks and the CPU's answers to them,
+/// computed once and compared with every device run (the CPU reference of
+/// a production-size model takes most of a check's time).
+struct Reference {
+    reqs: Vec<GenRequest>,
+    cpu: Generated,
+}
+
+/// Part 1b's requests (every third a personalized search over every fifth
+/// item: allow lists at every level) and the CPU model's answers.
+fn reference(cpu_model: &Model, catalog: &Catalog, opts: &CheckOptions) -> Result<Reference, CheckError> {
     let h = histories(catalog, opts.e2e_requests, opts.history_items, opts.seed);
     let mut reqs = requests(&h, 10);
-    // every third request is a personalized search over every fifth item
-    // (allow lists at every level, on both devices)
     let fifths: std::sync::Arc<[u32]> = (0..catalog.len() as u32).step_by(5).collect::<Vec<u32>>().into();
     for q in reqs.iter_mut().skip(2).step_by(3) {
         q.allowed = Some(fifths.clone());
     }
-    let a = generate(dev_model, catalog, &reqs, 64)?;
-    let b = generate(cpu_model, catalog, &reqs, 64)?;
-    let same = a.hits.iter().zip(&b.hits).filter(|(x, y)| x.iter().map(|h| h.item).eq(y.iter().map(|h| h.item))).count();
-    let worst = a
-        .hits
-        .iter()
-        .zip(&b.hits)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs()))
-        .fold(0f32, f32::max);
+    let cpu = generate(cpu_model, catalog, &reqs, 64)?;
+    Ok(Reference { reqs, cpu })
+}
+
+fn items(x: &[crate::generate::Hit]) -> Vec<u32> {
+    x.iter().map(|h| h.item).collect()
+}
+
+/// How many of `got`'s lists equal `want`'s, and the largest score difference.
+fn compare(got: &Generated, want: &Generated) -> (usize, f32) {
+    let same = got.hits.iter().zip(&want.hits).filter(|(x, y)| items(x) == items(y)).count();
+    let worst = got.hits.iter().zip(&want.hits).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs())).fold(0f32, f32::max);
+    (same, worst)
+}
+
+/// Part 1b: the model on the device gives the CPU reference's items.
+fn check_e2e(dev_model: &Model, catalog: &Catalog, reference: &Reference, opts: &CheckOptions) -> Result<Value, CheckError> {
+    let a = generate(dev_model, catalog, &reference.reqs, 64)?;
+    let (same, worst) = compare(&a, &reference.cpu);
     // decoded tokens are the live beams of every level on both devices
-    Ok(json!({"model": dev_model.label(), "history_items": opts.history_items, "requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": b.tokens}))
+    Ok(json!({"model": dev_model.label(), "history_items": opts.history_items, "requests": reference.reqs.len(), "identical_lists": same,
+        "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": reference.cpu.tokens}))
 }
 
 /// The second member of the ensemble check on `device`: the synthetic shape
@@ -170,28 +199,34 @@ fn second_member(opts: &CheckOptions, synthetic: Option<&Catalog>, lead: &Model,
 }
 
 /// Part 1c: a two-member ensemble searched on the device (the members' mean
-/// log-probability, fed to the kernel) against the CPU search, and how many
-/// of its lists differ from its lead's alone (0 when the members are one
-/// checkpoint twice: then the check only covers the mean's arithmetic).
-fn check_ensemble(members_dev: [&Model; 2], members_cpu: [&Model; 2], catalog: &Catalog, opts: &CheckOptions) -> Result<Value, CheckError> {
-    let h = histories(catalog, opts.e2e_requests, opts.history_items, opts.seed ^ 0xe5);
-    let reqs = requests(&h, 10);
-    let a = generate_ensemble(&members_dev, catalog, &reqs, 64, Scoring::Model)?;
-    let b = generate_ensemble(&members_cpu, catalog, &reqs, 64, Scoring::Model)?;
-    let lead = generate(members_cpu[0], catalog, &reqs, 64)?;
-    let items = |x: &[crate::generate::Hit]| x.iter().map(|h| h.item).collect::<Vec<_>>();
-    let same = a.hits.iter().zip(&b.hits).filter(|(x, y)| items(x) == items(y)).count();
-    let differ_from_lead = b.hits.iter().zip(&lead.hits).filter(|(x, y)| items(x) != items(y)).count();
-    let worst = a.hits.iter().zip(&b.hits).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs())).fold(0f32, f32::max);
+/// log-probability, fed to the kernel) against the CPU search, on part 1b's
+/// requests, and how many of its lists differ from the lead's alone (the
+/// reference's; 0 when the members are one checkpoint twice: then the check
+/// only covers the mean's arithmetic).
+fn check_ensemble(members_dev: [&Model; 2], members_cpu: [&Model; 2], catalog: &Catalog, reference: &Reference) -> Result<Value, CheckError> {
+    let reqs = &reference.reqs;
+    let a = generate_ensemble(&members_dev, catalog, reqs, 64, Scoring::Model)?;
+    let b = generate_ensemble(&members_cpu, catalog, reqs, 64, Scoring::Model)?;
+    let (same, worst) = compare(&a, &b);
+    let differ_from_lead = b.hits.iter().zip(&reference.cpu.hits).filter(|(x, y)| items(x) != items(y)).count();
     Ok(json!({"requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "lists_unlike_the_lead": differ_from_lead,
         "tokens_device": a.tokens, "tokens_cpu": b.tokens}))
 }
 
-/// Part 3: batches through `generate` on one device.
+/// A timed end-to-end row takes at least this long (or `reps` batches,
+/// whichever comes first) and at least [`MIN_E2E_REPS`] batches.
+const E2E_ROW_SECONDS: f64 = 2.0;
+const MIN_E2E_REPS: usize = 3;
+
+/// Part 3: batches through `generate` on one device: up to `reps` of them,
+/// fewer when one batch takes long (see [`E2E_ROW_SECONDS`]).
 fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: usize, opts: &CheckOptions) -> Result<Value, CheckError> {
     let h = histories(catalog, batch, opts.history_items, opts.seed);
     let reqs = requests(&h, 10);
+    let t = Instant::now();
     generate(model, catalog, &reqs, beam)?; // warm-up (kernel JIT, allocations)
+    let warm = t.elapsed().as_secs_f64();
+    let reps = reps.min(((E2E_ROW_SECONDS / warm.max(1e-6)).ceil() as usize).max(MIN_E2E_REPS));
     let mut times = Vec::with_capacity(reps);
     let mut tokens = 0;
     for _ in 0..reps {
@@ -209,6 +244,25 @@ fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: u
         "p99_ms": percentile(&times, 0.99).unwrap_or(f64::NAN) * 1e3,
     }))
 }
+
+/// Device memory in use (bytes; every model the check holds, the CUDA
+/// context and the allocator's cache), or `None` on the CPU.
+fn memory_in_use(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return d.cuda_stream().context().mem_get_info().ok().map(|(free, total)| total.saturating_sub(free) as u64);
+    }
+    let _ = device;
+    None
+}
+
+/// Published figures that part 3 of a production-size model stands beside
+/// (different cards and precisions: read them as context, not as a race).
+pub const ANCHORS: [&str; 3] = [
+    "NVIDIA recsys-examples SID-GR: Qwen3-1.7B, beam 256, 3 tokens, 1,000-token context, batch 1: 17.6 ms p50 on an H100 (SGLang beam search: 33.5 ms); genrec's target on the H200: <= 12 ms",
+    "FlashRec: OneRec-1.7B in FP8, beam 50, RTX 5090: 28.1 requests/s (SGLang 13.9, TensorRT-LLM 12.7, vLLM 3.9); genrec's target on the H200: >= 150 requests/s at the best batch size",
+    "STATIC (YouTube): 0.033 ms per constrained decoding step on accelerators; genrec's beam-step target: <= 20 us at batch 64 x beam 256 over 10^6 items",
+];
 
 /// The checkpoint (or synthetic model) and its catalog on `device`; a
 /// synthetic catalog is built once and passed in as `synthetic`.
@@ -258,11 +312,14 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         None => None,
     };
     let synthetic = synthetic.as_ref();
+    let t = Instant::now();
     let loaded = load_models(opts, synthetic, &device, candle_core::DType::F32)
-        .and_then(|(dev, cat)| Ok((dev, load_models(opts, synthetic, &Device::Cpu, candle_core::DType::F32)?.0, cat)));
+        .and_then(|(dev, cat)| Ok((dev, load_models(opts, synthetic, &Device::Cpu, candle_core::DType::F32)?.0, cat)))
+        .and_then(|(dev, cpu, cat)| Ok((reference(&cpu, &cat, opts)?, dev, cpu, cat)));
     let (models, e2e) = match loaded {
-        Ok((dev_model, cpu_model, catalog)) => {
-            let e2e = soft("end-to-end f32", check_e2e(&dev_model, &cpu_model, &catalog, opts));
+        Ok((reference, dev_model, cpu_model, catalog)) => {
+            println!("CPU reference: {} requests of {} history items [{:.1} s with loading]", reference.reqs.len(), opts.history_items, t.elapsed().as_secs_f64());
+            let e2e = soft("end-to-end f32", check_e2e(&dev_model, &catalog, &reference, opts));
             if !e2e.is_null() {
                 println!("end-to-end ({}, {} items): {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
                     dev_model.label(), catalog.len(), e2e["identical_lists"], e2e["requests"], e2e["max_score_diff"].as_f64().unwrap_or(0.0));
@@ -270,15 +327,30 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
                     soft("end-to-end f32", Err(CheckError::Other(why)));
                 }
             }
-            (Some((dev_model, cpu_model, catalog)), e2e)
+            (Some((reference, dev_model, cpu_model, catalog)), e2e)
         }
         Err(e) => (None, soft("loading the checkpoint", Err(e))),
     };
+    // the same comparison with the pooled kernel in the GPU search
+    let mut e2e_pool = Value::Null;
+    if let (Some((reference, dev_model, _, catalog)), false) = (&models, device.is_cpu()) {
+        set_serving_selection(Selection::POOL);
+        let r = check_e2e(dev_model, catalog, reference, opts);
+        set_serving_selection(Selection::Radix);
+        e2e_pool = soft("end-to-end f32, pooled kernel", r);
+        if !e2e_pool.is_null() {
+            println!("end-to-end with the pooled kernel: {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
+                e2e_pool["identical_lists"], e2e_pool["requests"], e2e_pool["max_score_diff"].as_f64().unwrap_or(0.0));
+            if let Some(why) = e2e_mismatch(&e2e_pool) {
+                soft("end-to-end f32, pooled kernel", Err(CheckError::Other(why)));
+            }
+        }
+    }
     let mut e2e_ensemble = Value::Null;
-    if let Some((dev_model, cpu_model, catalog)) = &models {
+    if let Some((reference, dev_model, cpu_model, catalog)) = &models {
         let r = second_member(opts, synthetic, dev_model, &device)
             .and_then(|d| Ok((d, second_member(opts, synthetic, cpu_model, &Device::Cpu)?)))
-            .and_then(|(d, c)| check_ensemble([dev_model, &d], [cpu_model, &c], catalog, opts));
+            .and_then(|(d, c)| check_ensemble([dev_model, &d], [cpu_model, &c], catalog, reference));
         e2e_ensemble = soft("end-to-end ensemble", r);
         if !e2e_ensemble.is_null() {
             println!("end-to-end, two-member ensemble: {}/{} identical top-10 lists, max |score diff| {:.2e}; {} lists unlike the lead's alone",
@@ -291,9 +363,9 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     // bf16 on the device: reported beside f32, not required to match exactly
     let mut bf16 = None;
     let mut e2e_bf16 = Value::Null;
-    if let (Some((_, cpu_model, catalog)), false) = (&models, device.is_cpu()) {
+    if let (Some((reference, _, _, catalog)), false) = (&models, device.is_cpu()) {
         let r = load_models(opts, synthetic, &device, candle_core::DType::BF16)
-            .and_then(|(m, _)| check_e2e(&m, cpu_model, catalog, opts).map(|r| (m, r)));
+            .and_then(|(m, _)| check_e2e(&m, catalog, reference, opts).map(|r| (m, r)));
         match r {
             Ok((m, r)) => {
                 println!("end-to-end in bf16 (informative): {}/{} identical top-10 lists vs the f32 CPU, max |score diff| {:.2e}",
@@ -305,49 +377,74 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         }
     }
 
-    println!("\n## 2. Beam step time (median of {} runs; floors: bytes / {} GB/s, and an empty kernel's launch + sync)", opts.reps,
-        bandwidth.map(|b| b.to_string()).unwrap_or_else(|| "?".into()));
-    println!("| items | codes | depth | layout | batch | beam | step µs (radix) | step µs (pool) | memory floor µs | launch floor µs |\n|---|---|---|---|---|---|---|---|---|---|");
-    let timing = soft("beam step time", time_steps(step.as_mut(), opts, bandwidth).map(Value::from));
-    for r in timing.as_array().into_iter().flatten() {
-        println!("| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} |", r["items"], r["codes"], r["depth"], r["layout"].as_str().unwrap_or(""), r["batch"], r["beam"],
-            r["step_us"].as_f64().unwrap_or(0.0), r["pool_step_us"].as_f64().unwrap_or(0.0),
-            r["floor_memory_us"].as_f64().map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
-            r["floor_launch_us"].as_f64().unwrap_or(0.0));
+    let mut timing = Value::Null;
+    if opts.step_times {
+        println!("\n## 2. Beam step time (median of {} runs; floors: bytes / {} GB/s, and an empty kernel's launch + sync)", opts.reps,
+            bandwidth.map(|b| b.to_string()).unwrap_or_else(|| "?".into()));
+        println!("| items | codes | depth | layout | batch | beam | step µs (radix) | step µs (pool) | memory floor µs | launch floor µs |\n|---|---|---|---|---|---|---|---|---|---|");
+        timing = soft("beam step time", time_steps(step.as_mut(), opts, bandwidth).map(Value::from));
+        for r in timing.as_array().into_iter().flatten() {
+            println!("| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} |", r["items"], r["codes"], r["depth"], r["layout"].as_str().unwrap_or(""), r["batch"], r["beam"],
+                r["step_us"].as_f64().unwrap_or(0.0), r["pool_step_us"].as_f64().unwrap_or(0.0),
+                r["floor_memory_us"].as_f64().map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
+                r["floor_launch_us"].as_f64().unwrap_or(0.0));
+        }
     }
 
     let mut e2e_rows = Vec::new();
-    if let Some((dev_model, cpu_model, catalog)) = &models {
-        println!("\n## 3. End to end ({}, k = 10, {}-item histories)\n| device | batch | beam | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|", dev_model.label(), opts.history_items);
+    if let Some((_, dev_model, cpu_model, catalog)) = &models {
+        println!("\n## 3. End to end ({}, k = 10, {}-item histories; GPU memory: in use after the row, every model the check holds)", dev_model.label(), opts.history_items);
+        println!("| device | batch | beam | requests/s | tokens/s | p50 ms | p99 ms | GPU memory GiB |\n|---|---|---|---|---|---|---|---|");
+        let (bf16_name, pool_name, bf16_pool_name) = (format!("{card} bf16"), format!("{card} pool"), format!("{card} bf16 pool"));
+        let radix = Selection::Radix;
+        // the device rows run the radix kernel, the "pool" rows the pooled
+        // one; a CPU-only run has only the CPU rows, and a production-size
+        // model is timed in bf16 (what --dtype auto serves it in), never on
+        // the CPU
+        let runs: Vec<(&str, &Model, usize, Selection)> = match (device.is_cpu(), opts.synthetic.is_some(), &bf16) {
+            (true, _, _) => vec![("cpu", cpu_model, 3, radix)],
+            (false, true, Some(b)) => vec![(bf16_name.as_str(), b, 20, radix), (bf16_pool_name.as_str(), b, 20, Selection::POOL)],
+            (false, true, None) => vec![(card.as_str(), dev_model, 20, radix), (pool_name.as_str(), dev_model, 20, Selection::POOL)],
+            (false, false, b) => {
+                let mut r = vec![(card.as_str(), dev_model, 20, radix)];
+                if let Some(b) = b {
+                    r.push((bf16_name.as_str(), b, 20, radix));
+                }
+                r.push((pool_name.as_str(), dev_model, 20, Selection::POOL));
+                r.push(("cpu", cpu_model, 3, radix));
+                r
+            }
+        };
         for &beam in &opts.e2e_beams {
             for &batch in &opts.batches {
-                // on a CPU-only run the device rows would repeat the CPU rows;
-                // a synthetic production-size model is not timed on the CPU
-                let bf16_name = format!("{card} bf16");
-                let mut runs: Vec<(&str, &Model, usize)> = match (device.is_cpu(), opts.synthetic.is_some()) {
-                    (true, _) => vec![("cpu", cpu_model, 3)],
-                    (false, true) => vec![(card.as_str(), dev_model, 20)],
-                    (false, false) => vec![(card.as_str(), dev_model, 20), ("cpu", cpu_model, 3)],
-                };
-                if let Some(m) = &bf16 {
-                    runs.insert(1, (bf16_name.as_str(), m, 20));
-                }
-                for (name, model, reps) in runs {
-                    let mut row = soft(&format!("end-to-end time {name} batch {batch} beam {beam}"), time_e2e(model, catalog, batch, beam, reps, opts));
+                for &(name, model, reps, selection) in &runs {
+                    set_serving_selection(selection);
+                    let row = time_e2e(model, catalog, batch, beam, reps, opts);
+                    set_serving_selection(Selection::Radix);
+                    let mut row = soft(&format!("end-to-end time {name} batch {batch} beam {beam}"), row);
                     if row.is_null() {
                         continue;
                     }
                     row["device"] = json!(name);
-                    println!("| {name} | {batch} | {beam} | {:.1} | {:.2} | {:.2} |", row["requests_per_s"].as_f64().unwrap_or(0.0),
-                        row["p50_ms"].as_f64().unwrap_or(0.0), row["p99_ms"].as_f64().unwrap_or(0.0));
+                    let mem = if name == "cpu" { None } else { memory_in_use(&device) };
+                    row["gpu_memory_bytes"] = json!(mem);
+                    println!("| {name} | {batch} | {beam} | {:.1} | {:.0} | {:.2} | {:.2} | {} |", row["requests_per_s"].as_f64().unwrap_or(0.0),
+                        row["tokens_per_s"].as_f64().unwrap_or(0.0), row["p50_ms"].as_f64().unwrap_or(0.0), row["p99_ms"].as_f64().unwrap_or(0.0),
+                        mem.map(|m| format!("{:.1}", m as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into()));
                     e2e_rows.push(row);
                 }
             }
         }
+        if opts.synthetic.is_some() {
+            println!("\nFor context (published figures, other cards):");
+            for a in ANCHORS {
+                println!("- {a}");
+            }
+        }
     }
     let report = json!({
-        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "end_to_end": e2e, "end_to_end_ensemble": e2e_ensemble, "end_to_end_bf16": e2e_bf16},
-        "step_times": timing, "end_to_end": e2e_rows, "failures": failures,
+        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "end_to_end": e2e, "end_to_end_pool": e2e_pool, "end_to_end_ensemble": e2e_ensemble, "end_to_end_bf16": e2e_bf16},
+        "step_times": timing, "end_to_end": e2e_rows, "anchors": ANCHORS, "failures": failures,
     });
     if failures.is_empty() {
         Ok(report)
@@ -401,10 +498,13 @@ mod tests {
             beams: vec![8],
             e2e_beams: vec![16],
             reps: 1,
+            step_times: false,
             bandwidth_gbs: Some(100.0),
             ..Default::default()
         };
         let r = run(&opts).unwrap();
+        assert!(r["step_times"].is_null(), "part 2 was asked to be skipped");
+        assert_eq!(r["anchors"].as_array().map(Vec::len), Some(ANCHORS.len()));
         let e2e = &r["correctness"]["end_to_end"];
         assert_eq!(e2e["identical_lists"], 6, "{e2e}");
         assert!(e2e["model"].as_str().is_some_and(|m| m.starts_with("synthetic-qwen3-tiny/")), "{e2e}");

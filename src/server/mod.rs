@@ -27,6 +27,7 @@ use crate::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use crate::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate, DEFAULT_INTENT_MODEL};
 use crate::engine::edits::{open_store, EditStore};
 use crate::engine::{BatchOptions, Engine, EngineOptions};
+use crate::generate::kernel::contract::Selection;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -65,6 +66,12 @@ pub struct ServeArgs {
     /// stream, norms, attention softmax and output layer in f32.
     #[arg(long, env = "GENREC_DTYPE", default_value = "auto", value_parser = crate::device::parse_dtype_choice)]
     pub dtype: crate::device::DTypeChoice,
+    /// The GPU beam step's selection: radix (every candidate through a
+    /// global radix select; verified on an H200) or pool (a bound from each
+    /// lane's best candidate, the survivors sorted on chip; the same answers
+    /// in the CPU port's tests, awaiting its GPU run). Ignored on the CPU.
+    #[arg(long, env = "GENREC_BEAM_KERNEL", value_enum, default_value_t = BeamKernel::Radix)]
+    pub beam_kernel: BeamKernel,
     /// Folder under which POST /admin/models (and --watch) may load checkpoints.
     #[arg(long, env = "GENREC_MODEL_ROOT")]
     pub model_root: Option<PathBuf>,
@@ -225,6 +232,10 @@ async fn request_id(req: Request, next: Next) -> Response {
 /// warmed up by one smoke generation).
 pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     let dev = args.device.open()?;
+    crate::generate::kernel::set_serving_selection(match args.beam_kernel {
+        BeamKernel::Radix => Selection::Radix,
+        BeamKernel::Pool => Selection::POOL,
+    });
     let dtype = args.dtype;
     tracing::info!(device = ?args.device, ?dtype, "model device");
     let (model, catalog_dir, source) = match (&args.model, args.no_model) {
@@ -346,6 +357,14 @@ fn finish_engine(
         metrics::model_swapped(None, &info);
     }
     Ok(engine)
+}
+
+/// The GPU beam-step kernel (`genrec serve --beam-kernel`; see
+/// [`Selection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BeamKernel {
+    Radix,
+    Pool,
 }
 
 /// Which intent LLM cold start uses (`genrec serve --intent-model`).

@@ -37,12 +37,6 @@ pub fn device_trie(dev: &CudaDevice, trie: &Trie) -> candle_core::Result<Arc<Gpu
     Ok(t)
 }
 
-/// The beam-step kernel that serving runs: the radix selection, verified on
-/// an H200. The pooled one ([`cuda::Selection::POOL`]) gives the same answer
-/// in the CPU port's tests and is checked and timed beside it by `genrec
-/// gpu-check`; it becomes the default once a GPU run has confirmed it.
-const SERVING_SELECTION: cuda::Selection = cuda::Selection::Radix;
-
 /// One model's part of a GPU search: its history cache (after the prefill),
 /// the hidden state of each beam and the beams' own decoded tokens.
 pub struct GpuMember<'a> {
@@ -131,7 +125,7 @@ pub fn decode_levels(
             token_offset: sc.token(level, 0),
             pad_token: sc.pad_token_id,
         };
-        let out = cuda::beam_step(dev, &trie, level, shape, &args, &filters, &mut scratch, SERVING_SELECTION)?;
+        let out = cuda::beam_step(dev, &trie, level, shape, &args, &filters, &mut scratch, super::serving_selection())?;
         if level + 1 == levels {
             let (last, scores) = (dev.clone_dtoh(&out.node)?, dev.clone_dtoh(&out.score)?);
             let live = |n: &[u32]| n.iter().filter(|&&n| n != crate::catalog::trie::NONE).count();

@@ -15,3 +15,48 @@ pub mod cuda;
 pub mod gpu_search;
 
 pub use filters::{LevelFilters, NodeLists};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use contract::Selection;
+
+/// The selection GPU searches use, process-wide: 0 for the radix kernel,
+/// otherwise the pooled kernel's capacity.
+static SERVING: AtomicUsize = AtomicUsize::new(0);
+
+/// The beam-step kernel GPU searches run: [`Selection::Radix`], verified on
+/// an H200, unless [`set_serving_selection`] chose another. The pooled one
+/// gives the same answer in the CPU port's tests and becomes the default
+/// once a GPU run has confirmed it.
+pub fn serving_selection() -> Selection {
+    match SERVING.load(Ordering::Relaxed) {
+        0 => Selection::Radix,
+        capacity => Selection::Pool { capacity },
+    }
+}
+
+/// Chooses the kernel of every GPU search from now on (`genrec gpu-check`
+/// runs the end-to-end parts under both).
+pub fn set_serving_selection(s: Selection) {
+    let v = match s {
+        Selection::Radix => 0,
+        Selection::Pool { capacity } => capacity.max(1),
+    };
+    SERVING.store(v, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_selection_round_trips_and_starts_at_radix() {
+        assert_eq!(serving_selection(), Selection::Radix);
+        set_serving_selection(Selection::POOL);
+        assert_eq!(serving_selection(), Selection::POOL);
+        set_serving_selection(Selection::Pool { capacity: 48 });
+        assert_eq!(serving_selection(), Selection::Pool { capacity: 48 });
+        set_serving_selection(Selection::Radix);
+        assert_eq!(serving_selection(), Selection::Radix);
+    }
+}
