@@ -267,31 +267,31 @@ fn worker_loop(
 /// against 530-600 answers/s), groups of equal length cost less (630-700).
 fn run_batch(batch: Vec<Job>, beam: usize, shared: &Shared, observer: &dyn BatchObserver) {
     let now = Instant::now();
-    let (mut live, _dropped): (Vec<Job>, Vec<Job>) =
+    let (mut waiting, _dropped): (Vec<Job>, Vec<Job>) =
         batch.into_iter().partition(|j| !j.reply.is_closed() && j.deadline > now);
-    let Some(first) = live.first() else { return };
+    let Some(first) = waiting.first() else { return };
     let longest = first.model.model.sidecar().max_history_items.max(1);
     let len = |j: &Job| j.req.history.len().clamp(1, longest);
-    live.sort_by_key(len);
-    while !live.is_empty() {
-        let n = live.iter().take_while(|j| len(j) == len(&live[0])).count();
-        let rest = live.split_off(n);
-        run_group(live, beam, now, shared, observer);
-        live = rest;
+    waiting.sort_by_key(len);
+    while !waiting.is_empty() {
+        let n = waiting.iter().take_while(|j| len(j) == len(&waiting[0])).count();
+        let rest = waiting.split_off(n);
+        run_group(waiting, beam, now, shared, observer);
+        waiting = rest;
     }
 }
 
 /// One generation for jobs of one history length.
-fn run_group(live: Vec<Job>, beam: usize, now: Instant, shared: &Shared, observer: &dyn BatchObserver) {
-    let waits: Vec<Duration> = live.iter().map(|j| now.saturating_duration_since(j.enqueued)).collect();
-    observer.batch(live.len(), &waits);
-    let reqs: Vec<GenRequest> = live.iter().map(|j| j.req.clone()).collect();
+fn run_group(waiting: Vec<Job>, beam: usize, now: Instant, shared: &Shared, observer: &dyn BatchObserver) {
+    let waits: Vec<Duration> = waiting.iter().map(|j| now.saturating_duration_since(j.enqueued)).collect();
+    observer.batch(waiting.len(), &waits);
+    let reqs: Vec<GenRequest> = waiting.iter().map(|j| j.req.clone()).collect();
     // the newest of the batch's views: item indices never change within a
     // base, so every request's history and exclusions hold in it, and each
     // request then keeps the items its own view serves
-    let newest = live.iter().max_by_key(|j| j.catalog.catalog.last_edit_id()).unwrap_or(&live[0]);
+    let newest = waiting.iter().max_by_key(|j| j.catalog.catalog.last_edit_id()).unwrap_or(&waiting[0]);
     let (model, catalog) = (newest.model.clone(), newest.catalog.clone());
-    let span = tracing::debug_span!("batch", size = live.len());
+    let span = tracing::debug_span!("batch", size = waiting.len());
     let _g = span.enter();
     let result = catch_unwind(AssertUnwindSafe(|| {
         if shared.panic_next.swap(false, Ordering::SeqCst) {
@@ -305,20 +305,20 @@ fn run_group(live: Vec<Job>, beam: usize, now: Instant, shared: &Shared, observe
             shared.panics.fetch_add(1, Ordering::Relaxed);
             observer.worker_panic();
             let what = panic_message(&*payload);
-            tracing::error!(panic = %what, size = live.len(), "batched generation panicked; its requests get an error");
+            tracing::error!(panic = %what, size = waiting.len(), "batched generation panicked; its requests get an error");
             Err(format!("generation panicked: {what}"))
         }
     };
     match result {
         Ok(out) => {
-            let per = out.tokens / live.len().max(1);
-            for (job, hits) in live.into_iter().zip(out.hits) {
+            let per = out.tokens / waiting.len().max(1);
+            for (job, hits) in waiting.into_iter().zip(out.hits) {
                 let _ = job.reply.send(Ok((hits, per)));
             }
         }
         Err(msg) => {
             tracing::error!(error = %msg, "batched generation failed");
-            for job in live {
+            for job in waiting {
                 let _ = job.reply.send(Err(msg.clone()));
             }
         }

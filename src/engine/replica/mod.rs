@@ -15,7 +15,8 @@
 //!   beside the feed cover model changes older than the version.
 //! - **Compaction** writes the applied view as the shared folder's next
 //!   version under the feed's compaction lease, then trims the feed below
-//!   the version before it and below every live replica's position.
+//!   the version before it and below every active replica's position (a
+//!   replica is active while its position mark is younger than `mark_ttl`).
 //! - **Faults:** a record that does not parse is skipped by every replica alike
 //!   (logged with its position, counted); an edit that fails (a taken semantic
 //!   ID) fails the same way everywhere; a checkpoint this replica cannot load

@@ -230,7 +230,7 @@ fn compaction_records_its_position_joiners_replay_after_it_and_trimming_keeps_wh
     for i in 5..9 {
         a.upsert_item(item(&base, &format!("x{i}"), i, 0.03)).unwrap();
     }
-    // a live replica that is still at the first of these edits holds the
+    // an active replica that is still at the first of these edits holds the
     // trim back to its position
     let slow_at = feed.read_after(Position::START, 1, Duration::ZERO).unwrap()[0].position;
     feed.mark("slow", slow_at, 2).unwrap();

@@ -86,8 +86,8 @@ impl Engine {
 
     /// Compaction of a shared folder: under the feed's lease, the applied view
     /// becomes the folder's next version (recording its position), then the
-    /// feed is trimmed below the version before it and below every live
-    /// replica's position, and versions no live replica serves are deleted.
+    /// feed is trimmed below the version before it and below every active
+    /// replica's position, and versions no active replica serves are deleted.
     /// Refused while this replica catches up or is behind the newest version.
     pub(in crate::engine) fn compact_shared(&self, rep: &Replica) -> Result<CompactReport, EngineError> {
         let t0 = Instant::now();
@@ -126,11 +126,11 @@ impl Engine {
                 )));
             }
         }
-        // versions that a live replica still serves stay (their files may be mapped)
+        // versions that an active replica still serves stay (their files may be mapped)
         let marks = rep.feed.marks()?;
         let ttl = rep.mark_ttl.as_millis() as u64;
-        let live: Vec<_> = marks.iter().filter(|m| m.age_ms < ttl && m.name != rep.name).collect();
-        let keep_from = live.iter().map(|m| m.version).min().unwrap_or(current).min(current);
+        let active: Vec<_> = marks.iter().filter(|m| m.age_ms < ttl && m.name != rep.name).collect();
+        let keep_from = active.iter().map(|m| m.version).min().unwrap_or(current).min(current);
         let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
         let extra = |v: &crate::catalog::Catalog, d: &std::path::Path| {
             write_version_graph(v, prev_graph.as_deref(), d).map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
@@ -140,9 +140,9 @@ impl Engine {
         rep.known_version.store(number, Ordering::Relaxed);
         rep.bytes_since_version.store(0, Ordering::Relaxed);
         // the version before stays for replicas that are opening it: keep
-        // the feed after its position, and after every live replica's
+        // the feed after its position, and after every active replica's
         if let Some(older) = dir::version_feed_position(&rep.dir, number - 1)? {
-            let below = live.iter().map(|m| m.position).fold(older.parse::<Position>()?, Position::min).min(position);
+            let below = active.iter().map(|m| m.position).fold(older.parse::<Position>()?, Position::min).min(position);
             let dropped = rep.feed.trim_below(below)?;
             tracing::info!(below = %below, dropped, "feed trimmed");
         }
