@@ -30,7 +30,7 @@
 # With the device tool (the gzipped binary: ~19 MB, inside the 64 MiB a call carries):
 #   run(command="bash scripts/gpu-check.sh", carry=["target/cuda/release/genrec.gz"], timeout_s=540)
 # GENREC_GPU_CHECK_ONLY=A|B|C runs one check; GENREC_GPU_CHECK_ARGS adds flags
-# to check A (e.g. --quick).
+# to check A (e.g. --e2e-beams 64; A already runs with --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${GENREC_BIN:-target/cuda/release/genrec}"
@@ -52,6 +52,10 @@ echo "gpu-check: LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 out="${OUT:-target/gpu-check}"
 mkdir -p "$out"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
+case "${GENREC_GPU_CHECK_ONLY:-}" in
+  ""|A|B|C) ;;
+  *) echo "gpu-check: GENREC_GPU_CHECK_ONLY must be A, B or C, not '$GENREC_GPU_CHECK_ONLY'" >&2; exit 2;;
+esac
 # check NAME LIMIT_S ARGS...: one `genrec gpu-check`, its table and JSON in $out
 failed=()
 check() {
@@ -69,7 +73,9 @@ a_args=()
 [ $# -ge 1 ] && a_args+=(--model "$1")
 [ $# -ge 2 ] && a_args+=(--catalog "$2")
 # shellcheck disable=SC2206
-a_args+=(--quick ${GENREC_GPU_CHECK_ARGS:-})
+extra=(${GENREC_GPU_CHECK_ARGS:-})
+case " ${extra[*]:-} " in *" --quick "*) ;; *) a_args+=(--quick);; esac
+a_args+=(${extra[@]+"${extra[@]}"})
 check A 120 "${a_args[@]}"
 prod=(--layout onerec --history-items 333 --no-step-times --e2e-beams 50,256 --batches 1,8,64 --quick)
 check B 150 --synthetic qwen3-0.6b --e2e-requests 8 "${prod[@]}"

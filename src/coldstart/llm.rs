@@ -69,7 +69,7 @@ impl IntentLm {
             (net, g.tokenizer)
         } else {
             return Err(ColdStartError::Model(format!(
-                "{} not found: run scripts/fetch-models.sh to fetch SmolLM2, or pass --intent-model none",
+                "{} not found: run scripts/fetch-models.sh to fetch SmolLM2, or leave --intent-model out (its default is none)",
                 path.display()
             )));
         };

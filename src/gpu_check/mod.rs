@@ -89,8 +89,8 @@ pub struct CheckOptions {
     pub batches: Vec<usize>,
     pub beams: Vec<usize>,
     pub e2e_beams: Vec<usize>,
-    /// Timed repetitions per step configuration (and at most this many,
-    /// per end-to-end row, fewer when one batch takes long).
+    /// Timed repetitions per step configuration (end-to-end rows take
+    /// their own count: see [`E2E_ROW_SECONDS`]).
     pub reps: usize,
     /// Whether part 2 (the beam step alone) runs; a second model in the same
     /// device session need not time the kernel again.
@@ -314,26 +314,39 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     let synthetic = synthetic.as_ref();
     let t = Instant::now();
     let loaded = load_models(opts, synthetic, &device, candle_core::DType::F32)
-        .and_then(|(dev, cat)| Ok((dev, load_models(opts, synthetic, &Device::Cpu, candle_core::DType::F32)?.0, cat)))
-        .and_then(|(dev, cpu, cat)| Ok((reference(&cpu, &cat, opts)?, dev, cpu, cat)));
-    let (models, e2e) = match loaded {
-        Ok((reference, dev_model, cpu_model, catalog)) => {
-            println!("CPU reference: {} requests of {} history items [{:.1} s with loading]", reference.reqs.len(), opts.history_items, t.elapsed().as_secs_f64());
-            let e2e = soft("end-to-end f32", check_e2e(&dev_model, &catalog, &reference, opts));
-            if !e2e.is_null() {
-                println!("end-to-end ({}, {} items): {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
-                    dev_model.label(), catalog.len(), e2e["identical_lists"], e2e["requests"], e2e["max_score_diff"].as_f64().unwrap_or(0.0));
-                if let Some(why) = e2e_mismatch(&e2e) {
-                    soft("end-to-end f32", Err(CheckError::Other(why)));
-                }
-            }
-            (Some((reference, dev_model, cpu_model, catalog)), e2e)
-        }
+        .and_then(|(dev, cat)| Ok((dev, load_models(opts, synthetic, &Device::Cpu, candle_core::DType::F32)?.0, cat)));
+    let (models, mut e2e) = match loaded {
+        Ok(m) => (Some(m), Value::Null),
         Err(e) => (None, soft("loading the checkpoint", Err(e))),
     };
+    // the CPU's answers, computed once; without them the comparisons are
+    // skipped (and reported), the timings still run
+    let reference = match &models {
+        Some((_, cpu_model, catalog)) => match reference(cpu_model, catalog, opts) {
+            Ok(r) => {
+                println!("CPU reference: {} requests of {} history items [{:.1} s with loading]", r.reqs.len(), opts.history_items, t.elapsed().as_secs_f64());
+                Some(r)
+            }
+            Err(e) => {
+                e2e = soft("CPU reference", Err(e));
+                None
+            }
+        },
+        None => None,
+    };
+    if let (Some((dev_model, _, catalog)), Some(reference)) = (&models, &reference) {
+        e2e = soft("end-to-end f32", check_e2e(dev_model, catalog, reference, opts));
+        if !e2e.is_null() {
+            println!("end-to-end ({}, {} items): {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
+                dev_model.label(), catalog.len(), e2e["identical_lists"], e2e["requests"], e2e["max_score_diff"].as_f64().unwrap_or(0.0));
+            if let Some(why) = e2e_mismatch(&e2e) {
+                soft("end-to-end f32", Err(CheckError::Other(why)));
+            }
+        }
+    }
     // the same comparison with the pooled kernel in the GPU search
     let mut e2e_pool = Value::Null;
-    if let (Some((reference, dev_model, _, catalog)), false) = (&models, device.is_cpu()) {
+    if let (Some((dev_model, _, catalog)), Some(reference), false) = (&models, &reference, device.is_cpu()) {
         set_serving_selection(Selection::POOL);
         let r = check_e2e(dev_model, catalog, reference, opts);
         set_serving_selection(Selection::Radix);
@@ -347,7 +360,7 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         }
     }
     let mut e2e_ensemble = Value::Null;
-    if let Some((reference, dev_model, cpu_model, catalog)) = &models {
+    if let (Some((dev_model, cpu_model, catalog)), Some(reference)) = (&models, &reference) {
         let r = second_member(opts, synthetic, dev_model, &device)
             .and_then(|d| Ok((d, second_member(opts, synthetic, cpu_model, &Device::Cpu)?)))
             .and_then(|(d, c)| check_ensemble([dev_model, &d], [cpu_model, &c], catalog, reference));
@@ -363,17 +376,19 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     // bf16 on the device: reported beside f32, not required to match exactly
     let mut bf16 = None;
     let mut e2e_bf16 = Value::Null;
-    if let (Some((reference, _, _, catalog)), false) = (&models, device.is_cpu()) {
-        let r = load_models(opts, synthetic, &device, candle_core::DType::BF16)
-            .and_then(|(m, _)| check_e2e(&m, catalog, reference, opts).map(|r| (m, r)));
-        match r {
-            Ok((m, r)) => {
-                println!("end-to-end in bf16 (informative): {}/{} identical top-10 lists vs the f32 CPU, max |score diff| {:.2e}",
-                    r["identical_lists"], r["requests"], r["max_score_diff"].as_f64().unwrap_or(0.0));
+    if let (Some((_, _, catalog)), false) = (&models, device.is_cpu()) {
+        match load_models(opts, synthetic, &device, candle_core::DType::BF16) {
+            Ok((m, _)) => {
+                if let Some(reference) = &reference {
+                    e2e_bf16 = soft("end-to-end bf16", check_e2e(&m, catalog, reference, opts));
+                    if !e2e_bf16.is_null() {
+                        println!("end-to-end in bf16 (informative): {}/{} identical top-10 lists vs the f32 CPU, max |score diff| {:.2e}",
+                            e2e_bf16["identical_lists"], e2e_bf16["requests"], e2e_bf16["max_score_diff"].as_f64().unwrap_or(0.0));
+                    }
+                }
                 bf16 = Some(m);
-                e2e_bf16 = r;
             }
-            Err(e) => e2e_bf16 = soft("end-to-end bf16", Err(e)),
+            Err(e) => e2e_bf16 = soft("loading the model in bf16", Err(e)),
         }
     }
 
@@ -392,7 +407,7 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     }
 
     let mut e2e_rows = Vec::new();
-    if let Some((_, dev_model, cpu_model, catalog)) = &models {
+    if let Some((dev_model, cpu_model, catalog)) = &models {
         println!("\n## 3. End to end ({}, k = 10, {}-item histories; GPU memory: in use after the row, every model the check holds)", dev_model.label(), opts.history_items);
         println!("| device | batch | beam | requests/s | tokens/s | p50 ms | p99 ms | GPU memory GiB |\n|---|---|---|---|---|---|---|---|");
         let (bf16_name, pool_name, bf16_pool_name) = (format!("{card} bf16"), format!("{card} pool"), format!("{card} bf16 pool"));

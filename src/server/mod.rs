@@ -392,11 +392,11 @@ impl IntentModelArg {
 impl std::str::FromStr for IntentModelArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "" => Err("expected none, smollm2, or a GGUF file or model folder".into()),
             "none" => Ok(IntentModelArg::None),
             "smollm2" => Ok(IntentModelArg::SmolLm2),
-            p => Ok(IntentModelArg::Path(PathBuf::from(p))),
+            _ => Ok(IntentModelArg::Path(PathBuf::from(s))),
         }
     }
 }
@@ -417,7 +417,9 @@ fn build_coldstart(args: &ServeArgs, catalog: &crate::catalog::Catalog) -> Resul
         Some(p) if !p.exists() && args.intent_model == IntentModelArg::SmolLm2 => {
             anyhow::bail!("--intent-model smollm2: {} not found; fetch it with scripts/fetch-models.sh", p.display())
         }
-        Some(p) => Some(IntentLm::load(p).with_context(|| format!("loading the intent model {}", p.display()))?),
+        Some(p) => Some(IntentLm::load(p).with_context(|| {
+            format!("loading the intent model {} (--intent-model takes none, smollm2, a GGUF file or a model folder)", p.display())
+        })?),
     };
     let encoder = match TextEncoder::load(&args.encoder) {
         Ok(e) => Some(Arc::new(e)),
@@ -502,6 +504,8 @@ mod tests {
     fn intent_model_names_parse() {
         assert_eq!("none".parse(), Ok(IntentModelArg::None));
         assert_eq!("smollm2".parse(), Ok(IntentModelArg::SmolLm2));
+        assert_eq!("SmolLM2".parse(), Ok(IntentModelArg::SmolLm2));
+        assert_eq!("None".parse(), Ok(IntentModelArg::None));
         assert_eq!("m/x.gguf".parse(), Ok(IntentModelArg::Path("m/x.gguf".into())));
         assert!("".parse::<IntentModelArg>().is_err());
         assert_eq!(IntentModelArg::None.path(), None);

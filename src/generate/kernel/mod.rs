@@ -29,34 +29,39 @@ static SERVING: AtomicUsize = AtomicUsize::new(0);
 /// gives the same answer in the CPU port's tests and becomes the default
 /// once a GPU run has confirmed it.
 pub fn serving_selection() -> Selection {
-    match SERVING.load(Ordering::Relaxed) {
-        0 => Selection::Radix,
-        capacity => Selection::Pool { capacity },
-    }
+    decode(SERVING.load(Ordering::Relaxed))
 }
 
 /// Chooses the kernel of every GPU search from now on (`genrec gpu-check`
 /// runs the end-to-end parts under both).
 pub fn set_serving_selection(s: Selection) {
-    let v = match s {
+    SERVING.store(encode(s), Ordering::Relaxed);
+}
+
+fn encode(s: Selection) -> usize {
+    match s {
         Selection::Radix => 0,
         Selection::Pool { capacity } => capacity.max(1),
-    };
-    SERVING.store(v, Ordering::Relaxed);
+    }
+}
+
+fn decode(v: usize) -> Selection {
+    match v {
+        0 => Selection::Radix,
+        capacity => Selection::Pool { capacity },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // (the global itself is not touched: other tests in this binary set it)
     #[test]
-    fn the_serving_selection_round_trips_and_starts_at_radix() {
-        assert_eq!(serving_selection(), Selection::Radix);
-        set_serving_selection(Selection::POOL);
-        assert_eq!(serving_selection(), Selection::POOL);
-        set_serving_selection(Selection::Pool { capacity: 48 });
-        assert_eq!(serving_selection(), Selection::Pool { capacity: 48 });
-        set_serving_selection(Selection::Radix);
-        assert_eq!(serving_selection(), Selection::Radix);
+    fn selections_round_trip_through_the_stored_number() {
+        for s in [Selection::Radix, Selection::POOL, Selection::Pool { capacity: 48 }] {
+            assert_eq!(decode(encode(s)), s);
+        }
+        assert_eq!(decode(0), Selection::Radix, "the default is the radix kernel");
     }
 }
