@@ -11,7 +11,7 @@ before it the history, the last 20 read), sends three requests per user:
   recommend     {"history": H, "k": 10}               no query: the model's own next items
 
 The pseudo-query Q of a user is built from the target item and never repeats
-its whole title: two words drawn (seeded) from the title's words of three or
+its whole title: two words (`--title-words 1`: one) drawn (seeded) from the title's words of three or
 more letters that are not stop words or numbers (one when the title has fewer
 than three such words), preceded by the leaf category when the items file has
 categories (Scientific: the last entry of "categories"; Beauty has category
@@ -45,12 +45,12 @@ from httpserver import ROOT, post, serving  # noqa: E402
 STOP = set("the and for with from this that your you are not all new set pack one two three of to in on by a an or".split())
 
 
-def pseudo_query(item, rng):
+def pseudo_query(item, rng, title_words=2):
     words = [w for w in re.findall(r"[a-z]+", item.get("title", "").lower()) if len(w) >= 3 and w not in STOP]
     words = list(dict.fromkeys(words))
     if not words:
         return None
-    n = 2 if len(words) >= 3 else 1
+    n = min(title_words, 2 if len(words) >= 3 else 1)
     picked = rng.sample(words, n)
     cats = item.get("categories")
     if isinstance(cats, str) and cats.strip():
@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--split", choices=["test", "valid"], default="test",
                     help="test: the last item is the target; valid: the second last, the history before it")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--title-words", type=int, choices=[1, 2], default=2,
+                    help="title words per pseudo-query (2: the protocol of search.md's tables; 1: queries that leave more doubt)")
     ap.add_argument("--kinds", default="personalized,text,recommend", help="comma-separated request kinds to send (sweeps may skip recommend)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/genrec"))
     a = ap.parse_args()
@@ -123,12 +125,12 @@ def main():
         seq = [str(i) for i in inter[u]]
         if a.split == "valid":
             seq = seq[:-1]
-        q = pseudo_query(items[seq[-1]], rng)
+        q = pseudo_query(items[seq[-1]], rng, a.title_words)
         if q is None:
             skipped += 1
             continue
         cases.append((seq[:-1][-20:], q, seq[-1]))
-    result = {"split": a.split, "users": len(cases), "skipped_no_query_words": skipped, "examples": [c[1] for c in cases[:5]], "runs": {}}
+    result = {"split": a.split, "title_words": a.title_words, "users": len(cases), "skipped_no_query_words": skipped, "examples": [c[1] for c in cases[:5]], "runs": {}}
     for c in a.candidates.split(","):
         for w in a.weights.split(","):
             r = run(a.bin, a.model, int(c), float(w), cases, a.kinds.split(","))
