@@ -389,6 +389,16 @@ impl IntentModelArg {
     }
 }
 
+impl std::fmt::Display for IntentModelArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntentModelArg::None => f.write_str("none"),
+            IntentModelArg::SmolLm2 => f.write_str("smollm2"),
+            IntentModelArg::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 impl std::str::FromStr for IntentModelArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -414,11 +424,9 @@ fn build_coldstart(args: &ServeArgs, catalog: &crate::catalog::Catalog) -> Resul
     };
     let lm = match args.intent_model.path() {
         None => None,
-        Some(p) if !p.exists() && args.intent_model == IntentModelArg::SmolLm2 => {
-            anyhow::bail!("--intent-model smollm2: {} not found; fetch it with scripts/fetch-models.sh", p.display())
-        }
+        // a missing file is named by the loader, with how to fetch SmolLM2
         Some(p) => Some(IntentLm::load(p).with_context(|| {
-            format!("loading the intent model {} (--intent-model takes none, smollm2, a GGUF file or a model folder)", p.display())
+            format!("--intent-model {}: loading {} (the flag takes none, smollm2, a GGUF file or a model folder)", args.intent_model, p.display())
         })?),
     };
     let encoder = match TextEncoder::load(&args.encoder) {
@@ -509,5 +517,6 @@ mod tests {
         assert_eq!("m/x.gguf".parse(), Ok(IntentModelArg::Path("m/x.gguf".into())));
         assert!("".parse::<IntentModelArg>().is_err());
         assert_eq!(IntentModelArg::None.path(), None);
+        assert_eq!(IntentModelArg::SmolLm2.to_string(), "smollm2", "error messages name the flag's value");
     }
 }
