@@ -40,6 +40,12 @@ enum Command {
     Eval(EvalArgs),
     /// Serve recommendations over HTTP (the embedded demo model when --model is not given).
     Serve(genrec::server::ServeArgs),
+    /// Pull a checkpoint from the Hugging Face Hub into the Hugging Face cache
+    /// and print its folder; `serve --model hf:...` then starts from the cache,
+    /// and with HF_HUB_OFFLINE=1 never touches the network (say, a container
+    /// image built with the model inside). Honours HF_ENDPOINT, HF_HOME and
+    /// HF_TOKEN.
+    Pull(PullArgs),
     /// Write a small synthetic data set (demo.item.json, demo.inter.json) in the shared/data format.
     DemoData(DemoArgs),
     /// GPU check (scripts/gpu-check.sh runs it on the GPU machine): the beam-step
@@ -58,6 +64,12 @@ enum Command {
     /// from their sign-up profile alone, scored against their first items
     /// (popularity, encoder intents, LLM intents); JSON on the last line.
     ColdstartEval(measure::ColdEvalArgs),
+}
+
+#[derive(clap::Args)]
+struct PullArgs {
+    /// hf:ORG/REPO, or hf:ORG/REPO@REVISION (a branch, tag or commit; default main).
+    name: genrec::model::hub::HubName,
 }
 
 #[derive(clap::Args)]
@@ -266,6 +278,13 @@ fn main() -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::ColdstartEval(a) => measure::coldstart_eval(a),
         Command::Serve(a) => genrec::server::run(a),
+        Command::Pull(a) => {
+            let opts = genrec::model::hub::HubOptions::from_env()?;
+            let pulled = genrec::model::hub::pull(&a.name, &opts).with_context(|| format!("pulling {}", a.name))?;
+            eprintln!("{} is {} ({} files downloaded, the rest cached)", a.name, pulled.pinned(), pulled.downloaded);
+            println!("{}", pulled.dir.display());
+            Ok(())
+        }
         Command::Bench(a) => measure::bench(a),
         Command::BenchCatalog(a) => measure::bench_catalog(a),
         Command::Synth(a) => measure::synth(a),

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::hub::{demo_files, FakeHub};
 use common::redis::{self, edits_in_stream, RedisServer};
 use common::{Server, TempDir};
 use genrec::feed::Feed;
@@ -23,7 +24,11 @@ fn client() -> reqwest::blocking::Client {
 }
 
 fn start(root: &TempDir, feed: &str, name: &str) -> Server {
-    let s = Server::start(&[
+    start_env(root, feed, name, &[])
+}
+
+fn start_env(root: &TempDir, feed: &str, name: &str, env: &[(&str, &str)]) -> Server {
+    let s = Server::start_env(env, &[
         "--model",
         root.0.join("a").to_str().unwrap(),
         "--model-root",
@@ -248,6 +253,41 @@ fn spawn_writer(urls: Vec<String>, range: std::ops::Range<usize>, tag: &'static 
 fn wait_acked(acked: &Mutex<BTreeSet<String>>, prefix: &str, n: usize) {
     while acked.lock().unwrap().iter().filter(|id| id.starts_with(prefix)).count() < n {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A checkpoint named on the Hub and loaded on one replica reaches the others
+/// pinned to the commit that replica pulled: a replica that joins after the
+/// branch moved on still serves that commit.
+#[test]
+fn a_hub_load_reaches_every_replica_pinned_to_one_commit() {
+    if !redis::available() {
+        return;
+    }
+    let root = common::demo_root("replicas-hub");
+    let rdir = TempDir::new("redis-hub");
+    let redis = RedisServer::start(&rdir.0);
+    let address = redis.feed("genrec-it-hub");
+    let feed = genrec::feed::redis::RedisFeed::open(&address).unwrap();
+    let hub = FakeHub::start();
+    let first = hub.commit("genrec/demo", &["main"], demo_files(true));
+    let (home0, home1) = (TempDir::new("hf-r0"), TempDir::new("hf-r1"));
+    let (h0, h1) = (home0.0.display().to_string(), home1.0.display().to_string());
+    let env = |home| [("HF_ENDPOINT", hub.url.as_str()), ("HF_HOME", home), ("HF_HUB_OFFLINE", "")];
+    let r0 = start_env(&root, &address, "h0", &env(h0.as_str()));
+    let c = client();
+    let swapped = c.post(r0.at("/admin/models")).bearer_auth(TOKEN).json(&json!({"path": "hf:genrec/demo"})).send().unwrap();
+    assert_eq!(swapped.status().as_u16(), 200);
+    let pinned = json!(format!("hf:genrec/demo@{first}"));
+    // the branch moves on before the second replica joins
+    let second = hub.commit("genrec/demo", &["main"], demo_files(false));
+    assert_ne!(first, second);
+    let r1 = start_env(&root, &address, "h1", &env(h1.as_str()));
+    converge(&[&r0, &r1], &feed);
+    for s in [&r0, &r1] {
+        let m = get(&c, &s.at("/admin/models"));
+        assert_eq!(m["current"]["source"], pinned, "{m}");
+        assert_eq!(m["feed"]["model_change"]["kind"], "model_load");
     }
 }
 

@@ -12,7 +12,17 @@ use super::state::{LoadedModel, ModelInfo};
 use super::{Engine, EngineError};
 use crate::catalog::embed::TextEncoder;
 use crate::generate::{generate_ensemble, GenRequest, Scoring};
+use crate::model::hub::{pull, HubName, HubOptions};
 use crate::model::{Ensemble, Model};
+
+/// The Hub name `path` gives, if it starts with `hf:`; a malformed one is an
+/// error in the request's `path`.
+fn hub_name(path: &str) -> Result<Option<HubName>, EngineError> {
+    HubName::parse_if_hub(path).map_err(|e| match e {
+        crate::model::hub::HubError::BadName(message) => EngineError::InvalidField { field: "path", message },
+        other => other.into(),
+    })
+}
 
 impl Engine {
     fn lock_admin(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -77,10 +87,19 @@ impl Engine {
     /// root). Blocking: call it off the async runtime.
     /// With a replica feed, the change goes through the feed: every replica
     /// loads it, and this call answers with what this replica made of it.
+    /// `path` may also name a checkpoint on the Hub (`hf:ORG/REPO[@REVISION]`,
+    /// see [`crate::model::hub`]): it is pulled into the Hugging Face cache
+    /// first, and replicas are sent the name pinned to its commit, so that
+    /// all of them serve the same files.
     pub fn load_checkpoint(&self, path: &str) -> Result<ModelInfo, EngineError> {
         if let Some(rep) = self.replica() {
-            self.open_checkpoint(path)?;
-            let path = path.to_string();
+            let path = match hub_name(path)? {
+                Some(name) => pull(&name, &HubOptions::from_env()?)?.pinned().to_string(),
+                None => {
+                    self.open_checkpoint(path)?;
+                    path.to_string()
+                }
+            };
             return self.publish_model(rep, |origin| crate::feed::record::Record::ModelLoad { origin: Some(origin), path });
         }
         self.load_checkpoint_here(path)
@@ -88,6 +107,9 @@ impl Engine {
 
     /// [`Engine::load_checkpoint`] on this engine alone.
     pub(super) fn load_checkpoint_here(&self, path: &str) -> Result<ModelInfo, EngineError> {
+        if let Some(name) = hub_name(path)? {
+            return self.load_from_hub(&name);
+        }
         let dir = self.open_checkpoint(path)?;
         let _g = self.lock_admin();
         let lead = self.load_opened(&dir)?;
@@ -100,6 +122,18 @@ impl Engine {
         })
         .map_err(|e| EngineError::Refused(e.to_string()))?;
         self.install_locked(model, dir.path().display().to_string())
+    }
+
+    /// Pulls a checkpoint from the Hub (outside the admin lock: a download
+    /// does not hold other changes back), then loads, validates and swaps it
+    /// in. Its files are read from the Hugging Face cache, whose snapshot
+    /// folders are links into the cache's blobs; the model root does not
+    /// apply.
+    fn load_from_hub(&self, name: &HubName) -> Result<ModelInfo, EngineError> {
+        let pulled = pull(name, &HubOptions::from_env()?)?;
+        let _g = self.lock_admin();
+        let model = Ensemble::load_as(&pulled.dir, &self.opts.device, self.opts.dtype).map_err(|e| EngineError::Refused(format!("{name}: {e}")))?;
+        self.install_locked(model, pulled.pinned().to_string())
     }
 
     /// Loads the model in an opened checkpoint folder onto the engine's device.

@@ -67,6 +67,9 @@ pub enum EngineError {
     Mismatch(String),
     #[error("loading model: {0}")]
     LoadModel(#[from] ModelError),
+    /// A checkpoint named `hf:ORG/REPO` could not be pulled from the Hub.
+    #[error("{0}")]
+    Hub(#[from] crate::model::hub::HubError),
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
     /// An admin request that names something outside what it may touch (HTTP 403).

@@ -13,8 +13,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Files a checkpoint folder must hold.
-pub const CHECKPOINT_FILES: [&str; 3] = ["config.json", "model.safetensors", "genrec.json"];
+/// Files a checkpoint folder must hold, besides its weights
+/// (`model.safetensors`, or the shards' index: [`WEIGHT_FILES`]).
+pub const CHECKPOINT_FILES: [&str; 2] = [crate::model::CONFIG_FILE, crate::model::sidecar::SIDECAR_FILE];
+/// A checkpoint's weights: one of these (the index names its shards, which
+/// the loader opens through the same handle).
+pub const WEIGHT_FILES: [&str; 2] = [crate::model::WEIGHTS_FILE, crate::model::shards::INDEX_FILE];
 
 /// Why a checkpoint folder could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +117,11 @@ impl CheckpointDir {
         for f in CHECKPOINT_FILES {
             self.file(f)?;
         }
+        // the single weights file, else the index (its error when neither is
+        // there names the single file)
+        if let Err(single) = self.file(WEIGHT_FILES[0]) {
+            self.file(WEIGHT_FILES[1]).map_err(|_| single)?;
+        }
         Ok(self)
     }
 
@@ -158,9 +167,28 @@ mod tests {
 
     fn checkpoint(dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
-        for f in CHECKPOINT_FILES {
+        for f in CHECKPOINT_FILES.iter().chain(&WEIGHT_FILES[..1]) {
             std::fs::write(dir.join(f), b"{}").unwrap();
         }
+    }
+
+    #[test]
+    fn a_sharded_checkpoint_opens_and_one_without_weights_does_not() {
+        let base = std::env::temp_dir().join(format!("genrec-root-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for (name, weights) in [("sharded", Some(WEIGHT_FILES[1])), ("bare", None)] {
+            std::fs::create_dir_all(base.join(name)).unwrap();
+            for f in CHECKPOINT_FILES.iter().chain(weights.as_ref()) {
+                std::fs::write(base.join(name).join(f), b"{}").unwrap();
+            }
+        }
+        let r = ModelRoot::new(&base).unwrap();
+        assert!(r.open("sharded").is_ok());
+        match r.open("bare") {
+            Err(RootError::Invalid(m)) => assert!(m.contains("model.safetensors"), "{m}"),
+            other => panic!("{:?}", other.err()),
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use super::model_root::{ModelRoot, CHECKPOINT_FILES};
+use super::model_root::{ModelRoot, CHECKPOINT_FILES, WEIGHT_FILES};
 use super::Engine;
 
 /// What a folder's files look like: per file, its size and modification time.
@@ -56,16 +56,26 @@ fn scan(root: &Path) -> Vec<(String, Stamp)> {
         .collect()
 }
 
-/// The sizes and times of a checkpoint folder's files; `None` while one is
-/// missing or not a plain file.
+/// The sizes and times of a checkpoint folder's files (a sharded one's index
+/// and every shard it names); `None` while one is missing or not a plain
+/// file.
 fn stamp_of(dir: &Path) -> Option<Stamp> {
-    CHECKPOINT_FILES
-        .iter()
-        .map(|f| {
-            let m = std::fs::symlink_metadata(dir.join(f)).ok().filter(|m| m.is_file())?;
-            Some((m.len(), m.modified().ok()?))
-        })
-        .collect()
+    let one = |f: &str| {
+        let m = std::fs::symlink_metadata(dir.join(f)).ok().filter(|m| m.is_file())?;
+        Some((m.len(), m.modified().ok()?))
+    };
+    let mut stamp: Stamp = CHECKPOINT_FILES.iter().map(|f| one(f)).collect::<Option<_>>()?;
+    match one(WEIGHT_FILES[0]) {
+        Some(s) => stamp.push(s),
+        None => {
+            stamp.push(one(WEIGHT_FILES[1])?);
+            let index = std::fs::read(dir.join(WEIGHT_FILES[1])).ok()?;
+            for shard in crate::model::shards::shard_names(&index).ok()? {
+                stamp.push(one(&shard)?);
+            }
+        }
+    }
+    Some(stamp)
 }
 
 /// The members a folder's sidecar lists (none when it cannot be read: the
@@ -167,4 +177,27 @@ pub(super) fn spawn(engine: Weak<Engine>, root: ModelRoot, every: Duration) -> O
             }
         })
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sharded_checkpoint_is_complete_once_every_shard_is_there() {
+        let dir = std::env::temp_dir().join(format!("genrec-watch-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in CHECKPOINT_FILES {
+            std::fs::write(dir.join(f), b"{}").unwrap();
+        }
+        assert!(stamp_of(&dir).is_none(), "no weights yet");
+        let index = r#"{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
+        std::fs::write(dir.join(WEIGHT_FILES[1]), index).unwrap();
+        std::fs::write(dir.join("model-00001-of-00002.safetensors"), b"x").unwrap();
+        assert!(stamp_of(&dir).is_none(), "a shard still being copied");
+        std::fs::write(dir.join("model-00002-of-00002.safetensors"), b"y").unwrap();
+        assert_eq!(stamp_of(&dir).map(|s| s.len()), Some(5), "config, sidecar, index and two shards");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod ensemble;
 pub mod fastexp;
 pub mod fused;
+pub mod hub;
 pub mod init;
 pub mod kv;
 pub mod profile_vocab;

@@ -49,8 +49,11 @@ fn respond(r: Result<Response, ApiError>) -> Response {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoadBody {
-    /// Checkpoint folder (`config.json`, `model.safetensors`, `genrec.json`)
-    /// under the server's `--model-root`.
+    /// Checkpoint folder (`config.json`, `model.safetensors` or its shards,
+    /// `genrec.json`) under the server's `--model-root`, or a checkpoint on
+    /// the Hugging Face Hub, `hf:ORG/REPO[@REVISION]`, pulled into the
+    /// server's Hugging Face cache (no `--model-root` needed; with
+    /// `HF_HUB_OFFLINE=1` only what the cache holds).
     path: String,
 }
 
@@ -119,11 +122,12 @@ pub async fn list_models(State(st): State<Arc<AppState>>) -> Response {
     responses(
         (status = 200, description = "Swapped in", body = Models),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, description = "Outside `--model-root`, or does not exist", body = ErrorBody),
-        (status = 404, description = "The admin API is off", body = ErrorBody),
+        (status = 403, description = "Outside `--model-root`, or does not exist; or the Hub refused access", body = ErrorBody),
+        (status = 404, description = "The admin API is off; or the Hub (or, offline, the cache) has no such repository, revision or file", body = ErrorBody),
         (status = 413, body = ErrorBody),
-        (status = 422, description = "Not a valid checkpoint for this catalog", body = ErrorBody),
+        (status = 422, description = "Not a valid checkpoint for this catalog, or a malformed `hf:` name", body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+        (status = 502, description = "The Hub could not be reached and the cache does not hold the revision", body = ErrorBody),
     ))]
 pub async fn load_model(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     respond(

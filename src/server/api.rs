@@ -20,6 +20,7 @@ use super::metrics;
 use super::AppState;
 use crate::catalog::intents::Intent;
 use crate::coldstart::{IntentMethod, IntentWeight, Profile};
+use crate::model::hub::HubError;
 use crate::engine::{
     EngineError, FallbackReason, RecItem, RecRequest, Steering, Strategy, WorkerHealth,
 };
@@ -260,6 +261,17 @@ impl From<EngineError> for ApiError {
             EngineError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+            EngineError::Hub(h) => match h {
+                HubError::BadName(m) => return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some("path"), m.clone()),
+                HubError::NotCheckpoint { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                HubError::NotFound { .. } | HubError::NotCached { .. } => StatusCode::NOT_FOUND,
+                HubError::Denied { .. } => StatusCode::FORBIDDEN,
+                HubError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+                HubError::Io { .. } | HubError::Setup(_) => {
+                    tracing::error!(error = %e, "request failed");
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
             EngineError::Generate(_)
             | EngineError::Batch(_)
             | EngineError::Worker(_)

@@ -27,6 +27,7 @@ use crate::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use crate::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate, DEFAULT_INTENT_MODEL};
 use crate::engine::edits::{open_store, EditStore};
 use crate::engine::{BatchOptions, Engine, EngineOptions};
+use crate::model::hub::{CheckpointLocation, HubOptions};
 use crate::generate::kernel::contract::Selection;
 
 /// Largest accepted request body.
@@ -39,9 +40,13 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// Flags of `genrec serve`; each can also be set with `GENREC_<NAME>`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Model folder (config.json, model.safetensors, genrec.json); default: the embedded demo model.
+    /// Model folder (config.json, model.safetensors or its shards, genrec.json),
+    /// or a checkpoint on the Hugging Face Hub, hf:ORG/REPO[@REVISION], pulled
+    /// into the Hugging Face cache at start (HF_ENDPOINT, HF_HOME, HF_TOKEN and
+    /// HF_HUB_OFFLINE=1 apply; a Hub model needs --catalog). Default: the
+    /// embedded demo model.
     #[arg(long, env = "GENREC_MODEL")]
-    pub model: Option<PathBuf>,
+    pub model: Option<CheckpointLocation>,
     /// Catalog folder (default: the one named by the model's genrec.json).
     #[arg(long, env = "GENREC_CATALOG")]
     pub catalog: Option<PathBuf>,
@@ -240,7 +245,7 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     tracing::info!(device = ?args.device, ?dtype, "model device");
     let (model, catalog_dir, source) = match (&args.model, args.no_model) {
         (_, true) => (None, args.catalog.clone().context("--no-model needs --catalog")?, String::new()),
-        (Some(dir), false) => {
+        (Some(CheckpointLocation::Folder(dir)), false) => {
             let m = crate::model::Ensemble::load_as(dir, &dev, dtype).with_context(|| format!("loading the model {}", dir.display()))?;
             let cat = args
                 .catalog
@@ -251,6 +256,22 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
             // named: a replica's rollback compares them
             let source = dir.canonicalize().unwrap_or_else(|_| dir.clone());
             (Some(m), cat, source.display().to_string())
+        }
+        (Some(CheckpointLocation::Hub(name)), false) => {
+            let opts = HubOptions::from_env()?;
+            let pulled = crate::model::hub::pull(name, &opts).with_context(|| format!("pulling {name}"))?;
+            let m = crate::model::Ensemble::load_as(&pulled.dir, &dev, dtype)
+                .with_context(|| format!("loading the model {name} from {}", pulled.dir.display()))?;
+            // a catalog path relative to the model means nothing in the
+            // Hugging Face cache; an absolute one may be this machine's
+            let named = m.catalog_dir().filter(|c| c.is_absolute() && !c.starts_with(&opts.cache));
+            let cat = args
+                .catalog
+                .clone()
+                .or(named)
+                .with_context(|| format!("{name} comes from the Hub, whose checkpoints carry no catalog: pass --catalog"))?;
+            // the name pinned to the commit, as a later load of it is named
+            (Some(m), cat, pulled.pinned().to_string())
         }
         (None, false) => {
             if args.feed.is_some() {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod hub;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};
@@ -66,10 +67,20 @@ impl Server {
 
     /// [`Server::start`] with the working directory `cwd`.
     pub fn start_in(cwd: Option<&std::path::Path>, args: &[&str]) -> Server {
+        Self::start_cmd(cwd, &[], args)
+    }
+
+    /// [`Server::start`] with these environment variables set.
+    pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Server {
+        Self::start_cmd(None, env, args)
+    }
+
+    fn start_cmd(cwd: Option<&std::path::Path>, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = Command::new(bin());
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .arg("serve")
             .args(["--addr", "127.0.0.1:0"])

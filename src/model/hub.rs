@@ -1,0 +1,426 @@
+//! Checkpoints pulled from the Hugging Face Hub by name:
+//! `hf:ORG/REPO[@REVISION]` (for `serve --model`, `genrec pull` and
+//! `POST /admin/models`).
+//!
+//! A pull asks the Hub which commit the revision names, then fetches that
+//! commit's `config.json`, `genrec.json`, its weights (`model.safetensors`, or
+//! the index and every shard it names) and the same files of each ensemble
+//! member, through the `hf-hub` crate into the standard Hugging Face cache
+//! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`),
+//! where transformers and other tools find them too. Every file comes from
+//! the one commit, so a branch that moves mid-pull cannot mix two versions;
+//! files already cached for that commit are not fetched again.
+//!
+//! `HF_ENDPOINT` names another Hub (a mirror, or a test's local server),
+//! `HF_TOKEN` (else the cache's `token` file) authorises private repositories,
+//! and `HF_HUB_OFFLINE=1` never touches the network: the revision must then be
+//! in the cache. When the Hub cannot be reached, a revision already complete
+//! in the cache is used, with a warning. Nothing is downloaded unless a name of
+//! this form is given.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Cache, Repo, RepoType};
+
+use super::shards::{shard_names, INDEX_FILE};
+use super::sidecar::{Sidecar, SIDECAR_FILE};
+use super::{ModelError, CONFIG_FILE, WEIGHTS_FILE};
+
+/// What starts a Hub name.
+pub const SCHEME: &str = "hf:";
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+const DEFAULT_REVISION: &str = "main";
+
+/// A checkpoint on the Hub: `hf:ORG/REPO[@REVISION]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubName {
+    /// `ORG/REPO`.
+    pub repo: String,
+    /// A branch, tag or commit; `None`: `main`.
+    pub revision: Option<String>,
+}
+
+/// Why a checkpoint could not be pulled.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The name is not of the form `hf:ORG/REPO[@REVISION]`.
+    #[error("{0}")]
+    BadName(String),
+    /// Offline (or the Hub unreachable) and the revision is not in the cache.
+    #[error("{name}: {file} is not in the Hugging Face cache {cache} ({why})")]
+    NotCached { name: String, file: String, cache: PathBuf, why: String },
+    /// The Hub answered 404: no such repository, revision or file.
+    #[error("{name}: the Hub has no {what} (HTTP 404 from {endpoint})")]
+    NotFound { name: String, what: String, endpoint: String },
+    /// The Hub answered 401 or 403: a private or gated repository.
+    #[error("{name}: the Hub refused access (HTTP {status}); a private or gated repository needs HF_TOKEN")]
+    Denied { name: String, status: u16 },
+    /// The Hub could not be reached or answered with an error.
+    #[error("{name}: {what}: {message}")]
+    Unreachable { name: String, what: String, message: String },
+    /// The repository is there but is not a genrec checkpoint.
+    #[error("{name}: not a genrec checkpoint: {message}")]
+    NotCheckpoint { name: String, message: String },
+    /// This machine's settings leave no place for the cache.
+    #[error("{0}")]
+    Setup(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Where and how to pull, read from the environment by [`HubOptions::from_env`].
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub endpoint: String,
+    /// The hub cache folder (holding `models--ORG--REPO/`).
+    pub cache: PathBuf,
+    pub token: Option<String>,
+    /// `HF_HUB_OFFLINE`: use the cache only.
+    pub offline: bool,
+    /// Progress bars for downloads (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// A pulled checkpoint: its folder in the cache and the commit it is.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub name: HubName,
+    /// `.../models--ORG--REPO/snapshots/<commit>`.
+    pub dir: PathBuf,
+    pub commit: String,
+    /// Files this pull downloaded (0: all were cached).
+    pub downloaded: usize,
+}
+
+impl Pulled {
+    /// The name pinned to the commit (`hf:ORG/REPO@<commit>`): what the engine
+    /// reports as the model's source, and what replicas are told to load, so
+    /// that all of them serve the same files.
+    pub fn pinned(&self) -> HubName {
+        HubName { repo: self.name.repo.clone(), revision: Some(self.commit.clone()) }
+    }
+}
+
+/// Where a checkpoint is: a local folder, or a name on the Hub (`serve
+/// --model`, `POST /admin/models`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointLocation {
+    Folder(PathBuf),
+    Hub(HubName),
+}
+
+impl FromStr for CheckpointLocation {
+    type Err = HubError;
+
+    fn from_str(s: &str) -> Result<Self, HubError> {
+        if s.is_empty() {
+            return Err(HubError::BadName("expected a model folder or hf:ORG/REPO[@REVISION]".into()));
+        }
+        Ok(match HubName::parse_if_hub(s)? {
+            Some(h) => CheckpointLocation::Hub(h),
+            None => CheckpointLocation::Folder(PathBuf::from(s)),
+        })
+    }
+}
+
+impl fmt::Display for CheckpointLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointLocation::Folder(p) => write!(f, "{}", p.display()),
+            CheckpointLocation::Hub(h) => h.fmt(f),
+        }
+    }
+}
+
+impl HubName {
+    /// `Some` for a string that starts with `hf:` (an error if the rest is
+    /// malformed), `None` for anything else (a folder).
+    pub fn parse_if_hub(s: &str) -> Result<Option<Self>, HubError> {
+        if s.starts_with(SCHEME) {
+            s.parse().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or(DEFAULT_REVISION)
+    }
+}
+
+impl FromStr for HubName {
+    type Err = HubError;
+
+    fn from_str(s: &str) -> Result<Self, HubError> {
+        let bad = |why: &str| HubError::BadName(format!("{s:?}: {why} (expected hf:ORG/REPO or hf:ORG/REPO@REVISION)"));
+        let rest = s.strip_prefix(SCHEME).ok_or_else(|| bad("a Hub name starts with hf:"))?;
+        let (repo, revision) = match rest.split_once('@') {
+            Some((r, v)) => (r, Some(v)),
+            None => (rest, None),
+        };
+        let parts: Vec<&str> = repo.split('/').collect();
+        if parts.len() != 2 || !parts.iter().all(|p| is_name_part(p)) {
+            return Err(bad("the repository must be ORG/REPO, each of letters, digits, '-', '_' and '.', not starting with '.' or '-'"));
+        }
+        if let Some(v) = revision {
+            if !is_revision(v) {
+                return Err(bad("the revision must be a branch, tag or commit: letters, digits, '-', '_', '.' and '/' between names"));
+            }
+        }
+        Ok(HubName { repo: repo.to_string(), revision: revision.map(str::to_string) })
+    }
+}
+
+impl fmt::Display for HubName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{SCHEME}{}", self.repo)?;
+        match &self.revision {
+            Some(v) => write!(f, "@{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn is_name_part(p: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !p.is_empty() && p.len() <= 96 && p.chars().all(ok_char) && !p.starts_with(['.', '-']) && !p.contains("..")
+}
+
+/// A branch or tag (names joined by `/`, none of them `.` or `..`-like) or a
+/// commit; it names a file under the cache's `refs/`, so it must not climb.
+fn is_revision(v: &str) -> bool {
+    v.len() <= 256 && v.split('/').all(is_name_part)
+}
+
+fn is_commit(v: &str) -> bool {
+    v.len() == 40 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `HF_HUB_OFFLINE`'s values that mean yes, as the Python client reads them.
+fn truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE")
+}
+
+impl HubOptions {
+    /// The Hugging Face client's settings: `HF_ENDPOINT`, `HF_HUB_CACHE` /
+    /// `HF_HOME` / `XDG_CACHE_HOME`, `HF_TOKEN` (else `$HF_HOME/token`) and
+    /// `HF_HUB_OFFLINE`.
+    pub fn from_env() -> Result<Self, HubError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let home = var("HF_HOME").map(PathBuf::from).or_else(|| {
+            let xdg = var("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")));
+            xdg.map(|c| c.join("huggingface"))
+        });
+        let cache = var("HF_HUB_CACHE").map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join("hub"))).ok_or_else(|| {
+            HubError::Setup("no Hugging Face cache folder: set HF_HOME (or HF_HUB_CACHE, or HOME)".into())
+        })?;
+        let token = var("HF_TOKEN").or_else(|| {
+            let file = home.as_ref()?.join("token");
+            std::fs::read_to_string(file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+        });
+        Ok(HubOptions {
+            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into()).trim_end_matches('/').to_string(),
+            cache,
+            token,
+            offline: var("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
+            progress: std::io::stderr().is_terminal(),
+        })
+    }
+
+    fn repo_dir(&self, name: &HubName) -> PathBuf {
+        self.cache.join(Repo::model(name.repo.clone()).folder_name())
+    }
+}
+
+/// Pulls the checkpoint `name` (see the module's comment) and returns its
+/// folder in the cache. Blocking: network and disk.
+pub fn pull(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
+    if opts.offline {
+        return from_cache(name, opts, "HF_HUB_OFFLINE is set");
+    }
+    match pull_online(name, opts) {
+        Err(HubError::Unreachable { name: n, what, message }) => {
+            let why = format!("the Hub could not be reached: {message}");
+            match from_cache(name, opts, &why) {
+                Ok(p) => {
+                    tracing::warn!(model = %name, commit = %p.commit, error = %message, "the Hub could not be reached: serving the revision from the cache");
+                    Ok(p)
+                }
+                Err(_) => Err(HubError::Unreachable { name: n, what, message }),
+            }
+        }
+        other => other,
+    }
+}
+
+/// How a pull reads a repository: whether it holds a file, how to bring
+/// one to a local path, and the error for a file it lacks.
+struct Source<'a> {
+    has: &'a dyn Fn(&str) -> bool,
+    fetch: &'a mut dyn FnMut(&str) -> Result<PathBuf, HubError>,
+    missing: &'a dyn Fn(String) -> HubError,
+}
+
+/// The files of one checkpoint folder (`prefix` is `""` for the lead,
+/// `member/` for a member): its config, sidecar and weights.
+fn checkpoint_files(name: &HubName, prefix: &str, src: &mut Source) -> Result<Sidecar, HubError> {
+    let not_checkpoint = |message: String| HubError::NotCheckpoint { name: name.to_string(), message };
+    let mut fetch = |f: &str| -> Result<PathBuf, HubError> {
+        let file = format!("{prefix}{f}");
+        if !(src.has)(&file) {
+            return Err((src.missing)(file));
+        }
+        (src.fetch)(&file)
+    };
+    fetch(CONFIG_FILE)?;
+    let sidecar_path = fetch(SIDECAR_FILE)?;
+    let bytes = std::fs::read(&sidecar_path).map_err(|source| HubError::Io { path: sidecar_path.clone(), source })?;
+    let sidecar: Sidecar = serde_json::from_slice(&bytes).map_err(|e| not_checkpoint(format!("{prefix}{SIDECAR_FILE}: {e}")))?;
+    if (src.has)(&format!("{prefix}{WEIGHTS_FILE}")) || !(src.has)(&format!("{prefix}{INDEX_FILE}")) {
+        // the single file, or (neither there) the error that names it
+        fetch(WEIGHTS_FILE)?;
+    } else {
+        let index_path = fetch(INDEX_FILE)?;
+        let index = std::fs::read(&index_path).map_err(|source| HubError::Io { path: index_path.clone(), source })?;
+        for shard in shard_names(&index).map_err(|e| not_checkpoint(e.to_string()))? {
+            fetch(&shard)?;
+        }
+    }
+    Ok(sidecar)
+}
+
+/// Every file of the checkpoint and its ensemble members.
+fn all_files(name: &HubName, src: &mut Source) -> Result<(), HubError> {
+    let lead = checkpoint_files(name, "", src)?;
+    super::ensemble::check_member_list(&lead.members).map_err(|e: ModelError| HubError::NotCheckpoint { name: name.to_string(), message: e.to_string() })?;
+    for m in &lead.members {
+        checkpoint_files(name, &format!("{}/", m.trim_end_matches('/')), src)?;
+    }
+    Ok(())
+}
+
+fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
+    let api = ApiBuilder::from_cache(Cache::new(opts.cache.clone()))
+        .with_endpoint(opts.endpoint.clone())
+        .with_token(opts.token.clone())
+        .with_progress(opts.progress)
+        .with_retries(3)
+        .build()
+        .map_err(|e| api_error(name, opts, "connecting", e))?;
+    let info = api
+        .repo(Repo::with_revision(name.repo.clone(), RepoType::Model, name.revision().to_string()))
+        .info()
+        .map_err(|e| api_error(name, opts, &format!("repository or revision {}", name.revision()), e))?;
+    // the commit names a folder of the cache: only a commit hash is accepted
+    if !is_commit(&info.sha) {
+        return Err(HubError::Unreachable { name: name.to_string(), what: "repository info".into(), message: format!("the Hub named the commit {:?}, not a commit hash", info.sha) });
+    }
+    let pinned_repo = Repo::with_revision(name.repo.clone(), RepoType::Model, info.sha.clone());
+    let pinned: ApiRepo = api.repo(pinned_repo.clone());
+    let cached = Cache::new(opts.cache.clone()).repo(pinned_repo);
+    let listed: BTreeSet<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    let mut downloaded = 0;
+    let mut fetch = |file: &str| -> Result<PathBuf, HubError> {
+        if let Some(p) = cached.get(file) {
+            return Ok(p);
+        }
+        downloaded += 1;
+        pinned.download(file).map_err(|e| api_error(name, opts, file, e))
+    };
+    let missing = |file: String| HubError::NotCheckpoint { name: name.to_string(), message: format!("the repository has no {file} at {}", info.sha) };
+    all_files(name, &mut Source { has: &|f| listed.contains(f), fetch: &mut fetch, missing: &missing })?;
+    // the revision asked for now names this commit in the cache, so that an
+    // offline start finds it
+    let repo_dir = opts.repo_dir(name);
+    write_ref(&repo_dir, name.revision(), &info.sha)?;
+    let dir = repo_dir.join("snapshots").join(&info.sha);
+    tracing::info!(model = %name, commit = %info.sha, downloaded, folder = %dir.display(), "checkpoint pulled from the Hub");
+    Ok(Pulled { name: name.clone(), dir, commit: info.sha, downloaded })
+}
+
+/// The revision as the cache has it, without the network.
+fn from_cache(name: &HubName, opts: &HubOptions, why: &str) -> Result<Pulled, HubError> {
+    let repo_dir = opts.repo_dir(name);
+    let not_cached = |file: &str| HubError::NotCached { name: name.to_string(), file: file.to_string(), cache: opts.cache.clone(), why: why.to_string() };
+    let rev = name.revision();
+    let commit = match std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
+        Ok(c) => c.trim().to_string(),
+        Err(_) if is_commit(rev) => rev.to_string(),
+        Err(_) => return Err(not_cached(&format!("revision {rev}"))),
+    };
+    if !is_commit(&commit) {
+        return Err(not_cached(&format!("revision {rev} (its ref holds no commit hash)")));
+    }
+    let dir = repo_dir.join("snapshots").join(&commit);
+    let mut fetch = |f: &str| Ok(dir.join(f));
+    let missing = |file: String| not_cached(&file);
+    all_files(name, &mut Source { has: &|f| dir.join(f).is_file(), fetch: &mut fetch, missing: &missing })?;
+    Ok(Pulled { name: name.clone(), dir, commit, downloaded: 0 })
+}
+
+/// `refs/<revision>` naming `commit`, written to a temporary name and renamed.
+fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<(), HubError> {
+    let path = repo_dir.join("refs").join(revision);
+    let io = |source| HubError::Io { path: path.clone(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    crate::util::write_atomic(&path, commit.as_bytes()).map_err(io)
+}
+
+/// The typed error for an `hf-hub` failure on `what`.
+fn api_error(name: &HubName, opts: &HubOptions, what: &str, e: ApiError) -> HubError {
+    let name_s = name.to_string();
+    if let ApiError::RequestError(req) = &e {
+        if let ureq::Error::Status(status, _) = req.as_ref() {
+            return match status {
+                404 => HubError::NotFound { name: name_s, what: what.to_string(), endpoint: opts.endpoint.clone() },
+                401 | 403 => HubError::Denied { name: name_s, status: *status },
+                _ => HubError::Unreachable { name: name_s, what: what.to_string(), message: format!("HTTP {status} from {}", opts.endpoint) },
+            };
+        }
+    }
+    HubError::Unreachable { name: name_s, what: what.to_string(), message: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_print_back() {
+        let n: HubName = "hf:org/repo".parse().unwrap();
+        assert_eq!((n.repo.as_str(), n.revision()), ("org/repo", "main"));
+        assert_eq!(n.to_string(), "hf:org/repo");
+        let n: HubName = "hf:Org-1/my_repo.v2@refs/pr/3".parse().unwrap();
+        assert_eq!((n.repo.as_str(), n.revision()), ("Org-1/my_repo.v2", "refs/pr/3"));
+        assert_eq!(n.to_string(), "hf:Org-1/my_repo.v2@refs/pr/3");
+        assert!(HubName::parse_if_hub("models/demo").unwrap().is_none());
+        for bad in ["hf:", "hf:repo", "hf:a/b/c", "hf:../b", "hf:a/..", "hf:a/b@", "hf:a/b@../../x", "hf:a/b@x//y", "hf:a/.b", "hf:a b/c", "hf:a/b@/x"] {
+            assert!(matches!(HubName::parse_if_hub(bad), Err(HubError::BadName(_))), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn offline_values_read_as_the_python_client_reads_them() {
+        for v in ["1", "true", "YES", " on "] {
+            assert!(truthy(v), "{v}");
+        }
+        for v in ["0", "false", "no", ""] {
+            assert!(!truthy(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn only_commit_hashes_name_snapshot_folders() {
+        assert!(is_commit(&"a".repeat(40)));
+        assert!(!is_commit(&"a".repeat(39)));
+        assert!(!is_commit("../../../../../../../../../../../etc/passwd"));
+        assert!(!is_commit(&"A".repeat(40)));
+    }
+}

@@ -1,0 +1,215 @@
+//! Checkpoints pulled by name (`hf:ORG/REPO[@REVISION]`) from a fake
+//! Hugging Face Hub on loopback (`HF_ENDPOINT`) into a test's own cache
+//! (`HF_HOME`): at start, from the admin API, by `genrec pull`; offline and
+//! with the Hub down; and each Hub failure answered with its own status.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::hub::{demo_files, FakeHub};
+use common::{Server, TempDir};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-token";
+type Files = BTreeMap<String, Vec<u8>>;
+
+/// The same checkpoint as transformers shards it: two shards and their index.
+fn sharded(mut files: Files) -> Files {
+    let bytes = files.remove("model.safetensors").unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = BTreeMap::new();
+    for (i, part) in [a, b].into_iter().enumerate() {
+        let shard = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<_> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        files.insert(shard.clone(), safetensors::serialize(views, None).unwrap());
+        map.extend(part.iter().map(|n| (n.clone(), shard.clone())));
+    }
+    files.insert("model.safetensors.index.json".into(), json!({"metadata": {}, "weight_map": map}).to_string().into_bytes());
+    files
+}
+
+fn env<'a>(hub_url: &'a str, home: &'a TempDir) -> Vec<(&'static str, &'a str)> {
+    vec![("HF_ENDPOINT", hub_url), ("HF_HOME", home.0.to_str().unwrap()), ("HF_TOKEN", ""), ("HF_HUB_OFFLINE", "")]
+}
+
+fn blocking_json(r: reqwest::blocking::RequestBuilder) -> (u16, Value) {
+    let r = r.send().expect("request");
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+fn source(s: &Server) -> String {
+    let c = reqwest::blocking::Client::new();
+    let (st, v) = blocking_json(c.get(s.at("/admin/models")).bearer_auth(TOKEN));
+    assert_eq!(st, 200, "{v}");
+    v["current"]["source"].as_str().unwrap().to_string()
+}
+
+/// `genrec serve` that must fail to start: its stderr.
+fn failed_start(env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "started: {err}");
+    err
+}
+
+#[test]
+fn serve_starts_from_a_hub_name_then_from_the_cache() {
+    let mut hub = FakeHub::start();
+    let sha = hub.commit("genrec/demo", &["main"], demo_files(false));
+    let (home, root) = (TempDir::new("hf-home"), common::demo_root("hub-serve"));
+    let catalog = root.0.join("catalog");
+    let url = hub.url.clone();
+    let base_env = env(&url, &home);
+    let args = ["--model", "hf:genrec/demo", "--catalog", catalog.to_str().unwrap(), "--admin-token", TOKEN];
+    let body = json!({"history": ["3", "17"], "k": 5});
+    let c = reqwest::blocking::Client::new();
+
+    let s = Server::start_env(&base_env, &args);
+    assert_eq!(source(&s), format!("hf:genrec/demo@{sha}"));
+    let pulled = common::items_and_scores(&c, &s.at("/v1/recommend"), &body);
+    drop(s);
+    // the same answers as the same files in a folder
+    let local = Server::start(&["--model", root.0.join("a").to_str().unwrap(), "--catalog", catalog.to_str().unwrap()]);
+    assert_eq!(pulled, common::items_and_scores(&c, &local.at("/v1/recommend"), &body));
+    drop(local);
+    // in the standard cache layout, each file once
+    let repo_dir = home.0.join("hub/models--genrec--demo");
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), sha);
+    assert!(repo_dir.join(format!("snapshots/{sha}/model.safetensors")).is_file());
+    assert_eq!(hub.downloads().len(), 3, "{:?}", hub.downloads());
+
+    // started again: the commit's files are cached, nothing is downloaded
+    let s = Server::start_env(&base_env, &args);
+    assert_eq!(source(&s), format!("hf:genrec/demo@{sha}"));
+    drop(s);
+    assert_eq!(hub.downloads().len(), 3, "{:?}", hub.downloads());
+    // a Hub name without --catalog says what to pass
+    let err = failed_start(&base_env, &["--model", "hf:genrec/demo"]);
+    assert!(err.contains("--catalog"), "{err}");
+
+    // the Hub down: the cached revision serves
+    hub.stop();
+    let s = Server::start_env(&base_env, &args);
+    assert_eq!(common::items_and_scores(&c, &s.at("/v1/recommend"), &body), pulled);
+    drop(s);
+    // offline: the cache only; a name it lacks stops the start, saying why
+    let mut offline = base_env.clone();
+    offline.retain(|(k, _)| *k != "HF_HUB_OFFLINE");
+    offline.push(("HF_HUB_OFFLINE", "1"));
+    let s = Server::start_env(&offline, &args);
+    assert_eq!(source(&s), format!("hf:genrec/demo@{sha}"));
+    drop(s);
+    let err = failed_start(&offline, &["--model", "hf:genrec/other", "--catalog", catalog.to_str().unwrap()]);
+    assert!(err.contains("hf:genrec/other") && err.contains("HF_HUB_OFFLINE"), "{err}");
+}
+
+#[test]
+fn genrec_pull_fetches_a_private_repository_with_the_token() {
+    let hub = FakeHub::start();
+    let sha = hub.commit("genrec/private", &["main"], sharded(demo_files(false)));
+    hub.private("genrec/private", "hf_secret");
+    let home = TempDir::new("hf-pull");
+    let pull = |token: &str| {
+        let mut e = env(&hub.url, &home);
+        e.retain(|(k, _)| *k != "HF_TOKEN");
+        e.push(("HF_TOKEN", token));
+        std::process::Command::new(common::bin()).args(["pull", "hf:genrec/private"]).envs(e).output().unwrap()
+    };
+    let out = pull("");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("HF_TOKEN") && err.contains("401"), "{err}");
+    let out = pull("hf_secret");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // stdout: the snapshot folder, holding the index and both shards
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(dir, home.0.join(format!("hub/models--genrec--private/snapshots/{sha}")));
+    for f in ["config.json", "genrec.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    assert_eq!(hub.downloads().len(), 5, "{:?}", hub.downloads());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() {
+    let mut hub = FakeHub::start();
+    let main = hub.commit("genrec/demo", &["main"], demo_files(false));
+    // a tag: other weights, sharded
+    let v1 = hub.commit("genrec/demo", &["v1"], sharded(demo_files(true)));
+    // an ensemble: the lead and one member in a folder below it
+    let mut ens = demo_files(false);
+    let mut sidecar: Value = serde_json::from_slice(&ens["genrec.json"]).unwrap();
+    sidecar["members"] = json!(["members/1"]);
+    ens.insert("genrec.json".into(), serde_json::to_vec(&sidecar).unwrap());
+    ens.extend(demo_files(true).into_iter().map(|(f, b)| (format!("members/1/{f}"), b)));
+    hub.commit("genrec/ensemble", &["main"], ens);
+    let mut broken = demo_files(false);
+    broken.remove("genrec.json");
+    hub.commit("genrec/broken", &["main"], broken);
+    hub.commit("genrec/private", &["main"], demo_files(false));
+    hub.private("genrec/private", "hf_secret");
+
+    let (home, root) = (TempDir::new("hf-admin"), common::demo_root("hub-admin"));
+    let a = root.0.join("a");
+    let url = hub.url.clone();
+    let s = Server::start_env(&env(&url, &home), &["--model", a.to_str().unwrap(), "--admin-token", TOKEN]);
+    let c = reqwest::Client::new();
+    let load = |path: &str| {
+        let (c, url, body) = (c.clone(), s.at("/admin/models"), json!({"path": path}));
+        async move {
+            let r = c.post(url).bearer_auth(TOKEN).json(&body).send().await.expect("request");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // by tag, sharded: served, and named by its commit; no --model-root needed
+    let (st, v) = load("hf:genrec/demo@v1").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["current"]["source"], format!("hf:genrec/demo@{v1}"));
+    assert_ne!(v["current"]["version"], v["previous"]["version"]);
+    let r: Value = c.post(s.at("/v1/recommend")).json(&json!({"history": ["3"], "k": 5})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["items"].as_array().map(Vec::len), Some(5), "{r}");
+    assert!(r["model"].as_str().unwrap().ends_with(v["current"]["version"].as_str().unwrap()), "{r}");
+    // the default branch; rollback goes back to the tag's commit
+    let (st, v) = load("hf:genrec/demo").await;
+    assert_eq!((st, v["current"]["source"].clone()), (200, json!(format!("hf:genrec/demo@{main}"))), "{v}");
+    let r = c.post(s.at("/admin/models/rollback")).bearer_auth(TOKEN).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["current"]["source"], format!("hf:genrec/demo@{v1}"), "{v}");
+    // an ensemble's member comes along
+    let (st, v) = load("hf:genrec/ensemble").await;
+    assert_eq!((st, v["current"]["members"].clone()), (200, json!(2)), "{v}");
+
+    // each failure its own status, the model in service unchanged
+    for (path, status, says) in [
+        ("hf:../demo", 422, "ORG/REPO"),
+        ("hf:genrec/demo@bad..rev", 422, "revision"),
+        ("hf:genrec/missing", 404, "404"),
+        ("hf:genrec/demo@no-such-tag", 404, "no-such-tag"),
+        ("hf:genrec/private", 403, "HF_TOKEN"),
+        ("hf:genrec/broken", 422, "genrec.json"),
+    ] {
+        let (st, v) = load(path).await;
+        assert_eq!(st, status, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains(says), "{path}: {v}");
+        if status == 422 && path.starts_with("hf:genrec/demo@") || path == "hf:../demo" {
+            assert_eq!(v["field"], "path", "{path}: {v}");
+        }
+    }
+    // the Hub down: what the cache holds still loads, the rest is a 502
+    hub.stop();
+    let (st, v) = load("hf:genrec/demo@v1").await;
+    assert_eq!((st, v["current"]["source"].clone()), (200, json!(format!("hf:genrec/demo@{v1}"))), "{v}");
+    let (st, v) = load("hf:genrec/private").await;
+    assert_eq!(st, 502, "{v}");
+    let (_, v) = (0, c.get(s.at("/admin/models")).bearer_auth(TOKEN).send().await.unwrap().json::<Value>().await.unwrap());
+    assert_eq!(v["current"]["source"], format!("hf:genrec/demo@{v1}"), "{v}");
+}
