@@ -156,6 +156,8 @@ async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() 
     hub.commit("genrec/broken", &["main"], broken);
     hub.commit("genrec/private", &["main"], demo_files(false));
     hub.private("genrec/private", "hf_secret");
+    let corrupt = hub.commit("genrec/corrupt", &["main"], demo_files(false));
+    hub.corrupt("genrec/corrupt", "model.safetensors");
 
     let (home, root) = (TempDir::new("hf-admin"), common::demo_root("hub-admin"));
     let a = root.0.join("a");
@@ -196,6 +198,7 @@ async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() 
         ("hf:genrec/demo@no-such-tag", 404, "no-such-tag"),
         ("hf:genrec/private", 403, "HF_TOKEN"),
         ("hf:genrec/broken", 422, "genrec.json"),
+        ("hf:genrec/corrupt", 502, "SHA-256"),
     ] {
         let (st, v) = load(path).await;
         assert_eq!(st, status, "{path}: {v}");
@@ -204,6 +207,9 @@ async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() 
             assert_eq!(v["field"], "path", "{path}: {v}");
         }
     }
+    // the corrupted download is not left in the cache
+    let snapshot = home.0.join(format!("hub/models--genrec--corrupt/snapshots/{corrupt}"));
+    assert!(snapshot.join("config.json").is_file() && !snapshot.join("model.safetensors").exists());
     // the Hub down: what the cache holds still loads, the rest is a 502
     hub.stop();
     let (st, v) = load("hf:genrec/demo@v1").await;

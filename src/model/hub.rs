@@ -66,6 +66,10 @@ pub enum HubError {
     /// The repository is there but is not a genrec checkpoint.
     #[error("{name}: not a genrec checkpoint: {message}")]
     NotCheckpoint { name: String, message: String },
+    /// A downloaded file whose content is not what the Hub's hash says (it is
+    /// removed from the cache).
+    #[error("{name}: {file} arrived corrupted: its SHA-256 is {got}, the Hub says {expected}; removed from the cache, pull again")]
+    Corrupt { name: String, file: String, expected: String, got: String },
     /// This machine's settings leave no place for the cache.
     #[error("{0}")]
     Setup(String),
@@ -330,7 +334,9 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
             return Ok(p);
         }
         downloaded += 1;
-        pinned.download(file).map_err(|e| api_error(name, opts, file, e))
+        let path = pinned.download(file).map_err(|e| api_error(name, opts, file, e))?;
+        verify(name, file, &path)?;
+        Ok(path)
     };
     let missing = |file: String| HubError::NotCheckpoint { name: name.to_string(), message: format!("the repository has no {file} at {}", info.sha) };
     all_files(name, &mut Source { has: &|f| listed.contains(f), fetch: &mut fetch, missing: &missing })?;
@@ -361,6 +367,38 @@ fn from_cache(name: &HubName, opts: &HubOptions, why: &str) -> Result<Pulled, Hu
     let missing = |file: String| not_cached(&file);
     all_files(name, &mut Source { has: &|f| dir.join(f).is_file(), fetch: &mut fetch, missing: &missing })?;
     Ok(Pulled { name: name.clone(), dir, commit, downloaded: 0 })
+}
+
+/// Checks a file just downloaded against the hash the Hub named it by. A
+/// large (LFS) file's blob in the cache is named by its SHA-256; one whose
+/// content differs is removed (blob and snapshot link), so the next pull
+/// fetches it again. Small files are named by their git hash, which is not
+/// checked (they are JSON, parsed at load).
+fn verify(name: &HubName, file: &str, path: &Path) -> Result<(), HubError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let io = |source| HubError::Io { path: path.to_path_buf(), source };
+    let blob = std::fs::canonicalize(path).map_err(io)?;
+    let expected = blob.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    if !(expected.len() == 64 && expected.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Ok(());
+    }
+    let mut f = std::fs::File::open(&blob).map_err(io)?;
+    let (mut hasher, mut buf) = (sha2::Sha256::new(), vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if got == expected.to_ascii_lowercase() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&blob);
+    let _ = std::fs::remove_file(path);
+    Err(HubError::Corrupt { name: name.to_string(), file: file.to_string(), expected, got })
 }
 
 /// `refs/<revision>` naming `commit`, written to a temporary name and renamed.

@@ -266,7 +266,7 @@ impl From<EngineError> for ApiError {
                 HubError::NotCheckpoint { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 HubError::NotFound { .. } | HubError::NotCached { .. } => StatusCode::NOT_FOUND,
                 HubError::Denied { .. } => StatusCode::FORBIDDEN,
-                HubError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+                HubError::Unreachable { .. } | HubError::Corrupt { .. } => StatusCode::BAD_GATEWAY,
                 HubError::Io { .. } | HubError::Setup(_) => {
                     tracing::error!(error = %e, "request failed");
                     StatusCode::INTERNAL_SERVER_ERROR

@@ -18,6 +18,8 @@ struct Repo {
     commits: HashMap<String, Files>,
     /// The token a private repository wants.
     token: Option<String>,
+    /// Files sent with one bit flipped (their ETag still the true content's).
+    corrupt: Vec<String>,
 }
 
 #[derive(Default)]
@@ -93,6 +95,11 @@ impl FakeHub {
         self.state.lock().unwrap().repos.entry(repo.to_string()).or_default().token = Some(token.to_string());
     }
 
+    /// Sends `file` of `repo` with one bit flipped from now on.
+    pub fn corrupt(&self, repo: &str, file: &str) {
+        self.state.lock().unwrap().repos.entry(repo.to_string()).or_default().corrupt.push(file.to_string());
+    }
+
     /// Files downloaded so far.
     pub fn downloads(&self) -> Vec<String> {
         self.state.lock().unwrap().downloads.clone()
@@ -125,9 +132,14 @@ fn respond(mut conn: TcpStream, status: &str, headers: &[(String, String)], body
     conn.flush()
 }
 
-/// A stand-in for the content hash the Hub sends as the ETag (the file
-/// names the blob in the cache).
-fn etag(bytes: &[u8]) -> String {
+/// The ETag the Hub sends, which names the blob in the cache: for weights
+/// (LFS files) the SHA-256 of the content, as on the Hub; for the small files
+/// a stand-in for their git hash.
+fn etag(file: &str, bytes: &[u8]) -> String {
+    if file.ends_with(".safetensors") {
+        use sha2::Digest;
+        return sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    }
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
@@ -178,10 +190,15 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     }
     let Some((rev, file)) = rest.split_once('/') else { return not_found(conn) };
     let sha = r.refs.get(rev).cloned().unwrap_or_else(|| rev.to_string());
-    let Some(bytes) = r.commits.get(&sha).and_then(|c| c.get(file)).cloned() else { return not_found(conn) };
+    let Some(mut bytes) = r.commits.get(&sha).and_then(|c| c.get(file)).cloned() else { return not_found(conn) };
+    let tag = etag(file, &bytes);
+    if r.corrupt.iter().any(|f| f == file) {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+    }
     let headers = |from: usize, to: usize| {
         vec![
-            ("ETag".to_string(), format!("\"{}\"", etag(&bytes))),
+            ("ETag".to_string(), format!("\"{tag}\"")),
             ("X-Repo-Commit".to_string(), sha.clone()),
             ("Content-Range".to_string(), format!("bytes {from}-{to}/{}", bytes.len())),
         ]
