@@ -50,7 +50,7 @@ fn source(s: &Server) -> String {
 
 /// `genrec serve` that must fail to start: its stderr.
 fn failed_start(env: &[(&str, &str)], args: &[&str]) -> String {
-    let out = std::process::Command::new(common::bin())
+    let out = common::isolate(&mut std::process::Command::new(common::bin()))
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
         .envs(env.iter().copied())
@@ -96,20 +96,23 @@ fn serve_starts_from_a_hub_name_then_from_the_cache() {
     let err = failed_start(&base_env, &["--model", "hf:genrec/demo"]);
     assert!(err.contains("--catalog"), "{err}");
 
-    // the Hub down: the cached revision serves
-    hub.stop();
-    let s = Server::start_env(&base_env, &args);
-    assert_eq!(common::items_and_scores(&c, &s.at("/v1/recommend"), &body), pulled);
-    drop(s);
-    // offline: the cache only; a name it lacks stops the start, saying why
+    // offline: the cache only, not one request to the Hub; a name the cache
+    // lacks stops the start, saying why
     let mut offline = base_env.clone();
     offline.retain(|(k, _)| *k != "HF_HUB_OFFLINE");
     offline.push(("HF_HUB_OFFLINE", "1"));
+    let asked = hub.requests();
     let s = Server::start_env(&offline, &args);
     assert_eq!(source(&s), format!("hf:genrec/demo@{sha}"));
     drop(s);
     let err = failed_start(&offline, &["--model", "hf:genrec/other", "--catalog", catalog.to_str().unwrap()]);
     assert!(err.contains("hf:genrec/other") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert_eq!(hub.requests(), asked, "offline starts asked the Hub");
+
+    // the Hub down: a server still starts, from the revision the cache holds
+    hub.stop();
+    let s = Server::start_env(&base_env, &args);
+    assert_eq!(common::items_and_scores(&c, &s.at("/v1/recommend"), &body), pulled);
 }
 
 #[test]
@@ -122,11 +125,11 @@ fn genrec_pull_fetches_a_private_repository_with_the_token() {
         let mut e = env(&hub.url, &home);
         e.retain(|(k, _)| *k != "HF_TOKEN");
         e.push(("HF_TOKEN", token));
-        std::process::Command::new(common::bin()).args(["pull", "hf:genrec/private"]).envs(e).output().unwrap()
+        common::isolate(&mut std::process::Command::new(common::bin())).args(["pull", "hf:genrec/private"]).envs(e).output().unwrap()
     };
     let out = pull("");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("HF_TOKEN") && err.contains("401"), "{err}");
+    assert!(!out.status.success() && err.contains("needs HF_TOKEN") && err.contains("401"), "{err}");
     let out = pull("hf_secret");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // stdout: the snapshot folder, holding the index and both shards
@@ -142,8 +145,8 @@ fn genrec_pull_fetches_a_private_repository_with_the_token() {
 async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() {
     let mut hub = FakeHub::start();
     let main = hub.commit("genrec/demo", &["main"], demo_files(false));
-    // a tag: other weights, sharded
-    let v1 = hub.commit("genrec/demo", &["v1"], sharded(demo_files(true)));
+    // a tag: other weights, sharded; also a pull request's branch
+    let v1 = hub.commit("genrec/demo", &["v1", "refs/pr/1"], sharded(demo_files(true)));
     // an ensemble: the lead and one member in a folder below it
     let mut ens = demo_files(false);
     let mut sidecar: Value = serde_json::from_slice(&ens["genrec.json"]).unwrap();
@@ -186,6 +189,10 @@ async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() 
     let r = c.post(s.at("/admin/models/rollback")).bearer_auth(TOKEN).send().await.unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["current"]["source"], format!("hf:genrec/demo@{v1}"), "{v}");
+    // a revision with slashes (escaped in the URL, folders under refs/)
+    let (st, v) = load("hf:genrec/demo@refs/pr/1").await;
+    assert_eq!((st, v["current"]["source"].clone()), (200, json!(format!("hf:genrec/demo@{v1}"))), "{v}");
+    assert_eq!(std::fs::read_to_string(home.0.join("hub/models--genrec--demo/refs/refs/pr/1")).unwrap(), v1);
     // an ensemble's member comes along
     let (st, v) = load("hf:genrec/ensemble").await;
     assert_eq!((st, v["current"]["members"].clone()), (200, json!(2)), "{v}");
@@ -194,9 +201,9 @@ async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() 
     for (path, status, says) in [
         ("hf:../demo", 422, "ORG/REPO"),
         ("hf:genrec/demo@bad..rev", 422, "revision"),
-        ("hf:genrec/missing", 404, "404"),
-        ("hf:genrec/demo@no-such-tag", 404, "no-such-tag"),
-        ("hf:genrec/private", 403, "HF_TOKEN"),
+        ("hf:genrec/missing", 404, "no such repository"),
+        ("hf:genrec/demo@no-such-tag", 404, "revision no-such-tag"),
+        ("hf:genrec/private", 403, "needs HF_TOKEN"),
         ("hf:genrec/broken", 422, "genrec.json"),
         ("hf:genrec/corrupt", 502, "SHA-256"),
     ] {
@@ -210,12 +217,17 @@ async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() 
     // the corrupted download is not left in the cache
     let snapshot = home.0.join(format!("hub/models--genrec--corrupt/snapshots/{corrupt}"));
     assert!(snapshot.join("config.json").is_file() && !snapshot.join("model.safetensors").exists());
-    // the Hub down: what the cache holds still loads, the rest is a 502
+    // the Hub down: a name pinned to a cached commit loads from the cache;
+    // any other is a 502 (an admin load wants what the Hub has now, not an
+    // older cached revision)
     hub.stop();
-    let (st, v) = load("hf:genrec/demo@v1").await;
+    let (st, v) = load(&format!("hf:genrec/demo@{v1}")).await;
     assert_eq!((st, v["current"]["source"].clone()), (200, json!(format!("hf:genrec/demo@{v1}"))), "{v}");
-    let (st, v) = load("hf:genrec/private").await;
-    assert_eq!(st, 502, "{v}");
+    for path in ["hf:genrec/demo@v1", "hf:genrec/private"] {
+        let (st, v) = load(path).await;
+        assert_eq!(st, 502, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains("could not be reached"), "{path}: {v}");
+    }
     let (_, v) = (0, c.get(s.at("/admin/models")).bearer_auth(TOKEN).send().await.unwrap().json::<Value>().await.unwrap());
     assert_eq!(v["current"]["source"], format!("hf:genrec/demo@{v1}"), "{v}");
 }

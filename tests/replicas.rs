@@ -284,9 +284,10 @@ fn a_hub_load_reaches_every_replica_pinned_to_one_commit() {
     assert_ne!(first, second);
     let r1 = start_env(&root, &address, "h1", &env(h1.as_str()));
     converge(&[&r0, &r1], &feed);
+    let version = swapped.json::<Value>().unwrap()["current"]["version"].clone();
     for s in [&r0, &r1] {
         let m = get(&c, &s.at("/admin/models"));
-        assert_eq!(m["current"]["source"], pinned, "{m}");
+        assert_eq!((&m["current"]["source"], &m["current"]["version"]), (&pinned, &version), "{m}");
         assert_eq!(m["feed"]["model_change"]["kind"], "model_load");
     }
 }

@@ -12,8 +12,17 @@ use super::state::{LoadedModel, ModelInfo};
 use super::{Engine, EngineError};
 use crate::catalog::embed::TextEncoder;
 use crate::generate::{generate_ensemble, GenRequest, Scoring};
-use crate::model::hub::{pull, HubName, HubOptions};
+use crate::model::hub::{pull, Fallback, HubName, HubOptions};
 use crate::model::{Ensemble, Model};
+
+/// The Hub settings for a pull the admin API asked for: no progress bars
+/// among the server's log lines. (Such a pull is made with
+/// [`Fallback::Never`]: an admin load wants what the Hub has now, not an
+/// older cached revision; a name pinned to a cached commit is still read
+/// from the cache.)
+fn admin_hub_options() -> Result<HubOptions, EngineError> {
+    Ok(HubOptions { progress: false, ..HubOptions::from_env()? })
+}
 
 /// The Hub name `path` gives, if it starts with `hf:`; a malformed one is an
 /// error in the request's `path`.
@@ -94,7 +103,7 @@ impl Engine {
     pub fn load_checkpoint(&self, path: &str) -> Result<ModelInfo, EngineError> {
         if let Some(rep) = self.replica() {
             let path = match hub_name(path)? {
-                Some(name) => pull(&name, &HubOptions::from_env()?)?.pinned().to_string(),
+                Some(name) => pull(&name, &admin_hub_options()?, Fallback::Never)?.pinned().to_string(),
                 None => {
                     self.open_checkpoint(path)?;
                     path.to_string()
@@ -130,7 +139,7 @@ impl Engine {
     /// folders are links into the cache's blobs; the model root does not
     /// apply.
     fn load_from_hub(&self, name: &HubName) -> Result<ModelInfo, EngineError> {
-        let pulled = pull(name, &HubOptions::from_env()?)?;
+        let pulled = pull(name, &admin_hub_options()?, Fallback::Never)?;
         let _g = self.lock_admin();
         let model = Ensemble::load_as(&pulled.dir, &self.opts.device, self.opts.dtype).map_err(|e| EngineError::Refused(format!("{name}: {e}")))?;
         self.install_locked(model, pulled.pinned().to_string())

@@ -13,12 +13,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Files a checkpoint folder must hold, besides its weights
-/// (`model.safetensors`, or the shards' index: [`WEIGHT_FILES`]).
-pub const CHECKPOINT_FILES: [&str; 2] = [crate::model::CONFIG_FILE, crate::model::sidecar::SIDECAR_FILE];
-/// A checkpoint's weights: one of these (the index names its shards, which
-/// the loader opens through the same handle).
-pub const WEIGHT_FILES: [&str; 2] = [crate::model::WEIGHTS_FILE, crate::model::shards::INDEX_FILE];
+use crate::model::shards::INDEX_FILE;
+use crate::model::sidecar::SIDECAR_FILE;
+use crate::model::{CONFIG_FILE, WEIGHTS_FILE};
+
+/// Files a checkpoint folder must hold besides its weights, which are
+/// `model.safetensors` or the shards' index (the index names its shards,
+/// which the loader opens through the same handle).
+pub const METADATA_FILES: [&str; 2] = [CONFIG_FILE, SIDECAR_FILE];
 
 /// Why a checkpoint folder could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -114,13 +116,13 @@ impl CheckpointDir {
 
     /// This folder, once it holds every checkpoint file as a plain file.
     fn checked(self) -> Result<Self, RootError> {
-        for f in CHECKPOINT_FILES {
+        for f in METADATA_FILES {
             self.file(f)?;
         }
         // the single weights file, else the index (its error when neither is
         // there names the single file)
-        if let Err(single) = self.file(WEIGHT_FILES[0]) {
-            self.file(WEIGHT_FILES[1]).map_err(|_| single)?;
+        if let Err(single) = self.file(WEIGHTS_FILE) {
+            self.file(INDEX_FILE).map_err(|_| single)?;
         }
         Ok(self)
     }
@@ -167,7 +169,7 @@ mod tests {
 
     fn checkpoint(dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
-        for f in CHECKPOINT_FILES.iter().chain(&WEIGHT_FILES[..1]) {
+        for f in METADATA_FILES.iter().chain(&[WEIGHTS_FILE]) {
             std::fs::write(dir.join(f), b"{}").unwrap();
         }
     }
@@ -176,9 +178,9 @@ mod tests {
     fn a_sharded_checkpoint_opens_and_one_without_weights_does_not() {
         let base = std::env::temp_dir().join(format!("genrec-root-shards-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
-        for (name, weights) in [("sharded", Some(WEIGHT_FILES[1])), ("bare", None)] {
+        for (name, weights) in [("sharded", Some(INDEX_FILE)), ("bare", None)] {
             std::fs::create_dir_all(base.join(name)).unwrap();
-            for f in CHECKPOINT_FILES.iter().chain(weights.as_ref()) {
+            for f in METADATA_FILES.iter().chain(weights.as_ref()) {
                 std::fs::write(base.join(name).join(f), b"{}").unwrap();
             }
         }

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use super::model_root::{ModelRoot, CHECKPOINT_FILES, WEIGHT_FILES};
+use super::model_root::{ModelRoot, METADATA_FILES};
+use crate::model::shards::INDEX_FILE;
+use crate::model::WEIGHTS_FILE;
 use super::Engine;
 
 /// What a folder's files look like: per file, its size and modification time.
@@ -64,12 +66,12 @@ fn stamp_of(dir: &Path) -> Option<Stamp> {
         let m = std::fs::symlink_metadata(dir.join(f)).ok().filter(|m| m.is_file())?;
         Some((m.len(), m.modified().ok()?))
     };
-    let mut stamp: Stamp = CHECKPOINT_FILES.iter().map(|f| one(f)).collect::<Option<_>>()?;
-    match one(WEIGHT_FILES[0]) {
+    let mut stamp: Stamp = METADATA_FILES.iter().map(|f| one(f)).collect::<Option<_>>()?;
+    match one(WEIGHTS_FILE) {
         Some(s) => stamp.push(s),
         None => {
-            stamp.push(one(WEIGHT_FILES[1])?);
-            let index = std::fs::read(dir.join(WEIGHT_FILES[1])).ok()?;
+            stamp.push(one(INDEX_FILE)?);
+            let index = std::fs::read(dir.join(INDEX_FILE)).ok()?;
             for shard in crate::model::shards::shard_names(&index).ok()? {
                 stamp.push(one(&shard)?);
             }
@@ -188,12 +190,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("genrec-watch-shards-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        for f in CHECKPOINT_FILES {
+        for f in METADATA_FILES {
             std::fs::write(dir.join(f), b"{}").unwrap();
         }
         assert!(stamp_of(&dir).is_none(), "no weights yet");
         let index = r#"{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
-        std::fs::write(dir.join(WEIGHT_FILES[1]), index).unwrap();
+        std::fs::write(dir.join(INDEX_FILE), index).unwrap();
         std::fs::write(dir.join("model-00001-of-00002.safetensors"), b"x").unwrap();
         assert!(stamp_of(&dir).is_none(), "a shard still being copied");
         std::fs::write(dir.join("model-00002-of-00002.safetensors"), b"y").unwrap();

@@ -14,9 +14,11 @@
 //! `HF_ENDPOINT` names another Hub (a mirror, or a test's local server),
 //! `HF_TOKEN` (else the cache's `token` file) authorises private repositories,
 //! and `HF_HUB_OFFLINE=1` never touches the network: the revision must then be
-//! in the cache. When the Hub cannot be reached, a revision already complete
-//! in the cache is used, with a warning. Nothing is downloaded unless a name of
-//! this form is given.
+//! in the cache. A name pinned to a commit whose files the cache holds is
+//! served from the cache without asking the Hub (a commit never changes).
+//! When the Hub cannot be reached at all, a caller that allows it
+//! ([`Fallback::Cache`], a server starting) gets the revision the cache holds,
+//! with a warning. Nothing is downloaded unless a name of this form is given.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -54,15 +56,23 @@ pub enum HubError {
     /// Offline (or the Hub unreachable) and the revision is not in the cache.
     #[error("{name}: {file} is not in the Hugging Face cache {cache} ({why})")]
     NotCached { name: String, file: String, cache: PathBuf, why: String },
-    /// The Hub answered 404: no such repository, revision or file.
-    #[error("{name}: the Hub has no {what} (HTTP 404 from {endpoint})")]
-    NotFound { name: String, what: String, endpoint: String },
-    /// The Hub answered 401 or 403: a private or gated repository.
-    #[error("{name}: the Hub refused access (HTTP {status}); a private or gated repository needs HF_TOKEN")]
-    Denied { name: String, status: u16 },
-    /// The Hub could not be reached or answered with an error.
-    #[error("{name}: {what}: {message}")]
+    /// No such repository, revision or file (the Hub's `X-Error-Code`, or a
+    /// 404).
+    #[error("{name}: the Hub has no {what} (HTTP {status} from {endpoint})")]
+    NotFound { name: String, what: String, status: u16, endpoint: String },
+    /// The Hub answered 401 or 403 for a repository that is there: private
+    /// or gated.
+    #[error("{name}: the Hub refused access (HTTP {status}): {advice}")]
+    Denied { name: String, status: u16, advice: String },
+    /// The Hub could not be reached: no connection, name lookup or answer.
+    #[error("{name}: {what}: the Hub could not be reached: {message}")]
     Unreachable { name: String, what: String, message: String },
+    /// The Hub answered with an error status or an answer hf-hub cannot use.
+    #[error("{name}: {what}: {message}")]
+    HubFailed { name: String, what: String, message: String },
+    /// Another pull (another process) holds the cache's lock on a file.
+    #[error("{name}: {what}: another pull is downloading it; retry when it is done")]
+    Busy { name: String, what: String },
     /// The repository is there but is not a genrec checkpoint.
     #[error("{name}: not a genrec checkpoint: {message}")]
     NotCheckpoint { name: String, message: String },
@@ -88,6 +98,16 @@ pub struct HubOptions {
     pub offline: bool,
     /// Progress bars for downloads (when stderr is a terminal).
     pub progress: bool,
+}
+
+/// What a pull may do when the Hub cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Fail: the caller asked for what the Hub has now (an admin load).
+    Never,
+    /// Serve the revision the cache holds, with a warning (a server
+    /// starting, which would otherwise not start at all).
+    Cache,
 }
 
 /// A pulled checkpoint: its folder in the cache and the commit it is.
@@ -152,7 +172,8 @@ impl HubName {
         }
     }
 
-    pub fn revision(&self) -> &str {
+    /// The revision asked for, `main` when none was.
+    pub fn revision_or_main(&self) -> &str {
         self.revision.as_deref().unwrap_or(DEFAULT_REVISION)
     }
 }
@@ -241,18 +262,29 @@ impl HubOptions {
     }
 }
 
+/// Pulls one at a time in this process: hf-hub's lock on a file waits only
+/// 5 s for another holder, and two pulls of one repository share its blobs.
+static PULLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Pulls the checkpoint `name` (see the module's comment) and returns its
 /// folder in the cache. Blocking: network and disk.
-pub fn pull(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
+pub fn pull(name: &HubName, opts: &HubOptions, fallback: Fallback) -> Result<Pulled, HubError> {
     if opts.offline {
         return from_cache(name, opts, "HF_HUB_OFFLINE is set");
     }
+    // a commit's files never change: complete in the cache, no need to ask
+    if name.revision.as_deref().is_some_and(is_commit) {
+        if let Ok(p) = from_cache(name, opts, "") {
+            return Ok(p);
+        }
+    }
+    let _one = PULLS.lock().unwrap_or_else(|p| p.into_inner());
     match pull_online(name, opts) {
-        Err(HubError::Unreachable { name: n, what, message }) => {
+        Err(HubError::Unreachable { name: n, what, message }) if fallback == Fallback::Cache => {
             let why = format!("the Hub could not be reached: {message}");
             match from_cache(name, opts, &why) {
                 Ok(p) => {
-                    tracing::warn!(model = %name, commit = %p.commit, error = %message, "the Hub could not be reached: serving the revision from the cache");
+                    tracing::warn!(model = %name, commit = %p.commit, error = %message, "the Hub could not be reached: serving the revision the cache holds, which may be older than the Hub's");
                     Ok(p)
                 }
                 Err(_) => Err(HubError::Unreachable { name: n, what, message }),
@@ -317,24 +349,36 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
         .build()
         .map_err(|e| api_error(name, opts, "connecting", e))?;
     let info = api
-        .repo(Repo::with_revision(name.repo.clone(), RepoType::Model, name.revision().to_string()))
+        .repo(Repo::with_revision(name.repo.clone(), RepoType::Model, name.revision_or_main().to_string()))
         .info()
-        .map_err(|e| api_error(name, opts, &format!("repository or revision {}", name.revision()), e))?;
+        .map_err(|e| api_error(name, opts, &format!("repository or revision {}", name.revision_or_main()), e))?;
     // the commit names a folder of the cache: only a commit hash is accepted
     if !is_commit(&info.sha) {
-        return Err(HubError::Unreachable { name: name.to_string(), what: "repository info".into(), message: format!("the Hub named the commit {:?}, not a commit hash", info.sha) });
+        return Err(HubError::HubFailed { name: name.to_string(), what: "repository info".into(), message: format!("the Hub named the commit {:?}, not a commit hash", info.sha) });
     }
-    let pinned_repo = Repo::with_revision(name.repo.clone(), RepoType::Model, info.sha.clone());
-    let pinned: ApiRepo = api.repo(pinned_repo.clone());
-    let cached = Cache::new(opts.cache.clone()).repo(pinned_repo);
+    let pinned: ApiRepo = api.repo(Repo::with_revision(name.repo.clone(), RepoType::Model, info.sha.clone()));
     let listed: BTreeSet<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    let repo_dir = opts.repo_dir(name);
+    let dir = repo_dir.join("snapshots").join(&info.sha);
     let mut downloaded = 0;
     let mut fetch = |file: &str| -> Result<PathBuf, HubError> {
-        if let Some(p) = cached.get(file) {
-            return Ok(p);
+        // the commit's file as any client left it (the Python client too)
+        let local = dir.join(file);
+        if local.is_file() {
+            return Ok(local);
+        }
+        // a link whose blob is gone (removed as corrupted): hf-hub would not
+        // replace it
+        if local.symlink_metadata().is_ok() {
+            std::fs::remove_file(&local).map_err(|source| HubError::Io { path: local.clone(), source })?;
         }
         downloaded += 1;
         let path = pinned.download(file).map_err(|e| api_error(name, opts, file, e))?;
+        // hf-hub files a download under the commit the answer names
+        if path != local {
+            let message = format!("the Hub sent {file} of another commit ({})", path.display());
+            return Err(HubError::HubFailed { name: name.to_string(), what: file.to_string(), message });
+        }
         verify(name, file, &path)?;
         Ok(path)
     };
@@ -342,9 +386,7 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
     all_files(name, &mut Source { has: &|f| listed.contains(f), fetch: &mut fetch, missing: &missing })?;
     // the revision asked for now names this commit in the cache, so that an
     // offline start finds it
-    let repo_dir = opts.repo_dir(name);
-    write_ref(&repo_dir, name.revision(), &info.sha)?;
-    let dir = repo_dir.join("snapshots").join(&info.sha);
+    write_ref(&repo_dir, name.revision_or_main(), &info.sha)?;
     tracing::info!(model = %name, commit = %info.sha, downloaded, folder = %dir.display(), "checkpoint pulled from the Hub");
     Ok(Pulled { name: name.clone(), dir, commit: info.sha, downloaded })
 }
@@ -353,7 +395,7 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
 fn from_cache(name: &HubName, opts: &HubOptions, why: &str) -> Result<Pulled, HubError> {
     let repo_dir = opts.repo_dir(name);
     let not_cached = |file: &str| HubError::NotCached { name: name.to_string(), file: file.to_string(), cache: opts.cache.clone(), why: why.to_string() };
-    let rev = name.revision();
+    let rev = name.revision_or_main();
     let commit = match std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
         Ok(c) => c.trim().to_string(),
         Err(_) if is_commit(rev) => rev.to_string(),
@@ -363,9 +405,9 @@ fn from_cache(name: &HubName, opts: &HubOptions, why: &str) -> Result<Pulled, Hu
         return Err(not_cached(&format!("revision {rev} (its ref holds no commit hash)")));
     }
     let dir = repo_dir.join("snapshots").join(&commit);
-    let mut fetch = |f: &str| Ok(dir.join(f));
+    let mut locate = |f: &str| Ok(dir.join(f));
     let missing = |file: String| not_cached(&file);
-    all_files(name, &mut Source { has: &|f| dir.join(f).is_file(), fetch: &mut fetch, missing: &missing })?;
+    all_files(name, &mut Source { has: &|f| dir.join(f).is_file(), fetch: &mut locate, missing: &missing })?;
     Ok(Pulled { name: name.clone(), dir, commit, downloaded: 0 })
 }
 
@@ -411,19 +453,39 @@ fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<(), HubErr
     crate::util::write_atomic(&path, commit.as_bytes()).map_err(io)
 }
 
-/// The typed error for an `hf-hub` failure on `what`.
+/// The typed error for an `hf-hub` failure on `what`. The Hub says what is
+/// missing in `X-Error-Code` (it answers 401, not 404, to an anonymous
+/// client asking for a repository that does not exist).
 fn api_error(name: &HubName, opts: &HubOptions, what: &str, e: ApiError) -> HubError {
     let name_s = name.to_string();
-    if let ApiError::RequestError(req) = &e {
-        if let ureq::Error::Status(status, _) = req.as_ref() {
-            return match status {
-                404 => HubError::NotFound { name: name_s, what: what.to_string(), endpoint: opts.endpoint.clone() },
-                401 | 403 => HubError::Denied { name: name_s, status: *status },
-                _ => HubError::Unreachable { name: name_s, what: what.to_string(), message: format!("HTTP {status} from {}", opts.endpoint) },
-            };
-        }
+    let failed = |message: String| HubError::HubFailed { name: name_s.clone(), what: what.to_string(), message };
+    match e {
+        ApiError::RequestError(req) => match *req {
+            ureq::Error::Status(status, response) => {
+                let code = response.header("x-error-code").unwrap_or_default().to_string();
+                let not_found = |what: String| HubError::NotFound { name: name_s.clone(), what, status, endpoint: opts.endpoint.clone() };
+                match (code.as_str(), status) {
+                    ("RepoNotFound", _) => not_found("such repository".into()),
+                    ("RevisionNotFound", _) => not_found(format!("revision {}", name.revision_or_main())),
+                    ("EntryNotFound", _) => not_found(format!("file {what}")),
+                    (_, 404) => not_found(what.to_string()),
+                    (_, 401 | 403) => {
+                        let advice = match (code.as_str(), &opts.token) {
+                            ("GatedRepo", _) => "a gated repository: accept its conditions on the Hub with the account whose HF_TOKEN is set".to_string(),
+                            (_, None) => "a private or gated repository needs HF_TOKEN".to_string(),
+                            (_, Some(_)) => "the token in HF_TOKEN (or the cache's token file) does not grant access".to_string(),
+                        };
+                        HubError::Denied { name: name_s.clone(), status, advice }
+                    }
+                    _ => failed(format!("HTTP {status} from {}", opts.endpoint)),
+                }
+            }
+            ureq::Error::Transport(t) => HubError::Unreachable { name: name_s.clone(), what: what.to_string(), message: t.to_string() },
+        },
+        ApiError::IoError(source) => HubError::Io { path: opts.cache.clone(), source },
+        ApiError::LockAcquisition(_) => HubError::Busy { name: name_s.clone(), what: what.to_string() },
+        other => failed(other.to_string()),
     }
-    HubError::Unreachable { name: name_s, what: what.to_string(), message: e.to_string() }
 }
 
 #[cfg(test)]
@@ -433,10 +495,10 @@ mod tests {
     #[test]
     fn names_parse_and_print_back() {
         let n: HubName = "hf:org/repo".parse().unwrap();
-        assert_eq!((n.repo.as_str(), n.revision()), ("org/repo", "main"));
+        assert_eq!((n.repo.as_str(), n.revision_or_main()), ("org/repo", "main"));
         assert_eq!(n.to_string(), "hf:org/repo");
         let n: HubName = "hf:Org-1/my_repo.v2@refs/pr/3".parse().unwrap();
-        assert_eq!((n.repo.as_str(), n.revision()), ("Org-1/my_repo.v2", "refs/pr/3"));
+        assert_eq!((n.repo.as_str(), n.revision_or_main()), ("Org-1/my_repo.v2", "refs/pr/3"));
         assert_eq!(n.to_string(), "hf:Org-1/my_repo.v2@refs/pr/3");
         assert!(HubName::parse_if_hub("models/demo").unwrap().is_none());
         for bad in ["hf:", "hf:repo", "hf:a/b/c", "hf:../b", "hf:a/..", "hf:a/b@", "hf:a/b@../../x", "hf:a/b@x//y", "hf:a/.b", "hf:a b/c", "hf:a/b@/x"] {

@@ -127,7 +127,8 @@ pub async fn list_models(State(st): State<Arc<AppState>>) -> Response {
         (status = 413, body = ErrorBody),
         (status = 422, description = "Not a valid checkpoint for this catalog, or a malformed `hf:` name", body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
-        (status = 502, description = "The Hub could not be reached and the cache does not hold the revision", body = ErrorBody),
+        (status = 409, description = "Another process's pull holds the Hub file's lock", body = ErrorBody),
+        (status = 502, description = "The Hub could not be reached or answered with an error, or sent corrupted weights", body = ErrorBody),
     ))]
 pub async fn load_model(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     respond(

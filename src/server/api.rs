@@ -266,7 +266,8 @@ impl From<EngineError> for ApiError {
                 HubError::NotCheckpoint { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 HubError::NotFound { .. } | HubError::NotCached { .. } => StatusCode::NOT_FOUND,
                 HubError::Denied { .. } => StatusCode::FORBIDDEN,
-                HubError::Unreachable { .. } | HubError::Corrupt { .. } => StatusCode::BAD_GATEWAY,
+                HubError::Unreachable { .. } | HubError::HubFailed { .. } | HubError::Corrupt { .. } => StatusCode::BAD_GATEWAY,
+                HubError::Busy { .. } => StatusCode::CONFLICT,
                 HubError::Io { .. } | HubError::Setup(_) => {
                     tracing::error!(error = %e, "request failed");
                     StatusCode::INTERNAL_SERVER_ERROR

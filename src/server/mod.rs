@@ -27,7 +27,7 @@ use crate::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use crate::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate, DEFAULT_INTENT_MODEL};
 use crate::engine::edits::{open_store, EditStore};
 use crate::engine::{BatchOptions, Engine, EngineOptions};
-use crate::model::hub::{CheckpointLocation, HubOptions};
+use crate::model::hub::{CheckpointLocation, Fallback, HubOptions};
 use crate::generate::kernel::contract::Selection;
 
 /// Largest accepted request body.
@@ -259,7 +259,8 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         }
         (Some(CheckpointLocation::Hub(name)), false) => {
             let opts = HubOptions::from_env()?;
-            let pulled = crate::model::hub::pull(name, &opts).with_context(|| format!("pulling {name}"))?;
+            // a restart while the Hub is down still starts, from the cache
+            let pulled = crate::model::hub::pull(name, &opts, Fallback::Cache).with_context(|| format!("pulling {name}"))?;
             let m = crate::model::Ensemble::load_as(&pulled.dir, &dev, dtype)
                 .with_context(|| format!("loading the model {name} from {}", pulled.dir.display()))?;
             // a catalog path relative to the model means nothing in the

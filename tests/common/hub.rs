@@ -28,6 +28,8 @@ struct State {
     /// Files sent whole or from an offset (not the one-byte probes for
     /// their metadata), as `repo/file`.
     downloads: Vec<String>,
+    /// Every request answered.
+    requests: usize,
 }
 
 /// The demo checkpoint's files; `flip` changes one bit of the weights (another
@@ -100,6 +102,11 @@ impl FakeHub {
         self.state.lock().unwrap().repos.entry(repo.to_string()).or_default().corrupt.push(file.to_string());
     }
 
+    /// Requests answered so far (of any kind).
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests
+    }
+
     /// Files downloaded so far.
     pub fn downloads(&self) -> Vec<String> {
         self.state.lock().unwrap().downloads.clone()
@@ -167,24 +174,29 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         }
     }
     let path = path.replace("%2F", "/");
-    let not_found = |conn| respond(conn, "404 Not Found", &[], br#"{"error":"Repository Not Found"}"#);
+    // as the Hub answers: a repository that is not there is a 401 to an
+    // anonymous client, and X-Error-Code says what is missing
+    let missing = |conn, status: &str, code: &str| respond(conn, status, &[("X-Error-Code".into(), code.into())], br#"{"error":"not found"}"#);
+    let no_repo = |conn| missing(conn, "401 Unauthorized", "RepoNotFound");
+    let not_found = |conn| missing(conn, "404 Not Found", "EntryNotFound");
     let mut st = state.lock().unwrap();
+    st.requests += 1;
     // /api/models/ORG/REPO/revision/REV
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let Some((repo, rev)) = rest.split_once("/revision/") else { return not_found(conn) };
-        let Some(r) = st.repos.get(repo) else { return not_found(conn) };
+        let Some(r) = st.repos.get(repo) else { return no_repo(conn) };
         if r.token.as_ref().is_some_and(|t| auth.as_deref() != Some(&format!("Bearer {t}"))) {
             return respond(conn, "401 Unauthorized", &[], br#"{"error":"Invalid credentials"}"#);
         }
         let sha = r.refs.get(rev).cloned().or_else(|| r.commits.contains_key(rev).then(|| rev.to_string()));
-        let Some(sha) = sha else { return not_found(conn) };
+        let Some(sha) = sha else { return missing(conn, "404 Not Found", "RevisionNotFound") };
         let siblings: Vec<_> = r.commits[&sha].keys().map(|f| serde_json::json!({"rfilename": f})).collect();
         let body = serde_json::json!({"id": repo, "sha": sha, "siblings": siblings}).to_string();
         return respond(conn, "200 OK", &[("Content-Type".into(), "application/json".into())], body.as_bytes());
     }
     // /ORG/REPO/resolve/REV/FILE
     let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else { return not_found(conn) };
-    let Some(r) = st.repos.get(repo) else { return not_found(conn) };
+    let Some(r) = st.repos.get(repo) else { return no_repo(conn) };
     if r.token.as_ref().is_some_and(|t| auth.as_deref() != Some(&format!("Bearer {t}"))) {
         return respond(conn, "401 Unauthorized", &[], b"{}");
     }

@@ -18,6 +18,20 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Clears the settings of the machine running the tests that would change
+/// what a server started by a test does: the Hugging Face client's (a test
+/// sets its own) and HTTP proxies (the Hub client does not honour NO_PROXY,
+/// so a proxy would swallow a test's loopback Hub).
+pub fn isolate(cmd: &mut Command) -> &mut Command {
+    for k in ["HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE", "XDG_CACHE_HOME"] {
+        cmd.env_remove(k);
+    }
+    for k in ["http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
 /// A fresh temporary folder, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -80,7 +94,7 @@ impl Server {
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
-        cmd.envs(env.iter().copied());
+        isolate(&mut cmd).envs(env.iter().copied());
         let mut child = cmd
             .arg("serve")
             .args(["--addr", "127.0.0.1:0"])
