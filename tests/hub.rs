@@ -231,3 +231,29 @@ async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() 
     let (_, v) = (0, c.get(s.at("/admin/models")).bearer_auth(TOKEN).send().await.unwrap().json::<Value>().await.unwrap());
     assert_eq!(v["current"]["source"], format!("hf:genrec/demo@{v1}"), "{v}");
 }
+
+#[test]
+fn a_hub_that_never_answers_fails_a_pull_in_time_and_a_start_uses_the_cache() {
+    let hub = FakeHub::start();
+    let sha = hub.commit("genrec/demo", &["main"], demo_files(false));
+    let (home, root) = (TempDir::new("hf-silent"), common::demo_root("hub-silent"));
+    let mut e = env(&hub.url, &home);
+    e.push(("GENREC_HUB_TIMEOUT_S", "1"));
+    let pull = || {
+        let t = std::time::Instant::now();
+        let out = common::isolate(&mut std::process::Command::new(common::bin())).args(["pull", "hf:genrec/demo"]).envs(e.clone()).output().unwrap();
+        (out, t.elapsed())
+    };
+    let (out, _) = pull();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    hub.go_silent();
+    // the connection is taken and never answered: the pull gives up
+    let (out, took) = pull();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("could not be reached"), "{err}");
+    assert!(took < std::time::Duration::from_secs(15), "gave up after {took:?}");
+    // a server starting serves the revision the cache holds
+    let catalog = root.0.join("catalog");
+    let s = Server::start_env(&e, &["--model", "hf:genrec/demo", "--catalog", catalog.to_str().unwrap(), "--admin-token", TOKEN]);
+    assert_eq!(source(&s), format!("hf:genrec/demo@{sha}"));
+}

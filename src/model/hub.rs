@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::api::RepoInfo;
 use hf_hub::{Cache, Repo, RepoType};
 
 use super::shards::{shard_names, INDEX_FILE};
@@ -98,6 +99,10 @@ pub struct HubOptions {
     pub offline: bool,
     /// Progress bars for downloads (when stderr is a terminal).
     pub progress: bool,
+    /// How long the Hub may take to answer a pull's first question
+    /// (`GENREC_HUB_TIMEOUT_S`, default 30). Downloads have no limit: hf-hub
+    /// offers none.
+    pub answer_timeout: std::time::Duration,
 }
 
 /// What a pull may do when the Hub cannot be reached.
@@ -254,6 +259,16 @@ impl HubOptions {
             token,
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
             progress: std::io::stderr().is_terminal(),
+            answer_timeout: match var("GENREC_HUB_TIMEOUT_S") {
+                None => std::time::Duration::from_secs(30),
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(std::time::Duration::from_secs_f64)
+                    .ok_or_else(|| HubError::Setup(format!("GENREC_HUB_TIMEOUT_S must be a positive number of seconds, not {v:?}")))?,
+            },
         })
     }
 
@@ -348,10 +363,17 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
         .with_retries(3)
         .build()
         .map_err(|e| api_error(name, opts, "connecting", e))?;
-    let info = api
+    let what = format!("repository or revision {}", name.revision_or_main());
+    // hf-hub sets no read timeout; the first question gets one, so that a
+    // Hub (or proxy) that takes the connection and never answers fails here
+    let info: RepoInfo = api
         .repo(Repo::with_revision(name.repo.clone(), RepoType::Model, name.revision_or_main().to_string()))
-        .info()
-        .map_err(|e| api_error(name, opts, &format!("repository or revision {}", name.revision_or_main()), e))?;
+        .info_request()
+        .timeout(opts.answer_timeout)
+        .call()
+        .map_err(|e| api_error(name, opts, &what, ApiError::RequestError(Box::new(e))))?
+        .into_json()
+        .map_err(|e| HubError::HubFailed { name: name.to_string(), what: what.clone(), message: format!("unreadable repository info: {e}") })?;
     // the commit names a folder of the cache: only a commit hash is accepted
     if !is_commit(&info.sha) {
         return Err(HubError::HubFailed { name: name.to_string(), what: "repository info".into(), message: format!("the Hub named the commit {:?}, not a commit hash", info.sha) });

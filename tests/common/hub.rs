@@ -30,6 +30,8 @@ struct State {
     downloads: Vec<String>,
     /// Every request answered.
     requests: usize,
+    /// Take connections and never answer them.
+    silent: bool,
 }
 
 /// The demo checkpoint's files; `flip` changes one bit of the weights (another
@@ -69,8 +71,16 @@ impl FakeHub {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let st = st.clone();
+                let (st, stop3) = (st.clone(), stop2.clone());
                 std::thread::spawn(move || {
+                    if st.lock().unwrap().silent {
+                        // hold the connection open without a word
+                        while !stop3.load(Ordering::SeqCst) {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        drop(conn);
+                        return;
+                    }
                     let _ = serve(conn, &st);
                 });
             }
@@ -100,6 +110,11 @@ impl FakeHub {
     /// Sends `file` of `repo` with one bit flipped from now on.
     pub fn corrupt(&self, repo: &str, file: &str) {
         self.state.lock().unwrap().repos.entry(repo.to_string()).or_default().corrupt.push(file.to_string());
+    }
+
+    /// From now on takes connections and never answers (until stopped).
+    pub fn go_silent(&self) {
+        self.state.lock().unwrap().silent = true;
     }
 
     /// Requests answered so far (of any kind).
