@@ -24,15 +24,6 @@ fn admin_hub_options() -> Result<HubOptions, EngineError> {
     Ok(HubOptions { progress: false, ..HubOptions::from_env()? })
 }
 
-/// The Hub name `path` gives, if it starts with `hf:`; a malformed one is an
-/// error in the request's `path`.
-fn hub_name(path: &str) -> Result<Option<HubName>, EngineError> {
-    HubName::parse_if_hub(path).map_err(|e| match e {
-        crate::model::hub::HubError::BadName(message) => EngineError::InvalidField { field: "path", message },
-        other => other.into(),
-    })
-}
-
 impl Engine {
     fn lock_admin(&self) -> std::sync::MutexGuard<'_, ()> {
         self.admin_lock.lock().unwrap_or_else(|p| p.into_inner())
@@ -102,7 +93,7 @@ impl Engine {
     /// all of them serve the same files.
     pub fn load_checkpoint(&self, path: &str) -> Result<ModelInfo, EngineError> {
         if let Some(rep) = self.replica() {
-            let path = match hub_name(path)? {
+            let path = match HubName::parse_if_hub(path)? {
                 Some(name) => pull(&name, &admin_hub_options()?, Fallback::Never)?.pinned().to_string(),
                 None => {
                     self.open_checkpoint(path)?;
@@ -116,7 +107,7 @@ impl Engine {
 
     /// [`Engine::load_checkpoint`] on this engine alone.
     pub(super) fn load_checkpoint_here(&self, path: &str) -> Result<ModelInfo, EngineError> {
-        if let Some(name) = hub_name(path)? {
+        if let Some(name) = HubName::parse_if_hub(path)? {
             return self.load_from_hub(&name);
         }
         let dir = self.open_checkpoint(path)?;

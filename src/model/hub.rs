@@ -440,22 +440,14 @@ fn from_cache(name: &HubName, opts: &HubOptions, why: &str) -> Result<Pulled, Hu
 /// checked (they are JSON, parsed at load).
 fn verify(name: &HubName, file: &str, path: &Path) -> Result<(), HubError> {
     use sha2::Digest;
-    use std::io::Read;
     let io = |source| HubError::Io { path: path.to_path_buf(), source };
     let blob = std::fs::canonicalize(path).map_err(io)?;
     let expected = blob.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     if !(expected.len() == 64 && expected.bytes().all(|b| b.is_ascii_hexdigit())) {
         return Ok(());
     }
-    let mut f = std::fs::File::open(&blob).map_err(io)?;
-    let (mut hasher, mut buf) = (sha2::Sha256::new(), vec![0u8; 1 << 20]);
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(&blob).map_err(io)?, &mut hasher).map_err(io)?;
     let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if got == expected.to_ascii_lowercase() {
         return Ok(());
