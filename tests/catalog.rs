@@ -5,7 +5,7 @@
 //! server on a held folder serving read-only, and no
 //! acknowledged edit lost when the server is killed with SIGKILL mid-stream.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The command line end to end on a small synthetic world: demo-data, index
 //! (with precomputed embeddings, so no encoder download is needed), train, eval.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Cold start over HTTP: profile-only requests on the embedded demo model,
 //! with the sentence-encoder fallback and with the SmolLM2 intent model.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

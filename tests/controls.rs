@@ -1,7 +1,7 @@
 //! Product controls through the real server: personalized search (`query`),
 //! the diversity cap and exploration, and their 422s.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 

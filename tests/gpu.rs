@@ -3,7 +3,7 @@
 //! scripts/build-cuda.sh environment) on a machine with one, and say that they
 //! skipped otherwise. Every GPU result is compared with the CPU reference.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -42,7 +42,7 @@ fn bad_device_dtype_and_kernel_are_refused() {
 
 #[cfg(feature = "cuda")]
 mod on_gpu {
-    use super::common::{post_json, Server};
+    use crate::common::{post_json, Server};
     use genrec::gpu_check::{run, CheckOptions};
     use serde_json::json;
 

@@ -7,7 +7,7 @@
 //! (`scripts/test.sh` sets one up). Without it the test says so and passes,
 //! unless `GENREC_REQUIRE_HF=1`, as in CI.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

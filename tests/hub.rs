@@ -3,7 +3,7 @@
 //! (`HF_HOME`): at start, from the admin API, by `genrec pull`; offline and
 //! with the Hub down; and each Hub failure answered with its own status.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -7,7 +7,7 @@
 //! the request schemas as published; and the description lists exactly the
 //! routes below (keep the list in step with `server::router`).
 
-mod common;
+use crate::common;
 
 use common::Server;
 use reqwest::blocking::{Client, RequestBuilder};
@@ -74,13 +74,12 @@ impl Doc {
 }
 
 fn validate(schema: &Value, instance: &Value, what: &str) {
-    let v = jsonschema::validator_for(schema).unwrap_or_else(|e| panic!("{what}: the schema does not compile: {e}"));
-    let errors: Vec<String> = v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    let errors = common::schema::errors(schema, instance);
     assert!(errors.is_empty(), "{what} does not match /openapi.json:\n  {}\nanswer: {instance}", errors.join("\n  "));
 }
 
 fn is_valid(schema: &Value, instance: &Value) -> bool {
-    jsonschema::validator_for(schema).unwrap().is_valid(instance)
+    common::schema::is_valid(schema, instance)
 }
 
 /// Sends a request, checks its answer against the description, returns it.

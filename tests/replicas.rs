@@ -4,7 +4,7 @@
 //! restarted catches up from the compacted shared folder, and Redis killed
 //! and restarted (append-only file) loses nothing and applies nothing twice.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

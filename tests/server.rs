@@ -1,6 +1,6 @@
 //! The real server on a loopback port: answers, errors, health and metrics.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

@@ -2,7 +2,7 @@
 //! stream of requests, refused checkpoints, overload, deadlines, live catalog
 //! edits, admin authorisation and draining on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,14 +1,15 @@
 //! Item text embeddings with all-MiniLM-L6-v2 (Sentence-BERT, Reimers & Gurevych
-//! 2019): BERT through candle, mean pooling over real tokens, L2 normalisation.
+//! 2019): the BERT encoder of [`super::bert`], mean pooling over real tokens,
+//! L2 normalisation.
 //! `scripts/fetch-models.sh` puts the model in `.models/all-minilm-l6-v2`.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::bert::{mean_pool_normalized, Bert, BertConfig};
 use super::CatalogError;
 
 /// Where `scripts/fetch-models.sh` puts the encoder, relative to the repo root.
@@ -18,7 +19,7 @@ const MAX_TOKENS: usize = 128;
 
 /// A sentence encoder: text in, unit-length vectors out.
 pub struct TextEncoder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     dim: usize,
     name: String,
@@ -41,7 +42,7 @@ impl TextEncoder {
         };
         let cfg_path = file("config.json")?;
         let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| CatalogError::io(&cfg_path, e))?;
-        let cfg: Config =
+        let cfg: BertConfig =
             serde_json::from_str(&cfg_text).map_err(|e| CatalogError::Json { path: cfg_path, source: e })?;
         let mut tokenizer =
             Tokenizer::from_file(file("tokenizer.json")?).map_err(|e| CatalogError::Tokenizer(e.to_string()))?;
@@ -52,7 +53,7 @@ impl TextEncoder {
             .map_err(|e| CatalogError::Tokenizer(e.to_string()))?;
         // SAFETY: the file is memory-mapped read-only and not modified while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[file("model.safetensors")?], DType::F32, &Device::Cpu)? };
-        let model = BertModel::load(vb, &cfg)?;
+        let model = Bert::load(vb, &cfg)?;
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(TextEncoder { model, tokenizer, dim: cfg.hidden_size, name })
     }
@@ -90,12 +91,8 @@ impl TextEncoder {
             let dev = Device::Cpu;
             let ids = Tensor::from_vec(ids, (chunk.len(), len), &dev)?;
             let mask = Tensor::from_vec(mask, (chunk.len(), len), &dev)?;
-            let hidden = self.model.forward(&ids, &ids.zeros_like()?, Some(&mask))?; // [b, t, d]
-            let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-            let summed = hidden.broadcast_mul(&m)?.sum(1)?;
-            let mean = summed.broadcast_div(&m.sum(1)?.clamp(1e-9, f64::MAX)?)?;
-            let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-            let rows = mean.broadcast_div(&norm)?.to_vec2::<f32>()?;
+            let hidden = self.model.forward(&ids, &mask)?; // [b, t, d]
+            let rows = mean_pool_normalized(&hidden, &mask)?.to_vec2::<f32>()?;
             for (r, &i) in chunk.iter().enumerate() {
                 out[i * self.dim..(i + 1) * self.dim].copy_from_slice(&rows[r]);
             }
@@ -131,5 +128,48 @@ mod tests {
             assert!((dot(i, i) - 1.0).abs() < 1e-4, "unit length");
         }
         assert!(dot(0, 1) > dot(0, 2) + 0.2, "{} vs {}", dot(0, 1), dot(0, 2));
+    }
+
+    /// Texts of every kind the catalog meets: short, accented, CJK, emoji,
+    /// longer than the 128 tokens the encoder reads, a real product title.
+    fn reference_texts() -> Vec<String> {
+        let long = "long-lasting matte liquid lipstick ".repeat(40);
+        [
+            "red nail polish",
+            "crimson nail lacquer",
+            "stainless steel pipe wrench",
+            "a",
+            "Crème brûlée — café au lait, naïve résumé 日本語のテキスト 🙂",
+            &long,
+            "Maybelline New York Color Sensational Creamy Matte Lip Color, Touch of Spice, 0.15 Ounce",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// genrec's BERT gives the embeddings candle-transformers' BertModel gave
+    /// for the same texts (recorded in `testdata/minilm_reference.json`
+    /// before that dependency was dropped), batched and one by one.
+    #[test]
+    fn minilm_matches_the_reference_encoder() {
+        let Some(dir) = crate::fetched_model(DEFAULT_ENCODER_DIR) else { return };
+        let enc = TextEncoder::load(&dir).unwrap();
+        let reference: serde_json::Value =
+            serde_json::from_str(include_str!("testdata/minilm_reference.json")).unwrap();
+        let texts = reference_texts();
+        assert_eq!(serde_json::json!(texts), reference["texts"]);
+        let want: Vec<f32> = reference["embeddings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+            .collect();
+        for batch in [3, 1] {
+            let got = enc.embed(&texts, batch, |_, _| {}).unwrap();
+            assert_eq!(got.len(), want.len());
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 2e-5, "batch {batch}: largest difference {worst}");
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod array;
 pub mod base;
+pub mod bert;
 pub mod build;
 pub mod collab;
 pub mod dir;

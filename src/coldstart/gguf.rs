@@ -215,7 +215,7 @@ fn tokenizer(ct: &Content, path: &Path) -> Result<Tokenizer, ColdStartError> {
         .filter(|(_, &t)| t == CONTROL_TOKEN)
         .map(|(s, _)| AddedToken::from(s.clone(), true))
         .collect();
-    tok.add_special_tokens(&special);
+    tok.add_special_tokens(special).map_err(|e| bad(path, format!("special tokens: {e}")))?;
     Ok(tok)
 }
 

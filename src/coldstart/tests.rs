@@ -121,54 +121,47 @@ fn smollm_label_scores_equal_full_forward_reference() {
     assert!(got[0] > got[2], "Paris {} vs Berlin {}", got[0], got[2]);
 }
 
-/// Log-probabilities of the token after `ids` by candle's own quantized
-/// llama, on a fresh thread: with `dequantize`, its weights are dequantised to
-/// f32 (candle reads that switch once per thread).
-fn candle_llama_log_probs(path: std::path::PathBuf, ids: Vec<u32>, dequantize: bool) -> Vec<f32> {
-    std::thread::spawn(move || {
-        if dequantize {
-            std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
-        }
-        let mut f = std::fs::File::open(&path).unwrap();
-        let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
-        let dev = candle_core::Device::Cpu;
-        let mut m = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev).unwrap();
-        let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &dev).unwrap();
-        let logits = m.forward(&x, 0).unwrap().flatten_all().unwrap();
-        candle_nn::ops::log_softmax(&logits, 0).unwrap().to_vec1::<f32>().unwrap()
-    })
-    .join()
-    .unwrap()
-}
-
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
 /// genrec's decoder on the quantized GGUF gives the log-probabilities of
 /// candle's own quantized llama, and stays as close to the f32 (dequantised)
-/// model as candle's does.
+/// model as candle's does. The reference (`testdata/smollm_candle_reference.json`)
+/// was recorded with candle-transformers 0.11.1's `quantized_llama`, both
+/// ways, before that dependency was dropped: the 1,000 tokens the f32 model
+/// finds likeliest, and the largest quantized-vs-f32 difference over the
+/// whole vocabulary.
 #[test]
 fn smollm_matches_candle_quantized_llama() {
     let Some(lm) = smollm() else { return };
-    let Some(path) = crate::fetched_model(DEFAULT_INTENT_MODEL) else { return };
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("testdata/smollm_candle_reference.json")).unwrap();
+    let numbers = |k: &str| -> Vec<f32> {
+        reference[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
     let ids = lm.encode("<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n").unwrap();
+    assert_eq!(serde_json::json!(ids), reference["prompt_ids"], "the tokenizer reads the prompt as before");
     let got = lm.next_token_log_probs(&ids).unwrap();
-    let quant = candle_llama_log_probs(path.clone(), ids.clone(), false);
-    let f32_ = candle_llama_log_probs(path, ids, true);
-    let (d_quant, d_ours, d_candle) = (max_diff(&got, &quant), max_diff(&got, &f32_), max_diff(&quant, &f32_));
-    // where it matters, the f32 model's 20 likeliest tokens
-    let mut top: Vec<usize> = (0..f32_.len()).collect();
-    top.sort_by(|&a, &b| f32_[b].total_cmp(&f32_[a]));
-    top.truncate(20);
-    let on_top = |a: &[f32]| top.iter().map(|&t| (a[t] - f32_[t]).abs()).fold(0f32, f32::max);
-    let (t_ours, t_candle) = (on_top(&got), on_top(&quant));
+    assert_eq!(serde_json::json!(got.len()), reference["vocab"]);
+    let top: Vec<usize> = reference["top_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let (f32_, quant) = (numbers("f32"), numbers("quantized"));
+    let ours: Vec<f32> = top.iter().map(|&t| got[t]).collect();
+    let (d_quant, d_ours, d_candle) = (max_diff(&ours, &quant), max_diff(&ours, &f32_), max_diff(&quant, &f32_));
+    // where it matters most, the f32 model's 20 likeliest tokens
+    let (t_ours, t_candle) = (max_diff(&ours[..20], &f32_[..20]), max_diff(&quant[..20], &f32_[..20]));
+    let whole = reference["max_diff_quantized_vs_f32"].as_f64().unwrap() as f32;
     eprintln!(
-        "max |Δ log p| over the vocabulary: genrec vs candle quantized {d_quant}, genrec vs f32 {d_ours}, candle quantized vs f32 {d_candle}; \
-         over f32's top 20: genrec {t_ours}, candle quantized {t_candle}"
+        "max |Δ log p| over f32's top 1,000: genrec vs candle quantized {d_quant}, genrec vs f32 {d_ours}, candle quantized vs f32 {d_candle} \
+         ({whole} over the vocabulary); over f32's top 20: genrec {t_ours}, candle quantized {t_candle}"
     );
-    assert!(d_ours < d_candle * 1.5 + 1e-2, "genrec {d_ours} vs candle {d_candle} from f32");
-    assert!(t_ours < t_candle * 1.5 + 2e-2, "top 20: genrec {t_ours} vs candle {t_candle} from f32");
+    // genrec's Q4_1 path keeps activations in f32, so it lands closer to the
+    // f32 model than candle's quantized one (measured: 0.19 vs 0.41 over the
+    // top 1,000, 0.14 vs 0.24 over the top 20; logits scaled by 1.02 give
+    // 0.34 and 0.18)
+    assert!(d_ours < d_candle * 0.6, "genrec {d_ours} vs candle {d_candle} from f32");
+    assert!(t_ours < t_candle * 0.7, "top 20: genrec {t_ours} vs candle {t_candle} from f32");
+    assert!(d_quant < whole, "genrec {d_quant} from candle's quantized model");
     assert_eq!(top[0], (0..got.len()).max_by(|&a, &b| got[a].total_cmp(&got[b])).unwrap(), "same likeliest token");
 }
 
@@ -237,3 +230,4 @@ fn a_hugging_face_folder_loads_as_intent_model() {
     let missing = IntentLm::load(&dir).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(missing.contains("fetch-models"), "{missing}");
 }
+

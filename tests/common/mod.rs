@@ -2,8 +2,10 @@
 
 #![allow(dead_code)]
 
+pub mod heap;
 pub mod hub;
 pub mod redis;
+pub mod schema;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
