@@ -139,7 +139,10 @@ fn batched(
                                 let batch: Vec<GenRequest> = chunk.iter().map(|&i| reqs[i].clone()).collect();
                                 let g = generate(model, catalog, &batch, b)?;
                                 for (&i, hs) in chunk.iter().zip(g.hits) {
-                                    out.push((i, hs.into_iter().map(|h| catalog.item_id(h.item).to_string()).collect()));
+                                    out.push((
+                                        i,
+                                        hs.into_iter().map(|h| catalog.item_id(h.item).to_string()).collect(),
+                                    ));
                                 }
                             }
                             Ok(out)
@@ -181,7 +184,8 @@ fn main() -> Result<()> {
     let histories: Vec<Vec<u32>> = ex.into_iter().map(|(h, _)| h).collect();
     let tokens: Vec<Vec<u32>> =
         histories.iter().map(|h| sc.history_tokens(h.iter().map(|&i| catalog.sid(i)))).collect();
-    let item_tokens: Vec<Vec<u32>> = (0..catalog.len() as u32).map(|i| sc.sid_tokens(catalog.sid(i)).collect()).collect();
+    let item_tokens: Vec<Vec<u32>> =
+        (0..catalog.len() as u32).map(|i| sc.sid_tokens(catalog.sid(i)).collect()).collect();
     let requests = json!({
         "model": a.model,
         "sequences": tokens,
@@ -206,8 +210,10 @@ fn main() -> Result<()> {
         }
     }
     for &b in &a.beams {
-        let reqs: Vec<GenRequest> =
-            histories.iter().map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new(), ..Default::default() }).collect();
+        let reqs: Vec<GenRequest> = histories
+            .iter()
+            .map(|h| GenRequest { history: h.clone(), k: b, exclude: HashSet::new(), ..Default::default() })
+            .collect();
         // warm-up (allocator, caches)
         generate(model, catalog, &reqs[..reqs.len().min(a.batch)], b)?;
         let entry = results.entry(b.to_string()).or_insert_with(|| json!({}));
@@ -233,7 +239,11 @@ fn main() -> Result<()> {
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let p50 = median(lat.clone());
-        eprintln!("genrec B={b}: single p50 {p50:.2} ms ({} requests one at a time, kernel threads {})", lat.len(), threads);
+        eprintln!(
+            "genrec B={b}: single p50 {p50:.2} ms ({} requests one at a time, kernel threads {})",
+            lat.len(),
+            threads
+        );
         entry["single_p50_ms"] = json!(p50);
         entry["single_ms"] = json!(lat);
         entry["single_threads"] = json!(threads);

@@ -16,7 +16,12 @@ fn random_trie(n: usize, codes: u32, rng: &mut ChaCha8Rng) -> (Trie, Vec<u32>) {
     let mut seen = std::collections::HashSet::new();
     let mut sids = Vec::with_capacity(n * 4);
     while seen.len() < n {
-        let sid = [rng.random_range(0..codes), rng.random_range(0..codes), rng.random_range(0..codes), rng.random_range(0..4)];
+        let sid = [
+            rng.random_range(0..codes),
+            rng.random_range(0..codes),
+            rng.random_range(0..codes),
+            rng.random_range(0..4),
+        ];
         if seen.insert(sid) {
             sids.extend_from_slice(&sid);
         }
@@ -45,7 +50,17 @@ fn beam_step_bench(c: &mut Criterion) {
         let scores: Vec<f32> = (0..requests * beams).map(|_| rng.random_range(-4.0..0.0)).collect();
         let shape = StepShape { requests, beams_in: beams, beams_out: beams, codes: 256 };
         g.bench_with_input(BenchmarkId::from_parameter(format!("{requests} req x {beams} beams")), &(), |b, _| {
-            b.iter(|| beam_step(&genrec::catalog::TrieView::new(&trie, None), shape, &logits, &scores, &depth1, None, |_, _| true))
+            b.iter(|| {
+                beam_step(
+                    &genrec::catalog::TrieView::new(&trie, None),
+                    shape,
+                    &logits,
+                    &scores,
+                    &depth1,
+                    None,
+                    |_, _| true,
+                )
+            })
         });
     }
     g.finish();

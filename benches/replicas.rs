@@ -52,7 +52,8 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { edits: 10_000, fault_edits: 2_000, writers: 8, json: None, model: None, catalog: None, compact: false };
+    let mut a =
+        Args { edits: 10_000, fault_edits: 2_000, writers: 8, json: None, model: None, catalog: None, compact: false };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -117,7 +118,16 @@ impl Cluster {
         let ids = (0..n.min(600)).map(|i| cat.item_id(i).to_string()).collect();
         drop(cat);
         let mut c = Cluster {
-            _root: root, model, catalog, _redis_dir: redis_dir, redis, address, replicas: Vec::new(), embeddings, ids, start_s: Vec::new(),
+            _root: root,
+            model,
+            catalog,
+            _redis_dir: redis_dir,
+            redis,
+            address,
+            replicas: Vec::new(),
+            embeddings,
+            ids,
+            start_s: Vec::new(),
         };
         for i in 0..3 {
             let t = Instant::now();
@@ -158,7 +168,6 @@ impl Cluster {
     fn feed(&self) -> genrec::feed::redis::RedisFeed {
         genrec::feed::redis::RedisFeed::open(&self.address).unwrap()
     }
-
 }
 
 /// New item `i`'s embedding: a catalog item's, slightly moved.
@@ -194,7 +203,8 @@ fn send(
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for w in 0..writers {
-            let (next, out, urls, acked, embeddings) = (next.clone(), out.clone(), urls.to_vec(), acked.clone(), embeddings.clone());
+            let (next, out, urls, acked, embeddings) =
+                (next.clone(), out.clone(), urls.to_vec(), acked.clone(), embeddings.clone());
             s.spawn(move || {
                 let c = client();
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w as u64);
@@ -209,13 +219,18 @@ fn send(
                     let until = Instant::now() + Duration::from_secs(120);
                     loop {
                         let sent = Instant::now();
-                        let r = c.post(format!("{}/admin/items", urls[k % urls.len()])).bearer_auth(TOKEN).json(&body).send();
+                        let r = c
+                            .post(format!("{}/admin/items", urls[k % urls.len()]))
+                            .bearer_auth(TOKEN)
+                            .json(&body)
+                            .send();
                         let (status, v) = match r {
                             Ok(r) => (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null)),
                             Err(_) => (0, Value::Null),
                         };
                         if status == 200 || status == 201 {
-                            let p: Position = v["feed_position"].as_str().expect("feed_position in the answer").parse().unwrap();
+                            let p: Position =
+                                v["feed_position"].as_str().expect("feed_position in the answer").parse().unwrap();
                             let mut o = out.lock().unwrap();
                             o.acks.push((sent, Instant::now(), p));
                             o.ids.insert(id);
@@ -259,7 +274,14 @@ fn send_local(embeddings: Arc<Vec<Vec<f32>>>, url: &str, n: usize, writers: usiz
                     }
                     let body = json!({"id": format!("single-{i}"), "embedding": vector(&embeddings, i)});
                     let sent = Instant::now();
-                    let st = c.post(format!("{url}/admin/items")).bearer_auth(TOKEN).json(&body).send().unwrap().status().as_u16();
+                    let st = c
+                        .post(format!("{url}/admin/items"))
+                        .bearer_auth(TOKEN)
+                        .json(&body)
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16();
                     assert!(st == 200 || st == 201, "the baseline server answered {st}");
                     out.lock().unwrap().push(sent.elapsed().as_secs_f64());
                 }
@@ -337,7 +359,8 @@ fn converge(cluster: &Cluster, probes: usize) -> (f64, u64) {
     for p in 0..probes {
         let history: Vec<&String> = (0..5).map(|j| &cluster.ids[(p * 31 + j * 7) % cluster.ids.len()]).collect();
         let body = json!({"history": history, "k": 10, "strategy": "generative"});
-        let answers: Vec<Value> = cluster.replicas.iter().map(|s| common::items_and_scores(&c, &s.at("/v1/recommend"), &body)).collect();
+        let answers: Vec<Value> =
+            cluster.replicas.iter().map(|s| common::items_and_scores(&c, &s.at("/v1/recommend"), &body)).collect();
         assert!(answers.iter().all(|a| a == &answers[0]), "probe {p}: replicas answer differently");
     }
     (waited, infos[0]["last_edit_id"].as_u64().unwrap())
@@ -359,7 +382,9 @@ fn missing(cluster: &Cluster, ids: &BTreeSet<String>) -> usize {
 fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
@@ -371,7 +396,12 @@ fn at_quarter(n: usize, acked: &AtomicUsize) {
 }
 
 /// Sends `range` on a thread; returns it and its ack counter.
-fn send_in_background(cluster: &Cluster, range: std::ops::Range<usize>, writers: usize, tag: &'static str) -> (std::thread::JoinHandle<(Sent, f64)>, Arc<AtomicUsize>) {
+fn send_in_background(
+    cluster: &Cluster,
+    range: std::ops::Range<usize>,
+    writers: usize,
+    tag: &'static str,
+) -> (std::thread::JoinHandle<(Sent, f64)>, Arc<AtomicUsize>) {
     let acked = Arc::new(AtomicUsize::new(0));
     let (emb, urls, counter) = (cluster.embeddings.clone(), cluster.urls(), acked.clone());
     (std::thread::spawn(move || send(emb, &urls, range, writers, tag, counter)), acked)
@@ -381,7 +411,11 @@ fn main() {
     let a = args();
     let wall = Instant::now();
     let mut report = serde_json::Map::new();
-    println!("3 replicas + redis-server on loopback; {} writers; {} cores", a.writers, std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "3 replicas + redis-server on loopback; {} writers; {} cores",
+        a.writers,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     // 0. baseline: one server without a feed (edits fsync'd to its own log)
     let (base_rate, base50, base99) = if a.catalog.is_some() {
@@ -399,7 +433,8 @@ fn main() {
     if base_rate.is_finite() {
         println!("baseline, one server without --feed (edit log fsync'd): {} edits at {base_rate:.0} edits/s; ack p50 {base50:.1} ms p99 {base99:.1} ms", a.edits);
     }
-    report.insert("baseline_single".into(), json!({"edits_per_s": base_rate, "ack_ms": {"p50": base50, "p99": base99}}));
+    report
+        .insert("baseline_single".into(), json!({"edits_per_s": base_rate, "ack_ms": {"p50": base50, "p99": base99}}));
 
     let mut cluster = Cluster::start(&a);
     println!("replicas ready {:.2?} s after their start (mapping the catalog, replaying the feed)", cluster.start_s);
@@ -410,7 +445,8 @@ fn main() {
     // 1. rate and time-to-everywhere
     let stop = Arc::new(AtomicBool::new(false));
     let pollers = poll(&cluster.urls(), stop.clone());
-    let (sent, secs) = send(cluster.embeddings.clone(), &cluster.urls(), 0..a.edits, a.writers, "rate", Arc::new(AtomicUsize::new(0)));
+    let (sent, secs) =
+        send(cluster.embeddings.clone(), &cluster.urls(), 0..a.edits, a.writers, "rate", Arc::new(AtomicUsize::new(0)));
     let (settle, last_edit) = converge(&cluster, 0);
     stop.store(true, Ordering::Relaxed);
     let seen: Vec<Vec<(Instant, Position)>> = pollers.into_iter().map(|p| p.join().unwrap()).collect();
@@ -428,7 +464,11 @@ fn main() {
         .collect();
     let rate = sent.acks.len() as f64 / secs;
     let (ack50, ack99) = (percentile(&mut ack_ms, 0.5), percentile(&mut ack_ms, 0.99));
-    let (ev50, ev99, evmax) = (percentile(&mut everywhere_ms, 0.5), percentile(&mut everywhere_ms, 0.99), percentile(&mut everywhere_ms, 1.0));
+    let (ev50, ev99, evmax) = (
+        percentile(&mut everywhere_ms, 0.5),
+        percentile(&mut everywhere_ms, 0.99),
+        percentile(&mut everywhere_ms, 1.0),
+    );
     let polls: usize = seen.iter().map(Vec::len).sum();
     let (_, _) = converge(&cluster, 200);
     println!(
@@ -519,7 +559,8 @@ fn main() {
     if a.compact {
         let c = client();
         let t0 = Instant::now();
-        let r: Value = c.post(cluster.replicas[0].at("/admin/catalog/compact")).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+        let r: Value =
+            c.post(cluster.replicas[0].at("/admin/catalog/compact")).bearer_auth(TOKEN).send().unwrap().json().unwrap();
         let compact_s = t0.elapsed().as_secs_f64();
         let version = r["version"].as_u64().expect("a compaction report");
         let mut moved = Vec::new();
@@ -535,7 +576,10 @@ fn main() {
              settled {settle:.2} s; 200 probes identical",
             moved.iter().cloned().fold(0.0, f64::max)
         );
-        report.insert("compaction".into(), json!({"version": version, "seconds": compact_s, "replicas_moved_after_s": moved}));
+        report.insert(
+            "compaction".into(),
+            json!({"version": version, "seconds": compact_s, "replicas_moved_after_s": moved}),
+        );
     }
     let rss: Vec<f64> = cluster.replicas.iter().map(|s| peak_rss_mb(s.pid())).collect();
     println!("peak RSS of the replicas: {rss:.0?} MB; wall time {:.0} s", wall.elapsed().as_secs_f64());

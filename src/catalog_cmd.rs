@@ -221,7 +221,10 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
     report.ann_self_recall = *self_recall.lock().unwrap_or_else(|p| p.into_inner());
     println!("ANN index: {:.1}% of probed items are their own nearest neighbour", 100.0 * report.ann_self_recall);
     for (l, used) in report.used_codes.iter().enumerate() {
-        println!("level {l}: {used}/{} codes used; {} items moved off their nearest code by --max-group", report.codebook_sizes[l], report.moved[l]);
+        println!(
+            "level {l}: {used}/{} codes used; {} items moved off their nearest code by --max-group",
+            report.codebook_sizes[l], report.moved[l]
+        );
     }
     println!(
         "collisions: {} items in {} groups share their k-means codes; largest group {} (collision level size)",
@@ -253,7 +256,8 @@ pub(crate) fn catalog_cmd(a: CatalogArgs) -> Result<()> {
             drop(log);
             let prev = cat.base().source.as_ref().map(|d| d.join(genrec::recall::ANN_FILE));
             let graph = |v: &Catalog, d: &Path| {
-                genrec::recall::write_version_graph(v, prev.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
+                genrec::recall::write_version_graph(v, prev.as_deref(), d)
+                    .map_err(|e| CatalogError::Format(e.to_string()))
             };
             let vdir = wd.commit_version(&cat, number, &graph)?;
             drop(new_log);

@@ -29,11 +29,11 @@ pub mod generate;
 pub mod gpu_check;
 pub mod loadgen;
 pub mod model;
+pub mod progress;
 pub mod recall;
+pub mod runtime;
 pub mod server;
 pub mod train;
-pub mod progress;
-pub mod runtime;
 pub mod util;
 
 /// A model fetched by `scripts/fetch-models.sh` (path relative to the repo

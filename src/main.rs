@@ -19,7 +19,6 @@ mod measure;
 
 use catalog_cmd::{CatalogArgs, IndexArgs};
 
-
 #[derive(Parser)]
 #[command(name = "genrec", version, about = "Generative recommendation: semantic IDs, a transformer that generates the next items, trie-constrained beam search, served over HTTP.", long_about = None)]
 struct Cli {
@@ -266,9 +265,7 @@ fn main() -> Result<()> {
     genrec::runtime::tune_allocator();
     genrec::runtime::pin_thread_count();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -280,7 +277,8 @@ fn main() -> Result<()> {
         Command::Serve(a) => genrec::server::run(a),
         Command::Pull(a) => {
             let opts = genrec::model::hub::HubOptions::from_env()?;
-            let pulled = genrec::model::hub::pull(&a.name, &opts, genrec::model::hub::Fallback::Never).with_context(|| format!("pulling {}", a.name))?;
+            let pulled = genrec::model::hub::pull(&a.name, &opts, genrec::model::hub::Fallback::Never)
+                .with_context(|| format!("pulling {}", a.name))?;
             eprintln!("{} is {} ({} files downloaded, the rest cached)", a.name, pulled.pinned(), pulled.downloaded);
             println!("{}", pulled.dir.display());
             Ok(())
@@ -292,7 +290,12 @@ fn main() -> Result<()> {
         Command::DemoData(a) => {
             let o = demo::DemoOptions { items: a.items, users: a.users, seed: a.seed, ..Default::default() };
             demo::write(&a.out, &o)?;
-            println!("wrote {}/demo.item.json and demo.inter.json ({} items, {} users)", a.out.display(), a.items, a.users);
+            println!(
+                "wrote {}/demo.item.json and demo.inter.json ({} items, {} users)",
+                a.out.display(),
+                a.items,
+                a.users
+            );
             Ok(())
         }
     }

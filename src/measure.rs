@@ -368,7 +368,12 @@ pub fn bench_catalog(a: BenchCatalogArgs) -> Result<()> {
     if histories.is_empty() {
         bail!("{}: no user has a test history", a.data.display());
     }
-    let synth = dataset::synth::SynthOptions { items: a.synth_items, dim: a.synth_dim, seed: a.synth_seed, ..Default::default() };
+    let synth = dataset::synth::SynthOptions {
+        items: a.synth_items,
+        dim: a.synth_dim,
+        seed: a.synth_seed,
+        ..Default::default()
+    };
     let o = genrec::loadgen::catalog::CatalogBenchOptions {
         url: a.url.clone(),
         token: a.token.clone(),
@@ -423,14 +428,8 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
         let genres = dataset::load_item_genres(items)?;
         let none = Vec::new();
         ce::declare_interests(&mut cold, |i| genres.get(catalog.item_id(i)).unwrap_or(&none), 2);
-        let declared = cold
-            .iter()
-            .filter(|u| !u.profile.interests.is_empty())
-            .count();
-        eprintln!(
-            "coldstart-eval: {declared} of {} users declare interests",
-            cold.len()
-        );
+        let declared = cold.iter().filter(|u| !u.profile.interests.is_empty()).count();
+        eprintln!("coldstart-eval: {declared} of {} users declare interests", cold.len());
     }
     let steering = match a.steering {
         SteeringArg::Soft => genrec::engine::Steering::Soft,
@@ -443,7 +442,13 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
         bail!("no held-out users with a profile (check --holdout-users and --users)");
     }
     eprintln!("coldstart-eval: {} held-out users, first {} items each", cold.len(), a.first);
-    let opts = ColdStartOptions { top: a.intent_top.max(1), temperature: a.temperature, calibration: a.calibration, shortlist: a.intent_shortlist, ..Default::default() };
+    let opts = ColdStartOptions {
+        top: a.intent_top.max(1),
+        temperature: a.temperature,
+        calibration: a.calibration,
+        shortlist: a.intent_shortlist,
+        ..Default::default()
+    };
     let mut results = Vec::new();
     let mut encoder = None; // loaded once, for the first method that needs it
     for method in methods {
@@ -480,12 +485,16 @@ pub fn coldstart_eval(a: ColdEvalArgs) -> Result<()> {
                 let mut ms = Vec::new();
                 for (label, w) in runs {
                     let (model, catalog) = ((*snap.model).clone(), (*snap.catalog).clone());
-                    let m = ce::eval_intents(model, catalog, cs.clone(), &cold, a.k, (steering, w), |d, t| progress(&label, d, t))?;
+                    let m = ce::eval_intents(model, catalog, cs.clone(), &cold, a.k, (steering, w), |d, t| {
+                        progress(&label, d, t)
+                    })?;
                     ms.push(ce::ColdMetrics { method: label, ..m });
                 }
                 ms
             }
-            other => bail!("unknown method {other:?} (popularity, first-popularity, first-popularity-age, embedding, llm)"),
+            other => {
+                bail!("unknown method {other:?} (popularity, first-popularity, first-popularity-age, embedding, llm)")
+            }
         };
         for m in ms {
             eprintln!(
@@ -544,13 +553,15 @@ pub fn gpu_check(a: GpuCheckArgs) -> Result<()> {
     }
     let (report, result) = match genrec::gpu_check::run(&opts) {
         Ok(report) => (Some(report), Ok(())),
-        Err(genrec::gpu_check::CheckError::Failed { failures, report }) => {
-            (Some(*report), Err(anyhow::anyhow!("gpu-check: {} part(s) failed:\n  {}", failures.len(), failures.join("\n  "))))
-        }
+        Err(genrec::gpu_check::CheckError::Failed { failures, report }) => (
+            Some(*report),
+            Err(anyhow::anyhow!("gpu-check: {} part(s) failed:\n  {}", failures.len(), failures.join("\n  "))),
+        ),
         Err(e) => (None, Err(e.into())),
     };
     if let (Some(out), Some(report)) = (a.out, report) {
-        std::fs::write(&out, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(&out, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("gpu-check: wrote {}", out.display());
     }
     result

@@ -23,14 +23,21 @@ impl Progress {
     pub fn new(label: &str, total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = if total > 0 { ProgressBar::new(total) } else { ProgressBar::new_spinner() };
-            let style = ProgressStyle::with_template("{msg:>22} [{bar:36}] {human_pos}/{human_len} {per_sec} ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template("{msg:>22} [{bar:36}] {human_pos}/{human_len} {per_sec} ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
             b.set_style(style);
             b.set_message(label.to_string());
             b
         });
-        Progress { label: label.into(), total, bar, started: Instant::now(), last_line: Mutex::new((Instant::now(), 0)) }
+        Progress {
+            label: label.into(),
+            total,
+            bar,
+            started: Instant::now(),
+            last_line: Mutex::new((Instant::now(), 0)),
+        }
     }
 
     /// Sets the steps done so far.

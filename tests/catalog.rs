@@ -19,7 +19,11 @@ const TOKEN: &str = "catalog-token";
 
 fn genrec(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(common::bin()).args(args).output().expect("run genrec");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn ok(args: &[&str]) -> String {
@@ -40,7 +44,8 @@ fn write_embeddings(path: &Path, rows: &[Vec<f32>], half: bool) {
     let (n, dim) = (rows.len(), rows.first().map_or(0, Vec::len));
     let width = if half { 2 } else { 4 };
     let dtype = if half { "F16" } else { "F32" };
-    let mut header = format!(r#"{{"embeddings":{{"dtype":"{dtype}","shape":[{n},{dim}],"data_offsets":[0,{}]}}}}"#, n * dim * width);
+    let mut header =
+        format!(r#"{{"embeddings":{{"dtype":"{dtype}","shape":[{n},{dim}],"data_offsets":[0,{}]}}}}"#, n * dim * width);
     while header.len() % 8 != 0 {
         header.push(' ');
     }
@@ -59,7 +64,9 @@ fn write_embeddings(path: &Path, rows: &[Vec<f32>], half: bool) {
 }
 
 fn vector(i: usize, dim: usize) -> Vec<f32> {
-    (0..dim).map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % dim { 2.0 } else { 0.0 }).collect()
+    (0..dim)
+        .map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % dim { 2.0 } else { 0.0 })
+        .collect()
 }
 
 fn write_items(path: &Path, n: usize) {
@@ -79,8 +86,21 @@ fn index_reads_jsonl_f16_and_imported_ids_and_names_bad_lines() {
     write_embeddings(&tmp.0.join("emb.safetensors"), &rows, true);
 
     let out = ok(&[
-        "index", "--items", &p("items.jsonl"), "--embeddings", &p("emb.safetensors"), "--out", &p("cat"),
-        "--levels", "2", "--codebook-size", "16", "--max-group", "48", "--report", &p("report.json"),
+        "index",
+        "--items",
+        &p("items.jsonl"),
+        "--embeddings",
+        &p("emb.safetensors"),
+        "--out",
+        &p("cat"),
+        "--levels",
+        "2",
+        "--codebook-size",
+        "16",
+        "--max-group",
+        "48",
+        "--report",
+        &p("report.json"),
     ]);
     assert!(out.contains("level 0: 16/16 codes used"), "{out}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(p("report.json")).unwrap()).unwrap();
@@ -95,8 +115,17 @@ fn index_reads_jsonl_f16_and_imported_ids_and_names_bad_lines() {
     }
     drop(f);
     let out = ok(&[
-        "index", "--items", &p("items.jsonl"), "--embeddings", &p("emb.safetensors"), "--sids", &p("sids.jsonl"),
-        "--codebook-size", "8", "--out", &p("imported"),
+        "index",
+        "--items",
+        &p("items.jsonl"),
+        "--embeddings",
+        &p("emb.safetensors"),
+        "--sids",
+        &p("sids.jsonl"),
+        "--codebook-size",
+        "8",
+        "--out",
+        &p("imported"),
     ]);
     assert!(out.contains("semantic IDs [8, 8, 157]"), "10,000 items over 64 prefixes: groups of 157: {out}");
 
@@ -117,7 +146,8 @@ fn index_reads_jsonl_f16_and_imported_ids_and_names_bad_lines() {
     write_embeddings(&tmp.0.join("nan.safetensors"), &nan, false);
     let err = bad_index(&p("items.jsonl"), &p("nan.safetensors"), &[]);
     assert!(err.contains("row 12"), "{err}");
-    let lines: Vec<String> = std::fs::read_to_string(tmp.0.join("items.jsonl")).unwrap().lines().map(String::from).collect();
+    let lines: Vec<String> =
+        std::fs::read_to_string(tmp.0.join("items.jsonl")).unwrap().lines().map(String::from).collect();
     let variant = |name: &str, line: usize, text: &[u8]| {
         let mut f = std::fs::File::create(tmp.0.join(name)).unwrap();
         for (i, l) in lines.iter().enumerate() {
@@ -140,7 +170,8 @@ fn index_reads_jsonl_f16_and_imported_ids_and_names_bad_lines() {
     let long = variant("long.jsonl", 4, long_id.as_bytes());
     let err = bad_index(&long, &p("emb.safetensors"), &[]);
     assert!(err.contains("line 4") && err.contains("at most 512"), "{err}");
-    let sids = std::fs::read_to_string(tmp.0.join("sids.jsonl")).unwrap().replacen(r#""sid": [4, 0]"#, r#""sid": [4, 99]"#, 1);
+    let sids =
+        std::fs::read_to_string(tmp.0.join("sids.jsonl")).unwrap().replacen(r#""sid": [4, 0]"#, r#""sid": [4, 99]"#, 1);
     std::fs::write(tmp.0.join("bad-sids.jsonl"), sids).unwrap();
     let err = bad_index(&p("items.jsonl"), &p("emb.safetensors"), &["--sids", &p("bad-sids.jsonl")]);
     assert!(err.contains("line 5") && err.contains("code 99 exceeds"), "{err}");
@@ -153,7 +184,12 @@ fn index_reads_jsonl_f16_and_imported_ids_and_names_bad_lines() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-fn admin(c: &reqwest::blocking::Client, s: &Server, m: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+fn admin(
+    c: &reqwest::blocking::Client,
+    s: &Server,
+    m: reqwest::Method,
+    path: &str,
+) -> reqwest::blocking::RequestBuilder {
     c.request(m, s.at(path)).bearer_auth(TOKEN)
 }
 
@@ -162,7 +198,6 @@ fn json_of(r: reqwest::blocking::RequestBuilder) -> (u16, Value) {
     let st = r.status().as_u16();
     (st, r.json().unwrap_or(Value::Null))
 }
-
 
 /// A vector of the demo catalog's dimension, different for every `i`.
 fn demo_embedding(i: usize) -> Vec<f32> {
@@ -189,7 +224,8 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
         format!(r#"{{"id": "b-7", "title": "seventh", "embedding": {}}}"#, e(7)),
     ]
     .join("\n");
-    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/items").header("content-type", "application/x-ndjson").body(body));
+    let (st, v) =
+        json_of(admin(&c, &s, post.clone(), "/admin/items").header("content-type", "application/x-ndjson").body(body));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["applied"], 2, "{v}");
     let lines: Vec<u64> = v["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect();
@@ -198,14 +234,19 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
     assert_eq!(v["errors"][3]["field"], "id", "{v}");
     let (st, v) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/b-7"));
     assert_eq!(st, 200);
-    assert_eq!((v["item_id"].as_str(), v["title"].as_str(), v["served"].as_bool()), (Some("b-7"), Some("seventh"), Some(true)), "{v}");
+    assert_eq!(
+        (v["item_id"].as_str(), v["title"].as_str(), v["served"].as_bool()),
+        (Some("b-7"), Some("seventh"), Some(true)),
+        "{v}"
+    );
     assert_eq!(v["semantic_id"].as_array().unwrap().len(), 4);
     assert_eq!(json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/nope")).0, 404);
 
     // an acknowledged item is generated by the very next request: take the
     // model's first choice for a history away, and give its semantic ID to a new item
     let rec = |s: &Server, h: &Value| {
-        let (st, v) = json_of(c.post(s.at("/v1/recommend")).json(&json!({"history": h, "k": 1, "strategy": "generative"})));
+        let (st, v) =
+            json_of(c.post(s.at("/v1/recommend")).json(&json!({"history": h, "k": 1, "strategy": "generative"})));
         assert_eq!(st, 200, "{v}");
         v["items"][0].clone()
     };
@@ -214,12 +255,16 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
     let (victim, sid) = (top["item_id"].as_str().unwrap().to_string(), top["semantic_id"].clone());
     assert_eq!(json_of(admin(&c, &s, reqwest::Method::DELETE, &format!("/admin/items/{victim}"))).0, 200);
     let (st, v) = json_of(
-        admin(&c, &s, post.clone(), "/admin/items").json(&json!({"id": "heir", "embedding": demo_embedding(9), "semantic_id": sid})),
+        admin(&c, &s, post.clone(), "/admin/items")
+            .json(&json!({"id": "heir", "embedding": demo_embedding(9), "semantic_id": sid})),
     );
     assert_eq!((st, v["created"].as_bool()), (201, Some(true)), "{v}");
     assert_eq!(rec(&s, &history)["item_id"], "heir", "the next request generates the new item");
     // a semantic ID in use is refused
-    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/items").json(&json!({"id": "twin", "embedding": demo_embedding(2), "semantic_id": sid})));
+    let (st, v) = json_of(
+        admin(&c, &s, post.clone(), "/admin/items")
+            .json(&json!({"id": "twin", "embedding": demo_embedding(2), "semantic_id": sid})),
+    );
     assert_eq!(st, 409, "{v}");
 
     // compaction folds the edits into version 1; nothing changes for requests
@@ -287,9 +332,18 @@ fn kill_9_during_upserts_loses_no_acknowledged_edit() {
                 let r = if t == 3 {
                     // batches of 20
                     let body: Vec<String> = (0..20)
-                        .map(|j| format!(r#"{{"id": "{id}-{j}", "embedding": {}}}"#, json!(demo_embedding(1_000_000 + i * 20 + j))))
+                        .map(|j| {
+                            format!(
+                                r#"{{"id": "{id}-{j}", "embedding": {}}}"#,
+                                json!(demo_embedding(1_000_000 + i * 20 + j))
+                            )
+                        })
                         .collect();
-                    c.post(format!("{url}/admin/items")).bearer_auth(TOKEN).header("content-type", "application/x-ndjson").body(body.join("\n")).send()
+                    c.post(format!("{url}/admin/items"))
+                        .bearer_auth(TOKEN)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body.join("\n"))
+                        .send()
                 } else if i % 5 == 4 && !acked.is_empty() {
                     // delete an acknowledged item of this client
                     let victim = acked[acked.len() / 2].0.clone();
@@ -306,7 +360,10 @@ fn kill_9_during_upserts_loses_no_acknowledged_edit() {
                     i += 1;
                     continue;
                 } else {
-                    c.post(format!("{url}/admin/items")).bearer_auth(TOKEN).json(&json!({"id": id, "embedding": demo_embedding(t * 100_000 + i)})).send()
+                    c.post(format!("{url}/admin/items"))
+                        .bearer_auth(TOKEN)
+                        .json(&json!({"id": id, "embedding": demo_embedding(t * 100_000 + i)}))
+                        .send()
                 };
                 match r {
                     Ok(r) if r.status().is_success() => {
@@ -319,7 +376,7 @@ fn kill_9_during_upserts_loses_no_acknowledged_edit() {
                             acked.push((id, true));
                         }
                     }
-                    Ok(_) => {} // refused (e.g. no free semantic ID): not acknowledged
+                    Ok(_) => {}      // refused (e.g. no free semantic ID): not acknowledged
                     Err(_) => break, // the server is gone
                 }
                 i += 1;
@@ -356,5 +413,11 @@ fn kill_9_during_upserts_loses_no_acknowledged_edit() {
             wrong.push(format!("{id}: {st} {v}"));
         }
     }
-    assert!(wrong.is_empty(), "{} of {} acknowledged edits lost: {:?}", wrong.len(), last.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} acknowledged edits lost: {:?}",
+        wrong.len(),
+        last.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }

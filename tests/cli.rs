@@ -32,24 +32,70 @@ fn demo_data_index_train_eval() {
     candle_core::safetensors::save(&t, tmp.0.join("emb.safetensors")).unwrap();
 
     let (out, _) = run(&[
-        "index", "--items", &d("data/demo.item.json"), "--embeddings", &d("emb.safetensors"), "--out", &d("cat"),
-        "--levels", "2", "--codebook-size", "4", "--seed", "1",
+        "index",
+        "--items",
+        &d("data/demo.item.json"),
+        "--embeddings",
+        &d("emb.safetensors"),
+        "--out",
+        &d("cat"),
+        "--levels",
+        "2",
+        "--codebook-size",
+        "4",
+        "--seed",
+        "1",
     ]);
     assert!(out.contains("level 0: 4/4 codes used"), "{out}");
     assert!(out.contains("collisions:"), "{out}");
     // same seed, same IDs
     run(&[
-        "index", "--items", &d("data/demo.item.json"), "--embeddings", &d("emb.safetensors"), "--out", &d("cat2"),
-        "--levels", "2", "--codebook-size", "4", "--seed", "1",
+        "index",
+        "--items",
+        &d("data/demo.item.json"),
+        "--embeddings",
+        &d("emb.safetensors"),
+        "--out",
+        &d("cat2"),
+        "--levels",
+        "2",
+        "--codebook-size",
+        "4",
+        "--seed",
+        "1",
     ]);
     for f in ["v-000001/sids.u32", "v-000001/codebooks.f32", "v-000001/trie.child_code.u32"] {
-        assert_eq!(std::fs::read(tmp.0.join("cat").join(f)).unwrap(), std::fs::read(tmp.0.join("cat2").join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(tmp.0.join("cat").join(f)).unwrap(),
+            std::fs::read(tmp.0.join("cat2").join(f)).unwrap(),
+            "{f}"
+        );
     }
 
     let (out, err) = run(&[
-        "train", "--data", &d("data/demo.inter.json"), "--catalog", &d("cat"), "--out", &d("model"), "--epochs", "2",
-        "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--ff", "64", "--batch-size", "32",
-        "--valid-users", "20",
+        "train",
+        "--data",
+        &d("data/demo.inter.json"),
+        "--catalog",
+        &d("cat"),
+        "--out",
+        &d("model"),
+        "--epochs",
+        "2",
+        "--hidden",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--ff",
+        "64",
+        "--batch-size",
+        "32",
+        "--valid-users",
+        "20",
     ]);
     assert!(err.contains("epoch 2/2"), "{err}");
     assert!(out.contains("validation: {"), "{out}");
@@ -64,7 +110,15 @@ fn demo_data_index_train_eval() {
     assert_eq!(m["users"], 40);
     // an ensemble of a model with itself ranks as the model does
     let (out, _) = run(&[
-        "eval", "--data", &d("data/demo.inter.json"), "--model", &d("model"), "--model", &d("model"), "--max-users", "40",
+        "eval",
+        "--data",
+        &d("data/demo.inter.json"),
+        "--model",
+        &d("model"),
+        "--model",
+        &d("model"),
+        "--max-users",
+        "40",
     ]);
     let pair: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(pair, m);
@@ -72,13 +126,36 @@ fn demo_data_index_train_eval() {
     // two members: seeds 42 and 43, the second under ens/members/1, listed
     // by the lead's sidecar; the folder evaluates (and serves) as one model
     let (out, err) = run(&[
-        "train", "--data", &d("data/demo.inter.json"), "--catalog", &d("cat"), "--out", &d("ens"), "--epochs", "1",
-        "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--ff", "64", "--batch-size", "32",
-        "--valid-users", "20", "--members", "2",
+        "train",
+        "--data",
+        &d("data/demo.inter.json"),
+        "--catalog",
+        &d("cat"),
+        "--out",
+        &d("ens"),
+        "--epochs",
+        "1",
+        "--hidden",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--ff",
+        "64",
+        "--batch-size",
+        "32",
+        "--valid-users",
+        "20",
+        "--members",
+        "2",
     ]);
     assert!(err.contains("member 2 of 2 (seed 43)"), "{err}");
     assert_eq!(out.matches("trained ").count(), 2, "{out}");
-    let side: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.0.join("ens/genrec.json")).unwrap()).unwrap();
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.0.join("ens/genrec.json")).unwrap()).unwrap();
     assert_eq!(side["members"], serde_json::json!(["members/1"]));
     let w = |p: &str| std::fs::read(tmp.0.join(p).join("model.safetensors")).unwrap();
     assert_ne!(w("ens"), w("ens/members/1"), "the members' seeds differ");

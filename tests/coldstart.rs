@@ -52,11 +52,23 @@ async fn profile_only_requests_use_encoder_intents_without_an_llm() {
     assert!(v["items"].as_array().unwrap().iter().all(|i| i["source"] == "coldstart"), "{v}");
     assert_eq!(v["intent_method"], "embedding");
     assert!(v["intent_note"].as_str().unwrap().contains("no intent model"), "{v}");
-    assert!(v["inferred_intents"][0]["label"].as_str().unwrap().contains("beard")
-        || v["inferred_intents"].as_array().unwrap().iter().any(|i| i["label"].as_str().unwrap().contains("aftershave")), "{v}");
+    assert!(
+        v["inferred_intents"][0]["label"].as_str().unwrap().contains("beard")
+            || v["inferred_intents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["label"].as_str().unwrap().contains("aftershave")),
+        "{v}"
+    );
 
     // a short history blends in: some items from the history's own generation
-    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "history": ["3", "11"], "k": 10, "steering": "hard"})).await;
+    let (st, v) = post_json(
+        &c,
+        &s.at("/v1/recommend"),
+        &json!({"profile": profile, "history": ["3", "11"], "k": 10, "steering": "hard"}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     check_under_intents(&v, 10);
     let sources: HashSet<&str> = v["items"].as_array().unwrap().iter().map(|i| i["source"].as_str().unwrap()).collect();
@@ -64,7 +76,12 @@ async fn profile_only_requests_use_encoder_intents_without_an_llm() {
     assert!(v["items"].as_array().unwrap().iter().all(|i| i["item_id"] != "3" && i["item_id"] != "11"));
 
     // ANN per intent, still inside the intents
-    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": profile, "k": 5, "strategy": "ann", "steering": "hard"})).await;
+    let (st, v) = post_json(
+        &c,
+        &s.at("/v1/recommend"),
+        &json!({"profile": profile, "k": 5, "strategy": "ann", "steering": "hard"}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     let codes = check_under_intents(&v, 5);
     assert!(v["items"].as_array().unwrap().iter().all(|i| codes.contains(&i["semantic_id"][0].as_u64().unwrap())));
@@ -129,10 +146,7 @@ async fn soft_steering_weight_zero_is_the_models_own_answer() {
     assert_ne!(a["inferred_intents"], b["inferred_intents"]);
     assert_eq!(listed(&a), listed(&b));
     assert_eq!(listed(&a).len(), 8);
-    assert!(
-        listed(&a).iter().all(|(_, _, src)| src == "generative"),
-        "{a}"
-    );
+    assert!(listed(&a).iter().all(|(_, _, src)| src == "generative"), "{a}");
     drop(s);
 
     let s = Server::start(&["--steering-weight", "50"]);
@@ -144,18 +158,12 @@ async fn soft_steering_weight_zero_is_the_models_own_answer() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|i| i["source"] == "coldstart"
-                && codes.contains(&i["semantic_id"][0].as_u64().unwrap())),
+            .all(|i| i["source"] == "coldstart" && codes.contains(&i["semantic_id"][0].as_u64().unwrap())),
         "{v}"
     );
     assert_ne!(listed(&v), listed(&b));
     // an unknown steering is refused, naming the field
-    let (st, v) = post_json(
-        &c,
-        &s.at("/v1/recommend"),
-        &json!({"profile": old, "steering": "firm"}),
-    )
-    .await;
+    let (st, v) = post_json(&c, &s.at("/v1/recommend"), &json!({"profile": old, "steering": "firm"})).await;
     assert_eq!((st, v["field"].as_str()), (422, Some("steering")), "{v}");
 }
 
@@ -219,7 +227,8 @@ async fn a_burst_shares_inferences_and_never_runs_more_than_two() {
             .map_or(0, |v| v.trim().parse::<u64>().unwrap())
     };
     let before = runs().await;
-    let same = json!({"profile": {"age": 41, "gender": "male", "interests": ["beard oil"]}, "k": 4, "timeout_ms": 60000});
+    let same =
+        json!({"profile": {"age": 41, "gender": "male", "interests": ["beard oil"]}, "k": 4, "timeout_ms": 60000});
     let answers = burst(vec![same; 6]).await;
     assert_eq!(runs().await - before, 1, "six requests for one profile run one inference");
     for v in &answers {

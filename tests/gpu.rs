@@ -105,7 +105,12 @@ mod on_gpu {
         let (sc, ac) = post_json(&client, &c.at("/v1/recommend"), &body).await;
         assert_eq!((sg, sc), (200, 200), "{ag} {ac}");
         let items = |a: &serde_json::Value| {
-            a["items"].as_array().unwrap().iter().map(|i| i["item_id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+            a["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["item_id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
         };
         let (gi, ci) = (items(&ag), items(&ac));
         assert_eq!(gi.len(), 10, "{ag}");

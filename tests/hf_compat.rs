@@ -38,16 +38,8 @@ fn python() -> Option<PathBuf> {
 }
 
 fn run_py(py: &Path, args: &[&str]) {
-    let out = Command::new(py)
-        .arg(repo().join("tests/hf_compat.py"))
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "hf_compat.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(py).arg(repo().join("tests/hf_compat.py")).args(args).output().expect("run python");
+    assert!(out.status.success(), "hf_compat.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn demo_dir() -> PathBuf {
@@ -143,7 +135,8 @@ fn genrec_checkpoints_load_in_transformers_with_the_same_logprobs() {
     let seqs = sequences(&demo.sidecar, &catalog);
 
     // the embedded demo model, written by `genrec train`
-    let diff = max_abs_diff(&genrec_logprobs(&demo, &seqs), &hf_logprobs(&py, &demo_dir().join("model"), &seqs, &tmp.0));
+    let diff =
+        max_abs_diff(&genrec_logprobs(&demo, &seqs), &hf_logprobs(&py, &demo_dir().join("model"), &seqs, &tmp.0));
     eprintln!("genrec llama -> transformers: max |diff| {diff:e}");
     assert!(diff < TOLERANCE, "llama: max |diff| {diff}");
 

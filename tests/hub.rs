@@ -28,7 +28,10 @@ fn sharded(mut files: Files) -> Files {
         files.insert(shard.clone(), safetensors::serialize(views, None).unwrap());
         map.extend(part.iter().map(|n| (n.clone(), shard.clone())));
     }
-    files.insert("model.safetensors.index.json".into(), json!({"metadata": {}, "weight_map": map}).to_string().into_bytes());
+    files.insert(
+        "model.safetensors.index.json".into(),
+        json!({"metadata": {}, "weight_map": map}).to_string().into_bytes(),
+    );
     files
 }
 
@@ -125,7 +128,11 @@ fn genrec_pull_fetches_a_private_repository_with_the_token() {
         let mut e = env(&hub.url, &home);
         e.retain(|(k, _)| *k != "HF_TOKEN");
         e.push(("HF_TOKEN", token));
-        common::isolate(&mut std::process::Command::new(common::bin())).args(["pull", "hf:genrec/private"]).envs(e).output().unwrap()
+        common::isolate(&mut std::process::Command::new(common::bin()))
+            .args(["pull", "hf:genrec/private"])
+            .envs(e)
+            .output()
+            .unwrap()
     };
     let out = pull("");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -135,7 +142,13 @@ fn genrec_pull_fetches_a_private_repository_with_the_token() {
     // stdout: the snapshot folder, holding the index and both shards
     let dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert_eq!(dir, home.0.join(format!("hub/models--genrec--private/snapshots/{sha}")));
-    for f in ["config.json", "genrec.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+    for f in [
+        "config.json",
+        "genrec.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
         assert!(dir.join(f).is_file(), "{f}");
     }
     assert_eq!(hub.downloads().len(), 5, "{:?}", hub.downloads());
@@ -180,7 +193,15 @@ async fn admin_loads_hub_checkpoints_and_answers_each_failure_with_its_status() 
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["current"]["source"], format!("hf:genrec/demo@{v1}"));
     assert_ne!(v["current"]["version"], v["previous"]["version"]);
-    let r: Value = c.post(s.at("/v1/recommend")).json(&json!({"history": ["3"], "k": 5})).send().await.unwrap().json().await.unwrap();
+    let r: Value = c
+        .post(s.at("/v1/recommend"))
+        .json(&json!({"history": ["3"], "k": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["items"].as_array().map(Vec::len), Some(5), "{r}");
     assert!(r["model"].as_str().unwrap().ends_with(v["current"]["version"].as_str().unwrap()), "{r}");
     // the default branch; rollback goes back to the tag's commit
@@ -242,7 +263,11 @@ fn a_hub_that_never_answers_fails_a_pull_in_time_and_a_start_uses_the_cache() {
     e.push(("GENREC_HUB_TIMEOUT_S", "1"));
     let pull = || {
         let t = std::time::Instant::now();
-        let out = common::isolate(&mut std::process::Command::new(common::bin())).args(["pull", "hf:genrec/demo"]).envs(e.clone()).output().unwrap();
+        let out = common::isolate(&mut std::process::Command::new(common::bin()))
+            .args(["pull", "hf:genrec/demo"])
+            .envs(e.clone())
+            .output()
+            .unwrap();
         (out, t.elapsed())
     };
     let (out, _) = pull();
@@ -255,6 +280,9 @@ fn a_hub_that_never_answers_fails_a_pull_in_time_and_a_start_uses_the_cache() {
     assert!(took < std::time::Duration::from_secs(15), "gave up after {took:?}");
     // a server starting serves the revision the cache holds
     let catalog = root.0.join("catalog");
-    let s = Server::start_env(&e, &["--model", "hf:genrec/demo", "--catalog", catalog.to_str().unwrap(), "--admin-token", TOKEN]);
+    let s = Server::start_env(
+        &e,
+        &["--model", "hf:genrec/demo", "--catalog", catalog.to_str().unwrap(), "--admin-token", TOKEN],
+    );
     assert_eq!(source(&s), format!("hf:genrec/demo@{sha}"));
 }

@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "openapi-token";
 
-
 /// Closes every object schema that does not say otherwise, so that fields an
 /// answer has and the description lacks are errors.
 fn close_objects(v: &mut Value) {
@@ -83,7 +82,15 @@ fn is_valid(schema: &Value, instance: &Value) -> bool {
 }
 
 /// Sends a request, checks its answer against the description, returns it.
-fn call(doc: &Doc, c: &Client, s: &Server, method: Method, path: &str, template: &str, req: impl FnOnce(RequestBuilder) -> RequestBuilder) -> (u16, Value) {
+fn call(
+    doc: &Doc,
+    c: &Client,
+    s: &Server,
+    method: Method,
+    path: &str,
+    template: &str,
+    req: impl FnOnce(RequestBuilder) -> RequestBuilder,
+) -> (u16, Value) {
     let r = req(c.request(method.clone(), s.at(path))).send().expect("request");
     let status = r.status().as_u16();
     let body: Value = r.json().unwrap_or_else(|e| panic!("{method} {path}: the answer is not JSON: {e}"));
@@ -95,7 +102,14 @@ fn call(doc: &Doc, c: &Client, s: &Server, method: Method, path: &str, template:
 fn real_answers_match_the_openapi_description() {
     let root = common::demo_root("openapi-root");
     let a = root.0.join("a");
-    let s = Server::start(&["--model", a.to_str().unwrap(), "--model-root", root.0.to_str().unwrap(), "--admin-token", TOKEN]);
+    let s = Server::start(&[
+        "--model",
+        a.to_str().unwrap(),
+        "--model-root",
+        root.0.to_str().unwrap(),
+        "--admin-token",
+        TOKEN,
+    ]);
     let c = Client::new();
     let r = c.get(s.at("/openapi.json")).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -106,8 +120,18 @@ fn real_answers_match_the_openapi_description() {
     // the description lists exactly the server's routes
     let documented: std::collections::BTreeSet<String> = doc.0["paths"].as_object().unwrap().keys().cloned().collect();
     let routes = [
-        "/v1/recommend", "/v1/intents", "/healthz", "/readyz", "/metrics", "/openapi.json", "/admin/models",
-        "/admin/models/rollback", "/admin/items", "/admin/items/{id}", "/admin/catalog", "/admin/catalog/compact",
+        "/v1/recommend",
+        "/v1/intents",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/admin/models",
+        "/admin/models/rollback",
+        "/admin/items",
+        "/admin/items/{id}",
+        "/admin/catalog",
+        "/admin/catalog/compact",
     ];
     assert_eq!(documented, routes.iter().map(|r| r.to_string()).collect(), "documented routes");
 
@@ -139,7 +163,8 @@ fn real_answers_match_the_openapi_description() {
     assert_eq!(seen[1].1["items"][0]["source"], "ann");
     assert_eq!(seen[2].1["ignored_history"], json!(["not-an-item"]));
     assert!(seen[3].1["inferred_intents"].is_array(), "cold start answer: {}", seen[3].1);
-    let (st, _) = call(&doc, &c, &s, post.clone(), rec, rec, |r| r.header("content-type", "application/json").body("{\"k\": "));
+    let (st, _) =
+        call(&doc, &c, &s, post.clone(), rec, rec, |r| r.header("content-type", "application/json").body("{\"k\": "));
     assert_eq!(st, 400);
 
     // the other public routes
@@ -162,9 +187,12 @@ fn real_answers_match_the_openapi_description() {
     assert_eq!(st, 409);
     let load = json!({"path": "a"});
     assert!(is_valid(&doc.request_schema(&post, "/admin/models"), &load));
-    let (st, v) = call(&doc, &c, &s, post.clone(), "/admin/models", "/admin/models", |r| r.bearer_auth(TOKEN).json(&load));
+    let (st, v) =
+        call(&doc, &c, &s, post.clone(), "/admin/models", "/admin/models", |r| r.bearer_auth(TOKEN).json(&load));
     assert_eq!(st, 200, "{v}");
-    let (st, _) = call(&doc, &c, &s, post.clone(), "/admin/models", "/admin/models", |r| r.bearer_auth(TOKEN).json(&json!({"path": "/etc"})));
+    let (st, _) = call(&doc, &c, &s, post.clone(), "/admin/models", "/admin/models", |r| {
+        r.bearer_auth(TOKEN).json(&json!({"path": "/etc"}))
+    });
     assert_eq!(st, 403);
     let (st, _) = call(&doc, &c, &s, post.clone(), "/admin/models/rollback", "/admin/models/rollback", bearer);
     assert_eq!(st, 200);
@@ -176,12 +204,17 @@ fn real_answers_match_the_openapi_description() {
     assert_eq!(st, 201);
     let (st, _) = call(&doc, &c, &s, post.clone(), items, items, |r| r.bearer_auth(TOKEN).json(&item));
     assert_eq!(st, 200);
-    let ndjson = format!("{}\n{{\"id\": \"bad\", \"embedding\": [1.0]}}\n", json!({"id": "new-2", "embedding": vec![0.25f32; 384]}));
+    let ndjson = format!(
+        "{}\n{{\"id\": \"bad\", \"embedding\": [1.0]}}\n",
+        json!({"id": "new-2", "embedding": vec![0.25f32; 384]})
+    );
     let (st, v) = call(&doc, &c, &s, post.clone(), items, items, |r| {
         r.bearer_auth(TOKEN).header("content-type", "application/x-ndjson").body(ndjson)
     });
     assert_eq!((st, &v["applied"], v["errors"][0]["line"].as_u64()), (200, &json!(1), Some(2)), "{v}");
-    let (st, _) = call(&doc, &c, &s, post.clone(), items, items, |r| r.bearer_auth(TOKEN).json(&json!({"id": "x", "embedding": [1.0]})));
+    let (st, _) = call(&doc, &c, &s, post.clone(), items, items, |r| {
+        r.bearer_auth(TOKEN).json(&json!({"id": "x", "embedding": [1.0]}))
+    });
     assert_eq!(st, 422);
     let one = "/admin/items/{id}";
     let (st, v) = call(&doc, &c, &s, get.clone(), "/admin/items/new-1", one, bearer);

@@ -28,21 +28,24 @@ fn start(root: &TempDir, feed: &str, name: &str) -> Server {
 }
 
 fn start_env(root: &TempDir, feed: &str, name: &str, env: &[(&str, &str)]) -> Server {
-    let s = Server::start_env(env, &[
-        "--model",
-        root.0.join("a").to_str().unwrap(),
-        "--model-root",
-        root.0.to_str().unwrap(),
-        "--feed",
-        feed,
-        "--replica-name",
-        name,
-        "--admin-token",
-        TOKEN,
-        // the replica killed in step 2 stops holding trimming back soon
-        "--feed-mark-ttl-s",
-        "3",
-    ]);
+    let s = Server::start_env(
+        env,
+        &[
+            "--model",
+            root.0.join("a").to_str().unwrap(),
+            "--model-root",
+            root.0.to_str().unwrap(),
+            "--feed",
+            feed,
+            "--replica-name",
+            name,
+            "--admin-token",
+            TOKEN,
+            // the replica killed in step 2 stops holding trimming back soon
+            "--feed-mark-ttl-s",
+            "3",
+        ],
+    );
     let c = client();
     let until = Instant::now() + Duration::from_secs(60);
     while c.get(s.at("/readyz")).send().map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
@@ -58,7 +61,9 @@ fn get(c: &reqwest::blocking::Client, url: &str) -> Value {
 
 /// A vector of the demo catalog's dimension, different for every `i`.
 fn vector(i: usize) -> Vec<f32> {
-    (0..384).map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % 384 { 2.0 } else { 0.0 }).collect()
+    (0..384)
+        .map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % 384 { 2.0 } else { 0.0 })
+        .collect()
 }
 
 /// Upserts item `id` through one of `urls` (starting at `first`), moving on
@@ -69,7 +74,11 @@ fn upsert(c: &reqwest::blocking::Client, urls: &[String], first: usize, id: &str
     let mut k = first;
     loop {
         let url = &urls[k % urls.len()];
-        let r = c.post(format!("{url}/admin/items")).bearer_auth(TOKEN).json(&json!({"id": id, "embedding": vector(i)})).send();
+        let r = c
+            .post(format!("{url}/admin/items"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"id": id, "embedding": vector(i)}))
+            .send();
         match r.map(|r| r.status().as_u16()) {
             Ok(200 | 201) => return,
             Ok(409 | 422) => panic!("{id} refused"),
@@ -87,16 +96,19 @@ fn converge(replicas: &[&Server], feed: &dyn Feed) -> u64 {
     let c = client();
     // (the first call after a Redis restart finds its connection closed)
     let head = (0..50)
-        .find_map(|_| feed.head().ok().or_else(|| {
-            std::thread::sleep(Duration::from_millis(100));
-            None
-        }))
+        .find_map(|_| {
+            feed.head().ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        })
         .expect("the feed answers")
         .unwrap_or_default()
         .to_string();
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let positions: Vec<Value> = replicas.iter().map(|s| get(&c, &s.at("/admin/catalog"))["feed"]["position"].clone()).collect();
+        let positions: Vec<Value> =
+            replicas.iter().map(|s| get(&c, &s.at("/admin/catalog"))["feed"]["position"].clone()).collect();
         if positions.iter().all(|p| p == &json!(head)) {
             break;
         }
@@ -112,7 +124,8 @@ fn converge(replicas: &[&Server], feed: &dyn Feed) -> u64 {
     for p in 0..30 {
         let history: Vec<String> = (0..4).map(|j| ((p * 17 + j * 5) % 600).to_string()).collect();
         let body = json!({"history": history, "k": 10, "strategy": "generative"});
-        let answers: Vec<Value> = replicas.iter().map(|s| common::items_and_scores(&c, &s.at("/v1/recommend"), &body)).collect();
+        let answers: Vec<Value> =
+            replicas.iter().map(|s| common::items_and_scores(&c, &s.at("/v1/recommend"), &body)).collect();
         assert!(answers.iter().all(|a| a == &answers[0]), "probe {p}: replicas answer differently: {answers:?}");
     }
     infos[0]["last_edit_id"].as_u64().unwrap()
@@ -146,7 +159,12 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
                     acked.lock().unwrap().insert(id);
                     if i % 10 == t && i >= 30 {
                         let victim = format!("p1-{}", i - 30);
-                        let st = c.delete(format!("{}/admin/items/{victim}", urls[i % 3])).bearer_auth(TOKEN).send().unwrap().status();
+                        let st = c
+                            .delete(format!("{}/admin/items/{victim}", urls[i % 3]))
+                            .bearer_auth(TOKEN)
+                            .send()
+                            .unwrap()
+                            .status();
                         assert_eq!(st.as_u16(), 200, "delete {victim}");
                         acked.lock().unwrap().remove(&victim);
                     }
@@ -158,7 +176,11 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
     writers.into_iter().for_each(|w| w.join().unwrap());
     converge(&reps.iter().collect::<Vec<_>>(), &feed);
     for s in &reps {
-        assert_eq!(get(&c, &s.at("/admin/catalog"))["feed"]["skipped"], 1, "the bad record is skipped by every replica");
+        assert_eq!(
+            get(&c, &s.at("/admin/catalog"))["feed"]["skipped"],
+            1,
+            "the bad record is skipped by every replica"
+        );
     }
 
     // 2. replica 1 killed mid-stream (SIGKILL), a compaction on replica 0,
@@ -208,7 +230,8 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
     let back = c.post(reps[0].at("/admin/models/rollback")).bearer_auth(TOKEN).send().unwrap();
     assert_eq!(back.status().as_u16(), 200);
     converge(&reps.iter().collect::<Vec<_>>(), &feed);
-    let sources: Vec<Value> = reps.iter().map(|s| get(&c, &s.at("/admin/models"))["current"]["source"].clone()).collect();
+    let sources: Vec<Value> =
+        reps.iter().map(|s| get(&c, &s.at("/admin/models"))["current"]["source"].clone()).collect();
     assert!(sources.iter().all(|x| x == &sources[0] && x != &json!(wanted)), "every replica rolled back: {sources:?}");
 
     // 5. two more compactions: the second trims the stream (XTRIM MINID); a
@@ -232,13 +255,22 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
     converge(&reps.iter().collect::<Vec<_>>(), &feed);
     for s in &reps {
         for id in acked.lock().unwrap().iter() {
-            assert_eq!(get(&c, &s.at(&format!("/admin/items/{id}")))["served"], true, "{id} acknowledged but not served");
+            assert_eq!(
+                get(&c, &s.at(&format!("/admin/items/{id}")))["served"],
+                true,
+                "{id} acknowledged but not served"
+            );
         }
     }
 }
 
 /// Upserts items `range` (ids `TAG-i`) through `urls` on a thread.
-fn spawn_writer(urls: Vec<String>, range: std::ops::Range<usize>, tag: &'static str, acked: Arc<Mutex<BTreeSet<String>>>) -> std::thread::JoinHandle<()> {
+fn spawn_writer(
+    urls: Vec<String>,
+    range: std::ops::Range<usize>,
+    tag: &'static str,
+    acked: Arc<Mutex<BTreeSet<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let c = client();
         for i in range {
@@ -276,7 +308,8 @@ fn a_hub_load_reaches_every_replica_pinned_to_one_commit() {
     let env = |home| [("HF_ENDPOINT", hub.url.as_str()), ("HF_HOME", home), ("HF_HUB_OFFLINE", "")];
     let r0 = start_env(&root, &address, "h0", &env(h0.as_str()));
     let c = client();
-    let swapped = c.post(r0.at("/admin/models")).bearer_auth(TOKEN).json(&json!({"path": "hf:genrec/demo"})).send().unwrap();
+    let swapped =
+        c.post(r0.at("/admin/models")).bearer_auth(TOKEN).json(&json!({"path": "hf:genrec/demo"})).send().unwrap();
     assert_eq!(swapped.status().as_u16(), 200);
     let pinned = json!(format!("hf:genrec/demo@{first}"));
     // the branch moves on before the second replica joins

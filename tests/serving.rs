@@ -37,7 +37,8 @@ fn model_root() -> TempDir {
 
 fn start(root: &TempDir, extra: &[&str]) -> Server {
     let a = root.0.join("a");
-    let mut args = vec!["--model", a.to_str().unwrap(), "--model-root", root.0.to_str().unwrap(), "--admin-token", TOKEN];
+    let mut args =
+        vec!["--model", a.to_str().unwrap(), "--model-root", root.0.to_str().unwrap(), "--admin-token", TOKEN];
     args.extend_from_slice(extra);
     Server::start(&args)
 }
@@ -55,7 +56,13 @@ async fn recommend(c: &reqwest::Client, s: &Server, body: Value) -> (u16, Value)
     (st, v)
 }
 
-async fn admin(c: &reqwest::Client, s: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn admin(
+    c: &reqwest::Client,
+    s: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut r = c.request(method, s.at(path)).bearer_auth(TOKEN);
     if let Some(b) = body {
         r = r.json(&b);
@@ -146,9 +153,11 @@ async fn corrupt_and_mismatched_checkpoints_are_refused_and_the_old_model_serves
     // config.json edits: an absurd size (refused before any allocation), too
     // few positions for the longest history, sizes the weights do not have
     let config: Value = serde_json::from_slice(&std::fs::read(root.0.join("a/config.json")).unwrap()).unwrap();
-    for (name, field, value) in
-        [("huge", "max_position_embeddings", json!(1_000_000_000_000u64)), ("short", "max_position_embeddings", json!(8)), ("wide", "hidden_size", json!(96))]
-    {
+    for (name, field, value) in [
+        ("huge", "max_position_embeddings", json!(1_000_000_000_000u64)),
+        ("short", "max_position_embeddings", json!(8)),
+        ("wide", "hidden_size", json!(96)),
+    ] {
         let dir = root.0.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["model.safetensors", "genrec.json"] {
@@ -221,7 +230,9 @@ async fn overload_gets_fast_429s_and_accepted_requests_succeed() {
     assert!(ok >= 1 && rejected >= 1, "ok {ok}, rejected {rejected}");
     let m = c.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(m.contains(&format!("genrec_requests_total{{outcome=\"rejected\"}} {rejected}")), "{m}");
-    for name in ["genrec_queue_depth", "genrec_batch_size_bucket", "genrec_queue_wait_seconds_bucket", "genrec_model_info{"] {
+    for name in
+        ["genrec_queue_depth", "genrec_batch_size_bucket", "genrec_queue_wait_seconds_bucket", "genrec_model_info{"]
+    {
         assert!(m.contains(name), "{name} missing");
     }
 }
@@ -279,8 +290,14 @@ async fn live_catalog_removed_item_never_returns_and_added_item_is_recommended()
     // an item with the embedding of item 17: ANN's nearest item to a history of 17
     let cat = genrec::catalog::Catalog::load(&root.0.join("catalog")).unwrap();
     let emb = cat.embedding(cat.index_of("17").unwrap()).to_vec();
-    let (st, v) =
-        admin(&c, &s, reqwest::Method::POST, "/admin/items", Some(json!({"id": "live-1", "title": "new", "embedding": emb}))).await;
+    let (st, v) = admin(
+        &c,
+        &s,
+        reqwest::Method::POST,
+        "/admin/items",
+        Some(json!({"id": "live-1", "title": "new", "embedding": emb})),
+    )
+    .await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["semantic_id"].as_array().unwrap().len(), 4);
     let (_, v) = recommend(&c, &s, json!({"history": ["17"], "k": 5, "strategy": "ann"})).await;
@@ -291,7 +308,8 @@ async fn live_catalog_removed_item_never_returns_and_added_item_is_recommended()
     assert_eq!((st, &v["created"]), (200, &json!(false)), "{v}");
     let (st, v) = admin(&c, &s, reqwest::Method::GET, "/admin/items/live-1", None).await;
     assert_eq!((st, &v["served"], &v["title"]), (200, &json!(true), &json!("live-1")), "{v}");
-    let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/items", Some(json!({"id": "x", "embedding": [1.0]}))).await;
+    let (st, v) =
+        admin(&c, &s, reqwest::Method::POST, "/admin/items", Some(json!({"id": "x", "embedding": [1.0]}))).await;
     assert_eq!((st, v["field"].as_str()), (422, Some("embedding")));
 }
 
@@ -365,7 +383,10 @@ async fn genrec_bench_drives_a_server_and_reports_json() {
     let s = Server::start(&[]);
     let tmp = TempDir::new("bench");
     let data = tmp.0.join("data");
-    let out = std::process::Command::new(common::bin()).args(["demo-data", "--out", data.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["demo-data", "--out", data.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let json_path = tmp.0.join("report.json");
     let out = std::process::Command::new(common::bin())
@@ -389,14 +410,23 @@ async fn genrec_bench_drives_a_server_and_reports_json() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
-    let (ok, rejected, secs) = (r["ok"].as_f64().unwrap(), r["rejected"].as_f64().unwrap(), r["seconds"].as_f64().unwrap());
+    let (ok, rejected, secs) =
+        (r["ok"].as_f64().unwrap(), r["rejected"].as_f64().unwrap(), r["seconds"].as_f64().unwrap());
     assert!(rejected > 0.0 && ok > 0.0, "the bench should see 429s and answers: {r}");
     assert!((r["ok_per_s"].as_f64().unwrap() - ok / secs).abs() < 1e-6 * (1.0 + ok / secs), "{r}");
     assert!((r["attempted_per_s"].as_f64().unwrap() - (ok + rejected) / secs).abs() < 1e-6 * (1.0 + ok / secs), "{r}");
     assert!(r["failed_latency_ms_p50"].as_f64().is_some(), "{r}");
     // nothing listening: a clear failure
     let out = std::process::Command::new(common::bin())
-        .args(["bench", "--url", "http://127.0.0.1:9", "--data", data.join("demo.inter.json").to_str().unwrap(), "--requests", "3"])
+        .args([
+            "bench",
+            "--url",
+            "http://127.0.0.1:9",
+            "--data",
+            data.join("demo.inter.json").to_str().unwrap(),
+            "--requests",
+            "3",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -461,7 +491,8 @@ async fn watch_loads_new_checkpoints_skips_staging_and_respects_rollback() {
         std::fs::File::options().write(true).open(staging.join(f)).unwrap().set_modified(old).unwrap();
     }
     std::fs::rename(&staging, root.0.join("c")).unwrap();
-    let loaded = wait_for(Box::new(|v| v["source"].as_str().is_some_and(|s| s.ends_with("/c"))), "c was not loaded").await;
+    let loaded =
+        wait_for(Box::new(|v| v["source"].as_str().is_some_and(|s| s.ends_with("/c"))), "c was not loaded").await;
     assert_ne!(loaded["version"], start["version"]);
 
     // a rollback holds
@@ -550,7 +581,13 @@ async fn an_ensemble_folder_loads_serves_and_starts_as_one_model() {
         let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models/rollback", None).await;
         assert_eq!((st, v["current"]["members"].as_u64()), (200, Some(want)), "{v}");
     }
-    let refused = [("escapes", "../b"), ("absent", "members/9"), ("nested", "nest"), ("linked", "without links"), ("twice", "listed twice")];
+    let refused = [
+        ("escapes", "../b"),
+        ("absent", "members/9"),
+        ("nested", "nest"),
+        ("linked", "without links"),
+        ("twice", "listed twice"),
+    ];
     for (path, why) in refused {
         let (st, v) = admin(&c, &s, reqwest::Method::POST, "/admin/models", Some(json!({"path": path}))).await;
         assert_eq!(st, 422, "{path}: {v}");
@@ -562,5 +599,9 @@ async fn an_ensemble_folder_loads_serves_and_starts_as_one_model() {
     let ens = root.0.join("ens");
     let s2 = Server::start(&["--model", ens.to_str().unwrap(), "--admin-token", TOKEN]);
     let (_, v) = admin(&c, &s2, reqwest::Method::GET, "/admin/models", None).await;
-    assert_eq!((v["current"]["members"].as_u64(), v["current"]["version"].as_str()), (Some(2), Some(ens_version.as_str())), "{v}");
+    assert_eq!(
+        (v["current"]["members"].as_u64(), v["current"]["version"].as_str()),
+        (Some(2), Some(ens_version.as_str())),
+        "{v}"
+    );
 }

@@ -32,7 +32,9 @@ impl Embeddings {
         out.clear();
         match self {
             Embeddings::F32(a) => out.extend_from_slice(&a[i * dim..(i + 1) * dim]),
-            Embeddings::F16(a) => out.extend(a[i * dim..(i + 1) * dim].iter().map(|&b| half::f16::from_bits(b).to_f32())),
+            Embeddings::F16(a) => {
+                out.extend(a[i * dim..(i + 1) * dim].iter().map(|&b| half::f16::from_bits(b).to_f32()))
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use super::base::{Base, Embeddings};
 use super::edit::{MAX_ID_BYTES, MAX_TITLE_BYTES};
 use super::format::{self, catalog_fingerprint, ArrayWriter, Manifest};
 use super::idmap::IdMapBuilder;
-use super::rqkmeans::{quantize_rows, Quantized, RqOptions, Rows, SliceRows};
+use super::rqkmeans::{quantize_rows, Quantized, Rows, RqOptions, SliceRows};
 use super::strings::{StringTable, StringsBuilder};
 use super::trie::Trie;
 use super::{Catalog, CatalogError};
@@ -262,7 +262,8 @@ pub fn read_sids(path: &Path, items: &ItemsRead, codebook_size: usize) -> Result
             id: serde_json::Value,
             sid: Vec<u32>,
         }
-        let l: SidLine = serde_json::from_str(text).map_err(|e| bad(ln, format!("expected {{\"id\": ..., \"sid\": [codes]}}: {e}")))?;
+        let l: SidLine = serde_json::from_str(text)
+            .map_err(|e| bad(ln, format!("expected {{\"id\": ..., \"sid\": [codes]}}: {e}")))?;
         let id = match l.id {
             serde_json::Value::String(s) => s,
             serde_json::Value::Number(x) => x.to_string(),
@@ -281,7 +282,9 @@ pub fn read_sids(path: &Path, items: &ItemsRead, codebook_size: usize) -> Result
         if let Some(c) = l.sid.iter().find(|&&c| c as usize >= codebook_size) {
             return Err(bad(ln, format!("code {c} exceeds the codebook size {codebook_size} (--codebook-size)")).into());
         }
-        let row = items.idmap.get(&id, &items.ids).ok_or_else(|| bad(ln, format!("id {id:?} is not in the items file")))? as usize;
+        let row =
+            items.idmap.get(&id, &items.ids).ok_or_else(|| bad(ln, format!("id {id:?} is not in the items file")))?
+                as usize;
         if given[row] != 0 {
             return Err(bad(ln, format!("id {id:?} was given on line {} already", given[row])).into());
         }
@@ -289,7 +292,11 @@ pub fn read_sids(path: &Path, items: &ItemsRead, codebook_size: usize) -> Result
         codes[row * levels..(row + 1) * levels].copy_from_slice(&l.sid);
     }
     if let Some(row) = given.iter().position(|&g| g == 0) {
-        return Err(DataError::Format { path: path.into(), msg: format!("no semantic ID for item {:?}", items.ids.get(row)) }.into());
+        return Err(DataError::Format {
+            path: path.into(),
+            msg: format!("no semantic ID for item {:?}", items.ids.get(row)),
+        }
+        .into());
     }
     Ok((codes, levels))
 }
@@ -372,7 +379,8 @@ pub fn index(
     let levels = q.codebook_sizes.len();
 
     // the version folder, under a temporary name beside `out`
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let parent =
+        out.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent).map_err(|e| CatalogError::io(&parent, e))?;
     let leaf = out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
     let tmp = parent.join(format!(".{leaf}.tmp-{}", std::process::id()));
@@ -447,7 +455,8 @@ pub fn index(
         graph(&cat, &vdir)?;
         phases.push(("ann".to_string(), t.elapsed().as_secs_f64()));
         format::sync_dir(&vdir)?;
-        crate::util::write_atomic(&tmp.join(super::dir::CURRENT_FILE), b"v-000001\n").map_err(|e| CatalogError::io(&tmp, e))?;
+        crate::util::write_atomic(&tmp.join(super::dir::CURRENT_FILE), b"v-000001\n")
+            .map_err(|e| CatalogError::io(&tmp, e))?;
         let mut bytes = Vec::new();
         for e in std::fs::read_dir(&vdir).map_err(|e| CatalogError::io(&vdir, e))?.flatten() {
             bytes.push((e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)));
@@ -492,9 +501,18 @@ pub fn build_catalog(
     let q = quantize_rows(&SliceRows { data: &embeddings, dim }, opts, &|_, _, _| {})?;
     let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
     let titles = items.iter().map(|i| i.title.clone()).collect();
-    let manifest = Manifest::new(name, items.len(), q.codebook_sizes.clone(), dim, embedder, opts.seed, catalog_fingerprint(&ids, &q.sids));
+    let manifest = Manifest::new(
+        name,
+        items.len(),
+        q.codebook_sizes.clone(),
+        dim,
+        embedder,
+        opts.seed,
+        catalog_fingerprint(&ids, &q.sids),
+    );
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let intents = super::intents::derive(&texts, &super::intents::first_codes(&q.sids, q.codebook_sizes.len()));
-    let cat = Catalog::with_intents(manifest, ids, titles, q.sids.clone(), embeddings, q.codebooks.clone(), Some(intents))?;
+    let cat =
+        Catalog::with_intents(manifest, ids, titles, q.sids.clone(), embeddings, q.codebooks.clone(), Some(intents))?;
     Ok((cat, q))
 }

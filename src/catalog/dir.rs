@@ -119,9 +119,8 @@ pub fn open_read_only(dir: &Path) -> Result<(Catalog, OpenReport), CatalogError>
 
 fn replay(cat: &mut Catalog, records: &[EditRecord], log: &Path) -> Result<(), CatalogError> {
     for r in records {
-        cat.apply(r).map_err(|e| {
-            CatalogError::Format(format!("{}: replaying edit {}: {e}", log.display(), r.edit_id))
-        })?;
+        cat.apply(r)
+            .map_err(|e| CatalogError::Format(format!("{}: replaying edit {}: {e}", log.display(), r.edit_id)))?;
     }
     Ok(())
 }
@@ -289,7 +288,8 @@ pub fn version_of(dir: &Path) -> Result<u64, CatalogError> {
 
 fn set_current(dir: &Path, number: u64) -> Result<(), CatalogError> {
     let p = dir.join(CURRENT_FILE);
-    crate::util::write_atomic(&p, format!("{}\n", version_name(number)).as_bytes()).map_err(|e| CatalogError::io(&p, e))?;
+    crate::util::write_atomic(&p, format!("{}\n", version_name(number)).as_bytes())
+        .map_err(|e| CatalogError::io(&p, e))?;
     sync_dir(dir)
 }
 
@@ -312,7 +312,10 @@ pub fn create(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(tmp.join(version_name(1))).map_err(|e| CatalogError::io(&tmp, e))?;
     let vdir = tmp.join(version_name(1));
-    let r = write_version(view, &vdir, 1, None).and_then(|_| extra(view, &vdir)).and_then(|_| sync_dir(&vdir)).and_then(|_| set_current(&tmp, 1));
+    let r = write_version(view, &vdir, 1, None)
+        .and_then(|_| extra(view, &vdir))
+        .and_then(|_| sync_dir(&vdir))
+        .and_then(|_| set_current(&tmp, 1));
     if let Err(e) = r {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -482,11 +485,17 @@ mod tests {
     }
 
     fn upsert_rec(c: &mut Catalog, id: &str, emb: Vec<f32>, edit_id: u64) -> EditRecord {
-        let up = c.upsert(NewItem { id: id.into(), title: id.into(), embedding: emb, semantic_id: None }, edit_id).unwrap();
+        let up =
+            c.upsert(NewItem { id: id.into(), title: id.into(), embedding: emb, semantic_id: None }, edit_id).unwrap();
         EditRecord {
             edit_id,
             ts_ms: 0,
-            op: EditOp::Upsert { id: id.into(), title: id.into(), semantic_id: up.semantic_id, embedding: up.embedding },
+            op: EditOp::Upsert {
+                id: id.into(),
+                title: id.into(),
+                semantic_id: up.semantic_id,
+                embedding: up.embedding,
+            },
         }
     }
 

@@ -225,11 +225,17 @@ impl Catalog {
         let trie = self.trie();
         if sid.len() + 1 == levels {
             let free = trie.free_code(trie.walk(&sid), sizes[levels - 1]).ok_or_else(|| {
-                CatalogError::Conflict(format!("all {} collision codes under semantic_id prefix {sid:?} are taken", sizes[levels - 1]))
+                CatalogError::Conflict(format!(
+                    "all {} collision codes under semantic_id prefix {sid:?} are taken",
+                    sizes[levels - 1]
+                ))
             })?;
             sid.push(free);
         } else if let Some(other) = trie.lookup(&sid) {
-            return Err(CatalogError::Conflict(format!("semantic_id {sid:?} is taken by item {:?}", self.item_id(other))));
+            return Err(CatalogError::Conflict(format!(
+                "semantic_id {sid:?} is taken by item {:?}",
+                self.item_id(other)
+            )));
         }
         Ok(sid)
     }
@@ -273,7 +279,8 @@ impl Catalog {
         edit_id: u64,
     ) -> Result<Upserted, CatalogError> {
         let index = existing.unwrap_or(self.delta.rows());
-        let data = OverlayItem { id: id.as_str().into(), title, sid: sid.clone(), embedding: embedding.clone(), ann_key: 0 };
+        let data =
+            OverlayItem { id: id.as_str().into(), title, sid: sid.clone(), embedding: embedding.clone(), ann_key: 0 };
         let ann_key = self.delta.put(&self.base, index, data, replaced)?;
         self.delta.set_last_edit(edit_id);
         Ok(Upserted { item: index, semantic_id: sid, ann_key, embedding, replaced })
@@ -346,7 +353,9 @@ mod tests {
         let mut cat = tiny_catalog();
         let l = cat.levels();
         let size = cat.manifest().codebook_sizes[l - 1] as usize;
-        let group = |c: &Catalog, i: u32| (0..c.len() as u32).filter(|&j| c.is_served(j) && c.sid(j)[..l - 1] == c.sid(i)[..l - 1]).count();
+        let group = |c: &Catalog, i: u32| {
+            (0..c.len() as u32).filter(|&j| c.is_served(j) && c.sid(j)[..l - 1] == c.sid(i)[..l - 1]).count()
+        };
         let twin = (0..cat.len() as u32).find(|&i| group(&cat, i) < size).expect("a prefix with room");
         let before = cat.clone();
         let up = cat.upsert(new("new", cat.embedding(twin)), 1).unwrap();
@@ -439,7 +448,12 @@ mod tests {
             EditRecord {
                 edit_id: 1,
                 ts_ms: 0,
-                op: EditOp::Upsert { id: "a".into(), title: "title of a".into(), semantic_id: up.semantic_id.clone(), embedding: up.embedding.clone() },
+                op: EditOp::Upsert {
+                    id: "a".into(),
+                    title: "title of a".into(),
+                    semantic_id: up.semantic_id.clone(),
+                    embedding: up.embedding.clone(),
+                },
             },
             EditRecord { edit_id: 2, ts_ms: 0, op: EditOp::Delete { id: "item-2".into() } },
             EditRecord { edit_id: 3, ts_ms: 0, op: EditOp::Delete { id: "never-there".into() } },
@@ -448,11 +462,17 @@ mod tests {
         for r in &recs {
             replayed.apply(r).unwrap();
         }
-        let once: Vec<(u32, Vec<u32>)> = (0..replayed.len() as u32).filter(|&i| replayed.is_served(i)).map(|i| (i, replayed.sid(i).to_vec())).collect();
+        let once: Vec<(u32, Vec<u32>)> = (0..replayed.len() as u32)
+            .filter(|&i| replayed.is_served(i))
+            .map(|i| (i, replayed.sid(i).to_vec()))
+            .collect();
         for r in &recs {
             assert_eq!(replayed.apply(r).unwrap(), None, "already applied");
         }
-        let twice: Vec<(u32, Vec<u32>)> = (0..replayed.len() as u32).filter(|&i| replayed.is_served(i)).map(|i| (i, replayed.sid(i).to_vec())).collect();
+        let twice: Vec<(u32, Vec<u32>)> = (0..replayed.len() as u32)
+            .filter(|&i| replayed.is_served(i))
+            .map(|i| (i, replayed.sid(i).to_vec()))
+            .collect();
         assert_eq!(once, twice);
         assert_eq!(replayed.last_edit_id(), 3);
         assert_eq!(replayed.trie().lookup(&up.semantic_id), replayed.index_of("a"));

@@ -241,7 +241,9 @@ impl EditLog {
         f.read_to_end(&mut bytes).map_err(|e| CatalogError::io(&self.path, e))?;
         let n = self.len() as usize;
         bytes.truncate(n);
-        parse(&bytes).map(|c| c.records).map_err(|at| CatalogError::Format(format!("{}: corrupt record at {at}", self.path.display())))
+        parse(&bytes)
+            .map(|c| c.records)
+            .map_err(|at| CatalogError::Format(format!("{}: corrupt record at {at}", self.path.display())))
     }
 }
 

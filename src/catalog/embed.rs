@@ -52,7 +52,8 @@ impl TextEncoder {
             .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(|e| CatalogError::Tokenizer(e.to_string()))?;
         // SAFETY: the file is memory-mapped read-only and not modified while mapped.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[file("model.safetensors")?], DType::F32, &Device::Cpu)? };
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[file("model.safetensors")?], DType::F32, &Device::Cpu)? };
         let model = Bert::load(vb, &cfg)?;
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(TextEncoder { model, tokenizer, dim: cfg.hidden_size, name })
@@ -68,11 +69,14 @@ impl TextEncoder {
 
     /// Embeds texts in batches; `progress(done, total)` is called after each batch.
     /// Returns `texts.len() × dim` values, each row of unit length.
-    pub fn embed(&self, texts: &[String], batch: usize, mut progress: impl FnMut(usize, usize)) -> Result<Vec<f32>, CatalogError> {
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| CatalogError::Tokenizer(e.to_string()))?;
+    pub fn embed(
+        &self,
+        texts: &[String],
+        batch: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<f32>, CatalogError> {
+        let enc =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| CatalogError::Tokenizer(e.to_string()))?;
         // sort by length so that batches carry little padding
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| enc[i].get_ids().len());

@@ -80,7 +80,15 @@ fn default_dtype() -> String {
 
 impl Manifest {
     /// The manifest of version 1 of a new catalog (f32 embeddings in memory).
-    pub fn new(name: &str, num_items: usize, codebook_sizes: Vec<u32>, embedding_dim: usize, embedder: &str, seed: u64, fingerprint: String) -> Self {
+    pub fn new(
+        name: &str,
+        num_items: usize,
+        codebook_sizes: Vec<u32>,
+        embedding_dim: usize,
+        embedder: &str,
+        seed: u64,
+        fingerprint: String,
+    ) -> Self {
         Manifest {
             format: FORMAT.into(),
             name: name.into(),
@@ -184,7 +192,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, CatalogError> {
         return Err(CatalogError::Format(format!("{}: format {:?}, expected {FORMAT:?}", p.display(), m.format)));
     }
     if m.codebook_sizes.is_empty() || m.codebook_sizes.contains(&0) || m.embedding_dim == 0 {
-        return Err(CatalogError::Format(format!("{}: codebook sizes and the embedding dimension must be positive", p.display())));
+        return Err(CatalogError::Format(format!(
+            "{}: codebook sizes and the embedding dimension must be positive",
+            p.display()
+        )));
     }
     Ok(m)
 }
@@ -253,7 +264,19 @@ impl Base {
         let trie = Trie::map(dir, &manifest.codebook_sizes)?;
         let first = manifest.codebook_sizes[0];
         let intents = super::intents::load(dir, first)?.unwrap_or_default();
-        let base = Base { manifest, ids, titles, sids, embeddings, codebooks, trie, idmap, intents, removed, source: Some(dir.to_path_buf()) };
+        let base = Base {
+            manifest,
+            ids,
+            titles,
+            sids,
+            embeddings,
+            codebooks,
+            trie,
+            idmap,
+            intents,
+            removed,
+            source: Some(dir.to_path_buf()),
+        };
         base.check().map_err(|e| CatalogError::Format(format!("{}: {e}", dir.display())))?;
         Ok(base)
     }

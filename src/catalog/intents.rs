@@ -34,10 +34,10 @@ pub struct Intent {
 }
 
 const STOPWORDS: &[&str] = &[
-    "the", "and", "for", "with", "from", "this", "that", "your", "you", "are", "was", "its", "our", "not",
-    "all", "new", "one", "two", "set", "pack", "size", "count", "item", "items", "use", "can", "has", "have",
-    "will", "into", "out", "but", "who", "his", "her", "they", "them", "their", "what", "when", "which",
-    "les", "der", "die", "das", "des", "una", "del", "per", "inch", "ounce", "ounces", "made", "more",
+    "the", "and", "for", "with", "from", "this", "that", "your", "you", "are", "was", "its", "our", "not", "all",
+    "new", "one", "two", "set", "pack", "size", "count", "item", "items", "use", "can", "has", "have", "will", "into",
+    "out", "but", "who", "his", "her", "they", "them", "their", "what", "when", "which", "les", "der", "die", "das",
+    "des", "una", "del", "per", "inch", "ounce", "ounces", "made", "more",
 ];
 
 /// Lower-case words of a text worth a label: alphabetic, three letters or more,
@@ -102,7 +102,8 @@ pub fn load(dir: &Path, first_level_codes: u32) -> Result<Option<Vec<Intent>>, C
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(CatalogError::io(&p, e)),
     };
-    let intents: Vec<Intent> = serde_json::from_slice(&bytes).map_err(|e| CatalogError::Json { path: p.clone(), source: e })?;
+    let intents: Vec<Intent> =
+        serde_json::from_slice(&bytes).map_err(|e| CatalogError::Json { path: p.clone(), source: e })?;
     let mut seen = HashSet::new();
     for i in &intents {
         if i.code >= first_level_codes || !seen.insert(i.code) {

@@ -54,9 +54,17 @@ pub fn from_bytes(manifest: &[u8], items: &[u8], tensors: &[u8]) -> Result<Base,
     from_parts(manifest, items, tensors, None)
 }
 
-fn from_parts(manifest: Manifest, items: &[u8], tensors: &[u8], intents: Option<Vec<Intent>>) -> Result<Base, CatalogError> {
+fn from_parts(
+    manifest: Manifest,
+    items: &[u8],
+    tensors: &[u8],
+    intents: Option<Vec<Intent>>,
+) -> Result<Base, CatalogError> {
     if manifest.format != FORMAT {
-        return Err(CatalogError::Format(format!("{MANIFEST_FILE}: format {:?}, expected {FORMAT:?}", manifest.format)));
+        return Err(CatalogError::Format(format!(
+            "{MANIFEST_FILE}: format {:?}, expected {FORMAT:?}",
+            manifest.format
+        )));
     }
     let rows: Vec<ItemRow> = serde_json::from_slice(items).map_err(|e| json_err(Path::new(ITEMS_FILE), e))?;
     let mut t = candle_core::safetensors::load_buffer(tensors, &Device::Cpu)?;

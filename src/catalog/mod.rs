@@ -36,9 +36,9 @@ pub use base::{Base, Embeddings};
 pub use format::{catalog_fingerprint, Manifest};
 pub use intents::Intent;
 pub use overlay::Overlay;
-pub use trie_patch::TrieView;
 pub use rqkmeans::{quantize, Quantized, RqOptions};
 pub use trie::Trie;
+pub use trie_patch::TrieView;
 
 use array::Array;
 use idmap::IdMap;
@@ -278,8 +278,12 @@ impl Base {
         }
         let trie = Trie::build(&sids, levels, &manifest.codebook_sizes)?;
         let ids = StringTable::from_strings(&item_ids);
-        let idmap = IdMap::build(&ids)
-            .map_err(|d| CatalogError::Format(format!("duplicate item id {:?} (rows {} and {})", item_ids[d.first], d.first, d.second)))?;
+        let idmap = IdMap::build(&ids).map_err(|d| {
+            CatalogError::Format(format!(
+                "duplicate item id {:?} (rows {} and {})",
+                item_ids[d.first], d.first, d.second
+            ))
+        })?;
         let intents = intents.unwrap_or_else(|| intents::derive(&titles, &intents::first_codes(&sids, levels)));
         let has_codebooks = !codebooks.is_empty();
         let base = Base {
@@ -307,9 +311,15 @@ pub(crate) mod tests {
     pub(crate) fn tiny_catalog() -> Catalog {
         let dim = 3;
         let emb: Vec<f32> = (0..30).map(|i| ((i * 7 % 11) as f32).sin()).collect();
-        let q = quantize(&emb, dim, &RqOptions { levels: 2, codebook_size: 3, iterations: 5, seed: 1, ..Default::default() }).unwrap();
+        let q = quantize(
+            &emb,
+            dim,
+            &RqOptions { levels: 2, codebook_size: 3, iterations: 5, seed: 1, ..Default::default() },
+        )
+        .unwrap();
         let ids: Vec<String> = (0..10).map(|i| format!("item-{i}")).collect();
-        let manifest = Manifest::new("tiny", 10, q.codebook_sizes.clone(), dim, "test", 1, catalog_fingerprint(&ids, &q.sids));
+        let manifest =
+            Manifest::new("tiny", 10, q.codebook_sizes.clone(), dim, "test", 1, catalog_fingerprint(&ids, &q.sids));
         let titles = (0..10).map(|i| format!("title {i}")).collect();
         Catalog::new(manifest, ids, titles, q.sids, emb, q.codebooks).unwrap()
     }

@@ -51,11 +51,7 @@ pub struct Overlay {
 impl Overlay {
     /// No edits over `base`.
     pub fn new(base: &Base) -> Self {
-        Overlay {
-            rows: base.rows() as u32,
-            served: base.rows() - base.removed.len(),
-            ..Default::default()
-        }
+        Overlay { rows: base.rows() as u32, served: base.rows() - base.removed.len(), ..Default::default() }
     }
 
     pub fn rows(&self) -> u32 {
@@ -111,7 +107,13 @@ impl Overlay {
     /// Serves `data` as item `item` (a new index is `rows()`), whose semantic
     /// ID was checked free. `was_served`: the item was served before (and its
     /// old leaf is gone from the trie already).
-    pub(super) fn put(&mut self, base: &Base, item: u32, mut data: OverlayItem, was_served: bool) -> Result<u64, CatalogError> {
+    pub(super) fn put(
+        &mut self,
+        base: &Base,
+        item: u32,
+        mut data: OverlayItem,
+        was_served: bool,
+    ) -> Result<u64, CatalogError> {
         let gen = self.ann_gen.checked_add(1).ok_or_else(|| {
             CatalogError::Conflict("4 billion edits since the last compaction: compact the catalog".into())
         })?;

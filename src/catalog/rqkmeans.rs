@@ -46,7 +46,14 @@ pub const DEFAULT_MAX_GROUP: usize = 32;
 
 impl Default for RqOptions {
     fn default() -> Self {
-        RqOptions { levels: 3, codebook_size: 256, iterations: 25, seed: 42, sample: DEFAULT_SAMPLE, max_group: DEFAULT_MAX_GROUP }
+        RqOptions {
+            levels: 3,
+            codebook_size: 256,
+            iterations: 25,
+            seed: 42,
+            sample: DEFAULT_SAMPLE,
+            max_group: DEFAULT_MAX_GROUP,
+        }
     }
 }
 
@@ -113,7 +120,11 @@ const CANDIDATES: usize = 4;
 
 /// [`quantize`] over any rows; `progress(phase, done, total)` reports the
 /// long phases (`"codebooks"`, `"assign level L"`).
-pub fn quantize_rows(rows: &dyn Rows, opts: &RqOptions, progress: &(dyn Fn(&str, usize, usize) + Sync)) -> Result<Quantized, CatalogError> {
+pub fn quantize_rows(
+    rows: &dyn Rows,
+    opts: &RqOptions,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+) -> Result<Quantized, CatalogError> {
     let (n, dim) = (rows.len(), rows.dim());
     if dim == 0 || n == 0 {
         return Err(CatalogError::Format("embeddings: no rows".into()));
@@ -193,7 +204,9 @@ fn assign_all(
             let start = b * BLOCK;
             let len = best_b.len();
             let mut x = vec![0f32; len * dim];
-            x.par_chunks_mut(dim).enumerate().for_each(|(j, out)| residual_into(rows, codebooks, &codes, levels, level, start + j, out));
+            x.par_chunks_mut(dim)
+                .enumerate()
+                .for_each(|(j, out)| residual_into(rows, codebooks, &codes, levels, level, start + j, out));
             let d = distances(&x, book, &cn, dim)?;
             cand_b.par_chunks_mut(m).zip(best_b.par_iter_mut()).zip(d.par_chunks(k)).for_each(|((c, bst), row)| {
                 let top = nearest_codes(row, m);
@@ -214,7 +227,10 @@ fn assign_all(
                 .then(a.cmp(&b))
         });
         let groups: Vec<&[u32]> = order
-            .chunk_by(|&a, &b| codes[a as usize * levels..a as usize * levels + level] == codes[b as usize * levels..b as usize * levels + level])
+            .chunk_by(|&a, &b| {
+                codes[a as usize * levels..a as usize * levels + level]
+                    == codes[b as usize * levels..b as usize * levels + level]
+            })
             .collect();
         let chosen: Vec<Vec<(u32, u32, bool)>> = groups
             .par_iter()
@@ -224,17 +240,20 @@ fn assign_all(
                 for &item in g.iter() {
                     let i = item as usize;
                     let first = cand[i * m];
-                    let pick = cand[i * m..(i + 1) * m].iter().copied().find(|&c| count[c as usize] < limit).unwrap_or_else(|| {
-                        // every near code is full: the nearest with room, from all codes
-                        let mut x = vec![0f32; dim];
-                        residual_into(rows, codebooks, &codes, levels, level, i, &mut x);
-                        let row: Vec<f32> = book
-                            .chunks_exact(dim)
-                            .zip(&cn)
-                            .map(|(c, n2)| n2 - 2.0 * c.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>())
-                            .collect();
-                        nearest_codes(&row, k).into_iter().find(|&c| count[c as usize] < limit).unwrap_or(first)
-                    });
+                    let pick =
+                        cand[i * m..(i + 1) * m].iter().copied().find(|&c| count[c as usize] < limit).unwrap_or_else(
+                            || {
+                                // every near code is full: the nearest with room, from all codes
+                                let mut x = vec![0f32; dim];
+                                residual_into(rows, codebooks, &codes, levels, level, i, &mut x);
+                                let row: Vec<f32> = book
+                                    .chunks_exact(dim)
+                                    .zip(&cn)
+                                    .map(|(c, n2)| n2 - 2.0 * c.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>())
+                                    .collect();
+                                nearest_codes(&row, k).into_iter().find(|&c| count[c as usize] < limit).unwrap_or(first)
+                            },
+                        );
                     count[pick as usize] += 1;
                     out.push((item, pick, pick != first));
                 }
@@ -255,7 +274,15 @@ fn assign_all(
 
 /// Row `i`'s residual before `level`: its embedding minus the centroids of
 /// the codes it has at the levels above.
-fn residual_into(rows: &dyn Rows, books: &[Vec<f32>], codes: &[u32], levels: usize, level: usize, i: usize, out: &mut [f32]) {
+fn residual_into(
+    rows: &dyn Rows,
+    books: &[Vec<f32>],
+    codes: &[u32],
+    levels: usize,
+    level: usize,
+    i: usize,
+    out: &mut [f32],
+) {
     let dim = out.len();
     rows.row_into(i, out);
     for (l, book) in books.iter().enumerate().take(level) {
@@ -447,7 +474,9 @@ mod tests {
     #[test]
     fn first_level_recovers_blobs_and_ids_are_unique() {
         let x = blobs(3);
-        let q = quantize(&x, 2, &RqOptions { levels: 2, codebook_size: 4, iterations: 20, seed: 7, ..Default::default() }).unwrap();
+        let q =
+            quantize(&x, 2, &RqOptions { levels: 2, codebook_size: 4, iterations: 20, seed: 7, ..Default::default() })
+                .unwrap();
         // items of one blob share their first code, different blobs differ
         for b in 0..4 {
             let c0 = q.sids[b * 25 * 3];
@@ -491,7 +520,9 @@ mod tests {
     #[test]
     fn identical_embeddings_get_distinct_collision_codes() {
         let x = vec![1.0f32, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 5.0];
-        let q = quantize(&x, 2, &RqOptions { levels: 1, codebook_size: 2, iterations: 5, seed: 1, ..Default::default() }).unwrap();
+        let q =
+            quantize(&x, 2, &RqOptions { levels: 1, codebook_size: 2, iterations: 5, seed: 1, ..Default::default() })
+                .unwrap();
         assert_eq!(q.codebook_sizes, vec![2, 3]);
         assert_eq!(q.collision_groups, 1);
         assert_eq!(q.collided_items, 3);
@@ -512,7 +543,9 @@ mod tests {
             let a = assign(&residual, &c, dim).unwrap();
             for (i, &code) in a.iter().enumerate() {
                 codes[i * o.levels + level] = code;
-                for (r, m) in residual[i * dim..(i + 1) * dim].iter_mut().zip(&c[code as usize * dim..(code as usize + 1) * dim]) {
+                for (r, m) in
+                    residual[i * dim..(i + 1) * dim].iter_mut().zip(&c[code as usize * dim..(code as usize + 1) * dim])
+                {
                     *r -= m;
                 }
             }
@@ -554,7 +587,12 @@ mod tests {
         for i in 1000..2000 {
             x[i * dim..(i + 1) * dim].copy_from_slice(&[-0.5, 0.2, 0.1, 0.0]);
         }
-        let free = quantize(&x, dim, &RqOptions { levels: 2, codebook_size: 16, iterations: 10, seed: 3, sample: 1000, max_group: 0 }).unwrap();
+        let free = quantize(
+            &x,
+            dim,
+            &RqOptions { levels: 2, codebook_size: 16, iterations: 10, seed: 3, sample: 1000, max_group: 0 },
+        )
+        .unwrap();
         assert!(*free.codebook_sizes.last().unwrap() >= 1000, "{:?}", free.codebook_sizes);
         let o = RqOptions { levels: 2, codebook_size: 16, iterations: 10, seed: 3, sample: 1000, max_group: 16 };
         let q = quantize(&x, dim, &o).unwrap();

@@ -89,7 +89,12 @@ impl TrieArrays<'_> {
 /// code would let the kernel write past a request's candidate scratch or its
 /// shared pick buffer.) O(edges); `level_start` and the array ends are
 /// checked by the caller.
-fn check_edges(level_start: &[u32], child_start: &[u32], child_code: &[u32], codebook_sizes: &[u32]) -> Result<(), String> {
+fn check_edges(
+    level_start: &[u32],
+    child_start: &[u32],
+    child_code: &[u32],
+    codebook_sizes: &[u32],
+) -> Result<(), String> {
     if let Some(n) = child_start.windows(2).position(|w| w[0] > w[1]) {
         return Err(format!("child offsets decrease at node {n}"));
     }
@@ -102,7 +107,10 @@ fn check_edges(level_start: &[u32], child_start: &[u32], child_code: &[u32], cod
         for node in first..end {
             let codes = &child_code[child_start[node] as usize..child_start[node + 1] as usize];
             if codes.last().is_some_and(|&c| c >= size) {
-                return Err(format!("node {node} has code {} at depth {d}, whose codebook has {size}", codes[codes.len() - 1]));
+                return Err(format!(
+                    "node {node} has code {} at depth {d}, whose codebook has {size}",
+                    codes[codes.len() - 1]
+                ));
             }
             if codes.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(format!("node {node}'s child codes are not strictly increasing"));
@@ -273,7 +281,11 @@ impl Trie {
 
     /// Bytes the trie takes in memory (CSR arrays and dense tables).
     pub fn bytes(&self) -> usize {
-        self.level_start.bytes() + self.child_start.bytes() + self.child_code.bytes() + self.leaf_item.bytes() + 4 * self.dense.len()
+        self.level_start.bytes()
+            + self.child_start.bytes()
+            + self.child_code.bytes()
+            + self.leaf_item.bytes()
+            + 4 * self.dense.len()
     }
 
     /// Number of leaves (items) under `node`: its subtree's leaves form one
@@ -445,10 +457,8 @@ mod tests {
                 for p in prefixes {
                     let node = t.walk(p).unwrap();
                     assert_eq!(t.depth(node), d);
-                    let mut want: Vec<u32> = (0..60)
-                        .filter(|&i| &sids[i * 3..i * 3 + d] == p)
-                        .map(|i| sids[i * 3 + d])
-                        .collect();
+                    let mut want: Vec<u32> =
+                        (0..60).filter(|&i| &sids[i * 3..i * 3 + d] == p).map(|i| sids[i * 3 + d]).collect();
                     want.sort();
                     want.dedup();
                     let (codes, first) = t.children(node);
@@ -518,28 +528,54 @@ mod tests {
         let (first_leaf_parent, last) = (a.level_start[2] as usize, a.child_code.len() - 1);
         let cases: Vec<(&str, Vec<u32>, Vec<u32>, &str)> = vec![
             // a code at the codebook size (last depth has 5 codes)
-            ("oversized code", a.child_start.to_vec(), { let mut c = a.child_code.to_vec(); c[last] = 5; c }, "whose codebook has 5"),
+            (
+                "oversized code",
+                a.child_start.to_vec(),
+                {
+                    let mut c = a.child_code.to_vec();
+                    c[last] = 5;
+                    c
+                },
+                "whose codebook has 5",
+            ),
             // a node's first two codes made equal
-            ("repeated code", a.child_start.to_vec(), {
-                let mut c = a.child_code.to_vec();
-                let n = (first_leaf_parent..a.level_start[3] as usize).find(|&n| a.child_start[n + 1] - a.child_start[n] >= 2).unwrap();
-                c[a.child_start[n] as usize + 1] = c[a.child_start[n] as usize];
-                c
-            }, "not strictly increasing"),
+            (
+                "repeated code",
+                a.child_start.to_vec(),
+                {
+                    let mut c = a.child_code.to_vec();
+                    let n = (first_leaf_parent..a.level_start[3] as usize)
+                        .find(|&n| a.child_start[n + 1] - a.child_start[n] >= 2)
+                        .unwrap();
+                    c[a.child_start[n] as usize + 1] = c[a.child_start[n] as usize];
+                    c
+                },
+                "not strictly increasing",
+            ),
             // an offset moved past its successor
-            ("decreasing offsets", {
-                let mut o = a.child_start.to_vec();
-                o[1] = o[2] + 1;
-                o
-            }, a.child_code.to_vec(), "decrease"),
+            (
+                "decreasing offsets",
+                {
+                    let mut o = a.child_start.to_vec();
+                    o[1] = o[2] + 1;
+                    o
+                },
+                a.child_code.to_vec(),
+                "decrease",
+            ),
             // the root's edges made to reach into depth 2
-            ("edges across depths", {
-                let mut o = a.child_start.to_vec();
-                let d1 = a.level_start[1] as usize;
-                o[d1] += 1;
-                o[1] = o[1].max(o[d1]);
-                o
-            }, a.child_code.to_vec(), "do not lead to the nodes of depth"),
+            (
+                "edges across depths",
+                {
+                    let mut o = a.child_start.to_vec();
+                    let d1 = a.level_start[1] as usize;
+                    o[d1] += 1;
+                    o[1] = o[1].max(o[d1]);
+                    o
+                },
+                a.child_code.to_vec(),
+                "do not lead to the nodes of depth",
+            ),
         ];
         for (what, starts, codes, says) in cases {
             write_array(&dir.join("trie.child_start.u32"), &starts).unwrap();

@@ -377,7 +377,8 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut served: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
             let mut used: std::collections::BTreeSet<Vec<u32>> = Default::default();
-            let random_sid = |rng: &mut rand_chacha::ChaCha8Rng| sizes.iter().map(|&s| rng.random_range(0..s)).collect::<Vec<u32>>();
+            let random_sid =
+                |rng: &mut rand_chacha::ChaCha8Rng| sizes.iter().map(|&s| rng.random_range(0..s)).collect::<Vec<u32>>();
             let mut base_sids = Vec::new();
             while served.len() < 25 {
                 let s = random_sid(&mut rng);

@@ -125,7 +125,8 @@ mod tests {
     /// Askers on blocking threads, each computation 50 ms; returns how many
     /// computations ran and the most at once.
     async fn ask(flights: &Arc<Flights<String, String>>, keys: Vec<String>) -> (usize, usize) {
-        let (runs, now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (runs, now, peak) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut tasks = Vec::new();
         for key in keys {
             let (f, runs, now, peak) = (flights.clone(), runs.clone(), now.clone(), peak.clone());

@@ -51,7 +51,10 @@ fn md<'a>(ct: &'a Content, path: &Path, key: &str) -> Result<&'a Value, ColdStar
 
 fn md_usize(ct: &Content, path: &Path, key: &str) -> Result<usize, ColdStartError> {
     let v = md(ct, path, key)?;
-    v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize)).map_err(|e| bad(path, format!("{key}: {e}")))
+    v.to_u32()
+        .map(|x| x as usize)
+        .or_else(|_| v.to_u64().map(|x| x as usize))
+        .map_err(|e| bad(path, format!("{key}: {e}")))
 }
 
 /// Row `r` of the transformers layout is stored row `unpermuted_source(r)`:
@@ -201,10 +204,8 @@ fn tokenizer(ct: &Content, path: &Path) -> Result<Tokenizer, ColdStartError> {
         None => Vec::new(),
     };
     let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| ColdStartError::Tokenizer(e.to_string()))?;
+    let bpe =
+        BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| ColdStartError::Tokenizer(e.to_string()))?;
     let mut tok = Tokenizer::new(bpe);
     let pre: Vec<PreTokenizerWrapper> = vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()];
     tok.with_pre_tokenizer(Some(Sequence::new(pre)));

@@ -59,7 +59,8 @@ impl IntentLm {
             let tok = Tokenizer::from_bytes(read("tokenizer.json")?)
                 .map_err(|e| ColdStartError::Tokenizer(format!("{}/tokenizer.json: {e}", path.display())))?;
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
-            let net = Transformer::load(vb, &config).map_err(|e| ColdStartError::Model(format!("{}: {e}", path.display())))?;
+            let net = Transformer::load(vb, &config)
+                .map_err(|e| ColdStartError::Model(format!("{}: {e}", path.display())))?;
             (net, tok)
         } else if path.exists() {
             // the matrices stay quantized (a quarter of f32's memory or less)
@@ -198,7 +199,11 @@ impl IntentLm {
             }
             prev = index;
         }
-        Ok(sums.iter().zip(cands).map(|(s, c)| if c.is_empty() { f32::NEG_INFINITY } else { s / c.len() as f32 }).collect())
+        Ok(sums
+            .iter()
+            .zip(cands)
+            .map(|(s, c)| if c.is_empty() { f32::NEG_INFINITY } else { s / c.len() as f32 })
+            .collect())
     }
 
     /// Log-probabilities of the next token after `prompt`, computed by a plain

@@ -86,7 +86,8 @@ pub struct Profile {
 
 impl Profile {
     /// The field names, in the order [`Profile::describe`] lists them.
-    pub const FIELDS: [&'static str; 7] = ["age", "gender", "country", "language", "occupation", "interests", "channel"];
+    pub const FIELDS: [&'static str; 7] =
+        ["age", "gender", "country", "language", "occupation", "interests", "channel"];
 
     /// One profile field as text, if given.
     pub fn field(&self, name: &str) -> Option<String> {
@@ -236,7 +237,13 @@ pub const DEFAULT_SHORTLIST: usize = 8;
 
 impl Default for ColdStartOptions {
     fn default() -> Self {
-        ColdStartOptions { top: 3, temperature: 0.5, embedding_temperature: 0.05, calibration: 1.0, shortlist: DEFAULT_SHORTLIST }
+        ColdStartOptions {
+            top: 3,
+            temperature: 0.5,
+            embedding_temperature: 0.05,
+            calibration: 1.0,
+            shortlist: DEFAULT_SHORTLIST,
+        }
     }
 }
 
@@ -448,7 +455,11 @@ impl ColdStart {
         order
             .iter()
             .zip(e)
-            .map(|(&i, x)| IntentWeight { code: self.intents[i].code, label: self.intents[i].label.clone(), weight: x / z })
+            .map(|(&i, x)| IntentWeight {
+                code: self.intents[i].code,
+                label: self.intents[i].label.clone(),
+                weight: x / z,
+            })
             .collect()
     }
 }

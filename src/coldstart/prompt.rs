@@ -27,9 +27,8 @@ use std::path::Path;
 use super::{ColdStartError, Profile};
 
 /// Field names a template may use.
-pub const FIELDS: &[&str] = &[
-    "profile", "age", "gender", "country", "language", "occupation", "interests", "channel", "intents", "catalog",
-];
+pub const FIELDS: &[&str] =
+    &["profile", "age", "gender", "country", "language", "occupation", "interests", "channel", "intents", "catalog"];
 
 /// The default intent prompt, as shipped in `prompts/intent.prompt`.
 pub const DEFAULT_PROMPT: &str = include_str!("../../prompts/intent.prompt");
@@ -173,7 +172,11 @@ impl PromptTemplate {
             }
             if let Some(s) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
                 if !["system", "example", "user", "assistant"].contains(&s) {
-                    return Err(err(name, n, format!("unknown section [{s}]; sections: [system], [example], [user], [assistant]")));
+                    return Err(err(
+                        name,
+                        n,
+                        format!("unknown section [{s}]; sections: [system], [example], [user], [assistant]"),
+                    ));
                 }
                 sections.push((s.to_string(), n + 1, String::new()));
                 continue;
@@ -187,7 +190,13 @@ impl PromptTemplate {
                 None => return Err(err(name, n, "text before the first [section]")),
             }
         }
-        let mut tpl = PromptTemplate { name: name.to_string(), system: None, examples: Vec::new(), user: Text(vec![]), assistant: Text(vec![]) };
+        let mut tpl = PromptTemplate {
+            name: name.to_string(),
+            system: None,
+            examples: Vec::new(),
+            user: Text(vec![]),
+            assistant: Text(vec![]),
+        };
         let (mut user, mut assistant) = (false, false);
         for (section, line, body) in sections {
             let once = |seen: &mut bool| {
@@ -280,7 +289,8 @@ fn join(prefix: &str, answer: &str) -> String {
 
 fn parse_example(name: &str, line: usize, body: &str) -> Result<Example, ColdStartError> {
     let mut lines = body.lines().filter(|l| !l.trim().is_empty());
-    let profile_line = lines.next().ok_or_else(|| err(name, line, "an [example] needs a JSON profile line and a '=> answer' line"))?;
+    let profile_line =
+        lines.next().ok_or_else(|| err(name, line, "an [example] needs a JSON profile line and a '=> answer' line"))?;
     let profile: Profile = serde_json::from_str(profile_line.trim())
         .map_err(|e| err(name, line, format!("example profile is not a valid profile object: {e}")))?;
     let answer = lines
@@ -297,7 +307,10 @@ mod tests {
     use super::*;
 
     fn profile() -> Profile {
-        serde_json::from_str(r#"{"age": 31, "gender": "female", "occupation": "nurse", "interests": ["jazz", "hiking"]}"#).unwrap()
+        serde_json::from_str(
+            r#"{"age": 31, "gender": "female", "occupation": "nurse", "interests": ["jazz", "hiking"]}"#,
+        )
+        .unwrap()
     }
 
     const CTX: Context = Context { intents: "a\nb", catalog: "movies" };
@@ -337,7 +350,9 @@ mod tests {
     /// is the whole prompt.
     #[test]
     fn the_fixed_part_ends_before_the_first_profile_field() {
-        let t = PromptTemplate::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/movies.prompt"))).unwrap();
+        let t =
+            PromptTemplate::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/movies.prompt")))
+                .unwrap();
         let other: Profile = serde_json::from_str(r#"{"age": 8}"#).unwrap();
         for chatml in [true, false] {
             let (fixed, rest) = t.render_split(&profile(), &CTX, chatml);

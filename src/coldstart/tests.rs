@@ -43,11 +43,8 @@ fn profiles_become_model_features() {
 fn labelled_catalog(labels: &[&str]) -> Catalog {
     let mut cat = tiny_catalog();
     let codes: std::collections::BTreeSet<u32> = (0..cat.len() as u32).map(|i| cat.sid(i)[0]).collect();
-    let intents = codes
-        .into_iter()
-        .zip(labels)
-        .map(|(code, l)| Intent { code, label: l.to_string(), items: 1 })
-        .collect();
+    let intents =
+        codes.into_iter().zip(labels).map(|(code, l)| Intent { code, label: l.to_string(), items: 1 }).collect();
     cat.set_intents(intents).unwrap();
     cat
 }
@@ -87,20 +84,25 @@ fn smollm() -> Option<IntentLm> {
 fn smollm_label_scores_equal_full_forward_reference() {
     // f32 weights: the quantized products round activations to 8 bits, and
     // two orders of the same sums then differ by rounding, not by logic
-    let Some(lm) = crate::fetched_model(DEFAULT_INTENT_MODEL).map(|p| IntentLm::load_dequantized(&p).unwrap()) else { return };
+    let Some(lm) = crate::fetched_model(DEFAULT_INTENT_MODEL).map(|p| IntentLm::load_dequantized(&p).unwrap()) else {
+        return;
+    };
     assert!(lm.chatml());
     let ids = lm.encode("<|im_start|>user\nhello<|im_end|>").unwrap();
     assert_eq!(ids[0], 1, "control tokens are single tokens: {ids:?}");
     assert_eq!(lm.encode("2024").unwrap().len(), 4, "digits split one by one");
     let fixed = lm.encode("<|im_start|>system\nYou answer in a few words.<|im_end|>\n").unwrap();
-    let rest = lm.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital is").unwrap();
+    let rest = lm
+        .encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital is")
+        .unwrap();
     let prompt = [fixed.clone(), rest.clone()].concat();
     // candidates sharing their first tokens share decode steps: still each
     // its own sum
-    let cands: Vec<Vec<u32>> = [" Paris", " a large city in Europe", " Berlin", " a large city in Asia", " a large town", " Paris, France"]
-        .iter()
-        .map(|c| lm.encode(c).unwrap())
-        .collect();
+    let cands: Vec<Vec<u32>> =
+        [" Paris", " a large city in Europe", " Berlin", " a large city in Asia", " a large town", " Paris, France"]
+            .iter()
+            .map(|c| lm.encode(c).unwrap())
+            .collect();
     assert_eq!(cands[1][..4], cands[3][..4]);
     let got = lm.score_ids(&fixed, &rest, &cands).unwrap();
     // the fixed part's cached keys/values give the same scores again, and
@@ -137,14 +139,14 @@ fn smollm_matches_candle_quantized_llama() {
     let Some(lm) = smollm() else { return };
     let reference: serde_json::Value =
         serde_json::from_str(include_str!("testdata/smollm_candle_reference.json")).unwrap();
-    let numbers = |k: &str| -> Vec<f32> {
-        reference[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-    };
+    let numbers =
+        |k: &str| -> Vec<f32> { reference[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
     let ids = lm.encode("<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n").unwrap();
     assert_eq!(serde_json::json!(ids), reference["prompt_ids"], "the tokenizer reads the prompt as before");
     let got = lm.next_token_log_probs(&ids).unwrap();
     assert_eq!(serde_json::json!(got.len()), reference["vocab"]);
-    let top: Vec<usize> = reference["top_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let top: Vec<usize> =
+        reference["top_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     let (f32_, quant) = (numbers("f32"), numbers("quantized"));
     let ours: Vec<f32> = top.iter().map(|&t| got[t]).collect();
     let (d_quant, d_ours, d_candle) = (max_diff(&ours, &quant), max_diff(&ours, &f32_), max_diff(&quant, &f32_));
@@ -197,7 +199,11 @@ fn the_llm_scores_only_the_encoders_shortlist() {
     assert_eq!(cs.infer_embedding(&p).unwrap().intents[0].label, "horror, thriller, slasher");
     let got = cs.infer_llm(&p).unwrap();
     assert_eq!(got.method, IntentMethod::Llm);
-    assert_eq!(got.intents.iter().map(|i| i.label.as_str()).collect::<Vec<_>>(), ["horror, thriller, slasher"], "{got:?}");
+    assert_eq!(
+        got.intents.iter().map(|i| i.label.as_str()).collect::<Vec<_>>(),
+        ["horror, thriller, slasher"],
+        "{got:?}"
+    );
     assert!((got.intents[0].weight - 1.0).abs() < 1e-6);
 }
 
@@ -230,4 +236,3 @@ fn a_hugging_face_folder_loads_as_intent_model() {
     let missing = IntentLm::load(&dir).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(missing.contains("fetch-models"), "{missing}");
 }
-

@@ -41,8 +41,8 @@ const CATEGORIES: [(&str, &[&str]); 8] = [
     ("men's grooming", &["beard oil", "shaving cream", "aftershave balm", "razor", "face wash for men"]),
 ];
 const ADJECTIVES: [&str; 12] = [
-    "classic", "velvet", "radiant", "pure", "midnight", "citrus", "rose", "matte", "glossy", "organic",
-    "ocean", "golden",
+    "classic", "velvet", "radiant", "pure", "midnight", "citrus", "rose", "matte", "glossy", "organic", "ocean",
+    "golden",
 ];
 
 /// Generates `(items json, interactions json)`.
@@ -63,10 +63,8 @@ pub fn generate(opts: &DemoOptions) -> (Value, Value) {
         by_cat[c].push(i);
     }
     // Zipf-like popularity within each category
-    let zipf: Vec<Vec<f64>> = by_cat
-        .iter()
-        .map(|v| (0..v.len()).map(|r| 1.0 / (r as f64 + 1.0).powf(0.9)).collect())
-        .collect();
+    let zipf: Vec<Vec<f64>> =
+        by_cat.iter().map(|v| (0..v.len()).map(|r| 1.0 / (r as f64 + 1.0).powf(0.9)).collect()).collect();
     let pick = |rng: &mut ChaCha8Rng, w: &[f64]| -> usize {
         let total: f64 = w.iter().sum();
         let mut t = rng.random::<f64>() * total;

@@ -99,7 +99,10 @@ const MAX_LINE_BYTES: usize = 1 << 20;
 /// `NAME.item.json` (id order) and `line` is the item's position. Lines that
 /// are not UTF-8, not an object, lack an id or a title, or exceed 1 MiB stop
 /// the read with an error naming the line. Returns the number of items.
-pub fn for_each_item(path: &Path, mut f: impl FnMut(usize, ItemRecord) -> Result<(), DataError>) -> Result<usize, DataError> {
+pub fn for_each_item(
+    path: &Path,
+    mut f: impl FnMut(usize, ItemRecord) -> Result<(), DataError>,
+) -> Result<usize, DataError> {
     let is_jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "ndjson");
     if !is_jsonl {
         let items = load_items(path)?;
@@ -329,11 +332,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("genrec-ds-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.item.json");
-        std::fs::write(
-            &p,
-            r#"{"10": {"title": "b", "brand": "acme"}, "2": {"title": "a", "genres": ["x", "y"]}}"#,
-        )
-        .unwrap();
+        std::fs::write(&p, r#"{"10": {"title": "b", "brand": "acme"}, "2": {"title": "a", "genres": ["x", "y"]}}"#)
+            .unwrap();
         let genres = load_item_genres(&p).unwrap();
         assert_eq!(genres.len(), 1);
         assert_eq!(genres["2"], ["x", "y"]);

@@ -45,7 +45,17 @@ pub struct SynthOptions {
 
 impl Default for SynthOptions {
     fn default() -> Self {
-        SynthOptions { items: 100_000, dim: 64, components: 0, zipf: 1.05, spread: 0.6, users: 20_000, mean_length: 12, f16: false, seed: 7 }
+        SynthOptions {
+            items: 100_000,
+            dim: 64,
+            components: 0,
+            zipf: 1.05,
+            spread: 0.6,
+            users: 20_000,
+            mean_length: 12,
+            f16: false,
+            seed: 7,
+        }
     }
 }
 
@@ -69,10 +79,13 @@ impl Mixture {
         let w: Vec<f64> = (0..k).map(|r| 1.0 / ((r + 1) as f64).powf(o.zipf)).collect();
         let total: f64 = w.iter().sum();
         let mut acc = 0.0;
-        let cumulative = w.iter().map(|x| {
-            acc += x / total;
-            acc
-        }).collect();
+        let cumulative = w
+            .iter()
+            .map(|x| {
+                acc += x / total;
+                acc
+            })
+            .collect();
         Mixture { centres, cumulative, dim: o.dim }
     }
 
@@ -129,10 +142,8 @@ pub fn write(dir: &Path, name: &str, o: &SynthOptions) -> Result<SynthReport, Da
     // safetensors: u64 header length, JSON header padded to 8 bytes, then the data
     let width = if o.f16 { 2 } else { 4 };
     let dtype = if o.f16 { "F16" } else { "F32" };
-    let mut header = format!(
-        r#"{{"embeddings":{{"dtype":"{dtype}","shape":[{n},{dim}],"data_offsets":[0,{}]}}}}"#,
-        n * dim * width
-    );
+    let mut header =
+        format!(r#"{{"embeddings":{{"dtype":"{dtype}","shape":[{n},{dim}],"data_offsets":[0,{}]}}}}"#, n * dim * width);
     while header.len() % 8 != 0 {
         header.push(' ');
     }
@@ -144,7 +155,8 @@ pub fn write(dir: &Path, name: &str, o: &SynthOptions) -> Result<SynthReport, Da
     for start in (0..n).step_by(BLOCK) {
         let end = (start + BLOCK).min(n);
         let mut rows = vec![0f32; (end - start) * dim];
-        let comps: Vec<usize> = rows.par_chunks_mut(dim).enumerate().map(|(j, out)| mix.item(start + j, o, out)).collect();
+        let comps: Vec<usize> =
+            rows.par_chunks_mut(dim).enumerate().map(|(j, out)| mix.item(start + j, o, out)).collect();
         for (j, &c) in comps.iter().enumerate() {
             let i = start + j;
             component[i] = c as u32;
@@ -201,7 +213,13 @@ pub fn write(dir: &Path, name: &str, o: &SynthOptions) -> Result<SynthReport, Da
     }
     inter.write_all(b"}").map_err(io(&inter_path))?;
     inter.flush().map_err(io(&inter_path))?;
-    Ok(SynthReport { items: n, components: mix.components(), largest_component, users: o.users, seconds: t0.elapsed().as_secs_f64() })
+    Ok(SynthReport {
+        items: n,
+        components: mix.components(),
+        largest_component,
+        users: o.users,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]

@@ -73,10 +73,9 @@ impl Engine {
     /// absolute under it) without following links: 403 for a path outside
     /// the root and for one that does not exist alike.
     fn open_checkpoint(&self, path: &str) -> Result<CheckpointDir, EngineError> {
-        let root = self
-            .model_root
-            .as_ref()
-            .ok_or_else(|| EngineError::Forbidden("no --model-root is configured: checkpoints cannot be loaded".into()))?;
+        let root = self.model_root.as_ref().ok_or_else(|| {
+            EngineError::Forbidden("no --model-root is configured: checkpoints cannot be loaded".into())
+        })?;
         root.open(path).map_err(|e| match e {
             RootError::Invalid(m) => EngineError::Refused(m),
             other => EngineError::Forbidden(other.to_string()),
@@ -100,7 +99,8 @@ impl Engine {
                     path.to_string()
                 }
             };
-            return self.publish_model(rep, |origin| crate::feed::record::Record::ModelLoad { origin: Some(origin), path });
+            return self
+                .publish_model(rep, |origin| crate::feed::record::Record::ModelLoad { origin: Some(origin), path });
         }
         self.load_checkpoint_here(path)
     }
@@ -132,7 +132,8 @@ impl Engine {
     fn load_from_hub(&self, name: &HubName) -> Result<ModelInfo, EngineError> {
         let pulled = pull(name, &admin_hub_options()?, Fallback::Never)?;
         let _g = self.lock_admin();
-        let model = Ensemble::load_as(&pulled.dir, &self.opts.device, self.opts.dtype).map_err(|e| EngineError::Refused(format!("{name}: {e}")))?;
+        let model = Ensemble::load_as(&pulled.dir, &self.opts.device, self.opts.dtype)
+            .map_err(|e| EngineError::Refused(format!("{name}: {e}")))?;
         self.install_locked(model, pulled.pinned().to_string())
     }
 
@@ -140,7 +141,8 @@ impl Engine {
     fn load_opened(&self, dir: &CheckpointDir) -> Result<Model, EngineError> {
         let read = |f: &str| dir.read(f).map_err(|e| EngineError::Refused(e.to_string()));
         let (config, sidecar) = (read(crate::model::CONFIG_FILE)?, read(crate::model::sidecar::SIDECAR_FILE)?);
-        let weights = crate::model::WeightFiles::open(|f| dir.file(f)).map_err(|e| EngineError::Refused(e.to_string()))?;
+        let weights =
+            crate::model::WeightFiles::open(|f| dir.file(f)).map_err(|e| EngineError::Refused(e.to_string()))?;
         Model::load_opened(&config, &weights, &sidecar, dir.path(), &self.opts.device, self.opts.dtype)
             .map_err(|e| EngineError::Refused(e.to_string()))
     }
@@ -159,7 +161,8 @@ impl Engine {
         if let Some(rep) = self.replica() {
             let to = self.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|m| m.source.clone());
             let to = to.ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
-            return self.publish_model(rep, |origin| crate::feed::record::Record::ModelRollback { origin: Some(origin), to });
+            return self
+                .publish_model(rep, |origin| crate::feed::record::Record::ModelRollback { origin: Some(origin), to });
         }
         self.rollback_here()
     }
@@ -168,7 +171,8 @@ impl Engine {
     pub(super) fn rollback_here(&self) -> Result<ModelInfo, EngineError> {
         let _g = self.lock_admin();
         let mut prev = self.previous.lock().unwrap_or_else(|p| p.into_inner());
-        let back = prev.take().ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
+        let back =
+            prev.take().ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
         let cat = self.catalog();
         if let Err(e) = back.model.members().into_iter().try_for_each(|m| check_pair(m, &cat.catalog)) {
             *prev = Some(back);
@@ -191,7 +195,9 @@ impl Engine {
         })?;
         let enc = TextEncoder::load(dir).map_err(|e| EngineError::InvalidField {
             field: "text",
-            message: format!("the sentence encoder is not available ({e}): run scripts/fetch-models.sh or send an embedding"),
+            message: format!(
+                "the sentence encoder is not available ({e}): run scripts/fetch-models.sh or send an embedding"
+            ),
         })?;
         let enc = Arc::new(enc);
         *slot = Some(enc.clone());

@@ -21,7 +21,12 @@ impl Engine {
         let cat = self.catalog();
         let c = &cat.catalog;
         let i = c.index_of(id).ok_or_else(|| EngineError::NotFound(format!("item {id:?} is not in the catalog")))?;
-        Ok(ItemInfo { item_id: id.to_string(), title: c.title(i).to_string(), semantic_id: c.sid(i).to_vec(), served: c.is_served(i) })
+        Ok(ItemInfo {
+            item_id: id.to_string(),
+            title: c.title(i).to_string(),
+            semantic_id: c.sid(i).to_vec(),
+            served: c.is_served(i),
+        })
     }
 
     /// The catalog's state for `GET /admin/catalog`: version, sizes, bytes of

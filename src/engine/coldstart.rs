@@ -129,7 +129,9 @@ impl Engine {
         arrived: Instant,
     ) -> Result<RecAnswer, EngineError> {
         let cs = self.coldstart().ok_or_else(|| {
-            EngineError::ColdStart("start the server with an intent model (--intent-model) or a sentence encoder".into())
+            EngineError::ColdStart(
+                "start the server with an intent model (--intent-model) or a sentence encoder".into(),
+            )
         })?;
         let timeout_ms = self.timeout_ms(req);
         let deadline = arrived + Duration::from_millis(timeout_ms);
@@ -183,13 +185,7 @@ impl Engine {
         weight: f32,
     ) -> Result<RecAnswer, EngineError> {
         let Steered { req, cat, r, model, deadline, profile_tokens } = call;
-        let codes = model
-            .model
-            .sidecar()
-            .codebook_sizes
-            .first()
-            .copied()
-            .unwrap_or(0) as usize;
+        let codes = model.model.sidecar().codebook_sizes.first().copied().unwrap_or(0) as usize;
         let gen = GenRequest {
             history: r.history.clone(),
             k: req.k,
@@ -201,11 +197,8 @@ impl Engine {
             ..Default::default()
         };
         // the profile shaped the answer through the prior or the profile tokens
-        let source = if weight > 0.0 || !gen.profile_tokens.is_empty() {
-            ItemSource::Coldstart
-        } else {
-            ItemSource::Generative
-        };
+        let source =
+            if weight > 0.0 || !gen.profile_tokens.is_empty() { ItemSource::Coldstart } else { ItemSource::Generative };
         // exploration's twin search keeps the intents' prior: the new
         // intents it shows are the profile's as well as the model's choice
         let (outcome, explored) = self.generate_exploring(gen, req.explore, model, cat, deadline).await?;
@@ -216,19 +209,13 @@ impl Engine {
                 super::explore::mark_explored(&mut answer.items, &cat.catalog, &explored);
                 FallbackReason::Fill
             }
-            Generation::Stopped if req.strategy == Strategy::Generative => {
-                return Err(EngineError::Stopped)
-            }
-            Generation::Failed(e) if req.strategy == Strategy::Generative => {
-                return Err(EngineError::Batch(e))
-            }
+            Generation::Stopped if req.strategy == Strategy::Generative => return Err(EngineError::Stopped),
+            Generation::Failed(e) if req.strategy == Strategy::Generative => return Err(EngineError::Batch(e)),
             Generation::Late if req.strategy == Strategy::Generative => {
                 return Err(EngineError::Deadline(self.timeout_ms(req)))
             }
             Generation::Late => FallbackReason::Deadline,
-            Generation::Failed(_) | Generation::Stopped if Instant::now() >= deadline => {
-                FallbackReason::Deadline
-            }
+            Generation::Failed(_) | Generation::Stopped if Instant::now() >= deadline => FallbackReason::Deadline,
             Generation::Failed(_) | Generation::Stopped => FallbackReason::Error,
         };
         let missing = req.k.saturating_sub(answer.items.len());
@@ -309,9 +296,12 @@ impl Engine {
                 }
                 Generation::Stopped if req.strategy == Strategy::Generative => return Err(EngineError::Stopped),
                 Generation::Failed(e) if req.strategy == Strategy::Generative => return Err(EngineError::Batch(e)),
-                Generation::Late if req.strategy == Strategy::Generative => return Err(EngineError::Deadline(timeout_ms)),
+                Generation::Late if req.strategy == Strategy::Generative => {
+                    return Err(EngineError::Deadline(timeout_ms))
+                }
                 Generation::Failed(_) | Generation::Late | Generation::Stopped => {
-                    answer.fallback = Some(if Instant::now() >= deadline { FallbackReason::Deadline } else { FallbackReason::Error });
+                    answer.fallback =
+                        Some(if Instant::now() >= deadline { FallbackReason::Deadline } else { FallbackReason::Error });
                     short.push(Share { intent: s.intent, k: s.k });
                 }
             }

@@ -279,11 +279,17 @@ impl Engine {
                         e
                     }
                     (None, None) => {
-                        return Err(EngineError::InvalidField { field: "text", message: "give a text or an embedding".into() })
+                        return Err(EngineError::InvalidField {
+                            field: "text",
+                            message: "give a text or an embedding".into(),
+                        })
                     }
                 };
                 if e.iter().any(|x| !x.is_finite()) || e.iter().all(|&x| x == 0.0) {
-                    return Err(EngineError::InvalidField { field: "embedding", message: "embedding must be finite and non-zero".into() });
+                    return Err(EngineError::InvalidField {
+                        field: "embedding",
+                        message: "embedding must be finite and non-zero".into(),
+                    });
                 }
                 Ok(e)
             })
@@ -319,7 +325,10 @@ impl Engine {
     }
 
     #[allow(clippy::type_complexity)]
-    fn upsert_lines(&self, lines: Vec<(usize, NewItem)>) -> Result<(Vec<Upserted>, Vec<(usize, EngineError)>), EngineError> {
+    fn upsert_lines(
+        &self,
+        lines: Vec<(usize, NewItem)>,
+    ) -> Result<(Vec<Upserted>, Vec<(usize, EngineError)>), EngineError> {
         let dim = self.catalog().catalog.manifest().embedding_dim;
         let refs: Vec<&NewItem> = lines.iter().map(|l| &l.1).collect();
         let embeddings = self.item_embeddings(&refs, dim);
@@ -352,7 +361,12 @@ impl Engine {
         let ts = now_ms();
         for (line, item, embedding) in ready {
             let edit_id = view.last_edit_id() + 1;
-            let input = CatalogItem { id: item.id.clone(), title: item.title.clone(), embedding, semantic_id: item.semantic_id };
+            let input = CatalogItem {
+                id: item.id.clone(),
+                title: item.title.clone(),
+                embedding,
+                semantic_id: item.semantic_id,
+            };
             let field = if input.semantic_id.is_some() { "semantic_id" } else { "embedding" };
             match view.upsert(input, edit_id) {
                 Ok(up) => {
@@ -367,7 +381,12 @@ impl Engine {
                         },
                     });
                     vectors.push((up.ann_key, up.embedding));
-                    applied.push(Upserted { item_id: item.id, semantic_id: up.semantic_id, created: !up.replaced, feed_position: None });
+                    applied.push(Upserted {
+                        item_id: item.id,
+                        semantic_id: up.semantic_id,
+                        created: !up.replaced,
+                        feed_position: None,
+                    });
                 }
                 Err(e) => errors.push((line, catalog_error(e, field))),
             }
@@ -517,7 +536,8 @@ impl Engine {
             };
             let old = store.log.clone();
             old.sync_to(old.len()).map_err(EngineError::Catalog)?;
-            let mut dir = store.dir.take().ok_or_else(|| EngineError::Conflict("a compaction is running already".into()))?;
+            let mut dir =
+                store.dir.take().ok_or_else(|| EngineError::Conflict("a compaction is running already".into()))?;
             let (log, number) = match dir.rotate() {
                 Ok(x) => x,
                 Err(e) => {
@@ -554,7 +574,12 @@ impl Engine {
         w.queued.clear();
         w.head = next.clone();
         self.catalog.store(next);
-        Ok(CompactReport { version: number, items: view.served_len(), replayed: records.len(), seconds: t0.elapsed().as_secs_f64() })
+        Ok(CompactReport {
+            version: number,
+            items: view.served_len(),
+            replayed: records.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+        })
     }
 
     /// Steps 2-3 of a compaction, without the edit lock: write the version,

@@ -88,7 +88,14 @@ pub fn explore_request(main: &GenRequest, absent: Vec<u32>) -> GenRequest {
 /// `n` of `explore`'s items not already in (the set of those is returned),
 /// then `main`'s next ones if exploration found too few; with a diversity cap
 /// (`max_per_intent`), no first-level code gets more than the cap.
-pub fn merge(catalog: &Catalog, main: Vec<Hit>, explore: Vec<Hit>, k: usize, n: usize, max_per_intent: Option<usize>) -> (Vec<Hit>, HashSet<u32>) {
+pub fn merge(
+    catalog: &Catalog,
+    main: Vec<Hit>,
+    explore: Vec<Hit>,
+    k: usize,
+    n: usize,
+    max_per_intent: Option<usize>,
+) -> (Vec<Hit>, HashSet<u32>) {
     let cap = max_per_intent.unwrap_or(usize::MAX);
     let mut per_intent: HashMap<u32, usize> = HashMap::new();
     let mut taken: HashSet<u32> = HashSet::new();

@@ -13,10 +13,10 @@ mod coldstart;
 pub mod edits;
 pub mod explore;
 pub mod model_root;
-pub mod scheduler;
 pub mod pair;
 pub mod replica;
 mod request;
+pub mod scheduler;
 pub mod search;
 pub mod state;
 mod watch;
@@ -33,12 +33,12 @@ use crate::coldstart::{ColdStart, IntentWeight};
 use crate::generate::{GenRequest, GenerateError, Hit};
 use crate::model::ModelError;
 use crate::recall::{Ann, RecallError};
+pub use pair::Pair;
+use request::check_controls;
+pub use request::{FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Steering, Strategy};
 pub use scheduler::{BatchObserver, BatchOptions, NoObserver, WorkerHealth};
 use scheduler::{Job, Scheduler, SubmitError};
-pub use pair::Pair;
-pub use request::{FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Steering, Strategy};
-use request::check_controls;
-pub use state::{ServedCatalog, LoadedModel, ModelInfo};
+pub use state::{LoadedModel, ModelInfo, ServedCatalog};
 
 /// Largest `k` a request may ask for.
 pub const MAX_K: usize = 100;
@@ -189,7 +189,11 @@ pub struct Engine {
 impl Engine {
     /// An engine serving `catalog` (edits kept in memory only), with no
     /// model until [`Engine::install`].
-    pub fn new(catalog: Catalog, opts: EngineOptions, observer: Arc<dyn BatchObserver>) -> Result<Arc<Self>, EngineError> {
+    pub fn new(
+        catalog: Catalog,
+        opts: EngineOptions,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Result<Arc<Self>, EngineError> {
         Self::with_store(catalog, edits::EditStore::Memory, opts, observer)
     }
 
@@ -332,7 +336,9 @@ impl Engine {
                 return self.fill(answer, &cat, &r, req.k, FallbackReason::Error);
             }
             Generation::Stopped => return Err(EngineError::Stopped),
-            Generation::Late if req.strategy == Strategy::Auto => return self.fill(answer, &cat, &r, req.k, FallbackReason::Deadline),
+            Generation::Late if req.strategy == Strategy::Auto => {
+                return self.fill(answer, &cat, &r, req.k, FallbackReason::Deadline)
+            }
             Generation::Late => return Err(EngineError::Deadline(timeout_ms)),
         };
         answer.items = items_of(&cat, hits, ItemSource::Generative);

@@ -49,7 +49,8 @@ pub struct CheckpointDir {
 }
 
 fn open_at(dir: Option<&File>, name: &Path, flags: libc::c_int) -> std::io::Result<File> {
-    let c = CString::new(name.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c = CString::new(name.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: `c` is a valid NUL-terminated string and `at` an open
     // descriptor (or AT_FDCWD); the returned descriptor is owned below.
@@ -217,7 +218,9 @@ mod tests {
             Err(e) => panic!("{asked}: {e}"),
             Ok(_) => panic!("{asked} opened"),
         };
-        for asked in ["linked", "missing", "../outside/x", "a/../../outside/x", "", ".", outside.join("x").to_str().unwrap()] {
+        for asked in
+            ["linked", "missing", "../outside/x", "a/../../outside/x", "", ".", outside.join("x").to_str().unwrap()]
+        {
             same(asked);
         }
         match r.open("c") {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::state::{ServedCatalog, LoadedModel};
+use super::state::{LoadedModel, ServedCatalog};
 use crate::generate::{generate_ensemble, GenRequest, Hit, Scoring};
 
 /// Batching settings.
@@ -116,12 +116,20 @@ impl Scheduler {
     pub fn start(opts: BatchOptions, observer: Arc<dyn BatchObserver>) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(opts.max_queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        let shared = Arc::new(Shared { depth: AtomicUsize::new(0), panics: AtomicU64::new(0), panic_next: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            depth: AtomicUsize::new(0),
+            panics: AtomicU64::new(0),
+            panic_next: AtomicBool::new(false),
+        });
         let n = opts.workers.max(1);
         let mut workers = Vec::with_capacity(n);
         for w in 0..n {
             let (rx, sh, o, opts) = (rx.clone(), shared.clone(), observer.clone(), opts.clone());
-            let pool = if n > 1 { Some(rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(std::io::Error::other)?) } else { None };
+            let pool = if n > 1 {
+                Some(rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(std::io::Error::other)?)
+            } else {
+                None
+            };
             workers.push(std::thread::Builder::new().name(format!("genrec-batcher-{w}")).spawn(move || {
                 // jobs taken from the queue that belong to a later batch (other versions)
                 let mut held = VecDeque::new();
@@ -241,7 +249,11 @@ fn worker_loop(
         *held = later;
         while batch.len() < max_batch {
             let now = Instant::now();
-            let next = if now >= until { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(until - now) };
+            let next = if now >= until {
+                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_timeout(until - now)
+            };
             match next {
                 Ok(j) => {
                     let j = take(j);

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::state::ServedCatalog;
-use super::{items_of, wait, Engine, EngineError, FallbackReason, Generation, ItemSource, RecAnswer, RecItem, RecRequest, Resolved, Strategy};
+use super::{
+    items_of, wait, Engine, EngineError, FallbackReason, Generation, ItemSource, RecAnswer, RecItem, RecRequest,
+    Resolved, Strategy,
+};
 use crate::catalog::Catalog;
 use crate::generate::{diversity, GenRequest, Hit};
 use crate::recall::{Ann, RecallError};
@@ -68,7 +71,11 @@ impl QueryVector {
         let t = self.text_dim.min(e.len());
         let dot: f32 = self.padded[..t].iter().zip(&e[..t]).map(|(a, b)| a * b).sum();
         let norm = e[..t].iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm > 0.0 { dot / norm } else { 0.0 }
+        if norm > 0.0 {
+            dot / norm
+        } else {
+            0.0
+        }
     }
 }
 
@@ -134,7 +141,11 @@ impl Engine {
         let enc = self.encoder().map_err(|e| e.to_string())?;
         let m = catalog.manifest();
         if m.embedder.split('+').next() != Some(enc.name()) || enc.dim() > m.embedding_dim {
-            return Err(format!("the catalog's embeddings ({}) are not the sentence encoder's ({})", m.embedder, enc.name()));
+            return Err(format!(
+                "the catalog's embeddings ({}) are not the sentence encoder's ({})",
+                m.embedder,
+                enc.name()
+            ));
         }
         let text = vec![query.to_string()];
         let text_dim = enc.dim();
@@ -166,16 +177,22 @@ impl Engine {
             }
         };
         let c = &cat.catalog;
-        let matches = match_items(c, &cat.ann, query_vec.as_ref(), &words, self.opts.search_candidates, |i| !r.exclude.contains(&i))?;
+        let matches = match_items(c, &cat.ann, query_vec.as_ref(), &words, self.opts.search_candidates, |i| {
+            !r.exclude.contains(&i)
+        })?;
         if matches.is_empty() {
             answer.note = Some("nothing in the catalog matches the query".into());
             return Ok(answer);
         }
         let model = match (req.strategy, model, r.history.is_empty()) {
             (_, _, true) => return Ok(text_ranking(answer, c, &matches, req, None)),
-            (Strategy::Ann, _, _) => return Ok(text_ranking(answer, c, &matches, req, Some(FallbackReason::Requested))),
+            (Strategy::Ann, _, _) => {
+                return Ok(text_ranking(answer, c, &matches, req, Some(FallbackReason::Requested)))
+            }
             (Strategy::Generative, None, _) => return Err(EngineError::NotReady),
-            (Strategy::Auto, None, _) => return Ok(text_ranking(answer, c, &matches, req, Some(FallbackReason::NoModel))),
+            (Strategy::Auto, None, _) => {
+                return Ok(text_ranking(answer, c, &matches, req, Some(FallbackReason::NoModel)))
+            }
             (_, Some(m), _) => m,
         };
         let timeout_ms = self.timeout_ms(req);
@@ -232,7 +249,13 @@ impl Engine {
 
 /// The answer from the text ranking of the matches (the first `k`, under the
 /// request's diversity cap), with `fallback` set when the model was to rank.
-fn text_ranking(mut answer: RecAnswer, c: &Catalog, matches: &[(u32, f32)], req: &RecRequest, fallback: Option<FallbackReason>) -> RecAnswer {
+fn text_ranking(
+    mut answer: RecAnswer,
+    c: &Catalog,
+    matches: &[(u32, f32)],
+    req: &RecRequest,
+    fallback: Option<FallbackReason>,
+) -> RecAnswer {
     let cap = req.max_per_intent.map_or(u32::MAX, |m| m as u32);
     let top = diversity::take_capped(matches.to_vec(), req.k, cap, |&(i, _)| c.sid(i).first().copied().unwrap_or(0));
     answer.items = top.into_iter().map(|(i, s)| RecItem::new(c, i, s, ItemSource::Search)).collect();

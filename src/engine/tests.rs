@@ -132,7 +132,13 @@ async fn removed_item_is_never_returned_and_added_item_is() {
     let cat = e.catalog();
     let last = cat.catalog.index_of(h[1]).unwrap();
     let emb = cat.catalog.embedding(last).to_vec();
-    let new = edits::NewItem { id: "live-1".into(), title: "twin".into(), text: None, embedding: Some(emb), semantic_id: None };
+    let new = edits::NewItem {
+        id: "live-1".into(),
+        title: "twin".into(),
+        text: None,
+        embedding: Some(emb),
+        semantic_id: None,
+    };
     let sid = e.upsert_item(new).unwrap().semantic_id;
     assert_eq!(e.catalog().catalog.trie().lookup(&sid), e.catalog().catalog.index_of("live-1"));
     let a = e.recommend(&req(&h, 5, Strategy::Ann)).await.unwrap();
@@ -161,7 +167,11 @@ fn random_store(tag: &str, n: usize) -> (std::path::PathBuf, crate::catalog::Cat
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let emb: Vec<f32> = (0..n * 8).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let items: Vec<crate::dataset::ItemRecord> = (0..n)
-        .map(|i| crate::dataset::ItemRecord { id: format!("b{i}"), title: format!("base {i}"), text: format!("base {i}") })
+        .map(|i| crate::dataset::ItemRecord {
+            id: format!("b{i}"),
+            title: format!("base {i}"),
+            text: format!("base {i}"),
+        })
         .collect();
     let opts = crate::catalog::RqOptions { levels: 2, codebook_size: 16, iterations: 5, seed: 1, ..Default::default() };
     let (cat, _) = crate::catalog::build::build_catalog("random", &items, emb, 8, "test", &opts).unwrap();
@@ -213,12 +223,23 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
         tokio::task::spawn_blocking(move || {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
             let mut want: std::collections::HashMap<String, bool> = Default::default();
-            let vec8 = |rng: &mut rand_chacha::ChaCha8Rng| (0..8).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
+            let vec8 = |rng: &mut rand_chacha::ChaCha8Rng| {
+                (0..8).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>()
+            };
             for round in 0..40 {
                 let lines: Vec<(usize, edits::NewItem)> = (0..50)
                     .map(|j| {
                         let id = format!("n{round}-{j}");
-                        (j + 1, edits::NewItem { id: id.clone(), title: id, text: None, embedding: Some(vec8(&mut rng)), semantic_id: None })
+                        (
+                            j + 1,
+                            edits::NewItem {
+                                id: id.clone(),
+                                title: id,
+                                text: None,
+                                embedding: Some(vec8(&mut rng)),
+                                semantic_id: None,
+                            },
+                        )
                     })
                     .collect();
                 let ids: Vec<String> = lines.iter().map(|l| l.1.id.clone()).collect();
@@ -234,7 +255,13 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
                     want.insert(victim, false);
                 }
                 let id = format!("s{round}");
-                let single = edits::NewItem { id: id.clone(), title: id.clone(), text: None, embedding: Some(vec8(&mut rng)), semantic_id: None };
+                let single = edits::NewItem {
+                    id: id.clone(),
+                    title: id.clone(),
+                    text: None,
+                    embedding: Some(vec8(&mut rng)),
+                    semantic_id: None,
+                };
                 if e.upsert_item(single).is_ok() {
                     want.insert(id, true);
                 }
@@ -344,7 +371,8 @@ async fn explored_items_come_from_intents_the_history_lacks() {
     let cat = e.catalog();
     let h = first_ids(&e, 4);
     let h: Vec<&str> = h.iter().map(String::as_str).collect();
-    let seen: std::collections::HashSet<u32> = h.iter().map(|id| cat.catalog.sid(cat.catalog.index_of(id).unwrap())[0]).collect();
+    let seen: std::collections::HashSet<u32> =
+        h.iter().map(|id| cat.catalog.sid(cat.catalog.index_of(id).unwrap())[0]).collect();
     let a = e.recommend(&RecRequest { explore: 0.4, ..req(&h, 10, Strategy::Auto) }).await.unwrap();
     assert_eq!(a.items.len(), 10);
     let explored: Vec<&RecItem> = a.items.iter().filter(|i| i.source == ItemSource::Explore).collect();
@@ -375,7 +403,8 @@ async fn an_ensemble_serves_the_search_over_its_members_mean() {
         let names: Vec<String> = hist.iter().map(|&i| cat.catalog.item_id(i).to_string()).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let served = e.recommend(&req(&names, 10, Strategy::Generative)).await.unwrap();
-        let q = GenRequest { history: hist.clone(), k: 10, exclude: hist.iter().copied().collect(), ..Default::default() };
+        let q =
+            GenRequest { history: hist.clone(), k: 10, exclude: hist.iter().copied().collect(), ..Default::default() };
         let want = generate_ensemble(&[&a, &b], &cat.catalog, &[q.clone()], beam, Scoring::Model).unwrap();
         let want: Vec<String> = want.hits[0].iter().map(|h| cat.catalog.item_id(h.item).to_string()).collect();
         assert_eq!(ids(&served), want, "history {names:?}");
@@ -383,7 +412,10 @@ async fn an_ensemble_serves_the_search_over_its_members_mean() {
         let lead: Vec<String> = lead.hits[0].iter().map(|h| cat.catalog.item_id(h.item).to_string()).collect();
         differ_from_lead += usize::from(lead != want);
     }
-    assert!(differ_from_lead > 0, "the perturbed member never changed an answer: the test cannot tell the mean from the lead");
+    assert!(
+        differ_from_lead > 0,
+        "the perturbed member never changed an answer: the test cannot tell the mean from the lead"
+    );
     // members of another layout are refused
     let mut other = b.clone();
     other.sidecar.max_history_items += 1;

@@ -14,9 +14,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use super::model_root::{ModelRoot, METADATA_FILES};
+use super::Engine;
 use crate::model::shards::INDEX_FILE;
 use crate::model::WEIGHTS_FILE;
-use super::Engine;
 
 /// What a folder's files look like: per file, its size and modification time.
 type Stamp = Vec<(u64, SystemTime)>;
@@ -85,7 +85,12 @@ fn stamp_of(dir: &Path) -> Option<Stamp> {
 fn members_of(dir: &Path) -> Vec<String> {
     let read = std::fs::read(dir.join(crate::model::sidecar::SIDECAR_FILE)).ok();
     let sidecar = read.and_then(|b| serde_json::from_slice::<crate::model::Sidecar>(&b).ok());
-    sidecar.map(|s| s.members).unwrap_or_default().into_iter().filter(|r| crate::model::ensemble::check_member_path(r).is_ok()).collect()
+    sidecar
+        .map(|s| s.members)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| crate::model::ensemble::check_member_path(r).is_ok())
+        .collect()
 }
 
 impl Watcher {
@@ -145,8 +150,9 @@ impl Watcher {
     /// with its members' for an ensemble.
     fn version_of(&self, name: &str) -> Result<String, String> {
         let d = self.root.open(name).map_err(|e| e.to_string())?;
-        let sidecar: crate::model::Sidecar = serde_json::from_slice(&d.read(crate::model::sidecar::SIDECAR_FILE).map_err(|e| e.to_string())?)
-            .map_err(|e| format!("{}: {e}", crate::model::sidecar::SIDECAR_FILE))?;
+        let sidecar: crate::model::Sidecar =
+            serde_json::from_slice(&d.read(crate::model::sidecar::SIDECAR_FILE).map_err(|e| e.to_string())?)
+                .map_err(|e| format!("{}: {e}", crate::model::sidecar::SIDECAR_FILE))?;
         let mut versions = vec![weights_version(&d)?];
         for rel in &sidecar.members {
             crate::model::ensemble::check_member_path(rel).map_err(|e| e.to_string())?;
@@ -161,7 +167,12 @@ impl Watcher {
 fn weights_version(d: &super::model_root::CheckpointDir) -> Result<String, String> {
     let w = crate::model::WeightFiles::open(|f| d.file(f)).map_err(|e| e.to_string())?;
     // SAFETY: read-only views of checkpoint files (see Model::load_opened)
-    let maps = w.files.iter().map(|(_, f)| unsafe { memmap2::Mmap::map(f) }).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let maps = w
+        .files
+        .iter()
+        .map(|(_, f)| unsafe { memmap2::Mmap::map(f) })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let shards: Vec<(&str, &[u8])> = w.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
     Ok(crate::model::shards::weights_version(&shards))
 }
@@ -194,7 +205,8 @@ mod tests {
             std::fs::write(dir.join(f), b"{}").unwrap();
         }
         assert!(stamp_of(&dir).is_none(), "no weights yet");
-        let index = r#"{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
+        let index =
+            r#"{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
         std::fs::write(dir.join(INDEX_FILE), index).unwrap();
         std::fs::write(dir.join("model-00001-of-00002.safetensors"), b"x").unwrap();
         assert!(stamp_of(&dir).is_none(), "a shard still being copied");

@@ -160,7 +160,12 @@ impl Feed for MemoryFeed {
             .lock()
             .marks
             .iter()
-            .map(|(n, (p, v, at))| ReplicaMark { name: n.clone(), position: *p, version: *v, age_ms: now.saturating_sub(*at) })
+            .map(|(n, (p, v, at))| ReplicaMark {
+                name: n.clone(),
+                position: *p,
+                version: *v,
+                age_ms: now.saturating_sub(*at),
+            })
             .collect())
     }
 }
@@ -177,7 +182,10 @@ mod tests {
         let c = f.append(b"c", None).unwrap();
         assert!(a < b && b < c);
         let all = f.read_after(Position::START, 10, Duration::ZERO).unwrap();
-        assert_eq!(all.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            all.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
         assert_eq!(f.read_after(a, 1, Duration::ZERO).unwrap()[0].position, b);
         assert!(f.read_after(c, 10, Duration::from_millis(5)).unwrap().is_empty());
         assert_eq!(f.trim_below(c).unwrap(), 2);

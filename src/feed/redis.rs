@@ -134,7 +134,8 @@ impl RedisFeed {
     /// is retried by every call).
     pub fn open(address: &str) -> Result<Self, FeedError> {
         let (server, stream) = split_address(address)?;
-        let client = redis::Client::open(server.as_str()).map_err(|e| FeedError::Address(format!("{address:?}: {e}")))?;
+        let client =
+            redis::Client::open(server.as_str()).map_err(|e| FeedError::Address(format!("{address:?}: {e}")))?;
         Ok(RedisFeed { client, address: address.to_string(), stream, io: Mutex::new(None), reader: Mutex::new(None) })
     }
 
@@ -225,7 +226,8 @@ impl Feed for RedisFeed {
     }
 
     fn head(&self) -> Result<Option<Position>, FeedError> {
-        let reply: Value = self.io(|c| redis::cmd("XREVRANGE").arg(&self.stream).arg("+").arg("-").arg("COUNT").arg(1).query(c))?;
+        let reply: Value =
+            self.io(|c| redis::cmd("XREVRANGE").arg(&self.stream).arg("+").arg("-").arg("COUNT").arg(1).query(c))?;
         match items(&reply).and_then(|a| a.first()) {
             Some(e) => Ok(Some(entry(e)?.position)),
             None => Ok(None),
@@ -237,7 +239,10 @@ impl Feed for RedisFeed {
         let kept: Vec<Vec<u8>> = self.io(|c| redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query(c))?;
         let mut out = Vec::with_capacity(kept.len());
         for k in kept {
-            let split = k.iter().position(|&b| b == b' ').ok_or_else(|| FeedError::Protocol(format!("{key}: an element without a position")))?;
+            let split = k
+                .iter()
+                .position(|&b| b == b' ')
+                .ok_or_else(|| FeedError::Protocol(format!("{key}: an element without a position")))?;
             let position = std::str::from_utf8(&k[..split]).map_err(|e| FeedError::Protocol(e.to_string()))?.parse()?;
             out.push(Entry { position, payload: k[split + 1..].to_vec() });
         }
@@ -281,7 +286,8 @@ impl Feed for RedisFeed {
 
     fn marks(&self) -> Result<Vec<ReplicaMark>, FeedError> {
         let key = self.key("replicas");
-        let (now, all): (u64, Vec<(String, String)>) = self.io(|c| redis::cmd("EVAL").arg(MARKS_SCRIPT).arg(1).arg(&key).query(c))?;
+        let (now, all): (u64, Vec<(String, String)>) =
+            self.io(|c| redis::cmd("EVAL").arg(MARKS_SCRIPT).arg(1).arg(&key).query(c))?;
         let mut out = Vec::new();
         for (name, v) in all {
             let parts: Vec<&str> = v.split(' ').collect();

@@ -58,7 +58,8 @@ pub(crate) mod testutil {
     /// A random model that reads the profile features `features` (see
     /// [`crate::model::profile_vocab`]).
     pub fn random_profiled_model(catalog: &Catalog, features: &[&str], seed: u64) -> Model {
-        let sidecar = Sidecar::for_catalog("random", ".", &catalog.manifest(), 20).with_profile(features.iter().map(|f| f.to_string()));
+        let sidecar = Sidecar::for_catalog("random", ".", &catalog.manifest(), 20)
+            .with_profile(features.iter().map(|f| f.to_string()));
         random_model_with(sidecar, "LlamaForCausalLM", seed, candle_core::DType::F32)
     }
 
@@ -93,7 +94,13 @@ mod tests {
     }
 
     /// [`enumerate`] with profile tokens read before the history.
-    fn enumerate_after(model: &Model, cat: &Catalog, profile: &[u32], history: &[u32], scoring: Scoring) -> Vec<(u32, f32)> {
+    fn enumerate_after(
+        model: &Model,
+        cat: &Catalog,
+        profile: &[u32],
+        history: &[u32],
+        scoring: Scoring,
+    ) -> Vec<(u32, f32)> {
         let sc = &model.sidecar;
         let mut out = Vec::new();
         for item in 0..cat.len() as u32 {
@@ -176,7 +183,8 @@ mod tests {
         let history = vec![3u32, 17, 22, 8];
         let req = GenRequest { history: history.clone(), k: 10, exclude: HashSet::new(), ..Default::default() };
         let got = generate_ensemble(&[&a, &b], &cat, std::slice::from_ref(&req), 40, Scoring::Model).unwrap();
-        let eb: std::collections::HashMap<u32, f32> = enumerate(&b, &cat, &history, Scoring::Model).into_iter().collect();
+        let eb: std::collections::HashMap<u32, f32> =
+            enumerate(&b, &cat, &history, Scoring::Model).into_iter().collect();
         let mut want: Vec<(u32, f32)> =
             enumerate(&a, &cat, &history, Scoring::Model).into_iter().map(|(i, s)| (i, (s + eb[&i]) / 2.0)).collect();
         want.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
@@ -266,10 +274,21 @@ mod tests {
         let history = vec![7, 8, 30];
         let exclude: HashSet<u32> = allowed.iter().copied().take(2).collect();
         let reqs = [
-            GenRequest { history: history.clone(), k: 10, exclude: exclude.clone(), allowed: Some(allowed.clone().into()), ..Default::default() },
+            GenRequest {
+                history: history.clone(),
+                k: 10,
+                exclude: exclude.clone(),
+                allowed: Some(allowed.clone().into()),
+                ..Default::default()
+            },
             GenRequest { history: history.clone(), k: 10, ..Default::default() },
             GenRequest { history: history.clone(), k: 10, allowed: Some(Vec::new().into()), ..Default::default() },
-            GenRequest { history: history.clone(), k: 10, allowed: Some(allowed[..3].to_vec().into()), ..Default::default() },
+            GenRequest {
+                history: history.clone(),
+                k: 10,
+                allowed: Some(allowed[..3].to_vec().into()),
+                ..Default::default()
+            },
         ];
         for scoring in [Scoring::Model, Scoring::Trie] {
             let got = generate_with(&model, &cat, &reqs, 60, scoring).unwrap();
@@ -343,11 +362,20 @@ mod tests {
             assert!(count(&narrow.hits[0]) <= cap);
         }
         let allowed: Vec<u32> = (0..60).step_by(2).collect();
-        let req = GenRequest { history: history.clone(), k: 10, max_per_intent: Some(2), allowed: Some(allowed.clone().into()), ..Default::default() };
+        let req = GenRequest {
+            history: history.clone(),
+            k: 10,
+            max_per_intent: Some(2),
+            allowed: Some(allowed.clone().into()),
+            ..Default::default()
+        };
         let got = generate(&model, &cat, &[req], 60).unwrap();
         let inside: Vec<(u32, f32)> = all.iter().copied().filter(|(i, _)| i % 2 == 0).collect();
         let want = diversity::take_capped(inside, 10, 2, |&(i, _)| cat.sid(i)[0]);
-        assert_eq!(got.hits[0].iter().map(|h| h.item).collect::<Vec<_>>(), want.iter().map(|p| p.0).collect::<Vec<_>>());
+        assert_eq!(
+            got.hits[0].iter().map(|h| h.item).collect::<Vec<_>>(),
+            want.iter().map(|p| p.0).collect::<Vec<_>>()
+        );
     }
 
     /// Profile tokens are read after `bos`: an exhaustive search with them is

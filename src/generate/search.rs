@@ -76,7 +76,12 @@ pub struct Generated {
 
 /// Generates for a batch of requests with `beam` beams each (at least each
 /// request's `k`), scoring with [`Scoring::Model`].
-pub fn generate(model: &Model, catalog: &Catalog, reqs: &[GenRequest], beam: usize) -> Result<Generated, GenerateError> {
+pub fn generate(
+    model: &Model,
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+    beam: usize,
+) -> Result<Generated, GenerateError> {
     generate_with(model, catalog, reqs, beam, Scoring::Model)
 }
 
@@ -104,10 +109,16 @@ pub fn generate_with(
 /// soft-steered or diversity-capped (the kernel knows no priors or caps; the
 /// CPU beam step searches those while the models still run on the device).
 #[cfg(feature = "cuda")]
-fn kernel_device(model: &Model, catalog: &Catalog, reqs: &[GenRequest]) -> Option<candle_core::cuda_backend::CudaDevice> {
+fn kernel_device(
+    model: &Model,
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+) -> Option<candle_core::cuda_backend::CudaDevice> {
     match model.net.device() {
         candle_core::Device::Cuda(dev)
-            if catalog.trie().is_pristine() && !reqs.iter().any(|q| !q.first_level_prior.is_empty()) && !any_capped(reqs) =>
+            if catalog.trie().is_pristine()
+                && !reqs.iter().any(|q| !q.first_level_prior.is_empty())
+                && !any_capped(reqs) =>
         {
             Some(dev.clone())
         }
@@ -151,7 +162,9 @@ pub fn generate_ensemble(
         return generate_with(first, catalog, reqs, beam, scoring);
     }
     if scoring != Scoring::Model {
-        return Err(GenerateError::Invalid("an ensemble scores with the models' own probabilities (scoring model)".into()));
+        return Err(GenerateError::Invalid(
+            "an ensemble scores with the models' own probabilities (scoring model)".into(),
+        ));
     }
     if let Some(m) = rest.iter().find(|m| !m.sidecar.same_layout(&first.sidecar)) {
         return Err(GenerateError::Mismatch(format!(
@@ -176,10 +189,7 @@ pub fn generate_ensemble(
 fn checked_beam(model: &Model, catalog: &Catalog, reqs: &[GenRequest], beam: usize) -> Result<usize, GenerateError> {
     let levels = model.sidecar.levels();
     if levels != catalog.levels() {
-        return Err(GenerateError::Mismatch(format!(
-            "model has {levels} levels, catalog {}",
-            catalog.levels()
-        )));
+        return Err(GenerateError::Mismatch(format!("model has {levels} levels, catalog {}", catalog.levels())));
     }
     Ok(reqs.iter().map(|r| r.k).max().unwrap_or(1).max(beam).max(1))
 }
@@ -245,7 +255,12 @@ fn decode_levels(
     let (prefilled, lens) = prefill_all(models, catalog, reqs)?;
     let mut members: Vec<Member> = prefilled
         .into_iter()
-        .map(|(model, hist, hidden)| Member { model, hist, hidden, beams_kv: BeamKv::new(model.config.num_hidden_layers) })
+        .map(|(model, hist, hidden)| Member {
+            model,
+            hist,
+            hidden,
+            beams_kv: BeamKv::new(model.config.num_hidden_layers),
+        })
         .collect();
     let sc = &models[0].sidecar;
     let levels = sc.levels();
@@ -272,7 +287,16 @@ fn decode_levels(
         let filters = LevelFilters::new(catalog, reqs, level);
         let limits = if capped { level_limits(reqs, beam, level, levels) } else { Vec::new() };
         let cap = capped.then(|| GroupCap { beam_group: (level > 0).then_some(groups.as_slice()), limit: &limits });
-        let out = beam_step_capped(&trie, shape, &logits, &scores, &nodes, norm.as_deref(), |req, node| filters.keep(req, node), cap);
+        let out = beam_step_capped(
+            &trie,
+            shape,
+            &logits,
+            &scores,
+            &nodes,
+            norm.as_deref(),
+            |req, node| filters.keep(req, node),
+            cap,
+        );
         decoded += out.node.iter().filter(|&&n| n != NONE).count();
         if last {
             let hits = collect_hits(catalog, reqs, beam, &out.node, &out.score);
@@ -289,7 +313,9 @@ fn decode_levels(
             m.hidden = m.model.net.decode(&m.hist, &mut m.beams_kv, &toks, &pos)?;
         }
         if capped {
-            groups = (0..r * beam).map(|s| if level == 0 { out.code[s] } else { groups[s / beam * beams_in + out.parent[s] as usize] }).collect();
+            groups = (0..r * beam)
+                .map(|s| if level == 0 { out.code[s] } else { groups[s / beam * beams_in + out.parent[s] as usize] })
+                .collect();
         }
         scores = out.score;
         nodes = out.node;
@@ -355,10 +381,17 @@ fn prefill_all<'m>(
 /// Prefills every request's history (its profile tokens and its last
 /// `max_history_items` items as tokens, right-padded into one batch). Returns the shared history cache, the
 /// hidden state after each history and the history lengths in tokens.
-pub(crate) fn prefill(model: &Model, catalog: &Catalog, reqs: &[GenRequest]) -> Result<(HistoryKv, Tensor, Vec<usize>), GenerateError> {
+pub(crate) fn prefill(
+    model: &Model,
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+) -> Result<(HistoryKv, Tensor, Vec<usize>), GenerateError> {
     let sc = &model.sidecar;
     let profile = sc.profile.as_ref().map_or(0..0, |p| p.offset..p.end());
-    if let Some(q) = reqs.iter().find(|q| q.profile_tokens.len() > MAX_PROFILE_TOKENS || q.profile_tokens.iter().any(|t| !profile.contains(t))) {
+    if let Some(q) = reqs
+        .iter()
+        .find(|q| q.profile_tokens.len() > MAX_PROFILE_TOKENS || q.profile_tokens.iter().any(|t| !profile.contains(t)))
+    {
         return Err(GenerateError::Invalid(format!(
             "profile tokens {:?} are not among the model's (at most {MAX_PROFILE_TOKENS} of {profile:?})",
             q.profile_tokens
@@ -384,7 +417,13 @@ pub(crate) fn prefill(model: &Model, catalog: &Catalog, reqs: &[GenRequest]) -> 
 
 /// The items of the final beams (`beam` slots per request, best first), at
 /// most `k` per request.
-pub(crate) fn collect_hits(catalog: &Catalog, reqs: &[GenRequest], beam: usize, nodes: &[u32], scores: &[f32]) -> Vec<Vec<Hit>> {
+pub(crate) fn collect_hits(
+    catalog: &Catalog,
+    reqs: &[GenRequest],
+    beam: usize,
+    nodes: &[u32],
+    scores: &[f32],
+) -> Vec<Vec<Hit>> {
     (0..reqs.len())
         .map(|q| {
             let trie = catalog.trie();
@@ -417,10 +456,21 @@ mod precision_tests {
 
     /// The demo model with its weights rounded to bf16, computed in f32.
     fn rounded_weights() -> Model {
-        let w = candle_core::safetensors::load_buffer(include_bytes!("../../models/demo/model/model.safetensors"), &Device::Cpu).unwrap();
-        let w: HashMap<String, Tensor> = w.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap())).collect();
+        let w = candle_core::safetensors::load_buffer(
+            include_bytes!("../../models/demo/model/model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w: HashMap<String, Tensor> =
+            w.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap())).collect();
         let bytes = safetensors::serialize(&w, None).unwrap();
-        Model::from_bytes(include_bytes!("../../models/demo/model/config.json"), &bytes, include_bytes!("../../models/demo/model/genrec.json"), &Device::Cpu).unwrap()
+        Model::from_bytes(
+            include_bytes!("../../models/demo/model/config.json"),
+            &bytes,
+            include_bytes!("../../models/demo/model/genrec.json"),
+            &Device::Cpu,
+        )
+        .unwrap()
     }
 
     /// Identical top-10 lists of 64 requests, and the largest score difference.
@@ -433,8 +483,14 @@ mod precision_tests {
             })
             .collect();
         let (x, y) = (generate(a, catalog, &reqs, 64).unwrap(), generate(b, catalog, &reqs, 64).unwrap());
-        let same = x.hits.iter().zip(&y.hits).filter(|(p, q)| p.iter().map(|h| h.item).eq(q.iter().map(|h| h.item))).count();
-        let worst = x.hits.iter().zip(&y.hits).flat_map(|(p, q)| p.iter().zip(q).map(|(u, v)| (u.score - v.score).abs())).fold(0f32, f32::max);
+        let same =
+            x.hits.iter().zip(&y.hits).filter(|(p, q)| p.iter().map(|h| h.item).eq(q.iter().map(|h| h.item))).count();
+        let worst = x
+            .hits
+            .iter()
+            .zip(&y.hits)
+            .flat_map(|(p, q)| p.iter().zip(q).map(|(u, v)| (u.score - v.score).abs()))
+            .fold(0f32, f32::max);
         (same, worst)
     }
 

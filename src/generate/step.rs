@@ -95,7 +95,10 @@ where
     assert_eq!(scores.len(), requests * beams_in, "scores shape");
     assert_eq!(nodes.len(), requests * beams_in, "nodes shape");
     assert!(norm.is_none_or(|n| n.len() == requests * beams_in), "norm shape");
-    assert!(cap.is_none_or(|c| c.limit.len() == requests && c.beam_group.is_none_or(|g| g.len() == requests * beams_in)), "cap shape");
+    assert!(
+        cap.is_none_or(|c| c.limit.len() == requests && c.beam_group.is_none_or(|g| g.len() == requests * beams_in)),
+        "cap shape"
+    );
     let select = |r: usize| {
         let mut cands = Vec::new();
         for b in 0..beams_in {
@@ -145,12 +148,8 @@ where
         (0..requests).map(select).collect()
     };
     let n = requests * beams_out;
-    let mut out = StepOutput {
-        parent: vec![0; n],
-        code: vec![0; n],
-        node: vec![NONE; n],
-        score: vec![f32::NEG_INFINITY; n],
-    };
+    let mut out =
+        StepOutput { parent: vec![0; n], code: vec![0; n], node: vec![NONE; n], score: vec![f32::NEG_INFINITY; n] };
     for (r, cands) in per_request.into_iter().enumerate() {
         for (j, c) in cands.into_iter().enumerate() {
             let s = r * beams_out + j;
@@ -179,18 +178,42 @@ mod tests {
         let base = trie();
         let t = TrieView::new(&base, None);
         let logits = [1.0f32, 2.0, 3.0];
-        let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 3, codes: 3 }, &logits, &[0.0], &[0], None, |_, _| true);
+        let out = beam_step(
+            &t,
+            StepShape { requests: 1, beams_in: 1, beams_out: 3, codes: 3 },
+            &logits,
+            &[0.0],
+            &[0],
+            None,
+            |_, _| true,
+        );
         let lse = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
         assert_eq!(out.code, vec![2, 1, 0]);
         assert!((out.score[0] - (3.0 - lse)).abs() < 1e-6);
         // level 1 under node of code 0: only codes 0 and 1 are valid
         let n0 = t.walk(&[0]).unwrap();
-        let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 2, codes: 3 }, &[0.0, 0.0, 9.0], &[-1.0], &[n0], None, |_, _| true);
+        let out = beam_step(
+            &t,
+            StepShape { requests: 1, beams_in: 1, beams_out: 2, codes: 3 },
+            &[0.0, 0.0, 9.0],
+            &[-1.0],
+            &[n0],
+            None,
+            |_, _| true,
+        );
         assert_eq!(out.code, vec![0, 1]);
         assert!((out.score[0] - (-1.0 - 2f32.ln())).abs() < 1e-6);
         // with the model's normaliser the masked-out code 2 keeps its mass
         let full = (2.0 + 9f32.exp()).ln();
-        let out = beam_step(&t, StepShape { requests: 1, beams_in: 1, beams_out: 2, codes: 3 }, &[0.0, 0.0, 9.0], &[-1.0], &[n0], Some(&[full]), |_, _| true);
+        let out = beam_step(
+            &t,
+            StepShape { requests: 1, beams_in: 1, beams_out: 2, codes: 3 },
+            &[0.0, 0.0, 9.0],
+            &[-1.0],
+            &[n0],
+            Some(&[full]),
+            |_, _| true,
+        );
         assert_eq!(out.code, vec![0, 1]);
         assert!((out.score[0] - (-1.0 - full)).abs() < 1e-6);
         assert_eq!(t.item(out.node[1]), Some(1));

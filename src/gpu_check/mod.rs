@@ -173,23 +173,40 @@ fn items(x: &[crate::generate::Hit]) -> Vec<u32> {
 /// How many of `got`'s lists equal `want`'s, and the largest score difference.
 fn compare(got: &Generated, want: &Generated) -> (usize, f32) {
     let same = got.hits.iter().zip(&want.hits).filter(|(x, y)| items(x) == items(y)).count();
-    let worst = got.hits.iter().zip(&want.hits).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs())).fold(0f32, f32::max);
+    let worst = got
+        .hits
+        .iter()
+        .zip(&want.hits)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p.score - q.score).abs()))
+        .fold(0f32, f32::max);
     (same, worst)
 }
 
 /// Part 1b: the model on the device gives the CPU reference's items.
-fn check_e2e(dev_model: &Model, catalog: &Catalog, reference: &Reference, opts: &CheckOptions) -> Result<Value, CheckError> {
+fn check_e2e(
+    dev_model: &Model,
+    catalog: &Catalog,
+    reference: &Reference,
+    opts: &CheckOptions,
+) -> Result<Value, CheckError> {
     let a = generate(dev_model, catalog, &reference.reqs, 64)?;
     let (same, worst) = compare(&a, &reference.cpu);
     // decoded tokens are the live beams of every level on both devices
-    Ok(json!({"model": dev_model.label(), "history_items": opts.history_items, "requests": reference.reqs.len(), "identical_lists": same,
-        "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": reference.cpu.tokens}))
+    Ok(
+        json!({"model": dev_model.label(), "history_items": opts.history_items, "requests": reference.reqs.len(), "identical_lists": same,
+        "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": reference.cpu.tokens}),
+    )
 }
 
 /// The second member of the ensemble check on `device`: the synthetic shape
 /// with the next seed, a pattern-moved copy of the demo model, or (for a
 /// checkpoint folder) the checkpoint itself.
-fn second_member(opts: &CheckOptions, synthetic: Option<&Catalog>, lead: &Model, device: &Device) -> Result<Model, CheckError> {
+fn second_member(
+    opts: &CheckOptions,
+    synthetic: Option<&Catalog>,
+    lead: &Model,
+    device: &Device,
+) -> Result<Model, CheckError> {
     let f32 = candle_core::DType::F32;
     match (&opts.synthetic, synthetic, &opts.model) {
         (Some(spec), Some(cat), _) => spec.model(cat, opts.history_items.max(20), opts.seed + 1, device, f32),
@@ -203,14 +220,21 @@ fn second_member(opts: &CheckOptions, synthetic: Option<&Catalog>, lead: &Model,
 /// requests, and how many of its lists differ from the lead's alone (the
 /// reference's; 0 when the members are one checkpoint twice: then the check
 /// only covers the mean's arithmetic).
-fn check_ensemble(members_dev: [&Model; 2], members_cpu: [&Model; 2], catalog: &Catalog, reference: &Reference) -> Result<Value, CheckError> {
+fn check_ensemble(
+    members_dev: [&Model; 2],
+    members_cpu: [&Model; 2],
+    catalog: &Catalog,
+    reference: &Reference,
+) -> Result<Value, CheckError> {
     let reqs = &reference.reqs;
     let a = generate_ensemble(&members_dev, catalog, reqs, 64, Scoring::Model)?;
     let b = generate_ensemble(&members_cpu, catalog, reqs, 64, Scoring::Model)?;
     let (same, worst) = compare(&a, &b);
     let differ_from_lead = b.hits.iter().zip(&reference.cpu.hits).filter(|(x, y)| items(x) != items(y)).count();
-    Ok(json!({"requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "lists_unlike_the_lead": differ_from_lead,
-        "tokens_device": a.tokens, "tokens_cpu": b.tokens}))
+    Ok(
+        json!({"requests": reqs.len(), "identical_lists": same, "max_score_diff": worst, "lists_unlike_the_lead": differ_from_lead,
+        "tokens_device": a.tokens, "tokens_cpu": b.tokens}),
+    )
 }
 
 /// A timed end-to-end row takes at least this long (or `reps` batches,
@@ -220,7 +244,15 @@ const MIN_E2E_REPS: usize = 3;
 
 /// Part 3: batches through `generate` on one device: up to `reps` of them,
 /// fewer when one batch takes long (see [`E2E_ROW_SECONDS`]).
-fn time_e2e(model: &Model, catalog: &Catalog, batch: usize, beam: usize, reps: usize, scoring: Scoring, opts: &CheckOptions) -> Result<Value, CheckError> {
+fn time_e2e(
+    model: &Model,
+    catalog: &Catalog,
+    batch: usize,
+    beam: usize,
+    reps: usize,
+    scoring: Scoring,
+    opts: &CheckOptions,
+) -> Result<Value, CheckError> {
     let h = histories(catalog, batch, opts.history_items, opts.seed);
     let reqs = requests(&h, 10);
     let generate = |reqs: &[GenRequest]| generate_with(model, catalog, reqs, beam, scoring);
@@ -267,12 +299,18 @@ pub const ANCHORS: [&str; 3] = [
 
 /// The checkpoint (or synthetic model) and its catalog on `device`; a
 /// synthetic catalog is built once and passed in as `synthetic`.
-fn load_models(opts: &CheckOptions, synthetic: Option<&Catalog>, device: &Device, dtype: candle_core::DType) -> Result<(Model, Catalog), CheckError> {
+fn load_models(
+    opts: &CheckOptions,
+    synthetic: Option<&Catalog>,
+    device: &Device,
+    dtype: candle_core::DType,
+) -> Result<(Model, Catalog), CheckError> {
     if let (Some(spec), Some(cat)) = (&opts.synthetic, synthetic) {
         return Ok((spec.model(cat, opts.history_items.max(20), opts.seed, device, dtype)?, cat.clone()));
     }
     match &opts.model {
-        Some(dir) => crate::engine::pair::load_pair(dir, opts.catalog.as_deref(), device, dtype).map_err(|e| CheckError::Other(e.to_string())),
+        Some(dir) => crate::engine::pair::load_pair(dir, opts.catalog.as_deref(), device, dtype)
+            .map_err(|e| CheckError::Other(e.to_string())),
         None => crate::server::default_model::load_as(device, dtype).map_err(|e| CheckError::Other(e.to_string())),
     }
 }
@@ -300,14 +338,25 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     println!("\n## 1. Correctness");
     let steps = soft("beam step vs CPU", check_steps(step.as_mut(), opts.seed));
     if !steps.is_null() {
-        println!("beam step vs CPU reference: {} cases ({}), same top-B (max |score diff| {:.2e}) [{:.1} s]",
-            steps["cases"], steps["kernels"], steps["max_score_diff"].as_f64().unwrap_or(0.0), t.elapsed().as_secs_f64());
+        println!(
+            "beam step vs CPU reference: {} cases ({}), same top-B (max |score diff| {:.2e}) [{:.1} s]",
+            steps["cases"],
+            steps["kernels"],
+            steps["max_score_diff"].as_f64().unwrap_or(0.0),
+            t.elapsed().as_secs_f64()
+        );
     }
     let synthetic = match &opts.synthetic {
         Some(spec) => {
             let t = Instant::now();
             let c = spec.catalog(opts.seed)?;
-            println!("synthetic: {} over {} random semantic IDs {:?} [{:.1} s]", spec.shape.name(), c.len(), spec.layout.codebook_sizes(), t.elapsed().as_secs_f64());
+            println!(
+                "synthetic: {} over {} random semantic IDs {:?} [{:.1} s]",
+                spec.shape.name(),
+                c.len(),
+                spec.layout.codebook_sizes(),
+                t.elapsed().as_secs_f64()
+            );
             Some(c)
         }
         None => None,
@@ -325,7 +374,12 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     let reference = match &models {
         Some((_, cpu_model, catalog)) => match reference(cpu_model, catalog, opts) {
             Ok(r) => {
-                println!("CPU reference: {} requests of {} history items [{:.1} s with loading]", r.reqs.len(), opts.history_items, t.elapsed().as_secs_f64());
+                println!(
+                    "CPU reference: {} requests of {} history items [{:.1} s with loading]",
+                    r.reqs.len(),
+                    opts.history_items,
+                    t.elapsed().as_secs_f64()
+                );
                 Some(r)
             }
             Err(e) => {
@@ -338,8 +392,14 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     if let (Some((dev_model, _, catalog)), Some(reference)) = (&models, &reference) {
         e2e = soft("end-to-end f32", check_e2e(dev_model, catalog, reference, opts));
         if !e2e.is_null() {
-            println!("end-to-end ({}, {} items): {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
-                dev_model.label(), catalog.len(), e2e["identical_lists"], e2e["requests"], e2e["max_score_diff"].as_f64().unwrap_or(0.0));
+            println!(
+                "end-to-end ({}, {} items): {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
+                dev_model.label(),
+                catalog.len(),
+                e2e["identical_lists"],
+                e2e["requests"],
+                e2e["max_score_diff"].as_f64().unwrap_or(0.0)
+            );
             if let Some(why) = e2e_mismatch(&e2e) {
                 soft("end-to-end f32", Err(CheckError::Other(why)));
             }
@@ -395,15 +455,27 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
 
     let mut timing = Value::Null;
     if opts.step_times {
-        println!("\n## 2. Beam step time (median of {} runs; floors: bytes / {} GB/s, and an empty kernel's launch + sync)", opts.reps,
-            bandwidth.map(|b| b.to_string()).unwrap_or_else(|| "?".into()));
+        println!(
+            "\n## 2. Beam step time (median of {} runs; floors: bytes / {} GB/s, and an empty kernel's launch + sync)",
+            opts.reps,
+            bandwidth.map(|b| b.to_string()).unwrap_or_else(|| "?".into())
+        );
         println!("| items | codes | depth | layout | batch | beam | step µs (radix) | step µs (pool) | memory floor µs | launch floor µs |\n|---|---|---|---|---|---|---|---|---|---|");
         timing = soft("beam step time", time_steps(step.as_mut(), opts, bandwidth).map(Value::from));
         for r in timing.as_array().into_iter().flatten() {
-            println!("| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} |", r["items"], r["codes"], r["depth"], r["layout"].as_str().unwrap_or(""), r["batch"], r["beam"],
-                r["step_us"].as_f64().unwrap_or(0.0), r["pool_step_us"].as_f64().unwrap_or(0.0),
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} |",
+                r["items"],
+                r["codes"],
+                r["depth"],
+                r["layout"].as_str().unwrap_or(""),
+                r["batch"],
+                r["beam"],
+                r["step_us"].as_f64().unwrap_or(0.0),
+                r["pool_step_us"].as_f64().unwrap_or(0.0),
                 r["floor_memory_us"].as_f64().map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
-                r["floor_launch_us"].as_f64().unwrap_or(0.0));
+                r["floor_launch_us"].as_f64().unwrap_or(0.0)
+            );
         }
     }
 
@@ -411,7 +483,8 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     if let Some((dev_model, cpu_model, catalog)) = &models {
         println!("\n## 3. End to end ({}, k = 10, {}-item histories; GPU memory: in use after the row, every model the check holds)", dev_model.label(), opts.history_items);
         println!("| device | batch | beam | requests/s | tokens/s | p50 ms | p99 ms | GPU memory GiB |\n|---|---|---|---|---|---|---|---|");
-        let (bf16_name, pool_name, bf16_pool_name) = (format!("{card} bf16"), format!("{card} pool"), format!("{card} bf16 pool"));
+        let (bf16_name, pool_name, bf16_pool_name) =
+            (format!("{card} bf16"), format!("{card} pool"), format!("{card} bf16 pool"));
         let bf16_trie_name = format!("{card} bf16 trie-scored");
         let (radix, model_scored, trie_scored) = (Selection::Radix, Scoring::Model, Scoring::Trie);
         // the device rows run the radix kernel, the "pool" rows the pooled
@@ -422,25 +495,32 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         // covers only the level's codes; Model scoring needs the whole
         // vocabulary for its normaliser) at the largest batch: what the
         // full-vocabulary output layer costs.
-        let runs: Vec<(&str, &Model, usize, Selection, Scoring)> = match (device.is_cpu(), opts.synthetic.is_some(), &bf16) {
-            (true, false, _) => vec![("cpu", cpu_model, 3, radix, model_scored)],
-            (true, true, _) => vec![("cpu", cpu_model, 3, radix, model_scored), ("cpu trie-scored", cpu_model, 3, radix, trie_scored)],
-            (false, true, Some(b)) => vec![
-                (bf16_name.as_str(), b, 20, radix, model_scored),
-                (bf16_pool_name.as_str(), b, 20, Selection::POOL, model_scored),
-                (bf16_trie_name.as_str(), b, 20, radix, trie_scored),
-            ],
-            (false, true, None) => vec![(card.as_str(), dev_model, 20, radix, model_scored), (pool_name.as_str(), dev_model, 20, Selection::POOL, model_scored)],
-            (false, false, b) => {
-                let mut r = vec![(card.as_str(), dev_model, 20, radix, model_scored)];
-                if let Some(b) = b {
-                    r.push((bf16_name.as_str(), b, 20, radix, model_scored));
+        let runs: Vec<(&str, &Model, usize, Selection, Scoring)> =
+            match (device.is_cpu(), opts.synthetic.is_some(), &bf16) {
+                (true, false, _) => vec![("cpu", cpu_model, 3, radix, model_scored)],
+                (true, true, _) => vec![
+                    ("cpu", cpu_model, 3, radix, model_scored),
+                    ("cpu trie-scored", cpu_model, 3, radix, trie_scored),
+                ],
+                (false, true, Some(b)) => vec![
+                    (bf16_name.as_str(), b, 20, radix, model_scored),
+                    (bf16_pool_name.as_str(), b, 20, Selection::POOL, model_scored),
+                    (bf16_trie_name.as_str(), b, 20, radix, trie_scored),
+                ],
+                (false, true, None) => vec![
+                    (card.as_str(), dev_model, 20, radix, model_scored),
+                    (pool_name.as_str(), dev_model, 20, Selection::POOL, model_scored),
+                ],
+                (false, false, b) => {
+                    let mut r = vec![(card.as_str(), dev_model, 20, radix, model_scored)];
+                    if let Some(b) = b {
+                        r.push((bf16_name.as_str(), b, 20, radix, model_scored));
+                    }
+                    r.push((pool_name.as_str(), dev_model, 20, Selection::POOL, model_scored));
+                    r.push(("cpu", cpu_model, 3, radix, model_scored));
+                    r
                 }
-                r.push((pool_name.as_str(), dev_model, 20, Selection::POOL, model_scored));
-                r.push(("cpu", cpu_model, 3, radix, model_scored));
-                r
-            }
-        };
+            };
         let largest_batch = opts.batches.iter().copied().max().unwrap_or(1);
         for &beam in &opts.e2e_beams {
             for &batch in &opts.batches {
@@ -459,9 +539,14 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
                     row["scoring"] = json!(if scoring == Scoring::Trie { "trie" } else { "model" });
                     let mem = if name == "cpu" { None } else { memory_in_use(&device) };
                     row["gpu_memory_bytes"] = json!(mem);
-                    println!("| {name} | {batch} | {beam} | {:.1} | {:.0} | {:.2} | {:.2} | {} |", row["requests_per_s"].as_f64().unwrap_or(0.0),
-                        row["tokens_per_s"].as_f64().unwrap_or(0.0), row["p50_ms"].as_f64().unwrap_or(0.0), row["p99_ms"].as_f64().unwrap_or(0.0),
-                        mem.map(|m| format!("{:.1}", m as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into()));
+                    println!(
+                        "| {name} | {batch} | {beam} | {:.1} | {:.0} | {:.2} | {:.2} | {} |",
+                        row["requests_per_s"].as_f64().unwrap_or(0.0),
+                        row["tokens_per_s"].as_f64().unwrap_or(0.0),
+                        row["p50_ms"].as_f64().unwrap_or(0.0),
+                        row["p99_ms"].as_f64().unwrap_or(0.0),
+                        mem.map(|m| format!("{:.1}", m as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into())
+                    );
                     e2e_rows.push(row);
                 }
             }
@@ -521,7 +606,11 @@ mod tests {
     fn harness_runs_a_synthetic_model_on_the_cpu() {
         let opts = CheckOptions {
             device: DeviceSpec::Cpu,
-            synthetic: Some(Synthetic { shape: crate::model::synthetic::Shape::Tiny, layout: crate::model::synthetic::Layout::OneRec, items: 5_000 }),
+            synthetic: Some(Synthetic {
+                shape: crate::model::synthetic::Shape::Tiny,
+                layout: crate::model::synthetic::Layout::OneRec,
+                items: 5_000,
+            }),
             history_items: 100,
             e2e_requests: 6,
             trie_items: vec![2_000],

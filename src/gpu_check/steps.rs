@@ -24,8 +24,16 @@ pub(super) trait StepRunner {
     /// Runs the step with the kernel of `selection` `reps` times (after one
     /// untimed run); returns its output and the seconds of each timed run
     /// (launch to completion).
-    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize, selection: Selection)
-        -> Result<(StepOutput, Vec<f64>), CheckError>;
+    fn run(
+        &mut self,
+        trie: &Trie,
+        depth: usize,
+        shape: StepShape,
+        input: &StepInput,
+        filters: &LevelFilters,
+        reps: usize,
+        selection: Selection,
+    ) -> Result<(StepOutput, Vec<f64>), CheckError>;
     /// Seconds to launch an empty kernel and wait for it (0 on the CPU).
     fn launch_floor(&mut self) -> Result<f64, CheckError>;
     fn name(&self) -> String;
@@ -35,8 +43,16 @@ pub(super) trait StepRunner {
 struct MirrorRunner;
 
 impl StepRunner for MirrorRunner {
-    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize, selection: Selection)
-        -> Result<(StepOutput, Vec<f64>), CheckError> {
+    fn run(
+        &mut self,
+        trie: &Trie,
+        depth: usize,
+        shape: StepShape,
+        input: &StepInput,
+        filters: &LevelFilters,
+        reps: usize,
+        selection: Selection,
+    ) -> Result<(StepOutput, Vec<f64>), CheckError> {
         let a = trie.arrays();
         let out = beam_step_mirror(&a, depth, shape, input, filters, 0, 0, selection).map_err(CheckError::Other)?;
         let times = (0..reps)
@@ -65,8 +81,16 @@ struct CudaRunner {
 
 #[cfg(feature = "cuda")]
 impl StepRunner for CudaRunner {
-    fn run(&mut self, trie: &Trie, depth: usize, shape: StepShape, input: &StepInput, filters: &LevelFilters, reps: usize, selection: Selection)
-        -> Result<(StepOutput, Vec<f64>), CheckError> {
+    fn run(
+        &mut self,
+        trie: &Trie,
+        depth: usize,
+        shape: StepShape,
+        input: &StepInput,
+        filters: &LevelFilters,
+        reps: usize,
+        selection: Selection,
+    ) -> Result<(StepOutput, Vec<f64>), CheckError> {
         use crate::generate::kernel::cuda::{self, GpuFilters, Scratch, StepArgs};
         use crate::generate::kernel::gpu_search::device_trie;
         let dev = &self.dev;
@@ -78,7 +102,15 @@ impl StepRunner for CudaRunner {
         let nodes = dev.clone_htod(input.nodes)?;
         let gtrie = device_trie(dev, trie)?;
         let gf = GpuFilters::upload(dev, filters)?;
-        let args = StepArgs { logits: &logits, col0: input.col0, norm: norm.as_ref(), scores: &scores, nodes: &nodes, token_offset: 0, pad_token: 0 };
+        let args = StepArgs {
+            logits: &logits,
+            col0: input.col0,
+            norm: norm.as_ref(),
+            scores: &scores,
+            nodes: &nodes,
+            token_offset: 0,
+            pad_token: 0,
+        };
         let mut scratch = Scratch::default();
         let out = cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch, selection)?;
         let step = StepOutput {
@@ -220,7 +252,12 @@ fn compare_steps(want: &StepOutput, got: &StepOutput, requests: usize, beams: us
             let d = (want.score[s] - got.score[s]).abs();
             worst = worst.max(d);
             if d > tol {
-                return Err(format!("request {r} slot {}: score {} vs reference {}", s - r * beams, got.score[s], want.score[s]));
+                return Err(format!(
+                    "request {r} slot {}: score {} vs reference {}",
+                    s - r * beams,
+                    got.score[s],
+                    want.score[s]
+                ));
             }
         }
         if let Some(s) = slots.clone().find(|&s| got.node[s] != NONE && !got.score[s].is_finite()) {
@@ -228,9 +265,14 @@ fn compare_steps(want: &StepOutput, got: &StepOutput, requests: usize, beams: us
         }
         let last = slots.clone().filter(|&s| want.node[s] != NONE).map(|s| want.score[s]).fold(f32::INFINITY, f32::min);
         let (w, g) = (tuples(want), tuples(got));
-        for s in slots.clone().filter(|&s| got.node[s] != NONE && !w.contains(&(got.parent[s], got.code[s], got.node[s]))) {
+        for s in
+            slots.clone().filter(|&s| got.node[s] != NONE && !w.contains(&(got.parent[s], got.code[s], got.node[s])))
+        {
             if (got.score[s] - last).abs() > tol {
-                return Err(format!("request {r}: extra continuation (parent {}, code {}) scores {}", got.parent[s], got.code[s], got.score[s]));
+                return Err(format!(
+                    "request {r}: extra continuation (parent {}, code {}) scores {}",
+                    got.parent[s], got.code[s], got.score[s]
+                ));
             }
         }
         if w.len() != g.len() {
@@ -260,8 +302,11 @@ fn poison(st: &mut RandomStep, rng: &mut ChaCha8Rng) {
 /// The kernels part 1a holds to the CPU reference: the radix selection, the
 /// pooled one, and the pooled one with a pool so small that most steps take
 /// its fallback.
-const CHECKED: [(Selection, &str); 3] =
-    [(Selection::Radix, "radix"), (Selection::POOL, "pool"), (Selection::Pool { capacity: 48 }, "pool of 48 (fallback)")];
+const CHECKED: [(Selection, &str); 3] = [
+    (Selection::Radix, "radix"),
+    (Selection::POOL, "pool"),
+    (Selection::Pool { capacity: 48 }, "pool of 48 (fallback)"),
+];
 
 /// Part 1a: random tries and logits, every depth, with and without the
 /// model's normaliser, with intents and exclusions, and in every fourth case
@@ -289,15 +334,33 @@ pub(super) fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, 
             }
             // filters: a few allowed first-level nodes / banned leaves per request
             let filters = random_filters(&trie, depth, requests, &mut rng);
-            let level: Vec<f32> = (0..requests * beams_in).flat_map(|b| st.logits[b * st.ld + st.col0..][..codes].to_vec()).collect();
+            let level: Vec<f32> =
+                (0..requests * beams_in).flat_map(|b| st.logits[b * st.ld + st.col0..][..codes].to_vec()).collect();
             for norm in [None, Some(&st.norm[..])] {
                 let shape = StepShape { requests, beams_in, beams_out, codes };
-                let want = beam_step(&crate::catalog::TrieView::new(&trie, None), shape, &level, &st.scores, &st.nodes, norm, |r, ch| filters.keep(r, ch));
-                let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm, scores: &st.scores, nodes: &st.nodes };
+                let want = beam_step(
+                    &crate::catalog::TrieView::new(&trie, None),
+                    shape,
+                    &level,
+                    &st.scores,
+                    &st.nodes,
+                    norm,
+                    |r, ch| filters.keep(r, ch),
+                );
+                let input = StepInput {
+                    logits: &st.logits,
+                    ld: st.ld,
+                    col0: st.col0,
+                    norm,
+                    scores: &st.scores,
+                    nodes: &st.nodes,
+                };
                 for (selection, kernel) in CHECKED {
                     let (got, _) = run.run(&trie, depth, shape, &input, &filters, 0, selection)?;
                     let d = compare_steps(&want, &got, requests, beams_out, 1e-4).map_err(|e| {
-                        CheckError::Other(format!("beam step ({kernel}) case {case} depth {depth} ({requests}x{beams_in}->{beams_out}): {e}"))
+                        CheckError::Other(format!(
+                            "beam step ({kernel}) case {case} depth {depth} ({requests}x{beams_in}->{beams_out}): {e}"
+                        ))
                     })?;
                     worst = worst.max(d);
                     cases += 1;
@@ -312,8 +375,9 @@ fn random_filters(trie: &Trie, depth: usize, requests: usize, rng: &mut ChaCha8R
     use crate::generate::kernel::NodeLists;
     let ls = trie.arrays().level_start;
     let mut lists = |lo: u32, hi: u32, count: usize| {
-        let per_request: Vec<Vec<u32>> =
-            (0..requests).map(|_| (0..rng.random_range(0..=count)).map(|_| rng.random_range(lo..hi)).collect()).collect();
+        let per_request: Vec<Vec<u32>> = (0..requests)
+            .map(|_| (0..rng.random_range(0..=count)).map(|_| rng.random_range(lo..hi)).collect())
+            .collect();
         NodeLists::from_lists(per_request.into_iter())
     };
     match depth {
@@ -324,7 +388,11 @@ fn random_filters(trie: &Trie, depth: usize, requests: usize, rng: &mut ChaCha8R
 }
 
 /// Part 2: the step's time over large tries, beside its floors.
-pub(super) fn time_steps(run: &mut dyn StepRunner, opts: &CheckOptions, bandwidth: Option<f64>) -> Result<Vec<Value>, CheckError> {
+pub(super) fn time_steps(
+    run: &mut dyn StepRunner,
+    opts: &CheckOptions,
+    bandwidth: Option<f64>,
+) -> Result<Vec<Value>, CheckError> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let floor_launch = run.launch_floor()?;
     let mut rows = Vec::new();
@@ -335,7 +403,11 @@ pub(super) fn time_steps(run: &mut dyn StepRunner, opts: &CheckOptions, bandwidt
             }
             let t0 = Instant::now();
             let trie = random_trie_of(n, codes, opts.seed)?;
-            eprintln!("gpu-check: trie of {} items ({codes} codes per level) built in {:.1} s", trie.num_items(), t0.elapsed().as_secs_f64());
+            eprintln!(
+                "gpu-check: trie of {} items ({codes} codes per level) built in {:.1} s",
+                trie.num_items(),
+                t0.elapsed().as_secs_f64()
+            );
             for depth in [1usize, 2] {
                 let layout = if trie.arrays().dense_table(depth).is_some() { "dense" } else { "csr" };
                 for &r in &opts.batches {
@@ -343,11 +415,20 @@ pub(super) fn time_steps(run: &mut dyn StepRunner, opts: &CheckOptions, bandwidt
                         let codes = codes as usize;
                         let st = random_step(&trie, depth, r * b, codes, &mut rng);
                         let shape = StepShape { requests: r, beams_in: b, beams_out: b, codes };
-                        let input = StepInput { logits: &st.logits, ld: st.ld, col0: st.col0, norm: Some(&st.norm), scores: &st.scores, nodes: &st.nodes };
+                        let input = StepInput {
+                            logits: &st.logits,
+                            ld: st.ld,
+                            col0: st.col0,
+                            norm: Some(&st.norm),
+                            scores: &st.scores,
+                            nodes: &st.nodes,
+                        };
                         // the last level carries each request's exclusions
-                        let filters = if depth == 2 { history_bans(&trie, r, &mut rng) } else { LevelFilters::default() };
+                        let filters =
+                            if depth == 2 { history_bans(&trie, r, &mut rng) } else { LevelFilters::default() };
                         let mut median = |selection| -> Result<f64, CheckError> {
-                            let (_, mut times) = run.run(&trie, depth, shape, &input, &filters, opts.reps.max(1), selection)?;
+                            let (_, mut times) =
+                                run.run(&trie, depth, shape, &input, &filters, opts.reps.max(1), selection)?;
                             times.sort_by(f64::total_cmp);
                             Ok(percentile(&times, 0.5).unwrap_or(0.0))
                         };
@@ -359,7 +440,9 @@ pub(super) fn time_steps(run: &mut dyn StepRunner, opts: &CheckOptions, bandwidt
                         let children = if layout == "dense" {
                             codes
                         } else {
-                            ((ls[depth + 2] - ls[depth + 1]) as usize).div_ceil(((ls[depth + 1] - ls[depth]) as usize).max(1)) + 2
+                            ((ls[depth + 2] - ls[depth + 1]) as usize)
+                                .div_ceil(((ls[depth + 1] - ls[depth]) as usize).max(1))
+                                + 2
                         };
                         let bytes = (r * b) * (codes * 4 + 4 + 8 + children * 4) + r * b * 24;
                         let floor_mem = bandwidth.map(|gbs| bytes as f64 / (gbs * 1e9));

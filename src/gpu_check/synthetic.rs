@@ -53,8 +53,16 @@ impl Synthetic {
     }
 
     /// The model over `catalog`, reading up to `history_items` items.
-    pub fn model(&self, catalog: &Catalog, history_items: usize, seed: u64, device: &Device, dtype: DType) -> Result<Model, CheckError> {
-        build(self.shape, &catalog.manifest(), history_items, seed, device, dtype).map_err(|e| CheckError::Other(e.to_string()))
+    pub fn model(
+        &self,
+        catalog: &Catalog,
+        history_items: usize,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Model, CheckError> {
+        build(self.shape, &catalog.manifest(), history_items, seed, device, dtype)
+            .map_err(|e| CheckError::Other(e.to_string()))
     }
 }
 

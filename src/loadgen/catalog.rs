@@ -83,16 +83,28 @@ pub struct CatalogBenchReport {
 
 impl CatalogBenchReport {
     pub fn table(&self) -> String {
-        let l = |x: &Latency| format!("{:.2} / {:.2} / {:.2} ms ({} ok, {} failed)", x.p50_ms, x.p99_ms, x.max_ms, x.ok, x.failed);
+        let l = |x: &Latency| {
+            format!("{:.2} / {:.2} / {:.2} ms ({} ok, {} failed)", x.p50_ms, x.p99_ms, x.max_ms, x.ok, x.failed)
+        };
         let rows = [
             ("recommend idle p50 / p99 / max", l(&self.recommend_idle)),
             ("recommend during upserts", l(&self.recommend_during_stream)),
             ("p99 during / p99 idle", format!("{:.2}", self.recommend_p99_ratio)),
-            ("upserts applied (batch endpoint)", format!("{} in {:.1} s, {} errors", self.upserts_applied, self.stream_seconds, self.upsert_errors)),
+            (
+                "upserts applied (batch endpoint)",
+                format!("{} in {:.1} s, {} errors", self.upserts_applied, self.stream_seconds, self.upsert_errors),
+            ),
             ("upserts/s", format!("{:.0}", self.upserts_per_s)),
             ("batch request p50 / p99 / max", l(&self.batch_latency)),
             ("single upsert p50 / p99 / max", l(&self.single_upsert)),
-            ("served right after the answer", format!("{} of {}", self.single_upsert.ok - self.not_visible_after_ack.min(self.single_upsert.ok), self.single_upsert.ok)),
+            (
+                "served right after the answer",
+                format!(
+                    "{} of {}",
+                    self.single_upsert.ok - self.not_visible_after_ack.min(self.single_upsert.ok),
+                    self.single_upsert.ok
+                ),
+            ),
         ];
         rows.iter().map(|(k, v)| format!("{k:<36} {v}\n")).collect()
     }
@@ -113,7 +125,8 @@ async fn recommend_clients(o: &CatalogBenchOptions, stop: Arc<AtomicBool>) -> (V
     let hist = Arc::new(o.histories.clone());
     let mut tasks = Vec::new();
     for t in 0..o.concurrency {
-        let (client, url, out, stop, hist, k) = (client.clone(), url.clone(), out.clone(), stop.clone(), hist.clone(), o.k);
+        let (client, url, out, stop, hist, k) =
+            (client.clone(), url.clone(), out.clone(), stop.clone(), hist.clone(), o.k);
         tasks.push(tokio::spawn(async move {
             let mut i = t;
             while !stop.load(Ordering::Relaxed) {
@@ -193,7 +206,9 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
         writers.push(tokio::spawn(async move {
             let build = |from: usize| {
                 let (mix, s) = (mix.clone(), synth.clone());
-                tokio::task::spawn_blocking(move || (from..from + batch).map(|n| item_line(&mix, &s, n)).collect::<Vec<_>>().join("\n"))
+                tokio::task::spawn_blocking(move || {
+                    (from..from + batch).map(|n| item_line(&mix, &s, n)).collect::<Vec<_>>().join("\n")
+                })
             };
             let (mut applied, mut errors, mut ms) = (0usize, 0usize, Vec::new());
             let mut pending = build(counter.fetch_add(batch, Ordering::SeqCst));
@@ -243,7 +258,13 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
         let n = next + s;
         let line = item_line(&mix, &o.synth, n);
         let t = Instant::now();
-        let r = client.post(&items_url).bearer_auth(&o.token).header("content-type", "application/json").body(line).send().await;
+        let r = client
+            .post(&items_url)
+            .bearer_auth(&o.token)
+            .header("content-type", "application/json")
+            .body(line)
+            .send()
+            .await;
         match r {
             Ok(r) if r.status().is_success() => {
                 single_ms.push(t.elapsed().as_secs_f64() * 1e3);

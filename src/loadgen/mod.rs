@@ -96,10 +96,7 @@ impl BenchReport {
                     self.latency_ms_p50, self.latency_ms_p90, self.latency_ms_p99, self.latency_ms_max
                 ),
             ),
-            (
-                "failed latency p50 (ms)",
-                self.failed_latency_ms_p50.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
-            ),
+            ("failed latency p50 (ms)", self.failed_latency_ms_p50.map_or_else(|| "-".into(), |v| format!("{v:.2}"))),
         ];
         rows.iter().map(|(k, v)| format!("{k:<36} {v}\n")).collect()
     }
@@ -125,7 +122,12 @@ struct Tally {
 /// every id of the file is in the catalog and the model reads 20 items (as
 /// for the demo and Beauty models); otherwise the two sets differ.
 pub fn histories(inter: &Interactions, users: usize) -> Vec<Vec<String>> {
-    let all = inter.sequences.iter().filter_map(|s| heldout(s, Split::Test, 20).map(|(h, _)| h)).filter(|h| !h.is_empty()).collect();
+    let all = inter
+        .sequences
+        .iter()
+        .filter_map(|s| heldout(s, Split::Test, 20).map(|(h, _)| h))
+        .filter(|h| !h.is_empty())
+        .collect();
     crate::dataset::evenly_spaced(all, users)
 }
 
@@ -190,7 +192,8 @@ pub async fn run(opts: &BenchOptions, histories: &[Vec<String>]) -> BenchReport 
         Load::Closed { concurrency } => {
             let mut tasks = Vec::new();
             for _ in 0..concurrency.max(1) {
-                let (client, url, tally, issued, body) = (client.clone(), url.clone(), tally.clone(), issued.clone(), body.clone());
+                let (client, url, tally, issued, body) =
+                    (client.clone(), url.clone(), tally.clone(), issued.clone(), body.clone());
                 tasks.push(tokio::spawn(async move {
                     loop {
                         let n = issued.fetch_add(1, Ordering::SeqCst);

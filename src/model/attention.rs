@@ -108,7 +108,12 @@ impl Attention {
     /// `[b, kv_heads, t, head_dim]` at every position, the attention output
     /// `[b, hidden]` only at each row's last real token (`last`), which sees
     /// the row's real positions (`last.mask`).
-    pub(super) fn forward_last(&self, x: &Tensor, rot: &Rope, last: &LastRows) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+    pub(super) fn forward_last(
+        &self,
+        x: &Tensor,
+        rot: &Rope,
+        last: &LastRows,
+    ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
         let (b, t, _) = x.dims3()?;
         let (kvh, hd, g) = (self.kv_heads, self.head_dim, self.heads / self.kv_heads);
         let (q, k, v) = self.qkv(x, false)?; // [b, t, heads, hd]
@@ -148,17 +153,15 @@ impl Attention {
         let scale = 1.0 / (hd as f64).sqrt();
         // history part, computed once per request for all its beams:
         // q [r, beams, kvh, g, hd] -> [r, kvh, beams*g, hd]
-        let qh = q
-            .reshape((r, beams, kvh, g, hd))?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?
-            .reshape((r, kvh, beams * g, hd))?;
+        let qh = q.reshape((r, beams, kvh, g, hd))?.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((
+            r,
+            kvh,
+            beams * g,
+            hd,
+        ))?;
         let sh = (qh.matmul(&hk.t()?)? * scale)?.broadcast_add(hist_mask)?; // [r, kvh, beams*g, th]
-        let sh = sh
-            .reshape((r, kvh, beams, g, th))?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?
-            .reshape((n, kvh, g, th))?;
+        let sh =
+            sh.reshape((r, kvh, beams, g, th))?.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((n, kvh, g, th))?;
         // own part: q [n, kvh, g, hd] against kb [n, kvh, s, hd], s <= levels.
         // Elementwise products and sums, not a batched matmul: a batch of
         // n * kvh products this small costs one gemm dispatch each on the CPU.
@@ -168,11 +171,12 @@ impl Attention {
         let ph = p.narrow(3, 0, th)?;
         let pb = p.narrow(3, th, s)?;
         let ob = pb.unsqueeze(4)?.broadcast_mul(&vb.unsqueeze(2)?)?.sum(3)?; // [n, kvh, g, hd]
-        let ph = ph
-            .reshape((r, beams, kvh, g, th))?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?
-            .reshape((r, kvh, beams * g, th))?;
+        let ph = ph.reshape((r, beams, kvh, g, th))?.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((
+            r,
+            kvh,
+            beams * g,
+            th,
+        ))?;
         let oh = ph
             .matmul(hv)?
             .reshape((r, kvh, beams, g, hd))?

@@ -69,13 +69,18 @@ impl Ensemble {
     /// The ensemble of `lead` and the members its sidecar lists, each loaded
     /// by `load` from its relative path (checked first: under the lead's
     /// folder, no `..`). A member may not list members of its own.
-    pub fn with_members(lead: Model, mut load: impl FnMut(&str) -> Result<Model, ModelError>) -> Result<Self, ModelError> {
+    pub fn with_members(
+        lead: Model,
+        mut load: impl FnMut(&str) -> Result<Model, ModelError>,
+    ) -> Result<Self, ModelError> {
         check_member_list(&lead.sidecar.members)?;
         let mut members = Vec::with_capacity(1 + lead.sidecar.members.len());
         for rel in &lead.sidecar.members {
             let m = load(rel)?;
             if !m.sidecar.members.is_empty() {
-                return Err(ModelError::Sidecar(format!("member {rel} lists members of its own: ensembles do not nest")));
+                return Err(ModelError::Sidecar(format!(
+                    "member {rel} lists members of its own: ensembles do not nest"
+                )));
             }
             members.push(m);
         }
@@ -157,7 +162,10 @@ pub fn combined_version(versions: &[String]) -> String {
 /// folder once, each path going down only.
 pub fn check_member_list(members: &[String]) -> Result<(), ModelError> {
     if members.len() + 1 > MAX_MEMBERS {
-        return Err(ModelError::Sidecar(format!("{} members and the lead: an ensemble has at most {MAX_MEMBERS} models", members.len())));
+        return Err(ModelError::Sidecar(format!(
+            "{} members and the lead: an ensemble has at most {MAX_MEMBERS} models",
+            members.len()
+        )));
     }
     for (i, rel) in members.iter().enumerate() {
         check_member_path(rel)?;
@@ -177,7 +185,9 @@ pub fn check_member_path(rel: &str) -> Result<(), ModelError> {
     if down_only {
         Ok(())
     } else {
-        Err(ModelError::Sidecar(format!("member {rel:?} must be a folder under the model's folder (a relative path without ..)")))
+        Err(ModelError::Sidecar(format!(
+            "member {rel:?} must be a folder under the model's folder (a relative path without ..)"
+        )))
     }
 }
 

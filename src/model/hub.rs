@@ -243,12 +243,14 @@ impl HubOptions {
     pub fn from_env() -> Result<Self, HubError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let home = var("HF_HOME").map(PathBuf::from).or_else(|| {
-            let xdg = var("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")));
+            let xdg =
+                var("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")));
             xdg.map(|c| c.join("huggingface"))
         });
-        let cache = var("HF_HUB_CACHE").map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join("hub"))).ok_or_else(|| {
-            HubError::Setup("no Hugging Face cache folder: set HF_HOME (or HF_HUB_CACHE, or HOME)".into())
-        })?;
+        let cache =
+            var("HF_HUB_CACHE").map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join("hub"))).ok_or_else(
+                || HubError::Setup("no Hugging Face cache folder: set HF_HOME (or HF_HUB_CACHE, or HOME)".into()),
+            )?;
         let token = var("HF_TOKEN").or_else(|| {
             let file = home.as_ref()?.join("token");
             std::fs::read_to_string(file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
@@ -267,7 +269,9 @@ impl HubOptions {
                     .ok()
                     .filter(|s| s.is_finite() && *s > 0.0)
                     .map(std::time::Duration::from_secs_f64)
-                    .ok_or_else(|| HubError::Setup(format!("GENREC_HUB_TIMEOUT_S must be a positive number of seconds, not {v:?}")))?,
+                    .ok_or_else(|| {
+                        HubError::Setup(format!("GENREC_HUB_TIMEOUT_S must be a positive number of seconds, not {v:?}"))
+                    })?,
             },
         })
     }
@@ -331,7 +335,8 @@ fn checkpoint_files(name: &HubName, prefix: &str, src: &mut Source) -> Result<Si
     fetch(CONFIG_FILE)?;
     let sidecar_path = fetch(SIDECAR_FILE)?;
     let bytes = std::fs::read(&sidecar_path).map_err(|source| HubError::Io { path: sidecar_path.clone(), source })?;
-    let sidecar: Sidecar = serde_json::from_slice(&bytes).map_err(|e| not_checkpoint(format!("{prefix}{SIDECAR_FILE}: {e}")))?;
+    let sidecar: Sidecar =
+        serde_json::from_slice(&bytes).map_err(|e| not_checkpoint(format!("{prefix}{SIDECAR_FILE}: {e}")))?;
     if (src.has)(&format!("{prefix}{WEIGHTS_FILE}")) || !(src.has)(&format!("{prefix}{INDEX_FILE}")) {
         // the single file, or (neither there) the error that names it
         fetch(WEIGHTS_FILE)?;
@@ -348,7 +353,8 @@ fn checkpoint_files(name: &HubName, prefix: &str, src: &mut Source) -> Result<Si
 /// Every file of the checkpoint and its ensemble members.
 fn all_files(name: &HubName, src: &mut Source) -> Result<(), HubError> {
     let lead = checkpoint_files(name, "", src)?;
-    super::ensemble::check_member_list(&lead.members).map_err(|e: ModelError| HubError::NotCheckpoint { name: name.to_string(), message: e.to_string() })?;
+    super::ensemble::check_member_list(&lead.members)
+        .map_err(|e: ModelError| HubError::NotCheckpoint { name: name.to_string(), message: e.to_string() })?;
     for m in &lead.members {
         checkpoint_files(name, &format!("{}/", m.trim_end_matches('/')), src)?;
     }
@@ -373,10 +379,18 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
         .call()
         .map_err(|e| api_error(name, opts, &what, ApiError::RequestError(Box::new(e))))?
         .into_json()
-        .map_err(|e| HubError::HubFailed { name: name.to_string(), what: what.clone(), message: format!("unreadable repository info: {e}") })?;
+        .map_err(|e| HubError::HubFailed {
+            name: name.to_string(),
+            what: what.clone(),
+            message: format!("unreadable repository info: {e}"),
+        })?;
     // the commit names a folder of the cache: only a commit hash is accepted
     if !is_commit(&info.sha) {
-        return Err(HubError::HubFailed { name: name.to_string(), what: "repository info".into(), message: format!("the Hub named the commit {:?}, not a commit hash", info.sha) });
+        return Err(HubError::HubFailed {
+            name: name.to_string(),
+            what: "repository info".into(),
+            message: format!("the Hub named the commit {:?}, not a commit hash", info.sha),
+        });
     }
     let pinned: ApiRepo = api.repo(Repo::with_revision(name.repo.clone(), RepoType::Model, info.sha.clone()));
     let listed: BTreeSet<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
@@ -404,7 +418,10 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
         verify(name, file, &path)?;
         Ok(path)
     };
-    let missing = |file: String| HubError::NotCheckpoint { name: name.to_string(), message: format!("the repository has no {file} at {}", info.sha) };
+    let missing = |file: String| HubError::NotCheckpoint {
+        name: name.to_string(),
+        message: format!("the repository has no {file} at {}", info.sha),
+    };
     all_files(name, &mut Source { has: &|f| listed.contains(f), fetch: &mut fetch, missing: &missing })?;
     // the revision asked for now names this commit in the cache, so that an
     // offline start finds it
@@ -416,7 +433,12 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
 /// The revision as the cache has it, without the network.
 fn from_cache(name: &HubName, opts: &HubOptions, why: &str) -> Result<Pulled, HubError> {
     let repo_dir = opts.repo_dir(name);
-    let not_cached = |file: &str| HubError::NotCached { name: name.to_string(), file: file.to_string(), cache: opts.cache.clone(), why: why.to_string() };
+    let not_cached = |file: &str| HubError::NotCached {
+        name: name.to_string(),
+        file: file.to_string(),
+        cache: opts.cache.clone(),
+        why: why.to_string(),
+    };
     let rev = name.revision_or_main();
     let commit = match std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
         Ok(c) => c.trim().to_string(),
@@ -477,7 +499,12 @@ fn api_error(name: &HubName, opts: &HubOptions, what: &str, e: ApiError) -> HubE
         ApiError::RequestError(req) => match *req {
             ureq::Error::Status(status, response) => {
                 let code = response.header("x-error-code").unwrap_or_default().to_string();
-                let not_found = |what: String| HubError::NotFound { name: name_s.clone(), what, status, endpoint: opts.endpoint.clone() };
+                let not_found = |what: String| HubError::NotFound {
+                    name: name_s.clone(),
+                    what,
+                    status,
+                    endpoint: opts.endpoint.clone(),
+                };
                 match (code.as_str(), status) {
                     ("RepoNotFound", _) => not_found("such repository".into()),
                     ("RevisionNotFound", _) => not_found(format!("revision {}", name.revision_or_main())),
@@ -494,7 +521,9 @@ fn api_error(name: &HubName, opts: &HubOptions, what: &str, e: ApiError) -> HubE
                     _ => failed(format!("HTTP {status} from {}", opts.endpoint)),
                 }
             }
-            ureq::Error::Transport(t) => HubError::Unreachable { name: name_s.clone(), what: what.to_string(), message: t.to_string() },
+            ureq::Error::Transport(t) => {
+                HubError::Unreachable { name: name_s.clone(), what: what.to_string(), message: t.to_string() }
+            }
         },
         ApiError::IoError(source) => HubError::Io { path: opts.cache.clone(), source },
         ApiError::LockAcquisition(_) => HubError::Busy { name: name_s.clone(), what: what.to_string() },
@@ -515,7 +544,19 @@ mod tests {
         assert_eq!((n.repo.as_str(), n.revision_or_main()), ("Org-1/my_repo.v2", "refs/pr/3"));
         assert_eq!(n.to_string(), "hf:Org-1/my_repo.v2@refs/pr/3");
         assert!(HubName::parse_if_hub("models/demo").unwrap().is_none());
-        for bad in ["hf:", "hf:repo", "hf:a/b/c", "hf:../b", "hf:a/..", "hf:a/b@", "hf:a/b@../../x", "hf:a/b@x//y", "hf:a/.b", "hf:a b/c", "hf:a/b@/x"] {
+        for bad in [
+            "hf:",
+            "hf:repo",
+            "hf:a/b/c",
+            "hf:../b",
+            "hf:a/..",
+            "hf:a/b@",
+            "hf:a/b@../../x",
+            "hf:a/b@x//y",
+            "hf:a/.b",
+            "hf:a b/c",
+            "hf:a/b@/x",
+        ] {
             assert!(matches!(HubName::parse_if_hub(bad), Err(HubError::BadName(_))), "{bad} accepted");
         }
     }

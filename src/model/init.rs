@@ -46,7 +46,12 @@ pub fn tensor_shapes(cfg: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>, Mod
 }
 
 /// Random initial weights for `cfg`.
-pub fn init_weights(cfg: &ModelConfig, std: f32, seed: u64, dev: &Device) -> Result<HashMap<String, Tensor>, ModelError> {
+pub fn init_weights(
+    cfg: &ModelConfig,
+    std: f32,
+    seed: u64,
+    dev: &Device,
+) -> Result<HashMap<String, Tensor>, ModelError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, std).map_err(|e| ModelError::Config(e.to_string()))?;
     let mut out = HashMap::new();

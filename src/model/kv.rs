@@ -19,7 +19,13 @@ pub struct HistoryKv {
 }
 
 impl HistoryKv {
-    pub fn new(layers: Vec<(Tensor, Tensor)>, lens: &[usize], time: usize, dev: &Device, dtype: DType) -> Result<Self, ModelError> {
+    pub fn new(
+        layers: Vec<(Tensor, Tensor)>,
+        lens: &[usize],
+        time: usize,
+        dev: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         Ok(Self::with_mask(layers, lens, Self::length_mask(lens, time, dev, dtype)?))
     }
 
@@ -71,11 +77,7 @@ impl BeamKv {
 
     /// Number of tokens each beam holds.
     pub fn steps(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .and_then(|(k, _)| k.dim(2).ok())
-            .unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).and_then(|(k, _)| k.dim(2).ok()).unwrap_or(0)
     }
 
     /// Keeps, for each new beam `i`, the cache of old beam `parents[i]`.

@@ -121,9 +121,12 @@ impl Model {
             // a file changed in place while it loads can give wrong weights (the
             // fingerprint then no longer names them) but not unsafety in Rust
             // code that only reads the bytes.
-            .map(|(name, f)| unsafe { memmap2::Mmap::map(f) }.map_err(|e| ModelError::Io { path: dir.join(name), source: e }))
+            .map(|(name, f)| {
+                unsafe { memmap2::Mmap::map(f) }.map_err(|e| ModelError::Io { path: dir.join(name), source: e })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let shards: Vec<(&str, &[u8])> = weights.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
+        let shards: Vec<(&str, &[u8])> =
+            weights.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
         let mut m = Self::from_shards_as(config, &shards, weights.index.as_deref(), sidecar, device, dtype)?;
         m.path = Some(dir.to_path_buf());
         Ok(m)
@@ -135,7 +138,13 @@ impl Model {
     }
 
     /// [`Model::from_bytes`] in `dtype`.
-    pub fn from_bytes_as(config: &[u8], weights: &[u8], sidecar: &[u8], device: &Device, dtype: DType) -> Result<Self, ModelError> {
+    pub fn from_bytes_as(
+        config: &[u8],
+        weights: &[u8],
+        sidecar: &[u8],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         Self::from_shards_as(config, &[(WEIGHTS_FILE, weights)], None, sidecar, device, dtype)
     }
 
@@ -149,8 +158,8 @@ impl Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
-        let config: ModelConfig = serde_json::from_slice(config)
-            .map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
+        let config: ModelConfig =
+            serde_json::from_slice(config).map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
         let sidecar: Sidecar = serde_json::from_slice(sidecar)
             .map_err(|e| ModelError::Json { path: sidecar::SIDECAR_FILE.into(), source: e })?;
         config.validate()?;
@@ -198,7 +207,8 @@ impl Model {
 
 /// The parameter count `config.json` (its bytes) implies.
 pub fn parameters_of(config: &[u8]) -> Result<usize, ModelError> {
-    let cfg: ModelConfig = serde_json::from_slice(config).map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
+    let cfg: ModelConfig =
+        serde_json::from_slice(config).map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
     cfg.validate()?;
     Ok(init::tensor_shapes(&cfg)?.iter().map(|(_, s)| s.iter().product::<usize>()).sum())
 }

@@ -181,7 +181,10 @@ impl Q41Matrix {
         }
         let (rows, cols) = tensor.shape().dims2()?;
         if cols % BLOCK != 0 || tensor.data()?.len() != rows * cols / BLOCK * BLOCK_BYTES {
-            return Err(ModelError::Weights(format!("a Q4_1 matrix [{rows}, {cols}] with {} bytes", tensor.data()?.len())));
+            return Err(ModelError::Weights(format!(
+                "a Q4_1 matrix [{rows}, {cols}] with {} bytes",
+                tensor.data()?.len()
+            )));
         }
         Ok(Q41Matrix { rows, cols, tensor })
     }
@@ -190,7 +193,10 @@ impl Q41Matrix {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let dims = x.dims().to_vec();
         if dims.last() != Some(&self.cols) {
-            return Err(ModelError::Input(format!("Q4_1 product: input {dims:?}, matrix [{}, {}]", self.rows, self.cols)));
+            return Err(ModelError::Input(format!(
+                "Q4_1 product: input {dims:?}, matrix [{}, {}]",
+                self.rows, self.cols
+            )));
         }
         let xs = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let out = self.matmul_t(&xs)?;

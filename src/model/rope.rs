@@ -38,7 +38,8 @@ impl RopeTables {
     pub fn new(cfg: &ModelConfig, dtype: DType, dev: &Device) -> Result<Self, ModelError> {
         let hd = cfg.head_dim();
         let half = hd / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / (cfg.rope_base() as f32).powf(2.0 * i as f32 / hd as f32)).collect();
+        let inv: Vec<f32> =
+            (0..half).map(|i| 1.0 / (cfg.rope_base() as f32).powf(2.0 * i as f32 / hd as f32)).collect();
         let max = cfg.max_position_embeddings.min(TABLE_POSITIONS);
         let mut cos = Vec::with_capacity(max * hd);
         let mut sin = Vec::with_capacity(max * hd);

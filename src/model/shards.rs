@@ -41,10 +41,15 @@ impl WeightFiles {
             return Err(ModelError::Weights(single.to_string()));
         };
         let mut index = Vec::new();
-        std::io::Read::read_to_end(&mut index_file, &mut index).map_err(|e| ModelError::Io { path: INDEX_FILE.into(), source: e })?;
+        std::io::Read::read_to_end(&mut index_file, &mut index)
+            .map_err(|e| ModelError::Io { path: INDEX_FILE.into(), source: e })?;
         let files = shard_names(&index)?
             .into_iter()
-            .map(|name| open(&name).map(|f| (name, f)).map_err(|e| ModelError::Weights(format!("{INDEX_FILE} names a shard that does not open: {e}"))))
+            .map(|name| {
+                open(&name)
+                    .map(|f| (name, f))
+                    .map_err(|e| ModelError::Weights(format!("{INDEX_FILE} names a shard that does not open: {e}")))
+            })
             .collect::<Result<_, _>>()?;
         Ok(WeightFiles { index: Some(index), files })
     }
@@ -65,7 +70,9 @@ pub fn shard_names(index: &[u8]) -> Result<Vec<String>, ModelError> {
     for n in &names {
         let plain = !n.contains(['/', '\\']) && !n.starts_with('.') && n.ends_with(".safetensors");
         if !plain {
-            return Err(ModelError::Weights(format!("{INDEX_FILE}: shard {n:?} is not a .safetensors file name in the checkpoint folder")));
+            return Err(ModelError::Weights(format!(
+                "{INDEX_FILE}: shard {n:?} is not a .safetensors file name in the checkpoint folder"
+            )));
         }
     }
     Ok(names.into_iter().collect())
@@ -100,7 +107,9 @@ pub fn check_placement(index: &[u8], tensors: &[(&str, Vec<String>)]) -> Result<
 pub fn weights_version(shards: &[(&str, &[u8])]) -> String {
     let full = match shards {
         [(name, bytes)] if *name == WEIGHTS_FILE => fingerprint(bytes),
-        _ => fingerprint(shards.iter().map(|(n, b)| format!("{n}:{}\n", fingerprint(b))).collect::<String>().as_bytes()),
+        _ => {
+            fingerprint(shards.iter().map(|(n, b)| format!("{n}:{}\n", fingerprint(b))).collect::<String>().as_bytes())
+        }
     };
     full[..12].to_string()
 }
@@ -114,7 +123,13 @@ mod tests {
         let idx = |m: &str| format!(r#"{{"metadata": {{"total_size": 8}}, "weight_map": {m}}}"#).into_bytes();
         let names = shard_names(&idx(r#"{"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors", "c": "model-00001-of-00002.safetensors"}"#)).unwrap();
         assert_eq!(names, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
-        for bad in [r#"{"a": "../x.safetensors"}"#, r#"{"a": "/etc/x.safetensors"}"#, r#"{"a": "x.bin"}"#, r#"{"a": ".x.safetensors"}"#, "{}"] {
+        for bad in [
+            r#"{"a": "../x.safetensors"}"#,
+            r#"{"a": "/etc/x.safetensors"}"#,
+            r#"{"a": "x.bin"}"#,
+            r#"{"a": ".x.safetensors"}"#,
+            "{}",
+        ] {
             assert!(shard_names(&idx(bad)).is_err(), "{bad}");
         }
         assert!(shard_names(b"{").is_err());

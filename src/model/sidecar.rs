@@ -107,13 +107,8 @@ impl Sidecar {
 
     /// Smallest vocabulary that holds every token of this layout.
     pub fn min_vocab(&self) -> usize {
-        let codes = self
-            .code_offsets
-            .iter()
-            .zip(&self.codebook_sizes)
-            .map(|(o, s)| (o + s) as usize)
-            .max()
-            .unwrap_or(0);
+        let codes =
+            self.code_offsets.iter().zip(&self.codebook_sizes).map(|(o, s)| (o + s) as usize).max().unwrap_or(0);
         let profile = self.profile.as_ref().map_or(0, |p| p.end() as usize);
         codes.max(profile).max(self.pad_token_id.max(self.bos_token_id).max(self.eos_token_id) as usize + 1)
     }
@@ -154,7 +149,10 @@ impl Sidecar {
     /// Refuses a layout whose longest sequence the model has no positions for.
     pub fn check_positions(&self, config: &ModelConfig) -> Result<(), ModelError> {
         if self.codebook_sizes.is_empty() || self.codebook_sizes.len() > MAX_LEVELS {
-            return Err(ModelError::Sidecar(format!("{} codebook levels; 1 to {MAX_LEVELS} are served", self.codebook_sizes.len())));
+            return Err(ModelError::Sidecar(format!(
+                "{} codebook levels; 1 to {MAX_LEVELS} are served",
+                self.codebook_sizes.len()
+            )));
         }
         let room = config.max_position_embeddings.min(super::rope::TABLE_POSITIONS);
         if self.max_history_items == 0 || self.longest_sequence() > room {

@@ -39,7 +39,13 @@ impl CustomOp2 for SmallGemm {
         "genrec-small-gemm"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (cpu_f32("small gemm", xs, xl)?, cpu_f32("small gemm", ws, wl)?);
         let (n, k) = wl.shape().dims2()?;
         let mut dims = xl.shape().dims().to_vec();
@@ -153,7 +159,16 @@ mod avx2 {
     /// take one dot product at a time, `k`'s tail is summed lane by lane.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(x: &[f32], m: usize, k: usize, w: &[f32], c0: usize, c1: usize, n: usize, out: SyncPtr) {
+    pub(super) unsafe fn kernel(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        c0: usize,
+        c1: usize,
+        n: usize,
+        out: SyncPtr,
+    ) {
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         let mut j = c0;
         while j + 4 <= c1 {
@@ -230,7 +245,15 @@ mod tests {
     #[test]
     fn equals_candle_matmul() {
         // the last two take the gemm path
-        for (m, k, n) in [(1usize, 8usize, 4usize), (3, 13, 7), (10, 128, 2048), (33, 1024, 130), (96, 64, 1041), (97, 24, 9), (700, 128, 640)] {
+        for (m, k, n) in [
+            (1usize, 8usize, 4usize),
+            (3, 13, 7),
+            (10, 128, 2048),
+            (33, 1024, 130),
+            (96, 64, 1041),
+            (97, 24, 9),
+            (700, 128, 640),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();

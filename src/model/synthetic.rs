@@ -106,7 +106,11 @@ pub fn random_weights(cfg: &ModelConfig, std: f32, seed: u64) -> Result<HashMap<
             .with_min_len(1 << 16)
             .map(|i| {
                 let u = hash_unit(base.wrapping_add(i as u64));
-                if norm { 1.0 + 0.1 * u } else { a * u }
+                if norm {
+                    1.0 + 0.1 * u
+                } else {
+                    a * u
+                }
             })
             .collect();
         out.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
@@ -118,7 +122,14 @@ pub fn random_weights(cfg: &ModelConfig, std: f32, seed: u64) -> Result<HashMap<
 /// `manifest`, on `device` in `dtype`, reading up to `max_history_items`.
 /// Weight standard deviation 0.05 (0.5 for the tied embedding, so that the
 /// next-code distributions are peaked and ties rare).
-pub fn build(shape: Shape, manifest: &Manifest, max_history_items: usize, seed: u64, device: &Device, dtype: DType) -> Result<Model, ModelError> {
+pub fn build(
+    shape: Shape,
+    manifest: &Manifest,
+    max_history_items: usize,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<Model, ModelError> {
     let sidecar = Sidecar::for_catalog(&format!("synthetic-{}", shape.name()), ".", manifest, max_history_items);
     let config = shape.config(sidecar.min_vocab());
     config.validate()?;
@@ -148,7 +159,12 @@ mod tests {
         // (596,049,920) and 1.7B (1,720,574,976) totals
         let body = |s: Shape| -> usize {
             let c = s.config(3);
-            tensor_shapes(&c).unwrap().iter().filter(|(n, _)| !n.contains("embed")).map(|(_, s)| s.iter().product::<usize>()).sum()
+            tensor_shapes(&c)
+                .unwrap()
+                .iter()
+                .filter(|(n, _)| !n.contains("embed"))
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum()
         };
         assert_eq!(body(Shape::Qwen3_0_6B) + 151_936 * 1024, 596_049_920);
         assert_eq!(body(Shape::Qwen3_1_7B) + 151_936 * 2048, 1_720_574_976);

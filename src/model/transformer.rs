@@ -40,9 +40,8 @@ impl Dropout<'_> {
             return Ok(x.clone());
         }
         let keep = 1.0 - self.p;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if self.rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
-            .collect();
+        let mask: Vec<f32> =
+            (0..x.elem_count()).map(|_| if self.rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
         let m = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok((x * m)?)
     }
@@ -201,7 +200,10 @@ impl Transformer {
             let a = format!("{l}.self_attn");
             let bias = cfg.attention_bias;
             let (q_norm, k_norm) = match arch {
-                Arch::Qwen3 => (Some(w.vector(&format!("{a}.q_norm.weight"), hd)?), Some(w.vector(&format!("{a}.k_norm.weight"), hd)?)),
+                Arch::Qwen3 => (
+                    Some(w.vector(&format!("{a}.q_norm.weight"), hd)?),
+                    Some(w.vector(&format!("{a}.k_norm.weight"), hd)?),
+                ),
                 Arch::Llama => (None, None),
             };
             let attn = Attention {
@@ -233,7 +235,8 @@ impl Transformer {
             });
         }
         let norm = w.vector("model.norm.weight", h)?;
-        let lm_head = if cfg.tie_word_embeddings { embed.tied_head()? } else { w.head("lm_head.weight", cfg.vocab_size, h)? };
+        let lm_head =
+            if cfg.tie_word_embeddings { embed.tied_head()? } else { w.head("lm_head.weight", cfg.vocab_size, h)? };
         let device = w.device();
         let rope = RopeTables::new(cfg, w.dtype(), &device)?;
         let resid = w.dtype();
@@ -302,7 +305,11 @@ impl Transformer {
     /// head_dim]` pair per layer, as returned before): a prompt's fixed part is
     /// computed once and reused. Returns the new tokens' hidden states and each
     /// layer's keys/values over past and new positions.
-    pub fn forward_after(&self, tokens: &Tensor, past: &[(Tensor, Tensor)]) -> Result<(Tensor, Vec<(Tensor, Tensor)>), ModelError> {
+    pub fn forward_after(
+        &self,
+        tokens: &Tensor,
+        past: &[(Tensor, Tensor)],
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>), ModelError> {
         if past.len() != self.layers.len() {
             return Err(ModelError::Input(format!("{} past layers for {} layers", past.len(), self.layers.len())));
         }
@@ -358,7 +365,9 @@ impl Transformer {
             x = (x + drop(a, &mut dropout)?.to_dtype(self.resid)?)?;
             let m = match last {
                 Some(last) => last.mlp(layer, &x, self.cfg.rms_norm_eps, cd)?,
-                None => layer.mlp.forward(&rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?.to_dtype(cd)?)?,
+                None => layer
+                    .mlp
+                    .forward(&rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?.to_dtype(cd)?)?,
             };
             x = (&x + drop(m, &mut dropout)?.to_dtype(self.resid)?)?;
             kvs.push((k, v));
@@ -397,7 +406,12 @@ impl Transformer {
     /// `time x time` (1,000 items of 4 codes: 4,001 tokens, 16M scores per
     /// head and layer unchunked, 2M in chunks of 512). Real tokens never attend
     /// to padding: it sits after them, and attention is causal.
-    pub fn prefill_in_chunks(&self, tokens: &Tensor, lens: &[usize], chunk: usize) -> Result<(HistoryKv, Tensor), ModelError> {
+    pub fn prefill_in_chunks(
+        &self,
+        tokens: &Tensor,
+        lens: &[usize],
+        chunk: usize,
+    ) -> Result<(HistoryKv, Tensor), ModelError> {
         let (r, t) = tokens.dims2()?;
         if lens.len() != r || lens.iter().any(|&l| l == 0 || l > t) {
             return Err(ModelError::Input(format!("prefill: lens {lens:?} do not fit {r} rows of {t}")));
@@ -468,7 +482,13 @@ impl Transformer {
 
     /// [`Transformer::decode`] with tokens and positions as `u32` tensors on
     /// the model's device.
-    pub fn decode_ids(&self, hist: &HistoryKv, beams_kv: &mut BeamKv, tok: &Tensor, pos: &Tensor) -> Result<Tensor, ModelError> {
+    pub fn decode_ids(
+        &self,
+        hist: &HistoryKv,
+        beams_kv: &mut BeamKv,
+        tok: &Tensor,
+        pos: &Tensor,
+    ) -> Result<Tensor, ModelError> {
         let n = tok.dim(0)?;
         let r = hist.requests();
         if n == 0 || n % r != 0 || pos.dim(0)? != n {
@@ -506,11 +526,16 @@ mod tests {
             served.fuse_projections().unwrap();
             let toks = Tensor::from_slice(&[1u32, 5, 9, 13, 7, 2, 10, 4], (2, 4), &Device::Cpu).unwrap();
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-            let (h_train, kv_train) = net.forward_hidden(&toks, Some(super::Dropout { p: 0.0, rng: &mut rng })).unwrap();
+            let (h_train, kv_train) =
+                net.forward_hidden(&toks, Some(super::Dropout { p: 0.0, rng: &mut rng })).unwrap();
             let (h_serve, kv_serve) = served.forward_hidden(&toks, None).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff =
+                |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff(&h_train, &h_serve) < 1e-5, "{arch}");
-            assert!(diff(&kv_train[1].0, &kv_serve[1].0) < 1e-5 && diff(&kv_train[1].1, &kv_serve[1].1) < 1e-5, "{arch}");
+            assert!(
+                diff(&kv_train[1].0, &kv_serve[1].0) < 1e-5 && diff(&kv_train[1].1, &kv_serve[1].1) < 1e-5,
+                "{arch}"
+            );
         }
     }
 
@@ -528,7 +553,8 @@ mod tests {
         let (_, past) = net.forward_hidden(&head, None).unwrap();
         let tail = Tensor::from_slice(&toks[5..], (1, 3), &dev).unwrap();
         let (h_tail, kv) = net.forward_after(&tail, &past).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff(&h_full.narrow(1, 5, 3).unwrap(), &h_tail) < 1e-5);
         assert!(diff(&kv_full[1].0, &kv[1].0) < 1e-5 && diff(&kv_full[1].1, &kv[1].1) < 1e-5);
     }
@@ -543,10 +569,12 @@ mod tests {
             net.fuse_projections().unwrap();
             let lens = [23usize, 5, 14];
             let t = 23;
-            let flat: Vec<u32> = (0..3 * t).map(|i| if i % t < lens[i / t] { 3 + (i as u32 * 7) % 11 } else { 0 }).collect();
+            let flat: Vec<u32> =
+                (0..3 * t).map(|i| if i % t < lens[i / t] { 3 + (i as u32 * 7) % 11 } else { 0 }).collect();
             let toks = Tensor::from_vec(flat, (3, t), &Device::Cpu).unwrap();
             let (kv_one, h_one) = net.prefill_in_chunks(&toks, &lens, usize::MAX).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff =
+                |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             for chunk in [3, 7] {
                 let (kv, h) = net.prefill_in_chunks(&toks, &lens, chunk).unwrap();
                 assert!(diff(&h_one, &h) < 1e-5, "{arch} chunk {chunk}");

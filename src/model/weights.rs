@@ -42,7 +42,9 @@ pub fn check<'a>(shards: &[(&'a str, &[u8])], cfg: &ModelConfig) -> Result<Vec<(
     for (name, shape) in &want {
         let (shard, have, dtype) = found.get(name).ok_or_else(|| bad(format!("tensor {name} is missing")))?;
         if have != shape {
-            return Err(ModelError::Weights(format!("{shard}: tensor {name} has shape {have:?}, config.json implies {shape:?}")));
+            return Err(ModelError::Weights(format!(
+                "{shard}: tensor {name} has shape {have:?}, config.json implies {shape:?}"
+            )));
         }
         if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             return Err(ModelError::Weights(format!("{shard}: tensor {name} is {dtype:?}; f32, f16 or bf16 are read")));
@@ -77,7 +79,9 @@ mod tests {
         edit(&mut t);
         let tensors: HashMap<String, candle_core::Tensor> = t
             .into_iter()
-            .map(|(n, s)| (n, candle_core::Tensor::zeros(s, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap()))
+            .map(|(n, s)| {
+                (n, candle_core::Tensor::zeros(s, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap())
+            })
             .collect();
         safetensors::serialize(&tensors, None).unwrap()
     }
@@ -93,12 +97,18 @@ mod tests {
         assert!(e.contains("model.embed_tokens.weight has shape [41, 16]"), "{e}");
         let e = err(file(&c, |t| t.push(("model.layers.0.self_attn.o_proj.bias".into(), vec![16]))));
         assert!(e.contains("would not read: model.layers.0.self_attn.o_proj.bias"), "{e}");
-        check(&[(WEIGHTS_FILE, &file(&c, |t| t.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![2]))))], &c).unwrap();
+        check(
+            &[(WEIGHTS_FILE, &file(&c, |t| t.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![2]))))],
+            &c,
+        )
+        .unwrap();
         let e = err(b"\x08\x00\x00\x00\x00\x00\x00\x00{}".to_vec());
         assert!(e.contains(WEIGHTS_FILE), "{e}");
         // the same tensors over two files pass; a tensor in both is named
         let all = expected(&c).unwrap();
-        let part = |keep: &dyn Fn(usize) -> bool| file(&c, |t| *t = all.iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, x)| x.clone()).collect());
+        let part = |keep: &dyn Fn(usize) -> bool| {
+            file(&c, |t| *t = all.iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, x)| x.clone()).collect())
+        };
         let (a, b) = (part(&|i| i % 2 == 0), part(&|i| i % 2 == 1));
         let names = check(&[("a.safetensors", &a), ("b.safetensors", &b)], &c).unwrap();
         assert_eq!(names.iter().map(|(_, n)| n.len()).sum::<usize>(), all.len());

@@ -87,7 +87,13 @@ impl Hnsw {
 
     /// [`Hnsw::new`] with `connectivity` neighbours per node (0: usearch's
     /// default, 16) and `expansion_add` candidates examined per insert.
-    pub fn with_params(dim: usize, storage: Storage, capacity: usize, connectivity: usize, expansion_add: usize) -> Result<Self, RecallError> {
+    pub fn with_params(
+        dim: usize,
+        storage: Storage,
+        capacity: usize,
+        connectivity: usize,
+        expansion_add: usize,
+    ) -> Result<Self, RecallError> {
         let opts = IndexOptions {
             dimensions: dim,
             metric: MetricKind::IP,

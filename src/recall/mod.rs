@@ -103,10 +103,13 @@ pub fn build_and_save(view: &Catalog, dir: &Path) -> Result<f64, RecallError> {
     let p = crate::progress::Progress::new("ANN index", view.served_len() as u64);
     let g = build_graph(view, Storage::F16, |i| view.is_served(i), |d, _| p.set(d as u64))?;
     p.finish();
-    let probes: Vec<u32> = (0..view.len() as u32).filter(|&i| view.is_served(i)).step_by((view.served_len() / 1000).max(1)).collect();
+    let probes: Vec<u32> =
+        (0..view.len() as u32).filter(|&i| view.is_served(i)).step_by((view.served_len() / 1000).max(1)).collect();
     let found = probes
         .par_iter()
-        .filter(|&&i| g.search(&view.embedding(i), 1, |_| true).ok().and_then(|h| h.first().map(|x| x.0)) == Some(i as u64))
+        .filter(|&&i| {
+            g.search(&view.embedding(i), 1, |_| true).ok().and_then(|h| h.first().map(|x| x.0)) == Some(i as u64)
+        })
         .count();
     g.save(&dir.join(ANN_FILE))?;
     Ok(found as f64 / probes.len().max(1) as f64)
@@ -164,7 +167,13 @@ impl Ann {
         let storage = Storage::F16;
         let ann = Ann {
             base,
-            overlay: RwLock::new(Hnsw::with_params(catalog.manifest().embedding_dim, storage, OVERLAY_CAPACITY, OVERLAY_CONNECTIVITY, OVERLAY_EXPANSION_ADD)?),
+            overlay: RwLock::new(Hnsw::with_params(
+                catalog.manifest().embedding_dim,
+                storage,
+                OVERLAY_CAPACITY,
+                OVERLAY_CONNECTIVITY,
+                OVERLAY_EXPANSION_ADD,
+            )?),
             adding: Mutex::new(()),
         };
         let items: Vec<(u64, Vec<f32>)> = catalog
@@ -228,7 +237,13 @@ impl Ann {
 
     /// The `k` items nearest to `query` that the view serves (with the vector
     /// it holds for them) and `keep` accepts, best first, with inner products.
-    pub fn search(&self, catalog: &Catalog, query: &[f32], k: usize, keep: impl Fn(u32) -> bool) -> Result<Vec<(u32, f32)>, RecallError> {
+    pub fn search(
+        &self,
+        catalog: &Catalog,
+        query: &[f32],
+        k: usize,
+        keep: impl Fn(u32) -> bool,
+    ) -> Result<Vec<(u32, f32)>, RecallError> {
         let current = |key: u64| {
             let item = key as u32;
             (item as usize) < catalog.len() && catalog.is_served(item) && catalog.ann_key(item) == key && keep(item)
@@ -244,7 +259,13 @@ impl Ann {
     }
 
     /// [`Ann::search`] for a history, leaving out `exclude`.
-    pub fn recall(&self, catalog: &Catalog, history: &[u32], k: usize, exclude: &HashSet<u32>) -> Result<Vec<(u32, f32)>, RecallError> {
+    pub fn recall(
+        &self,
+        catalog: &Catalog,
+        history: &[u32],
+        k: usize,
+        exclude: &HashSet<u32>,
+    ) -> Result<Vec<(u32, f32)>, RecallError> {
         let q = Self::user_vector(catalog, history);
         self.search(catalog, &q, k, |i| !exclude.contains(&i))
     }
@@ -279,7 +300,9 @@ mod tests {
         assert_eq!(ann.search(&before, &q, 1, |_| true).unwrap()[0].0, 7);
         // served again with another vector: found by the new one only
         let other = cat.embedding(100);
-        let up = cat.upsert(NewItem { id: id.clone(), title: "x".into(), embedding: other.clone(), semantic_id: None }, 2).unwrap();
+        let up = cat
+            .upsert(NewItem { id: id.clone(), title: "x".into(), embedding: other.clone(), semantic_id: None }, 2)
+            .unwrap();
         ann.add(&[(up.ann_key, up.embedding.clone())]).unwrap();
         let hits = ann.search(&cat, &other, 2, |_| true).unwrap();
         assert!(hits.iter().any(|h| h.0 == 7), "{hits:?}");

@@ -20,10 +20,8 @@ use super::metrics;
 use super::AppState;
 use crate::catalog::intents::Intent;
 use crate::coldstart::{IntentMethod, IntentWeight, Profile};
+use crate::engine::{EngineError, FallbackReason, RecItem, RecRequest, Steering, Strategy, WorkerHealth};
 use crate::model::hub::HubError;
-use crate::engine::{
-    EngineError, FallbackReason, RecItem, RecRequest, Steering, Strategy, WorkerHealth,
-};
 
 /// A history entry: an item id, as a string or a number.
 #[derive(Deserialize, ToSchema)]
@@ -252,9 +250,7 @@ impl From<EngineError> for ApiError {
             | EngineError::ColdStart(_)
             | EngineError::Feed(_)
             | EngineError::CatchingUp
-            | EngineError::NotAppliedYet(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | EngineError::NotAppliedYet(_) => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             EngineError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -262,11 +258,15 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::Hub(h) => match h {
-                HubError::BadName(m) => return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some("path"), m.clone()),
+                HubError::BadName(m) => {
+                    return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some("path"), m.clone())
+                }
                 HubError::NotCheckpoint { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 HubError::NotFound { .. } | HubError::NotCached { .. } => StatusCode::NOT_FOUND,
                 HubError::Denied { .. } => StatusCode::FORBIDDEN,
-                HubError::Unreachable { .. } | HubError::HubFailed { .. } | HubError::Corrupt { .. } => StatusCode::BAD_GATEWAY,
+                HubError::Unreachable { .. } | HubError::HubFailed { .. } | HubError::Corrupt { .. } => {
+                    StatusCode::BAD_GATEWAY
+                }
                 HubError::Busy { .. } => StatusCode::CONFLICT,
                 HubError::Io { .. } | HubError::Setup(_) => {
                     tracing::error!(error = %e, "request failed");
@@ -493,7 +493,8 @@ mod fuzz {
         S.get_or_init(|| {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             let (model, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
-            let engine = crate::engine::Engine::new(catalog, Default::default(), Arc::new(crate::engine::NoObserver)).unwrap();
+            let engine =
+                crate::engine::Engine::new(catalog, Default::default(), Arc::new(crate::engine::NoObserver)).unwrap();
             engine.install(model, "embedded".into()).unwrap();
             let st = Arc::new(AppState { engine, metrics: crate::server::metrics::handle(), admin: None });
             (rt, st)
@@ -527,7 +528,8 @@ mod fuzz {
         leaf.prop_recursive(3, 32, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                proptest::collection::btree_map("[a-z_]{1,10}", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+                proptest::collection::btree_map("[a-z_]{1,10}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }
@@ -537,12 +539,16 @@ mod fuzz {
         let field = |name: &'static str, valid: BoxedStrategy<Value>| {
             prop_oneof![Just(None), valid.prop_map(Some), any_json().prop_map(Some)].prop_map(move |v| (name, v))
         };
-        let history = proptest::collection::vec(0u32..650, 0..25).prop_map(|h| json!(h.iter().map(|i| i.to_string()).collect::<Vec<_>>()));
+        let history = proptest::collection::vec(0u32..650, 0..25)
+            .prop_map(|h| json!(h.iter().map(|i| i.to_string()).collect::<Vec<_>>()));
         let profile = (0i64..130, "[a-z ]{0,20}").prop_map(|(age, i)| json!({"age": age, "interests": [i]}));
         (
             field("history", history.boxed()),
             field("k", (0i64..1100).prop_map(Value::from).boxed()),
-            field("strategy", prop_oneof![Just("auto"), Just("generative"), Just("ann"), Just("x")].prop_map(Value::from).boxed()),
+            field(
+                "strategy",
+                prop_oneof![Just("auto"), Just("generative"), Just("ann"), Just("x")].prop_map(Value::from).boxed(),
+            ),
             field("timeout_ms", (0i64..70_000).prop_map(Value::from).boxed()),
             field("exclude_history", any::<bool>().prop_map(Value::from).boxed()),
             field("profile", profile.boxed()),

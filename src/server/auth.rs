@@ -117,10 +117,7 @@ pub async fn authorise(State(st): State<Arc<AppState>>, req: Request, next: Next
         )
         .into_response();
     };
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let now = Instant::now();
     if let Some(secs) = auth.locked(ip, now) {
         let mut r = ApiError::new(
@@ -132,11 +129,8 @@ pub async fn authorise(State(st): State<Arc<AppState>>, req: Request, next: Next
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let why = match given {
         None => "missing bearer token",
         Some(t) if auth.matches(t.as_bytes()) => {

@@ -59,11 +59,14 @@ pub fn variant_as(dev: &Device, dtype: candle_core::DType, scale: f32) -> Result
 /// The weights file (`model.safetensors` bytes) of [`variant_as`].
 pub fn variant_weights(scale: f32) -> Result<Vec<u8>, DefaultModelError> {
     let cpu = Device::Cpu;
-    let mut tensors = candle_core::safetensors::load_buffer(include_bytes!("../../models/demo/model/model.safetensors"), &cpu)
-        .map_err(ModelError::from)?;
+    let mut tensors =
+        candle_core::safetensors::load_buffer(include_bytes!("../../models/demo/model/model.safetensors"), &cpu)
+            .map_err(ModelError::from)?;
     for t in tensors.values_mut() {
         let n = t.elem_count() as u32;
-        let pattern = (candle_core::Tensor::arange(0u32, n, &cpu)?.to_dtype(candle_core::DType::F32)? * 0.7)?.sin()?.reshape(t.shape())?;
+        let pattern = (candle_core::Tensor::arange(0u32, n, &cpu)?.to_dtype(candle_core::DType::F32)? * 0.7)?
+            .sin()?
+            .reshape(t.shape())?;
         *t = (&*t + (t.mul(&pattern)? * scale as f64)?)?;
     }
     Ok(safetensors::serialize(&tensors, None).map_err(|e| ModelError::Weights(e.to_string()))?)

@@ -36,9 +36,8 @@ pub const FEED_MODEL_REFUSALS: &str = "genrec_feed_model_refusals_total";
 /// LLM intent inferences run (one per distinct uncached profile).
 pub const COLDSTART_LLM_RUNS: &str = "genrec_coldstart_llm_inferences_total";
 
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -64,7 +63,10 @@ pub fn handle() -> PrometheusHandle {
             // another recorder may already be installed (e.g. by an embedding
             // program): then our handle renders nothing, which is harmless
             let _ = metrics::set_global_recorder(recorder);
-            metrics::describe_counter!(REQUESTS, "Recommendation requests by outcome (ok, fallback, rejected, invalid, unavailable, error)");
+            metrics::describe_counter!(
+                REQUESTS,
+                "Recommendation requests by outcome (ok, fallback, rejected, invalid, unavailable, error)"
+            );
             metrics::describe_histogram!(LATENCY, "End-to-end latency of recommendation requests");
             metrics::describe_histogram!(QUEUE_WAIT, "Time requests waited in the queue before their batch ran");
             metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for generation");
@@ -73,15 +75,36 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(ITEMS, "Items returned in answers");
             metrics::describe_gauge!(MODEL_INFO, "The model in service (value 1; labels name, version)");
             metrics::describe_gauge!(CATALOG_ITEMS, "Items the catalog serves");
-            metrics::describe_counter!(COLDSTART_LLM_RUNS, "LLM intent inferences run (one per distinct uncached profile, at most two at once)");
-            metrics::describe_counter!(WORKER_PANICS, "Panics caught in batched generation; each failed one batch, the worker went on");
+            metrics::describe_counter!(
+                COLDSTART_LLM_RUNS,
+                "LLM intent inferences run (one per distinct uncached profile, at most two at once)"
+            );
+            metrics::describe_counter!(
+                WORKER_PANICS,
+                "Panics caught in batched generation; each failed one batch, the worker went on"
+            );
             metrics::describe_counter!(CATALOG_EDITS, "Live catalog edits applied (upserts and deletes)");
-            metrics::describe_gauge!(FEED_POSITION, "Replica feed: milliseconds part of the last applied position (a stream id)");
-            metrics::describe_gauge!(FEED_LAG, "Replica feed: seconds between a record's append and its application here (0 when idle)");
-            metrics::describe_gauge!(FEED_UP, "Replica feed: 1 while connected, 0 while down (serving the last applied state)");
+            metrics::describe_gauge!(
+                FEED_POSITION,
+                "Replica feed: milliseconds part of the last applied position (a stream id)"
+            );
+            metrics::describe_gauge!(
+                FEED_LAG,
+                "Replica feed: seconds between a record's append and its application here (0 when idle)"
+            );
+            metrics::describe_gauge!(
+                FEED_UP,
+                "Replica feed: 1 while connected, 0 while down (serving the last applied state)"
+            );
             metrics::describe_counter!(FEED_SKIPPED, "Replica feed: records skipped because they do not parse");
-            metrics::describe_gauge!(FEED_MODEL_REFUSED, "Replica feed: 1 while the last model change from the feed was refused here");
-            metrics::describe_counter!(FEED_MODEL_REFUSALS, "Replica feed: model changes this replica refused (it kept its model)");
+            metrics::describe_gauge!(
+                FEED_MODEL_REFUSED,
+                "Replica feed: 1 while the last model change from the feed was refused here"
+            );
+            metrics::describe_counter!(
+                FEED_MODEL_REFUSALS,
+                "Replica feed: model changes this replica refused (it kept its model)"
+            );
             handle
         })
         .clone()
@@ -90,14 +113,14 @@ pub fn handle() -> PrometheusHandle {
 /// `build_recorder` leaves the upkeep to its caller (`install` would spawn it
 /// on a tokio runtime, which the CLI's benches and tests may not have).
 fn start_upkeep(handle: PrometheusHandle) {
-    let spawned = std::thread::Builder::new()
-        .name("metrics-upkeep".into())
-        .spawn(move || loop {
-            std::thread::sleep(UPKEEP_EVERY);
-            handle.run_upkeep();
-        });
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+        std::thread::sleep(UPKEEP_EVERY);
+        handle.run_upkeep();
+    });
     if let Err(e) = spawned {
-        tracing::warn!("metrics upkeep thread not started ({e}): histogram samples will accumulate until /metrics is scraped");
+        tracing::warn!(
+            "metrics upkeep thread not started ({e}): histogram samples will accumulate until /metrics is scraped"
+        );
     }
 }
 
@@ -110,8 +133,7 @@ pub fn request(outcome: &'static str, seconds: f64) {
 /// Marks `current` as the model in service (and `old`, if any, as not).
 pub fn model_swapped(old: Option<&crate::engine::ModelInfo>, current: &crate::engine::ModelInfo) {
     if let Some(o) = old {
-        metrics::gauge!(MODEL_INFO, "name" => o.name.clone(), "version" => o.version.clone())
-            .set(0.0);
+        metrics::gauge!(MODEL_INFO, "name" => o.name.clone(), "version" => o.version.clone()).set(0.0);
     }
     metrics::gauge!(MODEL_INFO, "name" => current.name.clone(), "version" => current.version.clone()).set(1.0);
 }

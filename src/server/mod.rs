@@ -27,8 +27,8 @@ use crate::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use crate::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate, DEFAULT_INTENT_MODEL};
 use crate::engine::edits::{open_store, EditStore};
 use crate::engine::{BatchOptions, Engine, EngineOptions};
-use crate::model::hub::{CheckpointLocation, Fallback, HubOptions};
 use crate::generate::kernel::contract::Selection;
+use crate::model::hub::{CheckpointLocation, Fallback, HubOptions};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -246,7 +246,8 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     let (model, catalog_dir, source) = match (&args.model, args.no_model) {
         (_, true) => (None, args.catalog.clone().context("--no-model needs --catalog")?, String::new()),
         (Some(CheckpointLocation::Folder(dir)), false) => {
-            let m = crate::model::Ensemble::load_as(dir, &dev, dtype).with_context(|| format!("loading the model {}", dir.display()))?;
+            let m = crate::model::Ensemble::load_as(dir, &dev, dtype)
+                .with_context(|| format!("loading the model {}", dir.display()))?;
             let cat = args
                 .catalog
                 .clone()
@@ -260,17 +261,16 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         (Some(CheckpointLocation::Hub(name)), false) => {
             let opts = HubOptions::from_env()?;
             // a restart while the Hub is down still starts, from the cache
-            let pulled = crate::model::hub::pull(name, &opts, Fallback::Cache).with_context(|| format!("pulling {name}"))?;
+            let pulled =
+                crate::model::hub::pull(name, &opts, Fallback::Cache).with_context(|| format!("pulling {name}"))?;
             let m = crate::model::Ensemble::load_as(&pulled.dir, &dev, dtype)
                 .with_context(|| format!("loading the model {name} from {}", pulled.dir.display()))?;
             // a catalog path relative to the model means nothing in the
             // Hugging Face cache; an absolute one may be this machine's
             let named = m.catalog_dir().filter(|c| c.is_absolute() && !c.starts_with(&opts.cache));
-            let cat = args
-                .catalog
-                .clone()
-                .or(named)
-                .with_context(|| format!("{name} comes from the Hub, whose checkpoints carry no catalog: pass --catalog"))?;
+            let cat = args.catalog.clone().or(named).with_context(|| {
+                format!("{name} comes from the Hub, whose checkpoints carry no catalog: pass --catalog")
+            })?;
             // the name pinned to the commit, as a later load of it is named
             (Some(m), cat, pulled.pinned().to_string())
         }
@@ -278,7 +278,8 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
             if args.feed.is_some() {
                 anyhow::bail!("--feed needs a shared catalog folder: pass --catalog (or --model)");
             }
-            let (m, c) = default_model::load_as(&dev, dtype.resolve(&dev, 0)).context("loading the embedded default model")?;
+            let (m, c) =
+                default_model::load_as(&dev, dtype.resolve(&dev, 0)).context("loading the embedded default model")?;
             return finish_engine(args, Some((m.into(), "embedded".to_string())), c, EditStore::Memory, dev, dtype);
         }
     };
@@ -338,10 +339,7 @@ fn finish_engine(
     dtype: crate::device::DTypeChoice,
 ) -> Result<Arc<Engine>> {
     if !(args.steering_weight.is_finite() && args.steering_weight >= 0.0) {
-        anyhow::bail!(
-            "--steering-weight must be a finite number >= 0, not {}",
-            args.steering_weight
-        );
+        anyhow::bail!("--steering-weight must be a finite number >= 0, not {}", args.steering_weight);
     }
     if !(args.search_model_weight.is_finite() && args.search_model_weight >= 0.0) {
         anyhow::bail!("--search-model-weight must be a finite number >= 0, not {}", args.search_model_weight);
@@ -448,7 +446,11 @@ fn build_coldstart(args: &ServeArgs, catalog: &crate::catalog::Catalog) -> Resul
         None => None,
         // a missing file is named by the loader, with how to fetch SmolLM2
         Some(p) => Some(IntentLm::load(p).with_context(|| {
-            format!("--intent-model {}: loading {} (the flag takes none, smollm2, a GGUF file or a model folder)", args.intent_model, p.display())
+            format!(
+                "--intent-model {}: loading {} (the flag takes none, smollm2, a GGUF file or a model folder)",
+                args.intent_model,
+                p.display()
+            )
         })?),
     };
     let encoder = match TextEncoder::load(&args.encoder) {
@@ -488,9 +490,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState { engine, metrics: state_metrics, admin });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.addr)
-            .await
-            .with_context(|| format!("binding {}", args.addr))?;
+        let listener =
+            tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
         let local = listener.local_addr()?;
         // tests and scripts read this line to find the port
         println!("genrec listening on http://{local}");

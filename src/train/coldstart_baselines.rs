@@ -26,7 +26,13 @@ pub use crate::coldstart::age_bracket;
 
 /// Each item's share of the counted interactions of the training users that
 /// `keep` accepts (shares sum to one; empty when nothing is counted).
-fn shares(catalog: &Catalog, inter: &Interactions, fraction: f64, counted: Counted, keep: impl Fn(&str) -> bool) -> HashMap<u32, f64> {
+fn shares(
+    catalog: &Catalog,
+    inter: &Interactions,
+    fraction: f64,
+    counted: Counted,
+    keep: impl Fn(&str) -> bool,
+) -> HashMap<u32, f64> {
     let mut counts: HashMap<u32, f64> = HashMap::new();
     let mut total = 0f64;
     for (u, seq) in inter.users.iter().zip(&inter.sequences) {
@@ -87,7 +93,12 @@ pub fn popular_by_age(
 }
 
 /// Scores one list per user (`list_of` picks it) as a method named `name`.
-pub fn eval_lists<'a>(name: &str, users: &[ColdUser], k: usize, list_of: impl Fn(&ColdUser) -> &'a [u32]) -> ColdMetrics {
+pub fn eval_lists<'a>(
+    name: &str,
+    users: &[ColdUser],
+    k: usize,
+    list_of: impl Fn(&ColdUser) -> &'a [u32],
+) -> ColdMetrics {
     let (mut r, mut n) = (0.0, 0.0);
     for u in users {
         let (a, b) = score_list(list_of(u), &u.first, k);

@@ -18,8 +18,8 @@ use super::TrainError;
 use crate::coldstart::{ColdStart, Profile};
 use crate::dataset::{cold_group, ColdGroup, Interactions};
 use crate::engine::{Engine, EngineOptions, NoObserver, RecRequest, Steering, Strategy};
-use crate::util::percentile;
 use crate::model::Model;
+use crate::util::percentile;
 
 /// What the evaluation measured for one method.
 #[derive(Debug, Clone, Serialize)]
@@ -140,7 +140,10 @@ pub fn eval_intents(
     let engine = Engine::new(catalog, opts, Arc::new(NoObserver)).map_err(|e| TrainError::Invalid(e.to_string()))?;
     engine.install(model, "eval".into()).map_err(|e| TrainError::Invalid(e.to_string()))?;
     engine.set_coldstart(Some(coldstart.clone()));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| TrainError::Io("tokio".into(), e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TrainError::Io("tokio".into(), e))?;
     let cat = engine.catalog();
     let (mut r, mut n) = (0.0, 0.0);
     let (mut times, mut uncached) = (Vec::new(), Vec::new());

@@ -50,7 +50,13 @@ pub fn to_indices(catalog: &Catalog, seq: &[String]) -> Vec<u32> {
 }
 
 /// Held-out examples `(history, target)` of a split, subsampled if asked.
-pub fn examples(catalog: &Catalog, inter: &Interactions, split: Split, max_history: usize, max_users: Option<usize>) -> Vec<(Vec<u32>, u32)> {
+pub fn examples(
+    catalog: &Catalog,
+    inter: &Interactions,
+    split: Split,
+    max_history: usize,
+    max_users: Option<usize>,
+) -> Vec<(Vec<u32>, u32)> {
     let all: Vec<(Vec<u32>, u32)> = inter
         .sequences
         .iter()

@@ -41,10 +41,10 @@ pub enum TrainError {
 mod tests {
     use super::*;
     use crate::dataset::demo::{generate as demo, DemoOptions};
-    use crate::train::average::Average;
     use crate::dataset::{Interactions, Split};
     use crate::generate::testutil::random_catalog;
     use crate::model::Model;
+    use crate::train::average::Average;
 
     fn demo_interactions(items: usize) -> Interactions {
         let (_, inter) = demo(&DemoOptions { items, users: 120, mean_length: 10, seed: 1 });
@@ -98,7 +98,15 @@ mod tests {
             &model,
             &cat,
             &inter,
-            &EvalOptions { split: Split::Test, beam: 10, batch: 16, max_users: Some(50), exclude_history: true, scoring: Default::default(), max_history: None },
+            &EvalOptions {
+                split: Split::Test,
+                beam: 10,
+                batch: 16,
+                max_users: Some(50),
+                exclude_history: true,
+                scoring: Default::default(),
+                max_history: None,
+            },
             |_, _| {},
         )
         .unwrap();

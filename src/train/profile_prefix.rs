@@ -75,7 +75,12 @@ pub struct PrefixDraw {
 impl PrefixDraw {
     /// Prefixes of `inter`'s users from `features` (by user id) in `vocab`'s
     /// tokens; none at all without a vocabulary.
-    pub fn new(vocab: Option<&ProfileVocab>, inter: &Interactions, features: &HashMap<String, Vec<String>>, seed: u64) -> Self {
+    pub fn new(
+        vocab: Option<&ProfileVocab>,
+        inter: &Interactions,
+        features: &HashMap<String, Vec<String>>,
+        seed: u64,
+    ) -> Self {
         let users = inter
             .users
             .iter()
@@ -131,7 +136,10 @@ mod tests {
                 .collect();
         let f = user_features(&inter, &users, Some(&genres), 1, 2);
         // a: training part 1,2,3,3; after the first: 2,3,3 -> Comedy 3, Action 2
-        assert_eq!(f["a"], s(&["age:25-34", "gender:female", "occupation:writer", "interest:comedy", "interest:action"]));
+        assert_eq!(
+            f["a"],
+            s(&["age:25-34", "gender:female", "occupation:writer", "interest:comedy", "interest:action"])
+        );
         assert_eq!(f["b"], s(&["gender:male"]));
         assert!(!f.contains_key("nobody"));
         assert_eq!(user_features(&inter, &users, None, 1, 2)["a"].len(), 3);
@@ -156,7 +164,8 @@ mod tests {
         assert!((rate(interest) - (1.0 - INTERESTS_DROP)).abs() < 0.03, "{}", rate(interest));
         assert!(d.draw(1).is_empty(), "no profile, no prefix");
         assert!(PrefixDraw::none().draw(0).is_empty());
-        let again: Vec<Vec<u32>> = (0..20).map(|_| PrefixDraw::new(Some(&vocab), &inter, &features, 7).draw(0)).collect();
+        let again: Vec<Vec<u32>> =
+            (0..20).map(|_| PrefixDraw::new(Some(&vocab), &inter, &features, 7).draw(0)).collect();
         assert!(again.windows(2).all(|w| w[0] == w[1]), "seeded");
     }
 }

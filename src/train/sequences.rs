@@ -72,7 +72,13 @@ pub fn training_sequences(
 /// `[bos, profile prefix, codes of item j]` for each of the first `n` items of
 /// every user's training part, every code a target of weight 1 (see
 /// [`super::TrainOptions::first_items`]).
-pub fn first_item_sequences(catalog: &Catalog, inter: &Interactions, sidecar: &Sidecar, n: usize, prefixes: &mut PrefixDraw) -> Vec<TrainSeq> {
+pub fn first_item_sequences(
+    catalog: &Catalog,
+    inter: &Interactions,
+    sidecar: &Sidecar,
+    n: usize,
+    prefixes: &mut PrefixDraw,
+) -> Vec<TrainSeq> {
     let mut out = Vec::new();
     for (u, seq) in inter.sequences.iter().enumerate() {
         let items = to_indices(catalog, seq);
@@ -108,7 +114,10 @@ mod tests {
         let plain = training_sequences(&cat, &inter, &sidecar, 3, None, &mut PrefixDraw::none());
         assert!(plain.iter().all(|s| s.weights[0] == 0.0 && s.weights[1..].iter().all(|&w| w == 1.0)));
         let seqs = training_sequences(&cat, &inter, &sidecar, 3, Some(1.0), &mut PrefixDraw::none());
-        assert_eq!(seqs.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>(), plain.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            seqs.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>(),
+            plain.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>()
+        );
         // the first window ends at the training part's last item (d = 0)
         let last = &seqs[0];
         assert_eq!(last.tokens.len(), 1 + 4 * levels);

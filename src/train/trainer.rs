@@ -24,8 +24,8 @@ use rand_chacha::ChaCha8Rng;
 use super::average::{Average, WeightAverage};
 use super::batches::{length_bucketed_batches, micro_batches, split_batch};
 use super::eval::{evaluate, EvalOptions};
-pub use super::sequences::{first_item_sequences, training_sequences, TrainSeq};
 use super::profile_prefix::PrefixDraw;
+pub use super::sequences::{first_item_sequences, training_sequences, TrainSeq};
 use super::TrainError;
 use crate::catalog::Catalog;
 use crate::dataset::Interactions;
@@ -202,7 +202,8 @@ pub fn train(
         return Err(TrainError::Invalid(format!("an exponential average's decay must be in (0, 1), got {a}")));
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(out.display().to_string(), e))?;
-    let mut sidecar = Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest(), opts.max_history);
+    let mut sidecar =
+        Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest(), opts.max_history);
     let users_with_profile = inter.users.iter().filter(|u| opts.profiles.contains_key(*u)).count();
     if users_with_profile > 0 {
         let features = inter.users.iter().filter_map(|u| opts.profiles.get(u)).flatten().cloned();
@@ -216,10 +217,14 @@ pub fn train(
     cfg.max_position_embeddings = (sidecar.longest_sequence() + 1).next_power_of_two().max(64);
     cfg.validate()?;
 
-    let mut seqs = training_sequences(catalog, inter, &sidecar, opts.max_history, opts.recency_half_life, &mut prefixes);
+    let mut seqs =
+        training_sequences(catalog, inter, &sidecar, opts.max_history, opts.recency_half_life, &mut prefixes);
     seqs.extend(first_item_sequences(catalog, inter, &sidecar, opts.first_items, &mut prefixes));
     if let Some(p) = &sidecar.profile {
-        log(&format!("train: {users_with_profile} users with a profile; {} profile features read after bos", p.features.len()));
+        log(&format!(
+            "train: {users_with_profile} users with a profile; {} profile features read after bos",
+            p.features.len()
+        ));
     }
     if seqs.is_empty() {
         return Err(TrainError::Invalid("no user has at least two training items".into()));
@@ -240,7 +245,8 @@ pub fn train(
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    let mut averages = opts.averages.iter().map(|&a| WeightAverage::new(a, &named_vars)).collect::<Result<Vec<_>, _>>()?;
+    let mut averages =
+        opts.averages.iter().map(|&a| WeightAverage::new(a, &named_vars)).collect::<Result<Vec<_>, _>>()?;
     let mut opt = AdamW::new(
         varmap.all_vars(),
         ParamsAdamW { lr: opts.lr, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: opts.weight_decay },
@@ -284,7 +290,16 @@ pub fn train(
                             let weighted = opts.recency_half_life.is_some();
                             let mut acc: Option<(f64, GradStore)> = None;
                             for micro in micro_batches(share, seqs) {
-                                let loss = share_loss(net, seqs, &micro.rows, sidecar.pad_token_id, opts.dropout, weighted, &mut rng, dev)?;
+                                let loss = share_loss(
+                                    net,
+                                    seqs,
+                                    &micro.rows,
+                                    sidecar.pad_token_id,
+                                    opts.dropout,
+                                    weighted,
+                                    &mut rng,
+                                    dev,
+                                )?;
                                 let weight = micro.targets / n_total;
                                 let grads = (&loss * weight)?.backward()?;
                                 let l = loss.to_scalar::<f32>()? as f64 * weight;
@@ -345,7 +360,11 @@ pub fn train(
             }
         }
         last_loss = sum / count.max(1) as f64;
-        if opts.valid_every > 0 && opts.valid_users > 0 && (epoch + 1) % opts.valid_every == 0 && epoch + 1 < opts.epochs {
+        if opts.valid_every > 0
+            && opts.valid_users > 0
+            && (epoch + 1) % opts.valid_every == 0
+            && epoch + 1 < opts.epochs
+        {
             let net = match averages.first() {
                 Some(a) => Transformer::load(VarBuilder::from_tensors(a.named(&named_vars), DType::F32, &dev), &cfg)?,
                 None => net.clone(),
@@ -418,7 +437,10 @@ mod tests {
         let loss = |seqs: &[TrainSeq], weighted: bool| {
             let mut rng = ChaCha8Rng::seed_from_u64(0);
             let rows: Vec<usize> = (0..seqs.len()).collect();
-            share_loss(&net, seqs, &rows, sidecar.pad_token_id, 0.0, weighted, &mut rng, &dev).unwrap().to_scalar::<f32>().unwrap()
+            share_loss(&net, seqs, &rows, sidecar.pad_token_id, 0.0, weighted, &mut rng, &dev)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
         };
         let plain = training_sequences(&cat, &inter, &sidecar, 5, None, &mut PrefixDraw::none());
         let (a, b) = (loss(&plain, false), loss(&plain, true));

@@ -191,7 +191,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let path = path.replace("%2F", "/");
     // as the Hub answers: a repository that is not there is a 401 to an
     // anonymous client, and X-Error-Code says what is missing
-    let missing = |conn, status: &str, code: &str| respond(conn, status, &[("X-Error-Code".into(), code.into())], br#"{"error":"not found"}"#);
+    let missing = |conn, status: &str, code: &str| {
+        respond(conn, status, &[("X-Error-Code".into(), code.into())], br#"{"error":"not found"}"#)
+    };
     let no_repo = |conn| missing(conn, "401 Unauthorized", "RepoNotFound");
     let not_found = |conn| missing(conn, "404 Not Found", "EntryNotFound");
     let mut st = state.lock().unwrap();

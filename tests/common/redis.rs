@@ -15,9 +15,17 @@ pub struct RedisServer {
 /// Whether `redis-server` can be run here; without it a test skips, unless
 /// `GENREC_REQUIRE_REDIS=1` (CI) makes that a failure.
 pub fn available() -> bool {
-    let ok = Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
-        assert!(std::env::var("GENREC_REQUIRE_REDIS").is_err(), "redis-server is missing (apt-get install redis-server)");
+        assert!(
+            std::env::var("GENREC_REQUIRE_REDIS").is_err(),
+            "redis-server is missing (apt-get install redis-server)"
+        );
         eprintln!("skipping: redis-server is not installed");
     }
     ok

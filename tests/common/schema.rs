@@ -11,8 +11,20 @@
 use serde_json::Value;
 
 /// Keywords that only describe (no constraint).
-const ANNOTATIONS: &[&str] =
-    &["description", "title", "format", "default", "example", "examples", "deprecated", "readOnly", "writeOnly", "$schema", "$comment", "components"];
+const ANNOTATIONS: &[&str] = &[
+    "description",
+    "title",
+    "format",
+    "default",
+    "example",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "$schema",
+    "$comment",
+    "components",
+];
 
 /// What `instance` breaks of `schema` (empty: valid). `$ref`s are resolved
 /// against `schema` itself (the document holds `components`).
@@ -57,12 +69,16 @@ fn check(root: &Value, schema: &Value, v: &Value, at: &str, out: &mut Vec<String
         match k.as_str() {
             "$ref" => {
                 let r = s.as_str().expect("$ref is a string");
-                let target = r.strip_prefix('#').and_then(|p| root.pointer(p)).unwrap_or_else(|| panic!("$ref {r} does not resolve"));
+                let target = r
+                    .strip_prefix('#')
+                    .and_then(|p| root.pointer(p))
+                    .unwrap_or_else(|| panic!("$ref {r} does not resolve"));
                 check(root, target, v, at, &mut sub);
             }
             "allOf" => s.as_array().expect("allOf is an array").iter().for_each(|s| check(root, s, v, at, &mut sub)),
             "anyOf" | "oneOf" => {
-                let matching = s.as_array().expect("anyOf/oneOf is an array").iter().filter(|s| is_valid_at(root, s, v)).count();
+                let matching =
+                    s.as_array().expect("anyOf/oneOf is an array").iter().filter(|s| is_valid_at(root, s, v)).count();
                 if matching == 0 || (k == "oneOf" && matching > 1) {
                     fail(format!("{v} matches {matching} of the {k} schemas"));
                 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ItemDone, ModelChange, Outcome, Replica};
+use crate::catalog::edit::NewItem as CatalogItem;
 use crate::engine::edits::Upserted;
 use crate::engine::state::{ModelInfo, ServedCatalog};
 use crate::engine::{Engine, EngineError};
-use crate::catalog::edit::NewItem as CatalogItem;
 use crate::feed::record::{ItemEdit, Record, MODEL_STICKY};
 use crate::feed::{now_ms, Entry, FeedError, Position};
 
@@ -18,7 +18,12 @@ impl Engine {
     /// Applies feed entries in order (an entry at or below the applied
     /// position is skipped, so applying twice changes nothing). A run of item
     /// records becomes one new catalog view.
-    pub(super) fn apply_entries(&self, rep: &Replica, entries: &[Entry], mut deferred: Option<&mut Vec<(Position, Record)>>) {
+    pub(super) fn apply_entries(
+        &self,
+        rep: &Replica,
+        entries: &[Entry],
+        mut deferred: Option<&mut Vec<(Position, Record)>>,
+    ) {
         let done = self.feed_position();
         let mut run: Vec<(Position, Record)> = Vec::new();
         let mut edits = 0;
@@ -103,7 +108,12 @@ impl Engine {
     }
 
     /// Applies a model record here: a refusal keeps the model in service.
-    pub(super) fn apply_model(&self, rep: &Replica, position: Position, rec: &Record) -> Result<ModelInfo, EngineError> {
+    pub(super) fn apply_model(
+        &self,
+        rep: &Replica,
+        position: Position,
+        rec: &Record,
+    ) -> Result<ModelInfo, EngineError> {
         let old = self.model().map(|m| m.info());
         let (kind, path, r) = match rec {
             Record::ModelLoad { path, .. } => ("model_load", path.clone(), self.load_checkpoint_here(path)),
@@ -121,7 +131,8 @@ impl Engine {
             }
         }
         let refused = r.as_ref().err().map(|e| e.to_string());
-        *rep.model_change.lock().unwrap_or_else(|p| p.into_inner()) = Some(ModelChange { position, kind, path, refused });
+        *rep.model_change.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(ModelChange { position, kind, path, refused });
         r
     }
 
@@ -131,7 +142,8 @@ impl Engine {
         if let Some(m) = self.model().filter(|m| m.source == to) {
             return Ok(m.info());
         }
-        let prev_matches = self.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|m| m.source == to);
+        let prev_matches =
+            self.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|m| m.source == to);
         if prev_matches {
             return self.rollback_here();
         }
@@ -173,7 +185,10 @@ impl Engine {
 /// Applies item edits to `view`, one catalog edit id each: the outcome of
 /// each, and the vectors the ANN index needs.
 #[allow(clippy::type_complexity)]
-pub(super) fn apply_edits(view: &mut crate::catalog::Catalog, edits: &[ItemEdit]) -> (Vec<Result<ItemDone, EngineError>>, Vec<(u64, Vec<f32>)>) {
+pub(super) fn apply_edits(
+    view: &mut crate::catalog::Catalog,
+    edits: &[ItemEdit],
+) -> (Vec<Result<ItemDone, EngineError>>, Vec<(u64, Vec<f32>)>) {
     let mut vectors = Vec::new();
     let mut out = Vec::with_capacity(edits.len());
     for edit in edits {
@@ -181,16 +196,29 @@ pub(super) fn apply_edits(view: &mut crate::catalog::Catalog, edits: &[ItemEdit]
         out.push(match edit {
             ItemEdit::Upsert { id, title, embedding, semantic_id } => {
                 let field = if semantic_id.is_some() { "semantic_id" } else { "embedding" };
-                let item = CatalogItem { id: id.clone(), title: title.clone(), embedding: embedding.clone(), semantic_id: semantic_id.clone() };
+                let item = CatalogItem {
+                    id: id.clone(),
+                    title: title.clone(),
+                    embedding: embedding.clone(),
+                    semantic_id: semantic_id.clone(),
+                };
                 match view.upsert(item, edit_id) {
                     Ok(up) => {
                         vectors.push((up.ann_key, up.embedding));
-                        Ok(ItemDone::Upserted(Upserted { item_id: id.clone(), semantic_id: up.semantic_id, created: !up.replaced, feed_position: None }))
+                        Ok(ItemDone::Upserted(Upserted {
+                            item_id: id.clone(),
+                            semantic_id: up.semantic_id,
+                            created: !up.replaced,
+                            feed_position: None,
+                        }))
                     }
                     Err(e) => Err(crate::engine::edits::catalog_error(e, field)),
                 }
             }
-            ItemEdit::Delete { id } => view.remove(id, edit_id).map(|_| ItemDone::Removed).map_err(|e| crate::engine::edits::catalog_error(e, "id")),
+            ItemEdit::Delete { id } => view
+                .remove(id, edit_id)
+                .map(|_| ItemDone::Removed)
+                .map_err(|e| crate::engine::edits::catalog_error(e, "id")),
         });
     }
     (out, vectors)

@@ -51,7 +51,8 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
                 catching_up = Some(start_point(&rep, position)?);
             }
             // after (re)connecting and now and then: did the feed trim past us?
-            let check = !rep.connected.load(Ordering::Relaxed) || last_mark.is_none_or(|t| t.elapsed() >= MARK_EVERY) || behind;
+            let check =
+                !rep.connected.load(Ordering::Relaxed) || last_mark.is_none_or(|t| t.elapsed() >= MARK_EVERY) || behind;
             behind = false;
             if check && rep.feed.trimmed_below()? > position {
                 tracing::warn!(position = %position, "feed: this replica is behind the trimmed part of the feed");

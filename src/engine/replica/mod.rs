@@ -204,7 +204,9 @@ impl Replica {
         // (a feed that is down from the start is said once too)
         let first_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).is_none();
         match (&error, was || first_error, up) {
-            (Some(e), true, false) => tracing::warn!(feed = %self.feed.describe(), error = %e, "feed down: serving the last applied state, retrying"),
+            (Some(e), true, false) => {
+                tracing::warn!(feed = %self.feed.describe(), error = %e, "feed down: serving the last applied state, retrying")
+            }
             (None, false, true) => tracing::info!(feed = %self.feed.describe(), "feed connected"),
             _ => {}
         }
@@ -217,7 +219,11 @@ impl Replica {
     }
 
     /// Appends `make(origin)` and waits until this replica applied it.
-    fn publish(&self, sticky: Option<&str>, make: impl FnOnce(String) -> Record) -> Result<(Position, Outcome), EngineError> {
+    fn publish(
+        &self,
+        sticky: Option<&str>,
+        make: impl FnOnce(String) -> Record,
+    ) -> Result<(Position, Outcome), EngineError> {
         if !self.ready() {
             return Err(EngineError::CatchingUp);
         }
@@ -336,7 +342,11 @@ impl Engine {
                     out.extend(r.into_iter().map(|x| x.map(|d| d.at(p))));
                     last = p;
                 }
-                Ok(_) => return Err(EngineError::Feed(FeedError::Protocol("the feed answered another kind of record".into()))),
+                Ok(_) => {
+                    return Err(EngineError::Feed(FeedError::Protocol(
+                        "the feed answered another kind of record".into(),
+                    )))
+                }
                 // the chunks before were applied: report them, and this one
                 // and the rest as failed, each with the error
                 Err(e) if !out.is_empty() => {
@@ -352,10 +362,16 @@ impl Engine {
     }
 
     /// Publishes a model change and returns what this replica made of it.
-    pub(super) fn publish_model(&self, rep: &Replica, make: impl FnOnce(String) -> Record) -> Result<ModelInfo, EngineError> {
+    pub(super) fn publish_model(
+        &self,
+        rep: &Replica,
+        make: impl FnOnce(String) -> Record,
+    ) -> Result<ModelInfo, EngineError> {
         match rep.publish(Some(MODEL_STICKY), make)?.1 {
             Outcome::Model(r) => r,
-            Outcome::Items(_) => Err(EngineError::Feed(FeedError::Protocol("the feed answered an item edit for a model change".into()))),
+            Outcome::Items(_) => {
+                Err(EngineError::Feed(FeedError::Protocol("the feed answered an item edit for a model change".into())))
+            }
         }
     }
 

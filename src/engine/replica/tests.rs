@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{NoFeedObserver, ReplicaOptions};
-use crate::engine::*;
 use crate::catalog::Catalog;
+use crate::engine::*;
 use crate::feed::memory::MemoryFeed;
 use crate::feed::{Feed, Position};
 
@@ -56,7 +56,13 @@ fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -
     let (model, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
     e.install(model, "embedded".into()).unwrap();
     let f: Arc<dyn Feed> = feed.clone();
-    e.join_feed(f, ReplicaOptions { name: name.into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL }, start, Arc::new(NoFeedObserver)).unwrap();
+    e.join_feed(
+        f,
+        ReplicaOptions { name: name.into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
+        start,
+        Arc::new(NoFeedObserver),
+    )
+    .unwrap();
     wait_for(|| e.feed_ready() == Some(true), "the replica catches up");
     e
 }
@@ -90,7 +96,13 @@ fn embedding(c: &Catalog, i: u32, salt: f32) -> Vec<f32> {
 }
 
 fn item(c: &Catalog, id: &str, from: u32, salt: f32) -> edits::NewItem {
-    edits::NewItem { id: id.into(), title: format!("t {id}"), text: None, embedding: Some(embedding(c, from, salt)), semantic_id: None }
+    edits::NewItem {
+        id: id.into(),
+        title: format!("t {id}"),
+        text: None,
+        embedding: Some(embedding(c, from, salt)),
+        semantic_id: None,
+    }
 }
 
 fn request(history: Vec<String>) -> RecRequest {
@@ -162,7 +174,11 @@ fn replicas_converge_under_concurrent_edits_and_readers() {
             std::thread::spawn(move || {
                 for i in 0..25u32 {
                     let up = e.upsert_item(item(&base, &format!("w{t}-{i}"), i % 7, 0.01 * (t as f32 + 1.0))).unwrap();
-                    assert_eq!(e.item(&up.item_id).unwrap().semantic_id, up.semantic_id, "read-your-writes on this replica");
+                    assert_eq!(
+                        e.item(&up.item_id).unwrap().semantic_id,
+                        up.semantic_id,
+                        "read-your-writes on this replica"
+                    );
                 }
                 e.remove_item(&format!("w{t}-3")).unwrap();
                 e.remove_item(base.item_id(100 + t)).unwrap();
@@ -236,14 +252,19 @@ fn compaction_records_its_position_joiners_replay_after_it_and_trimming_keeps_wh
     feed.mark("slow", slow_at, 2).unwrap();
     let r2 = a.compact().unwrap();
     assert_eq!(r2.version, 3);
-    assert_eq!(feed.read_after(Position::START, 1, Duration::ZERO).unwrap()[0].position, slow_at, "the slow replica's records stay");
+    assert_eq!(
+        feed.read_after(Position::START, 1, Duration::ZERO).unwrap()[0].position,
+        slow_at,
+        "the slow replica's records stay"
+    );
     assert!(root.0.join("catalog/v-000002").exists(), "the version the slow replica serves stays");
     // once it has moved on, the next compaction trims below the version before
     feed.mark("slow", feed.head().unwrap().unwrap(), 3).unwrap();
     a.upsert_item(item(&base, "x8b", 8, 0.05)).unwrap();
     let r2 = a.compact().unwrap();
     assert_eq!(r2.version, 4);
-    let v3_position: Position = crate::catalog::dir::version_feed_position(&root.0.join("catalog"), 3).unwrap().unwrap().parse().unwrap();
+    let v3_position: Position =
+        crate::catalog::dir::version_feed_position(&root.0.join("catalog"), 3).unwrap().unwrap().parse().unwrap();
     let kept = feed.read_after(Position::START, 100, Duration::ZERO).unwrap();
     assert_eq!(kept.first().map(|e| e.position), Some(v3_position), "trimmed below the version before the newest");
     assert_eq!(kept.len(), 2);
@@ -278,9 +299,20 @@ fn a_replica_below_the_trimmed_feed_reloads_the_newest_version() {
     }
     a.upsert_item(item(&base, "last", 1, 0.07)).unwrap();
     assert!(feed.trimmed_below().unwrap() > Position::START);
-    let late = Engine::new(old, EngineOptions { model_root: Some(root.0.clone()), ..Default::default() }, Arc::new(NoObserver)).unwrap();
+    let late = Engine::new(
+        old,
+        EngineOptions { model_root: Some(root.0.clone()), ..Default::default() },
+        Arc::new(NoObserver),
+    )
+    .unwrap();
     let f: Arc<dyn Feed> = feed.clone();
-    late.join_feed(f, ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL }, Position::START, Arc::new(NoFeedObserver)).unwrap();
+    late.join_feed(
+        f,
+        ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
+        Position::START,
+        Arc::new(NoFeedObserver),
+    )
+    .unwrap();
     settled(&feed, &[&a, &late]);
     assert_same(&served(&a), &served(&late), "nothing the trimmed entries held is missing");
 }
@@ -329,7 +361,11 @@ fn model_changes_fan_out_and_a_replica_that_cannot_load_keeps_its_model() {
         std::fs::copy(root.0.join("a").join(f), ens.join(f)).unwrap();
         std::fs::copy(root.0.join("a").join(f), ens.join("members/1").join(f)).unwrap();
     }
-    std::fs::write(ens.join("members/1/model.safetensors"), crate::server::default_model::variant_weights(0.5).unwrap()).unwrap();
+    std::fs::write(
+        ens.join("members/1/model.safetensors"),
+        crate::server::default_model::variant_weights(0.5).unwrap(),
+    )
+    .unwrap();
     crate::model::ensemble::list_members(&ens, &["members/1".to_string()]).unwrap();
     let info = b.load_checkpoint("ens").unwrap();
     assert_eq!(info.members, 2);
@@ -371,7 +407,13 @@ fn a_replica_that_cannot_reach_the_feed_at_start_is_not_ready_until_it_does() {
     feed.set_down(true);
     let e = Engine::new(catalog, EngineOptions::default(), Arc::new(NoObserver)).unwrap();
     let f: Arc<dyn Feed> = feed.clone();
-    e.join_feed(f, ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL }, Position::START, Arc::new(NoFeedObserver)).unwrap();
+    e.join_feed(
+        f,
+        ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
+        Position::START,
+        Arc::new(NoFeedObserver),
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(e.feed_ready(), Some(false), "not ready before it has seen the feed's head");
     assert!(matches!(e.upsert_item(item(&e.catalog().catalog, "x", 1, 0.1)), Err(EngineError::CatchingUp)));

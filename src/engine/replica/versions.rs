@@ -133,7 +133,8 @@ impl Engine {
         let keep_from = active.iter().map(|m| m.version).min().unwrap_or(current).min(current);
         let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
         let extra = |v: &crate::catalog::Catalog, d: &std::path::Path| {
-            write_version_graph(v, prev_graph.as_deref(), d).map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
+            write_version_graph(v, prev_graph.as_deref(), d)
+                .map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
         };
         let (number, _) = dir::commit_shared_version(&rep.dir, &view, &position.to_string(), keep_from, &extra)?;
         rep.feed.mark(&rep.name, position, self.catalog().catalog.manifest().version)?;
@@ -146,7 +147,12 @@ impl Engine {
             let dropped = rep.feed.trim_below(below)?;
             tracing::info!(below = %below, dropped, "feed trimmed");
         }
-        Ok(CompactReport { version: number, items: view.served_len(), replayed: 0, seconds: t0.elapsed().as_secs_f64() })
+        Ok(CompactReport {
+            version: number,
+            items: view.served_len(),
+            replayed: 0,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
     }
 
     /// Starts a compaction on its own thread when the records applied since
@@ -154,7 +160,10 @@ impl Engine {
     /// replica wrote a version since (the feed thread goes on applying).
     pub(super) fn maybe_compact(&self, rep: &Replica) {
         let limit = self.opts.compact_log_bytes;
-        if limit == 0 || rep.bytes_since_version.load(Ordering::Relaxed) < limit || rep.compacting.load(Ordering::SeqCst) {
+        if limit == 0
+            || rep.bytes_since_version.load(Ordering::Relaxed) < limit
+            || rep.compacting.load(Ordering::SeqCst)
+        {
             return;
         }
         if let Ok(v) = dir::version_of(&rep.dir) {
@@ -168,7 +177,12 @@ impl Engine {
             crate::engine::edits::lower_priority();
             let Some(rep) = me.replica().cloned() else { return };
             match me.compact_shared(&rep) {
-                Ok(r) => tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "shared catalog compacted"),
+                Ok(r) => tracing::info!(
+                    version = r.version,
+                    items = r.items,
+                    seconds = r.seconds,
+                    "shared catalog compacted"
+                ),
                 Err(EngineError::Conflict(_) | EngineError::CatchingUp) => {}
                 Err(e) => tracing::warn!(error = %e, "shared catalog compaction failed; the feed keeps everything"),
             }

@@ -81,7 +81,11 @@ impl GpuFilters {
 }
 
 fn padded(v: &[u32]) -> Vec<u32> {
-    if v.is_empty() { vec![0] } else { v.to_vec() }
+    if v.is_empty() {
+        vec![0]
+    } else {
+        v.to_vec()
+    }
 }
 
 /// The beams after a step, on the device; `row` and `token` feed the next
@@ -148,10 +152,19 @@ pub fn beam_step(
     selection: Selection,
 ) -> Result<GpuBeams> {
     let StepShape { requests, beams_in, beams_out, codes } = shape;
-    super::contract::check_step(&trie.codebook_sizes, depth, shape, selection).map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
+    super::contract::check_step(&trie.codebook_sizes, depth, shape, selection)
+        .map_err(|m| candle_core::Error::Msg(format!("beam step: {m}")))?;
     let (rows, ld) = args.logits.dims2()?;
-    if rows != requests * beams_in || args.col0 + codes > ld || args.logits.dtype() != DType::F32 || !args.logits.is_contiguous() {
-        candle_core::bail!("beam step: logits {:?} {:?} do not fit {shape:?}", args.logits.shape(), args.logits.dtype());
+    if rows != requests * beams_in
+        || args.col0 + codes > ld
+        || args.logits.dtype() != DType::F32
+        || !args.logits.is_contiguous()
+    {
+        candle_core::bail!(
+            "beam step: logits {:?} {:?} do not fit {shape:?}",
+            args.logits.shape(),
+            args.logits.dtype()
+        );
     }
     let (ls, ll) = args.logits.storage_and_layout();
     let Storage::Cuda(lc) = &*ls else { candle_core::bail!("beam step: logits are not on the GPU") };

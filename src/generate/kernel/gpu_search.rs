@@ -14,8 +14,8 @@ use super::filters::LevelFilters;
 use crate::catalog::trie::Trie;
 use crate::catalog::Catalog;
 use crate::generate::search::collect_hits;
-use crate::generate::{GenRequest, GenerateError, Generated, Scoring};
 use crate::generate::step::StepShape;
+use crate::generate::{GenRequest, GenerateError, Generated, Scoring};
 use crate::model::{BeamKv, HistoryKv, Model};
 
 /// Device copies of recently used tries, by (trie id, device id): a catalog
@@ -58,14 +58,21 @@ impl<'a> GpuMember<'a> {
 /// ensemble the members' mean log-probability of each code with a zero
 /// normaliser (the mean of normalised scores; `Scoring::Model` only, as on
 /// the CPU).
-fn level_logits(members: &[GpuMember], offset: usize, codes: usize, scoring: Scoring) -> Result<(Tensor, usize, Option<Tensor>), GenerateError> {
+fn level_logits(
+    members: &[GpuMember],
+    offset: usize,
+    codes: usize,
+    scoring: Scoring,
+) -> Result<(Tensor, usize, Option<Tensor>), GenerateError> {
     match (members, scoring) {
         ([m], Scoring::Model) => {
             let full = m.model.net.logits(&m.hidden)?.to_dtype(DType::F32)?.contiguous()?;
             let lse = full.log_sum_exp(D::Minus1)?.contiguous()?;
             Ok((full, offset, Some(lse)))
         }
-        ([m], Scoring::Trie) => Ok((m.model.net.logits_range(&m.hidden, offset, codes)?.to_dtype(DType::F32)?.contiguous()?, 0, None)),
+        ([m], Scoring::Trie) => {
+            Ok((m.model.net.logits_range(&m.hidden, offset, codes)?.to_dtype(DType::F32)?.contiguous()?, 0, None))
+        }
         (many, _) => {
             let mut sum: Option<Tensor> = None;
             for m in many {
@@ -96,7 +103,10 @@ pub fn decode_levels(
     scoring: Scoring,
     lens: &[usize],
 ) -> Result<Generated, GenerateError> {
-    let model = members.first().map(|m| m.model).ok_or_else(|| GenerateError::Invalid("an ensemble needs at least one model".into()))?;
+    let model = members
+        .first()
+        .map(|m| m.model)
+        .ok_or_else(|| GenerateError::Invalid("an ensemble needs at least one model".into()))?;
     let sc = &model.sidecar;
     let levels = sc.levels();
     let r = reqs.len();

@@ -37,7 +37,11 @@ pub struct KernelOutput {
 /// Order-preserving bits of a float (larger float, larger bits).
 pub fn ord_bits(f: f32) -> u32 {
     let u = f.to_bits();
-    if u & 0x8000_0000 != 0 { !u } else { u | 0x8000_0000 }
+    if u & 0x8000_0000 != 0 {
+        !u
+    } else {
+        u | 0x8000_0000
+    }
 }
 
 /// Inverse of [`ord_bits`].
@@ -103,7 +107,14 @@ pub fn pick_digit(hist: &[u32; 256], want: u32) -> (usize, u32) {
 
 /// The `i`-th child slot of `node`: `(code, child)`; `child` is `NONE` for a
 /// dense slot whose code is no child.
-fn child_slot(trie: &TrieArrays, dense: Option<&[u32]>, dense_base: u32, codes: usize, node: u32, i: usize) -> (u32, u32) {
+fn child_slot(
+    trie: &TrieArrays,
+    dense: Option<&[u32]>,
+    dense_base: u32,
+    codes: usize,
+    node: u32,
+    i: usize,
+) -> (u32, u32) {
     match dense {
         Some(t) => (i as u32, t[(node - dense_base) as usize * codes + i]),
         None => {
@@ -133,7 +144,12 @@ pub fn beam_step_mirror(
     let dense_base = trie.level_start[depth];
     let n_out = requests * beams_out;
     let mut out = KernelOutput {
-        step: StepOutput { parent: vec![0; n_out], code: vec![0; n_out], node: vec![NONE; n_out], score: vec![f32::NEG_INFINITY; n_out] },
+        step: StepOutput {
+            parent: vec![0; n_out],
+            code: vec![0; n_out],
+            node: vec![NONE; n_out],
+            score: vec![f32::NEG_INFINITY; n_out],
+        },
         row: vec![0; n_out],
         token: vec![pad_token; n_out],
     };
@@ -154,7 +170,9 @@ pub fn beam_step_mirror(
                 (trie.child_start[node as usize + 1] - trie.child_start[node as usize]) as usize
             };
             let x = &input.logits[row * input.ld + input.col0..];
-            let valid = || (0..slots).map(|i| child_slot(trie, dense, dense_base, codes, node, i)).filter(|&(_, ch)| ch != NONE);
+            let valid = || {
+                (0..slots).map(|i| child_slot(trie, dense, dense_base, codes, node, i)).filter(|&(_, ch)| ch != NONE)
+            };
             let lse = match input.norm {
                 Some(n) => n[row],
                 None => {
@@ -309,7 +327,11 @@ mod tests {
             for capacity in [super::super::contract::POOL_MAX, 40, 1] {
                 let (got, in_pool) = select(&cands, &lane_best, beams_out, Selection::Pool { capacity });
                 assert_eq!(got, want, "case {case} capacity {capacity}");
-                if in_pool { pooled += 1 } else { fell_back += 1 }
+                if in_pool {
+                    pooled += 1
+                } else {
+                    fell_back += 1
+                }
             }
         }
         assert!(pooled > 100 && fell_back > 100, "pooled {pooled}, fell back {fell_back}");
@@ -349,8 +371,14 @@ mod tests {
                     history: Vec::new(),
                     k: 1,
                     exclude: (0..cat.len() as u32).filter(|_| rng.random_bool(0.2)).collect::<HashSet<u32>>(),
-                    within: if rng.random_bool(0.5) { vec![rng.random_range(0..sizes[0]), rng.random_range(0..sizes[0])] } else { Vec::new() },
-                    allowed: rng.random_bool(0.4).then(|| (0..cat.len() as u32).filter(|_| rng.random_bool(0.3)).collect()),
+                    within: if rng.random_bool(0.5) {
+                        vec![rng.random_range(0..sizes[0]), rng.random_range(0..sizes[0])]
+                    } else {
+                        Vec::new()
+                    },
+                    allowed: rng
+                        .random_bool(0.4)
+                        .then(|| (0..cat.len() as u32).filter(|_| rng.random_bool(0.3)).collect()),
                     ..Default::default()
                 })
                 .collect();
@@ -363,12 +391,22 @@ mod tests {
                 let codes = sizes[depth] as usize;
                 let beams_in = if depth == 0 { 1 } else { rng.random_range(1..6) };
                 let beams_out = rng.random_range(1..12);
-                let level_nodes: Vec<u32> = (trie.arrays().level_start[depth]..trie.arrays().level_start[depth + 1]).collect();
+                let level_nodes: Vec<u32> =
+                    (trie.arrays().level_start[depth]..trie.arrays().level_start[depth + 1]).collect();
                 let n = requests * beams_in;
-                let nodes: Vec<u32> = (0..n)
-                    .map(|_| if rng.random_bool(0.15) { NONE } else { level_nodes[rng.random_range(0..level_nodes.len())] })
+                let nodes: Vec<u32> =
+                    (0..n)
+                        .map(|_| {
+                            if rng.random_bool(0.15) {
+                                NONE
+                            } else {
+                                level_nodes[rng.random_range(0..level_nodes.len())]
+                            }
+                        })
+                        .collect();
+                let scores: Vec<f32> = (0..n)
+                    .map(|_| if rng.random_bool(0.05) { f32::NEG_INFINITY } else { -rng.random::<f32>() * 3.0 })
                     .collect();
-                let scores: Vec<f32> = (0..n).map(|_| if rng.random_bool(0.05) { f32::NEG_INFINITY } else { -rng.random::<f32>() * 3.0 }).collect();
                 // logits inside a wider row (ld > codes, col0 > 0); some exact ties
                 let (ld, col0) = (codes + 5, 3);
                 let clean: Vec<f32> = (0..n * ld).map(|_| (rng.random_range(-8..8) as f32) * 0.25).collect();
@@ -392,27 +430,32 @@ mod tests {
                     .map(|&v| [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, v, v, v][rng.random_range(0..6)])
                     .collect();
                 for (logits, norm) in [(&clean, &clean_norm), (&poisoned, &poisoned_norm)] {
-                let level_logits: Vec<f32> = (0..n).flat_map(|b| logits[b * ld + col0..b * ld + col0 + codes].to_vec()).collect();
-                let filters = LevelFilters::new(&cat, &reqs, depth);
-                let shape = StepShape { requests, beams_in, beams_out, codes };
-                for (nm, selection) in [None, Some(&norm[..])].into_iter().flat_map(|n| [(n, Selection::Radix), (n, Selection::POOL), (n, Selection::Pool { capacity: 2 })]) {
-                    let want = beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
-                    let input = StepInput { logits: &logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
-                    let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7, selection).unwrap();
-                    assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");
-                    assert_eq!(got.step.code, want.code, "case {case} depth {depth}");
-                    assert_eq!(got.step.node, want.node, "case {case} depth {depth}");
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got.step.score), bits(&want.score), "case {case} depth {depth}");
-                    for s in 0..requests * beams_out {
-                        let r = s / beams_out;
-                        assert_eq!(got.row[s], (r * beams_in) as u32 + got.step.parent[s]);
-                        let live = got.step.node[s] != NONE;
-                        assert_eq!(got.token[s], if live { 100 + got.step.code[s] } else { 7 });
-                        // a live beam always has a finite score: non-finite ones never survive
-                        assert_eq!(live, got.step.score[s].is_finite(), "case {case} depth {depth} slot {s}");
+                    let level_logits: Vec<f32> =
+                        (0..n).flat_map(|b| logits[b * ld + col0..b * ld + col0 + codes].to_vec()).collect();
+                    let filters = LevelFilters::new(&cat, &reqs, depth);
+                    let shape = StepShape { requests, beams_in, beams_out, codes };
+                    for (nm, selection) in [None, Some(&norm[..])].into_iter().flat_map(|n| {
+                        [(n, Selection::Radix), (n, Selection::POOL), (n, Selection::Pool { capacity: 2 })]
+                    }) {
+                        let want =
+                            beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
+                        let input = StepInput { logits: &logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
+                        let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7, selection)
+                            .unwrap();
+                        assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");
+                        assert_eq!(got.step.code, want.code, "case {case} depth {depth}");
+                        assert_eq!(got.step.node, want.node, "case {case} depth {depth}");
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got.step.score), bits(&want.score), "case {case} depth {depth}");
+                        for s in 0..requests * beams_out {
+                            let r = s / beams_out;
+                            assert_eq!(got.row[s], (r * beams_in) as u32 + got.step.parent[s]);
+                            let live = got.step.node[s] != NONE;
+                            assert_eq!(got.token[s], if live { 100 + got.step.code[s] } else { 7 });
+                            // a live beam always has a finite score: non-finite ones never survive
+                            assert_eq!(live, got.step.score[s].is_finite(), "case {case} depth {depth} slot {s}");
+                        }
                     }
-                }
                 }
             }
         }
