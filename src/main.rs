@@ -344,7 +344,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         workers,
         averages: parse_averages(&a.average)?,
         recency_half_life: match a.recency_half_life {
-            h if h == 0.0 => None,
+            0.0 => None,
             h if h.is_finite() && h > 0.0 => Some(h),
             h => anyhow::bail!("--recency-half-life must be a positive number of items or 0, got {h}"),
         },

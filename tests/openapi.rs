@@ -242,3 +242,49 @@ fn real_answers_match_the_openapi_description() {
         assert_eq!(st, 404, "{path}");
     }
 }
+
+/// The validator refuses what each keyword forbids (a validator that
+/// accepts everything would make tests/openapi.rs pass for nothing).
+#[test]
+fn the_schema_checker_refuses_what_each_keyword_forbids() {
+    let doc = json!({
+        "allOf": [{"$ref": "#/components/schemas/A"}],
+        "components": {"schemas": {
+            "A": {"type": "object", "required": ["n"], "additionalProperties": false, "properties": {
+                "n": {"type": "integer", "minimum": 1, "maximum": 9},
+                "s": {"type": ["string", "null"], "minLength": 2, "maxLength": 3},
+                "e": {"enum": ["x", "y"]},
+                "l": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2},
+                "o": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                "m": {"type": "object", "propertyNames": {"minLength": 2}, "additionalProperties": {"type": "number"}}
+            }}
+        }}
+    });
+    let good = json!({"n": 3, "s": null, "e": "y", "l": [true], "o": "a", "m": {"ab": 1.5}});
+    assert!(common::schema::errors(&doc, &good).is_empty(), "{:?}", common::schema::errors(&doc, &good));
+    for bad in [
+        json!({"s": "ab"}),
+        json!({"n": 0}),
+        json!({"n": 10}),
+        json!({"n": 1.5}),
+        json!({"n": "1"}),
+        json!({"n": 1, "s": "a"}),
+        json!({"n": 1, "s": "abcd"}),
+        json!({"n": 1, "e": "z"}),
+        json!({"n": 1, "l": [1]}),
+        json!({"n": 1, "l": [true, true, true]}),
+        json!({"n": 1, "o": true}),
+        json!({"n": 1, "m": {"a": 1}}),
+        json!({"n": 1, "m": {"ab": "1"}}),
+        json!({"n": 1, "extra": 1}),
+        json!([1]),
+    ] {
+        assert!(!common::schema::is_valid(&doc, &bad), "{bad} passed");
+    }
+}
+
+#[test]
+#[should_panic(expected = "does not check")]
+fn the_schema_checker_does_not_pass_over_an_unknown_keyword() {
+    is_valid(&json!({"pattern": "^a"}), &json!("b"));
+}

@@ -61,7 +61,7 @@ impl<T: Pod> Array<T> {
         // version is replaced by writing a new folder, never in place.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| CatalogError::io(path, e))?;
         let ptr = map.as_ptr() as *const T;
-        if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+        if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
             return Err(CatalogError::Format(format!("{}: mapping is not aligned", path.display())));
         }
         Ok(Array { ptr, len, _owner: Owner::Map(Arc::new(map)) })

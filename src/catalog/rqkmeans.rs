@@ -107,7 +107,7 @@ impl Rows for SliceRows<'_> {
 
 /// Learns codebooks on `emb` (`n × dim`, row-major) and assigns semantic IDs.
 pub fn quantize(emb: &[f32], dim: usize, opts: &RqOptions) -> Result<Quantized, CatalogError> {
-    if dim == 0 || emb.len() % dim != 0 || emb.is_empty() {
+    if dim == 0 || !emb.len().is_multiple_of(dim) || emb.is_empty() {
         return Err(CatalogError::Format("embeddings: empty or not a multiple of dim".into()));
     }
     quantize_rows(&SliceRows { data: emb, dim }, opts, &|_, _, _| {})

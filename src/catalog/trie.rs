@@ -146,7 +146,7 @@ impl Trie {
         dense_depth: usize,
         keep: Option<&(dyn Fn(u32) -> bool + Sync)>,
     ) -> Result<Self, CatalogError> {
-        if levels == 0 || codebook_sizes.len() != levels || sids.len() % levels != 0 {
+        if levels == 0 || codebook_sizes.len() != levels || !sids.len().is_multiple_of(levels) {
             return Err(CatalogError::Format(format!(
                 "trie: {} codes for {} levels with {} codebook sizes",
                 sids.len(),
@@ -504,7 +504,7 @@ mod tests {
         assert!(Trie::map(&dir, &sizes).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
         // the filter leaves items out, keeping indices
-        let keep = |i: u32| i % 2 == 0;
+        let keep = |i: u32| i.is_multiple_of(2);
         let f = Trie::build_filtered(&sids, 3, &sizes, 2, Some(&keep)).unwrap();
         assert_eq!(f.num_items(), 40);
         assert_eq!(f.lookup(&sids[6..9]), Some(2));

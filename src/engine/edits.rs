@@ -548,7 +548,7 @@ impl Engine {
             let log = Arc::new(log);
             store.log = log.clone();
             // everything queued is synced now
-            if let Some((_, v)) = w.queued.drain(..).last() {
+            if let Some((_, v)) = w.queued.drain(..).next_back() {
                 self.catalog.store(v);
             }
             (dir, w.head.catalog.clone(), number, log)

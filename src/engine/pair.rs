@@ -18,7 +18,7 @@ pub struct Pair {
 pub fn check_pair(model: &Model, catalog: &Catalog) -> Result<(), EngineError> {
     model
         .sidecar
-        .validate(model.config.vocab_size, &catalog.manifest())
+        .validate(model.config.vocab_size, catalog.manifest())
         .map_err(|e| EngineError::Mismatch(e.to_string()))
 }
 

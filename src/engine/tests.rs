@@ -405,7 +405,7 @@ async fn an_ensemble_serves_the_search_over_its_members_mean() {
         let served = e.recommend(&req(&names, 10, Strategy::Generative)).await.unwrap();
         let q =
             GenRequest { history: hist.clone(), k: 10, exclude: hist.iter().copied().collect(), ..Default::default() };
-        let want = generate_ensemble(&[&a, &b], &cat.catalog, &[q.clone()], beam, Scoring::Model).unwrap();
+        let want = generate_ensemble(&[&a, &b], &cat.catalog, std::slice::from_ref(&q), beam, Scoring::Model).unwrap();
         let want: Vec<String> = want.hits[0].iter().map(|h| cat.catalog.item_id(h.item).to_string()).collect();
         assert_eq!(ids(&served), want, "history {names:?}");
         let lead = generate(&a, &cat.catalog, &[q], beam).unwrap();

@@ -52,13 +52,13 @@ pub(crate) mod testutil {
 
     /// [`random_model`] with weights and activations in `dtype`.
     pub fn random_model_as(catalog: &Catalog, arch: &str, seed: u64, dtype: candle_core::DType) -> Model {
-        random_model_with(Sidecar::for_catalog("random", ".", &catalog.manifest(), 20), arch, seed, dtype)
+        random_model_with(Sidecar::for_catalog("random", ".", catalog.manifest(), 20), arch, seed, dtype)
     }
 
     /// A random model that reads the profile features `features` (see
     /// [`crate::model::profile_vocab`]).
     pub fn random_profiled_model(catalog: &Catalog, features: &[&str], seed: u64) -> Model {
-        let sidecar = Sidecar::for_catalog("random", ".", &catalog.manifest(), 20)
+        let sidecar = Sidecar::for_catalog("random", ".", catalog.manifest(), 20)
             .with_profile(features.iter().map(|f| f.to_string()));
         random_model_with(sidecar, "LlamaForCausalLM", seed, candle_core::DType::F32)
     }

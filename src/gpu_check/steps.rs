@@ -24,6 +24,7 @@ pub(super) trait StepRunner {
     /// Runs the step with the kernel of `selection` `reps` times (after one
     /// untimed run); returns its output and the seconds of each timed run
     /// (launch to completion).
+    #[allow(clippy::too_many_arguments)] // the beam-step contract's inputs, as the kernels take them
     fn run(
         &mut self,
         trie: &Trie,

@@ -61,7 +61,7 @@ impl Synthetic {
         device: &Device,
         dtype: DType,
     ) -> Result<Model, CheckError> {
-        build(self.shape, &catalog.manifest(), history_items, seed, device, dtype)
+        build(self.shape, catalog.manifest(), history_items, seed, device, dtype)
             .map_err(|e| CheckError::Other(e.to_string()))
     }
 }

@@ -169,14 +169,14 @@ impl ModelConfig {
         if self.num_attention_heads == 0 || self.kv_heads() == 0 || self.num_hidden_layers == 0 {
             return bad("heads and layers must be positive".into());
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.kv_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for rotary positions", self.head_dim()));
         }
         if self.hidden_act != "silu" {
@@ -228,7 +228,8 @@ mod tests {
     fn every_size_is_bounded_and_named() {
         let ok = ModelConfig::llama(100, 32, 2, 4, 2, 64);
         ok.validate().unwrap();
-        let cases: [(&str, fn(&mut ModelConfig)); 6] = [
+        type Case = (&'static str, fn(&mut ModelConfig));
+        let cases: [Case; 6] = [
             ("vocab_size", |c| c.vocab_size = MAX_VOCAB + 1),
             ("num_hidden_layers", |c| c.num_hidden_layers = usize::MAX),
             ("max_position_embeddings", |c| c.max_position_embeddings = 1 << 40),

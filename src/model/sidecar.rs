@@ -214,7 +214,7 @@ mod tests {
     fn a_profile_vocabulary_follows_the_codes_and_old_sidecars_have_none() {
         let cat = random_catalog(40, &[4, 4, 3], 1);
         let m = cat.manifest();
-        let plain = Sidecar::for_catalog("t", ".", &m, 20);
+        let plain = Sidecar::for_catalog("t", ".", m, 20);
         let json = serde_json::to_string(&plain).unwrap();
         assert!(!json.contains("profile"), "old readers see the old format");
         assert_eq!(serde_json::from_str::<Sidecar>(&json).unwrap(), plain);
@@ -226,11 +226,11 @@ mod tests {
         assert_eq!(s.longest_sequence(), plain.longest_sequence() + MAX_PROFILE_TOKENS);
         assert!(!s.same_layout(&plain));
         assert_eq!(serde_json::from_str::<Sidecar>(&serde_json::to_string(&s).unwrap()).unwrap(), s);
-        assert!(s.validate(16, &m).is_ok());
-        assert!(s.validate(15, &m).is_err(), "the vocabulary must hold the profile tokens");
+        assert!(s.validate(16, m).is_ok());
+        assert!(s.validate(15, m).is_err(), "the vocabulary must hold the profile tokens");
         let mut overlapping = s.clone();
         overlapping.profile.as_mut().unwrap().offset = 10;
-        assert!(overlapping.validate(16, &m).is_err(), "profile tokens may not overlap codes");
+        assert!(overlapping.validate(16, m).is_err(), "profile tokens may not overlap codes");
         assert_eq!(s.request_tokens(&[15, 14], [&[1u32, 2, 0][..]]), vec![1, 15, 14, 3 + 1, 7 + 2, 11]);
         assert!(plain.clone().with_profile(Vec::<String>::new()).profile.is_none());
     }

@@ -248,10 +248,10 @@ impl Ann {
             let item = key as u32;
             (item as usize) < catalog.len() && catalog.is_served(item) && catalog.ann_key(item) == key && keep(item)
         };
-        let mut hits = self.base.search(query, k, &current)?;
+        let mut hits = self.base.search(query, k, current)?;
         let g = self.overlay.read().unwrap_or_else(|p| p.into_inner());
         if !g.is_empty() {
-            hits.extend(g.search(query, k, &current)?);
+            hits.extend(g.search(query, k, current)?);
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             hits.truncate(k);
         }

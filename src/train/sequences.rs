@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn recency_weights_follow_the_distance_to_the_end_of_the_training_part() {
         let cat = random_catalog(40, &[4, 4, 3], 1);
-        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest(), 3);
+        let sidecar = Sidecar::for_catalog("t", ".", cat.manifest(), 3);
         let levels = sidecar.levels();
         // 12 items: the training part is items 0..10; windows of 4 items
         let inter = one_user(12);
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn first_items_become_targets_of_the_start_token() {
         let cat = random_catalog(40, &[4, 4, 3], 1);
-        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest(), 3);
+        let sidecar = Sidecar::for_catalog("t", ".", cat.manifest(), 3);
         // 12 items: the training part is items 0..10
         let inter = one_user(12);
         let items = to_indices(&cat, &inter.sequences[0]);
@@ -153,7 +153,7 @@ mod tests {
         let cat = random_catalog(40, &[4, 4, 3], 1);
         let features: HashMap<String, Vec<String>> =
             [("u".to_string(), vec!["age:18-24".to_string(), "interest:drama".to_string()])].into_iter().collect();
-        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest(), 3).with_profile(features["u"].clone());
+        let sidecar = Sidecar::for_catalog("t", ".", cat.manifest(), 3).with_profile(features["u"].clone());
         let vocab = sidecar.profile.clone().unwrap();
         assert_eq!(vocab.offset as usize, 3 + 11);
         let inter = one_user(12);

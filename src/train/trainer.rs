@@ -193,7 +193,7 @@ pub fn train(
     out: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<TrainReport, TrainError> {
-    if opts.epochs == 0 || opts.batch_size == 0 || opts.heads == 0 || opts.hidden % opts.heads != 0 {
+    if opts.epochs == 0 || opts.batch_size == 0 || opts.heads == 0 || !opts.hidden.is_multiple_of(opts.heads) {
         return Err(TrainError::Invalid(
             "epochs and batch size must be positive and hidden a multiple of heads".into(),
         ));
@@ -203,7 +203,7 @@ pub fn train(
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(out.display().to_string(), e))?;
     let mut sidecar =
-        Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), &catalog.manifest(), opts.max_history);
+        Sidecar::for_catalog(&opts.name, &relative_path(out, catalog_dir), catalog.manifest(), opts.max_history);
     let users_with_profile = inter.users.iter().filter(|u| opts.profiles.contains_key(*u)).count();
     if users_with_profile > 0 {
         let features = inter.users.iter().filter_map(|u| opts.profiles.get(u)).flatten().cloned();
@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn weighted_loss_with_equal_weights_is_the_plain_loss() {
         let cat = random_catalog(40, &[4, 4, 3], 2);
-        let sidecar = Sidecar::for_catalog("t", ".", &cat.manifest(), 5);
+        let sidecar = Sidecar::for_catalog("t", ".", cat.manifest(), 5);
         let mut inter = one_user(9);
         inter.users.push("v".into());
         inter.sequences.push(["3", "7", "1", "30", "12"].iter().map(|s| s.to_string()).collect());

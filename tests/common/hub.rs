@@ -92,7 +92,7 @@ impl FakeHub {
     /// tags) at it; returns its hash.
     pub fn commit(&self, repo: &str, refs: &[&str], files: Files) -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(1);
-        let sha = format!("{:040x}", 0xc0ffee_0000_usize + NEXT.fetch_add(1, Ordering::SeqCst));
+        let sha = format!("{:040x}", 0x00c0_ffee_0000_usize + NEXT.fetch_add(1, Ordering::SeqCst));
         let mut st = self.state.lock().unwrap();
         let r = st.repos.entry(repo.to_string()).or_default();
         r.commits.insert(sha.clone(), files);

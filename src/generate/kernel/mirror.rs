@@ -387,8 +387,8 @@ mod tests {
             let view = cat.trie();
             let trie = view.base();
             // walk down the levels with random beams at each depth
-            for depth in 0..3 {
-                let codes = sizes[depth] as usize;
+            for (depth, &size) in sizes.iter().enumerate() {
+                let codes = size as usize;
                 let beams_in = if depth == 0 { 1 } else { rng.random_range(1..6) };
                 let beams_out = rng.random_range(1..12);
                 let level_nodes: Vec<u32> =
@@ -439,7 +439,7 @@ mod tests {
                     }) {
                         let want =
                             beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
-                        let input = StepInput { logits: &logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
+                        let input = StepInput { logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
                         let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7, selection)
                             .unwrap();
                         assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");
