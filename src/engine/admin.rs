@@ -10,7 +10,6 @@ use super::model_root::{CheckpointDir, RootError};
 use super::pair::check_pair;
 use super::state::{LoadedModel, ModelInfo};
 use super::{Engine, EngineError};
-use crate::catalog::embed::TextEncoder;
 use crate::generate::{generate_ensemble, GenRequest, Scoring};
 use crate::model::hub::{pull, Fallback, HubName, HubOptions};
 use crate::model::{Ensemble, Model};
@@ -24,9 +23,18 @@ fn admin_hub_options() -> Result<HubOptions, EngineError> {
     Ok(HubOptions { progress: false, ..HubOptions::from_env()? })
 }
 
+/// A model change, as asked through the admin API.
+pub(super) enum ModelOrder {
+    /// Load, validate and swap in the checkpoint at this path (under the
+    /// model root, or `hf:ORG/REPO[@REVISION]`).
+    Load(String),
+    /// Put the previous model back in service.
+    Rollback,
+}
+
 impl Engine {
     fn lock_admin(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.admin_lock.lock().unwrap_or_else(|p| p.into_inner())
+        self.changes.lock_admin()
     }
 
     /// Checks a model (every member of an ensemble) against the catalog in
@@ -63,8 +71,8 @@ impl Engine {
         self.validate(&model)?;
         let loaded = Arc::new(LoadedModel::new(model, source));
         let info = loaded.info();
-        let old = self.model.swap(Some(loaded));
-        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = old;
+        let old = self.serving.model.swap(Some(loaded));
+        *self.changes.previous.lock().unwrap_or_else(|p| p.into_inner()) = old;
         tracing::info!(model = %info.name, version = %info.version, source = %info.source, "model in service");
         Ok(info)
     }
@@ -73,7 +81,7 @@ impl Engine {
     /// absolute under it) without following links: 403 for a path outside
     /// the root and for one that does not exist alike.
     fn open_checkpoint(&self, path: &str) -> Result<CheckpointDir, EngineError> {
-        let root = self.model_root.as_ref().ok_or_else(|| {
+        let root = self.changes.model_root.as_ref().ok_or_else(|| {
             EngineError::Forbidden("no --model-root is configured: checkpoints cannot be loaded".into())
         })?;
         root.open(path).map_err(|e| match e {
@@ -91,18 +99,36 @@ impl Engine {
     /// first, and replicas are sent the name pinned to its commit, so that
     /// all of them serve the same files.
     pub fn load_checkpoint(&self, path: &str) -> Result<ModelInfo, EngineError> {
-        if let Some(rep) = self.replica() {
-            let path = match HubName::parse_if_hub(path)? {
-                Some(name) => pull(&name, &admin_hub_options()?, Fallback::Never)?.pinned().to_string(),
-                None => {
-                    self.open_checkpoint(path)?;
-                    path.to_string()
-                }
-            };
-            return self
-                .publish_model(rep, |origin| crate::feed::record::Record::ModelLoad { origin: Some(origin), path });
+        self.submit_model(ModelOrder::Load(path.to_string()))
+    }
+
+    /// Puts the previous model back in service (the current one becomes the
+    /// previous, so a second rollback undoes the first).
+    /// With a replica feed, every replica goes back to the model this
+    /// replica's previous one was loaded from.
+    pub fn rollback(&self) -> Result<ModelInfo, EngineError> {
+        self.submit_model(ModelOrder::Rollback)
+    }
+
+    /// Carries out a model change on this engine (the local write path).
+    pub(super) fn apply_model_order(&self, order: ModelOrder) -> Result<ModelInfo, EngineError> {
+        match order {
+            ModelOrder::Load(path) => self.load_checkpoint_here(&path),
+            ModelOrder::Rollback => self.rollback_here(),
         }
-        self.load_checkpoint_here(path)
+    }
+
+    /// The name a feed record gives a checkpoint so that every replica loads
+    /// the same files: a Hub name pinned to the commit it resolves to now
+    /// (pulled here first), or a folder under the model root (checked here).
+    pub(super) fn shareable_checkpoint(&self, path: &str) -> Result<String, EngineError> {
+        match HubName::parse_if_hub(path)? {
+            Some(name) => Ok(pull(&name, &admin_hub_options()?, Fallback::Never)?.pinned().to_string()),
+            None => {
+                self.open_checkpoint(path)?;
+                Ok(path.to_string())
+            }
+        }
     }
 
     /// [`Engine::load_checkpoint`] on this engine alone.
@@ -149,28 +175,14 @@ impl Engine {
 
     /// The model in service and the one before it.
     pub fn models(&self) -> (Option<ModelInfo>, Option<ModelInfo>) {
-        let prev = self.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|m| m.info());
+        let prev = self.changes.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|m| m.info());
         (self.model().map(|m| m.info()), prev)
-    }
-
-    /// Puts the previous model back in service (the current one becomes the
-    /// previous, so a second rollback undoes the first).
-    /// With a replica feed, every replica goes back to the model this
-    /// replica's previous one was loaded from.
-    pub fn rollback(&self) -> Result<ModelInfo, EngineError> {
-        if let Some(rep) = self.replica() {
-            let to = self.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|m| m.source.clone());
-            let to = to.ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
-            return self
-                .publish_model(rep, |origin| crate::feed::record::Record::ModelRollback { origin: Some(origin), to });
-        }
-        self.rollback_here()
     }
 
     /// [`Engine::rollback`] on this engine alone.
     pub(super) fn rollback_here(&self) -> Result<ModelInfo, EngineError> {
         let _g = self.lock_admin();
-        let mut prev = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+        let mut prev = self.changes.previous.lock().unwrap_or_else(|p| p.into_inner());
         let back =
             prev.take().ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
         let cat = self.catalog();
@@ -179,34 +191,14 @@ impl Engine {
             return Err(e);
         }
         let info = back.info();
-        *prev = self.model.swap(Some(back));
+        *prev = self.serving.model.swap(Some(back));
         tracing::info!(version = %info.version, "rolled back");
         Ok(info)
-    }
-
-    pub(super) fn encoder(&self) -> Result<Arc<TextEncoder>, EngineError> {
-        let mut slot = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = slot.as_ref() {
-            return Ok(e.clone());
-        }
-        let dir = self.opts.encoder.as_ref().ok_or_else(|| EngineError::InvalidField {
-            field: "text",
-            message: "no sentence encoder is configured: send an embedding".into(),
-        })?;
-        let enc = TextEncoder::load(dir).map_err(|e| EngineError::InvalidField {
-            field: "text",
-            message: format!(
-                "the sentence encoder is not available ({e}): run scripts/fetch-models.sh or send an embedding"
-            ),
-        })?;
-        let enc = Arc::new(enc);
-        *slot = Some(enc.clone());
-        Ok(enc)
     }
 
     /// Watches the model root (see [`super::watch`]) every `every` until the
     /// engine is dropped; `None` without a model root.
     pub fn watch(self: &Arc<Self>, every: Duration) -> Option<std::thread::JoinHandle<()>> {
-        super::watch::spawn(Arc::downgrade(self), self.model_root.clone()?, every)
+        super::watch::spawn(Arc::downgrade(self), self.changes.model_root.clone()?, every)
     }
 }

@@ -50,10 +50,10 @@ impl Engine {
             trie_patch_nodes: c.overlay().trie().added_nodes(&c.base().trie),
             ann: AnnInfo { base: cat.ann.base_len(), overlay: cat.ann.overlay_len(), memory_bytes: cat.ann.memory() },
             bytes: c.base().memory().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            durable: w.store.is_some() || self.replica().is_some(),
+            durable: w.store.is_some() || self.changes.replica().is_some(),
             compacting: w.compacting(),
             log: w.store.as_ref().map(|s| LogInfo { path: s.log.path().display().to_string(), bytes: s.log.len() }),
-            feed: self.replica().map(|r| r.info(w.feed_position)),
+            feed: self.feed_info(),
         }
     }
 }

@@ -11,33 +11,24 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::generation::{items_of, mark_explored, wait, Generation, Share};
+use super::request::{Resolved, SHORT_HISTORY};
+use super::serving::Serving;
 use super::{
-    items_of, wait, Engine, EngineError, FallbackReason, Generation, ItemSource, LoadedModel, RecAnswer, RecItem,
-    RecRequest, Resolved, ServedCatalog, Share, Steering, Strategy,
+    EngineError, FallbackReason, ItemSource, LoadedModel, RecAnswer, RecItem, RecRequest, ServedCatalog, Steering,
+    Strategy,
 };
 use crate::coldstart::flight::{follow, Ticket};
 use crate::coldstart::{split_quota, ColdStart, Inferred, Profile};
 use crate::generate::GenRequest;
 use crate::model::Sidecar;
 
-/// Histories shorter than this blend the profile's intents in; from this
-/// length on, the profile is not used.
-pub(super) const SHORT_HISTORY: usize = 5;
 /// Share of a request's deadline that intent inference may take; past it the
 /// sentence encoder's intents answer (the LLM's land in the cache).
 const INTENT_BUDGET: f64 = 0.6;
 
-impl Engine {
-    /// Sets (or clears) cold-start intent inference; its sentence encoder, if
-    /// any, also serves `POST /admin/items` (one copy in memory).
-    pub fn set_coldstart(&self, cs: Option<Arc<ColdStart>>) {
-        if let Some(enc) = cs.as_ref().and_then(|c| c.encoder()) {
-            *self.encoder.lock().unwrap_or_else(|p| p.into_inner()) = Some(enc);
-        }
-        self.coldstart.store(cs);
-    }
-
-    pub fn coldstart(&self) -> Option<Arc<ColdStart>> {
+impl Serving {
+    pub(super) fn coldstart(&self) -> Option<Arc<ColdStart>> {
         self.coldstart.load_full()
     }
 
@@ -206,7 +197,7 @@ impl Engine {
             Generation::Done(hits, tokens) => {
                 answer.tokens += tokens;
                 answer.items = items_of(cat, hits, source);
-                super::explore::mark_explored(&mut answer.items, &cat.catalog, &explored);
+                mark_explored(&mut answer.items, &cat.catalog, &explored);
                 FallbackReason::Fill
             }
             Generation::Stopped if req.strategy == Strategy::Generative => return Err(EngineError::Stopped),

@@ -3,7 +3,12 @@
 //! answered, published to requests atomically, and folded into a new catalog
 //! version by compaction.
 //!
-//! The path of an edit: under the edit lock, compute the new catalog view
+//! Each operation checks its input, turns it into item edits and hands them
+//! to the write path ([`Engine::submit_items`]); [`apply_item_edits`] is the
+//! one function that applies them to a catalog view, here or on the feed
+//! thread of a replica.
+//!
+//! The path of a local edit: under the edit lock, compute the new catalog view
 //! from the newest one (O(levels) per item, see [`crate::catalog::edit`]),
 //! add the new vectors to the ANN index, append the records to the log and
 //! queue the view; then, without the lock, wait for a sync of the log that
@@ -15,68 +20,19 @@
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::edit_pool::lower_priority;
 use super::state::ServedCatalog;
 use super::{Engine, EngineError};
 use crate::catalog::dir::{self, OpenReport, WritableDir};
 use crate::catalog::edit::{check_item_text, EditOp, EditRecord, NewItem as CatalogItem};
 use crate::catalog::editlog::EditLog;
 use crate::catalog::{Catalog, CatalogError};
+use crate::feed::record::ItemEdit;
+use crate::feed::Position;
 use crate::recall::{write_version_graph, Ann, ANN_FILE};
-
-/// Threads that run catalog edits: fewer than the cores, and at a lower CPU
-/// priority than request serving (nice +10 on Linux), so that a stream of
-/// upserts takes the cores recommendations leave idle rather than half of them.
-pub(super) struct EditPool {
-    tx: Mutex<Option<std::sync::mpsc::Sender<EditJob>>>,
-}
-
-type EditJob = Box<dyn FnOnce() + Send>;
-
-/// Threads of the edit pool.
-const EDIT_THREADS: usize = 2;
-/// Nice value of edit threads (0 = normal; 19 = lowest).
-const EDIT_NICE: i32 = 10;
-
-/// Lowers the calling thread's CPU priority (Linux: nice is per thread).
-pub(super) fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority have no memory effects; a failure
-    // (e.g. no permission) only leaves the priority as it was.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, EDIT_NICE);
-    }
-}
-
-impl EditPool {
-    pub(super) fn start() -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<EditJob>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..EDIT_THREADS {
-            let rx = rx.clone();
-            std::thread::Builder::new().name(format!("genrec-edit-{i}")).spawn(move || {
-                lower_priority();
-                loop {
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                }
-            })?;
-        }
-        Ok(EditPool { tx: Mutex::new(Some(tx)) })
-    }
-}
-
-impl Drop for EditPool {
-    fn drop(&mut self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-    }
-}
 
 /// A new item for the live catalog: an embedding, or a text to embed.
 #[derive(Debug, Clone)]
@@ -173,8 +129,6 @@ pub(super) struct Writer {
     read_only: Option<String>,
     /// Views whose records wait for a sync: (log offset after them, view).
     queued: VecDeque<(u64, Arc<ServedCatalog>)>,
-    /// The replica feed's position `head` covers (with `--feed`).
-    pub(super) feed_position: crate::feed::Position,
 }
 
 impl Writer {
@@ -184,7 +138,7 @@ impl Writer {
             EditStore::Durable(s) => (Some(s), None),
             EditStore::ReadOnly(why) => (None, Some(why)),
         };
-        Writer { head, store, read_only, queued: VecDeque::new(), feed_position: crate::feed::Position::START }
+        Writer { head, store, read_only, queued: VecDeque::new() }
     }
 
     pub(super) fn compacting(&self) -> bool {
@@ -206,31 +160,6 @@ pub(super) fn catalog_error(e: CatalogError, field: &'static str) -> EngineError
 }
 
 impl Engine {
-    /// Runs a catalog edit on the edit pool (lower CPU priority than
-    /// serving) and waits for it without blocking the async runtime.
-    pub async fn edit<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
-    ) -> Result<T, EngineError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let me = self.clone();
-        let job: EditJob = Box::new(move || {
-            let _ = tx.send(f(&me));
-        });
-        let sent = match self.edit_pool.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(s) => s.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(EngineError::Stopped);
-        }
-        rx.await.map_err(|_| EngineError::Stopped)?
-    }
-
-    pub(super) fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether edits are made durable (a catalog folder is open for writing).
     pub fn edits_durable(&self) -> bool {
         self.lock_writer().store.is_some()
@@ -245,7 +174,7 @@ impl Engine {
         let mut embedded = if texts.is_empty() {
             Ok(Vec::new().into_iter())
         } else {
-            self.encoder().and_then(|enc| {
+            self.serving.encoder().and_then(|enc| {
                 let e = enc.embed(&texts, 64, |_, _| {})?;
                 let d = enc.dim();
                 Ok(e.chunks(d).map(<[f32]>::to_vec).collect::<Vec<_>>().into_iter())
@@ -334,94 +263,33 @@ impl Engine {
         let embeddings = self.item_embeddings(&refs, dim);
         let mut errors = Vec::new();
         let mut ready = Vec::new();
+        let mut edits = Vec::new();
         for ((line, item), emb) in lines.into_iter().zip(embeddings) {
             if let Err((field, message)) = check_item_text(&item.id, &item.title) {
                 errors.push((line, EngineError::InvalidField { field, message }));
                 continue;
             }
             match emb {
-                Ok(e) => ready.push((line, item, e)),
+                Ok(embedding) => {
+                    ready.push(line);
+                    edits.push(ItemEdit::Upsert {
+                        id: item.id,
+                        title: item.title,
+                        embedding,
+                        semantic_id: item.semantic_id,
+                    });
+                }
                 Err(e) => errors.push((line, e)),
             }
         }
-        if ready.is_empty() {
+        if edits.is_empty() {
             return Ok((Vec::new(), errors));
         }
-        if let Some(rep) = self.replica() {
-            return self.upsert_through_feed(rep, ready, errors);
-        }
-        let w = self.lock_writer();
-        if let Some(why) = &w.read_only {
-            return Err(EngineError::Conflict(why.clone()));
-        }
-        let mut view = w.head.catalog.clone();
-        let mut records = Vec::with_capacity(ready.len());
-        let mut vectors = Vec::with_capacity(ready.len());
-        let mut applied = Vec::with_capacity(ready.len());
-        let ts = now_ms();
-        for (line, item, embedding) in ready {
-            let edit_id = view.last_edit_id() + 1;
-            let input = CatalogItem {
-                id: item.id.clone(),
-                title: item.title.clone(),
-                embedding,
-                semantic_id: item.semantic_id,
-            };
-            let field = if input.semantic_id.is_some() { "semantic_id" } else { "embedding" };
-            match view.upsert(input, edit_id) {
-                Ok(up) => {
-                    records.push(EditRecord {
-                        edit_id,
-                        ts_ms: ts,
-                        op: EditOp::Upsert {
-                            id: item.id.clone(),
-                            title: item.title,
-                            semantic_id: up.semantic_id.clone(),
-                            embedding: up.embedding.clone(),
-                        },
-                    });
-                    vectors.push((up.ann_key, up.embedding));
-                    applied.push(Upserted {
-                        item_id: item.id,
-                        semantic_id: up.semantic_id,
-                        created: !up.replaced,
-                        feed_position: None,
-                    });
-                }
-                Err(e) => errors.push((line, catalog_error(e, field))),
-            }
-        }
-        if records.is_empty() {
-            return Ok((applied, errors));
-        }
-        self.commit(w, view, &records, &vectors)?;
-        Ok((applied, errors))
-    }
-
-    /// Publishes checked upserts to the replica feed and maps each one's
-    /// outcome back to its line.
-    #[allow(clippy::type_complexity)]
-    fn upsert_through_feed(
-        &self,
-        rep: &super::replica::Replica,
-        ready: Vec<(usize, NewItem, Vec<f32>)>,
-        mut errors: Vec<(usize, EngineError)>,
-    ) -> Result<(Vec<Upserted>, Vec<(usize, EngineError)>), EngineError> {
-        let lines: Vec<usize> = ready.iter().map(|r| r.0).collect();
-        let edits = ready
-            .into_iter()
-            .map(|(_, item, embedding)| crate::feed::record::ItemEdit::Upsert {
-                id: item.id,
-                title: item.title,
-                embedding,
-                semantic_id: item.semantic_id,
-            })
-            .collect();
         let mut applied = Vec::new();
-        for (line, r) in lines.into_iter().zip(self.publish_items(rep, edits)?.0) {
+        for (line, r) in ready.into_iter().zip(self.submit_items(edits)?.0) {
             match r {
-                Ok(super::replica::ItemDone::Upserted(u)) => applied.push(u),
-                Ok(super::replica::ItemDone::Removed) => {}
+                Ok(ItemDone::Upserted(u)) => applied.push(u),
+                Ok(ItemDone::Removed) => {}
                 Err(e) => errors.push((line, e)),
             }
         }
@@ -430,28 +298,34 @@ impl Engine {
 
     /// Stops serving item `id`; answers once that is durable and no new
     /// request can see the item (with `--feed`: with the record's position).
-    pub fn remove_item(&self, id: &str) -> Result<Option<crate::feed::Position>, EngineError> {
-        if let Some(rep) = self.replica() {
-            let cat = self.catalog();
-            if !cat.catalog.index_of(id).is_some_and(|i| cat.serves(i)) {
-                return Err(EngineError::NotFound(format!("item {id:?} is not served")));
-            }
-            let edit = crate::feed::record::ItemEdit::Delete { id: id.to_string() };
-            let (mut out, position) = self.publish_items(rep, vec![edit])?;
-            return match out.pop() {
-                Some(r) => r.map(|_| Some(position)),
-                None => Err(EngineError::Feed(crate::feed::FeedError::Protocol("the feed gave no outcome".into()))),
-            };
+    pub fn remove_item(&self, id: &str) -> Result<Option<Position>, EngineError> {
+        let cat = self.catalog();
+        if !cat.catalog.index_of(id).is_some_and(|i| cat.serves(i)) {
+            return Err(EngineError::NotFound(format!("item {id:?} is not served")));
         }
+        let (mut out, position) = self.submit_items(vec![ItemEdit::Delete { id: id.to_string() }])?;
+        match out.pop() {
+            Some(r) => r.map(|_| position),
+            None => Err(EngineError::Conflict("the delete was not applied".into())),
+        }
+    }
+
+    /// Applies item edits here, under the edit lock, and answers once they
+    /// are durable and served (see the module's comment).
+    pub(super) fn apply_items_here(
+        &self,
+        edits: Vec<ItemEdit>,
+    ) -> Result<Vec<Result<ItemDone, EngineError>>, EngineError> {
         let w = self.lock_writer();
         if let Some(why) = &w.read_only {
             return Err(EngineError::Conflict(why.clone()));
         }
         let mut view = w.head.catalog.clone();
-        let edit_id = view.last_edit_id() + 1;
-        view.remove(id, edit_id).map_err(|e| catalog_error(e, "id"))?;
-        let rec = EditRecord { edit_id, ts_ms: now_ms(), op: EditOp::Delete { id: id.to_string() } };
-        self.commit(w, view, &[rec], &[]).map(|_| None)
+        let applied = apply_item_edits(&mut view, &edits, now_ms());
+        if !applied.records.is_empty() {
+            self.commit(w, view, &applied.records, &applied.vectors)?;
+        }
+        Ok(applied.outcomes)
     }
 
     /// Logs `records` (which made `view` from the head) and queues the view;
@@ -472,7 +346,7 @@ impl Engine {
             // no catalog folder (the embedded model): edits live in memory
             ann.add(vectors)?;
             w.head = served.clone();
-            self.catalog.store(served);
+            self.serving.catalog.store(served);
             return Ok(());
         };
         let end = log.append(records).map_err(EngineError::Catalog)?;
@@ -500,13 +374,13 @@ impl Engine {
             newest = w.queued.pop_front().map(|q| q.1);
         }
         if let Some(v) = newest {
-            self.catalog.store(v);
+            self.serving.catalog.store(v);
         }
     }
 
     /// Starts a compaction on its own thread (one at a time).
     pub fn compact_in_background(&self) {
-        let Some(me) = self.me.get().and_then(|w| w.upgrade()) else { return };
+        let Some(me) = self.me() else { return };
         let _ = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || {
             lower_priority();
             match me.compact() {
@@ -516,14 +390,11 @@ impl Engine {
         });
     }
 
-    /// Folds the live edits into a new catalog version (written beside the
-    /// current one, switched to by an atomic rename) with its ANN index, then
-    /// serves it with the edits made meanwhile replayed on top. Edits go on
-    /// during the compaction. Blocking: run it off the async runtime.
-    pub fn compact(&self) -> Result<CompactReport, EngineError> {
-        if let Some(rep) = self.replica() {
-            return self.compact_shared(rep);
-        }
+    /// Folds the live edits into a new version of this engine's catalog
+    /// folder (written beside the current one, switched to by an atomic
+    /// rename) with its ANN index, then serves it with the edits made
+    /// meanwhile replayed on top. Edits go on during the compaction.
+    pub(super) fn compact_here(&self) -> Result<CompactReport, EngineError> {
         let t0 = Instant::now();
         // 1. new edits go to a new log; the view so far is what gets written
         let (mut store_dir, view, number, new_log) = {
@@ -549,7 +420,7 @@ impl Engine {
             store.log = log.clone();
             // everything queued is synced now
             if let Some((_, v)) = w.queued.drain(..).next_back() {
-                self.catalog.store(v);
+                self.serving.catalog.store(v);
             }
             (dir, w.head.catalog.clone(), number, log)
         };
@@ -573,7 +444,7 @@ impl Engine {
         let next = Arc::new(ServedCatalog { catalog: cat, ann: served.ann.clone() });
         w.queued.clear();
         w.head = next.clone();
-        self.catalog.store(next);
+        self.serving.catalog.store(next);
         Ok(CompactReport {
             version: number,
             items: view.served_len(),
@@ -616,4 +487,82 @@ pub struct CompactReport {
     /// Edits made during the compaction, replayed on the new version.
     pub replayed: usize,
     pub seconds: f64,
+}
+
+/// What applying one item edit did.
+pub enum ItemDone {
+    Upserted(Upserted),
+    Removed,
+}
+
+impl ItemDone {
+    /// The same outcome, stamped with the feed position of its record.
+    pub(super) fn at(self, position: Position) -> ItemDone {
+        match self {
+            ItemDone::Upserted(u) => ItemDone::Upserted(Upserted { feed_position: Some(position), ..u }),
+            other => other,
+        }
+    }
+}
+
+/// What [`apply_item_edits`] did to a view.
+pub(super) struct AppliedEdits {
+    /// Each edit's outcome, in order.
+    pub outcomes: Vec<Result<ItemDone, EngineError>>,
+    /// The vectors of the items upserted, for the ANN index.
+    pub vectors: Vec<(u64, Vec<f32>)>,
+    /// The edit-log records of the edits applied (the semantic IDs assigned,
+    /// the normalised embeddings), stamped `ts_ms`.
+    pub records: Vec<EditRecord>,
+}
+
+/// Applies item edits to `view`, one catalog edit id each: the one place
+/// an item edit becomes part of a catalog, for local edits and for every
+/// replica applying the feed alike (the same view and edits give the same
+/// semantic IDs everywhere).
+pub(super) fn apply_item_edits(view: &mut Catalog, edits: &[ItemEdit], ts_ms: u64) -> AppliedEdits {
+    let mut out = AppliedEdits {
+        outcomes: Vec::with_capacity(edits.len()),
+        vectors: Vec::new(),
+        records: Vec::with_capacity(edits.len()),
+    };
+    for edit in edits {
+        let edit_id = view.last_edit_id() + 1;
+        let outcome = match edit {
+            ItemEdit::Upsert { id, title, embedding, semantic_id } => {
+                let field = if semantic_id.is_some() { "semantic_id" } else { "embedding" };
+                let item = CatalogItem {
+                    id: id.clone(),
+                    title: title.clone(),
+                    embedding: embedding.clone(),
+                    semantic_id: semantic_id.clone(),
+                };
+                view.upsert(item, edit_id).map_err(|e| catalog_error(e, field)).map(|up| {
+                    out.records.push(EditRecord {
+                        edit_id,
+                        ts_ms,
+                        op: EditOp::Upsert {
+                            id: id.clone(),
+                            title: title.clone(),
+                            semantic_id: up.semantic_id.clone(),
+                            embedding: up.embedding.clone(),
+                        },
+                    });
+                    out.vectors.push((up.ann_key, up.embedding));
+                    ItemDone::Upserted(Upserted {
+                        item_id: id.clone(),
+                        semantic_id: up.semantic_id,
+                        created: !up.replaced,
+                        feed_position: None,
+                    })
+                })
+            }
+            ItemEdit::Delete { id } => view.remove(id, edit_id).map_err(|e| catalog_error(e, "id")).map(|_| {
+                out.records.push(EditRecord { edit_id, ts_ms, op: EditOp::Delete { id: id.clone() } });
+                ItemDone::Removed
+            }),
+        };
+        out.outcomes.push(outcome);
+    }
+    out
 }

@@ -12,12 +12,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::generation::{wait, Generation};
+use super::serving::Serving;
 use super::state::{LoadedModel, ServedCatalog};
-use super::{wait, Engine, EngineError, Generation, ItemSource, RecItem};
+use super::EngineError;
 use crate::catalog::Catalog;
 use crate::generate::{GenRequest, Hit};
 
-impl Engine {
+impl Serving {
     /// Runs `gen` through the batching queue, with exploration when `share`
     /// is above zero and the history leaves some intent unseen: the two
     /// searches are queued together and merged ([`merge`]). Returns how the
@@ -48,18 +50,6 @@ impl Engine {
             }
             (Generation::Done(..), other) | (other, _) => (other, HashSet::new()),
         })
-    }
-}
-
-/// Marks the items that exploration added.
-pub(super) fn mark_explored(items: &mut [RecItem], c: &Catalog, explored: &HashSet<u32>) {
-    if explored.is_empty() {
-        return;
-    }
-    for it in items.iter_mut() {
-        if c.index_of(&it.item_id).is_some_and(|i| explored.contains(&i)) {
-            it.source = ItemSource::Explore;
-        }
     }
 }
 

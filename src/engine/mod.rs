@@ -1,43 +1,52 @@
-//! The serving engine: the model and the live catalog behind atomic pointers,
-//! the batching scheduler, per-request deadlines, and the ANN fallback.
+//! The engine: what genrec serves and how it changes, in two halves.
 //!
-//! A request resolves its history against the catalog it took at its start,
-//! then either asks the scheduler for a generation (strategy `auto` or
-//! `generative`) or answers from ANN recall (`ann`, no model loaded, deadline
-//! passed). With `auto`, ANN also fills the list when generation returns fewer
-//! than `k` items after exclusions; an item never appears twice in an answer.
+//! - The **serving side** ([`serving::Serving`]): the model and the live
+//!   catalog behind atomic pointers, the batching scheduler, per-request
+//!   deadlines and the ANN fallback. A request resolves its history against
+//!   the catalog it took at its start, then either asks the scheduler for a
+//!   generation (strategy `auto` or `generative`) or answers from ANN recall
+//!   (`ann`, no model loaded, deadline passed). With `auto`, ANN also fills
+//!   the list when generation returns fewer than `k` items after exclusions;
+//!   an item never appears twice in an answer.
+//! - The **changing side** ([`changes::Changes`]): catalog edits
+//!   ([`edits`]), compaction and model changes ([`admin`]), made through the
+//!   write path chosen when the engine starts ([`changes::WritePath`]): here,
+//!   or through the replica feed ([`replica`]), whose thread applies them
+//!   here in the same way.
 
 pub mod admin;
 pub mod catalog_info;
+pub mod changes;
 mod coldstart;
+mod edit_pool;
 pub mod edits;
 pub mod explore;
+mod generation;
 pub mod model_root;
 pub mod pair;
 pub mod replica;
 mod request;
 pub mod scheduler;
 pub mod search;
+pub mod serving;
 pub mod state;
 mod watch;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
-
-use arc_swap::{ArcSwap, ArcSwapOption};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::coldstart::{ColdStart, IntentWeight};
-use crate::generate::{GenRequest, GenerateError, Hit};
+use crate::coldstart::ColdStart;
+use crate::generate::GenerateError;
 use crate::model::ModelError;
 use crate::recall::{Ann, RecallError};
+use changes::{Changes, WritePath};
 pub use pair::Pair;
-use request::check_controls;
 pub use request::{FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Steering, Strategy};
+use scheduler::Scheduler;
 pub use scheduler::{BatchObserver, BatchOptions, NoObserver, WorkerHealth};
-use scheduler::{Job, Scheduler, SubmitError};
+use serving::Serving;
 pub use state::{LoadedModel, ModelInfo, ServedCatalog};
 
 /// Largest `k` a request may ask for.
@@ -156,34 +165,14 @@ impl Default for EngineOptions {
     }
 }
 
-/// A request resolved against one catalog.
-struct Resolved {
-    history: Vec<u32>,
-    exclude: HashSet<u32>,
-    ignored: Vec<String>,
-}
-
+/// The engine: the serving side and the changing side (see the module's
+/// comment), and the options both read.
 pub struct Engine {
-    model: ArcSwapOption<LoadedModel>,
-    previous: Mutex<Option<Arc<LoadedModel>>>,
-    /// The catalog view requests take (published once its edits are durable).
-    catalog: ArcSwap<ServedCatalog>,
-    /// The edit side: the newest view, the edit log, views waiting for a sync.
-    writer: Mutex<edits::Writer>,
-    /// Threads that run edits, below serving's priority.
-    edit_pool: edits::EditPool,
-    /// Serialises model changes.
-    admin_lock: Mutex<()>,
-    /// `--model-root`, resolved once at start.
-    model_root: Option<model_root::ModelRoot>,
-    /// This engine, for background jobs it starts (compaction).
-    me: OnceLock<Weak<Engine>>,
-    scheduler: Scheduler,
+    serving: Serving,
+    changes: Changes,
     opts: EngineOptions,
-    encoder: Mutex<Option<Arc<crate::catalog::embed::TextEncoder>>>,
-    coldstart: ArcSwapOption<ColdStart>,
-    /// The feed this engine is a replica of (`genrec serve --feed`).
-    replica: OnceLock<Arc<replica::Replica>>,
+    /// This engine, for background jobs it starts (compaction, the feed thread).
+    me: OnceLock<Weak<Engine>>,
 }
 
 impl Engine {
@@ -197,266 +186,92 @@ impl Engine {
         Self::with_store(catalog, edits::EditStore::Memory, opts, observer)
     }
 
-    /// An engine serving `catalog`, whose edits go to `store`'s log when
-    /// durable (see [`edits::open_store`]).
+    /// An engine serving `catalog`, whose edits are made here and go to
+    /// `store`'s log when durable (see [`edits::open_store`]).
     pub fn with_store(
         catalog: Catalog,
         store: edits::EditStore,
         opts: EngineOptions,
         observer: Arc<dyn BatchObserver>,
     ) -> Result<Arc<Self>, EngineError> {
-        let model_root = match &opts.model_root {
-            Some(p) => Some(model_root::ModelRoot::new(p).map_err(|e| EngineError::Refused(e.to_string()))?),
-            None => None,
-        };
+        Self::start(catalog, store, WritePath::Local, opts, observer)
+    }
+
+    /// An engine serving `catalog` as one replica of `replica`'s feed: every
+    /// edit and model change goes through the feed. The feed thread starts
+    /// with [`Engine::follow_feed`] (after the model given at start is in).
+    pub fn replica(
+        catalog: Catalog,
+        replica: Arc<replica::Replica>,
+        opts: EngineOptions,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Result<Arc<Self>, EngineError> {
+        Self::start(catalog, edits::EditStore::Memory, WritePath::Replicated(replica), opts, observer)
+    }
+
+    fn start(
+        catalog: Catalog,
+        store: edits::EditStore,
+        path: WritePath,
+        opts: EngineOptions,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Result<Arc<Self>, EngineError> {
         let ann = Ann::open(&catalog)?;
         let served = Arc::new(ServedCatalog { catalog, ann: Arc::new(ann) });
-        let writer = edits::Writer::new(served.clone(), store);
+        let changes = Changes::new(path, edits::Writer::new(served.clone(), store), &opts)?;
+        let scheduler = Scheduler::start(opts.batch.clone(), observer).map_err(EngineError::Worker)?;
         let engine = Arc::new(Engine {
-            model: ArcSwapOption::empty(),
-            previous: Mutex::new(None),
-            catalog: ArcSwap::new(served),
-            writer: Mutex::new(writer),
-            edit_pool: edits::EditPool::start().map_err(EngineError::Worker)?,
-            admin_lock: Mutex::new(()),
-            model_root,
-            me: OnceLock::new(),
-            scheduler: Scheduler::start(opts.batch.clone(), observer).map_err(EngineError::Worker)?,
+            serving: Serving::new(served, scheduler, opts.clone()),
+            changes,
             opts,
-            encoder: Mutex::new(None),
-            coldstart: ArcSwapOption::empty(),
-            replica: OnceLock::new(),
+            me: OnceLock::new(),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         Ok(engine)
     }
 
+    /// This engine, for a background job (none while it is being dropped).
+    fn me(&self) -> Option<Arc<Engine>> {
+        self.me.get().and_then(Weak::upgrade)
+    }
+
+    /// Serves one request (see [`serving::Serving::recommend`]).
+    pub async fn recommend(&self, req: &RecRequest) -> Result<RecAnswer, EngineError> {
+        self.serving.recommend(req).await
+    }
+
     /// The model in service, if any.
     pub fn model(&self) -> Option<Arc<LoadedModel>> {
-        self.model.load_full()
+        self.serving.model()
+    }
+
+    /// The catalog in service.
+    pub fn catalog(&self) -> Arc<ServedCatalog> {
+        self.serving.catalog()
     }
 
     /// Whether the batching worker runs, and the panics it survived.
     pub fn worker_health(&self) -> scheduler::WorkerHealth {
-        self.scheduler.health()
+        self.serving.scheduler.health()
     }
 
     /// Test hook: the next batched generation panics.
     #[cfg(test)]
     pub(crate) fn inject_generation_panic(&self) {
-        self.scheduler.inject_panic();
+        self.serving.scheduler.inject_panic();
     }
 
-    /// The catalog in service.
-    pub fn catalog(&self) -> Arc<ServedCatalog> {
-        self.catalog.load_full()
+    /// Sets (or clears) cold-start intent inference; its sentence encoder, if
+    /// any, also serves queries and `POST /admin/items` (one copy in memory).
+    pub fn set_coldstart(&self, cs: Option<Arc<ColdStart>>) {
+        if let Some(enc) = cs.as_ref().and_then(|c| c.encoder()) {
+            self.serving.share_encoder(enc);
+        }
+        self.serving.coldstart.store(cs);
     }
 
-    fn resolve(&self, cat: &Catalog, req: &RecRequest) -> Result<Resolved, EngineError> {
-        if req.k == 0 || req.k > MAX_K {
-            return Err(EngineError::InvalidField { field: "k", message: format!("k must be between 1 and {MAX_K}") });
-        }
-        if req.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
-            return Err(EngineError::InvalidField {
-                field: "timeout_ms",
-                message: format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"),
-            });
-        }
-        if let Some(p) = &req.profile {
-            p.check().map_err(|(field, message)| EngineError::InvalidField { field, message })?;
-        }
-        check_controls(req)?;
-        if req.history.is_empty() && req.profile.is_none() && req.query.is_none() {
-            return Err(EngineError::InvalidField {
-                field: "history",
-                message: "history must not be empty (a new user without history sends a profile)".into(),
-            });
-        }
-        let mut history = Vec::with_capacity(req.history.len());
-        let mut ignored = Vec::new();
-        for id in &req.history {
-            match cat.index_of(id) {
-                Some(i) => history.push(i),
-                None => ignored.push(id.clone()),
-            }
-        }
-        if history.is_empty() && req.profile.is_none() && req.query.is_none() {
-            return Err(EngineError::InvalidField {
-                field: "history",
-                message: format!("none of the {} history item ids is in the catalog", req.history.len()),
-            });
-        }
-        let exclude = if req.exclude_history { history.iter().copied().collect() } else { HashSet::new() };
-        Ok(Resolved { history, exclude, ignored })
-    }
-
-    /// Serves one request: generation through the batching queue, ANN recall
-    /// where the strategy allows it; a profile with no or a short history goes
-    /// through cold start.
-    pub async fn recommend(&self, req: &RecRequest) -> Result<RecAnswer, EngineError> {
-        let arrived = Instant::now();
-        let cat = self.catalog();
-        let r = self.resolve(&cat.catalog, req)?;
-        if let Some(query) = &req.query {
-            return self.recommend_search(req, query, &cat, &r, arrived).await;
-        }
-        if let Some(profile) = req.profile.as_ref().filter(|_| r.history.len() < coldstart::SHORT_HISTORY) {
-            return self.recommend_coldstart(req, profile, &cat, &r, arrived).await;
-        }
-        let model = self.model();
-        let mut answer = RecAnswer::new(model.as_ref().map(|m| m.label()), r.ignored.clone());
-        let model = match (req.strategy, model) {
-            (Strategy::Ann, _) => return self.fill(answer, &cat, &r, req.k, FallbackReason::Requested),
-            (Strategy::Generative, None) => return Err(EngineError::NotReady),
-            (Strategy::Auto, None) => return self.fill(answer, &cat, &r, req.k, FallbackReason::NoModel),
-            (_, Some(m)) => m,
-        };
-        let timeout_ms = self.timeout_ms(req);
-        let deadline = arrived + Duration::from_millis(timeout_ms);
-        let gen = GenRequest {
-            history: r.history.clone(),
-            k: req.k,
-            exclude: r.exclude.clone(),
-            max_per_intent: req.max_per_intent,
-            ..Default::default()
-        };
-        let (outcome, explored) = self.generate_exploring(gen, req.explore, model, &cat, deadline).await?;
-        let hits = match outcome {
-            Generation::Done(hits, tokens) => {
-                answer.tokens = tokens;
-                hits
-            }
-            Generation::Failed(e) if req.strategy == Strategy::Auto => {
-                tracing::warn!(error = %e, "generation failed; answering from ANN recall");
-                return self.fill(answer, &cat, &r, req.k, FallbackReason::Error);
-            }
-            Generation::Failed(e) => return Err(EngineError::Batch(e)),
-            Generation::Stopped if req.strategy == Strategy::Auto => {
-                tracing::warn!("the batching worker dropped the request; answering from ANN recall");
-                return self.fill(answer, &cat, &r, req.k, FallbackReason::Error);
-            }
-            Generation::Stopped => return Err(EngineError::Stopped),
-            Generation::Late if req.strategy == Strategy::Auto => {
-                return self.fill(answer, &cat, &r, req.k, FallbackReason::Deadline)
-            }
-            Generation::Late => return Err(EngineError::Deadline(timeout_ms)),
-        };
-        answer.items = items_of(&cat, hits, ItemSource::Generative);
-        explore::mark_explored(&mut answer.items, &cat.catalog, &explored);
-        if answer.items.len() < req.k {
-            // ANN would not keep to the cap: a capped answer says why it is short
-            if let Some(cap) = req.max_per_intent {
-                answer.note = Some(format!("{} items within max_per_intent {cap}", answer.items.len()));
-            } else if req.strategy == Strategy::Auto {
-                return self.fill(answer, &cat, &r, req.k, FallbackReason::Fill);
-            }
-        }
-        Ok(answer)
-    }
-
-    fn timeout_ms(&self, req: &RecRequest) -> u64 {
-        req.timeout_ms.unwrap_or(self.opts.timeout.as_millis() as u64)
-    }
-
-    /// Queues one generation; the receiver gets its result.
-    fn submit(
-        &self,
-        req: GenRequest,
-        model: Arc<LoadedModel>,
-        cat: &Arc<ServedCatalog>,
-        deadline: Instant,
-    ) -> Result<tokio::sync::oneshot::Receiver<scheduler::JobResult>, EngineError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job { req, model, catalog: cat.clone(), deadline, enqueued: Instant::now(), reply: tx };
-        match self.scheduler.submit(job) {
-            Ok(()) => Ok(rx),
-            Err(SubmitError::Full) => Err(EngineError::Overloaded),
-            Err(SubmitError::Stopped) => Err(EngineError::Stopped),
-        }
-    }
-
-    /// Completes `answer` to `k` items from ANN recall by the history, never
-    /// repeating an item already in it or excluded.
-    fn fill(
-        &self,
-        answer: RecAnswer,
-        cat: &ServedCatalog,
-        r: &Resolved,
-        k: usize,
-        reason: FallbackReason,
-    ) -> Result<RecAnswer, EngineError> {
-        let want = k.saturating_sub(answer.items.len());
-        self.ann_shares(answer, cat, r, &[Share { intent: None, k: want }], reason)
-    }
-
-    /// Answers shares from ANN recall: an intent's share by its first-level
-    /// centroid, among the items under its code; the history's share by the
-    /// history. Never repeats an item already in `answer` or excluded; sets
-    /// `fallback` to `reason` (for `fill`, only when it added something).
-    fn ann_shares(
-        &self,
-        mut answer: RecAnswer,
-        cat: &ServedCatalog,
-        r: &Resolved,
-        shares: &[Share],
-        reason: FallbackReason,
-    ) -> Result<RecAnswer, EngineError> {
-        let c = &cat.catalog;
-        let mut taken: HashSet<u32> = r.exclude.clone();
-        taken.extend(answer.items.iter().filter_map(|it| c.index_of(&it.item_id)));
-        let mut added = 0;
-        for s in shares {
-            let hits = match s.intent {
-                Some(i) => {
-                    let q = c.intent_centroid(i.code);
-                    cat.ann.search(c, &q, s.k, |x| !taken.contains(&x) && c.sid(x)[0] == i.code)?
-                }
-                None if !r.history.is_empty() => cat.ann.recall(c, &r.history, s.k, &taken)?,
-                None => Vec::new(),
-            };
-            for (item, score) in hits {
-                taken.insert(item);
-                added += 1;
-                answer.items.push(RecItem::new(c, item, score, ItemSource::Ann));
-            }
-        }
-        if added > 0 || reason != FallbackReason::Fill {
-            answer.fallback = Some(reason);
-        }
-        Ok(answer)
-    }
-}
-
-/// One share of an answer: `k` items from an intent's sub-trie, or from the
-/// history's own generation (or ANN recall) when `intent` is `None`.
-struct Share<'a> {
-    intent: Option<&'a IntentWeight>,
-    k: usize,
-}
-
-/// Generated items that the catalog still serves.
-fn items_of(cat: &ServedCatalog, hits: Vec<Hit>, source: ItemSource) -> Vec<RecItem> {
-    hits.into_iter()
-        .filter(|h| cat.serves(h.item))
-        .map(|h| RecItem::new(&cat.catalog, h.item, h.score, source))
-        .collect()
-}
-
-/// How a queued generation ended.
-enum Generation {
-    Done(Vec<Hit>, usize),
-    Failed(String),
-    Stopped,
-    /// The deadline passed first.
-    Late,
-}
-
-async fn wait(rx: tokio::sync::oneshot::Receiver<scheduler::JobResult>, deadline: Instant) -> Generation {
-    match tokio::time::timeout_at(deadline.into(), rx).await {
-        Ok(Ok(Ok((hits, tokens)))) => Generation::Done(hits, tokens),
-        Ok(Ok(Err(e))) => Generation::Failed(e),
-        Ok(Err(_)) => Generation::Stopped,
-        Err(_) => Generation::Late,
+    pub fn coldstart(&self) -> Option<Arc<ColdStart>> {
+        self.serving.coldstart.load_full()
     }
 }
 

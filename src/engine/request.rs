@@ -3,6 +3,8 @@
 //! controls (and their range checks), the items, where each came from, and
 //! why ANN recall answered when it did.
 
+use std::collections::HashSet;
+
 use super::EngineError;
 use crate::catalog::Catalog;
 use crate::coldstart::{IntentMethod, IntentWeight, Profile};
@@ -156,8 +158,8 @@ pub(super) fn check_controls(req: &RecRequest) -> Result<(), EngineError> {
         if q.trim().is_empty() {
             return invalid("query", "query must not be empty".into());
         }
-        if q.chars().count() > super::search::MAX_QUERY_CHARS {
-            return invalid("query", format!("query must be at most {} characters", super::search::MAX_QUERY_CHARS));
+        if q.chars().count() > MAX_QUERY_CHARS {
+            return invalid("query", format!("query must be at most {} characters", MAX_QUERY_CHARS));
         }
     }
     if req.max_per_intent.is_some_and(|m| m == 0 || m > req.k) {
@@ -171,3 +173,18 @@ pub(super) fn check_controls(req: &RecRequest) -> Result<(), EngineError> {
     }
     Ok(())
 }
+
+/// A request resolved against one catalog: the history as item indices
+/// (ids the catalog lacks left out and listed), and what to exclude.
+pub(super) struct Resolved {
+    pub(super) history: Vec<u32>,
+    pub(super) exclude: HashSet<u32>,
+    pub(super) ignored: Vec<String>,
+}
+
+/// Histories shorter than this blend the profile's intents in; from this
+/// length on, the profile is not used.
+pub(super) const SHORT_HISTORY: usize = 5;
+
+/// Longest `query`, in characters.
+pub const MAX_QUERY_CHARS: usize = 1000;

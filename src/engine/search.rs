@@ -17,17 +17,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::generation::{items_of, wait, Generation};
+use super::request::Resolved;
+use super::serving::Serving;
 use super::state::ServedCatalog;
-use super::{
-    items_of, wait, Engine, EngineError, FallbackReason, Generation, ItemSource, RecAnswer, RecItem, RecRequest,
-    Resolved, Strategy,
-};
+use super::{EngineError, FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Strategy};
 use crate::catalog::Catalog;
 use crate::generate::{diversity, GenRequest, Hit};
 use crate::recall::{Ann, RecallError};
 
 /// Longest query, in characters.
-pub const MAX_QUERY_CHARS: usize = 1000;
+pub use super::request::MAX_QUERY_CHARS;
 /// Default number of items the query's embedding contributes to a search's
 /// allowed set (`genrec serve --search-candidates`): [`RERANK_DEPTH`] times
 /// the default `k`, so that the model scores every candidate. Chosen on
@@ -133,7 +133,7 @@ pub fn match_items(
     Ok(out)
 }
 
-impl Engine {
+impl Serving {
     /// The query's embedding, zero-padded to the catalog's dimension, when the
     /// catalog's embeddings come from the server's sentence encoder; otherwise
     /// why not (the search then matches title words only).

@@ -280,7 +280,14 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
             }
             let (m, c) =
                 default_model::load_as(&dev, dtype.resolve(&dev, 0)).context("loading the embedded default model")?;
-            return finish_engine(args, Some((m.into(), "embedded".to_string())), c, EditStore::Memory, dev, dtype);
+            return finish_engine(
+                args,
+                Some((m.into(), "embedded".to_string())),
+                c,
+                Changes::Local(EditStore::Memory),
+                dev,
+                dtype,
+            );
         }
     };
     let t0 = std::time::Instant::now();
@@ -302,21 +309,31 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         "catalog open"
     );
     let start = crate::engine::replica::version_position(&catalog).context("the catalog version's feed position")?;
-    let engine = finish_engine(args, model.map(|m| (m, source)), catalog, store, dev, dtype)?;
-    if let Some(address) = &args.feed {
-        let feed: Arc<dyn crate::feed::Feed> = Arc::from(crate::feed::open(address)?);
-        let name = args.replica_name.clone().unwrap_or_else(default_replica_name);
-        let opts = crate::engine::replica::ReplicaOptions {
-            name: name.clone(),
-            catalog_dir: catalog_dir.clone(),
-            mark_ttl: Duration::from_secs(args.feed_mark_ttl_s.max(1)),
-        };
-        // (down until the feed thread connects; set before it starts)
-        ::metrics::gauge!(metrics::FEED_UP).set(0.0);
-        engine.join_feed(feed, opts, start, Arc::new(metrics::FeedMetrics))?;
-        tracing::info!(feed = %address, replica = %name, from = %start, "following the replica feed");
-    }
+    let Some(address) = &args.feed else {
+        return finish_engine(args, model.map(|m| (m, source)), catalog, Changes::Local(store), dev, dtype);
+    };
+    let feed: Arc<dyn crate::feed::Feed> = Arc::from(crate::feed::open(address)?);
+    let name = args.replica_name.clone().unwrap_or_else(default_replica_name);
+    let opts = crate::engine::replica::ReplicaOptions {
+        name: name.clone(),
+        catalog_dir: catalog_dir.clone(),
+        mark_ttl: Duration::from_secs(args.feed_mark_ttl_s.max(1)),
+    };
+    let replica = crate::engine::replica::Replica::new(feed, opts, start, Arc::new(metrics::FeedMetrics));
+    let engine = finish_engine(args, model.map(|m| (m, source)), catalog, Changes::Replicated(replica), dev, dtype)?;
+    // (down until the feed thread connects; set before it starts)
+    ::metrics::gauge!(metrics::FEED_UP).set(0.0);
+    engine.follow_feed()?;
+    tracing::info!(feed = %address, replica = %name, from = %start, "following the replica feed");
     Ok(engine)
+}
+
+/// How the engine a server starts takes changes.
+enum Changes {
+    /// Here, into this store.
+    Local(EditStore),
+    /// Through the replica feed.
+    Replicated(Arc<crate::engine::replica::Replica>),
 }
 
 /// `$HOSTNAME` (a Kubernetes pod's name), else the host name; and the pid.
@@ -334,7 +351,7 @@ fn finish_engine(
     args: &ServeArgs,
     model: Option<(crate::model::Ensemble, String)>,
     catalog: crate::catalog::Catalog,
-    store: EditStore,
+    changes: Changes,
     dev: candle_core::Device,
     dtype: crate::device::DTypeChoice,
 ) -> Result<Arc<Engine>> {
@@ -369,7 +386,11 @@ fn finish_engine(
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;
     let t0 = std::time::Instant::now();
-    let engine = Engine::with_store(catalog, store, opts, Arc::new(metrics::SchedulerMetrics))?;
+    let observer = Arc::new(metrics::SchedulerMetrics);
+    let engine = match changes {
+        Changes::Local(store) => Engine::with_store(catalog, store, opts, observer)?,
+        Changes::Replicated(replica) => Engine::replica(catalog, replica, opts, observer)?,
+    };
     tracing::info!(seconds = t0.elapsed().as_secs_f64(), "ANN index open");
     engine.set_coldstart(coldstart.map(Arc::new));
     if let Some((m, source)) = model {

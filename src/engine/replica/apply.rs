@@ -6,12 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ItemDone, ModelChange, Outcome, Replica};
-use crate::catalog::edit::NewItem as CatalogItem;
-use crate::engine::edits::Upserted;
+use super::{ModelChange, RecordOutcome, Replica};
+use crate::engine::edits::apply_item_edits;
 use crate::engine::state::{ModelInfo, ServedCatalog};
 use crate::engine::{Engine, EngineError};
-use crate::feed::record::{ItemEdit, Record, MODEL_STICKY};
+use crate::feed::record::{Record, MODEL_STICKY};
 use crate::feed::{now_ms, Entry, FeedError, Position};
 
 impl Engine {
@@ -35,7 +34,7 @@ impl Engine {
                     tracing::warn!(position = %e.position, error = %why, "feed: skipping a record that does not parse");
                     rep.skipped.fetch_add(1, Ordering::Relaxed);
                     rep.observer.skipped();
-                    self.lock_writer().feed_position = e.position;
+                    self.advance(rep, e.position);
                     continue;
                 }
             };
@@ -56,9 +55,9 @@ impl Engine {
                 }
                 None => Some((self.apply_model(rep, e.position, &rec), rec)),
             };
-            self.lock_writer().feed_position = e.position;
+            self.advance(rep, e.position);
             if let Some((r, rec)) = applied {
-                rep.deliver(rec.origin(), Outcome::Model(r));
+                rep.deliver(rec.origin(), RecordOutcome::Model(r));
             }
         }
         edits += self.apply_item_records(rep, run);
@@ -66,6 +65,13 @@ impl Engine {
             let lag = Duration::from_millis(now_ms().saturating_sub(last.position.ms));
             rep.observer.applied(self.feed_position(), lag, edits, self.catalog().catalog.served_len());
         }
+    }
+
+    /// Moves this replica's applied position past a record that left the
+    /// catalog as it was (a model record, or one that does not parse).
+    fn advance(&self, rep: &Replica, position: crate::feed::Position) {
+        let _w = self.lock_writer();
+        rep.set_position(position);
     }
 
     /// Applies consecutive item records as one new catalog view, then
@@ -83,12 +89,12 @@ impl Engine {
         let mut vectors = Vec::new();
         let mut outcomes = Vec::with_capacity(run.len());
         let mut edits_applied = 0;
-        for (_, rec) in run {
+        for (position, rec) in run {
             if let Record::Items { origin, edits } = rec {
-                let (out, v) = apply_edits(&mut view, &edits);
-                vectors.extend(v);
+                let applied = apply_item_edits(&mut view, &edits, position.ms);
+                vectors.extend(applied.vectors);
                 edits_applied += edits.len();
-                outcomes.push((origin, out));
+                outcomes.push((origin, applied.outcomes));
             }
         }
         if let Err(e) = ann.add(&vectors) {
@@ -96,13 +102,11 @@ impl Engine {
         }
         let served = Arc::new(ServedCatalog { catalog: view, ann });
         {
-            let mut w = self.lock_writer();
-            w.head = served.clone();
-            w.feed_position = last;
-            self.catalog.store(served);
+            let _w = self.publish_head(served);
+            rep.set_position(last);
         }
         for (origin, out) in outcomes {
-            rep.deliver(origin.as_deref(), Outcome::Items(out));
+            rep.deliver(origin.as_deref(), RecordOutcome::Items(out));
         }
         edits_applied
     }
@@ -143,7 +147,7 @@ impl Engine {
             return Ok(m.info());
         }
         let prev_matches =
-            self.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|m| m.source == to);
+            self.changes.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|m| m.source == to);
         if prev_matches {
             return self.rollback_here();
         }
@@ -157,7 +161,7 @@ impl Engine {
         for (p, rec) in models.iter().rev() {
             let r = self.apply_model(rep, *p, rec);
             let ok = r.is_ok();
-            rep.deliver(rec.origin(), Outcome::Model(r));
+            rep.deliver(rec.origin(), RecordOutcome::Model(r));
             if ok {
                 return;
             }
@@ -180,46 +184,4 @@ impl Engine {
         self.apply_newest_loadable(rep, &missed);
         Ok(())
     }
-}
-
-/// Applies item edits to `view`, one catalog edit id each: the outcome of
-/// each, and the vectors the ANN index needs.
-#[allow(clippy::type_complexity)]
-pub(super) fn apply_edits(
-    view: &mut crate::catalog::Catalog,
-    edits: &[ItemEdit],
-) -> (Vec<Result<ItemDone, EngineError>>, Vec<(u64, Vec<f32>)>) {
-    let mut vectors = Vec::new();
-    let mut out = Vec::with_capacity(edits.len());
-    for edit in edits {
-        let edit_id = view.last_edit_id() + 1;
-        out.push(match edit {
-            ItemEdit::Upsert { id, title, embedding, semantic_id } => {
-                let field = if semantic_id.is_some() { "semantic_id" } else { "embedding" };
-                let item = CatalogItem {
-                    id: id.clone(),
-                    title: title.clone(),
-                    embedding: embedding.clone(),
-                    semantic_id: semantic_id.clone(),
-                };
-                match view.upsert(item, edit_id) {
-                    Ok(up) => {
-                        vectors.push((up.ann_key, up.embedding));
-                        Ok(ItemDone::Upserted(Upserted {
-                            item_id: id.clone(),
-                            semantic_id: up.semantic_id,
-                            created: !up.replaced,
-                            feed_position: None,
-                        }))
-                    }
-                    Err(e) => Err(crate::engine::edits::catalog_error(e, field)),
-                }
-            }
-            ItemEdit::Delete { id } => view
-                .remove(id, edit_id)
-                .map(|_| ItemDone::Removed)
-                .map_err(|e| crate::engine::edits::catalog_error(e, "id")),
-        });
-    }
-    (out, vectors)
 }

@@ -45,7 +45,7 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
     let mut behind = false;
     loop {
         let Some(engine) = weak.upgrade() else { return };
-        let position = engine.feed_position();
+        let position = rep.position();
         let step = (|| -> Result<(), FeedError> {
             if !rep.ready() && catching_up.is_none() {
                 catching_up = Some(start_point(&rep, position)?);
@@ -84,17 +84,17 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
             pending = entries.len() == READ_BATCH;
             engine.apply_entries(&rep, &entries, catching_up.as_mut().map(|c| &mut c.models));
             if entries.is_empty() {
-                rep.observer.applied(engine.feed_position(), Duration::ZERO, 0, engine.catalog().catalog.served_len());
+                rep.observer.applied(rep.position(), Duration::ZERO, 0, engine.catalog().catalog.served_len());
             }
-            if catching_up.as_ref().is_some_and(|c| c.head.is_none_or(|h| engine.feed_position() >= h)) {
+            if catching_up.as_ref().is_some_and(|c| c.head.is_none_or(|h| rep.position() >= h)) {
                 if let Some(c) = catching_up.take() {
                     engine.apply_newest_loadable(&rep, &c.models);
                 }
                 rep.caught_up.store(true, Ordering::Relaxed);
-                tracing::info!(position = %engine.feed_position(), "feed: caught up, ready");
+                tracing::info!(position = %rep.position(), "feed: caught up, ready");
             }
             if last_mark.is_none_or(|t| t.elapsed() >= MARK_EVERY) {
-                rep.feed.mark(&rep.name, engine.feed_position(), engine.catalog().catalog.manifest().version)?;
+                rep.feed.mark(&rep.name, rep.position(), engine.catalog().catalog.manifest().version)?;
                 last_mark = Some(Instant::now());
                 engine.maybe_compact(&rep);
                 if let Err(e) = engine.rebase(&rep) {

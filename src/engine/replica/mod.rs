@@ -36,7 +36,8 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::edits::Upserted;
+use super::admin::ModelOrder;
+use super::edits::ItemDone;
 use super::state::ModelInfo;
 use super::{Engine, EngineError};
 use crate::catalog::dir;
@@ -138,34 +139,21 @@ pub struct FeedInfo {
 }
 
 /// What applying one record did, for the admin call that published it.
-pub(super) enum Outcome {
+pub(super) enum RecordOutcome {
     Items(Vec<Result<ItemDone, EngineError>>),
     Model(Result<ModelInfo, EngineError>),
 }
 
-pub(super) enum ItemDone {
-    Upserted(Upserted),
-    Removed,
-}
-
-impl ItemDone {
-    /// The same outcome, stamped with the feed position of its record.
-    fn at(self, position: Position) -> ItemDone {
-        match self {
-            ItemDone::Upserted(u) => ItemDone::Upserted(Upserted { feed_position: Some(position), ..u }),
-            other => other,
-        }
-    }
-}
-
-pub(super) struct Replica {
+/// One replica's side of the feed: where it is, what it applied, and the
+/// admin calls waiting for their records.
+pub struct Replica {
     feed: Arc<dyn Feed>,
     name: String,
     dir: PathBuf,
     mark_ttl: Duration,
     observer: Arc<dyn FeedObserver>,
     /// Admin calls waiting for their record, by origin.
-    waiters: Mutex<HashMap<String, SyncSender<Outcome>>>,
+    waiters: Mutex<HashMap<String, SyncSender<RecordOutcome>>>,
     next_origin: AtomicU64,
     caught_up: AtomicBool,
     connected: AtomicBool,
@@ -178,14 +166,59 @@ pub(super) struct Replica {
     known_version: AtomicU64,
     /// A compaction of this replica's runs (one at a time).
     compacting: AtomicBool,
+    /// Everything in the feed up to here is applied (the replica's version:
+    /// equal positions mean equal catalogs). Changed only by the feed
+    /// thread, under the engine's edit lock together with the view it
+    /// covers; read under that lock when both are needed together.
+    position: Mutex<Position>,
 }
 
 impl Replica {
-    pub(super) fn info(&self, position: Position) -> FeedInfo {
+    /// A replica of `feed` whose catalog covers the feed up to `start` (the
+    /// position its catalog version records).
+    pub fn new(
+        feed: Arc<dyn Feed>,
+        opts: ReplicaOptions,
+        start: Position,
+        observer: Arc<dyn FeedObserver>,
+    ) -> Arc<Self> {
+        let version = dir::version_of(&opts.catalog_dir).unwrap_or(0);
+        Arc::new(Replica {
+            feed,
+            name: opts.name,
+            dir: opts.catalog_dir,
+            mark_ttl: opts.mark_ttl,
+            observer,
+            waiters: Mutex::new(HashMap::new()),
+            next_origin: AtomicU64::new(1),
+            caught_up: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            model_change: Mutex::new(None),
+            bytes_since_version: AtomicU64::new(0),
+            known_version: AtomicU64::new(version),
+            compacting: AtomicBool::new(false),
+            position: Mutex::new(start),
+        })
+    }
+
+    /// The position applied.
+    pub(super) fn position(&self) -> Position {
+        *self.position.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the applied position (the feed thread, holding the edit lock).
+    pub(super) fn set_position(&self, p: Position) {
+        *self.position.lock().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+
+    pub(super) fn info(&self) -> FeedInfo {
         FeedInfo {
             feed: self.feed.describe(),
             replica: self.name.clone(),
-            position,
+            position: self.position(),
             connected: self.connected.load(Ordering::Relaxed),
             caught_up: self.caught_up.load(Ordering::Relaxed),
             applied: self.applied.load(Ordering::Relaxed),
@@ -223,7 +256,7 @@ impl Replica {
         &self,
         sticky: Option<&str>,
         make: impl FnOnce(String) -> Record,
-    ) -> Result<(Position, Outcome), EngineError> {
+    ) -> Result<(Position, RecordOutcome), EngineError> {
         if !self.ready() {
             return Err(EngineError::CatchingUp);
         }
@@ -252,7 +285,7 @@ impl Replica {
         }
     }
 
-    fn deliver(&self, origin: Option<&str>, outcome: Outcome) {
+    fn deliver(&self, origin: Option<&str>, outcome: RecordOutcome) {
         let Some(o) = origin else { return };
         if let Some(tx) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(o) {
             let _ = tx.try_send(outcome);
@@ -261,39 +294,11 @@ impl Replica {
 }
 
 impl Engine {
-    /// Makes this engine a replica of `feed`: edits and model changes go
-    /// through it from now on, and a thread applies it in order, starting
-    /// after `start` (the position the catalog's version covers).
-    pub fn join_feed(
-        self: &Arc<Self>,
-        feed: Arc<dyn Feed>,
-        opts: ReplicaOptions,
-        start: Position,
-        observer: Arc<dyn FeedObserver>,
-    ) -> Result<std::thread::JoinHandle<()>, EngineError> {
-        let version = dir::version_of(&opts.catalog_dir).unwrap_or(0);
-        let rep = Arc::new(Replica {
-            feed,
-            name: opts.name,
-            dir: opts.catalog_dir,
-            mark_ttl: opts.mark_ttl,
-            observer,
-            waiters: Mutex::new(HashMap::new()),
-            next_origin: AtomicU64::new(1),
-            caught_up: AtomicBool::new(false),
-            connected: AtomicBool::new(false),
-            applied: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            model_change: Mutex::new(None),
-            bytes_since_version: AtomicU64::new(0),
-            known_version: AtomicU64::new(version),
-            compacting: AtomicBool::new(false),
-        });
-        self.lock_writer().feed_position = start;
-        if self.replica.set(rep.clone()).is_err() {
-            return Err(EngineError::Conflict("this engine follows a feed already".into()));
-        }
+    /// Starts the feed thread of a replica engine ([`Engine::replica`]): it
+    /// applies the feed in order from the position the catalog covers.
+    pub fn follow_feed(self: &Arc<Self>) -> Result<std::thread::JoinHandle<()>, EngineError> {
+        let rep =
+            self.changes.replica().cloned().ok_or_else(|| EngineError::Conflict("this engine has no feed".into()))?;
         let weak = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("genrec-feed".into())
@@ -301,24 +306,19 @@ impl Engine {
             .map_err(EngineError::Worker)
     }
 
-    pub(super) fn replica(&self) -> Option<&Arc<Replica>> {
-        self.replica.get()
-    }
-
     /// The feed's state as this replica sees it (`None`: no feed).
     pub fn feed_info(&self) -> Option<FeedInfo> {
-        let rep = self.replica()?;
-        Some(rep.info(self.lock_writer().feed_position))
+        self.changes.replica().map(|r| r.info())
     }
 
     /// The feed position this replica has applied (`None`: no feed).
     pub fn feed_applied(&self) -> Option<Position> {
-        self.replica().map(|_| self.feed_position())
+        self.changes.replica().map(|r| r.position())
     }
 
     /// `None` without a feed; else whether this replica caught up with it.
     pub fn feed_ready(&self) -> Option<bool> {
-        self.replica().map(|r| r.ready())
+        self.changes.replica().map(|r| r.ready())
     }
 
     /// Publishes item edits (in records of at most [`EDITS_PER_RECORD`]) and
@@ -338,7 +338,7 @@ impl Engine {
             let n = chunk.len();
             let published = rep.publish(None, |origin| Record::Items { origin: Some(origin), edits: chunk });
             match published {
-                Ok((p, Outcome::Items(r))) if r.len() == n => {
+                Ok((p, RecordOutcome::Items(r))) if r.len() == n => {
                     out.extend(r.into_iter().map(|x| x.map(|d| d.at(p))));
                     last = p;
                 }
@@ -361,22 +361,37 @@ impl Engine {
         Ok((out, last))
     }
 
-    /// Publishes a model change and returns what this replica made of it.
-    pub(super) fn publish_model(
-        &self,
-        rep: &Replica,
-        make: impl FnOnce(String) -> Record,
-    ) -> Result<ModelInfo, EngineError> {
+    /// Publishes a model change (a load names its checkpoint as every
+    /// replica can find it; a rollback names the model to go back to) and
+    /// returns what this replica made of it.
+    pub(super) fn publish_model_order(&self, rep: &Replica, order: ModelOrder) -> Result<ModelInfo, EngineError> {
+        let record = match order {
+            ModelOrder::Load(path) => {
+                let path = self.shareable_checkpoint(&path)?;
+                move |origin| Record::ModelLoad { origin: Some(origin), path }
+            }
+            ModelOrder::Rollback => {
+                let to =
+                    self.changes.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|m| m.source.clone());
+                let to =
+                    to.ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
+                return self.publish_model(rep, move |origin| Record::ModelRollback { origin: Some(origin), to });
+            }
+        };
+        self.publish_model(rep, record)
+    }
+
+    fn publish_model(&self, rep: &Replica, make: impl FnOnce(String) -> Record) -> Result<ModelInfo, EngineError> {
         match rep.publish(Some(MODEL_STICKY), make)?.1 {
-            Outcome::Model(r) => r,
-            Outcome::Items(_) => {
+            RecordOutcome::Model(r) => r,
+            RecordOutcome::Items(_) => {
                 Err(EngineError::Feed(FeedError::Protocol("the feed answered an item edit for a model change".into())))
             }
         }
     }
 
-    /// The position this replica has applied.
+    /// The position this replica has applied (the start without a feed).
     pub(super) fn feed_position(&self) -> Position {
-        self.lock_writer().feed_position
+        self.changes.replica().map_or(Position::START, |r| r.position())
     }
 }

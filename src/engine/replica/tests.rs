@@ -52,19 +52,32 @@ fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -
     let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
     let start = super::version_position(&catalog).unwrap();
     let opts = EngineOptions { model_root: Some(model_root.to_path_buf()), ..Default::default() };
-    let e = Engine::new(catalog, opts, Arc::new(NoObserver)).unwrap();
-    let (model, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
-    e.install(model, "embedded".into()).unwrap();
-    let f: Arc<dyn Feed> = feed.clone();
-    e.join_feed(
-        f,
+    let e = replica_engine(
+        catalog,
+        opts,
+        feed,
         ReplicaOptions { name: name.into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
         start,
-        Arc::new(NoFeedObserver),
-    )
-    .unwrap();
+    );
+    let (model, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    e.install(model, "embedded".into()).unwrap();
+    e.follow_feed().unwrap();
     wait_for(|| e.feed_ready() == Some(true), "the replica catches up");
     e
+}
+
+/// An engine that takes its changes through `feed` (its feed thread not
+/// started yet).
+fn replica_engine(
+    catalog: crate::catalog::Catalog,
+    opts: EngineOptions,
+    feed: &Arc<MemoryFeed>,
+    replica: ReplicaOptions,
+    start: Position,
+) -> Arc<Engine> {
+    let f: Arc<dyn Feed> = feed.clone();
+    let rep = super::Replica::new(f, replica, start, Arc::new(NoFeedObserver));
+    Engine::replica(catalog, rep, opts, Arc::new(NoObserver)).unwrap()
 }
 
 fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
@@ -299,20 +312,14 @@ fn a_replica_below_the_trimmed_feed_reloads_the_newest_version() {
     }
     a.upsert_item(item(&base, "last", 1, 0.07)).unwrap();
     assert!(feed.trimmed_below().unwrap() > Position::START);
-    let late = Engine::new(
+    let late = replica_engine(
         old,
         EngineOptions { model_root: Some(root.0.clone()), ..Default::default() },
-        Arc::new(NoObserver),
-    )
-    .unwrap();
-    let f: Arc<dyn Feed> = feed.clone();
-    late.join_feed(
-        f,
+        &feed,
         ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
         Position::START,
-        Arc::new(NoFeedObserver),
-    )
-    .unwrap();
+    );
+    late.follow_feed().unwrap();
     settled(&feed, &[&a, &late]);
     assert_same(&served(&a), &served(&late), "nothing the trimmed entries held is missing");
 }
@@ -405,15 +412,14 @@ fn a_replica_that_cannot_reach_the_feed_at_start_is_not_ready_until_it_does() {
     let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
     feed.append_raw(br#"{"kind":"items","edits":[]}"#);
     feed.set_down(true);
-    let e = Engine::new(catalog, EngineOptions::default(), Arc::new(NoObserver)).unwrap();
-    let f: Arc<dyn Feed> = feed.clone();
-    e.join_feed(
-        f,
+    let e = replica_engine(
+        catalog,
+        EngineOptions::default(),
+        &feed,
         ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
         Position::START,
-        Arc::new(NoFeedObserver),
-    )
-    .unwrap();
+    );
+    e.follow_feed().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(e.feed_ready(), Some(false), "not ready before it has seen the feed's head");
     assert!(matches!(e.upsert_item(item(&e.catalog().catalog, "x", 1, 0.1)), Err(EngineError::CatchingUp)));

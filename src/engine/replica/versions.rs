@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::apply::apply_edits;
 use super::{Replica, COMPACT_LEASE, READ_BATCH};
 use crate::catalog::dir;
-use crate::engine::edits::CompactReport;
+use crate::engine::edit_pool::lower_priority;
+use crate::engine::edits::{apply_item_edits, CompactReport};
 use crate::engine::state::ServedCatalog;
 use crate::engine::{Engine, EngineError};
 use crate::feed::record::Record;
@@ -32,7 +32,7 @@ impl Engine {
         let t0 = Instant::now();
         let (mut cat, report) = dir::open_read_only(&rep.dir)?;
         let from = version_position(&cat)?;
-        let here = self.feed_position();
+        let here = rep.position();
         if from > here {
             return Ok(false);
         }
@@ -42,7 +42,7 @@ impl Engine {
             let before = after;
             for e in entries.into_iter().take_while(|e| e.position <= here) {
                 if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
-                    apply_edits(&mut cat, &edits);
+                    apply_item_edits(&mut cat, &edits, e.position.ms);
                 }
                 after = e.position;
             }
@@ -57,11 +57,12 @@ impl Engine {
         let ann = Arc::new(Ann::open(&cat)?);
         let served = Arc::new(ServedCatalog { catalog: cat, ann });
         let mut w = self.lock_writer();
-        if w.feed_position != here {
+        if rep.position() != here {
             return Ok(false); // (only this thread applies the feed: not reached)
         }
         w.head = served.clone();
-        self.catalog.store(served);
+        self.serving.catalog.store(served);
+        drop(w);
         rep.known_version.store(report.version, Ordering::Relaxed);
         tracing::info!(version = report.version, replayed_from = %from, seconds = t0.elapsed().as_secs_f64(), "feed: moved onto the newest catalog version");
         Ok(true)
@@ -74,10 +75,9 @@ impl Engine {
         let position = version_position(&cat)?;
         let ann = Arc::new(Ann::open(&cat)?);
         let served = Arc::new(ServedCatalog { catalog: cat, ann });
-        let mut w = self.lock_writer();
-        w.head = served.clone();
-        w.feed_position = position;
-        self.catalog.store(served);
+        let w = self.publish_head(served);
+        rep.set_position(position);
+        drop(w);
         rep.known_version.store(report.version, Ordering::Relaxed);
         rep.bytes_since_version.store(0, Ordering::Relaxed);
         tracing::warn!(version = report.version, position = %position, "feed: reloaded the newest catalog version");
@@ -114,9 +114,10 @@ impl Engine {
     }
 
     fn write_shared_version(&self, rep: &Replica, t0: Instant) -> Result<CompactReport, EngineError> {
+        // the view and the position it covers, read together under the edit lock
         let (view, position) = {
             let w = self.lock_writer();
-            (w.head.catalog.clone(), w.feed_position)
+            (w.head.catalog.clone(), rep.position())
         };
         let current = dir::version_of(&rep.dir)?;
         if let Some(p) = dir::version_feed_position(&rep.dir, current)? {
@@ -172,10 +173,10 @@ impl Engine {
                 return;
             }
         }
-        let Some(me) = self.me.get().and_then(|w| w.upgrade()) else { return };
+        let Some(me) = self.me() else { return };
         let spawned = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || {
-            crate::engine::edits::lower_priority();
-            let Some(rep) = me.replica().cloned() else { return };
+            lower_priority();
+            let Some(rep) = me.changes.replica().cloned() else { return };
             match me.compact_shared(&rep) {
                 Ok(r) => tracing::info!(
                     version = r.version,
