@@ -24,6 +24,7 @@ pub mod coldstart;
 pub mod dataset;
 pub mod device;
 pub mod engine;
+pub mod error;
 pub mod feed;
 pub mod generate;
 pub mod gpu_check;

@@ -71,6 +71,20 @@ impl CatalogError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         CatalogError::Io { path: path.into(), source }
     }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            CatalogError::Conflict(_) | CatalogError::Busy(_) => ErrorKind::Conflict,
+            CatalogError::NotFound(_) => ErrorKind::NotFound,
+            CatalogError::Io { .. }
+            | CatalogError::Json { .. }
+            | CatalogError::Format(_)
+            | CatalogError::Tensor(_)
+            | CatalogError::Tokenizer(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 /// A catalog as requests see it: a base version and the live edits above it.

@@ -23,6 +23,11 @@ fn admin_hub_options() -> Result<HubOptions, EngineError> {
     Ok(HubOptions { progress: false, ..HubOptions::from_env()? })
 }
 
+/// A smoke generation that failed while validating a checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("smoke generation failed: {0}")]
+struct SmokeFailed(#[source] crate::generate::GenerateError);
+
 /// A model change, as asked through the admin API.
 pub(super) enum ModelOrder {
     /// Load, validate and swap in the checkpoint at this path (under the
@@ -43,7 +48,7 @@ impl Engine {
     fn validate(&self, model: &Ensemble) -> Result<(), EngineError> {
         let cat = self.catalog();
         for m in model.members() {
-            check_pair(m, &cat.catalog).map_err(|e| EngineError::Refused(e.to_string()))?;
+            check_pair(m, &cat.catalog).map_err(EngineError::refused)?;
         }
         let longest = model.sidecar().max_history_items;
         let served: Vec<u32> = (0..cat.catalog.len() as u32).filter(|&i| cat.serves(i)).take(longest).collect();
@@ -53,9 +58,9 @@ impl Engine {
         let history: Vec<u32> = served.iter().copied().cycle().take(longest).collect();
         let req = GenRequest { history, k: 1, exclude: Default::default(), ..Default::default() };
         let out = generate_ensemble(&model.members(), &cat.catalog, &[req], self.opts.batch.beam, Scoring::Model)
-            .map_err(|e| EngineError::Refused(format!("smoke generation failed: {e}")))?;
+            .map_err(|e| EngineError::refused(SmokeFailed(e)))?;
         if out.hits.first().is_none_or(|h| h.is_empty()) && cat.catalog.served_len() > 1 {
-            return Err(EngineError::Refused("smoke generation returned no item".into()));
+            return Err(EngineError::refused("smoke generation returned no item"));
         }
         Ok(())
     }
@@ -85,7 +90,7 @@ impl Engine {
             EngineError::Forbidden("no --model-root is configured: checkpoints cannot be loaded".into())
         })?;
         root.open(path).map_err(|e| match e {
-            RootError::Invalid(m) => EngineError::Refused(m),
+            e @ RootError::Invalid(_) => EngineError::refused(e),
             other => EngineError::Forbidden(other.to_string()),
         })
     }
@@ -146,7 +151,7 @@ impl Engine {
             let member = dir.open_below(rel).map_err(|e| member_error(rel, e.to_string()))?;
             self.load_opened(&member).map_err(|e| member_error(rel, e.to_string()))
         })
-        .map_err(|e| EngineError::Refused(e.to_string()))?;
+        .map_err(EngineError::refused)?;
         self.install_locked(model, dir.path().display().to_string())
     }
 
@@ -159,18 +164,17 @@ impl Engine {
         let pulled = pull(name, &admin_hub_options()?, Fallback::Never)?;
         let _g = self.lock_admin();
         let model = Ensemble::load_as(&pulled.dir, &self.opts.device, self.opts.dtype)
-            .map_err(|e| EngineError::Refused(format!("{name}: {e}")))?;
+            .map_err(|e| EngineError::refused(format!("{name}: {e}")))?;
         self.install_locked(model, pulled.pinned().to_string())
     }
 
     /// Loads the model in an opened checkpoint folder onto the engine's device.
     fn load_opened(&self, dir: &CheckpointDir) -> Result<Model, EngineError> {
-        let read = |f: &str| dir.read(f).map_err(|e| EngineError::Refused(e.to_string()));
+        let read = |f: &str| dir.read(f).map_err(EngineError::refused);
         let (config, sidecar) = (read(crate::model::CONFIG_FILE)?, read(crate::model::sidecar::SIDECAR_FILE)?);
-        let weights =
-            crate::model::WeightFiles::open(|f| dir.file(f)).map_err(|e| EngineError::Refused(e.to_string()))?;
+        let weights = crate::model::WeightFiles::open(|f| dir.file(f)).map_err(EngineError::refused)?;
         Model::load_opened(&config, &weights, &sidecar, dir.path(), &self.opts.device, self.opts.dtype)
-            .map_err(|e| EngineError::Refused(e.to_string()))
+            .map_err(EngineError::refused)
     }
 
     /// The model in service and the one before it.

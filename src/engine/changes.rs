@@ -52,7 +52,7 @@ pub struct Changes {
 impl Changes {
     pub(super) fn new(path: WritePath, writer: Writer, opts: &EngineOptions) -> Result<Self, EngineError> {
         let model_root = match &opts.model_root {
-            Some(p) => Some(ModelRoot::new(p).map_err(|e| EngineError::Refused(e.to_string()))?),
+            Some(p) => Some(ModelRoot::new(p).map_err(EngineError::refused)?),
             None => None,
         };
         Ok(Changes {

@@ -52,8 +52,8 @@ impl Serving {
             let (cs, p) = (cs.clone(), profile.clone());
             let inferred = tokio::task::spawn_blocking(move || cs.infer(&p)) // cached
                 .await
-                .map_err(|e| EngineError::ColdStart(e.to_string()))?
-                .map_err(|e| EngineError::ColdStart(e.to_string()))?;
+                .map_err(|e| EngineError::ColdStart(e.into()))?
+                .map_err(|e| EngineError::ColdStart(e.into()))?;
             let note = "no intent model is configured: intents matched to the profile with the sentence encoder";
             return Ok((inferred, Some(note.into())));
         }
@@ -106,8 +106,8 @@ impl Serving {
         let (cs, p) = (cs.clone(), profile.clone());
         let inferred = tokio::task::spawn_blocking(move || cs.infer_embedding(&p))
             .await
-            .map_err(|e| EngineError::ColdStart(e.to_string()))?
-            .map_err(|e| EngineError::ColdStart(e.to_string()))?;
+            .map_err(|e| EngineError::ColdStart(e.into()))?
+            .map_err(|e| EngineError::ColdStart(e.into()))?;
         Ok((Arc::new(inferred), Some(note)))
     }
 

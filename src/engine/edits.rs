@@ -242,8 +242,8 @@ impl Engine {
         let errors = errors
             .into_iter()
             .map(|(line, e)| {
-                let field = match &e {
-                    EngineError::InvalidField { field, .. } => Some(*field),
+                let field = match e.kind() {
+                    crate::error::ErrorKind::Invalid { field } => field,
                     _ => None,
                 };
                 LineError { line, field, error: e.to_string() }

@@ -30,7 +30,7 @@ pub(super) fn items_of(cat: &ServedCatalog, hits: Vec<Hit>, source: ItemSource) 
 /// How a queued generation ended.
 pub(super) enum Generation {
     Done(Vec<Hit>, usize),
-    Failed(String),
+    Failed(scheduler::SharedError),
     Stopped,
     /// The deadline passed first.
     Late,

@@ -38,12 +38,13 @@ use std::time::Duration;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::coldstart::ColdStart;
+use crate::error::{BoxError, ErrorKind};
 use crate::generate::GenerateError;
 use crate::model::ModelError;
 use crate::recall::{Ann, RecallError};
 use changes::{Changes, WritePath};
 pub use pair::Pair;
-pub use request::{FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Steering, Strategy};
+pub use request::{FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Steering, Strategy, ValidRequest};
 use scheduler::Scheduler;
 pub use scheduler::{BatchObserver, BatchOptions, NoObserver, WorkerHealth};
 use serving::Serving;
@@ -54,26 +55,29 @@ pub const MAX_K: usize = 100;
 /// Largest `timeout_ms` a request may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
+/// Why a request or a change failed. Each variant has a transport-neutral
+/// [`ErrorKind`] ([`EngineError::kind`]) that the server maps to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The request is well-formed but cannot be served as asked (HTTP 422).
+    /// The request is well-formed but cannot be served as asked.
     #[error("{message}")]
     InvalidField { field: &'static str, message: String },
-    /// No model is loaded and the request asked for generation (HTTP 503).
+    /// No model is loaded and the request asked for generation.
     #[error("no model is loaded")]
     NotReady,
-    /// The queue is full (HTTP 429).
+    /// The queue is full.
     #[error("overloaded: the request queue is full")]
     Overloaded,
-    /// A `generative` request missed its deadline (HTTP 504).
+    /// A `generative` request missed its deadline.
     #[error("generation did not finish within {0} ms")]
     Deadline(u64),
     #[error("generation failed: {0}")]
     Generate(#[from] GenerateError),
     #[error("ANN recall failed: {0}")]
     Recall(#[from] RecallError),
+    /// A model whose vocabulary does not fit the catalog in service.
     #[error("model and catalog do not match: {0}")]
-    Mismatch(String),
+    Mismatch(#[source] ModelError),
     #[error("loading model: {0}")]
     LoadModel(#[from] ModelError),
     /// A checkpoint named `hf:ORG/REPO` could not be pulled from the Hub.
@@ -81,13 +85,13 @@ pub enum EngineError {
     Hub(#[from] crate::model::hub::HubError),
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
-    /// An admin request that names something outside what it may touch (HTTP 403).
+    /// An admin request that names something outside what it may touch.
     #[error("{0}")]
     Forbidden(String),
-    /// A checkpoint that failed validation (HTTP 422); the old model keeps serving.
+    /// A checkpoint that failed validation; the old model keeps serving.
     #[error("checkpoint refused: {0}")]
-    Refused(String),
-    /// An admin request that contradicts the current state (HTTP 409).
+    Refused(#[source] BoxError),
+    /// An admin request that contradicts the current state.
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -95,25 +99,60 @@ pub enum EngineError {
     #[error("the batching worker has stopped")]
     Stopped,
     #[error("starting the batching worker: {0}")]
-    Worker(std::io::Error),
+    Worker(#[source] std::io::Error),
     /// A batched generation failed (the error is shared by the batch's requests).
     #[error("generation failed: {0}")]
-    Batch(String),
-    /// A profile request while no intent model or encoder is configured (HTTP 503).
+    Batch(#[source] scheduler::SharedError),
+    /// A profile request while no intent model or encoder is configured, or
+    /// intent inference failed.
     #[error("cold start is not available: {0}")]
-    ColdStart(String),
-    /// The replica feed cannot be reached or answered something unexpected
-    /// (HTTP 503).
+    ColdStart(#[source] BoxError),
+    /// The replica feed cannot be reached or answered something unexpected.
     #[error("replica feed: {0}")]
     Feed(#[from] crate::feed::FeedError),
-    /// This replica is still catching up with the feed and takes no change
-    /// yet (HTTP 503).
+    /// This replica is still catching up with the feed and takes no change yet.
     #[error("this replica is still catching up with the replica feed: retry shortly or on another replica")]
     CatchingUp,
     /// The change is in the feed at this position but this replica did not
-    /// apply it in time; it will (HTTP 503).
-    #[error("the change is in the replica feed at {0} but this replica did not apply it in time (it will when it catches up)")]
+    /// apply it in time; it will.
+    #[error(
+        "the change is in the replica feed at {0} but this replica did not apply it in time (it will when it catches up)"
+    )]
     NotAppliedYet(crate::feed::Position),
+}
+
+impl EngineError {
+    /// What kind of failure this is (the server's status comes from it).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::InvalidField { field, .. } => ErrorKind::invalid(field),
+            EngineError::Refused(_) => ErrorKind::Invalid { field: None },
+            EngineError::NotReady
+            | EngineError::Stopped
+            | EngineError::ColdStart(_)
+            | EngineError::Feed(_)
+            | EngineError::CatchingUp
+            | EngineError::NotAppliedYet(_) => ErrorKind::Unavailable,
+            EngineError::Overloaded => ErrorKind::Overloaded,
+            EngineError::Deadline(_) => ErrorKind::Timeout,
+            EngineError::Forbidden(_) => ErrorKind::Forbidden,
+            EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::NotFound(_) => ErrorKind::NotFound,
+            EngineError::Hub(h) => h.kind(),
+            EngineError::Catalog(c) => c.kind(),
+            EngineError::Generate(_)
+            | EngineError::Batch(_)
+            | EngineError::Worker(_)
+            | EngineError::Recall(_)
+            | EngineError::Mismatch(_)
+            | EngineError::LoadModel(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// A checkpoint refused for `why` (an error, or a message).
+    pub(crate) fn refused(why: impl Into<BoxError>) -> Self {
+        EngineError::Refused(why.into())
+    }
 }
 
 /// Engine options.
@@ -235,9 +274,10 @@ impl Engine {
         self.me.get().and_then(Weak::upgrade)
     }
 
-    /// Serves one request (see [`serving::Serving::recommend`]).
+    /// Checks a request ([`RecRequest::validate`]) and serves it (see
+    /// [`serving::Serving::recommend`]).
     pub async fn recommend(&self, req: &RecRequest) -> Result<RecAnswer, EngineError> {
-        self.serving.recommend(req).await
+        self.serving.recommend(req.validate()?).await
     }
 
     /// The model in service, if any.

@@ -16,10 +16,7 @@ pub struct Pair {
 
 /// Checks that a model's sidecar matches a catalog.
 pub fn check_pair(model: &Model, catalog: &Catalog) -> Result<(), EngineError> {
-    model
-        .sidecar
-        .validate(model.config.vocab_size, catalog.manifest())
-        .map_err(|e| EngineError::Mismatch(e.to_string()))
+    model.sidecar.validate(model.config.vocab_size, catalog.manifest()).map_err(EngineError::Mismatch)
 }
 
 impl Pair {
@@ -48,16 +45,15 @@ pub fn load_pair(
 ) -> Result<(Model, Catalog), EngineError> {
     let model = Model::load_as(model_dir, dev, dtype)?;
     if !model.sidecar.members.is_empty() {
-        return Err(EngineError::Mismatch(format!(
+        return Err(EngineError::Mismatch(crate::model::ModelError::Sidecar(format!(
             "{} is an ensemble of {} models and this command runs one: pass one member's folder (`genrec serve` and `genrec eval` take the ensemble)",
             model_dir.display(),
             model.sidecar.members.len() + 1
-        )));
+        ))));
     }
-    let dir = catalog_dir
-        .map(Path::to_path_buf)
-        .or_else(|| model.catalog_dir())
-        .ok_or_else(|| EngineError::Mismatch("the model names no catalog: pass --catalog".into()))?;
+    let dir = catalog_dir.map(Path::to_path_buf).or_else(|| model.catalog_dir()).ok_or_else(|| {
+        EngineError::Mismatch(crate::model::ModelError::Sidecar("the model names no catalog: pass --catalog".into()))
+    })?;
     let catalog = Catalog::load(&dir)?;
     Ok((model, catalog))
 }

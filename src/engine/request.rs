@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use super::EngineError;
+use super::{EngineError, MAX_K, MAX_TIMEOUT_MS};
 use crate::catalog::Catalog;
 use crate::coldstart::{IntentMethod, IntentWeight, Profile};
 
@@ -151,27 +151,54 @@ impl RecAnswer {
     }
 }
 
-/// The 422 of a request whose product controls are out of range.
-pub(super) fn check_controls(req: &RecRequest) -> Result<(), EngineError> {
-    let invalid = |field, message: String| Err(EngineError::InvalidField { field, message });
-    if let Some(q) = &req.query {
-        if q.trim().is_empty() {
-            return invalid("query", "query must not be empty".into());
+/// A request whose fields were checked, once, by [`RecRequest::validate`]:
+/// the serving side takes only these.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidRequest<'a>(&'a RecRequest);
+
+impl<'a> ValidRequest<'a> {
+    pub fn get(self) -> &'a RecRequest {
+        self.0
+    }
+}
+
+impl RecRequest {
+    /// Checks every field that does not depend on the catalog: `k`,
+    /// `timeout_ms`, the profile, the product controls, and that there is
+    /// something to recommend from. An error names the field (a 422).
+    pub fn validate(&self) -> Result<ValidRequest<'_>, EngineError> {
+        let invalid = |field, message: String| Err(EngineError::InvalidField { field, message });
+        if self.k == 0 || self.k > MAX_K {
+            return invalid("k", format!("k must be between 1 and {MAX_K}"));
         }
-        if q.chars().count() > MAX_QUERY_CHARS {
-            return invalid("query", format!("query must be at most {} characters", MAX_QUERY_CHARS));
+        if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
+            return invalid("timeout_ms", format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"));
         }
+        if let Some(p) = &self.profile {
+            p.check().map_err(|(field, message)| EngineError::InvalidField { field, message })?;
+        }
+        if let Some(q) = &self.query {
+            if q.trim().is_empty() {
+                return invalid("query", "query must not be empty".into());
+            }
+            if q.chars().count() > MAX_QUERY_CHARS {
+                return invalid("query", format!("query must be at most {MAX_QUERY_CHARS} characters"));
+            }
+        }
+        if self.max_per_intent.is_some_and(|m| m == 0 || m > self.k) {
+            return invalid("diversity.max_per_intent", format!("max_per_intent must be between 1 and k ({})", self.k));
+        }
+        if !(0.0..=1.0).contains(&self.explore) {
+            return invalid("explore", "explore must be between 0 and 1".into());
+        }
+        if self.explore > 0.0 && self.query.is_some() {
+            return invalid("explore", "explore applies to recommendations, not to a search (query)".into());
+        }
+        if self.history.is_empty() && self.profile.is_none() && self.query.is_none() {
+            return invalid("history", "history must not be empty (a new user without history sends a profile)".into());
+        }
+        Ok(ValidRequest(self))
     }
-    if req.max_per_intent.is_some_and(|m| m == 0 || m > req.k) {
-        return invalid("diversity.max_per_intent", format!("max_per_intent must be between 1 and k ({})", req.k));
-    }
-    if !(0.0..=1.0).contains(&req.explore) {
-        return invalid("explore", "explore must be between 0 and 1".into());
-    }
-    if req.explore > 0.0 && req.query.is_some() {
-        return invalid("explore", "explore applies to recommendations, not to a search (query)".into());
-    }
-    Ok(())
 }
 
 /// A request resolved against one catalog: the history as item indices

@@ -50,7 +50,15 @@ impl Default for BatchOptions {
 
 /// What a generation job returns: the hits and the tokens decoded for it, or
 /// the batch's error as text (one error answers every request of the batch).
-pub type JobResult = Result<(Vec<Hit>, usize), String>;
+pub type JobResult = Result<(Vec<Hit>, usize), SharedError>;
+
+/// A batch's failure, shared by the requests of the batch.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A batched generation that panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("generation panicked: {0}")]
+pub struct Panicked(String);
 
 /// One request waiting for generation.
 pub struct Job {
@@ -312,13 +320,13 @@ fn run_group(waiting: Vec<Job>, beam: usize, now: Instant, shared: &Shared, obse
         generate_ensemble(&model.model.members(), &catalog.catalog, &reqs, beam, Scoring::Model)
     }));
     let result = match result {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => r.map_err(|e| Arc::new(e) as SharedError),
         Err(payload) => {
             shared.panics.fetch_add(1, Ordering::Relaxed);
             observer.worker_panic();
             let what = panic_message(&*payload);
             tracing::error!(panic = %what, size = waiting.len(), "batched generation panicked; its requests get an error");
-            Err(format!("generation panicked: {what}"))
+            Err(Arc::new(Panicked(what)) as SharedError)
         }
     };
     match result {
@@ -328,10 +336,10 @@ fn run_group(waiting: Vec<Job>, beam: usize, now: Instant, shared: &Shared, obse
                 let _ = job.reply.send(Ok((hits, per)));
             }
         }
-        Err(msg) => {
-            tracing::error!(error = %msg, "batched generation failed");
+        Err(e) => {
+            tracing::error!(error = %crate::error::chain(&*e), "batched generation failed");
             for job in waiting {
-                let _ = job.reply.send(Err(msg.clone()));
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
     }

@@ -15,13 +15,10 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::generation::{items_of, mark_explored, Generation, Share};
-use super::request::{check_controls, Resolved, SHORT_HISTORY};
+use super::request::{Resolved, ValidRequest, SHORT_HISTORY};
 use super::scheduler::{self, Job, Scheduler, SubmitError};
 use super::state::{LoadedModel, ServedCatalog};
-use super::{
-    EngineError, EngineOptions, FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Strategy, MAX_K,
-    MAX_TIMEOUT_MS,
-};
+use super::{EngineError, EngineOptions, FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Strategy};
 use crate::catalog::embed::TextEncoder;
 use crate::catalog::Catalog;
 use crate::coldstart::ColdStart;
@@ -90,26 +87,9 @@ impl Serving {
         *self.encoder.lock().unwrap_or_else(|p| p.into_inner()) = Some(enc);
     }
 
+    /// The request's history against `cat`: ids the catalog lacks are set
+    /// aside (all of them: a 422, unless a profile or query carries it).
     pub(super) fn resolve(&self, cat: &Catalog, req: &RecRequest) -> Result<Resolved, EngineError> {
-        if req.k == 0 || req.k > MAX_K {
-            return Err(EngineError::InvalidField { field: "k", message: format!("k must be between 1 and {MAX_K}") });
-        }
-        if req.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
-            return Err(EngineError::InvalidField {
-                field: "timeout_ms",
-                message: format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"),
-            });
-        }
-        if let Some(p) = &req.profile {
-            p.check().map_err(|(field, message)| EngineError::InvalidField { field, message })?;
-        }
-        check_controls(req)?;
-        if req.history.is_empty() && req.profile.is_none() && req.query.is_none() {
-            return Err(EngineError::InvalidField {
-                field: "history",
-                message: "history must not be empty (a new user without history sends a profile)".into(),
-            });
-        }
         let mut history = Vec::with_capacity(req.history.len());
         let mut ignored = Vec::new();
         for id in &req.history {
@@ -131,7 +111,8 @@ impl Serving {
     /// Serves one request: generation through the batching queue, ANN recall
     /// where the strategy allows it; a profile with no or a short history goes
     /// through cold start.
-    pub async fn recommend(&self, req: &RecRequest) -> Result<RecAnswer, EngineError> {
+    pub async fn recommend(&self, req: ValidRequest<'_>) -> Result<RecAnswer, EngineError> {
+        let req = req.get();
         let arrived = Instant::now();
         let cat = self.catalog();
         let r = self.resolve(&cat.catalog, req)?;

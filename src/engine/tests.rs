@@ -104,7 +104,7 @@ async fn a_panic_in_generation_fails_one_batch_and_the_worker_goes_on() {
 
     e.inject_generation_panic();
     match e.recommend(&req(&h, 5, Strategy::Generative)).await {
-        Err(EngineError::Batch(m)) => assert!(m.contains("panicked"), "{m}"),
+        Err(EngineError::Batch(m)) => assert!(m.to_string().contains("panicked"), "{m}"),
         other => panic!("expected a batch error, got {other:?}"),
     }
     assert_eq!(e.worker_health(), scheduler::WorkerHealth { running: true, panics: 2 });

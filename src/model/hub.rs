@@ -88,6 +88,22 @@ pub enum HubError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+impl HubError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            HubError::BadName(_) => ErrorKind::invalid("path"),
+            HubError::NotCheckpoint { .. } => ErrorKind::Invalid { field: None },
+            HubError::NotFound { .. } | HubError::NotCached { .. } => ErrorKind::NotFound,
+            HubError::Denied { .. } => ErrorKind::Forbidden,
+            HubError::Unreachable { .. } | HubError::HubFailed { .. } | HubError::Corrupt { .. } => ErrorKind::Upstream,
+            HubError::Busy { .. } => ErrorKind::Conflict,
+            HubError::Io { .. } | HubError::Setup(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 /// Where and how to pull, read from the environment by [`HubOptions::from_env`].
 #[derive(Debug, Clone)]
 pub struct HubOptions {

@@ -18,7 +18,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::api::{body_bytes, parse_body, ApiError, ErrorBody};
+use super::api::{body_bytes, parse_body, ApiError, ErrorBody, JsonBody};
 use super::{metrics, AppState};
 use crate::engine::catalog_info::{CatalogInfo, ItemInfo};
 use crate::engine::edits::{BatchOutcome, CompactReport, NewItem, Upserted};
@@ -130,10 +130,13 @@ pub async fn list_models(State(st): State<Arc<AppState>>) -> Response {
         (status = 409, description = "Another process's pull holds the Hub file's lock", body = ErrorBody),
         (status = 502, description = "The Hub could not be reached or answered with an error, or sent corrupted weights", body = ErrorBody),
     ))]
-pub async fn load_model(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub(crate) async fn load_model(
+    State(st): State<Arc<AppState>>,
+    body: Result<JsonBody<LoadBody>, ApiError>,
+) -> Response {
     respond(
         async {
-            let b: LoadBody = parse_body(&body_bytes(body)?)?;
+            let JsonBody(b) = body?;
             let info = blocking(&st, move |e| e.load_checkpoint(&b.path)).await?;
             Ok(swapped(&st, info))
         }

@@ -21,7 +21,7 @@ use super::AppState;
 use crate::catalog::intents::Intent;
 use crate::coldstart::{IntentMethod, IntentWeight, Profile};
 use crate::engine::{EngineError, FallbackReason, RecItem, RecRequest, Steering, Strategy, WorkerHealth};
-use crate::model::hub::HubError;
+use crate::error::ErrorKind;
 
 /// A history entry: an item id, as a string or a number.
 #[derive(Deserialize, ToSchema)]
@@ -238,53 +238,55 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The status of each kind of failure: the one place an engine error
+/// becomes an HTTP answer.
+pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let msg = e.to_string();
-        let status = match &e {
-            EngineError::InvalidField { field, message } => {
-                return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(field), message.clone())
-            }
-            EngineError::NotReady
-            | EngineError::Stopped
-            | EngineError::ColdStart(_)
-            | EngineError::Feed(_)
-            | EngineError::CatchingUp
-            | EngineError::NotAppliedYet(_) => StatusCode::SERVICE_UNAVAILABLE,
-            EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            EngineError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-            EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
-            EngineError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            EngineError::Conflict(_) => StatusCode::CONFLICT,
-            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-            EngineError::Hub(h) => match h {
-                HubError::BadName(m) => {
-                    return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some("path"), m.clone())
-                }
-                HubError::NotCheckpoint { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                HubError::NotFound { .. } | HubError::NotCached { .. } => StatusCode::NOT_FOUND,
-                HubError::Denied { .. } => StatusCode::FORBIDDEN,
-                HubError::Unreachable { .. } | HubError::HubFailed { .. } | HubError::Corrupt { .. } => {
-                    StatusCode::BAD_GATEWAY
-                }
-                HubError::Busy { .. } => StatusCode::CONFLICT,
-                HubError::Io { .. } | HubError::Setup(_) => {
-                    tracing::error!(error = %e, "request failed");
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
-            },
-            EngineError::Generate(_)
-            | EngineError::Batch(_)
-            | EngineError::Worker(_)
-            | EngineError::Recall(_)
-            | EngineError::Mismatch(_)
-            | EngineError::LoadModel(_)
-            | EngineError::Catalog(_) => {
-                tracing::error!(error = %e, "request failed");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+        let kind = e.kind();
+        if kind == ErrorKind::Internal {
+            tracing::error!(error = %crate::error::chain(&e), "request failed");
+        }
+        let field = match kind {
+            ErrorKind::Invalid { field } => field,
+            _ => None,
         };
-        ApiError::new(status, None, msg)
+        ApiError::new(status_of(kind), field, e.to_string())
+    }
+}
+
+/// A JSON request body, read and parsed the same way for every handler that
+/// takes one: too large is a 413 and not JSON a 400, both naming `body`; a
+/// field missing, unknown or of the wrong type is a 422 naming it
+/// ([`parse_body`]). A handler takes `Result<JsonBody<T>, ApiError>` to count
+/// a refused body in its metrics.
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> JsonBody<T> {
+    /// Parses a body as read (or the error reading it gave).
+    pub(crate) fn from_bytes(body: Result<Bytes, BytesRejection>) -> Result<Self, ApiError> {
+        parse_body(&body_bytes(body)?).map(JsonBody)
+    }
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Self::from_bytes(Bytes::from_request(req, state).await)
     }
 }
 
@@ -356,7 +358,10 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
             or a profile request while cold start is off", body = ErrorBody),
         (status = 504, description = "`strategy: generative` and the deadline passed", body = ErrorBody),
     ))]
-pub async fn recommend(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub(crate) async fn recommend(
+    State(st): State<Arc<AppState>>,
+    body: Result<JsonBody<RecommendBody>, ApiError>,
+) -> Response {
     let started = Instant::now();
     let result = serve_recommend(&st, body, started).await;
     let outcome = match &result {
@@ -373,11 +378,10 @@ pub async fn recommend(State(st): State<Arc<AppState>>, body: Result<Bytes, Byte
 
 async fn serve_recommend(
     st: &Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody<RecommendBody>, ApiError>,
     started: Instant,
 ) -> Result<RecommendAnswer, ApiError> {
-    let bytes = body_bytes(body)?;
-    let b: RecommendBody = parse_body(&bytes)?;
+    let JsonBody(b) = body?;
     let req = RecRequest {
         history: b
             .history
@@ -478,6 +482,55 @@ pub async fn not_found() -> Response {
 /// (about 10,000 cases). The answer is a 200 or a 4xx/503/504 naming what
 /// was wrong; never a panic, never another 5xx.
 #[cfg(test)]
+mod status {
+    use super::*;
+    use crate::catalog::CatalogError;
+    use crate::model::hub::HubError;
+
+    /// Each engine error's status and field, as clients have seen them
+    /// since before errors carried kinds.
+    #[test]
+    fn each_engine_error_keeps_its_status_and_field() {
+        use EngineError as E;
+        let hub = |e: HubError| E::Hub(e);
+        let cases: Vec<(EngineError, u16, Option<&str>)> = vec![
+            (E::InvalidField { field: "k", message: "k must be between 1 and 100".into() }, 422, Some("k")),
+            (E::refused("not a checkpoint"), 422, None),
+            (E::NotReady, 503, None),
+            (E::Stopped, 503, None),
+            (E::ColdStart("off".into()), 503, None),
+            (E::CatchingUp, 503, None),
+            (E::Feed(crate::feed::FeedError::Down("gone".into())), 503, None),
+            (E::NotAppliedYet(crate::feed::Position::START), 503, None),
+            (E::Overloaded, 429, None),
+            (E::Deadline(500), 504, None),
+            (E::Forbidden("outside the root".into()), 403, None),
+            (E::Conflict("taken".into()), 409, None),
+            (E::NotFound("no such item".into()), 404, None),
+            (E::Catalog(CatalogError::Format("bad".into())), 500, None),
+            (E::Worker(std::io::Error::other("no threads")), 500, None),
+            (hub(HubError::BadName("hf:".into())), 422, Some("path")),
+            (hub(HubError::NotCheckpoint { name: "a/b".into(), message: "no config.json".into() }), 422, None),
+            (
+                hub(HubError::NotFound { name: "a/b".into(), what: "repo".into(), status: 404, endpoint: "e".into() }),
+                404,
+                None,
+            ),
+            (hub(HubError::Denied { name: "a/b".into(), status: 401, advice: "token".into() }), 403, None),
+            (hub(HubError::Unreachable { name: "a/b".into(), what: "info".into(), message: "dns".into() }), 502, None),
+            (hub(HubError::Busy { name: "a/b".into(), what: "weights".into() }), 409, None),
+            (hub(HubError::Setup("no home".into())), 500, None),
+        ];
+        for (e, status, field) in cases {
+            let shown = e.to_string();
+            let a = ApiError::from(e);
+            assert_eq!((a.status.as_u16(), a.field.as_deref()), (status, field), "{shown}");
+            assert_eq!(a.message, shown);
+        }
+    }
+}
+
+#[cfg(test)]
 mod fuzz {
     use std::sync::{Arc, OnceLock};
     use std::time::Instant;
@@ -486,7 +539,7 @@ mod fuzz {
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
-    use super::{serve_recommend, AppState};
+    use super::{serve_recommend, AppState, JsonBody};
 
     fn state() -> &'static (tokio::runtime::Runtime, Arc<AppState>) {
         static S: OnceLock<(tokio::runtime::Runtime, Arc<AppState>)> = OnceLock::new();
@@ -505,7 +558,7 @@ mod fuzz {
         let (rt, st) = state();
         let shown = String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>();
         let object = serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| v.is_object());
-        match rt.block_on(serve_recommend(st, Ok(Bytes::from(bytes)), Instant::now())) {
+        match rt.block_on(serve_recommend(st, JsonBody::from_bytes(Ok(Bytes::from(bytes))), Instant::now())) {
             Ok(a) => prop_assert!(object && a.items.len() <= crate::engine::MAX_K, "{shown}"),
             Err(e) => {
                 let s = e.status.as_u16();

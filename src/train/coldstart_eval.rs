@@ -137,8 +137,8 @@ pub fn eval_intents(
 ) -> Result<ColdMetrics, TrainError> {
     let method = coldstart.method().as_str().to_string();
     let opts = EngineOptions { steering_weight: weight, ..Default::default() };
-    let engine = Engine::new(catalog, opts, Arc::new(NoObserver)).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    engine.install(model, "eval".into()).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let engine = Engine::new(catalog, opts, Arc::new(NoObserver))?;
+    engine.install(model, "eval".into())?;
     engine.set_coldstart(Some(coldstart.clone()));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,7 +162,7 @@ pub fn eval_intents(
             ..Default::default()
         };
         let t0 = Instant::now();
-        let ans = rt.block_on(engine.recommend(&req)).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let ans = rt.block_on(engine.recommend(&req))?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         times.push(ms);
         if !was_cached {

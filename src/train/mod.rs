@@ -35,6 +35,15 @@ pub enum TrainError {
     Generate(#[from] crate::generate::GenerateError),
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The serving engine that a cold-start evaluation runs requests through.
+    #[error("engine: {0}")]
+    Engine(#[from] Box<crate::engine::EngineError>),
+}
+
+impl From<crate::engine::EngineError> for TrainError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        TrainError::Engine(Box::new(e))
+    }
 }
 
 #[cfg(test)]
