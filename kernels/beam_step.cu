@@ -22,7 +22,7 @@
 // the complement of (parent * codes + code) below. Larger key = better, ties go
 // to the smaller (parent, code), exactly as the CPU reference breaks them; keys
 // are unique, so the selection is deterministic. Two kernels find the top
-// `beams_out` keys (src/generate/kernel/contract.rs, `Selection`):
+// `beams_out` keys (src/generate/kernel/contract.rs, `BeamKernel`):
 // - genrec_beam_step writes every candidate's key to a per-request scratch
 //   buffer and runs an 8-pass MSB radix select over all of them, then sorts
 //   the chosen keys in shared memory (bitonic);

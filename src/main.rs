@@ -277,7 +277,7 @@ fn main() -> Result<()> {
         Command::Serve(a) => genrec::server::run(a),
         Command::Pull(a) => {
             let opts = genrec::model::hub::HubOptions::from_env()?;
-            let pulled = genrec::model::hub::pull(&a.name, &opts, genrec::model::hub::Fallback::Never)
+            let pulled = genrec::model::hub::pull(&a.name, &opts, genrec::model::hub::WhenUnreachable::Fail)
                 .with_context(|| format!("pulling {}", a.name))?;
             eprintln!("{} is {} ({} files downloaded, the rest cached)", a.name, pulled.pinned(), pulled.downloaded);
             println!("{}", pulled.dir.display());

@@ -3,9 +3,11 @@
 //! or straight from a memory-mapped file (a catalog version on disk): the
 //! server starts without reading a 10^7-item catalog into memory, and pages
 //! come in as requests touch them. Files hold the values little-endian with
-//! no header; the manifest gives their lengths.
+//! no header; the manifest gives their lengths. Writing them is here too
+//! ([`write_array`], [`ArrayWriter`]).
 
 use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -114,6 +116,45 @@ impl<T: Pod + std::fmt::Debug> std::fmt::Debug for Array<T> {
 /// Writes values as a little-endian file (used by the catalog writer).
 pub fn write_values<T: Pod>(w: &mut impl std::io::Write, values: &[T]) -> std::io::Result<()> {
     w.write_all(bytemuck::cast_slice(values))
+}
+
+/// Writes values as a little-endian file, synced to disk.
+pub fn write_array<T: Pod>(path: &Path, values: &[T]) -> Result<(), CatalogError> {
+    let mut w = ArrayWriter::<T>::create(path)?;
+    w.push_all(values)?;
+    w.finish()
+}
+
+/// Streams values into a little-endian file (the indexer writes 10^7 rows
+/// without holding them).
+pub struct ArrayWriter<T> {
+    w: BufWriter<File>,
+    path: std::path::PathBuf,
+    count: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Pod> ArrayWriter<T> {
+    pub fn create(path: &Path) -> Result<Self, CatalogError> {
+        let f = File::create(path).map_err(|e| CatalogError::io(path, e))?;
+        Ok(ArrayWriter { w: BufWriter::with_capacity(1 << 20, f), path: path.into(), count: 0, _t: Default::default() })
+    }
+
+    pub fn push_all(&mut self, values: &[T]) -> Result<(), CatalogError> {
+        self.count += values.len();
+        self.w.write_all(bytemuck::cast_slice(values)).map_err(|e| CatalogError::io(&self.path, e))
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Flushes and syncs the file.
+    pub fn finish(self) -> Result<(), CatalogError> {
+        let path = self.path.clone();
+        let f = self.w.into_inner().map_err(|e| CatalogError::io(&path, e.into_error()))?;
+        f.sync_all().map_err(|e| CatalogError::io(&path, e))
+    }
 }
 
 #[cfg(test)]

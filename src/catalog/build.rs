@@ -16,9 +16,10 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::array::Array;
+use super::array::ArrayWriter;
 use super::base::{Base, Embeddings};
 use super::edit::{MAX_ID_BYTES, MAX_TITLE_BYTES};
-use super::format::{self, catalog_fingerprint, ArrayWriter, Manifest};
+use super::format::{self, catalog_fingerprint, Manifest};
 use super::idmap::IdMapBuilder;
 use super::rqkmeans::{quantize_rows, Quantized, Rows, RqOptions, SliceRows};
 use super::strings::{StringTable, StringsBuilder};

@@ -26,10 +26,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::array::Array;
+use super::array::ArrayWriter;
 use super::base::{Base, Embeddings};
 use super::edit::EditRecord;
 use super::editlog::{self, EditLog};
-use super::format::{self, sync_dir, ArrayWriter, Manifest};
+use super::format::{self, sync_dir, Manifest};
 use super::idmap::IdMap;
 use super::strings::StringsBuilder;
 use super::trie::Trie;

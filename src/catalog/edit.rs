@@ -59,9 +59,10 @@ pub struct NewItem {
     pub semantic_id: Option<Vec<u32>>,
 }
 
-/// What an upsert did.
+/// Where an upsert placed its item: row, semantic ID, ANN key, the stored
+/// (normalised) embedding, and whether it replaced a served item.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Upserted {
+pub struct Placed {
     pub item: u32,
     pub semantic_id: Vec<u32>,
     /// The item's vector key for the ANN index.
@@ -242,7 +243,7 @@ impl Catalog {
 
     /// Serves `item`: a new item, or a new state of an existing one. `self`
     /// is unchanged when it fails.
-    pub fn upsert(&mut self, item: NewItem, edit_id: u64) -> Result<Upserted, CatalogError> {
+    pub fn upsert(&mut self, item: NewItem, edit_id: u64) -> Result<Placed, CatalogError> {
         check_item_text(&item.id, &item.title).map_err(|(_, m)| CatalogError::Format(m))?;
         let embedding = normalised(&item.embedding, self.manifest().embedding_dim)?;
         let existing = self.index_of(&item.id);
@@ -277,13 +278,13 @@ impl Catalog {
         existing: Option<u32>,
         replaced: bool,
         edit_id: u64,
-    ) -> Result<Upserted, CatalogError> {
+    ) -> Result<Placed, CatalogError> {
         let index = existing.unwrap_or(self.delta.rows());
         let data =
             OverlayItem { id: id.as_str().into(), title, sid: sid.clone(), embedding: embedding.clone(), ann_key: 0 };
         let ann_key = self.delta.put(&self.base, index, data, replaced)?;
         self.delta.set_last_edit(edit_id);
-        Ok(Upserted { item: index, semantic_id: sid, ann_key, embedding, replaced })
+        Ok(Placed { item: index, semantic_id: sid, ann_key, embedding, replaced })
     }
 
     /// Stops serving item `id`; returns its index.
@@ -334,7 +335,7 @@ impl Catalog {
 /// What applying a record did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
-    Upserted(Upserted),
+    Upserted(Placed),
     Removed(u32),
     Nothing,
 }

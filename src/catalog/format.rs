@@ -17,13 +17,12 @@
 //! | `ann.usearch` | the HNSW index over the served items (see [`crate::recall`]) |
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
-use bytemuck::Pod;
 use serde::{Deserialize, Serialize};
 
-use super::array::Array;
+use super::array::{write_array, Array};
 use super::base::{Base, Embeddings};
 use super::idmap::IdMap;
 use super::strings::StringTable;
@@ -123,45 +122,6 @@ pub fn catalog_fingerprint<S: AsRef<str>>(item_ids: &[S], sids: &[u32]) -> Strin
         h.update(&s.to_le_bytes());
     }
     h.hex()
-}
-
-/// Writes values as a little-endian file, synced to disk.
-pub fn write_array<T: Pod>(path: &Path, values: &[T]) -> Result<(), CatalogError> {
-    let mut w = ArrayWriter::<T>::create(path)?;
-    w.push_all(values)?;
-    w.finish()
-}
-
-/// Streams values into a little-endian file (the indexer writes 10^7 rows
-/// without holding them).
-pub struct ArrayWriter<T> {
-    w: BufWriter<File>,
-    path: std::path::PathBuf,
-    count: usize,
-    _t: std::marker::PhantomData<T>,
-}
-
-impl<T: Pod> ArrayWriter<T> {
-    pub fn create(path: &Path) -> Result<Self, CatalogError> {
-        let f = File::create(path).map_err(|e| CatalogError::io(path, e))?;
-        Ok(ArrayWriter { w: BufWriter::with_capacity(1 << 20, f), path: path.into(), count: 0, _t: Default::default() })
-    }
-
-    pub fn push_all(&mut self, values: &[T]) -> Result<(), CatalogError> {
-        self.count += values.len();
-        self.w.write_all(bytemuck::cast_slice(values)).map_err(|e| CatalogError::io(&self.path, e))
-    }
-
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
-    /// Flushes and syncs the file.
-    pub fn finish(self) -> Result<(), CatalogError> {
-        let path = self.path.clone();
-        let f = self.w.into_inner().map_err(|e| CatalogError::io(&path, e.into_error()))?;
-        f.sync_all().map_err(|e| CatalogError::io(&path, e))
-    }
 }
 
 /// Writes `bytes` to `path` and syncs it (files inside a version folder that

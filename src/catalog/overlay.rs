@@ -26,7 +26,7 @@ pub struct OverlayItem {
 /// An item's state in the overlay: its data (none: the base row's) and
 /// whether it is served.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub struct ItemState {
     pub item: Option<Arc<OverlayItem>>,
     pub served: bool,
 }
@@ -34,7 +34,7 @@ pub struct Entry {
 /// The live edits above a base (see the module comment).
 #[derive(Debug, Clone, Default)]
 pub struct Overlay {
-    entries: imbl::HashMap<u32, Entry>,
+    entries: imbl::HashMap<u32, ItemState>,
     /// Ids of items beyond the base.
     ids: imbl::HashMap<Arc<str>, u32>,
     /// Item indices in use: the base's rows, then the items added.
@@ -62,7 +62,7 @@ impl Overlay {
         self.served
     }
 
-    pub fn entry(&self, item: u32) -> Option<&Entry> {
+    pub fn entry(&self, item: u32) -> Option<&ItemState> {
         if self.entries.is_empty() {
             return None;
         }
@@ -100,7 +100,7 @@ impl Overlay {
     }
 
     /// Every item the overlay holds data for, with its data.
-    pub fn items(&self) -> impl Iterator<Item = (u32, &Entry)> {
+    pub fn items(&self) -> impl Iterator<Item = (u32, &ItemState)> {
         self.entries.iter().map(|(&k, v)| (k, v))
     }
 
@@ -125,7 +125,7 @@ impl Overlay {
             self.ids.insert(data.id.clone(), item);
             self.rows += 1;
         }
-        self.entries.insert(item, Entry { item: Some(Arc::new(data)), served: true });
+        self.entries.insert(item, ItemState { item: Some(Arc::new(data)), served: true });
         if !was_served {
             self.served += 1;
         }
@@ -136,7 +136,7 @@ impl Overlay {
     pub(super) fn drop_item(&mut self, base: &Base, item: u32, sid: &[u32]) -> Result<(), CatalogError> {
         self.trie.remove(&base.trie, sid, item)?;
         let data = self.entries.get(&item).and_then(|e| e.item.clone());
-        self.entries.insert(item, Entry { item: data, served: false });
+        self.entries.insert(item, ItemState { item: data, served: false });
         self.served -= 1;
         Ok(())
     }

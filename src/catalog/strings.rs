@@ -69,8 +69,8 @@ impl StringTable {
 
     /// Writes the table as `NAME.offsets` and `NAME.bytes` into `dir`.
     pub fn write(&self, dir: &Path, name: &str) -> Result<(), CatalogError> {
-        super::format::write_array(&dir.join(format!("{name}.offsets")), &self.offsets)?;
-        super::format::write_array(&dir.join(format!("{name}.bytes")), &self.bytes)
+        super::array::write_array(&dir.join(format!("{name}.offsets")), &self.offsets)?;
+        super::array::write_array(&dir.join(format!("{name}.bytes")), &self.bytes)
     }
 }
 

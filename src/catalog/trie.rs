@@ -272,7 +272,7 @@ impl Trie {
 
     /// Writes the CSR arrays as `trie.*.u32` files into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), CatalogError> {
-        use super::format::write_array;
+        use super::array::write_array;
         write_array(&dir.join("trie.level_start.u32"), &self.level_start)?;
         write_array(&dir.join("trie.child_start.u32"), &self.child_start)?;
         write_array(&dir.join("trie.child_code.u32"), &self.child_code)?;
@@ -516,7 +516,7 @@ mod tests {
     /// named, and what `build` writes passes.
     #[test]
     fn corrupt_trie_files_are_refused() {
-        use crate::catalog::format::write_array;
+        use crate::catalog::array::write_array;
         let sizes = [4u32, 3, 5];
         let sids = random_sids(40, &sizes, 7);
         let t = Trie::build(&sids, 3, &sizes).unwrap();

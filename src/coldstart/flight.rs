@@ -11,9 +11,9 @@ use std::time::Instant;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// A finished computation: its value, or its error as text.
-pub type Outcome<V> = Result<V, String>;
+pub type FlightResult<V> = Result<V, String>;
 
-type Slot<V> = watch::Receiver<Option<Outcome<V>>>;
+type Slot<V> = watch::Receiver<Option<FlightResult<V>>>;
 
 /// The computations running now, by key, and the permits that bound them.
 pub struct Flights<K, V> {
@@ -37,7 +37,7 @@ pub enum Ticket<K: Hash + Eq + Clone, V: Clone> {
 pub struct Lead<K: Hash + Eq + Clone, V: Clone> {
     flights: Arc<Flights<K, V>>,
     key: K,
-    tx: Option<watch::Sender<Option<Outcome<V>>>>,
+    tx: Option<watch::Sender<Option<FlightResult<V>>>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -89,11 +89,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
 
 impl<K: Hash + Eq + Clone, V: Clone> Lead<K, V> {
     /// Publishes the answer to every follower and ends the computation.
-    pub fn finish(mut self, outcome: Outcome<V>) {
+    pub fn finish(mut self, outcome: FlightResult<V>) {
         self.end(outcome);
     }
 
-    fn end(&mut self, outcome: Outcome<V>) {
+    fn end(&mut self, outcome: FlightResult<V>) {
         if let Some(tx) = self.tx.take() {
             self.flights.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
             let _ = tx.send(Some(outcome));
@@ -108,7 +108,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Drop for Lead<K, V> {
 }
 
 /// The leader's answer, or `None` when `until` passes first.
-pub async fn follow<V: Clone>(mut rx: Slot<V>, until: Instant) -> Option<Outcome<V>> {
+pub async fn follow<V: Clone>(mut rx: Slot<V>, until: Instant) -> Option<FlightResult<V>> {
     let done = tokio::time::timeout_at(until.into(), rx.wait_for(Option::is_some)).await.ok()?;
     match done {
         Ok(v) => v.clone(),

@@ -11,12 +11,12 @@ use super::pair::check_pair;
 use super::state::{LoadedModel, ModelInfo};
 use super::{Engine, EngineError};
 use crate::generate::{generate_ensemble, GenRequest, Scoring};
-use crate::model::hub::{pull, Fallback, HubName, HubOptions};
+use crate::model::hub::{pull, HubName, HubOptions, WhenUnreachable};
 use crate::model::{Ensemble, Model};
 
 /// The Hub settings for a pull the admin API asked for: no progress bars
 /// among the server's log lines. (Such a pull is made with
-/// [`Fallback::Never`]: an admin load wants what the Hub has now, not an
+/// [`WhenUnreachable::Fail`]: an admin load wants what the Hub has now, not an
 /// older cached revision; a name pinned to a cached commit is still read
 /// from the cache.)
 fn admin_hub_options() -> Result<HubOptions, EngineError> {
@@ -128,7 +128,7 @@ impl Engine {
     /// (pulled here first), or a folder under the model root (checked here).
     pub(super) fn shareable_checkpoint(&self, path: &str) -> Result<String, EngineError> {
         match HubName::parse_if_hub(path)? {
-            Some(name) => Ok(pull(&name, &admin_hub_options()?, Fallback::Never)?.pinned().to_string()),
+            Some(name) => Ok(pull(&name, &admin_hub_options()?, WhenUnreachable::Fail)?.pinned().to_string()),
             None => {
                 self.open_checkpoint(path)?;
                 Ok(path.to_string())
@@ -161,7 +161,7 @@ impl Engine {
     /// folders are links into the cache's blobs; the model root does not
     /// apply.
     fn load_from_hub(&self, name: &HubName) -> Result<ModelInfo, EngineError> {
-        let pulled = pull(name, &admin_hub_options()?, Fallback::Never)?;
+        let pulled = pull(name, &admin_hub_options()?, WhenUnreachable::Fail)?;
         let _g = self.lock_admin();
         let model = Ensemble::load_as(&pulled.dir, &self.opts.device, self.opts.dtype)
             .map_err(|e| EngineError::refused(format!("{name}: {e}")))?;

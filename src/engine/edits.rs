@@ -36,7 +36,7 @@ use crate::recall::{write_version_graph, Ann, ANN_FILE};
 
 /// A new item for the live catalog: an embedding, or a text to embed.
 #[derive(Debug, Clone)]
-pub struct NewItem {
+pub struct ItemInput {
     pub id: String,
     pub title: String,
     pub text: Option<String>,
@@ -168,7 +168,7 @@ impl Engine {
     /// The catalog-space embedding of a new item: its own (checked), or its
     /// text's, zero-padded when the catalog mixes in collaborative dimensions
     /// that a new item has no signal for.
-    fn item_embeddings(&self, items: &[&NewItem], dim: usize) -> Vec<Result<Vec<f32>, EngineError>> {
+    fn item_embeddings(&self, items: &[&ItemInput], dim: usize) -> Vec<Result<Vec<f32>, EngineError>> {
         let texts: Vec<String> =
             items.iter().filter(|i| i.embedding.is_none()).filter_map(|i| i.text.clone()).collect();
         let mut embedded = if texts.is_empty() {
@@ -226,7 +226,7 @@ impl Engine {
     }
 
     /// Adds or replaces one item; answers once it is durable and served.
-    pub fn upsert_item(&self, item: NewItem) -> Result<Upserted, EngineError> {
+    pub fn upsert_item(&self, item: ItemInput) -> Result<Upserted, EngineError> {
         let mut out = self.upsert_lines(vec![(1, item)])?;
         match out.1.pop() {
             Some(e) if out.0.is_empty() => Err(e.1),
@@ -237,7 +237,7 @@ impl Engine {
     /// Adds or replaces a batch of items (`(line, item)`): the good lines are
     /// applied, the bad ones reported by line. Answers once the applied ones
     /// are durable and served.
-    pub fn upsert_batch(&self, lines: Vec<(usize, NewItem)>) -> Result<BatchOutcome, EngineError> {
+    pub fn upsert_batch(&self, lines: Vec<(usize, ItemInput)>) -> Result<BatchOutcome, EngineError> {
         let (applied, errors) = self.upsert_lines(lines)?;
         let errors = errors
             .into_iter()
@@ -256,10 +256,10 @@ impl Engine {
     #[allow(clippy::type_complexity)]
     fn upsert_lines(
         &self,
-        lines: Vec<(usize, NewItem)>,
+        lines: Vec<(usize, ItemInput)>,
     ) -> Result<(Vec<Upserted>, Vec<(usize, EngineError)>), EngineError> {
         let dim = self.catalog().catalog.manifest().embedding_dim;
-        let refs: Vec<&NewItem> = lines.iter().map(|l| &l.1).collect();
+        let refs: Vec<&ItemInput> = lines.iter().map(|l| &l.1).collect();
         let embeddings = self.item_embeddings(&refs, dim);
         let mut errors = Vec::new();
         let mut ready = Vec::new();

@@ -111,7 +111,7 @@ pub fn match_items(
 ) -> Result<Vec<(u32, f32)>, RecallError> {
     let mut best: HashMap<u32, f32> = HashMap::new();
     if let Some(q) = query {
-        for (item, _) in ann.search(catalog, &q.padded, candidates, &keep)? {
+        for (item, _) in ann.nearest(catalog, &q.padded, candidates, &keep)? {
             let cos = q.cosine(catalog, item);
             if cos >= MIN_QUERY_SIMILARITY {
                 best.insert(item, cos);
@@ -282,7 +282,7 @@ mod tests {
     /// filter and the candidate count hold.
     #[test]
     fn matches_join_ann_candidates_and_title_words() {
-        let (_, cat) = crate::server::default_model::load(&candle_core::Device::Cpu).expect("embedded model");
+        let (_, cat) = crate::model::demo::load(&candle_core::Device::Cpu).expect("embedded model");
         let ann = Ann::open(&cat).unwrap();
         let dim = cat.manifest().embedding_dim;
         let q = QueryVector { padded: cat.embedding(5), text_dim: dim };

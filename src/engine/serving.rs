@@ -228,7 +228,7 @@ impl Serving {
             let hits = match s.intent {
                 Some(i) => {
                     let q = c.intent_centroid(i.code);
-                    cat.ann.search(c, &q, s.k, |x| !taken.contains(&x) && c.sid(x)[0] == i.code)?
+                    cat.ann.nearest(c, &q, s.k, |x| !taken.contains(&x) && c.sid(x)[0] == i.code)?
                 }
                 None if !r.history.is_empty() => cat.ann.recall(c, &r.history, s.k, &taken)?,
                 None => Vec::new(),

@@ -46,7 +46,7 @@ impl LoadedModel {
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
             name: self.model.sidecar().name.clone(),
-            version: self.model.version().to_string(),
+            version: self.model.fingerprint().to_string(),
             source: self.source.clone(),
             loaded_at: self.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             members: self.model.len(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 
 fn engine(with_model: bool, opts: EngineOptions) -> Arc<Engine> {
-    let (model, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    let (model, catalog) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
     let e = Engine::new(catalog, opts, Arc::new(NoObserver)).unwrap();
     if with_model {
         e.install(model, "embedded".into()).unwrap();
@@ -132,7 +132,7 @@ async fn removed_item_is_never_returned_and_added_item_is() {
     let cat = e.catalog();
     let last = cat.catalog.index_of(h[1]).unwrap();
     let emb = cat.catalog.embedding(last).to_vec();
-    let new = edits::NewItem {
+    let new = edits::ItemInput {
         id: "live-1".into(),
         title: "twin".into(),
         text: None,
@@ -149,7 +149,7 @@ async fn removed_item_is_never_returned_and_added_item_is() {
 fn rollback_swaps_back_and_forth() {
     let e = engine(true, EngineOptions::default());
     assert!(matches!(e.rollback(), Err(EngineError::Conflict(_))));
-    let (model, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    let (model, _) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
     e.install(model, "second".into()).unwrap();
     let (cur, prev) = e.models();
     assert_eq!(cur.unwrap().source, "second");
@@ -227,12 +227,12 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
                 (0..8).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>()
             };
             for round in 0..40 {
-                let lines: Vec<(usize, edits::NewItem)> = (0..50)
+                let lines: Vec<(usize, edits::ItemInput)> = (0..50)
                     .map(|j| {
                         let id = format!("n{round}-{j}");
                         (
                             j + 1,
-                            edits::NewItem {
+                            edits::ItemInput {
                                 id: id.clone(),
                                 title: id,
                                 text: None,
@@ -255,7 +255,7 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
                     want.insert(victim, false);
                 }
                 let id = format!("s{round}");
-                let single = edits::NewItem {
+                let single = edits::ItemInput {
                     id: id.clone(),
                     title: id.clone(),
                     text: None,
@@ -314,7 +314,7 @@ impl BatchObserver for Sizes {
 /// k = 100 request runs alone, the three k = 10 requests together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_batch_only_with_their_beam_width() {
-    let (model, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    let (model, catalog) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
     let sizes = Arc::new(Sizes::default());
     let opts = EngineOptions {
         batch: BatchOptions { max_wait: Duration::from_millis(300), beam: 10, ..Default::default() },
@@ -389,12 +389,12 @@ async fn explored_items_come_from_intents_the_history_lacks() {
 async fn an_ensemble_serves_the_search_over_its_members_mean() {
     use crate::generate::{generate, generate_ensemble, GenRequest, Scoring};
     let e = engine(false, EngineOptions::default());
-    let (a, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
-    let b = crate::server::default_model::variant_as(&candle_core::Device::Cpu, candle_core::DType::F32, 0.5).unwrap();
+    let (a, _) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
+    let b = crate::model::demo::variant_as(&candle_core::Device::Cpu, candle_core::DType::F32, 0.5).unwrap();
     let ens = crate::model::Ensemble::new(vec![a.clone(), b.clone()]).unwrap();
     let info = e.install(ens, "two".into()).unwrap();
     assert_eq!(info.members, 2);
-    assert!(info.version != a.version && info.version != b.version);
+    assert!(info.version != a.fingerprint && info.version != b.fingerprint);
     let cat = e.catalog();
     let beam = EngineOptions::default().batch.beam;
     let mut differ_from_lead = 0;

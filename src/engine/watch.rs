@@ -153,18 +153,18 @@ impl Watcher {
         let sidecar: crate::model::Sidecar =
             serde_json::from_slice(&d.read(crate::model::sidecar::SIDECAR_FILE).map_err(|e| e.to_string())?)
                 .map_err(|e| format!("{}: {e}", crate::model::sidecar::SIDECAR_FILE))?;
-        let mut versions = vec![weights_version(&d)?];
+        let mut versions = vec![weights_fingerprint(&d)?];
         for rel in &sidecar.members {
             crate::model::ensemble::check_member_path(rel).map_err(|e| e.to_string())?;
-            versions.push(weights_version(&d.open_below(rel).map_err(|e| e.to_string())?)?);
+            versions.push(weights_fingerprint(&d.open_below(rel).map_err(|e| e.to_string())?)?);
         }
-        Ok(crate::model::ensemble::combined_version(&versions))
+        Ok(crate::model::ensemble::combined_fingerprint(&versions))
     }
 }
 
 /// The fingerprint of an opened checkpoint folder's weights, as
-/// [`crate::model::Model`] names its version.
-fn weights_version(d: &super::model_root::CheckpointDir) -> Result<String, String> {
+/// [`crate::model::Model::fingerprint`] has it.
+fn weights_fingerprint(d: &super::model_root::CheckpointDir) -> Result<String, String> {
     let w = crate::model::WeightFiles::open(|f| d.file(f)).map_err(|e| e.to_string())?;
     // SAFETY: read-only views of checkpoint files (see Model::load_opened)
     let maps = w
@@ -174,7 +174,7 @@ fn weights_version(d: &super::model_root::CheckpointDir) -> Result<String, Strin
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let shards: Vec<(&str, &[u8])> = w.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
-    Ok(crate::model::shards::weights_version(&shards))
+    Ok(crate::model::shards::weights_fingerprint(&shards))
 }
 
 /// Runs the watch every `every` until the engine is dropped.

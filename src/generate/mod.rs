@@ -1,12 +1,14 @@
 //! Trie-constrained beam search: every beam is a prefix of a real item's
 //! semantic ID, so every generated item exists in the catalog.
 
+pub mod beam;
 pub mod diversity;
 pub mod kernel;
-pub mod search;
+pub mod request;
 pub mod step;
 
-pub use search::{generate, generate_ensemble, generate_with, GenRequest, Generated, Hit, Scoring};
+pub use beam::{generate, generate_ensemble, generate_with};
+pub use request::{GenRequest, Generated, Hit, Scoring};
 pub use step::{beam_step, beam_step_capped, StepOutput, StepShape};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +73,7 @@ pub(crate) mod testutil {
         let w = init_weights(&cfg, 0.3, seed, &dev).unwrap();
         let w = w.into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
         let net = Transformer::load(VarBuilder::from_tensors(w, dtype, &dev), &cfg).unwrap();
-        Model { net, config: cfg, sidecar, version: "test".into(), path: None }
+        Model { net, config: cfg, sidecar, fingerprint: "test".into(), path: None }
     }
 }
 

@@ -40,8 +40,8 @@ use serde_json::{json, Value};
 
 use crate::catalog::Catalog;
 use crate::device::DeviceSpec;
-use crate::generate::kernel::contract::Selection;
-use crate::generate::kernel::set_serving_selection;
+use crate::generate::kernel::contract::BeamKernel;
+use crate::generate::kernel::set_serving_kernel;
 use crate::generate::{generate, generate_ensemble, generate_with, GenRequest, Generated, Scoring};
 use crate::model::Model;
 use crate::util::percentile;
@@ -211,7 +211,7 @@ fn second_member(
     match (&opts.synthetic, synthetic, &opts.model) {
         (Some(spec), Some(cat), _) => spec.model(cat, opts.history_items.max(20), opts.seed + 1, device, f32),
         (_, _, Some(_)) => Ok(lead.clone()),
-        _ => crate::server::default_model::variant_as(device, f32, 0.5).map_err(|e| CheckError::Other(e.to_string())),
+        _ => crate::model::demo::variant_as(device, f32, 0.5).map_err(|e| CheckError::Other(e.to_string())),
     }
 }
 
@@ -311,7 +311,7 @@ fn load_models(
     match &opts.model {
         Some(dir) => crate::engine::pair::load_pair(dir, opts.catalog.as_deref(), device, dtype)
             .map_err(|e| CheckError::Other(e.to_string())),
-        None => crate::server::default_model::load_as(device, dtype).map_err(|e| CheckError::Other(e.to_string())),
+        None => crate::model::demo::load_as(device, dtype).map_err(|e| CheckError::Other(e.to_string())),
     }
 }
 
@@ -408,9 +408,9 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
     // the same comparison with the pooled kernel in the GPU search
     let mut e2e_pool = Value::Null;
     if let (Some((dev_model, _, catalog)), Some(reference), false) = (&models, &reference, device.is_cpu()) {
-        set_serving_selection(Selection::POOL);
+        set_serving_kernel(BeamKernel::POOL);
         let r = check_e2e(dev_model, catalog, reference, opts);
-        set_serving_selection(Selection::Radix);
+        set_serving_kernel(BeamKernel::Radix);
         e2e_pool = soft("end-to-end f32, pooled kernel", r);
         if !e2e_pool.is_null() {
             println!("end-to-end with the pooled kernel: {}/{} requests with identical top-10 lists, max |score diff| {:.2e}",
@@ -486,7 +486,7 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         let (bf16_name, pool_name, bf16_pool_name) =
             (format!("{card} bf16"), format!("{card} pool"), format!("{card} bf16 pool"));
         let bf16_trie_name = format!("{card} bf16 trie-scored");
-        let (radix, model_scored, trie_scored) = (Selection::Radix, Scoring::Model, Scoring::Trie);
+        let (radix, model_scored, trie_scored) = (BeamKernel::Radix, Scoring::Model, Scoring::Trie);
         // the device rows run the radix kernel, the "pool" rows the pooled
         // one; a CPU-only run has only the CPU rows, and a production-size
         // model is timed in bf16 (what --dtype auto serves it in), never on
@@ -495,7 +495,7 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         // covers only the level's codes; Model scoring needs the whole
         // vocabulary for its normaliser) at the largest batch: what the
         // full-vocabulary output layer costs.
-        let runs: Vec<(&str, &Model, usize, Selection, Scoring)> =
+        let runs: Vec<(&str, &Model, usize, BeamKernel, Scoring)> =
             match (device.is_cpu(), opts.synthetic.is_some(), &bf16) {
                 (true, false, _) => vec![("cpu", cpu_model, 3, radix, model_scored)],
                 (true, true, _) => vec![
@@ -504,19 +504,19 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
                 ],
                 (false, true, Some(b)) => vec![
                     (bf16_name.as_str(), b, 20, radix, model_scored),
-                    (bf16_pool_name.as_str(), b, 20, Selection::POOL, model_scored),
+                    (bf16_pool_name.as_str(), b, 20, BeamKernel::POOL, model_scored),
                     (bf16_trie_name.as_str(), b, 20, radix, trie_scored),
                 ],
                 (false, true, None) => vec![
                     (card.as_str(), dev_model, 20, radix, model_scored),
-                    (pool_name.as_str(), dev_model, 20, Selection::POOL, model_scored),
+                    (pool_name.as_str(), dev_model, 20, BeamKernel::POOL, model_scored),
                 ],
                 (false, false, b) => {
                     let mut r = vec![(card.as_str(), dev_model, 20, radix, model_scored)];
                     if let Some(b) = b {
                         r.push((bf16_name.as_str(), b, 20, radix, model_scored));
                     }
-                    r.push((pool_name.as_str(), dev_model, 20, Selection::POOL, model_scored));
+                    r.push((pool_name.as_str(), dev_model, 20, BeamKernel::POOL, model_scored));
                     r.push(("cpu", cpu_model, 3, radix, model_scored));
                     r
                 }
@@ -528,9 +528,9 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
                     if scoring == Scoring::Trie && batch != largest_batch {
                         continue;
                     }
-                    set_serving_selection(selection);
+                    set_serving_kernel(selection);
                     let row = time_e2e(model, catalog, batch, beam, reps, scoring, opts);
-                    set_serving_selection(Selection::Radix);
+                    set_serving_kernel(BeamKernel::Radix);
                     let mut row = soft(&format!("end-to-end time {name} batch {batch} beam {beam}"), row);
                     if row.is_null() {
                         continue;

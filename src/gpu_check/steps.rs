@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{synthetic, CheckError, CheckOptions};
 use crate::catalog::trie::{Trie, NONE};
-use crate::generate::kernel::contract::Selection;
+use crate::generate::kernel::contract::BeamKernel;
 use crate::generate::kernel::mirror::{beam_step_mirror, StepInput};
 use crate::generate::kernel::LevelFilters;
 use crate::generate::{beam_step, StepOutput, StepShape};
@@ -33,7 +33,7 @@ pub(super) trait StepRunner {
         input: &StepInput,
         filters: &LevelFilters,
         reps: usize,
-        selection: Selection,
+        selection: BeamKernel,
     ) -> Result<(StepOutput, Vec<f64>), CheckError>;
     /// Seconds to launch an empty kernel and wait for it (0 on the CPU).
     fn launch_floor(&mut self) -> Result<f64, CheckError>;
@@ -52,7 +52,7 @@ impl StepRunner for MirrorRunner {
         input: &StepInput,
         filters: &LevelFilters,
         reps: usize,
-        selection: Selection,
+        selection: BeamKernel,
     ) -> Result<(StepOutput, Vec<f64>), CheckError> {
         let a = trie.arrays();
         let out = beam_step_mirror(&a, depth, shape, input, filters, 0, 0, selection).map_err(CheckError::Other)?;
@@ -90,10 +90,10 @@ impl StepRunner for CudaRunner {
         input: &StepInput,
         filters: &LevelFilters,
         reps: usize,
-        selection: Selection,
+        selection: BeamKernel,
     ) -> Result<(StepOutput, Vec<f64>), CheckError> {
         use crate::generate::kernel::cuda::{self, GpuFilters, Scratch, StepArgs};
-        use crate::generate::kernel::gpu_search::device_trie;
+        use crate::generate::kernel::gpu_beam::device_trie;
         let dev = &self.dev;
         let d = Device::Cuda(dev.clone());
         let rows = shape.requests * shape.beams_in;
@@ -303,10 +303,10 @@ fn poison(st: &mut RandomStep, rng: &mut ChaCha8Rng) {
 /// The kernels part 1a holds to the CPU reference: the radix selection, the
 /// pooled one, and the pooled one with a pool so small that most steps take
 /// its fallback.
-const CHECKED: [(Selection, &str); 3] = [
-    (Selection::Radix, "radix"),
-    (Selection::POOL, "pool"),
-    (Selection::Pool { capacity: 48 }, "pool of 48 (fallback)"),
+const CHECKED: [(BeamKernel, &str); 3] = [
+    (BeamKernel::Radix, "radix"),
+    (BeamKernel::POOL, "pool"),
+    (BeamKernel::Pool { capacity: 48 }, "pool of 48 (fallback)"),
 ];
 
 /// Part 1a: random tries and logits, every depth, with and without the
@@ -433,8 +433,8 @@ pub(super) fn time_steps(
                             times.sort_by(f64::total_cmp);
                             Ok(percentile(&times, 0.5).unwrap_or(0.0))
                         };
-                        let med = median(Selection::Radix)?;
-                        let med_pool = median(Selection::POOL)?;
+                        let med = median(BeamKernel::Radix)?;
+                        let med_pool = median(BeamKernel::POOL)?;
                         // bytes the step cannot avoid: its logits window, normalisers,
                         // beam state in and out, and the trie rows of its beams
                         let ls = trie.arrays().level_start;

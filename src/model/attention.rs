@@ -8,9 +8,9 @@ use candle_core::{Tensor, D};
 use candle_nn::Linear;
 
 use super::kv::BeamKv;
+use super::ops::{rms_norm, serve_linear, softmax};
 use super::proj::Proj;
 use super::rope::Rope;
-use super::transformer::{rms_norm, serve_linear, softmax, LastRows};
 use super::ModelError;
 
 /// The query, key and value projections: three matrices as trained and
@@ -186,4 +186,17 @@ impl Attention {
         let out = (oh + ob)?.reshape((n, self.heads * hd))?;
         self.project_out(&out)
     }
+}
+
+/// A prefill's rows: where each row's last real token is (`idx`, flat over
+/// `batch * time`), its rotary angles, and the mask of each row's real
+/// positions `[batch, 1, 1, time]`.
+pub(super) struct LastRows {
+    pub(super) idx: Tensor,
+    pub(super) rope: Rope,
+    pub(super) mask: Tensor,
+    /// Where the rows are padded: the real positions (flat), and for every
+    /// flat position its index among them or the extra zero row after them,
+    /// so the MLP (most of a layer's arithmetic) skips the padding.
+    pub(super) real: Option<(Tensor, Tensor)>,
 }

@@ -32,14 +32,14 @@ pub const MAX_MEMBERS: usize = 16;
 #[derive(Clone)]
 pub struct Ensemble {
     members: Vec<Model>,
-    /// See [`Ensemble::version`]; computed once, read by every answer.
-    version: String,
+    /// See [`Ensemble::fingerprint`]; computed once, read by every answer.
+    fingerprint: String,
 }
 
 impl From<Model> for Ensemble {
     fn from(m: Model) -> Self {
-        let version = m.version.clone();
-        Ensemble { members: vec![m], version }
+        let fingerprint = m.fingerprint.clone();
+        Ensemble { members: vec![m], fingerprint }
     }
 }
 
@@ -55,8 +55,8 @@ impl Ensemble {
                 m.label()
             )));
         }
-        let version = combined_version(&members.iter().map(|m| m.version.clone()).collect::<Vec<_>>());
-        Ok(Ensemble { members, version })
+        let fingerprint = combined_fingerprint(&members.iter().map(|m| m.fingerprint.clone()).collect::<Vec<_>>());
+        Ok(Ensemble { members, fingerprint })
     }
 
     /// Loads a model folder and the members its sidecar lists.
@@ -109,16 +109,16 @@ impl Ensemble {
         &self.lead().sidecar
     }
 
-    /// The lead's version for one member; for several, a fingerprint of the
-    /// members' versions in order (a new member or new weights in any member
-    /// make a new version).
-    pub fn version(&self) -> &str {
-        &self.version
+    /// The weights' fingerprint: the lead's for one member; for several, a
+    /// fingerprint of the members' in order (a new member or new weights in
+    /// any member make a new one). Shown as the model's `version`.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
-    /// Name and version as shown in answers: `name/version`.
+    /// Name and fingerprint as shown in answers: `name/fingerprint`.
     pub fn label(&self) -> String {
-        format!("{}/{}", self.sidecar().name, self.version())
+        format!("{}/{}", self.sidecar().name, self.fingerprint())
     }
 
     /// The catalog folder the lead's sidecar names.
@@ -151,7 +151,7 @@ pub fn list_members(dir: &Path, members: &[String]) -> Result<(), ModelError> {
 
 /// The version of an ensemble whose members have `versions` (in order): the
 /// one version itself for one member.
-pub fn combined_version(versions: &[String]) -> String {
+pub fn combined_fingerprint(versions: &[String]) -> String {
     match versions {
         [one] => one.clone(),
         many => crate::util::fingerprint(many.join("+").as_bytes())[..12].to_string(),
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn one_member_keeps_its_version_and_order_matters() {
-        let v = |s: &[&str]| combined_version(&s.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        let v = |s: &[&str]| combined_fingerprint(&s.iter().map(|x| x.to_string()).collect::<Vec<_>>());
         assert_eq!(v(&["abc"]), "abc");
         assert_ne!(v(&["a", "b"]), v(&["b", "a"]));
         assert_eq!(v(&["a", "b"]).len(), 12);

@@ -17,7 +17,7 @@
 //! in the cache. A name pinned to a commit whose files the cache holds is
 //! served from the cache without asking the Hub (a commit never changes).
 //! When the Hub cannot be reached at all, a caller that allows it
-//! ([`Fallback::Cache`], a server starting) gets the revision the cache holds,
+//! ([`WhenUnreachable::UseCache`], a server starting) gets the revision the cache holds,
 //! with a warning. Nothing is downloaded unless a name of this form is given.
 
 use std::collections::BTreeSet;
@@ -123,12 +123,12 @@ pub struct HubOptions {
 
 /// What a pull may do when the Hub cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
+pub enum WhenUnreachable {
     /// Fail: the caller asked for what the Hub has now (an admin load).
-    Never,
+    Fail,
     /// Serve the revision the cache holds, with a warning (a server
     /// starting, which would otherwise not start at all).
-    Cache,
+    UseCache,
 }
 
 /// A pulled checkpoint: its folder in the cache and the commit it is.
@@ -303,7 +303,7 @@ static PULLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Pulls the checkpoint `name` (see the module's comment) and returns its
 /// folder in the cache. Blocking: network and disk.
-pub fn pull(name: &HubName, opts: &HubOptions, fallback: Fallback) -> Result<Pulled, HubError> {
+pub fn pull(name: &HubName, opts: &HubOptions, unreachable: WhenUnreachable) -> Result<Pulled, HubError> {
     if opts.offline {
         return from_cache(name, opts, "HF_HUB_OFFLINE is set");
     }
@@ -315,7 +315,7 @@ pub fn pull(name: &HubName, opts: &HubOptions, fallback: Fallback) -> Result<Pul
     }
     let _one = PULLS.lock().unwrap_or_else(|p| p.into_inner());
     match pull_online(name, opts) {
-        Err(HubError::Unreachable { name: n, what, message }) if fallback == Fallback::Cache => {
+        Err(HubError::Unreachable { name: n, what, message }) if unreachable == WhenUnreachable::UseCache => {
             let why = format!("the Hub could not be reached: {message}");
             match from_cache(name, opts, &why) {
                 Ok(p) => {

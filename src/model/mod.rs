@@ -8,12 +8,14 @@
 
 pub mod attention;
 pub mod config;
+pub mod demo;
 pub mod ensemble;
 pub mod fastexp;
 pub mod fused;
 pub mod hub;
 pub mod init;
 pub mod kv;
+mod ops;
 pub mod profile_vocab;
 pub mod proj;
 pub mod q4_1;
@@ -69,8 +71,9 @@ pub struct Model {
     pub net: Transformer,
     pub config: ModelConfig,
     pub sidecar: Sidecar,
-    /// Content fingerprint of the weights (first 12 hex digits).
-    pub version: String,
+    /// Content fingerprint of the weights (first 12 hex digits), shown as the
+    /// model's `version` in answers.
+    pub fingerprint: String,
     /// Folder it was loaded from, if any.
     pub path: Option<PathBuf>,
 }
@@ -78,7 +81,7 @@ pub struct Model {
 impl Model {
     /// Name and version as shown in answers: `name/version`.
     pub fn label(&self) -> String {
-        format!("{}/{}", self.sidecar.name, self.version)
+        format!("{}/{}", self.sidecar.name, self.fingerprint)
     }
 
     /// Loads a model folder onto `device` in f32.
@@ -190,8 +193,8 @@ impl Model {
                 config.vocab_size
             )));
         }
-        let version = shards::weights_version(shards);
-        Ok(Model { net, config, sidecar, version, path: None })
+        let version = shards::weights_fingerprint(shards);
+        Ok(Model { net, config, sidecar, fingerprint: version, path: None })
     }
 
     /// The catalog folder named by the sidecar, resolved against the model folder.
@@ -214,8 +217,8 @@ pub fn parameters_of(config: &[u8]) -> Result<usize, ModelError> {
 }
 
 /// A checkpoint's version: the first 12 hex digits of its weights' fingerprint.
-pub fn weights_version(weights: &[u8]) -> String {
-    shards::weights_version(&[(WEIGHTS_FILE, weights)])
+pub fn weights_fingerprint(weights: &[u8]) -> String {
+    shards::weights_fingerprint(&[(WEIGHTS_FILE, weights)])
 }
 
 /// Writes a checkpoint folder: `config.json`, `model.safetensors`, `genrec.json`.

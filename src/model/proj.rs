@@ -14,8 +14,8 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, Q
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use super::ops::serve_linear;
 use super::q4_1::Q41Matrix;
-use super::transformer::serve_linear;
 use super::ModelError;
 
 /// A quantized matrix (`[out, in]`), multiplied as stored: Q4_1 blocks by

@@ -102,9 +102,9 @@ pub fn check_placement(index: &[u8], tensors: &[(&str, Vec<String>)]) -> Result<
     Ok(())
 }
 
-/// The weights' version: the fingerprint of `model.safetensors`, or for
+/// The weights' fingerprint: the content hash of `model.safetensors`, or for
 /// shards, of each shard's name and fingerprint in order (first 12 hex digits).
-pub fn weights_version(shards: &[(&str, &[u8])]) -> String {
+pub fn weights_fingerprint(shards: &[(&str, &[u8])]) -> String {
     let full = match shards {
         [(name, bytes)] if *name == WEIGHTS_FILE => fingerprint(bytes),
         _ => {
@@ -151,9 +151,9 @@ mod tests {
 
     #[test]
     fn versions_of_one_file_are_unchanged_and_shards_differ_by_content() {
-        assert_eq!(weights_version(&[(WEIGHTS_FILE, b"abc")]), fingerprint(b"abc")[..12]);
-        let v = weights_version(&[("s1.safetensors", b"abc"), ("s2.safetensors", b"def")]);
-        assert_ne!(v, weights_version(&[("s1.safetensors", b"abc"), ("s2.safetensors", b"deg")]));
-        assert_ne!(v, weights_version(&[("s1.safetensors", b"def"), ("s2.safetensors", b"abc")]));
+        assert_eq!(weights_fingerprint(&[(WEIGHTS_FILE, b"abc")]), fingerprint(b"abc")[..12]);
+        let v = weights_fingerprint(&[("s1.safetensors", b"abc"), ("s2.safetensors", b"def")]);
+        assert_ne!(v, weights_fingerprint(&[("s1.safetensors", b"abc"), ("s2.safetensors", b"deg")]));
+        assert_ne!(v, weights_fingerprint(&[("s1.safetensors", b"def"), ("s2.safetensors", b"abc")]));
     }
 }

@@ -7,18 +7,19 @@
 //! (`model.layers.{i}.self_attn.q_proj.weight`, ...), so checkpoints move both
 //! ways between genrec and PyTorch. The attention itself is in [`super::attention`];
 //! the weights are dense tensors or, for the intent LLM, quantized GGUF blocks
-//! ([`super::proj`]).
+//! ([`super::proj`]); the tensor operations they share are in [`super::ops`].
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::attention::{Attention, Qkv};
+use super::attention::{Attention, LastRows, Qkv};
 use super::config::{Arch, ModelConfig};
 use super::kv::{BeamKv, HistoryKv};
+use super::ops::{rms_norm, serve_linear};
 use super::proj::{Embed, Head, Proj, QuantWeights, Weights};
-use super::rope::{Rope, RopeTables};
+use super::rope::RopeTables;
 use super::ModelError;
 
 /// Additive mask value for positions a query must not see (finite, so that
@@ -54,58 +55,23 @@ fn drop(x: Tensor, d: &mut Option<Dropout>) -> Result<Tensor, ModelError> {
     }
 }
 
-pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, training: bool) -> Result<Tensor, ModelError> {
-    if training {
-        // plain ops: differentiable
-        let dt = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
-        let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = x32.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dt)?;
-        Ok(y.broadcast_mul(w)?)
-    } else {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
-    }
-}
-
-/// Softmax over the last dimension; a half-precision input is normalised in
-/// f32 and returned in its own dtype (in bf16 the attention weights of the
-/// demo model lost 8 of 64 top-10 lists against f32).
-pub(super) fn softmax(x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
-    if training {
-        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
-    } else if x.dtype() != DType::F32 {
-        Ok(super::fused::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)
-    } else {
-        Ok(super::fused::softmax_last_dim(x)?)
-    }
-}
-
-/// A prefill's rows: where each row's last real token is (`idx`, flat over
-/// `batch * time`), its rotary angles, and the mask of each row's real
-/// positions `[batch, 1, 1, time]`.
-pub(super) struct LastRows {
-    pub(super) idx: Tensor,
-    pub(super) rope: Rope,
-    pub(super) mask: Tensor,
-    /// Where the rows are padded: the real positions (flat), and for every
-    /// flat position its index among them or the extra zero row after them,
-    /// so the MLP (most of a layer's arithmetic) skips the padding.
-    real: Option<(Tensor, Tensor)>,
-}
-
-impl LastRows {
-    /// The MLP's contribution `[b, t, hidden]` to the residual stream `x`,
-    /// computed on the real positions only (pads get zero).
-    fn mlp(&self, layer: &Layer, x: &Tensor, eps: f64, compute: DType) -> Result<Tensor, ModelError> {
-        let Some((real, spread)) = &self.real else {
-            return layer.mlp.forward(&rms_norm(x, &layer.post_norm, eps, false)?.to_dtype(compute)?);
-        };
-        let (b, t, d) = x.dims3()?;
-        let packed = x.reshape((b * t, d))?.index_select(real, 0)?;
-        let m = layer.mlp.forward(&rms_norm(&packed, &layer.post_norm, eps, false)?.to_dtype(compute)?)?;
-        let m = Tensor::cat(&[&m, &Tensor::zeros((1, d), m.dtype(), m.device())?], 0)?;
-        Ok(m.index_select(spread, 0)?.reshape((b, t, d))?)
-    }
+/// The MLP's contribution `[b, t, hidden]` to the residual stream `x` of a
+/// prefill, computed on the real positions only (pads get zero).
+fn mlp_on_real_rows(
+    last: &LastRows,
+    layer: &Layer,
+    x: &Tensor,
+    eps: f64,
+    compute: DType,
+) -> Result<Tensor, ModelError> {
+    let Some((real, spread)) = &last.real else {
+        return layer.mlp.forward(&rms_norm(x, &layer.post_norm, eps, false)?.to_dtype(compute)?);
+    };
+    let (b, t, d) = x.dims3()?;
+    let packed = x.reshape((b * t, d))?.index_select(real, 0)?;
+    let m = layer.mlp.forward(&rms_norm(&packed, &layer.post_norm, eps, false)?.to_dtype(compute)?)?;
+    let m = Tensor::cat(&[&m, &Tensor::zeros((1, d), m.dtype(), m.device())?], 0)?;
+    Ok(m.index_select(spread, 0)?.reshape((b, t, d))?)
 }
 
 /// The SwiGLU gate and up projections, split or (for serving) concatenated.
@@ -128,16 +94,6 @@ impl Mlp {
             GateUp::Fused(gu) => self.down.serve(&super::fused::swiglu(&serve_linear(gu, x)?)?),
         }
     }
-}
-
-/// A serving projection (no gradient): few rows go through the small-product
-/// kernel instead of a general gemm.
-pub(super) fn serve_linear(lin: &Linear, x: &Tensor) -> Result<Tensor, ModelError> {
-    let y = super::small_gemm::matmul_t(x, lin.weight())?;
-    Ok(match lin.bias() {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    })
 }
 
 /// One matrix of the rows of `parts` (and their biases, if all have one).
@@ -263,7 +219,7 @@ impl Transformer {
         // stay in half): beam search ranks by sums of log-probabilities, and
         // half-precision activations moved them by up to 0.06, leaving 17 of
         // the demo model's 64 top-10 lists as in f32 (29 with this, 38 with
-        // the f32 softmax too; generate::search::precision_tests). The final
+        // the f32 softmax too; generate::beam::precision_tests). The final
         // hidden state is f32 because the residual stream is: logits are not
         // rounded to bf16, whose step is 0.06 near |logit| = 10.
         if let Head::Dense(w) = &self.lm_head {
@@ -364,7 +320,7 @@ impl Transformer {
             let (a, k, v) = layer.attn.forward_full(&h, &rot, &mask, training, past.map(|pv| &pv[i]))?;
             x = (x + drop(a, &mut dropout)?.to_dtype(self.resid)?)?;
             let m = match last {
-                Some(last) => last.mlp(layer, &x, self.cfg.rms_norm_eps, cd)?,
+                Some(last) => mlp_on_real_rows(last, layer, &x, self.cfg.rms_norm_eps, cd)?,
                 None => layer
                     .mlp
                     .forward(&rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps, training)?.to_dtype(cd)?)?,

@@ -189,7 +189,7 @@ impl Hnsw {
 
     /// The `k` keys nearest to `query` that `keep` accepts, best first, with
     /// inner products.
-    pub fn search(&self, query: &[f32], k: usize, keep: impl Fn(u64) -> bool) -> Result<Vec<(u64, f32)>, RecallError> {
+    pub fn nearest(&self, query: &[f32], k: usize, keep: impl Fn(u64) -> bool) -> Result<Vec<(u64, f32)>, RecallError> {
         if query.len() != self.dim {
             return Err(RecallError::Dim { got: query.len(), want: self.dim });
         }

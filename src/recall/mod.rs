@@ -108,7 +108,7 @@ pub fn build_and_save(view: &Catalog, dir: &Path) -> Result<f64, RecallError> {
     let found = probes
         .par_iter()
         .filter(|&&i| {
-            g.search(&view.embedding(i), 1, |_| true).ok().and_then(|h| h.first().map(|x| x.0)) == Some(i as u64)
+            g.nearest(&view.embedding(i), 1, |_| true).ok().and_then(|h| h.first().map(|x| x.0)) == Some(i as u64)
         })
         .count();
     g.save(&dir.join(ANN_FILE))?;
@@ -237,7 +237,7 @@ impl Ann {
 
     /// The `k` items nearest to `query` that the view serves (with the vector
     /// it holds for them) and `keep` accepts, best first, with inner products.
-    pub fn search(
+    pub fn nearest(
         &self,
         catalog: &Catalog,
         query: &[f32],
@@ -248,10 +248,10 @@ impl Ann {
             let item = key as u32;
             (item as usize) < catalog.len() && catalog.is_served(item) && catalog.ann_key(item) == key && keep(item)
         };
-        let mut hits = self.base.search(query, k, current)?;
+        let mut hits = self.base.nearest(query, k, current)?;
         let g = self.overlay.read().unwrap_or_else(|p| p.into_inner());
         if !g.is_empty() {
-            hits.extend(g.search(query, k, current)?);
+            hits.extend(g.nearest(query, k, current)?);
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             hits.truncate(k);
         }
@@ -267,7 +267,7 @@ impl Ann {
         exclude: &HashSet<u32>,
     ) -> Result<Vec<(u32, f32)>, RecallError> {
         let q = Self::user_vector(catalog, history);
-        self.search(catalog, &q, k, |i| !exclude.contains(&i))
+        self.nearest(catalog, &q, k, |i| !exclude.contains(&i))
     }
 }
 
@@ -277,7 +277,7 @@ mod tests {
     use crate::catalog::edit::NewItem;
 
     fn catalog() -> Catalog {
-        crate::server::default_model::load(&candle_core::Device::Cpu).expect("embedded model").1
+        crate::model::demo::load(&candle_core::Device::Cpu).expect("embedded model").1
     }
 
     #[test]
@@ -286,28 +286,28 @@ mod tests {
         let ann = Ann::open(&cat).unwrap();
         assert_eq!(ann.base_len(), cat.len());
         let q = cat.embedding(7);
-        let hits = ann.search(&cat, &q, 5, |_| true).unwrap();
+        let hits = ann.nearest(&cat, &q, 5, |_| true).unwrap();
         assert_eq!(hits[0].0, 7);
         assert!((hits[0].1 - 1.0).abs() < 1e-4);
-        let hits = ann.search(&cat, &q, 5, |i| i != 7).unwrap();
+        let hits = ann.nearest(&cat, &q, 5, |i| i != 7).unwrap();
         assert_eq!(hits.len(), 5);
         assert!(hits.iter().all(|h| h.0 != 7));
         // a removed item is gone for views after the removal, not before
         let before = cat.clone();
         let id = cat.item_id(7).to_string();
         cat.remove(&id, 1).unwrap();
-        assert!(ann.search(&cat, &q, 5, |_| true).unwrap().iter().all(|h| h.0 != 7));
-        assert_eq!(ann.search(&before, &q, 1, |_| true).unwrap()[0].0, 7);
+        assert!(ann.nearest(&cat, &q, 5, |_| true).unwrap().iter().all(|h| h.0 != 7));
+        assert_eq!(ann.nearest(&before, &q, 1, |_| true).unwrap()[0].0, 7);
         // served again with another vector: found by the new one only
         let other = cat.embedding(100);
         let up = cat
             .upsert(NewItem { id: id.clone(), title: "x".into(), embedding: other.clone(), semantic_id: None }, 2)
             .unwrap();
         ann.add(&[(up.ann_key, up.embedding.clone())]).unwrap();
-        let hits = ann.search(&cat, &other, 2, |_| true).unwrap();
+        let hits = ann.nearest(&cat, &other, 2, |_| true).unwrap();
         assert!(hits.iter().any(|h| h.0 == 7), "{hits:?}");
-        assert!(ann.search(&cat, &q, 3, |_| true).unwrap().iter().all(|h| h.0 != 7 || h.1 < 0.99));
-        assert!(matches!(ann.search(&cat, &[0.0; 3], 1, |_| true), Err(RecallError::Dim { .. })));
+        assert!(ann.nearest(&cat, &q, 3, |_| true).unwrap().iter().all(|h| h.0 != 7 || h.1 < 0.99));
+        assert!(matches!(ann.nearest(&cat, &[0.0; 3], 1, |_| true), Err(RecallError::Dim { .. })));
     }
 
     #[test]
@@ -351,7 +351,7 @@ mod tests {
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let q = vec_of(t * 7919 + searches);
                         let g = ann.overlay.read().unwrap();
-                        g.search(&q, 10, |_| true).expect("a search never fails");
+                        g.nearest(&q, 10, |_| true).expect("a search never fails");
                         drop(g);
                         searches += 1;
                         // leave the cores to the adder (and to other tests)
@@ -374,7 +374,7 @@ mod tests {
         assert!(missing.is_empty(), "{} adds missing: {:?}", missing.len(), &missing[..missing.len().min(10)]);
         // found by search, not only present: the nearest to its own vector
         let probes: Vec<usize> = (0..n).step_by(97).collect();
-        let found = probes.iter().filter(|&&i| g.search(&vec_of(i), 1, |_| true).unwrap()[0].0 == i as u64).count();
+        let found = probes.iter().filter(|&&i| g.nearest(&vec_of(i), 1, |_| true).unwrap()[0].0 == i as u64).count();
         assert_eq!(found, probes.len(), "every probed vector is its own nearest neighbour");
     }
 }

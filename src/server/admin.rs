@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use super::api::{body_bytes, parse_body, ApiError, ErrorBody, JsonBody};
 use super::{metrics, AppState};
 use crate::engine::catalog_info::{CatalogInfo, ItemInfo};
-use crate::engine::edits::{BatchOutcome, CompactReport, NewItem, Upserted};
+use crate::engine::edits::{BatchOutcome, CompactReport, ItemInput, Upserted};
 use crate::engine::{Engine, EngineError, ModelInfo};
 
 /// Largest body of `POST /admin/items` (a batch of NDJSON lines).
@@ -181,9 +181,9 @@ pub(crate) struct ItemBody {
 }
 
 impl ItemBody {
-    fn into_item(self) -> NewItem {
+    fn into_item(self) -> ItemInput {
         let title = self.title.clone().or_else(|| self.text.clone()).unwrap_or_else(|| self.id.clone());
-        NewItem { id: self.id, title, text: self.text, embedding: self.embedding, semantic_id: self.semantic_id }
+        ItemInput { id: self.id, title, text: self.text, embedding: self.embedding, semantic_id: self.semantic_id }
     }
 }
 

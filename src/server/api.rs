@@ -545,7 +545,7 @@ mod fuzz {
         static S: OnceLock<(tokio::runtime::Runtime, Arc<AppState>)> = OnceLock::new();
         S.get_or_init(|| {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            let (model, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+            let (model, catalog) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
             let engine =
                 crate::engine::Engine::new(catalog, Default::default(), Arc::new(crate::engine::NoObserver)).unwrap();
             engine.install(model, "embedded".into()).unwrap();

@@ -3,7 +3,6 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
-pub mod default_model;
 pub mod metrics;
 pub mod openapi;
 
@@ -27,8 +26,8 @@ use crate::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
 use crate::coldstart::{ColdStart, ColdStartOptions, IntentLm, PromptTemplate, DEFAULT_INTENT_MODEL};
 use crate::engine::edits::{open_store, EditStore};
 use crate::engine::{BatchOptions, Engine, EngineOptions};
-use crate::generate::kernel::contract::Selection;
-use crate::model::hub::{CheckpointLocation, Fallback, HubOptions};
+use crate::generate::kernel::contract::BeamKernel;
+use crate::model::hub::{CheckpointLocation, HubOptions, WhenUnreachable};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -237,10 +236,7 @@ async fn request_id(req: Request, next: Next) -> Response {
 /// warmed up by one smoke generation).
 pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     let dev = args.device.open()?;
-    crate::generate::kernel::set_serving_selection(match args.beam_kernel {
-        BeamKernel::Radix => Selection::Radix,
-        BeamKernel::Pool => Selection::POOL,
-    });
+    crate::generate::kernel::set_serving_kernel(args.beam_kernel);
     let dtype = args.dtype;
     tracing::info!(device = ?args.device, ?dtype, "model device");
     let (model, catalog_dir, source) = match (&args.model, args.no_model) {
@@ -261,8 +257,8 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         (Some(CheckpointLocation::Hub(name)), false) => {
             let opts = HubOptions::from_env()?;
             // a restart while the Hub is down still starts, from the cache
-            let pulled =
-                crate::model::hub::pull(name, &opts, Fallback::Cache).with_context(|| format!("pulling {name}"))?;
+            let pulled = crate::model::hub::pull(name, &opts, WhenUnreachable::UseCache)
+                .with_context(|| format!("pulling {name}"))?;
             let m = crate::model::Ensemble::load_as(&pulled.dir, &dev, dtype)
                 .with_context(|| format!("loading the model {name} from {}", pulled.dir.display()))?;
             // a catalog path relative to the model means nothing in the
@@ -278,8 +274,8 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
             if args.feed.is_some() {
                 anyhow::bail!("--feed needs a shared catalog folder: pass --catalog (or --model)");
             }
-            let (m, c) =
-                default_model::load_as(&dev, dtype.resolve(&dev, 0)).context("loading the embedded default model")?;
+            let (m, c) = crate::model::demo::load_as(&dev, dtype.resolve(&dev, 0))
+                .context("loading the embedded default model")?;
             return finish_engine(
                 args,
                 Some((m.into(), "embedded".to_string())),
@@ -308,7 +304,7 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
         seconds = t0.elapsed().as_secs_f64(),
         "catalog open"
     );
-    let start = crate::engine::replica::version_position(&catalog).context("the catalog version's feed position")?;
+    let start = crate::engine::replica::covered_position(&catalog).context("the catalog version's feed position")?;
     let Some(address) = &args.feed else {
         return finish_engine(args, model.map(|m| (m, source)), catalog, Changes::Local(store), dev, dtype);
     };
@@ -398,14 +394,6 @@ fn finish_engine(
         metrics::model_swapped(None, &info);
     }
     Ok(engine)
-}
-
-/// The GPU beam-step kernel (`genrec serve --beam-kernel`; see
-/// [`Selection`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BeamKernel {
-    Radix,
-    Pool,
 }
 
 /// Which intent LLM cold start uses (`genrec serve --intent-model`).

@@ -6,7 +6,7 @@
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::trainer::TrainSeq;
+use super::sequences::TrainSeq;
 
 /// Batches for one epoch: sequences shuffled, then sorted by length within
 /// pools of 32 batches, cut into batches, and the batches shuffled. Similar

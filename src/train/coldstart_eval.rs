@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::eval::to_indices;
+pub use super::profiles::profile_of;
 use super::TrainError;
 use crate::coldstart::{ColdStart, Profile};
 use crate::dataset::{cold_group, ColdGroup, Interactions};
@@ -64,30 +65,6 @@ pub struct ColdUser {
     pub later: Vec<u32>,
 }
 
-/// Profile fields from a `NAME.user.json` row: the fields [`Profile`] knows
-/// (gender codes `M`/`F` spelled out), others (e.g. a zip code) dropped.
-pub fn profile_of(row: &serde_json::Value) -> Profile {
-    let s = |k: &str| row.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let gender = s("gender").map(|g| match g.as_str() {
-        "M" | "m" => "male".to_string(),
-        "F" | "f" => "female".to_string(),
-        _ => g,
-    });
-    Profile {
-        age: row.get("age").and_then(|v| v.as_u64()).map(|a| a as u32),
-        gender,
-        country: s("country"),
-        language: s("language"),
-        occupation: s("occupation"),
-        interests: row
-            .get("interests")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or_default(),
-        channel: s("channel"),
-    }
-}
-
 /// The held-out users of `group` with a profile and at least one known item.
 pub fn cold_users(
     catalog: &crate::catalog::Catalog,
@@ -117,7 +94,7 @@ pub fn cold_users(
 /// declare nothing.
 pub fn declare_interests<'a>(users: &mut [ColdUser], genres_of: impl Fn(u32) -> &'a [String], n: usize) {
     for u in users {
-        u.profile.interests = super::profile_prefix::top_genres(u.later.iter().map(|&i| genres_of(i)), n);
+        u.profile.interests = super::profiles::top_genres(u.later.iter().map(|&i| genres_of(i)), n);
     }
 }
 

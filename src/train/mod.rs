@@ -7,6 +7,7 @@ pub mod coldstart_eval;
 pub mod eval;
 pub mod metrics;
 pub mod profile_prefix;
+pub mod profiles;
 pub mod sequences;
 pub mod trainer;
 

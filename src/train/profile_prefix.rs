@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::profiles::top_genres;
 use crate::dataset::{train_part, Interactions};
 use crate::model::profile_vocab::ProfileVocab;
 
@@ -23,19 +24,6 @@ pub const FIELD_DROP: f64 = 0.2;
 pub const INTERESTS_DROP: f64 = 0.5;
 /// Prefix of interest features.
 const INTEREST: &str = "interest:";
-
-/// The `n` most frequent genres over `genres` (one list per item), ties by name.
-pub fn top_genres<'a>(genres: impl IntoIterator<Item = &'a [String]>, n: usize) -> Vec<String> {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for list in genres {
-        for g in list {
-            *counts.entry(g.as_str()).or_default() += 1;
-        }
-    }
-    let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    ranked.into_iter().take(n).map(|(g, _)| g.to_string()).collect()
-}
 
 /// Profile features of every user of `inter` with a row in `users` (a
 /// `NAME.user.json`). With `genres` (item id -> genres), each user also
@@ -52,7 +40,7 @@ pub fn user_features(
     let mut out = HashMap::new();
     for (u, seq) in inter.users.iter().zip(&inter.sequences) {
         let Some(row) = users.get(u) else { continue };
-        let mut profile = super::coldstart_eval::profile_of(row);
+        let mut profile = super::profiles::profile_of(row);
         if let Some(g) = genres {
             let later = train_part(seq).iter().skip(first).filter_map(|id| g.get(id).map(Vec::as_slice));
             profile.interests = top_genres(later, interests);

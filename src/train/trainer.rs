@@ -373,7 +373,7 @@ pub fn train(
                 net,
                 config: cfg.clone(),
                 sidecar: sidecar.clone(),
-                version: format!("epoch{}", epoch + 1),
+                fingerprint: format!("epoch{}", epoch + 1),
                 path: None,
             };
             let m = evaluate(&model, catalog, inter, &EvalOptions::validation(opts.valid_users), |_, _| {})?;

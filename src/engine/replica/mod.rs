@@ -50,7 +50,7 @@ mod follow;
 mod tests;
 mod versions;
 
-pub use versions::version_position;
+pub use versions::covered_position;
 
 /// Entries read per round.
 const READ_BATCH: usize = 256;

@@ -41,7 +41,7 @@ fn shared_root(tag: &str) -> Temp {
     for f in ["config.json", "genrec.json", "model.safetensors"] {
         std::fs::copy(demo.join(f), t.0.join("a").join(f)).unwrap();
     }
-    let (_, catalog) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    let (_, catalog) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
     catalog.save(&t.0.join("catalog")).unwrap();
     t
 }
@@ -50,7 +50,7 @@ fn shared_root(tag: &str) -> Temp {
 fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -> Arc<Engine> {
     let dir = root.join("catalog");
     let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
-    let start = super::version_position(&catalog).unwrap();
+    let start = super::covered_position(&catalog).unwrap();
     let opts = EngineOptions { model_root: Some(model_root.to_path_buf()), ..Default::default() };
     let e = replica_engine(
         catalog,
@@ -59,7 +59,7 @@ fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -
         ReplicaOptions { name: name.into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
         start,
     );
-    let (model, _) = crate::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+    let (model, _) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
     e.install(model, "embedded".into()).unwrap();
     e.follow_feed().unwrap();
     wait_for(|| e.feed_ready() == Some(true), "the replica catches up");
@@ -108,8 +108,8 @@ fn embedding(c: &Catalog, i: u32, salt: f32) -> Vec<f32> {
     c.embedding(i).iter().enumerate().map(|(d, x)| x + salt * ((d as f32) * 0.37 + salt).sin()).collect()
 }
 
-fn item(c: &Catalog, id: &str, from: u32, salt: f32) -> edits::NewItem {
-    edits::NewItem {
+fn item(c: &Catalog, id: &str, from: u32, salt: f32) -> edits::ItemInput {
+    edits::ItemInput {
         id: id.into(),
         title: format!("t {id}"),
         text: None,
@@ -230,7 +230,7 @@ fn bad_records_are_skipped_alike_and_failed_edits_fail_everywhere() {
     feed.append_raw(br#"{"kind":"resize","to":3}"#);
     let sid = base.sid(5).to_vec();
     // a semantic ID that is taken: fails on every replica the same way
-    let taken = edits::NewItem { semantic_id: Some(sid), ..item(&base, "dup", 5, 0.0) };
+    let taken = edits::ItemInput { semantic_id: Some(sid), ..item(&base, "dup", 5, 0.0) };
     assert!(matches!(a.upsert_item(taken), Err(EngineError::Conflict(_))));
     let ok = b.upsert_item(item(&base, "fine", 9, 0.02)).unwrap();
     settled(&feed, &[&a, &b]);
@@ -368,11 +368,7 @@ fn model_changes_fan_out_and_a_replica_that_cannot_load_keeps_its_model() {
         std::fs::copy(root.0.join("a").join(f), ens.join(f)).unwrap();
         std::fs::copy(root.0.join("a").join(f), ens.join("members/1").join(f)).unwrap();
     }
-    std::fs::write(
-        ens.join("members/1/model.safetensors"),
-        crate::server::default_model::variant_weights(0.5).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(ens.join("members/1/model.safetensors"), crate::model::demo::variant_weights(0.5).unwrap()).unwrap();
     crate::model::ensemble::list_members(&ens, &["members/1".to_string()]).unwrap();
     let info = b.load_checkpoint("ens").unwrap();
     assert_eq!(info.members, 2);

@@ -31,7 +31,7 @@ impl Engine {
         }
         let t0 = Instant::now();
         let (mut cat, report) = dir::open_read_only(&rep.dir)?;
-        let from = version_position(&cat)?;
+        let from = covered_position(&cat)?;
         let here = rep.position();
         if from > here {
             return Ok(false);
@@ -72,7 +72,7 @@ impl Engine {
     /// replica fell below the trimmed part of the feed).
     pub(super) fn reload_newest(&self, rep: &Replica) -> Result<Position, EngineError> {
         let (cat, report) = dir::open_read_only(&rep.dir)?;
-        let position = version_position(&cat)?;
+        let position = covered_position(&cat)?;
         let ann = Arc::new(Ann::open(&cat)?);
         let served = Arc::new(ServedCatalog { catalog: cat, ann });
         let w = self.publish_head(served);
@@ -195,7 +195,7 @@ impl Engine {
 }
 
 /// The feed position a catalog version covers (the start without one).
-pub fn version_position(cat: &crate::catalog::Catalog) -> Result<Position, EngineError> {
+pub fn covered_position(cat: &crate::catalog::Catalog) -> Result<Position, EngineError> {
     match cat.manifest().feed_position.as_deref() {
         Some(p) => Ok(p.parse()?),
         None => Ok(Position::START),

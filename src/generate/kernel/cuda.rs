@@ -17,7 +17,7 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/beam_step.ptx"));
 const MODULE: &str = "genrec_beam_step";
 /// Threads per request (8 warps; one warp per beam while scoring).
 const BLOCK: u32 = 256;
-pub use super::contract::{Selection, MAX_BEAMS};
+pub use super::contract::{BeamKernel, MAX_BEAMS};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -107,7 +107,7 @@ impl GpuBeams {
 }
 
 /// A reusable per-batch scratch buffer (`requests ×`
-/// [`Selection::scratch_keys`] keys: the candidates, and for the pooled
+/// [`BeamKernel::scratch_keys`] keys: the candidates, and for the pooled
 /// selection also the lanes' best scores).
 #[derive(Default)]
 pub struct Scratch {
@@ -149,7 +149,7 @@ pub fn beam_step(
     args: &StepArgs,
     filters: &GpuFilters,
     scratch: &mut Scratch,
-    selection: Selection,
+    selection: BeamKernel,
 ) -> Result<GpuBeams> {
     let StepShape { requests, beams_in, beams_out, codes } = shape;
     super::contract::check_step(&trie.codebook_sizes, depth, shape, selection)
@@ -193,8 +193,8 @@ pub fn beam_step(
     let stride = selection.scratch_keys(beams_in, codes);
     let keys = scratch.get(dev, requests * stride)?;
     let name = match selection {
-        Selection::Radix => "genrec_beam_step",
-        Selection::Pool { .. } => "genrec_beam_step_pool",
+        BeamKernel::Radix => "genrec_beam_step",
+        BeamKernel::Pool { .. } => "genrec_beam_step_pool",
     };
     let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
     let null = 0u64;
@@ -221,8 +221,8 @@ pub fn beam_step(
     b.arg(&bi).arg(&bo).arg(&cd).arg(&args.token_offset).arg(&args.pad_token).arg(keys);
     // the pooled kernel's two extra arguments follow the scratch
     let pool_args = match selection {
-        Selection::Pool { capacity } => Some((capacity as u32, stride as u64)),
-        Selection::Radix => None,
+        BeamKernel::Pool { capacity } => Some((capacity as u32, stride as u64)),
+        BeamKernel::Radix => None,
     };
     if let Some((capacity, stride)) = &pool_args {
         b.arg(capacity).arg(stride);

@@ -3,12 +3,12 @@
 //! candidate keys and the same selections: the radix select over every
 //! candidate (`genrec_beam_step`) and the pooled one that keeps only the
 //! candidates above a bound (`genrec_beam_step_pool`; see
-//! [`super::contract::Selection`]). It exists so that the kernel's
+//! [`super::contract::BeamKernel`]). It exists so that the kernel's
 //! logic is tested on every machine: the tests below hold it to the CPU
 //! reference ([`crate::generate::step::beam_step`]) on random tries, and
 //! `genrec gpu-check` holds the kernel to both on the GPU.
 
-use super::contract::{Selection, LANES};
+use super::contract::{BeamKernel, LANES};
 use super::filters::LevelFilters;
 use crate::catalog::trie::{TrieArrays, NONE};
 use crate::generate::step::{StepOutput, StepShape};
@@ -136,7 +136,7 @@ pub fn beam_step_mirror(
     filters: &LevelFilters,
     token_offset: u32,
     pad_token: u32,
-    selection: Selection,
+    selection: BeamKernel,
 ) -> Result<KernelOutput, String> {
     super::contract::check_step(trie.codebook_sizes, depth, shape, selection)?;
     let StepShape { requests, beams_in, beams_out, codes } = shape;
@@ -226,8 +226,8 @@ pub fn beam_step_mirror(
 
 /// Phase 4: the best `beams_out` of a request's candidate keys, best first,
 /// and whether the pool held them (false: the radix path).
-fn select(cands: &[u64], lane_best: &[u32], beams_out: usize, selection: Selection) -> (Vec<u64>, bool) {
-    if let Selection::Pool { capacity } = selection {
+fn select(cands: &[u64], lane_best: &[u32], beams_out: usize, selection: BeamKernel) -> (Vec<u64>, bool) {
+    if let BeamKernel::Pool { capacity } = selection {
         // the lanes' best are distinct candidates: at least `beams_out`
         // candidates score at or above their `beams_out`-th largest
         let bound = if lane_best.len() >= beams_out {
@@ -323,9 +323,9 @@ mod tests {
                     *best = (*best).max(ord_bits(score));
                 }
             }
-            let (want, _) = select(&cands, &lane_best, beams_out, Selection::Radix);
+            let (want, _) = select(&cands, &lane_best, beams_out, BeamKernel::Radix);
             for capacity in [super::super::contract::POOL_MAX, 40, 1] {
-                let (got, in_pool) = select(&cands, &lane_best, beams_out, Selection::Pool { capacity });
+                let (got, in_pool) = select(&cands, &lane_best, beams_out, BeamKernel::Pool { capacity });
                 assert_eq!(got, want, "case {case} capacity {capacity}");
                 if in_pool {
                     pooled += 1
@@ -435,7 +435,7 @@ mod tests {
                     let filters = LevelFilters::new(&cat, &reqs, depth);
                     let shape = StepShape { requests, beams_in, beams_out, codes };
                     for (nm, selection) in [None, Some(&norm[..])].into_iter().flat_map(|n| {
-                        [(n, Selection::Radix), (n, Selection::POOL), (n, Selection::Pool { capacity: 2 })]
+                        [(n, BeamKernel::Radix), (n, BeamKernel::POOL), (n, BeamKernel::Pool { capacity: 2 })]
                     }) {
                         let want =
                             beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));

@@ -3,76 +3,17 @@
 //! history once, then one decode step per remaining level for all beams, each
 //! followed by the beam step of [`super::step`].
 
-use std::collections::HashSet;
-
 use candle_core::Tensor;
 
 use super::diversity::{any_capped, level_limits, GroupCap};
 use super::kernel::LevelFilters;
+use super::request::{collect_hits, GenRequest, Generated, Scoring};
 use super::step::{beam_step_capped, StepShape};
 use super::GenerateError;
 use crate::catalog::trie::NONE;
 use crate::catalog::Catalog;
 use crate::model::profile_vocab::MAX_PROFILE_TOKENS;
 use crate::model::{BeamKv, HistoryKv, Model};
-
-/// One request to generate for.
-#[derive(Debug, Clone, Default)]
-pub struct GenRequest {
-    /// History as item indices, oldest first (only the last `max_history_items` are read).
-    pub history: Vec<u32>,
-    /// How many items to return.
-    pub k: usize,
-    /// Items that must not be returned (e.g. the history).
-    pub exclude: HashSet<u32>,
-    /// First-level codes the items must start with (cold-start intents: the
-    /// sub-tries under them); empty = the whole trie.
-    pub within: Vec<u32>,
-    /// Added to the log-probability of each first-level code (one value per
-    /// code; soft cold-start steering): the beams, and the items' scores,
-    /// follow `log p(code | history) + prior[code]`. Empty = none; all zeros is
-    /// the model's own search.
-    pub first_level_prior: Vec<f32>,
-    /// Profile tokens read after `bos`, before the history (a new user's
-    /// sign-up profile, [`crate::model::profile_vocab`]); empty: none.
-    pub profile_tokens: Vec<u32>,
-    /// The only items that may be returned (a personalized search's matches):
-    /// every level keeps only the prefixes of these items. `None`: all items.
-    pub allowed: Option<std::sync::Arc<[u32]>>,
-    /// At most this many items per first-level code in the answer, enforced
-    /// in every beam step (see [`crate::generate::diversity`]); `None`: no cap.
-    pub max_per_intent: Option<usize>,
-}
-
-/// A generated item.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hit {
-    pub item: u32,
-    /// Sum over levels of the log-probability of the code given the prefix
-    /// (see [`Scoring`]).
-    pub score: f32,
-}
-
-/// How a code's log-probability is normalised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Scoring {
-    /// The model's own probability (softmax over the whole vocabulary, invalid
-    /// codes masked out afterwards): the item's likelihood under the model, and
-    /// the scores transformers' `generate(prefix_allowed_tokens_fn=...)` gives.
-    #[default]
-    Model,
-    /// Softmax over the trie's valid children only: the probabilities of all
-    /// items sum to one.
-    Trie,
-}
-
-/// Result of a batch, with the work it took.
-#[derive(Debug, Clone)]
-pub struct Generated {
-    pub hits: Vec<Vec<Hit>>,
-    /// Tokens decoded (beams × levels over all requests).
-    pub tokens: usize,
-}
 
 /// Generates for a batch of requests with `beam` beams each (at least each
 /// request's `k`), scoring with [`Scoring::Model`].
@@ -136,7 +77,7 @@ fn gpu_decode(
     beam: usize,
     scoring: Scoring,
 ) -> Result<Generated, GenerateError> {
-    use super::kernel::gpu_search::{decode_levels, GpuMember};
+    use super::kernel::gpu_beam::{decode_levels, GpuMember};
     let (prefilled, lens) = prefill_all(models, catalog, reqs)?;
     let members = prefilled.into_iter().map(|(m, hist, hidden)| GpuMember::new(m, hist, hidden)).collect();
     decode_levels(dev, members, catalog, reqs, beam, scoring, &lens)
@@ -415,28 +356,6 @@ pub(crate) fn prefill(
     Ok((hist, hidden, lens))
 }
 
-/// The items of the final beams (`beam` slots per request, best first), at
-/// most `k` per request.
-pub(crate) fn collect_hits(
-    catalog: &Catalog,
-    reqs: &[GenRequest],
-    beam: usize,
-    nodes: &[u32],
-    scores: &[f32],
-) -> Vec<Vec<Hit>> {
-    (0..reqs.len())
-        .map(|q| {
-            let trie = catalog.trie();
-            (0..beam)
-                .map(|j| q * beam + j)
-                .filter(|&s| nodes[s] != NONE)
-                .take(reqs[q].k)
-                .filter_map(|s| trie.item(nodes[s]).map(|item| Hit { item, score: scores[s] }))
-                .collect()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod precision_tests {
     //! How far a half-precision model's answers are from f32's, on the CPU
@@ -451,7 +370,7 @@ mod precision_tests {
     use crate::model::Model;
 
     fn demo(dtype: DType) -> (Model, Catalog) {
-        crate::server::default_model::load_as(&Device::Cpu, dtype).unwrap()
+        crate::model::demo::load_as(&Device::Cpu, dtype).unwrap()
     }
 
     /// The demo model with its weights rounded to bf16, computed in f32.

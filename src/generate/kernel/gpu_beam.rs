@@ -13,7 +13,7 @@ use super::cuda::{self, GpuBeams, GpuFilters, GpuTrie, Scratch, StepArgs};
 use super::filters::LevelFilters;
 use crate::catalog::trie::Trie;
 use crate::catalog::Catalog;
-use crate::generate::search::collect_hits;
+use crate::generate::request::collect_hits;
 use crate::generate::step::StepShape;
 use crate::generate::{GenRequest, GenerateError, Generated, Scoring};
 use crate::model::{BeamKv, HistoryKv, Model};
@@ -93,7 +93,7 @@ fn level_logits(
 }
 
 /// Runs the levels after the prefill for one model or an ensemble (members
-/// of one token layout); see the CPU loop in `search.rs`.
+/// of one token layout); see the CPU loop in `beam.rs`.
 pub fn decode_levels(
     dev: &CudaDevice,
     mut members: Vec<GpuMember>,
@@ -135,7 +135,7 @@ pub fn decode_levels(
             token_offset: sc.token(level, 0),
             pad_token: sc.pad_token_id,
         };
-        let out = cuda::beam_step(dev, &trie, level, shape, &args, &filters, &mut scratch, super::serving_selection())?;
+        let out = cuda::beam_step(dev, &trie, level, shape, &args, &filters, &mut scratch, super::serving_kernel())?;
         if level + 1 == levels {
             let (last, scores) = (dev.clone_dtoh(&out.node)?, dev.clone_dtoh(&out.score)?);
             let live = |n: &[u32]| n.iter().filter(|&&n| n != crate::catalog::trie::NONE).count();
