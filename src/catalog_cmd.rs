@@ -211,14 +211,14 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         }),
     };
     let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
-    let self_recall = std::sync::Mutex::new(0.0);
+    let self_recall = parking_lot::Mutex::new(0.0);
     let graph = |cat: &Catalog, dir: &Path| {
         let r = genrec::recall::build_and_save(cat, dir).map_err(|e| CatalogError::Format(e.to_string()))?;
-        *self_recall.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        *self_recall.lock() = r;
         Ok(())
     };
     let mut report = index_build::index(&a.out, &name, &embedder, items, rows, sids, a.seed, &graph)?;
-    report.ann_self_recall = *self_recall.lock().unwrap_or_else(|p| p.into_inner());
+    report.ann_self_recall = *self_recall.lock();
     println!("ANN index: {:.1}% of probed items are their own nearest neighbour", 100.0 * report.ann_self_recall);
     for (l, used) in report.used_codes.iter().enumerate() {
         println!(

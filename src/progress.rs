@@ -3,8 +3,8 @@
 //! ~10% or 30 s when stderr is a file, so that logs of bench runs show where
 //! the time went.
 
+use parking_lot::Mutex;
 use std::io::IsTerminal;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -46,7 +46,7 @@ impl Progress {
             b.set_position(done);
             return;
         }
-        let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_line.lock();
         let tenth = (self.total / 10).max(1);
         if done >= last.1 + tenth || last.0.elapsed() >= Duration::from_secs(30) {
             *last = (Instant::now(), done);

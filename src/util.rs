@@ -3,18 +3,25 @@
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-/// flushed and renamed over the target, so readers never see a half-written file.
+/// Writes `bytes` to `path` atomically and durably: a uniquely named
+/// temporary file in the same folder (removed if anything fails), synced,
+/// renamed over the target, then the folder synced, so that readers never
+/// see a half-written file and a crash after the return keeps the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".to_string());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new().prefix(".genrec-").suffix(".tmp").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// Syncs a folder, so that the names created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// 64-bit FNV-1a over a byte stream; used to fingerprint catalogs and weights.
@@ -67,6 +74,10 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        // nothing left beside it
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // a relative name in the working folder has a folder to sync too
+        assert!(write_atomic(&dir.join("missing").join("x"), b"x").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -359,9 +359,9 @@ pub fn index(
     let t = Instant::now();
     let q = match sids {
         SidSource::Learn(opts) => {
-            let bars: std::sync::Mutex<HashMap<String, Progress>> = Default::default();
+            let bars: parking_lot::Mutex<HashMap<String, Progress>> = Default::default();
             let progress = |phase: &str, done: usize, total: usize| {
-                let mut b = bars.lock().unwrap_or_else(|p| p.into_inner());
+                let mut b = bars.lock();
                 let p = b.entry(phase.to_string()).or_insert_with(|| Progress::new(phase, total as u64));
                 p.set(done as u64);
                 if done >= total {

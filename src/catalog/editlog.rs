@@ -14,10 +14,10 @@
 //! bytes; one `fdatasync` covers every writer waiting at that moment (group
 //! commit), so concurrent edits share a sync instead of queueing for one each.
 
+use parking_lot::{Condvar, Mutex};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 
 use super::edit::EditRecord;
 use super::CatalogError;
@@ -161,7 +161,7 @@ impl EditLog {
 
     /// Bytes in the log.
     pub fn len(&self) -> u64 {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner()).written
+        self.writer.lock().written
     }
 
     pub fn is_empty(&self) -> bool {
@@ -170,7 +170,7 @@ impl EditLog {
 
     /// Bytes known to be on disk.
     pub fn synced(&self) -> u64 {
-        self.sync.lock().unwrap_or_else(|p| p.into_inner()).synced
+        self.sync.lock().synced
     }
 
     /// Appends records (not yet synced); returns the log's length after them,
@@ -181,7 +181,7 @@ impl EditLog {
         for r in records {
             bytes.extend(frame(r));
         }
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.writer.lock();
         if let Err(e) = w.file.write_all(&bytes) {
             let at = w.written;
             let _ = w.file.set_len(at).and_then(|_| w.file.seek(SeekFrom::Start(at)).map(|_| ()));
@@ -194,7 +194,7 @@ impl EditLog {
     /// Returns once the log is on disk up to `upto` bytes. One sync covers
     /// every caller waiting when it starts.
     pub fn sync_to(&self, upto: u64) -> Result<(), CatalogError> {
-        let mut st = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.sync.lock();
         loop {
             if let Some(e) = &st.failed {
                 return Err(CatalogError::io(&self.path, std::io::Error::other(e.clone())));
@@ -205,19 +205,19 @@ impl EditLog {
             if !st.syncing {
                 break;
             }
-            st = self.synced_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            self.synced_cv.wait(&mut st);
         }
         st.syncing = true;
         drop(st);
         // everything appended so far is covered by this sync
         let (target, result) = {
-            let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let w = self.writer.lock();
             let target = w.written;
             let file = w.file.try_clone();
             drop(w);
             (target, file.and_then(|f| f.sync_data()))
         };
-        let mut st = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.sync.lock();
         st.syncing = false;
         match result {
             Ok(()) => st.synced = st.synced.max(target),

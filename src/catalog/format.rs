@@ -133,7 +133,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CatalogError> {
 
 /// Syncs a folder, so that the names created in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), CatalogError> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| CatalogError::io(dir, e))
+    crate::util::sync_dir(dir).map_err(|e| CatalogError::io(dir, e))
 }
 
 /// Writes the manifest (last: it marks the folder complete) and syncs the folder.

@@ -3,9 +3,10 @@
 //! starts), later askers of the same key follow and get the leader's answer.
 //! Used for LLM intent inference, where one profile takes seconds of CPU.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -48,7 +49,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
 
     /// Computations running now.
     pub fn running(&self) -> usize {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.running.lock().len()
     }
 
     /// A ticket for `key` without waiting: follow a running computation of
@@ -73,11 +74,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     }
 
     fn follower(&self, key: &K) -> Option<Slot<V>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.running.lock().get(key).cloned()
     }
 
     fn with_permit(self: &Arc<Self>, key: &K, permit: OwnedSemaphorePermit) -> Ticket<K, V> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running.lock();
         if let Some(rx) = running.get(key) {
             return Ticket::Follow(rx.clone()); // the permit goes back
         }
@@ -95,7 +96,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Lead<K, V> {
 
     fn end(&mut self, outcome: FlightResult<V>) {
         if let Some(tx) = self.tx.take() {
-            self.flights.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+            self.flights.running.lock().remove(&self.key);
             let _ = tx.send(Some(outcome));
         }
     }

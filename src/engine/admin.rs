@@ -38,7 +38,7 @@ pub(super) enum ModelOrder {
 }
 
 impl Engine {
-    fn lock_admin(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock_admin(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.changes.lock_admin()
     }
 
@@ -77,7 +77,7 @@ impl Engine {
         let loaded = Arc::new(LoadedModel::new(model, source));
         let info = loaded.info();
         let old = self.serving.model.swap(Some(loaded));
-        *self.changes.previous.lock().unwrap_or_else(|p| p.into_inner()) = old;
+        *self.changes.previous.lock() = old;
         tracing::info!(model = %info.name, version = %info.version, source = %info.source, "model in service");
         Ok(info)
     }
@@ -179,14 +179,14 @@ impl Engine {
 
     /// The model in service and the one before it.
     pub fn models(&self) -> (Option<ModelInfo>, Option<ModelInfo>) {
-        let prev = self.changes.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|m| m.info());
+        let prev = self.changes.previous.lock().as_ref().map(|m| m.info());
         (self.model().map(|m| m.info()), prev)
     }
 
     /// [`Engine::rollback`] on this engine alone.
     pub(super) fn rollback_here(&self) -> Result<ModelInfo, EngineError> {
         let _g = self.lock_admin();
-        let mut prev = self.changes.previous.lock().unwrap_or_else(|p| p.into_inner());
+        let mut prev = self.changes.previous.lock();
         let back =
             prev.take().ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
         let cat = self.catalog();

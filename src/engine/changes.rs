@@ -11,7 +11,8 @@
 //! Edits run on a small pool of threads below serving's CPU priority
 //! ([`super::edit_pool`]).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 
 use super::admin::ModelOrder;
 use super::edit_pool::{EditJob, EditPool};
@@ -66,11 +67,11 @@ impl Changes {
     }
 
     pub(super) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.lock()
     }
 
     pub(super) fn lock_admin(&self) -> MutexGuard<'_, ()> {
-        self.admin_lock.lock().unwrap_or_else(|p| p.into_inner())
+        self.admin_lock.lock()
     }
 
     /// The replica this engine is, if it follows a feed.

@@ -3,8 +3,9 @@
 //! upserts takes the cores recommendations leave idle rather than half of
 //! them. Compactions lower their own thread's priority the same way.
 
+use parking_lot::Mutex;
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The edit threads and the queue that feeds them.
 pub(super) struct EditPool {
@@ -38,7 +39,7 @@ impl EditPool {
             std::thread::Builder::new().name(format!("genrec-edit-{i}")).spawn(move || {
                 lower_priority();
                 loop {
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let job = rx.lock().recv();
                     match job {
                         Ok(job) => job(),
                         Err(_) => return,
@@ -51,12 +52,12 @@ impl EditPool {
 
     /// Queues a job; false once the pool is stopped.
     pub(super) fn send(&self, job: EditJob) -> bool {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|s| s.send(job).is_ok())
+        self.tx.lock().as_ref().is_some_and(|s| s.send(job).is_ok())
     }
 }
 
 impl Drop for EditPool {
     fn drop(&mut self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.tx.lock().take();
     }
 }

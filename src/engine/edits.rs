@@ -335,7 +335,7 @@ impl Engine {
     /// they are there before this edit is answered.)
     fn commit(
         &self,
-        mut w: std::sync::MutexGuard<'_, Writer>,
+        mut w: parking_lot::MutexGuard<'_, Writer>,
         view: Catalog,
         records: &[EditRecord],
         vectors: &[(u64, Vec<f32>)],

@@ -11,11 +11,12 @@
 //! own loop panic, it is started again; [`Scheduler::health`] says whether it
 //! runs and how many panics it survived (`/readyz`, `/metrics`).
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -236,7 +237,7 @@ fn worker_loop(
     };
     loop {
         // one worker at a time takes a batch from the queue
-        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = rx.lock();
         let first = match held.pop_front() {
             Some(j) => j,
             None => match rx.recv() {

@@ -8,8 +8,9 @@
 //! exploration are in [`super::coldstart`], [`super::search`] and
 //! [`super::explore`].
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -63,7 +64,7 @@ impl Serving {
     /// The sentence encoder (`--encoder`), loaded on first use; an error
     /// names the `text` field (the only input that needs it).
     pub(super) fn encoder(&self) -> Result<Arc<TextEncoder>, EngineError> {
-        let mut slot = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.encoder.lock();
         if let Some(e) = slot.as_ref() {
             return Ok(e.clone());
         }
@@ -84,7 +85,7 @@ impl Serving {
 
     /// Uses `enc` as the sentence encoder (one copy in memory with cold start's).
     pub(super) fn share_encoder(&self, enc: Arc<TextEncoder>) {
-        *self.encoder.lock().unwrap_or_else(|p| p.into_inner()) = Some(enc);
+        *self.encoder.lock() = Some(enc);
     }
 
     /// The request's history against `cat`: ids the catalog lacks are set

@@ -2,9 +2,9 @@
 //! tests of replicas (several engines on one feed) without a Redis server,
 //! and for faults on demand ([`MemoryFeed::set_down`]).
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{now_ms, Entry, Feed, FeedError, Position, ReplicaMark};
@@ -57,8 +57,8 @@ impl MemoryFeed {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn up(&self) -> Result<(), FeedError> {
@@ -99,7 +99,7 @@ impl Feed for MemoryFeed {
             if left.is_zero() {
                 return Ok(Vec::new());
             }
-            s = self.grew.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
+            self.grew.wait_for(&mut s, left);
         }
     }
 

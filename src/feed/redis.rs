@@ -15,7 +15,7 @@
 //! blocking read. A connection that fails is dropped and opened again by the
 //! next call.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use redis::{Connection, Value};
@@ -151,7 +151,7 @@ impl RedisFeed {
         read_timeout: Duration,
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, FeedError> {
-        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = slot.lock();
         if guard.is_none() {
             let c = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(down)?;
             c.set_write_timeout(Some(COMMAND_TIMEOUT)).map_err(down)?;

@@ -12,8 +12,9 @@
 //!
 //! Latencies are of successful answers only; failures are counted beside them.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -138,7 +139,7 @@ async fn recommend_clients(o: &CatalogBenchOptions, stop: Arc<AtomicBool>) -> (V
                     Err(_) => false,
                 };
                 let ms = t0.elapsed().as_secs_f64() * 1e3;
-                let mut g = out.lock().unwrap_or_else(|p| p.into_inner());
+                let mut g = out.lock();
                 if ok {
                     g.0.push(ms);
                 } else {
@@ -150,7 +151,7 @@ async fn recommend_clients(o: &CatalogBenchOptions, stop: Arc<AtomicBool>) -> (V
     for t in tasks {
         let _ = t.await;
     }
-    let g = out.lock().unwrap_or_else(|p| p.into_inner());
+    let g = out.lock();
     (g.0.clone(), g.1)
 }
 

@@ -10,8 +10,9 @@
 
 pub mod catalog;
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -142,7 +143,7 @@ async fn one(client: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tal
         Err(_) => (0, Value::Null),
     };
     let ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = tally.lock();
     match status {
         200 => {
             t.latencies.push(ms);
@@ -229,7 +230,7 @@ pub async fn run(opts: &BenchOptions, histories: &[Vec<String>]) -> BenchReport 
         }
     };
     let seconds = start.elapsed().as_secs_f64();
-    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    let t = tally.lock();
     let mut lat = t.latencies.clone();
     lat.sort_by(f64::total_cmp);
     let mut failed = t.failed.clone();

@@ -299,7 +299,7 @@ impl HubOptions {
 
 /// Pulls one at a time in this process: hf-hub's lock on a file waits only
 /// 5 s for another holder, and two pulls of one repository share its blobs.
-static PULLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static PULLS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// Pulls the checkpoint `name` (see the module's comment) and returns its
 /// folder in the cache. Blocking: network and disk.
@@ -313,7 +313,7 @@ pub fn pull(name: &HubName, opts: &HubOptions, unreachable: WhenUnreachable) -> 
             return Ok(p);
         }
     }
-    let _one = PULLS.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = PULLS.lock();
     match pull_online(name, opts) {
         Err(HubError::Unreachable { name: n, what, message }) if unreachable == WhenUnreachable::UseCache => {
             let why = format!("the Hub could not be reached: {message}");

@@ -8,8 +8,8 @@
 //!   callers that add hold the owner's lock exclusively for it (see
 //!   [`super::Ann`]); this type only adds within the capacity it has.
 
+use parking_lot::{Condvar, Mutex};
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
 
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
@@ -42,9 +42,9 @@ impl Permits {
     }
 
     fn take(&self) -> Permit<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = self.free.lock();
         while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+            self.cv.wait(&mut free);
         }
         *free -= 1;
         Permit(self)
@@ -53,7 +53,7 @@ impl Permits {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        *self.0.free.lock() += 1;
         self.0.cv.notify_one();
     }
 }

@@ -22,9 +22,9 @@
 
 pub mod hnsw;
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
 
 use rayon::prelude::*;
 
@@ -192,21 +192,21 @@ impl Ann {
 
     /// Vectors in the overlay graph (stale ones included).
     pub fn overlay_len(&self) -> usize {
-        self.overlay.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.overlay.read().len()
     }
 
     /// Bytes of memory the graphs hold.
     pub fn memory(&self) -> usize {
-        self.base.memory() + self.overlay.read().unwrap_or_else(|p| p.into_inner()).memory()
+        self.base.memory() + self.overlay.read().memory()
     }
 
     /// Adds vectors to the overlay graph (keys from [`Catalog::ann_key`]),
     /// [`ADD_CHUNK`] at a time under the graph's write lock (growing it first
     /// when it lacks room), so that no search runs beside an insert.
     pub fn add(&self, items: &[(u64, Vec<f32>)]) -> Result<(), RecallError> {
-        let _one_adder = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_adder = self.adding.lock();
         for chunk in items.chunks(ADD_CHUNK) {
-            let mut g = self.overlay.write().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.overlay.write();
             if g.len() + chunk.len() > g.capacity() {
                 let want = ((g.len() + chunk.len()) * 2).max(OVERLAY_CAPACITY);
                 g.reserve_exclusive(want)?;
@@ -249,7 +249,7 @@ impl Ann {
             (item as usize) < catalog.len() && catalog.is_served(item) && catalog.ann_key(item) == key && keep(item)
         };
         let mut hits = self.base.nearest(query, k, current)?;
-        let g = self.overlay.read().unwrap_or_else(|p| p.into_inner());
+        let g = self.overlay.read();
         if !g.is_empty() {
             hits.extend(g.nearest(query, k, current)?);
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -350,7 +350,7 @@ mod tests {
                     let mut searches = 0;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let q = vec_of(t * 7919 + searches);
-                        let g = ann.overlay.read().unwrap();
+                        let g = ann.overlay.read();
                         g.nearest(&q, 10, |_| true).expect("a search never fails");
                         drop(g);
                         searches += 1;
@@ -368,7 +368,7 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let searches: usize = searchers.into_iter().map(|t| t.join().unwrap()).sum();
         assert!(searches > 0);
-        let g = ann.overlay.read().unwrap();
+        let g = ann.overlay.read();
         assert_eq!(g.len(), n);
         let missing: Vec<usize> = (0..n).filter(|&i| !g.contains(i as u64)).collect();
         assert!(missing.is_empty(), "{} adds missing: {:?}", missing.len(), &missing[..missing.len().min(10)]);

@@ -2,10 +2,11 @@
 //! address that keeps failing is answered 429 for a while, whatever token it
 //! then sends. Runs as a middleware in front of every `/admin` route.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -78,14 +79,14 @@ impl AdminAuth {
 
     /// Seconds left of `ip`'s lock-out, if it is locked out.
     fn locked(&self, ip: IpAddr, now: Instant) -> Option<u64> {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.failures.lock();
         let f = map.get(&ip)?;
         let left = WINDOW.checked_sub(now.duration_since(f.since)).filter(|l| !l.is_zero())?;
         (f.count >= MAX_FAILURES).then(|| left.as_secs().max(1))
     }
 
     fn failed(&self, ip: IpAddr, now: Instant) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.failures.lock();
         if map.len() >= TRACKED && !map.contains_key(&ip) {
             map.retain(|_, f| now.duration_since(f.since) < WINDOW);
             if map.len() >= TRACKED {
@@ -102,7 +103,7 @@ impl AdminAuth {
     }
 
     fn succeeded(&self, ip: IpAddr) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        self.failures.lock().remove(&ip);
     }
 }
 

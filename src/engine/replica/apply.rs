@@ -135,8 +135,7 @@ impl Engine {
             }
         }
         let refused = r.as_ref().err().map(|e| e.to_string());
-        *rep.model_change.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(ModelChange { position, kind, path, refused });
+        *rep.model_change.lock() = Some(ModelChange { position, kind, path, refused });
         r
     }
 
@@ -146,8 +145,7 @@ impl Engine {
         if let Some(m) = self.model().filter(|m| m.source == to) {
             return Ok(m.info());
         }
-        let prev_matches =
-            self.changes.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|m| m.source == to);
+        let prev_matches = self.changes.previous.lock().as_ref().is_some_and(|m| m.source == to);
         if prev_matches {
             return self.rollback_here();
         }
@@ -172,7 +170,7 @@ impl Engine {
     /// feed that are newer than the last model change this replica took and
     /// not after `upto` (later ones come from the stream).
     pub(super) fn apply_missed_models(&self, rep: &Replica, upto: Position) -> Result<(), FeedError> {
-        let seen = rep.model_change.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.position);
+        let seen = rep.model_change.lock().as_ref().map(|c| c.position);
         let mut missed: Vec<(Position, Record)> = rep
             .feed
             .sticky(MODEL_STICKY)?

@@ -29,11 +29,12 @@
 //! records, [`versions`] compacts and moves between catalog versions,
 //! [`follow`] is the thread that reads the feed.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::admin::ModelOrder;
@@ -206,12 +207,12 @@ impl Replica {
 
     /// The position applied.
     pub(super) fn position(&self) -> Position {
-        *self.position.lock().unwrap_or_else(|p| p.into_inner())
+        *self.position.lock()
     }
 
     /// Moves the applied position (the feed thread, holding the edit lock).
     pub(super) fn set_position(&self, p: Position) {
-        *self.position.lock().unwrap_or_else(|p| p.into_inner()) = p;
+        *self.position.lock() = p;
     }
 
     pub(super) fn info(&self) -> FeedInfo {
@@ -223,8 +224,8 @@ impl Replica {
             caught_up: self.caught_up.load(Ordering::Relaxed),
             applied: self.applied.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            model_change: self.model_change.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            last_error: self.last_error.lock().clone(),
+            model_change: self.model_change.lock().clone(),
         }
     }
 
@@ -235,7 +236,7 @@ impl Replica {
     fn set_connected(&self, up: bool, error: Option<String>) {
         let was = self.connected.swap(up, Ordering::Relaxed);
         // (a feed that is down from the start is said once too)
-        let first_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).is_none();
+        let first_error = self.last_error.lock().is_none();
         match (&error, was || first_error, up) {
             (Some(e), true, false) => {
                 tracing::warn!(feed = %self.feed.describe(), error = %e, "feed down: serving the last applied state, retrying")
@@ -247,7 +248,7 @@ impl Replica {
             self.observer.connected(up);
         }
         if let Some(e) = error {
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            *self.last_error.lock() = Some(e);
         }
     }
 
@@ -262,8 +263,8 @@ impl Replica {
         }
         let origin = format!("{}#{}", self.name, self.next_origin.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = sync_channel(1);
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.clone(), tx);
-        let forget = || self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&origin);
+        self.waiters.lock().insert(origin.clone(), tx);
+        let forget = || self.waiters.lock().remove(&origin);
         let rec = make(origin.clone());
         let appended = rec
             .to_bytes()
@@ -287,7 +288,7 @@ impl Replica {
 
     fn deliver(&self, origin: Option<&str>, outcome: RecordOutcome) {
         let Some(o) = origin else { return };
-        if let Some(tx) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(o) {
+        if let Some(tx) = self.waiters.lock().remove(o) {
             let _ = tx.try_send(outcome);
         }
     }
@@ -371,8 +372,7 @@ impl Engine {
                 move |origin| Record::ModelLoad { origin: Some(origin), path }
             }
             ModelOrder::Rollback => {
-                let to =
-                    self.changes.previous.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|m| m.source.clone());
+                let to = self.changes.previous.lock().as_ref().map(|m| m.source.clone());
                 let to =
                     to.ok_or_else(|| EngineError::Conflict("there is no previous model to roll back to".into()))?;
                 return self.publish_model(rep, move |origin| Record::ModelRollback { origin: Some(origin), to });

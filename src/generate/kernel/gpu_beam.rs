@@ -4,7 +4,8 @@
 //! only the final beams and, after them, each level's live-beam count (the
 //! decoded tokens, counted as the CPU search counts them).
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Tensor, D};
@@ -25,7 +26,7 @@ const CACHED_TRIES: usize = 4;
 
 /// The device copy of `trie`, uploaded on first use.
 pub fn device_trie(dev: &CudaDevice, trie: &Trie) -> candle_core::Result<Arc<GpuTrie>> {
-    let mut cache = TRIES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = TRIES.lock();
     if let Some((_, _, t)) = cache.iter().find(|(id, d, _)| *id == trie.id() && *d == dev.id()) {
         return Ok(t.clone());
     }
