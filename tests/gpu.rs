@@ -98,7 +98,7 @@ mod on_gpu {
     async fn answers_like_the_cpu(gpu_args: &[&str]) {
         let (g, c) = (Server::start(gpu_args), Server::start(&[]));
         let client = reqwest::Client::new();
-        let (_, catalog) = genrec::server::default_model::load(&candle_core::Device::Cpu).unwrap();
+        let (_, catalog) = genrec::model::demo::load(&candle_core::Device::Cpu).unwrap();
         let history: Vec<&str> = (0..3).map(|i| catalog.item_id(i)).collect();
         let body = json!({"history": history, "k": 10, "strategy": "generative", "timeout_ms": 10000});
         let (sg, ag) = post_json(&client, &g.at("/v1/recommend"), &body).await;

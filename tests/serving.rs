@@ -524,7 +524,7 @@ fn ensemble_folder(root: &TempDir, name: &str, members: &[&str]) {
     };
     let dir = root.0.join(name);
     copy(&root.0.join("a"), &dir);
-    let variant = genrec::server::default_model::variant_weights(0.5).unwrap();
+    let variant = genrec::model::demo::variant_weights(0.5).unwrap();
     for m in members.iter().filter(|m| !m.contains("..")) {
         copy(&root.0.join("a"), &dir.join(m));
         std::fs::write(dir.join(m).join("model.safetensors"), &variant).unwrap();
