@@ -20,7 +20,7 @@ DIM=${DIM:-64}
 SECONDS_STREAM=${SECONDS_STREAM:-30}
 BATCH=${BATCH:-2000}
 PORT=${PORT:-18181}
-TOKEN=scale-bench
+TOKEN=scale-bench-token-0123
 SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(100000 1000000 10000000)
 [ -x "$B" ] || cargo build --release

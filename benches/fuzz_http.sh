@@ -11,7 +11,7 @@ n="${1:-100000}"; out="${2:-work/fuzz-http}"; shift $(( $# < 2 ? $# : 2 ))
 mkdir -p "$out"
 cargo build --release --quiet
 port=$((20000 + RANDOM % 20000))
-target/release/genrec serve --addr "127.0.0.1:$port" --intent-model none --admin-token fuzz-token "$@" > "$out/server.log" 2>&1 &
+target/release/genrec serve --addr "127.0.0.1:$port" --intent-model none --admin-token fuzz-token-0123456789 "$@" > "$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break; sleep 0.1; done

@@ -38,7 +38,7 @@ use genrec::feed::{Feed, Position};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "bench-token";
+const TOKEN: &str = "bench-token-0123456789";
 
 struct Args {
     edits: usize,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{Server, TempDir};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "catalog-token";
+const TOKEN: &str = "catalog-token-0123456789";
 
 fn genrec(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(common::bin()).args(args).output().expect("run genrec");
@@ -421,3 +421,4 @@ fn kill_9_during_upserts_loses_no_acknowledged_edit() {
         &wrong[..wrong.len().min(5)]
     );
 }
+

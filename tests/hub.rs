@@ -11,7 +11,7 @@ use common::hub::{demo_files, FakeHub};
 use common::{Server, TempDir};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "test-token";
+const TOKEN: &str = "test-token-0123456789";
 type Files = BTreeMap<String, Vec<u8>>;
 
 /// The same checkpoint as transformers shards it: two shards and their index.

@@ -16,7 +16,7 @@ use common::{Server, TempDir};
 use genrec::feed::Feed;
 use serde_json::{json, Value};
 
-const TOKEN: &str = "replica-token";
+const TOKEN: &str = "replica-token-0123456789";
 const STREAM: &str = "genrec-it";
 
 fn client() -> reqwest::blocking::Client {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Server, TempDir};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "test-token";
+const TOKEN: &str = "test-token-0123456789";
 
 /// A model root holding the demo catalog and checkpoint `a`, plus `b`: the
 /// same weights but one bit of one value, so another version.

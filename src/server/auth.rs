@@ -1,6 +1,9 @@
-//! The admin routes' bearer token: compared in constant time, and a client
-//! address that keeps failing is answered 429 for a while, whatever token it
-//! then sends. Runs as a middleware in front of every `/admin` route.
+//! The admin routes' bearer token: at least [`MIN_TOKEN_BYTES`] long,
+//! compared in constant time. A client address that keeps sending wrong
+//! tokens is answered 429 for a while; the right token is always let
+//! through, so that behind a load balancer (one address for every client)
+//! someone guessing cannot lock the operators out. Runs as a middleware in
+//! front of every `/admin` route.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -17,6 +20,10 @@ use axum::response::{IntoResponse, Response};
 use super::api::ApiError;
 use super::AppState;
 
+/// Shortest admin token accepted: 16 bytes (128 bits of a random token;
+/// `openssl rand -hex 16` gives 32 characters). Placeholders such as
+/// `change-me` are refused at start.
+pub const MIN_TOKEN_BYTES: usize = 16;
 /// Failed attempts from one address that start a lock-out.
 pub const MAX_FAILURES: u32 = 10;
 /// How long failures are remembered, and how long a lock-out lasts.
@@ -44,12 +51,23 @@ pub enum TokenError {
     Io { path: String, source: std::io::Error },
     #[error("the admin token {0} is empty")]
     Empty(String),
+    #[error(
+        "the admin token {0} is {1} bytes; it must be at least {MIN_TOKEN_BYTES} (for example: openssl rand -hex 16)"
+    )]
+    Short(String, usize),
 }
 
 impl AdminAuth {
     pub fn new(token: String) -> Result<Self, TokenError> {
+        Self::checked(token, "given")
+    }
+
+    fn checked(token: String, what: &str) -> Result<Self, TokenError> {
         if token.trim().is_empty() {
-            return Err(TokenError::Empty("given".into()));
+            return Err(TokenError::Empty(what.into()));
+        }
+        if token.len() < MIN_TOKEN_BYTES {
+            return Err(TokenError::Short(what.into(), token.len()));
         }
         Ok(AdminAuth { token, failures: Mutex::new(HashMap::new()) })
     }
@@ -60,21 +78,14 @@ impl AdminAuth {
         let text = std::fs::read_to_string(path)
             .map_err(|source| TokenError::Io { path: path.display().to_string(), source })?;
         let token = text.lines().next().unwrap_or("").trim().to_string();
-        if token.is_empty() {
-            return Err(TokenError::Empty(format!("file {}", path.display())));
-        }
-        Self::new(token)
+        Self::checked(token, &format!("in {}", path.display()))
     }
 
-    /// Whether `given` is the token. The time taken depends only on the
-    /// configured token's length, never on where `given` first differs.
+    /// Whether `given` is the token, compared in constant time (`subtle`:
+    /// the time taken never depends on where `given` first differs).
     fn matches(&self, given: &[u8]) -> bool {
-        let want = self.token.as_bytes();
-        let mut diff = (given.len() != want.len()) as u8;
-        for (i, w) in want.iter().enumerate() {
-            diff |= w ^ given.get(i).copied().unwrap_or(!*w);
-        }
-        diff == 0
+        use subtle::ConstantTimeEq;
+        self.token.as_bytes().ct_eq(given).into()
     }
 
     /// Seconds left of `ip`'s lock-out, if it is locked out.
@@ -107,8 +118,9 @@ impl AdminAuth {
     }
 }
 
-/// The middleware: 404 when the admin API is off, 429 for a locked-out
-/// address, 401 for a missing or wrong token; otherwise the route runs.
+/// The middleware: 404 when the admin API is off; the route runs for the
+/// right token, whatever the address did before; a missing or wrong token
+/// is 429 from a locked-out address, else 401 (and counted).
 pub async fn authorise(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(auth) = &st.admin else {
         return ApiError::new(
@@ -120,16 +132,6 @@ pub async fn authorise(State(st): State<Arc<AppState>>, req: Request, next: Next
     };
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let now = Instant::now();
-    if let Some(secs) = auth.locked(ip, now) {
-        let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some("authorization"),
-            format!("too many failed admin attempts from {ip}; retry in {secs} s"),
-        )
-        .into_response();
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return r;
-    }
     let given =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let why = match given {
@@ -140,6 +142,16 @@ pub async fn authorise(State(st): State<Arc<AppState>>, req: Request, next: Next
         }
         Some(_) => "wrong bearer token",
     };
+    if let Some(secs) = auth.locked(ip, now) {
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("authorization"),
+            format!("too many failed admin attempts from {ip}; retry in {secs} s"),
+        )
+        .into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return r;
+    }
     auth.failed(ip, now);
     ApiError::new(StatusCode::UNAUTHORIZED, Some("authorization"), why).into_response()
 }
@@ -150,17 +162,21 @@ mod tests {
 
     #[test]
     fn token_comparison() {
-        let a = AdminAuth::new("s3cret-token".into()).unwrap();
-        assert!(a.matches(b"s3cret-token"));
-        for wrong in [&b""[..], b"s3cret-toke", b"s3cret-tokenx", b"S3cret-token", b"s3cret-tokeo"] {
+        let a = AdminAuth::new("s3cret-token-0123".into()).unwrap();
+        assert!(a.matches(b"s3cret-token-0123"));
+        for wrong in [&b""[..], b"s3cret-token-012", b"s3cret-token-01234", b"S3cret-token-0123", b"s3cret-token-0124"]
+        {
             assert!(!a.matches(wrong), "{:?}", String::from_utf8_lossy(wrong));
         }
-        assert!(AdminAuth::new("  ".into()).is_err());
+        assert!(matches!(AdminAuth::new("  ".into()), Err(TokenError::Empty(_))));
+        // placeholders and short tokens are refused, with what to do
+        let short = AdminAuth::new("change-me".into()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(short.contains("at least 16") && short.contains("openssl rand"), "{short}");
     }
 
     #[test]
     fn lock_out_after_repeated_failures_and_expiry() {
-        let a = AdminAuth::new("t".into()).unwrap();
+        let a = AdminAuth::new("t".repeat(MIN_TOKEN_BYTES)).unwrap();
         let (ip, other) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let t0 = Instant::now();
         for _ in 0..MAX_FAILURES - 1 {
@@ -180,8 +196,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("genrec-token-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("token");
-        std::fs::write(&p, "  abc123 \nignored\n").unwrap();
-        assert!(AdminAuth::from_file(&p).unwrap().matches(b"abc123"));
+        std::fs::write(&p, "  abc123abc123abc123 \nignored\n").unwrap();
+        assert!(AdminAuth::from_file(&p).unwrap().matches(b"abc123abc123abc123"));
+        std::fs::write(&p, "change-me\n").unwrap();
+        assert!(matches!(AdminAuth::from_file(&p), Err(TokenError::Short(_, 9))));
         std::fs::write(&p, "\n").unwrap();
         assert!(matches!(AdminAuth::from_file(&p), Err(TokenError::Empty(_))));
         assert!(matches!(AdminAuth::from_file(&dir.join("none")), Err(TokenError::Io { .. })));
