@@ -70,7 +70,13 @@ fn unpermuted_source(r: usize, hd: usize) -> usize {
 /// matrix: rows hold whole quantized blocks, so rows move as bytes.
 fn unpermute(q: &QTensor, heads: usize) -> Result<QTensor, ColdStartError> {
     let (rows, cols) = q.shape().dims2()?;
-    let hd = rows / heads.max(1);
+    // whole heads of an even size, or the row arithmetic below divides by zero
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        return Err(ColdStartError::Model(format!(
+            "a projection of {rows} rows cannot hold {heads} attention heads of an even size (the file's head_count does not fit its tensors)"
+        )));
+    }
+    let hd = rows / heads;
     let data = q.data()?;
     let rb = data.len() / rows.max(1);
     let mut out = Vec::with_capacity(data.len());
@@ -238,5 +244,19 @@ mod tests {
         let q = QTensor::quantize(&stored, candle_core::quantized::GgmlDType::F32).unwrap();
         let hf = unpermute(&q, 1).unwrap().dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(hf.iter().map(|r| r[0]).collect::<Vec<_>>(), vec![0., 1., 2., 3.]);
+    }
+
+    /// A file whose head count does not fit its projections is refused with
+    /// a reason (it divided by zero at start: 8 heads over 4 rows).
+    #[test]
+    fn a_head_count_that_does_not_fit_the_rows_is_an_error() {
+        let dev = Device::Cpu;
+        let rows = candle_core::Tensor::zeros((4, 32), candle_core::DType::F32, &dev).unwrap();
+        let q = QTensor::quantize(&rows, candle_core::quantized::GgmlDType::F32).unwrap();
+        for heads in [8, 3, 0, 4] {
+            let e = unpermute(&q, heads).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("head_count"), "{heads} heads: {e}");
+        }
+        assert!(unpermute(&q, 2).is_ok());
     }
 }
