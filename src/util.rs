@@ -14,14 +14,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     };
     let mut tmp = tempfile::Builder::new().prefix(".genrec-").suffix(".tmp").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    sync_file(tmp.as_file(), tmp.path())?;
     tmp.persist(path).map_err(|e| e.error)?;
+    synced::record(path);
     sync_dir(dir)
 }
 
 /// Syncs a folder, so that the names created or renamed in it survive a crash.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Syncs an open file's content (`path` is where it is, for the record of
+/// syncs that tests read, [`synced`]).
+pub fn sync_file(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    f.sync_all()?;
+    synced::record(path);
+    Ok(())
+}
+
+/// Tests' record of the files synced, in order, so that a test can check
+/// that every file of a catalog version was on disk before `CURRENT` named
+/// it (a power loss cannot be staged in a test; a missing sync can be seen).
+pub mod synced {
+    use std::path::Path;
+    #[cfg(test)]
+    use std::path::PathBuf;
+
+    #[cfg(test)]
+    static LOG: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+
+    pub(crate) fn record(_path: &Path) {
+        #[cfg(test)]
+        LOG.lock().push(_path.to_path_buf());
+    }
+
+    /// The files synced under `dir` so far, in order.
+    #[cfg(test)]
+    pub(crate) fn under(dir: &Path) -> Vec<PathBuf> {
+        LOG.lock().iter().filter(|p| p.starts_with(dir)).cloned().collect()
+    }
 }
 
 /// 64-bit FNV-1a over a byte stream; used to fingerprint catalogs and weights.

@@ -422,3 +422,45 @@ fn kill_9_during_upserts_loses_no_acknowledged_edit() {
     );
 }
 
+/// `genrec index --out DIR` onto a folder a server serves is refused (the
+/// server went on acknowledging edits into a log the new catalog never
+/// reads: they were gone on restart); onto a folder nobody serves, the new
+/// catalog becomes the folder's next version, switched to at once (the
+/// folder never lacks a catalog), with the old catalog's edits and logs gone.
+#[test]
+fn index_onto_a_served_folder_is_refused_and_onto_an_idle_one_is_the_next_version() {
+    let tmp = TempDir::new("index-served");
+    let p = |s: &str| tmp.0.join(s).to_string_lossy().into_owned();
+    let (n, dim) = (300, 12);
+    write_items(&tmp.0.join("items.jsonl"), n);
+    let rows: Vec<Vec<f32>> = (0..n).map(|i| vector(i, dim)).collect();
+    write_embeddings(&tmp.0.join("emb.safetensors"), &rows, false);
+    let index = ["index", "--items", &p("items.jsonl"), "--embeddings", &p("emb.safetensors"), "--out", &p("cat")];
+    let index = [&index[..], &["--levels", "2", "--codebook-size", "8"]].concat();
+    ok(&index);
+
+    let s = Server::start(&["--catalog", &p("cat"), "--no-model", "--admin-token", TOKEN]);
+    let c = reqwest::blocking::Client::new();
+    let body = json!({"id": "added", "title": "added while served", "embedding": vector(n + 1, dim)});
+    let (st, v) = json_of(admin(&c, &s, reqwest::Method::POST, "/admin/items").json(&body));
+    assert_eq!(st, 201, "{v}");
+    let err = fails(&index);
+    assert!(err.contains("served by a running genrec process"), "{err}");
+    assert_eq!(json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/added")).0, 200);
+    drop(s);
+    // the acknowledged edit survived: the folder was not replaced
+    let s = Server::start(&["--catalog", &p("cat"), "--no-model", "--admin-token", TOKEN]);
+    assert_eq!(json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/added")).0, 200);
+    drop(s);
+
+    ok(&index);
+    let info: Value = serde_json::from_str(&ok(&["catalog", "info", &p("cat")])).unwrap();
+    assert!(info["version"].as_u64().unwrap() > 1, "the next version: {info}");
+    assert_eq!(info["served"].as_u64(), Some(n as u64), "only the new catalog's items: {info}");
+    let left: Vec<String> = std::fs::read_dir(p("cat"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.contains(".tmp") || f == "v-000001" || f == "edits-000001.log")
+        .collect();
+    assert!(left.is_empty(), "left over: {left:?}");
+}

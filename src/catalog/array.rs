@@ -153,7 +153,7 @@ impl<T: Pod> ArrayWriter<T> {
     pub fn finish(self) -> Result<(), CatalogError> {
         let path = self.path.clone();
         let f = self.w.into_inner().map_err(|e| CatalogError::io(&path, e.into_error()))?;
-        f.sync_all().map_err(|e| CatalogError::io(&path, e))
+        crate::util::sync_file(&f, &path).map_err(|e| CatalogError::io(&path, e))
     }
 }
 

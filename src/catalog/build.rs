@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use memmap2::Mmap;
@@ -339,9 +339,11 @@ pub enum SidSource<'a> {
     Import { path: &'a Path, codebook_size: usize },
 }
 
-/// Builds catalog version 1 from items and embeddings and writes the catalog
-/// folder `out` (replacing a catalog there). `graph` writes the ANN index
-/// into a version folder.
+/// Builds a catalog from items and embeddings and writes it to `out`: a new
+/// catalog folder (version 1), or the next version of the catalog folder
+/// there, which then serves only the new catalog (refused while a server
+/// holds the folder; see [`super::dir::Staged`]). `graph` writes the ANN
+/// index into the version folder.
 #[allow(clippy::too_many_arguments)] // each is a separate input of the build; see catalog_cmd
 pub fn index(
     out: &Path,
@@ -380,15 +382,11 @@ pub fn index(
     phases.push(("semantic_ids".to_string(), t.elapsed().as_secs_f64()));
     let levels = q.codebook_sizes.len();
 
-    // the version folder, under a temporary name beside `out`
-    let parent =
-        out.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent).map_err(|e| CatalogError::io(&parent, e))?;
-    let leaf = out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
-    let tmp = parent.join(format!(".{leaf}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let vdir = tmp.join("v-000001");
-    std::fs::create_dir_all(&vdir).map_err(|e| CatalogError::io(&vdir, e))?;
+    // the new version, staged: beside `out`, or inside the catalog folder
+    // there (under its lock) as its next version (see `dir::Staged`)
+    let staged = super::dir::Staged::new(out)?;
+    let vdir = staged.version_dir();
+    let number = staged.number();
     let result = (|| -> Result<IndexReport, IndexError> {
         let t = Instant::now();
         // embeddings as f16, streamed
@@ -428,7 +426,7 @@ pub fn index(
             embedder: embedder.into(),
             seed,
             fingerprint,
-            version: 1,
+            version: number,
             last_edit_id: 0,
             feed_position: None,
             embedding_dtype: "f16".into(),
@@ -457,8 +455,6 @@ pub fn index(
         graph(&cat, &vdir)?;
         phases.push(("ann".to_string(), t.elapsed().as_secs_f64()));
         format::sync_dir(&vdir)?;
-        crate::util::write_atomic(&tmp.join(super::dir::CURRENT_FILE), b"v-000001\n")
-            .map_err(|e| CatalogError::io(&tmp, e))?;
         let mut bytes = Vec::new();
         for e in std::fs::read_dir(&vdir).map_err(|e| CatalogError::io(&vdir, e))?.flatten() {
             bytes.push((e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)));
@@ -478,16 +474,9 @@ pub fn index(
             ann_self_recall: 0.0,
         })
     })();
-    match result {
-        Ok(r) => {
-            super::dir::replace_dir(out, &tmp)?;
-            Ok(r)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    let report = result?;
+    staged.commit()?;
+    Ok(report)
 }
 
 /// Quantises in-memory embeddings and assembles an in-memory catalog (tests,

@@ -144,23 +144,7 @@ impl std::fmt::Debug for WritableDir {
 /// Takes the folder's lock, cleans up what a crash left, loads and replays.
 /// Returns the catalog, the open log (for appends) and the folder handle.
 pub fn open_writable(dir: &Path) -> Result<(Catalog, EditLog, WritableDir, OpenReport), CatalogError> {
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| CatalogError::io(&lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(CatalogError::Busy(format!(
-                "{} is in use by another genrec process (it holds {LOCK_FILE})",
-                dir.display()
-            )))
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(CatalogError::io(&lock_path, e)),
-    }
+    let lock = take_lock(dir)?;
     let (version, _) = current_version(dir)?;
     cleanup(dir, version)?;
     let (cat, report) = open_read_only(dir)?;
@@ -226,8 +210,10 @@ impl WritableDir {
     }
 }
 
-/// Writes `view` as version `number` of `dir` under a temporary name, renames
-/// it into place and points `CURRENT` at it.
+/// Writes `view` as version `number` of `dir` under a temporary name (its
+/// own: two writers never share one), renames it into place and points
+/// `CURRENT` at it. On failure (a full disk, say) the temporary folder is
+/// removed: a retried compaction leaves no full-size copies behind.
 fn write_and_point(
     dir: &Path,
     view: &Catalog,
@@ -236,14 +222,19 @@ fn write_and_point(
     extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
 ) -> Result<PathBuf, CatalogError> {
     let final_dir = dir.join(version_name(number));
-    let tmp = dir.join(format!("{}.tmp-{}", version_name(number), std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| CatalogError::io(&tmp, e))?;
-    write_version(view, &tmp, number, feed_position)?;
-    extra(view, &tmp)?;
-    sync_dir(&tmp)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{}.tmp-", version_name(number)))
+        .tempdir_in(dir)
+        .map_err(|e| CatalogError::io(dir, e))?;
+    write_version(view, tmp.path(), number, feed_position)?;
+    extra(view, tmp.path())?;
+    sync_dir(tmp.path())?;
     let _ = std::fs::remove_dir_all(&final_dir);
-    std::fs::rename(&tmp, &final_dir).map_err(|e| CatalogError::io(&final_dir, e))?;
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, &final_dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(CatalogError::io(&final_dir, e));
+    }
     sync_dir(dir)?;
     set_current(dir, number)?;
     Ok(final_dir)
@@ -294,59 +285,146 @@ fn set_current(dir: &Path, number: u64) -> Result<(), CatalogError> {
     sync_dir(dir)
 }
 
-/// Writes a new catalog folder at `dir` holding `view` as version 1 (plus
-/// `extra` files, e.g. the ANN index): built under a temporary name beside it
-/// and renamed into place when complete. An existing catalog folder at `dir`
-/// is replaced; any other non-empty folder is refused.
+/// Writes `view` (plus `extra` files, e.g. the ANN index) as a new catalog
+/// at `dir` (see [`Staged`]): a new folder, or the next version of the
+/// catalog folder there, which then serves nothing of the catalog before.
 pub fn create(
     dir: &Path,
     view: &Catalog,
     extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
 ) -> Result<(), CatalogError> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| CatalogError::io(&parent, e))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(tmp.join(version_name(1))).map_err(|e| CatalogError::io(&tmp, e))?;
-    let vdir = tmp.join(version_name(1));
-    let r = write_version(view, &vdir, 1, None)
-        .and_then(|_| extra(view, &vdir))
-        .and_then(|_| sync_dir(&vdir))
-        .and_then(|_| set_current(&tmp, 1));
-    if let Err(e) = r {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    replace_dir(dir, &tmp)
+    let staged = Staged::new(dir)?;
+    let vdir = staged.version_dir().to_path_buf();
+    write_version(view, &vdir, staged.number(), None)?;
+    extra(view, &vdir)?;
+    staged.commit()
 }
 
-/// Moves the finished folder `tmp` to `dir`, replacing a catalog folder there.
-pub fn replace_dir(dir: &Path, tmp: &Path) -> Result<(), CatalogError> {
-    if dir.exists() {
+/// A new catalog being written to a folder, switched to whole or not at all:
+/// - no folder there: it is built under a temporary name beside it and
+///   renamed into place when complete;
+/// - a catalog folder (or an empty folder) there: its `LOCK` is taken (a
+///   folder a running server holds is refused: that server would go on
+///   acknowledging edits into a log nobody reads), the catalog is written as
+///   the folder's next version and `CURRENT` switches to it, so that the
+///   folder holds a whole catalog at every instant; older versions and logs
+///   are deleted after the switch;
+/// - anything else there is refused.
+///
+/// Dropped without [`Staged::commit`] (a failed build), nothing is left.
+pub struct Staged {
+    dir: PathBuf,
+    number: u64,
+    staging: tempfile::TempDir,
+    /// Writing into an existing folder, whose lock this holds.
+    lock: Option<File>,
+}
+
+impl Staged {
+    pub fn new(dir: &Path) -> Result<Self, CatalogError> {
+        if !dir.exists() {
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            std::fs::create_dir_all(&parent).map_err(|e| CatalogError::io(&parent, e))?;
+            let leaf = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
+            let staging = tempfile::Builder::new()
+                .prefix(&format!(".{leaf}.tmp-"))
+                .tempdir_in(&parent)
+                .map_err(|e| CatalogError::io(&parent, e))?;
+            let v = staging.path().join(version_name(1));
+            std::fs::create_dir(&v).map_err(|e| CatalogError::io(&v, e))?;
+            return Ok(Staged { dir: dir.into(), number: 1, staging, lock: None });
+        }
         let is_catalog = dir.join(CURRENT_FILE).is_file() || dir.join(super::legacy::MANIFEST_FILE).is_file();
-        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = std::fs::read_dir(dir).map_err(|e| CatalogError::io(dir, e))?.next().is_none();
         if !is_catalog && !empty {
-            let _ = std::fs::remove_dir_all(tmp);
             return Err(CatalogError::Format(format!(
                 "{} exists and is not a catalog folder: refusing to replace it",
                 dir.display()
             )));
         }
-        let old = dir.with_extension(format!("old-{}", std::process::id()));
-        std::fs::rename(dir, &old).map_err(|e| CatalogError::io(dir, e))?;
-        std::fs::rename(tmp, dir).map_err(|e| CatalogError::io(dir, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(tmp, dir).map_err(|e| CatalogError::io(dir, e))?;
+        let lock = take_lock(dir).map_err(|e| match e {
+            CatalogError::Busy(_) => CatalogError::Busy(format!(
+                "{} is served by a running genrec process (it holds {LOCK_FILE}): stop it first, or write the \
+                 catalog to another folder and point the server there",
+                dir.display()
+            )),
+            other => other,
+        })?;
+        // above every version and every log: a log left by a compaction
+        // that never switched belongs to the old catalog, not to this one
+        let current = if is_catalog { current_version(dir)?.0 } else { 0 };
+        let number = log_numbers(dir)?.into_iter().fold(current, u64::max) + 1;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!("{}.tmp-", version_name(number)))
+            .tempdir_in(dir)
+            .map_err(|e| CatalogError::io(dir, e))?;
+        Ok(Staged { dir: dir.into(), number, staging, lock: Some(lock) })
     }
-    if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(p)?;
+
+    /// The version number the new catalog gets (its manifest's `version`).
+    pub fn number(&self) -> u64 {
+        self.number
     }
-    Ok(())
+
+    /// Where the version's files go.
+    pub fn version_dir(&self) -> PathBuf {
+        match self.lock {
+            Some(_) => self.staging.path().to_path_buf(),
+            None => self.staging.path().join(version_name(1)),
+        }
+    }
+
+    /// Syncs the version and switches to it (see [`Staged`]).
+    pub fn commit(self) -> Result<(), CatalogError> {
+        let vdir = self.version_dir();
+        sync_dir(&vdir)?;
+        let Staged { dir, number, staging, lock } = self;
+        if lock.is_none() {
+            set_current(staging.path(), number)?;
+            let tmp = staging.keep();
+            if let Err(e) = std::fs::rename(&tmp, &dir) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(CatalogError::io(&dir, e));
+            }
+            if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(p)?;
+            }
+            return Ok(());
+        }
+        let final_dir = dir.join(version_name(number));
+        let tmp = staging.keep();
+        if let Err(e) = std::fs::rename(&tmp, &final_dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(CatalogError::io(&final_dir, e));
+        }
+        sync_dir(&dir)?;
+        set_current(&dir, number)?;
+        cleanup(&dir, number)?;
+        drop(lock);
+        Ok(())
+    }
+}
+
+/// Takes `dir`'s `LOCK` (the file stays; the lock goes with the process).
+fn take_lock(dir: &Path) -> Result<File, CatalogError> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| CatalogError::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CatalogError::Busy(format!(
+            "{} is in use by another genrec process (it holds {LOCK_FILE})",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(CatalogError::io(&lock_path, e)),
+    }
 }
 
 /// Writes every file of a version holding `view` into `dir`, streaming the
@@ -478,8 +556,10 @@ mod tests {
         std::fs::write(other.join("notes.txt"), "mine").unwrap();
         assert!(c.save(&other).is_err());
         assert_eq!(std::fs::read_to_string(other.join("notes.txt")).unwrap(), "mine");
-        // a damaged array file is refused
-        std::fs::write(dir.join("v-000001/sids.u32"), [0u8; 3]).unwrap();
+        // a damaged array file is refused (saving over the folder made its next version)
+        let current = std::fs::read_to_string(dir.join(CURRENT_FILE)).unwrap();
+        assert_eq!(current.trim(), "v-000002");
+        std::fs::write(dir.join(current.trim()).join("sids.u32"), [0u8; 3]).unwrap();
         assert!(Catalog::load(&dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_dir_all(&other).unwrap();
@@ -541,6 +621,37 @@ mod tests {
         assert!(done.overlay().len() <= 1);
         assert_eq!(done.manifest().fingerprint, tiny_catalog().manifest().fingerprint, "models stay valid");
         drop(wd);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A compaction that fails after its version folder was started (a full
+    /// disk, an index that cannot be written) leaves nothing behind, and the
+    /// catalog stays on its version: retries used to leak a full-size copy
+    /// each.
+    #[test]
+    fn a_failed_version_write_leaves_no_partial_folder() {
+        let dir = temp("failed-write");
+        tiny_catalog().save(&dir).unwrap();
+        let (cat, _, mut wd, _) = open_writable(&dir).unwrap();
+        let before: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        for _ in 0..3 {
+            let (_, number) = wd.rotate().unwrap();
+            let full = |_: &Catalog, _: &Path| {
+                Err(CatalogError::io("ann.usearch", std::io::Error::other("no space left on device")))
+            };
+            assert!(wd.commit_version(&cat, number, &full).is_err());
+        }
+        let partial: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(partial.is_empty(), "left behind: {partial:?} (before: {before:?})");
+        assert_eq!(version_of(&dir).unwrap(), wd.version());
+        drop(wd);
+        let (again, _) = open_read_only(&dir).unwrap();
+        assert_eq!(served(&again), served(&cat));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

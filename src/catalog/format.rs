@@ -128,7 +128,7 @@ pub fn catalog_fingerprint<S: AsRef<str>>(item_ids: &[S], sids: &[u32]) -> Strin
 /// is renamed into place when complete need no temporary name of their own).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CatalogError> {
     let mut f = File::create(path).map_err(|e| CatalogError::io(path, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| CatalogError::io(path, e))
+    f.write_all(bytes).and_then(|_| crate::util::sync_file(&f, path)).map_err(|e| CatalogError::io(path, e))
 }
 
 /// Syncs a folder, so that the names created in it survive a crash.

@@ -75,6 +75,11 @@ pub struct LineError {
 pub struct BatchOutcome {
     pub applied: usize,
     pub errors: Vec<LineError>,
+    /// With `--feed`: lines (1-based) whose record is in the feed but was not
+    /// applied by this replica in time: every replica applies it, this one
+    /// included, when it gets there (`feed_position`); do not send them again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<usize>,
     /// With `--feed`: the feed position of the batch's last record.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -127,8 +132,18 @@ pub(super) struct Writer {
     pub(super) store: Option<CatalogStore>,
     /// Edits are refused (why).
     read_only: Option<String>,
-    /// Views whose records wait for a sync: (log offset after them, view).
-    queued: VecDeque<(u64, Arc<ServedCatalog>)>,
+    /// Views whose records wait for a sync, oldest first.
+    queued: VecDeque<Queued>,
+}
+
+/// A view waiting for its records to be on disk.
+struct Queued {
+    /// The log its records went to (a compaction's rotation starts a new
+    /// one while older views still wait on the old one).
+    log: Arc<EditLog>,
+    /// That log's length after its records.
+    end: u64,
+    view: Arc<ServedCatalog>,
 }
 
 impl Writer {
@@ -143,6 +158,17 @@ impl Writer {
 
     pub(super) fn compacting(&self) -> bool {
         self.store.as_ref().is_some_and(|s| s.dir.is_none())
+    }
+
+    /// Takes the queued views whose records are synced, in order, and
+    /// returns the newest of them: a view waits for its own log, so a view
+    /// logged after a rotation is not published by an older log's sync.
+    fn take_synced(&mut self) -> Option<Arc<ServedCatalog>> {
+        let mut newest = None;
+        while self.queued.front().is_some_and(|q| q.end <= q.log.synced()) {
+            newest = self.queued.pop_front().map(|q| q.view);
+        }
+        newest
     }
 }
 
@@ -239,8 +265,18 @@ impl Engine {
     /// are durable and served.
     pub fn upsert_batch(&self, lines: Vec<(usize, ItemInput)>) -> Result<BatchOutcome, EngineError> {
         let (applied, errors) = self.upsert_lines(lines)?;
+        let mut pending = Vec::new();
+        let mut pending_position = None;
         let errors = errors
             .into_iter()
+            .filter(|(line, e)| match e {
+                EngineError::NotAppliedYet(p) => {
+                    pending.push(*line);
+                    pending_position = Some(*p);
+                    false
+                }
+                _ => true,
+            })
             .map(|(line, e)| {
                 let field = match e.kind() {
                     crate::error::ErrorKind::Invalid { field } => field,
@@ -249,8 +285,8 @@ impl Engine {
                 LineError { line, field, error: e.to_string() }
             })
             .collect();
-        let feed_position = applied.iter().filter_map(|u| u.feed_position).max();
-        Ok(BatchOutcome { applied: applied.len(), errors, feed_position })
+        let feed_position = applied.iter().filter_map(|u| u.feed_position).chain(pending_position).max();
+        Ok(BatchOutcome { applied: applied.len(), errors, pending, feed_position })
     }
 
     #[allow(clippy::type_complexity)]
@@ -351,12 +387,12 @@ impl Engine {
         };
         let end = log.append(records).map_err(EngineError::Catalog)?;
         w.head = served.clone();
-        w.queued.push_back((end, served));
+        w.queued.push_back(Queued { log: log.clone(), end, view: served });
         let compact = !w.compacting() && self.opts.compact_log_bytes > 0 && end >= self.opts.compact_log_bytes;
         drop(w);
         let added = ann.add(vectors);
         let synced = log.sync_to(end);
-        self.publish_synced(&log);
+        self.publish_synced();
         added?;
         synced.map_err(EngineError::Catalog)?;
         if compact {
@@ -365,15 +401,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Publishes the newest queued view whose records are on disk.
-    fn publish_synced(&self, log: &EditLog) {
+    /// Publishes the newest queued view whose records are on disk, each
+    /// judged by the log its records went to.
+    fn publish_synced(&self) {
         let mut w = self.lock_writer();
-        let synced = log.synced();
-        let mut newest = None;
-        while w.queued.front().is_some_and(|(end, _)| *end <= synced) {
-            newest = w.queued.pop_front().map(|q| q.1);
-        }
-        if let Some(v) = newest {
+        if let Some(v) = w.take_synced() {
             self.serving.catalog.store(v);
         }
     }
@@ -419,8 +451,8 @@ impl Engine {
             let log = Arc::new(log);
             store.log = log.clone();
             // everything queued is synced now
-            if let Some((_, v)) = w.queued.drain(..).next_back() {
-                self.serving.catalog.store(v);
+            if let Some(q) = w.queued.drain(..).next_back() {
+                self.serving.catalog.store(q.view);
             }
             (dir, w.head.catalog.clone(), number, log)
         };
@@ -565,4 +597,41 @@ pub(super) fn apply_item_edits(view: &mut Catalog, edits: &[ItemEdit], ts_ms: u6
         out.outcomes.push(outcome);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Across a compaction's log rotation, a view logged to the new log is
+    /// not published because the old log's sync went further (it compared
+    /// the old log's synced length with the new log's offsets, and served
+    /// edits not yet on disk).
+    #[test]
+    fn a_view_waits_for_its_own_log_across_a_rotation() {
+        let dir = std::env::temp_dir().join(format!("genrec-rotation-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = Arc::new(EditLog::open(&dir.join("edits-1.log"), 0).unwrap());
+        let new = Arc::new(EditLog::open(&dir.join("edits-2.log"), 0).unwrap());
+        let rec = |edit_id| EditRecord { edit_id, ts_ms: 0, op: EditOp::Delete { id: "x".into() } };
+        // the old log: ten records, all on disk
+        for i in 1..=10 {
+            old.append(&[rec(i)]).unwrap();
+        }
+        old.sync_to(old.len()).unwrap();
+        // after the rotation: one record in the new log, not synced yet
+        let end = new.append(&[rec(11)]).unwrap();
+        assert!(end < old.synced(), "the new log's offset is below what the old log synced");
+        let (_, catalog) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
+        let ann = Arc::new(Ann::open(&catalog).unwrap());
+        let view = Arc::new(ServedCatalog { catalog, ann });
+        let mut w = Writer::new(view.clone(), EditStore::Memory);
+        w.queued.push_back(Queued { log: old.clone(), end: old.len(), view: view.clone() });
+        w.queued.push_back(Queued { log: new.clone(), end, view: view.clone() });
+        assert!(w.take_synced().is_some(), "the old log's view is on disk");
+        assert!(w.take_synced().is_none(), "the new log's view waits for the new log's sync");
+        new.sync_to(end).unwrap();
+        assert!(w.take_synced().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -134,9 +134,16 @@ impl Hnsw {
         Ok(Hnsw { index, dim, permits: Permits::new(THREADS) })
     }
 
+    /// Saves the graph to `path` and syncs the file: a catalog version is
+    /// switched to only once everything in it is on disk (a power loss
+    /// after a compaction left an unsynced graph and a server that did not
+    /// start).
     pub fn save(&self, path: &Path) -> Result<(), RecallError> {
         let _p = self.permits.take();
-        self.index.save(&path.to_string_lossy()).map_err(err)
+        self.index.save(&path.to_string_lossy()).map_err(err)?;
+        std::fs::File::open(path)
+            .and_then(|f| crate::util::sync_file(&f, path))
+            .map_err(|e| RecallError::Index(format!("syncing {}: {e}", path.display())))
     }
 
     pub fn dim(&self) -> usize {

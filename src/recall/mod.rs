@@ -377,4 +377,37 @@ mod tests {
         let found = probes.iter().filter(|&&i| g.nearest(&vec_of(i), 1, |_| true).unwrap()[0].0 == i as u64).count();
         assert_eq!(found, probes.len(), "every probed vector is its own nearest neighbour");
     }
+
+    /// Every file of a compacted catalog version, the ANN graph among them,
+    /// is synced before `CURRENT` names the version (the graph was not: a
+    /// power loss after a compaction could leave a server that does not
+    /// start).
+    #[test]
+    fn a_compacted_version_is_on_disk_before_current_names_it() {
+        use crate::catalog::dir::{self, CURRENT_FILE};
+        let dir_path = std::env::temp_dir().join(format!("genrec-synced-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir_path);
+        crate::catalog::tests::tiny_catalog().save(&dir_path).unwrap();
+        let (cat, _, mut wd, _) = dir::open_writable(&dir_path).unwrap();
+        let (_, number) = wd.rotate().unwrap();
+        let graph = |v: &Catalog, d: &std::path::Path| {
+            write_version_graph(v, None, d).map_err(|e| CatalogError::Format(e.to_string()))
+        };
+        let vdir = wd.commit_version(&cat, number, &graph).unwrap();
+        let synced = crate::util::synced::under(&dir_path);
+        let current = synced.iter().rposition(|p| p == &dir_path.join(CURRENT_FILE)).expect("CURRENT is synced");
+        let version = format!("v-{number:06}");
+        let names: Vec<String> =
+            std::fs::read_dir(&vdir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().any(|n| n == ANN_FILE), "{names:?}");
+        for name in names {
+            let before = synced[..current].iter().any(|p| {
+                p.file_name().is_some_and(|f| f.to_string_lossy() == name)
+                    && p.parent().and_then(|d| d.file_name()).is_some_and(|d| d.to_string_lossy().starts_with(&version))
+            });
+            assert!(before, "{name} of {version} was not synced before CURRENT named it");
+        }
+        drop(wd);
+        std::fs::remove_dir_all(&dir_path).unwrap();
+    }
 }
