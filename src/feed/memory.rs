@@ -24,6 +24,7 @@ pub struct MemoryFeed {
     state: Mutex<State>,
     grew: Condvar,
     down: AtomicBool,
+    stalled: AtomicBool,
 }
 
 impl MemoryFeed {
@@ -35,6 +36,12 @@ impl MemoryFeed {
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
         self.grew.notify_all();
+    }
+
+    /// While stalled, reads hang (as over a connection that stopped
+    /// answering) until the stall ends; appends go on.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
     }
 
     /// Appends raw bytes (a record, or anything else) as a writer would.
@@ -90,6 +97,10 @@ impl Feed for MemoryFeed {
         let until = Instant::now() + wait;
         let mut s = self.lock();
         loop {
+            if self.stalled.load(Ordering::SeqCst) {
+                parking_lot::MutexGuard::unlocked(&mut s, || std::thread::sleep(Duration::from_millis(5)));
+                continue;
+            }
             self.up()?;
             let from = s.entries.partition_point(|e| e.position <= after);
             if from < s.entries.len() {

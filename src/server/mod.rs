@@ -310,11 +310,11 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     };
     let feed: Arc<dyn crate::feed::Feed> = Arc::from(crate::feed::open(address)?);
     let name = args.replica_name.clone().unwrap_or_else(default_replica_name);
-    let opts = crate::engine::replica::ReplicaOptions {
-        name: name.clone(),
-        catalog_dir: catalog_dir.clone(),
-        mark_ttl: Duration::from_secs(args.feed_mark_ttl_s.max(1)),
-    };
+    let opts = crate::engine::replica::ReplicaOptions::new(
+        name.clone(),
+        catalog_dir.clone(),
+        Duration::from_secs(args.feed_mark_ttl_s.max(1)),
+    );
     let replica = crate::engine::replica::Replica::new(feed, opts, start, Arc::new(metrics::FeedMetrics));
     let engine = finish_engine(args, model.map(|m| (m, source)), catalog, Changes::Replicated(replica), dev, dtype)?;
     // (down until the feed thread connects; set before it starts)

@@ -39,7 +39,7 @@ impl Engine {
                 }
             };
             rep.applied.fetch_add(1, Ordering::Relaxed);
-            if rep.ready() {
+            if rep.caught_up() {
                 // (a catching-up replica replays what a version may hold already)
                 rep.bytes_since_version.fetch_add(e.payload.len() as u64, Ordering::Relaxed);
             }

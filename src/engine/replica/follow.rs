@@ -45,9 +45,10 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
     let mut behind = false;
     loop {
         let Some(engine) = weak.upgrade() else { return };
+        rep.beat();
         let position = rep.position();
         let step = (|| -> Result<(), FeedError> {
-            if !rep.ready() && catching_up.is_none() {
+            if !rep.caught_up() && catching_up.is_none() {
                 catching_up = Some(start_point(&rep, position)?);
             }
             // after (re)connecting and now and then: did the feed trim past us?
@@ -65,7 +66,7 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
                         return Ok(());
                     }
                 };
-                if rep.ready() {
+                if rep.caught_up() {
                     engine.apply_missed_models(&rep, now)?;
                 } else {
                     catching_up = None; // start over from the new position
@@ -83,6 +84,7 @@ pub(super) fn follow(weak: Weak<Engine>, rep: Arc<Replica>) {
             }
             pending = entries.len() == READ_BATCH;
             engine.apply_entries(&rep, &entries, catching_up.as_mut().map(|c| &mut c.models));
+            rep.beat();
             if entries.is_empty() {
                 rep.observer.applied(rep.position(), Duration::ZERO, 0, engine.catalog().catalog.served_len());
             }

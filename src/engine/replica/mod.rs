@@ -43,7 +43,7 @@ use super::state::ModelInfo;
 use super::{Engine, EngineError};
 use crate::catalog::dir;
 use crate::feed::record::{ItemEdit, Record, MODEL_STICKY};
-use crate::feed::{Feed, FeedError, Position};
+use crate::feed::{now_ms, Feed, FeedError, Position};
 
 mod apply;
 mod follow;
@@ -64,8 +64,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const MARK_EVERY: Duration = Duration::from_secs(2);
 /// Default of [`ReplicaOptions::mark_ttl`].
 pub const DEFAULT_MARK_TTL: Duration = Duration::from_secs(120);
-/// How long an admin call waits for its record to be applied here.
-const APPLY_WAIT: Duration = Duration::from_secs(30);
+/// Default of [`ReplicaOptions::apply_wait`].
+pub const DEFAULT_APPLY_WAIT: Duration = Duration::from_secs(30);
+/// Default of [`ReplicaOptions::stall_after`].
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
 /// Edits per feed record of a large batch.
 pub const EDITS_PER_RECORD: usize = 1000;
 /// How long the compaction lease lasts (a compaction that dies frees it then).
@@ -101,6 +103,19 @@ pub struct ReplicaOptions {
     /// A replica that has not recorded its position for this long is taken
     /// for gone: it no longer holds trimming and version deletion back.
     pub mark_ttl: Duration,
+    /// How long an admin call waits for its record to be applied here.
+    pub apply_wait: Duration,
+    /// A feed thread that has made no progress for this long (a connection
+    /// that hangs, a download that stalls) makes the replica not ready: it
+    /// would otherwise go on serving an old catalog and model as if current.
+    pub stall_after: Duration,
+}
+
+impl ReplicaOptions {
+    /// Options with the default waits.
+    pub fn new(name: String, catalog_dir: PathBuf, mark_ttl: Duration) -> Self {
+        ReplicaOptions { name, catalog_dir, mark_ttl, apply_wait: DEFAULT_APPLY_WAIT, stall_after: DEFAULT_STALL_AFTER }
+    }
 }
 
 /// The last model change this replica took from the feed.
@@ -152,6 +167,8 @@ pub struct Replica {
     name: String,
     dir: PathBuf,
     mark_ttl: Duration,
+    apply_wait: Duration,
+    stall_after: Duration,
     observer: Arc<dyn FeedObserver>,
     /// Admin calls waiting for their record, by origin.
     waiters: Mutex<HashMap<String, SyncSender<RecordOutcome>>>,
@@ -167,6 +184,8 @@ pub struct Replica {
     known_version: AtomicU64,
     /// A compaction of this replica's runs (one at a time).
     compacting: AtomicBool,
+    /// When the feed thread last made progress (ms since the Unix epoch).
+    heartbeat_ms: AtomicU64,
     /// Everything in the feed up to here is applied (the replica's version:
     /// equal positions mean equal catalogs). Changed only by the feed
     /// thread, under the engine's edit lock together with the view it
@@ -189,6 +208,8 @@ impl Replica {
             name: opts.name,
             dir: opts.catalog_dir,
             mark_ttl: opts.mark_ttl,
+            apply_wait: opts.apply_wait,
+            stall_after: opts.stall_after,
             observer,
             waiters: Mutex::new(HashMap::new()),
             next_origin: AtomicU64::new(1),
@@ -201,6 +222,7 @@ impl Replica {
             bytes_since_version: AtomicU64::new(0),
             known_version: AtomicU64::new(version),
             compacting: AtomicBool::new(false),
+            heartbeat_ms: AtomicU64::new(now_ms()),
             position: Mutex::new(start),
         })
     }
@@ -229,8 +251,25 @@ impl Replica {
         }
     }
 
+    /// Caught up with the feed and its thread not stalled: takes changes,
+    /// and `/readyz` says ready.
     pub(super) fn ready(&self) -> bool {
+        self.caught_up() && !self.stalled()
+    }
+
+    /// Reached the feed's head as it was at start.
+    pub(super) fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Relaxed)
+    }
+
+    /// The feed thread has made no progress for [`ReplicaOptions::stall_after`].
+    pub(super) fn stalled(&self) -> bool {
+        now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)) > self.stall_after.as_millis() as u64
+    }
+
+    /// The feed thread is making progress (each round, each record applied).
+    pub(super) fn beat(&self) {
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     fn set_connected(&self, up: bool, error: Option<String>) {
@@ -277,7 +316,7 @@ impl Replica {
                 return Err(EngineError::Feed(e));
             }
         };
-        match rx.recv_timeout(APPLY_WAIT) {
+        match rx.recv_timeout(self.apply_wait) {
             Ok(o) => Ok((position, o)),
             Err(_) => {
                 forget();
@@ -347,6 +386,15 @@ impl Engine {
                     return Err(EngineError::Feed(FeedError::Protocol(
                         "the feed answered another kind of record".into(),
                     )))
+                }
+                // this chunk is in the feed and will be applied everywhere:
+                // pending, not failed; the chunks after it were not sent
+                Err(EngineError::NotAppliedYet(p)) => {
+                    out.extend((0..n).map(|_| Err(EngineError::NotAppliedYet(p))));
+                    let why = format!("not sent: the record before it (at {p}) was not applied here in time");
+                    out.extend((0..edits.len()).map(|_| Err(EngineError::Conflict(why.clone()))));
+                    last = p;
+                    break;
                 }
                 // the chunks before were applied: report them, and this one
                 // and the rest as failed, each with the error

@@ -52,13 +52,7 @@ fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -
     let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
     let start = super::covered_position(&catalog).unwrap();
     let opts = EngineOptions { model_root: Some(model_root.to_path_buf()), ..Default::default() };
-    let e = replica_engine(
-        catalog,
-        opts,
-        feed,
-        ReplicaOptions { name: name.into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
-        start,
-    );
+    let e = replica_engine(catalog, opts, feed, ReplicaOptions::new(name.into(), dir, super::DEFAULT_MARK_TTL), start);
     let (model, _) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
     e.install(model, "embedded".into()).unwrap();
     e.follow_feed().unwrap();
@@ -316,7 +310,7 @@ fn a_replica_below_the_trimmed_feed_reloads_the_newest_version() {
         old,
         EngineOptions { model_root: Some(root.0.clone()), ..Default::default() },
         &feed,
-        ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
+        ReplicaOptions::new("late".into(), dir, super::DEFAULT_MARK_TTL),
         Position::START,
     );
     late.follow_feed().unwrap();
@@ -412,7 +406,7 @@ fn a_replica_that_cannot_reach_the_feed_at_start_is_not_ready_until_it_does() {
         catalog,
         EngineOptions::default(),
         &feed,
-        ReplicaOptions { name: "late".into(), catalog_dir: dir, mark_ttl: super::DEFAULT_MARK_TTL },
+        ReplicaOptions::new("late".into(), dir, super::DEFAULT_MARK_TTL),
         Position::START,
     );
     e.follow_feed().unwrap();
@@ -422,4 +416,44 @@ fn a_replica_that_cannot_reach_the_feed_at_start_is_not_ready_until_it_does() {
     feed.set_down(false);
     wait_for(|| e.feed_ready() == Some(true), "ready once caught up");
     assert_eq!(position(&e), feed.head().unwrap().unwrap());
+}
+
+/// A replica whose feed stalled (here: reads hang): a batch's record is in
+/// the feed but not applied here in time. Its lines are reported pending
+/// with the record's position, not as failed (a client that resent failed
+/// lines duplicated them); once the feed moves again they are applied.
+/// And while its feed thread makes no progress the replica is not ready
+/// (it went on serving an old catalog as if current).
+#[test]
+fn a_stalled_feed_makes_the_replica_unready_and_its_timed_out_lines_pending() {
+    let root = shared_root("stalled");
+    let feed = Arc::new(MemoryFeed::new());
+    let dir = root.0.join("catalog");
+    let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
+    let start = super::covered_position(&catalog).unwrap();
+    let mut opts = ReplicaOptions::new("stalls".into(), dir, super::DEFAULT_MARK_TTL);
+    opts.apply_wait = Duration::from_millis(300);
+    opts.stall_after = Duration::from_millis(1500);
+    let e = replica_engine(catalog, EngineOptions::default(), &feed, opts, start);
+    e.follow_feed().unwrap();
+    wait_for(|| e.feed_ready() == Some(true), "the replica catches up");
+    let base = e.catalog().catalog.clone();
+
+    feed.set_stalled(true);
+    let lines: Vec<(usize, edits::ItemInput)> =
+        (1..=3).map(|i| (i, item(&base, &format!("late-{i}"), i as u32, 0.03))).collect();
+    let out = e.upsert_batch(lines).unwrap();
+    assert_eq!((out.applied, out.errors.len()), (0, 0), "{out:?}");
+    assert_eq!(out.pending, vec![1, 2, 3], "{out:?}");
+    let at = out.feed_position.expect("the position of the pending record");
+    assert!(at > start);
+    assert_eq!(e.feed_ready(), Some(true), "not stalled for long yet");
+    wait_for(|| e.feed_ready() == Some(false), "the stalled replica stops saying it is ready");
+
+    feed.set_stalled(false);
+    wait_for(|| e.feed_ready() == Some(true), "ready again once the feed moves");
+    wait_for(|| e.feed_applied().is_some_and(|p| p >= at), "the pending record is applied");
+    for i in 1..=3 {
+        assert!(e.catalog().catalog.index_of(&format!("late-{i}")).is_some(), "late-{i} is served");
+    }
 }
