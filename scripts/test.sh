@@ -79,5 +79,5 @@ if [ "${GENREC_SKIP_HF:-0}" != 1 ]; then
   GENREC_PYTHON="$(tail -n 1 "$logs/python.log")"
   export GENREC_PYTHON GENREC_REQUIRE_HF=1
 fi
-rm -rf "$logs"
 phase "tests" cargo test --release --locked "$@"
+rm -rf "$logs"
