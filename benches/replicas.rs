@@ -140,7 +140,12 @@ impl Cluster {
 
     fn start_replica(&self, name: &str) -> Server {
         let root = self.model.parent().expect("the model folder's parent is the model root");
+        let (key, password) = common::redis::secrets(&self._redis_dir.0);
         let s = Server::start(&[
+            "--feed-key-file",
+            key.to_str().unwrap(),
+            "--feed-password-file",
+            password.to_str().unwrap(),
             "--model",
             self.model.to_str().unwrap(),
             "--catalog",
@@ -166,7 +171,7 @@ impl Cluster {
     }
 
     fn feed(&self) -> genrec::feed::redis::RedisFeed {
-        genrec::feed::redis::RedisFeed::open(&self.address).unwrap()
+        common::redis::open_feed(&self.address)
     }
 }
 

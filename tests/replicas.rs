@@ -28,9 +28,14 @@ fn start(root: &TempDir, feed: &str, name: &str) -> Server {
 }
 
 fn start_env(root: &TempDir, feed: &str, name: &str, env: &[(&str, &str)]) -> Server {
+    let (key, password) = redis::secrets(&root.0);
     let s = Server::start_env(
         env,
         &[
+            "--feed-key-file",
+            key.to_str().unwrap(),
+            "--feed-password-file",
+            password.to_str().unwrap(),
             "--model",
             root.0.join("a").to_str().unwrap(),
             "--model-root",
@@ -69,7 +74,7 @@ fn vector(i: usize) -> Vec<f32> {
 /// Upserts item `id` through one of `urls` (starting at `first`), moving on
 /// to the next replica after an error (a killed replica, the feed down)
 /// until one acknowledges it.
-fn upsert(c: &reqwest::blocking::Client, urls: &[String], first: usize, id: &str, i: usize) {
+fn upsert_item(c: &reqwest::blocking::Client, urls: &[String], first: usize, id: &str, i: usize) {
     let until = Instant::now() + Duration::from_secs(90);
     let mut k = first;
     loop {
@@ -140,7 +145,7 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
     let rdir = TempDir::new("redis");
     let mut redis = RedisServer::start(&rdir.0);
     let address = redis.feed(STREAM);
-    let feed = genrec::feed::redis::RedisFeed::open(&address).unwrap();
+    let feed = redis::open_feed(&address);
     let mut reps: Vec<Server> = (0..3).map(|i| start(&root, &address, &format!("r{i}"))).collect();
     let urls: Vec<String> = reps.iter().map(|s| s.url.clone()).collect();
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
@@ -155,7 +160,7 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
                 let c = client();
                 for i in (t..120).step_by(3) {
                     let id = format!("p1-{i}");
-                    upsert(&c, &urls, i * 7, &id, i);
+                    upsert_item(&c, &urls, i * 7, &id, i);
                     acked.lock().unwrap().insert(id);
                     if i % 10 == t && i >= 30 {
                         let victim = format!("p1-{}", i - 30);
@@ -241,7 +246,7 @@ fn three_replicas_converge_through_a_replica_kill_and_a_redis_restart() {
     for round in 0..2 {
         for i in 0..5 {
             let n = 400 + round * 10 + i;
-            upsert(&c, &urls_of(&reps), n, &format!("p5-{n}"), n);
+            upsert_item(&c, &urls_of(&reps), n, &format!("p5-{n}"), n);
             acked.lock().unwrap().insert(format!("p5-{n}"));
         }
         converge(&reps.iter().collect::<Vec<_>>(), &feed);
@@ -275,7 +280,7 @@ fn spawn_writer(
         let c = client();
         for i in range {
             let id = format!("{tag}-{i}");
-            upsert(&c, &urls, i, &id, i);
+            upsert_item(&c, &urls, i, &id, i);
             acked.lock().unwrap().insert(id);
         }
     })
@@ -300,7 +305,7 @@ fn a_hub_load_reaches_every_replica_pinned_to_one_commit() {
     let rdir = TempDir::new("redis-hub");
     let redis = RedisServer::start(&rdir.0);
     let address = redis.feed("genrec-it-hub");
-    let feed = genrec::feed::redis::RedisFeed::open(&address).unwrap();
+    let feed = redis::open_feed(&address);
     let hub = FakeHub::start();
     let first = hub.commit("genrec/demo", &["main"], demo_files(true));
     let (home0, home1) = (TempDir::new("hf-r0"), TempDir::new("hf-r1"));
@@ -327,4 +332,77 @@ fn a_hub_load_reaches_every_replica_pinned_to_one_commit() {
 
 fn urls_of(reps: &[Server]) -> Vec<String> {
     reps.iter().map(|s| s.url.clone()).collect()
+}
+
+/// Someone who can reach Redis (password and all) but does not hold the
+/// feed key appends an upsert and a model load, unsealed and sealed with
+/// another key: every replica skips and counts them, and what the replicas
+/// serve does not change.
+#[test]
+fn records_without_the_feed_key_change_nothing_any_replica_serves() {
+    if !redis::available() {
+        return;
+    }
+    let root = common::demo_root("replicas-forged");
+    let rdir = TempDir::new("redis-forged");
+    let server = RedisServer::start(&rdir.0);
+    let stream = "genrec-it-forged";
+    let address = server.feed(stream);
+    let feed = redis::open_feed(&address);
+    let reps: Vec<Server> = (0..2).map(|i| start(&root, &address, &format!("f{i}"))).collect();
+    let refs: Vec<&Server> = reps.iter().collect();
+    let c = client();
+
+    let url = format!("redis://:{}@127.0.0.1:{}/", redis::PASSWORD, server.port);
+    let mut con = ::redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let upsert = json!({"kind": "items", "edits": [
+        {"op": "upsert", "id": "forged", "title": "forged", "embedding": vector(7)}
+    ]})
+    .to_string();
+    let load = json!({"kind": "model_load", "path": "a"}).to_string();
+    let other = genrec::feed::auth::FeedKey::new(vec![b'x'; 40], "another deployment's").unwrap();
+    let sealed_elsewhere = other.seal(upsert.as_bytes());
+    for payload in [upsert.as_bytes(), load.as_bytes(), &sealed_elsewhere[..]] {
+        let _: String = ::redis::cmd("XADD").arg(stream).arg("*").arg("r").arg(payload).query(&mut con).unwrap();
+    }
+    // a real edit after them: once the replicas applied it, they passed them
+    let urls: Vec<String> = reps.iter().map(|s| s.url.clone()).collect();
+    upsert_item(&c, &urls, 0, "real", 3);
+    converge(&refs, &feed);
+    for s in &reps {
+        let status = |id: &str| c.get(s.at(&format!("/admin/items/{id}"))).bearer_auth(TOKEN).send().unwrap().status();
+        assert_eq!(status("forged").as_u16(), 404);
+        assert_eq!(status("real").as_u16(), 200);
+        let info = get(&c, &s.at("/admin/catalog"));
+        assert!(info["feed"]["skipped"].as_u64().unwrap() >= 3, "{info}");
+        let models = get(&c, &s.at("/admin/models"));
+        assert!(models["feed"]["model_change"].is_null(), "no model change was taken: {models}");
+    }
+}
+
+/// The Redis feed's scripts: the trim mark never moves backwards (it was
+/// read, compared and set in three commands), and a lease is renewed and
+/// given back only by its holder.
+#[test]
+fn the_redis_trim_mark_only_rises_and_leases_answer_only_their_holder() {
+    if !redis::available() {
+        return;
+    }
+    let rdir = TempDir::new("redis-marks");
+    let server = RedisServer::start(&rdir.0);
+    let feed = redis::open_feed(&server.feed("genrec-it-marks"));
+    let (high, low): (genrec::feed::Position, genrec::feed::Position) =
+        ("1700000000020-1".parse().unwrap(), "1700000000010-5".parse().unwrap());
+    feed.trim_below(high).unwrap();
+    feed.trim_below(low).unwrap();
+    assert_eq!(feed.trimmed_below().unwrap(), high);
+    let ttl = Duration::from_secs(60);
+    assert!(feed.try_lease("compact", "a", ttl).unwrap());
+    assert!(!feed.try_lease("compact", "b", ttl).unwrap());
+    assert!(!feed.renew_lease("compact", "b", ttl).unwrap(), "only the holder renews");
+    assert!(feed.renew_lease("compact", "a", ttl).unwrap());
+    feed.release_lease("compact", "b").unwrap();
+    assert!(feed.renew_lease("compact", "a", ttl).unwrap(), "another holder cannot give it back");
+    feed.release_lease("compact", "a").unwrap();
+    assert!(!feed.renew_lease("compact", "a", ttl).unwrap(), "given back");
 }

@@ -202,7 +202,7 @@ impl WritableDir {
         number: u64,
         extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
     ) -> Result<PathBuf, CatalogError> {
-        let final_dir = write_and_point(&self.path, view, number, None, extra)?;
+        let final_dir = write_and_point(&self.path, view, number, None, extra, &|| Ok(()))?;
         self.version = number;
         cleanup(&self.path, number)?;
         // a legacy folder's own files stay: they are version 0, ignored from now on
@@ -220,6 +220,7 @@ fn write_and_point(
     number: u64,
     feed_position: Option<&str>,
     extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
+    before_switch: &dyn Fn() -> Result<(), CatalogError>,
 ) -> Result<PathBuf, CatalogError> {
     let final_dir = dir.join(version_name(number));
     let tmp = tempfile::Builder::new()
@@ -229,6 +230,7 @@ fn write_and_point(
     write_version(view, tmp.path(), number, feed_position)?;
     extra(view, tmp.path())?;
     sync_dir(tmp.path())?;
+    before_switch()?;
     let _ = std::fs::remove_dir_all(&final_dir);
     let tmp = tmp.keep();
     if let Err(e) = std::fs::rename(&tmp, &final_dir) {
@@ -245,6 +247,8 @@ fn write_and_point(
 /// compaction lease instead), recording the feed position it covers.
 /// Versions from `keep_from` on stay (the one before the new version at
 /// least: a replica may be opening it); older versions and logs are deleted.
+/// `still_leased` is asked once the version is written, right before the
+/// switch: an error (the lease lapsed) switches nothing and leaves nothing.
 /// Returns the new version's number and folder.
 pub fn commit_shared_version(
     dir: &Path,
@@ -252,10 +256,11 @@ pub fn commit_shared_version(
     feed_position: &str,
     keep_from: u64,
     extra: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
+    still_leased: &dyn Fn() -> Result<(), CatalogError>,
 ) -> Result<(u64, PathBuf), CatalogError> {
     let (current, _) = current_version(dir)?;
     let number = current + 1;
-    let final_dir = write_and_point(dir, view, number, Some(feed_position), extra)?;
+    let final_dir = write_and_point(dir, view, number, Some(feed_position), extra, still_leased)?;
     cleanup(dir, keep_from.min(current))?;
     Ok((number, final_dir))
 }

@@ -25,6 +25,7 @@ pub struct MemoryFeed {
     grew: Condvar,
     down: AtomicBool,
     stalled: AtomicBool,
+    leases_lapse: AtomicBool,
 }
 
 impl MemoryFeed {
@@ -42,6 +43,12 @@ impl MemoryFeed {
     /// answering) until the stall ends; appends go on.
     pub fn set_stalled(&self, stalled: bool) {
         self.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// While set, a lease cannot be renewed: it lapsed, as it does for a
+    /// holder that stalled longer than its time.
+    pub fn set_leases_lapse(&self, lapse: bool) {
+        self.leases_lapse.store(lapse, Ordering::SeqCst);
     }
 
     /// Appends raw bytes (a record, or anything else) as a writer would.
@@ -147,6 +154,23 @@ impl Feed for MemoryFeed {
         }
         s.leases.insert(name.into(), (holder.into(), now + ttl));
         Ok(true)
+    }
+
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, FeedError> {
+        self.up()?;
+        let mut s = self.lock();
+        let now = Instant::now();
+        if self.leases_lapse.load(Ordering::SeqCst) {
+            s.leases.remove(name);
+            return Ok(false);
+        }
+        match s.leases.get_mut(name) {
+            Some((h, until)) if h == holder && *until > now => {
+                *until = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), FeedError> {

@@ -8,6 +8,7 @@
 //! replicas are), stream [`Position`]s, and the [`record`] format. What a
 //! replica does with the records is in [`crate::engine::replica`].
 
+pub mod auth;
 pub mod memory;
 pub mod record;
 pub mod redis;
@@ -120,7 +121,8 @@ pub trait Feed: Send + Sync {
     fn sticky(&self, name: &str) -> Result<Vec<Entry>, FeedError>;
 
     /// Drops the entries below `below` and remembers that they are gone (see
-    /// [`Feed::trimmed_below`]); returns how many were dropped.
+    /// [`Feed::trimmed_below`], which never moves backwards, whatever the
+    /// order of two trims); returns how many were dropped.
     fn trim_below(&self, below: Position) -> Result<u64, FeedError>;
 
     /// The highest position given to [`Feed::trim_below`] so far: a replica
@@ -130,6 +132,10 @@ pub trait Feed: Send + Sync {
     /// Takes the lease `name` for `holder` for `ttl` (false: someone else
     /// holds it). It lapses by itself, so a holder that dies frees it.
     fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, FeedError>;
+
+    /// Extends the lease `name` by `ttl` if `holder` still holds it (false:
+    /// it lapsed, and maybe someone else took it).
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, FeedError>;
 
     /// Gives the lease back if `holder` still holds it.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), FeedError>;
@@ -143,12 +149,16 @@ pub trait Feed: Send + Sync {
     fn marks(&self) -> Result<Vec<ReplicaMark>, FeedError>;
 }
 
-/// Opens the feed an address names: `redis://HOST:PORT/STREAM`.
-pub fn open(address: &str) -> Result<Box<dyn Feed>, FeedError> {
-    if address.starts_with("redis://") {
-        return Ok(Box::new(redis::RedisFeed::open(address)?));
+/// Opens the feed an address names: `redis[s]://[USER[:PASSWORD]@]HOST:PORT/STREAM`
+/// (`password`, from a file, instead of one in the address).
+pub fn open(address: &str, password: Option<String>) -> Result<Box<dyn Feed>, FeedError> {
+    if address.starts_with("redis://") || address.starts_with("rediss://") {
+        return Ok(Box::new(redis::RedisFeed::open(address, password)?));
     }
-    Err(FeedError::Address(format!("{address:?}: expected redis://HOST:PORT/STREAM")))
+    Err(FeedError::Address(format!(
+        "expected redis://HOST:PORT/STREAM or rediss://..., not {:?}",
+        address.split("://").next().unwrap_or("")
+    )))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -176,7 +186,14 @@ mod tests {
 
     #[test]
     fn only_redis_addresses_open() {
-        assert!(matches!(open("kafka://x/y"), Err(FeedError::Address(_))));
-        assert!(matches!(open("redis://127.0.0.1:1"), Err(FeedError::Address(_))), "a stream name is needed");
+        assert!(matches!(open("kafka://x/y", None), Err(FeedError::Address(_))));
+        assert!(matches!(open("redis://127.0.0.1:1", None), Err(FeedError::Address(_))), "a stream name is needed");
+        // credentials and TLS in the address; the password never shows
+        let f = open("rediss://genrec:s3cret@redis.example:6380/feed", None).unwrap();
+        assert_eq!(f.describe(), "rediss://genrec:***@redis.example:6380/feed");
+        let f = open("redis://127.0.0.1:1/feed", Some("from-a-file".into())).unwrap();
+        assert_eq!(f.describe(), "redis://127.0.0.1:1/feed");
+        let e = open("redis://u:s3cret@/feed", None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }

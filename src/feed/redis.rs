@@ -1,4 +1,8 @@
-//! The [`Feed`] on Redis Streams (Redis 7): `redis://HOST:PORT/STREAM`.
+//! The [`Feed`] on Redis Streams (Redis 7):
+//! `redis://[USER[:PASSWORD]@]HOST:PORT/STREAM`, or `rediss://` for TLS
+//! (rustls, the system's roots). A password may also come from a file
+//! (`--feed-password-file`); the address shown in logs and answers never
+//! holds it.
 //!
 //! Keys, all beside the stream `S`:
 //! - `S`: the stream; each entry has one field, `r`, the record's bytes.
@@ -18,7 +22,7 @@
 use parking_lot::Mutex;
 use std::time::Duration;
 
-use redis::{Connection, Value};
+use redis::{Connection, IntoConnectionInfo, Value};
 
 use super::{Entry, Feed, FeedError, Position, ReplicaMark, STICKY_KEEP};
 
@@ -47,6 +51,25 @@ const MARKS_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 return {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), redis.call('HGETALL', KEYS[1])}"#;
 
+/// Raises the trim mark (never lowers it: two trims in either order leave
+/// the higher), then trims the stream below the given position.
+const TRIM_SCRIPT: &str = r#"
+local function pos(s)
+  local a, b = string.match(s or '', '^(%d+)%-(%d+)$')
+  return tonumber(a), tonumber(b)
+end
+local nm, ns = pos(ARGV[1])
+local cm, cs = pos(redis.call('GET', KEYS[2]))
+if not cm or cm < nm or (cm == nm and cs < ns) then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])"#;
+
+/// Extends a lease only for its holder.
+const RENEW_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0"#;
+
 /// Deletes a lease only when its holder gives it back.
 const RELEASE_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -60,23 +83,53 @@ pub struct RedisFeed {
     reader: Mutex<Option<Connection>>,
 }
 
-/// Splits `redis://HOST:PORT/STREAM` into the server's address and the stream.
-fn split_address(address: &str) -> Result<(String, String), FeedError> {
-    let rest = address
-        .strip_prefix("redis://")
-        .ok_or_else(|| FeedError::Address(format!("{address:?} does not start with redis://")))?;
-    let (server, stream) = rest
+/// An address taken apart: what the Redis client connects to (with any
+/// credentials), the stream, and the address to show (password masked).
+struct Address {
+    server: String,
+    stream: String,
+    shown: String,
+}
+
+/// Splits `redis[s]://[USER[:PASSWORD]@]HOST:PORT/STREAM`.
+fn split_address(address: &str) -> Result<Address, FeedError> {
+    let (scheme, rest) = match (address.strip_prefix("redis://"), address.strip_prefix("rediss://")) {
+        (Some(rest), _) => ("redis", rest),
+        (_, Some(rest)) => ("rediss", rest),
+        _ => return Err(FeedError::Address(format!("{:?} does not start with redis:// or rediss://", mask(address)))),
+    };
+    // (a password may hold any character but '@'; the host part, none but ':')
+    let (user, hosted) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (host, stream) = hosted
         .split_once('/')
-        .ok_or_else(|| FeedError::Address(format!("{address:?} names no stream: redis://HOST:PORT/STREAM")))?;
-    if server.is_empty() {
-        return Err(FeedError::Address(format!("{address:?} names no server")));
+        .ok_or_else(|| FeedError::Address(format!("{:?} names no stream: redis://HOST:PORT/STREAM", mask(address))))?;
+    let server = match user {
+        Some(u) => format!("{u}@{host}"),
+        None => host.to_string(),
+    };
+    if host.is_empty() {
+        return Err(FeedError::Address(format!("{:?} names no server", mask(address))));
     }
     if stream.is_empty() || stream.contains('/') || stream.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(FeedError::Address(format!(
-            "{address:?}: the stream name (after the server) must be one non-empty word without '/'"
+            "{:?}: the stream name (after the server) must be one non-empty word without '/'",
+            mask(address)
         )));
     }
-    Ok((format!("redis://{server}/"), stream.to_string()))
+    Ok(Address { server: format!("{scheme}://{server}/"), stream: stream.to_string(), shown: mask(address) })
+}
+
+/// `address` with the password of its user part replaced by `***`.
+fn mask(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else { return address.to_string() };
+    let Some((user, host)) = rest.rsplit_once('@') else { return address.to_string() };
+    match user.split_once(':') {
+        Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+        None => address.to_string(),
+    }
 }
 
 fn down(e: redis::RedisError) -> FeedError {
@@ -132,11 +185,18 @@ fn entry(v: &Value) -> Result<Entry, FeedError> {
 impl RedisFeed {
     /// Checks the address; connects on first use (a server that is down now
     /// is retried by every call).
-    pub fn open(address: &str) -> Result<Self, FeedError> {
-        let (server, stream) = split_address(address)?;
-        let client =
-            redis::Client::open(server.as_str()).map_err(|e| FeedError::Address(format!("{address:?}: {e}")))?;
-        Ok(RedisFeed { client, address: address.to_string(), stream, io: Mutex::new(None), reader: Mutex::new(None) })
+    /// `password`, if given, is used instead of one in the address.
+    pub fn open(address: &str, password: Option<String>) -> Result<Self, FeedError> {
+        let a = split_address(address)?;
+        let shown = a.shown.clone();
+        let bad = |e: redis::RedisError| FeedError::Address(format!("{shown:?}: {e}"));
+        let mut info = a.server.as_str().into_connection_info().map_err(bad)?;
+        if let Some(p) = password {
+            let settings = info.redis_settings().clone().set_password(p);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(bad)?;
+        Ok(RedisFeed { client, address: a.shown, stream: a.stream, io: Mutex::new(None), reader: Mutex::new(None) })
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -250,11 +310,10 @@ impl Feed for RedisFeed {
     }
 
     fn trim_below(&self, below: Position) -> Result<u64, FeedError> {
-        if below > self.trimmed_below()? {
-            let key = self.key("trimmed");
-            self.io(|c| redis::cmd("SET").arg(&key).arg(below.to_string()).query::<()>(c))?;
-        }
-        self.io(|c| redis::cmd("XTRIM").arg(&self.stream).arg("MINID").arg(below.to_string()).query(c))
+        let key = self.key("trimmed");
+        self.io(|c| {
+            redis::cmd("EVAL").arg(TRIM_SCRIPT).arg(2).arg(&self.stream).arg(&key).arg(below.to_string()).query(c)
+        })
     }
 
     fn trimmed_below(&self) -> Result<Position, FeedError> {
@@ -269,6 +328,14 @@ impl Feed for RedisFeed {
         let set: Option<String> =
             self.io(|c| redis::cmd("SET").arg(&key).arg(holder).arg("NX").arg("PX").arg(ms).query(c))?;
         Ok(set.is_some())
+    }
+
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, FeedError> {
+        let key = self.key(&format!("lease:{name}"));
+        let ms = ttl.as_millis().max(1) as u64;
+        let renewed: i64 =
+            self.io(|c| redis::cmd("EVAL").arg(RENEW_SCRIPT).arg(1).arg(&key).arg(holder).arg(ms).query(c))?;
+        Ok(renewed == 1)
     }
 
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), FeedError> {
@@ -305,11 +372,11 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(
-            split_address("redis://127.0.0.1:6379/genrec").unwrap(),
-            ("redis://127.0.0.1:6379/".to_string(), "genrec".to_string())
-        );
-        assert_eq!(split_address("redis://:pw@host:1/s").unwrap().1, "s");
+        let a = split_address("redis://127.0.0.1:6379/genrec").unwrap();
+        assert_eq!((a.server.as_str(), a.stream.as_str()), ("redis://127.0.0.1:6379/", "genrec"));
+        let a = split_address("rediss://user:p/w@host:1/s").unwrap();
+        assert_eq!((a.server.as_str(), a.stream.as_str()), ("rediss://user:p/w@host:1/", "s"));
+        assert_eq!(a.shown, "rediss://user:***@host:1/s");
         for bad in ["redis://host:1", "redis://host:1/", "redis:///s", "redis://h/a/b", "http://h/s", "redis://h/a b"] {
             assert!(split_address(bad).is_err(), "{bad}");
         }
@@ -330,7 +397,7 @@ mod tests {
     #[test]
     fn a_server_that_is_down_is_reported_as_down() {
         // port 1 on loopback refuses at once
-        let f = RedisFeed::open("redis://127.0.0.1:1/s").unwrap();
+        let f = RedisFeed::open("redis://127.0.0.1:1/s", None).unwrap();
         assert!(matches!(f.head(), Err(FeedError::Down(_))));
         assert!(matches!(f.append(b"{}", None), Err(FeedError::Down(_))));
     }

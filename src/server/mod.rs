@@ -160,14 +160,26 @@ pub struct ServeArgs {
     /// item after the history. 0: text order, the model only breaks ties.
     #[arg(long, env = "GENREC_SEARCH_MODEL_WEIGHT", value_name = "W", default_value_t = crate::engine::search::DEFAULT_SEARCH_MODEL_WEIGHT)]
     pub search_model_weight: f32,
-    /// Replica feed, redis://HOST:PORT/STREAM: this server becomes one replica
-    /// of a deployment that shares one catalog and one model. Admin edits and
-    /// model changes received by any replica go to the stream and every
-    /// replica applies the stream in order. The catalog folder is the shared
-    /// one (read by every replica; compaction writes its next version and
-    /// records the stream position it covers). Needs --catalog or --model.
-    #[arg(long, env = "GENREC_FEED", conflicts_with = "watch")]
+    /// Replica feed, redis://[USER:PASSWORD@]HOST:PORT/STREAM (rediss:// for
+    /// TLS): this server becomes one replica of a deployment that shares one
+    /// catalog and one model. Admin edits and model changes received by any
+    /// replica go to the stream and every replica applies the stream in
+    /// order. The catalog folder is the shared one (read by every replica;
+    /// compaction writes its next version and records the stream position it
+    /// covers). Needs --catalog or --model, and --feed-key-file.
+    #[arg(long, env = "GENREC_FEED", conflicts_with = "watch", requires = "feed_key_file")]
     pub feed: Option<String>,
+    /// The key the replicas seal their feed records with (its first line, at
+    /// least 32 bytes; `openssl rand -hex 32`), the same file on every
+    /// replica: a record that is not sealed with it is skipped by all of
+    /// them, so access to Redis alone changes nothing any replica serves.
+    #[arg(long, env = "GENREC_FEED_KEY_FILE", value_name = "FILE")]
+    pub feed_key_file: Option<PathBuf>,
+    /// The feed server's password (its first line), instead of one in the
+    /// --feed address (which would show in `ps`); with an ACL user, put the
+    /// user in the address: redis://USER@HOST:PORT/STREAM.
+    #[arg(long, env = "GENREC_FEED_PASSWORD_FILE", value_name = "FILE")]
+    pub feed_password_file: Option<PathBuf>,
     /// This replica's name in the feed (logs, positions, the compaction
     /// lease); unique per replica. Default: $HOSTNAME (a pod's name), else
     /// the host name, and the process id.
@@ -308,12 +320,20 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     let Some(address) = &args.feed else {
         return finish_engine(args, model.map(|m| (m, source)), catalog, Changes::Local(store), dev, dtype);
     };
-    let feed: Arc<dyn crate::feed::Feed> = Arc::from(crate::feed::open(address)?);
+    let password = match &args.feed_password_file {
+        Some(p) => Some(first_line(p).with_context(|| format!("reading --feed-password-file {}", p.display()))?),
+        None => None,
+    };
+    let key_file = args.feed_key_file.as_ref().context("--feed needs --feed-key-file")?;
+    let key = crate::feed::auth::FeedKey::from_file(key_file)?;
+    let feed: Arc<dyn crate::feed::Feed> = Arc::from(crate::feed::open(address, password)?);
+    let address = feed.describe();
     let name = args.replica_name.clone().unwrap_or_else(default_replica_name);
     let opts = crate::engine::replica::ReplicaOptions::new(
         name.clone(),
         catalog_dir.clone(),
         Duration::from_secs(args.feed_mark_ttl_s.max(1)),
+        key,
     );
     let replica = crate::engine::replica::Replica::new(feed, opts, start, Arc::new(metrics::FeedMetrics));
     let engine = finish_engine(args, model.map(|m| (m, source)), catalog, Changes::Replicated(replica), dev, dtype)?;
@@ -330,6 +350,11 @@ enum Changes {
     Local(EditStore),
     /// Through the replica feed.
     Replicated(Arc<crate::engine::replica::Replica>),
+}
+
+/// The first line of a secret's file, surrounding whitespace removed.
+fn first_line(path: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path)?.lines().next().unwrap_or("").trim().to_string())
 }
 
 /// `$HOSTNAME` (a Kubernetes pod's name), else the host name; and the pid.

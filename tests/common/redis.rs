@@ -1,10 +1,35 @@
 //! A real `redis-server` (Debian's package; `.ci/run` installs it) on a free
 //! loopback port with its data in a temporary folder, append-only file
-//! synced on every write, killed on drop.
+//! synced on every write, a password required ([`PASSWORD`]), killed on drop;
+//! and the secrets replicas are started with ([`secrets`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The password every test server requires (`requirepass`).
+pub const PASSWORD: &str = "redis-test-password-0123456789";
+/// The key test replicas seal their feed records with.
+pub const FEED_KEY: &str = "feed-key-for-tests-0123456789abcdef-0123456789";
+
+/// Writes the feed key and the Redis password into `dir`; returns the files
+/// for `--feed-key-file` and `--feed-password-file`.
+pub fn secrets(dir: &Path) -> (PathBuf, PathBuf) {
+    let (key, password) = (dir.join("feed.key"), dir.join("redis.password"));
+    std::fs::write(&key, format!("{FEED_KEY}\n")).expect("write the feed key");
+    std::fs::write(&password, format!("{PASSWORD}\n")).expect("write the Redis password");
+    (key, password)
+}
+
+/// The feed at `address`, as a replica opens it (with the password).
+pub fn open_feed(address: &str) -> genrec::feed::redis::RedisFeed {
+    genrec::feed::redis::RedisFeed::open(address, Some(PASSWORD.to_string())).expect("open the feed")
+}
+
+/// The test replicas' key.
+pub fn key() -> genrec::feed::auth::FeedKey {
+    genrec::feed::auth::FeedKey::new(FEED_KEY.as_bytes().to_vec(), "tests").expect("a long enough key")
+}
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -49,6 +74,7 @@ impl RedisServer {
         std::fs::create_dir_all(&self.dir).expect("redis folder");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--requirepass", PASSWORD])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
@@ -68,8 +94,9 @@ impl RedisServer {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        let mut buf = [0u8; 12];
+        let ask = format!("AUTH {PASSWORD}\r\nPING\r\n");
+        s.write_all(ask.as_bytes()).is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+OK\r\n+PONG\r\n"
     }
 
     /// SIGKILL, as a crash would.
@@ -100,7 +127,8 @@ pub fn edits_in_stream(feed: &dyn genrec::feed::Feed) -> u64 {
         let Some(last) = entries.last() else { return n };
         after = last.position;
         for e in &entries {
-            if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
+            let Ok(record) = key().open(&e.payload) else { continue };
+            if let Ok(Record::Items { edits, .. }) = Record::parse(record) {
                 n += edits.len() as u64;
             }
         }

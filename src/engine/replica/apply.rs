@@ -27,11 +27,11 @@ impl Engine {
         let mut run: Vec<(Position, Record)> = Vec::new();
         let mut edits = 0;
         for e in entries.iter().filter(|e| e.position > done) {
-            let rec = match Record::parse(&e.payload) {
+            let rec = match rep.open_record(&e.payload) {
                 Ok(r) => r,
                 Err(why) => {
                     edits += self.apply_item_records(rep, std::mem::take(&mut run));
-                    tracing::warn!(position = %e.position, error = %why, "feed: skipping a record that does not parse");
+                    tracing::warn!(position = %e.position, error = %why, "feed: skipping a record that is not this deployment's or does not parse");
                     rep.skipped.fetch_add(1, Ordering::Relaxed);
                     rep.observer.skipped();
                     self.advance(rep, e.position);
@@ -68,7 +68,7 @@ impl Engine {
     }
 
     /// Moves this replica's applied position past a record that left the
-    /// catalog as it was (a model record, or one that does not parse).
+    /// catalog as it was (a model record, or one skipped).
     fn advance(&self, rep: &Replica, position: crate::feed::Position) {
         let _w = self.lock_writer();
         rep.set_position(position);
@@ -176,7 +176,7 @@ impl Engine {
             .sticky(MODEL_STICKY)?
             .into_iter()
             .filter(|e| e.position <= upto && seen.is_none_or(|s| s < e.position))
-            .filter_map(|e| Record::parse(&e.payload).ok().map(|r| (e.position, r)))
+            .filter_map(|e| rep.open_record(&e.payload).ok().map(|r| (e.position, r)))
             .collect();
         missed.sort_by_key(|m| m.0);
         self.apply_newest_loadable(rep, &missed);

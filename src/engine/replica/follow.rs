@@ -29,7 +29,7 @@ fn start_point(rep: &Replica, start: Position) -> Result<CatchUp, FeedError> {
         .sticky(MODEL_STICKY)?
         .into_iter()
         .filter(|e| e.position <= start)
-        .filter_map(|e| Record::parse(&e.payload).ok().map(|r| (e.position, r)))
+        .filter_map(|e| rep.open_record(&e.payload).ok().map(|r| (e.position, r)))
         .collect();
     models.sort_by_key(|m| m.0);
     Ok(CatchUp { head, models })

@@ -42,6 +42,7 @@ use super::edits::ItemDone;
 use super::state::ModelInfo;
 use super::{Engine, EngineError};
 use crate::catalog::dir;
+use crate::feed::auth::FeedKey;
 use crate::feed::record::{ItemEdit, Record, MODEL_STICKY};
 use crate::feed::{now_ms, Feed, FeedError, Position};
 
@@ -109,12 +110,22 @@ pub struct ReplicaOptions {
     /// that hangs, a download that stalls) makes the replica not ready: it
     /// would otherwise go on serving an old catalog and model as if current.
     pub stall_after: Duration,
+    /// The key every replica seals its records with and checks others' by
+    /// ([`crate::feed::auth`]).
+    pub key: FeedKey,
 }
 
 impl ReplicaOptions {
     /// Options with the default waits.
-    pub fn new(name: String, catalog_dir: PathBuf, mark_ttl: Duration) -> Self {
-        ReplicaOptions { name, catalog_dir, mark_ttl, apply_wait: DEFAULT_APPLY_WAIT, stall_after: DEFAULT_STALL_AFTER }
+    pub fn new(name: String, catalog_dir: PathBuf, mark_ttl: Duration, key: FeedKey) -> Self {
+        ReplicaOptions {
+            name,
+            catalog_dir,
+            mark_ttl,
+            apply_wait: DEFAULT_APPLY_WAIT,
+            stall_after: DEFAULT_STALL_AFTER,
+            key,
+        }
     }
 }
 
@@ -169,6 +180,7 @@ pub struct Replica {
     mark_ttl: Duration,
     apply_wait: Duration,
     stall_after: Duration,
+    key: FeedKey,
     observer: Arc<dyn FeedObserver>,
     /// Admin calls waiting for their record, by origin.
     waiters: Mutex<HashMap<String, SyncSender<RecordOutcome>>>,
@@ -210,6 +222,7 @@ impl Replica {
             mark_ttl: opts.mark_ttl,
             apply_wait: opts.apply_wait,
             stall_after: opts.stall_after,
+            key: opts.key,
             observer,
             waiters: Mutex::new(HashMap::new()),
             next_origin: AtomicU64::new(1),
@@ -267,6 +280,13 @@ impl Replica {
         now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)) > self.stall_after.as_millis() as u64
     }
 
+    /// The record in a feed entry, when it is sealed with this deployment's
+    /// key and parses; else why it is skipped.
+    pub(super) fn open_record(&self, payload: &[u8]) -> Result<Record, String> {
+        let record = self.key.open(payload).map_err(|e| e.to_string())?;
+        Record::parse(record).map_err(|e| format!("the record does not parse: {e}"))
+    }
+
     /// The feed thread is making progress (each round, each record applied).
     pub(super) fn beat(&self) {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
@@ -308,7 +328,7 @@ impl Replica {
         let appended = rec
             .to_bytes()
             .map_err(|e| FeedError::Protocol(format!("encoding the record: {e}")))
-            .and_then(|bytes| self.feed.append(&bytes, sticky));
+            .and_then(|bytes| self.feed.append(&self.key.seal(&bytes), sticky));
         let position = match appended {
             Ok(p) => p,
             Err(e) => {

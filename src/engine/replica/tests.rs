@@ -52,12 +52,23 @@ fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -
     let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
     let start = super::covered_position(&catalog).unwrap();
     let opts = EngineOptions { model_root: Some(model_root.to_path_buf()), ..Default::default() };
-    let e = replica_engine(catalog, opts, feed, ReplicaOptions::new(name.into(), dir, super::DEFAULT_MARK_TTL), start);
+    let e = replica_engine(
+        catalog,
+        opts,
+        feed,
+        ReplicaOptions::new(name.into(), dir, super::DEFAULT_MARK_TTL, test_key()),
+        start,
+    );
     let (model, _) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
     e.install(model, "embedded".into()).unwrap();
     e.follow_feed().unwrap();
     wait_for(|| e.feed_ready() == Some(true), "the replica catches up");
     e
+}
+
+/// The key the test replicas share.
+fn test_key() -> crate::feed::auth::FeedKey {
+    crate::feed::auth::FeedKey::new(b"0123456789abcdef0123456789abcdef-test".to_vec(), "test").unwrap()
 }
 
 /// An engine that takes its changes through `feed` (its feed thread not
@@ -220,8 +231,18 @@ fn bad_records_are_skipped_alike_and_failed_edits_fail_everywhere() {
     let a = replica(&root.0, &feed, "a", &root.0);
     let b = replica(&root.0, &feed, "b", &root.0);
     let base = a.catalog().catalog.clone();
-    feed.append_raw(b"not json");
-    feed.append_raw(br#"{"kind":"resize","to":3}"#);
+    feed.append_raw(&test_key().seal(b"not json"));
+    feed.append_raw(&test_key().seal(br#"{"kind":"resize","to":3}"#));
+    // someone with access to the feed's server but not the key: a well-formed
+    // upsert and a model load, unsealed and sealed with another key
+    let forged = serde_json::json!({"kind": "items", "edits": [
+        {"op": "upsert", "id": "forged", "title": "forged", "embedding": embedding(&base, 3, 0.2)}
+    ]})
+    .to_string();
+    feed.append_raw(forged.as_bytes());
+    let other = crate::feed::auth::FeedKey::new(vec![7; 32], "other").unwrap();
+    feed.append_raw(&other.seal(forged.as_bytes()));
+    feed.append_raw(br#"{"kind":"model_load","path":"hf:evil/model"}"#);
     let sid = base.sid(5).to_vec();
     // a semantic ID that is taken: fails on every replica the same way
     let taken = edits::ItemInput { semantic_id: Some(sid), ..item(&base, "dup", 5, 0.0) };
@@ -230,9 +251,11 @@ fn bad_records_are_skipped_alike_and_failed_edits_fail_everywhere() {
     settled(&feed, &[&a, &b]);
     for e in [&a, &b] {
         let info = e.feed_info().unwrap();
-        assert_eq!(info.skipped, 2);
+        assert_eq!(info.skipped, 5, "two that do not parse, three not sealed with the key");
         assert_eq!(e.item("fine").unwrap().semantic_id, ok.semantic_id);
         assert!(e.item("dup").is_err());
+        assert!(e.item("forged").is_err(), "a record without the key changes nothing");
+        assert!(info.model_change.is_none(), "nor loads a model");
     }
     assert_same(&served(&a), &served(&b), "a and b");
     assert_eq!(a.catalog().catalog.last_edit_id(), 1, "the failed edit took no edit id");
@@ -310,7 +333,7 @@ fn a_replica_below_the_trimmed_feed_reloads_the_newest_version() {
         old,
         EngineOptions { model_root: Some(root.0.clone()), ..Default::default() },
         &feed,
-        ReplicaOptions::new("late".into(), dir, super::DEFAULT_MARK_TTL),
+        ReplicaOptions::new("late".into(), dir, super::DEFAULT_MARK_TTL, test_key()),
         Position::START,
     );
     late.follow_feed().unwrap();
@@ -406,7 +429,7 @@ fn a_replica_that_cannot_reach_the_feed_at_start_is_not_ready_until_it_does() {
         catalog,
         EngineOptions::default(),
         &feed,
-        ReplicaOptions::new("late".into(), dir, super::DEFAULT_MARK_TTL),
+        ReplicaOptions::new("late".into(), dir, super::DEFAULT_MARK_TTL, test_key()),
         Position::START,
     );
     e.follow_feed().unwrap();
@@ -431,7 +454,7 @@ fn a_stalled_feed_makes_the_replica_unready_and_its_timed_out_lines_pending() {
     let dir = root.0.join("catalog");
     let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
     let start = super::covered_position(&catalog).unwrap();
-    let mut opts = ReplicaOptions::new("stalls".into(), dir, super::DEFAULT_MARK_TTL);
+    let mut opts = ReplicaOptions::new("stalls".into(), dir, super::DEFAULT_MARK_TTL, test_key());
     opts.apply_wait = Duration::from_millis(300);
     opts.stall_after = Duration::from_millis(1500);
     let e = replica_engine(catalog, EngineOptions::default(), &feed, opts, start);
@@ -456,4 +479,42 @@ fn a_stalled_feed_makes_the_replica_unready_and_its_timed_out_lines_pending() {
     for i in 1..=3 {
         assert!(e.catalog().catalog.index_of(&format!("late-{i}")).is_some(), "late-{i} is served");
     }
+}
+
+/// A compaction whose lease lapsed while it wrote the version (a stall, a
+/// lost connection; another replica may have taken the lease) switches
+/// nothing and leaves nothing: it used to switch anyway, so two compactions
+/// could write and delete each other's versions. With its lease kept, the
+/// next compaction switches.
+#[test]
+fn a_compaction_that_lost_its_lease_switches_nothing() {
+    let root = shared_root("lease");
+    let feed = Arc::new(MemoryFeed::new());
+    let a = replica(&root.0, &feed, "a", &root.0);
+    let base = a.catalog().catalog.clone();
+    a.upsert_item(item(&base, "x", 1, 0.05)).unwrap();
+    let dir = root.0.join("catalog");
+    let before = crate::catalog::dir::version_of(&dir).unwrap();
+    feed.set_leases_lapse(true);
+    let err = a.compact().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("lease lapsed"), "{err}");
+    assert_eq!(crate::catalog::dir::version_of(&dir).unwrap(), before, "nothing switched");
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(feed.trimmed_below().unwrap(), Position::START, "nothing trimmed");
+    feed.set_leases_lapse(false);
+    assert_eq!(a.compact().unwrap().version, before + 1);
+}
+
+#[test]
+fn the_trim_mark_never_moves_backwards() {
+    let feed = MemoryFeed::new();
+    let (high, low) = (Position { ms: 20, seq: 1 }, Position { ms: 10, seq: 5 });
+    feed.trim_below(high).unwrap();
+    feed.trim_below(low).unwrap();
+    assert_eq!(feed.trimmed_below().unwrap(), high);
 }

@@ -3,7 +3,7 @@
 //! trimming), moving onto a newer version written by any replica, and
 //! reloading the newest one after falling behind the trimmed feed.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ impl Engine {
             let entries = rep.feed.read_after(after, READ_BATCH, Duration::ZERO)?;
             let before = after;
             for e in entries.into_iter().take_while(|e| e.position <= here) {
-                if let Ok(Record::Items { edits, .. }) = Record::parse(&e.payload) {
+                if let Ok(Record::Items { edits, .. }) = rep.open_record(&e.payload) {
                     apply_item_edits(&mut cat, &edits, e.position.ms);
                 }
                 after = e.position;
@@ -102,18 +102,65 @@ impl Engine {
         r
     }
 
+    /// Runs the compaction under the feed's lease, renewed every third of
+    /// its time while the version is written, and checked (renewed once
+    /// more) right before the switch: a compaction whose lease lapsed (a
+    /// stall, a lost connection) switches nothing, so two compactions never
+    /// overlap at the switch.
     fn compact_leased(&self, rep: &Replica, t0: Instant) -> Result<CompactReport, EngineError> {
         if !rep.feed.try_lease("compact", &rep.name, COMPACT_LEASE)? {
             return Err(EngineError::Conflict("another replica is compacting the shared catalog".into()));
         }
-        let r = self.write_shared_version(rep, t0);
+        let lost = AtomicBool::new(false);
+        let lost_flag = &lost;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let r = std::thread::scope(|s| {
+            s.spawn(move || loop {
+                match stopped.recv_timeout(COMPACT_LEASE / 3) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        match rep.feed.renew_lease("compact", &rep.name, COMPACT_LEASE) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                lost_flag.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "feed: renewing the compaction lease failed; retrying")
+                            }
+                        }
+                    }
+                    _ => return,
+                }
+            });
+            let still_leased = || {
+                let held = !lost.load(Ordering::SeqCst)
+                    && rep.feed.renew_lease("compact", &rep.name, COMPACT_LEASE).unwrap_or(false);
+                if held {
+                    Ok(())
+                } else {
+                    Err(crate::catalog::CatalogError::Conflict(
+                        "the compaction lease lapsed while the version was written: another replica may compact; \
+                         nothing was switched"
+                            .into(),
+                    ))
+                }
+            };
+            let r = self.write_shared_version(rep, t0, &still_leased);
+            drop(stop);
+            r
+        });
         if let Err(e) = rep.feed.release_lease("compact", &rep.name) {
             tracing::warn!(error = %e, "feed: giving the compaction lease back failed (it lapses by itself)");
         }
         r
     }
 
-    fn write_shared_version(&self, rep: &Replica, t0: Instant) -> Result<CompactReport, EngineError> {
+    fn write_shared_version(
+        &self,
+        rep: &Replica,
+        t0: Instant,
+        still_leased: &dyn Fn() -> Result<(), crate::catalog::CatalogError>,
+    ) -> Result<CompactReport, EngineError> {
         // the view and the position it covers, read together under the edit lock
         let (view, position) = {
             let w = self.lock_writer();
@@ -137,7 +184,8 @@ impl Engine {
             write_version_graph(v, prev_graph.as_deref(), d)
                 .map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
         };
-        let (number, _) = dir::commit_shared_version(&rep.dir, &view, &position.to_string(), keep_from, &extra)?;
+        let (number, _) =
+            dir::commit_shared_version(&rep.dir, &view, &position.to_string(), keep_from, &extra, still_leased)?;
         rep.feed.mark(&rep.name, position, self.catalog().catalog.manifest().version)?;
         rep.known_version.store(number, Ordering::Relaxed);
         rep.bytes_since_version.store(0, Ordering::Relaxed);
