@@ -9,6 +9,7 @@ mod catalog;
 mod cli;
 mod coldstart;
 mod controls;
+mod crash;
 mod gpu;
 mod hf_compat;
 mod hub;

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod heap;
 pub mod hub;
 pub mod redis;
