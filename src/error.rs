@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Forbidden,
     /// Something genrec called (the Hugging Face Hub) failed or answered badly.
     Upstream,
+    /// The disk is full: the change was not made (nothing of it is kept);
+    /// serving goes on, and changes succeed again once there is room.
+    NoSpace,
     /// A failure of genrec itself or of its machine; logged with its causes.
     Internal,
 }

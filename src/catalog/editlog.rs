@@ -120,7 +120,8 @@ struct SyncState {
     synced: u64,
     syncing: bool,
     /// A sync failed: nothing after it can be acknowledged.
-    failed: Option<String>,
+    /// (Its kind is kept: a full disk still reads as one.)
+    failed: Option<(std::io::ErrorKind, String)>,
 }
 
 /// An open log, appended to by edits.
@@ -182,7 +183,11 @@ impl EditLog {
             bytes.extend(frame(r));
         }
         let mut w = self.writer.lock();
-        if let Err(e) = w.file.write_all(&bytes) {
+        let written = match disk_full::take(&self.path, &bytes) {
+            Some(part) => w.file.write_all(part).and(Err(std::io::Error::from(std::io::ErrorKind::StorageFull))),
+            None => w.file.write_all(&bytes),
+        };
+        if let Err(e) = written {
             let at = w.written;
             let _ = w.file.set_len(at).and_then(|_| w.file.seek(SeekFrom::Start(at)).map(|_| ()));
             return Err(CatalogError::io(&self.path, e));
@@ -196,8 +201,8 @@ impl EditLog {
     pub fn sync_to(&self, upto: u64) -> Result<(), CatalogError> {
         let mut st = self.sync.lock();
         loop {
-            if let Some(e) = &st.failed {
-                return Err(CatalogError::io(&self.path, std::io::Error::other(e.clone())));
+            if let Some((kind, e)) = &st.failed {
+                return Err(CatalogError::io(&self.path, std::io::Error::new(*kind, e.clone())));
             }
             if st.synced >= upto {
                 return Ok(());
@@ -221,11 +226,11 @@ impl EditLog {
         st.syncing = false;
         match result {
             Ok(()) => st.synced = st.synced.max(target),
-            Err(e) => st.failed = Some(e.to_string()),
+            Err(e) => st.failed = Some((e.kind(), e.to_string())),
         }
         self.synced_cv.notify_all();
         match &st.failed {
-            Some(e) => Err(CatalogError::io(&self.path, std::io::Error::other(e.clone()))),
+            Some((kind, e)) => Err(CatalogError::io(&self.path, std::io::Error::new(*kind, e.clone()))),
             None if st.synced >= upto => Ok(()),
             None => {
                 drop(st);
@@ -244,6 +249,38 @@ impl EditLog {
         parse(&bytes)
             .map(|c| c.records)
             .map_err(|at| CatalogError::Format(format!("{}: corrupt record at {at}", self.path.display())))
+    }
+}
+
+/// Tests: a disk that is full for the next appends of this process (a
+/// part of the frames is written, then the write fails with `StorageFull`,
+/// as it would on a real full disk).
+pub mod disk_full {
+    use std::path::Path;
+    #[cfg(test)]
+    use std::path::PathBuf;
+
+    #[cfg(test)]
+    static FULL: parking_lot::Mutex<Vec<(PathBuf, usize)>> = parking_lot::Mutex::new(Vec::new());
+
+    /// The next `n` appends to the log at `path` fail.
+    #[cfg(test)]
+    pub fn next(path: &Path, n: usize) {
+        FULL.lock().push((path.to_path_buf(), n));
+    }
+
+    /// The part of `bytes` a full disk takes before failing, when the disk
+    /// under `path` is full.
+    pub(super) fn take<'a>(_path: &Path, _bytes: &'a [u8]) -> Option<&'a [u8]> {
+        #[cfg(test)]
+        {
+            let mut full = FULL.lock();
+            if let Some(slot) = full.iter_mut().find(|(p, n)| p == _path && *n > 0) {
+                slot.1 -= 1;
+                return Some(&_bytes[.._bytes.len() / 2]);
+            }
+        }
+        None
     }
 }
 

@@ -78,6 +78,7 @@ impl CatalogError {
         match self {
             CatalogError::Conflict(_) | CatalogError::Busy(_) => ErrorKind::Conflict,
             CatalogError::NotFound(_) => ErrorKind::NotFound,
+            CatalogError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => ErrorKind::NoSpace,
             CatalogError::Io { .. }
             | CatalogError::Json { .. }
             | CatalogError::Format(_)

@@ -421,3 +421,38 @@ async fn an_ensemble_serves_the_search_over_its_members_mean() {
     other.sidecar.max_history_items += 1;
     assert!(crate::model::Ensemble::new(vec![a, other]).is_err());
 }
+
+/// A full disk: an edit whose record cannot be written is refused with the
+/// NoSpace kind (507), leaves nothing behind (the half-written frame is cut
+/// off, so the log still reads), serving goes on, and edits succeed again
+/// once there is room; after a restart every acknowledged edit is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_edits_without_losing_or_tearing_anything() {
+    let (dir, cat, store) = random_store("disk-full", 300);
+    let log = store.log.path().to_path_buf();
+    let e = Engine::with_store(cat, edits::EditStore::Durable(store), EngineOptions::default(), Arc::new(NoObserver))
+        .unwrap();
+    let base = e.catalog().catalog.clone();
+    let new = |id: &str, from: u32| edits::ItemInput {
+        id: id.into(),
+        title: id.into(),
+        text: None,
+        embedding: Some(base.embedding(from).iter().map(|x| x * 0.9 + 0.01).collect()),
+        semantic_id: None,
+    };
+    e.upsert_item(new("before", 1)).unwrap();
+    crate::catalog::editlog::disk_full::next(&log, 1);
+    let refused = e.upsert_item(new("refused", 2)).err().expect("the disk is full");
+    assert_eq!(refused.kind(), crate::error::ErrorKind::NoSpace, "{refused}");
+    assert!(e.catalog().catalog.index_of("refused").is_none(), "nothing of it is served");
+    assert!(e
+        .recommend(&req(&first_ids(&e, 3).iter().map(String::as_str).collect::<Vec<_>>(), 5, Strategy::Ann))
+        .await
+        .is_ok());
+    e.upsert_item(new("after", 3)).unwrap();
+    drop(e);
+    let (again, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
+    assert!(again.index_of("before").is_some() && again.index_of("after").is_some());
+    assert!(again.index_of("refused").is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

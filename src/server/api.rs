@@ -250,6 +250,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+        ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -520,6 +521,11 @@ mod status {
             (hub(HubError::Unreachable { name: "a/b".into(), what: "info".into(), message: "dns".into() }), 502, None),
             (hub(HubError::Busy { name: "a/b".into(), what: "weights".into() }), 409, None),
             (hub(HubError::Setup("no home".into())), 500, None),
+            (
+                E::Catalog(CatalogError::io("edits-000001.log", std::io::Error::from(std::io::ErrorKind::StorageFull))),
+                507,
+                None,
+            ),
         ];
         for (e, status, field) in cases {
             let shown = e.to_string();

@@ -9,6 +9,9 @@
 //!   acknowledged delete is not served;
 //! - nothing that was never sent is there (ids are never reused), and an
 //!   edit in flight at the kill is either wholly there or not at all.
+//!
+//! Each restart checks every id edited in the round before it and a sample
+//! of 200 older ones; the last restart checks them all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +34,8 @@ struct Known {
     acked: Option<Option<Vec<u64>>>,
     /// An edit whose outcome is unknown: this state, or the acknowledged one.
     in_flight: Option<Option<()>>,
+    /// The round it was last edited in.
+    round: usize,
 }
 
 /// What a run found.
@@ -89,14 +94,14 @@ pub fn run(iterations: usize, max_run: Duration, seed: u64) -> CrashReport {
             report.failed_starts += 1;
             break;
         };
-        verify(&s, &known, &mut report);
+        verify(&s, &known, &mut report, Some((round.saturating_sub(1), &mut rng)));
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..3u64 {
             let (url, known, stop) = (s.url.clone(), known.clone(), stop.clone());
             let first = next_id + w * 1_000_000;
             let mut wrng = ChaCha8Rng::seed_from_u64(seed ^ (round as u64 * 31 + w));
-            writers.push(std::thread::spawn(move || write(&url, &known, &stop, first, &mut wrng)));
+            writers.push(std::thread::spawn(move || write(&url, &known, &stop, first, round, &mut wrng)));
         }
         next_id += 3_000_000;
         let compactor = {
@@ -131,7 +136,7 @@ pub fn run(iterations: usize, max_run: Duration, seed: u64) -> CrashReport {
     }
     // the last restart's check
     match start(&model) {
-        Some(s) => verify(&s, &known, &mut report),
+        Some(s) => verify(&s, &known, &mut report, None),
         None => report.failed_starts += 1,
     }
     report.seconds = t0.elapsed().as_secs_f64();
@@ -145,8 +150,15 @@ fn write(
     known: &Mutex<HashMap<String, Known>>,
     stop: &AtomicBool,
     first: u64,
+    round: usize,
     rng: &mut ChaCha8Rng,
 ) -> (usize, usize) {
+    let touch = |id: &str, state: Option<()>| {
+        let mut k = known.lock().unwrap();
+        let e = k.entry(id.to_string()).or_default();
+        e.in_flight = Some(state);
+        e.round = round;
+    };
     let c = client();
     let (mut upserts, mut deletes) = (0, 0);
     let mut mine: Vec<String> = Vec::new();
@@ -154,7 +166,7 @@ fn write(
     while !stop.load(Ordering::SeqCst) {
         if !mine.is_empty() && rng.random_range(0..4) == 0 {
             let victim = mine.swap_remove(rng.random_range(0..mine.len()));
-            known.lock().unwrap().entry(victim.clone()).or_default().in_flight = Some(None);
+            touch(&victim, None);
             match c.delete(format!("{url}/admin/items/{victim}")).bearer_auth(TOKEN).send() {
                 Ok(r) if r.status().as_u16() == 200 => {
                     let mut k = known.lock().unwrap();
@@ -170,7 +182,7 @@ fn write(
         }
         let id = format!("c{i}");
         i += 1;
-        known.lock().unwrap().entry(id.clone()).or_default().in_flight = Some(Some(()));
+        touch(&id, Some(()));
         let body = json!({"id": id, "title": format!("crash {i}"), "embedding": embedding(i)});
         match c.post(format!("{url}/admin/items")).bearer_auth(TOKEN).json(&body).send() {
             Ok(r) if r.status().is_success() => {
@@ -194,11 +206,34 @@ fn write(
     (upserts, deletes)
 }
 
-/// Checks every id the harness knows against the restarted server.
-fn verify(s: &Server, known: &Mutex<HashMap<String, Known>>, report: &mut CrashReport) {
+/// Checks the ids the harness knows against the restarted server: all of
+/// them, or (`Some((round, rng))`) those edited in `round` and a sample of
+/// 200 others.
+fn verify(
+    s: &Server,
+    known: &Mutex<HashMap<String, Known>>,
+    report: &mut CrashReport,
+    sample: Option<(usize, &mut ChaCha8Rng)>,
+) {
     let c = client();
     let mut k = known.lock().unwrap();
+    let mut older = 0;
+    let (round, mut rng) = match sample {
+        Some((r, rng)) => (Some(r), Some(rng)),
+        None => (None, None),
+    };
+    let others = k.values().filter(|v| round.is_some_and(|r| v.round != r) && v.in_flight.is_none()).count().max(1);
     for (id, state) in k.iter_mut() {
+        if let (Some(r), Some(rng)) = (round, rng.as_mut()) {
+            let recent = state.round == r || state.in_flight.is_some();
+            if !recent {
+                // about 200 of the older ones
+                if rng.random_range(0..others) >= 200 || older >= 200 {
+                    continue;
+                }
+                older += 1;
+            }
+        }
         let r = c.get(s.at(&format!("/admin/items/{id}"))).bearer_auth(TOKEN).send().expect("GET an item");
         let status = r.status().as_u16();
         let v: Value = r.json().unwrap_or(Value::Null);
