@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod disk_full;
 pub mod heap;
 pub mod hub;
 pub mod redis;
