@@ -286,3 +286,43 @@ fn a_hub_that_never_answers_fails_a_pull_in_time_and_a_start_uses_the_cache() {
     );
     assert_eq!(source(&s), format!("hf:genrec/demo@{sha}"));
 }
+
+/// A download that stops half-way (the Hub, or a proxy, keeps the connection
+/// and sends nothing more) fails within the read timeout instead of holding
+/// the pull forever, leaves nothing in the cache, and the next pull gets the
+/// whole file.
+#[test]
+fn a_download_that_stalls_half_way_fails_in_time_and_leaves_nothing() {
+    let hub = FakeHub::start();
+    let sha = hub.commit("genrec/demo", &["main"], demo_files(false));
+    let home = TempDir::new("hf-stall");
+    let mut e = env(&hub.url, &home);
+    e.push(("GENREC_HUB_TIMEOUT_S", "1"));
+    let pull = || {
+        let t = std::time::Instant::now();
+        let out = common::isolate(&mut std::process::Command::new(common::bin()))
+            .args(["pull", "hf:genrec/demo"])
+            .envs(e.clone())
+            .output()
+            .unwrap();
+        (out, t.elapsed())
+    };
+    hub.stall_weights(true);
+    let (out, took) = pull();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("model.safetensors"), "{err}");
+    assert!(took < std::time::Duration::from_secs(20), "gave up after {took:?}");
+    let repo = home.0.join("hub/models--genrec--demo");
+    let snapshot = repo.join(format!("snapshots/{sha}"));
+    assert!(!snapshot.join("model.safetensors").exists(), "a partial weights file is in the snapshot");
+    let blobs: Vec<_> = std::fs::read_dir(repo.join("blobs")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(
+        blobs.iter().all(|b| !b.to_string_lossy().starts_with(".download")),
+        "a partial download stayed: {blobs:?}"
+    );
+    hub.stall_weights(false);
+    let (out, _) = pull();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let weights = std::fs::read(snapshot.join("model.safetensors")).unwrap();
+    assert_eq!(weights, std::fs::read(common::repo().join("models/demo/model/model.safetensors")).unwrap());
+}

@@ -442,7 +442,7 @@ async fn a_full_disk_refuses_edits_without_losing_or_tearing_anything() {
     };
     e.upsert_item(new("before", 1)).unwrap();
     crate::catalog::editlog::disk_full::next(&log, 1);
-    let refused = e.upsert_item(new("refused", 2)).err().expect("the disk is full");
+    let Err(refused) = e.upsert_item(new("refused", 2)) else { panic!("the disk is full: the upsert must fail") };
     assert_eq!(refused.kind(), crate::error::ErrorKind::NoSpace, "{refused}");
     assert!(e.catalog().catalog.index_of("refused").is_none(), "nothing of it is served");
     assert!(e

@@ -121,7 +121,7 @@ async fn recommend_clients(o: &CatalogBenchOptions, stop: Arc<AtomicBool>) -> (V
         return (Vec::new(), 0);
     }
     let url = format!("{}/v1/recommend", o.url.trim_end_matches('/'));
-    let client = reqwest::Client::new();
+    let client = super::http_client();
     let out = Arc::new(Mutex::new((Vec::new(), 0usize)));
     let hist = Arc::new(o.histories.clone());
     let mut tasks = Vec::new();
@@ -170,7 +170,7 @@ fn item_line(mix: &Mixture, o: &SynthOptions, n: usize) -> String {
 
 /// Runs the four phases.
 pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> {
-    let client = reqwest::Client::new();
+    let client = super::http_client();
     let items_url = format!("{}/admin/items", o.url.trim_end_matches('/'));
     let mix = Arc::new(Mixture::new(&o.synth));
 

@@ -165,9 +165,19 @@ async fn one(client: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tal
 }
 
 /// Runs the benchmark against a server.
+/// The load generators' HTTP client: every request gives up after 30 s (a
+/// hung server shows as errors, not as a bench that never ends).
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
+}
+
 pub async fn run(opts: &BenchOptions, histories: &[Vec<String>]) -> BenchReport {
     let url = format!("{}/v1/recommend", opts.url.trim_end_matches('/'));
-    let client = reqwest::Client::new();
+    let client = http_client();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let issued = Arc::new(AtomicUsize::new(0));
     let body = {

@@ -5,7 +5,8 @@
 //! A pull asks the Hub which commit the revision names, then fetches that
 //! commit's `config.json`, `genrec.json`, its weights (`model.safetensors`, or
 //! the index and every shard it names) and the same files of each ensemble
-//! member, through the `hf-hub` crate into the standard Hugging Face cache
+//! member (the repository info through the `hf-hub` crate, the files through
+//! [`super::hub_download`], each with a read timeout) into the standard Hugging Face cache
 //! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`),
 //! where transformers and other tools find them too. Every file comes from
 //! the one commit, so a branch that moves mid-pull cannot mix two versions;
@@ -26,7 +27,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::api::sync::{ApiBuilder, ApiError};
+
+use super::hub_download::{DownloadError, Downloader};
 use hf_hub::api::RepoInfo;
 use hf_hub::{Cache, Repo, RepoType};
 
@@ -115,9 +118,8 @@ pub struct HubOptions {
     pub offline: bool,
     /// Progress bars for downloads (when stderr is a terminal).
     pub progress: bool,
-    /// How long the Hub may take to answer a pull's first question
-    /// (`GENREC_HUB_TIMEOUT_S`, default 30). Downloads have no limit: hf-hub
-    /// offers none.
+    /// How long the Hub may take to answer a pull's first question, and to
+    /// send each next part of a download (`GENREC_HUB_TIMEOUT_S`, default 30).
     pub answer_timeout: std::time::Duration,
 }
 
@@ -408,10 +410,10 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
             message: format!("the Hub named the commit {:?}, not a commit hash", info.sha),
         });
     }
-    let pinned: ApiRepo = api.repo(Repo::with_revision(name.repo.clone(), RepoType::Model, info.sha.clone()));
     let listed: BTreeSet<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
     let repo_dir = opts.repo_dir(name);
     let dir = repo_dir.join("snapshots").join(&info.sha);
+    let downloader = Downloader::new(&opts.endpoint, opts.token.clone(), opts.answer_timeout, opts.progress);
     let mut downloaded = 0;
     let mut fetch = |file: &str| -> Result<PathBuf, HubError> {
         // the commit's file as any client left it (the Python client too)
@@ -419,20 +421,8 @@ fn pull_online(name: &HubName, opts: &HubOptions) -> Result<Pulled, HubError> {
         if local.is_file() {
             return Ok(local);
         }
-        // a link whose blob is gone (removed as corrupted): hf-hub would not
-        // replace it
-        if local.symlink_metadata().is_ok() {
-            std::fs::remove_file(&local).map_err(|source| HubError::Io { path: local.clone(), source })?;
-        }
         downloaded += 1;
-        let path = pinned.download(file).map_err(|e| api_error(name, opts, file, e))?;
-        // hf-hub files a download under the commit the answer names
-        if path != local {
-            let message = format!("the Hub sent {file} of another commit ({})", path.display());
-            return Err(HubError::HubFailed { name: name.to_string(), what: file.to_string(), message });
-        }
-        verify(name, file, &path)?;
-        Ok(path)
+        downloader.fetch(&name.repo, &info.sha, file, &repo_dir).map_err(|e| download_error(name, opts, file, e))
     };
     let missing = |file: String| HubError::NotCheckpoint {
         name: name.to_string(),
@@ -471,30 +461,6 @@ fn from_cache(name: &HubName, opts: &HubOptions, why: &str) -> Result<Pulled, Hu
     Ok(Pulled { name: name.clone(), dir, commit, downloaded: 0 })
 }
 
-/// Checks a file just downloaded against the hash the Hub named it by. A
-/// large (LFS) file's blob in the cache is named by its SHA-256; one whose
-/// content differs is removed (blob and snapshot link), so the next pull
-/// fetches it again. Small files are named by their git hash, which is not
-/// checked (they are JSON, parsed at load).
-fn verify(name: &HubName, file: &str, path: &Path) -> Result<(), HubError> {
-    use sha2::Digest;
-    let io = |source| HubError::Io { path: path.to_path_buf(), source };
-    let blob = std::fs::canonicalize(path).map_err(io)?;
-    let expected = blob.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-    if !(expected.len() == 64 && expected.bytes().all(|b| b.is_ascii_hexdigit())) {
-        return Ok(());
-    }
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(&blob).map_err(io)?, &mut hasher).map_err(io)?;
-    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if got == expected.to_ascii_lowercase() {
-        return Ok(());
-    }
-    let _ = std::fs::remove_file(&blob);
-    let _ = std::fs::remove_file(path);
-    Err(HubError::Corrupt { name: name.to_string(), file: file.to_string(), expected, got })
-}
-
 /// `refs/<revision>` naming `commit`, written to a temporary name and renamed.
 fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<(), HubError> {
     let path = repo_dir.join("refs").join(revision);
@@ -503,6 +469,22 @@ fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<(), HubErr
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     crate::util::write_atomic(&path, commit.as_bytes()).map_err(io)
+}
+
+/// The typed error for a failed download of `file`.
+fn download_error(name: &HubName, opts: &HubOptions, file: &str, e: DownloadError) -> HubError {
+    match e {
+        DownloadError::Request(e) => api_error(name, opts, file, ApiError::RequestError(e)),
+        DownloadError::Body(e) => HubError::Unreachable {
+            name: name.to_string(),
+            what: file.to_string(),
+            message: format!("the download broke off: {e}"),
+        },
+        DownloadError::Io { path, source } => HubError::Io { path, source },
+        DownloadError::Corrupt { expected, got } => {
+            HubError::Corrupt { name: name.to_string(), file: file.to_string(), expected, got }
+        }
+    }
 }
 
 /// The typed error for an `hf-hub` failure on `what`. The Hub says what is

@@ -13,6 +13,7 @@ pub mod ensemble;
 pub mod fastexp;
 pub mod fused;
 pub mod hub;
+mod hub_download;
 pub mod init;
 pub mod kv;
 mod ops;

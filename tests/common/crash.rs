@@ -100,8 +100,8 @@ pub fn run(iterations: usize, max_run: Duration, seed: u64) -> CrashReport {
             report.failed_starts += 1;
             break;
         };
-        verify(&[s.url.clone()], &known, &mut report, Some((round.saturating_sub(1), &mut rng)));
-        let load = Load::start(&[s.url.clone()], &known, next_id, round, seed, Duration::from_millis(150));
+        verify(std::slice::from_ref(&s.url), &known, &mut report, Some((round.saturating_sub(1), &mut rng)));
+        let load = Load::start(std::slice::from_ref(&s.url), &known, next_id, round, seed, Duration::from_millis(150));
         next_id += 3_000_000;
         std::thread::sleep(Duration::from_millis(rng.random_range(50..max_run.as_millis().max(51) as u64)));
         sigkill(&s);
@@ -110,7 +110,7 @@ pub fn run(iterations: usize, max_run: Duration, seed: u64) -> CrashReport {
     }
     // the last restart's check
     match start(&model) {
-        Some(s) => verify(&[s.url.clone()], &known, &mut report, None),
+        Some(s) => verify(std::slice::from_ref(&s.url), &known, &mut report, None),
         None => report.failed_starts += 1,
     }
     report.seconds = t0.elapsed().as_secs_f64();

@@ -32,6 +32,8 @@ struct State {
     requests: usize,
     /// Take connections and never answer them.
     silent: bool,
+    /// Send the weights' headers and half their bytes, then nothing more.
+    stall_weights: bool,
 }
 
 /// The demo checkpoint's files; `flip` changes one bit of the weights (another
@@ -117,6 +119,12 @@ impl FakeHub {
         self.state.lock().unwrap().silent = true;
     }
 
+    /// From now on (`true`) sends the first half of `model.safetensors` and
+    /// then holds the connection open without another byte.
+    pub fn stall_weights(&self, stall: bool) {
+        self.state.lock().unwrap().stall_weights = stall;
+    }
+
     /// Requests answered so far (of any kind).
     pub fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
@@ -141,6 +149,21 @@ impl Drop for FakeHub {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Sends the head and half of `body`, then holds the connection for a
+/// minute without another byte.
+fn stall_after_half(mut conn: TcpStream, headers: &[(String, String)], body: &[u8]) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(&body[..body.len() / 2])?;
+    conn.flush()?;
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    Ok(())
 }
 
 fn respond(mut conn: TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) -> std::io::Result<()> {
@@ -243,7 +266,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     if range.as_deref() != Some("bytes=0-0") {
         st.downloads.push(format!("{repo}/{file}"));
     }
+    let stall = st.stall_weights && file == "model.safetensors";
     drop(st);
     let body = if from <= to && from < bytes.len() { &bytes[from..=to] } else { &[][..] };
+    if stall {
+        return stall_after_half(conn, &headers(from, to), body);
+    }
     respond(conn, "206 Partial Content", &headers(from, to), body)
 }
