@@ -286,6 +286,7 @@ pub(crate) fn catalog_cmd(a: CatalogArgs) -> Result<()> {
                 "last_edit_id": cat.last_edit_id(),
                 "edits_replayed": report.replayed,
                 "overlay_items": cat.overlay().len(),
+                "fullness": cat.fullness(),
                 "bytes": parts,
             });
             println!("{}", serde_json::to_string_pretty(&info)?);

@@ -232,6 +232,18 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
     assert_eq!(lines, vec![2, 3, 4, 6], "{v}");
     assert_eq!(v["errors"][1]["field"], "embedding", "{v}");
     assert_eq!(v["errors"][3]["field"], "id", "{v}");
+    assert_eq!(v["placement"]["placed"], 2, "both IDs came from the codebooks: {v}");
+    // the catalog's fill: every free ID but the two taken
+    let (_, info) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/catalog"));
+    let sizes: Vec<u64> = info["codebook_sizes"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let served = info["served"].as_u64().unwrap();
+    assert_eq!(info["fullness"]["free_ids"].as_u64(), Some(sizes.iter().product::<u64>() - served), "{info}");
+    assert_eq!(info["fullness"]["levels"].as_array().map(Vec::len), Some(sizes.len() - 1), "{info}");
+    // a single upsert says where its ID landed
+    let one = json!({"id": "b-8", "embedding": demo_embedding(8)});
+    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/items").json(&one));
+    assert_eq!(st, 201, "{v}");
+    assert!(v["placement"]["distance"].as_f64().is_some_and(|d| d >= 0.0), "{v}");
     let (st, v) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/b-7"));
     assert_eq!(st, 200);
     assert_eq!(

@@ -4,9 +4,13 @@
 //!
 //! A new item's semantic ID comes from the catalog's own codebooks (residual
 //! nearest-centroid codes) plus the lowest collision code that no served item
-//! uses under that prefix, read from the trie node's children. When every
-//! collision code under the nearest prefix is taken, the next-nearest code of
-//! the last k-means level is tried. Removed items keep their index. The
+//! uses under that prefix, read from the trie node's children. Where the
+//! nearest codes' subtrees are full, each level takes its nearest code whose
+//! subtree still has room (its item count below what the levels under it can
+//! hold), the rule `genrec index` assigns codes by (`rqkmeans::assign_all`).
+//! A subtree with room always has a free slot below it, so an upsert finds
+//! an ID whenever the catalog has one, and the same view and embedding give
+//! the same ID on every replica. Removed items keep their index. The
 //! manifest (codebooks, fingerprint) never changes: models trained on the
 //! indexed catalog stay valid for the edited one.
 //!
@@ -23,9 +27,6 @@ use super::{Catalog, CatalogError};
 pub const MAX_ID_BYTES: usize = 512;
 /// Longest item title, in bytes.
 pub const MAX_TITLE_BYTES: usize = 4096;
-/// Codes of an upper k-means level tried for a new item when everything
-/// under the nearer ones is full.
-pub const SPILL_UPPER: usize = 4;
 
 /// One edit as the log (and later a replica feed) carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,12 +60,30 @@ pub struct NewItem {
     pub semantic_id: Option<Vec<u32>>,
 }
 
+/// How far from its nearest codes a new item's semantic ID landed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Placement {
+    /// The first k-means level (0-based) whose code is not the item's
+    /// nearest, because the subtree under the nearest was full; absent: the
+    /// item is on its nearest codes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_at_level: Option<usize>,
+    /// Squared distance from the (unit) embedding to the sum of its codes'
+    /// centroids.
+    pub distance: f32,
+    /// The same for its nearest codes (level by level): `distance` minus
+    /// this is what a full region cost the item.
+    pub nearest_distance: f32,
+}
+
 /// Where an upsert placed its item: row, semantic ID, ANN key, the stored
 /// (normalised) embedding, and whether it replaced a served item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placed {
     pub item: u32,
     pub semantic_id: Vec<u32>,
+    /// For an ID from the codebooks (not a given one): how near it is.
+    pub placement: Option<Placement>,
     /// The item's vector key for the ANN index.
     pub ann_key: u64,
     /// The normalised embedding.
@@ -140,13 +159,12 @@ pub fn normalised(embedding: &[f32], dim: usize) -> Result<Vec<f32>, CatalogErro
 }
 
 impl Catalog {
-    /// Semantic ID for a unit-norm embedding: k-means codes from the
-    /// codebooks, then the lowest collision code no served item uses under
-    /// them. Where that prefix is full, the next-nearest code of the last
-    /// k-means level is tried, then of the levels above (up to
-    /// [`SPILL_UPPER`] codes each): in a crowded region of a large catalog
-    /// the whole subtree under the nearest codes can be at capacity.
-    pub fn semantic_id_for(&self, embedding: &[f32]) -> Result<Vec<u32>, CatalogError> {
+    /// Semantic ID for a unit-norm embedding: at each k-means level the
+    /// nearest code whose subtree has room, then the lowest collision code
+    /// no served item uses under them (see the module comment); with how far
+    /// that is from the nearest codes. Fails (409) only when the catalog has
+    /// no free semantic ID at all.
+    pub fn semantic_id_for(&self, embedding: &[f32]) -> Result<(Vec<u32>, Placement), CatalogError> {
         let dim = self.manifest().embedding_dim;
         let levels = self.levels();
         if embedding.len() != dim {
@@ -159,19 +177,43 @@ impl Catalog {
             ));
         }
         let mut sid = Vec::with_capacity(levels);
-        if self.place_codes(embedding, &mut sid) {
-            return Ok(sid);
-        }
-        let size = self.manifest().codebook_sizes[levels - 1];
-        Err(CatalogError::Conflict(format!(
-            "all {size} collision codes are taken under the nearest prefixes of this embedding: compact and re-index the catalog with more levels"
-        )))
+        let mut ranks = Vec::with_capacity(levels);
+        let Some(distance) = self.place_codes(embedding, &mut sid, &mut ranks) else {
+            let sizes = &self.manifest().codebook_sizes;
+            return Err(CatalogError::Conflict(format!(
+                "the catalog is full: every semantic ID of its {} levels ({sizes:?}) is taken; re-index it with more levels or codes",
+                sizes.len()
+            )));
+        };
+        // moved: the first level whose code is not the nearest under the
+        // codes above it (those above are the nearest ones, so this is where
+        // the path leaves the nearest codes); only then is the nearest path
+        // walked for its distance
+        let moved_at_level = ranks.iter().position(|&r| r > 0);
+        let nearest_distance = match moved_at_level {
+            None => distance,
+            Some(_) => {
+                let mut r = embedding.to_vec();
+                let mut d = 0.0;
+                for book in books {
+                    let dist = distances(&r, book, dim);
+                    let near = argmin(&dist) as usize;
+                    d = dist[near];
+                    r.iter_mut().zip(&book[near * dim..(near + 1) * dim]).for_each(|(x, c)| *x -= c);
+                }
+                d
+            }
+        };
+        Ok((sid, Placement { moved_at_level, distance, nearest_distance }))
     }
 
-    /// Depth-first over the codes of the level after `sid`, nearest first:
-    /// completes `sid` to a free semantic ID and returns true, or leaves it as
-    /// it was.
-    fn place_codes(&self, residual: &[f32], sid: &mut Vec<u32>) -> bool {
+    /// Completes `sid` level by level: the nearest code of the next level
+    /// whose subtree has room (nearest first, full subtrees skipped), down to
+    /// a free collision code; `ranks` gets each chosen code's rank by
+    /// distance. Returns the squared distance left (embedding to the sum of
+    /// the codes' centroids), or `None`, `sid` as it was, when nothing under
+    /// `sid` has room.
+    fn place_codes(&self, residual: &[f32], sid: &mut Vec<u32>, ranks: &mut Vec<usize>) -> Option<f32> {
         let books = self.codebooks();
         let sizes = &self.manifest().codebook_sizes;
         let dim = self.manifest().embedding_dim;
@@ -183,8 +225,7 @@ impl Catalog {
         // leaves a prefix after this level can hold
         let room: i64 = sizes[level + 1..].iter().fold(1i64, |a, &s| a.saturating_mul(s as i64));
         let mut rest: Option<Vec<u32>> = None;
-        let limit = if last { d.len() } else { SPILL_UPPER.min(d.len()) };
-        for k in 0..limit {
+        for k in 0..d.len() {
             let code = if k == 0 {
                 first
             } else {
@@ -192,30 +233,39 @@ impl Catalog {
                 r[k - 1]
             };
             sid.push(code);
+            ranks.push(k);
             let node = trie.walk(sid);
             if last {
                 if let Some(free) = trie.free_code(node, sizes[level + 1]) {
                     sid.push(free);
-                    return true;
+                    return Some(d[code as usize]);
                 }
             } else if node.is_none_or(|n| trie.count(n) < room) {
+                // (a subtree with room has a free slot: this returns Some)
                 let c = &books[level][code as usize * dim..(code as usize + 1) * dim];
                 let next: Vec<f32> = residual.iter().zip(c).map(|(r, x)| r - x).collect();
-                if self.place_codes(&next, sid) {
-                    return true;
+                if let Some(left) = self.place_codes(&next, sid, ranks) {
+                    return Some(left);
                 }
             }
             sid.pop();
+            ranks.pop();
         }
-        false
+        None
     }
 
     /// The semantic ID an upsert gets: the given one (checked: in range and
     /// not taken), a given prefix (every code but the collision code) with
     /// the lowest free collision code under it, or one from the codebooks.
-    fn choose_sid(&self, given: Option<Vec<u32>>, embedding: &[f32]) -> Result<Vec<u32>, CatalogError> {
+    fn choose_sid(
+        &self,
+        given: Option<Vec<u32>>,
+        embedding: &[f32],
+    ) -> Result<(Vec<u32>, Option<Placement>), CatalogError> {
         let sizes = &self.manifest().codebook_sizes;
-        let Some(mut sid) = given else { return self.semantic_id_for(embedding) };
+        let Some(mut sid) = given else {
+            return self.semantic_id_for(embedding).map(|(sid, at)| (sid, Some(at)));
+        };
         let levels = sizes.len();
         if (sid.len() != levels && sid.len() + 1 != levels) || sid.iter().zip(sizes).any(|(&c, &s)| c >= s) {
             return Err(CatalogError::Format(format!(
@@ -238,7 +288,7 @@ impl Catalog {
                 self.item_id(other)
             )));
         }
-        Ok(sid)
+        Ok((sid, None))
     }
 
     /// Serves `item`: a new item, or a new state of an existing one. `self`
@@ -273,7 +323,7 @@ impl Catalog {
         &mut self,
         id: String,
         title: String,
-        sid: Vec<u32>,
+        (sid, placement): (Vec<u32>, Option<Placement>),
         embedding: Vec<f32>,
         existing: Option<u32>,
         replaced: bool,
@@ -284,7 +334,7 @@ impl Catalog {
             OverlayItem { id: id.as_str().into(), title, sid: sid.clone(), embedding: embedding.clone(), ann_key: 0 };
         let ann_key = self.delta.put(&self.base, index, data, replaced)?;
         self.delta.set_last_edit(edit_id);
-        Ok(Placed { item: index, semantic_id: sid, ann_key, embedding, replaced })
+        Ok(Placed { item: index, semantic_id: sid, placement, ann_key, embedding, replaced })
     }
 
     /// Stops serving item `id`; returns its index.
@@ -416,6 +466,113 @@ mod tests {
         let firsts: std::collections::BTreeSet<u32> = (0..cat.len() as u32).map(|i| cat.sid(i)[0]).collect();
         assert_eq!(firsts.len(), sizes[0] as usize, "every first code took twins");
         assert!(matches!(cat.upsert(new("one-too-many", twin), 999), Err(CatalogError::Conflict(_))));
+    }
+
+    /// A catalog of `n` random items quantised into `levels` k-means levels
+    /// of `k` codes, groups of at most `group`: every prefix the index
+    /// filled to capacity is a crowded region for new items.
+    fn crowded_catalog(n: usize, levels: usize, k: usize, group: usize) -> Catalog {
+        use crate::catalog::rqkmeans::{quantize, RqOptions};
+        let dim = 8;
+        let mut x = 12345u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2000) as f32 / 1000.0 - 1.0
+        };
+        // two tight clusters: the index fills their prefixes
+        let emb: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let centre = if i % 3 == 0 { 1.0 } else { -1.0 };
+                (0..dim).map(|_| centre + 0.05 * next()).collect::<Vec<_>>()
+            })
+            .collect();
+        let opts = RqOptions { levels, codebook_size: k, iterations: 5, seed: 1, sample: n, max_group: group };
+        let q = quantize(&emb, dim, &opts).unwrap();
+        let ids: Vec<String> = (0..n).map(|i| format!("item-{i}")).collect();
+        let manifest = crate::catalog::Manifest::new(
+            "crowded",
+            n,
+            q.codebook_sizes.clone(),
+            dim,
+            "test",
+            1,
+            crate::catalog::catalog_fingerprint(&ids, &q.sids),
+        );
+        let titles = (0..n).map(|i| format!("title {i}")).collect();
+        let mut emb = emb;
+        for row in emb.chunks_mut(dim) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+        Catalog::new(manifest, ids, titles, q.sids, emb, q.codebooks).unwrap()
+    }
+
+    /// More codes per level than the old search's four: twins of one item
+    /// fill the catalog to its last free semantic ID, moving aside at the
+    /// deepest level first (never back down once a level is full), each
+    /// one in the trie; then the catalog refuses with 409, saying it is full.
+    #[test]
+    fn new_items_find_every_free_id_nearest_prefixes_first() {
+        for (levels, k, group) in [(2, 8, 2), (3, 6, 2)] {
+            let mut cat = crowded_catalog(60, levels, k, group);
+            let sizes = cat.manifest().codebook_sizes.clone();
+            assert_eq!(sizes.last(), Some(&(group as u32)), "the index filled some prefixes to the group size");
+            let free = sizes.iter().map(|&s| s as usize).product::<usize>() - cat.served_len();
+            assert_eq!(cat.fullness().free_ids, free as u64);
+            let twin = cat.embedding(0).to_vec();
+            let mut last_moved = usize::MAX;
+            for t in 0..free {
+                let up = cat.upsert(new(&format!("t{t}"), twin.clone()), t as u64 + 1).unwrap_or_else(|e| {
+                    panic!("levels {levels}, k {k}: twin {t} of {free} refused: {e}");
+                });
+                assert_eq!(cat.trie().lookup(&up.semantic_id), Some(up.item), "the item is in the trie");
+                let at = up.placement.expect("a placement for an ID from the codebooks");
+                let moved = at.moved_at_level.unwrap_or(usize::MAX);
+                assert!(moved <= last_moved, "twin {t} moved at level {moved} after {last_moved}");
+                last_moved = moved;
+            }
+            assert_eq!(last_moved, 0, "the last twins went to other first-level codes");
+            let f = cat.fullness();
+            assert_eq!(f.free_ids, 0);
+            assert!(f.levels.iter().all(|l| l.full == l.used && l.max_fill == 1.0), "{f:?}");
+            match cat.upsert(new("one-too-many", twin), 9999) {
+                Err(CatalogError::Conflict(m)) => assert!(m.contains("catalog is full"), "{m}"),
+                other => panic!("a full catalog took an item: {other:?}"),
+            }
+        }
+    }
+
+    /// The same view and the same embeddings give the same semantic IDs (what
+    /// makes replicas, which each assign IDs from the feed's requests, agree).
+    #[test]
+    fn placement_is_deterministic() {
+        let (mut a, mut b) = (crowded_catalog(60, 3, 6, 2), crowded_catalog(60, 3, 6, 2));
+        for t in 0..150u64 {
+            let e = a.embedding((t % 60) as u32).to_vec();
+            let (x, y) = (a.upsert(new(&format!("n{t}"), e.clone()), t + 1), b.upsert(new(&format!("n{t}"), e), t + 1));
+            assert_eq!(x.unwrap().semantic_id, y.unwrap().semantic_id);
+        }
+    }
+
+    /// The fill report: the densest prefix of each level, full prefixes counted.
+    #[test]
+    fn fullness_names_the_densest_prefixes() {
+        let cat = crowded_catalog(60, 2, 8, 2);
+        let f = cat.fullness();
+        assert_eq!(f.levels.len(), 2);
+        let last = &f.levels[1];
+        assert_eq!(last.capacity, 2);
+        let groups: std::collections::BTreeMap<Vec<u32>, usize> =
+            (0..cat.len() as u32).fold(Default::default(), |mut m, i| {
+                *m.entry(cat.sid(i)[..2].to_vec()).or_default() += 1;
+                m
+            });
+        assert_eq!(last.used, groups.len());
+        assert_eq!(last.full, groups.values().filter(|&&c| c == 2).count());
+        assert_eq!(last.max_fill, 1.0);
+        assert_eq!(groups[&last.densest], 2);
     }
 
     #[test]

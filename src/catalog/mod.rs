@@ -20,6 +20,7 @@ pub mod edit;
 pub mod editlog;
 pub mod embed;
 pub mod format;
+pub mod fullness;
 pub mod idmap;
 pub mod intents;
 pub mod legacy;

@@ -48,6 +48,7 @@ impl Engine {
             last_edit_id: c.last_edit_id(),
             overlay_items: c.overlay().len(),
             trie_patch_nodes: c.overlay().trie().added_nodes(&c.base().trie),
+            fullness: c.fullness(),
             ann: AnnInfo { base: cat.ann.base_len(), overlay: cat.ann.overlay_len(), memory_bytes: cat.ann.memory() },
             bytes: c.base().memory().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             durable: w.store.is_some() || self.changes.replica().is_some(),
@@ -76,6 +77,8 @@ pub struct CatalogInfo {
     pub overlay_items: usize,
     /// Trie nodes the pending edits added.
     pub trie_patch_nodes: usize,
+    /// How full the semantic-ID prefixes are (see `catalog::fullness`).
+    pub fullness: crate::catalog::fullness::Fullness,
     pub ann: AnnInfo,
     /// Bytes of each part of the version (memory-mapped parts count whole).
     pub bytes: std::collections::BTreeMap<String, usize>,

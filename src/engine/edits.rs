@@ -52,6 +52,10 @@ pub struct Upserted {
     pub semantic_id: Vec<u32>,
     /// A new item (not a new state of a served one).
     pub created: bool,
+    /// For a semantic ID from the codebooks: how far from the item's
+    /// nearest codes it landed (a crowded region pushes it aside).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::catalog::edit::Placement>,
     /// With `--feed`: the feed position of the edit's record. This replica
     /// has applied it; another replica has once its `/readyz`
     /// `feed_position` is at or past it.
@@ -84,6 +88,41 @@ pub struct BatchOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub feed_position: Option<crate::feed::Position>,
+    /// Where the batch's semantic IDs from the codebooks landed.
+    pub placement: BatchPlacement,
+}
+
+/// How far from their nearest codes a batch's new semantic IDs landed (the
+/// [`crate::catalog::edit::Placement`]s of its lines, summed up).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct BatchPlacement {
+    /// IDs placed from the codebooks.
+    pub placed: usize,
+    /// Of them, those moved off their nearest codes, by the first k-means
+    /// level moved (index = level).
+    pub moved_at_level: Vec<usize>,
+    /// `distance - nearest_distance`, summed over the moved ones, and the largest.
+    pub extra_distance_sum: f64,
+    pub extra_distance_max: f32,
+}
+
+impl BatchPlacement {
+    fn of(applied: &[Upserted]) -> BatchPlacement {
+        let mut b = BatchPlacement::default();
+        for p in applied.iter().filter_map(|u| u.placement) {
+            b.placed += 1;
+            if let Some(level) = p.moved_at_level {
+                if b.moved_at_level.len() <= level {
+                    b.moved_at_level.resize(level + 1, 0);
+                }
+                b.moved_at_level[level] += 1;
+                let extra = (p.distance - p.nearest_distance).max(0.0);
+                b.extra_distance_sum += extra as f64;
+                b.extra_distance_max = b.extra_distance_max.max(extra);
+            }
+        }
+        b
+    }
 }
 
 /// The catalog folder an engine writes its edits to.
@@ -286,7 +325,8 @@ impl Engine {
             })
             .collect();
         let feed_position = applied.iter().filter_map(|u| u.feed_position).chain(pending_position).max();
-        Ok(BatchOutcome { applied: applied.len(), errors, pending, feed_position })
+        let placement = BatchPlacement::of(&applied);
+        Ok(BatchOutcome { applied: applied.len(), errors, pending, feed_position, placement })
     }
 
     #[allow(clippy::type_complexity)]
@@ -585,6 +625,7 @@ pub(super) fn apply_item_edits(view: &mut Catalog, edits: &[ItemEdit], ts_ms: u6
                         item_id: id.clone(),
                         semantic_id: up.semantic_id,
                         created: !up.replaced,
+                        placement: up.placement,
                         feed_position: None,
                     })
                 })
