@@ -39,6 +39,17 @@ fn env<'a>(hub_url: &'a str, home: &'a TempDir) -> Vec<(&'static str, &'a str)> 
     vec![("HF_ENDPOINT", hub_url), ("HF_HOME", home.0.to_str().unwrap()), ("HF_TOKEN", ""), ("HF_HUB_OFFLINE", "")]
 }
 
+/// `genrec pull hf:genrec/demo` with `env`: its output and how long it took.
+fn pull_demo(env: &[(&str, &str)]) -> (std::process::Output, std::time::Duration) {
+    let t = std::time::Instant::now();
+    let out = common::isolate(&mut std::process::Command::new(common::bin()))
+        .args(["pull", "hf:genrec/demo"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (out, t.elapsed())
+}
+
 fn blocking_json(r: reqwest::blocking::RequestBuilder) -> (u16, Value) {
     let r = r.send().expect("request");
     (r.status().as_u16(), r.json().unwrap_or(Value::Null))
@@ -261,15 +272,7 @@ fn a_hub_that_never_answers_fails_a_pull_in_time_and_a_start_uses_the_cache() {
     let (home, root) = (TempDir::new("hf-silent"), common::demo_root("hub-silent"));
     let mut e = env(&hub.url, &home);
     e.push(("GENREC_HUB_TIMEOUT_S", "1"));
-    let pull = || {
-        let t = std::time::Instant::now();
-        let out = common::isolate(&mut std::process::Command::new(common::bin()))
-            .args(["pull", "hf:genrec/demo"])
-            .envs(e.clone())
-            .output()
-            .unwrap();
-        (out, t.elapsed())
-    };
+    let pull = || pull_demo(&e);
     let (out, _) = pull();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     hub.go_silent();
@@ -298,15 +301,7 @@ fn a_download_that_stalls_half_way_fails_in_time_and_leaves_nothing() {
     let home = TempDir::new("hf-stall");
     let mut e = env(&hub.url, &home);
     e.push(("GENREC_HUB_TIMEOUT_S", "1"));
-    let pull = || {
-        let t = std::time::Instant::now();
-        let out = common::isolate(&mut std::process::Command::new(common::bin()))
-            .args(["pull", "hf:genrec/demo"])
-            .envs(e.clone())
-            .output()
-            .unwrap();
-        (out, t.elapsed())
-    };
+    let pull = || pull_demo(&e);
     hub.stall_weights(true);
     let (out, took) = pull();
     let err = String::from_utf8_lossy(&out.stderr);
