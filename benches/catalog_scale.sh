@@ -4,7 +4,8 @@
 # trained for one epoch on its histories, genrec serve (start-to-ready time
 # and RSS, resident bytes per item), then genrec bench-catalog through HTTP
 # (recommendation latency idle and during a stream of NDJSON upserts,
-# upserts/s, single-upsert latency). Writes benches/results/scale.md and the
+# upserts/s, single-upsert latency, upsert lines refused and new items placed
+# off their nearest codes). Writes benches/results/scale.md and the
 # raw reports under $WORK/<N>/.
 #
 # Usage: benches/catalog_scale.sh [N ...]      (default: 100000 1000000 10000000)
@@ -96,14 +97,17 @@ for n in sizes:
         ready_s=s["ready_s"], rss_ready_gb=s["rss_ready_kb"] / 1e6, rss_per_item=s["rss_ready_kb"] * 1024 / N,
         p50=b["recommend_idle"]["p50_ms"], p99=b["recommend_idle"]["p99_ms"], ups=alone["upserts_per_s"], ups_busy=b["upserts_per_s"],
         p99_stream=b["recommend_during_stream"]["p99_ms"], ratio=b["recommend_p99_ratio"],
-        single_p99=alone["single_upsert"]["p99_ms"], invisible=alone["not_visible_after_ack"], errors=alone["upsert_errors"] + b["upsert_errors"]))
+        single_p99=alone["single_upsert"]["p99_ms"], invisible=alone["not_visible_after_ack"], errors=alone["upsert_errors"] + b["upsert_errors"],
+        placed=alone.get("placed", 0) + b.get("placed", 0),
+        moved=sum(alone.get("moved_at_level", [])) + sum(b.get("moved_at_level", []))))
 hdr = ("| items | index s | index peak RSS GB (embeddings f32 GB) | catalog B/item | trie B/item | ANN B/item | largest collision group "
-       "| start-to-ready s | RSS at ready GB (B/item) | recommend p50 / p99 ms | upserts/s alone (beside 4 recommend clients) | recommend p99 during upserts ms (x idle) | single upsert p99 ms |")
+       "| start-to-ready s | RSS at ready GB (B/item) | recommend p50 / p99 ms | upserts/s alone (beside 4 recommend clients) | recommend p99 during upserts ms (x idle) | single upsert p99 ms | upsert lines refused | placed off their nearest codes |")
 out = [hdr, "|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|"]
 for r in rows:
     out.append(f"| {r['n']:,} | {r['index_s']:.0f} | {r['index_peak_gb']:.2f} ({r['emb_gb']:.2f}) | {r['catalog_b']:.0f} | {r['trie_b']:.1f} | {r['ann_b']:.0f} "
                f"| {r['max_group']} | {r['ready_s']:.1f} | {r['rss_ready_gb']:.2f} ({r['rss_per_item']:.0f}) | {r['p50']:.1f} / {r['p99']:.1f} "
-               f"| {r['ups']:,.0f} ({r['ups_busy']:,.0f}) | {r['p99_stream']:.1f} ({r['ratio']:.2f}x) | {r['single_p99']:.1f} |")
+               f"| {r['ups']:,.0f} ({r['ups_busy']:,.0f}) | {r['p99_stream']:.1f} ({r['ratio']:.2f}x) | {r['single_p99']:.1f} "
+               f"| {r['errors']:,} | {r['moved']:,} of {r['placed']:,} |")
 print("\n".join(out))
 with open(os.path.join(work, "table.md"), "w") as f: f.write("\n".join(out) + "\n")
 PY
