@@ -53,20 +53,20 @@ impl Catalog {
         // depth-first over the prefixes of the k-means levels
         let mut stack: Vec<(u32, Vec<u32>)> = vec![(0, Vec::new())];
         while let Some((node, prefix)) = stack.pop() {
+            let l = &mut levels[prefix.len()];
             for (code, child) in trie.children(node) {
-                let mut p = prefix.clone();
-                p.push(code);
-                let l = &mut levels[p.len() - 1];
-                let fill = trie.count(child) as f64 / l.capacity as f64;
+                let count = trie.count(child) as u64;
+                let fill = count as f64 / l.capacity as f64;
                 l.used += 1;
-                l.full += usize::from(trie.count(child) as u64 >= l.capacity);
+                l.full += usize::from(count >= l.capacity);
+                let with = |code| prefix.iter().copied().chain(std::iter::once(code)).collect::<Vec<u32>>();
                 // (ties: the lowest prefix)
-                if fill > l.max_fill || (fill == l.max_fill && (l.densest.is_empty() || p < l.densest)) {
+                if fill > l.max_fill || (fill == l.max_fill && (l.densest.is_empty() || with(code) < l.densest)) {
                     l.max_fill = fill;
-                    l.densest = p.clone();
+                    l.densest = with(code);
                 }
-                if p.len() < kmeans {
-                    stack.push((child, p));
+                if prefix.len() + 1 < kmeans {
+                    stack.push((child, with(code)));
                 }
             }
         }
