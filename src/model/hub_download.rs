@@ -82,12 +82,23 @@ impl Downloader {
             .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         let body = if (300..400).contains(&first.status()) {
             let to = first.header("location").unwrap_or_default();
-            let to = if to.starts_with('/') { format!("{}{to}", origin(&url)) } else { to.to_string() };
-            self.follow.get(&to).call().map_err(|e| DownloadError::Request(Box::new(e)))?
+            // a relative redirect stays on the Hub (a renamed repository):
+            // it keeps the token; a CDN's absolute address gets none
+            let same_host = to.starts_with('/');
+            let to = if same_host { format!("{}{to}", origin(&url)) } else { to.to_string() };
+            let mut ask = self.follow.get(&to);
+            if let (Some(t), true) = (&self.token, same_host) {
+                ask = ask.set("Authorization", &format!("Bearer {t}"));
+            }
+            ask.call().map_err(|e| DownloadError::Request(Box::new(e)))?
         } else {
             first
         };
-        let size: u64 = body.header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+        // (a compressed answer's length is not the content's: not checked)
+        let size: u64 = match body.header("content-encoding") {
+            Some(_) => 0,
+            None => body.header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0),
+        };
 
         let blobs = repo_dir.join("blobs");
         std::fs::create_dir_all(&blobs).map_err(|source| DownloadError::Io { path: blobs.clone(), source })?;
