@@ -234,14 +234,44 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         let body = serde_json::json!({"id": repo, "sha": sha, "siblings": siblings}).to_string();
         return respond(conn, "200 OK", &[("Content-Type".into(), "application/json".into())], body.as_bytes());
     }
-    // /ORG/REPO/resolve/REV/FILE
-    let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else { return not_found(conn) };
+    // /cdn/ORG/REPO/COMMIT/FILE: where the Hub sends weights (LFS files),
+    // as to its CDN: no token asked (the real one signs the address)
+    let cdn = path.strip_prefix("/cdn/").and_then(|rest| {
+        let mut parts = rest.splitn(4, '/');
+        let (org, name, sha, file) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        Some((format!("{org}/{name}"), sha.to_string(), file.to_string()))
+    });
+    let (repo, sha, file) = match cdn {
+        Some(x) => x,
+        None => {
+            // /ORG/REPO/resolve/REV/FILE
+            let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
+                return not_found(conn);
+            };
+            let Some(r) = st.repos.get(repo) else { return no_repo(conn) };
+            if r.token.as_ref().is_some_and(|t| auth.as_deref() != Some(&format!("Bearer {t}"))) {
+                return respond(conn, "401 Unauthorized", &[], b"{}");
+            }
+            let Some((rev, file)) = rest.split_once('/') else { return not_found(conn) };
+            let sha = r.refs.get(rev).cloned().unwrap_or_else(|| rev.to_string());
+            let Some(bytes) = r.commits.get(&sha).and_then(|c| c.get(file)) else { return not_found(conn) };
+            if file.ends_with(".safetensors") {
+                // as the Hub answers for LFS files: a redirect naming the
+                // content's SHA-256 in X-Linked-Etag (the ETag is the pointer's)
+                let here = conn.local_addr()?;
+                let headers = [
+                    ("Location".to_string(), format!("http://{here}/cdn/{repo}/{sha}/{file}")),
+                    ("X-Linked-Etag".to_string(), format!("\"{}\"", etag(file, bytes))),
+                    ("ETag".to_string(), "\"0000pointer0000\"".to_string()),
+                    ("X-Repo-Commit".to_string(), sha.clone()),
+                ];
+                return respond(conn, "302 Found", &headers, b"");
+            }
+            (repo.to_string(), sha, file.to_string())
+        }
+    };
+    let (repo, file) = (repo.as_str(), file.as_str());
     let Some(r) = st.repos.get(repo) else { return no_repo(conn) };
-    if r.token.as_ref().is_some_and(|t| auth.as_deref() != Some(&format!("Bearer {t}"))) {
-        return respond(conn, "401 Unauthorized", &[], b"{}");
-    }
-    let Some((rev, file)) = rest.split_once('/') else { return not_found(conn) };
-    let sha = r.refs.get(rev).cloned().unwrap_or_else(|| rev.to_string());
     let Some(mut bytes) = r.commits.get(&sha).and_then(|c| c.get(file)).cloned() else { return not_found(conn) };
     let tag = etag(file, &bytes);
     if r.corrupt.iter().any(|f| f == file) {
