@@ -187,11 +187,13 @@ impl Catalog {
         };
         // moved: the first level whose code is not the nearest under the
         // codes above it (those above are the nearest ones, so this is where
-        // the path leaves the nearest codes); only then is the nearest path
-        // walked for its distance
-        let moved_at_level = ranks.iter().position(|&r| r > 0);
+        // the path leaves the nearest codes). Moved at the last level, the
+        // nearest path's distance is that level's nearest; moved higher, the
+        // nearest path is walked for it
+        let moved_at_level = ranks.iter().position(|&(r, _)| r > 0);
         let nearest_distance = match moved_at_level {
             None => distance,
+            Some(l) if l + 1 == books.len() => ranks[l].1,
             Some(_) => {
                 let mut r = embedding.to_vec();
                 let mut d = 0.0;
@@ -210,10 +212,10 @@ impl Catalog {
     /// Completes `sid` level by level: the nearest code of the next level
     /// whose subtree has room (nearest first, full subtrees skipped), down to
     /// a free collision code; `ranks` gets each chosen code's rank by
-    /// distance. Returns the squared distance left (embedding to the sum of
+    /// distance and the nearest code's distance at its level. Returns the squared distance left (embedding to the sum of
     /// the codes' centroids), or `None`, `sid` as it was, when nothing under
     /// `sid` has room.
-    fn place_codes(&self, residual: &[f32], sid: &mut Vec<u32>, ranks: &mut Vec<usize>) -> Option<f32> {
+    fn place_codes(&self, residual: &[f32], sid: &mut Vec<u32>, ranks: &mut Vec<(usize, f32)>) -> Option<f32> {
         let books = self.codebooks();
         let sizes = &self.manifest().codebook_sizes;
         let dim = self.manifest().embedding_dim;
@@ -233,7 +235,7 @@ impl Catalog {
                 r[k - 1]
             };
             sid.push(code);
-            ranks.push(k);
+            ranks.push((k, d[first as usize]));
             let node = trie.walk(sid);
             if last {
                 if let Some(free) = trie.free_code(node, sizes[level + 1]) {
@@ -523,12 +525,16 @@ mod tests {
             assert_eq!(cat.fullness().free_ids, free as u64);
             let twin = cat.embedding(0).to_vec();
             let mut last_moved = usize::MAX;
+            let mut nearest = None;
             for t in 0..free {
                 let up = cat.upsert(new(&format!("t{t}"), twin.clone()), t as u64 + 1).unwrap_or_else(|e| {
                     panic!("levels {levels}, k {k}: twin {t} of {free} refused: {e}");
                 });
                 assert_eq!(cat.trie().lookup(&up.semantic_id), Some(up.item), "the item is in the trie");
                 let at = up.placement.expect("a placement for an ID from the codebooks");
+                // one embedding: one nearest path, however the twin was placed
+                let n = *nearest.get_or_insert(at.nearest_distance);
+                assert!((at.nearest_distance - n).abs() < 1e-5, "twin {t}: {at:?}, nearest {n}");
                 let moved = at.moved_at_level.unwrap_or(usize::MAX);
                 assert!(moved <= last_moved, "twin {t} moved at level {moved} after {last_moved}");
                 last_moved = moved;
