@@ -98,8 +98,8 @@ for n in sizes:
         p50=b["recommend_idle"]["p50_ms"], p99=b["recommend_idle"]["p99_ms"], ups=alone["upserts_per_s"], ups_busy=b["upserts_per_s"],
         p99_stream=b["recommend_during_stream"]["p99_ms"], ratio=b["recommend_p99_ratio"],
         single_p99=alone["single_upsert"]["p99_ms"], invisible=alone["not_visible_after_ack"], errors=alone["upsert_errors"] + b["upsert_errors"],
-        placed=alone.get("placed", 0) + b.get("placed", 0),
-        moved=sum(alone.get("moved_at_level", [])) + sum(b.get("moved_at_level", []))))
+        placed=sum(x.get("placement", {}).get("placed", 0) for x in (alone, b)),
+        moved=sum(sum(x.get("placement", {}).get("moved_at_level", [])) for x in (alone, b))))
 hdr = ("| items | index s | index peak RSS GB (embeddings f32 GB) | catalog B/item | trie B/item | ANN B/item | largest collision group "
        "| start-to-ready s | RSS at ready GB (B/item) | recommend p50 / p99 ms | upserts/s alone (beside 4 recommend clients) | recommend p99 during upserts ms (x idle) | single upsert p99 ms | upsert lines refused | placed off their nearest codes |")
 out = [hdr, "|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|"]

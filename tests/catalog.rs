@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, TempDir};
+use common::{vector, Server, TempDir};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "catalog-token-0123456789";
@@ -61,12 +61,6 @@ fn write_embeddings(path: &Path, rows: &[Vec<f32>], half: bool) {
             }
         }
     }
-}
-
-fn vector(i: usize, dim: usize) -> Vec<f32> {
-    (0..dim)
-        .map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % dim { 2.0 } else { 0.0 })
-        .collect()
 }
 
 fn write_items(path: &Path, n: usize) {

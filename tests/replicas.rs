@@ -20,7 +20,7 @@ const TOKEN: &str = "replica-token-0123456789";
 const STREAM: &str = "genrec-it";
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+    common::blocking_client(60)
 }
 
 fn start(root: &TempDir, feed: &str, name: &str) -> Server {
@@ -66,9 +66,7 @@ fn get(c: &reqwest::blocking::Client, url: &str) -> Value {
 
 /// A vector of the demo catalog's dimension, different for every `i`.
 fn vector(i: usize) -> Vec<f32> {
-    (0..384)
-        .map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % 384 { 2.0 } else { 0.0 })
-        .collect()
+    common::vector(i, 384)
 }
 
 /// Upserts item `id` through one of `urls` (starting at `first`), moving on

@@ -94,7 +94,8 @@ pub struct BatchOutcome {
 
 /// How far from their nearest codes a batch's new semantic IDs landed (the
 /// [`crate::catalog::edit::Placement`]s of its lines, summed up).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct BatchPlacement {
     /// IDs placed from the codebooks.
     pub placed: usize,
@@ -122,6 +123,24 @@ impl BatchPlacement {
             }
         }
         b
+    }
+
+    /// Adds `other`'s counts to these (for summing batches up).
+    pub fn merge(&mut self, other: &BatchPlacement) {
+        self.placed += other.placed;
+        if self.moved_at_level.len() < other.moved_at_level.len() {
+            self.moved_at_level.resize(other.moved_at_level.len(), 0);
+        }
+        for (a, b) in self.moved_at_level.iter_mut().zip(&other.moved_at_level) {
+            *a += b;
+        }
+        self.extra_distance_sum += other.extra_distance_sum;
+        self.extra_distance_max = self.extra_distance_max.max(other.extra_distance_max);
+    }
+
+    /// Items moved off their nearest codes.
+    pub fn moved(&self) -> usize {
+        self.moved_at_level.iter().sum()
     }
 }
 

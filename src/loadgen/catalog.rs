@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::dataset::synth::{Mixture, SynthOptions};
+use crate::engine::edits::BatchPlacement;
 use crate::util::percentile;
 
 #[derive(Debug, Clone)]
@@ -64,41 +65,6 @@ fn latency(mut ms: Vec<f64>, failed: usize, seconds: f64) -> Latency {
     }
 }
 
-/// The `placement` summaries of batch answers, added up.
-#[derive(Debug, Default)]
-struct Placement {
-    placed: usize,
-    moved_at_level: Vec<usize>,
-    extra_sum: f64,
-    extra_max: f64,
-}
-
-impl Placement {
-    fn add(&mut self, v: &Value) {
-        let moved: Vec<usize> = v["moved_at_level"]
-            .as_array()
-            .map_or_else(Vec::new, |a| a.iter().map(|x| x.as_u64().unwrap_or(0) as usize).collect());
-        self.merge(Placement {
-            placed: v["placed"].as_u64().unwrap_or(0) as usize,
-            moved_at_level: moved,
-            extra_sum: v["extra_distance_sum"].as_f64().unwrap_or(0.0),
-            extra_max: v["extra_distance_max"].as_f64().unwrap_or(0.0),
-        });
-    }
-
-    fn merge(&mut self, o: Placement) {
-        self.placed += o.placed;
-        if self.moved_at_level.len() < o.moved_at_level.len() {
-            self.moved_at_level.resize(o.moved_at_level.len(), 0);
-        }
-        for (a, b) in self.moved_at_level.iter_mut().zip(o.moved_at_level) {
-            *a += b;
-        }
-        self.extra_sum += o.extra_sum;
-        self.extra_max = self.extra_max.max(o.extra_max);
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct CatalogBenchReport {
     pub recommend_idle: Latency,
@@ -109,13 +75,9 @@ pub struct CatalogBenchReport {
     pub upserts_applied: usize,
     /// Lines the batch endpoint refused (a full catalog among the reasons).
     pub upsert_errors: usize,
-    /// Where the applied items' semantic IDs landed: placed from the
-    /// codebooks, moved off their nearest codes by the first level moved,
-    /// and the extra squared distance of the moved ones (mean, max).
-    pub placed: usize,
-    pub moved_at_level: Vec<usize>,
-    pub extra_distance_mean: f64,
-    pub extra_distance_max: f64,
+    /// Where the applied items' semantic IDs landed (the batch answers'
+    /// `placement`, summed up).
+    pub placement: BatchPlacement,
     pub stream_seconds: f64,
     pub upserts_per_s: f64,
     /// Latency of one batch request.
@@ -143,11 +105,11 @@ impl CatalogBenchReport {
                 "placed off the nearest codes",
                 format!(
                     "{} of {} (by first level moved {:?}), extra distance mean {:.4}, max {:.4}",
-                    self.moved_at_level.iter().sum::<usize>(),
-                    self.placed,
-                    self.moved_at_level,
-                    self.extra_distance_mean,
-                    self.extra_distance_max
+                    self.placement.moved(),
+                    self.placement.placed,
+                    self.placement.moved_at_level,
+                    self.placement.extra_distance_sum / self.placement.moved().max(1) as f64,
+                    self.placement.extra_distance_max
                 ),
             ),
             ("batch request p50 / p99 / max", l(&self.batch_latency)),
@@ -266,7 +228,7 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
                 })
             };
             let (mut applied, mut errors, mut ms) = (0usize, 0usize, Vec::new());
-            let mut placement = Placement::default();
+            let mut placement = BatchPlacement::default();
             let mut pending = build(counter.fetch_add(batch, Ordering::SeqCst));
             while start.elapsed().as_secs_f64() < seconds {
                 let body = pending.await.map_err(|e| e.to_string())?;
@@ -288,19 +250,19 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
                 applied += v["applied"].as_u64().unwrap_or(0) as usize;
                 errors += v["errors"].as_array().map_or(0, Vec::len);
-                placement.add(&v["placement"]);
+                placement.merge(&serde_json::from_value(v["placement"].clone()).unwrap_or_default());
             }
             Ok::<_, String>((applied, errors, ms, placement))
         }));
     }
     let (mut applied, mut errors, mut batch_ms) = (0usize, 0usize, Vec::new());
-    let mut placement = Placement::default();
+    let mut placement = BatchPlacement::default();
     for w in writers {
         let (a, e, ms, p) = w.await.map_err(|e| e.to_string())??;
         applied += a;
         errors += e;
         batch_ms.extend(ms);
-        placement.merge(p);
+        placement.merge(&p);
     }
     let next = counter.load(Ordering::SeqCst);
     let stream_seconds = start.elapsed().as_secs_f64();
@@ -350,10 +312,7 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
         recommend_during_stream,
         upserts_applied: applied,
         upsert_errors: errors,
-        placed: placement.placed,
-        extra_distance_mean: placement.extra_sum / placement.moved_at_level.iter().sum::<usize>().max(1) as f64,
-        extra_distance_max: placement.extra_max,
-        moved_at_level: placement.moved_at_level,
+        placement,
         stream_seconds,
         upserts_per_s: applied as f64 / stream_seconds.max(1e-9),
         batch_latency,

@@ -299,8 +299,8 @@ impl HubOptions {
     }
 }
 
-/// Pulls one at a time in this process: hf-hub's lock on a file waits only
-/// 5 s for another holder, and two pulls of one repository share its blobs.
+/// Pulls one at a time in this process: two pulls of one repository share
+/// its blobs and snapshot links.
 static PULLS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// Pulls the checkpoint `name` (see the module's comment) and returns its

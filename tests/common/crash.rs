@@ -69,14 +69,12 @@ impl CrashReport {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().expect("an HTTP client")
+    super::blocking_client(20)
 }
 
 /// A vector of the demo catalog's dimension, different for every `i`.
 fn embedding(i: u64) -> Vec<f32> {
-    (0..384u64)
-        .map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % 384 { 2.0 } else { 0.0 })
-        .collect()
+    super::vector(i as usize, 384)
 }
 
 fn start(model: &str) -> Option<Server> {

@@ -97,7 +97,7 @@ impl Drop for Tmpfs {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().expect("an HTTP client")
+    super::blocking_client(20)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -109,9 +109,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A vector of the demo catalog's dimension, different for every `i`.
 fn embedding(i: u64) -> Vec<f32> {
-    (0..384u64)
-        .map(|j| (((i * 7907 + j * 104_723) % 1000) as f32 / 500.0 - 1.0) + if j == (i * 3) % 384 { 2.0 } else { 0.0 })
-        .collect()
+    super::vector(i as usize, 384)
 }
 
 fn upsert(c: &reqwest::blocking::Client, s: &Server, i: u64) -> (u16, Value) {

@@ -36,6 +36,18 @@ pub fn isolate(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// A vector of `dim` values, different for every `i` (new items' embeddings).
+pub fn vector(i: usize, dim: usize) -> Vec<f32> {
+    (0..dim)
+        .map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0) + if j == i % dim { 2.0 } else { 0.0 })
+        .collect()
+}
+
+/// A blocking HTTP client whose requests give up after `seconds`.
+pub fn blocking_client(seconds: u64) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(seconds)).build().expect("an HTTP client")
+}
+
 /// A fresh temporary folder, removed on drop.
 pub struct TempDir(pub PathBuf);
 
