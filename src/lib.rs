@@ -20,6 +20,7 @@
 //! - [`runtime`]: process settings every binary applies at start (allocator, threads).
 
 pub mod catalog;
+pub mod clock;
 pub mod coldstart;
 pub mod dataset;
 pub mod device;

@@ -6,6 +6,7 @@
 //! until a compaction writes a new version.
 
 use super::array::Array;
+use super::expiry::BaseExpiry;
 use super::idmap::IdMap;
 use super::strings::StringTable;
 use super::trie::Trie;
@@ -78,6 +79,8 @@ pub struct Base {
     /// Rows kept for their index but not served (removed before the last
     /// compaction), sorted.
     pub removed: Array<u32>,
+    /// Expiry times of the served rows that have one ([`super::expiry`]).
+    pub expiry: BaseExpiry,
     /// The version folder it was read from (none: built in memory).
     pub source: Option<std::path::PathBuf>,
 }
@@ -101,6 +104,7 @@ impl Base {
         if self.removed.windows(2).any(|w| w[0] >= w[1]) || self.removed.last().is_some_and(|&r| r as usize >= n) {
             return bad("removed rows must be sorted, unique and in range".into());
         }
+        self.expiry.check(n).map_err(CatalogError::Format)?;
         Ok(())
     }
 
@@ -131,6 +135,7 @@ impl Base {
             ("embeddings", self.embeddings.bytes()),
             ("trie", self.trie.bytes()),
             ("id_map", self.idmap.bytes()),
+            ("expiry", self.expiry.bytes()),
         ]
     }
 }

@@ -431,6 +431,7 @@ pub fn index(
             feed_position: None,
             embedding_dtype: "f16".into(),
             removed_rows: 0,
+            expiring_rows: 0,
             has_codebooks: !q.codebooks.is_empty(),
         };
         let emb = Array::<u16>::map(&vdir.join("embeddings.f16"), n * dim)?;
@@ -445,6 +446,7 @@ pub fn index(
             idmap: items.idmap,
             intents,
             removed: Array::default(),
+            expiry: Default::default(),
             source: None,
         };
         base.write_all_but_embeddings(&vdir)?;

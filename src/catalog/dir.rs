@@ -443,6 +443,7 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64, feed_position: Opt
     let mut titles = StringsBuilder::with_capacity(n);
     let mut sids = Vec::with_capacity(n * levels);
     let mut removed = Vec::new();
+    let mut expiring = Vec::new();
     let mut emb = ArrayWriter::<u16>::create(&dir.join("embeddings.f16"))?;
     let mut row = Vec::with_capacity(dim);
     let mut half_row: Vec<u16> = Vec::with_capacity(dim);
@@ -456,6 +457,8 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64, feed_position: Opt
         sids.extend_from_slice(view.sid(i));
         if !view.is_served(i) {
             removed.push(i);
+        } else if let Some(ms) = view.expires_at(i) {
+            expiring.push((i, ms));
         }
         match (view.overlay().item(i), &view.base().embeddings) {
             (None, Embeddings::F16(a)) => emb.push_all(&a[i as usize * dim..(i as usize + 1) * dim])?,
@@ -497,6 +500,7 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64, feed_position: Opt
         idmap,
         intents: view.intents().to_vec(),
         removed: Array::owned(removed),
+        expiry: crate::catalog::expiry::BaseExpiry::from_pairs(&expiring),
         source: None,
     };
     // everything but the embeddings, which are written already
@@ -571,8 +575,12 @@ mod tests {
     }
 
     fn upsert_rec(c: &mut Catalog, id: &str, emb: Vec<f32>, edit_id: u64) -> EditRecord {
-        let up =
-            c.upsert(NewItem { id: id.into(), title: id.into(), embedding: emb, semantic_id: None }, edit_id).unwrap();
+        let up = c
+            .upsert(
+                NewItem { id: id.into(), title: id.into(), embedding: emb, semantic_id: None, expires_at_ms: None },
+                edit_id,
+            )
+            .unwrap();
         EditRecord {
             edit_id,
             ts_ms: 0,
@@ -581,6 +589,7 @@ mod tests {
                 title: id.into(),
                 semantic_id: up.semantic_id,
                 embedding: up.embedding,
+                expires_at_ms: None,
             },
         }
     }

@@ -43,8 +43,16 @@ pub struct EditRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum EditOp {
-    /// Serve the item with exactly this data (insert, or replace).
-    Upsert { id: String, title: String, semantic_id: Vec<u32>, embedding: Vec<f32> },
+    /// Serve the item with exactly this data (insert, or replace), until
+    /// `expires_at_ms` if given ([`super::expiry`]).
+    Upsert {
+        id: String,
+        title: String,
+        semantic_id: Vec<u32>,
+        embedding: Vec<f32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
+    },
     /// Stop serving the item (nothing to do when it is not served).
     Delete { id: String },
 }
@@ -58,6 +66,8 @@ pub struct NewItem {
     pub embedding: Vec<f32>,
     /// A semantic ID computed elsewhere; `None`: from the codebooks.
     pub semantic_id: Option<Vec<u32>>,
+    /// When it stops being served, ms since the epoch; `None`: never.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// How far from its nearest codes a new item's semantic ID landed.
@@ -302,17 +312,18 @@ impl Catalog {
         let replaced = existing.is_some_and(|i| self.is_served(i));
         if !replaced {
             // every check comes before the one change, so nothing to undo
-            let sid = self.choose_sid(item.semantic_id, &embedding)?;
-            return self.place(item.id, item.title, sid, embedding, existing, false, edit_id);
+            let sid = self.choose_sid(item.semantic_id.clone(), &embedding)?;
+            return self.place(item, sid, embedding, existing, None, edit_id);
         }
         // a served item frees its own ID first (it may keep it): undo on failure
         let saved = self.delta.clone();
         let r = (|| {
             let i = existing.unwrap_or(0);
             let old = self.sid(i).to_vec();
+            let old_expiry = self.expires_at(i);
             self.delta.unlink(&self.base, i, &old)?;
-            let sid = self.choose_sid(item.semantic_id, &embedding)?;
-            self.place(item.id, item.title, sid, embedding, existing, true, edit_id)
+            let sid = self.choose_sid(item.semantic_id.clone(), &embedding)?;
+            self.place(item, sid, embedding, existing, Some(old_expiry), edit_id)
         })();
         if r.is_err() {
             self.delta = saved;
@@ -320,21 +331,28 @@ impl Catalog {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Puts `item` at its index (a new one for a new id) with its chosen ID;
+    /// `replacing`: it was served, with this expiry.
     fn place(
         &mut self,
-        id: String,
-        title: String,
+        item: NewItem,
         (sid, placement): (Vec<u32>, Option<Placement>),
         embedding: Vec<f32>,
         existing: Option<u32>,
-        replaced: bool,
+        replacing: Option<Option<u64>>,
         edit_id: u64,
     ) -> Result<Placed, CatalogError> {
         let index = existing.unwrap_or(self.delta.rows());
-        let data =
-            OverlayItem { id: id.as_str().into(), title, sid: sid.clone(), embedding: embedding.clone(), ann_key: 0 };
-        let ann_key = self.delta.put(&self.base, index, data, replaced)?;
+        let data = OverlayItem {
+            id: item.id.as_str().into(),
+            title: item.title,
+            sid: sid.clone(),
+            embedding: embedding.clone(),
+            ann_key: 0,
+            expires_at_ms: item.expires_at_ms,
+        };
+        let replaced = replacing.is_some();
+        let ann_key = self.delta.put(&self.base, index, data, replaced, replacing.flatten())?;
         self.delta.set_last_edit(edit_id);
         Ok(Placed { item: index, semantic_id: sid, placement, ann_key, embedding, replaced })
     }
@@ -349,9 +367,26 @@ impl Catalog {
         if self.trie().lookup(&sid) != Some(item) {
             return Err(CatalogError::Format(format!("item {id:?} is not in the trie at {sid:?}")));
         }
-        self.delta.drop_item(&self.base, item, &sid)?;
+        let expiry = self.expires_at(item);
+        self.delta.drop_item(&self.base, item, &sid, expiry)?;
         self.delta.set_last_edit(edit_id);
         Ok(item)
+    }
+
+    /// Takes every served item whose expiry is at or before `ts_ms` out of
+    /// the trie, as a delete would (see [`super::expiry`]: called before each
+    /// edit record with the record's time). Returns how many.
+    pub fn expire_until(&mut self, ts_ms: u64) -> usize {
+        let due: Vec<(u64, u32)> = self.delta.expiring().expired_at(ts_ms).collect();
+        for &(ms, item) in &due {
+            let sid = self.sid(item).to_vec();
+            if let Err(e) = self.delta.drop_item(&self.base, item, &sid, Some(ms)) {
+                // (the index and the trie disagree: a bug; the item stays banned by its expiry)
+                tracing::error!(item, error = %e, "an expired item could not be taken out of the trie");
+            }
+        }
+        self.delta.set_swept_to(ts_ms);
+        due.len()
     }
 
     /// Applies a logged edit. Edits this view already contains are skipped
@@ -361,13 +396,15 @@ impl Catalog {
         if rec.edit_id <= self.last_edit_id() {
             return Ok(None);
         }
+        self.expire_until(rec.ts_ms);
         let done = match &rec.op {
-            EditOp::Upsert { id, title, semantic_id, embedding } => {
+            EditOp::Upsert { id, title, semantic_id, embedding, expires_at_ms } => {
                 let item = NewItem {
                     id: id.clone(),
                     title: title.clone(),
                     embedding: embedding.clone(),
                     semantic_id: Some(semantic_id.clone()),
+                    expires_at_ms: *expires_at_ms,
                 };
                 Applied::Upserted(self.upsert(item, rec.edit_id)?)
             }
@@ -398,7 +435,13 @@ mod tests {
     use crate::catalog::tests::tiny_catalog;
 
     fn new(id: &str, emb: Vec<f32>) -> NewItem {
-        NewItem { id: id.into(), title: format!("title of {id}"), embedding: emb, semantic_id: None }
+        NewItem {
+            id: id.into(),
+            title: format!("title of {id}"),
+            embedding: emb,
+            semantic_id: None,
+            expires_at_ms: None,
+        }
     }
 
     #[test]
@@ -617,6 +660,7 @@ mod tests {
                     title: "title of a".into(),
                     semantic_id: up.semantic_id.clone(),
                     embedding: up.embedding.clone(),
+                    expires_at_ms: None,
                 },
             },
             EditRecord { edit_id: 2, ts_ms: 0, op: EditOp::Delete { id: "item-2".into() } },

@@ -12,6 +12,7 @@
 //! | `codebooks.f32` | k-means codebooks, level after level `[codes × dim]` (absent for imported IDs) |
 //! | `idmap.u32` | id → row hash table (see [`super::idmap`]) |
 //! | `removed.u32` | sorted rows kept for their index but not served |
+//! | `expiry.rows.u32`, `expiry.ms.u64` | served rows with a lifetime, sorted, and their expiry (ms since the epoch; absent when none) |
 //! | `trie.{level_start,child_start,child_code,leaf_item}.u32` | the trie's CSR arrays |
 //! | `intents.json` | first-level cluster labels |
 //! | `ann.usearch` | the HNSW index over the served items (see [`crate::recall`]) |
@@ -64,6 +65,10 @@ pub struct Manifest {
     /// Rows in `removed.u32`.
     #[serde(default)]
     pub removed_rows: usize,
+    /// Rows in `expiry.rows.u32` and `expiry.ms.u64` (served items with a
+    /// lifetime, [`super::expiry`]).
+    #[serde(default)]
+    pub expiring_rows: usize,
     /// Whether `codebooks.f32` is there (not for imported semantic IDs).
     #[serde(default)]
     pub has_codebooks: bool,
@@ -101,6 +106,7 @@ impl Manifest {
             last_edit_id: 0,
             embedding_dtype: "f32".into(),
             removed_rows: 0,
+            expiring_rows: 0,
             has_codebooks: false,
             feed_position: None,
         }
@@ -182,12 +188,16 @@ impl Base {
         }
         write_array(&dir.join("idmap.u32"), self.idmap.slots())?;
         write_array(&dir.join("removed.u32"), &self.removed)?;
+        if !self.expiry.is_empty() {
+            self.expiry.write(dir)?;
+        }
         self.trie.write(dir)?;
         super::intents::save(&self.intents, dir)?;
         let mut m = self.manifest.clone();
         m.format = FORMAT.into();
         m.embedding_dtype = self.embeddings.dtype().into();
         m.removed_rows = self.removed.len();
+        m.expiring_rows = self.expiry.len();
         m.has_codebooks = !self.codebooks.is_empty();
         write_manifest(dir, &m)
     }
@@ -221,6 +231,7 @@ impl Base {
         };
         let idmap = IdMap::map(&dir.join("idmap.u32"), super::idmap::slots_for(n))?;
         let removed = Array::<u32>::map(&dir.join("removed.u32"), manifest.removed_rows)?;
+        let expiry = super::expiry::BaseExpiry::map(dir, manifest.expiring_rows)?;
         let trie = Trie::map(dir, &manifest.codebook_sizes)?;
         let first = manifest.codebook_sizes[0];
         let intents = super::intents::load(dir, first)?.unwrap_or_default();
@@ -235,6 +246,7 @@ impl Base {
             idmap,
             intents,
             removed,
+            expiry,
             source: Some(dir.to_path_buf()),
         };
         base.check().map_err(|e| CatalogError::Format(format!("{}: {e}", dir.display())))?;

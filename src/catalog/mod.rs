@@ -19,6 +19,7 @@ pub mod dir;
 pub mod edit;
 pub mod editlog;
 pub mod embed;
+pub mod expiry;
 pub mod format;
 pub mod fullness;
 pub mod idmap;
@@ -159,6 +160,27 @@ impl Catalog {
             Some(e) => e.served,
             None => (item as usize) < self.base.rows() && !self.base.is_removed(item),
         }
+    }
+
+    /// When item `item` stops being served, ms since the epoch (`None`: never).
+    pub fn expires_at(&self, item: u32) -> Option<u64> {
+        match self.delta.item(item) {
+            Some(it) => it.expires_at_ms,
+            None if (item as usize) < self.base.rows() => self.base.expiry.get(item),
+            None => None,
+        }
+    }
+
+    /// Whether item `item` may be returned at time `now_ms` (ms since the
+    /// epoch): served, and not past its expiry ([`expiry`]).
+    pub fn is_live(&self, item: u32, now_ms: u64) -> bool {
+        (item as usize) < self.len() && self.is_served(item) && self.expires_at(item).is_none_or(|e| now_ms < e)
+    }
+
+    /// Served items expired at `now_ms` that are still in the trie (until the
+    /// next edit record takes them out, [`expiry`]).
+    pub fn expired_in_trie(&self, now_ms: u64) -> impl Iterator<Item = u32> + '_ {
+        self.delta.expiring().expired_at(now_ms).map(|e| e.1)
     }
 
     /// Number of items served.
@@ -313,6 +335,7 @@ impl Base {
             idmap,
             intents,
             removed: Array::default(),
+            expiry: Default::default(),
             source: None,
         };
         base.check()?;

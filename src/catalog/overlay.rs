@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use super::base::Base;
+use super::expiry::ExpiryIndex;
 use super::trie_patch::TriePatch;
 use super::CatalogError;
 
@@ -21,6 +22,8 @@ pub struct OverlayItem {
     pub embedding: Vec<f32>,
     /// Key of this vector in the ANN index's overlay part.
     pub ann_key: u64,
+    /// When the item stops being served, ms since the epoch ([`super::expiry`]).
+    pub expires_at_ms: Option<u64>,
 }
 
 /// An item's state in the overlay: its data (none: the base row's) and
@@ -42,16 +45,29 @@ pub struct Overlay {
     /// Items served.
     served: usize,
     trie: TriePatch,
+    /// Served items with a lifetime, by expiry (base rows included).
+    expiring: ExpiryIndex,
     /// Generation of the last ANN key handed out (keys of base rows are the
     /// row itself: generation 0).
     ann_gen: u32,
     last_edit: u64,
+    /// The latest time expired items were taken out of the trie at.
+    swept_to: u64,
 }
 
 impl Overlay {
     /// No edits over `base`.
     pub fn new(base: &Base) -> Self {
-        Overlay { rows: base.rows() as u32, served: base.rows() - base.removed.len(), ..Default::default() }
+        let mut expiring = ExpiryIndex::default();
+        for (row, ms) in base.expiry.iter() {
+            expiring.insert(ms, row);
+        }
+        Overlay { rows: base.rows() as u32, served: base.rows() - base.removed.len(), expiring, ..Default::default() }
+    }
+
+    /// The served items with a lifetime, by expiry.
+    pub fn expiring(&self) -> &ExpiryIndex {
+        &self.expiring
     }
 
     pub fn rows(&self) -> u32 {
@@ -106,13 +122,14 @@ impl Overlay {
 
     /// Serves `data` as item `item` (a new index is `rows()`), whose semantic
     /// ID was checked free. `was_served`: the item was served before (and its
-    /// old leaf is gone from the trie already).
+    /// old leaf is gone from the trie already), with expiry `old_expiry`.
     pub(super) fn put(
         &mut self,
         base: &Base,
         item: u32,
         mut data: OverlayItem,
         was_served: bool,
+        old_expiry: Option<u64>,
     ) -> Result<u64, CatalogError> {
         let gen = self.ann_gen.checked_add(1).ok_or_else(|| {
             CatalogError::Conflict("4 billion edits since the last compaction: compact the catalog".into())
@@ -125,6 +142,12 @@ impl Overlay {
             self.ids.insert(data.id.clone(), item);
             self.rows += 1;
         }
+        if let Some(ms) = old_expiry.filter(|_| was_served) {
+            self.expiring.remove(ms, item);
+        }
+        if let Some(ms) = data.expires_at_ms {
+            self.expiring.insert(ms, item);
+        }
         self.entries.insert(item, ItemState { item: Some(Arc::new(data)), served: true });
         if !was_served {
             self.served += 1;
@@ -132,9 +155,18 @@ impl Overlay {
         Ok(key)
     }
 
-    /// Stops serving `item` (its leaf is removed here).
-    pub(super) fn drop_item(&mut self, base: &Base, item: u32, sid: &[u32]) -> Result<(), CatalogError> {
+    /// Stops serving `item`, which expires at `expiry` (its leaf is removed here).
+    pub(super) fn drop_item(
+        &mut self,
+        base: &Base,
+        item: u32,
+        sid: &[u32],
+        expiry: Option<u64>,
+    ) -> Result<(), CatalogError> {
         self.trie.remove(&base.trie, sid, item)?;
+        if let Some(ms) = expiry {
+            self.expiring.remove(ms, item);
+        }
         let data = self.entries.get(&item).and_then(|e| e.item.clone());
         self.entries.insert(item, ItemState { item: data, served: false });
         self.served -= 1;
@@ -145,6 +177,15 @@ impl Overlay {
     /// replaces it.
     pub(super) fn unlink(&mut self, base: &Base, item: u32, sid: &[u32]) -> Result<(), CatalogError> {
         self.trie.remove(&base.trie, sid, item)
+    }
+
+    /// The latest time expired items were taken out of the trie at.
+    pub fn swept_to(&self) -> u64 {
+        self.swept_to
+    }
+
+    pub(super) fn set_swept_to(&mut self, ms: u64) {
+        self.swept_to = self.swept_to.max(ms);
     }
 
     pub(super) fn set_last_edit(&mut self, id: u64) {

@@ -11,8 +11,15 @@ pub struct ItemInfo {
     pub item_id: String,
     pub title: String,
     pub semantic_id: Vec<u32>,
-    /// Whether the item is served (false: removed, kept until compaction).
+    /// Whether the item is served now (false: removed or expired, kept
+    /// until compaction).
     pub served: bool,
+    /// When it stops (stopped) being served, RFC 3339 UTC; absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The same, ms since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Engine {
@@ -21,11 +28,14 @@ impl Engine {
         let cat = self.catalog();
         let c = &cat.catalog;
         let i = c.index_of(id).ok_or_else(|| EngineError::NotFound(format!("item {id:?} is not in the catalog")))?;
+        let expires_at_ms = c.expires_at(i);
         Ok(ItemInfo {
             item_id: id.to_string(),
             title: c.title(i).to_string(),
             semantic_id: c.sid(i).to_vec(),
-            served: c.is_served(i),
+            served: c.is_live(i, self.now_ms()),
+            expires_at: expires_at_ms.map(crate::catalog::expiry::format_rfc3339),
+            expires_at_ms,
         })
     }
 

@@ -196,7 +196,7 @@ impl Serving {
         let reason = match outcome {
             Generation::Done(hits, tokens) => {
                 answer.tokens += tokens;
-                answer.items = items_of(cat, hits, source);
+                answer.items = items_of(cat, hits, source, r.now_ms);
                 mark_explored(&mut answer.items, &cat.catalog, &explored);
                 FallbackReason::Fill
             }
@@ -271,7 +271,7 @@ impl Serving {
                         Some(i) => (ItemSource::Coldstart, i.weight.max(1e-6).ln()),
                         None => (ItemSource::Generative, 0.0),
                     };
-                    let items: Vec<RecItem> = items_of(cat, hits, source)
+                    let items: Vec<RecItem> = items_of(cat, hits, source, r.now_ms)
                         .into_iter()
                         .filter(|it| seen.insert(it.item_id.clone()))
                         .take(s.k)

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::edit_pool::lower_priority;
 use super::state::ServedCatalog;
@@ -43,6 +43,9 @@ pub struct ItemInput {
     pub embedding: Option<Vec<f32>>,
     /// A semantic ID computed elsewhere (checked); none: from the codebooks.
     pub semantic_id: Option<Vec<u32>>,
+    /// When the item stops being served, ms since the epoch (the HTTP layer
+    /// turns `ttl_s` into it with the server's clock); `None`: never.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// What an upsert did.
@@ -230,10 +233,6 @@ impl Writer {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 pub(super) fn catalog_error(e: CatalogError, field: &'static str) -> EngineError {
     match e {
         CatalogError::Conflict(m) => EngineError::Conflict(m),
@@ -372,6 +371,7 @@ impl Engine {
                         title: item.title,
                         embedding,
                         semantic_id: item.semantic_id,
+                        expires_at_ms: item.expires_at_ms,
                     });
                 }
                 Err(e) => errors.push((line, e)),
@@ -416,7 +416,9 @@ impl Engine {
             return Err(EngineError::Conflict(why.clone()));
         }
         let mut view = w.head.catalog.clone();
-        let applied = apply_item_edits(&mut view, &edits, now_ms());
+        // record times never go back (a replay expires what the live view did)
+        let ts = self.opts.clock.now_ms().max(view.overlay().swept_to());
+        let applied = apply_item_edits(&mut view, &edits, ts);
         if !applied.records.is_empty() {
             self.commit(w, view, &applied.records, &applied.vectors)?;
         }
@@ -458,6 +460,33 @@ impl Engine {
             self.compact_in_background();
         }
         Ok(())
+    }
+
+    /// Takes the items expired by now out of the served view's trie, when
+    /// this engine writes its own edits (not a replica: there the feed's
+    /// records do it, at the same records on every replica) and no edit
+    /// waits for its sync. Nothing is logged: the next record's time is at
+    /// or after this one, and expires the same items on a replay (see
+    /// [`crate::catalog::expiry`]). Until then requests exclude them.
+    /// Returns how many left.
+    pub fn sweep_expired(&self) -> usize {
+        if self.changes.replica().is_some() {
+            return 0;
+        }
+        let now = self.opts.clock.now_ms();
+        let mut w = self.lock_writer();
+        if w.read_only.is_some() || w.compacting() || !w.queued.is_empty() {
+            return 0;
+        }
+        if w.head.catalog.expired_in_trie(now).next().is_none() {
+            return 0;
+        }
+        let mut view = w.head.catalog.clone();
+        let n = view.expire_until(now);
+        let next = Arc::new(ServedCatalog { catalog: view, ann: w.head.ann.clone() });
+        w.head = next.clone();
+        self.serving.catalog.store(next);
+        n
     }
 
     /// Publishes the newest queued view whose records are on disk, each
@@ -617,16 +646,20 @@ pub(super) fn apply_item_edits(view: &mut Catalog, edits: &[ItemEdit], ts_ms: u6
         vectors: Vec::new(),
         records: Vec::with_capacity(edits.len()),
     };
+    // items expired by the records' time leave the trie first, alike on
+    // every replica (see crate::catalog::expiry)
+    view.expire_until(ts_ms);
     for edit in edits {
         let edit_id = view.last_edit_id() + 1;
         let outcome = match edit {
-            ItemEdit::Upsert { id, title, embedding, semantic_id } => {
+            ItemEdit::Upsert { id, title, embedding, semantic_id, expires_at_ms } => {
                 let field = if semantic_id.is_some() { "semantic_id" } else { "embedding" };
                 let item = CatalogItem {
                     id: id.clone(),
                     title: title.clone(),
                     embedding: embedding.clone(),
                     semantic_id: semantic_id.clone(),
+                    expires_at_ms: *expires_at_ms,
                 };
                 view.upsert(item, edit_id).map_err(|e| catalog_error(e, field)).map(|up| {
                     out.records.push(EditRecord {
@@ -637,6 +670,7 @@ pub(super) fn apply_item_edits(view: &mut Catalog, edits: &[ItemEdit], ts_ms: u6
                             title: title.clone(),
                             semantic_id: up.semantic_id.clone(),
                             embedding: up.embedding.clone(),
+                            expires_at_ms: *expires_at_ms,
                         },
                     });
                     out.vectors.push((up.ann_key, up.embedding));

@@ -19,10 +19,10 @@ pub(super) struct Share<'a> {
     pub(super) k: usize,
 }
 
-/// Generated items that the catalog still serves.
-pub(super) fn items_of(cat: &ServedCatalog, hits: Vec<Hit>, source: ItemSource) -> Vec<RecItem> {
+/// Generated items that the catalog still serves and that are live at `now_ms`.
+pub(super) fn items_of(cat: &ServedCatalog, hits: Vec<Hit>, source: ItemSource, now_ms: u64) -> Vec<RecItem> {
     hits.into_iter()
-        .filter(|h| cat.serves(h.item))
+        .filter(|h| cat.catalog.is_live(h.item, now_ms))
         .map(|h| RecItem::new(&cat.catalog, h.item, h.score, source))
         .collect()
 }

@@ -176,6 +176,25 @@ pub struct EngineOptions {
     pub search_candidates: usize,
     /// Weight of the model's log-probability in a personalized search's ranking.
     pub search_model_weight: f32,
+    /// The time lifetimes are decided by (the system's; tests set one).
+    pub clock: crate::clock::Clock,
+}
+
+/// How often a local engine takes expired items out of its trie (requests
+/// exclude them from their expiry on, whatever this is).
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
+/// A thread that sweeps expired items until the engine is dropped.
+fn start_expiry_sweeper(engine: Weak<Engine>) -> Result<(), EngineError> {
+    std::thread::Builder::new()
+        .name("genrec-expiry".into())
+        .spawn(move || loop {
+            std::thread::sleep(SWEEP_EVERY);
+            let Some(e) = engine.upgrade() else { return };
+            e.sweep_expired();
+        })
+        .map(|_| ())
+        .map_err(EngineError::Worker)
 }
 
 /// Default weight of soft steering, chosen on MovieLens-100K validation users
@@ -200,6 +219,7 @@ impl Default for EngineOptions {
             steering_weight: DEFAULT_STEERING_WEIGHT,
             search_candidates: search::DEFAULT_SEARCH_CANDIDATES,
             search_model_weight: search::DEFAULT_SEARCH_MODEL_WEIGHT,
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -266,6 +286,9 @@ impl Engine {
             me: OnceLock::new(),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
+        if engine.changes.replica().is_none() {
+            start_expiry_sweeper(Arc::downgrade(&engine))?;
+        }
         Ok(engine)
     }
 
@@ -288,6 +311,11 @@ impl Engine {
     /// The catalog in service.
     pub fn catalog(&self) -> Arc<ServedCatalog> {
         self.serving.catalog()
+    }
+
+    /// The engine's time, ms since the epoch (lifetimes and event decay).
+    pub fn now_ms(&self) -> u64 {
+        self.opts.clock.now_ms()
     }
 
     /// Whether the batching worker runs, and the panics it survived.
@@ -315,5 +343,7 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod lifetime_tests;
 #[cfg(test)]
 mod tests;

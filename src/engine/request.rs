@@ -202,11 +202,14 @@ impl RecRequest {
 }
 
 /// A request resolved against one catalog: the history as item indices
-/// (ids the catalog lacks left out and listed), and what to exclude.
+/// (ids the catalog lacks left out and listed), what to exclude (with the
+/// items expired at the request's time), and that time.
 pub(super) struct Resolved {
     pub(super) history: Vec<u32>,
     pub(super) exclude: HashSet<u32>,
     pub(super) ignored: Vec<String>,
+    /// The request's clock: items are returned only if live at it.
+    pub(super) now_ms: u64,
 }
 
 /// Histories shorter than this blend the profile's intents in; from this

@@ -222,7 +222,7 @@ impl Serving {
                 fused.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
                 let cap = req.max_per_intent.map_or(u32::MAX, |m| m as u32);
                 let top = diversity::take_capped(fused, req.k, cap, |h| c.sid(h.item).first().copied().unwrap_or(0));
-                answer.items = items_of(cat, top, ItemSource::Search);
+                answer.items = items_of(cat, top, ItemSource::Search, r.now_ms);
                 if answer.items.len() < req.k {
                     answer.note = Some(format!(
                         "{} items match the query{}; the answer has {}",

@@ -105,8 +105,13 @@ impl Serving {
                 message: format!("none of the {} history item ids is in the catalog", req.history.len()),
             });
         }
-        let exclude = if req.exclude_history { history.iter().copied().collect() } else { HashSet::new() };
-        Ok(Resolved { history, exclude, ignored })
+        let mut exclude: HashSet<u32> =
+            if req.exclude_history { history.iter().copied().collect() } else { HashSet::new() };
+        // items past their expiry that the trie still holds (until the next
+        // edit record) are excluded from every path: generation, ANN, search
+        let now_ms = self.opts.clock.now_ms();
+        exclude.extend(cat.expired_in_trie(now_ms));
+        Ok(Resolved { history, exclude, ignored, now_ms })
     }
 
     /// Serves one request: generation through the batching queue, ANN recall
@@ -161,7 +166,7 @@ impl Serving {
             }
             Generation::Late => return Err(EngineError::Deadline(timeout_ms)),
         };
-        answer.items = items_of(&cat, hits, ItemSource::Generative);
+        answer.items = items_of(&cat, hits, ItemSource::Generative, r.now_ms);
         mark_explored(&mut answer.items, &cat.catalog, &explored);
         if answer.items.len() < req.k {
             // ANN would not keep to the cap: a capped answer says why it is short

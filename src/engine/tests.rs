@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 
-fn engine(with_model: bool, opts: EngineOptions) -> Arc<Engine> {
+pub(super) fn engine(with_model: bool, opts: EngineOptions) -> Arc<Engine> {
     let (model, catalog) = crate::model::demo::load(&candle_core::Device::Cpu).unwrap();
     let e = Engine::new(catalog, opts, Arc::new(NoObserver)).unwrap();
     if with_model {
@@ -14,7 +14,7 @@ fn engine(with_model: bool, opts: EngineOptions) -> Arc<Engine> {
     e
 }
 
-fn req(history: &[&str], k: usize, strategy: Strategy) -> RecRequest {
+pub(super) fn req(history: &[&str], k: usize, strategy: Strategy) -> RecRequest {
     RecRequest {
         history: history.iter().map(|s| s.to_string()).collect(),
         k,
@@ -30,11 +30,11 @@ fn req(history: &[&str], k: usize, strategy: Strategy) -> RecRequest {
     }
 }
 
-fn ids(a: &RecAnswer) -> Vec<String> {
+pub(super) fn ids(a: &RecAnswer) -> Vec<String> {
     a.items.iter().map(|i| i.item_id.clone()).collect()
 }
 
-fn first_ids(e: &Engine, n: usize) -> Vec<String> {
+pub(super) fn first_ids(e: &Engine, n: usize) -> Vec<String> {
     let cat = e.catalog();
     (0..n as u32).map(|i| cat.catalog.item_id(i).to_string()).collect()
 }
@@ -138,6 +138,7 @@ async fn removed_item_is_never_returned_and_added_item_is() {
         text: None,
         embedding: Some(emb),
         semantic_id: None,
+        expires_at_ms: None,
     };
     let sid = e.upsert_item(new).unwrap().semantic_id;
     assert_eq!(e.catalog().catalog.trie().lookup(&sid), e.catalog().catalog.index_of("live-1"));
@@ -160,12 +161,17 @@ fn rollback_swaps_back_and_forth() {
 
 /// A catalog folder of `n` random 8-d items (2 levels of 16 codes), opened
 /// for writing.
-fn random_store(tag: &str, n: usize) -> (std::path::PathBuf, crate::catalog::Catalog, edits::CatalogStore) {
+pub(super) fn random_store(tag: &str, n: usize) -> (std::path::PathBuf, crate::catalog::Catalog, edits::CatalogStore) {
     use rand::{Rng, SeedableRng};
     let dir = std::env::temp_dir().join(format!("genrec-engine-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let emb: Vec<f32> = (0..n * 8).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut emb: Vec<f32> = (0..n * 8).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    // unit norm, as catalog embeddings are
+    for row in emb.chunks_mut(8) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
     let items: Vec<crate::dataset::ItemRecord> = (0..n)
         .map(|i| crate::dataset::ItemRecord {
             id: format!("b{i}"),
@@ -238,6 +244,7 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
                                 text: None,
                                 embedding: Some(vec8(&mut rng)),
                                 semantic_id: None,
+                                expires_at_ms: None,
                             },
                         )
                     })
@@ -261,6 +268,7 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
                     text: None,
                     embedding: Some(vec8(&mut rng)),
                     semantic_id: None,
+                    expires_at_ms: None,
                 };
                 if e.upsert_item(single).is_ok() {
                     want.insert(id, true);
@@ -439,6 +447,7 @@ async fn a_full_disk_refuses_edits_without_losing_or_tearing_anything() {
         text: None,
         embedding: Some(base.embedding(from).iter().map(|x| x * 0.9 + 0.01).collect()),
         semantic_id: None,
+        expires_at_ms: None,
     };
     e.upsert_item(new("before", 1)).unwrap();
     crate::catalog::editlog::disk_full::next(&log, 1);

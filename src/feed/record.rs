@@ -52,6 +52,10 @@ pub enum ItemEdit {
         /// A semantic ID given by the client; none: from the codebooks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         semantic_id: Option<Vec<u32>>,
+        /// When the item stops being served, ms since the epoch (a lifetime
+        /// is sent as this absolute time, so every replica expires it alike).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
     },
     /// Stop serving the item.
     Delete { id: String },
@@ -97,7 +101,13 @@ mod tests {
         let r = Record::Items {
             origin: Some("a#1".into()),
             edits: vec![
-                ItemEdit::Upsert { id: "x".into(), title: "X".into(), embedding: vec![1.0, 0.5], semantic_id: None },
+                ItemEdit::Upsert {
+                    id: "x".into(),
+                    title: "X".into(),
+                    embedding: vec![1.0, 0.5],
+                    semantic_id: None,
+                    expires_at_ms: Some(5),
+                },
                 ItemEdit::Delete { id: "y".into() },
             ],
         };

@@ -301,7 +301,16 @@ mod tests {
         // served again with another vector: found by the new one only
         let other = cat.embedding(100);
         let up = cat
-            .upsert(NewItem { id: id.clone(), title: "x".into(), embedding: other.clone(), semantic_id: None }, 2)
+            .upsert(
+                NewItem {
+                    id: id.clone(),
+                    title: "x".into(),
+                    embedding: other.clone(),
+                    semantic_id: None,
+                    expires_at_ms: None,
+                },
+                2,
+            )
             .unwrap();
         ann.add(&[(up.ann_key, up.embedding.clone())]).unwrap();
         let hits = ann.nearest(&cat, &other, 2, |_| true).unwrap();

@@ -178,12 +178,68 @@ pub(crate) struct ItemBody {
     /// codebook sizes.
     #[serde(default)]
     semantic_id: Option<Vec<u32>>,
+    /// When the item stops being served: RFC 3339 (`2026-12-07T10:30:00Z`)
+    /// or ms since the Unix epoch; in the future. Past it no path returns
+    /// the item, with no delete sent.
+    #[serde(default)]
+    expires_at: Option<TimeValue>,
+    /// Or a lifetime in seconds from now (the server's clock), > 0.
+    #[serde(default)]
+    ttl_s: Option<f64>,
 }
 
+/// A moment as RFC 3339 text or as ms since the Unix epoch.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum TimeValue {
+    Ms(u64),
+    Rfc3339(String),
+}
+
+/// Longest lifetime a `ttl_s` may give: ten years.
+const MAX_TTL_S: f64 = 10.0 * 365.25 * 86_400.0;
+
 impl ItemBody {
-    fn into_item(self) -> ItemInput {
+    /// The engine's input, with the lifetime made an absolute time by the
+    /// server's clock at `now_ms` (so every replica expires it alike).
+    fn into_item(self, now_ms: u64) -> Result<ItemInput, ApiError> {
+        let bad = |field: &str, m: String| ApiError::new(StatusCode::BAD_REQUEST, Some(field), m);
+        let expires_at_ms = match (self.expires_at, self.ttl_s) {
+            (Some(_), Some(_)) => return Err(bad("ttl_s", "give expires_at or ttl_s, not both".into())),
+            (None, None) => None,
+            (None, Some(t)) if !(t.is_finite() && t > 0.0 && t <= MAX_TTL_S) => {
+                return Err(bad("ttl_s", format!("ttl_s must be a number of seconds above 0 and at most {MAX_TTL_S}")))
+            }
+            (None, Some(t)) => Some(now_ms + ((t * 1000.0).round() as u64).max(1)),
+            (Some(v), None) => {
+                let ms = match v {
+                    TimeValue::Ms(ms) => ms,
+                    TimeValue::Rfc3339(s) => {
+                        crate::catalog::expiry::parse_rfc3339_ms(&s).map_err(|m| bad("expires_at", m))?
+                    }
+                };
+                if ms <= now_ms {
+                    return Err(bad(
+                        "expires_at",
+                        format!(
+                            "expires_at {} is not in the future (the server's time is {})",
+                            crate::catalog::expiry::format_rfc3339(ms),
+                            crate::catalog::expiry::format_rfc3339(now_ms)
+                        ),
+                    ));
+                }
+                Some(ms)
+            }
+        };
         let title = self.title.clone().or_else(|| self.text.clone()).unwrap_or_else(|| self.id.clone());
-        ItemInput { id: self.id, title, text: self.text, embedding: self.embedding, semantic_id: self.semantic_id }
+        Ok(ItemInput {
+            id: self.id,
+            title,
+            text: self.text,
+            embedding: self.embedding,
+            semantic_id: self.semantic_id,
+            expires_at_ms,
+        })
     }
 }
 
@@ -232,7 +288,8 @@ pub async fn add_item(
                 ));
             }
             let b: ItemBody = parse_body(&bytes)?;
-            let up = st.engine.edit(move |e| e.upsert_item(b.into_item())).await?;
+            let item = b.into_item(st.engine.now_ms())?;
+            let up = st.engine.edit(move |e| e.upsert_item(item)).await?;
             catalog_edited(&st, 1);
             let status = if up.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok((status, Json(ItemsAnswer::One(up))).into_response())
@@ -244,6 +301,7 @@ pub async fn add_item(
 async fn add_batch(st: &Arc<AppState>, bytes: &[u8]) -> Result<Response, ApiError> {
     let mut lines = Vec::new();
     let mut errors = Vec::new();
+    let now_ms = st.engine.now_ms();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let n = i + 1;
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -256,8 +314,8 @@ async fn add_batch(st: &Arc<AppState>, bytes: &[u8]) -> Result<Response, ApiErro
                 format!("a batch holds at most {MAX_BATCH_LINES} items"),
             ));
         }
-        match parse_body::<ItemBody>(line) {
-            Ok(b) => lines.push((n, b.into_item())),
+        match parse_body::<ItemBody>(line).and_then(|b| b.into_item(now_ms)) {
+            Ok(item) => lines.push((n, item)),
             Err(e) => errors.push(e.line_error(n)),
         }
     }

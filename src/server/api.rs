@@ -210,6 +210,8 @@ impl ApiError {
             Some("text") => Some("text"),
             Some("embedding") => Some("embedding"),
             Some("semantic_id") => Some("semantic_id"),
+            Some("expires_at") => Some("expires_at"),
+            Some("ttl_s") => Some("ttl_s"),
             Some(_) | None => Some("body"),
         };
         crate::engine::edits::LineError { line, field, error: self.message }

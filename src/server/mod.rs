@@ -403,6 +403,7 @@ fn finish_engine(
         steering_weight: args.steering_weight,
         search_candidates: args.search_candidates,
         search_model_weight: args.search_model_weight,
+        clock: crate::clock::Clock::system(),
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;

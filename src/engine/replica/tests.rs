@@ -48,10 +48,21 @@ fn shared_root(tag: &str) -> Temp {
 
 /// A replica of `feed` serving the shared folder's newest version.
 fn replica(root: &Path, feed: &Arc<MemoryFeed>, name: &str, model_root: &Path) -> Arc<Engine> {
+    replica_on(root, feed, name, model_root, crate::clock::Clock::system())
+}
+
+/// [`replica`] on a given clock.
+fn replica_on(
+    root: &Path,
+    feed: &Arc<MemoryFeed>,
+    name: &str,
+    model_root: &Path,
+    clock: crate::clock::Clock,
+) -> Arc<Engine> {
     let dir = root.join("catalog");
     let (catalog, _) = crate::catalog::dir::open_read_only(&dir).unwrap();
     let start = super::covered_position(&catalog).unwrap();
-    let opts = EngineOptions { model_root: Some(model_root.to_path_buf()), ..Default::default() };
+    let opts = EngineOptions { model_root: Some(model_root.to_path_buf()), clock, ..Default::default() };
     let e = replica_engine(
         catalog,
         opts,
@@ -120,6 +131,7 @@ fn item(c: &Catalog, id: &str, from: u32, salt: f32) -> edits::ItemInput {
         text: None,
         embedding: Some(embedding(c, from, salt)),
         semantic_id: None,
+        expires_at_ms: None,
     }
 }
 
@@ -221,6 +233,56 @@ fn replicas_converge_under_concurrent_edits_and_readers() {
         let (x, y) = (rt.block_on(a.recommend(&h)).unwrap(), rt.block_on(b.recommend(&h)).unwrap());
         let key = |r: &RecAnswer| r.items.iter().map(|i| (i.item_id.clone(), i.score.to_bits())).collect::<Vec<_>>();
         assert_eq!(key(&x), key(&y), "identical answers");
+    }
+}
+
+/// Lifetimes on three replicas: an item upserted through one with an expiry
+/// is returned by all three one millisecond before it and by none at it
+/// (their clocks set by hand), and once a record's time (the feed's) passes
+/// the expiry, every replica takes it out of its trie at that record, so a
+/// new item under the same prefix gets the same semantic ID everywhere.
+#[test]
+fn replicas_expire_an_item_alike() {
+    use crate::catalog::expiry::system_ms;
+    let root = shared_root("expiry");
+    let feed = Arc::new(MemoryFeed::new());
+    let clock = crate::clock::Clock::manual(system_ms());
+    let reps: Vec<Arc<Engine>> =
+        ["a", "b", "c"].iter().map(|n| replica_on(&root.0, &feed, n, &root.0, clock.clone())).collect();
+    let base = reps[0].catalog().catalog.clone();
+    let expiry = system_ms() + 300;
+    let live = edits::ItemInput { expires_at_ms: Some(expiry), ..item(&base, "live", 5, 0.001) };
+    let up = reps[0].upsert_item(live).unwrap();
+    settled(&feed, &reps.iter().collect::<Vec<_>>());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let ann = RecRequest { strategy: Strategy::Ann, ..request(vec![base.item_id(5).to_string()]) };
+    let answers = |e: &Arc<Engine>| -> Vec<String> {
+        rt.block_on(e.recommend(&ann)).unwrap().items.into_iter().map(|i| i.item_id).collect()
+    };
+    clock.set(expiry - 1);
+    for e in &reps {
+        assert!(answers(e).contains(&"live".to_string()), "served 1 ms before its expiry");
+    }
+    clock.set(expiry);
+    for e in &reps {
+        assert!(!answers(e).contains(&"live".to_string()), "never at its expiry");
+        assert!(!e.item("live").unwrap().served);
+    }
+    // a record after the expiry, by the feed's clock
+    while system_ms() <= expiry {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let levels = up.semantic_id.len();
+    let next =
+        edits::ItemInput { semantic_id: Some(up.semantic_id[..levels - 1].to_vec()), ..item(&base, "next", 7, 0.002) };
+    let got = reps[1].upsert_item(next).unwrap();
+    settled(&feed, &reps.iter().collect::<Vec<_>>());
+    assert_eq!(got.semantic_id, up.semantic_id, "the expired item's ID is free at this record");
+    let first = served(&reps[0]);
+    assert!(!first.iter().any(|s| s.0 == "live"));
+    for e in &reps[1..] {
+        assert_same(&first, &served(e), "every replica expired it at the same record");
+        assert_eq!(e.item("next").unwrap().semantic_id, up.semantic_id);
     }
 }
 

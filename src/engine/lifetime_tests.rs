@@ -1,0 +1,153 @@
+//! Item lifetimes through the engine, on a clock set by hand: an item is
+//! returned one millisecond before its expiry and by no path at or after it,
+//! across a restart and a compaction (the replicas' test is in
+//! `replica/tests.rs`).
+
+use std::sync::Arc;
+
+use super::tests::{engine, first_ids, ids, random_store, req};
+use super::*;
+use crate::clock::Clock;
+
+const T0: u64 = 1_900_000_000_000;
+
+fn same_item_expiring(e: &Engine, id: &str, expires_at_ms: u64) {
+    let cat = e.catalog();
+    let c = &cat.catalog;
+    let i = c.index_of(id).unwrap();
+    let up = e
+        .upsert_item(edits::ItemInput {
+            id: id.into(),
+            title: c.title(i).into(),
+            text: None,
+            embedding: Some(c.embedding(i)),
+            semantic_id: Some(c.sid(i).to_vec()),
+            expires_at_ms: Some(expires_at_ms),
+        })
+        .unwrap();
+    assert_eq!(up.semantic_id, c.sid(i), "the same item, now with a lifetime");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_is_served_until_one_millisecond_before_its_expiry_on_every_path() {
+    let clock = Clock::manual(T0);
+    let e = engine(true, EngineOptions { clock: clock.clone(), ..Default::default() });
+    let h = first_ids(&e, 3);
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let generated = ids(&e.recommend(&req(&h, 10, Strategy::Generative)).await.unwrap())[0].clone();
+    let recalled = ids(&e.recommend(&req(&h, 10, Strategy::Ann)).await.unwrap())[0].clone();
+    let expiry = T0 + 5_000;
+    for id in [&generated, &recalled] {
+        same_item_expiring(&e, id, expiry);
+    }
+    let title = {
+        let c = e.catalog();
+        c.catalog.title(c.catalog.index_of(&generated).unwrap()).to_string()
+    };
+    let search = RecRequest { query: Some(title), ..req(&h, 10, Strategy::Auto) };
+    let explore = RecRequest { explore: 0.5, ..req(&h, 20, Strategy::Auto) };
+    clock.set(expiry - 1);
+    assert!(ids(&e.recommend(&req(&h, 10, Strategy::Generative)).await.unwrap()).contains(&generated));
+    assert!(ids(&e.recommend(&req(&h, 10, Strategy::Ann)).await.unwrap()).contains(&recalled));
+    assert!(ids(&e.recommend(&search).await.unwrap()).contains(&generated), "the search finds it by its title");
+    assert!(e.item(&generated).unwrap().served);
+    clock.set(expiry);
+    for r in [
+        req(&h, 10, Strategy::Generative),
+        req(&h, 10, Strategy::Auto),
+        req(&h, 50, Strategy::Ann),
+        search.clone(),
+        explore.clone(),
+    ] {
+        let got = ids(&e.recommend(&r).await.unwrap());
+        assert!(!got.contains(&generated) && !got.contains(&recalled), "{r:?}: {got:?}");
+    }
+    let info = e.item(&generated).unwrap();
+    assert!(!info.served);
+    assert_eq!(info.expires_at_ms, Some(expiry));
+    // the sweep takes both out of the trie, as a delete would
+    let (c, i) = (e.catalog(), e.catalog().catalog.index_of(&generated).unwrap());
+    assert_eq!(c.catalog.trie().lookup(c.catalog.sid(i)), Some(i), "in the trie until swept");
+    assert_eq!(e.sweep_expired(), 2);
+    let c = e.catalog();
+    assert_eq!(c.catalog.trie().lookup(c.catalog.sid(i)), None);
+    assert_eq!(e.sweep_expired(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifetimes_hold_across_a_restart_and_a_compaction() {
+    let clock = Clock::manual(T0);
+    let (dir, cat, store) = random_store("lifetimes", 300);
+    let opts = EngineOptions { clock: clock.clone(), compact_log_bytes: 0, ..Default::default() };
+    let open = |cat, store| {
+        Engine::with_store(cat, edits::EditStore::Durable(store), opts.clone(), Arc::new(NoObserver)).unwrap()
+    };
+    let reopen = || {
+        let (cat, store, _) = edits::open_store(&dir).unwrap();
+        let edits::EditStore::Durable(store) = store else { panic!("writable") };
+        open(cat, store)
+    };
+    let e = open(cat, store);
+    let twin = |e: &Engine, of: u32, id: &str, expires_at_ms| {
+        let c = e.catalog();
+        let emb: Vec<f32> = c.catalog.embedding(of).iter().map(|x| x + 0.001).collect();
+        e.upsert_item(edits::ItemInput {
+            id: id.into(),
+            title: id.into(),
+            text: None,
+            embedding: Some(emb),
+            semantic_id: None,
+            expires_at_ms,
+        })
+        .unwrap()
+    };
+    twin(&e, 10, "short", Some(T0 + 1_000));
+    twin(&e, 20, "long", Some(T0 + 100_000));
+    twin(&e, 30, "forever", None);
+    // ANN answers for the history of the item each twin copies
+    let recalled = |e: &Arc<Engine>, of: &str| {
+        let rt = tokio::runtime::Handle::current();
+        let e = e.clone();
+        let r = req(&[of], 3, Strategy::Ann);
+        std::thread::spawn(move || ids(&rt.block_on(e.recommend(&r)).unwrap())).join().unwrap()
+    };
+    clock.set(T0 + 999);
+    let got = recalled(&e, "b10");
+    assert!(got.contains(&"short".to_string()), "{got:?}");
+    drop(e);
+    // a restart one millisecond before the expiry: served; at it: not
+    let e = reopen();
+    assert!(recalled(&e, "b10").contains(&"short".to_string()), "after a restart");
+    clock.set(T0 + 1_000);
+    assert!(!recalled(&e, "b10").contains(&"short".to_string()), "expired after a restart");
+    assert!(recalled(&e, "b20").contains(&"long".to_string()));
+    assert!(!e.item("short").unwrap().served);
+    // the next edit takes it out of the trie, and a replay does the same
+    twin(&e, 40, "later", None);
+    let short = e.catalog().catalog.index_of("short").unwrap();
+    let sid = e.catalog().catalog.sid(short).to_vec();
+    assert_ne!(e.catalog().catalog.trie().lookup(&sid), Some(short));
+    drop(e);
+    let e = reopen();
+    assert_ne!(e.catalog().catalog.trie().lookup(&sid), Some(short), "the replay expires it at the same record");
+    // a compaction drops the expired item (a removed row) and keeps the
+    // others' lifetimes in the new version
+    let report = e.compact().unwrap();
+    assert!(report.version >= 2);
+    let c = e.catalog();
+    assert!(c.catalog.base().is_removed(short));
+    let long = c.catalog.index_of("long").unwrap();
+    assert_eq!(c.catalog.base().expiry.get(long), Some(T0 + 100_000));
+    assert_eq!(c.catalog.overlay().len(), 0, "folded into the version");
+    drop(c);
+    drop(e);
+    let e = reopen();
+    clock.set(T0 + 99_999);
+    assert!(recalled(&e, "b20").contains(&"long".to_string()), "after the compaction and a restart");
+    clock.set(T0 + 100_000);
+    assert!(!recalled(&e, "b20").contains(&"long".to_string()));
+    assert!(recalled(&e, "b30").contains(&"forever".to_string()));
+    assert_eq!(e.item("long").unwrap().expires_at_ms, Some(T0 + 100_000));
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+}
