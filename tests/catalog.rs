@@ -384,6 +384,67 @@ fn items_with_a_lifetime_are_served_until_their_expiry_and_never_after() {
     assert_eq!((v["served"].as_bool(), v["expires_at_ms"].as_u64()), (Some(false), Some(expiry)), "{v}");
 }
 
+/// `POST /v1/events` through HTTP: bad lines named by line and field, the
+/// rest counted and shown as rates on the item; `trending` is range-checked
+/// and, with events, changes the answer.
+#[test]
+fn events_are_counted_and_trending_reads_them() {
+    let root = common::demo_root("events-root");
+    let a = root.0.join("a");
+    let s = Server::start(&["--model", a.to_str().unwrap(), "--admin-token", TOKEN]);
+    let c = reqwest::blocking::Client::new();
+    let rec = |body: Value| json_of(c.post(s.at("/v1/recommend")).json(&body));
+    let history = json!(["3", "11", "19"]);
+    let (st, plain) = rec(json!({"history": history, "k": 10, "strategy": "generative"}));
+    assert_eq!(st, 200, "{plain}");
+    let (st, v) = rec(json!({"history": history, "k": 10, "trending": -1}));
+    assert_eq!((st, v["field"].as_str()), (422, Some("trending")), "{v}");
+    // impressions on many items, clicks on items far from the answer
+    let listed: Vec<&str> = plain["items"].as_array().unwrap().iter().map(|i| i["item_id"].as_str().unwrap()).collect();
+    let hot: Vec<String> = (200..260).map(|i| i.to_string()).filter(|id| !listed.contains(&id.as_str())).collect();
+    let mut lines: Vec<String> =
+        (0..500).map(|i| json!({"item_id": i.to_string(), "kind": "impression"}).to_string()).collect();
+    for id in &hot {
+        lines.push(json!({"item_id": id, "kind": "click", "value": 20}).to_string());
+    }
+    lines.push(json!({"item_id": "no-such-item", "kind": "click"}).to_string());
+    lines.push(json!({"item_id": "5", "kind": "like"}).to_string());
+    lines.push(json!({"item_id": "5", "kind": "click", "ts": "2099-01-01T00:00:00Z"}).to_string());
+    lines.push(json!({"item_id": "5", "kind": "watch", "value": -2}).to_string());
+    lines.push("{not json".to_string());
+    let n = lines.len();
+    let (st, v) =
+        json_of(c.post(s.at("/v1/events")).header("content-type", "application/x-ndjson").body(lines.join("\n")));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["applied"].as_u64(), Some(n as u64 - 5), "{v}");
+    let named: Vec<(u64, &str)> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    let n = n as u64;
+    assert_eq!(named, vec![(n - 4, "item_id"), (n - 3, "kind"), (n - 2, "ts"), (n - 1, "value"), (n, "body")], "{v}");
+    let (_, item) = json_of(admin(&c, &s, reqwest::Method::GET, &format!("/admin/items/{}", hot[0])));
+    let per_min = &item["rates"]["per_minute"];
+    assert!(per_min["click"].as_f64().unwrap() > 1.0 && per_min["impression"].as_f64().unwrap() > 0.0, "{item}");
+    assert_eq!(item["rates"]["half_life_s"].as_f64(), Some(600.0), "{item}");
+    // the prior moves the answer towards the clicked items
+    let (st, with) = rec(json!({"history": history, "k": 10, "strategy": "generative", "trending": 3}));
+    assert_eq!(st, 200, "{with}");
+    let hot_in = |v: &Value| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| hot.contains(&i["item_id"].as_str().unwrap().to_string()))
+            .count()
+    };
+    assert!(hot_in(&with) > hot_in(&plain), "{with}");
+    let (_, off) = rec(json!({"history": history, "k": 10, "strategy": "generative", "trending": 0}));
+    assert_eq!(off["items"], plain["items"], "weight 0 is the model's own answer");
+}
+
 /// Two servers on one catalog folder: the second serves it read-only and
 /// refuses edits with 409 naming why; the first keeps writing.
 #[test]

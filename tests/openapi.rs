@@ -121,6 +121,7 @@ fn real_answers_match_the_openapi_description() {
     let documented: std::collections::BTreeSet<String> = doc.0["paths"].as_object().unwrap().keys().cloned().collect();
     let routes = [
         "/v1/recommend",
+        "/v1/events",
         "/v1/intents",
         "/healthz",
         "/readyz",
@@ -217,6 +218,18 @@ fn real_answers_match_the_openapi_description() {
     });
     assert_eq!(st, 422);
     let one = "/admin/items/{id}";
+    let expiring = json!({"id": "new-3", "embedding": vec![0.3f32; 384], "ttl_s": 600, "title": "t"});
+    assert!(is_valid(&doc.request_schema(&post, items), &expiring));
+    let (st, _) = call(&doc, &c, &s, post.clone(), items, items, |r| r.bearer_auth(TOKEN).json(&expiring));
+    assert_eq!(st, 201);
+    let (st, v) = call(&doc, &c, &s, get.clone(), "/admin/items/new-3", one, bearer);
+    assert!(st == 200 && v["expires_at"].is_string(), "{v}");
+    let events = "/v1/events";
+    let lines = "{\"item_id\": \"new-3\", \"kind\": \"click\"}\n{\"item_id\": \"nope\", \"kind\": \"click\"}\n";
+    let (st, v) = call(&doc, &c, &s, post.clone(), events, events, |r| {
+        r.header("content-type", "application/x-ndjson").body(lines)
+    });
+    assert_eq!((st, &v["applied"], v["errors"][0]["field"].as_str()), (200, &json!(1), Some("item_id")), "{v}");
     let (st, v) = call(&doc, &c, &s, get.clone(), "/admin/items/new-1", one, bearer);
     assert_eq!((st, &v["served"]), (200, &json!(true)), "{v}");
     let (st, _) = call(&doc, &c, &s, Method::DELETE, "/admin/items/new-1", one, bearer);

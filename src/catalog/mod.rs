@@ -19,6 +19,7 @@ pub mod dir;
 pub mod edit;
 pub mod editlog;
 pub mod embed;
+pub mod engagement;
 pub mod expiry;
 pub mod format;
 pub mod fullness;

@@ -20,6 +20,8 @@ pub struct ItemInfo {
     /// The same, ms since the Unix epoch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
+    /// Its engagement right now (`POST /v1/events`).
+    pub rates: super::events::ItemRates,
 }
 
 impl Engine {
@@ -36,6 +38,7 @@ impl Engine {
             served: c.is_live(i, self.now_ms()),
             expires_at: expires_at_ms.map(crate::catalog::expiry::format_rfc3339),
             expires_at_ms,
+            rates: self.item_rates(i),
         })
     }
 

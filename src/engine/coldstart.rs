@@ -185,6 +185,7 @@ impl Serving {
             first_level_prior: intent_prior(inferred, codes, weight),
             profile_tokens,
             max_per_intent: req.max_per_intent,
+            trending: self.trending(req, r),
             ..Default::default()
         };
         // the profile shaped the answer through the prior or the profile tokens
@@ -251,6 +252,7 @@ impl Serving {
                 within,
                 first_level_prior: Vec::new(),
                 profile_tokens: profile_tokens.clone(),
+                trending: self.trending(req, r),
                 ..Default::default()
             };
             pending.push(self.submit(gen, model.clone(), cat, deadline)?);

@@ -20,6 +20,7 @@ pub mod changes;
 mod coldstart;
 mod edit_pool;
 pub mod edits;
+pub mod events;
 pub mod explore;
 mod generation;
 pub mod model_root;
@@ -44,7 +45,9 @@ use crate::model::ModelError;
 use crate::recall::{Ann, RecallError};
 use changes::{Changes, WritePath};
 pub use pair::Pair;
-pub use request::{FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Steering, Strategy, ValidRequest};
+pub use request::{
+    FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Steering, Strategy, ValidRequest, MAX_TRENDING,
+};
 use scheduler::Scheduler;
 pub use scheduler::{BatchObserver, BatchOptions, NoObserver, WorkerHealth};
 use serving::Serving;
@@ -178,7 +181,14 @@ pub struct EngineOptions {
     pub search_model_weight: f32,
     /// The time lifetimes are decided by (the system's; tests set one).
     pub clock: crate::clock::Clock,
+    /// Half-life of the engagement counts (`POST /v1/events`).
+    pub events_half_life_ms: u64,
+    /// Weight of the trending prior when a request does not give one (0: off).
+    pub trending_weight: f32,
 }
+
+/// Default weight of the trending prior (see `benches/results/live.md`).
+pub const DEFAULT_TRENDING_WEIGHT: f32 = 0.0;
 
 /// How often a local engine takes expired items out of its trie (requests
 /// exclude them from their expiry on, whatever this is).
@@ -220,6 +230,8 @@ impl Default for EngineOptions {
             search_candidates: search::DEFAULT_SEARCH_CANDIDATES,
             search_model_weight: search::DEFAULT_SEARCH_MODEL_WEIGHT,
             clock: crate::clock::Clock::system(),
+            events_half_life_ms: crate::catalog::engagement::DEFAULT_HALF_LIFE_MS,
+            trending_weight: DEFAULT_TRENDING_WEIGHT,
         }
     }
 }
@@ -344,6 +356,6 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod lifetime_tests;
+mod live_tests;
 #[cfg(test)]
 mod tests;

@@ -57,6 +57,9 @@ pub struct RecRequest {
     pub max_per_intent: Option<usize>,
     /// Share of `k` given to intents absent from the history ([`super::explore`]).
     pub explore: f32,
+    /// Weight of the trending prior ([`crate::generate::trending`]); `None`:
+    /// the server's `--trending-weight`; 0: off.
+    pub trending: Option<f32>,
 }
 
 /// One recommended item.
@@ -191,6 +194,9 @@ impl RecRequest {
         if !(0.0..=1.0).contains(&self.explore) {
             return invalid("explore", "explore must be between 0 and 1".into());
         }
+        if self.trending.is_some_and(|t| !(t.is_finite() && (0.0..=MAX_TRENDING).contains(&t))) {
+            return invalid("trending", format!("trending must be a weight between 0 and {MAX_TRENDING}"));
+        }
         if self.explore > 0.0 && self.query.is_some() {
             return invalid("explore", "explore applies to recommendations, not to a search (query)".into());
         }
@@ -215,6 +221,9 @@ pub(super) struct Resolved {
 /// Histories shorter than this blend the profile's intents in; from this
 /// length on, the profile is not used.
 pub(super) const SHORT_HISTORY: usize = 5;
+
+/// Largest `trending` weight.
+pub const MAX_TRENDING: f32 = 10.0;
 
 /// Longest `query`, in characters.
 pub const MAX_QUERY_CHARS: usize = 1000;

@@ -207,6 +207,7 @@ impl Serving {
             k: depth,
             exclude: r.exclude.clone(),
             allowed: Some(allowed.into()),
+            trending: self.trending(req, r),
             ..Default::default()
         };
         let rx = self.submit(gen, model, cat, deadline)?;

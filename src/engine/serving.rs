@@ -37,11 +37,19 @@ pub struct Serving {
     encoder: Mutex<Option<Arc<TextEncoder>>>,
     pub(super) scheduler: Scheduler,
     pub(super) opts: EngineOptions,
+    /// Decayed engagement counts per item and prefix (`POST /v1/events`).
+    pub(super) engagement: Arc<crate::catalog::engagement::Engagement>,
 }
 
 impl Serving {
     pub(super) fn new(catalog: Arc<ServedCatalog>, scheduler: Scheduler, opts: EngineOptions) -> Self {
+        let engagement = Arc::new(crate::catalog::engagement::Engagement::new(
+            &catalog.catalog.manifest().codebook_sizes,
+            opts.events_half_life_ms,
+            opts.clock.now_ms(),
+        ));
         Serving {
+            engagement,
             model: ArcSwapOption::empty(),
             catalog: ArcSwap::new(catalog),
             coldstart: ArcSwapOption::empty(),
@@ -143,6 +151,7 @@ impl Serving {
             k: req.k,
             exclude: r.exclude.clone(),
             max_per_intent: req.max_per_intent,
+            trending: self.trending(req, &r),
             ..Default::default()
         };
         let (outcome, explored) = self.generate_exploring(gen, req.explore, model, &cat, deadline).await?;
@@ -177,6 +186,17 @@ impl Serving {
             }
         }
         Ok(answer)
+    }
+
+    /// The request's trending prior (its weight, else the server's), at
+    /// the request's time; `None` when the weight is 0.
+    pub(super) fn trending(&self, req: &RecRequest, r: &Resolved) -> Option<crate::generate::trending::Trending> {
+        let weight = req.trending.unwrap_or(self.opts.trending_weight);
+        (weight != 0.0).then(|| crate::generate::trending::Trending {
+            weight,
+            rates: self.engagement.clone(),
+            now_ms: r.now_ms,
+        })
     }
 
     pub(super) fn timeout_ms(&self, req: &RecRequest) -> u64 {

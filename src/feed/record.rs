@@ -28,6 +28,9 @@ pub enum Record {
         origin: Option<String>,
         path: String,
     },
+    /// Engagement events, applied to each replica's decayed counts (order
+    /// free; nothing waits for them).
+    Events { events: Vec<FeedEvent> },
     /// Roll back to the model that served `to` (the publisher's previous
     /// model's folder): each replica swaps back when its previous model is
     /// that one, keeps its model when it already serves it, and loads it
@@ -61,6 +64,22 @@ pub enum ItemEdit {
     Delete { id: String },
 }
 
+/// One engagement event as the feed carries it (item by id: each replica
+/// resolves it against its own catalog).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEvent {
+    pub item_id: String,
+    pub kind: crate::catalog::engagement::EventKind,
+    /// ms since the Unix epoch.
+    pub ts_ms: u64,
+    #[serde(default = "one")]
+    pub value: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
 /// The sticky name under which the newest model record is kept (a replica
 /// that joins after the stream was trimmed still learns which model to serve).
 pub const MODEL_STICKY: &str = "model";
@@ -71,6 +90,7 @@ impl Record {
             Record::Items { origin, .. } | Record::ModelLoad { origin, .. } | Record::ModelRollback { origin, .. } => {
                 origin.as_deref()
             }
+            Record::Events { .. } => None,
         }
     }
 
@@ -78,6 +98,7 @@ impl Record {
     pub fn kind(&self) -> &'static str {
         match self {
             Record::Items { .. } => "items",
+            Record::Events { .. } => "events",
             Record::ModelLoad { .. } => "model_load",
             Record::ModelRollback { .. } => "model_rollback",
         }

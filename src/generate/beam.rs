@@ -59,6 +59,7 @@ fn kernel_device(
         candle_core::Device::Cuda(dev)
             if catalog.trie().is_pristine()
                 && !reqs.iter().any(|q| !q.first_level_prior.is_empty())
+                && !reqs.iter().any(|q| q.trending.as_ref().is_some_and(|t| t.weight != 0.0))
                 && !any_capped(reqs) =>
         {
             Some(dev.clone())
@@ -213,6 +214,7 @@ fn decode_levels(
     // each beam's first-level code, for the diversity cap
     let capped = any_capped(reqs);
     let mut groups = vec![0u32; r];
+    let mut trending = super::trending::TrendingPriors::new(reqs);
     let mut decoded = 0usize;
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
@@ -222,6 +224,9 @@ fn decode_levels(
         };
         if level == 0 {
             add_priors(&mut logits, reqs, codes)?;
+        }
+        if let Some(t) = &trending {
+            t.add(&trie, &mut logits, codes, &nodes, beams_in);
         }
         let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
@@ -249,6 +254,9 @@ fn decode_levels(
             .map(|s| if out.node[s] == NONE { sc.pad_token_id } else { sc.token(level, out.code[s]) })
             .collect();
         let pos: Vec<u32> = (0..r * beam).map(|s| (lens[s / beam] + level) as u32).collect();
+        if let Some(t) = &mut trending {
+            t.advance(&parents, &out.code);
+        }
         for m in &mut members {
             m.beams_kv.reorder(&parents)?;
             m.hidden = m.model.net.decode(&m.hist, &mut m.beams_kv, &toks, &pos)?;

@@ -6,6 +6,7 @@ pub mod diversity;
 pub mod kernel;
 pub mod request;
 pub mod step;
+pub mod trending;
 
 pub use beam::{generate, generate_ensemble, generate_with};
 pub use request::{GenRequest, Generated, Hit, Scoring};

@@ -34,6 +34,8 @@ pub struct GenRequest {
     /// At most this many items per first-level code in the answer, enforced
     /// in every beam step (see [`crate::generate::diversity`]); `None`: no cap.
     pub max_per_intent: Option<usize>,
+    /// The trending prior at every level ([`super::trending`]); `None`: off.
+    pub trending: Option<super::trending::Trending>,
 }
 
 /// A generated item.

@@ -86,6 +86,13 @@ pub(crate) struct RecommendBody {
     #[serde(default)]
     #[schema(default = 0.0, minimum = 0.0, maximum = 1.0)]
     explore: f32,
+    /// Weight of the trending prior: the log of each trie node's recent
+    /// engagement rate (`POST /v1/events`) over the catalog's, added at
+    /// every level of the search. Absent: the server's `--trending-weight`;
+    /// 0: off.
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 10.0)]
+    trending: Option<f32>,
 }
 
 /// `diversity` of `POST /v1/recommend`.
@@ -212,6 +219,18 @@ impl ApiError {
             Some("semantic_id") => Some("semantic_id"),
             Some("expires_at") => Some("expires_at"),
             Some("ttl_s") => Some("ttl_s"),
+            Some(_) | None => Some("body"),
+        };
+        crate::engine::edits::LineError { line, field, error: self.message }
+    }
+
+    /// This error as the report of one line of `POST /v1/events`.
+    pub(crate) fn event_line_error(self, line: usize) -> crate::engine::edits::LineError {
+        let field = match self.field.as_deref().map(|f| f.split(['.', '[']).next().unwrap_or(f)) {
+            Some("item_id") => Some("item_id"),
+            Some("kind") => Some("kind"),
+            Some("ts") => Some("ts"),
+            Some("value") => Some("value"),
             Some(_) | None => Some("body"),
         };
         crate::engine::edits::LineError { line, field, error: self.message }
@@ -404,6 +423,7 @@ async fn serve_recommend(
         query: b.query,
         max_per_intent: b.diversity.map(|d| d.max_per_intent),
         explore: b.explore,
+        trending: b.trending,
     };
     let answer = st.engine.recommend(&req).await?;
     ::metrics::counter!(metrics::TOKENS).increment(answer.tokens as u64);

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod events;
 pub mod metrics;
 pub mod openapi;
 
@@ -148,6 +149,17 @@ pub struct ServeArgs {
     /// model's own answer for the history; larger: closer to hard steering.
     #[arg(long, env = "GENREC_STEERING_WEIGHT", default_value_t = crate::engine::DEFAULT_STEERING_WEIGHT)]
     pub steering_weight: f32,
+    /// Weight of the trending prior when a request does not set
+    /// `"trending"`: times the log of each trie node's smoothed,
+    /// impression-normalised engagement rate over the catalog's (from
+    /// `POST /v1/events`), added at every level of the beam search. 0: off.
+    #[arg(long, env = "GENREC_TRENDING_WEIGHT", default_value_t = crate::engine::DEFAULT_TRENDING_WEIGHT)]
+    pub trending_weight: f32,
+    /// Half-life of the engagement counts, in seconds (an event counts half
+    /// as much this long after its time).
+    #[arg(long, env = "GENREC_EVENTS_HALF_LIFE_S", value_name = "S", default_value_t = 600,
+        value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=604_800))]
+    pub events_half_life_s: u64,
     /// A search request's (`"query"`) candidates: the items nearest to the
     /// query's embedding that the model may rank (items whose titles contain
     /// every query word join them, up to as many again).
@@ -212,6 +224,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorise));
     Router::new()
         .route("/v1/recommend", post(api::recommend))
+        .route("/v1/events", post(events::record_events).layer(DefaultBodyLimit::max(admin::MAX_BATCH_BYTES)))
         .route("/v1/intents", get(api::intents))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -379,6 +392,13 @@ fn finish_engine(
     if !(args.steering_weight.is_finite() && args.steering_weight >= 0.0) {
         anyhow::bail!("--steering-weight must be a finite number >= 0, not {}", args.steering_weight);
     }
+    if !(args.trending_weight.is_finite() && (0.0..=crate::engine::MAX_TRENDING).contains(&args.trending_weight)) {
+        anyhow::bail!(
+            "--trending-weight must be between 0 and {}, not {}",
+            crate::engine::MAX_TRENDING,
+            args.trending_weight
+        );
+    }
     if !(args.search_model_weight.is_finite() && args.search_model_weight >= 0.0) {
         anyhow::bail!("--search-model-weight must be a finite number >= 0, not {}", args.search_model_weight);
     }
@@ -404,6 +424,8 @@ fn finish_engine(
         search_candidates: args.search_candidates,
         search_model_weight: args.search_model_weight,
         clock: crate::clock::Clock::system(),
+        events_half_life_ms: args.events_half_life_s * 1000,
+        trending_weight: args.trending_weight,
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api};
+use super::{admin, api, events};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use super::{admin, api};
     ),
     paths(
         api::recommend,
+        events::record_events,
         api::intents,
         api::healthz,
         api::readyz,

@@ -48,6 +48,12 @@ impl Engine {
                 continue;
             }
             edits += self.apply_item_records(rep, std::mem::take(&mut run));
+            if let Record::Events { events } = &rec {
+                // (after the items before them: an event may name one)
+                self.apply_events_here(events);
+                self.advance(rep, e.position);
+                continue;
+            }
             let applied = match deferred.as_deref_mut() {
                 Some(models) => {
                     models.push((e.position, rec));
@@ -122,7 +128,9 @@ impl Engine {
         let (kind, path, r) = match rec {
             Record::ModelLoad { path, .. } => ("model_load", path.clone(), self.load_checkpoint_here(path)),
             Record::ModelRollback { to, .. } => ("model_rollback", to.clone(), self.roll_back_to(to)),
-            Record::Items { .. } => return Err(EngineError::Feed(FeedError::Protocol("not a model record".into()))),
+            Record::Items { .. } | Record::Events { .. } => {
+                return Err(EngineError::Feed(FeedError::Protocol("not a model record".into())))
+            }
         };
         match &r {
             Ok(info) => {

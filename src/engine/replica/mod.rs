@@ -345,6 +345,15 @@ impl Replica {
         }
     }
 
+    /// Appends `record` without waiting for it to be applied (events).
+    pub(super) fn append(&self, record: &Record) -> Result<Position, EngineError> {
+        if !self.ready() {
+            return Err(EngineError::CatchingUp);
+        }
+        let bytes = record.to_bytes().map_err(|e| FeedError::Protocol(format!("encoding the record: {e}")))?;
+        Ok(self.feed.append(&self.key.seal(&bytes), None)?)
+    }
+
     fn deliver(&self, origin: Option<&str>, outcome: RecordOutcome) {
         let Some(o) = origin else { return };
         if let Some(tx) = self.waiters.lock().remove(o) {

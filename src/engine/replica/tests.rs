@@ -286,6 +286,61 @@ fn replicas_expire_an_item_alike() {
     }
 }
 
+/// Events sent to two replicas reach all three through the feed, and every
+/// replica holds the same rates (relative 1e-9: the sums are order-free).
+#[test]
+fn replicas_agree_on_engagement_rates() {
+    use crate::catalog::engagement::EventKind;
+    use crate::feed::record::FeedEvent;
+    let root = shared_root("events");
+    let feed = Arc::new(MemoryFeed::new());
+    let now = crate::catalog::expiry::system_ms();
+    // (one clock for all: the rates are read at the same moment)
+    let clock = crate::clock::Clock::manual(now);
+    let reps: Vec<Arc<Engine>> =
+        ["a", "b", "c"].iter().map(|n| replica_on(&root.0, &feed, n, &root.0, clock.clone())).collect();
+    let base = reps[0].catalog().catalog.clone();
+    let senders: Vec<_> = (0..2)
+        .map(|t| {
+            let (e, base) = (reps[t].clone(), base.clone());
+            std::thread::spawn(move || {
+                for round in 0..20u64 {
+                    let lines = (0..50u32)
+                        .map(|i| {
+                            let item = (i * 7 + t as u32 + round as u32) % 60;
+                            let ev = FeedEvent {
+                                item_id: base.item_id(item).into(),
+                                kind: EventKind::ALL[(i as usize + t) % 4],
+                                ts_ms: now - round * 1000,
+                                value: 1.0 + i as f32 / 10.0,
+                            };
+                            (i as usize + 1, ev)
+                        })
+                        .collect();
+                    let out = e.record_events(lines).unwrap();
+                    assert!(out.errors.is_empty() && out.feed_position.is_some());
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|s| s.join().unwrap());
+    settled(&feed, &reps.iter().collect::<Vec<_>>());
+    let rates = |e: &Engine, id: &str| e.item(id).unwrap().rates.per_minute;
+    let mut checked = 0;
+    for i in 0..60u32 {
+        let id = base.item_id(i);
+        let first = rates(&reps[0], id);
+        for e in &reps[1..] {
+            for (kind, x) in rates(e, id) {
+                let y = first[&kind];
+                assert!((x - y).abs() <= 1e-9 * y.abs().max(1e-9), "{id} {kind}: {x} vs {y}");
+                checked += (y > 0.0) as usize;
+            }
+        }
+    }
+    assert!(checked > 100, "{checked} non-zero rates compared");
+}
+
 #[test]
 fn bad_records_are_skipped_alike_and_failed_edits_fail_everywhere() {
     let root = shared_root("bad");

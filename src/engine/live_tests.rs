@@ -1,7 +1,8 @@
-//! Item lifetimes through the engine, on a clock set by hand: an item is
-//! returned one millisecond before its expiry and by no path at or after it,
-//! across a restart and a compaction (the replicas' test is in
-//! `replica/tests.rs`).
+//! Live items through the engine. Lifetimes, on a clock set by hand: an item
+//! is returned one millisecond before its expiry and by no path at or after
+//! it, across a restart and a compaction (the replicas' test is in
+//! `replica/tests.rs`). Engagement: events make a cluster the model does not
+//! choose hot, and the trending prior explores it.
 
 use std::sync::Arc;
 
@@ -150,4 +151,70 @@ async fn lifetimes_hold_across_a_restart_and_a_compaction() {
     assert_eq!(e.item("long").unwrap().expires_at_ms, Some(T0 + 100_000));
     drop(e);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Events on the items of a first-level cluster the model's list for a
+/// history does not reach: with `trending` the beams go there (explored at
+/// the first level, not re-ranked at the leaves); with no events, or weight
+/// 0, the answer is the model's own, score for score.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trending_explores_a_hot_cluster_and_is_inert_without_events() {
+    let clock = Clock::manual(T0);
+    let e = engine(true, EngineOptions { clock: clock.clone(), ..Default::default() });
+    let h = first_ids(&e, 3);
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let scored = |a: &RecAnswer| a.items.iter().map(|i| (i.item_id.clone(), i.score.to_bits())).collect::<Vec<_>>();
+    let plain = e.recommend(&req(&h, 10, Strategy::Generative)).await.unwrap();
+    let on = RecRequest { trending: Some(2.0), ..req(&h, 10, Strategy::Generative) };
+    assert_eq!(scored(&e.recommend(&on).await.unwrap()), scored(&plain), "no events: the model's own answer");
+    // the first-level code least present in the answer's clusters: none of its items is listed
+    let cat = e.catalog();
+    let c = &cat.catalog;
+    let listed: std::collections::HashSet<u32> =
+        plain.items.iter().map(|i| c.sid(c.index_of(&i.item_id).unwrap())[0]).collect();
+    let codes = c.manifest().codebook_sizes[0];
+    let hot = (0..codes)
+        .find(|code| !listed.contains(code) && (0..c.len() as u32).filter(|&i| c.sid(i)[0] == *code).count() >= 3)
+        .unwrap();
+    let in_hot: Vec<String> =
+        (0..c.len() as u32).filter(|&i| c.sid(i)[0] == hot).map(|i| c.item_id(i).to_string()).collect();
+    // the catalog sees impressions everywhere; the hot cluster's items are clicked
+    let mut events = Vec::new();
+    for i in (0..c.len() as u32).step_by(3) {
+        events.push((
+            0,
+            crate::feed::record::FeedEvent {
+                item_id: c.item_id(i).into(),
+                kind: crate::catalog::engagement::EventKind::Impression,
+                ts_ms: T0,
+                value: 5.0,
+            },
+        ));
+    }
+    for id in &in_hot {
+        for kind in [crate::catalog::engagement::EventKind::Impression, crate::catalog::engagement::EventKind::Click] {
+            events.push((0, crate::feed::record::FeedEvent { item_id: id.clone(), kind, ts_ms: T0, value: 5.0 }));
+        }
+    }
+    events.push((
+        7,
+        crate::feed::record::FeedEvent {
+            item_id: "no-such-item".into(),
+            kind: crate::catalog::engagement::EventKind::Click,
+            ts_ms: T0,
+            value: 1.0,
+        },
+    ));
+    let out = e.record_events(events).unwrap();
+    assert_eq!((out.errors.len(), out.errors[0].line, out.errors[0].field), (1, 7, Some("item_id")));
+    let hot_listed = |a: &RecAnswer| a.items.iter().filter(|i| in_hot.contains(&i.item_id)).count();
+    let with = e.recommend(&on).await.unwrap();
+    assert!(hot_listed(&with) >= 3, "the hot cluster is explored: {:?}", ids(&with));
+    let off = RecRequest { trending: Some(0.0), ..req(&h, 10, Strategy::Generative) };
+    assert_eq!(scored(&e.recommend(&off).await.unwrap()), scored(&plain), "weight 0: off");
+    // the rates show on the item, and decay: two hours later the prior is gone
+    let rates = e.item(&in_hot[0]).unwrap().rates;
+    assert!(rates.per_minute["click"] > 0.0, "{rates:?}");
+    clock.set(T0 + 2 * 3600 * 1000);
+    assert_eq!(hot_listed(&e.recommend(&on).await.unwrap()), hot_listed(&plain), "decayed");
 }

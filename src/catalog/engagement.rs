@@ -1,0 +1,301 @@
+//! Real-time engagement: what happens to items after they are added
+//! (impressions, clicks, purchases, watches), as exponentially decayed counts
+//! per item and per semantic-ID prefix, so that every trie node knows its
+//! subtree's activity right now.
+//!
+//! Counts are kept relative to a reference time `t_ref`: an event of weight
+//! `w` at time `ts` adds `w * 2^((ts - t_ref) / half_life)`, and the decayed
+//! count at `now` is the sum times `2^(-(now - t_ref) / half_life)`. Adding
+//! is then order-free, so replicas that apply the same events in any order
+//! hold the same counts up to float rounding (relative 1e-12; the reference
+//! time is moved forward, and the sums rescaled, once an hour). An event
+//! touches one entry per level plus the item's own: O(levels).
+//!
+//! Memory: one entry per item with events (a 64-bit key and four f64 sums:
+//! 40 bytes, about 56 with the hash table's overhead), plus one per active
+//! prefix (shared by the items under it). Entries that decayed below
+//! [`FORGET_BELOW`] are dropped at each rescale, so the store holds what
+//! happened in the last hours, not the catalog.
+//!
+//! The trending prior ([`Engagement::lift`]) is an impression-normalised,
+//! smoothed rate: `r = (engagement + a * p) / (impressions + a)` with `a`
+//! = [`SMOOTHING_IMPRESSIONS`] pseudo-impressions at the catalog-wide rate
+//! `p`; its log-ratio to `p` is 0 for a node with no events, positive for a
+//! node engaging more than the catalog right now.
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+
+/// What happened to an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Impression,
+    Click,
+    Purchase,
+    Watch,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [EventKind::Impression, EventKind::Click, EventKind::Purchase, EventKind::Watch];
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// One event, resolved against the catalog.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event {
+    pub item: u32,
+    pub kind: EventKind,
+    /// ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// Weight (1 by default; e.g. a watch's fraction or seconds).
+    pub value: f32,
+}
+
+/// Default half-life of the decayed counts: 10 minutes.
+pub const DEFAULT_HALF_LIFE_MS: u64 = 10 * 60 * 1000;
+/// Pseudo-impressions at the catalog-wide rate that smooth a node's rate.
+pub const SMOOTHING_IMPRESSIONS: f64 = 20.0;
+/// Decayed sums below this are forgotten at a rescale.
+pub const FORGET_BELOW: f64 = 1e-3;
+/// How often the reference time moves forward.
+const RESCALE_EVERY_MS: u64 = 60 * 60 * 1000;
+const SHARDS: usize = 64;
+
+/// Decayed counts per kind.
+pub type Counts = [f64; 4];
+
+/// The store (see the module comment). Shared by request threads (reads)
+/// and the threads applying events (writes); no reader sees a half-added
+/// event's entry (each entry changes under its shard's lock).
+#[derive(Debug)]
+pub struct Engagement {
+    half_life_ms: u64,
+    /// Codes per level (the catalog's codebook sizes): prefix keys.
+    sizes: Vec<u32>,
+    /// The reference time; written (with every shard rescaled) at a rescale.
+    t_ref: RwLock<u64>,
+    shards: Vec<Mutex<HashMap<u64, Counts>>>,
+}
+
+/// The key of a prefix of `len` codes (1..=levels-1), or of an item.
+fn prefix_key(sizes: &[u32], codes: &[u32]) -> u64 {
+    let mut k = 0u64;
+    for (c, s) in codes.iter().zip(sizes) {
+        k = k.wrapping_mul(*s as u64).wrapping_add(*c as u64);
+    }
+    ((codes.len() as u64) << 56) | (k & ((1 << 56) - 1))
+}
+
+fn item_key(item: u32) -> u64 {
+    (0xFFu64 << 56) | item as u64
+}
+
+/// The catalog-wide sums.
+const ROOT_KEY: u64 = 0;
+
+fn shard_of(key: u64) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS
+}
+
+impl Engagement {
+    pub fn new(codebook_sizes: &[u32], half_life_ms: u64, now_ms: u64) -> Self {
+        Engagement {
+            half_life_ms: half_life_ms.max(1),
+            sizes: codebook_sizes.to_vec(),
+            t_ref: RwLock::new(now_ms),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    pub fn half_life_ms(&self) -> u64 {
+        self.half_life_ms
+    }
+
+    fn scale(&self, ts: u64, t_ref: u64) -> f64 {
+        ((ts as f64 - t_ref as f64) / self.half_life_ms as f64).exp2()
+    }
+
+    fn add_key(&self, key: u64, slot: usize, w: f64) {
+        let mut s = self.shards[shard_of(key)].lock();
+        s.entry(key).or_insert([0.0; 4])[slot] += w;
+    }
+
+    /// Adds events (`sid_of(item)` is the item's semantic ID): to the item,
+    /// every prefix of its ID, and the catalog-wide sums.
+    pub fn add(&self, events: &[Event], sid_of: impl Fn(u32) -> Vec<u32>, now_ms: u64) {
+        self.maybe_rescale(now_ms);
+        let t_ref = self.t_ref.read();
+        for e in events {
+            let w = e.value as f64 * self.scale(e.ts_ms, *t_ref);
+            if !w.is_finite() || w <= 0.0 {
+                continue;
+            }
+            let slot = e.kind.slot();
+            let sid = sid_of(e.item);
+            self.add_key(ROOT_KEY, slot, w);
+            for l in 1..sid.len() {
+                self.add_key(prefix_key(&self.sizes, &sid[..l]), slot, w);
+            }
+            self.add_key(item_key(e.item), slot, w);
+        }
+    }
+
+    fn get(&self, key: u64) -> Counts {
+        self.shards[shard_of(key)].lock().get(&key).copied().unwrap_or_default()
+    }
+
+    /// Moves the reference time to `now` when it is over an hour behind,
+    /// rescaling every sum and forgetting those that decayed away.
+    fn maybe_rescale(&self, now_ms: u64) {
+        if now_ms < *self.t_ref.read() + RESCALE_EVERY_MS {
+            return;
+        }
+        let mut t_ref = self.t_ref.write();
+        if now_ms < *t_ref + RESCALE_EVERY_MS {
+            return;
+        }
+        let f = self.scale(*t_ref, now_ms);
+        for shard in &self.shards {
+            shard.lock().retain(|_, c| {
+                c.iter_mut().for_each(|x| *x *= f);
+                c.iter().any(|&x| x >= FORGET_BELOW)
+            });
+        }
+        *t_ref = now_ms;
+    }
+
+    /// Entries held (items and prefixes with events), for memory figures.
+    pub fn entries(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// A reader at `now_ms`: the decay factor and the catalog-wide rate, read once.
+    pub fn at(&self, now_ms: u64) -> RatesAt<'_> {
+        let t_ref = *self.t_ref.read();
+        let decay = self.scale(t_ref, now_ms);
+        let root = self.get(ROOT_KEY);
+        let (eng, imp) = (engaged(&root) * decay, root[EventKind::Impression.slot()] * decay);
+        RatesAt { store: self, decay, t_ref, base_rate: (eng + 1.0) / (imp + 1.0) }
+    }
+}
+
+/// Engagement of a node: every kind but impressions.
+fn engaged(c: &Counts) -> f64 {
+    c[EventKind::Click.slot()] + c[EventKind::Purchase.slot()] + c[EventKind::Watch.slot()]
+}
+
+/// The store as read at one moment (one decay factor for a whole request).
+pub struct RatesAt<'a> {
+    store: &'a Engagement,
+    decay: f64,
+    t_ref: u64,
+    /// The catalog-wide smoothed rate `p`.
+    base_rate: f64,
+}
+
+impl RatesAt<'_> {
+    /// Decayed counts of an item, per kind (index: [`EventKind`]).
+    pub fn item(&self, item: u32) -> Counts {
+        self.decayed(item_key(item))
+    }
+
+    fn decayed(&self, key: u64) -> Counts {
+        // a rescale between `at` and here would mix two reference times
+        if *self.store.t_ref.read() != self.t_ref {
+            return [0.0; 4];
+        }
+        self.store.get(key).map(|x| x * self.decay)
+    }
+
+    /// `ln(r / p)` of the node with these codes (a prefix, or a whole
+    /// semantic ID for the item `item`): the smoothed, impression-normalised
+    /// rate over the catalog-wide rate; 0 without events.
+    pub fn lift(&self, codes: &[u32], item: Option<u32>) -> f32 {
+        let key = match item {
+            Some(i) => item_key(i),
+            None => prefix_key(&self.store.sizes, codes),
+        };
+        let c = self.decayed(key);
+        let (eng, imp) = (engaged(&c), c[EventKind::Impression.slot()]);
+        if eng == 0.0 && imp == 0.0 {
+            return 0.0;
+        }
+        let a = SMOOTHING_IMPRESSIONS;
+        let r = (eng + a * self.base_rate) / (imp + a);
+        (r / self.base_rate).ln() as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(item: u32, kind: EventKind, ts_ms: u64) -> Event {
+        Event { item, kind, ts_ms, value: 1.0 }
+    }
+
+    #[test]
+    fn counts_decay_by_the_half_life_and_add_in_any_order() {
+        let sizes = [4, 4, 2];
+        let sid = |i: u32| vec![i % 4, (i / 4) % 4, 0];
+        let t0 = 1_000_000;
+        let a = Engagement::new(&sizes, 1000, t0);
+        let b = Engagement::new(&sizes, 1000, t0 + 500);
+        let events: Vec<Event> =
+            (0..100).map(|n| ev(n % 7, EventKind::ALL[n as usize % 4], t0 + n as u64 * 37)).collect();
+        a.add(&events, sid, t0);
+        let mut rev = events.clone();
+        rev.reverse();
+        b.add(&rev, sid, t0);
+        let (x, y) = (a.at(t0 + 4000), b.at(t0 + 4000));
+        for i in 0..7 {
+            for (p, q) in x.item(i).iter().zip(y.item(i)) {
+                assert!((p - q).abs() <= 1e-12 * p.abs().max(1.0), "{p} vs {q}");
+            }
+        }
+        // one event now: 1; one half-life later: 1/2
+        let c = Engagement::new(&sizes, 1000, t0);
+        c.add(&[ev(3, EventKind::Click, t0)], sid, t0);
+        assert!((c.at(t0).item(3)[1] - 1.0).abs() < 1e-12);
+        assert!((c.at(t0 + 1000).item(3)[1] - 0.5).abs() < 1e-12);
+        // a rescale an hour later keeps the decayed values
+        let later = t0 + RESCALE_EVERY_MS + 5;
+        let before = c.at(later).item(3)[1];
+        c.add(&[ev(5, EventKind::Click, later)], sid, later);
+        assert!(c.entries() > 0);
+        assert_eq!(c.at(later).item(3)[1], 0.0, "decayed away and forgotten: {before}");
+        assert!((c.at(later).item(5)[1] - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_lift_is_zero_without_events_and_follows_the_hot_subtree() {
+        let sizes = [4, 4, 2];
+        let sid = |i: u32| vec![i % 4, (i / 4) % 4, 0];
+        let t0 = 5_000_000;
+        let e = Engagement::new(&sizes, 60_000, t0);
+        let r = e.at(t0);
+        assert_eq!(r.lift(&[1], None), 0.0);
+        // impressions everywhere, clicks on item 1 (codes 1, 0)
+        let mut events = Vec::new();
+        for i in 0..16 {
+            for _ in 0..20 {
+                events.push(ev(i, EventKind::Impression, t0));
+            }
+        }
+        for _ in 0..15 {
+            events.push(ev(1, EventKind::Click, t0));
+        }
+        events.push(ev(2, EventKind::Click, t0));
+        e.add(&events, sid, t0);
+        let r = e.at(t0);
+        assert!(r.lift(&[1], None) > 0.5, "the hot first-level code: {}", r.lift(&[1], None));
+        assert!(r.lift(&[3], None) < 0.0, "a cold one");
+        assert!(r.lift(&[1, 0], None) > r.lift(&[1], None), "the hot item's own prefix more");
+        assert!(r.lift(&[], Some(1)) > r.lift(&[], Some(2)));
+        assert_eq!(r.lift(&[], Some(40)), 0.0);
+    }
+}
