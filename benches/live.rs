@@ -17,7 +17,10 @@
 //! - a request's next interaction is, with probability `--burst-share` (when
 //!   any live item lives), a live item drawn by popularity (a burst), else the
 //!   taste item. `--burst-share 0` switches bursts off: the control where
-//!   `trending` must show no gain.
+//!   `trending` must show no gain;
+//! - events: an impression for every item of an answer, and for the
+//!   interaction an impression (when the answer did not show it: it was seen
+//!   on another surface) and a click.
 //!
 //! Reported: next-interaction HR@10 with `trending` off and on (bursts on
 //! and off), expired items served (every answer checked against the expiry
@@ -27,7 +30,8 @@
 //! recommend p99 beside them over idle.
 //!
 //! cargo bench --bench live -- [--seconds 60] [--accel 60] [--burst-share 0.3] [--trending 1]
-//!     [--arrivals-per-min 2] [--clients 4] [--seed 7] [--json FILE]
+//!     [--arrivals-per-min 2] [--clients 4] [--events-rate 30000] [--seed 7] [--json FILE]
+//!     [--only replay|expiry|fresh|events ...]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -54,7 +58,13 @@ struct Args {
     arrivals_per_min: f64,
     clients: usize,
     seed: u64,
+    /// Events per second sent beside the recommendation clients.
+    events_rate: f64,
     json: Option<String>,
+    /// Run only these parts (`replay`: the four replays; `expiry`: one
+    /// replay, bursts and trending on, to count expired items served over
+    /// many requests; `fresh`, `events`); empty: all but `expiry`.
+    only: Vec<String>,
 }
 
 fn args() -> Args {
@@ -66,7 +76,9 @@ fn args() -> Args {
         arrivals_per_min: 2.0,
         clients: 4,
         seed: 7,
+        events_rate: 30_000.0,
         json: None,
+        only: Vec::new(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -80,7 +92,9 @@ fn args() -> Args {
             "--arrivals-per-min" => a.arrivals_per_min = val().parse().expect("--arrivals-per-min"),
             "--clients" => a.clients = val().parse().expect("--clients"),
             "--seed" => a.seed = val().parse().expect("--seed"),
+            "--events-rate" => a.events_rate = val().parse().expect("--events-rate"),
             "--json" => a.json = Some(val()),
+            "--only" => a.only.push(val()),
             "--bench" => {
                 i += 1;
                 continue;
@@ -109,7 +123,6 @@ struct World {
     users: Vec<Vec<String>>,
     ids: Vec<String>,
     emb: Vec<Vec<f32>>,
-    sids: Vec<Vec<u32>>,
 }
 
 fn world(dir: &std::path::Path) -> World {
@@ -134,7 +147,6 @@ fn world(dir: &std::path::Path) -> World {
         users: users.into_iter().map(|u| u.1).collect(),
         ids: (0..n).map(|i| cat.item_id(i).to_string()).collect(),
         emb: (0..n).map(|i| cat.embedding(i)).collect(),
-        sids: (0..n).map(|i| cat.sid(i).to_vec()).collect(),
     }
 }
 
@@ -167,8 +179,7 @@ fn post_events(c: &reqwest::blocking::Client, s: &Server, lines: &[String]) -> u
 #[derive(Clone)]
 struct Live {
     id: String,
-    /// Real ms since the epoch: when it was acknowledged, when it expires.
-    born: u64,
+    /// When it expires, real ms since the epoch.
     expires: u64,
     popularity: f64,
 }
@@ -188,7 +199,6 @@ struct Replay {
 /// One replay of the world on a fresh server.
 fn replay(w: &Arc<World>, a: &Args, trending: f32, burst_share: f64) -> Replay {
     let s = Arc::new(serve(((600.0 / a.accel).round() as u64).max(1)));
-    let c = common::blocking_client(30);
     let live: Arc<Mutex<Vec<Live>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let events: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -218,7 +228,7 @@ fn replay(w: &Arc<World>, a: &Args, trending: f32, burst_share: f64) -> Replay {
                     .send()
                     .expect("upsert");
                 assert!(r.status().is_success(), "upsert: {}", r.status());
-                live.lock().unwrap().push(Live { id, born: now_ms(), expires, popularity: pop.sample(&mut rng) });
+                live.lock().unwrap().push(Live { id, expires, popularity: pop.sample(&mut rng) });
             }
             n
         })
@@ -300,6 +310,11 @@ fn replay(w: &Arc<World>, a: &Args, trending: f32, burst_share: f64) -> Replay {
                         .iter()
                         .map(|i| json!({"item_id": i, "kind": "impression", "ts": ts}).to_string())
                         .collect();
+                    // the interaction: shown on this surface or elsewhere (an
+                    // impression where the list did not have it), then taken
+                    if !got {
+                        ev.push(json!({"item_id": target, "kind": "impression", "ts": ts}).to_string());
+                    }
                     ev.push(json!({"item_id": target, "kind": "click", "ts": ts}).to_string());
                     events.lock().unwrap().extend(ev);
                 }
@@ -337,14 +352,23 @@ fn replay(w: &Arc<World>, a: &Args, trending: f32, burst_share: f64) -> Replay {
 }
 
 /// Time from a live item's upsert to its first appearance in a generated
-/// list for a history of its cluster (the catalog items sharing its first
-/// codes), polled every 2 ms for up to 2 s.
+/// list for a history that points at its cluster: a demo user's history,
+/// and the new item placed (by `semantic_id` prefix) under the first three
+/// codes of the model's first choice for it. Polled every 2 ms for up to
+/// 1 s; the history is one the item was not generated for before.
 fn freshness(w: &World, a: &Args, items: usize) -> (Vec<f64>, usize) {
     let s = serve(600);
     let c = common::blocking_client(30);
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed + 99);
     let (mut times, mut never) = (Vec::new(), 0);
+    let sid_of = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
     for n in 0..items {
+        let u = &w.users[rng.random_range(0..w.users.len())];
+        let cut = rng.random_range(3..u.len());
+        let history = &u[cut.saturating_sub(10)..cut];
+        let body = json!({"history": history, "k": 20, "strategy": "generative", "trending": 0});
+        let first: Value = c.post(s.at("/v1/recommend")).json(&body).send().expect("recommend").json().expect("answer");
+        let prefix: Vec<u32> = sid_of(&first["items"][0]["semantic_id"])[..3].to_vec();
         let base = rng.random_range(0..w.emb.len());
         let emb: Vec<f32> = w.emb[base].iter().map(|x| x + 0.01 * (rng.random::<f32>() - 0.5)).collect();
         let id = format!("fresh-{n}");
@@ -352,22 +376,18 @@ fn freshness(w: &World, a: &Args, items: usize) -> (Vec<f64>, usize) {
         let r = c
             .post(s.at("/admin/items"))
             .bearer_auth(TOKEN)
-            .json(&json!({"id": id, "embedding": emb, "ttl_s": 3600}))
+            .json(&json!({"id": id, "embedding": emb, "semantic_id": prefix, "ttl_s": 3600}))
             .send()
             .expect("upsert");
-        let v: Value = r.json().expect("upsert answer");
-        let sid: Vec<u32> = v["semantic_id"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        let mut history: Vec<&String> =
-            (0..w.ids.len()).filter(|&i| w.sids[i][..3] == sid[..3]).map(|i| &w.ids[i]).take(5).collect();
-        if history.len() < 2 {
-            history = (0..w.ids.len()).filter(|&i| w.sids[i][..2] == sid[..2]).map(|i| &w.ids[i]).take(5).collect();
+        if !r.status().is_success() {
+            // (every collision code under that prefix is taken)
+            continue;
         }
-        let body = json!({"history": history, "k": 20, "strategy": "generative", "trending": 0});
         let seen = loop {
             if recommend(&c, &s, &body).is_some_and(|items| items.contains(&id)) {
                 break Some(t0.elapsed().as_secs_f64() * 1e3);
             }
-            if t0.elapsed() > Duration::from_secs(2) {
+            if t0.elapsed() > Duration::from_secs(1) {
                 break None;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -381,8 +401,16 @@ fn freshness(w: &World, a: &Args, items: usize) -> (Vec<f64>, usize) {
 }
 
 /// Recommend latencies of `clients` threads for `secs`, beside `event_threads`
-/// threads sending batches of 10,000 events; returns (latencies, answers/s, events/s).
-fn load(w: &Arc<World>, s: &Arc<Server>, clients: usize, event_threads: usize, secs: f64) -> (Vec<f64>, f64, f64) {
+/// threads sending batches of events (10,000 as fast as answered, or 1,000
+/// paced to `rate` events/s in all); returns (latencies, answers/s, events/s).
+fn load(
+    w: &Arc<World>,
+    s: &Arc<Server>,
+    clients: usize,
+    event_threads: usize,
+    rate: Option<f64>,
+    secs: f64,
+) -> (Vec<f64>, f64, f64) {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let events = Arc::new(AtomicU64::new(0));
@@ -394,8 +422,15 @@ fn load(w: &Arc<World>, s: &Arc<Server>, clients: usize, event_threads: usize, s
                 let c = common::blocking_client(60);
                 let mut rng = ChaCha8Rng::seed_from_u64(50 + t as u64);
                 let kinds = ["impression", "impression", "impression", "click", "watch", "purchase"];
+                let batch = if rate.is_some() { 1_000 } else { 10_000 };
+                let every = rate.map(|r| Duration::from_secs_f64(batch as f64 * event_threads as f64 / r));
+                let mut next = Instant::now();
                 while Instant::now() < end {
-                    let lines: Vec<String> = (0..10_000)
+                    if let Some(every) = every {
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                        next += every;
+                    }
+                    let lines: Vec<String> = (0..batch)
                         .map(|_| {
                             let i = rng.random_range(0..w.ids.len());
                             json!({"item_id": w.ids[i], "kind": kinds[rng.random_range(0..kinds.len())]}).to_string()
@@ -449,7 +484,17 @@ fn main() {
     );
     println!("\n| bursts | trending | requests | HR@10 | HR@10 of burst interactions | expired served | live items | events | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (share, tw) in [(a.burst_share, 0.0), (a.burst_share, a.trending), (0.0, 0.0), (0.0, a.trending)] {
+    let run = |part: &str| (a.only.is_empty() && part != "expiry") || a.only.iter().any(|p| p == part);
+    let replays = [(a.burst_share, 0.0), (a.burst_share, a.trending), (0.0, 0.0), (0.0, a.trending)];
+    let expiry_only = [(a.burst_share, a.trending)];
+    let chosen: &[(f64, f32)] = if run("replay") {
+        &replays
+    } else if run("expiry") {
+        &expiry_only
+    } else {
+        &[]
+    };
+    for &(share, tw) in chosen {
         let r = replay(&w, &a, tw, share);
         let hr = r.hits as f64 / r.requests.max(1) as f64;
         let bhr = r.burst_hits as f64 / r.burst_requests.max(1) as f64;
@@ -464,47 +509,53 @@ fn main() {
                    "p50_ms": r.p50_ms, "p99_ms": r.p99_ms}),
         );
     }
-    let (mut times, never) = freshness(&w, &a, 200);
-    let (p50, p99) = (pct(&mut times, 0.5), pct(&mut times, 0.99));
-    println!(
-        "\nupsert to first generated (history of its cluster, k 20): p50 {p50:.1} ms, p99 {p99:.1} ms over {} items; {never} not in the top 20 within 2 s",
-        times.len()
-    );
-    out.insert("freshness".into(), json!({"p50_ms": p50, "p99_ms": p99, "found": times.len(), "never": never}));
-    let s = Arc::new(serve(600));
-    let secs = 10.0;
-    let (mut idle1, rps1, _) = load(&w, &s, a.clients, 0, secs);
-    let (_, _, alone) = load(&w, &s, 0, 2, secs);
-    let (mut busy, rps_busy, beside) = load(&w, &s, a.clients, 2, secs);
-    let (mut idle2, rps2, _) = load(&w, &s, a.clients, 0, secs);
-    let idle_p99 = (pct(&mut idle1, 0.99) + pct(&mut idle2, 0.99)) / 2.0;
-    let busy_p99 = pct(&mut busy, 0.99);
-    println!("\n| | events/s | answers/s | recommend p50 ms | recommend p99 ms |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| {} clients, idle (before) | - | {rps1:.0} | {:.1} | {:.1} |",
-        a.clients,
-        pct(&mut idle1, 0.5),
-        pct(&mut idle1, 0.99)
-    );
-    println!("| events alone (2 senders, 10,000 per batch) | {alone:.0} | - | - | - |");
-    println!(
-        "| {} clients + 2 event senders | {beside:.0} | {rps_busy:.0} | {:.1} | {busy_p99:.1} ({:.2}x idle) |",
-        a.clients,
-        pct(&mut busy, 0.5),
-        busy_p99 / idle_p99
-    );
-    println!(
-        "| {} clients, idle (after) | - | {rps2:.0} | {:.1} | {:.1} |",
-        a.clients,
-        pct(&mut idle2, 0.5),
-        pct(&mut idle2, 0.99)
-    );
-    out.insert(
+    if run("fresh") {
+        let (mut times, never) = freshness(&w, &a, 60);
+        let (p50, p99) = (pct(&mut times, 0.5), pct(&mut times, 0.99));
+        println!(
+            "\nupsert to first generated (a history whose first choice's cluster it joins, k 20): p50 {p50:.1} ms, \
+         p99 {p99:.1} ms over {} items; {never} not in the top 20 within 1 s",
+            times.len()
+        );
+        out.insert("freshness".into(), json!({"p50_ms": p50, "p99_ms": p99, "found": times.len(), "never": never}));
+    }
+    if run("events") {
+        let s = Arc::new(serve(600));
+        let secs = 10.0;
+        let (mut idle1, rps1, _) = load(&w, &s, a.clients, 0, None, secs);
+        let (_, _, alone) = load(&w, &s, 0, 2, None, secs);
+        let (mut busy, rps_busy, beside) = load(&w, &s, a.clients, 2, Some(a.events_rate), secs);
+        let (mut idle2, rps2, _) = load(&w, &s, a.clients, 0, None, secs);
+        let idle_p99 = (pct(&mut idle1, 0.99) + pct(&mut idle2, 0.99)) / 2.0;
+        let busy_p99 = pct(&mut busy, 0.99);
+        println!("\n| | events/s | answers/s | recommend p50 ms | recommend p99 ms |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| {} clients, idle (before) | - | {rps1:.0} | {:.1} | {:.1} |",
+            a.clients,
+            pct(&mut idle1, 0.5),
+            pct(&mut idle1, 0.99)
+        );
+        println!("| events alone (2 senders, 10,000 per batch, as fast as answered) | {alone:.0} | - | - | - |");
+        println!(
+            "| {} clients + events paced to {} /s (2 senders, 1,000 per batch) | {beside:.0} | {rps_busy:.0} | {:.1} | {busy_p99:.1} ({:.2}x idle) |",
+            a.clients,
+            a.events_rate,
+            pct(&mut busy, 0.5),
+            busy_p99 / idle_p99
+        );
+        println!(
+            "| {} clients, idle (after) | - | {rps2:.0} | {:.1} | {:.1} |",
+            a.clients,
+            pct(&mut idle2, 0.5),
+            pct(&mut idle2, 0.99)
+        );
+        out.insert(
         "events".into(),
         json!({"alone_per_s": alone, "beside_per_s": beside, "idle_p99_ms": idle_p99, "busy_p99_ms": busy_p99,
                "p99_ratio": busy_p99 / idle_p99, "answers_per_s_idle": (rps1 + rps2) / 2.0, "answers_per_s_busy": rps_busy}),
     );
+    }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&Value::Object(out)).unwrap()).expect("write --json");
     }

@@ -21,7 +21,8 @@
 //! smoothed rate: `r = (engagement + a * p) / (impressions + a)` with `a`
 //! = [`SMOOTHING_IMPRESSIONS`] pseudo-impressions at the catalog-wide rate
 //! `p`; its log-ratio to `p` is 0 for a node with no events, positive for a
-//! node engaging more than the catalog right now.
+//! node engaging more than the catalog right now, negative for one engaging
+//! less (flooring it at 0 was tried: `benches/results/live.md`).
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;

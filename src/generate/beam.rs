@@ -47,8 +47,9 @@ pub fn generate_with(
 
 /// Whether a batch's beam steps can run as the GPU kernel: the models are on
 /// a CUDA device, the trie has no live edits above it, and no request is
-/// soft-steered or diversity-capped (the kernel knows no priors or caps; the
-/// CPU beam step searches those while the models still run on the device).
+/// soft-steered, diversity-capped or has a trending weight (the kernel knows
+/// no priors or caps; the CPU beam step searches those while the models
+/// still run on the device).
 #[cfg(feature = "cuda")]
 fn kernel_device(
     model: &Model,
