@@ -29,6 +29,25 @@ pub const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Most lines in one batch.
 pub const MAX_BATCH_LINES: usize = 100_000;
 
+/// The non-blank lines of an NDJSON batch with their 1-based numbers; 413
+/// past [`MAX_BATCH_LINES`] of them (`noun`: what a line holds).
+pub(crate) fn ndjson_lines<'a>(bytes: &'a [u8], noun: &str) -> Result<Vec<(usize, &'a [u8])>, ApiError> {
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, line)| (i + 1, line))
+        .collect();
+    if lines.len() > MAX_BATCH_LINES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("body"),
+            format!("a batch holds at most {MAX_BATCH_LINES} {noun}"),
+        ));
+    }
+    Ok(lines)
+}
+
 /// Runs an admin change on a blocking thread.
 async fn blocking<T: Send + 'static>(
     st: &Arc<AppState>,
@@ -302,18 +321,7 @@ async fn add_batch(st: &Arc<AppState>, bytes: &[u8]) -> Result<Response, ApiErro
     let mut lines = Vec::new();
     let mut errors = Vec::new();
     let now_ms = st.engine.now_ms();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let n = i + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        if lines.len() + errors.len() >= MAX_BATCH_LINES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Some("body"),
-                format!("a batch holds at most {MAX_BATCH_LINES} items"),
-            ));
-        }
+    for (n, line) in ndjson_lines(bytes, "items")? {
         match parse_body::<ItemBody>(line).and_then(|b| b.into_item(now_ms)) {
             Ok(item) => lines.push((n, item)),
             Err(e) => errors.push(e.line_error(n)),
@@ -376,4 +384,21 @@ pub async fn compact(State(st): State<Arc<AppState>>) -> Response {
         }
         .await,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_lines_are_numbered_blanks_skipped_and_counted_to_the_limit() {
+        let lines = ndjson_lines(b"{\"a\": 1}\n\n  \n{\"b\": 2}\n", "items").unwrap();
+        assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(lines[1].1, b"{\"b\": 2}");
+        let full = "{}\n".repeat(MAX_BATCH_LINES);
+        assert_eq!(ndjson_lines(full.as_bytes(), "items").unwrap().len(), MAX_BATCH_LINES);
+        let over = format!("{full}\n\n{{}}");
+        let e = ndjson_lines(over.as_bytes(), "events").unwrap_err();
+        assert!(e.line_error(0).error.contains("at most 100000 events"));
+    }
 }

@@ -198,6 +198,7 @@ pub(crate) struct Intents<'a> {
 }
 
 /// An error answer.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     field: Option<String>,

@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::admin::{TimeValue, MAX_BATCH_LINES};
+use super::admin::{ndjson_lines, TimeValue};
 use super::api::{body_bytes, parse_body, ApiError, ErrorBody};
 use super::AppState;
 use crate::catalog::engagement::EventKind;
@@ -104,18 +104,7 @@ pub(crate) async fn record_events(State(st): State<Arc<AppState>>, body: Result<
 fn parse_lines(bytes: &[u8], now_ms: u64) -> Result<(Vec<(usize, FeedEvent)>, Vec<LineError>), ApiError> {
     let mut lines = Vec::new();
     let mut errors = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let n = i + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        if lines.len() + errors.len() >= MAX_BATCH_LINES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Some("body"),
-                format!("a batch holds at most {MAX_BATCH_LINES} events"),
-            ));
-        }
+    for (n, line) in ndjson_lines(bytes, "events")? {
         // the fast parser first; the one that names fields for a bad line
         let parsed = serde_json::from_slice::<EventBody>(line)
             .or_else(|_| parse_body::<EventBody>(line).map_err(|e| e.event_line_error(n)));
