@@ -151,7 +151,11 @@ fn world(dir: &std::path::Path) -> World {
 }
 
 fn serve(half_life_s: u64) -> Server {
-    Server::start(&["--admin-token", TOKEN, "--events-half-life-s", &half_life_s.to_string()])
+    serve_with(half_life_s, "sibling")
+}
+
+fn serve_with(half_life_s: u64, new_items: &str) -> Server {
+    Server::start(&["--admin-token", TOKEN, "--events-half-life-s", &half_life_s.to_string(), "--new-items", new_items])
 }
 
 fn recommend(c: &reqwest::blocking::Client, s: &Server, body: &Value) -> Option<Vec<String>> {
@@ -356,8 +360,8 @@ fn replay(w: &Arc<World>, a: &Args, trending: f32, burst_share: f64) -> Replay {
 /// and the new item placed (by `semantic_id` prefix) under the first three
 /// codes of the model's first choice for it. Polled every 2 ms for up to
 /// 1 s; the history is one the item was not generated for before.
-fn freshness(w: &World, a: &Args, items: usize) -> (Vec<f64>, usize) {
-    let s = serve(600);
+fn freshness(w: &World, a: &Args, items: usize, new_items: &str) -> (Vec<f64>, usize) {
+    let s = serve_with(600, new_items);
     let c = common::blocking_client(30);
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed + 99);
     let (mut times, mut never) = (Vec::new(), 0);
@@ -510,14 +514,20 @@ fn main() {
         );
     }
     if run("fresh") {
-        let (mut times, never) = freshness(&w, &a, 60);
-        let (p50, p99) = (pct(&mut times, 0.5), pct(&mut times, 0.99));
-        println!(
-            "\nupsert to first generated (a history whose first choice's cluster it joins, k 20): p50 {p50:.1} ms, \
-         p99 {p99:.1} ms over {} items; {never} not in the top 20 within 1 s",
-            times.len()
-        );
-        out.insert("freshness".into(), json!({"p50_ms": p50, "p99_ms": p99, "found": times.len(), "never": never}));
+        println!();
+        for new_items in ["model", "sibling"] {
+            let (mut times, never) = freshness(&w, &a, 60, new_items);
+            let (p50, p99) = (pct(&mut times, 0.5), pct(&mut times, 0.99));
+            println!(
+                "upsert to first generated (--new-items {new_items}; a history whose first choice's cluster it joins, k 20): \
+                 p50 {p50:.1} ms, p99 {p99:.1} ms over {} items; {never} not in the top 20 within 1 s",
+                times.len()
+            );
+            out.insert(
+                format!("freshness_{new_items}"),
+                json!({"p50_ms": p50, "p99_ms": p99, "found": times.len(), "never": never}),
+            );
+        }
     }
     if run("events") {
         let s = Arc::new(serve(600));

@@ -425,6 +425,10 @@ fn events_are_counted_and_trending_reads_them() {
         .collect();
     let n = n as u64;
     assert_eq!(named, vec![(n - 4, "item_id"), (n - 3, "kind"), (n - 2, "ts"), (n - 1, "value"), (n, "body")], "{v}");
+    let metrics = c.get(s.at("/metrics")).send().unwrap().text().unwrap();
+    let counted =
+        metrics.lines().find_map(|l| l.strip_prefix("genrec_events_total ")).map(|v| v.trim().parse::<f64>().unwrap());
+    assert_eq!(counted, Some((n - 5) as f64), "the events counter");
     let (_, item) = json_of(admin(&c, &s, reqwest::Method::GET, &format!("/admin/items/{}", hot[0])));
     let per_min = &item["rates"]["per_minute"];
     assert!(per_min["click"].as_f64().unwrap() > 1.0 && per_min["impression"].as_f64().unwrap() > 0.0, "{item}");

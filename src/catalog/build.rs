@@ -432,6 +432,7 @@ pub fn index(
             embedding_dtype: "f16".into(),
             removed_rows: 0,
             expiring_rows: 0,
+            indexed_rows: Some(n),
             has_codebooks: !q.codebooks.is_empty(),
         };
         let emb = Array::<u16>::map(&vdir.join("embeddings.f16"), n * dim)?;

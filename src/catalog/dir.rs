@@ -485,6 +485,9 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64, feed_position: Opt
             num_items: n,
             version: number,
             last_edit_id: view.last_edit_id(),
+            // (a folder from before the field: its base's rows, as every
+            // replica reads them, whatever version it is on)
+            indexed_rows: Some(view.trained_rows()),
             embedding_dtype: "f16".into(),
             // a compaction without a feed keeps the position the view started from
             feed_position: feed_position.map(str::to_string).or_else(|| m.feed_position.clone()),

@@ -69,6 +69,11 @@ pub struct Manifest {
     /// lifetime, [`super::expiry`]).
     #[serde(default)]
     pub expiring_rows: usize,
+    /// Rows when `genrec index` wrote the catalog (kept by compactions): the
+    /// items a model trained on it knows; rows after them were added live.
+    /// Absent (older folders): the base version's rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indexed_rows: Option<usize>,
     /// Whether `codebooks.f32` is there (not for imported semantic IDs).
     #[serde(default)]
     pub has_codebooks: bool,
@@ -107,6 +112,7 @@ impl Manifest {
             embedding_dtype: "f32".into(),
             removed_rows: 0,
             expiring_rows: 0,
+            indexed_rows: Some(num_items),
             has_codebooks: false,
             feed_position: None,
         }

@@ -184,6 +184,13 @@ impl Catalog {
         self.delta.expiring().expired_at(now_ms).map(|e| e.1)
     }
 
+    /// Item indices below this were in the catalog `genrec index` wrote (a
+    /// model trained on it knows their semantic IDs); the ones from here on
+    /// were added live.
+    pub fn trained_rows(&self) -> usize {
+        self.base.manifest.indexed_rows.unwrap_or(self.base.rows()).min(self.base.rows())
+    }
+
     /// Number of items served.
     pub fn served_len(&self) -> usize {
         self.delta.served()

@@ -140,6 +140,7 @@ async fn lifetimes_hold_across_a_restart_and_a_compaction() {
     let long = c.catalog.index_of("long").unwrap();
     assert_eq!(c.catalog.base().expiry.get(long), Some(T0 + 100_000));
     assert_eq!(c.catalog.overlay().len(), 0, "folded into the version");
+    assert_eq!(c.catalog.trained_rows(), 300, "the items added live stay new to the model after a compaction");
     drop(c);
     drop(e);
     let e = reopen();
@@ -217,4 +218,39 @@ async fn trending_explores_a_hot_cluster_and_is_inert_without_events() {
     assert!(rates.per_minute["click"] > 0.0, "{rates:?}");
     clock.set(T0 + 2 * 3600 * 1000);
     assert_eq!(hot_listed(&e.recommend(&on).await.unwrap()), hot_listed(&plain), "decayed");
+}
+
+/// A new item placed under the prefix of the model's first choice for a
+/// history: with `--new-items sibling` the very next request generates it
+/// right after that choice, with the same score; the items the model was
+/// trained on keep their scores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_item_scored_as_its_best_sibling_is_generated_next_to_it() {
+    let e = engine(true, EngineOptions { new_items: NewItemScoring::Sibling, ..Default::default() });
+    let h = first_ids(&e, 3);
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let before = e.recommend(&req(&h, 20, Strategy::Generative)).await.unwrap();
+    let first = before.items[0].clone();
+    let c = e.catalog().catalog.clone();
+    let emb = c.embedding(c.index_of(&first.item_id).unwrap());
+    let up = e
+        .upsert_item(edits::ItemInput {
+            id: "fresh".into(),
+            title: "fresh".into(),
+            text: None,
+            embedding: Some(emb),
+            semantic_id: Some(first.semantic_id[..first.semantic_id.len() - 1].to_vec()),
+            expires_at_ms: None,
+        })
+        .unwrap();
+    assert!(up.semantic_id.last() > first.semantic_id.last(), "a collision code after the first choice's");
+    let after = e.recommend(&req(&h, 20, Strategy::Generative)).await.unwrap();
+    let names = ids(&after);
+    assert_eq!(names[0], first.item_id);
+    assert_eq!(names[1], "fresh", "{names:?}");
+    assert_eq!(after.items[1].score, first.score, "the best sibling's score");
+    let trained: Vec<_> =
+        after.items.iter().filter(|i| i.item_id != "fresh").map(|i| (i.item_id.clone(), i.score)).collect();
+    let was: Vec<_> = before.items.iter().take(trained.len()).map(|i| (i.item_id.clone(), i.score)).collect();
+    assert_eq!(trained, was, "the trained items keep their scores and order");
 }

@@ -185,6 +185,21 @@ pub struct EngineOptions {
     pub events_half_life_ms: u64,
     /// Weight of the trending prior when a request does not give one (0: off).
     pub trending_weight: f32,
+    /// How items added since the catalog was indexed are scored at the last level.
+    pub new_items: NewItemScoring,
+}
+
+/// How generation scores the collision code of an item added after the
+/// catalog was indexed (which the model never saw; see
+/// [`crate::generate::new_items`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NewItemScoring {
+    /// The model's own logit (transformers' `generate` gives the same).
+    Model,
+    /// The best logit among its trained siblings under the same prefix, when
+    /// higher than its own.
+    #[default]
+    Sibling,
 }
 
 /// Default weight of the trending prior (see `benches/results/live.md`).
@@ -232,6 +247,7 @@ impl Default for EngineOptions {
             clock: crate::clock::Clock::system(),
             events_half_life_ms: crate::catalog::engagement::DEFAULT_HALF_LIFE_MS,
             trending_weight: DEFAULT_TRENDING_WEIGHT,
+            new_items: NewItemScoring::Sibling,
         }
     }
 }

@@ -19,6 +19,7 @@ use super::generation::{items_of, mark_explored, Generation, Share};
 use super::request::{Resolved, ValidRequest, SHORT_HISTORY};
 use super::scheduler::{self, Job, Scheduler, SubmitError};
 use super::state::{LoadedModel, ServedCatalog};
+use super::NewItemScoring;
 use super::{EngineError, EngineOptions, FallbackReason, ItemSource, RecAnswer, RecItem, RecRequest, Strategy};
 use crate::catalog::embed::TextEncoder;
 use crate::catalog::Catalog;
@@ -206,11 +207,13 @@ impl Serving {
     /// Queues one generation; the receiver gets its result.
     pub(super) fn submit(
         &self,
-        req: GenRequest,
+        mut req: GenRequest,
         model: Arc<LoadedModel>,
         cat: &Arc<ServedCatalog>,
         deadline: Instant,
     ) -> Result<tokio::sync::oneshot::Receiver<scheduler::JobResult>, EngineError> {
+        // the server's rule for items added since the catalog was indexed
+        req.new_items_as_siblings = self.opts.new_items == NewItemScoring::Sibling;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = Job { req, model, catalog: cat.clone(), deadline, enqueued: Instant::now(), reply: tx };
         match self.scheduler.submit(job) {

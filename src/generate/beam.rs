@@ -61,6 +61,7 @@ fn kernel_device(
             if catalog.trie().is_pristine()
                 && !reqs.iter().any(|q| !q.first_level_prior.is_empty())
                 && !reqs.iter().any(|q| q.trending.as_ref().is_some_and(|t| t.weight != 0.0))
+                && !super::new_items::applies(catalog, reqs)
                 && !any_capped(reqs) =>
         {
             Some(dev.clone())
@@ -216,6 +217,7 @@ fn decode_levels(
     let capped = any_capped(reqs);
     let mut groups = vec![0u32; r];
     let mut trending = super::trending::TrendingPriors::new(reqs);
+    let new_items = super::new_items::applies(catalog, reqs);
     let mut decoded = 0usize;
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
@@ -226,10 +228,22 @@ fn decode_levels(
         if level == 0 {
             add_priors(&mut logits, reqs, codes)?;
         }
+        let last = level + 1 == levels;
+        if last && new_items {
+            // (before the trending prior: a new item keeps its own lift)
+            super::new_items::score_as_siblings(
+                &trie,
+                catalog.trained_rows(),
+                reqs,
+                &mut logits,
+                codes,
+                &nodes,
+                beams_in,
+            );
+        }
         if let Some(t) = &trending {
             t.add(&trie, &mut logits, codes, &nodes, beams_in);
         }
-        let last = level + 1 == levels;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let filters = LevelFilters::new(catalog, reqs, level);
         let limits = if capped { level_limits(reqs, beam, level, levels) } else { Vec::new() };

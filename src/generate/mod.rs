@@ -4,6 +4,7 @@
 pub mod beam;
 pub mod diversity;
 pub mod kernel;
+pub mod new_items;
 pub mod request;
 pub mod step;
 pub mod trending;

@@ -36,6 +36,9 @@ pub struct GenRequest {
     pub max_per_intent: Option<usize>,
     /// The trending prior at every level ([`super::trending`]); `None`: off.
     pub trending: Option<super::trending::Trending>,
+    /// Items added since the catalog was indexed are scored at the last
+    /// level like their best trained sibling ([`super::new_items`]).
+    pub new_items_as_siblings: bool,
 }
 
 /// A generated item.

@@ -93,6 +93,7 @@ pub(crate) async fn record_events(State(st): State<Arc<AppState>>, body: Result<
         })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, format!("worker failed: {e}")))??;
+        ::metrics::counter!(super::metrics::EVENTS).increment(outcome.applied as u64);
         Ok::<_, ApiError>(Json(outcome).into_response())
     }
     .await;

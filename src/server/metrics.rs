@@ -20,6 +20,8 @@ pub const MODEL_INFO: &str = "genrec_model_info";
 pub const CATALOG_ITEMS: &str = "genrec_catalog_items";
 /// Live catalog edits applied (upserts and deletes).
 pub const CATALOG_EDITS: &str = "genrec_catalog_edits_total";
+/// Engagement events accepted by `POST /v1/events`.
+pub const EVENTS: &str = "genrec_events_total";
 /// Panics caught in batched generation (each failed one batch).
 pub const WORKER_PANICS: &str = "genrec_worker_panics_total";
 /// Cold-start answers by how their intents were found (`llm`, `embedding`).
@@ -84,6 +86,7 @@ pub fn handle() -> PrometheusHandle {
                 "Panics caught in batched generation; each failed one batch, the worker went on"
             );
             metrics::describe_counter!(CATALOG_EDITS, "Live catalog edits applied (upserts and deletes)");
+            metrics::describe_counter!(EVENTS, "Engagement events accepted (POST /v1/events)");
             metrics::describe_gauge!(
                 FEED_POSITION,
                 "Replica feed: milliseconds part of the last applied position (a stream id)"

@@ -160,6 +160,15 @@ pub struct ServeArgs {
     #[arg(long, env = "GENREC_EVENTS_HALF_LIFE_S", value_name = "S", default_value_t = 600,
         value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=604_800))]
     pub events_half_life_s: u64,
+    /// How an item added since the catalog was indexed is scored at the
+    /// last semantic-ID level, whose code (a collision code) the model never
+    /// saw there: `sibling`, the best logit of its trained siblings under the
+    /// same prefix when higher than its own (it comes right after the best of
+    /// them); `model`, its own logit, as transformers' `generate` scores it
+    /// (a new item is then rarely generated). Items of the catalog as indexed
+    /// are scored by the model either way.
+    #[arg(long, env = "GENREC_NEW_ITEMS", value_enum, default_value_t = crate::engine::NewItemScoring::Sibling)]
+    pub new_items: crate::engine::NewItemScoring,
     /// A search request's (`"query"`) candidates: the items nearest to the
     /// query's embedding that the model may rank (items whose titles contain
     /// every query word join them, up to as many again).
@@ -426,6 +435,7 @@ fn finish_engine(
         clock: crate::clock::Clock::system(),
         events_half_life_ms: args.events_half_life_s * 1000,
         trending_weight: args.trending_weight,
+        new_items: args.new_items,
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);
     let coldstart = build_coldstart(args, &catalog)?;
