@@ -127,7 +127,7 @@ impl Engagement {
 
     /// Adds events (`sid_of(item)` is the item's semantic ID): to the item,
     /// every prefix of its ID, and the catalog-wide sums.
-    pub fn add(&self, events: &[Event], sid_of: impl Fn(u32) -> Vec<u32>, now_ms: u64) {
+    pub fn add<'s>(&self, events: &[Event], sid_of: impl Fn(u32) -> &'s [u32], now_ms: u64) {
         self.maybe_rescale(now_ms);
         let t_ref = self.t_ref.read();
         for e in events {
@@ -242,7 +242,8 @@ mod tests {
     #[test]
     fn counts_decay_by_the_half_life_and_add_in_any_order() {
         let sizes = [4, 4, 2];
-        let sid = |i: u32| vec![i % 4, (i / 4) % 4, 0];
+        let sids: Vec<Vec<u32>> = (0..16).map(|i| vec![i % 4, (i / 4) % 4, 0]).collect();
+        let sid = |i: u32| sids[i as usize].as_slice();
         let t0 = 1_000_000;
         let a = Engagement::new(&sizes, 1000, t0);
         let b = Engagement::new(&sizes, 1000, t0 + 500);
@@ -275,7 +276,8 @@ mod tests {
     #[test]
     fn the_lift_is_zero_without_events_and_follows_the_hot_subtree() {
         let sizes = [4, 4, 2];
-        let sid = |i: u32| vec![i % 4, (i / 4) % 4, 0];
+        let sids: Vec<Vec<u32>> = (0..41).map(|i| vec![i % 4, (i / 4) % 4, 0]).collect();
+        let sid = |i: u32| sids[i as usize].as_slice();
         let t0 = 5_000_000;
         let e = Engagement::new(&sizes, 60_000, t0);
         let r = e.at(t0);

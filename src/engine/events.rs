@@ -8,6 +8,7 @@
 use super::edits::LineError;
 use super::{Engine, EngineError};
 use crate::catalog::engagement::{Event, EventKind};
+use crate::catalog::Catalog;
 use crate::feed::record::{FeedEvent, Record};
 use crate::feed::Position;
 
@@ -43,22 +44,24 @@ impl Engine {
         let cat = self.catalog();
         let mut out = EventsOutcome::default();
         let mut good = Vec::with_capacity(lines.len());
+        let mut resolved = Vec::with_capacity(lines.len());
         for (line, e) in lines {
-            if cat.catalog.index_of(&e.item_id).is_none() {
-                out.errors.push(LineError {
+            match resolve(&cat.catalog, &e) {
+                Some(ev) => {
+                    resolved.push(ev);
+                    good.push(e);
+                }
+                None => out.errors.push(LineError {
                     line,
                     field: Some("item_id"),
                     error: format!("item {:?} is not in the catalog", e.item_id),
-                });
-            } else {
-                good.push(e);
+                }),
             }
         }
         out.applied = good.len();
         match self.changes.replica() {
-            None => {
-                self.apply_events_here(&good);
-            }
+            // (resolved once, against the view that checked them)
+            None => self.serving.engagement.add(&resolved, |i| cat.catalog.sid(i), self.now_ms()),
             Some(rep) => {
                 for chunk in good.chunks(EVENTS_PER_RECORD) {
                     out.feed_position = Some(rep.append(&Record::Events { events: chunk.to_vec() })?);
@@ -68,18 +71,13 @@ impl Engine {
         Ok(out)
     }
 
-    /// Adds events to this engine's counts (items this catalog lacks are
-    /// skipped). Returns how many were added.
+    /// Adds a feed record's events to this engine's counts (items this
+    /// catalog lacks are skipped). Returns how many were added.
     pub(super) fn apply_events_here(&self, events: &[FeedEvent]) -> usize {
         let cat = self.catalog();
         let c = &cat.catalog;
-        let resolved: Vec<Event> = events
-            .iter()
-            .filter_map(|e| {
-                c.index_of(&e.item_id).map(|item| Event { item, kind: e.kind, ts_ms: e.ts_ms, value: e.value })
-            })
-            .collect();
-        self.serving.engagement.add(&resolved, |i| c.sid(i).to_vec(), self.now_ms());
+        let resolved: Vec<Event> = events.iter().filter_map(|e| resolve(c, e)).collect();
+        self.serving.engagement.add(&resolved, |i| c.sid(i), self.now_ms());
         resolved.len()
     }
 
@@ -99,4 +97,9 @@ impl Engine {
             half_life_s: e.half_life_ms() as f64 / 1000.0,
         }
     }
+}
+
+/// An event against a catalog view (`None`: the view lacks its item).
+fn resolve(c: &Catalog, e: &FeedEvent) -> Option<Event> {
+    c.index_of(&e.item_id).map(|item| Event { item, kind: e.kind, ts_ms: e.ts_ms, value: e.value })
 }
