@@ -217,7 +217,10 @@ async fn concurrent_readers_writers_and_automatic_compaction() {
                 }
                 let h = format!("b{}", rng.random_range(0..2000));
                 let a = e.recommend(&req(&[h.as_str()], 10, Strategy::Ann)).await.expect("an ANN answer");
-                assert!(a.items.iter().all(|it| c.index_of(&it.item_id).is_some()));
+                // (against a view taken after the answer: the request may
+                // have taken a newer view than `view`, with items added since)
+                let after = e.catalog();
+                assert!(a.items.iter().all(|it| after.catalog.index_of(&it.item_id).is_some()));
                 tokio::task::yield_now().await;
             }
             checked
