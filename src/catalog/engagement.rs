@@ -220,8 +220,11 @@ impl RatesAt<'_> {
             Some(i) => item_key(i),
             None => prefix_key(&self.store.sizes, codes),
         };
-        let c = self.decayed(key);
-        let (eng, imp) = (engaged(&c), c[EventKind::Impression.slot()]);
+        self.lift_of(&self.decayed(key))
+    }
+
+    fn lift_of(&self, c: &Counts) -> f32 {
+        let (eng, imp) = (engaged(c), c[EventKind::Impression.slot()]);
         if eng == 0.0 && imp == 0.0 {
             return 0.0;
         }
@@ -229,11 +232,94 @@ impl RatesAt<'_> {
         let r = (eng + a * self.base_rate) / (imp + a);
         (r / self.base_rate).ln() as f32
     }
+
+    /// Every prefix and item with events and its [`lift`](Self::lift) (the
+    /// same value, bit for bit), in no particular order: what the GPU's
+    /// trending prior reads. O(entries).
+    pub fn lifts(&self) -> Vec<(Node, f32)> {
+        let mut out = Vec::new();
+        if *self.store.t_ref.read() != self.t_ref {
+            return out; // a rescale since `at`: every count reads as 0, as in `decayed`
+        }
+        for shard in &self.store.shards {
+            let entries: Vec<(u64, Counts)> = shard.lock().iter().map(|(&k, &c)| (k, c)).collect();
+            for (key, c) in entries {
+                let Some(node) = node_of(&self.store.sizes, key) else { continue };
+                let lift = self.lift_of(&c.map(|x| x * self.decay));
+                if lift != 0.0 {
+                    out.push((node, lift));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What an entry of the store counts: a prefix of a semantic ID (1 to
+/// levels - 1 codes) or an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Prefix(Vec<u32>),
+    Item(u32),
+}
+
+/// The node a key names (`None` for the catalog-wide sums).
+fn node_of(sizes: &[u32], key: u64) -> Option<Node> {
+    let len = (key >> 56) as usize;
+    if len == 0xFF {
+        return Some(Node::Item(key as u32));
+    }
+    if len == 0 || len > sizes.len() {
+        return None;
+    }
+    let mut k = key & ((1 << 56) - 1);
+    let mut codes = vec![0u32; len];
+    for l in (0..len).rev() {
+        let s = sizes[l].max(1) as u64;
+        codes[l] = (k % s) as u32;
+        k /= s;
+    }
+    Some(Node::Prefix(codes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `lifts` lists every prefix and item with events with `lift`'s value.
+    #[test]
+    fn lifts_name_every_node_with_its_lift() {
+        let sizes = [5, 7, 3];
+        let sids: Vec<Vec<u32>> = (0..30).map(|i| vec![i % 5, (i * 3) % 7, i % 3]).collect();
+        let sid = |i: u32| sids[i as usize].as_slice();
+        let t0 = 5_000_000;
+        let e = Engagement::new(&sizes, 60_000, t0);
+        let events: Vec<Event> =
+            (0..200).map(|n| ev(n % 23, EventKind::ALL[(n as usize * 7) % 4], t0 + n as u64 * 11)).collect();
+        e.add(&events, sid, t0);
+        let at = e.at(t0 + 9_000);
+        let lifts = at.lifts();
+        let mut items = 0;
+        for (node, lift) in &lifts {
+            let want = match node {
+                Node::Item(i) => {
+                    items += 1;
+                    at.lift(&[], Some(*i))
+                }
+                Node::Prefix(p) => at.lift(p, None),
+            };
+            assert_eq!(lift.to_bits(), want.to_bits(), "{node:?}");
+        }
+        assert_eq!(items, 23, "one entry per item with events");
+        // every prefix of an item with events is listed (those whose lift is not 0)
+        for i in 0..23u32 {
+            for l in 1..3 {
+                let p = sid(i)[..l].to_vec();
+                let listed = lifts.iter().any(|(n, _)| *n == Node::Prefix(p.clone()));
+                assert_eq!(listed, at.lift(&p, None) != 0.0, "prefix {p:?}");
+            }
+        }
+    }
 
     fn ev(item: u32, kind: EventKind, ts_ms: u64) -> Event {
         Event { item, kind, ts_ms, value: 1.0 }

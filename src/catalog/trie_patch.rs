@@ -32,6 +32,17 @@ pub struct TriePatch {
     leaves: imbl::HashMap<u32, u32>,
     /// Next overlay node id (0: not started; then the base's node count and up).
     next_node: u32,
+    /// Every parent an edit touched, in edit order, each with a stamp unique
+    /// in the process: the GPU's copy of the patch
+    /// ([`crate::generate::kernel::patch`]) rewrites only the parents logged
+    /// since it last looked, and a stamp it does not find where it left off
+    /// tells it the patch is another lineage.
+    log: imbl::Vector<(u64, u32)>,
+}
+
+fn next_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl TriePatch {
@@ -114,7 +125,15 @@ impl TriePatch {
                 self.tidy(parent);
             }
         }
+        self.log_path(&path);
         Ok(())
+    }
+
+    /// Logs the parents of an edited path (every node but the leaf).
+    fn log_path(&mut self, path: &[u32]) {
+        for &parent in &path[..path.len().saturating_sub(1)] {
+            self.log.push_back((next_stamp(), parent));
+        }
     }
 
     fn new_child(&mut self, parent: u32, code: u32) -> u32 {
@@ -162,6 +181,7 @@ impl TriePatch {
                 self.leaves.remove(&n);
             }
         }
+        self.log_path(&path);
         Ok(())
     }
 }
@@ -313,6 +333,41 @@ impl<'a> TrieView<'a> {
             return None;
         }
         self.walk(sid).and_then(|leaf| self.item(leaf))
+    }
+
+    /// How many parents the patch's edits have logged, and the stamp of the
+    /// last one (`(0, 0)` without a patch).
+    pub fn log_mark(&self) -> (usize, u64) {
+        match self.patch {
+            Some(p) => (p.log.len(), p.log.back().map_or(0, |e| e.0)),
+            None => (0, 0),
+        }
+    }
+
+    /// The stamp of log entry `i`.
+    pub fn log_stamp(&self, i: usize) -> Option<u64> {
+        self.patch.and_then(|p| p.log.get(i)).map(|e| e.0)
+    }
+
+    /// The parents logged from entry `from` on.
+    pub fn logged_parents(&self, from: usize) -> impl Iterator<Item = u32> + 'a {
+        let log = self.patch.map(|p| &p.log);
+        log.into_iter().flat_map(move |l| l.iter().skip(from).map(|e| e.1))
+    }
+
+    /// Whether the patch changes `node`'s children.
+    pub fn is_patched(&self, node: u32) -> bool {
+        self.patch.is_some_and(|p| p.nodes.contains_key(&node))
+    }
+
+    /// Every node whose children the patch changes.
+    pub fn patched_nodes(&self) -> impl Iterator<Item = u32> + 'a {
+        self.patch.into_iter().flat_map(|p| p.nodes.keys().copied())
+    }
+
+    /// One past the largest node id, base and overlay.
+    pub fn node_bound(&self) -> usize {
+        self.base.num_nodes().max(self.patch.map_or(0, |p| p.next_node as usize))
     }
 
     /// The lowest code below `size` that no served child of `node` uses (all

@@ -46,26 +46,18 @@ pub fn generate_with(
 }
 
 /// Whether a batch's beam steps can run as the GPU kernel: the models are on
-/// a CUDA device, the trie has no live edits above it, and no request is
-/// soft-steered, diversity-capped or has a trending weight (the kernel knows
-/// no priors or caps; the CPU beam step searches those while the models
-/// still run on the device).
+/// a CUDA device and no request is diversity-capped (the kernel knows no
+/// caps; the CPU beam step searches those while the models still run on the
+/// device). Live edits, soft steering, new items and trending all run in the
+/// kernel ([`super::kernel::patch`], [`super::kernel::priors`]).
 #[cfg(feature = "cuda")]
 fn kernel_device(
     model: &Model,
-    catalog: &Catalog,
+    _catalog: &Catalog,
     reqs: &[GenRequest],
 ) -> Option<candle_core::cuda_backend::CudaDevice> {
     match model.net.device() {
-        candle_core::Device::Cuda(dev)
-            if catalog.trie().is_pristine()
-                && !reqs.iter().any(|q| !q.first_level_prior.is_empty())
-                && !reqs.iter().any(|q| q.trending.as_ref().is_some_and(|t| t.weight != 0.0))
-                && !super::new_items::applies(catalog, reqs)
-                && !any_capped(reqs) =>
-        {
-            Some(dev.clone())
-        }
+        candle_core::Device::Cuda(dev) if !any_capped(reqs) => Some(dev.clone()),
         _ => None,
     }
 }
@@ -225,25 +217,9 @@ fn decode_levels(
             [one] => one.level_logits(level, scoring)?,
             many => mean_log_probs(many, level)?,
         };
-        if level == 0 {
-            add_priors(&mut logits, reqs, codes)?;
-        }
+        let at = LevelAt { level, codes, nodes: &nodes, beams_in };
+        add_level_priors(catalog, &trie, reqs, at, &mut logits, new_items, trending.as_ref())?;
         let last = level + 1 == levels;
-        if last && new_items {
-            // (before the trending prior: a new item keeps its own lift)
-            super::new_items::score_as_siblings(
-                &trie,
-                catalog.trained_rows(),
-                reqs,
-                &mut logits,
-                codes,
-                &nodes,
-                beams_in,
-            );
-        }
-        if let Some(t) = &trending {
-            t.add(&trie, &mut logits, codes, &nodes, beams_in);
-        }
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let filters = LevelFilters::new(catalog, reqs, level);
         let limits = if capped { level_limits(reqs, beam, level, levels) } else { Vec::new() };
@@ -286,6 +262,41 @@ fn decode_levels(
         beams_in = beam;
     }
     Err(GenerateError::Mismatch("model has no levels".into()))
+}
+
+/// Where a level's logits are: the level, its codes and the beams' nodes.
+#[derive(Clone, Copy)]
+pub(super) struct LevelAt<'a> {
+    pub level: usize,
+    pub codes: usize,
+    pub nodes: &'a [u32],
+    pub beams_in: usize,
+}
+
+/// Adds a level's priors to its logits (`[requests x beams_in, codes]`), in
+/// the order the GPU kernel adds them ([`super::kernel::priors`]): the
+/// first-level prior, then the new-item rule on the last level (before the
+/// trending prior: a new item keeps its own lift), then the trending prior.
+pub(super) fn add_level_priors(
+    catalog: &Catalog,
+    trie: &crate::catalog::TrieView,
+    reqs: &[GenRequest],
+    at: LevelAt,
+    logits: &mut [f32],
+    new_items: bool,
+    trending: Option<&super::trending::TrendingPriors>,
+) -> Result<(), GenerateError> {
+    let LevelAt { level, codes, nodes, beams_in } = at;
+    if level == 0 {
+        add_priors(logits, reqs, codes)?;
+    }
+    if level + 1 == trie.levels() && new_items {
+        super::new_items::score_as_siblings(trie, catalog.trained_rows(), reqs, logits, codes, nodes, beams_in);
+    }
+    if let Some(t) = trending {
+        t.add(trie, logits, codes, nodes, beams_in);
+    }
+    Ok(())
 }
 
 /// Adds each request's first-level prior to its row of first-level logits

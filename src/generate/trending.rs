@@ -69,6 +69,14 @@ impl<'a> TrendingPriors<'a> {
         }
     }
 
+    /// The prior for beams whose codes so far are `prefixes` (one per beam
+    /// slot), as if the search had chosen them.
+    #[cfg(test)]
+    pub(super) fn with_prefixes(mut self, prefixes: Vec<Vec<u32>>) -> Self {
+        self.prefixes = prefixes;
+        self
+    }
+
     /// Follows the step's choices: slot `s` of the next level extends the
     /// beam `parent_row[s]` of this one by `code[s]`.
     pub(super) fn advance(&mut self, parent_row: &[u32], code: &[u32]) {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::{synthetic, CheckError, CheckOptions};
 use crate::catalog::trie::{Trie, NONE};
 use crate::generate::kernel::contract::BeamKernel;
-use crate::generate::kernel::mirror::{beam_step_mirror, StepInput};
+use crate::generate::kernel::mirror::{beam_step_mirror, StepInput, StepLive};
 use crate::generate::kernel::LevelFilters;
 use crate::generate::{beam_step, StepOutput, StepShape};
 use crate::util::percentile;
@@ -55,11 +55,22 @@ impl StepRunner for MirrorRunner {
         selection: BeamKernel,
     ) -> Result<(StepOutput, Vec<f64>), CheckError> {
         let a = trie.arrays();
-        let out = beam_step_mirror(&a, depth, shape, input, filters, 0, 0, selection).map_err(CheckError::Other)?;
+        let out = beam_step_mirror(&a, depth, shape, input, filters, StepLive::none(), 0, 0, selection)
+            .map_err(CheckError::Other)?;
         let times = (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                let _ = std::hint::black_box(beam_step_mirror(&a, depth, shape, input, filters, 0, 0, selection));
+                let _ = std::hint::black_box(beam_step_mirror(
+                    &a,
+                    depth,
+                    shape,
+                    input,
+                    filters,
+                    StepLive::none(),
+                    0,
+                    0,
+                    selection,
+                ));
                 t.elapsed().as_secs_f64()
             })
             .collect();

@@ -10,6 +10,8 @@
 
 use super::contract::{BeamKernel, LANES};
 use super::filters::LevelFilters;
+use super::patch::PatchTable;
+use super::priors::{LevelPriors, TrendTables, NO_PRIORS, NO_TREND};
 use crate::catalog::trie::{TrieArrays, NONE};
 use crate::generate::step::{StepOutput, StepShape};
 
@@ -105,28 +107,99 @@ pub fn pick_digit(hist: &[u32; 256], want: u32) -> (usize, u32) {
     (0, before - hist[0])
 }
 
-/// The `i`-th child slot of `node`: `(code, child)`; `child` is `NONE` for a
-/// dense slot whose code is no child.
-fn child_slot(
-    trie: &TrieArrays,
-    dense: Option<&[u32]>,
-    dense_base: u32,
-    codes: usize,
-    node: u32,
-    i: usize,
-) -> (u32, u32) {
-    match dense {
-        Some(t) => (i as u32, t[(node - dense_base) as usize * codes + i]),
-        None => {
-            let e = trie.child_start[node as usize] as usize + i;
-            (trie.child_code[e], e as u32 + 1)
+/// What a live catalog and a batch's priors add to a step: the overlay's
+/// patched nodes (`None`: the base alone) and the level's priors.
+#[derive(Clone, Copy)]
+pub struct StepLive<'a> {
+    pub patch: Option<&'a PatchTable>,
+    pub priors: &'a LevelPriors,
+    pub trend: &'a TrendTables,
+}
+
+impl StepLive<'static> {
+    /// The base trie, no priors.
+    pub fn none() -> Self {
+        StepLive { patch: None, priors: &NO_PRIORS, trend: &NO_TREND }
+    }
+}
+
+/// A node's children as the kernel walks them: a dense row (`codes` slots,
+/// `NONE` where the code is no child), the base's CSR run, or a patched
+/// node's record.
+#[derive(Clone, Copy)]
+enum Slots<'a> {
+    Dense(&'a [u32]),
+    Csr { codes: &'a [u32], first: u32 },
+    Patched { codes: &'a [u32], nodes: &'a [u32], items: &'a [u32] },
+}
+
+impl Slots<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Slots::Dense(row) => row.len(),
+            Slots::Csr { codes, .. } | Slots::Patched { codes, .. } => codes.len(),
+        }
+    }
+
+    /// Slot `i`: `(code, child)`; `child` is `NONE` for a dense slot whose
+    /// code is no child.
+    fn get(&self, i: usize) -> (u32, u32) {
+        match self {
+            Slots::Dense(row) => (i as u32, row[i]),
+            Slots::Csr { codes, first } => (codes[i], first + i as u32),
+            Slots::Patched { codes, nodes, .. } => (codes[i], nodes[i]),
+        }
+    }
+
+    /// The item of slot `i`'s child (a leaf's), `NONE` for an inner node.
+    fn item(&self, trie: &TrieArrays, i: usize) -> u32 {
+        let (_, child) = self.get(i);
+        match self {
+            Slots::Patched { items, .. } => items[i],
+            _ => {
+                let leaves = trie.level_start[trie.codebook_sizes.len()];
+                child.checked_sub(leaves).and_then(|j| trie.leaf_item.get(j as usize)).copied().unwrap_or(NONE)
+            }
+        }
+    }
+
+    /// The child along `code` (the slot decoded from a selected key).
+    fn child_of(&self, code: u32) -> u32 {
+        match self {
+            Slots::Dense(row) => row[code as usize],
+            Slots::Csr { codes, first } => first + codes.partition_point(|&c| c < code) as u32,
+            Slots::Patched { codes, nodes, .. } => nodes[codes.partition_point(|&c| c < code)],
         }
     }
 }
 
-/// One beam step at trie depth `depth`, as the kernel of `selection`
-/// computes it (`genrec_beam_step` or `genrec_beam_step_pool`), after the
-/// launcher's checks ([`super::contract::check_step`]).
+/// The children of `node` at `depth`: its patch record, else the base's
+/// (none for an overlay node without a record).
+fn slots_of<'a>(trie: &'a TrieArrays, patch: Option<&'a PatchTable>, depth: usize, node: u32) -> Slots<'a> {
+    if let Some((codes, nodes, items)) = patch.and_then(|p| p.children(node)) {
+        return Slots::Patched { codes, nodes, items };
+    }
+    let base_nodes = *trie.level_start.last().unwrap_or(&0);
+    if node >= base_nodes {
+        return Slots::Csr { codes: &[], first: 0 };
+    }
+    match trie.dense_table(depth) {
+        Some(t) => {
+            let codes = trie.codebook_sizes[depth] as usize;
+            let row = (node - trie.level_start[depth]) as usize * codes;
+            Slots::Dense(&t[row..row + codes])
+        }
+        None => {
+            let (s, e) = (trie.child_start[node as usize] as usize, trie.child_start[node as usize + 1] as usize);
+            Slots::Csr { codes: &trie.child_code[s..e], first: s as u32 + 1 }
+        }
+    }
+}
+
+/// One step at trie depth `depth`, as the kernel of `selection` computes it
+/// (`genrec_beam_step` or `genrec_beam_step_pool`), after the launcher's
+/// checks ([`super::contract::check_step`]): on the base trie with the
+/// overlay's patched nodes, and each slot's logit after the level's priors.
 #[allow(clippy::too_many_arguments)]
 pub fn beam_step_mirror(
     trie: &TrieArrays,
@@ -134,14 +207,13 @@ pub fn beam_step_mirror(
     shape: StepShape,
     input: &StepInput,
     filters: &LevelFilters,
+    live: StepLive,
     token_offset: u32,
     pad_token: u32,
     selection: BeamKernel,
 ) -> Result<KernelOutput, String> {
     super::contract::check_step(trie.codebook_sizes, depth, shape, selection)?;
     let StepShape { requests, beams_in, beams_out, codes } = shape;
-    let dense = trie.dense_table(depth);
-    let dense_base = trie.level_start[depth];
     let n_out = requests * beams_out;
     let mut out = KernelOutput {
         step: StepOutput {
@@ -153,39 +225,62 @@ pub fn beam_step_mirror(
         row: vec![0; n_out],
         token: vec![pad_token; n_out],
     };
+    let pri = live.priors;
     for r in 0..requests {
-        // phases 1-3: normaliser and keys, beam by beam; each lane's best
-        // score (ord bits, 0 for none) for the pooled selection
+        // phases 1-3: priors, normaliser and keys, beam by beam; each lane's
+        // best score (ord bits, 0 for none) for the pooled selection
         let mut cands: Vec<u64> = Vec::new();
         let mut lane_best = vec![0u32; beams_in * LANES];
+        let siblings = pri.siblings.get(r).is_some_and(|&s| s != 0);
+        let trend = live.trend.weight.get(r).copied().filter(|&w| w != 0.0);
         for b in 0..beams_in {
             let row = r * beams_in + b;
             let (node, base) = (input.nodes[row], input.scores[row]);
             if node == NONE || !base.is_finite() {
                 continue;
             }
-            let slots = if dense.is_some() {
-                codes
-            } else {
-                (trie.child_start[node as usize + 1] - trie.child_start[node as usize]) as usize
-            };
+            let slots = slots_of(trie, live.patch, depth, node);
             let x = &input.logits[row * input.ld + input.col0..];
-            let valid = || {
-                (0..slots).map(|i| child_slot(trie, dense, dense_base, codes, node, i)).filter(|&(_, ch)| ch != NONE)
+            // the first-level prior, then (new-item rule) the best trained sibling
+            let prior = |c: u32| match pri.first.is_empty() {
+                true => x[c as usize],
+                false => x[c as usize] + pri.first[r * codes + c as usize],
+            };
+            let valid = || (0..slots.len()).filter(|&i| slots.get(i).1 != NONE);
+            let is_new = |i: usize| {
+                let item = slots.item(trie, i);
+                item != NONE && item >= pri.trained_rows
+            };
+            let best = if siblings {
+                valid().filter(|&i| !is_new(i)).map(|i| prior(slots.get(i).0)).fold(f32::NEG_INFINITY, f32::max)
+            } else {
+                f32::NEG_INFINITY
+            };
+            let logit = |i: usize| {
+                let (c, child) = slots.get(i);
+                let mut v = prior(c);
+                if siblings && best.is_finite() && is_new(i) {
+                    v = v.max(best);
+                }
+                if let Some(w) = trend {
+                    let (_, lift) = live.trend.lift(r, child).unwrap_or((w, 0.0));
+                    v += w * lift;
+                }
+                v
             };
             let lse = match input.norm {
                 Some(n) => n[row],
                 None => {
-                    let m = valid().map(|(c, _)| x[c as usize]).fold(f32::NEG_INFINITY, f32::max);
-                    m + valid().map(|(c, _)| (x[c as usize] - m).exp()).sum::<f32>().ln()
+                    let m = valid().map(logit).fold(f32::NEG_INFINITY, f32::max);
+                    m + valid().map(|i| (logit(i) - m).exp()).sum::<f32>().ln()
                 }
             };
-            for i in 0..slots {
-                let (c, ch) = child_slot(trie, dense, dense_base, codes, node, i);
-                if ch == NONE || !filters.keep(r, ch) {
+            for i in valid() {
+                let (c, ch) = slots.get(i);
+                if !filters.keep(r, ch) {
                     continue;
                 }
-                let score = base + x[c as usize] - lse;
+                let score = base + logit(i) - lse;
                 if score.is_finite() {
                     cands.push(key(score, b as u32, c, codes as u32));
                     let best = &mut lane_best[b * LANES + i % LANES];
@@ -203,16 +298,9 @@ pub fn beam_step_mirror(
             let idx = u32::MAX - (key & 0xFFFF_FFFF) as u32;
             let (parent, code) = (idx / codes as u32, idx % codes as u32);
             let pn = input.nodes[r * beams_in + parent as usize];
-            let child = match dense {
-                Some(t) => t[(pn - dense_base) as usize * codes + code as usize],
-                None => {
-                    let (s, e) = (trie.child_start[pn as usize] as usize, trie.child_start[pn as usize + 1] as usize);
-                    (s + trie.child_code[s..e].partition_point(|&c| c < code)) as u32 + 1
-                }
-            };
             out.step.parent[slot] = parent;
             out.step.code[slot] = code;
-            out.step.node[slot] = child;
+            out.step.node[slot] = slots_of(trie, live.patch, depth, pn).child_of(code);
             out.step.score[slot] = from_ord_bits((key >> 32) as u32);
             out.row[slot] = (r * beams_in) as u32 + parent;
             out.token[slot] = token_offset + code;
@@ -440,8 +528,18 @@ mod tests {
                         let want =
                             beam_step(&view, shape, &level_logits, &scores, &nodes, nm, |r, ch| filters.keep(r, ch));
                         let input = StepInput { logits, ld, col0, norm: nm, scores: &scores, nodes: &nodes };
-                        let got = beam_step_mirror(&trie.arrays(), depth, shape, &input, &filters, 100, 7, selection)
-                            .unwrap();
+                        let got = beam_step_mirror(
+                            &trie.arrays(),
+                            depth,
+                            shape,
+                            &input,
+                            &filters,
+                            StepLive::none(),
+                            100,
+                            7,
+                            selection,
+                        )
+                        .unwrap();
                         assert_eq!(got.step.parent, want.parent, "case {case} depth {depth}");
                         assert_eq!(got.step.code, want.code, "case {case} depth {depth}");
                         assert_eq!(got.step.node, want.node, "case {case} depth {depth}");

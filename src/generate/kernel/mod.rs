@@ -1,6 +1,7 @@
 //! The fused beam step of `kernels/beam_step.cu` (the GPU side of the contract
 //! in [`super::step`]): what each launch requires of its shape ([`contract`]),
-//! the per-level child filters it reads ([`filters`]), a
+//! the per-level child filters it reads ([`filters`]), the live overlay's
+//! patched nodes ([`patch`]) and the priors it adds ([`priors`]), a
 //! CPU port of its algorithm that the tests hold to the reference
 //! ([`mirror`]), and, with the `cuda` feature, its launcher ([`cuda`]) and the
 //! batched GPU search that keeps every step on the device ([`gpu_beam`]).
@@ -8,6 +9,11 @@
 pub mod contract;
 pub mod filters;
 pub mod mirror;
+pub mod patch;
+pub mod priors;
+
+#[cfg(test)]
+mod live_tests;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
