@@ -263,9 +263,8 @@ impl Catalog {
             .ok_or_else(|| CatalogError::Busy("the catalog is shared: intents can only be set before".into()))
     }
 
-    /// Replaces the base trie (tests of other dense depths; the catalog must
-    /// not be shared yet).
-    #[cfg(test)]
+    /// Replaces the base trie (tests and `gpu-check` of other dense depths;
+    /// the catalog must not be shared yet).
     pub(crate) fn replace_trie(&mut self, trie: Trie) {
         if let Some(b) = Arc::get_mut(&mut self.base) {
             b.trie = trie;

@@ -15,6 +15,13 @@
 //! 3. End-to-end requests/s and latency for batch 1/16/64 at beam 64 and 256,
 //!    device and CPU in the same run.
 //!
+//! 1d. Live catalogs: the step on random catalogs with items added and
+//!    removed above their base trie (the kernel reads the overlay's patched
+//!    nodes), first-level priors, new items scored as siblings and trending
+//!    lifts, against the kernel's CPU port ([`live`]); and the checkpoint's
+//!    search on an edited copy of its catalog with all of those, on the
+//!    device against the CPU (the same items).
+//!
 //! On a GPU, part 1b and part 3 also run the GPU search with the pooled
 //! beam-step kernel (`"pool"` rows; serving keeps the radix kernel until
 //! such a run confirms it).
@@ -46,6 +53,7 @@ use crate::generate::{generate, generate_ensemble, generate_with, GenRequest, Ge
 use crate::model::Model;
 use crate::util::percentile;
 
+pub mod live;
 mod steps;
 pub mod synthetic;
 pub use steps::random_trie;
@@ -346,6 +354,17 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
             t.elapsed().as_secs_f64()
         );
     }
+    let t = Instant::now();
+    let live_steps = soft("live beam step vs CPU port", live::check_live_steps(step.as_mut(), opts.seed));
+    if !live_steps.is_null() {
+        println!(
+            "beam step on live catalogs (overlay, priors, new items, trending) vs the CPU port: {} cases, {} patched beams, same top-B (max |score diff| {:.2e}) [{:.1} s]",
+            live_steps["cases"],
+            live_steps["patched_beams"],
+            live_steps["max_score_diff"].as_f64().unwrap_or(0.0),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let synthetic = match &opts.synthetic {
         Some(spec) => {
             let t = Instant::now();
@@ -431,6 +450,18 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
                 e2e_ensemble["identical_lists"], e2e_ensemble["requests"], e2e_ensemble["max_score_diff"].as_f64().unwrap_or(0.0), e2e_ensemble["lists_unlike_the_lead"]);
             if let Some(why) = e2e_mismatch(&e2e_ensemble) {
                 soft("end-to-end ensemble", Err(CheckError::Other(why)));
+            }
+        }
+    }
+    let mut e2e_live = Value::Null;
+    if let (Some((dev_model, cpu_model, catalog)), Some(reference)) = (&models, &reference) {
+        let r = live::check_live_e2e(dev_model, cpu_model, catalog, &reference.reqs, opts.seed);
+        e2e_live = soft("end-to-end live catalog", r);
+        if !e2e_live.is_null() {
+            println!("end-to-end on an edited catalog (+{} items, soft-steered, new-item rule, trending): {}/{} identical top-10 lists, max |score diff| {:.2e}",
+                e2e_live["items_added"], e2e_live["identical_lists"], e2e_live["requests"], e2e_live["max_score_diff"].as_f64().unwrap_or(0.0));
+            if let Some(why) = e2e_mismatch(&e2e_live) {
+                soft("end-to-end live catalog", Err(CheckError::Other(why)));
             }
         }
     }
@@ -559,7 +590,7 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         }
     }
     let report = json!({
-        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "end_to_end": e2e, "end_to_end_pool": e2e_pool, "end_to_end_ensemble": e2e_ensemble, "end_to_end_bf16": e2e_bf16},
+        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "live_steps": live_steps, "end_to_end_live": e2e_live, "end_to_end": e2e, "end_to_end_pool": e2e_pool, "end_to_end_ensemble": e2e_ensemble, "end_to_end_bf16": e2e_bf16},
         "step_times": timing, "end_to_end": e2e_rows, "anchors": ANCHORS, "failures": failures,
     });
     if failures.is_empty() {
@@ -593,6 +624,15 @@ mod tests {
         let ens = &r["correctness"]["end_to_end_ensemble"];
         assert_eq!(ens["identical_lists"], 64, "{ens}");
         assert!(ens["lists_unlike_the_lead"].as_u64().unwrap() > 0, "the second member never mattered: {ens}");
+        let live = &r["correctness"]["live_steps"];
+        assert!(live["cases"].as_u64().unwrap() >= 1000 && live["patched_beams"].as_u64().unwrap() > 500, "{live}");
+        let live = &r["correctness"]["end_to_end_live"];
+        assert_eq!(live["identical_lists"], 64, "{live}");
+        assert_eq!(live["overlay_nodes_patched"], true, "{live}");
+        assert!(
+            live["items_added"].as_u64().unwrap() > 0 && live["new_items_in_cpu_lists"].as_u64().unwrap() > 0,
+            "{live}"
+        );
         // 2 code widths x 2 depths x 2 batches x 1 beam
         let rows = r["step_times"].as_array().unwrap();
         assert_eq!(rows.len(), 2 * 2 * 2, "{rows:?}");

@@ -32,6 +32,7 @@ pub(super) trait StepRunner {
         shape: StepShape,
         input: &StepInput,
         filters: &LevelFilters,
+        live: StepLive,
         reps: usize,
         selection: BeamKernel,
     ) -> Result<(StepOutput, Vec<f64>), CheckError>;
@@ -51,26 +52,17 @@ impl StepRunner for MirrorRunner {
         shape: StepShape,
         input: &StepInput,
         filters: &LevelFilters,
+        live: StepLive,
         reps: usize,
         selection: BeamKernel,
     ) -> Result<(StepOutput, Vec<f64>), CheckError> {
         let a = trie.arrays();
-        let out = beam_step_mirror(&a, depth, shape, input, filters, StepLive::none(), 0, 0, selection)
-            .map_err(CheckError::Other)?;
+        let step = || beam_step_mirror(&a, depth, shape, input, filters, live, 0, 0, selection);
+        let out = step().map_err(CheckError::Other)?;
         let times = (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                let _ = std::hint::black_box(beam_step_mirror(
-                    &a,
-                    depth,
-                    shape,
-                    input,
-                    filters,
-                    StepLive::none(),
-                    0,
-                    0,
-                    selection,
-                ));
+                let _ = std::hint::black_box(step());
                 t.elapsed().as_secs_f64()
             })
             .collect();
@@ -100,10 +92,13 @@ impl StepRunner for CudaRunner {
         shape: StepShape,
         input: &StepInput,
         filters: &LevelFilters,
+        live: StepLive,
         reps: usize,
         selection: BeamKernel,
     ) -> Result<(StepOutput, Vec<f64>), CheckError> {
-        use crate::generate::kernel::cuda::{self, GpuFilters, Scratch, StepArgs};
+        use crate::generate::kernel::cuda::{
+            self, GpuFilters, GpuLive, GpuPatch, GpuPriors, GpuTrend, Scratch, StepArgs,
+        };
         use crate::generate::kernel::gpu_beam::device_trie;
         let dev = &self.dev;
         let d = Device::Cuda(dev.clone());
@@ -114,6 +109,12 @@ impl StepRunner for CudaRunner {
         let nodes = dev.clone_htod(input.nodes)?;
         let gtrie = device_trie(dev, trie)?;
         let gf = GpuFilters::upload(dev, filters)?;
+        let mut patch = GpuPatch::new(dev)?;
+        if let Some(table) = live.patch {
+            patch.apply(dev, table, &table.full_sync())?;
+        }
+        let (priors, trend) = (GpuPriors::upload(dev, live.priors)?, GpuTrend::upload(dev, live.trend)?);
+        let gl = GpuLive { patch: Some(&patch), priors: &priors, trend: &trend };
         let args = StepArgs {
             logits: &logits,
             col0: input.col0,
@@ -124,7 +125,7 @@ impl StepRunner for CudaRunner {
             pad_token: 0,
         };
         let mut scratch = Scratch::default();
-        let out = cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch, selection)?;
+        let out = cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &gl, &mut scratch, selection)?;
         let step = StepOutput {
             parent: dev.clone_dtoh(&out.parent)?,
             code: dev.clone_dtoh(&out.code)?,
@@ -135,7 +136,7 @@ impl StepRunner for CudaRunner {
         for _ in 0..reps {
             cuda::synchronize(dev)?;
             let t = Instant::now();
-            std::hint::black_box(cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &mut scratch, selection)?);
+            std::hint::black_box(cuda::beam_step(dev, &gtrie, depth, shape, &args, &gf, &gl, &mut scratch, selection)?);
             cuda::synchronize(dev)?;
             times.push(t.elapsed().as_secs_f64());
         }
@@ -249,7 +250,13 @@ fn random_step(trie: &Trie, depth: usize, rows: usize, codes: usize, rng: &mut C
 /// Same top-B up to exact ties: scores agree within `tol` slot by slot, and a
 /// continuation chosen by only one side scores (within `tol`) the same as the
 /// other side's last kept one. Returns the largest score difference.
-fn compare_steps(want: &StepOutput, got: &StepOutput, requests: usize, beams: usize, tol: f32) -> Result<f32, String> {
+pub(super) fn compare_steps(
+    want: &StepOutput,
+    got: &StepOutput,
+    requests: usize,
+    beams: usize,
+    tol: f32,
+) -> Result<f32, String> {
     let mut worst = 0f32;
     for r in 0..requests {
         let slots = r * beams..(r + 1) * beams;
@@ -368,7 +375,7 @@ pub(super) fn check_steps(run: &mut dyn StepRunner, seed: u64) -> Result<Value, 
                     nodes: &st.nodes,
                 };
                 for (selection, kernel) in CHECKED {
-                    let (got, _) = run.run(&trie, depth, shape, &input, &filters, 0, selection)?;
+                    let (got, _) = run.run(&trie, depth, shape, &input, &filters, StepLive::none(), 0, selection)?;
                     let d = compare_steps(&want, &got, requests, beams_out, 1e-4).map_err(|e| {
                         CheckError::Other(format!(
                             "beam step ({kernel}) case {case} depth {depth} ({requests}x{beams_in}->{beams_out}): {e}"
@@ -439,8 +446,16 @@ pub(super) fn time_steps(
                         let filters =
                             if depth == 2 { history_bans(&trie, r, &mut rng) } else { LevelFilters::default() };
                         let mut median = |selection| -> Result<f64, CheckError> {
-                            let (_, mut times) =
-                                run.run(&trie, depth, shape, &input, &filters, opts.reps.max(1), selection)?;
+                            let (_, mut times) = run.run(
+                                &trie,
+                                depth,
+                                shape,
+                                &input,
+                                &filters,
+                                StepLive::none(),
+                                opts.reps.max(1),
+                                selection,
+                            )?;
                             times.sort_by(f64::total_cmp);
                             Ok(percentile(&times, 0.5).unwrap_or(0.0))
                         };

@@ -1,7 +1,9 @@
 //! Launches `kernels/beam_step.cu` on candle's CUDA stream: the trie uploaded
-//! once per catalog base version, the request filters once per batch, and per
-//! level one kernel that reads the model's logits where they lie and leaves
-//! its outputs (beam state, cache rows to keep, next tokens) on the device.
+//! once per catalog base version, the live overlay's patched nodes kept in
+//! step by the few slots and records each sync changes ([`GpuPatch`]), the
+//! request filters and priors once per batch, and per level one kernel that
+//! reads the model's logits where they lie and leaves its outputs (beam
+//! state, cache rows to keep, next tokens) on the device.
 
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
@@ -9,6 +11,8 @@ use candle_core::{DType, Storage, Tensor};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::filters::{LevelFilters, NodeLists};
+use super::patch::{PatchSync, PatchTable};
+use super::priors::{LevelPriors, TrendTables};
 use crate::catalog::trie::Trie;
 use crate::generate::step::StepShape;
 
@@ -26,6 +30,9 @@ pub struct GpuTrie {
     child_start: CudaSlice<u32>,
     child_code: CudaSlice<u32>,
     dense: Vec<Option<CudaSlice<u32>>>,
+    /// The base's item of each leaf (for the new-item rule; one unused
+    /// entry when the trie has no leaves).
+    leaf_item: CudaSlice<u32>,
     level_start: Vec<u32>,
     codebook_sizes: Vec<u32>,
     bytes: usize,
@@ -34,7 +41,7 @@ pub struct GpuTrie {
 impl GpuTrie {
     pub fn upload(dev: &CudaDevice, trie: &Trie) -> Result<Self> {
         let a = trie.arrays();
-        let mut bytes = 4 * (a.child_start.len() + a.child_code.len());
+        let mut bytes = 4 * (a.child_start.len() + a.child_code.len() + a.leaf_item.len());
         let dense = (0..trie.levels())
             .map(|d| {
                 a.dense_table(d)
@@ -48,6 +55,7 @@ impl GpuTrie {
         Ok(GpuTrie {
             child_start: dev.clone_htod(a.child_start)?,
             child_code: dev.clone_htod(a.child_code)?,
+            leaf_item: dev.clone_htod(&padded(a.leaf_item))?,
             dense,
             level_start: a.level_start.to_vec(),
             codebook_sizes: a.codebook_sizes.to_vec(),
@@ -80,12 +88,144 @@ impl GpuFilters {
     }
 }
 
-fn padded(v: &[u32]) -> Vec<u32> {
+fn padded<T: Copy + Default>(v: &[T]) -> Vec<T> {
     if v.is_empty() {
-        vec![0]
+        vec![T::default()]
     } else {
         v.to_vec()
     }
+}
+
+fn msg(what: &str) -> impl Fn(cudarc::driver::DriverError) -> candle_core::Error + '_ {
+    move |e| candle_core::Error::Msg(format!("{what}: {e}"))
+}
+
+/// The device copy of a [`PatchTable`]: the slot of every node and the
+/// record pool, each with room to grow.
+pub struct GpuPatch {
+    slot: CudaSlice<u32>,
+    code: CudaSlice<u32>,
+    node: CudaSlice<u32>,
+    item: CudaSlice<u32>,
+    /// Slots the kernel may read (the table's node count).
+    nodes: usize,
+    /// Whether any node is patched.
+    live: bool,
+}
+
+/// Room for `need` entries, doubled ahead.
+fn room(need: usize) -> usize {
+    need.max(1).next_power_of_two()
+}
+
+impl GpuPatch {
+    pub fn new(dev: &CudaDevice) -> Result<Self> {
+        Ok(GpuPatch {
+            slot: dev.alloc_zeros::<u32>(1)?,
+            code: dev.alloc_zeros::<u32>(1)?,
+            node: dev.alloc_zeros::<u32>(1)?,
+            item: dev.alloc_zeros::<u32>(1)?,
+            nodes: 0,
+            live: false,
+        })
+    }
+
+    /// Follows one [`PatchTable::sync`] of `table`: clears the slots for a
+    /// rebuild, grows the buffers (keeping their contents) when the table
+    /// outgrew them, copies the appended records and writes the changed
+    /// slots with one small kernel.
+    pub fn apply(&mut self, dev: &CudaDevice, table: &PatchTable, sync: &PatchSync) -> Result<()> {
+        let stream = dev.cuda_stream();
+        let need = table.slot.len();
+        if self.slot.len() < need {
+            let mut grown = dev.alloc_zeros::<u32>(room(need))?;
+            if !sync.rebuilt {
+                let old = self.slot.len();
+                dev.memcpy_dtod(&self.slot, &mut grown.slice_mut(..old))?;
+            }
+            self.slot = grown;
+        } else if sync.rebuilt {
+            stream.memset_zeros(&mut self.slot).map_err(msg("clear patch slots"))?;
+        }
+        let (from, len) = (if sync.rebuilt { 0 } else { sync.pool_from }, table.code.len());
+        for (dst, src) in [(&mut self.code, &table.code), (&mut self.node, &table.node), (&mut self.item, &table.item)]
+        {
+            if dst.len() < len {
+                // SAFETY: entries past `from` are written below before any kernel reads them
+                let mut grown = unsafe { dev.alloc::<u32>(room(len))? };
+                if from > 0 {
+                    dev.memcpy_dtod(&dst.slice(..from), &mut grown.slice_mut(..from))?;
+                }
+                *dst = grown;
+            }
+            if len > from {
+                dev.memcpy_htod(&src[from..len], &mut dst.slice_mut(from..len))?;
+            }
+        }
+        if !sync.slots.is_empty() {
+            let (idx, val): (Vec<u32>, Vec<u32>) = sync.slots.iter().copied().unzip();
+            let (idx, val) = (dev.clone_htod(&idx)?, dev.clone_htod(&val)?);
+            let n = sync.slots.len() as u32;
+            let func = dev.get_or_load_custom_func("genrec_set_slots", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&mut self.slot).arg(&idx).arg(&val).arg(&n);
+            let cfg = LaunchConfig { grid_dim: (n.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: genrec_set_slots(slot, idx, val, n); every idx is a node
+            // below the table's node count, which the slot buffer holds.
+            unsafe { b.launch(cfg) }.map_err(msg("patch slots launch"))?;
+        }
+        self.nodes = need;
+        self.live = !table.is_empty();
+        Ok(())
+    }
+
+    /// Device memory the patch takes.
+    pub fn bytes(&self) -> usize {
+        4 * (self.slot.len() + self.code.len() + self.node.len() + self.item.len())
+    }
+}
+
+/// One level's priors on the device.
+pub struct GpuPriors {
+    first: Option<CudaSlice<f32>>,
+    siblings: Option<CudaSlice<u32>>,
+    trained_rows: u32,
+}
+
+impl GpuPriors {
+    pub fn upload(dev: &CudaDevice, p: &LevelPriors) -> Result<Self> {
+        Ok(GpuPriors {
+            first: (!p.first.is_empty()).then(|| dev.clone_htod(&p.first)).transpose()?,
+            siblings: (!p.siblings.is_empty()).then(|| dev.clone_htod(&p.siblings)).transpose()?,
+            trained_rows: p.trained_rows,
+        })
+    }
+}
+
+/// A search's trending lifts on the device (`None`: no request has a weight).
+pub struct GpuTrend {
+    lists: Option<[CudaSlice<u32>; 3]>,
+    weight_lift: Option<[CudaSlice<f32>; 2]>,
+}
+
+impl GpuTrend {
+    pub fn upload(dev: &CudaDevice, t: &TrendTables) -> Result<Self> {
+        if t.weight.is_empty() {
+            return Ok(GpuTrend { lists: None, weight_lift: None });
+        }
+        Ok(GpuTrend {
+            lists: Some([dev.clone_htod(&t.lo)?, dev.clone_htod(&t.hi)?, dev.clone_htod(&padded(&t.node))?]),
+            weight_lift: Some([dev.clone_htod(&t.weight)?, dev.clone_htod(&padded(&t.lift))?]),
+        })
+    }
+}
+
+/// What a live catalog and the batch's priors add to a step, on the device.
+pub struct GpuLive<'a> {
+    /// The overlay (`None` or an empty patch: the base alone).
+    pub patch: Option<&'a GpuPatch>,
+    pub priors: &'a GpuPriors,
+    pub trend: &'a GpuTrend,
 }
 
 /// The beams after a step, on the device; `row` and `token` feed the next
@@ -148,6 +288,7 @@ pub fn beam_step(
     shape: StepShape,
     args: &StepArgs,
     filters: &GpuFilters,
+    live: &GpuLive,
     scratch: &mut Scratch,
     selection: BeamKernel,
 ) -> Result<GpuBeams> {
@@ -200,6 +341,11 @@ pub fn beam_step(
     let null = 0u64;
     let (ld32, col0, dense_base) = (ld as u32, args.col0 as u32, trie.level_start[depth]);
     let (bi, bo, cd) = (beams_in as u32, beams_out as u32, codes as u32);
+    let levels = trie.codebook_sizes.len();
+    let (leaves_start, base_nodes) = (trie.level_start[levels], trie.level_start[levels + 1]);
+    let patch = live.patch.filter(|p| p.live);
+    let patch_nodes = patch.map_or(0, |p| p.nodes as u32);
+    let trained_rows = live.priors.trained_rows;
     let mut b = func.builder();
     b.arg(&logits).arg(&ld32).arg(&col0);
     match &norm {
@@ -212,12 +358,30 @@ pub fn beam_step(
         None => b.arg(&null),
     };
     b.arg(&dense_base);
+    match patch {
+        Some(p) => b.arg(&p.slot).arg(&patch_nodes).arg(&p.code).arg(&p.node).arg(&p.item),
+        None => b.arg(&null).arg(&patch_nodes).arg(&null).arg(&null).arg(&null),
+    };
+    b.arg(&trie.leaf_item).arg(&leaves_start).arg(&base_nodes);
     for l in [&filters.allow, &filters.ban] {
         match l {
             Some((s, v)) => b.arg(s).arg(v),
             None => b.arg(&null).arg(&null),
         };
     }
+    match &live.priors.first {
+        Some(v) => b.arg(v),
+        None => b.arg(&null),
+    };
+    match &live.priors.siblings {
+        Some(v) => b.arg(v),
+        None => b.arg(&null),
+    };
+    b.arg(&trained_rows);
+    match (&live.trend.weight_lift, &live.trend.lists) {
+        (Some([w, lift]), Some([lo, hi, node])) => b.arg(w).arg(lo).arg(hi).arg(node).arg(lift),
+        _ => b.arg(&null).arg(&null).arg(&null).arg(&null).arg(&null),
+    };
     b.arg(&bi).arg(&bo).arg(&cd).arg(&args.token_offset).arg(&args.pad_token).arg(keys);
     // the pooled kernel's two extra arguments follow the scratch
     let pool_args = match selection {
@@ -233,7 +397,10 @@ pub fn beam_step(
     // (or genrec_beam_step_pool, with capacity and stride after the scratch)
     // in kernels/beam_step.cu; every buffer is sized for `shape` above (logits
     // checked, outputs and scratch allocated here, scores/nodes by the
-    // caller), the pool's capacity checked against its shared buffer.
+    // caller), the pool's capacity checked against its shared buffer. The
+    // patch's slots cover `patch_nodes` nodes and its records are the
+    // table's (GpuPatch::apply); the priors are sized per request (first:
+    // requests x codes) by LevelPriors / TrendTables for this batch.
     unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Msg(format!("beam step launch: {e}")))?;
     Ok(out)
 }

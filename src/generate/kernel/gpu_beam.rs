@@ -1,6 +1,7 @@
 //! The decode levels of [`crate::generate::generate_with`] on a CUDA device:
 //! the same loop as the CPU search, with the beam step as one kernel per level
-//! over device-resident logits, beam state and trie tables. The host sees
+//! over device-resident logits, beam state, trie tables and the live
+//! overlay's patched nodes, with the level's priors. The host sees
 //! only the final beams and, after them, each level's live-beam count (the
 //! decoded tokens, counted as the CPU search counts them).
 
@@ -10,8 +11,10 @@ use std::sync::Arc;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Tensor, D};
 
-use super::cuda::{self, GpuBeams, GpuFilters, GpuTrie, Scratch, StepArgs};
+use super::cuda::{self, GpuBeams, GpuFilters, GpuLive, GpuPatch, GpuPriors, GpuTrend, GpuTrie, Scratch, StepArgs};
 use super::filters::LevelFilters;
+use super::patch::PatchTable;
+use super::priors::{LevelPriors, TrendTables};
 use crate::catalog::trie::Trie;
 use crate::catalog::Catalog;
 use crate::generate::request::collect_hits;
@@ -36,6 +39,46 @@ pub fn device_trie(dev: &CudaDevice, trie: &Trie) -> candle_core::Result<Arc<Gpu
     }
     cache.push((trie.id(), dev.id(), t.clone()));
     Ok(t)
+}
+
+/// The live overlay of a base trie on a device: the host table and its
+/// device copy, in step with each other.
+pub struct LivePatch {
+    table: PatchTable,
+    gpu: GpuPatch,
+}
+
+impl LivePatch {
+    /// Brings the device copy to `view`'s overlay (the slots and records
+    /// changed since the last search on this base; see [`PatchTable::sync`]).
+    pub fn sync(&mut self, dev: &CudaDevice, view: &crate::catalog::TrieView) -> candle_core::Result<()> {
+        let sync = self.table.sync(view);
+        self.gpu.apply(dev, &self.table, &sync)
+    }
+
+    pub fn gpu(&self) -> &GpuPatch {
+        &self.gpu
+    }
+}
+
+/// The overlays on recently used base tries, by (trie id, device id). A
+/// search holds its base's lock from the sync to its last level, so no
+/// other search moves the overlay under it.
+#[allow(clippy::type_complexity)]
+static PATCHES: Mutex<Vec<(u64, candle_core::cuda_backend::DeviceId, Arc<Mutex<LivePatch>>)>> = Mutex::new(Vec::new());
+
+/// The overlay of `trie` on `dev` (empty at first use).
+pub fn device_patch(dev: &CudaDevice, trie: &Trie) -> candle_core::Result<Arc<Mutex<LivePatch>>> {
+    let mut cache = PATCHES.lock();
+    if let Some((_, _, p)) = cache.iter().find(|(id, d, _)| *id == trie.id() && *d == dev.id()) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(Mutex::new(LivePatch { table: PatchTable::default(), gpu: GpuPatch::new(dev)? }));
+    if cache.len() >= CACHED_TRIES {
+        cache.remove(0);
+    }
+    cache.push((trie.id(), dev.id(), p.clone()));
+    Ok(p)
 }
 
 /// One model's part of a GPU search: its history cache (after the prefill),
@@ -114,7 +157,12 @@ pub fn decode_levels(
     if beam > cuda::MAX_BEAMS {
         return Err(GenerateError::Mismatch(format!("beam {beam} exceeds the GPU kernel's {}", cuda::MAX_BEAMS)));
     }
-    let trie = device_trie(dev, catalog.trie().base())?;
+    let view = catalog.trie();
+    let trie = device_trie(dev, view.base())?;
+    let overlay = device_patch(dev, view.base())?;
+    let mut overlay = overlay.lock();
+    overlay.sync(dev, &view)?;
+    let trend = GpuTrend::upload(dev, &TrendTables::new(catalog, &view, reqs))?;
     let (mut scores, mut nodes) = GpuBeams::start(dev, r)?;
     let mut scratch = Scratch::default();
     let mut beams_in = 1;
@@ -136,7 +184,10 @@ pub fn decode_levels(
             token_offset: sc.token(level, 0),
             pad_token: sc.pad_token_id,
         };
-        let out = cuda::beam_step(dev, &trie, level, shape, &args, &filters, &mut scratch, super::serving_kernel())?;
+        let priors = GpuPriors::upload(dev, &LevelPriors::new(catalog, reqs, level)?)?;
+        let live = GpuLive { patch: Some(overlay.gpu()), priors: &priors, trend: &trend };
+        let out =
+            cuda::beam_step(dev, &trie, level, shape, &args, &filters, &live, &mut scratch, super::serving_kernel())?;
         if level + 1 == levels {
             let (last, scores) = (dev.clone_dtoh(&out.node)?, dev.clone_dtoh(&out.score)?);
             let live = |n: &[u32]| n.iter().filter(|&&n| n != crate::catalog::trie::NONE).count();

@@ -5,9 +5,6 @@
 //! added by `beam.rs`, then [`crate::generate::step::beam_step`] on the
 //! catalog's trie view), bit for bit.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -16,94 +13,10 @@ use super::filters::LevelFilters;
 use super::mirror::{beam_step_mirror, StepInput, StepLive};
 use super::patch::PatchTable;
 use super::priors::{LevelPriors, TrendTables};
-use crate::catalog::edit::NewItem;
-use crate::catalog::engagement::{Engagement, Event, EventKind};
-use crate::catalog::trie::{Trie, NONE};
-use crate::catalog::{Catalog, TrieView};
 use crate::generate::beam::{add_level_priors, LevelAt};
 use crate::generate::step::{beam_step, StepShape};
-use crate::generate::testutil::random_catalog;
-use crate::generate::trending::{Trending, TrendingPriors};
-use crate::generate::GenRequest;
-
-/// A random catalog with a random dense depth and random live edits above it.
-fn live_catalog(rng: &mut ChaCha8Rng, case: u64) -> (Catalog, Vec<u32>) {
-    let sizes: Vec<u32> = (0..3).map(|_| rng.random_range(2..7)).collect();
-    let total: u32 = sizes.iter().product();
-    let mut cat = random_catalog(rng.random_range(3..(total as usize).min(40)), &sizes, case);
-    let sids: Vec<u32> = (0..cat.len() as u32).flat_map(|i| cat.sid(i).to_vec()).collect();
-    cat.replace_trie(Trie::build_with_dense(&sids, 3, &sizes, (case % 4) as usize).unwrap());
-    for e in 0..rng.random_range(0..25u64) {
-        if rng.random_bool(0.35) {
-            let i = rng.random_range(0..cat.len() as u32);
-            let id = cat.item_id(i).to_string();
-            let _ = cat.remove(&id, e + 1);
-            continue;
-        }
-        // a new item, or an existing one (served or not) at a new ID
-        let id = if rng.random_bool(0.3) {
-            cat.item_id(rng.random_range(0..cat.len() as u32)).to_string()
-        } else {
-            format!("new-{e}")
-        };
-        let sid: Vec<u32> = sizes.iter().map(|&s| rng.random_range(0..s)).collect();
-        let item =
-            NewItem { id, title: "t".into(), embedding: vec![0.6, 0.8], semantic_id: Some(sid), expires_at_ms: None };
-        let _ = cat.upsert(item, e + 1); // a taken ID is refused
-    }
-    (cat, sizes)
-}
-
-/// Random requests: exclusions, intents, allowed sets, first-level priors,
-/// the new-item rule and trending weights over `rates` at two moments.
-fn live_requests(
-    rng: &mut ChaCha8Rng,
-    cat: &Catalog,
-    sizes: &[u32],
-    rates: &Arc<Engagement>,
-    t0: u64,
-) -> Vec<GenRequest> {
-    let n = cat.len() as u32;
-    (0..rng.random_range(1..5))
-        .map(|_| GenRequest {
-            k: 1,
-            exclude: (0..n).filter(|_| rng.random_bool(0.15)).collect::<HashSet<u32>>(),
-            within: if rng.random_bool(0.3) { vec![rng.random_range(0..sizes[0])] } else { Vec::new() },
-            allowed: rng.random_bool(0.2).then(|| (0..n).filter(|_| rng.random_bool(0.5)).collect()),
-            first_level_prior: if rng.random_bool(0.5) {
-                (0..sizes[0])
-                    .map(|_| if rng.random_bool(0.1) { f32::NEG_INFINITY } else { rng.random_range(-2.0..2.0) })
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            new_items_as_siblings: rng.random_bool(0.6),
-            trending: rng.random_bool(0.6).then(|| Trending {
-                weight: [0.0, 0.5, 1.0, 3.0, -1.0][rng.random_range(0..5)],
-                rates: rates.clone(),
-                now_ms: t0 + [0, 0, 7_000][rng.random_range(0..3)],
-            }),
-            ..Default::default()
-        })
-        .collect()
-}
-
-/// A beam at a random node of `depth` (walking random children down from
-/// the root), with its codes; a dead beam (`NONE`) with any codes.
-fn random_beam(rng: &mut ChaCha8Rng, view: &TrieView, depth: usize) -> (u32, Vec<u32>) {
-    let mut node = 0u32;
-    let mut codes = Vec::new();
-    for _ in 0..depth {
-        let kids: Vec<(u32, u32)> = view.children(node).collect();
-        if kids.is_empty() || rng.random_bool(0.03) {
-            return (NONE, vec![0; depth]);
-        }
-        let (c, n) = kids[rng.random_range(0..kids.len())];
-        codes.push(c);
-        node = n;
-    }
-    (node, codes)
-}
+use crate::generate::trending::TrendingPriors;
+use crate::gpu_check::live::{live_catalog, live_requests, random_beam, random_events};
 
 #[derive(Default, Debug)]
 struct Seen {
@@ -120,20 +33,10 @@ struct Seen {
 fn mirror_on_live_catalogs_equals_the_cpu_search_step() {
     let mut rng = ChaCha8Rng::seed_from_u64(37);
     let mut seen = Seen::default();
-    let t0 = 10_000_000u64;
     for case in 0..1000u64 {
         let (cat, sizes) = live_catalog(&mut rng, case);
-        let rates = Arc::new(Engagement::new(&sizes, 60_000, t0));
-        let events: Vec<Event> = (0..rng.random_range(0..60))
-            .map(|_| Event {
-                item: rng.random_range(0..cat.len() as u32),
-                kind: EventKind::ALL[rng.random_range(0..4)],
-                ts_ms: t0 - rng.random_range(0..30_000),
-                value: 1.0,
-            })
-            .collect();
-        rates.add(&events, |i| cat.sid(i), t0);
-        let reqs = live_requests(&mut rng, &cat, &sizes, &rates, t0);
+        let rates = random_events(&mut rng, &cat, 60);
+        let reqs = live_requests(&mut rng, &cat, &rates);
         let view = cat.trie();
         let mut table = PatchTable::default();
         table.sync(&view);

@@ -93,6 +93,12 @@ impl PatchTable {
         PatchSync { rebuilt: false, slots, pool_from: from }
     }
 
+    /// The sync that makes a device copy of this table from scratch.
+    pub fn full_sync(&self) -> PatchSync {
+        let slots = self.slot.iter().enumerate().filter(|(_, &v)| v != 0).map(|(n, &v)| (n as u32, v)).collect();
+        PatchSync { rebuilt: true, slots, pool_from: 0 }
+    }
+
     fn rebuild(&mut self, view: &TrieView) -> PatchSync {
         *self = PatchTable { base: view.base().id(), slot: vec![0; view.node_bound()], ..Default::default() };
         let mut nodes: Vec<u32> = view.patched_nodes().collect();
