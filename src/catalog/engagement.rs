@@ -17,12 +17,16 @@
 //! [`FORGET_BELOW`] are dropped at each rescale, so the store holds what
 //! happened in the last hours, not the catalog.
 //!
-//! The trending prior ([`Engagement::lift`]) is an impression-normalised,
-//! smoothed rate: `r = (engagement + a * p) / (impressions + a)` with `a`
-//! = [`SMOOTHING_IMPRESSIONS`] pseudo-impressions at the catalog-wide rate
-//! `p`; its log-ratio to `p` is 0 for a node with no events, positive for a
-//! node engaging more than the catalog right now, negative for one engaging
-//! less (flooring it at 0 was tried: `benches/results/live.md`).
+//! The trending prior ([`RatesAt::lift`]) reads impression-normalised rates
+//! smoothed down the trie: a node's `r = (engagement + a * r_parent) /
+//! (impressions + a)` with `a` = [`SMOOTHING_IMPRESSIONS`] pseudo-impressions
+//! at its parent's rate (the root's parent rate is the catalog-wide `p`), and
+//! its lift is `ln(r / r_parent)`: 0 for a node with no events, positive for
+//! a node engaging more than its siblings right now, negative for less. The
+//! lifts along a path add up to the item's `ln(r_item / p)`, so a hot item
+//! is lifted once, not once per level of a popular cluster
+//! (`benches/results/live.md` has the earlier lift against `p` at every
+//! level, and a floor at 0).
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -212,47 +216,60 @@ impl RatesAt<'_> {
         self.store.get(key).map(|x| x * self.decay)
     }
 
-    /// `ln(r / p)` of the node with these codes (a prefix, or a whole
-    /// semantic ID for the item `item`): the smoothed, impression-normalised
-    /// rate over the catalog-wide rate; 0 without events.
+    /// The smoothed rate of the prefix with these codes (the catalog's for
+    /// none): each level's counts smoothed toward its parent's rate, from
+    /// the catalog-wide rate down (a level without events has its parent's).
+    pub fn rate(&self, codes: &[u32]) -> f64 {
+        let mut r = self.base_rate;
+        for l in 1..=codes.len() {
+            r = smooth(&self.decayed(prefix_key(&self.store.sizes, &codes[..l])), r);
+        }
+        r
+    }
+
+    /// `ln(r / r_parent)` of a node: a prefix (its codes) or an item (its
+    /// whole semantic ID as `codes`, and `item`), its rate smoothed toward
+    /// its parent's ([`rate`](Self::rate)); 0 without events. Along a path
+    /// the lifts add up to the leaf's `ln(r_item / p)`: a hot item counts
+    /// once, however its ancestors are doing.
     pub fn lift(&self, codes: &[u32], item: Option<u32>) -> f32 {
+        self.lift_under(self.rate(&codes[..codes.len().saturating_sub(1)]), codes, item)
+    }
+
+    /// [`lift`](Self::lift) given the parent's rate (one [`rate`](Self::rate)
+    /// per beam, not per child).
+    pub fn lift_under(&self, parent_rate: f64, codes: &[u32], item: Option<u32>) -> f32 {
         let key = match item {
             Some(i) => item_key(i),
             None => prefix_key(&self.store.sizes, codes),
         };
-        self.lift_of(&self.decayed(key))
-    }
-
-    fn lift_of(&self, c: &Counts) -> f32 {
-        let (eng, imp) = (engaged(c), c[EventKind::Impression.slot()]);
-        if eng == 0.0 && imp == 0.0 {
+        let c = self.decayed(key);
+        if engaged(&c) == 0.0 && c[EventKind::Impression.slot()] == 0.0 {
             return 0.0;
         }
-        let a = SMOOTHING_IMPRESSIONS;
-        let r = (eng + a * self.base_rate) / (imp + a);
-        (r / self.base_rate).ln() as f32
+        (smooth(&c, parent_rate) / parent_rate).ln() as f32
     }
 
-    /// Every prefix and item with events and its [`lift`](Self::lift) (the
-    /// same value, bit for bit), in no particular order: what the GPU's
-    /// trending prior reads. O(entries).
-    pub fn lifts(&self) -> Vec<(Node, f32)> {
-        let mut out = Vec::new();
+    /// Every prefix and item with events, in no particular order: the nodes
+    /// whose [`lift`](Self::lift) can differ from 0 (what the GPU's trending
+    /// prior lists). O(entries).
+    pub fn nodes(&self) -> Vec<Node> {
         if *self.store.t_ref.read() != self.t_ref {
-            return out; // a rescale since `at`: every count reads as 0, as in `decayed`
+            return Vec::new(); // a rescale since `at`: every count reads as 0, as in `decayed`
         }
+        let mut out = Vec::new();
         for shard in &self.store.shards {
-            let entries: Vec<(u64, Counts)> = shard.lock().iter().map(|(&k, &c)| (k, c)).collect();
-            for (key, c) in entries {
-                let Some(node) = node_of(&self.store.sizes, key) else { continue };
-                let lift = self.lift_of(&c.map(|x| x * self.decay));
-                if lift != 0.0 {
-                    out.push((node, lift));
-                }
-            }
+            let keys: Vec<u64> = shard.lock().keys().copied().collect();
+            out.extend(keys.into_iter().filter_map(|k| node_of(&self.store.sizes, k)));
         }
         out
     }
+}
+
+/// `(engagement + a * parent) / (impressions + a)`.
+fn smooth(c: &Counts, parent_rate: f64) -> f64 {
+    let a = SMOOTHING_IMPRESSIONS;
+    (engaged(c) + a * parent_rate) / (c[EventKind::Impression.slot()] + a)
 }
 
 /// What an entry of the store counts: a prefix of a semantic ID (1 to
@@ -286,9 +303,14 @@ fn node_of(sizes: &[u32], key: u64) -> Option<Node> {
 mod tests {
     use super::*;
 
-    /// `lifts` lists every prefix and item with events with `lift`'s value.
+    fn ev(item: u32, kind: EventKind, ts_ms: u64) -> Event {
+        Event { item, kind, ts_ms, value: 1.0 }
+    }
+
+    /// `nodes` lists every prefix and item with events; lifts along a path
+    /// add up to the item's own rate over the catalog's.
     #[test]
-    fn lifts_name_every_node_with_its_lift() {
+    fn nodes_with_events_and_lifts_that_telescope() {
         let sizes = [5, 7, 3];
         let sids: Vec<Vec<u32>> = (0..30).map(|i| vec![i % 5, (i * 3) % 7, i % 3]).collect();
         let sid = |i: u32| sids[i as usize].as_slice();
@@ -298,31 +320,21 @@ mod tests {
             (0..200).map(|n| ev(n % 23, EventKind::ALL[(n as usize * 7) % 4], t0 + n as u64 * 11)).collect();
         e.add(&events, sid, t0);
         let at = e.at(t0 + 9_000);
-        let lifts = at.lifts();
-        let mut items = 0;
-        for (node, lift) in &lifts {
-            let want = match node {
-                Node::Item(i) => {
-                    items += 1;
-                    at.lift(&[], Some(*i))
-                }
-                Node::Prefix(p) => at.lift(p, None),
-            };
-            assert_eq!(lift.to_bits(), want.to_bits(), "{node:?}");
-        }
-        assert_eq!(items, 23, "one entry per item with events");
-        // every prefix of an item with events is listed (those whose lift is not 0)
-        for i in 0..23u32 {
+        let nodes = at.nodes();
+        assert_eq!(nodes.iter().filter(|n| matches!(n, Node::Item(_))).count(), 23, "one entry per item with events");
+        for i in 0..30u32 {
+            let s = sid(i);
             for l in 1..3 {
-                let p = sid(i)[..l].to_vec();
-                let listed = lifts.iter().any(|(n, _)| *n == Node::Prefix(p.clone()));
-                assert_eq!(listed, at.lift(&p, None) != 0.0, "prefix {p:?}");
+                let listed = nodes.contains(&Node::Prefix(s[..l].to_vec()));
+                assert_eq!(listed, i < 23 || (0..23).any(|j| sid(j)[..l] == s[..l]), "prefix {:?}", &s[..l]);
+            }
+            let path: f64 = (1..3).map(|l| at.lift(&s[..l], None) as f64).sum::<f64>() + at.lift(s, Some(i)) as f64;
+            let own = at.lift_under(at.rate(&s[..2]), s, Some(i)) as f64 + (at.rate(&s[..2]) / at.rate(&[])).ln();
+            assert!((path - own).abs() < 1e-5, "item {i}: {path} vs {own}");
+            if i >= 23 {
+                assert_eq!(at.lift(s, Some(i)), 0.0, "no events, no lift");
             }
         }
-    }
-
-    fn ev(item: u32, kind: EventKind, ts_ms: u64) -> Event {
-        Event { item, kind, ts_ms, value: 1.0 }
     }
 
     #[test]
@@ -383,8 +395,9 @@ mod tests {
         let r = e.at(t0);
         assert!(r.lift(&[1], None) > 0.5, "the hot first-level code: {}", r.lift(&[1], None));
         assert!(r.lift(&[3], None) < 0.0, "a cold one");
-        assert!(r.lift(&[1, 0], None) > r.lift(&[1], None), "the hot item's own prefix more");
-        assert!(r.lift(&[], Some(1)) > r.lift(&[], Some(2)));
-        assert_eq!(r.lift(&[], Some(40)), 0.0);
+        assert!(r.lift(&[1, 0], None) > 0.5, "the hot item's own prefix, against its siblings");
+        assert!(r.lift(&[1, 1], None) < 0.0, "a cold sibling of it");
+        assert!(r.lift(sid(1), Some(1)) > r.lift(sid(2), Some(2)));
+        assert_eq!(r.lift(sid(40), Some(40)), 0.0);
     }
 }

@@ -1,6 +1,7 @@
 //! The trending prior: a request's weight times the log-lift of each trie
-//! node's engagement right now ([`crate::catalog::engagement`]), added to the
-//! log-probability of every child a beam may take, at every level. A
+//! node's engagement right now over its parent's
+//! ([`crate::catalog::engagement`]), added to the log-probability of every
+//! child a beam may take, at every level. A
 //! first-level cluster that is hot is explored by the beams, not only
 //! re-ranked at the leaves; with no events every lift is 0 and the search is
 //! the model's own.
@@ -54,16 +55,16 @@ impl<'a> TrendingPriors<'a> {
                 continue;
             }
             let mut path = self.prefixes[beam].clone();
+            let parent = rates.rate(&path);
             let row = &mut logits[beam * codes..(beam + 1) * codes];
             for (c, child) in trie.children(node) {
+                path.push(c);
                 let lift = if last {
-                    trie.item(child).map_or(0.0, |item| rates.lift(&[], Some(item)))
+                    trie.item(child).map_or(0.0, |item| rates.lift_under(parent, &path, Some(item)))
                 } else {
-                    path.push(c);
-                    let l = rates.lift(&path, None);
-                    path.pop();
-                    l
+                    rates.lift_under(parent, &path, None)
                 };
+                path.pop();
                 row[c as usize] += w * lift;
             }
         }

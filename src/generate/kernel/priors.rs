@@ -9,14 +9,15 @@
 //! The trending prior is a function of the child node (a prefix's lift, or
 //! at the last level the item's), so the kernel reads it as a sorted list of
 //! `(node, lift)` pairs per request, built once per search from the
-//! engagement store ([`crate::catalog::engagement::RatesAt::lifts`]): nodes
-//! without events have lift 0. Requests that read the same store at the same
+//! engagement store's nodes with events
+//! ([`crate::catalog::engagement::RatesAt::nodes`]): nodes without events
+//! have lift 0. Requests that read the same store at the same
 //! moment share one list. Building a list costs O(prefixes and items with
 //! events).
 
 use std::sync::Arc;
 
-use crate::catalog::engagement::Node;
+use crate::catalog::engagement::{Node, RatesAt};
 use crate::catalog::{Catalog, TrieView};
 use crate::generate::{GenRequest, GenerateError};
 
@@ -104,7 +105,7 @@ impl TrendTables {
                 Some(b) => (b.2, b.3),
                 None => {
                     let lo = out.node.len() as u32;
-                    for (node, lift) in node_lifts(catalog, view, &t.rates.at(t.now_ms).lifts()) {
+                    for (node, lift) in node_lifts(catalog, view, &t.rates.at(t.now_ms)) {
                         out.node.push(node);
                         out.lift.push(lift);
                     }
@@ -134,20 +135,22 @@ impl TrendTables {
 
 /// The lifts by node of `view`, sorted: a prefix's at the node it leads to,
 /// an item's at its leaf (when the item is still there).
-fn node_lifts(catalog: &Catalog, view: &TrieView, lifts: &[(Node, f32)]) -> Vec<(u32, f32)> {
-    let mut out: Vec<(u32, f32)> = lifts
+fn node_lifts(catalog: &Catalog, view: &TrieView, rates: &RatesAt) -> Vec<(u32, f32)> {
+    let mut out: Vec<(u32, f32)> = rates
+        .nodes()
         .iter()
-        .filter_map(|(n, lift)| {
-            let node = match n {
-                Node::Prefix(codes) if codes.len() < view.levels() => view.walk(codes)?,
+        .filter_map(|n| {
+            let (node, lift) = match n {
+                Node::Prefix(codes) if codes.len() < view.levels() => (view.walk(codes)?, rates.lift(codes, None)),
                 Node::Prefix(_) => return None,
                 Node::Item(i) if (*i as usize) < catalog.len() => {
-                    let leaf = view.walk(catalog.sid(*i))?;
-                    (view.item(leaf) == Some(*i)).then_some(leaf)?
+                    let sid = catalog.sid(*i);
+                    let leaf = view.walk(sid)?;
+                    (view.item(leaf) == Some(*i)).then_some((leaf, rates.lift(sid, Some(*i))))?
                 }
                 Node::Item(_) => return None,
             };
-            Some((node, *lift))
+            (lift != 0.0).then_some((node, lift))
         })
         .collect();
     out.sort_unstable_by_key(|p| p.0);
