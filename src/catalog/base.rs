@@ -39,6 +39,18 @@ impl Embeddings {
         }
     }
 
+    /// The inner product of row `i` with `q` (`dim` values), without
+    /// copying the row out.
+    pub fn dot(&self, i: usize, q: &[f32]) -> f32 {
+        let dim = q.len();
+        match self {
+            Embeddings::F32(a) => a[i * dim..(i + 1) * dim].iter().zip(q).map(|(x, y)| x * y).sum(),
+            Embeddings::F16(a) => {
+                a[i * dim..(i + 1) * dim].iter().zip(q).map(|(&b, y)| half::f16::from_bits(b).to_f32() * y).sum()
+            }
+        }
+    }
+
     pub fn values(&self) -> usize {
         match self {
             Embeddings::F32(a) => a.len(),

@@ -241,6 +241,15 @@ impl Catalog {
         }
     }
 
+    /// The inner product of an item's embedding with `q` (the catalog's
+    /// dimension), read where it lies.
+    pub fn embedding_dot(&self, item: u32, q: &[f32]) -> f32 {
+        match self.delta.item(item) {
+            Some(it) => it.embedding.iter().zip(q).map(|(x, y)| x * y).sum(),
+            None => self.base.embeddings.dot(item as usize, q),
+        }
+    }
+
     /// Key of the item's current vector in the ANN index (see [`crate::recall`]).
     pub fn ann_key(&self, item: u32) -> u64 {
         self.delta.item(item).map_or(item as u64, |it| it.ann_key)

@@ -62,7 +62,14 @@ impl Engine {
             overlay_items: c.overlay().len(),
             trie_patch_nodes: c.overlay().trie().added_nodes(&c.base().trie),
             fullness: c.fullness(),
-            ann: AnnInfo { base: cat.ann.base_len(), overlay: cat.ann.overlay_len(), memory_bytes: cat.ann.memory() },
+            ann: AnnInfo {
+                kind: cat.ann.kind(),
+                fallback: cat.ann.fallback(),
+                probes: cat.ann.probes(),
+                base: cat.ann.base_len(),
+                overlay: cat.ann.overlay_len(),
+                memory_bytes: cat.ann.memory(),
+            },
             bytes: c.base().memory().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             durable: w.store.is_some() || self.changes.replica().is_some(),
             compacting: w.compacting(),
@@ -110,9 +117,17 @@ pub struct CatalogInfo {
 /// The ANN index's sizes.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AnnInfo {
-    /// Items in the graph saved with the catalog version.
+    /// Which index answers (`serve --ann`).
+    pub kind: crate::recall::AnnKind,
+    /// Why it is not the kind asked for, if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<crate::recall::AnnFallback>,
+    /// Cells a query probes (cells only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<usize>,
+    /// Items in the graph saved with the catalog version (graph only).
     pub base: usize,
-    /// Items added to it since.
+    /// Items added to it since (graph only).
     pub overlay: usize,
     pub memory_bytes: usize,
 }

@@ -2,33 +2,43 @@
 //! generative model cannot (no model, past the deadline, too few items left
 //! after exclusions, or asked for with `"strategy": "ann"`).
 //!
-//! [`Ann`] follows the catalog's split into a base and live edits: the base's
-//! HNSW graph ([`hnsw`]) is saved with the catalog version (`ann.usearch`),
-//! built with all cores by the indexer and by compactions and memory-mapped
-//! at start (never rebuilt); items added or changed since go to a second,
-//! in-memory graph. Keys are item indices in the base graph, and
-//! `generation << 32 | item` in the second (an item changed twice has two
-//! vectors there), so a hit counts only when it is the vector the request's
-//! catalog view holds for that item ([`Catalog::ann_key`]) and the item is
-//! served. Nothing is removed from a graph while it is searched, and nothing
-//! is added to a graph while it is searched: usearch's concurrent insertion
-//! next to searches is not safe (a search crashed reading a vector that an
-//! insert was linking, in this crate's test), so the overlay graph takes adds
-//! under its write lock, a few hundred at a time, and searches under its
-//! read lock.
+//! [`Ann`] is one of two indexes, chosen once when it opens ([`AnnKind`],
+//! `genrec serve --ann`):
+//!
+//! - **cells** (the default; [`cells`]): the catalog's own semantic IDs as an
+//!   inverted file. Nothing is built, saved or added: the trie's depth-2 nodes
+//!   are the cells, scored from the residual codebooks, and live edits are in
+//!   their cells as soon as the catalog view has them. The number of cells a
+//!   query probes comes from a target recall. Catalogs without codebooks
+//!   (imported semantic IDs) take the graph.
+//! - **graph** ([`hnsw`]): the base's HNSW graph saved with the catalog
+//!   version (`ann.usearch`), built with all cores by the indexer and by
+//!   compactions and memory-mapped at start; items added or changed since go
+//!   to a second, in-memory graph. Keys are item indices in the base graph,
+//!   and `generation << 32 | item` in the second (an item changed twice has
+//!   two vectors there), so a hit counts only when it is the vector the
+//!   request's catalog view holds for that item ([`Catalog::ann_key`]) and the
+//!   item is served. Nothing is added to a graph while it is searched:
+//!   usearch's concurrent insertion next to searches is not safe (a search
+//!   crashed reading a vector that an insert was linking, in this crate's
+//!   test), so the overlay graph takes adds under its write lock, a few
+//!   hundred at a time, and searches under its read lock.
 //!
 //! The user vector is a recency-weighted mean of the history's item
 //! embeddings.
 
+pub mod cells;
 pub mod hnsw;
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
 use crate::catalog::{Catalog, CatalogError};
+pub use cells::Cells;
 pub use hnsw::{Hnsw, Storage};
 
 /// The ANN index file inside a catalog version folder.
@@ -57,18 +67,60 @@ const ADD_CHUNK: usize = 128;
 const OVERLAY_CONNECTIVITY: usize = 8;
 const OVERLAY_EXPANSION_ADD: usize = 24;
 
-/// The ANN index of a catalog: the base version's graph and the graph of the
-/// items edited since.
+/// Which index answers ANN requests (`genrec serve --ann`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnKind {
+    /// The catalog's semantic-ID cells, probed for a target recall.
+    Cells,
+    /// The HNSW graph saved with the catalog version.
+    Graph,
+}
+
+/// Why an index is not the kind asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnFallback {
+    /// Cells were asked for, but the catalog has no codebooks for them.
+    NoCodebooks,
+}
+
+/// The process-wide choice, set once at start: the kind, and the cells'
+/// target recall in millionths.
+static KIND: AtomicU8 = AtomicU8::new(0);
+static TARGET_PPM: AtomicU32 = AtomicU32::new((cells::DEFAULT_TARGET_RECALL * 1e6) as u32);
+
+/// Chooses the index every [`Ann::open`] opens from now on.
+pub fn set_ann(kind: AnnKind, target_recall: f64) {
+    KIND.store(kind as u8, Ordering::Relaxed);
+    TARGET_PPM.store((target_recall.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
+}
+
+fn chosen() -> (AnnKind, f64) {
+    let kind = if KIND.load(Ordering::Relaxed) == AnnKind::Graph as u8 { AnnKind::Graph } else { AnnKind::Cells };
+    (kind, TARGET_PPM.load(Ordering::Relaxed) as f64 / 1e6)
+}
+
+/// The ANN index of a catalog (see the module comment).
 pub struct Ann {
-    base: Hnsw,
-    overlay: RwLock<Hnsw>,
-    /// Serialises adders, so that the room check before an add holds.
-    adding: Mutex<()>,
+    index: Index,
+    fallback: Option<AnnFallback>,
+}
+
+enum Index {
+    Cells(Cells),
+    /// The base version's graph and the graph of the items edited since;
+    /// `adding` serialises adders, so that the room check before an add holds.
+    Graph {
+        base: Hnsw,
+        overlay: RwLock<Hnsw>,
+        adding: Mutex<()>,
+    },
 }
 
 impl std::fmt::Debug for Ann {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ann").field("base", &self.base.len()).field("overlay", &self.overlay_len()).finish()
+        f.debug_struct("Ann").field("kind", &self.kind()).field("base", &self.base_len()).finish()
     }
 }
 
@@ -149,10 +201,26 @@ pub fn write_version_graph(view: &Catalog, prev: Option<&Path>, dir: &Path) -> R
 }
 
 impl Ann {
-    /// The index for a catalog view: the base version's saved graph (mapped;
-    /// built in memory when the version has none), and the items the view's
-    /// overlay serves added to the overlay graph.
+    /// The index for a catalog view, of the kind chosen with [`set_ann`]
+    /// (cells by default).
     pub fn open(catalog: &Catalog) -> Result<Self, RecallError> {
+        let (kind, target) = chosen();
+        Self::open_as(catalog, kind, target)
+    }
+
+    /// The index of `kind` for a catalog view: the cells probed for
+    /// `target` recall@10, or the base version's saved graph (mapped; built
+    /// in memory when the version has none) with the items the view's
+    /// overlay serves added to the overlay graph. Cells fall back to the
+    /// graph for a catalog without codebooks.
+    pub fn open_as(catalog: &Catalog, kind: AnnKind, target: f64) -> Result<Self, RecallError> {
+        let mut fallback = None;
+        if kind == AnnKind::Cells {
+            match Cells::new(catalog, target) {
+                Some(c) => return Ok(Ann { index: Index::Cells(c), fallback: None }),
+                None => fallback = Some(AnnFallback::NoCodebooks),
+            }
+        }
         let saved = catalog.base().source.as_ref().map(|d| d.join(ANN_FILE)).filter(|p| p.is_file());
         let base = match saved {
             Some(p) => Hnsw::view(&p)?,
@@ -164,18 +232,14 @@ impl Ann {
         if base.dim() != catalog.manifest().embedding_dim {
             return Err(RecallError::Dim { got: base.dim(), want: catalog.manifest().embedding_dim });
         }
-        let storage = Storage::F16;
-        let ann = Ann {
-            base,
-            overlay: RwLock::new(Hnsw::with_params(
-                catalog.manifest().embedding_dim,
-                storage,
-                OVERLAY_CAPACITY,
-                OVERLAY_CONNECTIVITY,
-                OVERLAY_EXPANSION_ADD,
-            )?),
-            adding: Mutex::new(()),
-        };
+        let overlay = Hnsw::with_params(
+            catalog.manifest().embedding_dim,
+            Storage::F16,
+            OVERLAY_CAPACITY,
+            OVERLAY_CONNECTIVITY,
+            OVERLAY_EXPANSION_ADD,
+        )?;
+        let ann = Ann { index: Index::Graph { base, overlay: RwLock::new(overlay), adding: Mutex::new(()) }, fallback };
         let items: Vec<(u64, Vec<f32>)> = catalog
             .overlay()
             .items()
@@ -185,28 +249,60 @@ impl Ann {
         Ok(ann)
     }
 
-    /// Vectors in the base graph.
+    /// The kind of index this is.
+    pub fn kind(&self) -> AnnKind {
+        match self.index {
+            Index::Cells(_) => AnnKind::Cells,
+            Index::Graph { .. } => AnnKind::Graph,
+        }
+    }
+
+    /// Why it is not the kind asked for, if it is not.
+    pub fn fallback(&self) -> Option<AnnFallback> {
+        self.fallback
+    }
+
+    /// Cells a query probes (cells only).
+    pub fn probes(&self) -> Option<usize> {
+        match &self.index {
+            Index::Cells(c) => Some(c.probes()),
+            Index::Graph { .. } => None,
+        }
+    }
+
+    /// Vectors in the base graph (0 for cells: nothing is indexed).
     pub fn base_len(&self) -> usize {
-        self.base.len()
+        match &self.index {
+            Index::Cells(_) => 0,
+            Index::Graph { base, .. } => base.len(),
+        }
     }
 
-    /// Vectors in the overlay graph (stale ones included).
+    /// Vectors in the overlay graph (stale ones included; 0 for cells).
     pub fn overlay_len(&self) -> usize {
-        self.overlay.read().len()
+        match &self.index {
+            Index::Cells(_) => 0,
+            Index::Graph { overlay, .. } => overlay.read().len(),
+        }
     }
 
-    /// Bytes of memory the graphs hold.
+    /// Bytes of memory the index holds.
     pub fn memory(&self) -> usize {
-        self.base.memory() + self.overlay.read().memory()
+        match &self.index {
+            Index::Cells(c) => c.memory(),
+            Index::Graph { base, overlay, .. } => base.memory() + overlay.read().memory(),
+        }
     }
 
     /// Adds vectors to the overlay graph (keys from [`Catalog::ann_key`]),
     /// [`ADD_CHUNK`] at a time under the graph's write lock (growing it first
-    /// when it lacks room), so that no search runs beside an insert.
+    /// when it lacks room), so that no search runs beside an insert. Cells
+    /// need nothing: an edited item is in its cell through the catalog view.
     pub fn add(&self, items: &[(u64, Vec<f32>)]) -> Result<(), RecallError> {
-        let _one_adder = self.adding.lock();
+        let Index::Graph { overlay, adding, .. } = &self.index else { return Ok(()) };
+        let _one_adder = adding.lock();
         for chunk in items.chunks(ADD_CHUNK) {
-            let mut g = self.overlay.write();
+            let mut g = overlay.write();
             if g.len() + chunk.len() > g.capacity() {
                 let want = ((g.len() + chunk.len()) * 2).max(OVERLAY_CAPACITY);
                 g.reserve_exclusive(want)?;
@@ -244,12 +340,20 @@ impl Ann {
         k: usize,
         keep: impl Fn(u32) -> bool,
     ) -> Result<Vec<(u32, f32)>, RecallError> {
+        let dim = catalog.manifest().embedding_dim;
+        if query.len() != dim {
+            return Err(RecallError::Dim { got: query.len(), want: dim });
+        }
+        let (base, overlay) = match &self.index {
+            Index::Cells(c) => return Ok(c.nearest(catalog, query, k, |i| catalog.is_served(i) && keep(i))),
+            Index::Graph { base, overlay, .. } => (base, overlay),
+        };
         let current = |key: u64| {
             let item = key as u32;
             (item as usize) < catalog.len() && catalog.is_served(item) && catalog.ann_key(item) == key && keep(item)
         };
-        let mut hits = self.base.nearest(query, k, current)?;
-        let g = self.overlay.read();
+        let mut hits = base.nearest(query, k, current)?;
+        let g = overlay.read();
         if !g.is_empty() {
             hits.extend(g.nearest(query, k, current)?);
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -282,9 +386,18 @@ mod tests {
 
     #[test]
     fn finds_an_item_by_its_own_embedding_and_follows_edits() {
+        for kind in [AnnKind::Graph, AnnKind::Cells] {
+            finds_and_follows(kind);
+        }
+    }
+
+    fn finds_and_follows(kind: AnnKind) {
         let mut cat = catalog();
-        let ann = Ann::open(&cat).unwrap();
-        assert_eq!(ann.base_len(), cat.len());
+        let ann = Ann::open_as(&cat, kind, 0.95).unwrap();
+        assert_eq!(ann.kind(), kind);
+        if kind == AnnKind::Graph {
+            assert_eq!(ann.base_len(), cat.len());
+        }
         let q = cat.embedding(7);
         let hits = ann.nearest(&cat, &q, 5, |_| true).unwrap();
         assert_eq!(hits[0].0, 7);
@@ -340,10 +453,19 @@ mod tests {
         let dim = 8;
         let n = 100_000usize;
         let ann = std::sync::Arc::new(Ann {
-            base: Hnsw::new(dim, Storage::F32, 16).unwrap(),
-            overlay: RwLock::new(Hnsw::new(dim, Storage::F32, 64).unwrap()),
-            adding: Mutex::new(()),
+            index: Index::Graph {
+                base: Hnsw::new(dim, Storage::F32, 16).unwrap(),
+                overlay: RwLock::new(Hnsw::new(dim, Storage::F32, 64).unwrap()),
+                adding: Mutex::new(()),
+            },
+            fallback: None,
         });
+        fn overlay(ann: &Ann) -> parking_lot::RwLockReadGuard<'_, Hnsw> {
+            match &ann.index {
+                Index::Graph { overlay, .. } => overlay.read(),
+                Index::Cells(_) => unreachable!("a graph"),
+            }
+        }
         let vec_of = move |i: usize| -> Vec<f32> {
             use rand::{Rng, SeedableRng};
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
@@ -359,7 +481,7 @@ mod tests {
                     let mut searches = 0;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let q = vec_of(t * 7919 + searches);
-                        let g = ann.overlay.read();
+                        let g = overlay(&ann);
                         g.nearest(&q, 10, |_| true).expect("a search never fails");
                         drop(g);
                         searches += 1;
@@ -377,7 +499,7 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let searches: usize = searchers.into_iter().map(|t| t.join().unwrap()).sum();
         assert!(searches > 0);
-        let g = ann.overlay.read();
+        let g = overlay(&ann);
         assert_eq!(g.len(), n);
         let missing: Vec<usize> = (0..n).filter(|&i| !g.contains(i as u64)).collect();
         assert!(missing.is_empty(), "{} adds missing: {:?}", missing.len(), &missing[..missing.len().min(10)]);

@@ -77,6 +77,16 @@ pub struct ServeArgs {
     /// in the CPU port's tests, awaiting its GPU run). Ignored on the CPU.
     #[arg(long, env = "GENREC_BEAM_KERNEL", value_enum, default_value_t = BeamKernel::Radix)]
     pub beam_kernel: BeamKernel,
+    /// The ANN fallback's index: cells (the catalog's own semantic IDs as an
+    /// inverted file; nothing to build, live edits included at once) or
+    /// graph (the HNSW graph saved with the catalog version, built when
+    /// missing). Catalogs without codebooks take the graph.
+    #[arg(long, env = "GENREC_ANN", value_enum, default_value_t = crate::recall::AnnKind::Cells)]
+    pub ann: crate::recall::AnnKind,
+    /// The recall@10 the cells index probes enough cells for (0-1; chosen
+    /// at start on calibration queries).
+    #[arg(long, env = "GENREC_ANN_RECALL", default_value_t = crate::recall::cells::DEFAULT_TARGET_RECALL, value_parser = parse_recall)]
+    pub ann_recall: f64,
     /// Folder under which POST /admin/models (and --watch) may load checkpoints.
     #[arg(long, env = "GENREC_MODEL_ROOT")]
     pub model_root: Option<PathBuf>,
@@ -266,11 +276,19 @@ async fn request_id(req: Request, next: Next) -> Response {
     res
 }
 
+fn parse_recall(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err(format!("a recall between 0 (exclusive) and 1, not {s:?}")),
+    }
+}
+
 /// Builds the engine the flags describe: catalog, then model (validated and
 /// warmed up by one smoke generation).
 pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     let dev = args.device.open()?;
     crate::generate::kernel::set_serving_kernel(args.beam_kernel);
+    crate::recall::set_ann(args.ann, args.ann_recall);
     let dtype = args.dtype;
     tracing::info!(device = ?args.device, ?dtype, "model device");
     let (model, catalog_dir, source) = match (&args.model, args.no_model) {

@@ -1,0 +1,282 @@
+//! ANN recall from the catalog's own semantic IDs: an inverted-file index
+//! (IVF, Jégou et al., "Product quantization for nearest neighbor search",
+//! 2011) whose lists are the trie's nodes at depth 2. The residual
+//! codebooks already split the embeddings: an item sits near the sum of its
+//! first codes' centroids, so a cell `(a, b)` scores `q · C0[a] + q · C1[b]`
+//! for a query `q` (two small dot-product tables per query, then one add per
+//! cell). A query takes the best `probes` cells and ranks their items
+//! exactly by their stored embeddings. Nothing is built or saved: the cells
+//! are the trie's, so an item added or removed live is in its cell (or out
+//! of it) as soon as the catalog view says so.
+//!
+//! `probes` comes from a target recall ([`Cells::new`]): at open, 100
+//! calibration queries (recency-weighted means of five items, as serving
+//! builds a user vector; each item from one first-level cluster or, half of
+//! the time, from anywhere: histories that wander) find their exact top
+//! 10 among a sample of up to 20,000 items, and the smallest power-of-two
+//! number of cells holding the target share of those neighbours is taken.
+//! A sample's neighbours are farther apart than the catalog's, so this
+//! errs on the side of more cells (`benches/results/ann.md` measures the
+//! recall against brute force on the whole catalog).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::catalog::{Catalog, TrieView};
+
+/// Depth of the trie's nodes that are the cells.
+const CELL_DEPTH: usize = 2;
+/// The recall@10 the cell count is chosen for by default.
+pub const DEFAULT_TARGET_RECALL: f64 = 0.95;
+const CALIBRATION_QUERIES: usize = 100;
+const CALIBRATION_SAMPLE: usize = 20_000;
+
+/// The cell index of one catalog version (its codebooks and probe count).
+#[derive(Debug, Clone)]
+pub struct Cells {
+    dim: usize,
+    /// Codebooks of the first levels, `[codes, dim]` each.
+    books: Vec<Vec<f32>>,
+    probes: usize,
+    /// The calibration's recall at each probe count tried.
+    curve: Vec<(usize, f64)>,
+}
+
+impl Cells {
+    /// The index of a catalog with residual codebooks for its first two
+    /// levels (and more than two levels), probing enough cells for
+    /// `target` recall@10 on the calibration queries; `None` for a catalog
+    /// without them (imported semantic IDs).
+    pub fn new(catalog: &Catalog, target: f64) -> Option<Self> {
+        let dim = catalog.manifest().embedding_dim;
+        let books = catalog.codebooks();
+        if catalog.levels() <= CELL_DEPTH || books.len() < CELL_DEPTH {
+            return None;
+        }
+        let sizes = catalog.trie().codebook_sizes();
+        if (0..CELL_DEPTH).any(|l| books[l].len() != sizes[l] as usize * dim) {
+            return None;
+        }
+        let mut cells = Cells { dim, books: books[..CELL_DEPTH].to_vec(), probes: 1, curve: Vec::new() };
+        cells.calibrate(catalog, target);
+        Some(cells)
+    }
+
+    /// Cells each query probes.
+    pub fn probes(&self) -> usize {
+        self.probes
+    }
+
+    /// The calibration's `(probes, recall@10)` points.
+    pub fn curve(&self) -> &[(usize, f64)] {
+        &self.curve
+    }
+
+    /// Bytes held (the codebooks).
+    pub fn memory(&self) -> usize {
+        4 * self.books.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// Every cell of the view with its score for `q`: `(score, node)`.
+    fn scored_cells(&self, view: &TrieView, q: &[f32]) -> Vec<(f32, u32)> {
+        let tables: Vec<Vec<f32>> =
+            self.books.iter().map(|b| b.chunks_exact(self.dim).map(|c| dot(c, q)).collect()).collect();
+        let mut out = Vec::new();
+        for (a, n0) in view.children(0) {
+            let s0 = tables[0][a as usize];
+            for (b, n1) in view.children(n0) {
+                out.push((s0 + tables[1][b as usize], n1));
+            }
+        }
+        out
+    }
+
+    /// The `k` items nearest to `q` (unit norm) among the served items of
+    /// the best `probes` cells that `keep` accepts, best first, with inner
+    /// products.
+    pub fn nearest(&self, catalog: &Catalog, q: &[f32], k: usize, keep: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        self.nearest_probing(catalog, q, k, self.probes, keep)
+    }
+
+    /// [`nearest`](Self::nearest) with a given number of probed cells.
+    pub fn nearest_probing(
+        &self,
+        catalog: &Catalog,
+        q: &[f32],
+        k: usize,
+        probes: usize,
+        keep: impl Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
+        let view = catalog.trie();
+        let mut cells = self.scored_cells(&view, q);
+        let probes = probes.clamp(1, cells.len().max(1));
+        if cells.len() > probes {
+            cells.select_nth_unstable_by(probes - 1, |x, y| y.0.total_cmp(&x.0));
+            cells.truncate(probes);
+        }
+        let mut hits: Vec<(u32, f32)> = Vec::new();
+        let mut stack = Vec::new();
+        for &(_, cell) in &cells {
+            stack.push(cell);
+            while let Some(node) = stack.pop() {
+                match view.item(node) {
+                    Some(item) => {
+                        if keep(item) {
+                            hits.push((item, catalog.embedding_dot(item, q)));
+                        }
+                    }
+                    None => stack.extend(view.children(node).map(|(_, n)| n)),
+                }
+            }
+        }
+        let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if hits.len() > k && k > 0 {
+            hits.select_nth_unstable_by(k - 1, by_score);
+            hits.truncate(k);
+        }
+        hits.sort_by(by_score);
+        hits.truncate(k);
+        hits
+    }
+
+    /// Chooses `probes` for `target` (see the module comment).
+    fn calibrate(&mut self, catalog: &Catalog, target: f64) {
+        let view = catalog.trie();
+        let mut rng = ChaCha8Rng::seed_from_u64(0xce11);
+        let served: Vec<u32> = (0..catalog.len() as u32).filter(|&i| catalog.is_served(i)).collect();
+        if served.is_empty() {
+            return;
+        }
+        let sample: Vec<u32> = if served.len() <= CALIBRATION_SAMPLE {
+            served.clone()
+        } else {
+            (0..CALIBRATION_SAMPLE).map(|_| served[rng.random_range(0..served.len())]).collect()
+        };
+        let cell_of = |item: u32| view.walk(&catalog.sid(item)[..CELL_DEPTH]);
+        // for every (query, neighbour): how many cells score above the neighbour's
+        let mut ranks: Vec<usize> = Vec::new();
+        for _ in 0..CALIBRATION_QUERIES {
+            let seed = served[rng.random_range(0..served.len())];
+            let cluster = view.walk(&catalog.sid(seed)[..1]).unwrap_or(0);
+            let history: Vec<u32> = (0..5)
+                .map(|_| match rng.random_bool(0.5) {
+                    true => random_leaf(&view, cluster, &mut rng).unwrap_or(seed),
+                    false => served[rng.random_range(0..served.len())],
+                })
+                .collect();
+            let q = super::Ann::user_vector(catalog, &history);
+            let mut exact: Vec<(f32, u32)> = sample.iter().map(|&i| (catalog.embedding_dot(i, &q), i)).collect();
+            let top = 10.min(exact.len());
+            exact.select_nth_unstable_by(top - 1, |a, b| b.0.total_cmp(&a.0));
+            let cells = self.scored_cells(&view, &q);
+            for &(_, item) in &exact[..top] {
+                let Some(cell) = cell_of(item) else { continue };
+                let own = cells.iter().find(|c| c.1 == cell).map_or(f32::NEG_INFINITY, |c| c.0);
+                ranks.push(cells.iter().filter(|c| c.0 > own).count());
+            }
+        }
+        let cells = self.scored_cells(&view, &vec![0.0; self.dim]).len().max(1);
+        let mut probes = 1;
+        self.curve.clear();
+        loop {
+            let recall = ranks.iter().filter(|&&r| r < probes).count() as f64 / ranks.len().max(1) as f64;
+            self.curve.push((probes, recall));
+            if recall >= target || probes >= cells {
+                break;
+            }
+            probes *= 2;
+        }
+        self.probes = probes.min(cells);
+    }
+}
+
+/// A random leaf under `node`, following random children down.
+fn random_leaf(view: &TrieView, mut node: u32, rng: &mut ChaCha8Rng) -> Option<u32> {
+    loop {
+        if let Some(item) = view.item(node) {
+            return Some(item);
+        }
+        let kids: Vec<u32> = view.children(node).map(|(_, n)| n).collect();
+        if kids.is_empty() {
+            return None;
+        }
+        node = kids[rng.random_range(0..kids.len())];
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::edit::NewItem;
+
+    fn catalog() -> Catalog {
+        crate::model::demo::load(&candle_core::Device::Cpu).expect("embedded model").1
+    }
+
+    /// Exact top `k` by brute force over the served items.
+    fn exact(cat: &Catalog, q: &[f32], k: usize) -> Vec<u32> {
+        let mut all: Vec<(u32, f32)> =
+            (0..cat.len() as u32).filter(|&i| cat.is_served(i)).map(|i| (i, cat.embedding_dot(i, q))).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.into_iter().take(k).map(|x| x.0).collect()
+    }
+
+    /// Probing every cell is brute force; the calibrated count reaches the
+    /// target on real user-like queries; fewer cells find less.
+    #[test]
+    fn all_cells_are_exact_and_the_calibrated_count_meets_its_target() {
+        let cat = catalog();
+        let cells = Cells::new(&cat, 0.95).expect("the demo catalog has codebooks");
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut found, mut one_cell, mut total) = (0, 0, 0);
+        for _ in 0..200 {
+            let h: Vec<u32> = (0..5).map(|_| rng.random_range(0..cat.len() as u32)).collect();
+            let q = crate::recall::Ann::user_vector(&cat, &h);
+            let want = exact(&cat, &q, 10);
+            let all: Vec<u32> = cells.nearest_probing(&cat, &q, 10, usize::MAX, |_| true).iter().map(|x| x.0).collect();
+            assert_eq!(all, want, "every cell probed: brute force");
+            let got = cells.nearest(&cat, &q, 10, |_| true);
+            found += got.iter().filter(|x| want.contains(&x.0)).count();
+            one_cell += cells.nearest_probing(&cat, &q, 10, 1, |_| true).iter().filter(|x| want.contains(&x.0)).count();
+            total += want.len();
+        }
+        let recall = found as f64 / total as f64;
+        let single = one_cell as f64 / total as f64;
+        eprintln!("probes {} recall {recall:.3} (one cell {single:.3}); curve {:?}", cells.probes(), cells.curve());
+        assert!(recall >= 0.9, "recall {recall} with {} probes", cells.probes());
+        assert!(single < recall, "one cell finds less ({single})");
+    }
+
+    /// Live edits are in their cells at once: an added item is found by its
+    /// own vector, a removed one never, and `keep` filters.
+    #[test]
+    fn follows_live_edits_through_the_trie() {
+        let mut cat = catalog();
+        let cells = Cells::new(&cat, 0.95).unwrap();
+        let v = cat.embedding(5);
+        let sid5 = cat.sid(5).to_vec();
+        let view = cat.trie();
+        let free = view.free_code(view.walk(&sid5[..2]), cat.trie().codebook_sizes()[2]).unwrap();
+        let item = NewItem {
+            id: "fresh".into(),
+            title: "fresh".into(),
+            embedding: v.clone(),
+            semantic_id: Some(vec![sid5[0], sid5[1], free]),
+            expires_at_ms: None,
+        };
+        let placed = cat.upsert(item, 1).unwrap();
+        let got = cells.nearest(&cat, &v, 2, |_| true);
+        let items: Vec<u32> = got.iter().map(|x| x.0).collect();
+        assert!(items.contains(&placed.item) && items.contains(&5), "{items:?}");
+        let id5 = cat.item_id(5).to_string();
+        cat.remove(&id5, 2).unwrap();
+        let got = cells.nearest(&cat, &v, 5, |_| true);
+        assert!(!got.iter().any(|x| x.0 == 5), "a removed item is never found");
+        let got = cells.nearest(&cat, &v, 5, |i| i != placed.item);
+        assert!(!got.iter().any(|x| x.0 == placed.item), "keep filters");
+    }
+}
