@@ -6,7 +6,7 @@
 //! the HNSW graph when the catalog version has one. In-process: the index
 //! alone, no HTTP. `benches/results/ann.md` keeps the tables.
 //!
-//!     cargo bench --bench ann -- --catalog DIR --data NAME.inter.json [--queries 1000] [--graph]
+//!     cargo bench --bench ann -- --catalog DIR --data NAME.inter.json [--queries 1000] [--graph] [--max-probes N]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,10 +22,18 @@ struct Args {
     queries: usize,
     graph: bool,
     target: f64,
+    max_probes: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { catalog: PathBuf::new(), data: PathBuf::new(), queries: 1000, graph: false, target: 0.95 };
+    let mut a = Args {
+        catalog: PathBuf::new(),
+        data: PathBuf::new(),
+        queries: 1000,
+        graph: false,
+        target: 0.95,
+        max_probes: 1 << 16,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -35,6 +43,7 @@ fn args() -> Args {
             "--queries" => a.queries = val().parse().expect("--queries N"),
             "--target" => a.target = val().parse().expect("--target RECALL"),
             "--graph" => a.graph = true,
+            "--max-probes" => a.max_probes = val().parse().expect("--max-probes N"),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -158,7 +167,8 @@ fn main() {
     let cells = Cells::new(&cat, a.target).expect("a catalog with codebooks");
     let open_s = t.elapsed().as_secs_f64();
     println!(
-        "cells index opened (calibrated for {:.2}) in {:.2} s: {} probes; calibration curve {:?}",
+        "cells index (cells at depth {}) opened, calibrated for {:.2}, in {:.2} s: {} probes; calibration curve {:?}",
+        cells.depth(),
         a.target,
         open_s,
         cells.probes(),
@@ -167,7 +177,7 @@ fn main() {
     println!("\n| index | probes | recall@10 | p50 ms | p99 ms |\n|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut probes = 1;
-    while probes <= 1 << 16 {
+    while probes <= a.max_probes {
         let (r, p50, p99) = measure(&queries, &exact, |q| {
             cells.nearest_probing(&cat, q, 10, probes, |_| true).into_iter().map(|x| x.0).collect()
         });

@@ -241,6 +241,12 @@ impl Catalog {
         }
     }
 
+    /// Whether an item was added or changed since the base version (its
+    /// embedding and semantic ID are the overlay's).
+    pub fn is_edited(&self, item: u32) -> bool {
+        self.delta.item(item).is_some()
+    }
+
     /// The inner product of an item's embedding with `q` (the catalog's
     /// dimension), read where it lies.
     pub fn embedding_dot(&self, item: u32, q: &[f32]) -> f32 {

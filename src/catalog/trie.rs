@@ -291,15 +291,22 @@ impl Trie {
     /// Number of leaves (items) under `node`: its subtree's leaves form one
     /// run of node ids, found by following first and last children down.
     pub fn leaves_under(&self, node: u32) -> u32 {
+        let (lo, hi) = self.leaf_run(node);
+        hi - lo
+    }
+
+    /// The leaves under `node` as one run of node ids `lo..hi` (empty for a
+    /// node past the trie).
+    pub fn leaf_run(&self, node: u32) -> (u32, u32) {
         if node as usize >= self.num_nodes() {
-            return 0;
+            return (0, 0);
         }
         let (mut lo, mut hi) = (node, node);
         for _ in self.depth(node)..self.levels {
             lo = self.child_start[lo as usize] + 1;
             hi = self.child_start[hi as usize + 1];
         }
-        hi + 1 - lo
+        (lo, hi + 1)
     }
 
     fn build_dense(&mut self, depth: usize) {

@@ -32,7 +32,7 @@ use crate::catalog::editlog::EditLog;
 use crate::catalog::{Catalog, CatalogError};
 use crate::feed::record::ItemEdit;
 use crate::feed::Position;
-use crate::recall::{write_version_graph, Ann, ANN_FILE};
+use crate::recall::{carry_version_graph, Ann, ANN_FILE};
 
 /// A new item for the live catalog: an embedding, or a text to embed.
 #[derive(Debug, Clone)]
@@ -584,7 +584,7 @@ impl Engine {
     ) -> Result<(Arc<ServedCatalog>, usize), EngineError> {
         let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
         let extra = |v: &Catalog, d: &Path| {
-            write_version_graph(v, prev_graph.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
+            carry_version_graph(v, prev_graph.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
         };
         let vdir = store_dir.commit_version(view, number, &extra).map_err(EngineError::Catalog)?;
         let base = crate::catalog::Base::map(&vdir).map_err(EngineError::Catalog)?;

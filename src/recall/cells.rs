@@ -1,13 +1,16 @@
 //! ANN recall from the catalog's own semantic IDs: an inverted-file index
 //! (IVF, Jégou et al., "Product quantization for nearest neighbor search",
-//! 2011) whose lists are the trie's nodes at depth 2. The residual
-//! codebooks already split the embeddings: an item sits near the sum of its
-//! first codes' centroids, so a cell `(a, b)` scores `q · C0[a] + q · C1[b]`
-//! for a query `q` (two small dot-product tables per query, then one add per
-//! cell). A query takes the best `probes` cells and ranks their items
-//! exactly by their stored embeddings. Nothing is built or saved: the cells
-//! are the trie's, so an item added or removed live is in its cell (or out
-//! of it) as soon as the catalog view says so.
+//! 2011) whose lists are the trie's nodes at depth 2, or at depth 1 when
+//! those would hold fewer than 64 items on average. The residual codebooks
+//! split the embeddings: an item sits near the sum of its first codes'
+//! centroids, so a cell `(a, b)` scores `q · C0[a] + q · C1[b]` for a query
+//! `q` (two small dot-product tables per query, then one add per cell). A
+//! query takes the best `probes` cells and ranks their items exactly by
+//! their embeddings, which the index keeps in leaf order so that a cell is
+//! one run of rows (a copy of the base's embeddings, made at open; items
+//! edited since are read from the catalog). Nothing is built ahead or
+//! saved: the cells are the trie's, so an item added or removed live is in
+//! its cell (or out of it) as soon as the catalog view says so.
 //!
 //! `probes` comes from a target recall ([`Cells::new`]): at open, 100
 //! calibration queries (recency-weighted means of five items, as serving
@@ -22,10 +25,16 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::catalog::array::Array;
+use crate::catalog::base::Embeddings;
 use crate::catalog::{Catalog, TrieView};
 
-/// Depth of the trie's nodes that are the cells.
-const CELL_DEPTH: usize = 2;
+/// Deepest trie level whose nodes can be the cells.
+const MAX_CELL_DEPTH: usize = 2;
+/// Items a cell should hold on average: below it, cells are one level up
+/// (tiny cells cost a probe each, and their scores from two centroids rank
+/// them poorly: `benches/results/ann.md`).
+const MIN_ITEMS_PER_CELL: usize = 64;
 /// The recall@10 the cell count is chosen for by default.
 pub const DEFAULT_TARGET_RECALL: f64 = 0.95;
 const CALIBRATION_QUERIES: usize = 100;
@@ -35,8 +44,19 @@ const CALIBRATION_SAMPLE: usize = 20_000;
 #[derive(Debug, Clone)]
 pub struct Cells {
     dim: usize,
+    /// Depth of the trie's nodes that are the cells (1 or 2).
+    depth: usize,
     /// Codebooks of the first levels, `[codes, dim]` each.
     books: Vec<Vec<f32>>,
+    /// The base version's embeddings in leaf order (row `j` is leaf
+    /// `leaves_start + j`), so that a cell's items are read in one pass
+    /// instead of one random row each; items edited since are read from
+    /// the catalog.
+    by_leaf: Embeddings,
+    leaves_start: u32,
+    leaves: u32,
+    /// The base trie the rows follow.
+    trie_id: u64,
     probes: usize,
     /// The calibration's recall at each probe count tried.
     curve: Vec<(usize, f64)>,
@@ -50,16 +70,41 @@ impl Cells {
     pub fn new(catalog: &Catalog, target: f64) -> Option<Self> {
         let dim = catalog.manifest().embedding_dim;
         let books = catalog.codebooks();
-        if catalog.levels() <= CELL_DEPTH || books.len() < CELL_DEPTH {
+        let view = catalog.trie();
+        let sizes = view.codebook_sizes();
+        let usable = (0..MAX_CELL_DEPTH.min(catalog.levels().saturating_sub(1)))
+            .take_while(|&l| books.get(l).is_some_and(|b| b.len() == sizes[l] as usize * dim))
+            .count();
+        if usable == 0 {
             return None;
         }
-        let sizes = catalog.trie().codebook_sizes();
-        if (0..CELL_DEPTH).any(|l| books[l].len() != sizes[l] as usize * dim) {
-            return None;
-        }
-        let mut cells = Cells { dim, books: books[..CELL_DEPTH].to_vec(), probes: 1, curve: Vec::new() };
+        // the deepest usable level whose nodes hold enough items each
+        let served = catalog.served_len().max(1);
+        let depth =
+            (1..=usable).rev().find(|&d| served / count_nodes(&view, d).max(1) >= MIN_ITEMS_PER_CELL).unwrap_or(1);
+        let base = catalog.base();
+        let a = base.trie.arrays();
+        let leaves_start = a.level_start[a.codebook_sizes.len()];
+        let leaves = a.leaf_item.len() as u32;
+        let by_leaf = leaf_ordered(&base.embeddings, a.leaf_item, dim);
+        let mut cells = Cells {
+            dim,
+            depth,
+            books: books[..depth].to_vec(),
+            by_leaf,
+            leaves_start,
+            leaves,
+            trie_id: base.trie.id(),
+            probes: 1,
+            curve: Vec::new(),
+        };
         cells.calibrate(catalog, target);
         Some(cells)
+    }
+
+    /// Depth of the trie's nodes that are the cells.
+    pub fn depth(&self) -> usize {
+        self.depth
     }
 
     /// Cells each query probes.
@@ -72,9 +117,9 @@ impl Cells {
         &self.curve
     }
 
-    /// Bytes held (the codebooks).
+    /// Bytes held (the codebooks and the leaf-ordered rows).
     pub fn memory(&self) -> usize {
-        4 * self.books.iter().map(Vec::len).sum::<usize>()
+        4 * self.books.iter().map(Vec::len).sum::<usize>() + self.by_leaf.bytes()
     }
 
     /// Every cell of the view with its score for `q`: `(score, node)`.
@@ -84,6 +129,10 @@ impl Cells {
         let mut out = Vec::new();
         for (a, n0) in view.children(0) {
             let s0 = tables[0][a as usize];
+            if self.depth == 1 {
+                out.push((s0, n0));
+                continue;
+            }
             for (b, n1) in view.children(n0) {
                 out.push((s0 + tables[1][b as usize], n1));
             }
@@ -116,27 +165,42 @@ impl Cells {
         }
         let mut hits: Vec<(u32, f32)> = Vec::new();
         let mut stack = Vec::new();
+        let same_base = view.base().id() == self.trie_id;
+        if same_base && view.is_pristine() && catalog.overlay().is_empty() {
+            // no live edit: each cell is one run of leaves, and of rows
+            let leaf_item = view.base().arrays().leaf_item;
+            for &(_, cell) in &cells {
+                let (lo, hi) = view.base().leaf_run(cell);
+                for j in lo - self.leaves_start..hi - self.leaves_start {
+                    let item = leaf_item[j as usize];
+                    if keep(item) {
+                        hits.push((item, self.by_leaf.dot(j as usize, q)));
+                    }
+                }
+            }
+            return top(hits, k);
+        }
         for &(_, cell) in &cells {
             stack.push(cell);
             while let Some(node) = stack.pop() {
                 match view.item(node) {
                     Some(item) => {
-                        if keep(item) {
-                            hits.push((item, catalog.embedding_dot(item, q)));
+                        if !keep(item) {
+                            continue;
                         }
+                        let j = node.wrapping_sub(self.leaves_start);
+                        let score = if same_base && j < self.leaves && !catalog.is_edited(item) {
+                            self.by_leaf.dot(j as usize, q)
+                        } else {
+                            catalog.embedding_dot(item, q)
+                        };
+                        hits.push((item, score));
                     }
                     None => stack.extend(view.children(node).map(|(_, n)| n)),
                 }
             }
         }
-        let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if hits.len() > k && k > 0 {
-            hits.select_nth_unstable_by(k - 1, by_score);
-            hits.truncate(k);
-        }
-        hits.sort_by(by_score);
-        hits.truncate(k);
-        hits
+        top(hits, k)
     }
 
     /// Chooses `probes` for `target` (see the module comment).
@@ -152,7 +216,7 @@ impl Cells {
         } else {
             (0..CALIBRATION_SAMPLE).map(|_| served[rng.random_range(0..served.len())]).collect()
         };
-        let cell_of = |item: u32| view.walk(&catalog.sid(item)[..CELL_DEPTH]);
+        let cell_of = |item: u32| view.walk(&catalog.sid(item)[..self.depth]);
         // for every (query, neighbour): how many cells score above the neighbour's
         let mut ranks: Vec<usize> = Vec::new();
         for _ in 0..CALIBRATION_QUERIES {
@@ -188,6 +252,48 @@ impl Cells {
         }
         self.probes = probes.min(cells);
     }
+}
+
+/// The best `k` hits, best first (ties to the smaller item).
+fn top(mut hits: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
+    let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if hits.len() > k && k > 0 {
+        hits.select_nth_unstable_by(k - 1, by_score);
+        hits.truncate(k);
+    }
+    hits.sort_by(by_score);
+    hits.truncate(k);
+    hits
+}
+
+/// `rows` reordered by leaf: row `j` is the embedding of `leaf_item[j]`.
+fn leaf_ordered(rows: &Embeddings, leaf_item: &[u32], dim: usize) -> Embeddings {
+    use rayon::prelude::*;
+    match rows {
+        Embeddings::F32(a) => {
+            let mut out = vec![0f32; leaf_item.len() * dim];
+            out.par_chunks_mut(dim.max(1)).zip(leaf_item.par_iter()).for_each(|(row, &i)| {
+                row.copy_from_slice(&a[i as usize * dim..(i as usize + 1) * dim]);
+            });
+            Embeddings::F32(Array::owned(out))
+        }
+        Embeddings::F16(a) => {
+            let mut out = vec![0u16; leaf_item.len() * dim];
+            out.par_chunks_mut(dim.max(1)).zip(leaf_item.par_iter()).for_each(|(row, &i)| {
+                row.copy_from_slice(&a[i as usize * dim..(i as usize + 1) * dim]);
+            });
+            Embeddings::F16(Array::owned(out))
+        }
+    }
+}
+
+/// Nodes of the view at `depth`.
+fn count_nodes(view: &TrieView, depth: usize) -> usize {
+    let mut level = vec![0u32];
+    for _ in 0..depth {
+        level = level.iter().flat_map(|&n| view.children(n).map(|(_, c)| c)).collect();
+    }
+    level.len()
 }
 
 /// A random leaf under `node`, following random children down.

@@ -167,6 +167,17 @@ pub fn build_and_save(view: &Catalog, dir: &Path) -> Result<f64, RecallError> {
     Ok(found as f64 / probes.len().max(1) as f64)
 }
 
+/// [`write_version_graph`] when the previous version has a graph: a catalog
+/// indexed without one (`genrec index` without `--ann-graph`, the default
+/// since the cells index needs none) stays without one through its
+/// compactions (`serve --ann graph` builds it in memory at open).
+pub fn carry_version_graph(view: &Catalog, prev: Option<&Path>, dir: &Path) -> Result<(), RecallError> {
+    match prev.filter(|p| p.is_file()) {
+        Some(p) => write_version_graph(view, Some(p), dir),
+        None => Ok(()),
+    }
+}
+
 /// Writes the graph of a new catalog version holding `view` into `dir`:
 /// the previous version's graph (`prev`, a file) loaded, the overlay's items
 /// swapped in under their row keys, saved; or, without one, built anew.

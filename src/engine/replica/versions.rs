@@ -15,7 +15,7 @@ use crate::engine::state::ServedCatalog;
 use crate::engine::{Engine, EngineError};
 use crate::feed::record::Record;
 use crate::feed::{FeedError, Position};
-use crate::recall::{write_version_graph, Ann, ANN_FILE};
+use crate::recall::{carry_version_graph, Ann, ANN_FILE};
 
 impl Engine {
     /// Moves this replica onto a newer version of the shared folder (written
@@ -181,7 +181,7 @@ impl Engine {
         let keep_from = active.iter().map(|m| m.version).min().unwrap_or(current).min(current);
         let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
         let extra = |v: &crate::catalog::Catalog, d: &std::path::Path| {
-            write_version_graph(v, prev_graph.as_deref(), d)
+            carry_version_graph(v, prev_graph.as_deref(), d)
                 .map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
         };
         let (number, _) =
