@@ -207,3 +207,30 @@ impl Base {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The vectorised inner products equal a plain f64 sum of the converted
+    /// values (to f32 rounding), for rows with and without a tail.
+    #[test]
+    fn inner_products_match_a_plain_sum() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for dim in [1usize, 7, 8, 31, 64, 100] {
+            let rows = 5;
+            let vals: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let bits: Vec<u16> = vals.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            let (e32, e16) = (Embeddings::F32(Array::owned(vals.clone())), Embeddings::F16(Array::owned(bits.clone())));
+            for i in 0..rows {
+                let want32: f64 = (0..dim).map(|j| vals[i * dim + j] as f64 * q[j] as f64).sum();
+                let want16: f64 =
+                    (0..dim).map(|j| half::f16::from_bits(bits[i * dim + j]).to_f32() as f64 * q[j] as f64).sum();
+                assert!((e32.dot(i, &q) as f64 - want32).abs() < 1e-5, "f32 dim {dim} row {i}");
+                assert!((e16.dot(i, &q) as f64 - want16).abs() < 1e-5, "f16 dim {dim} row {i}");
+            }
+        }
+    }
+}
