@@ -61,16 +61,10 @@ impl LevelPriors {
         if level == 0 && reqs.iter().any(|q| !q.first_level_prior.is_empty()) {
             out.first = vec![-0.0; reqs.len() * codes];
             for (row, q) in out.first.chunks_exact_mut(codes.max(1)).zip(reqs) {
-                if q.first_level_prior.is_empty() {
-                    continue;
+                let p = crate::generate::beam::first_level_prior(q, codes)?;
+                if !p.is_empty() {
+                    row.copy_from_slice(p);
                 }
-                if q.first_level_prior.len() != codes {
-                    return Err(GenerateError::Invalid(format!(
-                        "a first-level prior has {} values for {codes} codes",
-                        q.first_level_prior.len()
-                    )));
-                }
-                row.copy_from_slice(&q.first_level_prior);
             }
         }
         if level + 1 == catalog.levels() && crate::generate::new_items::applies(catalog, reqs) {
