@@ -299,21 +299,11 @@ pub(super) fn add_level_priors(
     Ok(())
 }
 
-/// A request's first-level prior (empty for none), checked to have one
-/// value per first-level code.
-pub(super) fn first_level_prior(q: &GenRequest, codes: usize) -> Result<&[f32], GenerateError> {
-    let p = &q.first_level_prior;
-    if !p.is_empty() && p.len() != codes {
-        return Err(GenerateError::Invalid(format!("a first-level prior has {} values for {codes} codes", p.len())));
-    }
-    Ok(p)
-}
-
 /// Adds each request's first-level prior to its row of first-level logits
 /// (one beam per request at the first level).
 fn add_priors(logits: &mut [f32], reqs: &[GenRequest], codes: usize) -> Result<(), GenerateError> {
     for (row, q) in logits.chunks_exact_mut(codes.max(1)).zip(reqs) {
-        for (l, p) in row.iter_mut().zip(first_level_prior(q, codes)?) {
+        for (l, p) in row.iter_mut().zip(super::kernel::priors::first_level_prior(q, codes)?) {
             *l += p;
         }
     }

@@ -61,7 +61,7 @@ impl LevelPriors {
         if level == 0 && reqs.iter().any(|q| !q.first_level_prior.is_empty()) {
             out.first = vec![-0.0; reqs.len() * codes];
             for (row, q) in out.first.chunks_exact_mut(codes.max(1)).zip(reqs) {
-                let p = crate::generate::beam::first_level_prior(q, codes)?;
+                let p = first_level_prior(q, codes)?;
                 if !p.is_empty() {
                     row.copy_from_slice(p);
                 }
@@ -72,6 +72,16 @@ impl LevelPriors {
         }
         Ok(out)
     }
+}
+
+/// A request's first-level prior (empty for none), checked to have one
+/// value per first-level code (the CPU search reads it through here too).
+pub fn first_level_prior(q: &GenRequest, codes: usize) -> Result<&[f32], GenerateError> {
+    let p = &q.first_level_prior;
+    if !p.is_empty() && p.len() != codes {
+        return Err(GenerateError::Invalid(format!("a first-level prior has {} values for {codes} codes", p.len())));
+    }
+    Ok(p)
 }
 
 impl TrendTables {
