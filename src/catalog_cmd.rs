@@ -216,21 +216,20 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         }),
     };
     let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
-    let self_recall = parking_lot::Mutex::new(0.0);
+    let self_recall = parking_lot::Mutex::new(None);
     let graph = |cat: &Catalog, dir: &Path| {
         if !a.ann_graph {
             return Ok(());
         }
         let r = genrec::recall::build_and_save(cat, dir).map_err(|e| CatalogError::Format(e.to_string()))?;
-        *self_recall.lock() = r;
+        *self_recall.lock() = Some(r);
         Ok(())
     };
     let mut report = index_build::index(&a.out, &name, &embedder, items, rows, sids, a.seed, &graph)?;
     report.ann_self_recall = *self_recall.lock();
-    if a.ann_graph {
-        println!("ANN graph: {:.1}% of probed items are their own nearest neighbour", 100.0 * report.ann_self_recall);
-    } else {
-        println!("ANN: the cells index reads the semantic IDs (no graph built; --ann-graph builds one)");
+    match report.ann_self_recall {
+        Some(r) => println!("ANN graph: {:.1}% of probed items are their own nearest neighbour", 100.0 * r),
+        None => println!("ANN: the cells index reads the semantic IDs (no graph built; --ann-graph builds one)"),
     }
     for (l, used) in report.used_codes.iter().enumerate() {
         println!(

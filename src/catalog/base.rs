@@ -67,7 +67,7 @@ unsafe fn dot_f16_avx2(row: &[u16], q: &[f32]) -> f32 {
 
 /// An inner product in eight independent lanes (vectorised; the order of
 /// the additions differs from a plain sum by rounding only).
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();

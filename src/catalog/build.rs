@@ -320,8 +320,9 @@ pub struct IndexReport {
     /// Bytes of each part of the written version.
     pub bytes: Vec<(String, u64)>,
     /// Share of probed items the ANN graph finds first for their own vector
-    /// (set by the caller that built the graph).
-    pub ann_self_recall: f64,
+    /// (set by the caller that built the graph; absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ann_self_recall: Option<f64>,
 }
 
 /// Semantic IDs imported from elsewhere: the given codes (each below
@@ -474,7 +475,7 @@ pub fn index(
             moved: q.moved.clone(),
             phases: phases.clone(),
             bytes,
-            ann_self_recall: 0.0,
+            ann_self_recall: None,
         })
     })();
     let report = result?;

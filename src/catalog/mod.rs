@@ -251,7 +251,7 @@ impl Catalog {
     /// dimension), read where it lies.
     pub fn embedding_dot(&self, item: u32, q: &[f32]) -> f32 {
         match self.delta.item(item) {
-            Some(it) => it.embedding.iter().zip(q).map(|(x, y)| x * y).sum(),
+            Some(it) => base::dot8(&it.embedding, q),
             None => self.base.embeddings.dot(item as usize, q),
         }
     }

@@ -114,7 +114,7 @@ impl StepRunner for CudaRunner {
             patch.apply(dev, table, &table.full_sync())?;
         }
         let (priors, trend) = (GpuPriors::upload(dev, live.priors)?, GpuTrend::upload(dev, live.trend)?);
-        let gl = GpuLive { patch: Some(&patch), priors: &priors, trend: &trend };
+        let gl = GpuLive { patch: &patch, priors: &priors, trend: &trend };
         let args = StepArgs {
             logits: &logits,
             col0: input.col0,

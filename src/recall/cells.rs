@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::catalog::array::Array;
-use crate::catalog::base::Embeddings;
+use crate::catalog::base::{dot8, Embeddings};
 use crate::catalog::{Catalog, TrieView};
 
 /// Deepest trie level whose nodes can be the cells.
@@ -125,7 +125,7 @@ impl Cells {
     /// Every cell of the view with its score for `q`: `(score, node)`.
     fn scored_cells(&self, view: &TrieView, q: &[f32]) -> Vec<(f32, u32)> {
         let tables: Vec<Vec<f32>> =
-            self.books.iter().map(|b| b.chunks_exact(self.dim).map(|c| dot(c, q)).collect()).collect();
+            self.books.iter().map(|b| b.chunks_exact(self.dim).map(|c| dot8(c, q)).collect()).collect();
         let mut out = Vec::new();
         for (a, n0) in view.children(0) {
             let s0 = tables[0][a as usize];
@@ -239,7 +239,7 @@ impl Cells {
                 ranks.push(cells.iter().filter(|c| c.0 > own).count());
             }
         }
-        let cells = self.scored_cells(&view, &vec![0.0; self.dim]).len().max(1);
+        let cells = count_nodes(&view, self.depth).max(1);
         let mut probes = 1;
         self.curve.clear();
         loop {
@@ -308,10 +308,6 @@ fn random_leaf(view: &TrieView, mut node: u32, rng: &mut ChaCha8Rng) -> Option<u
         }
         node = kids[rng.random_range(0..kids.len())];
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 #[cfg(test)]

@@ -356,7 +356,8 @@ impl Ann {
             return Err(RecallError::Dim { got: query.len(), want: dim });
         }
         let (base, overlay) = match &self.index {
-            Index::Cells(c) => return Ok(c.nearest(catalog, query, k, |i| catalog.is_served(i) && keep(i))),
+            // (the view's trie holds only served items)
+            Index::Cells(c) => return Ok(c.nearest(catalog, query, k, keep)),
             Index::Graph { base, overlay, .. } => (base, overlay),
         };
         let current = |key: u64| {

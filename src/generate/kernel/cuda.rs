@@ -178,11 +178,6 @@ impl GpuPatch {
         self.live = !table.is_empty();
         Ok(())
     }
-
-    /// Device memory the patch takes.
-    pub fn bytes(&self) -> usize {
-        4 * (self.slot.len() + self.code.len() + self.node.len() + self.item.len())
-    }
 }
 
 /// One level's priors on the device.
@@ -222,8 +217,8 @@ impl GpuTrend {
 
 /// What a live catalog and the batch's priors add to a step, on the device.
 pub struct GpuLive<'a> {
-    /// The overlay (`None` or an empty patch: the base alone).
-    pub patch: Option<&'a GpuPatch>,
+    /// The overlay (an empty patch: the base alone).
+    pub patch: &'a GpuPatch,
     pub priors: &'a GpuPriors,
     pub trend: &'a GpuTrend,
 }
@@ -343,7 +338,7 @@ pub fn beam_step(
     let (bi, bo, cd) = (beams_in as u32, beams_out as u32, codes as u32);
     let levels = trie.codebook_sizes.len();
     let (leaves_start, base_nodes) = (trie.level_start[levels], trie.level_start[levels + 1]);
-    let patch = live.patch.filter(|p| p.live);
+    let patch = Some(live.patch).filter(|p| p.live);
     let patch_nodes = patch.map_or(0, |p| p.nodes as u32);
     let trained_rows = live.priors.trained_rows;
     let mut b = func.builder();

@@ -185,7 +185,7 @@ pub fn decode_levels(
             pad_token: sc.pad_token_id,
         };
         let priors = GpuPriors::upload(dev, &LevelPriors::new(catalog, reqs, level)?)?;
-        let live = GpuLive { patch: Some(overlay.gpu()), priors: &priors, trend: &trend };
+        let live = GpuLive { patch: overlay.gpu(), priors: &priors, trend: &trend };
         let out =
             cuda::beam_step(dev, &trie, level, shape, &args, &filters, &live, &mut scratch, super::serving_kernel())?;
         if level + 1 == levels {
