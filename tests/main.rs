@@ -13,6 +13,7 @@ mod crash;
 mod gpu;
 mod hf_compat;
 mod hub;
+mod llm_layout;
 mod metrics_memory;
 mod openapi;
 mod replicas;

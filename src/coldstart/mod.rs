@@ -115,6 +115,14 @@ impl Profile {
         }
     }
 
+    /// The given fields on one line, `name: value; ...` (an LLM-layout
+    /// model's `{profile}` slot).
+    pub fn describe_inline(&self) -> String {
+        let fields: Vec<String> =
+            Self::FIELDS.iter().filter_map(|f| self.field(f).map(|v| format!("{f}: {v}"))).collect();
+        fields.join("; ")
+    }
+
     pub fn is_empty(&self) -> bool {
         Self::FIELDS.iter().all(|f| self.field(f).is_none())
     }

@@ -352,9 +352,16 @@ impl Engine {
         &self,
         lines: Vec<(usize, ItemInput)>,
     ) -> Result<(Vec<Upserted>, Vec<(usize, EngineError)>), EngineError> {
-        let dim = self.catalog().catalog.manifest().embedding_dim;
+        let manifest = self.catalog().catalog.manifest().clone();
+        let dim = manifest.embedding_dim;
         let refs: Vec<&ItemInput> = lines.iter().map(|l| &l.1).collect();
-        let embeddings = self.item_embeddings(&refs, dim);
+        let embeddings = if manifest.embedder == crate::model::llm::ITEM_MAP_EMBEDDER {
+            // an item map's catalog has no embeddings: the item names its
+            // semantic ID and gets the catalog's one vector
+            refs.iter().map(|i| item_map_embedding(i, dim)).collect()
+        } else {
+            self.item_embeddings(&refs, dim)
+        };
         let mut errors = Vec::new();
         let mut ready = Vec::new();
         let mut edits = Vec::new();
@@ -691,6 +698,18 @@ pub(super) fn apply_item_edits(view: &mut Catalog, edits: &[ItemEdit], ts_ms: u6
         out.outcomes.push(outcome);
     }
     out
+}
+
+/// The embedding of an item upserted into an item map's catalog (see
+/// [`crate::model::llm::TextLayout::catalog`]): its semantic ID is required.
+fn item_map_embedding(item: &ItemInput, dim: usize) -> Result<Vec<f32>, EngineError> {
+    if item.semantic_id.is_none() {
+        return Err(EngineError::InvalidField {
+            field: "semantic_id",
+            message: "this catalog comes from an LLM's item map and has no embeddings: give the item's semantic_id (one code per level, the N of each level's token)".into(),
+        });
+    }
+    Ok(vec![1.0; dim])
 }
 
 #[cfg(test)]

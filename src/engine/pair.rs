@@ -54,6 +54,29 @@ pub fn load_pair(
     let dir = catalog_dir.map(Path::to_path_buf).or_else(|| model.catalog_dir()).ok_or_else(|| {
         EngineError::Mismatch(crate::model::ModelError::Sidecar("the model names no catalog: pass --catalog".into()))
     })?;
+    ensure_item_map_catalog(&model, &dir)?;
     let catalog = Catalog::load(&dir)?;
     Ok((model, catalog))
+}
+
+/// For an LLM-layout model ([`crate::model::llm`]): writes the catalog its
+/// item map makes to `dir` when nothing is there yet (the first start of a
+/// trainer's folder), so that the folder serves as its trainer wrote it.
+/// Returns whether it wrote one.
+pub fn ensure_item_map_catalog(model: &Model, dir: &Path) -> Result<bool, EngineError> {
+    let Some(layout) = model.vocab.text_layout() else {
+        return Ok(false);
+    };
+    if dir.exists() {
+        return Ok(false);
+    }
+    let catalog = layout.catalog(&model.sidecar.name)?;
+    catalog.save(dir)?;
+    tracing::info!(
+        items = catalog.len(),
+        aliases_dropped = layout.aliases_dropped,
+        catalog = %dir.display(),
+        "wrote the catalog of the model's item map"
+    );
+    Ok(true)
 }

@@ -25,6 +25,7 @@ use crate::catalog::embed::TextEncoder;
 use crate::catalog::Catalog;
 use crate::coldstart::ColdStart;
 use crate::generate::GenRequest;
+use crate::model::PromptText;
 
 /// What requests read: the model and catalog in service, cold start, the
 /// sentence encoder (loaded on first use), and the batching scheduler.
@@ -131,13 +132,17 @@ impl Serving {
         let arrived = Instant::now();
         let cat = self.catalog();
         let r = self.resolve(&cat.catalog, req)?;
-        if let Some(query) = &req.query {
+        let model = self.model();
+        // an LLM-layout model whose prompt has a slot for the query (the
+        // profile) reads it itself, instead of search (cold start)
+        let reads = model.as_ref().map(|m| PromptReads::of(m.model.lead())).unwrap_or_default();
+        if let Some(query) = req.query.as_ref().filter(|_| !reads.query) {
             return self.recommend_search(req, query, &cat, &r, arrived).await;
         }
-        if let Some(profile) = req.profile.as_ref().filter(|_| r.history.len() < SHORT_HISTORY) {
+        let short = r.history.len() < SHORT_HISTORY;
+        if let Some(profile) = req.profile.as_ref().filter(|_| short && !reads.profile) {
             return self.recommend_coldstart(req, profile, &cat, &r, arrived).await;
         }
-        let model = self.model();
         let mut answer = RecAnswer::new(model.as_ref().map(|m| m.label()), r.ignored.clone());
         let model = match (req.strategy, model) {
             (Strategy::Ann, _) => return self.fill(answer, &cat, &r, req.k, FallbackReason::Requested),
@@ -153,6 +158,10 @@ impl Serving {
             exclude: r.exclude.clone(),
             max_per_intent: req.max_per_intent,
             trending: self.trending(req, &r),
+            prompt: PromptText {
+                profile: req.profile.as_ref().filter(|_| reads.profile).map(|p| p.describe_inline()),
+                query: req.query.clone().filter(|_| reads.query),
+            },
             ..Default::default()
         };
         let (outcome, explored) = self.generate_exploring(gen, req.explore, model, &cat, deadline).await?;
@@ -272,5 +281,23 @@ impl Serving {
             answer.fallback = Some(reason);
         }
         Ok(answer)
+    }
+}
+
+/// Which of a request's texts the model's prompt reads (an LLM layout with
+/// `{profile}` or `{query}` slots; genrec's own layout reads neither).
+#[derive(Debug, Clone, Copy, Default)]
+struct PromptReads {
+    profile: bool,
+    query: bool,
+}
+
+impl PromptReads {
+    fn of(model: &crate::model::Model) -> Self {
+        use crate::model::llm::Slot;
+        match model.vocab.text_layout() {
+            Some(t) => PromptReads { profile: t.template.has(Slot::Profile), query: t.template.has(Slot::Query) },
+            None => PromptReads::default(),
+        }
     }
 }

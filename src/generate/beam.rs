@@ -143,16 +143,15 @@ impl Member<'_> {
     /// This level's code logits of every beam, flat, and (for
     /// [`Scoring::Model`]) each beam's log-normaliser over the whole vocabulary.
     fn level_logits(&self, level: usize, scoring: Scoring) -> Result<(Vec<f32>, Option<Vec<f32>>), GenerateError> {
-        let sc = &self.model.sidecar;
-        let (start, codes) = (sc.code_offsets[level] as usize, sc.codebook_sizes[level] as usize);
+        let m = self.model;
         Ok(match scoring {
             Scoring::Trie => {
-                let l = self.model.net.logits_range(&self.hidden, start, codes)?;
+                let l = m.net.level_logits(&self.hidden, &m.level_heads[level])?;
                 (l.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?, None)
             }
             Scoring::Model => {
-                let full = self.model.net.logits(&self.hidden)?.to_dtype(candle_core::DType::F32)?;
-                let (lse, level_logits) = normalise_rows(&full, start, codes)?;
+                let full = m.net.logits(&self.hidden)?.to_dtype(candle_core::DType::F32)?;
+                let (lse, level_logits) = normalise_rows(&full, m.vocab.level_tokens(level))?;
                 (level_logits, Some(lse))
             }
         })
@@ -199,6 +198,7 @@ fn decode_levels(
         })
         .collect();
     let sc = &models[0].sidecar;
+    let vocab = &models[0].vocab;
     let levels = sc.levels();
     let r = reqs.len();
     let trie = catalog.trie();
@@ -242,7 +242,7 @@ fn decode_levels(
         // feed the chosen codes back for the next level
         let parents: Vec<u32> = (0..r * beam).map(|s| (s / beam * beams_in) as u32 + out.parent[s]).collect();
         let toks: Vec<u32> = (0..r * beam)
-            .map(|s| if out.node[s] == NONE { sc.pad_token_id } else { sc.token(level, out.code[s]) })
+            .map(|s| if out.node[s] == NONE { vocab.pad } else { vocab.token(level, out.code[s]) })
             .collect();
         let pos: Vec<u32> = (0..r * beam).map(|s| (lens[s / beam] + level) as u32).collect();
         if let Some(t) = &mut trending {
@@ -311,17 +311,17 @@ fn add_priors(logits: &mut [f32], reqs: &[GenRequest], codes: usize) -> Result<(
 }
 
 /// Each row's log-normaliser over the whole vocabulary (log-sum-exp) and the
-/// row's columns `start .. start + len` (one level's codes), in one pass over
-/// the logits `[rows, vocab]` (the level's columns flat, row by row).
-fn normalise_rows(full: &Tensor, start: usize, len: usize) -> Result<(Vec<f32>, Vec<f32>), GenerateError> {
+/// row's columns `tokens` (one level's codes, in code order), in one pass
+/// over the logits `[rows, vocab]` (the level's columns flat, row by row).
+fn normalise_rows(full: &Tensor, tokens: &[u32]) -> Result<(Vec<f32>, Vec<f32>), GenerateError> {
     let (rows, vocab) = full.dims2()?;
     let flat = full.flatten_all()?.to_vec1::<f32>()?;
     let mut scratch = Vec::with_capacity(vocab);
     let mut lse = Vec::with_capacity(rows);
-    let mut cols = Vec::with_capacity(rows * len);
+    let mut cols = Vec::with_capacity(rows * tokens.len());
     for row in flat.chunks_exact(vocab.max(1)) {
         lse.push(crate::model::fastexp::log_sum_exp(row, &mut scratch));
-        cols.extend_from_slice(&row[start..start + len]);
+        cols.extend(tokens.iter().map(|&t| row[t as usize]));
     }
     Ok((lse, cols))
 }
@@ -363,15 +363,26 @@ pub(crate) fn prefill(
             q.profile_tokens
         )));
     }
+    let room = model.config.max_position_embeddings.min(crate::model::rope_positions());
     let rows: Vec<Vec<u32>> = reqs
         .iter()
         .map(|q| {
             let start = q.history.len().saturating_sub(sc.max_history_items);
-            sc.request_tokens(&q.profile_tokens, q.history[start..].iter().map(|&i| catalog.sid(i)))
+            let sids = q.history[start..].iter().map(|&i| catalog.sid(i));
+            let tokens = model.vocab.request_tokens(&q.profile_tokens, &q.prompt, sids)?;
+            // (the levels decoded after the input need positions too)
+            if tokens.len() + sc.levels() > room {
+                return Err(GenerateError::Invalid(format!(
+                    "the prompt is {} tokens; with {} levels to decode the model has positions for {room}",
+                    tokens.len(),
+                    sc.levels()
+                )));
+            }
+            Ok(tokens)
         })
-        .collect();
+        .collect::<Result<_, GenerateError>>()?;
     let (r, t) = (rows.len(), rows.iter().map(Vec::len).max().unwrap_or(1));
-    let mut flat = vec![sc.pad_token_id; r * t];
+    let mut flat = vec![model.vocab.pad; r * t];
     for (i, row) in rows.iter().enumerate() {
         flat[i * t..i * t + row.len()].copy_from_slice(row);
     }

@@ -75,7 +75,7 @@ pub(crate) mod testutil {
         let w = init_weights(&cfg, 0.3, seed, &dev).unwrap();
         let w = w.into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
         let net = Transformer::load(VarBuilder::from_tensors(w, dtype, &dev), &cfg).unwrap();
-        Model { net, config: cfg, sidecar, fingerprint: "test".into(), path: None }
+        Model::assemble(net, cfg, sidecar, "test".into(), None).unwrap()
     }
 }
 
@@ -105,10 +105,11 @@ mod tests {
         history: &[u32],
         scoring: Scoring,
     ) -> Vec<(u32, f32)> {
-        let sc = &model.sidecar;
+        let v = &model.vocab;
         let mut out = Vec::new();
         for item in 0..cat.len() as u32 {
-            let mut toks = sc.request_tokens(profile, history.iter().map(|&i| cat.sid(i)));
+            let sids = history.iter().map(|&i| cat.sid(i));
+            let mut toks = v.request_tokens(profile, &crate::model::PromptText::default(), sids).unwrap();
             let sid = cat.sid(item).to_vec();
             let mut score = 0.0;
             let mut node = 0u32;
@@ -119,14 +120,14 @@ mod tests {
                 let logits = model.net.logits(&last).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let codes: Vec<u32> = cat.trie().children(node).map(|c| c.0).collect();
                 let vals: Vec<f32> = match scoring {
-                    Scoring::Trie => codes.iter().map(|&c| logits[sc.token(l, c) as usize]).collect(),
+                    Scoring::Trie => codes.iter().map(|&c| logits[v.token(l, c) as usize]).collect(),
                     Scoring::Model => logits.clone(),
                 };
                 let max = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let lse = max + vals.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
-                score += logits[sc.token(l, code) as usize] - lse;
+                score += logits[v.token(l, code) as usize] - lse;
                 node = cat.trie().child(node, code).unwrap();
-                toks.push(sc.token(l, code));
+                toks.push(v.token(l, code));
             }
             out.push((item, score));
         }

@@ -39,6 +39,9 @@ pub struct GenRequest {
     /// Items added since the catalog was indexed are scored at the last
     /// level like their best trained sibling ([`super::new_items`]).
     pub new_items_as_siblings: bool,
+    /// The profile and query texts an LLM-layout model's prompt reads (see
+    /// [`crate::model::llm`]); ignored by genrec's own layout.
+    pub prompt: crate::model::PromptText,
 }
 
 /// A generated item.

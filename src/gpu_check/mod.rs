@@ -206,6 +206,46 @@ fn check_e2e(
     )
 }
 
+/// Part 1e: the model with its semantic-ID tokens scattered through the
+/// vocabulary, as an LLM layout has them ([`crate::model::llm`]): every
+/// level's tokens interleaved with the others' and reversed, so that each
+/// level's logits are gathered rows and the decoded tokens a lookup. The
+/// device search against the CPU search of the same scattered model.
+fn check_scattered(
+    dev_model: &Model,
+    cpu_model: &Model,
+    catalog: &Catalog,
+    reference: &Reference,
+) -> Result<Value, CheckError> {
+    let levels = scattered_levels(&cpu_model.vocab.all_levels());
+    let err = |e: crate::model::ModelError| CheckError::Other(e.to_string());
+    let (dev, cpu) =
+        (dev_model.with_token_map(levels.clone()).map_err(err)?, cpu_model.with_token_map(levels).map_err(err)?);
+    let a = generate(&dev, catalog, &reference.reqs, 64)?;
+    let b = generate(&cpu, catalog, &reference.reqs, 64)?;
+    let (same, worst) = compare(&a, &b);
+    Ok(
+        json!({"requests": reference.reqs.len(), "identical_lists": same, "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": b.tokens}),
+    )
+}
+
+/// The tokens of `levels` dealt round-robin over the levels from the last
+/// token down: no level keeps a contiguous range.
+pub(crate) fn scattered_levels(levels: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    let mut pool: Vec<u32> = levels.iter().flatten().copied().collect();
+    pool.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out: Vec<Vec<u32>> = levels.iter().map(|l| Vec::with_capacity(l.len())).collect();
+    let mut next = pool.into_iter();
+    while out.iter().zip(levels).any(|(o, l)| o.len() < l.len()) {
+        for (o, l) in out.iter_mut().zip(levels) {
+            if o.len() < l.len() {
+                o.extend(next.next());
+            }
+        }
+    }
+    out
+}
+
 /// The second member of the ensemble check on `device`: the synthetic shape
 /// with the next seed, a pattern-moved copy of the demo model, or (for a
 /// checkpoint folder) the checkpoint itself.
@@ -465,6 +505,17 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
             }
         }
     }
+    let mut e2e_scattered = Value::Null;
+    if let (Some((dev_model, cpu_model, catalog)), Some(reference)) = (&models, &reference) {
+        e2e_scattered = soft("end-to-end scattered tokens", check_scattered(dev_model, cpu_model, catalog, reference));
+        if !e2e_scattered.is_null() {
+            println!("end-to-end with the semantic-ID tokens scattered through the vocabulary (LLM layout): {}/{} identical top-10 lists, max |score diff| {:.2e}",
+                e2e_scattered["identical_lists"], e2e_scattered["requests"], e2e_scattered["max_score_diff"].as_f64().unwrap_or(0.0));
+            if let Some(why) = e2e_mismatch(&e2e_scattered) {
+                soft("end-to-end scattered tokens", Err(CheckError::Other(why)));
+            }
+        }
+    }
     // bf16 on the device: reported beside f32, not required to match exactly
     let mut bf16 = None;
     let mut e2e_bf16 = Value::Null;
@@ -590,7 +641,7 @@ pub fn run(opts: &CheckOptions) -> Result<Value, CheckError> {
         }
     }
     let report = json!({
-        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "live_steps": live_steps, "end_to_end_live": e2e_live, "end_to_end": e2e, "end_to_end_pool": e2e_pool, "end_to_end_ensemble": e2e_ensemble, "end_to_end_bf16": e2e_bf16},
+        "card": card, "bandwidth_gbs": bandwidth, "correctness": {"steps": steps, "live_steps": live_steps, "end_to_end_live": e2e_live, "end_to_end": e2e, "end_to_end_pool": e2e_pool, "end_to_end_ensemble": e2e_ensemble, "end_to_end_scattered": e2e_scattered, "end_to_end_bf16": e2e_bf16},
         "step_times": timing, "end_to_end": e2e_rows, "anchors": ANCHORS, "failures": failures,
     });
     if failures.is_empty() {
@@ -606,6 +657,17 @@ mod tests {
 
     /// The whole harness on the CPU (the kernel's port standing in): the
     /// comparison must pass and every table must have its rows.
+    #[test]
+    fn scattered_levels_are_a_permutation_with_no_range_left() {
+        let levels = vec![(3..7).collect::<Vec<u32>>(), (7..10).collect(), (10..15).collect()];
+        let s = scattered_levels(&levels);
+        assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), [4, 3, 5]);
+        let mut all: Vec<u32> = s.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (3..15).collect::<Vec<u32>>());
+        assert!(s.iter().all(|l| l.windows(2).any(|w| w[1] != w[0] + 1)), "{s:?}");
+    }
+
     #[test]
     fn harness_runs_on_the_cpu() {
         let opts = CheckOptions {
@@ -633,6 +695,8 @@ mod tests {
             live["items_added"].as_u64().unwrap() > 0 && live["new_items_in_cpu_lists"].as_u64().unwrap() > 0,
             "{live}"
         );
+        let scattered = &r["correctness"]["end_to_end_scattered"];
+        assert_eq!(scattered["identical_lists"], 64, "{scattered}");
         // 2 code widths x 2 depths x 2 batches x 1 beam
         let rows = r["step_times"].as_array().unwrap();
         assert_eq!(rows.len(), 2 * 2 * 2, "{rows:?}");

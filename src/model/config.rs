@@ -1,5 +1,5 @@
-//! The Hugging Face `config.json` of a Llama- or Qwen3-family causal LM: the
-//! fields genrec reads and writes, with transformers' defaults.
+//! The Hugging Face `config.json` of a Llama-, Qwen2- or Qwen3-family causal
+//! LM: the fields genrec reads and writes, with transformers' defaults.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +10,18 @@ use super::ModelError;
 pub enum Arch {
     /// `LlamaForCausalLM`: optional q/k/v/o biases, no q/k norms.
     Llama,
+    /// `Qwen2ForCausalLM`: biases on the q/k/v projections (always), none on
+    /// the output projection, no q/k norms.
+    Qwen2,
     /// `Qwen3ForCausalLM`: per-head RMSNorm on queries and keys before rotary.
     Qwen3,
+}
+
+/// Which projections of an attention block carry a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionBias {
+    pub qkv: bool,
+    pub out: bool,
 }
 
 /// Upper bounds of the config's sizes (well above any model genrec serves,
@@ -49,11 +59,13 @@ pub struct ModelConfig {
     pub attention_bias: bool,
     #[serde(default = "default_act")]
     pub hidden_act: String,
-    #[serde(default)]
+    /// Special tokens; a list (Llama 3's several end tokens) is read as its
+    /// first entry.
+    #[serde(default, deserialize_with = "one_token")]
     pub bos_token_id: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_token")]
     pub eos_token_id: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_token")]
     pub pad_token_id: Option<u32>,
     #[serde(default = "default_dtype")]
     pub torch_dtype: String,
@@ -66,6 +78,25 @@ pub struct ModelConfig {
     pub rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     pub mlp_bias: bool,
+    /// Qwen2/Qwen3: sliding-window attention (not served; refused when on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_sliding_window: bool,
+}
+
+/// A token id given as a number, a list of numbers (the first is taken) or
+/// null.
+fn one_token<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match Option::<Ids>::deserialize(d)? {
+        None => None,
+        Some(Ids::One(t)) => Some(t),
+        Some(Ids::Many(ts)) => ts.first().copied(),
+    })
 }
 
 fn default_eps() -> f64 {
@@ -110,17 +141,29 @@ impl ModelConfig {
             rope_scaling: None,
             rope_parameters: None,
             mlp_bias: false,
+            use_sliding_window: false,
         }
     }
 
     pub fn arch(&self) -> Result<Arch, ModelError> {
         match self.architectures.first().map(String::as_str) {
             Some("LlamaForCausalLM") => Ok(Arch::Llama),
+            Some("Qwen2ForCausalLM") => Ok(Arch::Qwen2),
             Some("Qwen3ForCausalLM") => Ok(Arch::Qwen3),
             other => Err(ModelError::Config(format!(
-                "architectures {other:?}: genrec reads LlamaForCausalLM and Qwen3ForCausalLM"
+                "architectures {other:?}: genrec reads LlamaForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
             ))),
         }
+    }
+
+    /// The attention biases transformers gives this family: Llama and Qwen3
+    /// put `attention_bias` on all four projections, Qwen2 always biases
+    /// q/k/v and never the output.
+    pub fn attention_biases(&self) -> Result<AttentionBias, ModelError> {
+        Ok(match self.arch()? {
+            Arch::Qwen2 => AttentionBias { qkv: true, out: false },
+            Arch::Llama | Arch::Qwen3 => AttentionBias { qkv: self.attention_bias, out: self.attention_bias },
+        })
     }
 
     /// Rotary base: `rope_parameters.rope_theta` when present, else `rope_theta`.
@@ -193,6 +236,9 @@ impl ModelConfig {
         if self.mlp_bias {
             return bad("mlp_bias is not supported".into());
         }
+        if self.use_sliding_window {
+            return bad("use_sliding_window: sliding-window attention is not supported".into());
+        }
         Ok(())
     }
 }
@@ -222,6 +268,15 @@ mod tests {
         assert!(bad.validate().is_err());
         bad.architectures = vec!["GPT2LMHeadModel".into()];
         assert!(bad.arch().is_err());
+        let mut qwen2 = llama.clone();
+        qwen2.architectures = vec!["Qwen2ForCausalLM".into()];
+        assert_eq!(qwen2.arch().unwrap(), Arch::Qwen2);
+        assert_eq!(qwen2.attention_biases().unwrap(), AttentionBias { qkv: true, out: false });
+        qwen2.use_sliding_window = true;
+        assert!(qwen2.validate().unwrap_err().to_string().contains("sliding"));
+        let mut biased = llama.clone();
+        biased.attention_bias = true;
+        assert_eq!(biased.attention_biases().unwrap(), AttentionBias { qkv: true, out: true });
     }
 
     #[test]
@@ -259,5 +314,17 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("yarn"));
         c.rope_parameters = None;
         assert_eq!(c.rope_base(), 10_000.0);
+    }
+
+    #[test]
+    fn reads_special_tokens_given_as_a_number_a_list_or_null() {
+        let base = r#""architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":100,
+            "hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,"num_attention_heads":4"#;
+        let c: ModelConfig =
+            serde_json::from_str(&format!(r#"{{{base},"eos_token_id":[7,9],"bos_token_id":3,"pad_token_id":null}}"#))
+                .unwrap();
+        assert_eq!((c.eos_token_id, c.bos_token_id, c.pad_token_id), (Some(7), Some(3), None));
+        let c: ModelConfig = serde_json::from_str(&format!("{{{base}}}")).unwrap();
+        assert_eq!(c.eos_token_id, None);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! A pull asks the Hub which commit the revision names, then fetches that
 //! commit's `config.json`, `genrec.json`, its weights (`model.safetensors`, or
-//! the index and every shard it names) and the same files of each ensemble
+//! the index and every shard it names), an LLM layout's tokenizer, item map
+//! and prompt ([`super::llm`]), and the same files of each ensemble
 //! member (the repository info through the `hf-hub` crate, the files through
 //! [`super::hub_download`], each with a read timeout) into the standard Hugging Face cache
 //! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`),
@@ -355,6 +356,10 @@ fn checkpoint_files(name: &HubName, prefix: &str, src: &mut Source) -> Result<Si
     let bytes = std::fs::read(&sidecar_path).map_err(|source| HubError::Io { path: sidecar_path.clone(), source })?;
     let sidecar: Sidecar =
         serde_json::from_slice(&bytes).map_err(|e| not_checkpoint(format!("{prefix}{SIDECAR_FILE}: {e}")))?;
+    // an LLM layout's tokenizer, item map and prompt
+    for f in sidecar.llm.iter().flat_map(|l| l.files()) {
+        fetch(f)?;
+    }
     if (src.has)(&format!("{prefix}{WEIGHTS_FILE}")) || !(src.has)(&format!("{prefix}{INDEX_FILE}")) {
         // the single file, or (neither there) the error that names it
         fetch(WEIGHTS_FILE)?;

@@ -23,10 +23,14 @@ pub fn tensor_shapes(cfg: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>, Mod
         v.push((format!("{p}.self_attn.k_proj.weight"), vec![nkv * hd, h]));
         v.push((format!("{p}.self_attn.v_proj.weight"), vec![nkv * hd, h]));
         v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, nh * hd]));
-        if cfg.attention_bias {
+        let bias = cfg.attention_biases()?;
+        if bias.qkv {
             v.push((format!("{p}.self_attn.q_proj.bias"), vec![nh * hd]));
             v.push((format!("{p}.self_attn.k_proj.bias"), vec![nkv * hd]));
             v.push((format!("{p}.self_attn.v_proj.bias"), vec![nkv * hd]));
+        }
+        if bias.out {
+            v.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
         }
         if cfg.arch()? == Arch::Qwen3 {
             v.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));

@@ -2,9 +2,11 @@
 //! sidecar.
 //!
 //! A model folder holds `config.json` (transformers' config, `architectures`
-//! `LlamaForCausalLM` or `Qwen3ForCausalLM`), `model.safetensors` (transformers'
-//! tensor names; or shards and their index, see [`shards`]) and `genrec.json`
-//! (see [`sidecar`]).
+//! `LlamaForCausalLM`, `Qwen2ForCausalLM` or `Qwen3ForCausalLM`),
+//! `model.safetensors` (transformers' tensor names; or shards and their index,
+//! see [`shards`]) and `genrec.json` (see [`sidecar`]). How its tokens carry
+//! semantic IDs, genrec's own layout or an LLM's text vocabulary with
+//! semantic-ID tokens ([`llm`]), is resolved at load into a [`Vocab`].
 
 pub mod attention;
 pub mod config;
@@ -16,6 +18,7 @@ pub mod hub;
 mod hub_download;
 pub mod init;
 pub mod kv;
+pub mod llm;
 mod ops;
 pub mod profile_vocab;
 pub mod proj;
@@ -26,6 +29,7 @@ pub mod sidecar;
 pub mod small_gemm;
 pub mod synthetic;
 pub mod transformer;
+pub mod vocab;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -40,6 +44,7 @@ pub use kv::{BeamKv, HistoryKv};
 pub use shards::WeightFiles;
 pub use sidecar::Sidecar;
 pub use transformer::Transformer;
+pub use vocab::{LevelHead, PromptText, Vocab};
 
 use crate::device::DTypeChoice;
 use crate::util::write_atomic;
@@ -77,9 +82,40 @@ pub struct Model {
     pub fingerprint: String,
     /// Folder it was loaded from, if any.
     pub path: Option<PathBuf>,
+    /// How its tokens carry semantic IDs (resolved from the sidecar).
+    pub vocab: Vocab,
+    /// Where each level's logits are in the output layer.
+    pub level_heads: Vec<LevelHead>,
 }
 
+/// Reads a file the sidecar names in the model folder (none: a model given
+/// as bytes, which can only have genrec's own layout).
+pub type SidecarFiles<'a> = Option<&'a dyn Fn(&str) -> Result<Vec<u8>, ModelError>>;
+
 impl Model {
+    /// Assembles a model from its network, config and sidecar: resolves the
+    /// sidecar's token layout (an `llm` section reads its files with `files`)
+    /// and each level's output rows.
+    pub fn assemble(
+        net: Transformer,
+        config: ModelConfig,
+        mut sidecar: Sidecar,
+        fingerprint: String,
+        files: SidecarFiles,
+    ) -> Result<Self, ModelError> {
+        let vocab = resolve_vocab(&mut sidecar, &config, files)?;
+        Self::with_vocab(net, config, sidecar, fingerprint, vocab)
+    }
+
+    /// This model with each level's codes read from and written to other
+    /// tokens (`levels[l][code]`, below `vocab_size`): a different model,
+    /// whose search takes the gathered-rows path of scattered semantic-ID
+    /// tokens (the GPU check holds it to the CPU's).
+    pub fn with_token_map(&self, levels: Vec<Vec<u32>>) -> Result<Model, ModelError> {
+        let vocab = self.vocab.with_levels(levels);
+        Self::with_vocab(self.net.clone(), self.config.clone(), self.sidecar.clone(), self.fingerprint.clone(), vocab)
+    }
+
     /// Name and version as shown in answers: `name/version`.
     pub fn label(&self) -> String {
         format!("{}/{}", self.sidecar.name, self.fingerprint)
@@ -102,6 +138,20 @@ impl Model {
             std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))
         })?;
         Self::load_opened(&read(CONFIG_FILE)?, &weights, &read(sidecar::SIDECAR_FILE)?, dir, device, dtype)
+    }
+
+    /// Reads a file the sidecar names, inside `dir`: a relative path without
+    /// `..` (a sidecar cannot point a server at files outside its folder).
+    pub fn read_sidecar_file(dir: &Path, name: &str) -> Result<Vec<u8>, ModelError> {
+        let rel = Path::new(name);
+        let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside || name.is_empty() {
+            return Err(ModelError::Sidecar(format!(
+                "{name:?}: files are named relative to the model folder, without `..`"
+            )));
+        }
+        let p = dir.join(rel);
+        std::fs::read(&p).map_err(|e| ModelError::Io { path: p, source: e })
     }
 
     /// Loads a checkpoint whose files the caller opened (the engine opens
@@ -131,7 +181,9 @@ impl Model {
             .collect::<Result<Vec<_>, _>>()?;
         let shards: Vec<(&str, &[u8])> =
             weights.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
-        let mut m = Self::from_shards_as(config, &shards, weights.index.as_deref(), sidecar, device, dtype)?;
+        let files = |name: &str| Self::read_sidecar_file(dir, name);
+        let mut m =
+            Self::from_shards_with(config, &shards, weights.index.as_deref(), sidecar, Some(&files), device, dtype)?;
         m.path = Some(dir.to_path_buf());
         Ok(m)
     }
@@ -162,11 +214,28 @@ impl Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
+        Self::from_shards_with(config, shards, index, sidecar, None, device, dtype)
+    }
+
+    /// [`Model::from_shards_as`] reading the files an LLM layout's sidecar
+    /// names with `files`.
+    pub fn from_shards_with(
+        config: &[u8],
+        shards: &[(&str, &[u8])],
+        index: Option<&[u8]>,
+        sidecar: &[u8],
+        files: SidecarFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         let config: ModelConfig =
             serde_json::from_slice(config).map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
-        let sidecar: Sidecar = serde_json::from_slice(sidecar)
+        let mut sidecar: Sidecar = serde_json::from_slice(sidecar)
             .map_err(|e| ModelError::Json { path: sidecar::SIDECAR_FILE.into(), source: e })?;
         config.validate()?;
+        // (an LLM layout's sizes come from its files; resolved again in
+        // `assemble`, which every constructor goes through)
+        let vocab = resolve_vocab(&mut sidecar, &config, files)?;
         sidecar.check_positions(&config)?;
         let names = weights::check(shards, &config)?;
         if let Some(index) = index {
@@ -187,7 +256,7 @@ impl Model {
         })?;
         // a loaded checkpoint serves; it is never trained further in place
         net.fuse_projections()?;
-        if sidecar.min_vocab() > config.vocab_size {
+        if sidecar.llm.is_none() && sidecar.min_vocab() > config.vocab_size {
             return Err(ModelError::Sidecar(format!(
                 "layout needs {} tokens, vocab_size is {}",
                 sidecar.min_vocab(),
@@ -195,7 +264,26 @@ impl Model {
             )));
         }
         let version = shards::weights_fingerprint(shards);
-        Ok(Model { net, config, sidecar, fingerprint: version, path: None })
+        Model::with_vocab(net, config, sidecar, version, vocab)
+    }
+
+    /// [`Model::assemble`] with the layout resolved already.
+    fn with_vocab(
+        net: Transformer,
+        config: ModelConfig,
+        sidecar: Sidecar,
+        fingerprint: String,
+        vocab: Vocab,
+    ) -> Result<Self, ModelError> {
+        if vocab.min_vocab() > config.vocab_size {
+            return Err(ModelError::Sidecar(format!(
+                "the semantic-ID tokens need {} token ids, vocab_size is {}",
+                vocab.min_vocab(),
+                config.vocab_size
+            )));
+        }
+        let level_heads = vocab.level_heads(net.head_weights(), net.device())?;
+        Ok(Model { net, config, sidecar, fingerprint, path: None, vocab, level_heads })
     }
 
     /// The catalog folder named by the sidecar, resolved against the model folder.
@@ -207,6 +295,37 @@ impl Model {
             self.path.as_ref().map(|p| p.join(c))
         }
     }
+}
+
+/// The token layout a sidecar describes. An `llm` section is loaded from its
+/// files, and the sidecar's derived fields are filled from it: sizes, special
+/// tokens (from `config.json`), the item map's catalog fingerprint, and the
+/// catalog folder (`catalog` in the model folder when unnamed).
+fn resolve_vocab(sidecar: &mut Sidecar, config: &ModelConfig, files: SidecarFiles) -> Result<Vocab, ModelError> {
+    let Some(section) = &sidecar.llm else {
+        return Ok(Vocab::codes(sidecar));
+    };
+    let files = files.ok_or_else(|| {
+        ModelError::Sidecar("an LLM layout (`llm` in genrec.json) loads from its model folder".into())
+    })?;
+    let layout = llm::TextLayout::load(section, files)?;
+    sidecar.codebook_sizes = layout.codebook_sizes();
+    sidecar.code_offsets = Vec::new();
+    sidecar.catalog_fingerprint = layout.catalog_fingerprint();
+    let eos = config.eos_token_id.unwrap_or(0);
+    sidecar.eos_token_id = eos;
+    sidecar.bos_token_id = config.bos_token_id.unwrap_or(eos);
+    sidecar.pad_token_id = config.pad_token_id.unwrap_or(eos);
+    if sidecar.catalog.is_empty() {
+        sidecar.catalog = llm::DEFAULT_CATALOG.into();
+    }
+    Ok(Vocab::text(std::sync::Arc::new(layout), sidecar.pad_token_id))
+}
+
+/// Positions the rotary tables hold (a model serves at most
+/// `min(max_position_embeddings, this)`).
+pub fn rope_positions() -> usize {
+    rope::TABLE_POSITIONS
 }
 
 /// The parameter count `config.json` (its bytes) implies.

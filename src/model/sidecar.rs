@@ -8,6 +8,11 @@
 //! with profiles, its profile tokens ([`super::profile_vocab`]).
 //!
 //! A request reads `[bos, profile tokens, codes of the history's items]`.
+//!
+//! An LLM with semantic-ID tokens in its text vocabulary has an `llm` section
+//! instead ([`super::llm`]); the fields the codes layout writes (sizes,
+//! offsets, special tokens, catalog fingerprint) are then derived at load
+//! from its tokenizer and item map, and `code_offsets` stays empty.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,13 +34,20 @@ pub struct Sidecar {
     /// Model name shown in answers.
     pub name: String,
     /// Catalog folder, relative to the model folder (or absolute).
+    #[serde(default)]
     pub catalog: String,
     /// The catalog's fingerprint (its `catalog.json`); checked at load.
+    #[serde(default)]
     pub catalog_fingerprint: String,
+    #[serde(default)]
     pub codebook_sizes: Vec<u32>,
+    #[serde(default)]
     pub code_offsets: Vec<u32>,
+    #[serde(default)]
     pub pad_token_id: u32,
+    #[serde(default)]
     pub bos_token_id: u32,
+    #[serde(default)]
     pub eos_token_id: u32,
     /// Items of history the model was trained to read (older ones are dropped).
     pub max_history_items: usize,
@@ -47,6 +59,9 @@ pub struct Sidecar {
     /// (`members/1`, ...). Empty: this model alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// An LLM layout: its tokenizer, item map and prompt ([`super::llm`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<super::llm::LlmSection>,
 }
 
 impl Sidecar {
@@ -71,6 +86,7 @@ impl Sidecar {
             max_history_items,
             profile: None,
             members: Vec::new(),
+            llm: None,
         }
     }
 
@@ -99,6 +115,7 @@ impl Sidecar {
                 == (other.pad_token_id, other.bos_token_id, other.eos_token_id)
             && self.max_history_items == other.max_history_items
             && self.profile == other.profile
+            && self.llm == other.llm
     }
 
     pub fn levels(&self) -> usize {
@@ -155,7 +172,9 @@ impl Sidecar {
             )));
         }
         let room = config.max_position_embeddings.min(super::rope::TABLE_POSITIONS);
-        if self.max_history_items == 0 || self.longest_sequence() > room {
+        // (an LLM layout's prompt length is known per request only)
+        let longest = if self.llm.is_some() { 0 } else { self.longest_sequence() };
+        if self.max_history_items == 0 || longest > room {
             return Err(ModelError::Sidecar(format!(
                 "max_history_items {} needs {} positions; the model has {room} (max_position_embeddings {}, at most {})",
                 self.max_history_items,
@@ -170,7 +189,8 @@ impl Sidecar {
     /// Checks the layout against the model's vocabulary and the catalog.
     pub fn validate(&self, vocab_size: usize, manifest: &Manifest) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Sidecar(m));
-        if self.codebook_sizes.len() != self.code_offsets.len() || self.codebook_sizes.is_empty() {
+        let offsets = if self.llm.is_some() { self.codebook_sizes.len() } else { self.code_offsets.len() };
+        if self.codebook_sizes.len() != offsets || self.codebook_sizes.is_empty() {
             return bad("codebook_sizes and code_offsets must have the same, non-zero length".into());
         }
         if self.min_vocab() > vocab_size {

@@ -145,7 +145,7 @@ pub fn build(
     let mut net = Transformer::load(VarBuilder::from_tensors(w, dtype, device), &config)?;
     net.fuse_projections()?;
     let version = format!("{}-seed{seed}", shape.name());
-    Ok(Model { net, config, sidecar, fingerprint: version, path: None })
+    Model::assemble(net, config, sidecar, version, None)
 }
 
 #[cfg(test)]

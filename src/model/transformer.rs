@@ -154,21 +154,21 @@ impl Transformer {
         for i in 0..cfg.num_hidden_layers {
             let l = format!("model.layers.{i}");
             let a = format!("{l}.self_attn");
-            let bias = cfg.attention_bias;
+            let bias = cfg.attention_biases()?;
             let (q_norm, k_norm) = match arch {
                 Arch::Qwen3 => (
                     Some(w.vector(&format!("{a}.q_norm.weight"), hd)?),
                     Some(w.vector(&format!("{a}.k_norm.weight"), hd)?),
                 ),
-                Arch::Llama => (None, None),
+                Arch::Llama | Arch::Qwen2 => (None, None),
             };
             let attn = Attention {
                 qkv: Qkv::Split {
-                    q: w.proj(&format!("{a}.q_proj"), h, nh * hd, bias)?,
-                    k: w.proj(&format!("{a}.k_proj"), h, nkv * hd, bias)?,
-                    v: w.proj(&format!("{a}.v_proj"), h, nkv * hd, bias)?,
+                    q: w.proj(&format!("{a}.q_proj"), h, nh * hd, bias.qkv)?,
+                    k: w.proj(&format!("{a}.k_proj"), h, nkv * hd, bias.qkv)?,
+                    v: w.proj(&format!("{a}.v_proj"), h, nkv * hd, bias.qkv)?,
                 },
-                o: w.proj(&format!("{a}.o_proj"), nh * hd, h, false)?,
+                o: w.proj(&format!("{a}.o_proj"), nh * hd, h, bias.out)?,
                 q_norm,
                 k_norm,
                 heads: nh,
@@ -337,6 +337,23 @@ impl Transformer {
             Head::Dense(w) if self.serving => Ok(super::small_gemm::matmul_t(hidden, w)?),
             Head::Dense(w) => Ok(hidden.broadcast_matmul(&w.t()?)?),
             Head::Quant(q) => q.forward(hidden),
+        }
+    }
+
+    /// The dense output layer's weights (`[vocab, hidden]`), `None` when
+    /// quantized.
+    pub fn head_weights(&self) -> Option<&Tensor> {
+        match &self.lm_head {
+            Head::Dense(w) => Some(w),
+            Head::Quant(_) => None,
+        }
+    }
+
+    /// Logits of one code level's tokens only, in code order.
+    pub fn level_logits(&self, hidden: &Tensor, head: &super::LevelHead) -> Result<Tensor, ModelError> {
+        match head {
+            super::LevelHead::Range { start, len } => self.logits_range(hidden, *start, *len),
+            super::LevelHead::Rows { weights, .. } => Ok(hidden.broadcast_matmul(&weights.t()?)?),
         }
     }
 

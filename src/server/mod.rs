@@ -301,6 +301,8 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
                 .clone()
                 .or_else(|| m.catalog_dir())
                 .context("the model names no catalog: pass --catalog")?;
+            crate::engine::pair::ensure_item_map_catalog(m.lead(), &cat)
+                .with_context(|| format!("writing the item map's catalog to {}", cat.display()))?;
             // the folder's canonical path, as checkpoints loaded later are
             // named: a replica's rollback compares them
             let source = dir.canonicalize().unwrap_or_else(|_| dir.clone());
@@ -316,9 +318,14 @@ pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
             // a catalog path relative to the model means nothing in the
             // Hugging Face cache; an absolute one may be this machine's
             let named = m.catalog_dir().filter(|c| c.is_absolute() && !c.starts_with(&opts.cache));
-            let cat = args.catalog.clone().or(named).with_context(|| {
-                format!("{name} comes from the Hub, whose checkpoints carry no catalog: pass --catalog")
+            let cat = args.catalog.clone().or(named).with_context(|| match m.lead().vocab.text_layout() {
+                Some(_) => format!(
+                    "{name} comes from the Hub: pass --catalog DIR (its item map's catalog is written there on the first start)"
+                ),
+                None => format!("{name} comes from the Hub, whose checkpoints carry no catalog: pass --catalog"),
             })?;
+            crate::engine::pair::ensure_item_map_catalog(m.lead(), &cat)
+                .with_context(|| format!("writing the item map's catalog to {}", cat.display()))?;
             // the name pinned to the commit, as a later load of it is named
             (Some(m), cat, pulled.pinned().to_string())
         }

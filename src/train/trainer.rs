@@ -369,13 +369,7 @@ pub fn train(
                 Some(a) => Transformer::load(VarBuilder::from_tensors(a.named(&named_vars), DType::F32, &dev), &cfg)?,
                 None => net.clone(),
             };
-            let model = Model {
-                net,
-                config: cfg.clone(),
-                sidecar: sidecar.clone(),
-                fingerprint: format!("epoch{}", epoch + 1),
-                path: None,
-            };
+            let model = Model::assemble(net, cfg.clone(), sidecar.clone(), format!("epoch{}", epoch + 1), None)?;
             let m = evaluate(&model, catalog, inter, &EvalOptions::validation(opts.valid_users), |_, _| {})?;
             log(&format!(
                 "epoch {}/{} validation ({} users): recall@10 {:.4} ndcg@10 {:.4} recall@5 {:.4} ndcg@5 {:.4}",

@@ -20,7 +20,7 @@ use crate::catalog::Catalog;
 use crate::generate::request::collect_hits;
 use crate::generate::step::StepShape;
 use crate::generate::{GenRequest, GenerateError, Generated, Scoring};
-use crate::model::{BeamKv, HistoryKv, Model};
+use crate::model::{BeamKv, HistoryKv, LevelHead, Model};
 
 /// Device copies of recently used tries, by (trie id, device id): a catalog
 /// base version is uploaded once, a compaction (a new base trie) uploads again.
@@ -104,25 +104,37 @@ impl<'a> GpuMember<'a> {
 /// the CPU).
 fn level_logits(
     members: &[GpuMember],
-    offset: usize,
-    codes: usize,
+    level: usize,
     scoring: Scoring,
 ) -> Result<(Tensor, usize, Option<Tensor>), GenerateError> {
+    // a level's columns of full logits: a range of them, or gathered
+    let columns = |m: &GpuMember, full: &Tensor| -> Result<(Tensor, usize), GenerateError> {
+        Ok(match &m.model.level_heads[level] {
+            LevelHead::Range { start, .. } => (full.clone(), *start),
+            LevelHead::Rows { ids, .. } => (full.index_select(ids, 1)?.contiguous()?, 0),
+        })
+    };
+    let narrow = |full: &Tensor, m: &GpuMember| -> Result<Tensor, GenerateError> {
+        let (cols, col0) = columns(m, full)?;
+        Ok(cols.narrow(D::Minus1, col0, m.model.vocab.level_tokens(level).len())?)
+    };
     match (members, scoring) {
         ([m], Scoring::Model) => {
             let full = m.model.net.logits(&m.hidden)?.to_dtype(DType::F32)?.contiguous()?;
             let lse = full.log_sum_exp(D::Minus1)?.contiguous()?;
-            Ok((full, offset, Some(lse)))
+            let (cols, col0) = columns(m, &full)?;
+            Ok((cols, col0, Some(lse)))
         }
         ([m], Scoring::Trie) => {
-            Ok((m.model.net.logits_range(&m.hidden, offset, codes)?.to_dtype(DType::F32)?.contiguous()?, 0, None))
+            let head = &m.model.level_heads[level];
+            Ok((m.model.net.level_logits(&m.hidden, head)?.to_dtype(DType::F32)?.contiguous()?, 0, None))
         }
         (many, _) => {
             let mut sum: Option<Tensor> = None;
             for m in many {
                 let full = m.model.net.logits(&m.hidden)?.to_dtype(DType::F32)?;
                 let lse = full.log_sum_exp(D::Minus1)?.unsqueeze(D::Minus1)?;
-                let log_probs = full.narrow(D::Minus1, offset, codes)?.broadcast_sub(&lse)?;
+                let log_probs = narrow(&full, m)?.broadcast_sub(&lse)?;
                 sum = Some(match sum {
                     None => log_probs,
                     Some(s) => (s + log_probs)?,
@@ -171,8 +183,15 @@ pub fn decode_levels(
     let mut earlier = Vec::with_capacity(levels);
     for level in 0..levels {
         let codes = sc.codebook_sizes[level] as usize;
-        let offset = sc.code_offsets[level] as usize;
-        let (logits, col0, norm) = level_logits(&members, offset, codes, scoring)?;
+        let (logits, col0, norm) = level_logits(&members, level, scoring)?;
+        // the kernel writes `token_offset + code` (or the pad token) for the
+        // next step; a level whose tokens are not contiguous writes the code
+        // (`codes` for a dead beam) and the tokens are looked up after it
+        let start = model.vocab.level_start(level);
+        let (token_offset, pad_token) = match start {
+            Some(s) => (s, model.vocab.pad),
+            None => (0, codes as u32),
+        };
         let filters = GpuFilters::upload(dev, &LevelFilters::new(catalog, reqs, level))?;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
         let args = StepArgs {
@@ -181,8 +200,8 @@ pub fn decode_levels(
             norm: norm.as_ref(),
             scores: &scores,
             nodes: &nodes,
-            token_offset: sc.token(level, 0),
-            pad_token: sc.pad_token_id,
+            token_offset,
+            pad_token,
         };
         let priors = GpuPriors::upload(dev, &LevelPriors::new(catalog, reqs, level)?)?;
         let live = GpuLive { patch: overlay.gpu(), priors: &priors, trend: &trend };
@@ -201,7 +220,13 @@ pub fn decode_levels(
             }
             return Ok(Generated { hits: collect_hits(catalog, reqs, beam, &last, &scores), tokens: decoded });
         }
-        let (rows, tokens) = (cuda::tensor_u32(dev, out.row), cuda::tensor_u32(dev, out.token));
+        let (rows, mut tokens) = (cuda::tensor_u32(dev, out.row), cuda::tensor_u32(dev, out.token));
+        if start.is_none() {
+            let mut table = model.vocab.level_tokens(level).to_vec();
+            table.push(model.vocab.pad);
+            let table = Tensor::from_vec(table, codes + 1, model.net.device())?;
+            tokens = table.index_select(&tokens, 0)?;
+        }
         let pos: Vec<u32> = (0..r * beam).map(|s| (lens[s / beam] + level) as u32).collect();
         let pos = Tensor::from_vec(pos, r * beam, model.net.device())?;
         for m in &mut members {

@@ -1,0 +1,204 @@
+//! LLM-layout checkpoints (semantic-ID tokens added to a text vocabulary)
+//! against transformers: small random-weight Llama, Qwen2 and Qwen3 models,
+//! their tokenizers and item maps written by `tests/llm_layout.py` as their
+//! trainers would, served by `genrec serve --model` with only a
+//! `genrec.json` added. The top-10 lists through HTTP must equal
+//! transformers' `generate(num_beams=10, prefix_allowed_tokens_fn=...)` on
+//! the same prompts, with the same scores; the prompts must tokenize alike.
+//!
+//! Needs `GENREC_PYTHON` (see `hf_compat`); skipped without it unless
+//! `GENREC_REQUIRE_HF=1`.
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::Device;
+use serde_json::{json, Value};
+
+use crate::common::{repo, Server, TempDir};
+use genrec::model::{Model, PromptText};
+
+/// Largest allowed |genrec - transformers| of an item's summed
+/// log-probability (float32, three levels).
+const SCORE_TOLERANCE: f64 = 2e-3;
+
+const TOKEN: &str = "llm-layout-token-0123456789";
+
+fn python() -> Option<std::path::PathBuf> {
+    match std::env::var_os("GENREC_PYTHON") {
+        Some(p) if !p.is_empty() => Some(p.into()),
+        _ => {
+            assert!(
+                std::env::var("GENREC_REQUIRE_HF").as_deref() != Ok("1"),
+                "GENREC_REQUIRE_HF=1 but GENREC_PYTHON is not set"
+            );
+            eprintln!("llm_layout: skipped (set GENREC_PYTHON to a Python with torch and transformers)");
+            None
+        }
+    }
+}
+
+fn run_py(py: &Path, args: &[&str]) {
+    let out = Command::new(py).arg(repo().join("tests/llm_layout.py")).args(args).output().expect("run python");
+    assert!(out.status.success(), "llm_layout.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One family's layout as its trainer publishes it.
+struct Case {
+    arch: &'static str,
+    item_map: &'static str,
+    format: &'static str,
+    levels: &'static [&'static str],
+    template: &'static str,
+}
+
+const CASES: [Case; 3] = [
+    // LC-Rec: the level tokens come from the item map (none named)
+    Case {
+        arch: "llama",
+        item_map: "index.json",
+        format: "index",
+        levels: &[],
+        template: "Below is a user's history: {history}. Which item comes next? ",
+    },
+    Case {
+        arch: "qwen2",
+        item_map: "index.json",
+        format: "index",
+        levels: &["<a_{}>", "<b_{}>", "<c_{}>"],
+        template: "[[The user: {profile}. ]]They bought {history}.[[ They search: {query}.]] Next: ",
+    },
+    // OpenOneRec: sid2pid.json, the answer after <|sid_begin|>
+    Case {
+        arch: "qwen3",
+        item_map: "sid2pid.json",
+        format: "sid2pid",
+        levels: &["<s_a_{}>", "<s_b_{}>", "<s_c_{}>"],
+        template: "<|im_start|>user\nThe user watched {history}. Recommend the next one.<|im_end|>\n<|im_start|>assistant\n<|sid_begin|>",
+    },
+];
+
+fn write_sidecar(dir: &Path, case: &Case) {
+    std::fs::write(dir.join("prompt.txt"), format!("{}\n", case.template)).unwrap();
+    let mut llm = json!({"item_map": case.item_map, "item_map_format": case.format, "prompt": "prompt.txt"});
+    if !case.levels.is_empty() {
+        llm["levels"] = json!(case.levels);
+    }
+    let sidecar = json!({"format": "genrec-sidecar/1", "name": format!("llm-{}", case.arch), "max_history_items": 20, "llm": llm});
+    std::fs::write(dir.join("genrec.json"), serde_json::to_vec_pretty(&sidecar).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn llm_layout_checkpoints_serve_the_lists_transformers_generates() {
+    let Some(py) = python() else { return };
+    let tmp = TempDir::new("llm-layout");
+    for (seed, case) in CASES.iter().enumerate() {
+        let dir = tmp.0.join(case.arch);
+        run_py(&py, &["write", case.arch, dir.to_str().unwrap(), &(seed + 3).to_string()]);
+        write_sidecar(&dir, case);
+
+        // in process: the layout resolves and the catalog is the item map's
+        let model = Model::load(&dir, &Device::Cpu).unwrap();
+        let layout = model.vocab.text_layout().expect("an LLM layout");
+        let ids = layout.item_ids.clone();
+        assert_eq!(model.sidecar.codebook_sizes, vec![12, 11, 10], "{}", case.arch);
+        assert_eq!(layout.aliases_dropped, usize::from(case.arch == "qwen3"));
+        // qwen2's levels are interleaved in the vocabulary (gathered output
+        // rows); the others are contiguous (a range): OneRec's by code, LC-Rec's
+        // by token id (codes taken from the map in token order)
+        assert_eq!(model.vocab.level_start(0).is_none(), case.arch == "qwen2", "{}", case.arch);
+
+        // requests: histories of 1 to 8 items; qwen2's prompt also reads the
+        // profile and the query
+        let mut requests = Vec::new();
+        for r in 0..6usize {
+            let history: Vec<String> = (0..1 + r * 7 % 8).map(|j| ids[(r * 13 + j * 29) % ids.len()].clone()).collect();
+            let (profile, query) = match (case.arch, r) {
+                ("qwen2", 1) => (Some(json!({"age": 30, "occupation": "astronaut"})), None),
+                ("qwen2", 2) => (None, Some("a red tent")),
+                ("qwen2", 3) => (Some(json!({"interests": ["drama", "tents"]})), Some("novel")),
+                _ => (None, None),
+            };
+            requests.push((history, profile, query));
+        }
+        let text = |p: &Option<Value>| -> Option<String> {
+            p.as_ref()
+                .map(|p| serde_json::from_value::<genrec::coldstart::Profile>(p.clone()).unwrap().describe_inline())
+        };
+        let spec = json!({
+            "template": case.template,
+            "separator": ", ",
+            "item_map": case.item_map,
+            "format": case.format,
+            "levels": case.levels,
+            "beams": 10,
+            "requests": requests.iter().map(|(h, p, q)| json!({"history": h, "profile": text(p), "query": q})).collect::<Vec<_>>(),
+        });
+        let (spec_path, out_path) = (tmp.0.join("spec.json"), tmp.0.join("out.json"));
+        std::fs::write(&spec_path, spec.to_string()).unwrap();
+        run_py(&py, &["generate", dir.to_str().unwrap(), spec_path.to_str().unwrap(), out_path.to_str().unwrap()]);
+        let hf: Value = serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+
+        // the prompts tokenize alike
+        let index: std::collections::HashMap<&str, usize> =
+            ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+        let levels = model.sidecar.levels();
+        for ((h, p, q), want) in requests.iter().zip(hf["results"].as_array().unwrap()) {
+            let rows: Vec<usize> = h.iter().map(|id| index[id.as_str()]).collect();
+            let codes = &layout.item_codes;
+            let sids = rows.iter().map(|&r| &codes[r * levels..(r + 1) * levels]);
+            let prompt = PromptText { profile: text(p), query: q.map(String::from) };
+            let got = model.vocab.request_tokens(&[], &prompt, sids).unwrap();
+            let want: Vec<u32> = serde_json::from_value(want["prompt_ids"].clone()).unwrap();
+            assert_eq!(got, want, "{}: prompt tokens of {h:?}", case.arch);
+        }
+
+        // through HTTP: the catalog is written from the item map at start
+        // (beam 10 as transformers' num_beams; the server's default is 20)
+        let s = Server::start(&["--model", dir.to_str().unwrap(), "--beam", "10", "--admin-token", TOKEN]);
+        assert!(dir.join("catalog").is_dir(), "{}: the item map's catalog is written", case.arch);
+        let client = reqwest::Client::new();
+        for ((h, p, q), want) in requests.iter().zip(hf["results"].as_array().unwrap()) {
+            let mut body = json!({"history": h, "k": 10, "exclude_history": false});
+            if let Some(p) = p {
+                body["profile"] = p.clone();
+            }
+            if let Some(q) = q {
+                body["query"] = json!(q);
+            }
+            let r = client.post(s.at("/v1/recommend")).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{}: {body}", case.arch);
+            let v: Value = r.json().await.unwrap();
+            let got: Vec<&str> =
+                v["items"].as_array().unwrap().iter().map(|i| i["item_id"].as_str().unwrap()).collect();
+            let want_items: Vec<&str> = want["items"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+            assert_eq!(got, want_items, "{}: top-10 of {body}", case.arch);
+            for (g, w) in v["items"].as_array().unwrap().iter().zip(want["scores"].as_array().unwrap()) {
+                let (g, w) = (g["score"].as_f64().unwrap(), w.as_f64().unwrap());
+                assert!((g - w).abs() < SCORE_TOLERANCE, "{}: score {g} vs transformers {w} for {body}", case.arch);
+            }
+            assert!(v["model"].as_str().unwrap().starts_with(&format!("llm-{}/", case.arch)), "{v}");
+        }
+        eprintln!("llm_layout {}: {} requests, lists and scores equal to transformers'", case.arch, requests.len());
+
+        // a new item names its semantic ID (the item map's catalog has no
+        // embeddings to place it by), and is then read in histories
+        let taken: std::collections::HashSet<&[u32]> = layout.item_codes.chunks(levels).collect();
+        let free: Vec<u32> = (0..12u32)
+            .flat_map(|a| (0..11u32).flat_map(move |b| (0..10u32).map(move |c| vec![a, b, c])))
+            .find(|sid| !taken.contains(sid.as_slice()))
+            .unwrap();
+        let post = |body: Value| client.post(s.at("/admin/items")).bearer_auth(TOKEN).json(&body).send();
+        let r = post(json!({"id": "new-1", "title": "a live stream"})).await.unwrap();
+        assert_eq!(r.status(), 422, "{}", case.arch);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["field"], "semantic_id", "{v}");
+        let r = post(json!({"id": "new-1", "title": "a live stream", "semantic_id": free})).await.unwrap();
+        assert_eq!(r.status(), 201, "{}: {}", case.arch, r.text().await.unwrap());
+        let body = json!({"history": [ids[0], "new-1"], "k": 10});
+        let r = client.post(s.at("/v1/recommend")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert!(v["ignored_history"].as_array().is_none_or(|a| a.is_empty()), "{v}");
+    }
+}
