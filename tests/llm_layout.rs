@@ -155,7 +155,17 @@ async fn llm_layout_checkpoints_serve_the_lists_transformers_generates() {
 
         // through HTTP: the catalog is written from the item map at start
         // (beam 10 as transformers' num_beams; the server's default is 20)
-        let s = Server::start(&["--model", dir.to_str().unwrap(), "--beam", "10", "--admin-token", TOKEN]);
+        let root = tmp.0.to_str().unwrap();
+        let s = Server::start(&[
+            "--model",
+            dir.to_str().unwrap(),
+            "--beam",
+            "10",
+            "--admin-token",
+            TOKEN,
+            "--model-root",
+            root,
+        ]);
         assert!(dir.join("catalog").is_dir(), "{}: the item map's catalog is written", case.arch);
         let client = reqwest::Client::new();
         for ((h, p, q), want) in requests.iter().zip(hf["results"].as_array().unwrap()) {
@@ -200,5 +210,23 @@ async fn llm_layout_checkpoints_serve_the_lists_transformers_generates() {
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert!(v["ignored_history"].as_array().is_none_or(|a| a.is_empty()), "{v}");
+
+        // a hot swap to another folder of the same layout (a retrained model)
+        let swap = tmp.0.join(format!("{}-b", case.arch));
+        std::fs::create_dir_all(&swap).unwrap();
+        for f in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()) {
+            std::fs::copy(&f, swap.join(f.file_name().unwrap())).unwrap();
+        }
+        let mut sc: Value = serde_json::from_slice(&std::fs::read(swap.join("genrec.json")).unwrap()).unwrap();
+        sc["name"] = json!(format!("llm-{}-b", case.arch));
+        sc["catalog"] = json!(dir.join("catalog"));
+        std::fs::write(swap.join("genrec.json"), sc.to_string()).unwrap();
+        let path = format!("{}-b", case.arch);
+        let r =
+            client.post(s.at("/admin/models")).bearer_auth(TOKEN).json(&json!({"path": path})).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}: {}", case.arch, r.text().await.unwrap());
+        let r = client.post(s.at("/v1/recommend")).json(&json!({"history": [ids[1]], "k": 3})).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert!(v["model"].as_str().unwrap().starts_with(&format!("llm-{}-b/", case.arch)), "{v}");
     }
 }

@@ -173,7 +173,10 @@ impl Engine {
         let read = |f: &str| dir.read(f).map_err(EngineError::refused);
         let (config, sidecar) = (read(crate::model::CONFIG_FILE)?, read(crate::model::sidecar::SIDECAR_FILE)?);
         let weights = crate::model::WeightFiles::open(|f| dir.file(f)).map_err(EngineError::refused)?;
-        Model::load_opened(&config, &weights, &sidecar, dir.path(), &self.opts.device, self.opts.dtype)
+        // an LLM layout's tokenizer, item map and prompt: plain files of the
+        // folder too
+        let files = |f: &str| dir.read(f).map_err(|e| crate::model::ModelError::Sidecar(e.to_string()));
+        Model::load_opened(&config, &weights, &sidecar, Some(&files), dir.path(), &self.opts.device, self.opts.dtype)
             .map_err(EngineError::refused)
     }
 

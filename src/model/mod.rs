@@ -137,7 +137,16 @@ impl Model {
             let p = dir.join(f);
             std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))
         })?;
-        Self::load_opened(&read(CONFIG_FILE)?, &weights, &read(sidecar::SIDECAR_FILE)?, dir, device, dtype)
+        let files = |name: &str| Self::read_sidecar_file(dir, name);
+        Self::load_opened(
+            &read(CONFIG_FILE)?,
+            &weights,
+            &read(sidecar::SIDECAR_FILE)?,
+            Some(&files),
+            dir,
+            device,
+            dtype,
+        )
     }
 
     /// Reads a file the sidecar names, inside `dir`: a relative path without
@@ -156,11 +165,14 @@ impl Model {
 
     /// Loads a checkpoint whose files the caller opened (the engine opens
     /// them inside the model root without following links): the config and
-    /// sidecar bytes, and the weight files, which are memory-mapped.
+    /// sidecar bytes, the weight files, which are memory-mapped, and the
+    /// files an LLM layout's sidecar names, read with `files`.
+    #[allow(clippy::too_many_arguments)] // each is a separately opened part of the folder
     pub fn load_opened(
         config: &[u8],
         weights: &WeightFiles,
         sidecar: &[u8],
+        files: SidecarFiles,
         dir: &Path,
         device: &Device,
         dtype: impl Into<DTypeChoice>,
@@ -181,9 +193,7 @@ impl Model {
             .collect::<Result<Vec<_>, _>>()?;
         let shards: Vec<(&str, &[u8])> =
             weights.files.iter().zip(&maps).map(|((n, _), m)| (n.as_str(), &m[..])).collect();
-        let files = |name: &str| Self::read_sidecar_file(dir, name);
-        let mut m =
-            Self::from_shards_with(config, &shards, weights.index.as_deref(), sidecar, Some(&files), device, dtype)?;
+        let mut m = Self::from_shards_with(config, &shards, weights.index.as_deref(), sidecar, files, device, dtype)?;
         m.path = Some(dir.to_path_buf());
         Ok(m)
     }
