@@ -13,14 +13,18 @@ Run with the Python named by GENREC_PYTHON (torch, transformers, tokenizers).
         qwen2: LC-Rec style, tokens added level-interleaved (<a_0>, <b_0>,
                <c_0>, <a_1>, ...), tied embeddings;
         qwen3: OpenOneRec style, `sid2pid.json` with encoded keys, tokens
-               <s_a_N>/<s_b_N>/<s_c_N> and <|sid_begin|>, <|sid_end|>.
+               <s_a_N>/<s_b_N>/<s_c_N> and <|sid_begin|>, <|sid_end|>, and
+               a Qwen-style chat template in tokenizer_config.json.
 
   generate MODEL_DIR SPEC_JSON OUT_JSON
       SPEC_JSON: {"template": str, "separator": str, "item_map": file,
       "format": "index"|"sid2pid", "levels": [pattern, ...] or [],
+      "chat": bool, "answer_prefix": str,
       "beams": int, "requests": [{"history": [item id], "profile": str|null,
       "query": str|null}]}. Renders each prompt (its own reading of the
-      template: slots and [[ ]] sections), tokenizes it with AutoTokenizer and
+      template: slots and [[ ]] sections; with "chat", the user message of
+      apply_chat_template(add_generation_prompt=True), then the answer
+      prefix), tokenizes it with AutoTokenizer and
       runs generate(num_beams, prefix_allowed_tokens_fn=<trie of the item
       map>, length_penalty=0) for one level per semantic-ID token. Writes
       {"results": [{"items": [id, ...], "scores": [float, ...],
@@ -45,6 +49,17 @@ CORPUS = [
     "The user's profile: age, gender, occupation, interests.",
     "The user is looking for red shoes, a lipstick, a tent or a novel.",
 ] * 20
+
+
+# Qwen's shape of chat template: a default system turn, python string
+# methods, the generation prompt
+QWEN_CHAT = (
+    "{%- if messages[0]['role'] != 'system' %}<|im_start|>system\nYou recommend items.<|im_end|>\n{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'].strip() + '<|im_end|>' + '\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
 
 
 def onerec_key(codes):
@@ -79,6 +94,8 @@ def write(arch, out_dir, seed):
     if arch == "llama":
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    if arch == "qwen3":
+        fast.chat_template = QWEN_CHAT
     fast.save_pretrained(out_dir)
     vocab = len(fast) + 5  # trainers round the vocabulary up; unused rows at the end
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -153,7 +170,12 @@ def generate(model_dir, spec_json, out_json):
         history = spec["separator"].join("".join(items[i]) for i in req["history"])
         prompt = render(spec["template"], {"history": history, "profile": req.get("profile"),
                                            "query": req.get("query")})
-        ids = tok(prompt, return_tensors="pt").input_ids
+        if spec.get("chat"):
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           tokenize=False) + spec.get("answer_prefix", "")
+            ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+        else:
+            ids = tok(prompt + spec.get("answer_prefix", ""), return_tensors="pt").input_ids
         width = ids.shape[1]
 
         def allowed(_batch_id, input_ids):

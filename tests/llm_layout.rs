@@ -24,6 +24,9 @@ const SCORE_TOLERANCE: f64 = 2e-3;
 
 const TOKEN: &str = "llm-layout-token-0123456789";
 
+/// What OneRec writes before an item's semantic-ID tokens.
+const ANSWER_PREFIX: &str = "<|sid_begin|>";
+
 fn python() -> Option<std::path::PathBuf> {
     match std::env::var_os("GENREC_PYTHON") {
         Some(p) if !p.is_empty() => Some(p.into()),
@@ -50,6 +53,9 @@ struct Case {
     format: &'static str,
     levels: &'static [&'static str],
     template: &'static str,
+    /// The prompt goes into the tokenizer's chat template, followed by
+    /// `<|sid_begin|>`.
+    chat: bool,
 }
 
 const CASES: [Case; 3] = [
@@ -60,6 +66,7 @@ const CASES: [Case; 3] = [
         format: "index",
         levels: &[],
         template: "Below is a user's history: {history}. Which item comes next? ",
+        chat: false,
     },
     Case {
         arch: "qwen2",
@@ -67,14 +74,16 @@ const CASES: [Case; 3] = [
         format: "index",
         levels: &["<a_{}>", "<b_{}>", "<c_{}>"],
         template: "[[The user: {profile}. ]]They bought {history}.[[ They search: {query}.]] Next: ",
+        chat: false,
     },
-    // OpenOneRec: sid2pid.json, the answer after <|sid_begin|>
+    // OpenOneRec: sid2pid.json, a chat template, the answer after <|sid_begin|>
     Case {
         arch: "qwen3",
         item_map: "sid2pid.json",
         format: "sid2pid",
         levels: &["<s_a_{}>", "<s_b_{}>", "<s_c_{}>"],
-        template: "<|im_start|>user\nThe user watched {history}. Recommend the next one.<|im_end|>\n<|im_start|>assistant\n<|sid_begin|>",
+        template: "  The user watched {history}. Recommend the next one.",
+        chat: true,
     },
 ];
 
@@ -83,6 +92,10 @@ fn write_sidecar(dir: &Path, case: &Case) {
     let mut llm = json!({"item_map": case.item_map, "item_map_format": case.format, "prompt": "prompt.txt"});
     if !case.levels.is_empty() {
         llm["levels"] = json!(case.levels);
+    }
+    if case.chat {
+        llm["chat"] = json!(true);
+        llm["answer_prefix"] = json!(ANSWER_PREFIX);
     }
     let sidecar = json!({"format": "genrec-sidecar/1", "name": format!("llm-{}", case.arch), "max_history_items": 20, "llm": llm});
     std::fs::write(dir.join("genrec.json"), serde_json::to_vec_pretty(&sidecar).unwrap()).unwrap();
@@ -132,6 +145,8 @@ async fn llm_layout_checkpoints_serve_the_lists_transformers_generates() {
             "format": case.format,
             "levels": case.levels,
             "beams": 10,
+            "chat": case.chat,
+            "answer_prefix": if case.chat { ANSWER_PREFIX } else { "" },
             "requests": requests.iter().map(|(h, p, q)| json!({"history": h, "profile": text(p), "query": q})).collect::<Vec<_>>(),
         });
         let (spec_path, out_path) = (tmp.0.join("spec.json"), tmp.0.join("out.json"));

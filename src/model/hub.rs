@@ -360,6 +360,10 @@ fn checkpoint_files(name: &HubName, prefix: &str, src: &mut Source) -> Result<Si
     for f in sidecar.llm.iter().flat_map(|l| l.files()) {
         fetch(f)?;
     }
+    let chat_file = format!("{prefix}{}", super::llm::chat::CHAT_TEMPLATE_FILE);
+    if sidecar.llm.as_ref().is_some_and(|l| l.chat) && (src.has)(&chat_file) {
+        fetch(super::llm::chat::CHAT_TEMPLATE_FILE)?;
+    }
     if (src.has)(&format!("{prefix}{WEIGHTS_FILE}")) || !(src.has)(&format!("{prefix}{INDEX_FILE}")) {
         // the single file, or (neither there) the error that names it
         fetch(WEIGHTS_FILE)?;

@@ -10,6 +10,7 @@
 //! from the item map, and renders each request as the prompt the model was
 //! trained on: the history's items as their token strings.
 
+pub mod chat;
 pub mod item_map;
 pub mod template;
 
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+pub use chat::ChatTemplate;
 pub use item_map::{ItemMap, ItemMapFormat, ItemSid};
 pub use template::{Fill, Slot, Template};
 
@@ -59,6 +61,19 @@ pub struct LlmSection {
     /// Written between the history's items in `{history}`.
     #[serde(default = "default_separator")]
     pub item_separator: String,
+    /// The rendered prompt is the user message of the checkpoint's chat
+    /// template (`chat_template` in `tokenizer_config`), with the
+    /// assistant's turn opened, as `apply_chat_template(...,
+    /// add_generation_prompt=True)` makes it; tokenized without adding
+    /// special tokens, as transformers does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chat: bool,
+    #[serde(default = "default_tokenizer_config")]
+    pub tokenizer_config: String,
+    /// Written after the (chat) prompt, where the answer's first semantic-ID
+    /// token follows (`<|sid_begin|>` for OneRec).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub answer_prefix: String,
 }
 
 impl LlmSection {
@@ -66,8 +81,15 @@ impl LlmSection {
     pub fn files(&self) -> Vec<&str> {
         let mut f = vec![self.tokenizer.as_str(), self.item_map.as_str()];
         f.extend(self.prompt.as_deref());
+        if self.chat {
+            f.push(&self.tokenizer_config);
+        }
         f
     }
+}
+
+fn default_tokenizer_config() -> String {
+    "tokenizer_config.json".into()
 }
 
 fn default_tokenizer() -> String {
@@ -83,6 +105,9 @@ pub struct TextLayout {
     pub tokenizer: Tokenizer,
     pub template: Template,
     pub separator: String,
+    /// The chat template the prompt goes into (`chat`), if any.
+    pub chat: Option<ChatTemplate>,
+    pub answer_prefix: String,
     /// `level_strings[l][code]`: the token string of a code.
     pub level_strings: Vec<Vec<String>>,
     /// `level_ids[l][code]`: its token id.
@@ -128,10 +153,20 @@ impl TextLayout {
             .map(|l| l.iter().map(|s| tokenizer.token_to_id(s).unwrap_or(u32::MAX)).collect())
             .collect();
         let (item_ids, item_codes) = item_codes(&map, &level_strings)?;
+        let chat = if section.chat {
+            let cfg = read(&section.tokenizer_config)?;
+            // (transformers 4.50+ writes the template to its own file)
+            let jinja = read(chat::CHAT_TEMPLATE_FILE).ok().map(|b| String::from_utf8_lossy(&b).into_owned());
+            Some(ChatTemplate::from_files(&cfg, jinja)?)
+        } else {
+            None
+        };
         Ok(TextLayout {
             tokenizer,
             template,
             separator: section.item_separator.clone(),
+            chat,
+            answer_prefix: section.answer_prefix.clone(),
             level_strings,
             level_ids,
             item_ids,
@@ -171,7 +206,8 @@ impl TextLayout {
     }
 
     /// The prompt of a request, tokenized as transformers' tokenizer does
-    /// (`add_special_tokens` on: a Llama tokenizer's `<s>` is added).
+    /// (`add_special_tokens` on: a Llama tokenizer's `<s>` is added; off
+    /// inside a chat template, as `apply_chat_template` tokenizes).
     pub fn prompt_tokens<'a>(
         &self,
         sids: impl IntoIterator<Item = &'a [u32]>,
@@ -181,9 +217,15 @@ impl TextLayout {
         let history = history.join(&self.separator);
         let fill = Fill { history: &history, profile: text.profile.as_deref(), query: text.query.as_deref() };
         let prompt = self.template.render(&fill);
+        // a chat's special tokens are in its template: none are added
+        let (mut text, add_special) = match &self.chat {
+            Some(chat) => (chat.render_user(&prompt)?, false),
+            None => (prompt, true),
+        };
+        text.push_str(&self.answer_prefix);
         let enc = self
             .tokenizer
-            .encode(prompt, true)
+            .encode(text, add_special)
             .map_err(|e| ModelError::Input(format!("tokenizing the prompt: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
