@@ -321,3 +321,38 @@ fn a_download_that_stalls_half_way_fails_in_time_and_leaves_nothing() {
     let weights = std::fs::read(snapshot.join("model.safetensors")).unwrap();
     assert_eq!(weights, std::fs::read(common::repo().join("models/demo/model/model.safetensors")).unwrap());
 }
+
+/// An LLM-layout folder on the Hub: the pull fetches the files its `llm`
+/// section names (tokenizer, item map, prompt), a start without `--catalog`
+/// says to pass one, and with one the item map's catalog is written there and
+/// served; the same folder on disk answers the same.
+#[test]
+fn an_llm_layout_checkpoint_serves_from_the_hub_with_its_tokenizer_item_map_and_prompt() {
+    let hub = FakeHub::start();
+    let sha = hub.commit("genrec/llm", &["main"], common::llm::files(3));
+    let home = TempDir::new("hf-llm");
+    let url = hub.url.clone();
+    let base_env = env(&url, &home);
+    let err = failed_start(&base_env, &["--model", "hf:genrec/llm"]);
+    assert!(err.contains("--catalog DIR") && err.contains("item map"), "{err}");
+    let work = TempDir::new("hub-llm-work");
+    let catalog = work.0.join("catalog");
+    let args = ["--model", "hf:genrec/llm", "--catalog", catalog.to_str().unwrap(), "--admin-token", TOKEN];
+    let s = Server::start_env(&base_env, &args);
+    assert_eq!(source(&s), format!("hf:genrec/llm@{sha}"));
+    let mut got = hub.downloads();
+    got.sort();
+    for f in ["genrec.json", "index.json", "prompt.txt", "tokenizer.json"] {
+        assert!(got.iter().any(|d| d.ends_with(f)), "{f} not fetched: {got:?}");
+    }
+    assert!(catalog.join("CURRENT").is_file(), "the item map's catalog is written to --catalog");
+    let c = reqwest::blocking::Client::new();
+    let body = json!({"history": ["3", "17"], "k": 5, "exclude_history": false});
+    let pulled = common::items_and_scores(&c, &s.at("/v1/recommend"), &body);
+    assert_eq!(pulled.as_array().map(Vec::len), Some(5), "{pulled}");
+    drop(s);
+    let local_dir = work.0.join("folder");
+    common::llm::write(&local_dir, 3);
+    let local = Server::start(&["--model", local_dir.to_str().unwrap()]);
+    assert_eq!(common::items_and_scores(&c, &local.at("/v1/recommend"), &body), pulled);
+}

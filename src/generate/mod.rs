@@ -135,9 +135,12 @@ mod tests {
         out
     }
 
-    fn check_against_enumeration(arch: &str, scoring: Scoring) {
+    /// `scattered`: the model's semantic-ID tokens dealt through its
+    /// vocabulary (an LLM layout's gathered output rows and columns).
+    fn check_against_enumeration(arch: &str, scoring: Scoring, scattered: bool) {
         let cat = random_catalog(40, &[4, 4, 3], 5);
-        let model = random_model(&cat, arch, 9);
+        let scatter = |m: Model| if scattered { m.with_token_map(m.vocab.scattered_levels()).unwrap() } else { m };
+        let model = scatter(random_model(&cat, arch, 9));
         let histories: Vec<Vec<u32>> = vec![vec![3, 17, 22], vec![5], vec![1, 2, 3, 4, 5, 6, 7]];
         let reqs: Vec<GenRequest> = histories
             .iter()
@@ -147,6 +150,7 @@ mod tests {
         // the serving form (fused projections) against the trained form's enumeration
         let mut served = random_model(&cat, arch, 9);
         served.net.fuse_projections().unwrap();
+        let served = scatter(served);
         let got = generate_with(&served, &cat, &reqs, 40, scoring).unwrap();
         for (h, hits) in histories.iter().zip(&got.hits) {
             let want = enumerate(&model, &cat, h, scoring);
@@ -168,14 +172,20 @@ mod tests {
 
     #[test]
     fn beam_search_equals_enumeration_llama() {
-        check_against_enumeration("LlamaForCausalLM", Scoring::Model);
-        check_against_enumeration("LlamaForCausalLM", Scoring::Trie);
+        check_against_enumeration("LlamaForCausalLM", Scoring::Model, false);
+        check_against_enumeration("LlamaForCausalLM", Scoring::Trie, false);
     }
 
     #[test]
     fn beam_search_equals_enumeration_qwen3() {
-        check_against_enumeration("Qwen3ForCausalLM", Scoring::Model);
-        check_against_enumeration("Qwen3ForCausalLM", Scoring::Trie);
+        check_against_enumeration("Qwen3ForCausalLM", Scoring::Model, false);
+        check_against_enumeration("Qwen3ForCausalLM", Scoring::Trie, false);
+    }
+
+    #[test]
+    fn beam_search_equals_enumeration_with_scattered_semantic_id_tokens() {
+        check_against_enumeration("Qwen2ForCausalLM", Scoring::Model, true);
+        check_against_enumeration("Qwen2ForCausalLM", Scoring::Trie, true);
     }
 
     /// An exhaustive ensemble search ranks every item by the members' mean

@@ -217,7 +217,7 @@ fn check_scattered(
     catalog: &Catalog,
     reference: &Reference,
 ) -> Result<Value, CheckError> {
-    let levels = scattered_levels(&cpu_model.vocab.all_levels());
+    let levels = cpu_model.vocab.scattered_levels();
     let err = |e: crate::model::ModelError| CheckError::Other(e.to_string());
     let (dev, cpu) =
         (dev_model.with_token_map(levels.clone()).map_err(err)?, cpu_model.with_token_map(levels).map_err(err)?);
@@ -227,23 +227,6 @@ fn check_scattered(
     Ok(
         json!({"requests": reference.reqs.len(), "identical_lists": same, "max_score_diff": worst, "tokens_device": a.tokens, "tokens_cpu": b.tokens}),
     )
-}
-
-/// The tokens of `levels` dealt round-robin over the levels from the last
-/// token down: no level keeps a contiguous range.
-pub(crate) fn scattered_levels(levels: &[Vec<u32>]) -> Vec<Vec<u32>> {
-    let mut pool: Vec<u32> = levels.iter().flatten().copied().collect();
-    pool.sort_unstable_by(|a, b| b.cmp(a));
-    let mut out: Vec<Vec<u32>> = levels.iter().map(|l| Vec::with_capacity(l.len())).collect();
-    let mut next = pool.into_iter();
-    while out.iter().zip(levels).any(|(o, l)| o.len() < l.len()) {
-        for (o, l) in out.iter_mut().zip(levels) {
-            if o.len() < l.len() {
-                o.extend(next.next());
-            }
-        }
-    }
-    out
 }
 
 /// The second member of the ensemble check on `device`: the synthetic shape
@@ -657,17 +640,6 @@ mod tests {
 
     /// The whole harness on the CPU (the kernel's port standing in): the
     /// comparison must pass and every table must have its rows.
-    #[test]
-    fn scattered_levels_are_a_permutation_with_no_range_left() {
-        let levels = vec![(3..7).collect::<Vec<u32>>(), (7..10).collect(), (10..15).collect()];
-        let s = scattered_levels(&levels);
-        assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), [4, 3, 5]);
-        let mut all: Vec<u32> = s.iter().flatten().copied().collect();
-        all.sort_unstable();
-        assert_eq!(all, (3..15).collect::<Vec<u32>>());
-        assert!(s.iter().all(|l| l.windows(2).any(|w| w[1] != w[0] + 1)), "{s:?}");
-    }
-
     #[test]
     fn harness_runs_on_the_cpu() {
         let opts = CheckOptions {

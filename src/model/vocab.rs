@@ -99,9 +99,23 @@ impl Vocab {
         Vocab { levels: levels.into_iter().map(LevelTokens::new).collect(), pad: self.pad, input: self.input.clone() }
     }
 
-    /// Every level's tokens, by level and code.
-    pub fn all_levels(&self) -> Vec<Vec<u32>> {
-        self.levels.iter().map(|l| l.ids.clone()).collect()
+    /// This layout's tokens dealt round-robin over the levels from the last
+    /// token down, for [`Vocab::with_levels`]: no level keeps a contiguous
+    /// range (a test of the gathered-rows path on any model).
+    pub fn scattered_levels(&self) -> Vec<Vec<u32>> {
+        let mut pool: Vec<u32> = self.levels.iter().flat_map(|l| l.ids.iter().copied()).collect();
+        pool.sort_unstable_by(|a, b| b.cmp(a));
+        let want: Vec<usize> = self.levels.iter().map(|l| l.ids.len()).collect();
+        let mut out: Vec<Vec<u32>> = want.iter().map(|&n| Vec::with_capacity(n)).collect();
+        let mut next = pool.into_iter();
+        while out.iter().zip(&want).any(|(o, &n)| o.len() < n) {
+            for (o, &n) in out.iter_mut().zip(&want) {
+                if o.len() < n {
+                    o.extend(next.next());
+                }
+            }
+        }
+        out
     }
 
     /// Token id of `code` at `level`.
@@ -177,6 +191,26 @@ impl Vocab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scattered_levels_are_a_permutation_with_no_range_left() {
+        let v = Vocab {
+            levels: vec![
+                LevelTokens::new((3..7).collect()),
+                LevelTokens::new((7..10).collect()),
+                LevelTokens::new((10..15).collect()),
+            ],
+            pad: 0,
+            input: Input::Codes { bos: 1 },
+        };
+        let s = v.scattered_levels();
+        assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), [4, 3, 5]);
+        let mut all: Vec<u32> = s.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (3..15).collect::<Vec<u32>>());
+        let scattered = v.with_levels(s);
+        assert!((0..3).all(|l| scattered.level_start(l).is_none()));
+    }
 
     #[test]
     fn contiguous_levels_are_ranges_and_scattered_ones_gathered_rows() {

@@ -6,6 +6,7 @@ pub mod crash;
 pub mod disk_full;
 pub mod heap;
 pub mod hub;
+pub mod llm;
 pub mod redis;
 pub mod schema;
 
