@@ -235,13 +235,7 @@ struct EvalArgs {
     /// vocabulary, as transformers' constrained generate) or `trie` (over the
     /// valid children only).
     #[arg(long, value_enum, default_value = "model")]
-    scoring: ScoringArg,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ScoringArg {
-    Model,
-    Trie,
+    scoring: Scoring,
 }
 
 #[derive(clap::Args)]
@@ -425,10 +419,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         SplitArg::Valid => Split::Valid,
         SplitArg::Test => Split::Test,
     };
-    let scoring = match a.scoring {
-        ScoringArg::Model => Scoring::Model,
-        ScoringArg::Trie => Scoring::Trie,
-    };
+    let scoring = a.scoring;
     let o = EvalOptions {
         split,
         beam: a.beam,

@@ -245,3 +245,59 @@ async fn llm_layout_checkpoints_serve_the_lists_transformers_generates() {
         assert!(v["model"].as_str().unwrap().starts_with(&format!("llm-{}-b/", case.arch)), "{v}");
     }
 }
+
+/// `--watch` takes a new LLM-layout folder (another training run over the
+/// same item map, built in Rust: no Python needed) as it takes any checkpoint.
+#[tokio::test]
+async fn watch_loads_a_new_llm_layout_folder() {
+    let root = TempDir::new("llm-watch");
+    let a = root.0.join("a");
+    crate::common::llm::write(&a, 3);
+    let args =
+        ["--model", a.to_str().unwrap(), "--model-root", root.0.to_str().unwrap(), "--admin-token", TOKEN, "--watch"];
+    let s = Server::start(&args);
+    let c = reqwest::Client::new();
+    let source = || async {
+        let r = c.get(s.at("/admin/models")).bearer_auth(TOKEN).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["current"]["source"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(source().await.ends_with("/a"));
+    // (after the watch's first look, which takes what is there as known)
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // staged under a dot-name, renamed into place
+    let staging = root.0.join(".staging-b");
+    crate::common::llm::write(&staging, 4);
+    std::fs::rename(&staging, root.0.join("b")).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !source().await.ends_with("/b") {
+        assert!(std::time::Instant::now() < until, "b was not loaded: {}", source().await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = c.post(s.at("/v1/recommend")).json(&json!({"history": ["3", "17"], "k": 5})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// `serve --scoring trie` normalises each code over the trie's valid
+/// children (only the level's semantic-ID rows of the output layer): the
+/// probabilities of all items sum to one; the default (`model`, over the
+/// whole vocabulary, as transformers) leaves mass on the text tokens.
+#[tokio::test]
+async fn trie_scoring_serves_a_distribution_over_the_items() {
+    let root = TempDir::new("llm-scoring");
+    let dir = root.0.join("m");
+    crate::common::llm::write(&dir, 5);
+    let body = json!({"history": ["3", "17"], "k": 100, "exclude_history": false});
+    let mut sums = Vec::new();
+    for scoring in ["trie", "model"] {
+        let s = Server::start(&["--model", dir.to_str().unwrap(), "--scoring", scoring, "--beam", "40"]);
+        let r = reqwest::Client::new().post(s.at("/v1/recommend")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), crate::common::llm::ITEMS, "{scoring}: every item");
+        sums.push(items.iter().map(|i| i["score"].as_f64().unwrap().exp()).sum::<f64>());
+    }
+    assert!((sums[0] - 1.0).abs() < 1e-3, "trie: {}", sums[0]);
+    assert!(sums[1] < 0.99, "model: {}", sums[1]);
+}

@@ -36,6 +36,9 @@ pub struct BatchOptions {
     pub max_wait: Duration,
     /// Beam width.
     pub beam: usize,
+    /// How codes are normalised ([`Scoring`]); an ensemble always scores
+    /// with its members' own probabilities.
+    pub scoring: Scoring,
     /// Worker threads taking batches from the queue. With more than one,
     /// each runs its kernels on its own one-thread pool (one worker per core
     /// beats one worker whose kernels split every product over the cores,
@@ -45,7 +48,14 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions { max_queue: 256, max_batch: 32, max_wait: Duration::ZERO, beam: 20, workers: 1 }
+        BatchOptions {
+            max_queue: 256,
+            max_batch: 32,
+            max_wait: Duration::ZERO,
+            beam: 20,
+            scoring: Scoring::Model,
+            workers: 1,
+        }
     }
 }
 
@@ -107,6 +117,7 @@ pub struct WorkerHealth {
 
 /// What the worker shares with the scheduler.
 struct Shared {
+    scoring: Scoring,
     depth: AtomicUsize,
     panics: AtomicU64,
     /// Test hook: the next batch panics (set only by tests).
@@ -126,6 +137,7 @@ impl Scheduler {
         let (tx, rx) = sync_channel(opts.max_queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared {
+            scoring: opts.scoring,
             depth: AtomicUsize::new(0),
             panics: AtomicU64::new(0),
             panic_next: AtomicBool::new(false),
@@ -318,7 +330,9 @@ fn run_group(waiting: Vec<Job>, beam: usize, now: Instant, shared: &Shared, obse
         if shared.panic_next.swap(false, Ordering::SeqCst) {
             panic!("injected by a test");
         }
-        generate_ensemble(&model.model.members(), &catalog.catalog, &reqs, beam, Scoring::Model)
+        let members = model.model.members();
+        let scoring = if members.len() > 1 { Scoring::Model } else { shared.scoring };
+        generate_ensemble(&members, &catalog.catalog, &reqs, beam, scoring)
     }));
     let result = match result {
         Ok(r) => r.map_err(|e| Arc::new(e) as SharedError),

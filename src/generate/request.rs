@@ -53,8 +53,9 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// How a code's log-probability is normalised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a code's log-probability is normalised (`serve --scoring`, `eval
+/// --scoring`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Scoring {
     /// The model's own probability (softmax over the whole vocabulary, invalid
     /// codes masked out afterwards): the item's likelihood under the model, and

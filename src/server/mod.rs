@@ -60,6 +60,13 @@ pub struct ServeArgs {
     /// Beam width of the search (raised to k for larger requests).
     #[arg(long, env = "GENREC_BEAM", default_value_t = 20)]
     pub beam: usize,
+    /// How a code's log-probability is normalised: `model`, over the whole
+    /// vocabulary (transformers' `generate` scores; computes the full output
+    /// layer), or `trie`, over the trie's valid children (computes only the
+    /// level's semantic-ID rows: much less work for an LLM with a large text
+    /// vocabulary; rankings may differ). Ensembles always use `model`.
+    #[arg(long, env = "GENREC_SCORING", value_enum, default_value = "model")]
+    pub scoring: crate::generate::Scoring,
     /// Where the model runs: cpu, or cuda:N (needs the binary of
     /// scripts/build-cuda.sh; the beam step then runs as a CUDA kernel and
     /// batches go to the GPU whole). Fails clearly when no GPU is found.
@@ -442,6 +449,7 @@ fn finish_engine(
             max_batch: args.max_batch.max(1),
             max_wait: Duration::from_millis(args.max_wait_ms),
             beam: args.beam.max(1),
+            scoring: args.scoring,
             workers: match (args.workers, &args.device) {
                 (Some(n), _) => n.max(1),
                 (None, crate::device::DeviceSpec::Cpu) => crate::runtime::cores(),
