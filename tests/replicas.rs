@@ -404,3 +404,46 @@ fn the_redis_trim_mark_only_rises_and_leases_answer_only_their_holder() {
     feed.release_lease("compact", "a").unwrap();
     assert!(!feed.renew_lease("compact", "a", ttl).unwrap(), "given back");
 }
+
+/// An LLM-layout model (tokenizer, item map, prompt; built in Rust) through
+/// the feed: the first replica writes the item map's catalog into the shared
+/// folder, the second opens it, and a model load on one reaches the other.
+#[test]
+fn an_llm_layout_model_load_reaches_every_replica() {
+    if !redis::available() {
+        return;
+    }
+    let root = TempDir::new("replicas-llm");
+    common::llm::write(&root.0.join("a"), 3);
+    let rdir = TempDir::new("redis-llm");
+    let redis = RedisServer::start(&rdir.0);
+    let address = redis.feed("genrec-it-llm");
+    let feed = redis::open_feed(&address);
+    let r0 = start(&root, &address, "l0");
+    let r1 = start(&root, &address, "l1");
+    assert!(root.0.join("a/catalog/CURRENT").is_file());
+    common::llm::write(&root.0.join("b"), 4);
+    let c = client();
+    let swapped = c.post(r0.at("/admin/models")).bearer_auth(TOKEN).json(&json!({"path": "b"})).send().unwrap();
+    assert_eq!(swapped.status().as_u16(), 200);
+    let version = swapped.json::<Value>().unwrap()["current"]["version"].clone();
+    // (not `converge`: its probes are the demo catalog's ids)
+    let until = Instant::now() + Duration::from_secs(30);
+    while get(&c, &r1.at("/admin/models"))["current"]["version"] != version {
+        assert!(Instant::now() < until, "the load did not reach the second replica");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(feed.head().is_ok());
+    let body = json!({"history": ["3", "17"], "k": 5, "exclude_history": false});
+    let mut answers = Vec::new();
+    for s in [&r0, &r1] {
+        let m = get(&c, &s.at("/admin/models"));
+        assert_eq!(m["current"]["version"], version, "{m}");
+        assert!(m["current"]["source"].as_str().unwrap().ends_with("/b"), "{m}");
+        let r = c.post(s.at("/v1/recommend")).json(&body).send().unwrap();
+        let (st, v) = (r.status().as_u16(), r.json::<Value>().unwrap());
+        assert_eq!(st, 200, "{v}");
+        answers.push(v["items"].clone());
+    }
+    assert_eq!(answers[0], answers[1]);
+}
