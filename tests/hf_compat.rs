@@ -10,7 +10,6 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{Device, Tensor, D};
 use common::{repo, Server, TempDir};
@@ -23,23 +22,12 @@ use serde_json::{json, Value};
 /// Largest allowed |genrec - transformers| of a float32 log-probability.
 const TOLERANCE: f32 = 1e-4;
 
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("GENREC_PYTHON") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            assert!(
-                std::env::var("GENREC_REQUIRE_HF").as_deref() != Ok("1"),
-                "GENREC_REQUIRE_HF=1 but GENREC_PYTHON is not set"
-            );
-            eprintln!("hf_compat: skipped (set GENREC_PYTHON to a Python with torch and transformers)");
-            None
-        }
-    }
+fn python() -> Option<std::path::PathBuf> {
+    crate::common::hf_python("hf_compat")
 }
 
 fn run_py(py: &Path, args: &[&str]) {
-    let out = Command::new(py).arg(repo().join("tests/hf_compat.py")).args(args).output().expect("run python");
-    assert!(out.status.success(), "hf_compat.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    crate::common::run_python(py, "tests/hf_compat.py", args)
 }
 
 fn demo_dir() -> PathBuf {

@@ -10,12 +10,11 @@
 //! `GENREC_REQUIRE_HF=1`.
 
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::Device;
 use serde_json::{json, Value};
 
-use crate::common::{repo, Server, TempDir};
+use crate::common::{Server, TempDir};
 use genrec::model::{Model, PromptText};
 
 /// Largest allowed |genrec - transformers| of an item's summed
@@ -28,22 +27,11 @@ const TOKEN: &str = "llm-layout-token-0123456789";
 const ANSWER_PREFIX: &str = "<|sid_begin|>";
 
 fn python() -> Option<std::path::PathBuf> {
-    match std::env::var_os("GENREC_PYTHON") {
-        Some(p) if !p.is_empty() => Some(p.into()),
-        _ => {
-            assert!(
-                std::env::var("GENREC_REQUIRE_HF").as_deref() != Ok("1"),
-                "GENREC_REQUIRE_HF=1 but GENREC_PYTHON is not set"
-            );
-            eprintln!("llm_layout: skipped (set GENREC_PYTHON to a Python with torch and transformers)");
-            None
-        }
-    }
+    crate::common::hf_python("llm_layout")
 }
 
 fn run_py(py: &Path, args: &[&str]) {
-    let out = Command::new(py).arg(repo().join("tests/llm_layout.py")).args(args).output().expect("run python");
-    assert!(out.status.success(), "llm_layout.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    crate::common::run_python(py, "tests/llm_layout.py", args)
 }
 
 /// One family's layout as its trainer publishes it.

@@ -187,3 +187,27 @@ pub fn items_and_scores(c: &reqwest::blocking::Client, url: &str, body: &serde_j
     let items = v["items"].as_array().expect("items");
     serde_json::json!(items.iter().map(|it| (it["item_id"].clone(), it["score"].clone())).collect::<Vec<_>>())
 }
+
+/// The Python with torch and transformers named by `GENREC_PYTHON`, for the
+/// tests against transformers (`test` names the one asking); `None` (the
+/// test says it is skipped and passes) without it, unless
+/// `GENREC_REQUIRE_HF=1`, as in CI.
+pub fn hf_python(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("GENREC_PYTHON") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            assert!(
+                std::env::var("GENREC_REQUIRE_HF").as_deref() != Ok("1"),
+                "GENREC_REQUIRE_HF=1 but GENREC_PYTHON is not set"
+            );
+            eprintln!("{test}: skipped (set GENREC_PYTHON to a Python with torch and transformers)");
+            None
+        }
+    }
+}
+
+/// Runs `script` (under the repository) with `args` on `py`; its stderr on failure.
+pub fn run_python(py: &std::path::Path, script: &str, args: &[&str]) {
+    let out = Command::new(py).arg(repo().join(script)).args(args).output().expect("run python");
+    assert!(out.status.success(), "{script} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
