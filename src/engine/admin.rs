@@ -175,7 +175,10 @@ impl Engine {
         let weights = crate::model::WeightFiles::open(|f| dir.file(f)).map_err(EngineError::refused)?;
         // an LLM layout's tokenizer, item map and prompt: plain files of the
         // folder too
-        let files = |f: &str| dir.read(f).map_err(|e| crate::model::ModelError::Sidecar(e.to_string()));
+        let files = |f: &str| {
+            crate::model::llm::check_file_name(f)?;
+            dir.read(f).map_err(|e| crate::model::ModelError::Sidecar(e.to_string()))
+        };
         Model::load_opened(&config, &weights, &sidecar, Some(&files), dir.path(), &self.opts.device, self.opts.dtype)
             .map_err(EngineError::refused)
     }

@@ -164,6 +164,12 @@ impl Serving {
             },
             ..Default::default()
         };
+        if model.model.lead().vocab.text_layout().is_some() {
+            // a prompt the model has no room for fails here, alone
+            let field = if gen.prompt.query.is_some() { "query" } else { "history" };
+            crate::generate::request_input(model.model.lead(), &cat.catalog, &gen)
+                .map_err(|e| EngineError::InvalidField { field, message: e.to_string() })?;
+        }
         let (outcome, explored) = self.generate_exploring(gen, req.explore, model, &cat, deadline).await?;
         let hits = match outcome {
             Generation::Done(hits, tokens) => {

@@ -344,6 +344,28 @@ fn prefill_all<'m>(
     Ok((out, lens))
 }
 
+/// A request's input tokens (its profile tokens or prompt texts and its
+/// last `max_history_items` items), refused when the model has no positions
+/// for them and the codes decoded after them. A server checks a request of
+/// an LLM layout with this before batching it, so that one long prompt fails
+/// alone, not its batch.
+pub fn request_input(model: &Model, catalog: &Catalog, q: &GenRequest) -> Result<Vec<u32>, GenerateError> {
+    let sc = &model.sidecar;
+    let room = model.config.max_position_embeddings.min(crate::model::rope_positions());
+    let start = q.history.len().saturating_sub(sc.max_history_items);
+    let sids = q.history[start..].iter().map(|&i| catalog.sid(i));
+    let tokens = model.vocab.request_tokens(&q.profile_tokens, &q.prompt, sids)?;
+    // (the codes fed back after it, all levels but the last, need positions too)
+    if tokens.len() + sc.levels().saturating_sub(1) > room {
+        return Err(GenerateError::Invalid(format!(
+            "the prompt is {} tokens; with {} levels to decode the model has positions for {room}",
+            tokens.len(),
+            sc.levels()
+        )));
+    }
+    Ok(tokens)
+}
+
 /// Prefills every request's history (its profile tokens and its last
 /// `max_history_items` items as tokens, right-padded into one batch). Returns the shared history cache, the
 /// hidden state after each history and the history lengths in tokens.
@@ -363,24 +385,8 @@ pub(crate) fn prefill(
             q.profile_tokens
         )));
     }
-    let room = model.config.max_position_embeddings.min(crate::model::rope_positions());
-    let rows: Vec<Vec<u32>> = reqs
-        .iter()
-        .map(|q| {
-            let start = q.history.len().saturating_sub(sc.max_history_items);
-            let sids = q.history[start..].iter().map(|&i| catalog.sid(i));
-            let tokens = model.vocab.request_tokens(&q.profile_tokens, &q.prompt, sids)?;
-            // (the levels decoded after the input need positions too)
-            if tokens.len() + sc.levels() > room {
-                return Err(GenerateError::Invalid(format!(
-                    "the prompt is {} tokens; with {} levels to decode the model has positions for {room}",
-                    tokens.len(),
-                    sc.levels()
-                )));
-            }
-            Ok(tokens)
-        })
-        .collect::<Result<_, GenerateError>>()?;
+    let rows: Vec<Vec<u32>> =
+        reqs.iter().map(|q| request_input(model, catalog, q)).collect::<Result<_, GenerateError>>()?;
     let (r, t) = (rows.len(), rows.iter().map(Vec::len).max().unwrap_or(1));
     let mut flat = vec![model.vocab.pad; r * t];
     for (i, row) in rows.iter().enumerate() {

@@ -9,7 +9,7 @@ pub mod request;
 pub mod step;
 pub mod trending;
 
-pub use beam::{generate, generate_ensemble, generate_with};
+pub use beam::{generate, generate_ensemble, generate_with, request_input};
 pub use request::{GenRequest, Generated, Hit, Scoring};
 pub use step::{beam_step, beam_step_capped, StepOutput, StepShape};
 

@@ -41,10 +41,11 @@ use candle_nn::VarBuilder;
 pub use config::ModelConfig;
 pub use ensemble::Ensemble;
 pub use kv::{BeamKv, HistoryKv};
+pub use llm::PromptText;
 pub use shards::WeightFiles;
 pub use sidecar::Sidecar;
 pub use transformer::Transformer;
-pub use vocab::{LevelHead, PromptText, Vocab};
+pub use vocab::{LevelHead, Vocab};
 
 use crate::device::DTypeChoice;
 use crate::util::write_atomic;
@@ -149,17 +150,12 @@ impl Model {
         )
     }
 
-    /// Reads a file the sidecar names, inside `dir`: a relative path without
-    /// `..` (a sidecar cannot point a server at files outside its folder).
+    /// Reads a file the sidecar names, in `dir` (see
+    /// [`llm::check_file_name`]: a sidecar cannot point a server at files
+    /// outside its folder).
     pub fn read_sidecar_file(dir: &Path, name: &str) -> Result<Vec<u8>, ModelError> {
-        let rel = Path::new(name);
-        let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !inside || name.is_empty() {
-            return Err(ModelError::Sidecar(format!(
-                "{name:?}: files are named relative to the model folder, without `..`"
-            )));
-        }
-        let p = dir.join(rel);
+        llm::check_file_name(name)?;
+        let p = dir.join(name);
         std::fs::read(&p).map_err(|e| ModelError::Io { path: p, source: e })
     }
 
@@ -240,8 +236,7 @@ impl Model {
     ) -> Result<Self, ModelError> {
         let config: ModelConfig =
             serde_json::from_slice(config).map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
-        let mut sidecar: Sidecar = serde_json::from_slice(sidecar)
-            .map_err(|e| ModelError::Json { path: sidecar::SIDECAR_FILE.into(), source: e })?;
+        let mut sidecar = Sidecar::from_json(sidecar)?;
         config.validate()?;
         // (an LLM layout's sizes come from its files; resolved again in
         // `assemble`, which every constructor goes through)
@@ -313,8 +308,24 @@ impl Model {
 /// catalog folder (`catalog` in the model folder when unnamed).
 fn resolve_vocab(sidecar: &mut Sidecar, config: &ModelConfig, files: SidecarFiles) -> Result<Vocab, ModelError> {
     let Some(section) = &sidecar.llm else {
+        // (before any range is built: a size from the file bounds an allocation)
+        let fits = sidecar.code_offsets.len() == sidecar.codebook_sizes.len()
+            && sidecar
+                .code_offsets
+                .iter()
+                .zip(&sidecar.codebook_sizes)
+                .all(|(&o, &s)| o as u64 + s as u64 <= config.vocab_size as u64);
+        if !fits {
+            return Err(ModelError::Sidecar(format!(
+                "code_offsets {:?} and codebook_sizes {:?} must pair up within vocab_size {}",
+                sidecar.code_offsets, sidecar.codebook_sizes, config.vocab_size
+            )));
+        }
         return Ok(Vocab::codes(sidecar));
     };
+    if !sidecar.members.is_empty() {
+        return Err(ModelError::Sidecar("an LLM layout (`llm`) is served alone: it lists no members".into()));
+    }
     let files = files.ok_or_else(|| {
         ModelError::Sidecar("an LLM layout (`llm` in genrec.json) loads from its model folder".into())
     })?;
@@ -373,4 +384,23 @@ pub fn save_checkpoint(
     let s = serde_json::to_vec_pretty(sidecar).map_err(|e| ModelError::Json { path: p.clone(), source: e })?;
     write_atomic(&p, &s).map_err(|e| io(&p, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A codes sidecar whose sizes leave the vocabulary is refused before any
+    /// allocation they would size (an admin load must not abort the server).
+    #[test]
+    fn codebook_sizes_beyond_the_vocabulary_are_refused_not_allocated() {
+        let config = include_bytes!("../../models/demo/model/config.json");
+        let weights = include_bytes!("../../models/demo/model/model.safetensors");
+        let mut sidecar: serde_json::Value =
+            serde_json::from_slice(include_bytes!("../../models/demo/model/genrec.json")).unwrap();
+        sidecar["codebook_sizes"][0] = serde_json::json!(4_000_000_000u32);
+        let e = Model::from_bytes(config, weights, sidecar.to_string().as_bytes(), &Device::Cpu);
+        let e = e.err().expect("refused").to_string();
+        assert!(e.contains("within vocab_size"), "{e}");
+    }
 }

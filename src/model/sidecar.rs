@@ -64,7 +64,32 @@ pub struct Sidecar {
     pub llm: Option<super::llm::LlmSection>,
 }
 
+/// The fields genrec's own layout must write (an `llm` section derives
+/// them; see the module comment).
+const CODES_LAYOUT_FIELDS: [&str; 7] = [
+    "catalog",
+    "catalog_fingerprint",
+    "codebook_sizes",
+    "code_offsets",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+];
+
 impl Sidecar {
+    /// Parses `genrec.json`: a sidecar without an `llm` section must give
+    /// every field of the codes layout (a missing `bos_token_id` is not 0).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
+        let json = |e| ModelError::Json { path: SIDECAR_FILE.into(), source: e };
+        let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
+        if raw.get("llm").is_none_or(serde_json::Value::is_null) {
+            if let Some(f) = CODES_LAYOUT_FIELDS.iter().find(|f| raw.get(**f).is_none()) {
+                return Err(ModelError::Sidecar(format!("missing field `{f}` (an `llm` section derives it)")));
+            }
+        }
+        serde_json::from_value(raw).map_err(json)
+    }
+
     /// The standard layout for a catalog.
     pub fn for_catalog(name: &str, catalog_path: &str, manifest: &Manifest, max_history_items: usize) -> Self {
         let mut offsets = Vec::new();
@@ -229,6 +254,20 @@ impl Sidecar {
 mod tests {
     use super::*;
     use crate::generate::testutil::random_catalog;
+
+    #[test]
+    fn a_codes_sidecar_must_give_its_fields_and_an_llm_one_derives_them() {
+        let cat = random_catalog(40, &[4, 4, 3], 1);
+        let full = serde_json::to_value(Sidecar::for_catalog("t", ".", cat.manifest(), 20)).unwrap();
+        assert_eq!(Sidecar::from_json(full.to_string().as_bytes()).unwrap().bos_token_id, 1);
+        let mut partial = full.clone();
+        partial.as_object_mut().unwrap().remove("bos_token_id");
+        let e = Sidecar::from_json(partial.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("bos_token_id"), "{e}");
+        let llm = serde_json::json!({"format": SIDECAR_FORMAT, "name": "x", "max_history_items": 5,
+            "llm": {"item_map": "index.json"}});
+        assert!(Sidecar::from_json(llm.to_string().as_bytes()).unwrap().llm.is_some());
+    }
 
     #[test]
     fn a_profile_vocabulary_follows_the_codes_and_old_sidecars_have_none() {

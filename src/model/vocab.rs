@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::llm::TextLayout;
+use super::llm::{PromptText, TextLayout};
 use super::{ModelError, Sidecar};
 
 /// One level's tokens: `ids[code]`, and the first id when they are
@@ -42,13 +42,6 @@ pub enum Input {
     Codes { bos: u32 },
     /// A rendered prompt, tokenized.
     Text(Arc<TextLayout>),
-}
-
-/// The text parts of a request that a text prompt may read.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PromptText {
-    pub profile: Option<String>,
-    pub query: Option<String>,
 }
 
 /// A model's vocabulary layout, resolved.

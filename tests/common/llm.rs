@@ -72,7 +72,7 @@ pub fn files(seed: u64) -> Files {
         .collect();
     files.insert("tokenizer.json".into(), tokenizer.to_string().into_bytes());
     files.insert("index.json".into(), serde_json::to_vec(&items).unwrap());
-    files.insert("prompt.txt".into(), b"the user bought {history} . next item is\n".to_vec());
+    files.insert("prompt.txt".into(), b"the user bought {history} .[[ {query} .]] next item is\n".to_vec());
     files
 }
 

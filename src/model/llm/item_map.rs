@@ -117,13 +117,16 @@ impl ItemMap {
     }
 }
 
-/// Orders ids numerically where both are numbers (`"2"` before `"10"`),
-/// else as strings.
+/// Numeric ids first, by value (`"2"` before `"10"`), then the others as
+/// strings; equal values by their text (`"1"` before `"01"`): a total order,
+/// so the catalog (and its fingerprint) is the same at every start whatever
+/// order the JSON object is read in.
 fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
-    match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        _ => a.cmp(b),
-    }
+    let key = |s: &str| {
+        let n = s.parse::<u64>().ok();
+        (n.is_none(), n.unwrap_or(0), s.to_string())
+    };
+    key(a).cmp(&key(b))
 }
 
 /// The three codes of a `sid2pid` key: `c1 * 8192^2 + c2 * 8192 + c3`, or
@@ -162,6 +165,10 @@ mod tests {
         let e = ItemMap::parse(br#"{"1": ["<a_1>", "<b_2>"], "2": ["<a_0>"]}"#, ItemMapFormat::Index).unwrap_err();
         assert!(e.to_string().contains("item \"2\" has 1 levels"), "{e}");
         assert!(ItemMap::parse(b"[1, 2]", ItemMapFormat::Index).is_err());
+        // a total order: numbers by value, then text, whatever the file's order
+        let mut ids = vec!["1a", "10", "9", "01", "1", "b"];
+        ids.sort_by(|a, b| natural_order(a, b));
+        assert_eq!(ids, ["01", "1", "9", "10", "1a", "b"]);
     }
 
     #[test]

@@ -23,7 +23,6 @@ pub use chat::ChatTemplate;
 pub use item_map::{ItemMap, ItemMapFormat, ItemSid};
 pub use template::{Fill, Slot, Template};
 
-use super::vocab::PromptText;
 use super::ModelError;
 use crate::catalog::{catalog_fingerprint, Catalog, CatalogError, Manifest};
 
@@ -88,6 +87,18 @@ impl LlmSection {
     }
 }
 
+/// A file an `llm` section names: a plain file name in the model folder (no
+/// folders, no `..`, not absolute), so that it is read from the folder's own
+/// handle and cannot lead out of it.
+pub fn check_file_name(name: &str) -> Result<(), ModelError> {
+    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+    if plain {
+        Ok(())
+    } else {
+        Err(bad(format!("{name:?}: the files it names are plain file names in the model folder")))
+    }
+}
+
 fn default_tokenizer_config() -> String {
     "tokenizer_config.json".into()
 }
@@ -97,6 +108,14 @@ fn default_tokenizer() -> String {
 }
 fn default_separator() -> String {
     ", ".into()
+}
+
+/// The text parts of a request that a text prompt may read (its
+/// `{profile}` and `{query}` slots).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromptText {
+    pub profile: Option<String>,
+    pub query: Option<String>,
 }
 
 /// An LLM layout, loaded: the tokenizer, the prompt, each level's tokens and
@@ -320,4 +339,19 @@ fn item_codes(map: &ItemMap, levels: &[Vec<String>]) -> Result<(Vec<String>, Vec
         ids.push(id.clone());
     }
     Ok((ids, codes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_files_are_plain_names_in_the_folder() {
+        for ok in ["index.json", "sid2pid.json", "prompt.v2.txt"] {
+            assert!(check_file_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["../secret.json", "/etc/passwd", "sub/index.json", "..", ".", "", "a\\b"] {
+            assert!(check_file_name(bad).is_err(), "{bad:?} was allowed");
+        }
+    }
 }
