@@ -302,3 +302,47 @@ async fn trie_scoring_serves_a_distribution_over_the_items() {
     assert!((sums[0] - 1.0).abs() < 1e-3, "trie: {}", sums[0]);
     assert!(sums[1] < 0.99, "model: {}", sums[1]);
 }
+
+/// An LLM trained on the semantic IDs of a catalog genrec indexed: its item
+/// map is that catalog's IDs as tokens, `--catalog` names the catalog, and
+/// an item upserted by its embedding gets its codes from the catalog's
+/// codebooks (no `semantic_id` needed), then reads in histories.
+#[tokio::test]
+async fn an_llm_layout_over_a_genrec_catalog_places_new_items_by_its_codebooks() {
+    let root = crate::common::demo_root("llm-genrec-catalog");
+    let catalog = root.0.join("catalog");
+    let cat = genrec::catalog::Catalog::load(&catalog).unwrap();
+    let sizes = cat.manifest().codebook_sizes.clone();
+    let items: Vec<(String, Vec<u32>)> =
+        (0..cat.len() as u32).map(|i| (cat.item_id(i).to_string(), cat.sid(i).to_vec())).collect();
+    let dir = root.0.join("llm");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in crate::common::llm::files_over(&sizes, &items, 9) {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let s = Server::start(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--admin-token",
+        TOKEN,
+    ]);
+    let c = reqwest::Client::new();
+    let embedding = crate::common::vector(7, cat.manifest().embedding_dim);
+    let r = c
+        .post(s.at("/admin/items"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"id": "fresh-1", "title": "new", "embedding": embedding}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["semantic_id"].as_array().map(Vec::len), Some(sizes.len()), "{v}");
+    let r = c.post(s.at("/v1/recommend")).json(&json!({"history": ["3", "fresh-1"], "k": 5})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["ignored_history"].as_array().is_none_or(|a| a.is_empty()), "{v}");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(5), "{v}");
+}

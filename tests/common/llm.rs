@@ -25,6 +25,25 @@ fn token(content: &str, id: usize, special: bool) -> Value {
 
 /// The folder's files, by name.
 pub fn files(seed: u64) -> Files {
+    let items: Vec<(String, Vec<u32>)> = (0..ITEMS)
+        .map(|i| {
+            let i = i as u32;
+            (i.to_string(), vec![i % SIZES[0], i / SIZES[0] % SIZES[1], i / 20 % SIZES[2]])
+        })
+        .collect();
+    files_over(&SIZES, &items, seed)
+}
+
+/// The letter of level `l`'s tokens (`<a_N>`, `<b_N>`, ...).
+fn letter(l: usize) -> char {
+    (b'a' + l as u8) as char
+}
+
+/// An LLM-layout folder over `items` (id, codes) with a token for every code
+/// of `sizes` (`levels` patterns `<a_{}>`, ...): e.g. the semantic IDs of a
+/// catalog genrec indexed, so that a new item's codes come from its
+/// codebooks.
+pub fn files_over(sizes: &[u32], items: &[(String, Vec<u32>)], seed: u64) -> Files {
     let mut vocab: BTreeMap<String, usize> = BTreeMap::new();
     let mut added = Vec::new();
     for (i, s) in ["<pad>", "<unk>", "<s>"].iter().enumerate() {
@@ -35,9 +54,9 @@ pub fn files(seed: u64) -> Files {
         let id = vocab.len();
         vocab.insert(w.to_string(), id);
     }
-    for (name, size) in ["a", "b", "c"].iter().zip(SIZES) {
+    for (l, &size) in sizes.iter().enumerate() {
         for c in 0..size {
-            let t = format!("<{name}_{c}>");
+            let t = format!("<{}_{c}>", letter(l));
             let id = vocab.len();
             vocab.insert(t.clone(), id);
             added.push(token(&t, id, false));
@@ -48,12 +67,13 @@ pub fn files(seed: u64) -> Files {
         "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
     });
-    let items: BTreeMap<String, Vec<String>> = (0..ITEMS)
-        .map(|i| {
-            let (a, b, c) = (i as u32 % SIZES[0], i as u32 / SIZES[0] % SIZES[1], i as u32 / 20 % SIZES[2]);
-            (i.to_string(), vec![format!("<a_{a}>"), format!("<b_{b}>"), format!("<c_{c}>")])
+    let map: BTreeMap<&str, Vec<String>> = items
+        .iter()
+        .map(|(id, codes)| {
+            (id.as_str(), codes.iter().enumerate().map(|(l, c)| format!("<{}_{c}>", letter(l))).collect())
         })
         .collect();
+    let levels: Vec<String> = (0..sizes.len()).map(|l| format!("<{}_{{}}>", letter(l))).collect();
     let mut cfg = ModelConfig::llama(vocab.len() + 3, 32, 2, 4, 2, 64);
     cfg.architectures = vec!["Qwen2ForCausalLM".into()];
     cfg.model_type = "qwen2".into();
@@ -62,7 +82,7 @@ pub fn files(seed: u64) -> Files {
     let dir = TempDir::new("llm-fixture");
     let sidecar: Sidecar = serde_json::from_value(json!({
         "format": "genrec-sidecar/1", "name": "llm-fixture", "max_history_items": 20,
-        "llm": {"item_map": "index.json", "levels": ["<a_{}>", "<b_{}>", "<c_{}>"], "prompt": "prompt.txt"}
+        "llm": {"item_map": "index.json", "levels": levels, "prompt": "prompt.txt"}
     }))
     .unwrap();
     save_checkpoint(&dir.0, &cfg, &weights, &sidecar).unwrap();
@@ -71,7 +91,7 @@ pub fn files(seed: u64) -> Files {
         .map(|f| (f.to_string(), std::fs::read(dir.0.join(f)).unwrap()))
         .collect();
     files.insert("tokenizer.json".into(), tokenizer.to_string().into_bytes());
-    files.insert("index.json".into(), serde_json::to_vec(&items).unwrap());
+    files.insert("index.json".into(), serde_json::to_vec(&map).unwrap());
     files.insert("prompt.txt".into(), b"the user bought {history} .[[ {query} .]] next item is\n".to_vec());
     files
 }
