@@ -3,6 +3,13 @@
 use std::io::Write;
 use std::path::Path;
 
+/// A file name a model folder's own files may name (a shard, a tokenizer, an
+/// item map): one path component, not hidden, no `..`, no separators, so it is
+/// read from that folder and cannot lead out of it.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0'])
+}
+
 /// Writes `bytes` to `path` atomically and durably: a uniquely named
 /// temporary file in the same folder (removed if anything fails), synced,
 /// renamed over the target, then the folder synced, so that readers never

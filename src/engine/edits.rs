@@ -352,7 +352,8 @@ impl Engine {
         &self,
         lines: Vec<(usize, ItemInput)>,
     ) -> Result<(Vec<Upserted>, Vec<(usize, EngineError)>), EngineError> {
-        let manifest = self.catalog().catalog.manifest().clone();
+        let served = self.catalog();
+        let manifest = served.catalog.manifest();
         let dim = manifest.embedding_dim;
         let refs: Vec<&ItemInput> = lines.iter().map(|l| &l.1).collect();
         let embeddings = if manifest.embedder == crate::model::llm::ITEM_MAP_EMBEDDER {

@@ -165,7 +165,9 @@ impl Serving {
             ..Default::default()
         };
         if model.model.lead().vocab.text_layout().is_some() {
-            // a prompt the model has no room for fails here, alone
+            // a prompt the model has no room for fails here, alone (the batch
+            // renders it again against its own catalog view: microseconds
+            // beside the model, and never a stale history)
             let field = if gen.prompt.query.is_some() { "query" } else { "history" };
             crate::generate::request_input(model.model.lead(), &cat.catalog, &gen)
                 .map_err(|e| EngineError::InvalidField { field, message: e.to_string() })?;

@@ -238,8 +238,7 @@ impl Model {
             serde_json::from_slice(config).map_err(|e| ModelError::Json { path: CONFIG_FILE.into(), source: e })?;
         let mut sidecar = Sidecar::from_json(sidecar)?;
         config.validate()?;
-        // (an LLM layout's sizes come from its files; resolved again in
-        // `assemble`, which every constructor goes through)
+        // (before the positions check: an LLM layout's sizes come from its files)
         let vocab = resolve_vocab(&mut sidecar, &config, files)?;
         sidecar.check_positions(&config)?;
         let names = weights::check(shards, &config)?;
@@ -261,7 +260,7 @@ impl Model {
         })?;
         // a loaded checkpoint serves; it is never trained further in place
         net.fuse_projections()?;
-        if sidecar.llm.is_none() && sidecar.min_vocab() > config.vocab_size {
+        if sidecar.min_vocab() > config.vocab_size {
             return Err(ModelError::Sidecar(format!(
                 "layout needs {} tokens, vocab_size is {}",
                 sidecar.min_vocab(),

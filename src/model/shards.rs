@@ -68,7 +68,7 @@ pub fn shard_names(index: &[u8]) -> Result<Vec<String>, ModelError> {
         return Err(ModelError::Weights(format!("{INDEX_FILE}: the weight map is empty")));
     }
     for n in &names {
-        let plain = !n.contains(['/', '\\']) && !n.starts_with('.') && n.ends_with(".safetensors");
+        let plain = crate::util::is_plain_file_name(n) && n.ends_with(".safetensors");
         if !plain {
             return Err(ModelError::Weights(format!(
                 "{INDEX_FILE}: shard {n:?} is not a .safetensors file name in the checkpoint folder"

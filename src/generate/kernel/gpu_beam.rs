@@ -186,11 +186,11 @@ pub fn decode_levels(
         let (logits, col0, norm) = level_logits(&members, level, scoring)?;
         // the kernel writes `token_offset + code` (or the pad token) for the
         // next step; a level whose tokens are not contiguous writes the code
-        // (`codes` for a dead beam) and the tokens are looked up after it
-        let start = model.vocab.level_start(level);
-        let (token_offset, pad_token) = match start {
+        // and the tokens are looked up in the level's ids after it (a dead
+        // beam gets code 0's token: its output is never read, as the pad's)
+        let (token_offset, pad_token) = match model.vocab.level_start(level) {
             Some(s) => (s, model.vocab.pad),
-            None => (0, codes as u32),
+            None => (0, 0),
         };
         let filters = GpuFilters::upload(dev, &LevelFilters::new(catalog, reqs, level))?;
         let shape = StepShape { requests: r, beams_in, beams_out: beam, codes };
@@ -221,11 +221,8 @@ pub fn decode_levels(
             return Ok(Generated { hits: collect_hits(catalog, reqs, beam, &last, &scores), tokens: decoded });
         }
         let (rows, mut tokens) = (cuda::tensor_u32(dev, out.row), cuda::tensor_u32(dev, out.token));
-        if start.is_none() {
-            let mut table = model.vocab.level_tokens(level).to_vec();
-            table.push(model.vocab.pad);
-            let table = Tensor::from_vec(table, codes + 1, model.net.device())?;
-            tokens = table.index_select(&tokens, 0)?;
+        if let LevelHead::Rows { ids, .. } = &model.level_heads[level] {
+            tokens = ids.index_select(&tokens, 0)?;
         }
         let pos: Vec<u32> = (0..r * beam).map(|s| (lens[s / beam] + level) as u32).collect();
         let pos = Tensor::from_vec(pos, r * beam, model.net.device())?;

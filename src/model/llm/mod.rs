@@ -91,8 +91,7 @@ impl LlmSection {
 /// folders, no `..`, not absolute), so that it is read from the folder's own
 /// handle and cannot lead out of it.
 pub fn check_file_name(name: &str) -> Result<(), ModelError> {
-    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
-    if plain {
+    if crate::util::is_plain_file_name(name) {
         Ok(())
     } else {
         Err(bad(format!("{name:?}: the files it names are plain file names in the model folder")))
@@ -162,15 +161,13 @@ impl TextLayout {
         };
         let map = ItemMap::parse(&read(&section.item_map)?, section.item_map_format)
             .map_err(|e| bad(format!("{}: {e}", section.item_map)))?;
-        let level_strings = if section.levels.is_empty() {
+        let levels: Vec<Vec<(String, u32)>> = if section.levels.is_empty() {
             levels_from_map(&map, &tokenizer)?
         } else {
             section.levels.iter().map(|t| level_from_pattern(t, &tokenizer)).collect::<Result<_, _>>()?
         };
-        let level_ids = level_strings
-            .iter()
-            .map(|l| l.iter().map(|s| tokenizer.token_to_id(s).unwrap_or(u32::MAX)).collect())
-            .collect();
+        let (level_strings, level_ids): (Vec<Vec<String>>, Vec<Vec<u32>>) =
+            levels.into_iter().map(|l| l.into_iter().unzip()).unzip();
         let (item_ids, item_codes) = item_codes(&map, &level_strings)?;
         let chat = if section.chat {
             let cfg = read(&section.tokenizer_config)?;
@@ -192,10 +189,6 @@ impl TextLayout {
             item_codes,
             aliases_dropped: map.aliases_dropped,
         })
-    }
-
-    pub fn levels(&self) -> usize {
-        self.level_strings.len()
     }
 
     pub fn codebook_sizes(&self) -> Vec<u32> {
@@ -250,33 +243,36 @@ impl TextLayout {
     }
 }
 
-/// A level's codes from a pattern `pre{}suf`: every token `pre<N>suf` of the
-/// tokenizer is code N; codes 0..=max must all be there.
-fn level_from_pattern(pattern: &str, tok: &Tokenizer) -> Result<Vec<String>, ModelError> {
+/// A level's codes (token and id, by code) from a pattern `pre{}suf`: every
+/// token `pre<N>suf` of the tokenizer is code N; codes 0..=max must all be
+/// there.
+fn level_from_pattern(pattern: &str, tok: &Tokenizer) -> Result<Vec<(String, u32)>, ModelError> {
     let (pre, suf) = pattern
         .split_once("{}")
         .ok_or_else(|| bad(format!("level pattern {pattern:?} has no {{}} where the code goes")))?;
-    let mut codes: Vec<(u32, String)> = tok
+    let mut codes: Vec<(u32, String, u32)> = tok
         .get_vocab(true)
-        .into_keys()
-        .filter_map(|t| {
+        .into_iter()
+        .filter_map(|(t, id)| {
             let n = t.strip_prefix(pre)?.strip_suffix(suf)?;
             let digits = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'));
-            digits.then(|| n.parse::<u32>().ok().map(|c| (c, t.clone()))).flatten()
+            let code = digits.then(|| n.parse::<u32>().ok()).flatten()?;
+            Some((code, t, id))
         })
         .collect();
     codes.sort();
     if codes.is_empty() {
         return Err(bad(format!("the tokenizer has no token of the form {pattern:?}")));
     }
-    if let Some((i, _)) = codes.iter().enumerate().find(|(i, (c, _))| *c as usize != *i) {
+    if let Some((i, _)) = codes.iter().enumerate().find(|(i, (c, _, _))| *c as usize != *i) {
         return Err(bad(format!("level {pattern:?}: code {i} has no token (codes must run from 0 without gaps)")));
     }
-    Ok(codes.into_iter().map(|(_, t)| t).collect())
+    Ok(codes.into_iter().map(|(_, t, id)| (t, id)).collect())
 }
 
-/// Each level's codes as the distinct tokens the map uses there, by token id.
-fn levels_from_map(map: &ItemMap, tok: &Tokenizer) -> Result<Vec<Vec<String>>, ModelError> {
+/// Each level's codes (token and id) as the distinct tokens the map uses
+/// there, by token id.
+fn levels_from_map(map: &ItemMap, tok: &Tokenizer) -> Result<Vec<Vec<(String, u32)>>, ModelError> {
     let levels = match map.items.first() {
         Some((_, ItemSid::Tokens(t))) => t.len(),
         _ => return Err(bad("a map of codes (sid2pid) needs `levels` patterns to name its tokens".into())),
@@ -297,7 +293,7 @@ fn levels_from_map(map: &ItemMap, tok: &Tokenizer) -> Result<Vec<Vec<String>>, M
         }
         let mut level: Vec<(u32, &str)> = seen.into_iter().map(|(s, t)| (t, s)).collect();
         level.sort();
-        out.push(level.into_iter().map(|(_, s)| s.to_string()).collect());
+        out.push(level.into_iter().map(|(t, s)| (s.to_string(), t)).collect());
     }
     Ok(out)
 }
