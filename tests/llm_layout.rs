@@ -265,9 +265,10 @@ async fn watch_loads_a_new_llm_layout_folder() {
     let r = c.post(s.at("/v1/recommend")).json(&json!({"history": ["3", "17"], "k": 5})).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
-    // a query the prompt has no room for (512 positions) fails alone, named,
-    // while a request beside it is answered
-    let long = vec!["item"; 600].join(" ");
+    // a query the prompt has no room for (128 positions; within the API's
+    // 1,000 characters) fails alone, named, while a request beside it is
+    // answered
+    let long = vec!["item"; 150].join(" ");
     let (bad, good) = tokio::join!(
         c.post(s.at("/v1/recommend")).json(&json!({"history": ["3"], "query": long, "k": 5})).send(),
         c.post(s.at("/v1/recommend")).json(&json!({"history": ["3"], "k": 5})).send()

@@ -78,6 +78,8 @@ pub fn files_over(sizes: &[u32], items: &[(String, Vec<u32>)], seed: u64) -> Fil
     cfg.architectures = vec!["Qwen2ForCausalLM".into()];
     cfg.model_type = "qwen2".into();
     cfg.eos_token_id = Some(0);
+    // room for short prompts only: a long query is refused by position
+    cfg.max_position_embeddings = 128;
     let weights = init_weights(&cfg, 0.3, seed, &Device::Cpu).unwrap();
     let dir = TempDir::new("llm-fixture");
     let sidecar: Sidecar = serde_json::from_value(json!({
