@@ -11,7 +11,8 @@ use clap::Subcommand;
 use genrec::catalog::build::{self as index_build, MappedRows, SidSource};
 use genrec::catalog::collab::{collaborative_embeddings, mix, CollabOptions};
 use genrec::catalog::embed::{TextEncoder, DEFAULT_ENCODER_DIR};
-use genrec::catalog::rqkmeans::{Rows, SliceRows, DEFAULT_MAX_GROUP, DEFAULT_SAMPLE};
+use genrec::catalog::rqkmeans::{learn_codebooks, Rows, SliceRows, DEFAULT_MAX_GROUP, DEFAULT_SAMPLE};
+use genrec::catalog::shard::{write_shard, CodebooksFile, ShardSet};
 use genrec::catalog::{Catalog, CatalogError, RqOptions};
 use genrec::dataset;
 
@@ -86,9 +87,67 @@ pub(crate) struct IndexArgs {
     /// Dimensions of the collaborative embedding (with --interactions).
     #[arg(long, default_value_t = 64)]
     collab_dim: usize,
+    /// Codebooks learned beforehand (`genrec codebooks`, or any safetensors
+    /// file with the same tensors): every item is assigned its codes with
+    /// them instead of learning new ones. The levels, codebook size and seed
+    /// are the file's. Needs --embeddings.
+    #[arg(long, requires = "embeddings", conflicts_with_all = ["sids", "interactions", "levels", "codebook_size", "iterations", "sample", "seed"])]
+    codebooks: Option<PathBuf>,
+    /// The folder where `genrec assign --shard I/N` wrote the nearest codes of
+    /// every shard, made with --codebooks: this run is then the merge of a
+    /// sharded build, and writes the catalog a one-process `genrec index`
+    /// writes, byte for byte.
+    #[arg(long, requires = "codebooks")]
+    assigned: Option<PathBuf>,
     /// Write the report (phases, sizes, collisions) as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+/// `genrec codebooks`: the first stage of a sharded build.
+#[derive(clap::Args)]
+pub(crate) struct CodebooksArgs {
+    /// Embeddings: a safetensors file with one tensor [items, dim] (F32, F16
+    /// or BF16), rows in the items' order, as `genrec index --embeddings`.
+    #[arg(long)]
+    embeddings: PathBuf,
+    /// The codebooks file to write (safetensors: one [codes, dim] tensor per level).
+    #[arg(long)]
+    out: PathBuf,
+    /// K-means levels of the semantic ID (a collision code is added on top).
+    #[arg(long, default_value_t = 3)]
+    levels: usize,
+    /// Codes per level.
+    #[arg(long, default_value_t = 256)]
+    codebook_size: usize,
+    /// Lloyd iterations per level.
+    #[arg(long, default_value_t = 25)]
+    iterations: usize,
+    /// Items the codebooks are learned on (a uniform sample).
+    #[arg(long, default_value_t = DEFAULT_SAMPLE)]
+    sample: usize,
+    /// Random seed (of the sample and k-means; the catalog's seed).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// `genrec assign`: the second stage of a sharded build, any number at once.
+#[derive(clap::Args)]
+pub(crate) struct AssignArgs {
+    /// The codebooks file `genrec codebooks` wrote.
+    #[arg(long)]
+    codebooks: PathBuf,
+    /// The embeddings the codebooks were learned from.
+    #[arg(long)]
+    embeddings: PathBuf,
+    /// This process's share: I/N takes the I-th of N equal ranges of rows
+    /// (0 <= I < N; a Kubernetes Indexed Job's JOB_COMPLETION_INDEX is I).
+    #[arg(long)]
+    shard: genrec::catalog::shard::ShardSpec,
+    /// Folder for the shard's files, shared by all shards and the merge
+    /// (`genrec index --assigned`).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -161,7 +220,14 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         bail!("--levels must be at least 1 and --codebook-size at least 2");
     }
     let need_texts = a.embeddings.is_none();
-    let items = index_build::read_items(&a.items, need_texts, a.seed)?;
+    // learned beforehand: the codebooks (and their seed), and the shards' work
+    let books = a.codebooks.as_deref().map(CodebooksFile::read).transpose()?;
+    let seed = books.as_ref().map_or(a.seed, |b| b.seed);
+    let shards = match (&a.assigned, &books) {
+        (Some(dir), Some(b)) => Some(ShardSet::open(dir, b)?),
+        _ => None,
+    };
+    let items = index_build::read_items(&a.items, need_texts, seed)?;
     if items.is_empty() {
         bail!("{}: no items", a.items.display());
     }
@@ -204,9 +270,10 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         }
     };
     eprintln!("index: {} x {} embeddings ready in {:.1}s", items.len(), rows.dim(), t0.elapsed().as_secs_f64());
-    let sids = match &a.sids {
-        Some(p) => SidSource::Import { path: p, codebook_size: a.codebook_size },
-        None => SidSource::Learn(RqOptions {
+    let sids = match (&a.sids, &books) {
+        (Some(p), _) => SidSource::Import { path: p, codebook_size: a.codebook_size },
+        (None, Some(b)) => SidSource::Given { books: b, max_group: a.max_group, shards: shards.as_ref() },
+        (None, None) => SidSource::Learn(RqOptions {
             levels: a.levels,
             codebook_size: a.codebook_size,
             iterations: a.iterations,
@@ -225,7 +292,7 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         *self_recall.lock() = Some(r);
         Ok(())
     };
-    let mut report = index_build::index(&a.out, &name, &embedder, items, rows, sids, a.seed, &graph)?;
+    let mut report = index_build::index(&a.out, &name, &embedder, items, rows, sids, seed, &graph)?;
     report.ann_self_recall = *self_recall.lock();
     match report.ann_self_recall {
         Some(r) => println!("ANN graph: {:.1}% of probed items are their own nearest neighbour", 100.0 * r),
@@ -254,6 +321,61 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
     if let Some(p) = &a.report {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
     }
+    Ok(())
+}
+
+/// `genrec codebooks`: learns the codebooks on a sample and writes them.
+pub(crate) fn codebooks(a: CodebooksArgs) -> Result<()> {
+    let t0 = Instant::now();
+    if a.levels == 0 || a.codebook_size < 2 {
+        bail!("--levels must be at least 1 and --codebook-size at least 2");
+    }
+    let rows = MappedRows::map(&a.embeddings)?;
+    rows.check(0..rows.len(), &a.embeddings)?;
+    let opts = RqOptions {
+        levels: a.levels,
+        codebook_size: a.codebook_size,
+        iterations: a.iterations,
+        seed: a.seed,
+        sample: a.sample,
+        max_group: 0,
+    };
+    let bars = index_build::Bars::default();
+    let codebooks = learn_codebooks(&rows, &opts, &|p, d, t| bars.set(p, d, t))?;
+    let file = CodebooksFile { codebooks, rows: rows.len(), seed: a.seed };
+    file.write(&a.out)?;
+    println!(
+        "wrote {} levels of {} codes ({} rows of {} dimensions, fingerprint {}) to {} in {:.1}s",
+        a.levels,
+        file.codebooks.k,
+        file.rows,
+        rows.dim(),
+        file.fingerprint(),
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `genrec assign --shard I/N`: one shard's nearest codes.
+pub(crate) fn assign(a: AssignArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let books = CodebooksFile::read(&a.codebooks)?;
+    let rows = MappedRows::map(&a.embeddings)?;
+    let range = a.shard.rows(rows.len());
+    rows.check(range.clone(), &a.embeddings)?;
+    let p = genrec::progress::Progress::new("nearest codes", range.len() as u64);
+    let info = write_shard(&a.out, a.shard, &rows, &books, &|d, _| p.set(d as u64))?;
+    p.finish();
+    println!(
+        "shard {}/{}: rows {}..{} assigned in {:.1}s, written to {}",
+        info.index,
+        info.count,
+        info.start,
+        info.end,
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
+    );
     Ok(())
 }
 

@@ -31,6 +31,14 @@ enum Command {
     /// Build a catalog: embed item texts (or read embeddings), learn semantic IDs
     /// (RQ-KMeans) or import them, write CATALOG_DIR with its trie and ANN index.
     Index(IndexArgs),
+    /// Sharded build, stage 1: learn the semantic-ID codebooks on a sample of
+    /// the embeddings and write them (safetensors). Then `genrec assign` for
+    /// every shard, then `genrec index --codebooks --assigned` merges.
+    Codebooks(catalog_cmd::CodebooksArgs),
+    /// Sharded build, stage 2: one shard's share of the items (--shard I/N)
+    /// gets its nearest codes at every level; run all N at once, on one
+    /// machine or many that share the output folder.
+    Assign(catalog_cmd::AssignArgs),
     /// Catalog folder maintenance: `compact` folds the edit log into a new version.
     Catalog(CatalogArgs),
     /// Train the generative model on user histories (last two items per user held out).
@@ -264,6 +272,8 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Index(a) => catalog_cmd::index(a),
+        Command::Codebooks(a) => catalog_cmd::codebooks(a),
+        Command::Assign(a) => catalog_cmd::assign(a),
         Command::Catalog(a) => catalog_cmd::catalog_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval(a),

@@ -19,6 +19,7 @@ mod openapi;
 mod replicas;
 mod server;
 mod serving;
+mod sharded_build;
 
 /// Live heap bytes of this process, for [`metrics_memory`], whose test runs
 /// alone in a child process of this binary so that no other test's

@@ -17,11 +17,13 @@ use rayon::prelude::*;
 
 use super::array::Array;
 use super::array::ArrayWriter;
+use super::assign::{assign_all, NearestPaths};
 use super::base::{Base, Embeddings};
 use super::edit::{MAX_ID_BYTES, MAX_TITLE_BYTES};
 use super::format::{self, catalog_fingerprint, Manifest};
 use super::idmap::IdMapBuilder;
-use super::rqkmeans::{quantize_rows, Quantized, Rows, RqOptions, SliceRows};
+use super::rqkmeans::{quantize_rows, with_collision_codes, Quantized, Rows, RqOptions, SliceRows};
+use super::shard::{CodebooksFile, ShardSet};
 use super::strings::{StringTable, StringsBuilder};
 use super::trie::Trie;
 use super::{Catalog, CatalogError};
@@ -70,7 +72,7 @@ pub fn read_items(path: &Path, keep_texts: bool, seed: u64) -> Result<ItemsRead,
     let p = Progress::new("reading items", 0);
     let mut ids = StringsBuilder::default();
     let mut titles = StringsBuilder::default();
-    let mut lines: Vec<usize> = Vec::new();
+    let mut lines: Vec<u32> = Vec::new(); // (a line number past u32 reads as u32::MAX)
     let mut texts = keep_texts.then(Vec::new);
     let mut sample: Vec<(u32, String)> = Vec::new();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x1d);
@@ -101,7 +103,7 @@ pub fn read_items(path: &Path, keep_texts: bool, seed: u64) -> Result<ItemsRead,
             .map_err(|d| bad(line, format!("id {:?} repeats the item of line {}", it.id, lines[d.first])))?;
         ids.push(&it.id);
         titles.push(&it.title);
-        lines.push(line);
+        lines.push(u32::try_from(line).unwrap_or(u32::MAX));
         // reservoir sample of texts for intent labels
         seen += 1;
         if sample.len() < INTENT_SAMPLE {
@@ -144,8 +146,23 @@ pub struct MappedRows {
 
 impl MappedRows {
     /// Opens `path`: one 2-d tensor (named `embeddings`, or the only one) in
-    /// F32, F16 or BF16 with one row per item.
+    /// F32, F16 or BF16 with one row per item, every row finite and non-zero.
     pub fn open(path: &Path, items: usize) -> Result<Self, CatalogError> {
+        let rows = Self::map(path)?;
+        if rows.n != items {
+            return Err(CatalogError::Format(format!(
+                "{}: {} rows for {items} items (one row per item, in the items file's order)",
+                path.display(),
+                rows.n
+            )));
+        }
+        rows.check(0..rows.n, path)?;
+        Ok(rows)
+    }
+
+    /// Maps `path` as [`Self::open`] does, with any number of rows, none
+    /// read yet (see [`Self::check`]).
+    pub fn map(path: &Path) -> Result<Self, CatalogError> {
         let f = std::fs::File::open(path).map_err(|e| CatalogError::io(path, e))?;
         // SAFETY: the file is only read; a writer changing it under us gives
         // wrong values, never unsafety in safe code reading the bytes.
@@ -165,9 +182,6 @@ impl MappedRows {
             [n, d] => (*n, *d),
             other => return Err(bad(format!("embeddings must be 2-d [items, dim], got {other:?}"))),
         };
-        if n != items {
-            return Err(bad(format!("{n} rows for {items} items (one row per item, in the items file's order)")));
-        }
         if dim == 0 {
             return Err(bad("embeddings have no columns".into()));
         }
@@ -177,18 +191,23 @@ impl MappedRows {
         }
         let offset = t.data().as_ptr() as usize - map.as_ptr() as usize;
         drop(st);
-        let rows = MappedRows { map, offset, n, dim, dtype };
-        // every row must be finite and non-zero; the first bad row is named
-        let bad_row = (0..n).into_par_iter().find_first(|&i| {
+        Ok(MappedRows { map, offset, n, dim, dtype })
+    }
+
+    /// Checks that the rows of `range` are finite and non-zero; the first
+    /// bad row is named (`path`: the file, for the message).
+    pub fn check(&self, range: std::ops::Range<usize>, path: &Path) -> Result<(), CatalogError> {
+        let dim = self.dim;
+        let bad_row = range.into_par_iter().find_first(|&i| {
             let mut v = vec![0f32; dim];
-            rows.raw_row(i, &mut v);
+            self.raw_row(i, &mut v);
             let norm = v.iter().map(|x| x * x).sum::<f32>();
             !norm.is_finite() || norm <= 1e-24
         });
-        if let Some(i) = bad_row {
-            return Err(bad(format!("row {i} is not finite or is all zeros")));
+        match bad_row {
+            Some(i) => Err(CatalogError::Format(format!("{}: row {i} is not finite or is all zeros", path.display()))),
+            None => Ok(()),
         }
-        Ok(rows)
     }
 
     fn raw_row(&self, i: usize, out: &mut [f32]) {
@@ -329,7 +348,24 @@ pub struct IndexReport {
 /// `codebook_size`, as [`read_sids`] checks) plus a collision code, as the
 /// quantiser adds.
 pub fn imported(codes: Vec<u32>, levels: usize, codebook_size: usize) -> Quantized {
-    super::rqkmeans::with_collision_codes(codes, Vec::new(), levels, codebook_size, vec![0; levels])
+    with_collision_codes(codes, Vec::new(), levels, codebook_size, vec![0; levels])
+}
+
+/// Progress bars by phase name, for the quantiser's `progress(phase, done, total)`.
+#[derive(Default)]
+pub struct Bars(parking_lot::Mutex<HashMap<String, Progress>>);
+
+impl Bars {
+    pub fn set(&self, phase: &str, done: usize, total: usize) {
+        let mut b = self.0.lock();
+        let p = b.entry(phase.to_string()).or_insert_with(|| Progress::new(phase, total as u64));
+        p.set(done as u64);
+        if done >= total {
+            if let Some(p) = b.remove(phase) {
+                p.finish();
+            }
+        }
+    }
 }
 
 /// How semantic IDs are made.
@@ -338,6 +374,9 @@ pub enum SidSource<'a> {
     Learn(RqOptions),
     /// `--sids FILE.jsonl`.
     Import { path: &'a Path, codebook_size: usize },
+    /// Codebooks learned beforehand (`genrec codebooks`), each item assigned
+    /// here, or from the nearest paths that shards computed (`genrec assign`).
+    Given { books: &'a CodebooksFile, max_group: usize, shards: Option<&'a ShardSet> },
 }
 
 /// Builds a catalog from items and embeddings and writes it to `out`: a new
@@ -360,24 +399,28 @@ pub fn index(
     let dim = rows.dim();
     let mut phases = Vec::new();
     let t = Instant::now();
-    let q = match sids {
+    let mut q = match sids {
         SidSource::Learn(opts) => {
-            let bars: parking_lot::Mutex<HashMap<String, Progress>> = Default::default();
-            let progress = |phase: &str, done: usize, total: usize| {
-                let mut b = bars.lock();
-                let p = b.entry(phase.to_string()).or_insert_with(|| Progress::new(phase, total as u64));
-                p.set(done as u64);
-                if done >= total {
-                    if let Some(p) = b.remove(phase) {
-                        p.finish();
-                    }
-                }
-            };
-            quantize_rows(rows, &opts, &progress)?
+            let bars = Bars::default();
+            quantize_rows(rows, &opts, &|p, d, t| bars.set(p, d, t))?
         }
         SidSource::Import { path, codebook_size } => {
             let (codes, levels) = read_sids(path, &items, codebook_size)?;
             imported(codes, levels, codebook_size)
+        }
+        SidSource::Given { books, max_group, shards } => {
+            if books.rows != n || books.codebooks.dim != dim {
+                return Err(CatalogError::Format(format!(
+                    "{n} items of {dim} dimensions, the codebooks were learned on {} rows of {}",
+                    books.rows, books.codebooks.dim
+                ))
+                .into());
+            }
+            let bars = Bars::default();
+            let paths = shards.map(|s| s as &dyn NearestPaths);
+            let (codes, moved) = assign_all(rows, &books.codebooks, max_group, paths, &|p, d, t| bars.set(p, d, t))?;
+            let cb = &books.codebooks;
+            with_collision_codes(codes, cb.books.clone(), cb.books.len(), cb.k, moved)
         }
     };
     phases.push(("semantic_ids".to_string(), t.elapsed().as_secs_f64()));
@@ -405,10 +448,7 @@ pub fn index(
         }
         w.finish()?;
         p.finish();
-        let fingerprint = {
-            let ids: Vec<&str> = (0..n).map(|i| items.ids.get(i)).collect();
-            catalog_fingerprint(&ids, &q.sids)
-        };
+        let fingerprint = format::fingerprint_of((0..n).map(|i| items.ids.get(i)), &q.sids);
         let t_trie = Instant::now();
         let trie = Trie::build(&q.sids, levels, &q.codebook_sizes)?;
         let trie_secs = t_trie.elapsed().as_secs_f64();
@@ -441,9 +481,9 @@ pub fn index(
             manifest,
             ids: items.ids,
             titles: items.titles,
-            sids: Array::owned(q.sids.clone()),
+            sids: Array::owned(std::mem::take(&mut q.sids)),
             embeddings: Embeddings::F16(emb),
-            codebooks: q.codebooks.clone(),
+            codebooks: std::mem::take(&mut q.codebooks),
             trie,
             idmap: items.idmap,
             intents,

@@ -7,7 +7,7 @@
 //! uses under that prefix, read from the trie node's children. Where the
 //! nearest codes' subtrees are full, each level takes its nearest code whose
 //! subtree still has room (its item count below what the levels under it can
-//! hold), the rule `genrec index` assigns codes by (`rqkmeans::assign_all`).
+//! hold), the rule `genrec index` assigns codes by (`assign::assign_all`).
 //! A subtree with room always has a free slot below it, so an upsert finds
 //! an ID whenever the catalog has one, and the same view and embedding give
 //! the same ID on every replica. Removed items keep their index. The

@@ -125,9 +125,14 @@ impl Manifest {
 
 /// Fingerprint of the id → semantic-ID mapping, in row order.
 pub fn catalog_fingerprint<S: AsRef<str>>(item_ids: &[S], sids: &[u32]) -> String {
+    fingerprint_of(item_ids.iter().map(|s| s.as_ref()), sids)
+}
+
+/// [`catalog_fingerprint`] over ids as they come (no list of them held).
+pub fn fingerprint_of<'a>(item_ids: impl Iterator<Item = &'a str>, sids: &[u32]) -> String {
     let mut h = Fnv64::default();
     for id in item_ids {
-        h.update(id.as_ref().as_bytes());
+        h.update(id.as_bytes());
         h.update(&[0]);
     }
     for s in sids {

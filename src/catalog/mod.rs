@@ -11,6 +11,7 @@
 //! version's files are described in [`format`].
 
 pub mod array;
+pub mod assign;
 pub mod base;
 pub mod bert;
 pub mod build;
@@ -28,6 +29,7 @@ pub mod intents;
 pub mod legacy;
 pub mod overlay;
 pub mod rqkmeans;
+pub mod shard;
 pub mod strings;
 pub mod trie;
 pub mod trie_patch;

@@ -7,7 +7,8 @@
 //! At catalog scale (10^7 items) the codebooks are learned on a sample (as
 //! FAISS trains k-means on at most 256 points per centroid) and every item is
 //! then assigned in blocks on all cores, keeping only each item's few nearest
-//! codes, never an items × codes matrix. Assignment is capacity-bounded: a
+//! codes, never an items × codes matrix ([`super::assign`], which can also
+//! split the assignment over processes). Assignment is capacity-bounded: a
 //! code under a prefix takes at most `max_group × (codes of the levels below)`
 //! items, so that no group of items sharing all k-means codes exceeds
 //! `max_group` (the collision level's width). Items the capacity turns away go
@@ -20,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::assign::assign_all;
 use super::CatalogError;
 
 /// Options of the quantiser.
@@ -113,10 +115,13 @@ pub fn quantize(emb: &[f32], dim: usize, opts: &RqOptions) -> Result<Quantized, 
     quantize_rows(&SliceRows { data: emb, dim }, opts, &|_, _, _| {})
 }
 
-/// Rows per assignment block.
-const BLOCK: usize = 8192;
-/// Nearest codes kept per item and level.
-const CANDIDATES: usize = 4;
+/// Learned codebooks: `books[l]` is level `l`'s `[k × dim]` centroids, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codebooks {
+    pub books: Vec<Vec<f32>>,
+    pub k: usize,
+    pub dim: usize,
+}
 
 /// [`quantize`] over any rows; `progress(phase, done, total)` reports the
 /// long phases (`"codebooks"`, `"assign level L"`).
@@ -125,6 +130,19 @@ pub fn quantize_rows(
     opts: &RqOptions,
     progress: &(dyn Fn(&str, usize, usize) + Sync),
 ) -> Result<Quantized, CatalogError> {
+    let books = learn_codebooks(rows, opts, progress)?;
+    let (codes, moved) = assign_all(rows, &books, opts.max_group, None, progress)?;
+    Ok(with_collision_codes(codes, books.books, opts.levels, books.k, moved))
+}
+
+/// Learns the codebooks of every level on a uniform sample of `rows`
+/// (`opts.sample`; every row when the catalog is smaller), each level on what
+/// the levels above left of the sample.
+pub fn learn_codebooks(
+    rows: &dyn Rows,
+    opts: &RqOptions,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+) -> Result<Codebooks, CatalogError> {
     let (n, dim) = (rows.len(), rows.dim());
     if dim == 0 || n == 0 {
         return Err(CatalogError::Format("embeddings: no rows".into()));
@@ -148,7 +166,7 @@ pub fn quantize_rows(
     let mut residual = vec![0f32; s * dim];
     residual.par_chunks_mut(dim).zip(sample_rows.par_iter()).for_each(|(out, &i)| rows.row_into(i, out));
     let k = opts.codebook_size.min(s);
-    let mut codebooks = Vec::new();
+    let mut books = Vec::new();
     for level in 0..opts.levels {
         progress("codebooks", level, opts.levels);
         let centroids = kmeans(&residual, dim, k, opts.iterations, &mut rng)?;
@@ -158,163 +176,10 @@ pub fn quantize_rows(
                 *r -= m;
             }
         });
-        codebooks.push(centroids);
+        books.push(centroids);
     }
     progress("codebooks", opts.levels, opts.levels);
-    drop(residual);
-    let (codes, moved) = assign_all(rows, &codebooks, opts, progress)?;
-    Ok(with_collision_codes(codes, codebooks, opts.levels, k, moved))
-}
-
-/// Codes per item for every k-means level, capacity-bounded (see the module
-/// comment). Returns `codes[item * levels + l]` and the items moved per level.
-fn assign_all(
-    rows: &dyn Rows,
-    codebooks: &[Vec<f32>],
-    opts: &RqOptions,
-    progress: &(dyn Fn(&str, usize, usize) + Sync),
-) -> Result<(Vec<u32>, Vec<usize>), CatalogError> {
-    let (n, dim, levels) = (rows.len(), rows.dim(), codebooks.len());
-    let k = codebooks[0].len() / dim;
-    let mut codes = vec![0u32; n * levels];
-    let mut moved = Vec::new();
-    // capacity of a code at level l: what the levels below can hold
-    let cap = |l: usize| -> usize {
-        if opts.max_group == 0 {
-            return usize::MAX;
-        }
-        (l + 1..levels).fold(opts.max_group, |c, _| c.saturating_mul(k))
-    };
-    if opts.max_group > 0 && n > cap(0).saturating_mul(k) {
-        return Err(CatalogError::Format(format!(
-            "{n} items do not fit {levels} levels of {k} codes with groups of at most {}: raise --levels or --codebook-size",
-            opts.max_group
-        )));
-    }
-    let m = CANDIDATES.min(k);
-    for level in 0..levels {
-        let label = format!("assign level {level}");
-        let book = &codebooks[level];
-        let cn: Vec<f32> = book.chunks_exact(dim).map(|c| c.iter().map(|x| x * x).sum()).collect();
-        // 1. each item's m nearest codes, block by block
-        let mut cand = vec![0u32; n * m];
-        let mut best = vec![0f32; n];
-        let mut done = 0;
-        for (b, (cand_b, best_b)) in cand.chunks_mut(BLOCK * m).zip(best.chunks_mut(BLOCK)).enumerate() {
-            let start = b * BLOCK;
-            let len = best_b.len();
-            let mut x = vec![0f32; len * dim];
-            x.par_chunks_mut(dim)
-                .enumerate()
-                .for_each(|(j, out)| residual_into(rows, codebooks, &codes, levels, level, start + j, out));
-            let d = distances(&x, book, &cn, dim)?;
-            cand_b.par_chunks_mut(m).zip(best_b.par_iter_mut()).zip(d.par_chunks(k)).for_each(|((c, bst), row)| {
-                let top = nearest_codes(row, m);
-                c.copy_from_slice(&top);
-                *bst = row[top[0] as usize];
-            });
-            done += len;
-            progress(&label, done, n);
-        }
-        // 2. capacity per prefix group, confident items first
-        let limit = cap(level);
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        order.par_sort_unstable_by(|&a, &b| {
-            let (a, b) = (a as usize, b as usize);
-            codes[a * levels..a * levels + level]
-                .cmp(&codes[b * levels..b * levels + level])
-                .then(best[a].total_cmp(&best[b]))
-                .then(a.cmp(&b))
-        });
-        let groups: Vec<&[u32]> = order
-            .chunk_by(|&a, &b| {
-                codes[a as usize * levels..a as usize * levels + level]
-                    == codes[b as usize * levels..b as usize * levels + level]
-            })
-            .collect();
-        let chosen: Vec<Vec<(u32, u32, bool)>> = groups
-            .par_iter()
-            .map(|g| {
-                let mut count = vec![0usize; k];
-                let mut out = Vec::with_capacity(g.len());
-                for &item in g.iter() {
-                    let i = item as usize;
-                    let first = cand[i * m];
-                    let pick =
-                        cand[i * m..(i + 1) * m].iter().copied().find(|&c| count[c as usize] < limit).unwrap_or_else(
-                            || {
-                                // every near code is full: the nearest with room, from all codes
-                                let mut x = vec![0f32; dim];
-                                residual_into(rows, codebooks, &codes, levels, level, i, &mut x);
-                                let row: Vec<f32> = book
-                                    .chunks_exact(dim)
-                                    .zip(&cn)
-                                    .map(|(c, n2)| n2 - 2.0 * c.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>())
-                                    .collect();
-                                nearest_codes(&row, k).into_iter().find(|&c| count[c as usize] < limit).unwrap_or(first)
-                            },
-                        );
-                    count[pick as usize] += 1;
-                    out.push((item, pick, pick != first));
-                }
-                out
-            })
-            .collect();
-        let mut moved_here = 0;
-        for g in chosen {
-            for (item, code, m) in g {
-                codes[item as usize * levels + level] = code;
-                moved_here += m as usize;
-            }
-        }
-        moved.push(moved_here);
-    }
-    Ok((codes, moved))
-}
-
-/// Row `i`'s residual before `level`: its embedding minus the centroids of
-/// the codes it has at the levels above.
-fn residual_into(
-    rows: &dyn Rows,
-    books: &[Vec<f32>],
-    codes: &[u32],
-    levels: usize,
-    level: usize,
-    i: usize,
-    out: &mut [f32],
-) {
-    let dim = out.len();
-    rows.row_into(i, out);
-    for (l, book) in books.iter().enumerate().take(level) {
-        let c = codes[i * levels + l] as usize;
-        for (r, m) in out.iter_mut().zip(&book[c * dim..(c + 1) * dim]) {
-            *r -= m;
-        }
-    }
-}
-
-/// `||c||² - 2 x·c` for every row of `x` and code of `book` (the squared
-/// distance less the row's constant `||x||²`), `[rows × codes]`.
-fn distances(x: &[f32], book: &[f32], cn: &[f32], dim: usize) -> Result<Vec<f32>, CatalogError> {
-    let (n, k) = (x.len() / dim, book.len() / dim);
-    let dev = Device::Cpu;
-    let xt = Tensor::from_slice(x, (n, dim), &dev)?;
-    let ct = Tensor::from_slice(book, (k, dim), &dev)?;
-    let cn = Tensor::from_slice(cn, k, &dev)?;
-    let d = xt.matmul(&ct.t()?)?.affine(-2.0, 0.0)?.broadcast_add(&cn.unsqueeze(0)?)?;
-    Ok(d.flatten_all()?.to_vec1::<f32>()?)
-}
-
-/// The `m` smallest entries' indices, nearest first (ties: lower code).
-fn nearest_codes(row: &[f32], m: usize) -> Vec<u32> {
-    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-    let cmp = |a: &u32, b: &u32| row[*a as usize].total_cmp(&row[*b as usize]).then(a.cmp(b));
-    if m < idx.len() {
-        idx.select_nth_unstable_by(m - 1, cmp);
-        idx.truncate(m);
-    }
-    idx.sort_by(cmp);
-    idx
+    Ok(Codebooks { books, k, dim })
 }
 
 /// Appends the collision code (rank among the items with the same k-means
