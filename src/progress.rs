@@ -47,13 +47,21 @@ impl Progress {
             return;
         }
         let mut last = self.last_line.lock();
-        let tenth = (self.total / 10).max(1);
-        if done >= last.1 + tenth || last.0.elapsed() >= Duration::from_secs(30) {
+        if line_due(self.total, last.1, done, last.0.elapsed()) {
             *last = (Instant::now(), done);
-            let secs = self.started.elapsed().as_secs_f64();
-            let eta = if done > 0 && self.total > done { secs / done as f64 * (self.total - done) as f64 } else { 0.0 };
-            eprintln!("{}: {done}/{} ({secs:.0}s, ETA {eta:.0}s)", self.label, self.total);
+            eprintln!("{}", self.line(done));
         }
+    }
+
+    /// The plain line for `done` steps: with the total and an ETA when the
+    /// total is known, else the count and the rate.
+    fn line(&self, done: u64) -> String {
+        let secs = self.started.elapsed().as_secs_f64();
+        if self.total == 0 {
+            return format!("{}: {done} ({secs:.0}s, {:.0}/s)", self.label, done as f64 / secs.max(1e-9));
+        }
+        let eta = if done > 0 && self.total > done { secs / done as f64 * (self.total - done) as f64 } else { 0.0 };
+        format!("{}: {done}/{} ({secs:.0}s, ETA {eta:.0}s)", self.label, self.total)
     }
 
     /// Ends the phase (a line says how long it took, when that was a
@@ -67,5 +75,30 @@ impl Progress {
             eprintln!("{}: done in {secs:.1}s", self.label);
         }
         secs
+    }
+}
+
+/// Whether a plain line is due at `done` steps, the last at `last` steps
+/// `since` ago: every tenth of a known total, else (and at the latest) every
+/// 30 s.
+fn line_due(total: u64, last: u64, done: u64, since: Duration) -> bool {
+    (total > 0 && done >= last + (total / 10).max(1)) || since >= Duration::from_secs(30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A phase of unknown length prints a line every 30 s, not one per step
+    /// (the items reader of a 10^8-item index printed 1,500 lines).
+    #[test]
+    fn plain_lines_every_tenth_or_thirty_seconds() {
+        let now = Duration::from_secs(1);
+        assert!(!line_due(0, 0, 1_000_000, now));
+        assert!(line_due(0, 0, 1, Duration::from_secs(30)));
+        assert!(!line_due(100, 0, 9, now));
+        assert!(line_due(100, 0, 10, now));
+        let p = Progress::new("reading items", 0);
+        assert!(!p.line(5).contains('/') || p.line(5).contains("/s"), "{}", p.line(5));
     }
 }
