@@ -491,6 +491,9 @@ pub fn index(
             expiry: Default::default(),
             source: None,
         };
+        if let (false, Embeddings::F16(e)) = (base.codebooks.is_empty(), &base.embeddings) {
+            super::leaf_order::write(&vdir, e, base.trie.arrays().leaf_item, dim)?;
+        }
         base.write_all_but_embeddings(&vdir)?;
         phases.push(("write".to_string(), t.elapsed().as_secs_f64() - trie_secs));
         phases.push(("trie".to_string(), trie_secs));

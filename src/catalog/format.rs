@@ -9,6 +9,7 @@
 //! | `titles.offsets`, `titles.bytes` | item titles, the same way |
 //! | `sids.u32` | semantic IDs `[rows × levels]` |
 //! | `embeddings.f16` (or `.f32`) | unit-norm item embeddings `[rows × dim]` |
+//! | `embeddings.leaf.f16` | the same rows in the trie's leaf order, for the ANN cells index (with codebooks; see [`super::leaf_order`]) |
 //! | `codebooks.f32` | k-means codebooks, level after level `[codes × dim]` (absent for imported IDs) |
 //! | `idmap.u32` | id → row hash table (see [`super::idmap`]) |
 //! | `removed.u32` | sorted rows kept for their index but not served |

@@ -7,8 +7,9 @@
 //! `q` (two small dot-product tables per query, then one add per cell). A
 //! query takes the best `probes` cells and ranks their items exactly by
 //! their embeddings, which the index keeps in leaf order so that a cell is
-//! one run of rows (a copy of the base's embeddings, made at open; items
-//! edited since are read from the catalog). Nothing is built ahead or
+//! one run of rows (the version's `embeddings.leaf.f16`, mapped; for a
+//! version without it, a copy made at open; items edited since are read
+//! from the catalog). Nothing is built ahead or
 //! saved: the cells are the trie's, so an item added or removed live is in
 //! its cell (or out of it) as soon as the catalog view says so.
 //!
@@ -27,7 +28,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::catalog::array::Array;
 use crate::catalog::base::{dot8, Embeddings};
-use crate::catalog::{Catalog, TrieView};
+use crate::catalog::{leaf_order, Catalog, TrieView};
 
 /// Deepest trie level whose nodes can be the cells.
 const MAX_CELL_DEPTH: usize = 2;
@@ -86,7 +87,12 @@ impl Cells {
         let a = base.trie.arrays();
         let leaves_start = a.level_start[a.codebook_sizes.len()];
         let leaves = a.leaf_item.len() as u32;
-        let by_leaf = leaf_ordered(&base.embeddings, a.leaf_item, dim);
+        // mapped from the version's leaf-ordered file, else copied
+        let mapped = base.source.as_deref().and_then(|d| leaf_order::open(d, a.leaf_item.len(), dim));
+        let by_leaf = match mapped {
+            Some(rows) => Embeddings::F16(rows),
+            None => leaf_ordered(&base.embeddings, a.leaf_item, dim),
+        };
         let mut cells = Cells {
             dim,
             depth,
@@ -351,6 +357,39 @@ mod tests {
         eprintln!("probes {} recall {recall:.3} (one cell {single:.3}); curve {:?}", cells.probes(), cells.curve());
         assert!(recall >= 0.9, "recall {recall} with {} probes", cells.probes());
         assert!(single < recall, "one cell finds less ({single})");
+    }
+
+    /// A catalog folder's version carries its rows in leaf order: the index
+    /// maps them (no copy), they are the rows a copy would hold, and the
+    /// answers are those of an index over a copy (the same version without
+    /// the file).
+    #[test]
+    fn a_saved_version_is_mapped_in_leaf_order() {
+        let cat = catalog();
+        let dir = tempfile::tempdir().unwrap();
+        let (with, without) = (dir.path().join("with"), dir.path().join("without"));
+        cat.save(&with).unwrap();
+        cat.save(&without).unwrap();
+        let version = std::fs::read_dir(&without).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+        std::fs::remove_file(version.join(leaf_order::LEAF_FILE)).unwrap();
+        let (with, without) = (Catalog::load(&with).unwrap(), Catalog::load(&without).unwrap());
+        let (mapped, copied) = (Cells::new(&with, 0.95).unwrap(), Cells::new(&without, 0.95).unwrap());
+        match (&mapped.by_leaf, &copied.by_leaf) {
+            (Embeddings::F16(a), Embeddings::F16(b)) => {
+                assert!(a.is_mapped() && !b.is_mapped(), "mapped from the file / copied at open");
+                assert_eq!(&a[..], &b[..]);
+            }
+            _ => panic!("a saved version holds f16 rows"),
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for _ in 0..50 {
+            let h: Vec<u32> = (0..5).map(|_| rng.random_range(0..cat.len() as u32)).collect();
+            let q = crate::recall::Ann::user_vector(&with, &h);
+            let a = mapped.nearest_probing(&with, &q, 10, 4, |_| true);
+            let b = copied.nearest_probing(&without, &q, 10, 4, |_| true);
+            assert_eq!(a.len(), 10);
+            assert_eq!(a, b);
+        }
     }
 
     /// Live edits are in their cells at once: an added item is found by its
