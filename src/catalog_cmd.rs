@@ -227,6 +227,23 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         (Some(dir), Some(b)) => Some(ShardSet::open(dir, b)?),
         _ => None,
     };
+    // from a file of embeddings, a JSON Lines file of items is read after
+    // the semantic IDs are made (counted first): the items' strings and the
+    // assignment's arrays never share memory (8 GB and 6 GB at 10^8)
+    let later = match (&a.embeddings, &a.interactions, &a.sids) {
+        (Some(_), None, None) => dataset::count_jsonl_items(&a.items)?,
+        _ => None,
+    };
+    if let Some(n) = later {
+        if n == 0 {
+            bail!("{}: no items", a.items.display());
+        }
+        let p = a.embeddings.as_deref().context("embeddings")?;
+        let mapped = MappedRows::open(p, n)?;
+        eprintln!("index: {n} items in {} (read after the semantic IDs)", a.items.display());
+        let read = || index_build::read_items(&a.items, false, seed);
+        return finish_index(&a, index_build::Items::After(Box::new(read)), &mapped, embedder_name(p), seed, books, shards, t0);
+    }
     let items = index_build::read_items(&a.items, need_texts, seed)?;
     if items.is_empty() {
         bail!("{}: no items", a.items.display());
@@ -239,14 +256,13 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
     let (rows, embedder): (&dyn Rows, String) = match (&a.embeddings, &a.interactions) {
         (Some(p), None) => {
             mapped = MappedRows::open(p, items.len())?;
-            (&mapped, format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()))
+            (&mapped, embedder_name(p))
         }
         (src, inter) => {
             let (e, d, name) = match src {
                 Some(p) => {
                     let m = MappedRows::open(p, items.len())?;
-                    let name = format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-                    (m.to_vec(), m.dim(), name)
+                    (m.to_vec(), m.dim(), embedder_name(p))
                 }
                 None => {
                     let enc = TextEncoder::load(&a.encoder)?;
@@ -270,6 +286,26 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         }
     };
     eprintln!("index: {} x {} embeddings ready in {:.1}s", items.len(), rows.dim(), t0.elapsed().as_secs_f64());
+    finish_index(&a, index_build::Items::Read(items), rows, embedder, seed, books, shards, t0)
+}
+
+/// `file:NAME` for embeddings read from a file.
+fn embedder_name(p: &Path) -> String {
+    format!("file:{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+}
+
+/// The build from the semantic IDs on, and what it prints.
+#[allow(clippy::too_many_arguments)] // the parts of `index` prepared above
+fn finish_index(
+    a: &IndexArgs,
+    items: index_build::Items,
+    rows: &dyn Rows,
+    embedder: String,
+    seed: u64,
+    books: Option<CodebooksFile>,
+    shards: Option<ShardSet>,
+    t0: Instant,
+) -> Result<()> {
     let sids = match (&a.sids, &books) {
         (Some(p), _) => SidSource::Import { path: p, codebook_size: a.codebook_size },
         (None, Some(b)) => SidSource::Given { books: b, max_group: a.max_group, shards: shards.as_ref() },

@@ -181,6 +181,9 @@ pub fn assign_all(
             "{n} items do not fit {levels} levels of {k} codes with groups of at most {max_group}: raise --levels or --codebook-size"
         )));
     }
+    if n >= u32::MAX as usize {
+        return Err(CatalogError::Format(format!("{n} items exceed the u32 item index")));
+    }
     let m = CANDIDATES.min(k);
     if let Some(p) = paths {
         if p.width() != m {
@@ -237,37 +240,40 @@ pub fn assign_all(
                     == codes[b as usize * levels..b as usize * levels + level]
             })
             .collect();
-        let chosen: Vec<Vec<(u32, u32, bool)>> = groups
-            .par_iter()
-            .map(|g| {
-                let mut count = vec![0usize; k];
-                let mut out = Vec::with_capacity(g.len());
-                for &item in g.iter() {
-                    let i = item as usize;
-                    let first = cand[i * m];
-                    let pick =
-                        cand[i * m..(i + 1) * m].iter().copied().find(|&c| count[c as usize] < limit).unwrap_or_else(
-                            || {
-                                // every near code is full: the nearest with room, from all codes
-                                let mut x = vec![0f32; dim];
-                                residual_into(rows, books, &codes[i * levels..i * levels + level], i, &mut x);
-                                let mut all = vec![0f32; k];
-                                scorer.scores(&x, &mut all);
-                                nearest_codes(&all, k).into_iter().find(|&c| count[c as usize] < limit).unwrap_or(first)
-                            },
-                        );
-                    count[pick as usize] += 1;
-                    out.push((item, pick, pick != first));
-                }
-                out
-            })
-            .collect();
-        let mut moved_here = 0;
-        for g in chosen {
-            for (item, code, m) in g {
-                codes[item as usize * levels + level] = code;
-                moved_here += m as usize;
+        // each group's picks, in `order` (4 B per item)
+        let mut picks = vec![0u32; n];
+        let mut parts: Vec<&mut [u32]> = Vec::with_capacity(groups.len());
+        let mut rest = picks.as_mut_slice();
+        for g in &groups {
+            let (part, tail) = rest.split_at_mut(g.len());
+            parts.push(part);
+            rest = tail;
+        }
+        groups.par_iter().zip(parts.into_par_iter()).for_each(|(g, out)| {
+            let mut count = vec![0usize; k];
+            for (&item, pick_out) in g.iter().zip(out.iter_mut()) {
+                let i = item as usize;
+                let first = cand[i * m];
+                let pick = cand[i * m..(i + 1) * m].iter().copied().find(|&c| count[c as usize] < limit).unwrap_or_else(
+                    || {
+                        // every near code is full: the nearest with room, from all codes
+                        let mut x = vec![0f32; dim];
+                        residual_into(rows, books, &codes[i * levels..i * levels + level], i, &mut x);
+                        let mut all = vec![0f32; k];
+                        scorer.scores(&x, &mut all);
+                        nearest_codes(&all, k).into_iter().find(|&c| count[c as usize] < limit).unwrap_or(first)
+                    },
+                );
+                count[pick as usize] += 1;
+                *pick_out = pick;
             }
+        });
+        drop(groups);
+        let mut moved_here = 0;
+        for (&item, &pick) in order.iter().zip(&picks) {
+            let i = item as usize;
+            moved_here += usize::from(pick != cand[i * m]);
+            codes[i * levels + level] = pick;
         }
         moved.push(moved_here);
     }

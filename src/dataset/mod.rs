@@ -93,6 +93,33 @@ pub fn load_items(path: &Path) -> Result<Vec<ItemRecord>, DataError> {
 /// Longest line of a JSON Lines items file.
 const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// Counts the items of a JSON Lines items file without reading them (its
+/// lines that are not blank); `None` for any other kind of file.
+pub fn count_jsonl_items(path: &Path) -> Result<Option<usize>, DataError> {
+    if !path.extension().is_some_and(|e| e == "jsonl" || e == "ndjson") {
+        return Ok(None);
+    }
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut n, mut blank) = (0usize, true);
+    loop {
+        let got = file.read(&mut buf).map_err(|e| DataError::Io { path: path.into(), source: e })?;
+        if got == 0 {
+            break;
+        }
+        for &b in &buf[..got] {
+            if b == b'\n' {
+                n += usize::from(!blank);
+                blank = true;
+            } else if !b.is_ascii_whitespace() {
+                blank = false;
+            }
+        }
+    }
+    Ok(Some(n + usize::from(!blank)))
+}
+
 /// Reads the items of `path` one at a time and hands each to `f(line, item)`:
 /// a `.jsonl` file (one `{"id": ..., "title": ..., ...}` per line) is streamed
 /// in file order and `line` is its 1-based line; any other file is read as
