@@ -223,10 +223,7 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
     // learned beforehand: the codebooks (and their seed), and the shards' work
     let books = a.codebooks.as_deref().map(CodebooksFile::read).transpose()?;
     let seed = books.as_ref().map_or(a.seed, |b| b.seed);
-    let shards = match (&a.assigned, &books) {
-        (Some(dir), Some(b)) => Some(ShardSet::open(dir, b)?),
-        _ => None,
-    };
+
     // from a file of embeddings, a JSON Lines file of items is read after
     // the semantic IDs are made (counted first): the items' strings and the
     // assignment's arrays never share memory (8 GB and 6 GB at 10^8)
@@ -242,7 +239,7 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         let mapped = MappedRows::open(p, n)?;
         eprintln!("index: {n} items in {} (read after the semantic IDs)", a.items.display());
         let read = || index_build::read_items(&a.items, false, seed);
-        return finish_index(&a, index_build::Items::After(Box::new(read)), &mapped, embedder_name(p), seed, books, shards, t0);
+        return finish_index(&a, index_build::Items::After(Box::new(read)), &mapped, embedder_name(p), seed, books, t0);
     }
     let items = index_build::read_items(&a.items, need_texts, seed)?;
     if items.is_empty() {
@@ -286,7 +283,7 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         }
     };
     eprintln!("index: {} x {} embeddings ready in {:.1}s", items.len(), rows.dim(), t0.elapsed().as_secs_f64());
-    finish_index(&a, index_build::Items::Read(items), rows, embedder, seed, books, shards, t0)
+    finish_index(&a, index_build::Items::Read(items), rows, embedder, seed, books, t0)
 }
 
 /// `file:NAME` for embeddings read from a file.
@@ -295,7 +292,6 @@ fn embedder_name(p: &Path) -> String {
 }
 
 /// The build from the semantic IDs on, and what it prints.
-#[allow(clippy::too_many_arguments)] // the parts of `index` prepared above
 fn finish_index(
     a: &IndexArgs,
     items: index_build::Items,
@@ -303,9 +299,12 @@ fn finish_index(
     embedder: String,
     seed: u64,
     books: Option<CodebooksFile>,
-    shards: Option<ShardSet>,
     t0: Instant,
 ) -> Result<()> {
+    let shards = match (&a.assigned, &books) {
+        (Some(dir), Some(b)) => Some(ShardSet::open(dir, b, rows)?),
+        _ => None,
+    };
     let sids = match (&a.sids, &books) {
         (Some(p), _) => SidSource::Import { path: p, codebook_size: a.codebook_size },
         (None, Some(b)) => SidSource::Given { books: b, max_group: a.max_group, shards: shards.as_ref() },
@@ -398,6 +397,16 @@ pub(crate) fn assign(a: AssignArgs) -> Result<()> {
     let t0 = Instant::now();
     let books = CodebooksFile::read(&a.codebooks)?;
     let rows = MappedRows::map(&a.embeddings)?;
+    if rows.len() != books.rows || rows.dim() != books.codebooks.dim {
+        bail!(
+            "{} is {} x {}, the codebooks were learned on {} x {}",
+            a.embeddings.display(),
+            rows.len(),
+            rows.dim(),
+            books.rows,
+            books.codebooks.dim
+        );
+    }
     let range = a.shard.rows(rows.len());
     rows.check(range.clone(), &a.embeddings)?;
     let p = genrec::progress::Progress::new("nearest codes", range.len() as u64);

@@ -254,16 +254,17 @@ pub fn assign_all(
             for (&item, pick_out) in g.iter().zip(out.iter_mut()) {
                 let i = item as usize;
                 let first = cand[i * m];
-                let pick = cand[i * m..(i + 1) * m].iter().copied().find(|&c| count[c as usize] < limit).unwrap_or_else(
-                    || {
-                        // every near code is full: the nearest with room, from all codes
-                        let mut x = vec![0f32; dim];
-                        residual_into(rows, books, &codes[i * levels..i * levels + level], i, &mut x);
-                        let mut all = vec![0f32; k];
-                        scorer.scores(&x, &mut all);
-                        nearest_codes(&all, k).into_iter().find(|&c| count[c as usize] < limit).unwrap_or(first)
-                    },
-                );
+                let pick =
+                    cand[i * m..(i + 1) * m].iter().copied().find(|&c| count[c as usize] < limit).unwrap_or_else(
+                        || {
+                            // every near code is full: the nearest with room, from all codes
+                            let mut x = vec![0f32; dim];
+                            residual_into(rows, books, &codes[i * levels..i * levels + level], i, &mut x);
+                            let mut all = vec![0f32; k];
+                            scorer.scores(&x, &mut all);
+                            nearest_codes(&all, k).into_iter().find(|&c| count[c as usize] < limit).unwrap_or(first)
+                        },
+                    );
                 count[pick as usize] += 1;
                 *pick_out = pick;
             }

@@ -420,9 +420,9 @@ pub fn index(
             quantize_rows(rows, &opts, &|p, d, t| bars.set(p, d, t))?
         }
         SidSource::Import { path, codebook_size } => {
-            let items = items.as_ref().ok_or_else(|| {
-                CatalogError::Format("imported semantic IDs need the items read first".into())
-            })?;
+            let items = items
+                .as_ref()
+                .ok_or_else(|| CatalogError::Format("imported semantic IDs need the items read first".into()))?;
             let (codes, levels) = read_sids(path, items, codebook_size)?;
             imported(codes, levels, codebook_size)
         }

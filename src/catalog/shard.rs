@@ -70,7 +70,7 @@ impl CodebooksFile {
         ]);
         let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| CatalogError::Format(e.to_string()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| CatalogError::io(dir, e))?;
+            create_dir_synced(dir)?;
         }
         crate::util::write_atomic(path, &bytes).map_err(|e| CatalogError::io(path, e))
     }
@@ -116,6 +116,16 @@ impl CodebooksFile {
             books.push(v);
         }
         let (k, dim) = shape.ok_or_else(|| bad("no level_0 tensor".into()))?;
+        let named = st.names().iter().filter(|n| n.starts_with("level_")).count();
+        if named != books.len() {
+            return Err(bad(format!(
+                "{named} level_L tensors, but level_0..level_{} only are consecutive",
+                books.len() - 1
+            )));
+        }
+        if k < 2 {
+            return Err(bad(format!("{k} code per level: at least 2")));
+        }
         let file = CodebooksFile { codebooks: Codebooks { books, k, dim }, rows, seed };
         if let Some(f) = info.get("fingerprint") {
             if *f != file.fingerprint() {
@@ -123,6 +133,19 @@ impl CodebooksFile {
             }
         }
         Ok(file)
+    }
+}
+
+/// Creates `dir` (and its parents) when missing, and syncs the folder that
+/// holds it so that the new name survives a crash.
+fn create_dir_synced(dir: &Path) -> Result<(), CatalogError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| CatalogError::io(dir, e))?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => super::format::sync_dir(parent),
+        None => Ok(()),
     }
 }
 
@@ -171,6 +194,24 @@ pub struct ShardInfo {
     /// Codes kept per item and level.
     pub width: usize,
     pub codebooks: String,
+    /// Fingerprint of the shard's rows of embeddings (a sample of them, see
+    /// [`rows_fingerprint`]): the merge reads the same rows.
+    pub embeddings: String,
+}
+
+/// Fingerprint of the rows of `range`: every row of a sample of up to 4,096
+/// evenly spaced ones, as read (normalised f32), and the range itself.
+pub fn rows_fingerprint(rows: &dyn Rows, range: Range<usize>) -> String {
+    let mut h = crate::util::Fnv64::default();
+    h.update(&(range.start as u64).to_le_bytes());
+    h.update(&(range.end as u64).to_le_bytes());
+    let step = (range.len() / 4096).max(1);
+    let mut row = vec![0f32; rows.dim()];
+    for i in range.step_by(step) {
+        rows.row_into(i, &mut row);
+        h.update(bytemuck::cast_slice(&row));
+    }
+    h.hex()
 }
 
 /// Computes shard `spec`'s nearest paths over `rows` with `books` and writes
@@ -191,12 +232,30 @@ pub fn write_shard(
             books.codebooks.dim
         )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| CatalogError::io(dir, e))?;
+    create_dir_synced(dir)?;
     let range = spec.rows(rows.len());
     let stem = spec.stem();
-    let tmp = |ext: &str| dir.join(format!(".{stem}.{ext}.tmp"));
-    let mut codes = ArrayWriter::<u32>::create(&tmp("codes.u32"))?;
-    let mut best = ArrayWriter::<f32>::create(&tmp("best.f32"))?;
+    // an earlier run's description goes first: from here until the new one
+    // is written, the shard reads as missing, never as old data under a
+    // description that does not match it
+    let json = dir.join(format!("{stem}.json"));
+    match std::fs::remove_file(&json) {
+        Ok(()) => super::format::sync_dir(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CatalogError::io(&json, e)),
+    }
+    // uniquely named temporaries (two runs of one shard never share one),
+    // removed if this fails
+    let temp = |ext: &str| {
+        tempfile::Builder::new()
+            .prefix(&format!(".{stem}.{ext}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| CatalogError::io(dir, e))
+    };
+    let (codes_tmp, best_tmp) = (temp("codes")?, temp("best")?);
+    let mut codes = ArrayWriter::<u32>::create(codes_tmp.path())?;
+    let mut best = ArrayWriter::<f32>::create(best_tmp.path())?;
     nearest_paths(
         rows,
         &books.codebooks,
@@ -209,9 +268,9 @@ pub fn write_shard(
     )?;
     codes.finish()?;
     best.finish()?;
-    for ext in ["codes.u32", "best.f32"] {
+    for (tmp, ext) in [(codes_tmp, "codes.u32"), (best_tmp, "best.f32")] {
         let to = dir.join(format!("{stem}.{ext}"));
-        std::fs::rename(tmp(ext), &to).map_err(|e| CatalogError::io(&to, e))?;
+        tmp.persist(&to).map_err(|e| CatalogError::io(&to, e.error))?;
     }
     super::format::sync_dir(dir)?;
     let info = ShardInfo {
@@ -223,8 +282,8 @@ pub fn write_shard(
         levels: books.codebooks.books.len(),
         width: CANDIDATES.min(books.codebooks.k),
         codebooks: books.fingerprint(),
+        embeddings: rows_fingerprint(rows, range),
     };
-    let json = dir.join(format!("{stem}.json"));
     let bytes = serde_json::to_vec_pretty(&info).map_err(|e| CatalogError::Json { path: json.clone(), source: e })?;
     crate::util::write_atomic(&json, &bytes).map_err(|e| CatalogError::io(&json, e))?;
     Ok(info)
@@ -239,9 +298,10 @@ pub struct ShardSet {
 }
 
 impl ShardSet {
-    /// Opens the shards in `dir` made with `books`: exactly one count N, every
-    /// index below it, their rows covering every row once.
-    pub fn open(dir: &Path, books: &CodebooksFile) -> Result<Self, CatalogError> {
+    /// Opens the shards in `dir` made with `books` over `rows`: exactly one
+    /// count N, every index below it, their rows covering every row once,
+    /// each made from the same rows of embeddings.
+    pub fn open(dir: &Path, books: &CodebooksFile, rows: &dyn Rows) -> Result<Self, CatalogError> {
         let bad = |m: String| CatalogError::Format(format!("{}: {m}", dir.display()));
         let mut infos: Vec<(ShardInfo, PathBuf)> = Vec::new();
         for e in std::fs::read_dir(dir).map_err(|e| CatalogError::io(dir, e))? {
@@ -276,7 +336,10 @@ impl ShardSet {
         for (info, path) in &infos {
             let spec = ShardSpec { index: info.index, count };
             let want = spec.rows(books.rows);
-            if info.format != SHARD_FORMAT || info.codebooks != books.fingerprint() {
+            if info.format != SHARD_FORMAT {
+                return Err(bad(format!("{}: format {:?}, expected {SHARD_FORMAT:?}", path.display(), info.format)));
+            }
+            if info.codebooks != books.fingerprint() {
                 return Err(bad(format!(
                     "{} was made with other codebooks ({}; these are {})",
                     path.display(),
@@ -294,6 +357,12 @@ impl ShardSet {
             }
             if (info.levels, info.width) != (levels, width) {
                 return Err(bad(format!("{} has {} levels of {} codes", path.display(), info.levels, info.width)));
+            }
+            if info.embeddings != rows_fingerprint(rows, want.clone()) {
+                return Err(bad(format!(
+                    "{} was made from other embeddings (its rows {want:?} differ from these): run the shard again",
+                    path.display()
+                )));
             }
             let n = info.end - info.start;
             let stem = spec.stem();
@@ -343,6 +412,37 @@ mod tests {
             }
             assert_eq!(next, n);
         }
+    }
+
+    /// More shards than rows (empty shards) merge to the one-pass codes;
+    /// shards of other embeddings of the same shape are refused.
+    #[test]
+    fn empty_shards_merge_and_other_embeddings_are_refused() {
+        use crate::catalog::assign::assign_all;
+        use crate::catalog::rqkmeans::{learn_codebooks, RqOptions, SliceRows};
+        let dim = 3;
+        let x: Vec<f32> = (0..3 * dim).map(|v| ((v * 7 % 5) as f32 - 2.0) + 0.1).collect();
+        let rows = SliceRows { data: &x, dim };
+        let o = RqOptions { levels: 2, codebook_size: 2, iterations: 3, seed: 1, sample: 3, max_group: 1 };
+        let books = CodebooksFile { codebooks: learn_codebooks(&rows, &o, &|_, _, _| {}).unwrap(), rows: 3, seed: 1 };
+        let dir = tempfile::tempdir().unwrap();
+        for index in 0..5 {
+            write_shard(dir.path(), ShardSpec { index, count: 5 }, &rows, &books, &|_, _| {}).unwrap();
+        }
+        let set = ShardSet::open(dir.path(), &books, &rows).unwrap();
+        let want = assign_all(&rows, &books.codebooks, 1, None, &|_, _, _| {}).unwrap();
+        let got = assign_all(&rows, &books.codebooks, 1, Some(&set), &|_, _, _| {}).unwrap();
+        assert_eq!(got, want);
+        let mut other = x.clone();
+        other[0] += 0.5;
+        let e = ShardSet::open(dir.path(), &books, &SliceRows { data: &other, dim }).err().unwrap().to_string();
+        assert!(e.contains("made from other embeddings"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "no temporaries left: {left:?}");
     }
 
     #[test]
