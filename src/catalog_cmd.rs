@@ -283,7 +283,7 @@ pub(crate) fn index(a: IndexArgs) -> Result<()> {
         }
     };
     eprintln!("index: {} x {} embeddings ready in {:.1}s", items.len(), rows.dim(), t0.elapsed().as_secs_f64());
-    finish_index(&a, index_build::Items::Read(items), rows, embedder, seed, books, t0)
+    finish_index(&a, index_build::Items::Read(Box::new(items)), rows, embedder, seed, books, t0)
 }
 
 /// `file:NAME` for embeddings read from a file.

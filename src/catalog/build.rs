@@ -375,7 +375,7 @@ impl Bars {
 /// made, so that their strings and id map never share memory with the
 /// assignment (at 10^8 items, 8 GB and 6 GB).
 pub enum Items<'a> {
-    Read(ItemsRead),
+    Read(Box<ItemsRead>),
     After(Box<dyn FnOnce() -> Result<ItemsRead, IndexError> + 'a>),
 }
 
@@ -409,7 +409,7 @@ pub fn index(
     let n = rows.len();
     let dim = rows.dim();
     let (items, later) = match items {
-        Items::Read(items) => (Some(items), None),
+        Items::Read(items) => (Some(*items), None),
         Items::After(read) => (None, Some(read)),
     };
     let mut phases = Vec::new();
