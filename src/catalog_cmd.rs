@@ -42,28 +42,14 @@ pub(crate) struct IndexArgs {
     /// Sentence encoder folder (fetched by scripts/fetch-models.sh).
     #[arg(long, env = "GENREC_ENCODER", default_value = DEFAULT_ENCODER_DIR)]
     encoder: PathBuf,
-    /// K-means levels of the semantic ID (a collision code is added on top).
-    #[arg(long, default_value_t = 3)]
-    levels: usize,
-    /// Codes per level.
-    #[arg(long, default_value_t = 256)]
-    codebook_size: usize,
-    /// Lloyd iterations per level.
-    #[arg(long, default_value_t = 25)]
-    iterations: usize,
-    /// Items the codebooks are learned on (a uniform sample; all items when
-    /// the catalog is smaller). Every item is then assigned its codes.
-    #[arg(long, default_value_t = DEFAULT_SAMPLE)]
-    sample: usize,
+    #[command(flatten)]
+    rq: LearnArgs,
     /// Largest group of items that may share all k-means codes (the width of
     /// the collision code): a code under a prefix takes no more items than
     /// the levels below can hold in groups this size, the others go to their
     /// next-nearest code. 0: plain nearest codes (groups unbounded).
     #[arg(long, default_value_t = DEFAULT_MAX_GROUP)]
     max_group: usize,
-    /// Random seed: the same seed gives the same semantic IDs.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
     /// Also build the HNSW graph (`ann.usearch`) for `serve --ann graph`.
     /// The default ANN index (cells) reads the semantic IDs and needs none;
     /// the graph took 30 of the 32 minutes of a 10^7-item index.
@@ -114,6 +100,13 @@ pub(crate) struct CodebooksArgs {
     /// The codebooks file to write (safetensors: one [codes, dim] tensor per level).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    rq: LearnArgs,
+}
+
+/// How the semantic-ID codebooks are learned (`index` and `codebooks`).
+#[derive(clap::Args)]
+pub(crate) struct LearnArgs {
     /// K-means levels of the semantic ID (a collision code is added on top).
     #[arg(long, default_value_t = 3)]
     levels: usize,
@@ -123,12 +116,34 @@ pub(crate) struct CodebooksArgs {
     /// Lloyd iterations per level.
     #[arg(long, default_value_t = 25)]
     iterations: usize,
-    /// Items the codebooks are learned on (a uniform sample).
+    /// Items the codebooks are learned on (a uniform sample; all items when
+    /// the catalog is smaller). Every item is then assigned its codes.
     #[arg(long, default_value_t = DEFAULT_SAMPLE)]
     sample: usize,
-    /// Random seed (of the sample and k-means; the catalog's seed).
+    /// Random seed of the sample and of k-means (and the catalog's): the
+    /// same seed gives the same semantic IDs.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+}
+
+impl LearnArgs {
+    fn check(&self) -> Result<()> {
+        if self.levels == 0 || self.codebook_size < 2 {
+            bail!("--levels must be at least 1 and --codebook-size at least 2");
+        }
+        Ok(())
+    }
+
+    fn options(&self, max_group: usize) -> RqOptions {
+        RqOptions {
+            levels: self.levels,
+            codebook_size: self.codebook_size,
+            iterations: self.iterations,
+            seed: self.seed,
+            sample: self.sample,
+            max_group,
+        }
+    }
 }
 
 /// `genrec assign`: the second stage of a sharded build, any number at once.
@@ -200,7 +215,7 @@ fn mix_collaborative(
         .iter()
         .map(|s| dataset::train_part(s).iter().filter_map(|id| index.get(id.as_str()).copied()).collect())
         .collect();
-    let opts = CollabOptions { dim: a.collab_dim, seed: a.seed, ..Default::default() };
+    let opts = CollabOptions { dim: a.collab_dim, seed: a.rq.seed, ..Default::default() };
     let cf = collaborative_embeddings(ids.len(), &seqs, &opts);
     let silent = cf.chunks(opts.dim).filter(|r| r.iter().all(|&x| x == 0.0)).count();
     eprintln!(
@@ -216,13 +231,11 @@ fn mix_collaborative(
 
 pub(crate) fn index(a: IndexArgs) -> Result<()> {
     let t0 = Instant::now();
-    if a.levels == 0 || a.codebook_size < 2 {
-        bail!("--levels must be at least 1 and --codebook-size at least 2");
-    }
+    a.rq.check()?;
     let need_texts = a.embeddings.is_none();
     // learned beforehand: the codebooks (and their seed), and the shards' work
     let books = a.codebooks.as_deref().map(CodebooksFile::read).transpose()?;
-    let seed = books.as_ref().map_or(a.seed, |b| b.seed);
+    let seed = books.as_ref().map_or(a.rq.seed, |b| b.seed);
 
     // from a file of embeddings, a JSON Lines file of items is read after
     // the semantic IDs are made (counted first): the items' strings and the
@@ -306,16 +319,9 @@ fn finish_index(
         _ => None,
     };
     let sids = match (&a.sids, &books) {
-        (Some(p), _) => SidSource::Import { path: p, codebook_size: a.codebook_size },
+        (Some(p), _) => SidSource::Import { path: p, codebook_size: a.rq.codebook_size },
         (None, Some(b)) => SidSource::Given { books: b, max_group: a.max_group, shards: shards.as_ref() },
-        (None, None) => SidSource::Learn(RqOptions {
-            levels: a.levels,
-            codebook_size: a.codebook_size,
-            iterations: a.iterations,
-            seed: a.seed,
-            sample: a.sample,
-            max_group: a.max_group,
-        }),
+        (None, None) => SidSource::Learn(a.rq.options(a.max_group)),
     };
     let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
     let self_recall = parking_lot::Mutex::new(None);
@@ -362,26 +368,17 @@ fn finish_index(
 /// `genrec codebooks`: learns the codebooks on a sample and writes them.
 pub(crate) fn codebooks(a: CodebooksArgs) -> Result<()> {
     let t0 = Instant::now();
-    if a.levels == 0 || a.codebook_size < 2 {
-        bail!("--levels must be at least 1 and --codebook-size at least 2");
-    }
+    a.rq.check()?;
     let rows = MappedRows::map(&a.embeddings)?;
     rows.check(0..rows.len(), &a.embeddings)?;
-    let opts = RqOptions {
-        levels: a.levels,
-        codebook_size: a.codebook_size,
-        iterations: a.iterations,
-        seed: a.seed,
-        sample: a.sample,
-        max_group: 0,
-    };
+    let opts = a.rq.options(0);
     let bars = index_build::Bars::default();
     let codebooks = learn_codebooks(&rows, &opts, &|p, d, t| bars.set(p, d, t))?;
-    let file = CodebooksFile { codebooks, rows: rows.len(), seed: a.seed };
+    let file = CodebooksFile { codebooks, rows: rows.len(), seed: a.rq.seed };
     file.write(&a.out)?;
     println!(
         "wrote {} levels of {} codes ({} rows of {} dimensions, fingerprint {}) to {} in {:.1}s",
-        a.levels,
+        a.rq.levels,
         file.codebooks.k,
         file.rows,
         rows.dim(),

@@ -12,32 +12,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{vector, Server, TempDir};
+use common::{fails, ok, vector, Server, TempDir};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "catalog-token-0123456789";
-
-fn genrec(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::bin()).args(args).output().expect("run genrec");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let (good, out, err) = genrec(args);
-    assert!(good, "genrec {args:?} failed:\n{out}\n{err}");
-    out
-}
-
-/// A failing command: its stderr.
-fn fails(args: &[&str]) -> String {
-    let (good, out, err) = genrec(args);
-    assert!(!good, "genrec {args:?} should fail:\n{out}");
-    err
-}
 
 /// Writes a safetensors file of one tensor `embeddings` (F16 when `half`).
 fn write_embeddings(path: &Path, rows: &[Vec<f32>], half: bool) {

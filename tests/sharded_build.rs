@@ -10,28 +10,7 @@ use crate::common;
 use std::path::Path;
 use std::process::Command;
 
-use common::TempDir;
-
-fn genrec(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::bin()).args(args).output().expect("run genrec");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let (good, out, err) = genrec(args);
-    assert!(good, "genrec {args:?} failed:\n{out}\n{err}");
-    out
-}
-
-fn fails(args: &[&str]) -> String {
-    let (good, out, err) = genrec(args);
-    assert!(!good, "genrec {args:?} should fail:\n{out}");
-    err
-}
+use common::{fails, ok, TempDir};
 
 /// Every file under `dir` (relative name, bytes), sorted by name.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -109,35 +88,26 @@ fn three_shards_merge_into_the_one_process_catalog_byte_for_byte() {
     ok(&["codebooks", "--embeddings", &emb, "--out", &other, "--levels", "3", "--codebook-size", "48", "--seed", "9"]);
     ok(&["assign", "--codebooks", &other, "--embeddings", &emb, "--out", &p("mixed"), "--shard", "0/2"]);
     ok(&["assign", "--codebooks", &cb, "--embeddings", &emb, "--out", &p("mixed"), "--shard", "1/2"]);
-    let err = fails(&[
-        "index",
-        "--items",
-        &items,
-        "--embeddings",
-        &emb,
-        "--out",
-        &p("x"),
-        "--codebooks",
-        &cb,
-        "--assigned",
-        &p("mixed"),
-    ]);
+    let merge_fails = |assigned: &str| {
+        fails(&[
+            "index",
+            "--items",
+            &items,
+            "--embeddings",
+            &emb,
+            "--out",
+            &p("x"),
+            "--codebooks",
+            &cb,
+            "--assigned",
+            assigned,
+        ])
+    };
+    let err = merge_fails(&p("mixed"));
     assert!(err.contains("assign-0-of-2.json was made with other codebooks"), "{err}");
     // a missing shard is named, and nothing is written
     std::fs::remove_file(tmp.0.join("work/assign-1-of-3.json")).unwrap();
-    let err = fails(&[
-        "index",
-        "--items",
-        &items,
-        "--embeddings",
-        &emb,
-        "--out",
-        &p("x"),
-        "--codebooks",
-        &cb,
-        "--assigned",
-        &p("work"),
-    ]);
+    let err = merge_fails(&p("work"));
     assert!(err.contains("shards [1] of 3 are missing"), "{err}");
     assert!(!tmp.0.join("x").exists());
 }

@@ -19,6 +19,30 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_genrec")
 }
 
+/// Runs the `genrec` binary: (success, stdout, stderr).
+pub fn genrec(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin()).args(args).output().expect("run genrec");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A command that must succeed: its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let (good, out, err) = genrec(args);
+    assert!(good, "genrec {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+/// A command that must fail: its stderr.
+pub fn fails(args: &[&str]) -> String {
+    let (good, out, err) = genrec(args);
+    assert!(!good, "genrec {args:?} should fail:\n{out}");
+    err
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
