@@ -23,8 +23,18 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::rqkmeans::{Codebooks, Rows};
+use super::rows::Rows;
 use super::CatalogError;
+
+/// Learned codebooks: `books[l]` is level `l`'s `[k × dim]` centroids,
+/// row-major (made by [`super::rqkmeans::learn_codebooks`], or read from a
+/// file, [`super::shard::CodebooksFile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codebooks {
+    pub books: Vec<Vec<f32>>,
+    pub k: usize,
+    pub dim: usize,
+}
 
 /// Nearest codes kept per item and level.
 pub const CANDIDATES: usize = 4;

@@ -29,6 +29,7 @@ pub mod intents;
 pub mod leaf_order;
 pub mod legacy;
 pub mod overlay;
+pub mod rows;
 pub mod rqkmeans;
 pub mod shard;
 pub mod strings;

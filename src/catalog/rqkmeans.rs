@@ -21,7 +21,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::assign::assign_all;
+use super::assign::{assign_all, Codebooks};
+pub use super::rows::{Rows, SliceRows};
 use super::CatalogError;
 
 /// Options of the quantiser.
@@ -78,49 +79,12 @@ pub struct Quantized {
     pub moved: Vec<usize>,
 }
 
-/// Rows of embeddings, read one at a time (in memory, or from a mapped file).
-pub trait Rows: Sync {
-    fn len(&self) -> usize;
-    fn dim(&self) -> usize;
-    /// Row `i` into `out` (`dim` values).
-    fn row_into(&self, i: usize, out: &mut [f32]);
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Rows of a flat in-memory matrix.
-pub struct SliceRows<'a> {
-    pub data: &'a [f32],
-    pub dim: usize,
-}
-
-impl Rows for SliceRows<'_> {
-    fn len(&self) -> usize {
-        self.data.len() / self.dim.max(1)
-    }
-    fn dim(&self) -> usize {
-        self.dim
-    }
-    fn row_into(&self, i: usize, out: &mut [f32]) {
-        out.copy_from_slice(&self.data[i * self.dim..(i + 1) * self.dim]);
-    }
-}
-
 /// Learns codebooks on `emb` (`n × dim`, row-major) and assigns semantic IDs.
 pub fn quantize(emb: &[f32], dim: usize, opts: &RqOptions) -> Result<Quantized, CatalogError> {
     if dim == 0 || !emb.len().is_multiple_of(dim) || emb.is_empty() {
         return Err(CatalogError::Format("embeddings: empty or not a multiple of dim".into()));
     }
     quantize_rows(&SliceRows { data: emb, dim }, opts, &|_, _, _| {})
-}
-
-/// Learned codebooks: `books[l]` is level `l`'s `[k × dim]` centroids, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Codebooks {
-    pub books: Vec<Vec<f32>>,
-    pub k: usize,
-    pub dim: usize,
 }
 
 /// [`quantize`] over any rows; `progress(phase, done, total)` reports the

@@ -16,8 +16,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::array::{Array, ArrayWriter};
+use super::assign::Codebooks;
 use super::assign::{nearest_paths, NearestPaths, CANDIDATES};
-use super::rqkmeans::{Codebooks, Rows};
+use super::rows::Rows;
 use super::CatalogError;
 
 /// The codebooks file's `format` metadata.
