@@ -394,16 +394,7 @@ pub(crate) fn assign(a: AssignArgs) -> Result<()> {
     let t0 = Instant::now();
     let books = CodebooksFile::read(&a.codebooks)?;
     let rows = MappedRows::map(&a.embeddings)?;
-    if rows.len() != books.rows || rows.dim() != books.codebooks.dim {
-        bail!(
-            "{} is {} x {}, the codebooks were learned on {} x {}",
-            a.embeddings.display(),
-            rows.len(),
-            rows.dim(),
-            books.rows,
-            books.codebooks.dim
-        );
-    }
+    books.check_shape(&rows)?;
     let range = a.shard.rows(rows.len());
     rows.check(range.clone(), &a.embeddings)?;
     let p = genrec::progress::Progress::new("nearest codes", range.len() as u64);

@@ -100,5 +100,6 @@ mod tests {
         assert!(line_due(100, 0, 10, now));
         let p = Progress::new("reading items", 0);
         assert!(!p.line(5).contains('/') || p.line(5).contains("/s"), "{}", p.line(5));
+        assert!(p.line(5).starts_with("reading items: 5 (") && !p.line(5).contains("/0"), "{}", p.line(5));
     }
 }

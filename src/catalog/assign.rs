@@ -64,10 +64,6 @@ impl LevelScorer {
         LevelScorer { columns, norms, k }
     }
 
-    pub fn codes(&self) -> usize {
-        self.k
-    }
-
     /// Every code's score for residual `x` into `out` (`k` values).
     pub fn scores(&self, x: &[f32], out: &mut [f32]) {
         out.fill(0.0);
@@ -85,9 +81,27 @@ impl LevelScorer {
     /// code) and the nearest code's score; `scratch` holds `k` scores.
     pub fn nearest(&self, x: &[f32], codes: &mut [u32], scratch: &mut [f32]) -> f32 {
         self.scores(x, scratch);
-        let top = nearest_codes(scratch, codes.len());
-        codes.copy_from_slice(&top);
-        scratch[top[0] as usize]
+        nearest_into(scratch, codes);
+        scratch[codes[0] as usize]
+    }
+}
+
+/// [`nearest_codes`] into `codes` (its length is `m`, at most the number of
+/// scores), without allocating: by insertion into the few kept.
+fn nearest_into(scores: &[f32], codes: &mut [u32]) {
+    // codes come in ascending order: a tie stays behind the lower code
+    let mut kept = 0;
+    for (c, s) in scores.iter().enumerate() {
+        let mut at = kept;
+        while at > 0 && s.total_cmp(&scores[codes[at - 1] as usize]).is_lt() {
+            at -= 1;
+        }
+        if at < codes.len() {
+            let end = (kept + 1).min(codes.len());
+            codes.copy_within(at..end - 1, at + 1);
+            codes[at] = c as u32;
+            kept = end;
+        }
     }
 }
 
@@ -359,6 +373,20 @@ mod tests {
         let (got, moved_got) = assign_all(&rows, &books, o.max_group, Some(&paths), &|_, _, _| {}).unwrap();
         assert_eq!(moved_got, moved);
         assert_eq!(got, want);
+    }
+
+    /// The selection without allocation equals the sorting one, ties included.
+    #[test]
+    fn nearest_into_equals_nearest_codes_with_ties() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        for _ in 0..500 {
+            let k = rng.random_range(1..40);
+            let scores: Vec<f32> = (0..k).map(|_| rng.random_range(0..5) as f32).collect();
+            let m = rng.random_range(1..=k.min(6));
+            let mut codes = vec![0u32; m];
+            nearest_into(&scores, &mut codes);
+            assert_eq!(codes, nearest_codes(&scores, m), "{scores:?}");
+        }
     }
 
     /// The row scorer ranks codes as the exact squared distance does.

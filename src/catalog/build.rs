@@ -427,13 +427,7 @@ pub fn index(
             imported(codes, levels, codebook_size)
         }
         SidSource::Given { books, max_group, shards } => {
-            if books.rows != n || books.codebooks.dim != dim {
-                return Err(CatalogError::Format(format!(
-                    "{n} items of {dim} dimensions, the codebooks were learned on {} rows of {}",
-                    books.rows, books.codebooks.dim
-                ))
-                .into());
-            }
+            books.check_shape(rows)?;
             let bars = Bars::default();
             let paths = shards.map(|s| s as &dyn NearestPaths);
             let (codes, moved) = assign_all(rows, &books.codebooks, max_group, paths, &|p, d, t| bars.set(p, d, t))?;

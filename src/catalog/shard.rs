@@ -49,6 +49,21 @@ impl CodebooksFile {
         h.hex()
     }
 
+    /// Whether `rows` are the embeddings these codebooks were learned from,
+    /// by shape (row count and dimension).
+    pub fn check_shape(&self, rows: &dyn Rows) -> Result<(), CatalogError> {
+        if rows.len() != self.rows || rows.dim() != self.codebooks.dim {
+            return Err(CatalogError::Format(format!(
+                "embeddings are {} x {}, the codebooks were learned on {} x {}",
+                rows.len(),
+                rows.dim(),
+                self.rows,
+                self.codebooks.dim
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes the file atomically (temporary name, sync, rename, sync the folder).
     pub fn write(&self, path: &Path) -> Result<(), CatalogError> {
         let cb = &self.codebooks;
@@ -224,15 +239,7 @@ pub fn write_shard(
     books: &CodebooksFile,
     progress: &dyn Fn(usize, usize),
 ) -> Result<ShardInfo, CatalogError> {
-    if rows.len() != books.rows || rows.dim() != books.codebooks.dim {
-        return Err(CatalogError::Format(format!(
-            "embeddings are {} x {}, the codebooks were learned on {} x {}",
-            rows.len(),
-            rows.dim(),
-            books.rows,
-            books.codebooks.dim
-        )));
-    }
+    books.check_shape(rows)?;
     create_dir_synced(dir)?;
     let range = spec.rows(rows.len());
     let stem = spec.stem();
