@@ -366,8 +366,9 @@ fn items_with_a_lifetime_are_served_until_their_expiry_and_never_after() {
 }
 
 /// `POST /v1/events` through HTTP: bad lines named by line and field, the
-/// rest counted and shown as rates on the item; `trending` is range-checked
-/// and, with events, changes the answer.
+/// rest counted and shown as rates on the item; `trending` and
+/// `trending_share` are range-checked and, with events, the trending search
+/// fills its slots after the model's own best items.
 #[test]
 fn events_are_counted_and_trending_reads_them() {
     let root = common::demo_root("events-root");
@@ -380,9 +381,12 @@ fn events_are_counted_and_trending_reads_them() {
     assert_eq!(st, 200, "{plain}");
     let (st, v) = rec(json!({"history": history, "k": 10, "trending": -1}));
     assert_eq!((st, v["field"].as_str()), (422, Some("trending")), "{v}");
-    // impressions on many items, clicks on items far from the answer
+    let (st, v) = rec(json!({"history": history, "k": 10, "trending": 3, "trending_share": 1.5}));
+    assert_eq!((st, v["field"].as_str()), (422, Some("trending_share")), "{v}");
+    // impressions on many items, clicks on a few items far from the answer
     let listed: Vec<&str> = plain["items"].as_array().unwrap().iter().map(|i| i["item_id"].as_str().unwrap()).collect();
-    let hot: Vec<String> = (200..260).map(|i| i.to_string()).filter(|id| !listed.contains(&id.as_str())).collect();
+    let hot: Vec<String> =
+        (200..260).map(|i| i.to_string()).filter(|id| !listed.contains(&id.as_str())).take(10).collect();
     let mut lines: Vec<String> =
         (0..500).map(|i| json!({"item_id": i.to_string(), "kind": "impression"}).to_string()).collect();
     for id in &hot {
@@ -426,6 +430,13 @@ fn events_are_counted_and_trending_reads_them() {
             .count()
     };
     assert!(hot_in(&with) > hot_in(&plain), "{with}");
+    // (the default share, 0.3: the model's best 7, then the trending search's)
+    let items = with["items"].as_array().unwrap();
+    assert_eq!(items[..7], plain["items"].as_array().unwrap()[..7], "{with}");
+    for i in &items[7..] {
+        assert_eq!(i["source"], "trending", "{with}");
+        assert!(hot.contains(&i["item_id"].as_str().unwrap().to_string()), "{with}");
+    }
     let (_, off) = rec(json!({"history": history, "k": 10, "strategy": "generative", "trending": 0}));
     assert_eq!(off["items"], plain["items"], "weight 0 is the model's own answer");
 }

@@ -17,16 +17,24 @@
 //! [`FORGET_BELOW`] are dropped at each rescale, so the store holds what
 //! happened in the last hours, not the catalog.
 //!
-//! The trending prior ([`RatesAt::lift`]) reads impression-normalised rates
-//! smoothed down the trie: a node's `r = (engagement + a * r_parent) /
-//! (impressions + a)` with `a` = [`SMOOTHING_IMPRESSIONS`] pseudo-impressions
-//! at its parent's rate (the root's parent rate is the catalog-wide `p`), and
-//! its lift is `ln(r / r_parent)`: 0 for a node with no events, positive for
-//! a node engaging more than its siblings right now, negative for less. The
-//! lifts along a path add up to the item's `ln(r_item / p)`, so a hot item
-//! is lifted once, not once per level of a popular cluster
-//! (`benches/results/live.md` has the earlier lift against `p` at every
-//! level, and a floor at 0).
+//! The trending prior ([`RatesAt::lift`]) reads rates smoothed down the
+//! trie: a node's `r = (engagement + a * r_parent) / (exposure + a)` with
+//! `a` pseudo-units of exposure at its parent's rate (the root's parent rate
+//! is the catalog-wide `p`), and its lift is `ln(r / r_parent)`: 0 for a node
+//! with no engagement, positive for a node engaging more than its siblings
+//! right now, negative for less. The lifts along a path add up to the item's
+//! `ln(r_item / p)` (its [heat](RatesAt::heat)), so a hot item is lifted once,
+//! not once per level of a popular cluster. The exposure is chosen once per
+//! store ([`Exposure`]):
+//! - **items** (the default): the served items under the node, `a` =
+//!   [`ITEM_SMOOTHING`]. The rate is engagement per item per unit of time:
+//!   how fast the node is being taken up right now, whatever showed it.
+//! - **impressions**: the node's decayed impressions, `a` =
+//!   [`SMOOTHING_IMPRESSIONS`]: engagement per impression (a click rate).
+//!   Measured on the live world (`benches/results/live.md`) it punishes what
+//!   the prior promotes: an item shown to every user gathers impressions from
+//!   users who do not want it, its rate falls below the personal picks', and
+//!   it drops out until hidden again.
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -60,10 +68,44 @@ pub struct Event {
     pub value: f32,
 }
 
+/// What a node's engagement is divided by before nodes are compared (see
+/// the module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Exposure {
+    /// The served items under the node: engagement per item.
+    #[default]
+    Items,
+    /// The node's impressions: engagement per impression.
+    Impressions,
+}
+
+/// How many served items lie under a prefix (what [`Exposure::Items`]
+/// divides by): the trie's count, or any function of the codes.
+pub trait ItemCounts {
+    fn under(&self, codes: &[u32]) -> f64;
+}
+
+impl<F: Fn(&[u32]) -> f64> ItemCounts for F {
+    fn under(&self, codes: &[u32]) -> f64 {
+        self(codes)
+    }
+}
+
+/// The served trie's counts.
+pub struct TrieCounts<'t, 'a>(pub &'t crate::catalog::TrieView<'a>);
+
+impl ItemCounts for TrieCounts<'_, '_> {
+    fn under(&self, codes: &[u32]) -> f64 {
+        self.0.walk(codes).map_or(0, |n| self.0.count(n)) as f64
+    }
+}
+
 /// Default half-life of the decayed counts: 10 minutes.
 pub const DEFAULT_HALF_LIFE_MS: u64 = 10 * 60 * 1000;
 /// Pseudo-impressions at the catalog-wide rate that smooth a node's rate.
 pub const SMOOTHING_IMPRESSIONS: f64 = 20.0;
+/// Pseudo-items at the parent's rate that smooth a node's rate (items exposure).
+pub const ITEM_SMOOTHING: f64 = 1.0;
 /// Decayed sums below this are forgotten at a rescale.
 pub const FORGET_BELOW: f64 = 1e-3;
 /// How often the reference time moves forward.
@@ -79,6 +121,7 @@ pub type Counts = [f64; 4];
 #[derive(Debug)]
 pub struct Engagement {
     half_life_ms: u64,
+    exposure: Exposure,
     /// Codes per level (the catalog's codebook sizes): prefix keys.
     sizes: Vec<u32>,
     /// The reference time; written (with every shard rescaled) at a rescale.
@@ -110,10 +153,20 @@ impl Engagement {
     pub fn new(codebook_sizes: &[u32], half_life_ms: u64, now_ms: u64) -> Self {
         Engagement {
             half_life_ms: half_life_ms.max(1),
+            exposure: Exposure::default(),
             sizes: codebook_sizes.to_vec(),
             t_ref: RwLock::new(now_ms),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
+    }
+
+    /// The same store dividing by `exposure` (before it is shared).
+    pub fn with_exposure(self, exposure: Exposure) -> Self {
+        Engagement { exposure, ..self }
+    }
+
+    pub fn exposure(&self) -> Exposure {
+        self.exposure
     }
 
     pub fn half_life_ms(&self) -> u64 {
@@ -173,18 +226,22 @@ impl Engagement {
         *t_ref = now_ms;
     }
 
+    /// Whether no event counts (none came, or every one decayed away).
+    pub fn is_empty(&self) -> bool {
+        self.get(ROOT_KEY).iter().all(|&x| x == 0.0)
+    }
+
     /// Entries held (items and prefixes with events), for memory figures.
     pub fn entries(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
-    /// A reader at `now_ms`: the decay factor and the catalog-wide rate, read once.
+    /// A reader at `now_ms`: the decay factor and the catalog-wide sums, read once.
     pub fn at(&self, now_ms: u64) -> RatesAt<'_> {
         let t_ref = *self.t_ref.read();
         let decay = self.scale(t_ref, now_ms);
-        let root = self.get(ROOT_KEY);
-        let (eng, imp) = (engaged(&root) * decay, root[EventKind::Impression.slot()] * decay);
-        RatesAt { store: self, decay, t_ref, base_rate: (eng + 1.0) / (imp + 1.0) }
+        let root = self.get(ROOT_KEY).map(|x| x * decay);
+        RatesAt { store: self, decay, t_ref, root }
     }
 }
 
@@ -198,8 +255,8 @@ pub struct RatesAt<'a> {
     store: &'a Engagement,
     decay: f64,
     t_ref: u64,
-    /// The catalog-wide smoothed rate `p`.
-    base_rate: f64,
+    /// The catalog-wide decayed counts.
+    root: Counts,
 }
 
 impl RatesAt<'_> {
@@ -216,13 +273,39 @@ impl RatesAt<'_> {
         self.store.get(key).map(|x| x * self.decay)
     }
 
+    /// The catalog-wide rate `p` (`items`: the served items, for the items
+    /// exposure).
+    pub fn catalog_rate(&self, items: f64) -> f64 {
+        let exposure = match self.store.exposure {
+            Exposure::Items => items,
+            Exposure::Impressions => self.root[EventKind::Impression.slot()],
+        };
+        (engaged(&self.root) + 1.0) / (exposure + 1.0)
+    }
+
+    /// The rate of a node with counts `c` and `items` served items under it,
+    /// smoothed toward `parent_rate`; `None` for a node without events,
+    /// whose rate is its parent's.
+    fn smoothed(&self, c: &Counts, items: f64, parent_rate: f64) -> Option<f64> {
+        let (exposure, a) = match self.store.exposure {
+            Exposure::Items if engaged(c) == 0.0 => return None,
+            Exposure::Items => (items.max(1.0), ITEM_SMOOTHING),
+            Exposure::Impressions if engaged(c) == 0.0 && c[EventKind::Impression.slot()] == 0.0 => return None,
+            Exposure::Impressions => (c[EventKind::Impression.slot()], SMOOTHING_IMPRESSIONS),
+        };
+        Some((engaged(c) + a * parent_rate) / (exposure + a))
+    }
+
     /// The smoothed rate of the prefix with these codes (the catalog's for
     /// none): each level's counts smoothed toward its parent's rate, from
     /// the catalog-wide rate down (a level without events has its parent's).
-    pub fn rate(&self, codes: &[u32]) -> f64 {
-        let mut r = self.base_rate;
+    pub fn rate(&self, codes: &[u32], counts: &impl ItemCounts) -> f64 {
+        let mut r = self.catalog_rate(counts.under(&[]));
         for l in 1..=codes.len() {
-            r = smooth(&self.decayed(prefix_key(&self.store.sizes, &codes[..l])), r);
+            let c = self.decayed(prefix_key(&self.store.sizes, &codes[..l]));
+            if let Some(x) = self.smoothed(&c, counts.under(&codes[..l]), r) {
+                r = x;
+            }
         }
         r
     }
@@ -230,24 +313,31 @@ impl RatesAt<'_> {
     /// `ln(r / r_parent)` of a node: a prefix (its codes) or an item (its
     /// whole semantic ID as `codes`, and `item`), its rate smoothed toward
     /// its parent's ([`rate`](Self::rate)); 0 without events. Along a path
-    /// the lifts add up to the leaf's `ln(r_item / p)`: a hot item counts
+    /// the lifts add up to the leaf's [`heat`](Self::heat): a hot item counts
     /// once, however its ancestors are doing.
-    pub fn lift(&self, codes: &[u32], item: Option<u32>) -> f32 {
-        self.lift_under(self.rate(&codes[..codes.len().saturating_sub(1)]), codes, item)
+    pub fn lift(&self, codes: &[u32], item: Option<u32>, counts: &impl ItemCounts) -> f32 {
+        let parent = self.rate(&codes[..codes.len().saturating_sub(1)], counts);
+        let items = if item.is_some() { 1.0 } else { counts.under(codes) };
+        self.lift_under(parent, codes, item, items)
     }
 
     /// [`lift`](Self::lift) given the parent's rate (one [`rate`](Self::rate)
-    /// per beam, not per child).
-    pub fn lift_under(&self, parent_rate: f64, codes: &[u32], item: Option<u32>) -> f32 {
+    /// per beam, not per child) and the node's served items (1 for an item).
+    pub fn lift_under(&self, parent_rate: f64, codes: &[u32], item: Option<u32>, items: f64) -> f32 {
         let key = match item {
             Some(i) => item_key(i),
             None => prefix_key(&self.store.sizes, codes),
         };
-        let c = self.decayed(key);
-        if engaged(&c) == 0.0 && c[EventKind::Impression.slot()] == 0.0 {
-            return 0.0;
-        }
-        (smooth(&c, parent_rate) / parent_rate).ln() as f32
+        self.smoothed(&self.decayed(key), items, parent_rate).map_or(0.0, |r| (r / parent_rate).ln() as f32)
+    }
+
+    /// How hot an item is right now: `ln(r_item / p)`, the sum of the lifts
+    /// along its path (0: engaging at the catalog's rate).
+    pub fn heat(&self, item: u32, sid: &[u32], counts: &impl ItemCounts) -> f32 {
+        let p = self.catalog_rate(counts.under(&[]));
+        let parent = self.rate(&sid[..sid.len().saturating_sub(1)], counts);
+        let own = self.smoothed(&self.decayed(item_key(item)), 1.0, parent).unwrap_or(parent);
+        (own / p).ln() as f32
     }
 
     /// Every prefix and item with events, in no particular order: the nodes
@@ -264,12 +354,6 @@ impl RatesAt<'_> {
         }
         out
     }
-}
-
-/// `(engagement + a * parent) / (impressions + a)`.
-fn smooth(c: &Counts, parent_rate: f64) -> f64 {
-    let a = SMOOTHING_IMPRESSIONS;
-    (engaged(c) + a * parent_rate) / (c[EventKind::Impression.slot()] + a)
 }
 
 /// What an entry of the store counts: a prefix of a semantic ID (1 to
@@ -307,32 +391,45 @@ mod tests {
         Event { item, kind, ts_ms, value: 1.0 }
     }
 
+    /// Served items under a prefix of `sids`.
+    fn counter(sids: &[Vec<u32>]) -> impl Fn(&[u32]) -> f64 + '_ {
+        move |codes: &[u32]| sids.iter().filter(|s| s.starts_with(codes)).count() as f64
+    }
+
     /// `nodes` lists every prefix and item with events; lifts along a path
-    /// add up to the item's own rate over the catalog's.
+    /// add up to the item's heat, with either exposure.
     #[test]
     fn nodes_with_events_and_lifts_that_telescope() {
         let sizes = [5, 7, 3];
         let sids: Vec<Vec<u32>> = (0..30).map(|i| vec![i % 5, (i * 3) % 7, i % 3]).collect();
         let sid = |i: u32| sids[i as usize].as_slice();
+        let counts = counter(&sids);
         let t0 = 5_000_000;
-        let e = Engagement::new(&sizes, 60_000, t0);
-        let events: Vec<Event> =
-            (0..200).map(|n| ev(n % 23, EventKind::ALL[(n as usize * 7) % 4], t0 + n as u64 * 11)).collect();
-        e.add(&events, sid, t0);
-        let at = e.at(t0 + 9_000);
-        let nodes = at.nodes();
-        assert_eq!(nodes.iter().filter(|n| matches!(n, Node::Item(_))).count(), 23, "one entry per item with events");
-        for i in 0..30u32 {
-            let s = sid(i);
-            for l in 1..3 {
-                let listed = nodes.contains(&Node::Prefix(s[..l].to_vec()));
-                assert_eq!(listed, i < 23 || (0..23).any(|j| sid(j)[..l] == s[..l]), "prefix {:?}", &s[..l]);
-            }
-            let path: f64 = (1..3).map(|l| at.lift(&s[..l], None) as f64).sum::<f64>() + at.lift(s, Some(i)) as f64;
-            let own = at.lift_under(at.rate(&s[..2]), s, Some(i)) as f64 + (at.rate(&s[..2]) / at.rate(&[])).ln();
-            assert!((path - own).abs() < 1e-5, "item {i}: {path} vs {own}");
-            if i >= 23 {
-                assert_eq!(at.lift(s, Some(i)), 0.0, "no events, no lift");
+        for exposure in [Exposure::Items, Exposure::Impressions] {
+            let e = Engagement::new(&sizes, 60_000, t0).with_exposure(exposure);
+            let events: Vec<Event> =
+                (0..200).map(|n| ev(n % 23, EventKind::ALL[(n as usize * 7) % 4], t0 + n as u64 * 11)).collect();
+            e.add(&events, sid, t0);
+            let at = e.at(t0 + 9_000);
+            let nodes = at.nodes();
+            assert_eq!(
+                nodes.iter().filter(|n| matches!(n, Node::Item(_))).count(),
+                23,
+                "one entry per item with events"
+            );
+            for i in 0..30u32 {
+                let s = sid(i);
+                for l in 1..3 {
+                    let listed = nodes.contains(&Node::Prefix(s[..l].to_vec()));
+                    assert_eq!(listed, i < 23 || (0..23).any(|j| sid(j)[..l] == s[..l]), "prefix {:?}", &s[..l]);
+                }
+                let path: f64 = (1..3).map(|l| at.lift(&s[..l], None, &counts) as f64).sum::<f64>()
+                    + at.lift(s, Some(i), &counts) as f64;
+                let heat = at.heat(i, s, &counts) as f64;
+                assert!((path - heat).abs() < 1e-5, "{exposure:?}, item {i}: {path} vs {heat}");
+                if i >= 23 {
+                    assert_eq!(at.lift(s, Some(i), &counts), 0.0, "no events, no lift");
+                }
             }
         }
     }
@@ -376,28 +473,71 @@ mod tests {
         let sizes = [4, 4, 2];
         let sids: Vec<Vec<u32>> = (0..41).map(|i| vec![i % 4, (i / 4) % 4, 0]).collect();
         let sid = |i: u32| sids[i as usize].as_slice();
+        let counts = counter(&sids);
         let t0 = 5_000_000;
-        let e = Engagement::new(&sizes, 60_000, t0);
-        let r = e.at(t0);
-        assert_eq!(r.lift(&[1], None), 0.0);
-        // impressions everywhere, clicks on item 1 (codes 1, 0)
-        let mut events = Vec::new();
-        for i in 0..16 {
-            for _ in 0..20 {
-                events.push(ev(i, EventKind::Impression, t0));
+        for exposure in [Exposure::Items, Exposure::Impressions] {
+            let e = Engagement::new(&sizes, 60_000, t0).with_exposure(exposure);
+            let r = e.at(t0);
+            assert_eq!(r.lift(&[1], None, &counts), 0.0);
+            // impressions everywhere, clicks on item 1 (codes 1, 0)
+            let mut events = Vec::new();
+            for i in 0..16 {
+                for _ in 0..20 {
+                    events.push(ev(i, EventKind::Impression, t0));
+                }
+            }
+            for _ in 0..15 {
+                events.push(ev(1, EventKind::Click, t0));
+            }
+            events.push(ev(2, EventKind::Click, t0));
+            e.add(&events, sid, t0);
+            let r = e.at(t0);
+            let lift = |codes: &[u32], item| r.lift(codes, item, &counts);
+            assert!(lift(&[1], None) > 0.5, "{exposure:?}: the hot first-level code: {}", lift(&[1], None));
+            assert!(lift(&[1, 0], None) > 0.5, "{exposure:?}: the hot item's own prefix, against its siblings");
+            assert!(lift(sid(1), Some(1)) > lift(sid(2), Some(2)));
+            assert!(r.heat(1, sid(1), &counts) > r.heat(2, sid(2), &counts));
+            assert_eq!(lift(sid(40), Some(40)), 0.0);
+            match exposure {
+                // shown without a click: colder than the siblings
+                Exposure::Impressions => {
+                    assert!(lift(&[3], None) < 0.0, "a cold one");
+                    assert!(lift(&[1, 1], None) < 0.0, "a cold sibling of it");
+                }
+                // what is shown does not count; no clicks, no lift
+                Exposure::Items => {
+                    assert_eq!(lift(&[3], None), 0.0);
+                    assert_eq!(lift(&[1, 1], None), 0.0);
+                }
             }
         }
-        for _ in 0..15 {
-            events.push(ev(1, EventKind::Click, t0));
-        }
-        events.push(ev(2, EventKind::Click, t0));
-        e.add(&events, sid, t0);
-        let r = e.at(t0);
-        assert!(r.lift(&[1], None) > 0.5, "the hot first-level code: {}", r.lift(&[1], None));
-        assert!(r.lift(&[3], None) < 0.0, "a cold one");
-        assert!(r.lift(&[1, 0], None) > 0.5, "the hot item's own prefix, against its siblings");
-        assert!(r.lift(&[1, 1], None) < 0.0, "a cold sibling of it");
-        assert!(r.lift(sid(1), Some(1)) > r.lift(sid(2), Some(2)));
-        assert_eq!(r.lift(sid(40), Some(40)), 0.0);
+    }
+
+    /// What the items exposure is for: an item everyone is shown and a
+    /// fraction take stays hot, where a click rate per impression ranks it
+    /// below a personal pick that few are shown and some take.
+    #[test]
+    fn items_exposure_keeps_a_broadly_shown_hot_item_above_a_personal_pick() {
+        let sizes = [4, 4, 2];
+        let sids: Vec<Vec<u32>> = (0..32).map(|i| vec![i % 4, (i / 4) % 4, i / 16]).collect();
+        let sid = |i: u32| sids[i as usize].as_slice();
+        let counts = counter(&sids);
+        let t0 = 5_000_000;
+        let mut events = Vec::new();
+        // item 5: shown 1,000 times, taken 60 times; item 9: shown 40, taken 8
+        events.extend((0..1000).map(|_| ev(5, EventKind::Impression, t0)));
+        events.extend((0..60).map(|_| ev(5, EventKind::Click, t0)));
+        events.extend((0..40).map(|_| ev(9, EventKind::Impression, t0)));
+        events.extend((0..8).map(|_| ev(9, EventKind::Click, t0)));
+        let heat = |exposure| {
+            let e = Engagement::new(&sizes, 60_000, t0).with_exposure(exposure);
+            e.add(&events, sid, t0);
+            let r = e.at(t0);
+            (r.heat(5, sid(5), &counts), r.heat(9, sid(9), &counts))
+        };
+        let (hot, pick) = heat(Exposure::Items);
+        assert!(hot > pick + 1.0, "items: {hot} vs {pick}");
+        let (hot, pick) = heat(Exposure::Impressions);
+        assert!(hot < pick, "impressions: {hot} vs {pick}");
     }
 }

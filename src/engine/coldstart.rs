@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::generation::{items_of, mark_explored, wait, Generation, Share};
+use super::generation::{items_of, mark_sources, wait, Generation, Share};
 use super::request::{Resolved, SHORT_HISTORY};
 use super::serving::Serving;
 use super::{
@@ -193,12 +193,12 @@ impl Serving {
             if weight > 0.0 || !gen.profile_tokens.is_empty() { ItemSource::Coldstart } else { ItemSource::Generative };
         // exploration's twin search keeps the intents' prior: the new
         // intents it shows are the profile's as well as the model's choice
-        let (outcome, explored) = self.generate_exploring(gen, req.explore, model, cat, deadline).await?;
+        let (outcome, marks) = self.generate_with_slots(gen, self.slots(req), model, cat, deadline).await?;
         let reason = match outcome {
             Generation::Done(hits, tokens) => {
                 answer.tokens += tokens;
                 answer.items = items_of(cat, hits, source, r.now_ms);
-                mark_explored(&mut answer.items, &cat.catalog, &explored);
+                mark_sources(&mut answer.items, &cat.catalog, &marks);
                 FallbackReason::Fill
             }
             Generation::Stopped if req.strategy == Strategy::Generative => return Err(EngineError::Stopped),

@@ -1,55 +1,122 @@
-//! Exploration: `"explore": s` gives `round(s * k)` of a request's `k` items
-//! to intents (first-level semantic-ID codes) that none of the history's items
-//! belong to. A second search runs in the same batch, restricted to those
-//! intents' sub-tries, so the model's own first-level probabilities choose
-//! which new intents to show; its items are marked `explore` and placed after
-//! the model's own best `k - round(s * k)`. A new user's request (a profile,
-//! cold start) keeps the soft prior of the profile's intents in both searches,
-//! so the new intents shown are those the profile and the model favour. Both
-//! searches are deterministic, so the answer is the same for the same request.
+//! Twin searches that take slots of a list, queued in the same batch as the
+//! request's own search and merged after its best items ([`merge`]):
+//!
+//! - **Exploration**: `"explore": s` gives `round(s * k)` of a request's `k`
+//!   items to intents (first-level semantic-ID codes) that none of the
+//!   history's items belong to. The twin is restricted to those intents'
+//!   sub-tries, so the model's own first-level probabilities choose which new
+//!   intents to show; its items are `"source": "explore"`. A new user's
+//!   request (a profile, cold start) keeps the soft prior of the profile's
+//!   intents in both searches, so the new intents shown are those the profile
+//!   and the model favour.
+//! - **Trending**: with a trending weight and `trending_share` below 1, the
+//!   prior of [`crate::generate::trending`] steers a twin instead of the
+//!   request's own search, and the twin's items take up to
+//!   `round(trending_share * k)` slots, only those engaging at least
+//!   `--trending-min-ratio` times the catalog's rate right now (their
+//!   [heat](crate::catalog::engagement::RatesAt::heat)); they are
+//!   `"source": "trending"`. The personal list keeps the rest, so hot items
+//!   no longer push out the model's own picks (`benches/results/live.md`
+//!   measures both). A share of 1 puts the prior on the whole list.
+//!
+//! Every search is deterministic, so the answer is the same for the same
+//! request and the same engagement.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::generation::{wait, Generation};
+use super::request::ItemSource;
 use super::serving::Serving;
 use super::state::{LoadedModel, ServedCatalog};
 use super::EngineError;
+use crate::catalog::engagement::TrieCounts;
 use crate::catalog::Catalog;
 use crate::generate::{GenRequest, Hit};
 
+/// The shares of a list that twin searches may take.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slots {
+    /// Exploration's share of `k` (0: none).
+    pub(super) explore: f32,
+    /// The trending search's share of `k` (1: the prior is on the request's
+    /// own search instead).
+    pub(super) trending: f32,
+    /// The heat (`ln` of the rate over the catalog's) a trending item needs.
+    pub(super) min_heat: f32,
+}
+
+/// Items a twin search placed in an answer, and which twin.
+pub(super) type Marks = HashMap<u32, ItemSource>;
+
+/// One twin's answer and the slots it may take.
+pub struct Twin {
+    pub hits: Vec<Hit>,
+    pub slots: usize,
+    pub source: ItemSource,
+}
+
 impl Serving {
-    /// Runs `gen` through the batching queue, with exploration when `share`
-    /// is above zero and the history leaves some intent unseen: the two
-    /// searches are queued together and merged ([`merge`]). Returns how the
-    /// generation ended and which of its items exploration added.
-    pub(super) async fn generate_exploring(
+    /// Runs `gen` through the batching queue with its twin searches (see the
+    /// module comment), queued together and merged. Returns how the
+    /// generation ended and which items the twins added.
+    pub(super) async fn generate_with_slots(
         &self,
-        gen: GenRequest,
-        share: f32,
+        mut gen: GenRequest,
+        slots: Slots,
         model: Arc<LoadedModel>,
         cat: &Arc<ServedCatalog>,
         deadline: Instant,
-    ) -> Result<(Generation, HashSet<u32>), EngineError> {
-        let n = explore_count(gen.k, share);
-        let absent = if n > 0 { absent_intents(&cat.catalog, &gen.history) } else { Vec::new() };
-        if absent.is_empty() {
-            let rx = self.submit(gen, model, cat, deadline)?;
-            return Ok((wait(rx, deadline).await, HashSet::new()));
-        }
-        let (k, cap) = (gen.k, gen.max_per_intent);
-        let twin = explore_request(&gen, absent);
-        let main_rx = self.submit(gen, model.clone(), cat, deadline)?;
-        let twin_rx = self.submit(twin, model, cat, deadline)?;
-        let (main, twin) = (wait(main_rx, deadline).await, wait(twin_rx, deadline).await);
-        Ok(match (main, twin) {
-            (Generation::Done(a, ta), Generation::Done(b, tb)) => {
-                let (hits, explored) = merge(&cat.catalog, a, b, k, n, cap);
-                (Generation::Done(hits, ta + tb), explored)
+    ) -> Result<(Generation, Marks), EngineError> {
+        let k = gen.k;
+        let mut twins: Vec<(GenRequest, usize, ItemSource)> = Vec::new();
+        if gen.trending.is_some() && slots.trending < 1.0 {
+            let trending = gen.trending.take();
+            let n = explore_count(k, slots.trending);
+            // (no events: every lift is 0, the twin would be the main search)
+            if n > 0 && !self.engagement.is_empty() {
+                twins.push((GenRequest { trending, ..gen.clone() }, n, ItemSource::Trending));
             }
-            (Generation::Done(..), other) | (other, _) => (other, HashSet::new()),
-        })
+        }
+        let n = explore_count(k, slots.explore);
+        let absent = if n > 0 { absent_intents(&cat.catalog, &gen.history) } else { Vec::new() };
+        if !absent.is_empty() {
+            twins.push((explore_request(&gen, absent), n, ItemSource::Explore));
+        }
+        let now_ms = twins.iter().find_map(|t| t.0.trending.as_ref().map(|t| t.now_ms));
+        let cap = gen.max_per_intent;
+        let main_rx = self.submit(gen, model.clone(), cat, deadline)?;
+        if twins.is_empty() {
+            return Ok((wait(main_rx, deadline).await, Marks::new()));
+        }
+        let mut pending = Vec::with_capacity(twins.len());
+        for (q, n, source) in twins {
+            pending.push((self.submit(q, model.clone(), cat, deadline)?, n, source));
+        }
+        let (mut hits, mut tokens) = match wait(main_rx, deadline).await {
+            Generation::Done(h, t) => (h, t),
+            other => return Ok((other, Marks::new())),
+        };
+        let mut done = Vec::with_capacity(pending.len());
+        for (rx, n, source) in pending {
+            match wait(rx, deadline).await {
+                Generation::Done(mut h, t) => {
+                    tokens += t;
+                    if let (ItemSource::Trending, Some(now)) = (source, now_ms) {
+                        let rates = self.engagement.at(now);
+                        let trie = cat.catalog.trie();
+                        let counts = TrieCounts(&trie);
+                        h.retain(|x| rates.heat(x.item, cat.catalog.sid(x.item), &counts) >= slots.min_heat);
+                    }
+                    done.push(Twin { hits: h, slots: n, source });
+                }
+                other => return Ok((other, Marks::new())),
+            }
+        }
+        let marks;
+        (hits, marks) = merge(&cat.catalog, hits, done, k, cap);
+        Ok((Generation::Done(hits, tokens), marks))
     }
 }
 
@@ -74,23 +141,24 @@ pub fn explore_request(main: &GenRequest, absent: Vec<u32>) -> GenRequest {
     q
 }
 
-/// The answer of a request with exploration: `main`'s best `k - n`, then up to
-/// `n` of `explore`'s items not already in (the set of those is returned),
-/// then `main`'s next ones if exploration found too few; with a diversity cap
-/// (`max_per_intent`), no first-level code gets more than the cap.
+/// The answer of a request with twin searches: `main`'s best `k` minus the
+/// twins' slots, then each twin's items not already in (up to its slots, in
+/// the twins' order), then `main`'s next ones where the twins found too
+/// few; with a diversity cap (`max_per_intent`), no first-level code gets
+/// more than the cap. Returns the items each twin placed.
 pub fn merge(
     catalog: &Catalog,
     main: Vec<Hit>,
-    explore: Vec<Hit>,
+    twins: Vec<Twin>,
     k: usize,
-    n: usize,
     max_per_intent: Option<usize>,
-) -> (Vec<Hit>, HashSet<u32>) {
+) -> (Vec<Hit>, Marks) {
     let cap = max_per_intent.unwrap_or(usize::MAX);
+    let reserved: usize = twins.iter().map(|t| t.slots).sum();
     let mut per_intent: HashMap<u32, usize> = HashMap::new();
     let mut taken: HashSet<u32> = HashSet::new();
     let mut out = Vec::with_capacity(k);
-    let mut explored = HashSet::new();
+    let mut marks = Marks::new();
     let mut push = |h: Hit, out: &mut Vec<Hit>| {
         let intent = catalog.sid(h.item).first().copied().unwrap_or(0);
         let count = per_intent.entry(intent).or_insert(0);
@@ -102,23 +170,21 @@ pub fn merge(
         true
     };
     let mut main = main.into_iter();
-    for h in main.by_ref() {
-        if out.len() >= k - n {
-            // put it back in front of the rest for the top-up below
-            let mut rest = vec![h];
-            rest.extend(main);
-            main = rest.into_iter();
-            break;
-        }
+    while out.len() < k.saturating_sub(reserved) {
+        let Some(h) = main.next() else { break };
         push(h, &mut out);
     }
-    for h in explore {
-        if out.len() >= k {
-            break;
-        }
-        let item = h.item;
-        if push(h, &mut out) {
-            explored.insert(item);
+    for twin in twins {
+        let mut placed = 0;
+        for h in twin.hits {
+            if placed >= twin.slots || out.len() >= k {
+                break;
+            }
+            let item = h.item;
+            if push(h, &mut out) {
+                marks.insert(item, twin.source);
+                placed += 1;
+            }
         }
     }
     for h in main {
@@ -127,7 +193,7 @@ pub fn merge(
         }
         push(h, &mut out);
     }
-    (out, explored)
+    (out, marks)
 }
 
 #[cfg(test)]
@@ -157,16 +223,44 @@ mod tests {
         assert_eq!(absent_intents(&cat, &[]).len(), 4);
     }
 
+    fn twin(items: &[u32], slots: usize, source: ItemSource) -> Twin {
+        Twin { hits: hits(items), slots, source }
+    }
+
+    fn ids(out: &[Hit]) -> Vec<u32> {
+        out.iter().map(|h| h.item).collect()
+    }
+
     #[test]
     fn merge_places_exploration_after_the_main_share_and_tops_up() {
         let cat = random_catalog(40, &[4, 4, 3], 5);
+        let explore = ItemSource::Explore;
         // exploration found an item the main search also has: it is not repeated
-        let (out, explored) = merge(&cat, hits(&[1, 2, 3, 4, 5, 6]), hits(&[3, 20, 21]), 5, 2, None);
-        assert_eq!(out.iter().map(|h| h.item).collect::<Vec<_>>(), vec![1, 2, 3, 20, 21]);
-        assert_eq!(explored, HashSet::from([20, 21]));
+        let (out, marks) = merge(&cat, hits(&[1, 2, 3, 4, 5, 6]), vec![twin(&[3, 20, 21], 2, explore)], 5, None);
+        assert_eq!(ids(&out), vec![1, 2, 3, 20, 21]);
+        assert_eq!(marks, Marks::from([(20, explore), (21, explore)]));
         // too little exploration: the main search tops up
-        let (out, explored) = merge(&cat, hits(&[1, 2, 3, 4, 5, 6]), hits(&[30]), 5, 3, None);
-        assert_eq!(out.iter().map(|h| h.item).collect::<Vec<_>>(), vec![1, 2, 30, 3, 4]);
-        assert_eq!(explored, HashSet::from([30]));
+        let (out, marks) = merge(&cat, hits(&[1, 2, 3, 4, 5, 6]), vec![twin(&[30], 3, explore)], 5, None);
+        assert_eq!(ids(&out), vec![1, 2, 30, 3, 4]);
+        assert_eq!(marks, Marks::from([(30, explore)]));
+    }
+
+    /// Trending and exploration together: each twin takes at most its
+    /// slots, in order, after the main search's best; a twin with nothing
+    /// (no hot item) leaves the main search's list as it was.
+    #[test]
+    fn merge_gives_each_twin_its_slots_in_order() {
+        let cat = random_catalog(40, &[4, 4, 3], 5);
+        let (t, e) = (ItemSource::Trending, ItemSource::Explore);
+        let main = || hits(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let (out, marks) = merge(&cat, main(), vec![twin(&[30, 31, 32], 2, t), twin(&[33, 34], 1, e)], 6, None);
+        assert_eq!(ids(&out), vec![1, 2, 3, 30, 31, 33]);
+        assert_eq!(marks, Marks::from([(30, t), (31, t), (33, e)]));
+        let (out, marks) = merge(&cat, main(), vec![twin(&[], 3, t)], 6, None);
+        assert_eq!(ids(&out), vec![1, 2, 3, 4, 5, 6]);
+        assert!(marks.is_empty());
+        // twins asking for all of k: they fill it, in order
+        let (out, _) = merge(&cat, main(), vec![twin(&[30, 31, 32], 3, t), twin(&[33, 34], 3, e)], 4, None);
+        assert_eq!(ids(&out), vec![30, 31, 32, 33]);
     }
 }

@@ -2,7 +2,6 @@
 //! generation ended and waiting for it, the shares an answer is split into,
 //! and turning generated hits into answer items.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use super::request::{ItemSource, RecItem};
@@ -45,14 +44,14 @@ pub(super) async fn wait(rx: tokio::sync::oneshot::Receiver<scheduler::JobResult
     }
 }
 
-/// Marks the items that exploration added.
-pub(super) fn mark_explored(items: &mut [RecItem], c: &Catalog, explored: &HashSet<u32>) {
-    if explored.is_empty() {
+/// Marks the items that twin searches added (exploration, trending).
+pub(super) fn mark_sources(items: &mut [RecItem], c: &Catalog, marks: &super::explore::Marks) {
+    if marks.is_empty() {
         return;
     }
     for it in items.iter_mut() {
-        if c.index_of(&it.item_id).is_some_and(|i| explored.contains(&i)) {
-            it.source = ItemSource::Explore;
+        if let Some(source) = c.index_of(&it.item_id).and_then(|i| marks.get(&i)) {
+            it.source = *source;
         }
     }
 }

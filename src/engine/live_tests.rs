@@ -155,9 +155,11 @@ async fn lifetimes_hold_across_a_restart_and_a_compaction() {
 }
 
 /// Events on the items of a first-level cluster the model's list for a
-/// history does not reach: with `trending` the beams go there (explored at
-/// the first level, not re-ranked at the leaves); with no events, or weight
-/// 0, the answer is the model's own, score for score.
+/// history does not reach: with `trending` the trending search's beams go
+/// there (explored at the first level, not re-ranked at the leaves) and its
+/// items take the trending share of the list, after the model's own best;
+/// with share 1 the prior steers the whole list. With no events, weight 0,
+/// or no item hot enough, the answer is the model's own, score for score.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trending_explores_a_hot_cluster_and_is_inert_without_events() {
     let clock = Clock::manual(T0);
@@ -206,11 +208,24 @@ async fn trending_explores_a_hot_cluster_and_is_inert_without_events() {
             value: 1.0,
         },
     ));
+    let events_again: Vec<_> = events[..events.len() - 1].to_vec();
     let out = e.record_events(events).unwrap();
     assert_eq!((out.errors.len(), out.errors[0].line, out.errors[0].field), (1, 7, Some("item_id")));
     let hot_listed = |a: &RecAnswer| a.items.iter().filter(|i| in_hot.contains(&i.item_id)).count();
     let with = e.recommend(&on).await.unwrap();
-    assert!(hot_listed(&with) >= 3, "the hot cluster is explored: {:?}", ids(&with));
+    assert_eq!(hot_listed(&with), 3, "the hot cluster takes the 3 trending slots: {:?}", ids(&with));
+    let sources: Vec<ItemSource> = with.items.iter().map(|i| i.source).collect();
+    assert!(sources[..7].iter().all(|&s| s == ItemSource::Generative), "{sources:?}");
+    assert!(sources[7..].iter().all(|&s| s == ItemSource::Trending), "{sources:?}");
+    assert_eq!(scored(&with)[..7], scored(&plain)[..7], "the model's own best lead");
+    let whole = RecRequest { trending_share: Some(1.0), ..on.clone() };
+    let whole = e.recommend(&whole).await.unwrap();
+    assert!(hot_listed(&whole) >= 3, "share 1: the prior steers the whole list: {:?}", ids(&whole));
+    assert!(whole.items.iter().all(|i| i.source == ItemSource::Generative));
+    // an engine asking for more heat than anything has: no trending slot
+    let strict = engine(true, EngineOptions { clock: clock.clone(), trending_min_ratio: 1e9, ..Default::default() });
+    strict.record_events(events_again.clone()).unwrap();
+    assert_eq!(scored(&strict.recommend(&on).await.unwrap()), scored(&plain), "nothing that hot: the model's own");
     let off = RecRequest { trending: Some(0.0), ..req(&h, 10, Strategy::Generative) };
     assert_eq!(scored(&e.recommend(&off).await.unwrap()), scored(&plain), "weight 0: off");
     // the rates show on the item, and decay: two hours later the prior is gone

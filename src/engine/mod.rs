@@ -185,6 +185,14 @@ pub struct EngineOptions {
     pub events_half_life_ms: u64,
     /// Weight of the trending prior when a request does not give one (0: off).
     pub trending_weight: f32,
+    /// Share of `k` the trending search takes when a request does not say
+    /// (1: the prior is on the whole list; [`explore`]).
+    pub trending_share: f32,
+    /// How many times the catalog's engagement rate an item needs to take a
+    /// trending slot.
+    pub trending_min_ratio: f32,
+    /// What engagement is divided by before nodes are compared.
+    pub trending_exposure: crate::catalog::engagement::Exposure,
     /// How items added since the catalog was indexed are scored at the last level.
     pub new_items: NewItemScoring,
 }
@@ -202,8 +210,15 @@ pub enum NewItemScoring {
     Sibling,
 }
 
-/// Default weight of the trending prior (see `benches/results/live.md`).
+/// Default weight of the trending prior: off, since with the default share
+/// every trending request runs two searches (see `benches/results/live.md`).
 pub const DEFAULT_TRENDING_WEIGHT: f32 = 0.0;
+/// Default share of a list the trending search takes: 3 of 10.
+pub const DEFAULT_TRENDING_SHARE: f32 = 0.3;
+/// Default rate, over the catalog's, that an item needs for a trending slot
+/// (`benches/results/live.md`: 4.5x let popular personal picks in and cost
+/// the control world 8%; 12x cost it nothing).
+pub const DEFAULT_TRENDING_MIN_RATIO: f32 = 12.0;
 
 /// How often a local engine takes expired items out of its trie (requests
 /// exclude them from their expiry on, whatever this is).
@@ -247,6 +262,9 @@ impl Default for EngineOptions {
             clock: crate::clock::Clock::system(),
             events_half_life_ms: crate::catalog::engagement::DEFAULT_HALF_LIFE_MS,
             trending_weight: DEFAULT_TRENDING_WEIGHT,
+            trending_share: DEFAULT_TRENDING_SHARE,
+            trending_min_ratio: DEFAULT_TRENDING_MIN_RATIO,
+            trending_exposure: Default::default(),
             new_items: NewItemScoring::Sibling,
         }
     }

@@ -60,6 +60,9 @@ pub struct RecRequest {
     /// Weight of the trending prior ([`crate::generate::trending`]); `None`:
     /// the server's `--trending-weight`; 0: off.
     pub trending: Option<f32>,
+    /// Share of `k` the trending search may take ([`super::explore`]); 1:
+    /// the prior is on the whole list. `None`: the server's `--trending-share`.
+    pub trending_share: Option<f32>,
 }
 
 /// One recommended item.
@@ -89,6 +92,9 @@ pub enum ItemSource {
     Search,
     /// Exploration: from an intent the history does not show.
     Explore,
+    /// Trending: an item engaging far above the catalog's rate right now,
+    /// from the trending search's slots ([`super::explore`]).
+    Trending,
 }
 
 /// Why ANN recall answered or filled a list.
@@ -196,6 +202,9 @@ impl RecRequest {
         }
         if self.trending.is_some_and(|t| !(t.is_finite() && (0.0..=MAX_TRENDING).contains(&t))) {
             return invalid("trending", format!("trending must be a weight between 0 and {MAX_TRENDING}"));
+        }
+        if self.trending_share.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+            return invalid("trending_share", "trending_share must be between 0 and 1".into());
         }
         if self.explore > 0.0 && self.query.is_some() {
             return invalid("explore", "explore applies to recommendations, not to a search (query)".into());

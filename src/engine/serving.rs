@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::generation::{items_of, mark_explored, Generation, Share};
+use super::generation::{items_of, mark_sources, Generation, Share};
 use super::request::{Resolved, ValidRequest, SHORT_HISTORY};
 use super::scheduler::{self, Job, Scheduler, SubmitError};
 use super::state::{LoadedModel, ServedCatalog};
@@ -45,11 +45,14 @@ pub struct Serving {
 
 impl Serving {
     pub(super) fn new(catalog: Arc<ServedCatalog>, scheduler: Scheduler, opts: EngineOptions) -> Self {
-        let engagement = Arc::new(crate::catalog::engagement::Engagement::new(
-            &catalog.catalog.manifest().codebook_sizes,
-            opts.events_half_life_ms,
-            opts.clock.now_ms(),
-        ));
+        let engagement = Arc::new(
+            crate::catalog::engagement::Engagement::new(
+                &catalog.catalog.manifest().codebook_sizes,
+                opts.events_half_life_ms,
+                opts.clock.now_ms(),
+            )
+            .with_exposure(opts.trending_exposure),
+        );
         Serving {
             engagement,
             model: ArcSwapOption::empty(),
@@ -172,7 +175,7 @@ impl Serving {
             crate::generate::request_input(model.model.lead(), &cat.catalog, &gen)
                 .map_err(|e| EngineError::InvalidField { field, message: e.to_string() })?;
         }
-        let (outcome, explored) = self.generate_exploring(gen, req.explore, model, &cat, deadline).await?;
+        let (outcome, marks) = self.generate_with_slots(gen, self.slots(req), model, &cat, deadline).await?;
         let hits = match outcome {
             Generation::Done(hits, tokens) => {
                 answer.tokens = tokens;
@@ -194,7 +197,7 @@ impl Serving {
             Generation::Late => return Err(EngineError::Deadline(timeout_ms)),
         };
         answer.items = items_of(&cat, hits, ItemSource::Generative, r.now_ms);
-        mark_explored(&mut answer.items, &cat.catalog, &explored);
+        mark_sources(&mut answer.items, &cat.catalog, &marks);
         if answer.items.len() < req.k {
             // ANN would not keep to the cap: a capped answer says why it is short
             if let Some(cap) = req.max_per_intent {
@@ -215,6 +218,15 @@ impl Serving {
             rates: self.engagement.clone(),
             now_ms: r.now_ms,
         })
+    }
+
+    /// The shares of the request's list that twin searches may take.
+    pub(super) fn slots(&self, req: &RecRequest) -> super::explore::Slots {
+        super::explore::Slots {
+            explore: req.explore,
+            trending: req.trending_share.unwrap_or(self.opts.trending_share),
+            min_heat: self.opts.trending_min_ratio.max(f32::MIN_POSITIVE).ln(),
+        }
     }
 
     pub(super) fn timeout_ms(&self, req: &RecRequest) -> u64 {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::catalog::engagement::{Engagement, RatesAt};
+use crate::catalog::engagement::{Engagement, RatesAt, TrieCounts};
 use crate::catalog::trie::NONE;
 use crate::catalog::TrieView;
 
@@ -55,14 +55,14 @@ impl<'a> TrendingPriors<'a> {
                 continue;
             }
             let mut path = self.prefixes[beam].clone();
-            let parent = rates.rate(&path);
+            let parent = rates.rate(&path, &TrieCounts(trie));
             let row = &mut logits[beam * codes..(beam + 1) * codes];
             for (c, child) in trie.children(node) {
                 path.push(c);
                 let lift = if last {
-                    trie.item(child).map_or(0.0, |item| rates.lift_under(parent, &path, Some(item)))
+                    trie.item(child).map_or(0.0, |item| rates.lift_under(parent, &path, Some(item), 1.0))
                 } else {
-                    rates.lift_under(parent, &path, None)
+                    rates.lift_under(parent, &path, None, trie.count(child) as f64)
                 };
                 path.pop();
                 row[c as usize] += w * lift;

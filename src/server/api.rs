@@ -93,6 +93,12 @@ pub(crate) struct RecommendBody {
     #[serde(default)]
     #[schema(minimum = 0.0, maximum = 10.0)]
     trending: Option<f32>,
+    /// Share of `k` that the trending search fills after the model's own
+    /// best items; those items are `"source": "trending"`. 1: the prior
+    /// steers the whole list instead. Absent: the server's `--trending-share`.
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    trending_share: Option<f32>,
 }
 
 /// `diversity` of `POST /v1/recommend`.
@@ -425,6 +431,7 @@ async fn serve_recommend(
         max_per_intent: b.diversity.map(|d| d.max_per_intent),
         explore: b.explore,
         trending: b.trending,
+        trending_share: b.trending_share,
     };
     let answer = st.engine.recommend(&req).await?;
     ::metrics::counter!(metrics::TOKENS).increment(answer.tokens as u64);

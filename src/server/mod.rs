@@ -167,11 +167,32 @@ pub struct ServeArgs {
     #[arg(long, env = "GENREC_STEERING_WEIGHT", default_value_t = crate::engine::DEFAULT_STEERING_WEIGHT)]
     pub steering_weight: f32,
     /// Weight of the trending prior when a request does not set
-    /// `"trending"`: times the log of each trie node's smoothed,
-    /// impression-normalised engagement rate over the catalog's (from
-    /// `POST /v1/events`), added at every level of the beam search. 0: off.
+    /// `"trending"`: times the log of each trie node's smoothed engagement
+    /// rate over its parent's (from `POST /v1/events`), added at every level
+    /// of the trending search. 0: off. On, a request runs a second search
+    /// (see --trending-share).
     #[arg(long, env = "GENREC_TRENDING_WEIGHT", default_value_t = crate::engine::DEFAULT_TRENDING_WEIGHT)]
     pub trending_weight: f32,
+    /// Share of a list that the trending search fills, after the model's own
+    /// best items, when a request does not set `"trending_share"`: a second
+    /// search in the same batch, steered by the prior. 1: the prior steers
+    /// the request's own search instead (one search; hot items can push out
+    /// every personal pick).
+    #[arg(long, env = "GENREC_TRENDING_SHARE", value_name = "SHARE",
+        default_value_t = crate::engine::DEFAULT_TRENDING_SHARE)]
+    pub trending_share: f32,
+    /// An item takes a trending slot only when it engages at least this many
+    /// times the catalog's rate right now (its path's lifts add up to at
+    /// least the log of this).
+    #[arg(long, env = "GENREC_TRENDING_MIN_RATIO", value_name = "RATIO",
+        default_value_t = crate::engine::DEFAULT_TRENDING_MIN_RATIO)]
+    pub trending_min_ratio: f32,
+    /// What a node's engagement is divided by: `items`, the served items
+    /// under it (engagement per item: how fast it is taken up right now), or
+    /// `impressions` (a click rate, which falls for whatever is shown to
+    /// everyone).
+    #[arg(long, env = "GENREC_TRENDING_EXPOSURE", value_enum, default_value_t)]
+    pub trending_exposure: crate::catalog::engagement::Exposure,
     /// Half-life of the engagement counts, in seconds (an event counts half
     /// as much this long after its time).
     #[arg(long, env = "GENREC_EVENTS_HALF_LIFE_S", value_name = "S", default_value_t = 600,
@@ -433,6 +454,12 @@ fn finish_engine(
     if !(args.steering_weight.is_finite() && args.steering_weight >= 0.0) {
         anyhow::bail!("--steering-weight must be a finite number >= 0, not {}", args.steering_weight);
     }
+    if !(0.0..=1.0).contains(&args.trending_share) {
+        anyhow::bail!("--trending-share must be between 0 and 1, not {}", args.trending_share);
+    }
+    if !(args.trending_min_ratio.is_finite() && args.trending_min_ratio > 0.0) {
+        anyhow::bail!("--trending-min-ratio must be a number above 0, not {}", args.trending_min_ratio);
+    }
     if !(args.trending_weight.is_finite() && (0.0..=crate::engine::MAX_TRENDING).contains(&args.trending_weight)) {
         anyhow::bail!(
             "--trending-weight must be between 0 and {}, not {}",
@@ -468,6 +495,9 @@ fn finish_engine(
         clock: crate::clock::Clock::system(),
         events_half_life_ms: args.events_half_life_s * 1000,
         trending_weight: args.trending_weight,
+        trending_share: args.trending_share,
+        trending_min_ratio: args.trending_min_ratio,
+        trending_exposure: args.trending_exposure,
         new_items: args.new_items,
     };
     ::metrics::gauge!(metrics::CATALOG_ITEMS).set(catalog.served_len() as f64);

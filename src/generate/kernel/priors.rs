@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use crate::catalog::engagement::{Node, RatesAt};
+use crate::catalog::engagement::{Node, RatesAt, TrieCounts};
 use crate::catalog::{Catalog, TrieView};
 use crate::generate::{GenRequest, GenerateError};
 
@@ -145,12 +145,14 @@ fn node_lifts(catalog: &Catalog, view: &TrieView, rates: &RatesAt) -> Vec<(u32, 
         .iter()
         .filter_map(|n| {
             let (node, lift) = match n {
-                Node::Prefix(codes) if codes.len() < view.levels() => (view.walk(codes)?, rates.lift(codes, None)),
+                Node::Prefix(codes) if codes.len() < view.levels() => {
+                    (view.walk(codes)?, rates.lift(codes, None, &TrieCounts(view)))
+                }
                 Node::Prefix(_) => return None,
                 Node::Item(i) if (*i as usize) < catalog.len() => {
                     let sid = catalog.sid(*i);
                     let leaf = view.walk(sid)?;
-                    (view.item(leaf) == Some(*i)).then_some((leaf, rates.lift(sid, Some(*i))))?
+                    (view.item(leaf) == Some(*i)).then_some((leaf, rates.lift(sid, Some(*i), &TrieCounts(view))))?
                 }
                 Node::Item(_) => return None,
             };
