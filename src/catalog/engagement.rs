@@ -102,7 +102,8 @@ impl ItemCounts for TrieCounts<'_, '_> {
 
 /// Default half-life of the decayed counts: 10 minutes.
 pub const DEFAULT_HALF_LIFE_MS: u64 = 10 * 60 * 1000;
-/// Pseudo-impressions at the catalog-wide rate that smooth a node's rate.
+/// Pseudo-impressions at the parent's rate that smooth a node's rate
+/// (impressions exposure).
 pub const SMOOTHING_IMPRESSIONS: f64 = 20.0;
 /// Pseudo-items at the parent's rate that smooth a node's rate (items exposure).
 pub const ITEM_SMOOTHING: f64 = 1.0;
@@ -231,6 +232,16 @@ impl Engagement {
         self.get(ROOT_KEY).iter().all(|&x| x == 0.0)
     }
 
+    /// Whether every lift is 0 now: no events, or (items exposure) only
+    /// impressions, which that exposure does not read.
+    pub fn is_flat(&self) -> bool {
+        let root = self.get(ROOT_KEY);
+        match self.exposure {
+            Exposure::Items => engaged(&root) == 0.0,
+            Exposure::Impressions => root.iter().all(|&x| x == 0.0),
+        }
+    }
+
     /// Entries held (items and prefixes with events), for memory figures.
     pub fn entries(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
@@ -284,8 +295,9 @@ impl RatesAt<'_> {
     }
 
     /// The rate of a node with counts `c` and `items` served items under it,
-    /// smoothed toward `parent_rate`; `None` for a node without events,
-    /// whose rate is its parent's.
+    /// smoothed toward `parent_rate`; `None` for a node whose counts the
+    /// exposure does not read (no events; with items, no engagement), whose
+    /// rate is its parent's.
     fn smoothed(&self, c: &Counts, items: f64, parent_rate: f64) -> Option<f64> {
         let (exposure, a) = match self.store.exposure {
             Exposure::Items if engaged(c) == 0.0 => return None,
@@ -312,7 +324,8 @@ impl RatesAt<'_> {
 
     /// `ln(r / r_parent)` of a node: a prefix (its codes) or an item (its
     /// whole semantic ID as `codes`, and `item`), its rate smoothed toward
-    /// its parent's ([`rate`](Self::rate)); 0 without events. Along a path
+    /// its parent's ([`rate`](Self::rate)); 0 without events (with the items
+    /// exposure, without engagement). Along a path
     /// the lifts add up to the leaf's [`heat`](Self::heat): a hot item counts
     /// once, however its ancestors are doing.
     pub fn lift(&self, codes: &[u32], item: Option<u32>, counts: &impl ItemCounts) -> f32 {
@@ -332,12 +345,17 @@ impl RatesAt<'_> {
     }
 
     /// How hot an item is right now: `ln(r_item / p)`, the sum of the lifts
-    /// along its path (0: engaging at the catalog's rate).
-    pub fn heat(&self, item: u32, sid: &[u32], counts: &impl ItemCounts) -> f32 {
+    /// along its path (0: engaging at the catalog's rate); `None` for an
+    /// item without engagement of its own (its rate would be only its
+    /// cluster's).
+    pub fn heat(&self, item: u32, sid: &[u32], counts: &impl ItemCounts) -> Option<f32> {
         let p = self.catalog_rate(counts.under(&[]));
         let parent = self.rate(&sid[..sid.len().saturating_sub(1)], counts);
-        let own = self.smoothed(&self.decayed(item_key(item)), 1.0, parent).unwrap_or(parent);
-        (own / p).ln() as f32
+        let own = self.decayed(item_key(item));
+        if engaged(&own) == 0.0 {
+            return None;
+        }
+        self.smoothed(&own, 1.0, parent).map(|r| (r / p).ln() as f32)
     }
 
     /// Every prefix and item with events, in no particular order: the nodes
@@ -425,10 +443,17 @@ mod tests {
                 }
                 let path: f64 = (1..3).map(|l| at.lift(&s[..l], None, &counts) as f64).sum::<f64>()
                     + at.lift(s, Some(i), &counts) as f64;
-                let heat = at.heat(i, s, &counts) as f64;
-                assert!((path - heat).abs() < 1e-5, "{exposure:?}, item {i}: {path} vs {heat}");
+                let own = e.at(t0 + 9_000).item(i);
+                match at.heat(i, s, &counts) {
+                    Some(heat) => {
+                        let heat = heat as f64;
+                        assert!((path - heat).abs() < 1e-5, "{exposure:?}, item {i}: {path} vs {heat}");
+                    }
+                    None => assert!(own[1..].iter().all(|&x| x == 0.0), "{exposure:?}, item {i}: engaged, no heat"),
+                }
                 if i >= 23 {
                     assert_eq!(at.lift(s, Some(i), &counts), 0.0, "no events, no lift");
+                    assert_eq!(at.heat(i, s, &counts), None, "no events, no heat (whatever its cluster's)");
                 }
             }
         }
@@ -497,6 +522,8 @@ mod tests {
             assert!(lift(&[1, 0], None) > 0.5, "{exposure:?}: the hot item's own prefix, against its siblings");
             assert!(lift(sid(1), Some(1)) > lift(sid(2), Some(2)));
             assert!(r.heat(1, sid(1), &counts) > r.heat(2, sid(2), &counts));
+            // an item of the hot cluster, shown but never clicked: no heat of its own
+            assert_eq!(r.heat(5, sid(5), &counts), None);
             assert_eq!(lift(sid(40), Some(40)), 0.0);
             match exposure {
                 // shown without a click: colder than the siblings
@@ -533,7 +560,7 @@ mod tests {
             let e = Engagement::new(&sizes, 60_000, t0).with_exposure(exposure);
             e.add(&events, sid, t0);
             let r = e.at(t0);
-            (r.heat(5, sid(5), &counts), r.heat(9, sid(9), &counts))
+            (r.heat(5, sid(5), &counts).unwrap(), r.heat(9, sid(9), &counts).unwrap())
         };
         let (hot, pick) = heat(Exposure::Items);
         assert!(hot > pick + 1.0, "items: {hot} vs {pick}");

@@ -12,15 +12,21 @@
 //! - **Trending**: with a trending weight and `trending_share` below 1, the
 //!   prior of [`crate::generate::trending`] steers a twin instead of the
 //!   request's own search, and the twin's items take up to
-//!   `round(trending_share * k)` slots, only those engaging at least
-//!   `--trending-min-ratio` times the catalog's rate right now (their
-//!   [heat](crate::catalog::engagement::RatesAt::heat)); they are
-//!   `"source": "trending"`. The personal list keeps the rest, so hot items
-//!   no longer push out the model's own picks (`benches/results/live.md`
-//!   measures both). A share of 1 puts the prior on the whole list.
+//!   `round(trending_share * k)` slots (at least one), only those engaging
+//!   at least `--trending-min-ratio` times the catalog's rate right now
+//!   (their own [heat](crate::catalog::engagement::RatesAt::heat)); they are
+//!   `"source": "trending"`, scored as the model scores them ([`hot_only`]).
+//!   The personal list keeps the rest, so hot items no longer push out the
+//!   model's own picks (`benches/results/live.md` measures both). A share
+//!   of 1 puts the prior on the whole list, in one search; the exploration
+//!   twin then carries the prior too (below 1 it does not). Personalized
+//!   search and hard-steered cold start keep the prior on their own
+//!   searches (no second search).
 //!
-//! Every search is deterministic, so the answer is the same for the same
-//! request and the same engagement.
+//! A twin that the queue has no room for, that fails or that is late is
+//! left out: the request's own search answers alone. Every search is
+//! deterministic, so the answer is the same for the same request and the
+//! same engagement.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -73,9 +79,10 @@ impl Serving {
         let mut twins: Vec<(GenRequest, usize, ItemSource)> = Vec::new();
         if gen.trending.is_some() && slots.trending < 1.0 {
             let trending = gen.trending.take();
-            let n = explore_count(k, slots.trending);
-            // (no events: every lift is 0, the twin would be the main search)
-            if n > 0 && !self.engagement.is_empty() {
+            // (a request that asks for trending gets a slot, however small its k)
+            let n = explore_count(k, slots.trending).max(1);
+            // (every lift 0: the twin would be the main search)
+            if !self.engagement.is_flat() {
                 twins.push((GenRequest { trending, ..gen.clone() }, n, ItemSource::Trending));
             }
         }
@@ -84,40 +91,63 @@ impl Serving {
         if !absent.is_empty() {
             twins.push((explore_request(&gen, absent), n, ItemSource::Explore));
         }
-        let now_ms = twins.iter().find_map(|t| t.0.trending.as_ref().map(|t| t.now_ms));
+        let prior = twins.iter().find_map(|t| t.0.trending.as_ref().map(|t| (t.weight, t.now_ms)));
         let cap = gen.max_per_intent;
         let main_rx = self.submit(gen, model.clone(), cat, deadline)?;
         if twins.is_empty() {
             return Ok((wait(main_rx, deadline).await, Marks::new()));
         }
-        let mut pending = Vec::with_capacity(twins.len());
-        for (q, n, source) in twins {
-            pending.push((self.submit(q, model.clone(), cat, deadline)?, n, source));
-        }
+        // a twin the queue has no room for is left out: the request's own
+        // search answers alone (as it does when a twin fails or is late)
+        let pending: Vec<_> = twins
+            .into_iter()
+            .filter_map(|(q, n, source)| self.submit(q, model.clone(), cat, deadline).ok().map(|rx| (rx, n, source)))
+            .collect();
         let (mut hits, mut tokens) = match wait(main_rx, deadline).await {
             Generation::Done(h, t) => (h, t),
             other => return Ok((other, Marks::new())),
         };
         let mut done = Vec::with_capacity(pending.len());
         for (rx, n, source) in pending {
-            match wait(rx, deadline).await {
-                Generation::Done(mut h, t) => {
-                    tokens += t;
-                    if let (ItemSource::Trending, Some(now)) = (source, now_ms) {
-                        let rates = self.engagement.at(now);
-                        let trie = cat.catalog.trie();
-                        let counts = TrieCounts(&trie);
-                        h.retain(|x| rates.heat(x.item, cat.catalog.sid(x.item), &counts) >= slots.min_heat);
-                    }
-                    done.push(Twin { hits: h, slots: n, source });
-                }
-                other => return Ok((other, Marks::new())),
+            let Generation::Done(mut h, t) = wait(rx, deadline).await else {
+                tracing::debug!(?source, "a twin search did not finish: the list is the request's own");
+                continue;
+            };
+            tokens += t;
+            if let (ItemSource::Trending, Some((weight, now))) = (source, prior) {
+                h = self.hot_only(h, cat, weight, now, slots.min_heat);
             }
+            done.push(Twin { hits: h, slots: n, source });
         }
         let marks;
         (hits, marks) = merge(&cat.catalog, hits, done, k, cap);
         Ok((Generation::Done(hits, tokens), marks))
     }
+}
+
+impl Serving {
+    /// [`hot_only`] with the engagement store at `now_ms`.
+    fn hot_only(&self, hits: Vec<Hit>, cat: &ServedCatalog, weight: f32, now_ms: u64, min_heat: f32) -> Vec<Hit> {
+        let rates = self.engagement.at(now_ms);
+        let trie = cat.catalog.trie();
+        let counts = TrieCounts(&trie);
+        hot_only(hits, |i| rates.heat(i, cat.catalog.sid(i), &counts), weight, min_heat)
+    }
+}
+
+/// The trending search's items that are hot enough (their own heat at
+/// least `min_heat`), each scored as the model scores it: the prior the
+/// search added along its path (`weight` times the item's heat, the sum of
+/// the lifts) taken off again. Exact with `--scoring model` (the default),
+/// up to events that arrived during the search; with `--scoring trie` the
+/// prior also moved the normaliser, so it is close, not exact.
+pub fn hot_only(hits: Vec<Hit>, heat: impl Fn(u32) -> Option<f32>, weight: f32, min_heat: f32) -> Vec<Hit> {
+    hits.into_iter()
+        .filter_map(|h| {
+            let heat = heat(h.item).filter(|&x| x >= min_heat)?;
+            Some(Hit { item: h.item, score: h.score - weight * heat })
+        })
+        .collect()
 }
 
 /// How many of `k` items exploration takes for share `share` (in [0, 1]).
@@ -243,6 +273,26 @@ mod tests {
         let (out, marks) = merge(&cat, hits(&[1, 2, 3, 4, 5, 6]), vec![twin(&[30], 3, explore)], 5, None);
         assert_eq!(ids(&out), vec![1, 2, 30, 3, 4]);
         assert_eq!(marks, Marks::from([(30, explore)]));
+    }
+
+    /// Only items with heat of their own, at least the threshold, keep their
+    /// place, each scored without the prior.
+    #[test]
+    fn hot_only_keeps_hot_items_and_takes_the_prior_off() {
+        let heat = |i: u32| match i {
+            1 => Some(3.0),
+            2 => Some(1.0),
+            3 => None,
+            _ => Some(2.5),
+        };
+        let found = vec![
+            Hit { item: 1, score: 25.0 },
+            Hit { item: 2, score: 9.0 },
+            Hit { item: 3, score: 1.0 },
+            Hit { item: 4, score: 20.0 },
+        ];
+        let kept = hot_only(found, heat, 10.0, 2.0);
+        assert_eq!(kept, vec![Hit { item: 1, score: -5.0 }, Hit { item: 4, score: -5.0 }]);
     }
 
     /// Trending and exploration together: each twin takes at most its

@@ -87,9 +87,9 @@ pub(crate) struct RecommendBody {
     #[schema(default = 0.0, minimum = 0.0, maximum = 1.0)]
     explore: f32,
     /// Weight of the trending prior: the log of each trie node's recent
-    /// engagement rate (`POST /v1/events`) over the catalog's, added at
-    /// every level of the search. Absent: the server's `--trending-weight`;
-    /// 0: off.
+    /// engagement rate (`POST /v1/events`) over its parent's, added at every
+    /// level of a second search whose hot items fill `trending_share` of the
+    /// list. Absent: the server's `--trending-weight`; 0: off.
     #[serde(default)]
     #[schema(minimum = 0.0, maximum = 10.0)]
     trending: Option<f32>,

@@ -183,7 +183,8 @@ pub struct ServeArgs {
     pub trending_share: f32,
     /// An item takes a trending slot only when it engages at least this many
     /// times the catalog's rate right now (its path's lifts add up to at
-    /// least the log of this).
+    /// least the log of this); an item without engagement of its own never
+    /// does. At least 1.
     #[arg(long, env = "GENREC_TRENDING_MIN_RATIO", value_name = "RATIO",
         default_value_t = crate::engine::DEFAULT_TRENDING_MIN_RATIO)]
     pub trending_min_ratio: f32,
@@ -457,8 +458,8 @@ fn finish_engine(
     if !(0.0..=1.0).contains(&args.trending_share) {
         anyhow::bail!("--trending-share must be between 0 and 1, not {}", args.trending_share);
     }
-    if !(args.trending_min_ratio.is_finite() && args.trending_min_ratio > 0.0) {
-        anyhow::bail!("--trending-min-ratio must be a number above 0, not {}", args.trending_min_ratio);
+    if !(args.trending_min_ratio.is_finite() && args.trending_min_ratio >= 1.0) {
+        anyhow::bail!("--trending-min-ratio must be a number of at least 1, not {}", args.trending_min_ratio);
     }
     if !(args.trending_weight.is_finite() && (0.0..=crate::engine::MAX_TRENDING).contains(&args.trending_weight)) {
         anyhow::bail!(
