@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::generation::{wait, Generation};
+use super::generation::{wait, Generation, Marks};
 use super::request::ItemSource;
 use super::serving::Serving;
 use super::state::{LoadedModel, ServedCatalog};
@@ -53,9 +53,6 @@ pub(super) struct Slots {
     pub(super) min_heat: f32,
 }
 
-/// Items a twin search placed in an answer, and which twin.
-pub(super) type Marks = HashMap<u32, ItemSource>;
-
 /// One twin's answer and the slots it may take.
 pub struct Twin {
     pub hits: Vec<Hit>,
@@ -64,6 +61,15 @@ pub struct Twin {
 }
 
 impl Serving {
+    /// The shares of the request's list that twin searches may take.
+    pub(super) fn slots(&self, req: &super::request::RecRequest) -> Slots {
+        Slots {
+            explore: req.explore,
+            trending: req.trending_share.unwrap_or(self.opts.trending_share),
+            min_heat: self.opts.trending_min_ratio.max(f32::MIN_POSITIVE).ln(),
+        }
+    }
+
     /// Runs `gen` through the batching queue with its twin searches (see the
     /// module comment), queued together and merged. Returns how the
     /// generation ended and which items the twins added.

@@ -44,8 +44,11 @@ pub(super) async fn wait(rx: tokio::sync::oneshot::Receiver<scheduler::JobResult
     }
 }
 
+/// Items a twin search placed in an answer, and which twin ([`super::explore`]).
+pub(super) type Marks = std::collections::HashMap<u32, ItemSource>;
+
 /// Marks the items that twin searches added (exploration, trending).
-pub(super) fn mark_sources(items: &mut [RecItem], c: &Catalog, marks: &super::explore::Marks) {
+pub(super) fn mark_sources(items: &mut [RecItem], c: &Catalog, marks: &Marks) {
     if marks.is_empty() {
         return;
     }

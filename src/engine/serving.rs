@@ -220,15 +220,6 @@ impl Serving {
         })
     }
 
-    /// The shares of the request's list that twin searches may take.
-    pub(super) fn slots(&self, req: &RecRequest) -> super::explore::Slots {
-        super::explore::Slots {
-            explore: req.explore,
-            trending: req.trending_share.unwrap_or(self.opts.trending_share),
-            min_heat: self.opts.trending_min_ratio.max(f32::MIN_POSITIVE).ln(),
-        }
-    }
-
     pub(super) fn timeout_ms(&self, req: &RecRequest) -> u64 {
         req.timeout_ms.unwrap_or(self.opts.timeout.as_millis() as u64)
     }
