@@ -33,7 +33,7 @@ rm -rf "$D/catalog"
 $B index --items "$D/synth.jsonl" --embeddings "$D/synth.safetensors" --out "$D/catalog" > "$D/index.out" 2> "$D/index.log"
 [ -f "$D/model/model.safetensors" ] || $B train --data "$D/synth.inter.json" --catalog "$D/catalog" --out "$D/model" \
     --epochs 1 --valid-users 0 > "$D/train.out" 2> "$D/train.log"
-$B serve --model "$D/model" --catalog "$D/catalog" --addr "127.0.0.1:$PORT" --admin-token "$TOKEN" --intent-model none \
+$B serve --model "$D/model" --addr "127.0.0.1:$PORT" --admin-token "$TOKEN" --intent-model none \
     > "$D/serve.out" 2> "$D/serve.log" &
 pid=$!
 trap 'kill $pid 2> /dev/null || true' EXIT
@@ -46,9 +46,13 @@ slices=$(( MINUTES * 60 / SLICE ))
 t0=$(date +%s)
 for s in $(seq 1 "$slices"); do
   idle=0; [ "$s" = 1 ] && idle=60
-  $B bench-catalog --url "http://127.0.0.1:$PORT" --token "$TOKEN" --data "$D/synth.inter.json" \
+  # a slice whose loader fails is reported, and the run goes on
+  if ! $B bench-catalog --url "http://127.0.0.1:$PORT" --token "$TOKEN" --data "$D/synth.inter.json" \
       --synth-items $(( N + s * 20000000 )) --synth-dim 64 --synth-seed 7 --seconds "$SLICE" --batch 2000 \
-      --concurrency 4 --idle-seconds "$idle" --singles 0 --json "$D/slice-$s.json" > "$D/slice-$s.out" 2>&1
+      --concurrency 4 --idle-seconds "$idle" --singles 0 --json "$D/slice-$s.json" > "$D/slice-$s.out" 2>&1; then
+    echo "slice $s: the loader failed at $(date -u +%T) ($(head -1 "$D/slice-$s.out")); see $D/slice-$s.out"
+    continue
+  fi
   rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
   log=$(cat "$D"/catalog/edits-*.log 2> /dev/null | wc -c)
   cat=$(curl -sf -H "authorization: Bearer $TOKEN" "127.0.0.1:$PORT/admin/catalog")
