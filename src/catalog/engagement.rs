@@ -227,11 +227,6 @@ impl Engagement {
         *t_ref = now_ms;
     }
 
-    /// Whether no event counts (none came, or every one decayed away).
-    pub fn is_empty(&self) -> bool {
-        self.get(ROOT_KEY).iter().all(|&x| x == 0.0)
-    }
-
     /// Whether every lift is 0 now: no events, or (items exposure) only
     /// impressions, which that exposure does not read.
     pub fn is_flat(&self) -> bool {

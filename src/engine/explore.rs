@@ -83,8 +83,11 @@ impl Serving {
     ) -> Result<(Generation, Marks), EngineError> {
         let k = gen.k;
         let mut twins: Vec<(GenRequest, usize, ItemSource)> = Vec::new();
+        // the trending twin's weight and clock, to take its prior off again
+        let mut prior = None;
         if gen.trending.is_some() && slots.trending < 1.0 {
             let trending = gen.trending.take();
+            prior = trending.as_ref().map(|t| (t.weight, t.now_ms));
             // (a request that asks for trending gets a slot, however small its k)
             let n = explore_count(k, slots.trending).max(1);
             // (every lift 0: the twin would be the main search)
@@ -97,7 +100,6 @@ impl Serving {
         if !absent.is_empty() {
             twins.push((explore_request(&gen, absent), n, ItemSource::Explore));
         }
-        let prior = twins.iter().find_map(|t| t.0.trending.as_ref().map(|t| (t.weight, t.now_ms)));
         let cap = gen.max_per_intent;
         let main_rx = self.submit(gen, model.clone(), cat, deadline)?;
         if twins.is_empty() {
@@ -129,9 +131,7 @@ impl Serving {
         (hits, marks) = merge(&cat.catalog, hits, done, k, cap);
         Ok((Generation::Done(hits, tokens), marks))
     }
-}
 
-impl Serving {
     /// [`hot_only`] with the engagement store at `now_ms`.
     fn hot_only(&self, hits: Vec<Hit>, cat: &ServedCatalog, weight: f32, now_ms: u64, min_heat: f32) -> Vec<Hit> {
         let rates = self.engagement.at(now_ms);
