@@ -1,16 +1,19 @@
-//! A catalog folder: versions, the edit log after the current version, and
+//! A catalog folder: versions, their segments, the edit log after them, and
 //! compaction.
 //!
 //! ```text
 //! CATALOG_DIR/
 //!   CURRENT              name of the current version folder ("v-000002")
-//!   v-000002/            one version (see super::format), never changed once written
-//!   edits-000002.log     the edits after version 2 (see super::editlog)
+//!   v-000002/            one version's base (see super::format), never changed once written
+//!   SEGMENTS, s-*/       the segments on it: folded logs (see super::segments)
+//!   edits-000005.log     the edits after the last segment (see super::editlog)
 //!   LOCK                 held by the one process that may write (a server, or `genrec catalog compact`)
 //! ```
 //!
-//! Opening loads the current version and replays, in order, every log
-//! numbered from the version's number up. A compaction moves new edits to the
+//! Opening loads the current version, restores its segments, then replays,
+//! in order, every log numbered from the first one the segments do not hold
+//! up. Folding the log into a segment ([`WritableDir::fold`]) writes only
+//! what the edits changed; a full compaction, below, rewrites the catalog. A compaction moves new edits to the
 //! next log (`edits-000003.log`), writes `v-000003` from the view it started
 //! with (under a temporary name, renamed when complete), then points `CURRENT`
 //! at it by an atomic rename and deletes the older version and logs. A crash
@@ -32,6 +35,7 @@ use super::edit::EditRecord;
 use super::editlog::{self, EditLog};
 use super::format::{self, sync_dir, Manifest};
 use super::idmap::IdMap;
+use super::segments::{self, FoldReport, SegmentInfo, Segments};
 use super::strings::StringsBuilder;
 use super::trie::Trie;
 use super::{Catalog, CatalogError};
@@ -43,7 +47,7 @@ fn version_name(v: u64) -> String {
     format!("v-{v:06}")
 }
 
-fn log_name(v: u64) -> String {
+pub(super) fn log_name(v: u64) -> String {
     format!("edits-{v:06}.log")
 }
 
@@ -96,6 +100,10 @@ pub struct OpenReport {
     pub replayed: usize,
     /// Torn tails dropped: `(log file, offset)`.
     pub torn: Vec<(PathBuf, u64)>,
+    /// The version's segments, restored before the logs.
+    pub segments: Vec<SegmentInfo>,
+    /// The overlay's change counter after the segments (what they hold).
+    pub folded_seq: u64,
 }
 
 /// Loads the current version of `dir` and replays its logs (read-only: the
@@ -104,8 +112,11 @@ pub fn open_read_only(dir: &Path) -> Result<(Catalog, OpenReport), CatalogError>
     let (v, vdir) = current_version(dir)?;
     let base = if v == 0 { super::legacy::load(&vdir)? } else { Base::map(&vdir)? };
     let mut cat = Catalog::from_base(base);
-    let mut report = OpenReport { version: v, ..Default::default() };
-    for n in log_numbers(dir)?.into_iter().filter(|&n| n >= v) {
+    let segments = segments::read_list(dir, v)?;
+    segments::restore_all(dir, &mut cat, &segments)?;
+    let from = segments::replay_from(v, &segments);
+    let mut report = OpenReport { version: v, folded_seq: cat.overlay().seq(), segments, ..Default::default() };
+    for n in log_numbers(dir)?.into_iter().filter(|&n| n >= from) {
         let p = dir.join(log_name(n));
         let c = editlog::read(&p)?;
         if let Some(at) = c.torn_at {
@@ -133,6 +144,7 @@ pub struct WritableDir {
     /// Number of the active log.
     log_number: u64,
     version: u64,
+    segments: Segments,
 }
 
 impl std::fmt::Debug for WritableDir {
@@ -148,11 +160,12 @@ pub fn open_writable(dir: &Path) -> Result<(Catalog, EditLog, WritableDir, OpenR
     let (version, _) = current_version(dir)?;
     cleanup(dir, version)?;
     let (cat, report) = open_read_only(dir)?;
-    let log_number = log_numbers(dir)?.last().copied().unwrap_or(version).max(version);
+    let segments = Segments::new(dir, version, report.segments.clone(), report.folded_seq);
+    let log_number = log_numbers(dir)?.last().copied().unwrap_or(version).max(segments.replay_from());
     let log_path = dir.join(log_name(log_number));
     let valid = editlog::read(&log_path)?.valid_bytes;
     let log = EditLog::open(&log_path, valid)?;
-    Ok((cat, log, WritableDir { path: dir.into(), _lock: lock, log_number, version }, report))
+    Ok((cat, log, WritableDir { path: dir.into(), _lock: lock, log_number, version, segments }, report))
 }
 
 /// Removes unfinished version folders, older versions and older logs.
@@ -173,7 +186,7 @@ fn cleanup(dir: &Path, version: u64) -> Result<(), CatalogError> {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    Ok(())
+    segments::cleanup(dir, version)
 }
 
 impl WritableDir {
@@ -185,8 +198,21 @@ impl WritableDir {
         self.version
     }
 
-    /// Starts a compaction: edits from now on go to a new log, numbered as
-    /// the version the compaction will write. Returns that log and number.
+    /// The version's segments.
+    pub fn segments(&self) -> &Segments {
+        &self.segments
+    }
+
+    /// Folds the logs before the active one into a segment (see
+    /// [`Segments::fold`]): call after [`WritableDir::rotate`], with the view
+    /// that holds exactly the edits logged before it.
+    pub fn fold(&mut self, view: &Catalog) -> Result<FoldReport, CatalogError> {
+        self.segments.fold(view, self.log_number - 1)
+    }
+
+    /// Starts a compaction or a fold: edits from now on go to a new log,
+    /// numbered as the version a compaction would write. Returns that log
+    /// and number.
     pub fn rotate(&mut self) -> Result<(EditLog, u64), CatalogError> {
         let next = self.log_number + 1;
         let log = EditLog::open(&self.path.join(log_name(next)), 0)?;
@@ -204,6 +230,7 @@ impl WritableDir {
     ) -> Result<PathBuf, CatalogError> {
         let final_dir = write_and_point(&self.path, view, number, None, extra, &|| Ok(()))?;
         self.version = number;
+        self.segments = Segments::new(&self.path, number, Vec::new(), 0);
         cleanup(&self.path, number)?;
         // a legacy folder's own files stay: they are version 0, ignored from now on
         Ok(final_dir)

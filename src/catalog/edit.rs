@@ -156,7 +156,9 @@ pub fn check_item_text(id: &str, title: &str) -> Result<(), (&'static str, Strin
     Ok(())
 }
 
-/// The embedding normalised to unit length, after checking it.
+/// The embedding normalised to unit length, after checking it. A vector of
+/// unit length to rounding is kept as it is, so that normalising again (a
+/// logged edit replayed, a segment's state) gives the same bits.
 pub fn normalised(embedding: &[f32], dim: usize) -> Result<Vec<f32>, CatalogError> {
     if embedding.len() != dim {
         return Err(CatalogError::Format(format!("embedding has {} values, the catalog {dim}", embedding.len())));
@@ -164,6 +166,9 @@ pub fn normalised(embedding: &[f32], dim: usize) -> Result<Vec<f32>, CatalogErro
     let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
     if !norm.is_finite() || norm < 1e-12 {
         return Err(CatalogError::Format("embedding must be finite and non-zero".into()));
+    }
+    if (norm - 1.0).abs() <= 4.0 * f32::EPSILON {
+        return Ok(embedding.to_vec());
     }
     Ok(embedding.iter().map(|x| x / norm).collect())
 }

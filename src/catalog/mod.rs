@@ -31,6 +31,8 @@ pub mod legacy;
 pub mod overlay;
 pub mod rows;
 pub mod rqkmeans;
+pub mod segment;
+pub mod segments;
 pub mod shard;
 pub mod strings;
 pub mod trie;

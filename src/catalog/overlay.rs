@@ -32,6 +32,10 @@ pub struct OverlayItem {
 pub struct ItemState {
     pub item: Option<Arc<OverlayItem>>,
     pub served: bool,
+    /// The overlay's change counter when this state was set ([`Overlay::seq`]):
+    /// a fold writes the states changed since the one before
+    /// ([`super::segment`]).
+    pub changed: u64,
 }
 
 /// The live edits above a base (see the module comment).
@@ -53,6 +57,8 @@ pub struct Overlay {
     last_edit: u64,
     /// The latest time expired items were taken out of the trie at.
     swept_to: u64,
+    /// Changes made so far (each put, drop or restore counts one).
+    seq: u64,
 }
 
 impl Overlay {
@@ -148,7 +154,8 @@ impl Overlay {
         if let Some(ms) = data.expires_at_ms {
             self.expiring.insert(ms, item);
         }
-        self.entries.insert(item, ItemState { item: Some(Arc::new(data)), served: true });
+        self.seq += 1;
+        self.entries.insert(item, ItemState { item: Some(Arc::new(data)), served: true, changed: self.seq });
         if !was_served {
             self.served += 1;
         }
@@ -168,8 +175,85 @@ impl Overlay {
             self.expiring.remove(ms, item);
         }
         let data = self.entries.get(&item).and_then(|e| e.item.clone());
-        self.entries.insert(item, ItemState { item: data, served: false });
+        self.seq += 1;
+        self.entries.insert(item, ItemState { item: data, served: false, changed: self.seq });
         self.served -= 1;
+        Ok(())
+    }
+
+    /// Changes made so far: states with `changed` above a mark taken earlier
+    /// were set after it.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The items whose state changed after `mark` (an earlier [`Overlay::seq`]),
+    /// by index.
+    pub fn changed_since(&self, mark: u64) -> Vec<(u32, &ItemState)> {
+        let mut v: Vec<(u32, &ItemState)> =
+            self.entries.iter().filter(|(_, e)| e.changed > mark).map(|(&k, e)| (k, e)).collect();
+        v.sort_unstable_by_key(|e| e.0);
+        v
+    }
+
+    /// Takes a served item's leaf (at `sid`) and expiry out, ahead of a
+    /// [`Overlay::restore`] of its state (a segment read at open).
+    pub(super) fn unserve(
+        &mut self,
+        base: &Base,
+        item: u32,
+        sid: &[u32],
+        expiry: Option<u64>,
+    ) -> Result<(), CatalogError> {
+        self.trie.remove(&base.trie, sid, item)?;
+        if let Some(ms) = expiry {
+            self.expiring.remove(ms, item);
+        }
+        self.served -= 1;
+        Ok(())
+    }
+
+    /// Sets an item's state as a segment recorded it (after
+    /// [`Overlay::unserve`] if it was served): `sid` and `expiry` are the
+    /// state's (its data's, or the base row's). A new index must be `rows()`.
+    pub(super) fn restore(
+        &mut self,
+        base: &Base,
+        item: u32,
+        served: bool,
+        data: Option<OverlayItem>,
+        sid: &[u32],
+        expiry: Option<u64>,
+    ) -> Result<(), CatalogError> {
+        if item > self.rows || (item == self.rows && data.is_none()) {
+            return Err(CatalogError::Format(format!(
+                "segment: item {item} is past the {} items in use, or new without data",
+                self.rows
+            )));
+        }
+        if served {
+            self.trie.insert(&base.trie, sid, item)?;
+            if let Some(ms) = expiry {
+                self.expiring.insert(ms, item);
+            }
+            self.served += 1;
+        }
+        let data = match data {
+            Some(mut d) => {
+                self.ann_gen = self.ann_gen.checked_add(1).ok_or_else(|| {
+                    CatalogError::Conflict("4 billion edits since the last compaction: compact the catalog".into())
+                })?;
+                d.ann_key = ((self.ann_gen as u64) << 32) | item as u64;
+                if item == self.rows {
+                    self.ids.insert(d.id.clone(), item);
+                    self.rows += 1;
+                }
+                Some(Arc::new(d))
+            }
+            None => None,
+        };
+        self.seq += 1;
+        self.entries.insert(item, ItemState { item: data, served, changed: self.seq });
         Ok(())
     }
 
