@@ -254,11 +254,27 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
     );
     assert_eq!(st, 409, "{v}");
 
-    // compaction folds the edits into version 1; nothing changes for requests
-    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/catalog/compact"));
-    assert_eq!((st, v["version"].as_u64()), (200, Some(1)), "{v}");
+    // folding the log writes the states the edits changed as a segment;
+    // nothing changes for requests, and a restart reads the segment back
+    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/catalog/fold"));
+    assert_eq!((st, v["entries"].as_u64()), (200, Some(5)), "b-1, b-7, b-8, the victim, heir: {v}");
     let (_, info) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/catalog"));
-    assert_eq!((info["version"].as_u64(), info["overlay_items"].as_u64()), (Some(1), Some(0)), "{info}");
+    assert_eq!(info["segments"].as_array().map(Vec::len), Some(1), "{info}");
+    assert_eq!(info["log"]["bytes"].as_u64(), Some(0), "{info}");
+    assert_eq!(rec(&s, &history)["item_id"], "heir");
+    drop(s);
+    s = Server::start(&["--model", a.to_str().unwrap(), "--admin-token", TOKEN]);
+    assert_eq!(rec(&s, &history)["item_id"], "heir");
+    let (_, v) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/items/b-7"));
+    assert_eq!((v["title"].as_str(), v["served"].as_bool()), (Some("seventh"), Some(true)), "{v}");
+
+    // compaction writes the edits into version 2 (numbered as the log it
+    // starts: the fold started log 1); nothing changes for requests
+    let (st, v) = json_of(admin(&c, &s, post.clone(), "/admin/catalog/compact"));
+    assert_eq!((st, v["version"].as_u64()), (200, Some(2)), "{v}");
+    let (_, info) = json_of(admin(&c, &s, reqwest::Method::GET, "/admin/catalog"));
+    assert_eq!((info["version"].as_u64(), info["overlay_items"].as_u64()), (Some(2), Some(0)), "{info}");
+    assert_eq!(info["segments"].as_array().map(Vec::len), Some(0), "the version holds them: {info}");
     assert_eq!(rec(&s, &history)["item_id"], "heir");
     // and survives a restart, served from the new version
     drop(s);
@@ -271,9 +287,9 @@ fn batch_endpoint_read_back_next_request_and_compaction() {
     drop(s);
     let cat = root.0.join("catalog");
     let out = ok(&["catalog", "compact", cat.to_str().unwrap()]);
-    assert!(out.contains("v-000002"), "{out}");
+    assert!(out.contains("v-000003"), "{out}");
     let info: Value = serde_json::from_str(&ok(&["catalog", "info", cat.to_str().unwrap()])).unwrap();
-    assert_eq!((info["version"].as_u64(), info["edits_replayed"].as_u64()), (Some(2), Some(0)), "{info}");
+    assert_eq!((info["version"].as_u64(), info["edits_replayed"].as_u64()), (Some(3), Some(0)), "{info}");
 }
 
 /// Item lifetimes through HTTP: `ttl_s` and `expires_at` (RFC 3339 or epoch

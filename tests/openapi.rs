@@ -133,6 +133,7 @@ fn real_answers_match_the_openapi_description() {
         "/admin/items/{id}",
         "/admin/catalog",
         "/admin/catalog/compact",
+        "/admin/catalog/fold",
     ];
     assert_eq!(documented, routes.iter().map(|r| r.to_string()).collect(), "documented routes");
 
@@ -240,6 +241,10 @@ fn real_answers_match_the_openapi_description() {
     assert_eq!(st, 404);
     let (st, v) = call(&doc, &c, &s, get.clone(), "/admin/catalog", "/admin/catalog", bearer);
     assert_eq!((st, v["durable"].as_bool()), (200, Some(true)), "{v}");
+    let (st, v) = call(&doc, &c, &s, post.clone(), "/admin/catalog/fold", "/admin/catalog/fold", bearer);
+    assert_eq!((st, v["segments"].as_u64()), (200, Some(1)), "{v}");
+    let (st, v) = call(&doc, &c, &s, get.clone(), "/admin/catalog", "/admin/catalog", bearer);
+    assert_eq!((st, v["segments"].as_array().map(Vec::len)), (200, Some(1)), "{v}");
     let (st, _) = call(&doc, &c, &s, post.clone(), "/admin/catalog/compact", "/admin/catalog/compact", bearer);
     assert_eq!(st, 200);
 

@@ -241,14 +241,24 @@ impl EditLog {
 
     /// Reads the records of this log (for replay after a compaction).
     pub fn read_all(&self) -> Result<Vec<EditRecord>, CatalogError> {
-        let mut f = File::open(&self.path).map_err(|e| CatalogError::io(&self.path, e))?;
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).map_err(|e| CatalogError::io(&self.path, e))?;
-        let n = self.len() as usize;
-        bytes.truncate(n);
-        parse(&bytes)
-            .map(|c| c.records)
-            .map_err(|at| CatalogError::Format(format!("{}: corrupt record at {at}", self.path.display())))
+        self.read_from(0).map(|(records, _)| records)
+    }
+
+    /// Reads the records from byte `offset` (a record boundary: the end an
+    /// earlier read returned) up to what was appended so far; returns them
+    /// and where they end. A compaction's catch-up reads only the records
+    /// it has not replayed yet, under the edit lock.
+    pub fn read_from(&self, offset: u64) -> Result<(Vec<EditRecord>, u64), CatalogError> {
+        let io = |e| CatalogError::io(&self.path, e);
+        let end = self.len();
+        let mut f = File::open(&self.path).map_err(io)?;
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut bytes = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        f.take(end.saturating_sub(offset)).read_to_end(&mut bytes).map_err(io)?;
+        let c = parse(&bytes).map_err(|at| {
+            CatalogError::Format(format!("{}: corrupt record at {}", self.path.display(), offset + at))
+        })?;
+        Ok((c.records, offset + c.valid_bytes))
     }
 }
 
@@ -337,6 +347,23 @@ mod tests {
         bad.extend(f);
         std::fs::write(&p, &bad).unwrap();
         assert_eq!(read(&p).unwrap().records.len(), 3);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A compaction's catch-up reads on from where its first replay ended:
+    /// exactly the records appended since, and where they end.
+    #[test]
+    fn reading_from_an_offset_gives_the_records_after_it() {
+        let d = temp("from");
+        let log = EditLog::open(&d.join("edits.log"), 0).unwrap();
+        log.append(&[rec(1), rec(2)]).unwrap();
+        let (first, at) = log.read_from(0).unwrap();
+        assert_eq!((first, at), (vec![rec(1), rec(2)], log.len()));
+        log.append(&[rec(3)]).unwrap();
+        log.append(&[rec(4)]).unwrap();
+        assert_eq!(log.read_from(at).unwrap(), (vec![rec(3), rec(4)], log.len()));
+        assert_eq!(log.read_from(log.len()).unwrap(), (vec![], log.len()));
+        assert!(log.read_from(at + 1).is_err(), "not a record boundary");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -39,7 +39,7 @@ pub const SEGMENTS_FILE: &str = "SEGMENTS";
 pub const FANOUT: usize = 4;
 
 /// One segment in the list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SegmentInfo {
     pub name: String,
     pub first_log: u64,

@@ -74,6 +74,7 @@ impl Engine {
             durable: w.store.is_some() || self.changes.replica().is_some(),
             compacting: w.compacting(),
             log: w.store.as_ref().map(|s| LogInfo { path: s.log.path().display().to_string(), bytes: s.log.len() }),
+            segments: w.store.as_ref().and_then(|s| s.dir.as_ref()).map(|d| d.segments().list().to_vec()),
             feed: self.feed_info(),
         }
     }
@@ -109,6 +110,11 @@ pub struct CatalogInfo {
     /// The edit log (null when edits are kept in memory only, or in the feed).
     #[schema(required = true)]
     pub log: Option<LogInfo>,
+    /// The segments on the version, oldest first: edit logs folded (see
+    /// `catalog::segments`). Null without a catalog folder, and while a fold
+    /// or compaction runs.
+    #[schema(required = true)]
+    pub segments: Option<Vec<crate::catalog::segments::SegmentInfo>>,
     /// The replica feed this server follows (absent without `--feed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feed: Option<super::replica::FeedInfo>,

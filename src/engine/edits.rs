@@ -29,6 +29,7 @@ use super::{Engine, EngineError};
 use crate::catalog::dir::{self, OpenReport, WritableDir};
 use crate::catalog::edit::{check_item_text, EditOp, EditRecord, NewItem as CatalogItem};
 use crate::catalog::editlog::EditLog;
+use crate::catalog::segments::FoldReport;
 use crate::catalog::{Catalog, CatalogError};
 use crate::feed::record::ItemEdit;
 use crate::feed::Position;
@@ -195,6 +196,8 @@ pub(super) struct Writer {
     read_only: Option<String>,
     /// Views whose records wait for a sync, oldest first.
     queued: VecDeque<Queued>,
+    /// A fold or compaction this writer started by itself is on its way.
+    maintaining: bool,
 }
 
 /// A view waiting for its records to be on disk.
@@ -214,7 +217,27 @@ impl Writer {
             EditStore::Durable(s) => (Some(s), None),
             EditStore::ReadOnly(why) => (None, Some(why)),
         };
-        Writer { head, store, read_only, queued: VecDeque::new() }
+        Writer { head, store, read_only, queued: VecDeque::new(), maintaining: false }
+    }
+
+    /// What the folder needs now that its log is `log_bytes` long: a full
+    /// compaction once the edits above its version (segments and log) pass
+    /// `compact_bytes`, else a fold once the log passes `fold_bytes`; none
+    /// while one runs or is on its way (claimed here).
+    fn maintenance_due(&mut self, log_bytes: u64, compact_bytes: u64, fold_bytes: u64) -> Option<Maintenance> {
+        if self.maintaining || self.compacting() {
+            return None;
+        }
+        let segments = self.store.as_ref()?.dir.as_ref()?.segments().bytes();
+        let due = if compact_bytes > 0 && segments + log_bytes >= compact_bytes {
+            Maintenance::Compact
+        } else if fold_bytes > 0 && log_bytes >= fold_bytes {
+            Maintenance::Fold
+        } else {
+            return None;
+        };
+        self.maintaining = true;
+        Some(due)
     }
 
     pub(super) fn compacting(&self) -> bool {
@@ -457,15 +480,15 @@ impl Engine {
         let end = log.append(records).map_err(EngineError::Catalog)?;
         w.head = served.clone();
         w.queued.push_back(Queued { log: log.clone(), end, view: served });
-        let compact = !w.compacting() && self.opts.compact_log_bytes > 0 && end >= self.opts.compact_log_bytes;
+        let due = w.maintenance_due(end, self.opts.compact_edit_bytes, self.opts.fold_log_bytes);
         drop(w);
         let added = ann.add(vectors);
         let synced = log.sync_to(end);
         self.publish_synced();
         added?;
         synced.map_err(EngineError::Catalog)?;
-        if compact {
-            self.compact_in_background();
+        if let Some(m) = due {
+            self.maintain_in_background(m);
         }
         Ok(())
     }
@@ -506,16 +529,82 @@ impl Engine {
         }
     }
 
-    /// Starts a compaction on its own thread (one at a time).
-    pub fn compact_in_background(&self) {
-        let Some(me) = self.me() else { return };
-        let _ = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || {
+    /// Runs a fold or a compaction that [`Writer::maintenance_due`] claimed
+    /// on its own thread, at a lower CPU priority, and releases the claim.
+    fn maintain_in_background(&self, m: Maintenance) {
+        let release = |e: &Engine| e.lock_writer().maintaining = false;
+        let Some(me) = self.me() else {
+            release(self);
+            return;
+        };
+        let spawned = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || {
             lower_priority();
-            match me.compact() {
-                Ok(r) => tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "catalog compacted"),
-                Err(e) => tracing::warn!(error = %e, "catalog compaction failed; edits keep going to the log"),
+            match m {
+                Maintenance::Compact => match me.compact() {
+                    Ok(r) => {
+                        tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "catalog compacted")
+                    }
+                    Err(EngineError::Conflict(why)) => tracing::debug!(%why, "no compaction"),
+                    Err(e) => tracing::warn!(error = %e, "catalog compaction failed; edits keep going to the log"),
+                },
+                Maintenance::Fold => match me.fold_here() {
+                    Ok(r) => tracing::info!(
+                        entries = r.entries,
+                        merges = r.merges,
+                        segments = r.segments,
+                        segment_bytes = r.segment_bytes,
+                        seconds = r.seconds,
+                        "edit log folded into a segment"
+                    ),
+                    Err(EngineError::Conflict(why)) => tracing::debug!(%why, "no fold"),
+                    Err(e) => tracing::warn!(error = %e, "folding the edit log failed; edits keep going to the log"),
+                },
             }
+            release(&me);
         });
+        if spawned.is_err() {
+            release(self);
+        }
+    }
+
+    /// Folds the edit log into a new segment of the catalog folder (see
+    /// [`crate::catalog::segments`]): new edits go to a new log, and the
+    /// item states the old logs changed are written as a segment, merged
+    /// with older ones in tiers. The served view does not change. Edits go
+    /// on meanwhile; a compaction waits for it.
+    pub fn fold_here(&self) -> Result<FoldReport, EngineError> {
+        let (mut store_dir, view) = {
+            let mut w = self.lock_writer();
+            if w.compacting() {
+                return Err(EngineError::Conflict("a compaction or fold is running already".into()));
+            }
+            let Some(store) = w.store.as_mut() else {
+                return Err(EngineError::Conflict("the catalog is not open for writing: nothing to fold".into()));
+            };
+            let old = store.log.clone();
+            old.sync_to(old.len()).map_err(EngineError::Catalog)?;
+            let mut dir = store
+                .dir
+                .take()
+                .ok_or_else(|| EngineError::Conflict("a compaction or fold is running already".into()))?;
+            match dir.rotate() {
+                Ok((log, _)) => store.log = Arc::new(log),
+                Err(e) => {
+                    store.dir = Some(dir);
+                    return Err(EngineError::Catalog(e));
+                }
+            }
+            // everything queued is synced now
+            if let Some(q) = w.queued.drain(..).next_back() {
+                self.serving.catalog.store(q.view);
+            }
+            (dir, w.head.catalog.clone())
+        };
+        let done = store_dir.fold(&view);
+        if let Some(store) = self.lock_writer().store.as_mut() {
+            store.dir = Some(store_dir);
+        }
+        done.map_err(EngineError::Catalog)
     }
 
     /// Folds the live edits into a new version of this engine's catalog
@@ -557,12 +646,13 @@ impl Engine {
         if let Some(store) = w.store.as_mut() {
             store.dir = Some(store_dir);
         }
-        let (served, replayed) = done?;
-        // 4. the edits made since the rotation, on the new base, under the lock
-        let records = new_log.read_all().map_err(EngineError::Catalog)?;
+        let (served, replayed, read_to) = done?;
+        // 4. the edits made since that replay, on the new base, under the lock
+        // (only those are read: the backlog of a long compaction was replayed without it)
+        let (records, _) = new_log.read_from(read_to).map_err(EngineError::Catalog)?;
         let mut cat = served.catalog.clone();
         let mut vectors = Vec::new();
-        for r in &records[replayed..] {
+        for r in &records {
             if let Some(crate::catalog::edit::Applied::Upserted(up)) = cat.apply(r).map_err(EngineError::Catalog)? {
                 vectors.push((up.ann_key, up.embedding));
             }
@@ -576,20 +666,21 @@ impl Engine {
         Ok(CompactReport {
             version: number,
             items: view.served_len(),
-            replayed: records.len(),
+            replayed: replayed + records.len(),
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
 
     /// Steps 2-3 of a compaction, without the edit lock: write the version,
     /// switch to it, open it and replay what the new log holds so far.
+    /// Returns the view, the records replayed and where in the log they end.
     fn write_and_switch(
         &self,
         store_dir: &mut WritableDir,
         view: &Catalog,
         number: u64,
         new_log: &EditLog,
-    ) -> Result<(Arc<ServedCatalog>, usize), EngineError> {
+    ) -> Result<(Arc<ServedCatalog>, usize, u64), EngineError> {
         let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
         let extra = |v: &Catalog, d: &Path| {
             carry_version_graph(v, prev_graph.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
@@ -597,13 +688,22 @@ impl Engine {
         let vdir = store_dir.commit_version(view, number, &extra).map_err(EngineError::Catalog)?;
         let base = crate::catalog::Base::map(&vdir).map_err(EngineError::Catalog)?;
         let mut cat = Catalog::from_base(base);
-        let records = new_log.read_all().map_err(EngineError::Catalog)?;
+        let (records, read_to) = new_log.read_from(0).map_err(EngineError::Catalog)?;
         for r in &records {
             cat.apply(r).map_err(EngineError::Catalog)?;
         }
         let ann = Arc::new(Ann::open(&cat)?);
-        Ok((Arc::new(ServedCatalog { catalog: cat, ann }), records.len()))
+        Ok((Arc::new(ServedCatalog { catalog: cat, ann }), records.len(), read_to))
     }
+}
+
+/// Work on the catalog folder that edits make due.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Maintenance {
+    /// Fold the log into a segment.
+    Fold,
+    /// Write a whole new version.
+    Compact,
 }
 
 /// What a compaction did.

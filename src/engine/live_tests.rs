@@ -79,7 +79,7 @@ async fn an_item_is_served_until_one_millisecond_before_its_expiry_on_every_path
 async fn lifetimes_hold_across_a_restart_and_a_compaction() {
     let clock = Clock::manual(T0);
     let (dir, cat, store) = random_store("lifetimes", 300);
-    let opts = EngineOptions { clock: clock.clone(), compact_log_bytes: 0, ..Default::default() };
+    let opts = EngineOptions { clock: clock.clone(), compact_edit_bytes: 0, ..Default::default() };
     let open = |cat, store| {
         Engine::with_store(cat, edits::EditStore::Durable(store), opts.clone(), Arc::new(NoObserver)).unwrap()
     };

@@ -171,8 +171,14 @@ pub struct EngineOptions {
     /// Where hot-swapped checkpoints are loaded, and in which dtype.
     pub device: candle_core::Device,
     pub dtype: crate::device::DTypeChoice,
-    /// Compact the catalog when its edit log grows past this many bytes (0: never).
-    pub compact_log_bytes: u64,
+    /// Compact the catalog (write a whole new version) when the edits above
+    /// its version on disk, its segments and its log together, pass this
+    /// many bytes (0: only on request). A replica's shared folder has no
+    /// segments: its log counts.
+    pub compact_edit_bytes: u64,
+    /// Fold the edit log into a segment when it passes this many bytes (0:
+    /// never; see [`crate::catalog::segments`]).
+    pub fold_log_bytes: u64,
     /// Weight of the intents' log-prior in soft steering ([`Steering::Soft`]).
     pub steering_weight: f32,
     /// Items the query's embedding contributes to a search's allowed set.
@@ -242,9 +248,13 @@ fn start_expiry_sweeper(engine: Weak<Engine>) -> Result<(), EngineError> {
 /// LLM intents; 1 halves NDCG, and hard steering is far below.
 pub const DEFAULT_STEERING_WEIGHT: f32 = 0.1;
 
-/// Default edit-log size that starts a compaction: 1 GiB (about 1.5M upserts
-/// of 64-d items).
-pub const DEFAULT_COMPACT_LOG_BYTES: u64 = 1 << 30;
+/// Default size of the edits above a version (its segments and log) that
+/// starts a compaction: 1 GiB (about 3M item states in segments, or 1.5M
+/// upserts in the log, of 64-d items).
+pub const DEFAULT_COMPACT_EDIT_BYTES: u64 = 1 << 30;
+/// The default log size that folds the log into a segment: 64 MiB (about
+/// 90k upserts of 64-d items).
+pub const DEFAULT_FOLD_LOG_BYTES: u64 = 64 << 20;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -255,7 +265,8 @@ impl Default for EngineOptions {
             encoder: None,
             device: candle_core::Device::Cpu,
             dtype: crate::device::DTypeChoice::Auto,
-            compact_log_bytes: DEFAULT_COMPACT_LOG_BYTES,
+            compact_edit_bytes: DEFAULT_COMPACT_EDIT_BYTES,
+            fold_log_bytes: DEFAULT_FOLD_LOG_BYTES,
             steering_weight: DEFAULT_STEERING_WEIGHT,
             search_candidates: search::DEFAULT_SEARCH_CANDIDATES,
             search_model_weight: search::DEFAULT_SEARCH_MODEL_WEIGHT,

@@ -196,7 +196,7 @@ pub(super) fn random_store(tag: &str, n: usize) -> (std::path::PathBuf, crate::c
 async fn concurrent_readers_writers_and_automatic_compaction() {
     use rand::{Rng, SeedableRng};
     let (dir, cat, store) = random_store("concurrent", 2000);
-    let opts = EngineOptions { compact_log_bytes: 200_000, ..Default::default() };
+    let opts = EngineOptions { compact_edit_bytes: 200_000, ..Default::default() };
     let e = Engine::with_store(cat, edits::EditStore::Durable(store), opts, Arc::new(NoObserver)).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();

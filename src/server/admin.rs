@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 
 use super::api::{body_bytes, parse_body, ApiError, ErrorBody, JsonBody};
 use super::{metrics, AppState};
+use crate::catalog::segments::FoldReport;
 use crate::engine::catalog_info::{CatalogInfo, ItemInfo};
 use crate::engine::edits::{BatchOutcome, CompactReport, ItemInput, Upserted};
 use crate::engine::{Engine, EngineError, ModelInfo};
@@ -381,6 +382,22 @@ pub async fn compact(State(st): State<Arc<AppState>>) -> Response {
         async {
             let report = st.engine.edit(|e| e.compact()).await?;
             Ok(Json::<CompactReport>(report).into_response())
+        }
+        .await,
+    )
+}
+
+/// `POST /admin/catalog/fold`: folds the edit log into a new segment of the
+/// catalog folder now (tier merges following; answers when done).
+#[utoipa::path(post, path = "/admin/catalog/fold", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = FoldReport), (status = 401, body = ErrorBody), (status = 404, description = "The admin API is off", body = ErrorBody),
+        (status = 409, description = "Read-only, a replica, or a fold or compaction is running", body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn fold(State(st): State<Arc<AppState>>) -> Response {
+    respond(
+        async {
+            let report = st.engine.edit(|e| e.fold_here()).await?;
+            Ok(Json::<FoldReport>(report).into_response())
         }
         .await,
     )

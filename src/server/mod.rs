@@ -136,10 +136,18 @@ pub struct ServeArgs {
     /// is loaded.
     #[arg(long, env = "GENREC_ENCODER", default_value = DEFAULT_ENCODER_DIR)]
     pub encoder: PathBuf,
-    /// Compact the catalog (fold its edit log into a new version) when the log
-    /// passes this many MiB; 0: only on POST /admin/catalog/compact.
-    #[arg(long, env = "GENREC_COMPACT_LOG_MB", default_value_t = crate::engine::DEFAULT_COMPACT_LOG_BYTES >> 20)]
-    pub compact_log_mb: u64,
+    /// Fold the edit log into a small segment of the catalog folder when the
+    /// log passes this many MiB (it writes only what the edits changed;
+    /// segments merge in tiers); 0: never.
+    #[arg(long, env = "GENREC_FOLD_LOG_MB", default_value_t = (crate::engine::DEFAULT_FOLD_LOG_BYTES >> 20) as f64,
+        value_parser = non_negative_mb)]
+    pub fold_log_mb: f64,
+    /// Compact the catalog (write a whole new version) when the edits above
+    /// its version, segments and log together, pass this many MiB; 0: only on
+    /// POST /admin/catalog/compact.
+    #[arg(long, alias = "compact-log-mb", env = "GENREC_COMPACT_EDITS_MB",
+        default_value_t = crate::engine::DEFAULT_COMPACT_EDIT_BYTES >> 20)]
+    pub compact_edits_mb: u64,
     /// Cold-start intent LLM: `none` (profiles are matched to the intent
     /// labels with the sentence encoder), `smollm2` (SmolLM2-135M-Instruct as
     /// scripts/fetch-models.sh puts it), a llama GGUF file, or a Hugging Face
@@ -269,6 +277,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/items/{id}", get(admin::get_item).delete(admin::remove_item))
         .route("/admin/catalog", get(admin::catalog_info))
         .route("/admin/catalog/compact", post(admin::compact))
+        .route("/admin/catalog/fold", post(admin::fold))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorise));
     Router::new()
         .route("/v1/recommend", post(api::recommend))
@@ -309,6 +318,13 @@ fn parse_recall(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
         _ => Err(format!("a recall between 0 (exclusive) and 1, not {s:?}")),
+    }
+}
+
+fn non_negative_mb(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(v),
+        _ => Err(format!("a size in MiB, 0 or more (fractions allowed), not {s:?}")),
     }
 }
 
@@ -489,7 +505,8 @@ fn finish_engine(
         encoder: Some(args.encoder.clone()),
         device: dev.clone(),
         dtype,
-        compact_log_bytes: args.compact_log_mb << 20,
+        compact_edit_bytes: args.compact_edits_mb << 20,
+        fold_log_bytes: (args.fold_log_mb * (1u64 << 20) as f64) as u64,
         steering_weight: args.steering_weight,
         search_candidates: args.search_candidates,
         search_model_weight: args.search_model_weight,

@@ -38,6 +38,7 @@ use super::{admin, api, events};
         admin::remove_item,
         admin::catalog_info,
         admin::compact,
+        admin::fold,
     ),
     modifiers(&AdminToken),
     tags(

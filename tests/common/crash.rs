@@ -59,6 +59,8 @@ pub struct CrashReport {
     pub upserts_acked: usize,
     pub deletes_acked: usize,
     pub compactions: usize,
+    /// Edit logs folded into segments on request (more fold by themselves).
+    pub folds: usize,
     pub seconds: f64,
 }
 
@@ -78,8 +80,8 @@ fn embedding(i: u64) -> Vec<f32> {
 }
 
 fn start(model: &str) -> Option<Server> {
-    // a small log threshold: compactions start by themselves too
-    let args = ["--model", model, "--admin-token", TOKEN, "--compact-log-mb", "1"];
+    // small thresholds: folds and compactions start by themselves too
+    let args = ["--model", model, "--admin-token", TOKEN, "--compact-edits-mb", "1", "--fold-log-mb", "0.25"];
     std::panic::catch_unwind(|| Server::start(&args)).ok()
 }
 
@@ -99,7 +101,8 @@ pub fn run(iterations: usize, max_run: Duration, seed: u64) -> CrashReport {
             break;
         };
         verify(std::slice::from_ref(&s.url), &known, &mut report, Some((round.saturating_sub(1), &mut rng)));
-        let load = Load::start(std::slice::from_ref(&s.url), &known, next_id, round, seed, Duration::from_millis(150));
+        let load =
+            Load::start(std::slice::from_ref(&s.url), &known, next_id, round, seed, Duration::from_millis(150), 0.7);
         next_id += 3_000_000;
         std::thread::sleep(Duration::from_millis(rng.random_range(50..max_run.as_millis().max(51) as u64)));
         sigkill(&s);
@@ -158,7 +161,7 @@ pub fn run_replicas(iterations: usize, max_run: Duration, seed: u64) -> CrashRep
         if last {
             break;
         }
-        let load = Load::start(&urls, &known, next_id, round, seed, Duration::from_millis(300));
+        let load = Load::start(&urls, &known, next_id, round, seed, Duration::from_millis(300), 0.0);
         next_id += 3_000_000;
         let run_ms = rng.random_range(50..max_run.as_millis().max(51) as u64);
         let victim = rng.random_range(0..names.len());
@@ -208,7 +211,7 @@ fn start_replica(root: &TempDir, feed: &str, name: &str) -> Option<Server> {
         name,
         "--admin-token",
         TOKEN,
-        "--compact-log-mb",
+        "--compact-edits-mb",
         "1",
         // a killed replica stops holding trimming back soon
         "--feed-mark-ttl-s",
@@ -282,13 +285,14 @@ fn sigkill(s: &Server) {
 struct Load {
     stop: Arc<AtomicBool>,
     writers: Vec<std::thread::JoinHandle<(usize, usize)>>,
-    compactor: std::thread::JoinHandle<usize>,
+    compactor: std::thread::JoinHandle<(usize, usize)>,
 }
 
 impl Load {
     /// Writers edit ids from `first` on (each its own million), each edit
     /// through a random one of `urls`; the compactor asks a random one for a
-    /// compaction every `compact_every`.
+    /// compaction, or a fold (a share `fold_share` of the time), every
+    /// `compact_every`.
     fn start(
         urls: &[String],
         known: &Arc<Mutex<HashMap<String, Known>>>,
@@ -296,6 +300,7 @@ impl Load {
         round: usize,
         seed: u64,
         compact_every: Duration,
+        fold_share: f64,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let writers = (0..3u64)
@@ -311,16 +316,18 @@ impl Load {
             let mut crng = ChaCha8Rng::seed_from_u64(seed ^ (round as u64 * 31 + 7));
             std::thread::spawn(move || {
                 let c = client();
-                let mut n = 0;
+                let (mut compactions, mut folds) = (0, 0);
                 while !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(compact_every);
                     let url = &urls[crng.random_range(0..urls.len())];
-                    let r = c.post(format!("{url}/admin/catalog/compact")).bearer_auth(TOKEN).send();
+                    let fold = crng.random_bool(fold_share);
+                    let what = if fold { "fold" } else { "compact" };
+                    let r = c.post(format!("{url}/admin/catalog/{what}")).bearer_auth(TOKEN).send();
                     if r.is_ok_and(|r| r.status().is_success()) {
-                        n += 1;
+                        *(if fold { &mut folds } else { &mut compactions }) += 1;
                     }
                 }
-                n
+                (compactions, folds)
             })
         };
         Load { stop, writers, compactor }
@@ -333,7 +340,9 @@ impl Load {
             report.upserts_acked += u;
             report.deletes_acked += d;
         }
-        report.compactions += self.compactor.join().expect("the compaction thread");
+        let (compactions, folds) = self.compactor.join().expect("the compaction thread");
+        report.compactions += compactions;
+        report.folds += folds;
     }
 }
 

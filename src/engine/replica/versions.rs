@@ -208,7 +208,7 @@ impl Engine {
     /// the shared folder's version pass the engine's threshold and no other
     /// replica wrote a version since (the feed thread goes on applying).
     pub(super) fn maybe_compact(&self, rep: &Replica) {
-        let limit = self.opts.compact_log_bytes;
+        let limit = self.opts.compact_edit_bytes;
         if limit == 0
             || rep.bytes_since_version.load(Ordering::Relaxed) < limit
             || rep.compacting.load(Ordering::SeqCst)
