@@ -5,8 +5,9 @@
 # bench-catalog` runs back to back in slices of SLICE_S seconds for MINUTES
 # minutes: NDJSON upserts of new items (2 writers, 2,000 per batch) beside 4
 # closed-loop recommendation clients. After every slice the script records
-# the server's RSS, the edit log's size, the catalog version and the slice's
-# upserts/s and recommend p50/p99, so a reader sees whether they stay flat.
+# the server's RSS, the edit log's size, the segments' count and size, the
+# catalog version and the slice's upserts/s and recommend p50/p99, so a
+# reader sees whether they stay flat.
 # The first slice starts with 60 s of recommendations alone: the idle p99.
 #
 # Usage: benches/sustained_upserts.sh [N]
@@ -61,7 +62,9 @@ import json, sys
 b = json.load(open(sys.argv[1])); c = json.loads(sys.argv[6])
 during = b["recommend_during_stream"]; idle = b.get("recommend_idle") or {}
 print(json.dumps(dict(slice=int(sys.argv[2]), elapsed_s=int(sys.argv[3]), rss_kb=int(sys.argv[4]), log_bytes=int(sys.argv[5]),
-    version=c.get("version"), rows=c.get("rows"), overlay_items=c.get("overlay_items"), compacting=c.get("compacting"), upserts_per_s=b["upserts_per_s"], upsert_errors=b["upsert_errors"],
+    version=c.get("version"), rows=c.get("rows"), overlay_items=c.get("overlay_items"), compacting=c.get("compacting"),
+    segments=None if c.get("segments") is None else len(c["segments"]), segment_bytes=None if c.get("segments") is None else sum(s["bytes"] for s in c["segments"]),
+    upserts_per_s=b["upserts_per_s"], upsert_errors=b["upsert_errors"],
     p50_ms=during["p50_ms"], p99_ms=during["p99_ms"], idle_p99_ms=idle.get("p99_ms"))))
 PY
   tail -1 "$D/slices.jsonl"
@@ -71,9 +74,11 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 idle = rows[0]["idle_p99_ms"]
 print(f"\nidle recommend p99 {idle:.2f} ms (first slice, 60 s, 4 clients)\n")
-print("| slice | ends at s | upserts/s | upsert errors | recommend p50 / p99 ms | p99 x idle | server RSS GB | edit log MB | catalog version (rows, edits above it) |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| slice | ends at s | upserts/s | upsert errors | recommend p50 / p99 ms | p99 x idle | server RSS GB | edit log MB | segments (MB) | catalog version (rows, edits above it) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
+    seg = "busy" if r.get("segments") is None else f"{r['segments']} ({r['segment_bytes'] / 1e6:.0f})"
+    busy = ", compacting or folding" if r.get("compacting") else ""
     print(f"| {r['slice']} | {r['elapsed_s']} | {r['upserts_per_s']:,.0f} | {r['upsert_errors']} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} | "
-          f"{r['p99_ms'] / idle:.2f} | {r['rss_kb'] / 1e6:.2f} | {r['log_bytes'] / 1e6:.0f} | {r['version']} ({r['rows']:,}, {r['overlay_items']:,}) |")
+          f"{r['p99_ms'] / idle:.2f} | {r['rss_kb'] / 1e6:.2f} | {r['log_bytes'] / 1e6:.0f} | {seg} | {r['version']} ({r['rows']:,}, {r['overlay_items']:,}){busy} |")
 PY

@@ -173,15 +173,16 @@ pub(crate) struct CatalogArgs {
 
 #[derive(Subcommand)]
 enum CatalogCommand {
-    /// Fold a catalog folder's edit log into a new version (written beside
-    /// the current one with its ANN index, switched to by an atomic rename).
-    /// The folder must not be in use by a server: a running server compacts
-    /// by itself (--compact-log-mb) or on POST /admin/catalog/compact.
+    /// Write a catalog folder with its segments and edit log as a new version
+    /// (beside the current one, switched to by an atomic rename). The folder
+    /// must not be in use by a server: a running server folds and compacts by
+    /// itself (--fold-log-mb, --compact-edits-mb) or on POST
+    /// /admin/catalog/fold and /admin/catalog/compact.
     Compact {
         /// Catalog folder.
         dir: PathBuf,
     },
-    /// Print a catalog folder's version, sizes and pending edits as JSON.
+    /// Print a catalog folder's version, sizes, segments and pending edits as JSON.
     Info {
         /// Catalog folder.
         dir: PathBuf,
@@ -451,6 +452,7 @@ pub(crate) fn catalog_cmd(a: CatalogArgs) -> Result<()> {
                 "fingerprint": m.fingerprint,
                 "last_edit_id": cat.last_edit_id(),
                 "edits_replayed": report.replayed,
+                "segments": report.segments,
                 "overlay_items": cat.overlay().len(),
                 "fullness": cat.fullness(),
                 "bytes": parts,

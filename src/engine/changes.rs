@@ -119,7 +119,7 @@ impl Engine {
         }
     }
 
-    /// Folds the live edits into a new catalog version: this engine's own
+    /// Writes the live edits into a new catalog version: this engine's own
     /// folder ([`Engine::compact_here`]), or the replicas' shared folder under
     /// the feed's compaction lease. Blocking: run it off the async runtime.
     pub fn compact(&self) -> Result<CompactReport, EngineError> {

@@ -607,7 +607,7 @@ impl Engine {
         done.map_err(EngineError::Catalog)
     }
 
-    /// Folds the live edits into a new version of this engine's catalog
+    /// Writes the live edits into a new version of this engine's catalog
     /// folder (written beside the current one, switched to by an atomic
     /// rename) with its ANN index, then serves it with the edits made
     /// meanwhile replayed on top. Edits go on during the compaction.

@@ -371,7 +371,7 @@ pub async fn catalog_info(State(st): State<Arc<AppState>>) -> Response {
     Json::<CatalogInfo>(st.engine.catalog_info()).into_response()
 }
 
-/// `POST /admin/catalog/compact`: folds the live edits into a new catalog
+/// `POST /admin/catalog/compact`: writes the live edits into a new catalog
 /// version now (answers when done; edits and requests go on meanwhile).
 #[utoipa::path(post, path = "/admin/catalog/compact", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = CompactReport), (status = 401, body = ErrorBody), (status = 404, description = "The admin API is off", body = ErrorBody),
