@@ -11,12 +11,15 @@
 # The first slice starts with 60 s of recommendations alone: the idle p99.
 #
 # Usage: benches/sustained_upserts.sh [N]
-# Env:   WORK (work/sustained), MINUTES (30), SLICE_S (300), PORT (18182)
+# Env:   WORK (work/sustained), MINUTES (30), SLICE_S (300), PORT (18182),
+#        B (the genrec binary, target/release/genrec), SERVE_ARGS (more flags
+#        for genrec serve, e.g. "--fold-log-mb 0" for the catalog without
+#        segments)
 # Writes $WORK/N/slices.jsonl and prints a Markdown table (benches/results/
 # sustained.md keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-B=target/release/genrec
+B=${B:-target/release/genrec}
 N=${1:-10000000}
 WORK=${WORK:-work/sustained}
 MINUTES=${MINUTES:-30}
@@ -27,14 +30,15 @@ D="$WORK/$N"
 [ -x "$B" ] || cargo build --release
 mkdir -p "$D"
 echo "# $(date -u +%FT%TZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(git rev-parse --short HEAD)"
-echo "## benches/sustained_upserts.sh $N (MINUTES=$MINUTES SLICE_S=$SLICE)"
+echo "## benches/sustained_upserts.sh $N (MINUTES=$MINUTES SLICE_S=$SLICE SERVE_ARGS=${SERVE_ARGS:-})"
 [ -f "$D/synth.safetensors" ] || $B synth --out "$D" --items "$N" --dim 64 --users 20000 --seed 7 2> "$D/synth.log"
 # a fresh catalog every run: the indexed state, no edits
 rm -rf "$D/catalog"
 $B index --items "$D/synth.jsonl" --embeddings "$D/synth.safetensors" --out "$D/catalog" > "$D/index.out" 2> "$D/index.log"
 [ -f "$D/model/model.safetensors" ] || $B train --data "$D/synth.inter.json" --catalog "$D/catalog" --out "$D/model" \
     --epochs 1 --valid-users 0 > "$D/train.out" 2> "$D/train.log"
-$B serve --model "$D/model" --addr "127.0.0.1:$PORT" --admin-token "$TOKEN" --intent-model none \
+# shellcheck disable=SC2086
+$B serve --model "$D/model" --addr "127.0.0.1:$PORT" --admin-token "$TOKEN" --intent-model none ${SERVE_ARGS:-} \
     > "$D/serve.out" 2> "$D/serve.log" &
 pid=$!
 trap 'kill $pid 2> /dev/null || true' EXIT

@@ -107,8 +107,33 @@ pub struct OpenReport {
 }
 
 /// Loads the current version of `dir` and replays its logs (read-only: the
-/// folder is not locked and nothing is written).
+/// folder is not locked and nothing is written). A process writing the
+/// folder meanwhile may fold, merge or compact, deleting logs and segments
+/// this one is reading: what was read is kept only if `CURRENT` and
+/// `SEGMENTS` are the same after as before, else it is read again.
 pub fn open_read_only(dir: &Path) -> Result<(Catalog, OpenReport), CatalogError> {
+    // the contents of CURRENT and SEGMENTS (none: absent)
+    type Pointers = (Option<Vec<u8>>, Option<Vec<u8>>);
+    let pointers = |dir: &Path| -> Result<Pointers, CatalogError> {
+        let read = |name: &str| match std::fs::read(dir.join(name)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CatalogError::io(dir.join(name), e)),
+        };
+        Ok((read(CURRENT_FILE)?, read(segments::SEGMENTS_FILE)?))
+    };
+    for _ in 0..20 {
+        let before = pointers(dir)?;
+        let read = read_once(dir);
+        if pointers(dir)? == before {
+            return read;
+        }
+    }
+    Err(CatalogError::Busy(format!("{}: the catalog kept changing while it was read", dir.display())))
+}
+
+/// [`open_read_only`]'s one reading of the folder.
+fn read_once(dir: &Path) -> Result<(Catalog, OpenReport), CatalogError> {
     let (v, vdir) = current_version(dir)?;
     let base = if v == 0 { super::legacy::load(&vdir)? } else { Base::map(&vdir)? };
     let mut cat = Catalog::from_base(base);
@@ -207,6 +232,18 @@ impl WritableDir {
     /// [`Segments::fold`]): call after [`WritableDir::rotate`], with the view
     /// that holds exactly the edits logged before it.
     pub fn fold(&mut self, view: &Catalog) -> Result<FoldReport, CatalogError> {
+        // a compaction whose switch reached the disk but reported an error
+        // (its folder sync failed) leaves CURRENT on a version this handle
+        // does not know: folding onto the old one would delete logs the new
+        // one needs
+        let (on_disk, _) = current_version(&self.path)?;
+        if on_disk != self.version {
+            return Err(CatalogError::Format(format!(
+                "{} is at version {on_disk} on disk, but this process holds version {}: restart it",
+                self.path.display(),
+                self.version
+            )));
+        }
         self.segments.fold(view, self.log_number - 1)
     }
 

@@ -170,14 +170,10 @@ impl Overlay {
         sid: &[u32],
         expiry: Option<u64>,
     ) -> Result<(), CatalogError> {
-        self.trie.remove(&base.trie, sid, item)?;
-        if let Some(ms) = expiry {
-            self.expiring.remove(ms, item);
-        }
+        self.unserve(base, item, sid, expiry)?;
         let data = self.entries.get(&item).and_then(|e| e.item.clone());
         self.seq += 1;
         self.entries.insert(item, ItemState { item: data, served: false, changed: self.seq });
-        self.served -= 1;
         Ok(())
     }
 
@@ -196,8 +192,9 @@ impl Overlay {
         v
     }
 
-    /// Takes a served item's leaf (at `sid`) and expiry out, ahead of a
-    /// [`Overlay::restore`] of its state (a segment read at open).
+    /// Takes a served item's leaf (at `sid`) and expiry out, and counts it
+    /// as not served; its state is set by the caller ([`Overlay::drop_item`],
+    /// or [`Overlay::restore`] of a segment's state at open).
     pub(super) fn unserve(
         &mut self,
         base: &Base,

@@ -106,6 +106,7 @@ pub struct CatalogInfo {
     /// Whether edits are durable before they are acknowledged: in the edit
     /// log, or (with `--feed`) in the replica feed.
     pub durable: bool,
+    /// A compaction or a fold runs.
     pub compacting: bool,
     /// The edit log (null when edits are kept in memory only, or in the feed).
     #[schema(required = true)]

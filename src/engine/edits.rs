@@ -240,6 +240,7 @@ impl Writer {
         Some(due)
     }
 
+    /// A compaction or a fold holds the folder.
     pub(super) fn compacting(&self) -> bool {
         self.store.as_ref().is_some_and(|s| s.dir.is_none())
     }
@@ -485,12 +486,14 @@ impl Engine {
         let added = ann.add(vectors);
         let synced = log.sync_to(end);
         self.publish_synced();
-        added?;
-        synced.map_err(EngineError::Catalog)?;
-        if let Some(m) = due {
-            self.maintain_in_background(m);
+        let done = added.map_err(EngineError::from).and(synced.map_err(EngineError::Catalog));
+        match due {
+            Some(m) if done.is_ok() => self.maintain_in_background(m),
+            // (a failed edit starts nothing, and leaves the claim to a later one)
+            Some(_) => self.lock_writer().maintaining = false,
+            None => {}
         }
-        Ok(())
+        done
     }
 
     /// Takes the items expired by now out of the served view's trie, when
@@ -530,20 +533,40 @@ impl Engine {
     }
 
     /// Runs a fold or a compaction that [`Writer::maintenance_due`] claimed
-    /// on its own thread, at a lower CPU priority, and releases the claim.
+    /// on its own thread, at a lower CPU priority, and releases the claim
+    /// however it ends.
     fn maintain_in_background(&self, m: Maintenance) {
-        let release = |e: &Engine| e.lock_writer().maintaining = false;
+        /// Releases the claim when dropped (a panic included).
+        struct Claim(Arc<Engine>);
+        impl Drop for Claim {
+            fn drop(&mut self) {
+                self.0.lock_writer().maintaining = false;
+            }
+        }
         let Some(me) = self.me() else {
-            release(self);
+            self.lock_writer().maintaining = false;
             return;
         };
-        let spawned = std::thread::Builder::new().name("genrec-compact".into()).spawn(move || {
+        let claim = Claim(me);
+        let name = match m {
+            Maintenance::Fold => "genrec-fold",
+            Maintenance::Compact => "genrec-compact",
+        };
+        // (a thread that cannot start drops the claim with its closure)
+        let _ = std::thread::Builder::new().name(name.into()).spawn(move || {
             lower_priority();
+            let me = &claim.0;
             match m {
                 Maintenance::Compact => match me.compact() {
-                    Ok(r) => {
-                        tracing::info!(version = r.version, items = r.items, seconds = r.seconds, "catalog compacted")
-                    }
+                    Ok(r) => tracing::info!(
+                        version = r.version,
+                        items = r.items,
+                        seconds = r.seconds,
+                        replayed = r.replayed,
+                        replayed_locked = r.replayed_locked,
+                        locked_seconds = r.locked_seconds,
+                        "catalog compacted"
+                    ),
                     Err(EngineError::Conflict(why)) => tracing::debug!(%why, "no compaction"),
                     Err(e) => tracing::warn!(error = %e, "catalog compaction failed; edits keep going to the log"),
                 },
@@ -560,51 +583,55 @@ impl Engine {
                     Err(e) => tracing::warn!(error = %e, "folding the edit log failed; edits keep going to the log"),
                 },
             }
-            release(&me);
         });
-        if spawned.is_err() {
-            release(self);
-        }
     }
 
     /// Folds the edit log into a new segment of the catalog folder (see
     /// [`crate::catalog::segments`]): new edits go to a new log, and the
     /// item states the old logs changed are written as a segment, merged
     /// with older ones in tiers. The served view does not change. Edits go
-    /// on meanwhile; a compaction waits for it.
+    /// on meanwhile; a compaction asked for meanwhile is refused (409), and
+    /// an automatic one is claimed again by a later edit.
     pub fn fold_here(&self) -> Result<FoldReport, EngineError> {
-        let (mut store_dir, view) = {
-            let mut w = self.lock_writer();
-            if w.compacting() {
-                return Err(EngineError::Conflict("a compaction or fold is running already".into()));
-            }
-            let Some(store) = w.store.as_mut() else {
-                return Err(EngineError::Conflict("the catalog is not open for writing: nothing to fold".into()));
-            };
-            let old = store.log.clone();
-            old.sync_to(old.len()).map_err(EngineError::Catalog)?;
-            let mut dir = store
-                .dir
-                .take()
-                .ok_or_else(|| EngineError::Conflict("a compaction or fold is running already".into()))?;
-            match dir.rotate() {
-                Ok((log, _)) => store.log = Arc::new(log),
-                Err(e) => {
-                    store.dir = Some(dir);
-                    return Err(EngineError::Catalog(e));
-                }
-            }
-            // everything queued is synced now
-            if let Some(q) = w.queued.drain(..).next_back() {
-                self.serving.catalog.store(q.view);
-            }
-            (dir, w.head.catalog.clone())
-        };
+        let (mut store_dir, view, _, _) = self.rotate_log("fold")?;
         let done = store_dir.fold(&view);
         if let Some(store) = self.lock_writer().store.as_mut() {
             store.dir = Some(store_dir);
         }
         done.map_err(EngineError::Catalog)
+    }
+
+    /// The first step of a fold or a compaction (`what`), under the edit
+    /// lock: new edits go to a new log from now on, and the view holding
+    /// every edit of the old logs (synced, and published) is what gets
+    /// written. Takes the folder handle (one fold or compaction at a time);
+    /// returns it, the view, the new log's number and the new log.
+    fn rotate_log(&self, what: &str) -> Result<(WritableDir, Catalog, u64, Arc<EditLog>), EngineError> {
+        let busy = || EngineError::Conflict(format!("no {what}: a compaction or fold is running already"));
+        let mut w = self.lock_writer();
+        if w.compacting() {
+            return Err(busy());
+        }
+        let Some(store) = w.store.as_mut() else {
+            return Err(EngineError::Conflict(format!("the catalog is not open for writing: no {what}")));
+        };
+        let old = store.log.clone();
+        old.sync_to(old.len()).map_err(EngineError::Catalog)?;
+        let mut dir = store.dir.take().ok_or_else(busy)?;
+        let (log, number) = match dir.rotate() {
+            Ok(x) => x,
+            Err(e) => {
+                store.dir = Some(dir);
+                return Err(EngineError::Catalog(e));
+            }
+        };
+        let log = Arc::new(log);
+        store.log = log.clone();
+        // everything queued is synced now
+        if let Some(q) = w.queued.drain(..).next_back() {
+            self.serving.catalog.store(q.view);
+        }
+        Ok((dir, w.head.catalog.clone(), number, log))
     }
 
     /// Writes the live edits into a new version of this engine's catalog
@@ -614,35 +641,10 @@ impl Engine {
     pub(super) fn compact_here(&self) -> Result<CompactReport, EngineError> {
         let t0 = Instant::now();
         // 1. new edits go to a new log; the view so far is what gets written
-        let (mut store_dir, view, number, new_log) = {
-            let mut w = self.lock_writer();
-            if w.compacting() {
-                return Err(EngineError::Conflict("a compaction is running already".into()));
-            }
-            let Some(store) = w.store.as_mut() else {
-                return Err(EngineError::Conflict("the catalog is not open for writing: nothing to compact".into()));
-            };
-            let old = store.log.clone();
-            old.sync_to(old.len()).map_err(EngineError::Catalog)?;
-            let mut dir =
-                store.dir.take().ok_or_else(|| EngineError::Conflict("a compaction is running already".into()))?;
-            let (log, number) = match dir.rotate() {
-                Ok(x) => x,
-                Err(e) => {
-                    store.dir = Some(dir);
-                    return Err(EngineError::Catalog(e));
-                }
-            };
-            let log = Arc::new(log);
-            store.log = log.clone();
-            // everything queued is synced now
-            if let Some(q) = w.queued.drain(..).next_back() {
-                self.serving.catalog.store(q.view);
-            }
-            (dir, w.head.catalog.clone(), number, log)
-        };
+        let (mut store_dir, view, number, new_log) = self.rotate_log("compaction")?;
         let done = self.write_and_switch(&mut store_dir, &view, number, &new_log);
         let mut w = self.lock_writer();
+        let locked = Instant::now();
         if let Some(store) = w.store.as_mut() {
             store.dir = Some(store_dir);
         }
@@ -668,6 +670,8 @@ impl Engine {
             items: view.served_len(),
             replayed: replayed + records.len(),
             seconds: t0.elapsed().as_secs_f64(),
+            replayed_locked: records.len(),
+            locked_seconds: locked.elapsed().as_secs_f64(),
         })
     }
 
@@ -715,6 +719,10 @@ pub struct CompactReport {
     /// Edits made during the compaction, replayed on the new version.
     pub replayed: usize,
     pub seconds: f64,
+    /// Of those, the ones replayed at the end under the edit lock, and how
+    /// long edits waited for it then.
+    pub replayed_locked: usize,
+    pub locked_seconds: f64,
 }
 
 /// What applying one item edit did.

@@ -53,6 +53,19 @@ pub struct Latency {
     pub per_s: f64,
 }
 
+/// An error with its causes ("error sending request" says nothing of a
+/// timeout or a closed connection; its sources do).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
 fn latency(mut ms: Vec<f64>, failed: usize, seconds: f64) -> Latency {
     ms.sort_by(f64::total_cmp);
     Latency {
@@ -241,7 +254,7 @@ pub async fn run(o: &CatalogBenchOptions) -> Result<CatalogBenchReport, String> 
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| format!("after {:.1} s: {}", t.elapsed().as_secs_f64(), error_chain(&e)))?;
                 let status = r.status().as_u16();
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 if status != 200 {

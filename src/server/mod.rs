@@ -143,11 +143,11 @@ pub struct ServeArgs {
         value_parser = non_negative_mb)]
     pub fold_log_mb: f64,
     /// Compact the catalog (write a whole new version) when the edits above
-    /// its version, segments and log together, pass this many MiB; 0: only on
-    /// POST /admin/catalog/compact.
-    #[arg(long, alias = "compact-log-mb", env = "GENREC_COMPACT_EDITS_MB",
-        default_value_t = crate::engine::DEFAULT_COMPACT_EDIT_BYTES >> 20)]
-    pub compact_edits_mb: u64,
+    /// its version, segments and log together, pass this many MiB [default:
+    /// 1024]; 0: only on POST /admin/catalog/compact. (The older
+    /// --compact-log-mb and GENREC_COMPACT_LOG_MB still set it.)
+    #[arg(long, alias = "compact-log-mb", env = "GENREC_COMPACT_EDITS_MB")]
+    pub compact_edits_mb: Option<u64>,
     /// Cold-start intent LLM: `none` (profiles are matched to the intent
     /// labels with the sentence encoder), `smollm2` (SmolLM2-135M-Instruct as
     /// scripts/fetch-models.sh puts it), a llama GGUF file, or a Hugging Face
@@ -318,6 +318,20 @@ fn parse_recall(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
         _ => Err(format!("a recall between 0 (exclusive) and 1, not {s:?}")),
+    }
+}
+
+/// `--compact-edits-mb`, else the older variable `GENREC_COMPACT_LOG_MB`,
+/// else the default.
+fn compact_edits_mb(flag: Option<u64>) -> Result<u64> {
+    if let Some(mb) = flag {
+        return Ok(mb);
+    }
+    match std::env::var("GENREC_COMPACT_LOG_MB") {
+        Ok(v) => {
+            v.trim().parse().map_err(|_| anyhow::anyhow!("GENREC_COMPACT_LOG_MB: a whole number of MiB, not {v:?}"))
+        }
+        Err(_) => Ok(crate::engine::DEFAULT_COMPACT_EDIT_BYTES >> 20),
     }
 }
 
@@ -505,7 +519,7 @@ fn finish_engine(
         encoder: Some(args.encoder.clone()),
         device: dev.clone(),
         dtype,
-        compact_edit_bytes: args.compact_edits_mb << 20,
+        compact_edit_bytes: compact_edits_mb(args.compact_edits_mb)? << 20,
         fold_log_bytes: (args.fold_log_mb * (1u64 << 20) as f64) as u64,
         steering_weight: args.steering_weight,
         search_candidates: args.search_candidates,

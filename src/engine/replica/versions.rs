@@ -201,6 +201,8 @@ impl Engine {
             items: view.served_len(),
             replayed: 0,
             seconds: t0.elapsed().as_secs_f64(),
+            replayed_locked: 0,
+            locked_seconds: 0.0,
         })
     }
 
