@@ -32,7 +32,7 @@ use super::array::Array;
 use super::array::ArrayWriter;
 use super::base::{Base, Embeddings};
 use super::edit::EditRecord;
-use super::editlog::{self, EditLog};
+use super::editlog::{self, log_name, EditLog};
 use super::format::{self, sync_dir, Manifest};
 use super::idmap::IdMap;
 use super::segments::{self, FoldReport, SegmentInfo, Segments};
@@ -45,10 +45,6 @@ pub const LOCK_FILE: &str = "LOCK";
 
 fn version_name(v: u64) -> String {
     format!("v-{v:06}")
-}
-
-pub(super) fn log_name(v: u64) -> String {
-    format!("edits-{v:06}.log")
 }
 
 /// The log numbers present in `dir`, ascending.

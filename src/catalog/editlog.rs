@@ -27,6 +27,11 @@ const HEADER: usize = 12;
 /// Largest payload a frame may claim (an upsert is a few KB).
 const MAX_PAYLOAD: usize = 16 << 20;
 
+/// The file name of log number `n` in a catalog folder (`edits-000002.log`).
+pub fn log_name(n: u64) -> String {
+    format!("edits-{n:06}.log")
+}
+
 /// Encodes one record as a frame.
 pub fn frame(rec: &EditRecord) -> Vec<u8> {
     let payload = serde_json::to_vec(rec).unwrap_or_default();

@@ -233,7 +233,7 @@ impl Segments {
         self.list = next;
         self.folded_seq = view.overlay().seq();
         for n in first_log..=last_log {
-            let _ = std::fs::remove_file(self.dir.join(super::dir::log_name(n)));
+            let _ = std::fs::remove_file(self.dir.join(super::editlog::log_name(n)));
         }
         let mut report = FoldReport { entries: m.entries, ..Default::default() };
         while let Some(run) = merge_due(&self.list) {
