@@ -118,15 +118,24 @@ pub fn open_read_only(dir: &Path) -> Result<(Catalog, OpenReport), CatalogError>
         };
         Ok((read(CURRENT_FILE)?, read(segments::SEGMENTS_FILE)?))
     };
-    for _ in 0..20 {
+    for attempt in 0..20u32 {
         let before = pointers(dir)?;
         let read = read_once(dir);
         if pointers(dir)? == before {
             return read;
         }
+        #[cfg(test)]
+        READ_AGAIN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // a writer folding fast: let it go ahead (10 ms, growing to 1 s)
+        std::thread::sleep(std::time::Duration::from_millis((10u64 << attempt.min(7)).min(1000)));
     }
     Err(CatalogError::Busy(format!("{}: the catalog kept changing while it was read", dir.display())))
 }
+
+/// Reads [`open_read_only`] threw away because the folder changed meanwhile
+/// (tests check that their race happened).
+#[cfg(test)]
+pub(crate) static READ_AGAIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// [`open_read_only`]'s one reading of the folder.
 fn read_once(dir: &Path) -> Result<(Catalog, OpenReport), CatalogError> {

@@ -171,8 +171,8 @@ pub fn normalised(embedding: &[f32], dim: usize) -> Result<Vec<f32>, CatalogErro
     if (norm - 1.0).abs() <= 4.0 * f32::EPSILON as f64 {
         return Ok(embedding.to_vec());
     }
-    let norm = norm as f32;
-    Ok(embedding.iter().map(|x| x / norm).collect())
+    // (in f64: the norm of values near f32's limit is no f32)
+    Ok(embedding.iter().map(|&x| (x as f64 / norm) as f32).collect())
 }
 
 impl Catalog {
@@ -465,6 +465,11 @@ mod tests {
                 assert!(once.iter().zip(&twice).all(|(a, b)| a.to_bits() == b.to_bits()), "dim {dim}");
             }
         }
+        // values near f32's limit: a norm past it still normalises, to a unit vector
+        let huge = normalised(&[3e38, -3e38, 1e38], 3).unwrap();
+        let norm: f64 = huge.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-6, "{huge:?}");
+        assert_eq!(normalised(&huge, 3).unwrap(), huge);
     }
 
     #[test]

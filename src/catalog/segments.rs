@@ -225,10 +225,7 @@ impl Segments {
             SegmentInfo { bytes: folder_bytes(&self.dir.join(&name)), name, first_log, last_log, entries: m.entries };
         let mut next = self.list.clone();
         next.push(info);
-        if let Err(e) = write_list(&self.dir, self.version, &next) {
-            let _ = std::fs::remove_dir_all(self.dir.join(&next[next.len() - 1].name));
-            return Err(e);
-        }
+        self.switch_list(&next, &next[next.len() - 1].name)?;
         crash_point("fold-listed");
         self.list = next;
         self.folded_seq = view.overlay().seq();
@@ -251,6 +248,19 @@ impl Segments {
         report.segment_bytes = self.bytes();
         report.seconds = t0.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Writes `next` as the list. On failure the new segment `added` is
+    /// removed, unless the list on disk names it (the rename reached the
+    /// disk and only the folder's sync failed): then the switch is done.
+    fn switch_list(&self, next: &[SegmentInfo], added: &str) -> Result<(), CatalogError> {
+        let Err(e) = write_list(&self.dir, self.version, next) else { return Ok(()) };
+        if read_list(&self.dir, self.version).is_ok_and(|l| l.iter().any(|s| s.name == added)) {
+            tracing::warn!(error = %e, "the segment list was written but its folder's sync failed");
+            return Ok(());
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join(added));
+        Err(e)
     }
 
     /// Merges the segments `run` (a range of the list) into one; returns
@@ -615,6 +625,8 @@ mod tests {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         let reads = reader.join().unwrap();
         assert!(reads >= 5, "the reader read {reads} times only");
+        let again = crate::catalog::dir::READ_AGAIN.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(again > 0, "no read raced a fold: the test showed nothing");
         drop((log, wd));
         std::fs::remove_dir_all(&dir).unwrap();
     }
