@@ -254,8 +254,17 @@ impl EditLog {
     /// and where they end. A compaction's catch-up reads only the records
     /// it has not replayed yet, under the edit lock.
     pub fn read_from(&self, offset: u64) -> Result<(Vec<EditRecord>, u64), CatalogError> {
+        self.read_range(offset, self.len())
+    }
+
+    /// [`EditLog::read_from`] up to what is synced only: records no failed
+    /// append can take back, for a reader that does not hold the edit lock.
+    pub fn read_synced_from(&self, offset: u64) -> Result<(Vec<EditRecord>, u64), CatalogError> {
+        self.read_range(offset, self.synced())
+    }
+
+    fn read_range(&self, offset: u64, end: u64) -> Result<(Vec<EditRecord>, u64), CatalogError> {
         let io = |e| CatalogError::io(&self.path, e);
-        let end = self.len();
         let mut f = File::open(&self.path).map_err(io)?;
         f.seek(SeekFrom::Start(offset)).map_err(io)?;
         let mut bytes = Vec::with_capacity(end.saturating_sub(offset) as usize);
@@ -369,6 +378,11 @@ mod tests {
         assert_eq!(log.read_from(at).unwrap(), (vec![rec(3), rec(4)], log.len()));
         assert_eq!(log.read_from(log.len()).unwrap(), (vec![], log.len()));
         assert!(log.read_from(at + 1).is_err(), "not a record boundary");
+        // what is synced only: nothing past the last sync
+        let end = log.append(&[rec(5)]).unwrap();
+        assert_eq!(log.read_synced_from(at).unwrap(), (vec![], at), "records 3 and 4 were never synced");
+        log.sync_to(end).unwrap();
+        assert_eq!(log.read_synced_from(at).unwrap(), (vec![rec(3), rec(4), rec(5)], end));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -692,14 +692,35 @@ impl Engine {
         let vdir = store_dir.commit_version(view, number, &extra).map_err(EngineError::Catalog)?;
         let base = crate::catalog::Base::map(&vdir).map_err(EngineError::Catalog)?;
         let mut cat = Catalog::from_base(base);
-        let (records, read_to) = new_log.read_from(0).map_err(EngineError::Catalog)?;
+        let (records, mut read_to) = new_log.read_synced_from(0).map_err(EngineError::Catalog)?;
         for r in &records {
             cat.apply(r).map_err(EngineError::Catalog)?;
         }
         let ann = Arc::new(Ann::open(&cat)?);
-        Ok((Arc::new(ServedCatalog { catalog: cat, ann }), records.len(), read_to))
+        // the edits made meanwhile, still without the lock, until few are
+        // left: at 10^7 the catch-up under the lock held edits for seconds
+        let mut replayed = records.len();
+        loop {
+            let (more, end) = new_log.read_synced_from(read_to).map_err(EngineError::Catalog)?;
+            let mut vectors = Vec::new();
+            for r in &more {
+                if let Some(crate::catalog::edit::Applied::Upserted(up)) = cat.apply(r).map_err(EngineError::Catalog)? {
+                    vectors.push((up.ann_key, up.embedding));
+                }
+            }
+            ann.add(&vectors)?;
+            (replayed, read_to) = (replayed + more.len(), end);
+            if more.len() < CATCH_UP_UNLOCKED_BELOW {
+                break;
+            }
+        }
+        Ok((Arc::new(ServedCatalog { catalog: cat, ann }), replayed, read_to))
     }
 }
+
+/// A compaction replays the edits made during it without the edit lock
+/// until a pass finds fewer than this many; the rest under the lock.
+const CATCH_UP_UNLOCKED_BELOW: usize = 1_000;
 
 /// Work on the catalog folder that edits make due.
 #[derive(Debug, Clone, Copy, PartialEq)]
