@@ -3,10 +3,10 @@
 //! recency-weighted mean of a user's history: every item of a test user's
 //! sequence but the last), per number of probed cells and for the count the
 //! index calibrates itself to (`serve --ann-recall`, default 0.95), beside
-//! the HNSW graph when the catalog version has one. In-process: the index
-//! alone, no HTTP. `benches/results/ann.md` keeps the tables.
+//! the semantic-ID cells (`--cells`) and the HNSW graph (`--graph`). In-process:
+//! the index alone, no HTTP. `benches/results/ann.md` keeps the tables.
 //!
-//!     cargo bench --bench ann -- --catalog DIR --data NAME.inter.json [--queries 1000] [--graph] [--max-probes N]
+//!     cargo bench --bench ann -- --catalog DIR --data NAME.inter.json [--queries 1000] [--cells] [--graph] [--max-probes N]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,13 +14,14 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use genrec::catalog::{dir::open_read_only, Catalog};
-use genrec::recall::{Ann, AnnKind, Cells};
+use genrec::recall::{Ann, AnnKind, Cells, Ivf};
 
 struct Args {
     catalog: PathBuf,
     data: PathBuf,
     queries: usize,
     graph: bool,
+    cells: bool,
     target: f64,
     max_probes: usize,
 }
@@ -31,6 +32,7 @@ fn args() -> Args {
         data: PathBuf::new(),
         queries: 1000,
         graph: false,
+        cells: false,
         target: 0.95,
         max_probes: 1 << 16,
     };
@@ -43,6 +45,7 @@ fn args() -> Args {
             "--queries" => a.queries = val().parse().expect("--queries N"),
             "--target" => a.target = val().parse().expect("--target RECALL"),
             "--graph" => a.graph = true,
+            "--cells" => a.cells = true,
             "--max-probes" => a.max_probes = val().parse().expect("--max-probes N"),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -118,6 +121,15 @@ fn exact_top10(cat: &Catalog, queries: &[Vec<f32>]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The next probe count of a sweep, about √2 apart: 1, 2, 3, 4, 6, 8, 12, ...
+fn next_probes(p: usize) -> usize {
+    if p >= 2 && p.is_power_of_two() {
+        p + p / 2
+    } else {
+        p.next_power_of_two().max(p + 1)
+    }
+}
+
 /// Recall@10 and latency of `search` over the queries.
 fn measure(queries: &[Vec<f32>], exact: &[Vec<u32>], search: impl Fn(&[f32]) -> Vec<u32>) -> (f64, f64, f64) {
     let mut times = Vec::with_capacity(queries.len());
@@ -163,31 +175,57 @@ fn main() {
         queries.len(),
         t.elapsed().as_secs_f64()
     );
+    let mut rows = Vec::new();
     let t = Instant::now();
-    let cells = Cells::new(&cat, a.target).expect("a catalog with codebooks");
-    let open_s = t.elapsed().as_secs_f64();
+    let ivf = Ivf::open(&cat, a.target).expect("the IVF index");
+    let ivf_open_s = t.elapsed().as_secs_f64();
     println!(
-        "cells index (cells at depth {}) opened, calibrated for {:.2}, in {:.2} s: {} probes; calibration curve {:?}",
-        cells.depth(),
+        "ivf index ({} cells, {}) opened in {:.2} s: {} probes for {:.2}; calibration curve {:?}",
+        ivf.cells(),
+        if ivf.is_mapped() { "mapped from the version" } else { "built at open" },
+        ivf_open_s,
+        ivf.probes(),
         a.target,
-        open_s,
-        cells.probes(),
-        cells.curve()
+        ivf.curve()
     );
     println!("\n| index | probes | recall@10 | p50 ms | p99 ms |\n|---|---|---|---|---|");
-    let mut rows = Vec::new();
     let mut probes = 1;
-    while probes <= a.max_probes {
+    while probes <= a.max_probes.min(ivf.cells()) {
         let (r, p50, p99) = measure(&queries, &exact, |q| {
-            cells.nearest_probing(&cat, q, 10, probes, |_| true).into_iter().map(|x| x.0).collect()
+            ivf.nearest_probing(&cat, q, 10, probes, |_| true).into_iter().map(|x| x.0).collect()
         });
-        let mark = if probes == cells.probes() { " (calibrated)" } else { "" };
-        println!("| cells | {probes}{mark} | {r:.4} | {p50:.2} | {p99:.2} |");
-        rows.push(serde_json::json!({"index": "cells", "probes": probes, "calibrated": probes == cells.probes(), "recall_at_10": r, "p50_ms": p50, "p99_ms": p99}));
-        if r >= 0.9995 && probes >= cells.probes() {
+        let mark = if probes == ivf.probes() { " (calibrated)" } else { "" };
+        println!("| ivf | {probes}{mark} | {r:.4} | {p50:.2} | {p99:.2} |");
+        rows.push(serde_json::json!({"index": "ivf", "probes": probes, "calibrated": probes == ivf.probes(), "recall_at_10": r, "p50_ms": p50, "p99_ms": p99}));
+        if r >= 0.9995 && probes >= ivf.probes() {
             break;
         }
-        probes *= 2;
+        probes = next_probes(probes);
+    }
+    let mut cells_probes = None;
+    if a.cells {
+        let t = Instant::now();
+        let cells = Cells::new(&cat, a.target).expect("a catalog with codebooks");
+        println!(
+            "| cells (depth {}, opened in {:.2} s; curve {:?}) | | | | |",
+            cells.depth(),
+            t.elapsed().as_secs_f64(),
+            cells.curve()
+        );
+        cells_probes = Some(cells.probes());
+        let mut probes = 1;
+        while probes <= a.max_probes {
+            let (r, p50, p99) = measure(&queries, &exact, |q| {
+                cells.nearest_probing(&cat, q, 10, probes, |_| true).into_iter().map(|x| x.0).collect()
+            });
+            let mark = if probes == cells.probes() { " (calibrated)" } else { "" };
+            println!("| cells | {probes}{mark} | {r:.4} | {p50:.2} | {p99:.2} |");
+            rows.push(serde_json::json!({"index": "cells", "probes": probes, "calibrated": probes == cells.probes(), "recall_at_10": r, "p50_ms": p50, "p99_ms": p99}));
+            if r >= 0.9995 && probes >= cells.probes() {
+                break;
+            }
+            probes *= 2;
+        }
     }
     if a.graph {
         let t = Instant::now();
@@ -202,6 +240,6 @@ fn main() {
     println!("\npeak RSS {:.0} MB", peak_rss_mb());
     println!(
         "{}",
-        serde_json::json!({"catalog": a.catalog, "items": cat.len(), "queries": queries.len(), "calibrated_probes": cells.probes(), "cells_open_s": open_s, "rows": rows, "peak_rss_mb": peak_rss_mb()})
+        serde_json::json!({"catalog": a.catalog, "items": cat.len(), "queries": queries.len(), "ivf_cells": ivf.cells(), "ivf_probes": ivf.probes(), "ivf_open_s": ivf_open_s, "ivf_mapped": ivf.is_mapped(), "cells_probes": cells_probes, "rows": rows, "peak_rss_mb": peak_rss_mb()})
     );
 }

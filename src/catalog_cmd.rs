@@ -327,6 +327,7 @@ fn finish_index(
     let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
     let self_recall = parking_lot::Mutex::new(None);
     let graph = |cat: &Catalog, dir: &Path| {
+        genrec::recall::ivf::write_version(cat, None, dir).map_err(|e| CatalogError::Format(e.to_string()))?;
         if !a.ann_graph {
             return Ok(());
         }
@@ -421,9 +422,9 @@ pub(crate) fn catalog_cmd(a: CatalogArgs) -> Result<()> {
             eprintln!("compact: version {} with {} edits replayed", report.version, report.replayed);
             let (new_log, number) = wd.rotate()?;
             drop(log);
-            let prev = cat.base().source.as_ref().map(|d| d.join(genrec::recall::ANN_FILE));
+            let prev = cat.base().source.clone();
             let graph = |v: &Catalog, d: &Path| {
-                genrec::recall::carry_version_graph(v, prev.as_deref(), d)
+                genrec::recall::write_version_indexes(v, prev.as_deref(), d)
                     .map_err(|e| CatalogError::Format(e.to_string()))
             };
             let vdir = wd.commit_version(&cat, number, &graph)?;

@@ -511,14 +511,14 @@ pub fn index(
             expiry: Default::default(),
             source: None,
         };
-        if let (false, Embeddings::F16(e)) = (base.codebooks.is_empty(), &base.embeddings) {
-            super::leaf_order::write(&vdir, e, base.trie.arrays().leaf_item, dim)?;
-        }
         base.write_all_but_embeddings(&vdir)?;
         phases.push(("write".to_string(), t.elapsed().as_secs_f64() - trie_secs));
         phases.push(("trie".to_string(), trie_secs));
         let t = Instant::now();
-        let cat = Catalog::from_base(base);
+        // the ANN indexes read the version as written: mapped, so that the
+        // ids, titles and id map built in memory (6 GB at 10^8) are freed first
+        drop(base);
+        let cat = Catalog::from_base(Base::map(&vdir)?);
         graph(&cat, &vdir)?;
         phases.push(("ann".to_string(), t.elapsed().as_secs_f64()));
         format::sync_dir(&vdir)?;

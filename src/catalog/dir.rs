@@ -575,10 +575,6 @@ pub fn write_version(view: &Catalog, dir: &Path, number: u64, feed_position: Opt
         expiry: crate::catalog::expiry::BaseExpiry::from_pairs(&expiring),
         source: None,
     };
-    if !base.codebooks.is_empty() {
-        let rows = Array::<u16>::map(&dir.join("embeddings.f16"), n * dim)?;
-        super::leaf_order::write(dir, &rows, base.trie.arrays().leaf_item, dim)?;
-    }
     // everything but the embeddings, which are written already
     base.write_all_but_embeddings(dir)
 }

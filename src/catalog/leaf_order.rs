@@ -1,8 +1,10 @@
-//! The embeddings again, in the trie's leaf order (`embeddings.leaf.f16`),
-//! written with every version that has codebooks. The ANN cells index
-//! ([`crate::recall`]) reads a cell's items as one run of rows; with this file
-//! it maps them instead of copying every row into leaf order at open, which
-//! at 10^8 items would take 12.8 GB of memory and minutes of random reads.
+//! Embeddings written again in another order, so that an ANN index reads a
+//! cell's items as one run of rows: the IVF index's cell order
+//! ([`crate::recall::ivf`], `embeddings.ivf.f16`, written with every
+//! version), and the trie's leaf order (`embeddings.leaf.f16`), which versions
+//! carried for the semantic-ID cells index until the IVF index replaced it as
+//! the default; the cells index maps it when a version has it and copies the
+//! rows at open otherwise.
 
 use std::path::Path;
 
@@ -12,8 +14,8 @@ use super::CatalogError;
 /// The file's name in a version folder.
 pub const LEAF_FILE: &str = "embeddings.leaf.f16";
 
-/// Bytes of leaf-ordered rows gathered in memory per pass.
-const PASS_BYTES: usize = 4 << 30;
+/// Bytes of ordered rows gathered in memory per pass.
+const PASS_BYTES: usize = 2 << 30;
 
 /// Writes `rows` (f16, `dim` per row) in the order of `leaf_item` (row `j`
 /// of the file is `rows[leaf_item[j]]`) into `dir`. The rows are read in
@@ -21,20 +23,26 @@ const PASS_BYTES: usize = 4 << 30;
 /// items the rows do not fit the page cache beside the build, and random
 /// reads of them thrash.
 pub fn write(dir: &Path, rows: &[u16], leaf_item: &[u32], dim: usize) -> Result<(), CatalogError> {
-    write_in_passes(dir, rows, leaf_item, dim, PASS_BYTES)
+    write_ordered(&dir.join(LEAF_FILE), "embeddings in leaf order", rows, leaf_item, dim)
+}
+
+/// Writes `rows` in the order of `order` to `path` the same way (the IVF
+/// index's cell order uses it too), with a progress bar named `label`.
+pub fn write_ordered(path: &Path, label: &str, rows: &[u16], order: &[u32], dim: usize) -> Result<(), CatalogError> {
+    write_in_passes(path, label, rows, order, dim, PASS_BYTES)
 }
 
 fn write_in_passes(
-    dir: &Path,
+    path: &Path,
+    label: &str,
     rows: &[u16],
     leaf_item: &[u32],
     dim: usize,
     pass_bytes: usize,
 ) -> Result<(), CatalogError> {
-    let path = dir.join(LEAF_FILE);
-    let mut w = ArrayWriter::<u16>::create(&path)?;
+    let mut w = ArrayWriter::<u16>::create(path)?;
     let (n, leaves) = (rows.len() / dim.max(1), leaf_item.len());
-    let p = crate::progress::Progress::new("embeddings in leaf order", leaves as u64);
+    let p = crate::progress::Progress::new(label, leaves as u64);
     // each row's leaf (u32::MAX: not a leaf, a removed row)
     let mut leaf_of = vec![u32::MAX; n];
     for (j, &i) in leaf_item.iter().enumerate() {
@@ -95,7 +103,7 @@ mod tests {
             leaf_item.iter().flat_map(|&i| rows[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
         for pass_bytes in [1, 2 * dim * 5, 2 * dim * 7 + 1, 1 << 20] {
             let dir = tempfile::tempdir().unwrap();
-            write_in_passes(dir.path(), &rows, &leaf_item, dim, pass_bytes).unwrap();
+            write_in_passes(&dir.path().join(LEAF_FILE), "rows", &rows, &leaf_item, dim, pass_bytes).unwrap();
             let got = open(dir.path(), leaf_item.len(), dim).unwrap();
             assert_eq!(&got[..], &want[..], "{pass_bytes} bytes per pass");
         }

@@ -267,6 +267,16 @@ impl Catalog {
         self.delta.item(item).map_or(item as u64, |it| it.ann_key)
     }
 
+    /// Whether the item is served with the vector of ANN key `key` (its base
+    /// row's is the item's index): one lookup, for ANN indexes that hold
+    /// vectors an edit has replaced since.
+    pub fn serves_vector(&self, item: u32, key: u64) -> bool {
+        match self.delta.entry(item) {
+            Some(e) => e.served && e.item.as_ref().map_or(item as u64, |it| it.ann_key) == key,
+            None => key == item as u64 && (item as usize) < self.base.rows() && !self.base.is_removed(item),
+        }
+    }
+
     /// The k-means codebooks (empty for imported semantic IDs).
     pub fn codebooks(&self) -> &[Vec<f32>] {
         &self.base.codebooks

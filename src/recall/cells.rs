@@ -91,7 +91,7 @@ impl Cells {
         let mapped = base.source.as_deref().and_then(|d| leaf_order::open(d, a.leaf_item.len(), dim));
         let by_leaf = match mapped {
             Some(rows) => Embeddings::F16(rows),
-            None => leaf_ordered(&base.embeddings, a.leaf_item, dim),
+            None => ordered_rows(&base.embeddings, a.leaf_item, dim),
         };
         let mut cells = Cells {
             dim,
@@ -261,7 +261,7 @@ impl Cells {
 }
 
 /// The best `k` hits, best first (ties to the smaller item).
-fn top(mut hits: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
+pub(super) fn top(mut hits: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
     let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if hits.len() > k && k > 0 {
         hits.select_nth_unstable_by(k - 1, by_score);
@@ -272,8 +272,9 @@ fn top(mut hits: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
     hits
 }
 
-/// `rows` reordered by leaf: row `j` is the embedding of `leaf_item[j]`.
-fn leaf_ordered(rows: &Embeddings, leaf_item: &[u32], dim: usize) -> Embeddings {
+/// `rows` reordered: row `j` is the embedding of `leaf_item[j]` (leaf order
+/// here, cell order in [`super::ivf`]).
+pub(super) fn ordered_rows(rows: &Embeddings, leaf_item: &[u32], dim: usize) -> Embeddings {
     use rayon::prelude::*;
     match rows {
         Embeddings::F32(a) => {
@@ -359,10 +360,10 @@ mod tests {
         assert!(single < recall, "one cell finds less ({single})");
     }
 
-    /// A catalog folder's version carries its rows in leaf order: the index
-    /// maps them (no copy), they are the rows a copy would hold, and the
-    /// answers are those of an index over a copy (the same version without
-    /// the file).
+    /// A version that carries its rows in leaf order (written until the IVF
+    /// index became the default): the index maps them (no copy), they are
+    /// the rows a copy would hold, and the answers are those of an index over
+    /// a copy (the same version without the file).
     #[test]
     fn a_saved_version_is_mapped_in_leaf_order() {
         let cat = catalog();
@@ -370,8 +371,11 @@ mod tests {
         let (with, without) = (dir.path().join("with"), dir.path().join("without"));
         cat.save(&with).unwrap();
         cat.save(&without).unwrap();
-        let version = std::fs::read_dir(&without).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
-        std::fs::remove_file(version.join(leaf_order::LEAF_FILE)).unwrap();
+        let version = std::fs::read_dir(&with).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+        assert!(!version.join(leaf_order::LEAF_FILE).exists(), "no longer written");
+        let dim = cat.manifest().embedding_dim;
+        let rows = Array::<u16>::map(&version.join("embeddings.f16"), cat.len() * dim).unwrap();
+        leaf_order::write(&version, &rows, cat.base().trie.arrays().leaf_item, dim).unwrap();
         let (with, without) = (Catalog::load(&with).unwrap(), Catalog::load(&without).unwrap());
         let (mapped, copied) = (Cells::new(&with, 0.95).unwrap(), Cells::new(&without, 0.95).unwrap());
         match (&mapped.by_leaf, &copied.by_leaf) {

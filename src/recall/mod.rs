@@ -2,10 +2,14 @@
 //! generative model cannot (no model, past the deadline, too few items left
 //! after exclusions, or asked for with `"strategy": "ann"`).
 //!
-//! [`Ann`] is one of two indexes, chosen once when it opens ([`AnnKind`],
+//! [`Ann`] is one of three indexes, chosen once when it opens ([`AnnKind`],
 //! `genrec serve --ann`):
 //!
-//! - **cells** (the default; [`cells`]): the catalog's own semantic IDs as an
+//! - **ivf** (the default; [`ivf`]): an inverted file over a two-level
+//!   k-means tree of its own ([`quantiser`]), saved with each catalog version
+//!   and carried through compactions; live edits join their cell. The number
+//!   of cells a query probes comes from a target recall.
+//! - **cells** ([`cells`]): the catalog's own semantic IDs as an
 //!   inverted file. Nothing is built, saved or added: the trie's depth-2 nodes
 //!   are the cells, scored from the residual codebooks, and live edits are in
 //!   their cells as soon as the catalog view has them. The number of cells a
@@ -29,6 +33,8 @@
 
 pub mod cells;
 pub mod hnsw;
+pub mod ivf;
+pub mod quantiser;
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
@@ -40,6 +46,7 @@ use rayon::prelude::*;
 use crate::catalog::{Catalog, CatalogError};
 pub use cells::Cells;
 pub use hnsw::{Hnsw, Storage};
+pub use ivf::Ivf;
 
 /// The ANN index file inside a catalog version folder.
 pub const ANN_FILE: &str = "ann.usearch";
@@ -71,6 +78,9 @@ const OVERLAY_EXPANSION_ADD: usize = 24;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AnnKind {
+    /// An inverted file over k-means cells of its own, probed for a target
+    /// recall.
+    Ivf,
     /// The catalog's semantic-ID cells, probed for a target recall.
     Cells,
     /// The HNSW graph saved with the catalog version.
@@ -88,7 +98,7 @@ pub enum AnnFallback {
 /// The process-wide choice, set once at start: the kind, and the cells'
 /// target recall in millionths.
 static KIND: AtomicU8 = AtomicU8::new(0);
-static TARGET_PPM: AtomicU32 = AtomicU32::new((cells::DEFAULT_TARGET_RECALL * 1e6) as u32);
+static TARGET_PPM: AtomicU32 = AtomicU32::new((ivf::DEFAULT_TARGET_RECALL * 1e6) as u32);
 
 /// Chooses the index every [`Ann::open`] opens from now on.
 pub fn set_ann(kind: AnnKind, target_recall: f64) {
@@ -97,7 +107,11 @@ pub fn set_ann(kind: AnnKind, target_recall: f64) {
 }
 
 fn chosen() -> (AnnKind, f64) {
-    let kind = if KIND.load(Ordering::Relaxed) == AnnKind::Graph as u8 { AnnKind::Graph } else { AnnKind::Cells };
+    let kind = match KIND.load(Ordering::Relaxed) {
+        k if k == AnnKind::Graph as u8 => AnnKind::Graph,
+        k if k == AnnKind::Cells as u8 => AnnKind::Cells,
+        _ => AnnKind::Ivf,
+    };
     (kind, TARGET_PPM.load(Ordering::Relaxed) as f64 / 1e6)
 }
 
@@ -108,6 +122,7 @@ pub struct Ann {
 }
 
 enum Index {
+    Ivf(Ivf),
     Cells(Cells),
     /// The base version's graph and the graph of the items edited since;
     /// `adding` serialises adders, so that the room check before an add holds.
@@ -165,6 +180,15 @@ pub fn build_and_save(view: &Catalog, dir: &Path) -> Result<f64, RecallError> {
         .count();
     g.save(&dir.join(ANN_FILE))?;
     Ok(found as f64 / probes.len().max(1) as f64)
+}
+
+/// Writes the ANN indexes of a new catalog version holding `view` into
+/// `dir`, after the version in folder `prev` (if any): the IVF index always
+/// ([`ivf::write_version`]; it keeps `prev`'s quantiser), and the graph when
+/// `prev` has one ([`carry_version_graph`]).
+pub fn write_version_indexes(view: &Catalog, prev: Option<&Path>, dir: &Path) -> Result<(), RecallError> {
+    carry_version_graph(view, prev.map(|p| p.join(ANN_FILE)).as_deref(), dir)?;
+    ivf::write_version(view, prev, dir)
 }
 
 /// [`write_version_graph`] when the previous version has a graph: a catalog
@@ -226,6 +250,9 @@ impl Ann {
     /// graph for a catalog without codebooks.
     pub fn open_as(catalog: &Catalog, kind: AnnKind, target: f64) -> Result<Self, RecallError> {
         let mut fallback = None;
+        if kind == AnnKind::Ivf {
+            return Ok(Ann { index: Index::Ivf(Ivf::open(catalog, target)?), fallback: None });
+        }
         if kind == AnnKind::Cells {
             match Cells::new(catalog, target) {
                 Some(c) => return Ok(Ann { index: Index::Cells(c), fallback: None }),
@@ -263,6 +290,7 @@ impl Ann {
     /// The kind of index this is.
     pub fn kind(&self) -> AnnKind {
         match self.index {
+            Index::Ivf(_) => AnnKind::Ivf,
             Index::Cells(_) => AnnKind::Cells,
             Index::Graph { .. } => AnnKind::Graph,
         }
@@ -276,6 +304,7 @@ impl Ann {
     /// Cells a query probes (cells only).
     pub fn probes(&self) -> Option<usize> {
         match &self.index {
+            Index::Ivf(i) => Some(i.probes()),
             Index::Cells(c) => Some(c.probes()),
             Index::Graph { .. } => None,
         }
@@ -284,6 +313,7 @@ impl Ann {
     /// Vectors in the base graph (0 for cells: nothing is indexed).
     pub fn base_len(&self) -> usize {
         match &self.index {
+            Index::Ivf(i) => i.base_len(),
             Index::Cells(_) => 0,
             Index::Graph { base, .. } => base.len(),
         }
@@ -292,6 +322,7 @@ impl Ann {
     /// Vectors in the overlay graph (stale ones included; 0 for cells).
     pub fn overlay_len(&self) -> usize {
         match &self.index {
+            Index::Ivf(i) => i.added_len(),
             Index::Cells(_) => 0,
             Index::Graph { overlay, .. } => overlay.read().len(),
         }
@@ -300,6 +331,7 @@ impl Ann {
     /// Bytes of memory the index holds.
     pub fn memory(&self) -> usize {
         match &self.index {
+            Index::Ivf(i) => i.memory(),
             Index::Cells(c) => c.memory(),
             Index::Graph { base, overlay, .. } => base.memory() + overlay.read().memory(),
         }
@@ -310,7 +342,11 @@ impl Ann {
     /// when it lacks room), so that no search runs beside an insert. Cells
     /// need nothing: an edited item is in its cell through the catalog view.
     pub fn add(&self, items: &[(u64, Vec<f32>)]) -> Result<(), RecallError> {
-        let Index::Graph { overlay, adding, .. } = &self.index else { return Ok(()) };
+        let (overlay, adding) = match &self.index {
+            Index::Ivf(i) => return i.add(items),
+            Index::Cells(_) => return Ok(()),
+            Index::Graph { overlay, adding, .. } => (overlay, adding),
+        };
         let _one_adder = adding.lock();
         for chunk in items.chunks(ADD_CHUNK) {
             let mut g = overlay.write();
@@ -357,6 +393,7 @@ impl Ann {
         }
         let (base, overlay) = match &self.index {
             // (the view's trie holds only served items)
+            Index::Ivf(i) => return Ok(i.nearest(catalog, query, k, keep)),
             Index::Cells(c) => return Ok(c.nearest(catalog, query, k, keep)),
             Index::Graph { base, overlay, .. } => (base, overlay),
         };
@@ -398,7 +435,7 @@ mod tests {
 
     #[test]
     fn finds_an_item_by_its_own_embedding_and_follows_edits() {
-        for kind in [AnnKind::Graph, AnnKind::Cells] {
+        for kind in [AnnKind::Graph, AnnKind::Cells, AnnKind::Ivf] {
             finds_and_follows(kind);
         }
     }
@@ -475,7 +512,7 @@ mod tests {
         fn overlay(ann: &Ann) -> parking_lot::RwLockReadGuard<'_, Hnsw> {
             match &ann.index {
                 Index::Graph { overlay, .. } => overlay.read(),
-                Index::Cells(_) => unreachable!("a graph"),
+                Index::Ivf(_) | Index::Cells(_) => unreachable!("a graph"),
             }
         }
         let vec_of = move |i: usize| -> Vec<f32> {

@@ -88,7 +88,7 @@ pub struct ServeArgs {
     /// inverted file; nothing to build, live edits included at once) or
     /// graph (the HNSW graph saved with the catalog version, built when
     /// missing). Catalogs without codebooks take the graph.
-    #[arg(long, env = "GENREC_ANN", value_enum, default_value_t = crate::recall::AnnKind::Cells)]
+    #[arg(long, env = "GENREC_ANN", value_enum, default_value_t = crate::recall::AnnKind::Ivf)]
     pub ann: crate::recall::AnnKind,
     /// The recall@10 the cells index probes enough cells for (0-1; chosen
     /// at start on calibration queries).

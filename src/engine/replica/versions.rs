@@ -15,7 +15,7 @@ use crate::engine::state::ServedCatalog;
 use crate::engine::{Engine, EngineError};
 use crate::feed::record::Record;
 use crate::feed::{FeedError, Position};
-use crate::recall::{carry_version_graph, Ann, ANN_FILE};
+use crate::recall::{write_version_indexes, Ann};
 
 impl Engine {
     /// Moves this replica onto a newer version of the shared folder (written
@@ -179,9 +179,9 @@ impl Engine {
         let ttl = rep.mark_ttl.as_millis() as u64;
         let active: Vec<_> = marks.iter().filter(|m| m.age_ms < ttl && m.name != rep.name).collect();
         let keep_from = active.iter().map(|m| m.version).min().unwrap_or(current).min(current);
-        let prev_graph = view.base().source.as_ref().map(|d| d.join(ANN_FILE));
+        let prev = view.base().source.clone();
         let extra = |v: &crate::catalog::Catalog, d: &std::path::Path| {
-            carry_version_graph(v, prev_graph.as_deref(), d)
+            write_version_indexes(v, prev.as_deref(), d)
                 .map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
         };
         let (number, _) =
