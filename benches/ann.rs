@@ -3,10 +3,12 @@
 //! recency-weighted mean of a user's history: every item of a test user's
 //! sequence but the last), per number of probed cells and for the count the
 //! index calibrates itself to (`serve --ann-recall`, default 0.95), beside
-//! the semantic-ID cells (`--cells`) and the HNSW graph (`--graph`). In-process:
-//! the index alone, no HTTP. `benches/results/ann.md` keeps the tables.
+//! for the IVF index. In-process: the index alone, no HTTP.
+//! `benches/results/ann.md` keeps the tables (with those of the semantic-ID
+//! cells and the HNSW graph, measured by this bench before they were
+//! removed).
 //!
-//!     cargo bench --bench ann -- --catalog DIR --data NAME.inter.json [--queries 1000] [--cells] [--graph] [--max-probes N]
+//!     cargo bench --bench ann -- --catalog DIR --data NAME.inter.json [--queries 1000] [--max-probes N]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,28 +16,19 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use genrec::catalog::{dir::open_read_only, Catalog};
-use genrec::recall::{Ann, AnnKind, Cells, Ivf};
+use genrec::recall::{Ann, Ivf};
 
 struct Args {
     catalog: PathBuf,
     data: PathBuf,
     queries: usize,
-    graph: bool,
-    cells: bool,
     target: f64,
     max_probes: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        catalog: PathBuf::new(),
-        data: PathBuf::new(),
-        queries: 1000,
-        graph: false,
-        cells: false,
-        target: 0.95,
-        max_probes: 1 << 16,
-    };
+    let mut a =
+        Args { catalog: PathBuf::new(), data: PathBuf::new(), queries: 1000, target: 0.95, max_probes: 1 << 16 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -44,8 +37,6 @@ fn args() -> Args {
             "--data" => a.data = val().into(),
             "--queries" => a.queries = val().parse().expect("--queries N"),
             "--target" => a.target = val().parse().expect("--target RECALL"),
-            "--graph" => a.graph = true,
-            "--cells" => a.cells = true,
             "--max-probes" => a.max_probes = val().parse().expect("--max-probes N"),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -202,44 +193,9 @@ fn main() {
         }
         probes = next_probes(probes);
     }
-    let mut cells_probes = None;
-    if a.cells {
-        let t = Instant::now();
-        let cells = Cells::new(&cat, a.target).expect("a catalog with codebooks");
-        println!(
-            "| cells (depth {}, opened in {:.2} s; curve {:?}) | | | | |",
-            cells.depth(),
-            t.elapsed().as_secs_f64(),
-            cells.curve()
-        );
-        cells_probes = Some(cells.probes());
-        let mut probes = 1;
-        while probes <= a.max_probes {
-            let (r, p50, p99) = measure(&queries, &exact, |q| {
-                cells.nearest_probing(&cat, q, 10, probes, |_| true).into_iter().map(|x| x.0).collect()
-            });
-            let mark = if probes == cells.probes() { " (calibrated)" } else { "" };
-            println!("| cells | {probes}{mark} | {r:.4} | {p50:.2} | {p99:.2} |");
-            rows.push(serde_json::json!({"index": "cells", "probes": probes, "calibrated": probes == cells.probes(), "recall_at_10": r, "p50_ms": p50, "p99_ms": p99}));
-            if r >= 0.9995 && probes >= cells.probes() {
-                break;
-            }
-            probes *= 2;
-        }
-    }
-    if a.graph {
-        let t = Instant::now();
-        let ann = Ann::open_as(&cat, AnnKind::Graph, a.target).expect("the graph");
-        let open_graph = t.elapsed().as_secs_f64();
-        let (r, p50, p99) = measure(&queries, &exact, |q| {
-            ann.nearest(&cat, q, 10, |_| true).expect("a search").into_iter().map(|x| x.0).collect()
-        });
-        println!("| graph (HNSW, opened in {open_graph:.1} s) | - | {r:.4} | {p50:.2} | {p99:.2} |");
-        rows.push(serde_json::json!({"index": "graph", "recall_at_10": r, "p50_ms": p50, "p99_ms": p99, "open_s": open_graph}));
-    }
     println!("\npeak RSS {:.0} MB", peak_rss_mb());
     println!(
         "{}",
-        serde_json::json!({"catalog": a.catalog, "items": cat.len(), "queries": queries.len(), "ivf_cells": ivf.cells(), "ivf_probes": ivf.probes(), "ivf_open_s": ivf_open_s, "ivf_mapped": ivf.is_mapped(), "cells_probes": cells_probes, "rows": rows, "peak_rss_mb": peak_rss_mb()})
+        serde_json::json!({"catalog": a.catalog, "items": cat.len(), "queries": queries.len(), "ivf_cells": ivf.cells(), "ivf_probes": ivf.probes(), "ivf_open_s": ivf_open_s, "ivf_mapped": ivf.is_mapped(), "rows": rows, "peak_rss_mb": peak_rss_mb()})
     );
 }

@@ -2,14 +2,14 @@
 # ANN recall against brute force at each size: a synthetic catalog (genrec
 # synth, reused when there), genrec index (its IVF phase timed in the
 # report), then the in-process ANN bench (`benches/ann.rs`): recall@10 and
-# p50/p99 per probe count for the IVF index and, with CELLS=1, the
-# semantic-ID cells, on the synth users' histories. Writes the raw output
+# p50/p99 per probe count for the IVF index, on the synth users'
+# histories. Writes the raw output
 # under $WORK/<N>/ann.out; benches/results/ann.md keeps the tables.
 #
 # Usage: benches/ann_scale.sh [N ...]         (default: 100000 1000000 10000000)
 # Env:   B (genrec binary; default target/release/genrec), ANN_BENCH (the
 #        bench binary; default: built with cargo), WORK (work/ann),
-#        QUERIES (1000; 200 from 10^7 on), CELLS=1, F16=1 (synth writes f16,
+#        QUERIES (1000; 200 from 10^7 on), F16=1 (synth writes f16,
 #        as at 10^8), KEEP_INDEX=1 reuses a catalog already indexed there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +35,7 @@ for N in "${SIZES[@]}"; do
     python3 -c "import json,sys; r=json.load(open('$D/index.json')); print('phases', r.get('phases'))" || true
   fi
   Q=${QUERIES:-$([ "$N" -ge 10000000 ] && echo 200 || echo 1000)}
-  EXTRA=""; [ "${CELLS:-0}" = 1 ] && EXTRA="--cells"
-  /usr/bin/time -v "$ANN_BENCH" --catalog "$D/catalog" --data "$D/synth.inter.json" --queries "$Q" $EXTRA \
+  /usr/bin/time -v "$ANN_BENCH" --catalog "$D/catalog" --data "$D/synth.inter.json" --queries "$Q" \
       > "$D/ann.out" 2> "$D/ann.log"
   grep -v '^{' "$D/ann.out"
 done

@@ -90,8 +90,9 @@ for n in sizes:
     parts = wall.split(":"); secs = sum(float(x) * 60 ** i for i, x in enumerate(reversed(parts)))
     N = int(n); files = dict(idx["bytes"])
     per = lambda x: x / N
-    ann = files.get("ann.usearch", 0)
-    catalog_bytes = sum(v for k, v in files.items() if k != "ann.usearch")
+    is_ann = lambda k: k.startswith("ivf.") or k == "embeddings.ivf.f16"
+    ann = sum(v for k, v in files.items() if is_ann(k))
+    catalog_bytes = sum(v for k, v in files.items() if not is_ann(k))
     rows.append(dict(n=N, index_s=secs, index_peak_gb=peak_kb / 1e6, emb_gb=N * int(idx["dim"]) * 4 / 1e9,
         catalog_b=per(catalog_bytes), trie_b=per(cat["bytes"]["trie"]), ann_b=per(ann), max_group=idx["max_group"],
         ready_s=s["ready_s"], rss_ready_gb=s["rss_ready_kb"] / 1e6, rss_per_item=s["rss_ready_kb"] * 1024 / N,

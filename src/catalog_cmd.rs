@@ -50,11 +50,6 @@ pub(crate) struct IndexArgs {
     /// next-nearest code. 0: plain nearest codes (groups unbounded).
     #[arg(long, default_value_t = DEFAULT_MAX_GROUP)]
     max_group: usize,
-    /// Also build the HNSW graph (`ann.usearch`) for `serve --ann graph`.
-    /// The default ANN index (cells) reads the semantic IDs and needs none;
-    /// the graph took 30 of the 32 minutes of a 10^7-item index.
-    #[arg(long)]
-    ann_graph: bool,
     /// Catalog name (default: the items file's name before the first dot).
     #[arg(long)]
     name: Option<String>,
@@ -179,6 +174,15 @@ enum CatalogCommand {
     /// itself (--fold-log-mb, --compact-edits-mb) or on POST
     /// /admin/catalog/fold and /admin/catalog/compact.
     Compact {
+        /// Catalog folder.
+        dir: PathBuf,
+    },
+    /// Write the ANN index (IVF) of a catalog folder's current version into
+    /// it again: for a version made before genrec wrote one (a server then
+    /// builds it in memory at every start), or to calibrate its probe count
+    /// again. A version that has one keeps its cells and lists. The folder
+    /// must not be in use by a server.
+    Ann {
         /// Catalog folder.
         dir: PathBuf,
     },
@@ -325,22 +329,10 @@ fn finish_index(
         (None, None) => SidSource::Learn(a.rq.options(a.max_group)),
     };
     let name = a.name.clone().unwrap_or_else(|| stem(&a.items).to_lowercase());
-    let self_recall = parking_lot::Mutex::new(None);
-    let graph = |cat: &Catalog, dir: &Path| {
-        genrec::recall::ivf::write_version(cat, None, dir).map_err(|e| CatalogError::Format(e.to_string()))?;
-        if !a.ann_graph {
-            return Ok(());
-        }
-        let r = genrec::recall::build_and_save(cat, dir).map_err(|e| CatalogError::Format(e.to_string()))?;
-        *self_recall.lock() = Some(r);
-        Ok(())
+    let ann = |cat: &Catalog, dir: &Path| {
+        genrec::recall::write_version_index(cat, None, dir).map_err(|e| CatalogError::Format(e.to_string()))
     };
-    let mut report = index_build::index(&a.out, &name, &embedder, items, rows, sids, seed, &graph)?;
-    report.ann_self_recall = *self_recall.lock();
-    match report.ann_self_recall {
-        Some(r) => println!("ANN graph: {:.1}% of probed items are their own nearest neighbour", 100.0 * r),
-        None => println!("ANN: the cells index reads the semantic IDs (no graph built; --ann-graph builds one)"),
-    }
+    let report = index_build::index(&a.out, &name, &embedder, items, rows, sids, seed, &ann)?;
     for (l, used) in report.used_codes.iter().enumerate() {
         println!(
             "level {l}: {used}/{} codes used; {} items moved off their nearest code by --max-group",
@@ -424,7 +416,7 @@ pub(crate) fn catalog_cmd(a: CatalogArgs) -> Result<()> {
             drop(log);
             let prev = cat.base().source.clone();
             let graph = |v: &Catalog, d: &Path| {
-                genrec::recall::write_version_indexes(v, prev.as_deref(), d)
+                genrec::recall::write_version_index(v, prev.as_deref(), d)
                     .map_err(|e| CatalogError::Format(e.to_string()))
             };
             let vdir = wd.commit_version(&cat, number, &graph)?;
@@ -436,6 +428,17 @@ pub(crate) fn catalog_cmd(a: CatalogArgs) -> Result<()> {
                 cat.served_len(),
                 t0.elapsed().as_secs_f64()
             );
+            Ok(())
+        }
+        CatalogCommand::Ann { dir } => {
+            let (cat, log, wd, report) = genrec::catalog::dir::open_writable(&dir)?;
+            let version = cat.base().source.clone().with_context(|| {
+                format!("{}: version {} is in the first format; compact it first", dir.display(), report.version)
+            })?;
+            drop((cat, log));
+            let r = genrec::recall::ivf::rewrite_in_place(&version)?;
+            drop(wd);
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }
         CatalogCommand::Info { dir } => {

@@ -341,10 +341,6 @@ pub struct IndexReport {
     pub phases: Vec<(String, f64)>,
     /// Bytes of each part of the written version.
     pub bytes: Vec<(String, u64)>,
-    /// Share of probed items the ANN graph finds first for their own vector
-    /// (set by the caller that built the graph; absent without one).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ann_self_recall: Option<f64>,
 }
 
 /// Semantic IDs imported from elsewhere: the given codes (each below
@@ -393,7 +389,7 @@ pub enum SidSource<'a> {
 /// Builds a catalog from items and embeddings and writes it to `out`: a new
 /// catalog folder (version 1), or the next version of the catalog folder
 /// there, which then serves only the new catalog (refused while a server
-/// holds the folder; see [`super::dir::Staged`]). `graph` writes the ANN
+/// holds the folder; see [`super::dir::Staged`]). `ann` writes the ANN
 /// index into the version folder.
 #[allow(clippy::too_many_arguments)] // each is a separate input of the build; see catalog_cmd
 pub fn index(
@@ -404,7 +400,7 @@ pub fn index(
     rows: &dyn Rows,
     sids: SidSource,
     seed: u64,
-    graph: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
+    ann: &dyn Fn(&Catalog, &Path) -> Result<(), CatalogError>,
 ) -> Result<IndexReport, IndexError> {
     let n = rows.len();
     let dim = rows.dim();
@@ -519,7 +515,7 @@ pub fn index(
         // ids, titles and id map built in memory (6 GB at 10^8) are freed first
         drop(base);
         let cat = Catalog::from_base(Base::map(&vdir)?);
-        graph(&cat, &vdir)?;
+        ann(&cat, &vdir)?;
         phases.push(("ann".to_string(), t.elapsed().as_secs_f64()));
         format::sync_dir(&vdir)?;
         let mut bytes = Vec::new();
@@ -538,7 +534,6 @@ pub fn index(
             moved: q.moved.clone(),
             phases: phases.clone(),
             bytes,
-            ann_self_recall: None,
         })
     })();
     let report = result?;

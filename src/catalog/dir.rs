@@ -724,7 +724,7 @@ mod tests {
         for _ in 0..3 {
             let (_, number) = wd.rotate().unwrap();
             let full = |_: &Catalog, _: &Path| {
-                Err(CatalogError::io("ann.usearch", std::io::Error::other("no space left on device")))
+                Err(CatalogError::io("ivf.items.u32", std::io::Error::other("no space left on device")))
             };
             assert!(wd.commit_version(&cat, number, &full).is_err());
         }

@@ -9,14 +9,13 @@
 //! | `titles.offsets`, `titles.bytes` | item titles, the same way |
 //! | `sids.u32` | semantic IDs `[rows × levels]` |
 //! | `embeddings.f16` (or `.f32`) | unit-norm item embeddings `[rows × dim]` |
-//! | `embeddings.leaf.f16` | the same rows in the trie's leaf order, for the ANN cells index (with codebooks; see [`super::leaf_order`]) |
 //! | `codebooks.f32` | k-means codebooks, level after level `[codes × dim]` (absent for imported IDs) |
 //! | `idmap.u32` | id → row hash table (see [`super::idmap`]) |
 //! | `removed.u32` | sorted rows kept for their index but not served |
 //! | `expiry.rows.u32`, `expiry.ms.u64` | served rows with a lifetime, sorted, and their expiry (ms since the epoch; absent when none) |
 //! | `trie.{level_start,child_start,child_code,leaf_item}.u32` | the trie's CSR arrays |
 //! | `intents.json` | first-level cluster labels |
-//! | `ann.usearch` | the HNSW index over the served items (see [`crate::recall`]) |
+//! | `ivf.*`, `embeddings.ivf.f16` | the ANN index: its quantiser, lists and the served rows in cell order (see [`crate::recall::ivf`]) |
 
 use std::fs::File;
 use std::io::Write;

@@ -26,7 +26,6 @@ pub mod format;
 pub mod fullness;
 pub mod idmap;
 pub mod intents;
-pub mod leaf_order;
 pub mod legacy;
 pub mod overlay;
 pub mod rows;

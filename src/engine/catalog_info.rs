@@ -63,11 +63,10 @@ impl Engine {
             trie_patch_nodes: c.overlay().trie().added_nodes(&c.base().trie),
             fullness: c.fullness(),
             ann: AnnInfo {
-                kind: cat.ann.kind(),
-                fallback: cat.ann.fallback(),
+                cells: cat.ann.ivf().cells(),
                 probes: cat.ann.probes(),
                 base: cat.ann.base_len(),
-                overlay: cat.ann.overlay_len(),
+                added: cat.ann.added_len(),
                 memory_bytes: cat.ann.memory(),
             },
             bytes: c.base().memory().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -121,21 +120,18 @@ pub struct CatalogInfo {
     pub feed: Option<super::replica::FeedInfo>,
 }
 
-/// The ANN index's sizes.
+/// The ANN index's sizes (see [`crate::recall`]).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AnnInfo {
-    /// Which index answers (`serve --ann`).
-    pub kind: crate::recall::AnnKind,
-    /// Why it is not the kind asked for, if it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<crate::recall::AnnFallback>,
-    /// Cells a query probes (cells only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub probes: Option<usize>,
-    /// Items in the graph saved with the catalog version (graph only).
+    /// Cells of the IVF index.
+    pub cells: usize,
+    /// Cells a query probes (for `serve --ann-recall`).
+    pub probes: usize,
+    /// Items in the lists written with the catalog version.
     pub base: usize,
-    /// Items added to it since (graph only).
-    pub overlay: usize,
+    /// Vectors added since (live edits).
+    pub added: usize,
+    /// Bytes held in memory (mapped files not counted).
     pub memory_bytes: usize,
 }
 

@@ -33,7 +33,7 @@ use crate::catalog::segments::FoldReport;
 use crate::catalog::{Catalog, CatalogError};
 use crate::feed::record::ItemEdit;
 use crate::feed::Position;
-use crate::recall::{write_version_indexes, Ann};
+use crate::recall::{write_version_index, Ann};
 
 /// A new item for the live catalog: an embedding, or a text to embed.
 #[derive(Debug, Clone)]
@@ -687,7 +687,7 @@ impl Engine {
     ) -> Result<(Arc<ServedCatalog>, usize, u64), EngineError> {
         let prev = view.base().source.clone();
         let extra = |v: &Catalog, d: &Path| {
-            write_version_indexes(v, prev.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
+            write_version_index(v, prev.as_deref(), d).map_err(|e| CatalogError::Format(e.to_string()))
         };
         let vdir = store_dir.commit_version(view, number, &extra).map_err(EngineError::Catalog)?;
         let base = crate::catalog::Base::map(&vdir).map_err(EngineError::Catalog)?;

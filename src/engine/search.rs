@@ -107,7 +107,7 @@ pub fn match_items(
     query: Option<&QueryVector>,
     words: &[String],
     candidates: usize,
-    keep: impl Fn(u32) -> bool,
+    keep: impl Fn(u32) -> bool + Sync,
 ) -> Result<Vec<(u32, f32)>, RecallError> {
     let mut best: HashMap<u32, f32> = HashMap::new();
     if let Some(q) = query {

@@ -30,8 +30,10 @@
 //! in-memory build) takes 200 queries made as serving makes a user vector
 //! (recency-weighted means of five items, each from the first item's top
 //! cell or, half of the time, from anywhere), finds their exact top 10 among
-//! up to 100,000 sampled items, and records the share found at each probe
-//! count: the curve. Any target is read off it at open.
+//! all the items (a sample's neighbours lie farther out, in cells that rank
+//! lower: at 10^8 a sample of 10^5 asked for 2.7 times the cells needed),
+//! and records the share found at each probe count: the curve. Any target is
+//! read off it at open.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,10 +45,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::quantiser::Quantiser;
-use super::RecallError;
+use super::{cell_rows, RecallError};
 use crate::catalog::array::{write_array, Array};
 use crate::catalog::base::Embeddings;
-use crate::catalog::{format, leaf_order, Catalog, CatalogError};
+use crate::catalog::{format, Catalog, CatalogError};
 
 /// The index's manifest in a version folder; the other files are named in it.
 pub const IVF_MANIFEST: &str = "ivf.json";
@@ -73,7 +75,11 @@ const ASSIGN_CHUNK: usize = 131_072;
 const PROGRESS_FROM: usize = 1_000_000;
 const SEED: u64 = 0x1f_5eed;
 const CALIBRATION_QUERIES: usize = 200;
-const CALIBRATION_SAMPLE: usize = 100_000;
+/// Rows per block of the calibration's exact search.
+const EXACT_BLOCK: usize = 16_384;
+/// Items a query's probed cells hold from which both halves are scanned at
+/// once (on two cores the scan of 10^6 items takes about 20 ms alone).
+const PARALLEL_FROM: usize = 100_000;
 /// The curve goes on until this recall (or every cell).
 const CURVE_UNTIL: f64 = 0.995;
 /// The recall@10 the probe count is chosen for by default.
@@ -106,6 +112,8 @@ pub struct Ivf {
     probes: usize,
     /// Whether the lists were read from the version folder.
     mapped: bool,
+    /// [`PARALLEL_FROM`] (tests lower it).
+    parallel_from: usize,
 }
 
 /// Cells for `n` items.
@@ -192,21 +200,74 @@ fn history_vector(rows: &Embeddings, history: &[usize], dim: usize) -> Vec<f32> 
     v
 }
 
+/// Rows `lo..hi` of `rows` as f32, `[hi - lo, dim]`.
+fn rows_f32(rows: &Embeddings, lo: usize, hi: usize, dim: usize) -> Vec<f32> {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    match rows {
+        Embeddings::F32(a) => a[lo * dim..hi * dim].to_vec(),
+        Embeddings::F16(a) => {
+            let mut out = vec![0f32; (hi - lo) * dim];
+            let halves: &[half::f16] = a[lo * dim..hi * dim].reinterpret_cast();
+            halves.convert_to_f32_slice(&mut out);
+            out
+        }
+    }
+}
+
+fn candle_error(e: candle_core::Error) -> RecallError {
+    RecallError::Index(e.to_string())
+}
+
+/// The exact top 10 positions of every query among all `m` rows: the rows
+/// in blocks on all cores, each block scored against every query with one
+/// matrix product (at 10^8 items, 200 queries take about a minute).
+fn exact_top10(rows: &Embeddings, m: usize, queries: &[Vec<f32>], dim: usize) -> Result<Vec<Vec<usize>>, RecallError> {
+    let nq = queries.len();
+    let dev = candle_core::Device::Cpu;
+    let qt = candle_core::Tensor::from_slice(&queries.concat(), (nq, dim), &dev)
+        .and_then(|t| t.t())
+        .map_err(candle_error)?;
+    let blocks = m.div_ceil(EXACT_BLOCK);
+    let parts: Vec<Vec<Vec<(f32, usize)>>> = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let (lo, hi) = (b * EXACT_BLOCK, ((b + 1) * EXACT_BLOCK).min(m));
+            let x = rows_f32(rows, lo, hi, dim);
+            let scores: Vec<f32> = candle_core::Tensor::from_slice(&x, (hi - lo, dim), &dev)
+                .and_then(|t| t.matmul(&qt))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .map_err(candle_error)?;
+            let mut tops: Vec<Vec<(f32, usize)>> = vec![Vec::with_capacity(11); nq];
+            for (r, row_scores) in scores.chunks_exact(nq).enumerate() {
+                for (t, &s) in tops.iter_mut().zip(row_scores) {
+                    if t.len() < 10 || s > t[t.len() - 1].0 {
+                        t.push((s, lo + r));
+                        t.sort_by(|a, b| b.0.total_cmp(&a.0));
+                        t.truncate(10);
+                    }
+                }
+            }
+            Ok(tops)
+        })
+        .collect::<Result<_, RecallError>>()?;
+    Ok((0..nq)
+        .map(|q| {
+            let mut all: Vec<(f32, usize)> = parts.iter().flat_map(|p| p[q].iter().copied()).collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            all.into_iter().take(10).map(|x| x.1).collect()
+        })
+        .collect())
+}
+
 /// The calibration curve (see the module comment) of lists `offsets` over
 /// `rows` in position order.
-fn calibrate(q: &Quantiser, offsets: &[u32], rows: &Embeddings, dim: usize) -> Vec<(usize, f64)> {
+fn calibrate(q: &Quantiser, offsets: &[u32], rows: &Embeddings, dim: usize) -> Result<Vec<(usize, f64)>, RecallError> {
     let m = *offsets.last().unwrap_or(&0) as usize;
     if m == 0 {
-        return vec![(1, 1.0)];
+        return Ok(vec![(1, 1.0)]);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 0xca1);
-    let mut sample: Vec<usize> = if m <= CALIBRATION_SAMPLE {
-        (0..m).collect()
-    } else {
-        (0..CALIBRATION_SAMPLE).map(|_| rng.random_range(0..m)).collect()
-    };
-    sample.sort_unstable();
-    sample.dedup();
     let cell_at = |j: usize| (offsets.partition_point(|&o| o as usize <= j) - 1) as u32;
     let histories: Vec<Vec<usize>> = (0..CALIBRATION_QUERIES)
         .map(|_| {
@@ -221,18 +282,16 @@ fn calibrate(q: &Quantiser, offsets: &[u32], rows: &Embeddings, dim: usize) -> V
                 .collect()
         })
         .collect();
+    let queries: Vec<Vec<f32>> = histories.iter().map(|h| history_vector(rows, h, dim)).collect();
+    let exact = exact_top10(rows, m, &queries, dim)?;
     // for every (query, neighbour): how many cells score above the neighbour's
-    let ranks: Vec<usize> = histories
+    let ranks: Vec<usize> = queries
         .par_iter()
-        .flat_map_iter(|h| {
-            let v = history_vector(rows, h, dim);
-            let mut exact: Vec<(f32, usize)> = sample.iter().map(|&j| (rows.dot(j, &v), j)).collect();
-            let top = 10.min(exact.len());
-            exact.select_nth_unstable_by(top - 1, |a, b| b.0.total_cmp(&a.0));
-            let scores = q.scores(&v);
-            exact[..top]
-                .iter()
-                .map(|&(_, j)| {
+        .zip(&exact)
+        .flat_map_iter(|(v, top)| {
+            let scores = q.scores(v);
+            top.iter()
+                .map(|&j| {
                     let own = scores[cell_at(j) as usize];
                     scores.iter().filter(|&&s| s > own).count()
                 })
@@ -246,7 +305,7 @@ fn calibrate(q: &Quantiser, offsets: &[u32], rows: &Embeddings, dim: usize) -> V
         let recall = ranks.iter().filter(|&&r| r < probes).count() as f64 / ranks.len().max(1) as f64;
         curve.push((probes, recall));
         if recall >= CURVE_UNTIL || probes >= cells {
-            return curve;
+            return Ok(curve);
         }
         // about √2 apart: 1, 2, 3, 4, 6, 8, 12, 16, ...
         probes = if probes.is_power_of_two() && probes >= 2 { probes + probes / 2 } else { probes.next_power_of_two() };
@@ -317,9 +376,9 @@ pub fn write_version(view: &Catalog, prev: Option<&Path>, dir: &Path) -> Result<
     }
     let (offsets, items) = lists(&items, &cell_of, q.cells());
     drop(cell_of);
-    leaf_order::write_ordered(&dir.join(ROWS_FILE), "embeddings in IVF cell order", &rows, &items, dim)?;
+    cell_rows::write(&dir.join(ROWS_FILE), &rows, &items, dim)?;
     let ordered = Embeddings::F16(Array::<u16>::map(&dir.join(ROWS_FILE), items.len() * dim)?);
-    let curve = calibrate(&q, &offsets, &ordered, dim);
+    let curve = calibrate(&q, &offsets, &ordered, dim)?;
     write_array(&dir.join(TOP_FILE), &q.top)?;
     write_array(&dir.join(TOP_CELLS_FILE), &q.top_cells)?;
     write_array(&dir.join(CENTROIDS_FILE), &q.centroids)?;
@@ -329,6 +388,61 @@ pub fn write_version(view: &Catalog, prev: Option<&Path>, dir: &Path) -> Result<
     let json = serde_json::to_vec_pretty(&m).map_err(|e| RecallError::Index(e.to_string()))?;
     format::write_file(&dir.join(IVF_MANIFEST), &json)?;
     Ok(())
+}
+
+/// What [`rewrite_in_place`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RewriteReport {
+    /// Whether the version had an index whose quantiser and lists were kept.
+    pub kept_lists: bool,
+    pub cells: usize,
+    pub items: usize,
+    /// The probe count for [`DEFAULT_TARGET_RECALL`] before (none: no index)
+    /// and after.
+    pub probes_before: Option<usize>,
+    pub probes_after: usize,
+    pub seconds: f64,
+}
+
+/// Writes the IVF index of the catalog version in folder `version` into
+/// that folder again (`genrec catalog ann`): for a version written before the
+/// index existed (which otherwise builds it in memory at every open), or to
+/// calibrate it again. A version that has one keeps its quantiser and lists.
+/// The new files are written in a temporary folder inside, synced, then
+/// renamed over the old ones with `ivf.json` last: a process that mapped
+/// the old files keeps reading them. The caller holds the catalog folder's
+/// writer lock, so that no compaction removes the version meanwhile.
+pub fn rewrite_in_place(version: &Path) -> Result<RewriteReport, RecallError> {
+    let t = std::time::Instant::now();
+    let base = crate::catalog::Base::map(version)?;
+    let dim = base.manifest.embedding_dim;
+    let before = Ivf::map(version, dim).ok().flatten();
+    let probes_before = before.as_ref().map(|i| probes_for(&i.curve, DEFAULT_TARGET_RECALL));
+    let kept_lists = before.is_some();
+    drop(before);
+    let view = Catalog::from_base(base);
+    let tmp =
+        tempfile::Builder::new().prefix(".ivf.tmp-").tempdir_in(version).map_err(|e| CatalogError::io(version, e))?;
+    let rows_link = tmp.path().join("embeddings.f16");
+    // (relative: the temporary folder is inside the version's)
+    std::os::unix::fs::symlink("../embeddings.f16", &rows_link).map_err(|e| CatalogError::io(&rows_link, e))?;
+    write_version(&view, kept_lists.then_some(version), tmp.path())?;
+    std::fs::remove_file(&rows_link).map_err(|e| CatalogError::io(&rows_link, e))?;
+    format::sync_dir(tmp.path())?;
+    for name in [TOP_FILE, TOP_CELLS_FILE, CENTROIDS_FILE, OFFSETS_FILE, ITEMS_FILE, ROWS_FILE, IVF_MANIFEST] {
+        let (from, to) = (tmp.path().join(name), version.join(name));
+        std::fs::rename(&from, &to).map_err(|e| CatalogError::io(&to, e))?;
+    }
+    format::sync_dir(version)?;
+    let after = Ivf::map(version, dim)?.ok_or_else(|| RecallError::Index("the rewritten index is missing".into()))?;
+    Ok(RewriteReport {
+        kept_lists,
+        cells: after.cells(),
+        items: after.base_len(),
+        probes_before,
+        probes_after: probes_for(&after.curve, DEFAULT_TARGET_RECALL),
+        seconds: t.elapsed().as_secs_f64(),
+    })
 }
 
 impl Ivf {
@@ -389,6 +503,18 @@ impl Ivf {
         if !sorted || offsets[m.cells] as usize != m.items || offsets.windows(2).any(|w| w[0] > w[1]) {
             return Err(bad("its lists do not add up".into()));
         }
+        // the rows in cell order are what every query reads (12.8 GB at
+        // 10^8): read ahead in the background, so that a fresh server is not
+        // answering from the disk for its first minutes
+        let ahead = rows.clone();
+        std::thread::Builder::new()
+            .name("genrec-ivf-readahead".into())
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                let bytes = ahead.read_ahead();
+                tracing::info!(bytes, seconds = t.elapsed().as_secs_f64(), "ANN rows read ahead");
+            })
+            .map_err(|e| CatalogError::io(dir, e))?;
         let q = Quantiser::from_parts(dim, top, top_cells, centroids);
         Ok(Some(Self::from_lists(q, offsets, items, Embeddings::F16(rows), m.curve, true)))
     }
@@ -413,8 +539,8 @@ impl Ivf {
         let q = train(&base.embeddings, &items, dim)?;
         let cell_of = assign_all(&q, &base.embeddings, &items, dim)?;
         let (offsets, items) = lists(&items, &cell_of, q.cells());
-        let rows = super::cells::ordered_rows(&base.embeddings, &items, dim);
-        let curve = calibrate(&q, &offsets, &rows, dim);
+        let rows = cell_rows::copy(&base.embeddings, &items, dim);
+        let curve = calibrate(&q, &offsets, &rows, dim)?;
         if items.len() >= 1_000_000 {
             tracing::info!(
                 "IVF index of {} items built in memory in {:.1}s (the version has none on disk)",
@@ -434,7 +560,18 @@ impl Ivf {
         mapped: bool,
     ) -> Self {
         let added = RwLock::new(vec![Vec::new(); q.cells()]);
-        Ivf { q, offsets, items, rows, added, added_len: AtomicUsize::new(0), curve, probes: 1, mapped }
+        Ivf {
+            q,
+            offsets,
+            items,
+            rows,
+            added,
+            added_len: AtomicUsize::new(0),
+            curve,
+            probes: 1,
+            mapped,
+            parallel_from: PARALLEL_FROM,
+        }
     }
 
     /// Cells each query probes.
@@ -503,7 +640,7 @@ impl Ivf {
         q: &[f32],
         k: usize,
         probes: usize,
-        keep: impl Fn(u32) -> bool,
+        keep: impl Fn(u32) -> bool + Sync,
     ) -> Vec<(u32, f32)> {
         let scores = self.q.scores(q);
         let mut cells: Vec<(f32, u32)> = scores.into_iter().zip(0u32..).collect();
@@ -514,19 +651,31 @@ impl Ivf {
         }
         let base = catalog.base();
         let pristine = catalog.overlay().is_empty();
-        let mut hits: Vec<(u32, f32)> = Vec::new();
-        for &(_, c) in &cells {
-            let (lo, hi) = (self.offsets[c as usize] as usize, self.offsets[c as usize + 1] as usize);
-            for (j, &item) in self.items[lo..hi].iter().enumerate() {
-                let current = match pristine {
-                    true => (item as usize) < base.rows() && !base.is_removed(item),
-                    false => catalog.serves_vector(item, item as u64),
-                };
-                if current && keep(item) {
-                    hits.push((item, self.rows.dot(lo + j, q)));
+        let scan = |cells: &[(f32, u32)]| {
+            let mut best = TopK::new(k);
+            for &(_, c) in cells {
+                let (lo, hi) = (self.offsets[c as usize] as usize, self.offsets[c as usize + 1] as usize);
+                for (j, &item) in self.items[lo..hi].iter().enumerate() {
+                    let current = match pristine {
+                        true => (item as usize) < base.rows() && !base.is_removed(item),
+                        false => catalog.serves_vector(item, item as u64),
+                    };
+                    if current && keep(item) {
+                        best.push(item, self.rows.dot(lo + j, q));
+                    }
                 }
             }
-        }
+            best
+        };
+        let items: usize =
+            cells.iter().map(|&(_, c)| (self.offsets[c as usize + 1] - self.offsets[c as usize]) as usize).sum();
+        let mut best = if items >= self.parallel_from {
+            let half = cells.len().div_ceil(2);
+            let (a, b) = rayon::join(|| scan(&cells[..half]), || scan(&cells[half..]));
+            a.merge(b)
+        } else {
+            scan(&cells)
+        };
         if self.added_len() > 0 {
             let keys: Vec<u64> = {
                 let added = self.added.read();
@@ -535,16 +684,77 @@ impl Ivf {
             for key in keys {
                 let item = key as u32;
                 if catalog.serves_vector(item, key) && keep(item) {
-                    hits.push((item, catalog.embedding_dot(item, q)));
+                    best.push(item, catalog.embedding_dot(item, q));
                 }
             }
         }
-        super::cells::top(hits, k)
+        best.into_sorted()
     }
 
     /// [`nearest_probing`](Self::nearest_probing) with the calibrated count.
-    pub fn nearest(&self, catalog: &Catalog, q: &[f32], k: usize, keep: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+    pub fn nearest(
+        &self,
+        catalog: &Catalog,
+        q: &[f32],
+        k: usize,
+        keep: impl Fn(u32) -> bool + Sync,
+    ) -> Vec<(u32, f32)> {
         self.nearest_probing(catalog, q, k, self.probes, keep)
+    }
+}
+
+/// The best `k` hits of a scan, best first (ties to the smaller item),
+/// kept in a buffer that is cut back to `k` whenever it fills, so that a
+/// scan of 10^6 items holds a few hundred and skips most below the cut.
+struct TopK {
+    k: usize,
+    hits: Vec<(u32, f32)>,
+    /// The `k`-th best score at the last cut: lower ones cannot enter.
+    floor: f32,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK { k, hits: Vec::with_capacity(Self::room(k)), floor: f32::NEG_INFINITY }
+    }
+
+    fn room(k: usize) -> usize {
+        (4 * k).max(256)
+    }
+
+    fn by_score(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+        b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+    }
+
+    fn push(&mut self, item: u32, score: f32) {
+        if score < self.floor || self.k == 0 {
+            return;
+        }
+        self.hits.push((item, score));
+        if self.hits.len() >= Self::room(self.k) {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        if self.hits.len() > self.k {
+            self.hits.select_nth_unstable_by(self.k - 1, Self::by_score);
+            self.hits.truncate(self.k);
+            self.floor = self.hits.iter().map(|h| h.1).fold(f32::INFINITY, f32::min);
+        }
+    }
+
+    fn merge(mut self, other: TopK) -> TopK {
+        for (item, score) in other.hits {
+            self.push(item, score);
+        }
+        self
+    }
+
+    fn into_sorted(mut self) -> Vec<(u32, f32)> {
+        self.cut();
+        self.hits.sort_by(Self::by_score);
+        self.hits
     }
 }
 
@@ -660,6 +870,32 @@ mod tests {
         assert!(!carried.items.contains(&next.index_of(&gone).unwrap_or(u32::MAX)));
     }
 
+    /// A version saved without an index gets one written in place (learned),
+    /// then calibrated again keeping its lists; a server opening it maps it.
+    #[test]
+    fn an_index_is_written_into_a_version_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog();
+        cat.save(dir.path()).unwrap();
+        let version = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+        assert!(!version.join(IVF_MANIFEST).exists(), "Catalog::save writes no index");
+        let first = rewrite_in_place(&version).unwrap();
+        assert!(!first.kept_lists && first.probes_before.is_none());
+        assert_eq!(first.items, cat.len());
+        let items = std::fs::read(version.join(ITEMS_FILE)).unwrap();
+        let again = rewrite_in_place(&version).unwrap();
+        assert!(again.kept_lists);
+        assert_eq!((again.probes_before, again.cells), (Some(first.probes_after), first.cells));
+        assert_eq!(std::fs::read(version.join(ITEMS_FILE)).unwrap(), items);
+        let names: Vec<String> = std::fs::read_dir(&version)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".ivf.tmp")), "{names:?}");
+        let opened = Catalog::load(dir.path()).unwrap();
+        assert!(Ivf::open(&opened, 0.95).unwrap().is_mapped());
+    }
+
     /// Live edits are found by their new vector at once, never by the old
     /// one, and a removed item is gone.
     #[test]
@@ -685,6 +921,35 @@ mod tests {
         let gone = cat.item_id(100).to_string();
         cat.remove(&gone, 2).unwrap();
         assert!(ivf.nearest_probing(&cat, &other, 5, all, |_| true).iter().all(|h| h.0 != 100));
+    }
+
+    /// The scan split over two cores answers as the one-core scan does, and
+    /// the bounded top-k keeps what a full sort keeps (ties to the smaller
+    /// item).
+    #[test]
+    fn a_split_scan_and_the_bounded_top_k_answer_as_a_full_sort() {
+        let cat = catalog();
+        let mut ivf = Ivf::open(&cat, 0.95).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for k in [1, 10, 300] {
+            let q = cat.embedding(rng.random_range(0..cat.len() as u32));
+            ivf.parallel_from = usize::MAX;
+            let one = ivf.nearest_probing(&cat, &q, k, 40, |i| i % 7 != 0);
+            ivf.parallel_from = 0;
+            let two = ivf.nearest_probing(&cat, &q, k, 40, |i| i % 7 != 0);
+            assert_eq!(one, two, "k {k}");
+        }
+        for k in [1, 3, 64, 1000] {
+            let scores: Vec<(u32, f32)> = (0..5_000u32).map(|i| (i, (rng.random_range(0..400) as f32) / 7.0)).collect();
+            let mut best = TopK::new(k);
+            for &(i, s) in &scores {
+                best.push(i, s);
+            }
+            let mut want = scores.clone();
+            want.sort_by(TopK::by_score);
+            want.truncate(k);
+            assert_eq!(best.into_sorted(), want, "k {k}");
+        }
     }
 
     /// Readers racing a writer that adds vectors see every finished add and

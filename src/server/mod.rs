@@ -84,15 +84,9 @@ pub struct ServeArgs {
     /// in the CPU port's tests, awaiting its GPU run). Ignored on the CPU.
     #[arg(long, env = "GENREC_BEAM_KERNEL", value_enum, default_value_t = BeamKernel::Radix)]
     pub beam_kernel: BeamKernel,
-    /// The ANN fallback's index: cells (the catalog's own semantic IDs as an
-    /// inverted file; nothing to build, live edits included at once) or
-    /// graph (the HNSW graph saved with the catalog version, built when
-    /// missing). Catalogs without codebooks take the graph.
-    #[arg(long, env = "GENREC_ANN", value_enum, default_value_t = crate::recall::AnnKind::Ivf)]
-    pub ann: crate::recall::AnnKind,
-    /// The recall@10 the cells index probes enough cells for (0-1; chosen
-    /// at start on calibration queries).
-    #[arg(long, env = "GENREC_ANN_RECALL", default_value_t = crate::recall::cells::DEFAULT_TARGET_RECALL, value_parser = parse_recall)]
+    /// The recall@10 the ANN index probes enough cells for (0-1; read off
+    /// the calibration curve written with the catalog version).
+    #[arg(long, env = "GENREC_ANN_RECALL", default_value_t = crate::recall::ivf::DEFAULT_TARGET_RECALL, value_parser = parse_recall)]
     pub ann_recall: f64,
     /// Folder under which POST /admin/models (and --watch) may load checkpoints.
     #[arg(long, env = "GENREC_MODEL_ROOT")]
@@ -347,7 +341,7 @@ fn non_negative_mb(s: &str) -> std::result::Result<f64, String> {
 pub fn build_engine(args: &ServeArgs) -> Result<Arc<Engine>> {
     let dev = args.device.open()?;
     crate::generate::kernel::set_serving_kernel(args.beam_kernel);
-    crate::recall::set_ann(args.ann, args.ann_recall);
+    crate::recall::set_target_recall(args.ann_recall);
     let dtype = args.dtype;
     tracing::info!(device = ?args.device, ?dtype, "model device");
     let (model, catalog_dir, source) = match (&args.model, args.no_model) {

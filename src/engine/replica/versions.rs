@@ -15,7 +15,7 @@ use crate::engine::state::ServedCatalog;
 use crate::engine::{Engine, EngineError};
 use crate::feed::record::Record;
 use crate::feed::{FeedError, Position};
-use crate::recall::{write_version_indexes, Ann};
+use crate::recall::{write_version_index, Ann};
 
 impl Engine {
     /// Moves this replica onto a newer version of the shared folder (written
@@ -181,8 +181,7 @@ impl Engine {
         let keep_from = active.iter().map(|m| m.version).min().unwrap_or(current).min(current);
         let prev = view.base().source.clone();
         let extra = |v: &crate::catalog::Catalog, d: &std::path::Path| {
-            write_version_indexes(v, prev.as_deref(), d)
-                .map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
+            write_version_index(v, prev.as_deref(), d).map_err(|e| crate::catalog::CatalogError::Format(e.to_string()))
         };
         let (number, _) =
             dir::commit_shared_version(&rep.dir, &view, &position.to_string(), keep_from, &extra, still_leased)?;
