@@ -180,11 +180,16 @@ enum CatalogCommand {
     /// Write the ANN index (IVF) of a catalog folder's current version into
     /// it again: for a version made before genrec wrote one (a server then
     /// builds it in memory at every start), or to calibrate its probe count
-    /// again. A version that has one keeps its cells and lists. The folder
-    /// must not be in use by a server.
+    /// again. A version that has one keeps its cells and lists unless
+    /// --relearn. The folder must not be in use by a server or by replicas.
     Ann {
         /// Catalog folder.
         dir: PathBuf,
+        /// Learn the cells again from the version's items (compactions keep
+        /// them: a catalog that grew far past the size it was indexed at
+        /// has too few).
+        #[arg(long)]
+        relearn: bool,
     },
     /// Print a catalog folder's version, sizes, segments and pending edits as JSON.
     Info {
@@ -430,13 +435,13 @@ pub(crate) fn catalog_cmd(a: CatalogArgs) -> Result<()> {
             );
             Ok(())
         }
-        CatalogCommand::Ann { dir } => {
+        CatalogCommand::Ann { dir, relearn } => {
             let (cat, log, wd, report) = genrec::catalog::dir::open_writable(&dir)?;
             let version = cat.base().source.clone().with_context(|| {
                 format!("{}: version {} is in the first format; compact it first", dir.display(), report.version)
             })?;
             drop((cat, log));
-            let r = genrec::recall::ivf::rewrite_in_place(&version)?;
+            let r = genrec::recall::ivf::rewrite_in_place(&version, relearn)?;
             drop(wd);
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())

@@ -200,6 +200,20 @@ pub fn assign(x: &[f32], centroids: &[f32], dim: usize) -> Result<Vec<u32>, Cata
     Ok(d.argmin(1)?.to_vec1::<u32>()?)
 }
 
+/// Per cluster of `assignment` (one of `k` per row of `x`): the sum of its
+/// rows in f64 (`[k, dim]`) and its size.
+pub(crate) fn cluster_sums(x: &[f32], dim: usize, assignment: &[u32], k: usize) -> (Vec<f64>, Vec<usize>) {
+    let mut sums = vec![0f64; k * dim];
+    let mut counts = vec![0usize; k];
+    for (row, &c) in x.chunks_exact(dim).zip(assignment) {
+        counts[c as usize] += 1;
+        for (s, v) in sums[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(row) {
+            *s += *v as f64;
+        }
+    }
+    (sums, counts)
+}
+
 fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
@@ -241,14 +255,7 @@ fn kmeans(x: &[f32], dim: usize, k: usize, iters: usize, rng: &mut ChaCha8Rng) -
     }
     for _ in 0..iters {
         let a = assign(x, &centroids, dim)?;
-        let mut sums = vec![0f64; k * dim];
-        let mut counts = vec![0usize; k];
-        for (i, &c) in a.iter().enumerate() {
-            counts[c as usize] += 1;
-            for (s, v) in sums[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(row(i)) {
-                *s += *v as f64;
-            }
-        }
+        let (sums, counts) = cluster_sums(x, dim, &a, k);
         let mut next = vec![0f32; k * dim];
         let mut empty = Vec::new();
         for c in 0..k {

@@ -319,9 +319,7 @@ fn probes_for(curve: &[(usize, f64)], target: f64) -> usize {
     curve.iter().find(|c| c.1 >= target).or(curve.last()).map_or(1, |c| c.0)
 }
 
-/// The served items of `view` whose vector is their base row's, and the
-/// served items with a vector of their own (or none from a base row in the
-/// lists): the two halves of an index of `view`.
+/// The served items of `view`, ascending.
 fn served_items(view: &Catalog) -> Vec<u32> {
     (0..view.len() as u32).into_par_iter().filter(|&i| view.is_served(i)).collect()
 }
@@ -407,18 +405,20 @@ pub struct RewriteReport {
 /// Writes the IVF index of the catalog version in folder `version` into
 /// that folder again (`genrec catalog ann`): for a version written before the
 /// index existed (which otherwise builds it in memory at every open), or to
-/// calibrate it again. A version that has one keeps its quantiser and lists.
+/// calibrate it again. A version that has one keeps its quantiser and lists,
+/// unless `relearn` (a catalog that grew through live edits far past the
+/// size its cells were learned for: compactions keep them).
 /// The new files are written in a temporary folder inside, synced, then
 /// renamed over the old ones with `ivf.json` last: a process that mapped
 /// the old files keeps reading them. The caller holds the catalog folder's
 /// writer lock, so that no compaction removes the version meanwhile.
-pub fn rewrite_in_place(version: &Path) -> Result<RewriteReport, RecallError> {
+pub fn rewrite_in_place(version: &Path, relearn: bool) -> Result<RewriteReport, RecallError> {
     let t = std::time::Instant::now();
     let base = crate::catalog::Base::map(version)?;
     let dim = base.manifest.embedding_dim;
     let before = Ivf::map(version, dim).ok().flatten();
     let probes_before = before.as_ref().map(|i| probes_for(&i.curve, DEFAULT_TARGET_RECALL));
-    let kept_lists = before.is_some();
+    let kept_lists = before.is_some() && !relearn;
     drop(before);
     let view = Catalog::from_base(base);
     let tmp =
@@ -513,9 +513,11 @@ impl Ivf {
         let offsets = Array::<u32>::map(&dir.join(OFFSETS_FILE), m.cells + 1)?;
         let items = Array::<u32>::map(&dir.join(ITEMS_FILE), m.items)?;
         let rows = Array::<u16>::map(&dir.join(ROWS_FILE), m.items * dim)?;
-        let sorted = top_cells.first() == Some(&0)
+        // (every top centroid has at least one cell: a live edit descends into one)
+        let sorted = m.tops > 0
+            && top_cells.first() == Some(&0)
             && top_cells.last() == Some(&(m.cells as u32))
-            && top_cells.windows(2).all(|w| w[0] <= w[1]);
+            && top_cells.windows(2).all(|w| w[0] < w[1]);
         if !sorted || offsets[m.cells] as usize != m.items || offsets.windows(2).any(|w| w[0] > w[1]) {
             return Err(bad("its lists do not add up".into()));
         }
@@ -653,19 +655,22 @@ impl Ivf {
             cells.select_nth_unstable_by(probes - 1, |x, y| y.0.total_cmp(&x.0));
             cells.truncate(probes);
         }
-        let base = catalog.base();
         let pristine = catalog.overlay().is_empty();
         let scan = |cells: &[(f32, u32)]| {
             let mut best = TopK::new(k);
             for &(_, c) in cells {
                 let (lo, hi) = (self.offsets[c as usize] as usize, self.offsets[c as usize + 1] as usize);
                 for (j, &item) in self.items[lo..hi].iter().enumerate() {
-                    let current = match pristine {
-                        true => (item as usize) < base.rows() && !base.is_removed(item),
-                        false => catalog.serves_vector(item, item as u64),
-                    };
-                    if current && keep(item) {
-                        best.push(item, self.rows.dot(lo + j, q));
+                    // the score first: most items fall below the cut, and the
+                    // checks (a map lookup with live edits, the caller's
+                    // filter) run only for the few that do not. The lists
+                    // hold only the version's served rows.
+                    let score = self.rows.dot(lo + j, q);
+                    if score < best.floor {
+                        continue;
+                    }
+                    if (pristine || catalog.serves_vector(item, item as u64)) && keep(item) {
+                        best.push(item, score);
                     }
                 }
             }
@@ -883,14 +888,16 @@ mod tests {
         cat.save(dir.path()).unwrap();
         let version = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
         assert!(!version.join(IVF_MANIFEST).exists(), "Catalog::save writes no index");
-        let first = rewrite_in_place(&version).unwrap();
+        let first = rewrite_in_place(&version, false).unwrap();
         assert!(!first.kept_lists && first.probes_before.is_none());
         assert_eq!(first.items, cat.len());
         let items = std::fs::read(version.join(ITEMS_FILE)).unwrap();
-        let again = rewrite_in_place(&version).unwrap();
+        let again = rewrite_in_place(&version, false).unwrap();
         assert!(again.kept_lists);
         assert_eq!((again.probes_before, again.cells), (Some(first.probes_after), first.cells));
         assert_eq!(std::fs::read(version.join(ITEMS_FILE)).unwrap(), items);
+        let relearned = rewrite_in_place(&version, true).unwrap();
+        assert!(!relearned.kept_lists && relearned.cells == first.cells, "the same data learns the same cells");
         let names: Vec<String> = std::fs::read_dir(&version)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -179,14 +179,7 @@ fn kmeans(x: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) -> Result<Vec<f
     }
     for _ in 0..KMEANS_ITERS {
         let a = assign(x, &centroids, dim)?;
-        let mut sums = vec![0f64; k * dim];
-        let mut counts = vec![0usize; k];
-        for (i, &c) in a.iter().enumerate() {
-            counts[c as usize] += 1;
-            for (s, v) in sums[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(row(i)) {
-                *s += *v as f64;
-            }
-        }
+        let (sums, counts) = rqkmeans::cluster_sums(x, dim, &a, k);
         for c in 0..k {
             let dst = &mut centroids[c * dim..(c + 1) * dim];
             if counts[c] == 0 {
