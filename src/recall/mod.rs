@@ -15,9 +15,11 @@
 //! The user vector is a recency-weighted mean of the history's item
 //! embeddings.
 
+mod calibration;
 pub mod cell_rows;
 pub mod ivf;
 pub mod quantiser;
+mod top_k;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -57,6 +59,22 @@ fn target_recall() -> f64 {
 /// ([`ivf::write_version`]).
 pub fn write_version_index(view: &Catalog, prev: Option<&Path>, dir: &Path) -> Result<(), RecallError> {
     ivf::write_version(view, prev, dir)
+}
+
+/// The recency-weighted mean of `rows` (oldest first; the newest weighs
+/// 1, the one before [`RECENCY_DECAY`], ...), unit norm.
+fn recency_mean(dim: usize, rows: impl DoubleEndedIterator<Item = Vec<f32>>) -> Vec<f32> {
+    let mut v = vec![0f32; dim];
+    let mut w = 1.0f32;
+    for row in rows.rev() {
+        for (a, b) in v.iter_mut().zip(row) {
+            *a += w * b;
+        }
+        w *= RECENCY_DECAY;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
 }
 
 /// The ANN index of a catalog version (see the module comment).
@@ -111,18 +129,7 @@ impl Ann {
 
     /// The recency-weighted mean of the history's embeddings, unit norm.
     pub fn user_vector(catalog: &Catalog, history: &[u32]) -> Vec<f32> {
-        let dim = catalog.manifest().embedding_dim;
-        let mut v = vec![0f32; dim];
-        let mut w = 1.0f32;
-        for &item in history.iter().rev() {
-            for (a, b) in v.iter_mut().zip(catalog.embedding(item)) {
-                *a += w * b;
-            }
-            w *= RECENCY_DECAY;
-        }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        v.iter_mut().for_each(|x| *x /= norm);
-        v
+        recency_mean(catalog.manifest().embedding_dim, history.iter().map(|&i| catalog.embedding(i)))
     }
 
     /// The `k` served items nearest to `query` that `keep` accepts, best

@@ -26,14 +26,8 @@
 //! and the item is served ([`Catalog::serves_vector`]), so an item edited
 //! since the base is scored once, by its current vector.
 //!
-//! `probes` comes from a target recall. The calibration (at write, or at an
-//! in-memory build) takes 200 queries made as serving makes a user vector
-//! (recency-weighted means of five items, each from the first item's top
-//! cell or, half of the time, from anywhere), finds their exact top 10 among
-//! all the items (a sample's neighbours lie farther out, in cells that rank
-//! lower: at 10^8 a sample of 10^5 asked for 2.7 times the cells needed),
-//! and records the share found at each probe count: the curve. Any target is
-//! read off it at open.
+//! `probes` comes from a target recall, read at open off the calibration
+//! curve written with the version ([`super::calibration`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,7 +38,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::calibration::{calibrate, probes_for};
 use super::quantiser::Quantiser;
+use super::top_k::TopK;
 use super::{cell_rows, RecallError};
 use crate::catalog::array::{write_array, Array};
 use crate::catalog::base::Embeddings;
@@ -74,14 +70,9 @@ const ASSIGN_CHUNK: usize = 131_072;
 /// Item counts from which the long steps show progress.
 const PROGRESS_FROM: usize = 1_000_000;
 const SEED: u64 = 0x1f_5eed;
-const CALIBRATION_QUERIES: usize = 200;
-/// Rows per block of the calibration's exact search.
-const EXACT_BLOCK: usize = 16_384;
 /// Items a query's probed cells hold from which both halves are scanned at
 /// once (on two cores the scan of 10^6 items takes about 20 ms alone).
 const PARALLEL_FROM: usize = 100_000;
-/// The curve goes on until this recall (or every cell).
-const CURVE_UNTIL: f64 = 0.995;
 /// The recall@10 the probe count is chosen for by default.
 pub const DEFAULT_TARGET_RECALL: f64 = 0.95;
 
@@ -148,6 +139,16 @@ fn row(rows: &Embeddings, i: usize, dim: usize) -> Vec<f32> {
     v
 }
 
+/// The rows of `items` as f32, `[items, dim]`, through one buffer.
+fn gather(rows: &Embeddings, items: &[u32], dim: usize) -> Vec<f32> {
+    let (mut out, mut one) = (Vec::with_capacity(items.len() * dim), Vec::with_capacity(dim));
+    for &i in items {
+        rows.row_into(i as usize, dim, &mut one);
+        out.extend_from_slice(&one);
+    }
+    out
+}
+
 /// Learns a quantiser from a sample of `items`' rows.
 fn train(rows: &Embeddings, items: &[u32], dim: usize) -> Result<Quantiser, RecallError> {
     let cells = cells_for(items.len());
@@ -160,7 +161,7 @@ fn train(rows: &Embeddings, items: &[u32], dim: usize) -> Result<Quantiser, Reca
     };
     // in row order: at 10^8 the rows are read from disk
     picks.sort_unstable();
-    let sample: Vec<f32> = picks.iter().flat_map(|&i| row(rows, i as usize, dim)).collect();
+    let sample = gather(rows, &picks, dim);
     Quantiser::train(&sample, dim, cells, SEED)
 }
 
@@ -171,7 +172,7 @@ fn assign_all(q: &Quantiser, rows: &Embeddings, items: &[u32], dim: usize) -> Re
     let done = AtomicUsize::new(0);
     let mut cells = vec![0u32; items.len()];
     cells.par_chunks_mut(ASSIGN_CHUNK).zip(items.par_chunks(ASSIGN_CHUNK)).try_for_each(|(out, chunk)| {
-        let x: Vec<f32> = chunk.iter().flat_map(|&i| row(rows, i as usize, dim)).collect();
+        let x = gather(rows, chunk, dim);
         out.copy_from_slice(&q.cells_of(&x)?);
         if let Some(p) = &p {
             p.set((done.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len()) as u64);
@@ -182,141 +183,6 @@ fn assign_all(q: &Quantiser, rows: &Embeddings, items: &[u32], dim: usize) -> Re
         p.finish();
     }
     Ok(cells)
-}
-
-/// The vector a user of `history` (positions, oldest first) gets, as
-/// [`super::Ann::user_vector`] makes it.
-fn history_vector(rows: &Embeddings, history: &[usize], dim: usize) -> Vec<f32> {
-    let mut v = vec![0f32; dim];
-    let mut w = 1.0f32;
-    for &j in history.iter().rev() {
-        for (a, b) in v.iter_mut().zip(row(rows, j, dim)) {
-            *a += w * b;
-        }
-        w *= super::RECENCY_DECAY;
-    }
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= norm);
-    v
-}
-
-/// Rows `lo..hi` of `rows` as f32, `[hi - lo, dim]`.
-fn rows_f32(rows: &Embeddings, lo: usize, hi: usize, dim: usize) -> Vec<f32> {
-    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-    match rows {
-        Embeddings::F32(a) => a[lo * dim..hi * dim].to_vec(),
-        Embeddings::F16(a) => {
-            let mut out = vec![0f32; (hi - lo) * dim];
-            let halves: &[half::f16] = a[lo * dim..hi * dim].reinterpret_cast();
-            halves.convert_to_f32_slice(&mut out);
-            out
-        }
-    }
-}
-
-fn candle_error(e: candle_core::Error) -> RecallError {
-    RecallError::Index(e.to_string())
-}
-
-/// The exact top 10 positions of every query among all `m` rows: the rows
-/// in blocks on all cores, each block scored against every query with one
-/// matrix product (at 10^8 items, 200 queries take about a minute).
-fn exact_top10(rows: &Embeddings, m: usize, queries: &[Vec<f32>], dim: usize) -> Result<Vec<Vec<usize>>, RecallError> {
-    let nq = queries.len();
-    let dev = candle_core::Device::Cpu;
-    let qt = candle_core::Tensor::from_slice(&queries.concat(), (nq, dim), &dev)
-        .and_then(|t| t.t())
-        .map_err(candle_error)?;
-    let blocks = m.div_ceil(EXACT_BLOCK);
-    let parts: Vec<Vec<Vec<(f32, usize)>>> = (0..blocks)
-        .into_par_iter()
-        .map(|b| {
-            let (lo, hi) = (b * EXACT_BLOCK, ((b + 1) * EXACT_BLOCK).min(m));
-            let x = rows_f32(rows, lo, hi, dim);
-            let scores: Vec<f32> = candle_core::Tensor::from_slice(&x, (hi - lo, dim), &dev)
-                .and_then(|t| t.matmul(&qt))
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1())
-                .map_err(candle_error)?;
-            let mut tops: Vec<Vec<(f32, usize)>> = vec![Vec::with_capacity(11); nq];
-            for (r, row_scores) in scores.chunks_exact(nq).enumerate() {
-                for (t, &s) in tops.iter_mut().zip(row_scores) {
-                    if t.len() < 10 || s > t[t.len() - 1].0 {
-                        t.push((s, lo + r));
-                        t.sort_by(|a, b| b.0.total_cmp(&a.0));
-                        t.truncate(10);
-                    }
-                }
-            }
-            Ok(tops)
-        })
-        .collect::<Result<_, RecallError>>()?;
-    Ok((0..nq)
-        .map(|q| {
-            let mut all: Vec<(f32, usize)> = parts.iter().flat_map(|p| p[q].iter().copied()).collect();
-            all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            all.into_iter().take(10).map(|x| x.1).collect()
-        })
-        .collect())
-}
-
-/// The calibration curve (see the module comment) of lists `offsets` over
-/// `rows` in position order.
-fn calibrate(q: &Quantiser, offsets: &[u32], rows: &Embeddings, dim: usize) -> Result<Vec<(usize, f64)>, RecallError> {
-    let m = *offsets.last().unwrap_or(&0) as usize;
-    if m == 0 {
-        return Ok(vec![(1, 1.0)]);
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 0xca1);
-    let cell_at = |j: usize| (offsets.partition_point(|&o| o as usize <= j) - 1) as u32;
-    let histories: Vec<Vec<usize>> = (0..CALIBRATION_QUERIES)
-        .map(|_| {
-            let seed = rng.random_range(0..m);
-            let t = q.top_of_cell(cell_at(seed));
-            let (lo, hi) = (offsets[q.top_cells[t] as usize] as usize, offsets[q.top_cells[t + 1] as usize] as usize);
-            (0..5)
-                .map(|_| match rng.random_bool(0.5) && hi > lo {
-                    true => rng.random_range(lo..hi),
-                    false => rng.random_range(0..m),
-                })
-                .collect()
-        })
-        .collect();
-    let queries: Vec<Vec<f32>> = histories.iter().map(|h| history_vector(rows, h, dim)).collect();
-    let exact = exact_top10(rows, m, &queries, dim)?;
-    // for every (query, neighbour): how many cells score above the neighbour's
-    let ranks: Vec<usize> = queries
-        .par_iter()
-        .zip(&exact)
-        .flat_map_iter(|(v, top)| {
-            let scores = q.scores(v);
-            top.iter()
-                .map(|&j| {
-                    let own = scores[cell_at(j) as usize];
-                    scores.iter().filter(|&&s| s > own).count()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let cells = q.cells();
-    let mut curve = Vec::new();
-    let mut probes = 1usize;
-    loop {
-        let recall = ranks.iter().filter(|&&r| r < probes).count() as f64 / ranks.len().max(1) as f64;
-        curve.push((probes, recall));
-        if recall >= CURVE_UNTIL || probes >= cells {
-            return Ok(curve);
-        }
-        // about √2 apart: 1, 2, 3, 4, 6, 8, 12, 16, ...
-        probes = if probes.is_power_of_two() && probes >= 2 { probes + probes / 2 } else { probes.next_power_of_two() };
-        probes = probes.max(curve.last().map_or(1, |c| c.0 + 1)).min(cells);
-    }
-}
-
-/// The smallest probe count on `curve` that reaches `target` (the largest
-/// tried when none does).
-fn probes_for(curve: &[(usize, f64)], target: f64) -> usize {
-    curve.iter().find(|c| c.1 >= target).or(curve.last()).map_or(1, |c| c.0)
 }
 
 /// The served items of `view`, ascending.
@@ -712,289 +578,5 @@ impl Ivf {
     }
 }
 
-/// The best `k` hits of a scan, best first (ties to the smaller item),
-/// kept in a buffer that is cut back to `k` whenever it fills, so that a
-/// scan of 10^6 items holds a few hundred and skips most below the cut.
-struct TopK {
-    k: usize,
-    hits: Vec<(u32, f32)>,
-    /// The `k`-th best score at the last cut: lower ones cannot enter.
-    floor: f32,
-}
-
-impl TopK {
-    fn new(k: usize) -> Self {
-        TopK { k, hits: Vec::with_capacity(Self::room(k)), floor: f32::NEG_INFINITY }
-    }
-
-    fn room(k: usize) -> usize {
-        (4 * k).max(256)
-    }
-
-    fn by_score(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
-        b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
-    }
-
-    fn push(&mut self, item: u32, score: f32) {
-        if score < self.floor || self.k == 0 {
-            return;
-        }
-        self.hits.push((item, score));
-        if self.hits.len() >= Self::room(self.k) {
-            self.cut();
-        }
-    }
-
-    fn cut(&mut self) {
-        if self.hits.len() > self.k {
-            self.hits.select_nth_unstable_by(self.k - 1, Self::by_score);
-            self.hits.truncate(self.k);
-            self.floor = self.hits.iter().map(|h| h.1).fold(f32::INFINITY, f32::min);
-        }
-    }
-
-    fn merge(mut self, other: TopK) -> TopK {
-        for (item, score) in other.hits {
-            self.push(item, score);
-        }
-        self
-    }
-
-    fn into_sorted(mut self) -> Vec<(u32, f32)> {
-        self.cut();
-        self.hits.sort_by(Self::by_score);
-        self.hits
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::catalog::edit::NewItem;
-
-    fn catalog() -> Catalog {
-        crate::model::demo::load(&candle_core::Device::Cpu).expect("embedded model").1
-    }
-
-    /// Exact top `k` by brute force over the served items.
-    fn exact(cat: &Catalog, q: &[f32], k: usize) -> Vec<u32> {
-        let mut all: Vec<(u32, f32)> =
-            (0..cat.len() as u32).filter(|&i| cat.is_served(i)).map(|i| (i, cat.embedding_dot(i, q))).collect();
-        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        all.into_iter().take(k).map(|h| h.0).collect()
-    }
-
-    /// Recall@10 over 100 histories made as the calibration makes them (but
-    /// with another seed): five items, each from the first one's top cell
-    /// or, half of the time, from anywhere.
-    fn recall(cat: &Catalog, ivf: &Ivf, probes: usize) -> f64 {
-        let mut rng = ChaCha8Rng::seed_from_u64(99);
-        let m = ivf.items.len();
-        let (mut found, mut total) = (0, 0);
-        for _ in 0..100 {
-            let seed = rng.random_range(0..m);
-            let cell = (ivf.offsets.partition_point(|&o| o as usize <= seed) - 1) as u32;
-            let t = ivf.q.top_of_cell(cell);
-            let (lo, hi) = (
-                ivf.offsets[ivf.q.top_cells[t] as usize] as usize,
-                ivf.offsets[ivf.q.top_cells[t + 1] as usize] as usize,
-            );
-            let history: Vec<u32> = (0..5)
-                .map(|_| {
-                    ivf.items[if rng.random_bool(0.5) { rng.random_range(lo..hi) } else { rng.random_range(0..m) }]
-                })
-                .collect();
-            let q = super::super::Ann::user_vector(cat, &history);
-            let want = exact(cat, &q, 10);
-            let got: Vec<u32> = ivf.nearest_probing(cat, &q, 10, probes, |_| true).iter().map(|h| h.0).collect();
-            found += want.iter().filter(|w| got.contains(w)).count();
-            total += want.len();
-        }
-        found as f64 / total as f64
-    }
-
-    /// Every cell probed is brute force; the calibrated count is near its
-    /// target on these histories; fewer cells find fewer.
-    #[test]
-    fn all_cells_are_exact_and_the_calibrated_count_is_near_its_target() {
-        let cat = catalog();
-        let ivf = Ivf::open(&cat, 0.9).unwrap();
-        assert!(!ivf.is_mapped());
-        assert_eq!(ivf.base_len(), cat.len());
-        assert_eq!(recall(&cat, &ivf, ivf.cells()), 1.0);
-        let r = recall(&cat, &ivf, ivf.probes());
-        assert!(
-            r >= 0.85 && ivf.curve().iter().any(|c| c.0 == ivf.probes() && c.1 >= 0.9),
-            "recall {r} at {} of {} cells, curve {:?}",
-            ivf.probes(),
-            ivf.cells(),
-            ivf.curve()
-        );
-        assert!(ivf.probes() < ivf.cells(), "{:?}", ivf.curve());
-        assert!(recall(&cat, &ivf, 1) < r);
-    }
-
-    /// A version written with its index maps it, answers as the in-memory
-    /// one does, and a compaction keeps the quantiser and moves the edited
-    /// items.
-    #[test]
-    fn a_written_index_is_mapped_and_carried_through_a_compaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = catalog();
-        let v1 = dir.path().join("v1");
-        std::fs::create_dir_all(&v1).unwrap();
-        crate::catalog::dir::write_version(&cat, &v1, 1, None).unwrap();
-        write_version(&cat, None, &v1).unwrap();
-        let base = crate::catalog::Base::map(&v1).unwrap();
-        let mut on_disk = Catalog::from_base(base);
-        let ivf = Ivf::open(&on_disk, 0.95).unwrap();
-        assert!(ivf.is_mapped());
-        assert_eq!(recall(&on_disk, &ivf, ivf.cells()), 1.0);
-        // edits: one item moved to another's vector, one removed, one new
-        let (moved, gone) = (on_disk.item_id(3).to_string(), on_disk.item_id(5).to_string());
-        let target = on_disk.embedding(400);
-        let up = |id: &str, e: Vec<f32>| NewItem {
-            id: id.into(),
-            title: "x".into(),
-            embedding: e,
-            semantic_id: None,
-            expires_at_ms: None,
-        };
-        on_disk.upsert(up(&moved, target.clone()), 1).unwrap();
-        on_disk.remove(&gone, 2).unwrap();
-        on_disk.upsert(up("brand-new", on_disk.embedding(401)), 3).unwrap();
-        let v2 = dir.path().join("v2");
-        std::fs::create_dir_all(&v2).unwrap();
-        crate::catalog::dir::write_version(&on_disk, &v2, 2, None).unwrap();
-        write_version(&on_disk, Some(&v1), &v2).unwrap();
-        let next = Catalog::from_base(crate::catalog::Base::map(&v2).unwrap());
-        let carried = Ivf::open(&next, 0.95).unwrap();
-        assert_eq!(carried.q, ivf.q, "the quantiser is kept");
-        assert_eq!(carried.base_len(), ivf.base_len(), "one removed, one added");
-        assert_eq!(recall(&next, &carried, carried.cells()), 1.0);
-        let hits = carried.nearest_probing(&next, &target, 3, carried.cells(), |_| true);
-        let three = next.index_of(&moved).unwrap();
-        assert!(hits.iter().any(|h| h.0 == three), "{hits:?}");
-        assert!(next.index_of("brand-new").is_some_and(|i| carried.items.contains(&i)));
-        assert!(!carried.items.contains(&next.index_of(&gone).unwrap_or(u32::MAX)));
-    }
-
-    /// A version saved without an index gets one written in place (learned),
-    /// then calibrated again keeping its lists; a server opening it maps it.
-    #[test]
-    fn an_index_is_written_into_a_version_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = catalog();
-        cat.save(dir.path()).unwrap();
-        let version = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
-        assert!(!version.join(IVF_MANIFEST).exists(), "Catalog::save writes no index");
-        let first = rewrite_in_place(&version, false).unwrap();
-        assert!(!first.kept_lists && first.probes_before.is_none());
-        assert_eq!(first.items, cat.len());
-        let items = std::fs::read(version.join(ITEMS_FILE)).unwrap();
-        let again = rewrite_in_place(&version, false).unwrap();
-        assert!(again.kept_lists);
-        assert_eq!((again.probes_before, again.cells), (Some(first.probes_after), first.cells));
-        assert_eq!(std::fs::read(version.join(ITEMS_FILE)).unwrap(), items);
-        let relearned = rewrite_in_place(&version, true).unwrap();
-        assert!(!relearned.kept_lists && relearned.cells == first.cells, "the same data learns the same cells");
-        let names: Vec<String> = std::fs::read_dir(&version)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(names.iter().all(|n| !n.starts_with(".ivf.tmp")), "{names:?}");
-        let opened = Catalog::load(dir.path()).unwrap();
-        assert!(Ivf::open(&opened, 0.95).unwrap().is_mapped());
-    }
-
-    /// Live edits are found by their new vector at once, never by the old
-    /// one, and a removed item is gone.
-    #[test]
-    fn follows_live_edits() {
-        let mut cat = catalog();
-        let ivf = Ivf::open(&cat, 0.95).unwrap();
-        let all = ivf.cells();
-        let q = cat.embedding(7);
-        assert_eq!(ivf.nearest_probing(&cat, &q, 1, all, |_| true)[0].0, 7);
-        let id = cat.item_id(7).to_string();
-        let other = cat.embedding(100);
-        let placed = cat
-            .upsert(
-                NewItem { id, title: "x".into(), embedding: other.clone(), semantic_id: None, expires_at_ms: None },
-                1,
-            )
-            .unwrap();
-        ivf.add(&[(placed.ann_key, placed.embedding.clone())]).unwrap();
-        let hits = ivf.nearest_probing(&cat, &other, 2, all, |_| true);
-        assert!(hits.iter().any(|h| h.0 == 7 && h.1 > 0.99), "{hits:?}");
-        let old = ivf.nearest_probing(&cat, &q, 3, all, |_| true);
-        assert!(old.iter().all(|h| h.0 != 7 || h.1 < 0.99), "the old vector is not scored: {old:?}");
-        let gone = cat.item_id(100).to_string();
-        cat.remove(&gone, 2).unwrap();
-        assert!(ivf.nearest_probing(&cat, &other, 5, all, |_| true).iter().all(|h| h.0 != 100));
-    }
-
-    /// The scan split over two cores answers as the one-core scan does, and
-    /// the bounded top-k keeps what a full sort keeps (ties to the smaller
-    /// item).
-    #[test]
-    fn a_split_scan_and_the_bounded_top_k_answer_as_a_full_sort() {
-        let cat = catalog();
-        let mut ivf = Ivf::open(&cat, 0.95).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(5);
-        for k in [1, 10, 300] {
-            let q = cat.embedding(rng.random_range(0..cat.len() as u32));
-            ivf.parallel_from = usize::MAX;
-            let one = ivf.nearest_probing(&cat, &q, k, 40, |i| i % 7 != 0);
-            ivf.parallel_from = 0;
-            let two = ivf.nearest_probing(&cat, &q, k, 40, |i| i % 7 != 0);
-            assert_eq!(one, two, "k {k}");
-        }
-        for k in [1, 3, 64, 1000] {
-            let scores: Vec<(u32, f32)> = (0..5_000u32).map(|i| (i, (rng.random_range(0..400) as f32) / 7.0)).collect();
-            let mut best = TopK::new(k);
-            for &(i, s) in &scores {
-                best.push(i, s);
-            }
-            let mut want = scores.clone();
-            want.sort_by(TopK::by_score);
-            want.truncate(k);
-            assert_eq!(best.into_sorted(), want, "k {k}");
-        }
-    }
-
-    /// Readers racing a writer that adds vectors see every finished add and
-    /// never fail.
-    #[test]
-    fn concurrent_adds_and_searches() {
-        let cat = catalog();
-        let ivf = std::sync::Arc::new(Ivf::open(&cat, 0.95).unwrap());
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let readers: Vec<_> = (0..4)
-            .map(|t| {
-                let (ivf, cat, stop) = (ivf.clone(), cat.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let q = cat.embedding((t * 31 + n) % cat.len() as u32);
-                        assert!(!ivf.nearest(&cat, &q, 10, |_| true).is_empty());
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        let dim = cat.manifest().embedding_dim;
-        for round in 0..200u64 {
-            let v: Vec<(u64, Vec<f32>)> =
-                (0..50).map(|j| ((round * 50 + j) << 32, cat.embedding((j as u32 * 7) % cat.len() as u32))).collect();
-            ivf.add(&v).unwrap();
-            assert_eq!(v[0].1.len(), dim);
-        }
-        stop.store(true, Ordering::Relaxed);
-        let searches: u32 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-        assert!(searches > 0);
-        assert_eq!(ivf.added_len(), 200 * 50);
-        assert_eq!(ivf.added.read().iter().map(Vec::len).sum::<usize>(), 200 * 50);
-    }
-}
+mod tests;
